@@ -1,0 +1,245 @@
+"""The ``entpruner`` command line: ``train``, ``sample``, ``info`` and ``quickstart``.
+
+Every subcommand has ``--help`` with examples; ``--quiet`` silences progress bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="entpruner",
+        description="Entropy-guided depth pruning for DiT / SiT, and the tools to ship it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            examples:
+              entpruner quickstart                      # the main job on bundled data
+              entpruner info --model dit-digits
+              entpruner sample --model sit-digits --per-class 4 --out grid.png
+              entpruner train --model DiT-S/2 --data ./my_images --steps 5000 --out runs/dit
+            """),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_sample(sub)
+    _add_info(sub)
+    _add_quickstart(sub)
+    return parser
+
+
+def _command(sub, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text,
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples), "  "))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_train(sub) -> None:
+    p = _command(sub, "train", "Train or fine-tune a DiT / SiT on class-conditional data.", """\
+        entpruner train --model DiT-S/2 --data digits --steps 2000 --out runs/dit
+        entpruner train --family sit --depth 12 --hidden 96 --heads 4 --patch 2 \\
+            --data digits --steps 6000 --out runs/sit
+        entpruner train --model runs/dit/model --data ./my_folder --steps 500 --out runs/ft
+        entpruner train ... --out runs/dit --resume    # continue an interrupted run
+        """)
+    p.add_argument("--model", help="registry name (DiT-S/2, SiT-B/4, ...), a bundled teacher, "
+                   "or a checkpoint / model directory to fine-tune")
+    p.add_argument("--family", choices=["dit", "sit"],
+                   help="model family (needed for custom sizes and released files)")
+    p.add_argument("--depth", type=int, help="custom size: number of blocks")
+    p.add_argument("--hidden", type=int, help="custom size: hidden width")
+    p.add_argument("--heads", type=int, help="custom size: attention heads")
+    p.add_argument("--patch", type=int, default=2, help="custom size: patch size (default 2)")
+    p.add_argument("--no-learn-sigma", action="store_true",
+                   help="predict only epsilon / velocity (no learned variance channels)")
+    p.add_argument("--flow-path", choices=["linear", "gvp"], default="linear",
+                   help="SiT interpolant path (default linear)")
+    p.add_argument("--data", default="digits",
+                   help="bundled name (digits, photos), class-folder path, or .npz (default digits)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--ema-decay", type=float, default=0.9999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    _common(p)
+
+
+def _add_sample(sub) -> None:
+    p = _command(sub, "sample", "Sample class-conditional images and save a PNG grid.", """\
+        entpruner sample --model dit-digits --per-class 8 --out digits.png
+        entpruner sample --model runs/sit/model --labels 3,3,7 --sampler euler-maruyama \\
+            --steps 100 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz
+        entpruner sample --model DiT-XL-2-256x256.pt --family dit --labels 207 --out dog.png
+        """)
+    p.add_argument("--model", required=True, help="bundled teacher name or model path")
+    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    p.add_argument("--labels", help="comma-separated class labels")
+    p.add_argument("--per-class", type=int, default=0, help="N images of every class")
+    p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--reference-cfg", action="store_true",
+                   help="guide only the first 3 channels, like the reference code")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples.png", help="PNG grid path")
+    p.add_argument("--npz", help="also save the raw samples and labels to this .npz")
+    _common(p)
+
+
+def _add_info(sub) -> None:
+    p = _command(sub, "info", "Describe a model: config, parameters, FLOPs, provenance.", """\
+        entpruner info --model dit-digits
+        entpruner info --model DiT-XL-2-256x256.pt --family dit --json
+        """)
+    p.add_argument("--model", required=True)
+    p.add_argument("--family", choices=["dit", "sit"])
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_quickstart(sub) -> None:
+    p = _command(sub, "quickstart", "The main job on bundled data: load (or train) the bundled "
+                 "teachers, sample a grid, check the classes, print a summary.", """\
+        entpruner quickstart
+        entpruner quickstart --out runs/quickstart --device cuda
+        """)
+    p.add_argument("--out", default="runs/quickstart", help="output directory")
+    p.add_argument("--samples-per-class", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from entpruner_sdk.data import load_data
+    from entpruner_sdk.models import DiffusionTransformer, TransformerConfig, config_from_name
+    from entpruner_sdk.teachers import resolve_model
+    from entpruner_sdk.training import TrainConfig, train
+
+    data = load_data(args.data)
+    shape = dict(input_size=data.image_size, in_channels=data.channels,
+                 num_classes=data.num_classes)
+    objective = {"path": args.flow_path} if args.family == "sit" or (
+        args.model or "").lower().startswith("sit-") else {}
+    if args.model and "/" in args.model and args.model.split("-")[0].lower() in ("dit", "sit") \
+            and not Path(args.model).exists():
+        config = config_from_name(args.model, **shape, learn_sigma=not args.no_learn_sigma)
+        model = DiffusionTransformer(config, objective=objective)
+    elif args.model:
+        model = resolve_model(args.model, args.family)
+    else:
+        if not (args.family and args.depth and args.hidden and args.heads):
+            raise SystemExit("give --model, or --family, --depth, --hidden and --heads")
+        config = TransformerConfig(family=args.family, depth=args.depth, hidden_size=args.hidden,
+                                   num_heads=args.heads, patch_size=args.patch,
+                                   learn_sigma=not args.no_learn_sigma, **shape)
+        model = DiffusionTransformer(config, objective=objective)
+    torch.manual_seed(args.seed)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         ema_decay=args.ema_decay, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every)
+    model.provenance.setdefault("training_command", "entpruner " + " ".join(sys.argv[1:]))
+    result = train(model, data, config, out_dir=args.out, resume=args.resume,
+                   device=args.device, progress=not args.quiet)
+    print(f"trained {args.steps} steps; final loss {result.losses[-1][1]:.4f}; "
+          f"EMA model saved to {Path(args.out) / 'model'}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from entpruner_sdk.sampling import sample, save_grid
+    from entpruner_sdk.teachers import resolve_model
+
+    model = resolve_model(args.model, args.family)
+    if args.labels:
+        try:
+            labels = [int(v) for v in args.labels.split(",")]
+        except ValueError:
+            raise SystemExit(f"--labels must be comma-separated integers, got {args.labels!r}")
+    else:
+        per_class = args.per_class or 4
+        labels = [c for c in range(model.config.num_classes) for _ in range(per_class)]
+    images = sample(model, labels, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
+                    seed=args.seed, device=args.device, reference_cfg=args.reference_cfg,
+                    clip_denoised=True, progress=not args.quiet)
+    rows = model.config.num_classes if not args.labels else None
+    save_grid(images, args.out, rows=rows)
+    if args.npz:
+        np.savez(args.npz, images=images.numpy(), labels=np.array(labels))
+    print(f"{len(labels)} samples -> {args.out}")
+    return 0
+
+
+def model_summary(model) -> dict:
+    from entpruner_sdk.models import count_parameters, forward_flops
+
+    return {"family": model.family, "config": model.config.to_dict(),
+            "parameters": count_parameters(model),
+            "gflops_per_image": forward_flops(model.config) / 1e9,
+            "provenance": model.provenance, "objective": model.objective}
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from entpruner_sdk.teachers import resolve_model
+
+    summary = model_summary(resolve_model(args.model, args.family))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    cfg = summary["config"]
+    print(f"{summary['family'].upper()}  depth {cfg['depth']}  hidden {cfg['hidden_size']}  "
+          f"heads {cfg['num_heads']}  patch {cfg['patch_size']}  input {cfg['in_channels']}x"
+          f"{cfg['input_size']}x{cfg['input_size']}  classes {cfg['num_classes']}  "
+          f"learn_sigma {cfg['learn_sigma']}")
+    print(f"parameters {summary['parameters']:,}  forward {summary['gflops_per_image']:.4f} "
+          "GFLOPs/image")
+    print(f"kept blocks {summary['provenance']['kept_blocks']}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from entpruner_sdk.quickstart import run_quickstart
+
+    run_quickstart(out=args.out, samples_per_class=args.samples_per_class, seed=args.seed,
+                   device=args.device, progress=not args.quiet)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
+            "quickstart": cmd_quickstart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from entpruner_sdk.data import DataError
+    from entpruner_sdk.models.io import CheckpointError
+
+    args = _parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        import os
+
+        os.environ["ENTPRUNER_QUIET"] = "1"
+    try:
+        return COMMANDS[args.command](args)
+    except (CheckpointError, DataError, ValueError, FileNotFoundError) as error:
+        print(f"entpruner {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

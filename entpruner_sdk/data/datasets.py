@@ -1,0 +1,245 @@
+"""Class-conditional image data: one in-memory dataset type and loaders for every source.
+
+All images are float32 [N, C, H, W] in [-1, 1] with int64 labels; every loader validates what
+it reads and raises ``DataError`` with the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class DataError(ValueError):
+    """Data that cannot be used; the message names the problem and the fix."""
+
+
+@dataclass
+class ImageDataset(Dataset):
+    """Images in [-1, 1] and their class labels, held in memory."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    name: str = "custom"
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            self.class_names = [str(i) for i in range(self.num_classes)]
+        validate(self.images, self.labels, self.num_classes, self.name)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    def fingerprint(self) -> str:
+        """Content hash, used to key caches (encoded latents, reference statistics)."""
+        digest = hashlib.sha256()
+        digest.update(self.images.numpy().tobytes())
+        digest.update(self.labels.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def subset(self, indices: Iterable[int]) -> ImageDataset:
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return ImageDataset(self.images[index], self.labels[index], self.num_classes,
+                            self.name, list(self.class_names))
+
+    def per_class(self, count: int, generator: torch.Generator | None = None) -> ImageDataset:
+        """Up to ``count`` samples of every class (a balanced calibration set)."""
+        chosen: list[int] = []
+        for c in range(self.num_classes):
+            idx = torch.nonzero(self.labels == c).flatten()
+            order = torch.randperm(len(idx), generator=generator)
+            chosen.extend(idx[order[:count]].tolist())
+        return self.subset(sorted(chosen))
+
+
+def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, source: str) -> None:
+    """Check shapes, finiteness, range and labels; raise ``DataError`` naming the fix."""
+    if images.dim() != 4:
+        raise DataError(f"{source}: images must be [N, C, H, W], got shape {tuple(images.shape)}")
+    if len(images) == 0:
+        raise DataError(f"{source}: the dataset is empty; add at least one image per class")
+    if labels.shape != (images.shape[0],):
+        raise DataError(
+            f"{source}: {images.shape[0]} images but labels of shape {tuple(labels.shape)}"
+        )
+    if images.shape[-1] != images.shape[-2]:
+        raise DataError(
+            f"{source}: images are {images.shape[-2]}x{images.shape[-1]}; DiT needs square "
+            "images, crop or resize them"
+        )
+    bad = ~torch.isfinite(images).flatten(1).all(dim=1)
+    if bad.any():
+        first = int(torch.nonzero(bad)[0])
+        raise DataError(
+            f"{source}: {int(bad.sum())} images contain NaN or infinite values (first: index "
+            f"{first}); drop or repair them"
+        )
+    low, high = float(images.min()), float(images.max())
+    if low < -1.001 or high > 1.001:
+        raise DataError(
+            f"{source}: pixel values span [{low:.3g}, {high:.3g}] but must lie in [-1, 1]; "
+            "pass uint8 images (scaled for you) or scale floats as x / 127.5 - 1"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise DataError(f"{source}: labels must be integers, got {labels.dtype}")
+    out = (labels < 0) | (labels >= num_classes)
+    if out.any():
+        raise DataError(
+            f"{source}: labels must lie in 0..{num_classes - 1}, found {int(labels[out][0])}; "
+            "fix the labels or pass the right num_classes"
+        )
+
+
+def to_unit_range(array: np.ndarray, source: str) -> torch.Tensor:
+    """uint8 (or integer) pixels -> [-1, 1]; floats are taken as already in [-1, 1]."""
+    if array.dtype == np.uint8:
+        return torch.from_numpy(array.astype(np.float32) / 127.5 - 1.0)
+    if np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{source}: integer images must be uint8 (0..255), got {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def to_nchw(images: np.ndarray, source: str) -> np.ndarray:
+    """Accept [N, H, W], [N, H, W, C] or [N, C, H, W] (C in 1, 3)."""
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim != 4:
+        raise DataError(f"{source}: images must have 3 or 4 dimensions, got {images.shape}")
+    if images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        return images
+    if images.shape[-1] in (1, 3):
+        return images.transpose(0, 3, 1, 2)
+    raise DataError(f"{source}: cannot tell the channel axis of shape {images.shape}; "
+                    "use [N, C, H, W] or [N, H, W, C] with C = 1 or 3")
+
+
+# ---------------------------------------------------------------------- sources
+def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDataset:
+    """An ``.npz`` with ``images`` (or ``x``) and ``labels`` (or ``y``)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except Exception as error:
+        raise DataError(f"cannot read {path}: {error}; is it a valid .npz archive?") from error
+    images = arrays.get("images", arrays.get("x"))
+    labels = arrays.get("labels", arrays.get("y"))
+    if images is None or labels is None:
+        raise DataError(f"{path} must hold arrays 'images' and 'labels' (or 'x' and 'y'); "
+                        f"found {sorted(arrays)}")
+    tensor = to_unit_range(to_nchw(images, str(path)), str(path))
+    labels_t = torch.from_numpy(np.asarray(labels)).reshape(-1)
+    if not labels_t.dtype.is_floating_point:
+        labels_t = labels_t.long()
+    count = num_classes if num_classes is not None else int(labels_t.max()) + 1
+    return ImageDataset(tensor, labels_t, count, name=path.stem)
+
+
+def load_folder(path: str | os.PathLike) -> ImageDataset:
+    """A folder with one subfolder of images per class (subfolder names are class names)."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root} has no class subfolders; put the images of each class in "
+                        "its own subfolder (e.g. data/cat/*.png, data/dog/*.png)")
+    arrays, labels, sizes = [], [], {}
+    for label, folder in enumerate(classes):
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    image.load()
+                    arrays.append(np.asarray(image.convert("RGB")))
+            except (UnidentifiedImageError, OSError) as error:
+                raise DataError(f"cannot read image {file}: {error}; delete or replace it"
+                                ) from error
+            sizes.setdefault(arrays[-1].shape[:2], file)
+            labels.append(label)
+    if not arrays:
+        raise DataError(f"{root} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if len(sizes) > 1:
+        (size_a, file_a), (size_b, file_b) = list(sizes.items())[:2]
+        raise DataError(f"{root} mixes image sizes: {file_a} is {size_a[1]}x{size_a[0]}, "
+                        f"{file_b} is {size_b[1]}x{size_b[0]}; resize all images to one size")
+    stacked = np.stack(arrays)
+    if all((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all() for a in arrays):
+        stacked = stacked[..., :1]  # grayscale images stay one channel
+    images = to_unit_range(stacked.transpose(0, 3, 1, 2).copy(), str(root))
+    return ImageDataset(images, torch.tensor(labels), len(classes), name=root.name,
+                        class_names=[c.name for c in classes])
+
+
+def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> ImageDataset:
+    """Materialise a torch Dataset or DataLoader of (image, label) pairs."""
+    images, labels = [], []
+    for item in data:
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise DataError("a torch Dataset / DataLoader must yield (image, label) pairs")
+        image, label = torch.as_tensor(item[0]), torch.as_tensor(item[1])
+        batched = isinstance(data, DataLoader)
+        images.append(image if batched else image.unsqueeze(0))
+        labels.append(label.reshape(-1))
+    if not images:
+        raise DataError("the torch dataset is empty")
+    try:
+        stacked = torch.cat(images).float()
+    except RuntimeError as error:
+        raise DataError(f"the torch dataset mixes image sizes: {error}; resize them to one "
+                        "size") from error
+    label_tensor = torch.cat(labels)
+    if not label_tensor.dtype.is_floating_point:
+        label_tensor = label_tensor.long()
+    count = num_classes if num_classes is not None else int(label_tensor.max()) + 1
+    return ImageDataset(stacked, label_tensor, count, name=type(data).__name__)
+
+
+def load_data(data: Any, *, split: str = "train", num_classes: int | None = None,
+              image_size: int | None = None) -> ImageDataset:
+    """Turn any supported source into an ``ImageDataset``.
+
+    ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
+    per class, an ``.npz`` file, a torch ``Dataset`` / ``DataLoader`` of (image, label), or an
+    ``ImageDataset``. ``split`` and ``image_size`` apply to bundled datasets.
+    """
+    from entpruner_sdk.data.bundled import BUNDLED, load_bundled
+
+    if isinstance(data, ImageDataset):
+        return data
+    if isinstance(data, (Dataset, DataLoader)):
+        return from_torch(data, num_classes)
+    if isinstance(data, str) and data in BUNDLED:
+        return load_bundled(data, split=split, image_size=image_size)
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"data {str(data)!r} is neither a bundled dataset "
+                        f"({', '.join(BUNDLED)}) nor an existing file or folder")
+    if path.is_dir():
+        return load_folder(path)
+    if path.suffix == ".npz":
+        return load_npz(path, num_classes)
+    raise DataError(f"unsupported data file {path}; use an .npz or a folder of class folders")

@@ -1,0 +1,100 @@
+"""A small CNN trained on the real data of a dataset: it judges whether class-conditional
+samples show the requested class, and its penultimate layer is a fast domain feature space.
+
+Trained classifiers are cached per dataset fingerprint (safetensors + JSON), so every run
+judges samples with the same network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from entpruner_sdk.data.datasets import ImageDataset
+from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
+from entpruner_sdk.utils.progress import progress_bar
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ENTPRUNER_CACHE", Path.home() / ".cache" / "entpruner"))
+
+
+class DomainClassifier(nn.Module):
+    """Three conv stages (the last pooled to 1x1) and a linear head."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 64) -> None:
+        super().__init__()
+        self.channels, self.num_classes, self.width = channels, num_classes, width
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.GroupNorm(8, width), nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1, stride=2), nn.GroupNorm(8, width), nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.GroupNorm(8, 2 * width),
+            nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def train_classifier(data: ImageDataset, steps: int = 600, batch_size: int = 128,
+                     seed: int = 0, progress: bool = False) -> DomainClassifier:
+    """Train on ``data`` with light augmentation (random shifts by one pixel, small noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DomainClassifier(data.channels, data.num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    for _ in progress_bar(range(steps), enabled=progress, desc="classifier"):
+        index = torch.randint(0, len(data), (batch_size,), generator=generator)
+        images, labels = data.images[index], data.labels[index]
+        shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
+        images = torch.roll(images, shifts=shift, dims=(2, 3))
+        images = images + 0.05 * torch.randn(images.shape, generator=generator)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: DomainClassifier, images: torch.Tensor, batch_size: int = 512
+            ) -> torch.Tensor:
+    return torch.cat([model(images[i:i + batch_size]).argmax(1)
+                      for i in range(0, len(images), batch_size)])
+
+
+def class_accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor
+                   ) -> float:
+    """Fraction of images classified as their label."""
+    return float((predict(model, images) == labels).float().mean())
+
+
+def domain_classifier(train_data: ImageDataset, cache_dir: str | os.PathLike | None = None,
+                      progress: bool = False) -> DomainClassifier:
+    """The classifier for a dataset, trained once and cached by the data's fingerprint."""
+    folder = Path(cache_dir or cache_root()) / "classifiers" / (
+        f"{train_data.name}-{train_data.fingerprint()}")
+    weights, meta = folder / "classifier.safetensors", folder / "classifier.json"
+    model = DomainClassifier(train_data.channels, train_data.num_classes)
+    if weights.exists() and meta.exists():
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval()
+    model = train_classifier(train_data, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(weights) as tmp:
+        save_file(model.state_dict(), str(tmp))
+    atomic_write_text(meta, json.dumps({"dataset": train_data.name,
+                                        "fingerprint": train_data.fingerprint()}))
+    return model.eval()

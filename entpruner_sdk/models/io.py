@@ -1,0 +1,237 @@
+"""Loading and saving DiT / SiT weights.
+
+``load`` accepts, and tells apart:
+- our own saved directory (``config.json`` with ``"format": "entpruner"`` + safetensors);
+- a diffusers ``DiTTransformer2DModel`` directory (keys converted to the reference layout);
+- a released plain state dict (``.pt`` / ``.pth`` / ``.safetensors``);
+- a training checkpoint ``{"model", "ema", "opt", "args"}`` (the EMA weights are used).
+
+Released files do not say whether they are DiT or SiT (their keys are identical), so they need
+``family``; everything else about the architecture is inferred from tensor shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from entpruner_sdk.models.config import FAMILIES, TransformerConfig, default_num_heads
+from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
+
+FORMAT_NAME = "entpruner"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be loaded as a DiT / SiT checkpoint; the message says why and what
+    to do instead."""
+
+
+# ---------------------------------------------------------------------- save
+def save(model: DiffusionTransformer, directory: str | os.PathLike, **metadata: Any) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (config + provenance) to ``directory``.
+
+    Both files are written atomically, so an interrupted save never leaves a half file.
+    Extra keyword arguments are stored under ``"metadata"`` (JSON-serialisable values).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_writer(directory / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
+    document = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "family": model.family,
+        "config": model.config.to_dict(),
+        "provenance": model.provenance,
+        "objective": model.objective,
+        "metadata": metadata,
+    }
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(document, indent=2) + "\n")
+    return directory
+
+
+# ---------------------------------------------------------------------- load
+def load(
+    path: str | os.PathLike,
+    family: str | None = None,
+    *,
+    num_heads: int | None = None,
+    device: str | torch.device = "cpu",
+) -> DiffusionTransformer:
+    """Load a DiT or SiT from any supported file or directory (see the module docstring).
+
+    ``family`` ("dit" or "sit") is required for released files and diffusers directories and
+    checked against the metadata of our own. ``num_heads`` overrides the head count, which
+    weight shapes cannot reveal (the published table is used otherwise).
+    """
+    path = Path(path)
+    if family is not None and family not in FAMILIES:
+        raise CheckpointError(f"family must be 'dit' or 'sit', got {family!r}")
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; pass a checkpoint file or a model directory")
+    if path.is_dir():
+        model = _load_directory(path, family, num_heads)
+    else:
+        state = _read_state_dict(path)
+        model = from_state_dict(
+            state, _require_family(family, path), num_heads=num_heads,
+            provenance={"source": path.name, "source_sha256": file_sha256(path)},
+        )
+    return model.to(device)
+
+
+def from_state_dict(
+    state: dict[str, torch.Tensor],
+    family: str,
+    *,
+    num_heads: int | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> DiffusionTransformer:
+    """Build a model from a state dict in the reference layout, inferring its config."""
+    config = infer_config(state, family, num_heads=num_heads)
+    model = DiffusionTransformer(config, provenance)
+    _strict_load(model, state)
+    return model
+
+
+def infer_config(
+    state: dict[str, torch.Tensor], family: str, *, num_heads: int | None = None
+) -> TransformerConfig:
+    """Depth, width, patch, input size, classes and learn_sigma from tensor shapes."""
+    required = ("x_embedder.proj.weight", "pos_embed", "y_embedder.embedding_table.weight",
+                "final_layer.linear.weight")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"not a DiT/SiT state dict: missing {missing}. Expected the reference layout "
+            "(keys such as 'x_embedder.proj.weight', 'blocks.0.attn.qkv.weight'); for a "
+            "diffusers model pass its directory instead"
+        )
+    hidden, in_channels, patch, _ = state["x_embedder.proj.weight"].shape
+    tokens = state["pos_embed"].shape[1]
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise CheckpointError(f"pos_embed has {tokens} tokens, which is not a square grid")
+    depth = 1 + max(
+        (int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1
+    )
+    out_channels = state["final_layer.linear.weight"].shape[0] // (patch * patch)
+    if out_channels not in (in_channels, 2 * in_channels):
+        raise CheckpointError(
+            f"final layer predicts {out_channels} channels for {in_channels} input channels; "
+            "expected C (fixed variance) or 2C (learn_sigma)"
+        )
+    table_rows = state["y_embedder.embedding_table.weight"].shape[0]
+    # Reference models always train with label dropout, hence a null-class row at the end.
+    return TransformerConfig(
+        family=family,  # type: ignore[arg-type]
+        input_size=side * patch,
+        patch_size=patch,
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=num_heads or default_num_heads(hidden),
+        num_classes=table_rows - 1,
+        class_dropout_prob=0.1,
+        learn_sigma=out_channels == 2 * in_channels,
+    )
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------- helpers
+def _require_family(family: str | None, path: Path) -> str:
+    if family is None:
+        raise CheckpointError(
+            f"{path.name} is a released-style checkpoint, which does not record whether it is "
+            "a DiT or a SiT (their keys are identical); pass family='dit' or family='sit' "
+            "(CLI: --family dit|sit)"
+        )
+    return family
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt, truncated, or not a tensor file at all
+        raise CheckpointError(
+            f"cannot read {path}: {type(error).__name__}: {error}. The file is corrupt, "
+            "truncated, or not a PyTorch/safetensors checkpoint; download or save it again"
+        ) from error
+    if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
+        obj = obj["ema"]  # training checkpoint: the EMA weights are the ones to sample with
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _strict_load(model: DiffusionTransformer, state: dict[str, torch.Tensor]) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"weights do not fit the inferred architecture {model.config}: {error}"
+        ) from error
+
+
+def _load_directory(path: Path, family: str | None, num_heads: int | None) -> DiffusionTransformer:
+    config_path = path / CONFIG_FILE
+    if not config_path.exists():
+        raise CheckpointError(f"{path} has no {CONFIG_FILE}; is it a saved model directory?")
+    try:
+        document = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
+    if document.get("format") == FORMAT_NAME:
+        return _load_ours(path, document, family)
+    if document.get("_class_name") == "DiTTransformer2DModel":
+        from entpruner_sdk.models.diffusers_convert import load_diffusers_dit
+
+        return load_diffusers_dit(path, document, _require_family(family, path))
+    raise CheckpointError(
+        f"{config_path} is neither an entpruner model nor a diffusers DiTTransformer2DModel"
+    )
+
+
+def _load_ours(path: Path, document: dict[str, Any], family: str | None) -> DiffusionTransformer:
+    config = TransformerConfig.from_dict(document["config"])
+    if family is not None and family != config.family:
+        raise CheckpointError(
+            f"{path} holds a {config.family.upper()} model but family={family!r} was requested"
+        )
+    weights = path / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights))
+    except Exception as error:
+        raise CheckpointError(
+            f"cannot read {weights}: {type(error).__name__}: {error}; the file is missing or "
+            "corrupt, save the model again"
+        ) from error
+    model = DiffusionTransformer(config, document.get("provenance"), document.get("objective"))
+    _strict_load(model, state)
+    model.metadata = document.get("metadata", {})
+    return model

@@ -1,0 +1,102 @@
+"""The interface every objective (diffusion, flow) offers, so pruning and training code can
+treat DiT and SiT alike."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# model_fn(x_t, model_time, labels) -> raw model output
+ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class NoisedBatch:
+    """A training or calibration batch after the forward (noising) process."""
+
+    x_start: torch.Tensor  # clean data
+    noise: torch.Tensor
+    x_t: torch.Tensor  # model input
+    t: torch.Tensor  # model time (int64 0..999 for DiT, float [0, 1] for SiT)
+    y: torch.Tensor
+
+
+class Objective(ABC):
+    """Forward process, training loss, and samplers of one model family."""
+
+    family: str
+    samplers: tuple[str, ...]
+    default_sampler: str
+
+    def __init__(self, in_channels: int) -> None:
+        self.in_channels = in_channels
+
+    @abstractmethod
+    def sample_time(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Random model times for training."""
+
+    @abstractmethod
+    def add_noise(self, x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+                  ) -> torch.Tensor:
+        """x_t for the given model time and noise."""
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, batch: NoisedBatch) -> torch.Tensor:
+        """Per-sample training loss [N] for the raw model output."""
+
+    @abstractmethod
+    def denoised(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model's estimate of the clean sample (x0-hat for DiT, x1-hat for SiT)."""
+
+    @abstractmethod
+    def calibration_times(self, n: int) -> torch.Tensor:
+        """``n`` model times spread over the whole schedule (fixed, for CED and evaluation)."""
+
+    @abstractmethod
+    def sample(
+        self,
+        model_fn: ModelFn,
+        noise: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        sampler: str | None = None,
+        steps: int = 50,
+        generator: torch.Generator | None = None,
+        clip_denoised: bool = False,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Integrate from ``noise`` to data. ``generator`` drives any per-step noise."""
+
+    def prediction(self, output: torch.Tensor) -> torch.Tensor:
+        """The raw prediction (epsilon or velocity): the first ``in_channels`` channels."""
+        return output[:, : self.in_channels]
+
+    def noise_batch(
+        self, x_start: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> NoisedBatch:
+        """Draw time and noise (on the generator's device, then moved) and noise the batch."""
+        n = x_start.shape[0]
+        t = self.sample_time(n, generator).to(x_start.device)
+        noise = randn_like(x_start, generator)
+        return NoisedBatch(x_start, noise, self.add_noise(x_start, noise, t), t, y)
+
+    def check_sampler(self, sampler: str | None) -> str:
+        sampler = sampler or self.default_sampler
+        if sampler not in self.samplers:
+            raise ValueError(
+                f"unknown sampler {sampler!r} for {self.family.upper()}; choose one of "
+                f"{', '.join(self.samplers)}"
+            )
+        return sampler
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Gaussian noise drawn on the generator's device (CPU by default) so a seed gives the same
+    numbers whatever device the model runs on."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(
+        x.device, x.dtype
+    )

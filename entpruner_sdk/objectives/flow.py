@@ -1,0 +1,134 @@
+"""SiT's flow matching: x_t = alpha_t * x1 + sigma_t * x0 (x0 noise, x1 data, t=1 is data),
+velocity prediction, and fixed-step ODE / SDE samplers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from entpruner_sdk.objectives.base import ModelFn, NoisedBatch, Objective, randn_like
+from entpruner_sdk.utils.progress import progress_bar
+
+PATHS = ("linear", "gvp")
+
+
+def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.float().reshape(-1, *([1] * (like.dim() - 1))).to(like.device)
+
+
+class FlowMatching(Objective):
+    """Interpolant objective of SiT with a linear (alpha = t, sigma = 1 - t) or GVP
+    (alpha = sin(pi t / 2), sigma = cos(pi t / 2)) path."""
+
+    family = "sit"
+    samplers = ("euler", "heun", "euler-maruyama")
+    default_sampler = "heun"
+
+    def __init__(self, in_channels: int, path: str = "linear") -> None:
+        super().__init__(in_channels)
+        if path not in PATHS:
+            raise ValueError(f"unknown flow path {path!r}; choose one of {', '.join(PATHS)}")
+        self.path = path
+
+    @classmethod
+    def for_model(cls, config, path: str = "linear") -> FlowMatching:
+        return cls(config.in_channels, path)
+
+    # ------------------------------------------------------------------ path
+    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """alpha_t, sigma_t and their time derivatives."""
+        if self.path == "linear":
+            return t, 1 - t, torch.ones_like(t), -torch.ones_like(t)
+        half_pi = math.pi / 2
+        return (torch.sin(half_pi * t), torch.cos(half_pi * t),
+                half_pi * torch.cos(half_pi * t), -half_pi * torch.sin(half_pi * t))
+
+    def sample_time(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = generator.device if generator is not None else torch.device("cpu")
+        return torch.rand(n, generator=generator, device=device)
+
+    def add_noise(self, x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+                  ) -> torch.Tensor:
+        alpha, sigma, _, _ = self.coefficients(_expand(t, x_start))
+        return alpha * x_start + sigma * noise
+
+    def velocity_target(self, batch: NoisedBatch) -> torch.Tensor:
+        _, _, d_alpha, d_sigma = self.coefficients(_expand(batch.t, batch.x_start))
+        return d_alpha * batch.x_start + d_sigma * batch.noise
+
+    def calibration_times(self, n: int) -> torch.Tensor:
+        return (torch.arange(n, dtype=torch.float32) + 0.5) / n
+
+    # ------------------------------------------------------------------ model output
+    def loss(self, output: torch.Tensor, batch: NoisedBatch) -> torch.Tensor:
+        return ((self.prediction(output) - self.velocity_target(batch)) ** 2).mean(dim=(1, 2, 3))
+
+    def _solve(self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data estimate x1-hat, noise estimate x0-hat) from x_t and the velocity.
+
+        Solves alpha x1 + sigma x0 = x_t and alpha' x1 + sigma' x0 = v; the determinant
+        alpha' sigma - alpha sigma' is 1 (linear) or pi/2 (GVP), never zero.
+        """
+        alpha, sigma, d_alpha, d_sigma = self.coefficients(_expand(t, x_t))
+        det = d_alpha * sigma - alpha * d_sigma
+        x1 = (sigma * velocity - d_sigma * x_t) / det
+        x0 = (d_alpha * x_t - alpha * velocity) / det
+        return x1, x0
+
+    def denoised(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self._solve(self.prediction(output), x_t, t)[0]
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        model_fn: ModelFn,
+        noise: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        sampler: str | None = None,
+        steps: int = 50,
+        generator: torch.Generator | None = None,
+        clip_denoised: bool = False,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Integrate t: 0 -> 1 in ``steps`` uniform steps.
+
+        ``euler`` / ``heun``: the probability-flow ODE dx = v dt (Heun: 2 model calls a step). ``euler-maruyama``: the SDE dx = (v + w/2 * score) dt + sqrt(w) dW
+        with w(t) = sigma_t, which has the same marginals; its last step adds no noise.
+        """
+        sampler = self.check_sampler(sampler)
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        times = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
+        x = noise
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
+            return self.prediction(model_fn(x, tt, y).float())
+
+        pairs = list(zip(times[:-1], times[1:]))
+        for i, (t0, t1) in enumerate(progress_bar(pairs, enabled=progress,
+                                                   desc=f"{sampler} sampling", leave=False)):
+            h, v = t1 - t0, velocity(x, t0)
+            if sampler == "euler":
+                x = x + h * v
+            elif sampler == "heun":
+                guess = x + h * v
+                x = x + 0.5 * h * (v + velocity(guess, t1))
+            else:
+                x = self._sde_step(x, v, t0, h, generator, last=i == len(pairs) - 1)
+        if clip_denoised:
+            x = x.clamp(-1, 1)
+        return x
+
+    def _sde_step(self, x, v, t, h, generator, last: bool):
+        tt = torch.full((x.shape[0],), t, device=x.device)
+        _, x0_hat = self._solve(v, x, tt)
+        sigma = self.coefficients(_expand(tt, x))[1]
+        # score = -x0_hat / sigma and w = sigma, so (w / 2) * score = -x0_hat / 2 (finite).
+        x = x + h * (v - 0.5 * x0_hat)
+        if not last:
+            x = x + torch.sqrt(sigma * h) * randn_like(x, generator)
+        return x

@@ -1,0 +1,43 @@
+"""Bundled teachers: a DiT and a SiT trained on the bundled ``digits`` data.
+
+Each lives in its own folder beside this file (``dit-digits``, ``sit-digits``) as a saved
+model directory plus ``TRAINING.md`` with the exact command and seed that produced it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from entpruner_sdk.models.io import load
+from entpruner_sdk.models.transformer import DiffusionTransformer
+
+TEACHERS = ("dit-digits", "sit-digits")
+ROOT = Path(__file__).parent
+
+
+def teacher_path(name: str) -> Path:
+    if name not in TEACHERS:
+        raise ValueError(f"unknown teacher {name!r}; bundled teachers: {', '.join(TEACHERS)}")
+    return ROOT / name
+
+
+def load_teacher(name: str = "dit-digits", device: str | torch.device = "cpu"
+                 ) -> DiffusionTransformer:
+    """Load a bundled teacher (see ``TEACHERS``)."""
+    path = teacher_path(name)
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(
+            f"the bundled teacher {name} is missing from {path}; reinstall entpruner-sdk or "
+            f"train it with the command in docs/teachers.md"
+        )
+    return load(path, device=device)
+
+
+def resolve_model(spec: str, family: str | None = None, device: str | torch.device = "cpu"
+                  ) -> DiffusionTransformer:
+    """A bundled teacher name or any path ``load`` accepts."""
+    if spec in TEACHERS:
+        return load_teacher(spec, device)
+    return load(spec, family, device=device)

@@ -1,0 +1,215 @@
+"""Training and fine-tuning a DiT / SiT on class-conditional data (AdamW + EMA).
+
+Every random draw (batch indices, label dropout, timesteps, noise) comes from one seeded
+generator whose state is checkpointed, so an interrupted run resumed from its checkpoint
+reproduces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from entpruner_sdk.data.datasets import DataError, ImageDataset, load_data
+from entpruner_sdk.models.io import save
+from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.objectives import NoisedBatch, Objective, objective_for
+from entpruner_sdk.utils.checkpoint import (
+    load_checkpoint,
+    optimizer_tensors,
+    prefixed,
+    restore_optimizer,
+    save_checkpoint,
+    unprefixed,
+)
+from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.progress import progress_bar
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (plain data; saved beside every checkpoint)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+
+@dataclass
+class TrainResult:
+    model: DiffusionTransformer  # the raw weights after the last step
+    ema: DiffusionTransformer  # the EMA weights: sample and evaluate with these
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with a warm-up so short runs work:
+    the decay is min(decay, (1 + step) / (10 + step))."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - decay)
+
+
+def drop_labels(y: torch.Tensor, prob: float, null_class: int,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """Replace labels by the null class with probability ``prob`` (for guidance)."""
+    if prob <= 0:
+        return y
+    device = generator.device if generator is not None else torch.device("cpu")
+    drop = torch.rand(y.shape[0], generator=generator, device=device).to(y.device) < prob
+    return torch.where(drop, torch.full_like(y, null_class), y)
+
+
+def check_compatible(model: DiffusionTransformer, data: ImageDataset) -> None:
+    """Raise ``DataError`` if the data cannot be fed to the model."""
+    cfg = model.config
+    if (data.channels, data.image_size) != (cfg.in_channels, cfg.input_size):
+        raise DataError(
+            f"data {data.name} has {data.channels}x{data.image_size}x{data.image_size} images "
+            f"but the model takes {cfg.in_channels}x{cfg.input_size}x{cfg.input_size}; use "
+            "matching data, a latent space, or a model built for this size"
+        )
+    if data.num_classes > cfg.num_classes:
+        raise DataError(
+            f"data {data.name} has {data.num_classes} classes but the model knows "
+            f"{cfg.num_classes}; resize the label embedder for the new classes first"
+        )
+
+
+def sample_batch(data: ImageDataset, batch_size: int, generator: torch.Generator,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.randint(0, len(data), (batch_size,), generator=generator,
+                          device=generator.device).cpu()
+    return data.images[index].to(device), data.labels[index].to(device)
+
+
+def train(
+    model: DiffusionTransformer,
+    data: Any,
+    config: TrainConfig | None = None,
+    *,
+    objective: Objective | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data`` with its family's objective.
+
+    With ``out_dir``, a checkpoint is written every ``checkpoint_every`` steps to
+    ``out_dir/checkpoint`` and the final EMA model to ``out_dir/model``; ``resume=True``
+    continues from the checkpoint there.
+    """
+    config = config or TrainConfig()
+    device = resolve_device(device)
+    data = load_data(data)
+    check_compatible(model, data)
+    objective = objective or objective_for(model)
+    model = model.to(device).train()
+    ema = EMA(model, config.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    losses: list[tuple[int, float]] = []
+    start = 0
+    ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("resume=True needs out_dir, where the checkpoint lives")
+        start, losses = _restore(ckpt_dir, model, ema, optimizer, generator)
+
+    bar = progress_bar(range(start, config.steps), enabled=progress, desc="training",
+                       initial=start, total=config.steps)
+    running = []
+    for step in bar:
+        images, labels = sample_batch(data, config.batch_size, generator, device)
+        labels = drop_labels(labels, model.config.class_dropout_prob, model.null_class,
+                             generator)
+        batch = objective.noise_batch(images, labels, generator)
+        loss = training_step(model, objective, batch, optimizer, config.grad_clip, device)
+        ema.update(model, step)
+        running.append(loss)
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            mean = sum(running) / len(running)
+            losses.append((step + 1, mean))
+            running.clear()
+            bar.set_postfix(loss=f"{mean:.4f}")
+        if on_step is not None:
+            on_step(step + 1, loss)
+        done = step + 1 == config.steps
+        if ckpt_dir is not None and ((step + 1) % config.checkpoint_every == 0 or done):
+            _checkpoint(ckpt_dir, step + 1, model, ema, optimizer, generator, losses, config)
+    if out_dir is not None:
+        save(ema.model, Path(out_dir) / "model", training=dataclasses.asdict(config),
+             losses=losses)
+    return TrainResult(model.eval(), ema.model, losses)
+
+
+def training_step(model: nn.Module, objective: Objective, batch: NoisedBatch,
+                  optimizer: torch.optim.Optimizer, grad_clip: float | None,
+                  device: torch.device) -> float:
+    with autocast(device):
+        output = model(batch.x_t, batch.t, batch.y)
+    loss = objective.loss(output.float(), batch).mean()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            "training loss is not finite; lower the learning rate or check the data for NaN"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach().item()
+
+
+def _checkpoint(directory, step, model, ema, optimizer, generator, losses, config) -> None:
+    opt_tensors, param_groups = optimizer_tensors(optimizer)
+    tensors = {**prefixed("model.", model.state_dict()), **prefixed("ema.", ema.model.state_dict()),
+               **opt_tensors, "rng": generator.get_state()}
+    meta = {"step": step, "losses": losses, "param_groups": param_groups,
+            "train_config": dataclasses.asdict(config), "model_config": model.config.to_dict()}
+    save_checkpoint(directory, tensors, meta)
+
+
+def _restore(directory, model, ema, optimizer, generator) -> tuple[int, list]:
+    tensors, meta = load_checkpoint(directory)
+    if meta["model_config"] != model.config.to_dict():
+        raise ValueError(
+            f"the checkpoint in {directory} is for {meta['model_config']}, not this model's "
+            f"config; resume with the same model or start a new output directory"
+        )
+    model.load_state_dict(unprefixed("model.", tensors))
+    ema.model.load_state_dict(unprefixed("ema.", tensors))
+    restore_optimizer(optimizer, tensors, meta["param_groups"])
+    generator.set_state(tensors["rng"])
+    return int(meta["step"]), [tuple(x) for x in meta["losses"]]
+
+
+def write_json(path: str | os.PathLike, document: Any) -> None:
+    from entpruner_sdk.utils.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")

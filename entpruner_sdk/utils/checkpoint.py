@@ -1,0 +1,78 @@
+"""Resumable training state in safetensors + JSON, swapped in atomically as one folder.
+
+Optimizer state is flattened into named tensors (no pickle anywhere); random generator states
+are byte tensors, so a resumed run continues the exact random stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TENSORS, META = "state.safetensors", "state.json"
+
+
+def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                    meta: dict[str, Any]) -> None:
+    """Write ``tensors`` and ``meta`` to ``directory``, replacing any previous checkpoint only
+    once the new one is complete."""
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+              str(staging / TENSORS))
+    (staging / META).write_text(json.dumps(meta, indent=1))
+    retired = directory.with_name(directory.name + ".old")
+    shutil.rmtree(retired, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, retired)
+    os.replace(staging, directory)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    directory = Path(directory)
+    if not (directory / META).exists():
+        # A crash between the two renames leaves the complete previous state in ".old".
+        retired = directory.with_name(directory.name + ".old")
+        if (retired / META).exists():
+            directory = retired
+        else:
+            raise FileNotFoundError(f"no checkpoint in {directory}; nothing to resume")
+    return load_file(str(directory / TENSORS)), json.loads((directory / META).read_text())
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim."
+                      ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Flatten an optimizer's state into named tensors plus its JSON-able param groups."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            tensors[f"{prefix}{index}.{name}"] = torch.as_tensor(value)
+    return tensors, state["param_groups"]
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      param_groups: list[dict[str, Any]], prefix: str = "optim.") -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, name = key[len(prefix):].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v for k, v in tensors.items()}
+
+
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

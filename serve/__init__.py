@@ -1,0 +1,1 @@
+"""entpruner_sdk.serve: reserved for the serve layer (see docs/architecture.md)."""
