@@ -67,7 +67,7 @@ def _add_train(sub) -> None:
     p.add_argument("--flow-path", choices=["linear", "gvp"], default="linear",
                    help="SiT interpolant path (default linear)")
     p.add_argument("--data", default="digits",
-                   help="bundled name (digits, photos), class-folder path, or .npz (default digits)")
+                   help="bundled name (digits, photos), class folders, or .npz (default digits)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -155,7 +155,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     model.provenance.setdefault("training_command", "entpruner " + " ".join(sys.argv[1:]))
     result = train(model, data, config, out_dir=args.out, resume=args.resume,
                    device=args.device, progress=not args.quiet)
-    print(f"trained {args.steps} steps; final loss {result.losses[-1][1]:.4f}; "
+    recent = result.losses[-50:]
+    print(f"trained {args.steps} steps; loss over the last {len(recent)} steps "
+          f"{sum(recent) / len(recent):.4f}; "
           f"EMA model saved to {Path(args.out) / 'model'}")
     return 0
 
@@ -170,8 +172,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.labels:
         try:
             labels = [int(v) for v in args.labels.split(",")]
-        except ValueError:
-            raise SystemExit(f"--labels must be comma-separated integers, got {args.labels!r}")
+        except ValueError as error:
+            message = f"--labels must be comma-separated integers, got {args.labels!r}"
+            raise ValueError(message) from error
     else:
         per_class = args.per_class or 4
         labels = [c for c in range(model.config.num_classes) for _ in range(per_class)]

@@ -47,14 +47,14 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     seed: int = 0
     checkpoint_every: int = 500
-    log_every: int = 50
+    log_every: int = 50  # progress-bar loss window
 
 
 @dataclass
 class TrainResult:
     model: DiffusionTransformer  # the raw weights after the last step
     ema: DiffusionTransformer  # the EMA weights: sample and evaluate with these
-    losses: list[tuple[int, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # one per step
 
 
 class EMA:
@@ -133,7 +133,7 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    losses: list[tuple[int, float]] = []
+    losses: list[float] = []
     start = 0
     ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
     if resume:
@@ -143,7 +143,6 @@ def train(
 
     bar = progress_bar(range(start, config.steps), enabled=progress, desc="training",
                        initial=start, total=config.steps)
-    running = []
     for step in bar:
         images, labels = sample_batch(data, config.batch_size, generator, device)
         labels = drop_labels(labels, model.config.class_dropout_prob, model.null_class,
@@ -151,12 +150,10 @@ def train(
         batch = objective.noise_batch(images, labels, generator)
         loss = training_step(model, objective, batch, optimizer, config.grad_clip, device)
         ema.update(model, step)
-        running.append(loss)
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            mean = sum(running) / len(running)
-            losses.append((step + 1, mean))
-            running.clear()
-            bar.set_postfix(loss=f"{mean:.4f}")
+        losses.append(loss)
+        if (step + 1) % config.log_every == 0:
+            recent = losses[-config.log_every:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         if on_step is not None:
             on_step(step + 1, loss)
         done = step + 1 == config.steps
@@ -195,7 +192,7 @@ def _checkpoint(directory, step, model, ema, optimizer, generator, losses, confi
     save_checkpoint(directory, tensors, meta)
 
 
-def _restore(directory, model, ema, optimizer, generator) -> tuple[int, list]:
+def _restore(directory, model, ema, optimizer, generator) -> tuple[int, list[float]]:
     tensors, meta = load_checkpoint(directory)
     if meta["model_config"] != model.config.to_dict():
         raise ValueError(
@@ -206,7 +203,7 @@ def _restore(directory, model, ema, optimizer, generator) -> tuple[int, list]:
     ema.model.load_state_dict(unprefixed("ema.", tensors))
     restore_optimizer(optimizer, tensors, meta["param_groups"])
     generator.set_state(tensors["rng"])
-    return int(meta["step"]), [tuple(x) for x in meta["losses"]]
+    return int(meta["step"]), list(meta["losses"])
 
 
 def write_json(path: str | os.PathLike, document: Any) -> None:

@@ -33,11 +33,12 @@ class ImageDataset(Dataset):
     num_classes: int
     name: str = "custom"
     class_names: list[str] = field(default_factory=list)
+    pixels: bool = True  # False for latents, which are not bounded to [-1, 1]
 
     def __post_init__(self) -> None:
         if not self.class_names:
             self.class_names = [str(i) for i in range(self.num_classes)]
-        validate(self.images, self.labels, self.num_classes, self.name)
+        validate(self.images, self.labels, self.num_classes, self.name, self.pixels)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -63,7 +64,7 @@ class ImageDataset(Dataset):
     def subset(self, indices: Iterable[int]) -> ImageDataset:
         index = torch.as_tensor(list(indices), dtype=torch.long)
         return ImageDataset(self.images[index], self.labels[index], self.num_classes,
-                            self.name, list(self.class_names))
+                            self.name, list(self.class_names), self.pixels)
 
     def per_class(self, count: int, generator: torch.Generator | None = None) -> ImageDataset:
         """Up to ``count`` samples of every class (a balanced calibration set)."""
@@ -75,8 +76,9 @@ class ImageDataset(Dataset):
         return self.subset(sorted(chosen))
 
 
-def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, source: str) -> None:
-    """Check shapes, finiteness, range and labels; raise ``DataError`` naming the fix."""
+def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, source: str,
+             pixels: bool = True) -> None:
+    """Check shapes, finiteness, range (for pixels) and labels; raise ``DataError``."""
     if images.dim() != 4:
         raise DataError(f"{source}: images must be [N, C, H, W], got shape {tuple(images.shape)}")
     if len(images) == 0:
@@ -98,7 +100,7 @@ def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, sourc
             f"{first}); drop or repair them"
         )
     low, high = float(images.min()), float(images.max())
-    if low < -1.001 or high > 1.001:
+    if pixels and (low < -1.001 or high > 1.001):
         raise DataError(
             f"{source}: pixel values span [{low:.3g}, {high:.3g}] but must lie in [-1, 1]; "
             "pass uint8 images (scaled for you) or scale floats as x / 127.5 - 1"

@@ -116,5 +116,6 @@ def load_diffusers_dit(path: Path, document: dict[str, Any], family: str) -> Dif
     try:
         model.load_state_dict(reference, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"diffusers weights in {path} do not fit {config}: {error}") from error
+        raise CheckpointError(f"diffusers weights in {path} do not fit {config}: {error}"
+                              ) from error
     return model

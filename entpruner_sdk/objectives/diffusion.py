@@ -55,7 +55,7 @@ class GaussianDiffusion(Objective):
         self.learn_sigma = learn_sigma
         self.betas = linear_betas() if betas is None else np.asarray(betas, dtype=np.float64)
         self.num_timesteps = len(self.betas)
-        self.timestep_map = list(range(self.num_timesteps)) if timestep_map is None else timestep_map
+        self.timestep_map = timestep_map or list(range(self.num_timesteps))
         alphas = 1.0 - self.betas
         acp = np.cumprod(alphas)
         acp_prev = np.append(1.0, acp[:-1])

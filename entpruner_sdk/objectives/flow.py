@@ -95,8 +95,9 @@ class FlowMatching(Objective):
     ) -> torch.Tensor:
         """Integrate t: 0 -> 1 in ``steps`` uniform steps.
 
-        ``euler`` / ``heun``: the probability-flow ODE dx = v dt (Heun: 2 model calls a step). ``euler-maruyama``: the SDE dx = (v + w/2 * score) dt + sqrt(w) dW
-        with w(t) = sigma_t, which has the same marginals; its last step adds no noise.
+        ``euler`` / ``heun``: the probability-flow ODE dx = v dt (Heun: 2 model calls a
+        step). ``euler-maruyama``: the SDE dx = (v + w/2 * score) dt + sqrt(w) dW with
+        w(t) = sigma_t, which has the same marginals; its last step adds no noise.
         """
         sampler = self.check_sampler(sampler)
         if steps < 1:

@@ -27,7 +27,8 @@ def guided(
     channels = 3 if reference_quirk else guided_channels
 
     def guided_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_class)]))
+        null = torch.full_like(y, null_class)
+        out = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
         cond, uncond = out.chunk(2)
         mixed = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
         return torch.cat([mixed, cond[:, channels:]], dim=1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -18,7 +18,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool = True) -> ContextManager:
+def autocast(device: torch.device, enabled: bool = True) -> AbstractContextManager:
     """bf16 autocast on CUDA. On CPU it stays fp32: bf16 there is emulated and ~6x slower."""
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -1,0 +1,247 @@
+"""``evaluate``: the figures a user judges a (pruned) model by, in one call.
+
+- FID with the standard Inception features (when the ``fid`` extra is installed);
+- FD-domain: the Fréchet distance in the feature space of the dataset's own small classifier
+  (fast; reported under that name, never as FID);
+- precision / recall (k-NN manifolds) in each feature space;
+- class accuracy (overall and per class) and per-class diversity;
+- with ``original``: fidelity to it on identical noise and labels (PSNR, SSIM, Inception and
+  domain feature cosine distance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entpruner_sdk.data.datasets import DataError, ImageDataset, load_data
+from entpruner_sdk.evaluation.classifier import cache_root, domain_classifier, predict
+from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
+from entpruner_sdk.evaluation.metrics import (
+    FeatureStats,
+    TooFewSamples,
+    frechet_distance,
+    per_class_diversity,
+    precision_recall,
+)
+from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.sampling import sample
+from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.files import atomic_write_text
+from entpruner_sdk.utils.progress import progress_bar
+
+FEATURES = ("domain", "inception")
+
+
+@dataclass
+class EvaluationReport:
+    """All figures of one evaluation, with the settings that produced them."""
+
+    settings: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_class_accuracy: list[float] = field(default_factory=list)
+    per_class_diversity: list[float | None] = field(default_factory=list)
+    fidelity: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        s = self.settings
+        lines = [f"# Evaluation of {s['model']}", "",
+                 f"{s['samples']} samples, sampler {s['sampler']} x {s['steps']} steps, "
+                 f"cfg {s['cfg_scale']}, seed {s['seed']}, reference {s['reference']} "
+                 f"({s['reference_size']} images), device {s['device']}.", "",
+                 "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in self.metrics.items()]
+        if self.fidelity:
+            lines += ["", "## Fidelity to the original (same noise and labels)", "",
+                      "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4f} |" for k, v in self.fidelity.items()]
+        lines += ["", "## Per class", "", "| class | accuracy | diversity |", "|---|---|---|"]
+        for c, (acc, div) in enumerate(zip(self.per_class_accuracy, self.per_class_diversity)):
+            lines.append(f"| {c} | {acc:.3f} | {'-' if div is None else f'{div:.3f}'} |")
+        lines += [""] + [f"- {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / "evaluation.json", json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(directory / "evaluation.md", self.to_markdown())
+        return directory
+
+
+def check_model_matches_data(model: DiffusionTransformer, data: ImageDataset) -> None:
+    cfg = model.config
+    if (cfg.in_channels, cfg.input_size) != (data.channels, data.image_size):
+        raise DataError(
+            f"the model makes {cfg.in_channels}x{cfg.input_size}x{cfg.input_size} images but "
+            f"{data.name} holds {data.channels}x{data.image_size}x{data.image_size}; evaluate "
+            "against data of the model's image size and channels"
+        )
+    if cfg.num_classes != data.num_classes:
+        raise DataError(
+            f"the model has {cfg.num_classes} classes but {data.name} has {data.num_classes}; "
+            "evaluate against the dataset the model was trained or fine-tuned on"
+        )
+
+
+def balanced_labels(count: int, num_classes: int) -> torch.Tensor:
+    return torch.arange(count) % num_classes
+
+
+def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, batch_size: int,
+             progress: bool, **sampling: Any) -> torch.Tensor:
+    """Samples in batches; batch b uses seed + b, so any two models see identical noise."""
+    chunks = []
+    for b, start in enumerate(progress_bar(range(0, len(labels), batch_size), enabled=progress,
+                                           desc="sampling", leave=False)):
+        chunks.append(sample(model, labels[start:start + batch_size], seed=seed + b,
+                             clip_denoised=True, **sampling))
+    return torch.cat(chunks)
+
+
+def reference_stats(data: ImageDataset, extractor, name: str, progress: bool) -> tuple[
+        FeatureStats, torch.Tensor]:
+    """Features of the real data, cached per dataset content and feature network."""
+    folder = cache_root() / "reference"
+    key = f"{data.name}-{data.fingerprint()}-{name}-{extractor.fingerprint}"
+    path = folder / key
+    features_file = path.with_suffix(".pt")
+    if features_file.exists() and path.with_suffix(".json").exists():
+        features = torch.load(features_file, weights_only=True)
+        return FeatureStats.load(path), features
+    features = extractor(data.images, progress=progress)
+    stats = FeatureStats.of(features, dataset=data.name, size=len(data),
+                            fingerprint=data.fingerprint(), network=name,
+                            network_hash=extractor.fingerprint)
+    folder.mkdir(parents=True, exist_ok=True)
+    stats.save(path)
+    from entpruner_sdk.utils.files import atomic_writer
+
+    with atomic_writer(features_file) as tmp:
+        torch.save(features, tmp)
+    return stats, features
+
+
+class DomainFeatures:
+    """The dataset classifier's penultimate layer as a feature extractor."""
+
+    def __init__(self, classifier) -> None:
+        self.classifier = classifier
+        with torch.no_grad():
+            total = float(sum(p.double().sum() for p in classifier.parameters()))
+        self.fingerprint = f"cnn-{total:.9e}"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch_size: int = 512, progress: bool = False
+                 ) -> torch.Tensor:
+        return torch.cat([self.classifier.features(images[i:i + batch_size]).double()
+                          for i in range(0, len(images), batch_size)])
+
+
+def evaluate(
+    model: DiffusionTransformer,
+    data: Any,
+    *,
+    samples: int = 1000,
+    sampler: str | None = None,
+    steps: int = 50,
+    cfg_scale: float = 1.0,
+    seed: int = 0,
+    original: DiffusionTransformer | None = None,
+    features: tuple[str, ...] = FEATURES,
+    batch_size: int = 250,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    model_name: str = "model",
+) -> EvaluationReport:
+    """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
+
+    ``features`` picks the feature spaces: ``"domain"`` (fast) and/or ``"inception"`` (standard
+    FID; needs the ``fid`` extra). ``original``: also report fidelity to that model.
+    """
+    device = resolve_device(device)
+    unknown = set(features) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown feature spaces {sorted(unknown)}; choose from {FEATURES}")
+    data = load_data(data)
+    check_model_matches_data(model, data)
+    if original is not None and original.config.replace(depth=1) != model.config.replace(depth=1):
+        raise ValueError("the original and the evaluated model differ in more than depth")
+    if samples < 2:
+        raise TooFewSamples(f"samples={samples}: at least 2 are needed for a covariance "
+                            "(and a few hundred for a stable FID)")
+    sampling = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=device)
+    labels = balanced_labels(samples, data.num_classes)
+    started = time.perf_counter()
+    images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
+                      **sampling)
+    seconds = time.perf_counter() - started
+    classifier = domain_classifier(data, progress=progress)
+    predictions = predict(classifier, images)
+    report = EvaluationReport(settings=dict(
+        model=model_name, samples=samples, sampler=sampler or "default", steps=steps,
+        cfg_scale=cfg_scale, seed=seed, reference=data.name, reference_size=len(data),
+        device=str(device), features=list(features), sampling_seconds=seconds))
+    report.metrics["class_accuracy"] = float((predictions == labels).double().mean())
+    report.per_class_accuracy = [
+        float((predictions[labels == c] == c).double().mean()) if (labels == c).any() else 0.0
+        for c in range(data.num_classes)]
+    extractors = _extractors(features, classifier, device, report)
+    generated_features = {}
+    for name, extractor in extractors.items():
+        real_stats, real_features = reference_stats(data, extractor, name, progress)
+        fake = extractor(images, progress=progress)
+        generated_features[name] = fake
+        fid_name = "fid" if name == "inception" else "fd_domain"
+        report.metrics[fid_name] = frechet_distance(FeatureStats.of(fake), real_stats)
+        precision, recall = precision_recall(real_features, fake)
+        report.metrics[f"precision_{name}"] = precision
+        report.metrics[f"recall_{name}"] = recall
+        if len(fake) <= fake.shape[1]:
+            report.notes.append(f"{name}: {len(fake)} samples for {fake.shape[1]}-d features; "
+                                "the covariance is rank-deficient and the distance is biased "
+                                "upward, compare only figures with equal sample counts")
+    report.per_class_diversity = per_class_diversity(
+        DomainFeatures(classifier)(images), labels, data.num_classes)
+    if original is not None:
+        reference_images = generate(original, labels, seed=seed, batch_size=batch_size,
+                                    progress=progress, **sampling)
+        report.fidelity = _fidelity(images, reference_images, extractors, generated_features,
+                                    progress)
+    return report
+
+
+def _extractors(features, classifier, device, report) -> dict[str, Any]:
+    from entpruner_sdk.evaluation.inception import FeatureNetworkMissing, InceptionFeatures
+
+    extractors: dict[str, Any] = {}
+    if "domain" in features:
+        extractors["domain"] = DomainFeatures(classifier)
+    if "inception" in features:
+        try:
+            extractors["inception"] = InceptionFeatures(device)
+        except FeatureNetworkMissing as error:
+            if features == ("inception",):
+                raise
+            report.notes.append(f"standard FID skipped: {error}")
+    return extractors
+
+
+def _fidelity(images, reference, extractors, generated_features, progress) -> dict[str, float]:
+    out = {"psnr": float(psnr(images, reference).mean()),
+           "ssim": float(ssim(images, reference).mean())}
+    for name, extractor in extractors.items():
+        distance = feature_cosine_distance(generated_features[name],
+                                           extractor(reference, progress=progress))
+        out[f"{name}_cosine_distance"] = float(distance.mean())
+    return out

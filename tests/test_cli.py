@@ -1,0 +1,56 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from entpruner_sdk.cli import COMMANDS, main
+
+
+def test_every_command_has_help_with_examples(capsys):
+    for command in [None, *COMMANDS]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(([command] if command else []) + ["--help"])
+        assert exit_info.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_console_script_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "entpruner_sdk", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "quickstart" in result.stdout
+
+
+def test_train_info_and_sample_round_trip(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--family", "sit", "--depth", "2", "--hidden", "32", "--heads", "2",
+                 "--steps", "4", "--batch-size", "8", "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert (out / "model" / "model.safetensors").exists()
+    assert main(["sample", "--model", str(out / "model"), "--labels", "1,2", "--steps", "2",
+                 "--out", str(tmp_path / "g.png"), "--npz", str(tmp_path / "s.npz"),
+                 "--quiet", "--device", "cpu"]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 0
+    import numpy as np
+
+    saved = np.load(tmp_path / "s.npz")
+    assert saved["images"].shape == (2, 1, 8, 8) and saved["labels"].tolist() == [1, 2]
+
+
+def test_info_prints_json(tmp_path, capsys):
+    main(["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads", "2",
+          "--steps", "1", "--batch-size", "4", "--out", str(tmp_path), "--quiet",
+          "--device", "cpu"])
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "model"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "dit" and info["config"]["depth"] == 2
+    assert info["provenance"]["kept_blocks"] == [0, 1]
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["info", "--model", str(tmp_path / "nope.pt"), "--family", "dit"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--model", "DiT-S/2", "--data", str(tmp_path / "x"), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "neither a bundled dataset" in capsys.readouterr().err

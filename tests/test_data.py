@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from entpruner_sdk.data import DataError, ImageDataset, load_data
+
+
+def test_digits_bundled_splits_are_disjoint_and_cover_all():
+    train, test, full = (load_data("digits", split=s) for s in ("train", "test", "all"))
+    assert train.images.shape[1:] == (1, 8, 8) and train.num_classes == 10
+    assert len(train) + len(test) == len(full) == 1797
+    assert set(test.labels.tolist()) == set(range(10))
+    assert train.images.min() == -1 and train.images.max() == 1
+
+
+def test_photos_bundled_is_rgb_class_conditional_with_held_out_pixels():
+    train, test = load_data("photos", split="train", image_size=16), load_data(
+        "photos", split="test", image_size=16)
+    assert train.images.shape[1:] == (3, 16, 16) and train.num_classes == 8
+    assert len(train.class_names) == 8 and "astronaut" in train.class_names
+    assert len(test) == 8 * 64 and torch.bincount(test.labels).tolist() == [64] * 8
+    # classes differ: mean colour of two photos is not the same
+    means = torch.stack([train.images[train.labels == c].mean((0, 2, 3)) for c in range(8)])
+    assert torch.cdist(means, means).fill_diagonal_(1).min() > 0.01
+
+
+def test_unknown_bundled_options():
+    with pytest.raises(DataError, match="split"):
+        load_data("digits", split="validation")
+    with pytest.raises(DataError, match="8x8"):
+        load_data("digits", image_size=16)
+    with pytest.raises(DataError, match="neither a bundled dataset"):
+        load_data("no-such-data")
+
+
+def write_folder(root, sizes=((8, 8),), classes=("a", "b"), per_class=3, gray=False):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            w, h = sizes[i % len(sizes)]
+            array = np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
+            if gray:
+                array[..., 1] = array[..., 2] = array[..., 0]
+            Image.fromarray(array).save(root / name / f"{i}.png")
+
+
+def test_folder_of_class_folders(tmp_path):
+    write_folder(tmp_path)
+    data = load_data(tmp_path)
+    assert data.images.shape == (6, 3, 8, 8) and data.class_names == ["a", "b"]
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    write_folder(tmp_path / "gray", gray=True)
+    assert load_data(tmp_path / "gray").channels == 1
+
+
+def test_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class subfolders"):
+        load_data(tmp_path / "empty")
+    (tmp_path / "noimages" / "cls").mkdir(parents=True)
+    with pytest.raises(DataError, match="contains no images"):
+        load_data(tmp_path / "noimages")
+    write_folder(tmp_path / "mixed", sizes=((8, 8), (16, 16)))
+    with pytest.raises(DataError, match="mixes image sizes"):
+        load_data(tmp_path / "mixed")
+    write_folder(tmp_path / "broken")
+    (tmp_path / "broken" / "a" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image .*bad.png"):
+        load_data(tmp_path / "broken")
+
+
+def test_npz_layouts_and_errors(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "ok.npz", images=images, labels=np.array([0, 1, 2, 1, 0]))
+    data = load_data(tmp_path / "ok.npz")
+    assert data.images.shape == (5, 3, 8, 8) and data.num_classes == 3
+    assert torch.allclose(data.images[0, :, 0, 0], torch.from_numpy(images[0, 0, 0] / 127.5 - 1).float())
+    bad = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    bad[1, 0, 3, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", x=bad, y=np.array([0, 1]))
+    with pytest.raises(DataError, match="NaN or infinite values .*index 1"):
+        load_data(tmp_path / "nan.npz")
+    np.savez(tmp_path / "range.npz", x=np.full((2, 1, 8, 8), 3.0, np.float32), y=np.array([0, 1]))
+    with pytest.raises(DataError, match=r"must lie in \[-1, 1\]"):
+        load_data(tmp_path / "range.npz")
+    np.savez(tmp_path / "labels.npz", x=np.zeros((2, 1, 8, 8), np.float32), y=np.array([0, 7]))
+    with pytest.raises(DataError, match="labels must lie in 0..4"):
+        load_data(tmp_path / "labels.npz", num_classes=5)
+    np.savez(tmp_path / "keys.npz", pixels=np.zeros((2, 8, 8)))
+    with pytest.raises(DataError, match="'images' and 'labels'"):
+        load_data(tmp_path / "keys.npz")
+    (tmp_path / "corrupt.npz").write_bytes(b"PK garbage")
+    with pytest.raises(DataError, match="cannot read"):
+        load_data(tmp_path / "corrupt.npz")
+
+
+def test_torch_dataset_and_dataloader():
+    images, labels = torch.rand(6, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
+    dataset = TensorDataset(images, labels)
+    for source in (dataset, DataLoader(dataset, batch_size=4)):
+        data = load_data(source)
+        assert torch.equal(data.images, images) and torch.equal(data.labels, labels)
+    with pytest.raises(DataError, match="labels must lie"):
+        load_data(TensorDataset(images, -labels - 1))
+
+
+def test_dataset_helpers():
+    data = load_data("digits")
+    calib = data.per_class(3, torch.Generator().manual_seed(0))
+    assert torch.bincount(calib.labels).tolist() == [3] * 10
+    assert data.fingerprint() == load_data("digits").fingerprint()
+    assert data.fingerprint() != calib.fingerprint()
+    with pytest.raises(DataError, match="square"):
+        ImageDataset(torch.zeros(1, 1, 8, 4), torch.zeros(1).long(), 1)

@@ -1,0 +1,130 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import entpruner_sdk as ep
+from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.models.diffusers_convert import diffusers_to_reference, reference_to_diffusers
+from tests.conftest import randomized, tiny_config
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_released_plain_state_dict_loads_strictly(tmp_path, tiny_dit):
+    path = tmp_path / "DiT-tiny.pt"
+    torch.save(tiny_dit.state_dict(), path)
+    loaded = ep.load(path, family="dit", num_heads=2)
+    assert loaded.config == tiny_dit.config
+    assert same_weights(loaded, tiny_dit)
+    assert loaded.provenance["source"] == "DiT-tiny.pt"
+    assert len(loaded.provenance["source_sha256"]) == 64
+
+
+def test_training_checkpoint_uses_the_ema_weights(tmp_path, tiny_sit):
+    raw = randomized(DiffusionTransformer(tiny_sit.config), seed=7)
+    path = tmp_path / "0400000.pt"
+    torch.save({"model": raw.state_dict(), "ema": tiny_sit.state_dict(), "opt": {},
+                "args": {"model": "SiT-tiny"}}, path)
+    loaded = ep.load(path, family="sit", num_heads=2)
+    assert same_weights(loaded, tiny_sit) and not same_weights(loaded, raw)
+
+
+def test_released_safetensors_and_inferred_config(tmp_path):
+    model = randomized(DiffusionTransformer(tiny_config("dit", learn_sigma=False, depth=3,
+                                                        num_classes=7, input_size=16,
+                                                        patch_size=4, in_channels=3)))
+    path = tmp_path / "weights.safetensors"
+    save_file(model.state_dict(), str(path))
+    loaded = ep.load(path, family="dit", num_heads=2)
+    assert loaded.config == model.config
+    assert same_weights(loaded, model)
+
+
+def test_save_load_round_trip_is_exact(tmp_path, tiny_sit):
+    tiny_sit.objective = {"path": "gvp"}
+    pruned = tiny_sit.keep_blocks([0, 2])
+    ep.save(pruned, tmp_path / "m", note="hello")
+    loaded = ep.load(tmp_path / "m")
+    assert loaded.config == pruned.config and same_weights(loaded, pruned)
+    assert loaded.kept_blocks == [0, 2] and loaded.objective == {"path": "gvp"}
+    assert loaded.metadata == {"note": "hello"}
+    document = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert document["family"] == "sit" and document["provenance"]["kept_blocks"] == [0, 2]
+    x, t, y = torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([1, 2])
+    assert torch.equal(loaded(x, t, y), pruned(x, t, y))
+
+
+def test_family_of_our_directory_is_checked(tmp_path, tiny_dit):
+    ep.save(tiny_dit, tmp_path / "m")
+    with pytest.raises(ep.CheckpointError, match="holds a DIT model"):
+        ep.load(tmp_path / "m", family="sit")
+
+
+def test_released_file_without_family_is_refused(tmp_path, tiny_dit):
+    torch.save(tiny_dit.state_dict(), tmp_path / "x.pt")
+    with pytest.raises(ep.CheckpointError, match="family='dit' or family='sit'"):
+        ep.load(tmp_path / "x.pt")
+
+
+def test_corrupt_and_foreign_files_give_clear_errors(tmp_path, tiny_dit):
+    corrupt = tmp_path / "corrupt.pt"
+    torch.save(tiny_dit.state_dict(), corrupt)
+    corrupt.write_bytes(corrupt.read_bytes()[:200])
+    with pytest.raises(ep.CheckpointError, match="corrupt"):
+        ep.load(corrupt, family="dit")
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"conv1.weight": torch.zeros(3)}, foreign)
+    with pytest.raises(ep.CheckpointError, match="not a DiT/SiT state dict"):
+        ep.load(foreign, family="dit")
+    with pytest.raises(ep.CheckpointError, match="does not exist"):
+        ep.load(tmp_path / "missing.pt", family="dit")
+    truncated = dict(tiny_dit.state_dict())
+    truncated.pop("blocks.1.mlp.fc2.bias")
+    torch.save(truncated, tmp_path / "truncated.pt")
+    with pytest.raises(ep.CheckpointError, match="do not fit"):
+        ep.load(tmp_path / "truncated.pt", family="dit", num_heads=2)
+
+
+class Arbitrary:
+    """A pickled class: weights_only loading must refuse to import it."""
+
+
+def test_pickled_objects_are_not_loaded(tmp_path):
+    torch.save({"x": Arbitrary()}, tmp_path / "evil.pt")
+    with pytest.raises(ep.CheckpointError, match="cannot read"):
+        ep.load(tmp_path / "evil.pt", family="dit")
+
+
+def test_diffusers_directory_loads_with_converted_keys(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    hf = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+        num_layers=3, sample_size=8, patch_size=2, num_embeds_ada_norm=10)
+    # Converted checkpoints carry identical embedder copies in every block; mirror that.
+    state = hf.state_dict()
+    for key in list(state):
+        if ".norm1.emb." in key and not key.startswith("transformer_blocks.0."):
+            state[key] = state["transformer_blocks.0." + key.split(".", 2)[2]]
+    hf.load_state_dict(state)
+    hf.save_pretrained(tmp_path / "hf")
+    model = ep.load(tmp_path / "hf", family="dit")
+    assert (model.depth, model.config.hidden_size, model.config.num_heads) == (3, 32, 2)
+    assert model.config.learn_sigma and model.config.num_classes == 10
+    back = reference_to_diffusers(model.state_dict())
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in back)
+    again = diffusers_to_reference(back, 32, 16)
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
+
+
+def test_diffusers_directory_needs_family(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                    out_channels=8, num_layers=1, sample_size=8, patch_size=2,
+                                    num_embeds_ada_norm=4).save_pretrained(tmp_path / "hf")
+    with pytest.raises(ep.CheckpointError, match="family"):
+        ep.load(tmp_path / "hf")

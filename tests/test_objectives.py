@@ -1,0 +1,172 @@
+"""Objectives and samplers checked against data whose exact answers are known: for Gaussian
+data N(mu, s^2) the optimal epsilon / velocity predictors are closed-form."""
+
+import numpy as np
+import pytest
+import torch
+
+from entpruner_sdk.objectives import FlowMatching, GaussianDiffusion, NoisedBatch, guided
+from entpruner_sdk.objectives.diffusion import space_timesteps
+from entpruner_sdk.sampling import sample
+
+MU, S = 0.5, 0.3
+
+
+def gaussian_eps_model(diffusion: GaussianDiffusion):
+    acp = torch.from_numpy(diffusion.alphas_cumprod).float()
+
+    def model(x, t, y):
+        a, b = acp[t].sqrt().view(-1, 1, 1, 1), (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
+        return b * (x - a * MU) / (a**2 * S**2 + b**2)
+
+    return model
+
+
+def gaussian_velocity_model(x, t, y):
+    t = t.view(-1, 1, 1, 1)
+    var = t**2 * S**2 + (1 - t) ** 2
+    x1 = MU + t * S**2 * (x - t * MU) / var
+    x0 = (1 - t) * (x - t * MU) / var
+    return x1 - x0
+
+
+def test_respacing_keeps_alpha_bar():
+    full = GaussianDiffusion(1, learn_sigma=False)
+    assert full.respace(1000).timestep_map == list(range(1000))
+    spaced = full.respace(25)
+    assert spaced.num_timesteps == 25 and spaced.timestep_map == space_timesteps(1000, 25)
+    assert np.allclose(spaced.alphas_cumprod, full.alphas_cumprod[spaced.timestep_map])
+    assert spaced.timestep_map[0] == 0 and spaced.timestep_map[-1] == 999
+    with pytest.raises(ValueError, match="1..1000"):
+        full.respace(0)
+
+
+def test_linear_schedule_matches_the_facts():
+    betas = GaussianDiffusion(1).betas
+    assert len(betas) == 1000 and betas[0] == pytest.approx(1e-4) and betas[-1] == 0.02
+
+
+@pytest.mark.parametrize("steps", [250])
+def test_ddim_with_many_steps_is_close_to_ddpm(steps):
+    diffusion = GaussianDiffusion(1, learn_sigma=False)
+    model = gaussian_eps_model(diffusion)
+    noise = torch.randn(4000, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(4000, dtype=torch.long)
+    ddpm = diffusion.sample(model, noise, y, sampler="ddpm", steps=steps,
+                            generator=torch.Generator().manual_seed(1))
+    ddim = diffusion.sample(model, noise, y, sampler="ddim", steps=steps)
+    for samples in (ddpm, ddim):
+        assert abs(samples.mean() - MU) < 0.02 and abs(samples.std() - S) < 0.02
+    assert abs(ddpm.std() - ddim.std()) < 0.02 and abs(ddpm.mean() - ddim.mean()) < 0.02
+
+
+def test_learned_range_variance_interpolates_between_the_bounds():
+    diffusion = GaussianDiffusion(1, learn_sigma=True)
+    t = torch.tensor([10, 500])
+    high = diffusion.log_variance(torch.cat([torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)], 1), t)
+    low = diffusion.log_variance(torch.cat([torch.zeros(2, 1, 2, 2), -torch.ones(2, 1, 2, 2)], 1), t)
+    assert torch.allclose(high[:, 0, 0, 0], torch.log(torch.tensor(diffusion.betas[[10, 500]])).float())
+    clipped = diffusion.posterior_log_variance_clipped[[10, 500]]
+    assert torch.allclose(low[:, 0, 0, 0], torch.tensor(clipped).float())
+
+
+def test_diffusion_loss_is_mse_plus_vb_and_vb_trains_only_the_variance():
+    diffusion = GaussianDiffusion(1, learn_sigma=True)
+    x0 = torch.rand(4, 1, 4, 4) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 1, 400, 999])
+    batch = NoisedBatch(x0, noise, diffusion.add_noise(x0, noise, t), t, torch.zeros(4).long())
+    output = torch.cat([noise, torch.zeros_like(x0)], 1).requires_grad_(True)
+    loss = diffusion.loss(output, batch)
+    assert loss.shape == (4,) and torch.isfinite(loss).all() and (loss >= 0).all()
+    assert loss[0] > 0.1  # t = 0: the discretised decoder NLL
+    loss.sum().backward()
+    assert torch.count_nonzero(output.grad[:, :1]) == 0  # eps exact: MSE gradient is zero
+    assert torch.count_nonzero(output.grad[:, 1:]) > 0  # the VB term trains the variance
+    fixed = GaussianDiffusion(1, learn_sigma=False)
+    assert torch.allclose(fixed.loss(noise + 0.1, batch), torch.full((4,), 0.01))
+
+
+def test_heun_beats_euler_at_equal_steps_on_a_known_flow():
+    flow = FlowMatching(1)
+    noise = torch.randn(512, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    exact = MU + S * noise  # the probability-flow map of Gaussian -> Gaussian is affine
+    y = torch.zeros(512, dtype=torch.long)
+    errors = {name: (flow.sample(gaussian_velocity_model, noise, y, sampler=name, steps=8)
+                     - exact).abs().max().item() for name in ("euler", "heun")}
+    assert errors["heun"] < errors["euler"] / 5
+    fine = flow.sample(gaussian_velocity_model, noise, y, sampler="heun", steps=64)
+    assert torch.allclose(fine, exact, atol=1e-3)
+
+
+def test_euler_maruyama_sde_reaches_the_data_distribution():
+    flow = FlowMatching(1)
+    noise = torch.randn(4000, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    out = flow.sample(gaussian_velocity_model, noise, torch.zeros(4000).long(),
+                      sampler="euler-maruyama", steps=200,
+                      generator=torch.Generator().manual_seed(3))
+    assert abs(out.mean() - MU) < 0.02 and abs(out.std() - S) < 0.02
+    assert not torch.allclose(out, MU + S * noise, atol=1e-2)  # it really is stochastic
+
+
+@pytest.mark.parametrize("path", ["linear", "gvp"])
+def test_flow_paths_velocity_and_denoised_estimate(path):
+    flow = FlowMatching(1, path=path)
+    x1, x0 = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    batch = NoisedBatch(x1, x0, flow.add_noise(x1, x0, t), t, torch.zeros(3).long())
+    target = flow.velocity_target(batch)
+    h = 1e-3
+    numeric = (flow.add_noise(x1, x0, t + h) - flow.add_noise(x1, x0, t - h)) / (2 * h)
+    assert torch.allclose(target, numeric, atol=1e-2)
+    assert torch.allclose(flow.denoised(target, batch.x_t, t), x1, atol=1e-5)
+    assert torch.allclose(flow.loss(target, batch), torch.zeros(3), atol=1e-10)
+    with pytest.raises(ValueError, match="linear, gvp"):
+        FlowMatching(1, path="cosine")
+
+
+def test_diffusion_denoised_recovers_x0_from_the_true_noise():
+    diffusion = GaussianDiffusion(1, learn_sigma=False)
+    x0, noise, t = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2), torch.tensor([5, 300, 900])
+    assert torch.allclose(diffusion.denoised(noise, diffusion.add_noise(x0, noise, t), t), x0,
+                          atol=1e-3)
+
+
+def test_calibration_times_span_the_schedule():
+    times = GaussianDiffusion(1).calibration_times(8)
+    assert times.dtype == torch.long and times.min() < 100 and times.max() > 900
+    flow_times = FlowMatching(1).calibration_times(4)
+    assert torch.allclose(flow_times, torch.tensor([0.125, 0.375, 0.625, 0.875]))
+
+
+def test_guidance_mixes_the_prediction_and_passes_the_rest():
+    def model(x, t, y):  # channel c = label + c, so cond/uncond differ per channel
+        base = y.float().view(-1, 1, 1, 1)
+        return torch.cat([base + c for c in range(5)], dim=1).expand(-1, -1, 2, 2)
+
+    x, t, y = torch.zeros(2, 1, 2, 2), torch.zeros(2), torch.tensor([2, 3])
+    out = guided(model, 3.0, null_class=10, guided_channels=4)(x, t, y)
+    cond, uncond = model(x, t, y), model(x, t, torch.tensor([10, 10]))
+    assert torch.allclose(out[:, :4], uncond[:, :4] + 3 * (cond[:, :4] - uncond[:, :4]))
+    assert torch.equal(out[:, 4:], cond[:, 4:])
+    quirk = guided(model, 3.0, null_class=10, guided_channels=4, reference_quirk=True)(x, t, y)
+    assert torch.equal(quirk[:, :3], out[:, :3]) and torch.equal(quirk[:, 3:], cond[:, 3:])
+    assert guided(model, 1.0, 10, 4) is model
+
+
+@pytest.mark.parametrize("family,sampler", [("dit", "ddpm"), ("dit", "ddim"),
+                                            ("sit", "heun"), ("sit", "euler-maruyama")])
+def test_seeded_sampling_is_reproducible(family, sampler, tiny_dit, tiny_sit):
+    model = tiny_dit if family == "dit" else tiny_sit
+    kwargs = dict(sampler=sampler, steps=5, cfg_scale=2.0, device="cpu")
+    a = sample(model, [1, 2, 3], seed=11, **kwargs)
+    b = sample(model, [1, 2, 3], seed=11, **kwargs)
+    c = sample(model, [1, 2, 3], seed=12, **kwargs)
+    assert a.shape == (3, 1, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sampling_rejects_unknown_labels_and_samplers(tiny_dit):
+    with pytest.raises(ValueError, match="unknown class label 10"):
+        sample(tiny_dit, [0, 10], steps=2)
+    with pytest.raises(ValueError, match="ddpm, ddim"):
+        sample(tiny_dit, [0], sampler="heun", steps=2)

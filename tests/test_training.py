@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+import entpruner_sdk as ep
+from entpruner_sdk.data import DataError, load_data
+from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.training import TrainConfig, drop_labels, train
+from tests.conftest import tiny_config
+
+
+def fresh(family="dit", **overrides):
+    torch.manual_seed(0)
+    return DiffusionTransformer(tiny_config(family, **overrides))
+
+
+@pytest.mark.parametrize("family", ["dit", "sit"])
+def test_training_lowers_the_loss(family):
+    config = TrainConfig(steps=60, batch_size=32, lr=2e-3, log_every=20, ema_decay=0.99)
+    result = train(fresh(family), "digits", config, device="cpu", progress=False)
+    assert len(result.losses) == 60
+    assert sum(result.losses[-10:]) < sum(result.losses[:10])
+    ema, raw = result.ema.state_dict(), result.model.state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw if k != "pos_embed")
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    config = TrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=3, log_every=2)
+    full = train(fresh(), "digits", config, out_dir=tmp_path / "a", progress=False)
+    interrupted = TrainConfig(**{**config.__dict__, "steps": 3})
+    train(fresh(), "digits", interrupted, out_dir=tmp_path / "b", progress=False)
+    resumed = train(fresh(), "digits", config, out_dir=tmp_path / "b", resume=True,
+                    progress=False)
+    for a, b in ((full.model, resumed.model), (full.ema, resumed.ema)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert full.losses == resumed.losses
+    saved = ep.load(tmp_path / "b" / "model")
+    assert all(torch.equal(v, resumed.ema.state_dict()[k]) for k, v in saved.state_dict().items())
+    assert saved.metadata["training"]["steps"] == 6
+
+
+def test_resume_needs_a_matching_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(fresh(), "digits", TrainConfig(steps=2, batch_size=4), out_dir=tmp_path,
+              resume=True, progress=False)
+    train(fresh(), "digits", TrainConfig(steps=2, batch_size=4), out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="same model"):
+        train(fresh(depth=3), "digits", TrainConfig(steps=4, batch_size=4), out_dir=tmp_path,
+              resume=True, progress=False)
+
+
+def test_incompatible_data_is_refused():
+    with pytest.raises(DataError, match="takes 1x8x8"):
+        train(fresh(), load_data("photos", image_size=16), TrainConfig(steps=1), progress=False)
+    with pytest.raises(DataError, match="resize the label embedder"):
+        train(fresh(num_classes=5), "digits", TrainConfig(steps=1), progress=False)
+
+
+def test_label_dropout_uses_the_null_class():
+    y = torch.arange(1000) % 10
+    dropped = drop_labels(y, 0.1, 10, torch.Generator().manual_seed(0))
+    share = (dropped == 10).float().mean()
+    assert 0.07 < share < 0.13 and torch.equal(dropped[dropped != 10], y[dropped != 10])
