@@ -76,7 +76,8 @@ def test_npz_layouts_and_errors(tmp_path):
     np.savez(tmp_path / "ok.npz", images=images, labels=np.array([0, 1, 2, 1, 0]))
     data = load_data(tmp_path / "ok.npz")
     assert data.images.shape == (5, 3, 8, 8) and data.num_classes == 3
-    assert torch.allclose(data.images[0, :, 0, 0], torch.from_numpy(images[0, 0, 0] / 127.5 - 1).float())
+    expected = torch.from_numpy(images[0, 0, 0] / 127.5 - 1).float()
+    assert torch.allclose(data.images[0, :, 0, 0], expected)
     bad = np.zeros((2, 1, 8, 8), dtype=np.float32)
     bad[1, 0, 3, 3] = np.nan
     np.savez(tmp_path / "nan.npz", x=bad, y=np.array([0, 1]))

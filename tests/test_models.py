@@ -24,7 +24,8 @@ def expected_shapes(depth: int, d: int, p: int, tokens: int, classes: int = 1000
         "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
         "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
         "y_embedder.embedding_table.weight": (classes + 1, d),
-        "final_layer.linear.weight": (p * p * c_out, d), "final_layer.linear.bias": (p * p * c_out,),
+        "final_layer.linear.weight": (p * p * c_out, d),
+        "final_layer.linear.bias": (p * p * c_out,),
         "final_layer.adaLN_modulation.1.weight": (2 * d, d),
         "final_layer.adaLN_modulation.1.bias": (2 * d,),
     }

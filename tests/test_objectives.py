@@ -63,9 +63,11 @@ def test_ddim_with_many_steps_is_close_to_ddpm(steps):
 def test_learned_range_variance_interpolates_between_the_bounds():
     diffusion = GaussianDiffusion(1, learn_sigma=True)
     t = torch.tensor([10, 500])
-    high = diffusion.log_variance(torch.cat([torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)], 1), t)
-    low = diffusion.log_variance(torch.cat([torch.zeros(2, 1, 2, 2), -torch.ones(2, 1, 2, 2)], 1), t)
-    assert torch.allclose(high[:, 0, 0, 0], torch.log(torch.tensor(diffusion.betas[[10, 500]])).float())
+    eps, ones = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    high = diffusion.log_variance(torch.cat([eps, ones], 1), t)
+    low = diffusion.log_variance(torch.cat([eps, -ones], 1), t)
+    betas = torch.tensor(diffusion.betas[[10, 500]])
+    assert torch.allclose(high[:, 0, 0, 0], torch.log(betas).float())
     clipped = diffusion.posterior_log_variance_clipped[[10, 500]]
     assert torch.allclose(low[:, 0, 0, 0], torch.tensor(clipped).float())
 

@@ -91,7 +91,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     Precision: share of generated samples inside the real manifold (union of k-NN balls of the
     real features). Recall: share of real samples inside the generated manifold.
     """
-    real, fake = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
+    real = torch.as_tensor(real, dtype=torch.float64)
+    fake = torch.as_tensor(fake, dtype=torch.float64)
     if min(len(real), len(fake)) <= k:
         raise TooFewSamples(f"precision/recall with k={k} needs more than {k} samples per set")
 
