@@ -1,4 +1,4 @@
-"""The ``entpruner`` command line: ``train``, ``sample``, ``info`` and ``quickstart``.
+"""The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``evaluate``, ``quickstart``.
 
 Every subcommand has ``--help`` with examples; ``--quiet`` silences progress bars.
 """
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_info(sub)
+    _add_evaluate(sub)
     _add_quickstart(sub)
     return parser
 
@@ -109,6 +110,28 @@ def _add_info(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--family", choices=["dit", "sit"])
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_evaluate(sub) -> None:
+    p = _command(sub, "evaluate", "Score a model against real data: FID (Inception), FD-domain, "
+                 "precision/recall, class accuracy, and fidelity to an original.", """\
+        entpruner evaluate --model dit-digits --data digits --samples 1000 --steps 50 --cfg 2
+        entpruner evaluate --model runs/pruned --original dit-digits --data digits \\
+            --samples 500 --features domain --out runs/eval
+        """)
+    p.add_argument("--model", required=True, help="bundled teacher name or model path")
+    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    p.add_argument("--original", help="also report fidelity to this model (same noise/labels)")
+    p.add_argument("--data", default="digits", help="real data to compare with (default digits)")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", default="domain,inception",
+                   help="feature spaces: domain, inception or both (default both)")
+    p.add_argument("--out", default="runs/evaluation", help="writes evaluation.json and .md")
+    _common(p)
 
 
 def _add_quickstart(sub) -> None:
@@ -216,6 +239,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from entpruner_sdk.evaluation.evaluate import evaluate
+    from entpruner_sdk.teachers import resolve_model
+
+    model = resolve_model(args.model, args.family)
+    original = resolve_model(args.original, args.family) if args.original else None
+    report = evaluate(model, args.data, samples=args.samples, sampler=args.sampler,
+                      steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
+                      features=tuple(f.strip() for f in args.features.split(",")),
+                      device=args.device, progress=not args.quiet, model_name=args.model)
+    report.save(args.out)
+    print(report.to_markdown())
+    print(f"written to {Path(args.out) / 'evaluation.json'} and evaluation.md")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from entpruner_sdk.quickstart import run_quickstart
 
@@ -225,11 +264,12 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
-            "quickstart": cmd_quickstart}
+            "evaluate": cmd_evaluate, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:
     from entpruner_sdk.data import DataError
+    from entpruner_sdk.evaluation.inception import FeatureNetworkMissing
     from entpruner_sdk.models.io import CheckpointError
 
     args = _parser().parse_args(argv)
@@ -239,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["ENTPRUNER_QUIET"] = "1"
     try:
         return COMMANDS[args.command](args)
-    except (CheckpointError, DataError, ValueError, FileNotFoundError) as error:
+    except (CheckpointError, DataError, ValueError, FileNotFoundError,
+            FeatureNetworkMissing) as error:
         print(f"entpruner {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -54,3 +54,18 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["train", "--model", "DiT-S/2", "--data", str(tmp_path / "x"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "neither a bundled dataset" in capsys.readouterr().err
+
+
+def test_evaluate_command_writes_json_and_markdown(tmp_path, capsys):
+    main(["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads", "2",
+          "--steps", "1", "--batch-size", "4", "--out", str(tmp_path), "--quiet",
+          "--device", "cpu"])
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--samples", "20",
+                 "--steps", "2", "--features", "domain", "--out", str(tmp_path / "eval"),
+                 "--quiet", "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["settings"]["samples"] == 20 and "fd_domain" in report["metrics"]
+    assert "| class_accuracy |" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--features", "lpips",
+                 "--samples", "4", "--out", str(tmp_path / "e2")]) == 2
+    assert "unknown feature spaces" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,7 +63,9 @@ class InceptionFeatures:
 
     def __init__(self, device: str | torch.device | None = "cpu") -> None:
         self.device = resolve_device(device)
-        self.network = torch.jit.load(str(inception_path()), map_location=self.device).eval()
+        with warnings.catch_warnings():  # the network ships as TorchScript; loading it is fine
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.network = torch.jit.load(str(inception_path()), map_location=self.device).eval()
         self.fingerprint = network_sha256()
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,333 @@
+"""``compress(model, data, budget)``: progressive, importance-guided block removal during
+fine-tuning on the user's data, with distillation from the unpruned teacher.
+
+The loop: at every step the schedule says whether a decision is due; a decision scores the
+blocks of the current student (CED by default), votes among "remove k blocks now" candidates,
+and rebuilds the student (and its EMA) as a real smaller model. Every step trains the student
+with the distillation loss. Checkpoints are written at each removal and at intervals, and a
+resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entpruner_sdk.compress.budget import Budget, budget_device, resolve_depth
+from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
+from entpruner_sdk.compress.distill import DistillConfig, distillation_loss
+from entpruner_sdk.data.datasets import DataError, ImageDataset, load_data
+from entpruner_sdk.importance import CalibrationSet, make_importance
+from entpruner_sdk.models.io import save
+from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.objectives import objective_for
+from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleConfig, ScheduleState
+from entpruner_sdk.training import EMA, drop_labels, sample_batch
+from entpruner_sdk.utils.checkpoint import (
+    load_checkpoint,
+    optimizer_tensors,
+    prefixed,
+    restore_optimizer,
+    save_checkpoint,
+    unprefixed,
+)
+from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.progress import progress_bar
+
+
+@dataclass
+class CompressConfig:
+    """Every setting of a compression run (plain data; stored in the report)."""
+
+    importance: str = "ced"
+    ced_output: str = "denoised"
+    ced_estimator: str = "sample"
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-4
+    ema_decay: float = 0.999
+    calibration_per_class: int = 16
+    calibration_times: int = 8
+    protect: tuple[int, ...] | None = None  # original block indices; None = first and last
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    seed: int = 0
+    checkpoint_every: int = 200
+    num_classes: int | None = None  # resize the label embedder to this many classes
+
+    @classmethod
+    def from_options(cls, **options: Any) -> CompressConfig:
+        """Flat keyword options; schedule and distillation fields are accepted by name."""
+        schedule_fields = {f.name for f in dataclasses.fields(ScheduleConfig)}
+        distill_fields = {f.name for f in dataclasses.fields(DistillConfig)}
+        own = {f.name for f in dataclasses.fields(cls)}
+        schedule = {k: options.pop(k) for k in list(options) if k in schedule_fields}
+        if "schedule" in options and isinstance(options["schedule"], str):
+            schedule["kind"] = options.pop("schedule")
+        distill = {k: options.pop(k) for k in list(options) if k in distill_fields}
+        unknown = set(options) - own
+        if unknown:
+            raise TypeError(f"unknown compress options {sorted(unknown)}; known: "
+                            f"{sorted(own | schedule_fields | distill_fields)}")
+        if "protect" in options and options["protect"] is not None:
+            options["protect"] = tuple(options["protect"])
+        return cls(schedule=ScheduleConfig(**schedule), distill=DistillConfig(**distill),
+                   **options)
+
+
+@dataclass
+class CompressResult:
+    model: DiffusionTransformer  # the pruned model (EMA weights)
+    report: dict[str, Any]
+
+    def save(self, directory: str | Path) -> Path:
+        """The pruned model (loadable with ``entpruner_sdk.load``) plus the report files."""
+        from entpruner_sdk.compress.report import write_report
+
+        directory = Path(directory)
+        save(self.model, directory / "model", compression=self.report["summary"])
+        write_report(self.report, directory)
+        return directory
+
+
+def resize_classes(model: DiffusionTransformer, num_classes: int) -> DiffusionTransformer:
+    """A copy with a label embedder for ``num_classes`` classes; the null row is kept (moved
+    to the end) and new rows start at the mean old class embedding (class-neutral)."""
+    old = model.y_embedder.embedding_table.weight.data
+    has_null = old.shape[0] == model.config.num_classes + 1
+    classes = old[: model.config.num_classes]
+    resized = DiffusionTransformer(model.config.replace(num_classes=num_classes),
+                                   copy.deepcopy(model.provenance), model.objective)
+    state = model.state_dict()
+    rows = [classes[:num_classes]]
+    if num_classes > len(classes):
+        rows.append(classes.mean(0, keepdim=True).expand(num_classes - len(classes), -1))
+    if has_null:
+        rows.append(old[-1:])
+    state["y_embedder.embedding_table.weight"] = torch.cat(rows)
+    resized.load_state_dict(state)
+    resized.provenance["resized_classes"] = {"from": model.config.num_classes, "to": num_classes}
+    return resized.to(old.device)
+
+
+def check_data(model: DiffusionTransformer, data: ImageDataset, num_classes: int | None) -> None:
+    cfg = model.config
+    if (data.channels, data.image_size) != (cfg.in_channels, cfg.input_size):
+        raise DataError(
+            f"the model takes {cfg.in_channels}x{cfg.input_size}x{cfg.input_size} inputs but "
+            f"{data.name} holds {data.channels}x{data.image_size}x{data.image_size}; resize the "
+            "data or encode it with the model's latent space"
+        )
+    if num_classes is None and data.num_classes > cfg.num_classes:
+        raise DataError(
+            f"{data.name} has {data.num_classes} classes but the model knows {cfg.num_classes}; "
+            f"pass num_classes={data.num_classes} (CLI: --num-classes) to resize the label "
+            "embedder"
+        )
+    if num_classes is not None and data.num_classes > num_classes:
+        raise DataError(f"num_classes={num_classes} is below the {data.num_classes} classes "
+                        f"of {data.name}")
+
+
+class _Run:
+    """The mutable state of one compression run (student, EMA, optimizer, logs)."""
+
+    def __init__(self, teacher: DiffusionTransformer, config: CompressConfig) -> None:
+        self.config = config
+        self.student = copy.deepcopy(teacher).train().requires_grad_(True)
+        self.student.pos_embed.requires_grad_(False)
+        self.ema = EMA(self.student, config.ema_decay)
+        self.optimizer = self._optimizer()
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.losses: list[float] = []
+        self.decisions: list[Decision] = []
+        self.state = ScheduleState(self.losses)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=0.0)
+
+    def remove(self, blocks: list[int]) -> None:
+        """Rebuild student and EMA without ``blocks`` (original indices); fresh optimizer."""
+        keep = [i for i, b in enumerate(self.student.kept_blocks) if b not in set(blocks)]
+        self.student = self.student.keep_blocks(keep).train()
+        self.student.pos_embed.requires_grad_(False)
+        self.ema.model = self.ema.model.keep_blocks(keep).eval().requires_grad_(False)
+        self.optimizer = self._optimizer()
+
+    def checkpoint(self, directory: Path, latency: LatencyModel, target: int) -> None:
+        opt, groups = optimizer_tensors(self.optimizer)
+        tensors = {**prefixed("student.", self.student.state_dict()),
+                   **prefixed("ema.", self.ema.model.state_dict()), **opt,
+                   "rng": self.generator.get_state()}
+        meta = {"step": self.step, "kept_blocks": self.student.kept_blocks,
+                "losses": self.losses, "decisions": [d.to_dict() for d in self.decisions],
+                "param_groups": groups, "latency": dataclasses.asdict(latency),
+                "target_depth": target, "last_removal_step": self.state.last_removal_step,
+                "pre_removal_loss": self.state.pre_removal_loss,
+                "config": _jsonable(dataclasses.asdict(self.config))}
+        save_checkpoint(directory, tensors, meta)
+
+    def restore(self, directory: Path, teacher: DiffusionTransformer) -> tuple[LatencyModel, int]:
+        tensors, meta = load_checkpoint(directory)
+        if meta["config"] != _jsonable(dataclasses.asdict(self.config)):
+            raise ValueError(f"the checkpoint in {directory} was made with other settings; "
+                             "resume with the same options or use a new output directory")
+        positions = [teacher.kept_blocks.index(b) for b in meta["kept_blocks"]]
+        self.student = teacher.keep_blocks(positions).train()
+        self.student.pos_embed.requires_grad_(False)
+        self.student.load_state_dict(unprefixed("student.", tensors))
+        self.ema.model = teacher.keep_blocks(positions).eval().requires_grad_(False)
+        self.ema.model.load_state_dict(unprefixed("ema.", tensors))
+        self.optimizer = self._optimizer()
+        restore_optimizer(self.optimizer, tensors, meta["param_groups"])
+        self.generator.set_state(tensors["rng"])
+        self.step = meta["step"]
+        self.losses[:] = meta["losses"]
+        self.decisions = [_decision_from_dict(d) for d in meta["decisions"]]
+        self.state.last_removal_step = meta["last_removal_step"]
+        self.state.pre_removal_loss = meta["pre_removal_loss"]
+        return LatencyModel(**meta["latency"]), meta["target_depth"]
+
+
+def compress(
+    model: DiffusionTransformer,
+    data: Any,
+    budget: Budget | int | float | str,
+    *,
+    config: CompressConfig | None = None,
+    device: str | torch.device | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> CompressResult:
+    """Prune ``model`` to ``budget`` on ``data``; see ``CompressConfig`` for the options
+    (flat keywords such as ``importance="bi"``, ``schedule="one-shot"``, ``steps=2000``,
+    ``interval=50``, ``kd_weight=0.9`` are accepted too)."""
+    wall_start = time.perf_counter()
+    config = config or CompressConfig.from_options(**options)
+    device = resolve_device(device)
+    budget = Budget.parse(budget)
+    data = load_data(data)
+    check_data(model, data, config.num_classes)
+    teacher = copy.deepcopy(model).to(device)
+    if config.num_classes is not None and config.num_classes != teacher.config.num_classes:
+        teacher = resize_classes(teacher, config.num_classes)
+    teacher = teacher.eval().requires_grad_(False)
+    objective = objective_for(teacher)
+    protected = list(config.protect) if config.protect is not None else sorted(
+        {teacher.kept_blocks[0], teacher.kept_blocks[-1]})
+    calibration = CalibrationSet.build(data, objective, config.calibration_per_class,
+                                       config.calibration_times, config.seed)
+    proxies = ProxyBatches.build(calibration, objective, config.schedule.proxy_samples, device,
+                                 config.seed)
+    run = _Run(teacher, config)
+    checkpoint_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    if resume:
+        if checkpoint_dir is None:
+            raise ValueError("resume=True needs out_dir, where the checkpoint lives")
+        latency, target = run.restore(checkpoint_dir, teacher)
+    else:
+        latency_device = budget_device(budget, device)
+        latency_batch = ProxyBatches.build(calibration, objective, min(config.batch_size, 64),
+                                           latency_device, config.seed).ntk
+        latency = LatencyModel.measure(teacher.to(latency_device), latency_batch)
+        teacher.to(device)
+        target = resolve_depth(budget, teacher, len(protected), latency)
+    importance = make_importance(config.importance, config.seed, output=config.ced_output,
+                                 estimator=config.ced_estimator) \
+        if config.importance == "ced" else make_importance(config.importance, config.seed)
+    schedule = Schedule(config.schedule, config.steps)
+
+    def maybe_decide(step: int, final: bool = False) -> None:
+        remaining = run.student.depth - target
+        plan = schedule.plan(step, remaining, run.state)
+        if final and remaining > 0:
+            plan = dataclasses.replace(plan, due=True, k_min=remaining, k_max=remaining,
+                                       forced=True, reason="forced at the end of training")
+        if not plan.due:
+            return
+        recent = run.losses[-config.schedule.recovery_window:]
+        loss = sum(recent) / len(recent) if recent else None
+        decision = decide(step, run.student, objective, importance, calibration, proxies,
+                          latency, plan, protected, config.schedule.vote_weights, device, loss)
+        run.student.train()
+        run.decisions.append(decision)
+        if decision.removed:
+            run.remove(decision.removed)
+            run.state.last_removal_step, run.state.pre_removal_loss = step, loss
+            if checkpoint_dir is not None:
+                run.checkpoint(checkpoint_dir, latency, target)
+
+    bar = progress_bar(range(run.step, config.steps), enabled=progress, desc="compress",
+                       initial=run.step, total=config.steps)
+    for step in bar:
+        maybe_decide(step)
+        loss = _train_step(run, teacher, objective, data, step, device)
+        run.losses.append(loss)
+        run.step = step + 1
+        bar.set_postfix(depth=run.student.depth, loss=f"{loss:.4f}")
+        if checkpoint_dir is not None and run.step % config.checkpoint_every == 0:
+            run.checkpoint(checkpoint_dir, latency, target)
+    maybe_decide(run.step, final=True)
+    if checkpoint_dir is not None:
+        run.checkpoint(checkpoint_dir, latency, target)
+
+    from entpruner_sdk.compress.report import build_report
+
+    pruned = run.ema.model.eval()
+    pruned.provenance["compression"] = {
+        "importance": config.importance, "schedule": config.schedule.kind,
+        "removed_blocks": sorted(set(teacher.kept_blocks) - set(pruned.kept_blocks)),
+        "budget": budget.describe()}
+    report = build_report(teacher, pruned, data, config, budget, run.decisions, run.losses,
+                          latency, protected, device, time.perf_counter() - wall_start)
+    result = CompressResult(pruned, report)
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def _train_step(run: _Run, teacher, objective, data, step: int, device) -> float:
+    config = run.config
+    images, labels = sample_batch(data, config.batch_size, run.generator, device)
+    labels = drop_labels(labels, teacher.config.class_dropout_prob, teacher.null_class,
+                         run.generator)
+    batch = objective.noise_batch(images, labels, run.generator)
+    decay = 1 - step / max(config.steps, 1)  # the feature loss fades out over training
+    with autocast(device):
+        loss, _ = distillation_loss(run.student, teacher, objective, batch, config.distill,
+                                    config.distill.feature_weight * decay)
+    if not torch.isfinite(loss):
+        raise FloatingPointError("compression loss is not finite; lower the learning rate")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.student.parameters(), 1.0)
+    run.optimizer.step()
+    run.ema.update(run.student, step)
+    return loss.detach().item()
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists, so a config compares equal after a JSON round trip."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _decision_from_dict(document: dict[str, Any]) -> Decision:
+    from entpruner_sdk.compress.decide import Candidate
+
+    document = dict(document)
+    document["candidates"] = [Candidate(**c) for c in document["candidates"]]
+    return Decision(**document)

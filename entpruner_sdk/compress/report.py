@@ -1,0 +1,168 @@
+"""The compression report: JSON (everything), Markdown (for people) and PNG plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entpruner_sdk.models.transformer import DiffusionTransformer, count_parameters, forward_flops
+from entpruner_sdk.sampling import sample
+from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
+from entpruner_sdk.utils.timing import interleaved_medians
+
+
+def sampling_latency(original: DiffusionTransformer, pruned: DiffusionTransformer,
+                     device: torch.device, batch: int = 8, steps: int = 10,
+                     repeats: int = 3) -> dict[str, Any]:
+    """Seconds per sampling call of both models, measured side by side."""
+    labels = torch.arange(batch) % original.config.num_classes
+
+    def run(model):
+        return sample(model, labels, steps=steps, device=device)
+
+    times = interleaved_medians({"original": lambda: run(original),
+                                 "pruned": lambda: run(pruned)}, repeats=repeats)
+    return {"device": str(device), "batch": batch, "steps": steps,
+            "original_s": times["original"], "pruned_s": times["pruned"],
+            "speedup": times["original"] / times["pruned"]}
+
+
+def build_report(teacher, pruned, data, config, budget, decisions, losses, latency, protected,
+                 device, wall_seconds: float, evaluate_samples: int = 0) -> dict[str, Any]:
+    removed = sorted(set(teacher.kept_blocks) - set(pruned.kept_blocks))
+    importance_s = sum(d.importance_seconds for d in decisions)
+    proxy_s = sum(d.proxy_seconds for d in decisions)
+    summary = {
+        "family": teacher.family, "data": data.name, "budget": budget.describe(),
+        "depth_before": teacher.depth, "depth_after": pruned.depth,
+        "parameters_before": count_parameters(teacher),
+        "parameters_after": count_parameters(pruned),
+        "gflops_before": forward_flops(teacher.config) / 1e9,
+        "gflops_after": forward_flops(pruned.config) / 1e9,
+        "kept_blocks": pruned.kept_blocks, "removed_blocks": removed,
+        "protected_blocks": protected, "importance": config.importance,
+        "schedule": config.schedule.kind, "steps": config.steps,
+        "wall_seconds": wall_seconds, "importance_seconds": importance_s,
+        "proxy_seconds": proxy_s, "proxy_share": proxy_s / max(wall_seconds, 1e-9),
+        "latency_model": dataclasses.asdict(latency),
+    }
+    if "resized_classes" in teacher.provenance:
+        summary["resized_classes"] = teacher.provenance["resized_classes"]
+    summary["sampling_latency"] = sampling_latency(teacher, pruned, device)
+    return {"summary": summary, "settings": _settings(config),
+            "decisions": [d.to_dict() for d in decisions], "losses": losses}
+
+
+def _settings(config) -> dict[str, Any]:
+    from entpruner_sdk.compress.compress import _jsonable
+
+    return _jsonable(dataclasses.asdict(config))
+
+
+def write_report(report: dict[str, Any], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(directory / "report.md", to_markdown(report))
+    plot_losses(report, directory / "loss.png")
+    plot_scores(report, directory / "importance.png")
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = [
+        f"# Compression report: {s['family'].upper()} on {s['data']}", "",
+        f"Budget: {s['budget']}. Importance: {s['importance']}, schedule: {s['schedule']}, "
+        f"{s['steps']} fine-tuning steps, {s['wall_seconds']:.0f} s wall time.", "",
+        "| | before | after | ratio |", "|---|---|---|---|",
+        f"| depth | {s['depth_before']} | {s['depth_after']} | "
+        f"{s['depth_before'] / s['depth_after']:.2f}x |",
+        f"| parameters | {s['parameters_before']:,} | {s['parameters_after']:,} | "
+        f"{s['parameters_before'] / s['parameters_after']:.2f}x |",
+        f"| GFLOPs / image | {s['gflops_before']:.4f} | {s['gflops_after']:.4f} | "
+        f"{s['gflops_before'] / s['gflops_after']:.2f}x |",
+    ]
+    lat = s["sampling_latency"]
+    lines.append(f"| sampling latency ({lat['device']}, batch {lat['batch']}, {lat['steps']} "
+                 f"steps) | {lat['original_s'] * 1e3:.0f} ms | {lat['pruned_s'] * 1e3:.0f} ms | "
+                 f"{lat['speedup']:.2f}x |")
+    for key in ("quality_original", "quality_pruned"):
+        if key in s:
+            lines.append(f"| {key} | {json.dumps(s[key])} | | |")
+    lines += ["", f"Kept blocks (original indices): {s['kept_blocks']}",
+              f"Removed blocks: {s['removed_blocks']} (protected: {s['protected_blocks']})", ""]
+    if "resized_classes" in s:
+        r = s["resized_classes"]
+        lines += [f"The label embedder was resized from {r['from']} to {r['to']} classes "
+                  "(null class kept; new classes start class-neutral).", ""]
+    lines += [f"Importance scoring took {s['importance_seconds']:.1f} s and the zero-shot "
+              f"proxies {s['proxy_seconds']:.1f} s ({s['proxy_share']:.1%} of the wall time).",
+              "", "## Decisions", "",
+              "| step | loss | k range | candidates (k: vote) | chosen k | removed |",
+              "|---|---|---|---|---|---|"]
+    for d in report["decisions"]:
+        votes = ", ".join(f"{c['k']}: {c['vote'] if c['vote'] is not None else '-'}"
+                          for c in d["candidates"])
+        loss = "-" if d["loss"] is None else f"{d['loss']:.4f}"
+        lines.append(f"| {d['step']} | {loss} | {d['plan']['k_min']}..{d['plan']['k_max']} | "
+                     f"{votes} | {d['chosen_k']} | {d['removed']} |")
+    if report["decisions"]:
+        first = report["decisions"][0]
+        lines += ["", "## Block scores at the first decision", "",
+                  "| block | score | per timestep |", "|---|---|---|"]
+        for row in first["scores"]:
+            per_t = ", ".join(f"{v:.4f}" for v in row.get("per_timestep", []))
+            lines.append(f"| {row['block']} | {row['score']:.4f} | {per_t} |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(report: dict[str, Any], path: Path) -> None:
+    plt = _figure()
+    losses = report["losses"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    if losses:
+        window = max(1, len(losses) // 50)
+        smooth = torch.tensor(losses).unfold(0, window, 1).mean(1).tolist() \
+            if len(losses) >= window else losses
+        ax.plot(range(window, window + len(smooth)), smooth, lw=1.2, label="training loss")
+    for d in report["decisions"]:
+        if d["removed"]:
+            ax.axvline(d["step"], color="tab:red", ls="--", lw=0.8)
+            ax.annotate(f"-{d['removed']}", (d["step"], ax.get_ylim()[1]), fontsize=7,
+                        rotation=90, va="top", ha="right", color="tab:red")
+    ax.set(xlabel="step", ylabel="loss", title="Training loss with block removals")
+    _save(fig, path)
+
+
+def plot_scores(report: dict[str, Any], path: Path) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    if report["decisions"]:
+        rows = report["decisions"][0]["scores"]
+        removed = set(report["summary"]["removed_blocks"])
+        ax.bar([str(r["block"]) for r in rows], [r["score"] for r in rows],
+               color=["tab:red" if r["block"] in removed else "tab:blue" for r in rows])
+    ax.set(xlabel="block (original index); red = removed", ylabel="score",
+           title=f"{report['summary']['importance'].upper()} per block at the first decision")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_writer(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

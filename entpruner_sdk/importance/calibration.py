@@ -1,0 +1,57 @@
+"""The fixed calibration set every importance score is computed on.
+
+A class-balanced subset of the downstream data, a fixed grid of timesteps spread over the
+whole schedule, and fixed noise: identical for the full model and for every candidate, so
+score differences come from the blocks alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from entpruner_sdk.data.datasets import ImageDataset
+from entpruner_sdk.objectives import NoisedBatch, Objective
+
+
+@dataclass
+class CalibrationSet:
+    images: torch.Tensor  # [N, C, H, W] clean data
+    labels: torch.Tensor  # [N]
+    noise: torch.Tensor  # [N, C, H, W], fixed
+    times: torch.Tensor  # [T] model times
+    num_classes: int
+
+    @classmethod
+    def build(cls, data: ImageDataset, objective: Objective, per_class: int = 16,
+              num_times: int = 8, seed: int = 0) -> CalibrationSet:
+        """``per_class`` samples of every class present and ``num_times`` timesteps."""
+        if per_class < 2:
+            raise ValueError("per_class must be at least 2: per-class statistics need a spread")
+        generator = torch.Generator().manual_seed(seed)
+        subset = data.per_class(per_class, generator)
+        noise = torch.randn(subset.images.shape, generator=generator)
+        return cls(subset.images, subset.labels, noise, objective.calibration_times(num_times),
+                   data.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, objective: Objective, device: torch.device, batch_size: int = 256
+                ) -> Iterator[tuple[int, NoisedBatch]]:
+        """(timestep index, noised batch) for every timestep and every chunk of samples."""
+        for ti, t in enumerate(self.times.tolist()):
+            for start in range(0, len(self), batch_size):
+                x0 = self.images[start:start + batch_size].to(device)
+                noise = self.noise[start:start + batch_size].to(device)
+                times = torch.full((len(x0),), t, dtype=self.times.dtype, device=device)
+                y = self.labels[start:start + batch_size].to(device)
+                yield ti, NoisedBatch(x0, noise, objective.add_noise(x0, noise, times), times, y)
+
+    def shard(self, rank: int, world_size: int) -> CalibrationSet:
+        """This rank's share of the samples (timesteps are shared)."""
+        index = torch.arange(rank, len(self), world_size)
+        return CalibrationSet(self.images[index], self.labels[index], self.noise[index],
+                              self.times, self.num_classes)

@@ -1,0 +1,128 @@
+"""Conditional Entropy Deviation (CED): how far the class-conditional output entropy moves
+when one block is replaced by the identity.
+
+    CED_i = mean over timesteps t of | H(X | C)_full(t) - H(X | C)_drop i(t) |
+
+A rise in entropy after dropping a block is drift toward noise; a fall is mode collapse; the
+absolute value counts both. Blocks with the lowest CED are removed first.
+
+Prefix caching: the blocks before i see the same input whether or not block i is dropped, so
+the hidden state entering every block is computed once per batch and each candidate runs only
+blocks i+1..N-1 from there (about N^2 / 2 block evaluations instead of N^2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from entpruner_sdk.importance.base import BlockScores, Importance
+from entpruner_sdk.importance.calibration import CalibrationSet
+from entpruner_sdk.importance.entropy import EntropyAccumulator
+from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.objectives import FlowMatching, NoisedBatch, Objective
+from entpruner_sdk.utils.device import autocast
+
+OUTPUTS = ("prediction", "denoised", "sampler")
+
+
+class CED(Importance):
+    """CED importance.
+
+    ``output``: what X is: ``prediction`` (epsilon / velocity), ``denoised`` (the clean-sample
+    estimate derived from it) or ``sampler`` (the result of a ``sampler_steps``-step
+    deterministic sampler run from the calibration noise; no prefix caching there).
+    ``estimator``: ``sample`` or ``diagonal`` (see ``entropy``).
+    ``reduce``: optional hook that sums the accumulators' tensors across processes in place.
+    """
+
+    name = "ced"
+
+    def __init__(self, output: str = "denoised", estimator: str = "sample",
+                 batch_size: int = 256, sampler_steps: int = 4, reduce=None) -> None:
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown CED output {output!r}; choose one of {OUTPUTS}")
+        self.output, self.estimator = output, estimator
+        self.batch_size, self.sampler_steps = batch_size, sampler_steps
+        self.reduce = reduce
+
+    @torch.no_grad()
+    def score(self, model: DiffusionTransformer, objective: Objective,
+              calibration: CalibrationSet, device: torch.device) -> BlockScores:
+        model = model.eval()
+        if self.output == "sampler":
+            full, dropped = self._sampler_statistics(model, objective, calibration, device)
+        else:
+            full, dropped = self._cached_statistics(model, objective, calibration, device)
+        if self.reduce is not None:
+            for accumulator in [*full, *(a for row in dropped for a in row)]:
+                self.reduce(accumulator.tensors())
+        h_full = [a.entropy() for a in full]
+        h_drop = [[a.entropy() for a in row] for row in dropped]
+        per_timestep = [[abs(hf - hd) for hf, hd in zip(h_full, row)] for row in h_drop]
+        scores = [sum(row) / len(row) for row in per_timestep]
+        return BlockScores(self.name, scores, model.kept_blocks, per_timestep, details={
+            "output": self.output, "estimator": self.estimator, "entropy_full": h_full,
+            "entropy_dropped": h_drop, "times": calibration.times.tolist()})
+
+    def _accumulators(self, calibration: CalibrationSet, model: DiffusionTransformer,
+                      count: int) -> list[EntropyAccumulator]:
+        cfg = model.config
+        dims = cfg.in_channels * cfg.input_size**2
+        return [EntropyAccumulator(self.estimator, calibration.num_classes, dims)
+                for _ in range(count)]
+
+    def _x(self, objective: Objective, output: torch.Tensor, batch: NoisedBatch) -> torch.Tensor:
+        output = output.float()
+        if self.output == "prediction":
+            return objective.prediction(output)
+        return objective.denoised(output, batch.x_t, batch.t)
+
+    def _cached_statistics(self, model, objective, calibration, device):
+        num_times = len(calibration.times)
+        full = self._accumulators(calibration, model, num_times)
+        dropped = [self._accumulators(calibration, model, num_times) for _ in model.blocks]
+        for ti, batch in calibration.batches(objective, device, self.batch_size):
+            with autocast(device):
+                output, states, c = model.forward_with_block_inputs(batch.x_t, batch.t, batch.y)
+                full[ti].update(self._x(objective, output, batch), batch.y)
+                for i in range(model.depth):
+                    skipped = model.head(model.run_blocks(states[i], c, start=i + 1), c)
+                    dropped[i][ti].update(self._x(objective, skipped, batch), batch.y)
+        return full, dropped
+
+    def _sampler_statistics(self, model, objective, calibration, device):
+        full = self._accumulators(calibration, model, 1)
+        dropped = [self._accumulators(calibration, model, 1) for _ in model.blocks]
+        sampler = "euler" if isinstance(objective, FlowMatching) else "ddim"
+        for start in range(0, len(calibration), self.batch_size):
+            noise = calibration.noise[start:start + self.batch_size].to(device)
+            y = calibration.labels[start:start + self.batch_size].to(device)
+            for skip, accumulator in [((), full[0])] + [((i,), d[0]) for i, d in
+                                                         enumerate(dropped)]:
+                def fn(x, t, labels, skip=skip):
+                    with autocast(device):
+                        return model(x, t, labels, skip_blocks=skip).float()
+
+                out = objective.sample(fn, noise, y, sampler=sampler, steps=self.sampler_steps)
+                accumulator.update(out, y)
+        return full, dropped
+
+
+def naive_ced(model: DiffusionTransformer, objective: Objective, calibration: CalibrationSet,
+              device: torch.device, output: str = "denoised", estimator: str = "sample"
+              ) -> list[float]:
+    """CED by N + 1 full forward passes per batch (no caching): the reference the cached
+    computation is tested against, and the cost baseline of the benchmark."""
+    ced = CED(output, estimator)
+    num_times = len(calibration.times)
+    full = ced._accumulators(calibration, model, num_times)
+    dropped = [ced._accumulators(calibration, model, num_times) for _ in model.blocks]
+    with torch.no_grad():
+        for ti, batch in calibration.batches(objective, device):
+            full[ti].update(ced._x(objective, model(batch.x_t, batch.t, batch.y), batch), batch.y)
+            for i in range(model.depth):
+                out = model(batch.x_t, batch.t, batch.y, skip_blocks=[i])
+                dropped[i][ti].update(ced._x(objective, out, batch), batch.y)
+    h_full = [a.entropy() for a in full]
+    return [sum(abs(hf - d.entropy()) for hf, d in zip(h_full, row)) / num_times
+            for row in dropped]

@@ -1,0 +1,39 @@
+"""Wall-clock timing that survives noisy machines: warm-up, interleaved repeats, medians.
+
+Candidates are timed in alternation (A, B, A, B, ...) so drift in machine load hits all of them
+alike, and ratios between them stay meaningful.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def time_once(fn: Callable[[], object]) -> float:
+    _synchronize()
+    start = time.perf_counter()
+    fn()
+    _synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int = 5,
+                        warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each candidate, timed in alternation."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            samples[name].append(time_once(fn))
+    return {name: statistics.median(values) for name, values in samples.items()}

