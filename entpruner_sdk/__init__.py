@@ -1,8 +1,12 @@
 """entpruner: entropy-guided depth pruning for DiT / SiT, and the tools to ship the result.
 
-The verbs at the top: ``load`` / ``save`` models, ``train`` a teacher, ``sample`` from it.
+The verbs at the top: ``load`` / ``save`` models, ``train`` a teacher, ``sample`` from it,
+``compress`` it to a budget on your data, and ``evaluate`` the result.
 """
 
+from entpruner_sdk.compress import Budget, BudgetError, CompressConfig, CompressResult, compress
+from entpruner_sdk.data import DataError, ImageDataset, load_data
+from entpruner_sdk.evaluation.evaluate import EvaluationReport, evaluate
 from entpruner_sdk.models import (
     DiffusionTransformer,
     TransformerConfig,
@@ -11,16 +15,33 @@ from entpruner_sdk.models import (
     forward_flops,
 )
 from entpruner_sdk.models.io import CheckpointError, load, save
+from entpruner_sdk.sampling import sample
+from entpruner_sdk.teachers import load_teacher
+from entpruner_sdk.training import TrainConfig, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Budget",
+    "BudgetError",
     "CheckpointError",
+    "CompressConfig",
+    "CompressResult",
+    "DataError",
     "DiffusionTransformer",
+    "EvaluationReport",
+    "ImageDataset",
+    "TrainConfig",
     "TransformerConfig",
+    "compress",
     "config_from_name",
     "count_parameters",
+    "evaluate",
     "forward_flops",
     "load",
+    "load_data",
+    "load_teacher",
+    "sample",
     "save",
+    "train",
 ]

@@ -1,4 +1,5 @@
-"""The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``evaluate``, ``quickstart``.
+"""The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``compress``, ``evaluate``
+and ``quickstart`` (the main job).
 
 Every subcommand has ``--help`` with examples; ``--quiet`` silences progress bars.
 """
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_info(sub)
+    _add_compress(sub)
     _add_evaluate(sub)
     _add_quickstart(sub)
     return parser
@@ -110,6 +112,45 @@ def _add_info(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--family", choices=["dit", "sit"])
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_compress(sub) -> None:
+    p = _command(sub, "compress", "Prune whole blocks guided by CED while fine-tuning on your "
+                 "data, recover by distillation, and write the smaller model plus a report.",
+                 """\
+        entpruner compress --model dit-digits --data digits --budget 6 --out runs/dit-d6
+        entpruner compress --model sit-digits --budget 0.5 --steps 2000 --out runs/sit-half
+        entpruner compress --model DiT-XL-2-256x256.pt --family dit --data ./my_latents.npz \\
+            --budget 2x --device cuda --out runs/xl --num-classes 10
+        entpruner compress ... --out runs/dit-d6 --resume     # continue after an interruption
+        """)
+    p.add_argument("--model", required=True, help="bundled teacher name or model path")
+    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    p.add_argument("--data", default="digits", help="downstream data (default digits)")
+    p.add_argument("--budget", required=True,
+                   help="blocks to keep (6), FLOPs share to keep (0.5) or speedup (2x)")
+    p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
+    p.add_argument("--importance", default="ced", choices=["ced", "bi", "random", "uniform"])
+    p.add_argument("--schedule", default="adaptive", choices=["adaptive", "one-shot"])
+    p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--interval", type=int, default=50, help="steps between decision points")
+    p.add_argument("--k-max", type=int, default=2, help="most blocks removed per decision")
+    p.add_argument("--calibration-per-class", type=int, default=16)
+    p.add_argument("--calibration-times", type=int, default=8)
+    p.add_argument("--ced-output", default="denoised",
+                   choices=["prediction", "denoised", "sampler"])
+    p.add_argument("--ced-estimator", default="sample", choices=["sample", "diagonal"])
+    p.add_argument("--protect", help="comma-separated original block indices never removed "
+                   "(default: first and last); 'none' protects nothing")
+    p.add_argument("--kd-weight", type=float, default=0.9)
+    p.add_argument("--gt-weight", type=float, default=0.1)
+    p.add_argument("--feature-weight", type=float, default=0.0)
+    p.add_argument("--num-classes", type=int, help="resize the label embedder to N classes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    _common(p)
 
 
 def _add_evaluate(sub) -> None:
@@ -239,6 +280,36 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from entpruner_sdk.compress import compress
+    from entpruner_sdk.teachers import resolve_model
+
+    model = resolve_model(args.model, args.family)
+    protect = None
+    if args.protect:
+        protect = () if args.protect == "none" else tuple(
+            int(v) for v in args.protect.split(","))
+    result = compress(
+        model, args.data, args.budget, device=args.device, out_dir=args.out,
+        resume=args.resume, progress=not args.quiet, importance=args.importance,
+        schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        interval=args.interval, k_max=args.k_max,
+        calibration_per_class=args.calibration_per_class,
+        calibration_times=args.calibration_times, ced_output=args.ced_output,
+        ced_estimator=args.ced_estimator, protect=protect, kd_weight=args.kd_weight,
+        gt_weight=args.gt_weight, feature_weight=args.feature_weight,
+        num_classes=args.num_classes, seed=args.seed)
+    s = result.report["summary"]
+    lat = s["sampling_latency"]
+    print(f"{s['family'].upper()}: depth {s['depth_before']} -> {s['depth_after']}, "
+          f"parameters {s['parameters_before']:,} -> {s['parameters_after']:,}, "
+          f"GFLOPs {s['gflops_before']:.4f} -> {s['gflops_after']:.4f}")
+    print(f"kept blocks {s['kept_blocks']}; removed {s['removed_blocks']}")
+    print(f"sampling speedup {lat['speedup']:.2f}x on {lat['device']}; "
+          f"model and report in {args.out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import resolve_model
@@ -264,7 +335,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
-            "evaluate": cmd_evaluate, "quickstart": cmd_quickstart}
+            "compress": cmd_compress, "evaluate": cmd_evaluate, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["ENTPRUNER_QUIET"] = "1"
     try:
         return COMMANDS[args.command](args)
-    except (CheckpointError, DataError, ValueError, FileNotFoundError,
+    except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,
             FeatureNetworkMissing) as error:
         print(f"entpruner {args.command}: error: {error}", file=sys.stderr)
         return 2

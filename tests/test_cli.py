@@ -69,3 +69,18 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--features", "lpips",
                  "--samples", "4", "--out", str(tmp_path / "e2")]) == 2
     assert "unknown feature spaces" in capsys.readouterr().err
+
+
+def test_compress_command(tmp_path, capsys):
+    main(["train", "--family", "dit", "--depth", "4", "--hidden", "32", "--heads", "2",
+          "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "t"), "--quiet",
+          "--device", "cpu"])
+    assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "2",
+                 "--steps", "6", "--batch-size", "4", "--interval", "2",
+                 "--calibration-per-class", "2", "--calibration-times", "2",
+                 "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "depth 4 -> 2" in out and (tmp_path / "c" / "report.json").exists()
+    assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "9",
+                 "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    assert "keep between 2 and 3" in capsys.readouterr().err

@@ -1,13 +1,13 @@
 """compress(model, data, budget): the top-level pruning verb and its parts."""
 
 from entpruner_sdk.compress.budget import Budget, BudgetError, resolve_depth
-from entpruner_sdk.compress.compress import (
+from entpruner_sdk.compress.distill import DistillConfig
+from entpruner_sdk.compress.runner import (
     CompressConfig,
     CompressResult,
     compress,
     resize_classes,
 )
-from entpruner_sdk.compress.distill import DistillConfig
 
 __all__ = ["Budget", "BudgetError", "CompressConfig", "CompressResult", "DistillConfig",
            "compress", "resize_classes", "resolve_depth"]

@@ -58,7 +58,7 @@ def build_report(teacher, pruned, data, config, budget, decisions, losses, laten
 
 
 def _settings(config) -> dict[str, Any]:
-    from entpruner_sdk.compress.compress import _jsonable
+    from entpruner_sdk.compress.runner import _jsonable
 
     return _jsonable(dataclasses.asdict(config))
 

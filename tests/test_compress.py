@@ -1,0 +1,137 @@
+import json
+
+import pytest
+import torch
+
+import entpruner_sdk as ep
+from entpruner_sdk.compress import Budget, BudgetError, compress, resolve_depth
+from entpruner_sdk.compress import runner as compress_module
+from entpruner_sdk.data import DataError, load_data
+from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.sampling import sample
+from entpruner_sdk.schedule import LatencyModel
+from tests.conftest import randomized, tiny_config
+
+FAST = dict(steps=24, batch_size=8, interval=6, calibration_per_class=2, calibration_times=2,
+            proxy_samples=4, progress=False, device="cpu")
+
+
+def teacher(family="dit", depth=6):
+    return randomized(DiffusionTransformer(tiny_config(family, depth=depth)))
+
+
+@pytest.mark.parametrize("importance", ["ced", "bi", "random", "uniform"])
+@pytest.mark.parametrize("schedule", ["adaptive", "one-shot"])
+def test_every_importance_and_schedule_reaches_the_budget(importance, schedule):
+    result = compress(teacher(), "digits", 3, importance=importance, schedule=schedule, **FAST)
+    model = result.model
+    assert model.depth == 3 and len(model.blocks) == 3
+    assert model.kept_blocks[0] == 0 and model.kept_blocks[-1] == 5  # ends protected
+    assert result.report["summary"]["removed_blocks"] == sorted(
+        set(range(6)) - set(model.kept_blocks))
+    removals = [d for d in result.report["decisions"] if d["removed"]]
+    if schedule == "one-shot":
+        assert len(removals) == 1 and removals[0]["step"] == 0
+
+
+@pytest.mark.parametrize("family", ["dit", "sit"])
+def test_result_saves_loads_and_samples(tmp_path, family):
+    result = compress(teacher(family), "digits", 4, out_dir=tmp_path, **FAST)
+    for name in ("report.json", "report.md", "loss.png", "importance.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    summary = report["summary"]
+    assert summary["depth_before"] == 6 and summary["depth_after"] == 4
+    assert summary["parameters_after"] < summary["parameters_before"]
+    assert summary["gflops_after"] < summary["gflops_before"]
+    assert summary["sampling_latency"]["pruned_s"] > 0 and len(report["losses"]) == 24
+    assert all("scores" in d and "candidates" in d for d in report["decisions"])
+    assert "| depth | 6 | 4 |" in (tmp_path / "report.md").read_text()
+    loaded = ep.load(tmp_path / "model")
+    assert loaded.kept_blocks == result.model.kept_blocks and loaded.family == family
+    assert loaded.metadata["compression"]["depth_after"] == 4
+    images = sample(loaded, [0, 1], steps=3, device="cpu")
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+
+
+def test_budget_forms_resolve_before_any_work():
+    model = teacher(depth=8)
+    latency = LatencyModel(intercept=1.0, per_block=1.0)
+    assert resolve_depth(Budget.parse(5), model, 2) == 5
+    assert resolve_depth(Budget(depth=4), model, 2) == 4
+    flops_depth = resolve_depth(Budget.parse(0.5), model, 2)
+    assert flops_depth == resolve_depth(Budget(flops=0.5), model, 2) and flops_depth <= 4
+    assert resolve_depth(Budget.parse("2x"), model, 2, latency) == 3  # 9 / (1 + 3) >= 2
+    assert resolve_depth(Budget(speedup=1.5, device="cpu"), model, 2, latency) == 5
+    with pytest.raises(BudgetError, match="keep between 2 and 7"):
+        resolve_depth(Budget(depth=1), model, 2)
+    with pytest.raises(BudgetError, match="keep between 2 and 7"):
+        resolve_depth(Budget(depth=8), model, 2)
+    with pytest.raises(BudgetError, match="possible range"):
+        resolve_depth(Budget(flops=0.1), model, 2)
+    with pytest.raises(BudgetError, match="most that removing blocks gives"):
+        resolve_depth(Budget(speedup=10), model, 2, latency)
+    with pytest.raises(BudgetError, match="exactly one"):
+        Budget(depth=3, flops=0.5)
+
+
+def test_impossible_budget_fails_before_any_work(tmp_path):
+    with pytest.raises(BudgetError, match="keep between 2 and 5"):
+        compress(teacher(), "digits", 1, out_dir=tmp_path / "run", **FAST)
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_the_model_cannot_take():
+    with pytest.raises(DataError, match="takes 1x8x8 inputs"):
+        compress(teacher(), load_data("photos", image_size=16), 3, **FAST)
+
+
+def test_class_count_needs_the_option_and_is_reported(tmp_path):
+    small = randomized(DiffusionTransformer(tiny_config(num_classes=4, depth=4)))
+    with pytest.raises(DataError, match="pass num_classes=10"):
+        compress(small, "digits", 2, **FAST)
+    result = compress(small, "digits", 2, num_classes=10, out_dir=tmp_path, **FAST)
+    assert result.model.config.num_classes == 10
+    assert result.model.y_embedder.embedding_table.weight.shape[0] == 11
+    assert result.report["summary"]["resized_classes"] == {"from": 4, "to": 10}
+    assert "resized from 4 to 10 classes" in (tmp_path / "report.md").read_text()
+
+
+def test_unknown_options_are_named():
+    with pytest.raises(TypeError, match="unknown compress options"):
+        compress(teacher(), "digits", 3, learning_rate=1.0, **FAST)
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    options = dict(FAST, steps=30, checkpoint_every=5)
+    full = compress(teacher(), "digits", 3, out_dir=tmp_path / "a", **options)
+    real_step = compress_module._train_step
+
+    def crash_at_17(run, *args):
+        if run.step == 17:
+            raise KeyboardInterrupt
+        return real_step(run, *args)
+
+    monkeypatch.setattr(compress_module, "_train_step", crash_at_17)
+    with pytest.raises(KeyboardInterrupt):
+        compress(teacher(), "digits", 3, out_dir=tmp_path / "b", **options)
+    monkeypatch.setattr(compress_module, "_train_step", real_step)
+    resumed = compress(teacher(), "digits", 3, out_dir=tmp_path / "b", resume=True, **options)
+    assert resumed.model.kept_blocks == full.model.kept_blocks
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.report["losses"] == full.report["losses"]
+    # every decision matches except the wall-clock figures (each run measures its own latency)
+    def strip(decisions):
+        return [{**{k: v for k, v in d.items() if not k.endswith("seconds")},
+                 "candidates": [{k: v for k, v in c.items() if k != "latency_s"}
+                                for c in d["candidates"]]} for d in decisions]
+
+    assert strip(resumed.report["decisions"]) == strip(full.report["decisions"])
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    compress(teacher(), "digits", 3, out_dir=tmp_path, **FAST)
+    with pytest.raises(ValueError, match="other settings"):
+        compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True,
+                 **dict(FAST, lr=1e-3))

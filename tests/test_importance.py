@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from entpruner_sdk.data import load_data
+from entpruner_sdk.importance import (
+    CED,
+    BlockInfluence,
+    CalibrationSet,
+    RandomImportance,
+    UniformImportance,
+    make_importance,
+    naive_ced,
+)
+from entpruner_sdk.importance.entropy import GAUSSIAN_CONSTANT, EntropyAccumulator
+from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.objectives import objective_for
+from tests.conftest import randomized, tiny_config
+
+CPU = torch.device("cpu")
+
+
+def setup(family="dit", depth=5):
+    model = randomized(DiffusionTransformer(tiny_config(family, depth=depth)))
+    objective = objective_for(model)
+    calibration = CalibrationSet.build(load_data("digits"), objective, per_class=3, num_times=3)
+    return model, objective, calibration
+
+
+def make_identity(model, block):
+    with torch.no_grad():  # zero gates: the block adds nothing to its residual stream
+        model.blocks[block].adaLN_modulation[-1].weight.zero_()
+        model.blocks[block].adaLN_modulation[-1].bias.zero_()
+
+
+@pytest.mark.parametrize("family", ["dit", "sit"])
+@pytest.mark.parametrize("output", ["prediction", "denoised", "sampler"])
+@pytest.mark.parametrize("estimator", ["sample", "diagonal"])
+def test_ced_is_zero_for_an_identity_block_and_positive_otherwise(family, output, estimator):
+    model, objective, calibration = setup(family)
+    make_identity(model, 2)
+    scores = CED(output, estimator, sampler_steps=2).score(model, objective, calibration, CPU)
+    assert scores.scores[2] == pytest.approx(0.0, abs=1e-9)
+    assert all(s > 1e-6 for i, s in enumerate(scores.scores) if i != 2)
+    expected_times = 1 if output == "sampler" else 3
+    assert all(len(row) == expected_times for row in scores.per_timestep)
+
+
+@pytest.mark.parametrize("family", ["dit", "sit"])
+@pytest.mark.parametrize("output", ["prediction", "denoised"])
+@pytest.mark.parametrize("estimator", ["sample", "diagonal"])
+def test_prefix_cached_ced_equals_the_naive_computation(family, output, estimator):
+    model, objective, calibration = setup(family)
+    cached = CED(output, estimator, batch_size=7).score(model, objective, calibration, CPU)
+    naive = naive_ced(model, objective, calibration, CPU, output, estimator)
+    assert cached.scores == pytest.approx(naive, rel=1e-4, abs=1e-7)  # fp32 batch rounding
+
+
+def test_ced_is_deterministic_and_reports_entropies():
+    model, objective, calibration = setup()
+    a = CED().score(model, objective, calibration, CPU)
+    b = CED().score(model, objective, calibration, CPU)
+    assert a.scores == b.scores
+    assert len(a.details["entropy_full"]) == 3 and a.kept_blocks == [0, 1, 2, 3, 4]
+    assert a.as_table()[0]["block"] == 0 and len(a.as_table()[0]["per_timestep"]) == 3
+
+
+def test_entropy_estimators_on_known_gaussians():
+    torch.manual_seed(0)
+    labels = torch.arange(2).repeat_interleave(4000)
+    scale = torch.where(labels == 0, 1.0, 3.0)[:, None]
+    sample_acc = EntropyAccumulator("sample", 2, 1024)  # many elements: small bias in log std
+    sample_acc.update(torch.randn(8000, 1024) * scale, labels)
+    outputs = torch.randn(8000, 16) * scale
+    expected = 0.5 * (0.0 + torch.log(torch.tensor(3.0))) + GAUSSIAN_CONSTANT
+    assert sample_acc.entropy() == pytest.approx(float(expected), abs=0.03)
+    diagonal = EntropyAccumulator("diagonal", 2, 16)
+    diagonal.update(outputs[:3000], labels[:3000])
+    diagonal.update(outputs[3000:], labels[3000:])  # statistics merge across updates
+    assert diagonal.entropy() == pytest.approx(16 * float(expected), abs=0.1)
+
+
+def test_block_influence_is_zero_for_an_identity_block():
+    model, objective, calibration = setup()
+    make_identity(model, 3)
+    scores = BlockInfluence().score(model, objective, calibration, CPU)
+    assert scores.scores[3] == pytest.approx(0.0, abs=1e-6) and min(scores.scores) == scores.scores[3]
+    assert BlockInfluence().select(scores, 1, protected=[0, 4]) == [3]
+
+
+def test_selection_respects_protection_and_the_baselines():
+    model, objective, calibration = setup(depth=8)
+    random_scores = RandomImportance(seed=1).score(model, objective, calibration, CPU)
+    chosen = RandomImportance().select(random_scores, 3, protected=[0, 7])
+    assert len(chosen) == 3 and not {0, 7} & set(chosen)
+    uniform = UniformImportance()
+    assert uniform.select(uniform.score(model, objective, calibration, CPU), 3, [0, 7]) == [2, 4, 6]
+    with pytest.raises(ValueError, match="only 6 are unprotected"):
+        uniform.select(uniform.score(model, objective, calibration, CPU), 7, [0, 7])
+    with pytest.raises(ValueError, match="unknown importance"):
+        make_importance("magnitude")
