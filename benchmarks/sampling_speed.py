@@ -22,7 +22,7 @@ import torch
 from entpruner_sdk.models import forward_flops
 from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.sampling import sample
-from entpruner_sdk.teachers import TEACHERS, resolve_model
+from entpruner_sdk.teachers import DEFAULT_TEACHERS, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
 from entpruner_sdk.utils.timing import interleaved_medians
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.steps, args.repeats = 10, 3
     device = resolve_device(args.device)
-    originals = args.original or list(TEACHERS)
+    originals = args.original or list(DEFAULT_TEACHERS)
     rows = []
     for i, spec in enumerate(originals):
         original = resolve_model(spec, device=device).eval()

@@ -176,13 +176,14 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_quickstart(sub) -> None:
-    p = _command(sub, "quickstart", "The main job on bundled data: load (or train) the bundled "
-                 "teachers, sample a grid, check the classes, print a summary.", """\
+    p = _command(sub, "quickstart", "The main job on bundled data: sample the bundled teachers, "
+                 "compress each to half depth, evaluate both, print the comparison.", """\
         entpruner quickstart
         entpruner quickstart --out runs/quickstart --device cuda
         """)
     p.add_argument("--out", default="runs/quickstart", help="output directory")
-    p.add_argument("--samples-per-class", type=int, default=20)
+    p.add_argument("--samples", type=int, default=500, help="evaluation samples per model")
+    p.add_argument("--compress-steps", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     _common(p)
 
@@ -329,8 +330,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from entpruner_sdk.quickstart import run_quickstart
 
-    run_quickstart(out=args.out, samples_per_class=args.samples_per_class, seed=args.seed,
-                   device=args.device, progress=not args.quiet)
+    run_quickstart(out=args.out, samples=args.samples, compress_steps=args.compress_steps,
+                   seed=args.seed, device=args.device, progress=not args.quiet)
     return 0
 
 

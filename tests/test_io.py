@@ -128,3 +128,13 @@ def test_diffusers_directory_needs_family(tmp_path):
                                     num_embeds_ada_norm=4).save_pretrained(tmp_path / "hf")
     with pytest.raises(ep.CheckpointError, match="family"):
         ep.load(tmp_path / "hf")
+
+
+def test_half_precision_storage_loads_as_float32(tmp_path, tiny_dit):
+    ep.save(tiny_dit, tmp_path / "half", dtype=torch.float16)
+    loaded = ep.load(tmp_path / "half")
+    assert loaded.pos_embed.dtype == torch.float32
+    expected = tiny_dit.blocks[0].attn.qkv.weight.half().float()
+    assert torch.equal(loaded.blocks[0].attn.qkv.weight, expected)
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.6 * (
+        ep.save(tiny_dit, tmp_path / "full") / "model.safetensors").stat().st_size

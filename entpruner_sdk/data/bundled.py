@@ -1,8 +1,8 @@
 """Datasets built offline from data that ships inside installed packages.
 
 - ``digits``: scikit-learn's 1797 handwritten digits, 8x8 grayscale, 10 classes (default).
-- ``photos``: RGB crops of 8 photographs shipped with scikit-image and scikit-learn, one class
-  per photograph. Training crops come from the left 70% of each photo and test crops from the
+- ``photos``: RGB crops (16x16 by default; ``image_size`` picks another size) of 8 photographs
+  shipped with scikit-image and scikit-learn, one class per photograph. Training crops come from the left 70% of each photo and test crops from the
   right 30%, so the held-out split shares no pixels with the training split.
 """
 
@@ -29,7 +29,7 @@ def load_bundled(name: str, split: str = "train", image_size: int | None = None)
             raise DataError("the digits dataset is 8x8; drop image_size or use 8")
         return _digits(split)
     if name == "photos":
-        return _photos(split, image_size or 32)
+        return _photos(split, image_size or 16)
     raise DataError(f"unknown bundled dataset {name!r}; choose one of {', '.join(BUNDLED)}")
 
 

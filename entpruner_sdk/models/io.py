@@ -39,15 +39,18 @@ class CheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------------- save
-def save(model: DiffusionTransformer, directory: str | os.PathLike, **metadata: Any) -> Path:
+def save(model: DiffusionTransformer, directory: str | os.PathLike,
+         dtype: torch.dtype | None = None, **metadata: Any) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (config + provenance) to ``directory``.
 
     Both files are written atomically, so an interrupted save never leaves a half file.
+    ``dtype`` (e.g. ``torch.float16``) stores smaller weights; ``load`` returns float32.
     Extra keyword arguments are stored under ``"metadata"`` (JSON-serialisable values).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu()
+             for k, v in model.state_dict().items()}
     with atomic_writer(directory / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
     document = {
@@ -232,6 +235,6 @@ def _load_ours(path: Path, document: dict[str, Any], family: str | None) -> Diff
             "corrupt, save the model again"
         ) from error
     model = DiffusionTransformer(config, document.get("provenance"), document.get("objective"))
-    _strict_load(model, state)
+    _strict_load(model, {k: v.float() for k, v in state.items()})
     model.metadata = document.get("metadata", {})
     return model

@@ -1,7 +1,8 @@
-"""Bundled teachers: a DiT and a SiT trained on the bundled ``digits`` data.
+"""Bundled teachers: a DiT and a SiT trained on each bundled dataset.
 
-Each lives in its own folder beside this file (``dit-digits``, ``sit-digits``) as a saved
-model directory plus ``TRAINING.md`` with the exact command and seed that produced it.
+Each lives in its own folder beside this file (``dit-digits``, ``sit-digits``, ``dit-photos``,
+``sit-photos``) as a saved model directory plus ``TRAINING.md`` with the exact command and
+seed that produced it. ``SAMPLING`` holds the sampler settings each is evaluated with.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import torch
 from entpruner_sdk.models.io import load
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
-TEACHERS = ("dit-digits", "sit-digits")
+TEACHERS = ("dit-digits", "sit-digits", "dit-photos", "sit-photos")
+DEFAULT_TEACHERS = ("dit-digits", "sit-digits")  # the ones on the default dataset
+SAMPLING = {
+    "dit": {"sampler": "ddim", "steps": 50, "cfg_scale": 2.0},
+    "sit": {"sampler": "heun", "steps": 25, "cfg_scale": 2.0},
+}
 ROOT = Path(__file__).parent
 
 

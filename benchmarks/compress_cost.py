@@ -1,0 +1,125 @@
+"""Cost of compress: CED ranking vs N full forwards, the zero-shot proxies' share of the
+compress wall time, and peak memory.
+
+    python benchmarks/compress_cost.py               # bundled DiT teacher, CPU
+    python benchmarks/compress_cost.py --quick
+    python benchmarks/compress_cost.py --xl --device cuda   # DiT-XL/2 shape, random weights,
+                                                            # 256 samples x 8 timesteps
+
+Goals: CED ranking time over N blocks <= 0.6 x the time of N full forwards on the same
+calibration set; proxies <= 10% of compress wall time. Prints a table and writes
+benchmarks/results/compress_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from entpruner_sdk.compress import compress
+from entpruner_sdk.data import ImageDataset, load_data
+from entpruner_sdk.importance import CED, CalibrationSet
+from entpruner_sdk.models import DiffusionTransformer, config_from_name
+from entpruner_sdk.objectives import objective_for
+from entpruner_sdk.teachers import load_teacher
+from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.files import atomic_write_text
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@torch.no_grad()
+def full_forwards_seconds(model, objective, calibration, device, batch_size) -> float:
+    """Time of N full forward passes over the calibration set (the naive ranking's cost)."""
+    start = time.perf_counter()
+    for _ in range(model.depth):
+        for _, batch in calibration.batches(objective, device, batch_size):
+            with autocast(device):
+                model(batch.x_t, batch.t, batch.y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def ced_cost(model, data, device, per_class, times, batch_size) -> dict:
+    objective = objective_for(model)
+    calibration = CalibrationSet.build(data, objective, per_class, times)
+    ced = CED(batch_size=batch_size)
+    ced.score(model, objective, calibration, device)  # warm-up (allocator, kernels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    ced.score(model, objective, calibration, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    ced_s = time.perf_counter() - start
+    naive_s = full_forwards_seconds(model, objective, calibration, device, batch_size)
+    return {"blocks": model.depth, "samples": len(calibration), "timesteps": times,
+            "ced_seconds": ced_s, "n_full_forwards_seconds": naive_s,
+            "ratio": ced_s / naive_s, "peak_memory_mb": peak_memory_mb(device)}
+
+
+def xl_model(device) -> tuple[DiffusionTransformer, ImageDataset]:
+    torch.manual_seed(0)
+    model = DiffusionTransformer(config_from_name("DiT-XL/2", num_classes=1000)).to(device)
+    with torch.no_grad():  # random (not adaLN-Zero) weights, so blocks are not identities
+        for block in model.blocks:
+            block.adaLN_modulation[-1].weight.normal_(std=0.02)
+    data = ImageDataset(torch.randn(256, 4, 32, 32), torch.arange(256) % 32, 1000,
+                        name="random-latents", pixels=False)
+    return model.eval(), data
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--xl", action="store_true", help="DiT-XL/2 shape, 256 x 8")
+    parser.add_argument("--out", default=str(RESULTS / "compress_cost.json"))
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    result: dict = {"device": str(device), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+    if args.xl:
+        model, data = xl_model(device)
+        result["ced_xl"] = ced_cost(model, data, device, per_class=8, times=8, batch_size=64)
+    else:
+        teacher = load_teacher("dit-digits", device)
+        data = load_data("digits")
+        per_class = 4 if args.quick else 16
+        result["ced"] = ced_cost(teacher, data, device, per_class, 8, 256)
+        steps = 100 if args.quick else 600
+        start = time.perf_counter()
+        run = compress(teacher, data, teacher.depth // 2, steps=steps, progress=False,
+                       device=device, interval=max(steps // 12, 1))
+        summary = run.report["summary"]
+        result["compress"] = {"steps": steps, "wall_seconds": time.perf_counter() - start,
+                              "importance_seconds": summary["importance_seconds"],
+                              "proxy_seconds": summary["proxy_seconds"],
+                              "proxy_share": summary["proxy_share"],
+                              "decisions": len(run.report["decisions"]),
+                              "peak_memory_mb": peak_memory_mb(device)}
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    ced = result.get("ced") or result.get("ced_xl")
+    print(f"\nCED ranking / N full forwards: {ced['ratio']:.2f} (goal <= 0.6)")
+    if "compress" in result:
+        print(f"proxies' share of compress wall time: {result['compress']['proxy_share']:.1%} "
+              "(goal <= 10%)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
