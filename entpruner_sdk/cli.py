@@ -148,6 +148,10 @@ def _add_compress(sub) -> None:
     p.add_argument("--gt-weight", type=float, default=0.1)
     p.add_argument("--feature-weight", type=float, default=0.0)
     p.add_argument("--num-classes", type=int, help="resize the label embedder to N classes")
+    p.add_argument("--report-samples", type=int, default=200,
+                   help="samples for the report's quality figures (0 skips them)")
+    p.add_argument("--report-fid", action="store_true",
+                   help="also report standard FID (Inception; needs the fid extra)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     _common(p)
@@ -299,7 +303,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         calibration_times=args.calibration_times, ced_output=args.ced_output,
         ced_estimator=args.ced_estimator, protect=protect, kd_weight=args.kd_weight,
         gt_weight=args.gt_weight, feature_weight=args.feature_weight,
-        num_classes=args.num_classes, seed=args.seed)
+        num_classes=args.num_classes, seed=args.seed, report_samples=args.report_samples,
+        report_features=("domain", "inception") if args.report_fid else ("domain",))
     s = result.report["summary"]
     lat = s["sampling_latency"]
     print(f"{s['family'].upper()}: depth {s['depth_before']} -> {s['depth_after']}, "

@@ -78,6 +78,7 @@ def test_compress_command(tmp_path, capsys):
     assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "2",
                  "--steps", "6", "--batch-size", "4", "--interval", "2",
                  "--calibration-per-class", "2", "--calibration-times", "2",
+                 "--report-samples", "0",
                  "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "depth 4 -> 2" in out and (tmp_path / "c" / "report.json").exists()

@@ -13,7 +13,7 @@ from entpruner_sdk.schedule import LatencyModel
 from tests.conftest import randomized, tiny_config
 
 FAST = dict(steps=24, batch_size=8, interval=6, calibration_per_class=2, calibration_times=2,
-            proxy_samples=4, progress=False, device="cpu")
+            proxy_samples=4, report_samples=0, progress=False, device="cpu")
 
 
 def teacher(family="dit", depth=6):
@@ -36,7 +36,8 @@ def test_every_importance_and_schedule_reaches_the_budget(importance, schedule):
 
 @pytest.mark.parametrize("family", ["dit", "sit"])
 def test_result_saves_loads_and_samples(tmp_path, family):
-    result = compress(teacher(family), "digits", 4, out_dir=tmp_path, **FAST)
+    result = compress(teacher(family), "digits", 4, out_dir=tmp_path,
+                      **dict(FAST, report_samples=20))
     for name in ("report.json", "report.md", "loss.png", "importance.png"):
         assert (tmp_path / name).stat().st_size > 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -47,6 +48,9 @@ def test_result_saves_loads_and_samples(tmp_path, family):
     assert summary["sampling_latency"]["pruned_s"] > 0 and len(report["losses"]) == 24
     assert all("scores" in d and "candidates" in d for d in report["decisions"])
     assert "| depth | 6 | 4 |" in (tmp_path / "report.md").read_text()
+    assert {"class_accuracy", "fd_domain"} <= set(summary["quality_original"])
+    assert {"class_accuracy", "fd_domain", "psnr", "ssim"} <= set(summary["quality_pruned"])
+    assert "| class_accuracy |" in (tmp_path / "report.md").read_text()
     loaded = ep.load(tmp_path / "model")
     assert loaded.kept_blocks == result.model.kept_blocks and loaded.family == family
     assert loaded.metadata["compression"]["depth_after"] == 4

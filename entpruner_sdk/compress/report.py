@@ -89,9 +89,16 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines.append(f"| sampling latency ({lat['device']}, batch {lat['batch']}, {lat['steps']} "
                  f"steps) | {lat['original_s'] * 1e3:.0f} ms | {lat['pruned_s'] * 1e3:.0f} ms | "
                  f"{lat['speedup']:.2f}x |")
-    for key in ("quality_original", "quality_pruned"):
-        if key in s:
-            lines.append(f"| {key} | {json.dumps(s[key])} | | |")
+    if "quality_pruned" in s:
+        q = s["quality_settings"]
+        lines += ["", f"Quality ({q['samples']} samples, sampler {q['sampler']} x {q['steps']}, "
+                  f"cfg {q['cfg_scale']}, against {q['reference']}; FD-domain is measured in "
+                  "the domain classifier's features, not Inception's):", "",
+                  "| metric | original | pruned |", "|---|---|---|"]
+        for key, value in s["quality_pruned"].items():
+            before = s["quality_original"].get(key)
+            lines.append(f"| {key} | {'-' if before is None else f'{before:.4f}'} | "
+                         f"{value:.4f} |")
     lines += ["", f"Kept blocks (original indices): {s['kept_blocks']}",
               f"Removed blocks: {s['removed_blocks']} (protected: {s['protected_blocks']})", ""]
     if "resized_classes" in s:

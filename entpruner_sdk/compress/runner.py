@@ -60,6 +60,8 @@ class CompressConfig:
     seed: int = 0
     checkpoint_every: int = 200
     num_classes: int | None = None  # resize the label embedder to this many classes
+    report_samples: int = 200  # quality figures in the report (0 skips the evaluation)
+    report_features: tuple[str, ...] = ("domain",)  # add "inception" for standard FID
 
     @classmethod
     def from_options(cls, **options: Any) -> CompressConfig:
@@ -75,8 +77,9 @@ class CompressConfig:
         if unknown:
             raise TypeError(f"unknown compress options {sorted(unknown)}; known: "
                             f"{sorted(own | schedule_fields | distill_fields)}")
-        if "protect" in options and options["protect"] is not None:
-            options["protect"] = tuple(options["protect"])
+        for key in ("protect", "report_features"):
+            if options.get(key) is not None:
+                options[key] = tuple(options[key])
         return cls(schedule=ScheduleConfig(**schedule), distill=DistillConfig(**distill),
                    **options)
 
@@ -290,10 +293,27 @@ def compress(
         "budget": budget.describe()}
     report = build_report(teacher, pruned, data, config, budget, run.decisions, run.losses,
                           latency, protected, device, time.perf_counter() - wall_start)
+    if config.report_samples > 0:
+        report["summary"].update(quality_figures(teacher, pruned, data, config, device))
     result = CompressResult(pruned, report)
     if out_dir is not None:
         result.save(out_dir)
     return result
+
+
+def quality_figures(teacher, pruned, data, config: CompressConfig, device) -> dict[str, Any]:
+    """Evaluation of teacher and pruned model on identical noise (the family's sampler)."""
+    from entpruner_sdk.evaluation.evaluate import evaluate
+    from entpruner_sdk.teachers import SAMPLING
+
+    sampling = dict(SAMPLING[teacher.family], features=config.report_features,
+                    samples=config.report_samples, seed=config.seed, device=device,
+                    progress=False)
+    original = evaluate(teacher, data, **sampling)
+    after = evaluate(pruned, data, original=teacher, **sampling)
+    return {"quality_settings": after.settings,
+            "quality_original": original.metrics,
+            "quality_pruned": {**after.metrics, **after.fidelity}}
 
 
 def _train_step(run: _Run, teacher, objective, data, step: int, device) -> float:

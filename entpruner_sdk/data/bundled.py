@@ -2,8 +2,9 @@
 
 - ``digits``: scikit-learn's 1797 handwritten digits, 8x8 grayscale, 10 classes (default).
 - ``photos``: RGB crops (16x16 by default; ``image_size`` picks another size) of 8 photographs
-  shipped with scikit-image and scikit-learn, one class per photograph. Training crops come from the left 70% of each photo and test crops from the
-  right 30%, so the held-out split shares no pixels with the training split.
+  shipped with scikit-image and scikit-learn, one class per photograph. Training crops come
+  from the left 70% of each photo and test crops from the right 30%, so the held-out split
+  shares no pixels with the training split.
 """
 
 from __future__ import annotations
