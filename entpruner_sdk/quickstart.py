@@ -74,7 +74,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", samples: int = 500,
                          **sampling), out / f"{name}.png", rows=10)
         started = time.perf_counter()
         result = compress(teacher, train, teacher.depth // 2, steps=compress_steps,
-                          device=device, seed=seed, progress=progress)
+                          device=device, seed=seed, progress=progress, report_samples=0)
         compress_seconds = time.perf_counter() - started
         result.save(out / f"{name}-pruned")
         save_grid(sample(result.model, grid_labels, seed=seed, device=device,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from entpruner_sdk.data.datasets import DataError, ImageDataset, load_data
+from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import NoisedBatch, Objective, objective_for
@@ -82,22 +81,6 @@ def drop_labels(y: torch.Tensor, prob: float, null_class: int,
     return torch.where(drop, torch.full_like(y, null_class), y)
 
 
-def check_compatible(model: DiffusionTransformer, data: ImageDataset) -> None:
-    """Raise ``DataError`` if the data cannot be fed to the model."""
-    cfg = model.config
-    if (data.channels, data.image_size) != (cfg.in_channels, cfg.input_size):
-        raise DataError(
-            f"data {data.name} has {data.channels}x{data.image_size}x{data.image_size} images "
-            f"but the model takes {cfg.in_channels}x{cfg.input_size}x{cfg.input_size}; use "
-            "matching data, a latent space, or a model built for this size"
-        )
-    if data.num_classes > cfg.num_classes:
-        raise DataError(
-            f"data {data.name} has {data.num_classes} classes but the model knows "
-            f"{cfg.num_classes}; resize the label embedder for the new classes first"
-        )
-
-
 def sample_batch(data: ImageDataset, batch_size: int, generator: torch.Generator,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     index = torch.randint(0, len(data), (batch_size,), generator=generator,
@@ -126,7 +109,7 @@ def train(
     config = config or TrainConfig()
     device = resolve_device(device)
     data = load_data(data)
-    check_compatible(model, data)
+    check_fits(model.config, data)
     objective = objective or objective_for(model)
     model = model.to(device).train()
     ema = EMA(model, config.ema_decay)
@@ -205,8 +188,3 @@ def _restore(directory, model, ema, optimizer, generator) -> tuple[int, list[flo
     generator.set_state(tensors["rng"])
     return int(meta["step"]), list(meta["losses"])
 
-
-def write_json(path: str | os.PathLike, document: Any) -> None:
-    from entpruner_sdk.utils.files import atomic_write_text
-
-    atomic_write_text(path, json.dumps(document, indent=2) + "\n")

@@ -92,7 +92,7 @@ def test_data_the_model_cannot_take():
 
 def test_class_count_needs_the_option_and_is_reported(tmp_path):
     small = randomized(DiffusionTransformer(tiny_config(num_classes=4, depth=4)))
-    with pytest.raises(DataError, match="pass num_classes=10"):
+    with pytest.raises(DataError, match="has 10 classes but the model has 4; resize"):
         compress(small, "digits", 2, **FAST)
     result = compress(small, "digits", 2, num_classes=10, out_dir=tmp_path, **FAST)
     assert result.model.config.num_classes == 10

@@ -140,8 +140,8 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
         (tmp_path / "evaluation.json").read_text())).metrics == report.metrics
     with pytest.raises(TooFewSamples, match="at least 2"):
         evaluate(model, small, samples=1, progress=False)
-    with pytest.raises(DataError, match="12 classes but digits-train has 10"):
+    with pytest.raises(DataError, match="digits-train has 10 classes but the model has 12"):
         evaluate(randomized(DiffusionTransformer(tiny_config("sit", num_classes=12))), small,
                  samples=4, progress=False)
-    with pytest.raises(DataError, match="image size and channels"):
+    with pytest.raises(DataError, match="model's size and channels"):
         evaluate(model, load_data("photos", image_size=8), samples=4, progress=False)

@@ -22,7 +22,7 @@ import torch
 from entpruner_sdk.compress.budget import Budget, budget_device, resolve_depth
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import DistillConfig, distillation_loss
-from entpruner_sdk.data.datasets import DataError, ImageDataset, load_data
+from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
 from entpruner_sdk.importance import CalibrationSet, make_importance
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -120,22 +120,10 @@ def resize_classes(model: DiffusionTransformer, num_classes: int) -> DiffusionTr
 
 
 def check_data(model: DiffusionTransformer, data: ImageDataset, num_classes: int | None) -> None:
-    cfg = model.config
-    if (data.channels, data.image_size) != (cfg.in_channels, cfg.input_size):
-        raise DataError(
-            f"the model takes {cfg.in_channels}x{cfg.input_size}x{cfg.input_size} inputs but "
-            f"{data.name} holds {data.channels}x{data.image_size}x{data.image_size}; resize the "
-            "data or encode it with the model's latent space"
-        )
-    if num_classes is None and data.num_classes > cfg.num_classes:
-        raise DataError(
-            f"{data.name} has {data.num_classes} classes but the model knows {cfg.num_classes}; "
-            f"pass num_classes={data.num_classes} (CLI: --num-classes) to resize the label "
-            "embedder"
-        )
-    if num_classes is not None and data.num_classes > num_classes:
-        raise DataError(f"num_classes={num_classes} is below the {data.num_classes} classes "
-                        f"of {data.name}")
+    if num_classes is None:
+        check_fits(model.config, data)
+    else:
+        check_fits(model.config.replace(num_classes=num_classes), data)
 
 
 class _Run:

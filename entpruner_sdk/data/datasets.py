@@ -115,6 +115,30 @@ def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, sourc
         )
 
 
+def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False) -> None:
+    """Raise ``DataError`` unless ``data`` can be fed to a model with this config.
+
+    ``config`` is a model config (``in_channels``, ``input_size``, ``num_classes``). Labels
+    must exist in the model (``exact_classes``: the class counts must be equal, as when
+    comparing a model with its own data).
+    """
+    if (data.channels, data.image_size) != (config.in_channels, config.input_size):
+        raise DataError(
+            f"the model takes {config.in_channels}x{config.input_size}x{config.input_size} "
+            f"inputs but {data.name} holds {data.channels}x{data.image_size}x{data.image_size}; "
+            "use data of the model's size and channels (or encode it to its latent space)"
+        )
+    too_many = data.num_classes > config.num_classes
+    if too_many or (exact_classes and data.num_classes != config.num_classes):
+        raise DataError(
+            f"{data.name} has {data.num_classes} classes but the model has "
+            f"{config.num_classes}; " + (
+                f"resize the label embedder (compress: num_classes={data.num_classes}, CLI: "
+                f"--num-classes {data.num_classes})" if too_many else
+                "compare the model with the dataset it was trained or fine-tuned on")
+        )
+
+
 def to_unit_range(array: np.ndarray, source: str) -> torch.Tensor:
     """uint8 (or integer) pixels -> [-1, 1]; floats are taken as already in [-1, 1]."""
     if array.dtype == np.uint8:

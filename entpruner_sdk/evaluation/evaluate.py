@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from entpruner_sdk.data.datasets import DataError, ImageDataset, load_data
+from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
 from entpruner_sdk.evaluation.classifier import cache_root, domain_classifier, predict
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
 from entpruner_sdk.evaluation.metrics import (
@@ -77,21 +77,6 @@ class EvaluationReport:
         atomic_write_text(directory / "evaluation.json", json.dumps(self.to_dict(), indent=2))
         atomic_write_text(directory / "evaluation.md", self.to_markdown())
         return directory
-
-
-def check_model_matches_data(model: DiffusionTransformer, data: ImageDataset) -> None:
-    cfg = model.config
-    if (cfg.in_channels, cfg.input_size) != (data.channels, data.image_size):
-        raise DataError(
-            f"the model makes {cfg.in_channels}x{cfg.input_size}x{cfg.input_size} images but "
-            f"{data.name} holds {data.channels}x{data.image_size}x{data.image_size}; evaluate "
-            "against data of the model's image size and channels"
-        )
-    if cfg.num_classes != data.num_classes:
-        raise DataError(
-            f"the model has {cfg.num_classes} classes but {data.name} has {data.num_classes}; "
-            "evaluate against the dataset the model was trained or fine-tuned on"
-        )
 
 
 def balanced_labels(count: int, num_classes: int) -> torch.Tensor:
@@ -174,7 +159,7 @@ def evaluate(
     if unknown:
         raise ValueError(f"unknown feature spaces {sorted(unknown)}; choose from {FEATURES}")
     data = load_data(data)
-    check_model_matches_data(model, data)
+    check_fits(model.config, data, exact_classes=True)
     if original is not None and original.config.replace(depth=1) != model.config.replace(depth=1):
         raise ValueError("the original and the evaluated model differ in more than depth")
     if samples < 2:
