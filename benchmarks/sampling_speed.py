@@ -107,7 +107,7 @@ def print_table(rows, device) -> None:
                       f"{r['images_per_s_original']:.1f}", f"{r['images_per_s_pruned']:.1f}",
                       f"{r['speedup']:.2f}x", f"{r['flops_ratio']:.2f}x",
                       f"{r['speedup_over_flops_ratio']:.2f}")
-    Console().print(table)
+    Console(width=max(160, Console().width)).print(table)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def print_summary(rows: list[Row], real_accuracy: float, samples: int, out: Path
                       f"{r.precision:.3f}", f"{r.recall:.3f}", f"{r.sample_seconds:.1f}",
                       f"{speedup:.2f}x" if speedup else "-",
                       f"{r.fidelity_psnr:.1f} dB" if r.fidelity_psnr else "-")
-    console = Console()
+    console = Console(width=max(160, Console().width))
     console.print(table)
     console.print(f"classifier accuracy on real held-out digits: {real_accuracy:.1%}; "
                   "FD-domain is the Fréchet distance in that classifier's features (not FID).")

@@ -138,3 +138,13 @@ def test_half_precision_storage_loads_as_float32(tmp_path, tiny_dit):
     assert torch.equal(loaded.blocks[0].attn.qkv.weight, expected)
     assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.6 * (
         ep.save(tiny_dit, tmp_path / "full") / "model.safetensors").stat().st_size
+
+
+def test_saved_files_have_ordinary_permissions(tmp_path, tiny_dit):
+    import os
+
+    ep.save(tiny_dit, tmp_path / "m")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -24,3 +24,12 @@ def test_teacher_samples_are_recognised_as_their_class(name):
 def test_unknown_teacher_is_named():
     with pytest.raises(ValueError, match="bundled teachers"):
         load_teacher("dit-imagenet")
+
+
+@pytest.mark.parametrize("name", ["dit-photos", "sit-photos"])
+def test_photos_teachers_fit_the_photos_data(name):
+    from entpruner_sdk.data.datasets import check_fits
+
+    teacher = load_teacher(name)
+    assert teacher.depth == 12 and teacher.pos_embed.dtype == torch.float32
+    check_fits(teacher.config, load_data("photos"), exact_classes=True)
