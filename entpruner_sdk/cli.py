@@ -186,7 +186,7 @@ def _add_quickstart(sub) -> None:
         entpruner quickstart --out runs/quickstart --device cuda
         """)
     p.add_argument("--out", default="runs/quickstart", help="output directory")
-    p.add_argument("--samples", type=int, default=500, help="evaluation samples per model")
+    p.add_argument("--samples", type=int, default=300, help="evaluation samples per model")
     p.add_argument("--compress-steps", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     _common(p)

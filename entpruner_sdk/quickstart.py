@@ -55,7 +55,7 @@ def _row(name: str, model, report, grid: Path, sampling: dict) -> Row:
                report.settings["sampling_seconds"], report.fidelity.get("psnr"), str(grid))
 
 
-def run_quickstart(out: str | Path = "runs/quickstart", samples: int = 500,
+def run_quickstart(out: str | Path = "runs/quickstart", samples: int = 300,
                    compress_steps: int = 500, seed: int = 0,
                    device: str | torch.device | None = None, progress: bool = True
                    ) -> list[Row]:
