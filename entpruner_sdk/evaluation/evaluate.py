@@ -196,8 +196,10 @@ def evaluate(
             report.notes.append(f"{name}: {len(fake)} samples for {fake.shape[1]}-d features; "
                                 "the covariance is rank-deficient and the distance is biased "
                                 "upward, compare only figures with equal sample counts")
-    report.per_class_diversity = per_class_diversity(
-        DomainFeatures(classifier)(images), labels, data.num_classes)
+    domain = generated_features.get("domain")
+    if domain is None:
+        domain = DomainFeatures(classifier)(images)
+    report.per_class_diversity = per_class_diversity(domain, labels, data.num_classes)
     if original is not None:
         reference_images = generate(original, labels, seed=seed, batch_size=batch_size,
                                     progress=progress, **sampling)
