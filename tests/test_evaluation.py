@@ -165,6 +165,7 @@ def test_reference_statistics_are_cached_with_provenance(tmp_path, monkeypatch):
     from entpruner_sdk.evaluation.classifier import cache_root
     from entpruner_sdk.evaluation.evaluate import reference_stats
 
+    monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path))  # an empty cache of its own
     data = load_data("digits").per_class(5, torch.Generator().manual_seed(0))
     extractor = DomainFeatures(domain_classifier(data))
     stats, features = reference_stats(data, extractor, "domain", progress=False)
