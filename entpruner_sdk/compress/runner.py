@@ -233,9 +233,9 @@ def compress(
         latency = LatencyModel.measure(teacher.to(latency_device), latency_batch)
         teacher.to(device)
         target = resolve_depth(budget, teacher, len(protected), latency)
+    # the CED options are used only when the importance is CED
     importance = make_importance(config.importance, config.seed, output=config.ced_output,
-                                 estimator=config.ced_estimator) \
-        if config.importance == "ced" else make_importance(config.importance, config.seed)
+                                 estimator=config.ced_estimator)
     schedule = Schedule(config.schedule, config.steps)
 
     def maybe_decide(step: int, final: bool = False) -> None:
