@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.objectives import Objective, guided, objective_for
+from entpruner_sdk.objectives import ModelFn, Objective, guided, objective_for
 from entpruner_sdk.utils.device import autocast, resolve_device
+
+# guided_fn(x_t, model_time, labels, scale [N]) -> guided output
+GuidedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:
@@ -43,28 +47,71 @@ def sample(
     ``sampler``: ``ddpm`` / ``ddim`` for DiT, ``euler`` / ``heun`` / ``euler-maruyama`` for SiT.
     """
     device = resolve_device(device)
-    objective = objective or objective_for(model)
-    y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    check_labels(y, model.config.num_classes)
-    cfg = model.config
-    generator = torch.Generator().manual_seed(seed)
-    if noise is None:
-        noise = torch.randn(len(y), cfg.in_channels, cfg.input_size, cfg.input_size,
-                            generator=generator)
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(device):
+            return model(x, t, y).float()
+
     was_training = model.training
     model.eval()
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with autocast(device):
-            return model(x, t, labels).float()
-
-    fn = guided(model_fn, cfg_scale, model.null_class, cfg.in_channels, reference_cfg)
     try:
-        out = objective.sample(fn, noise.to(device), y.to(device), sampler=sampler, steps=steps,
-                               generator=generator, clip_denoised=clip_denoised,
-                               progress=progress)
+        return sample_with(
+            model_fn, model.config, objective or objective_for(model), labels,
+            sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed, device=device,
+            clip_denoised=clip_denoised, reference_cfg=reference_cfg, noise=noise,
+            progress=progress,
+        )
     finally:
         model.train(was_training)
+
+
+def initial_noise(config: TransformerConfig, n: int, generator: torch.Generator
+                  ) -> torch.Tensor:
+    """The starting noise [n, C, H, W]: the first draw of the seeded CPU generator."""
+    return torch.randn(n, config.in_channels, config.input_size, config.input_size,
+                       generator=generator)
+
+
+@torch.no_grad()
+def sample_with(
+    model_fn: ModelFn,
+    config: TransformerConfig,
+    objective: Objective,
+    labels: Sequence[int] | torch.Tensor,
+    *,
+    sampler: str | None = None,
+    steps: int = 50,
+    cfg_scale: float = 1.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    clip_denoised: bool = False,
+    reference_cfg: bool = False,
+    noise: torch.Tensor | None = None,
+    progress: bool = False,
+    guided_fn: GuidedFn | None = None,
+) -> torch.Tensor:
+    """The sampling pipeline for any denoiser: a PyTorch model, an ONNX Runtime session, an
+    AOTInductor package or a TensorRT engine, given as ``model_fn(x, t, y) -> output``.
+
+    ``guided_fn(x, t, y, scale)``, when given, computes a guided prediction in one call (an
+    exported guidance graph) and replaces the host-side guidance wrapper. Same seed, same
+    noise, same images as :func:`sample`.
+    """
+    device = torch.device(device)
+    y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    check_labels(y, config.num_classes)
+    generator = torch.Generator().manual_seed(seed)
+    if noise is None:
+        noise = initial_noise(config, len(y), generator)
+    null_class = config.num_classes  # the null row follows the real classes
+    if guided_fn is not None and cfg_scale != 1.0 and not reference_cfg:
+        def fn(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return guided_fn(x, t, labels, torch.full((len(x),), float(cfg_scale),
+                                                      device=x.device))
+    else:
+        fn = guided(model_fn, cfg_scale, null_class, config.in_channels, reference_cfg)
+    out = objective.sample(fn, noise.to(device), y.to(device), sampler=sampler, steps=steps,
+                           generator=generator, clip_denoised=clip_denoised, progress=progress)
     return out.cpu()
 
 

@@ -78,7 +78,9 @@ class TimestepEmbedder(nn.Module):
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_embedding_size))
+        embedding = timestep_embedding(t, self.frequency_embedding_size)
+        # The sinusoid is computed in fp32 for precision, then follows the weights (fp16 export).
+        return self.mlp(embedding.to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):

@@ -165,7 +165,7 @@ class DiffusionTransformer(nn.Module):
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """[N, T, p*p*C] -> [N, C, H, W]."""
         p, channels = self.config.patch_size, self.config.out_channels
-        side = int(x.shape[1] ** 0.5)
+        side = self.config.input_size // p  # static, so traced exports keep no Python float
         x = x.reshape(x.shape[0], side, side, p, p, channels)
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], channels, side * p, side * p)

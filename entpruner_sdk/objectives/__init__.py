@@ -5,16 +5,21 @@ from __future__ import annotations
 from entpruner_sdk.objectives.base import ModelFn, NoisedBatch, Objective
 from entpruner_sdk.objectives.diffusion import GaussianDiffusion
 from entpruner_sdk.objectives.flow import FlowMatching
-from entpruner_sdk.objectives.guidance import guided
+from entpruner_sdk.objectives.guidance import combine_guidance, guided
 
 
 def objective_for(model) -> Objective:
     """The objective a model implies: diffusion for DiT, flow matching for SiT (with the flow
     path recorded in ``model.objective``, linear by default)."""
-    config = model.config
+    return objective_from(model.config, model.objective)
+
+
+def objective_from(config, settings: dict | None = None) -> Objective:
+    """The objective for a config and its recorded settings, without the model itself (an
+    exported graph carries exactly these two in its metadata)."""
     if config.family == "dit":
         return GaussianDiffusion.for_model(config)
-    return FlowMatching.for_model(config, path=model.objective.get("path", "linear"))
+    return FlowMatching.for_model(config, path=(settings or {}).get("path", "linear"))
 
 
 __all__ = [
@@ -23,6 +28,8 @@ __all__ = [
     "ModelFn",
     "NoisedBatch",
     "Objective",
+    "combine_guidance",
     "guided",
     "objective_for",
+    "objective_from",
 ]

@@ -30,7 +30,19 @@ def guided(
         null = torch.full_like(y, null_class)
         out = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
         cond, uncond = out.chunk(2)
-        mixed = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
-        return torch.cat([mixed, cond[:, channels:]], dim=1)
+        return combine_guidance(cond, uncond, scale, channels)
 
     return guided_fn
+
+
+def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor,
+                     channels: int) -> torch.Tensor:
+    """uncond + scale * (cond - uncond) on the first ``channels``; the rest from ``cond``.
+
+    ``scale`` is a number or a per-sample tensor [N] (an exported guided graph takes one, so a
+    server can batch requests with different scales).
+    """
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(cond.dtype).reshape(-1, *([1] * (cond.dim() - 1)))
+    mixed = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
+    return torch.cat([mixed, cond[:, channels:]], dim=1)
