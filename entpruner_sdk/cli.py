@@ -1,5 +1,5 @@
-"""The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``compress``, ``evaluate``
-and ``quickstart`` (the main job).
+"""The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``compress``, ``evaluate``,
+``export`` and ``quickstart`` (the main job).
 
 Every subcommand has ``--help`` with examples; ``--quiet`` silences progress bars.
 """
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_compress(sub)
     _add_evaluate(sub)
+    _add_export(sub)
     _add_quickstart(sub)
     return parser
 
@@ -88,9 +89,13 @@ def _add_sample(sub) -> None:
         entpruner sample --model runs/sit/model --labels 3,3,7 --sampler euler-maruyama \\
             --steps 100 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz
         entpruner sample --model DiT-XL-2-256x256.pt --family dit --labels 207 --out dog.png
+        entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # ONNX Runtime
         """)
-    p.add_argument("--model", required=True, help="bundled teacher name or model path")
+    p.add_argument("--model", required=True,
+                   help="bundled teacher name, model path, or an export directory")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    p.add_argument("--provider", default="cpu",
+                   help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
     p.add_argument("--labels", help="comma-separated class labels")
     p.add_argument("--per-class", type=int, default=0, help="N images of every class")
     p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
@@ -179,6 +184,36 @@ def _add_evaluate(sub) -> None:
     _common(p)
 
 
+def _add_export(sub) -> None:
+    p = _command(sub, "export", "Export a model for deployment (ONNX, AOTInductor, TensorRT).",
+                 """\
+        entpruner export --model runs/quickstart/dit-pruned --format onnx --out exports/dit-onnx
+        entpruner export --model dit-digits --format onnx-fp16 --out exports/fp16 --verify
+        entpruner export --model runs/sit --format aoti --out exports/sit-aoti
+        entpruner export --model runs/dit --format tensorrt --batch 1,8,32 --out exports/trt
+        entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # run an export
+        """)
+    from entpruner_sdk.export import FORMATS
+
+    p.add_argument("--model", required=True, help="bundled teacher name or model path")
+    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    p.add_argument("--format", default="onnx", choices=FORMATS)
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    p.add_argument("--verify", action="store_true",
+                   help="print the parity table (exports are always checked unless --no-check)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check")
+    p.add_argument("--batch", default="1,8,32",
+                   help="min,opt,max batch (TensorRT profile, AOTInductor max, parity opt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
+                   help="ONNX exporter (default: torch.export-based, opset 18)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                   help="TensorRT precision (default fp16)")
+    p.add_argument("--no-guided", action="store_true",
+                   help="ONNX: skip the classifier-free-guidance graph")
+    _common(p)
+
+
 def _add_quickstart(sub) -> None:
     p = _command(sub, "quickstart", "The main job on bundled data: sample the bundled teachers, "
                  "compress each to half depth, evaluate both, print the comparison.", """\
@@ -237,7 +272,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from entpruner_sdk.sampling import sample, save_grid
     from entpruner_sdk.teachers import resolve_model
 
-    model = resolve_model(args.model, args.family)
+    exported = _exported(args.model, args.provider)
+    model = exported or resolve_model(args.model, args.family)
     if args.labels:
         try:
             labels = [int(v) for v in args.labels.split(",")]
@@ -247,15 +283,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         per_class = args.per_class or 4
         labels = [c for c in range(model.config.num_classes) for _ in range(per_class)]
-    images = sample(model, labels, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
-                    seed=args.seed, device=args.device, reference_cfg=args.reference_cfg,
-                    clip_denoised=True, progress=not args.quiet)
+    if exported is not None:
+        images = exported.sample(labels, sampler=args.sampler, steps=args.steps,
+                                 cfg_scale=args.cfg, seed=args.seed, clip_denoised=True,
+                                 progress=not args.quiet)
+    else:
+        images = sample(model, labels, sampler=args.sampler, steps=args.steps,
+                        cfg_scale=args.cfg, seed=args.seed, device=args.device,
+                        reference_cfg=args.reference_cfg, clip_denoised=True,
+                        progress=not args.quiet)
     rows = model.config.num_classes if not args.labels else None
     save_grid(images, args.out, rows=rows)
     if args.npz:
         np.savez(args.npz, images=images.numpy(), labels=np.array(labels))
     print(f"{len(labels)} samples -> {args.out}")
     return 0
+
+
+def _exported(path: str, provider: str):
+    """An export directory opened with its runtime, or None for anything else."""
+    if not Path(path).is_dir() or not (Path(path) / "export.json").is_file():
+        return None
+    from entpruner_sdk.export import load_exported
+
+    return load_exported(path, provider=provider)
 
 
 def model_summary(model) -> dict:
@@ -340,13 +391,37 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from entpruner_sdk.export import export
+    from entpruner_sdk.export.parity import format_checks
+    from entpruner_sdk.teachers import resolve_model
+
+    try:
+        batch = tuple(int(v) for v in args.batch.split(","))
+    except ValueError as error:
+        raise ValueError(f"--batch must be min,opt,max integers, got {args.batch!r}") from error
+    model = resolve_model(args.model, args.family)
+    device = None if args.device == "auto" else args.device
+    result = export(model, args.out, args.format, verify=not args.no_check, batch=batch,
+                    overwrite=args.overwrite, guided=not args.no_guided,
+                    exporter=args.exporter, precision=args.precision, device=device)
+    if args.verify and result.parity:
+        print(format_checks(result.parity))
+    files = ", ".join(sorted(set(result.files.values())))
+    checked = "parity checked" if result.parity else "not checked"
+    print(f"{args.format} export ({checked}) -> {result.directory}: {files}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
-            "compress": cmd_compress, "evaluate": cmd_evaluate, "quickstart": cmd_quickstart}
+            "compress": cmd_compress, "evaluate": cmd_evaluate, "export": cmd_export,
+            "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:
     from entpruner_sdk.data import DataError
     from entpruner_sdk.evaluation.inception import FeatureNetworkMissing
+    from entpruner_sdk.export import ParityError
     from entpruner_sdk.models.io import CheckpointError
 
     args = _parser().parse_args(argv)
@@ -357,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,
-            FeatureNetworkMissing) as error:
+            FileExistsError, FeatureNetworkMissing, ParityError, ImportError,
+            RuntimeError) as error:
         print(f"entpruner {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,148 @@
+"""The ``export`` verb: one model, one format, one directory with a manifest."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entpruner_sdk.export.metadata import export_metadata
+from entpruner_sdk.export.parity import ParityCheck, check_parity, require_parity
+from entpruner_sdk.export.runtime import MANIFEST, load_exported
+from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.utils.files import atomic_write_text
+
+FORMATS = ("onnx", "onnx-fp16", "aoti", "tensorrt", "torch-tensorrt")
+
+
+@dataclass
+class ExportResult:
+    """Where the export went, what it holds, and how closely it matches PyTorch."""
+
+    directory: Path
+    format: str
+    files: dict[str, str]
+    parity: list[ParityCheck] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def export(
+    model: DiffusionTransformer | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    format: str = "onnx",
+    *,
+    verify: bool = True,
+    batch: tuple[int, int, int] = (1, 8, 32),
+    overwrite: bool = False,
+    guided: bool = True,
+    opset: int | None = None,
+    exporter: str = "dynamo",
+    precision: str | None = None,
+    device: str | torch.device | None = None,
+) -> ExportResult:
+    """Export ``model`` (a model, a saved directory, a checkpoint or a bundled teacher name)
+    to ``out_dir`` in ``format``: ``onnx`` / ``onnx-fp16`` (denoiser + guidance graph),
+    ``aoti`` (AOTInductor .pt2), ``tensorrt`` (engine from the ONNX), ``torch-tensorrt``.
+
+    With ``verify`` (the default) the export is run on random inputs at batch sizes 1, 3 and
+    ``batch``'s opt value and compared with PyTorch; a mismatch raises ``ParityError`` and
+    leaves nothing behind. ``out_dir`` must be new or empty unless ``overwrite``.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    model = _resolve(model)
+    _check_batch(batch)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite "
+                              "(overwrite=True) to replace it or choose another --out")
+    precision = precision or {"onnx-fp16": "fp16", "tensorrt": "fp16",
+                              "torch-tensorrt": "fp16"}.get(format, "fp32")
+    metadata = export_metadata(model)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        files, extra = _write(model, staging, format, metadata, guided=guided, opset=opset,
+                              exporter=exporter, precision=precision, batch=batch,
+                              device=device)
+        manifest = {
+            "format": format, "precision": precision, "files": files, "batch": list(batch),
+            "metadata": {**metadata, **extra}, "torch": torch.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(), "parity": [],
+        }
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2))
+        checks: list[ParityCheck] = []
+        if verify:
+            batches = tuple(sorted({1, 3, batch[1]}))
+            checks = check_parity(model, load_exported(staging), precision, batches)
+            require_parity(checks, f"the {format} export")
+            manifest["parity"] = [c.to_dict() for c in checks]
+            atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(out_dir, format, files, checks, manifest)
+
+
+def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
+           opset: int | None, exporter: str, precision: str, batch, device
+           ) -> tuple[dict[str, str], dict[str, Any]]:
+    """Write the format's files; returns {role: file name} and extra manifest metadata."""
+    if format in ("onnx", "onnx-fp16", "tensorrt"):
+        from entpruner_sdk.export.onnx_export import OPSET, export_onnx
+
+        opset = opset or OPSET
+        dtype = torch.float16 if format == "onnx-fp16" else torch.float32
+        export_onnx(model, directory / "model.onnx", dtype=dtype, opset=opset,
+                    exporter=exporter)
+        files = {"onnx": "model.onnx"}
+        if format != "tensorrt":
+            files["denoiser"] = "model.onnx"
+            if guided and _has_null_class(model):
+                export_onnx(model, directory / "model_cfg.onnx", dtype=dtype, guided=True,
+                            opset=opset, exporter=exporter)
+                files["guided"] = "model_cfg.onnx"
+            return files, {"opset": opset, "exporter": exporter}
+        from entpruner_sdk.export.tensorrt import build_engine
+
+        build_engine(directory / "model.onnx", directory / "model.engine", model.config,
+                     metadata, batch=batch, precision=precision,
+                     timing_cache=directory / "timing.cache")
+        files.update(denoiser="model.engine", sidecar="model.json", timing_cache="timing.cache")
+        return files, {"opset": opset}
+    if format == "aoti":
+        from entpruner_sdk.export.aoti import export_aoti
+
+        target = torch.device(device or "cpu")
+        export_aoti(model, directory / "model.pt2", max_batch=max(batch[2], 2), device=target)
+        return {"denoiser": "model.pt2"}, {"device": str(target)}
+    from entpruner_sdk.export.tensorrt import compile_torch_tensorrt
+
+    compile_torch_tensorrt(model, directory / "model.ep", batch=batch, precision=precision)
+    return {"denoiser": "model.ep"}, {}
+
+
+def _resolve(model) -> DiffusionTransformer:
+    if isinstance(model, DiffusionTransformer):
+        return model
+    from entpruner_sdk.teachers import resolve_model
+
+    return resolve_model(str(model))
+
+
+def _has_null_class(model: DiffusionTransformer) -> bool:
+    return model.y_embedder.embedding_table.num_embeddings > model.config.num_classes
+
+
+def _check_batch(batch) -> None:
+    if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise ValueError(f"batch must be min,opt,max with 1 <= min <= opt <= max; got {batch}")

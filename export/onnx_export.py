@@ -1,0 +1,111 @@
+"""ONNX export of the denoiser and the guidance graph, with metadata and the ONNX checker.
+
+The exporter is torch's ``torch.export``-based one (``dynamo=True``, the default since torch
+2.9), at opset 18; ``exporter="torchscript"`` selects the older tracer, which is faster to run
+and exports this model equally well (both are parity-checked the same way).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from entpruner_sdk.export.graphs import Denoiser, GuidedDenoiser, example_inputs, input_names
+from entpruner_sdk.export.metadata import METADATA_KEY, dumps, export_metadata
+from entpruner_sdk.models.transformer import DiffusionTransformer
+
+OPSET = 18
+EXPORTERS = ("dynamo", "torchscript")
+# Above this size the weights go to an external data file (protobuf caps a file at 2 GB).
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def require_onnx():
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError(
+            "ONNX export needs the onnx extra: pip install 'entpruner-sdk[onnx]'"
+        ) from error
+    return onnx
+
+
+def export_onnx(
+    model: DiffusionTransformer,
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    guided: bool = False,
+    opset: int = OPSET,
+    exporter: str = "dynamo",
+) -> Path:
+    """Export ``model`` (or its guidance graph) to ``path`` with a dynamic batch dimension.
+
+    The file carries :func:`export_metadata` under the ``entpruner`` metadata key and passes
+    ``onnx.checker``. Written to a temporary name first, so a failed export leaves nothing.
+    """
+    onnx = require_onnx()
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    path = Path(path)
+    module = (GuidedDenoiser if guided else Denoiser)(model, dtype)
+    inputs = example_inputs(model, batch=2, guided=guided)
+    names = input_names(guided)
+    large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as tmp:
+        tmp_path = Path(tmp) / path.name
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter chatter; parity is checked afterwards
+            _run_exporter(module, inputs, names, tmp_path, opset, exporter, large)
+        proto = onnx.load(str(tmp_path), load_external_data=False)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, dumps(
+            {**export_metadata(model), "graph": "guided" if guided else "denoiser",
+             "precision": str(dtype).removeprefix("torch."), "opset": opset,
+             "exporter": exporter})
+        proto.producer_name = "entpruner"
+        onnx.save(proto, str(tmp_path))
+        onnx.checker.check_model(str(tmp_path), full_check=True)
+        for item in Path(tmp).iterdir():  # the graph plus any external data file
+            os.replace(item, path.parent / item.name)
+    return path
+
+
+def _run_exporter(module, inputs, names, path: Path, opset: int, exporter: str,
+                  large: bool) -> None:
+    if exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.onnx.export(
+            module, inputs, input_names=names, output_names=["out"], opset_version=opset,
+            dynamic_shapes=tuple({0: batch} for _ in inputs), dynamo=True, verbose=False,
+        )
+        program.save(str(path), external_data=large)
+        return
+    dynamic = {name: {0: "batch"} for name in [*names, "out"]}
+    torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["out"],
+                      dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+    if large:
+        onnx = require_onnx()
+        proto = onnx.load(str(path))
+        onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The entpruner metadata of an ONNX file (without loading its weights)."""
+    import json
+
+    onnx = require_onnx()
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf raises DecodeError and friends
+        raise ValueError(f"{path} is not a readable ONNX file ({error})") from error
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    raise ValueError(f"{path} has no entpruner metadata; export it with `entpruner export`")
+

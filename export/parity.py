@@ -1,0 +1,80 @@
+"""Parity of an export against the PyTorch model it came from, on random valid inputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from entpruner_sdk.export.graphs import GuidedDenoiser, example_inputs
+from entpruner_sdk.export.runtime import ExportedDenoiser
+from entpruner_sdk.models.transformer import DiffusionTransformer
+
+# Relative error allowed per precision: max |export - torch| / max |torch|.
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 2e-2}
+
+
+class ParityError(RuntimeError):
+    """An export's outputs differ from PyTorch's by more than its tolerance."""
+
+
+@dataclass
+class ParityCheck:
+    graph: str
+    batch: int
+    max_abs_error: float
+    relative_error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.relative_error <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def relative_error(output: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(max abs error, max abs error / max abs reference) in float64."""
+    output, reference = output.double().cpu(), reference.double().cpu()
+    worst = (output - reference).abs().max().item()
+    return worst, worst / max(reference.abs().max().item(), 1e-12)
+
+
+@torch.no_grad()
+def check_parity(model: DiffusionTransformer, runtime: ExportedDenoiser,
+                 precision: str = "fp32", batches: tuple[int, ...] = (1, 3, 8),
+                 seed: int = 0) -> list[ParityCheck]:
+    """Compare ``runtime`` with the fp32 PyTorch ``model`` at several batch sizes, for the
+    denoiser and (when the export has one) the guidance graph."""
+    reference = model.eval().float().cpu()
+    guided_reference = GuidedDenoiser(reference) if runtime.has_guided_graph else None
+    checks = []
+    for i, batch in enumerate(batches):
+        x, t, y = example_inputs(reference, batch, seed=seed + i)
+        worst, rel = relative_error(runtime(x, t, y), reference(x, t, y))
+        checks.append(ParityCheck("denoiser", batch, worst, rel, TOLERANCE[precision]))
+        if guided_reference is not None:
+            inputs = example_inputs(reference, batch, guided=True, seed=seed + 100 + i)
+            worst, rel = relative_error(runtime.guided(*inputs), guided_reference(*inputs))
+            checks.append(ParityCheck("guided", batch, worst, rel, TOLERANCE[precision]))
+    return checks
+
+
+def require_parity(checks: list[ParityCheck], what: str) -> None:
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        lines = ", ".join(f"{c.graph} batch {c.batch}: {c.relative_error:.2e} > {c.tolerance:.0e}"
+                          for c in failed)
+        raise ParityError(
+            f"{what} does not match PyTorch ({lines}); nothing was written. Try another "
+            "exporter (exporter='torchscript'), a higher precision, or pass verify=False to "
+            "keep it anyway"
+        )
+
+
+def format_checks(checks: list[ParityCheck]) -> str:
+    rows = ["graph     batch  max abs error  relative error  tolerance  ok"]
+    rows += [f"{c.graph:<9} {c.batch:>5}  {c.max_abs_error:13.2e}  {c.relative_error:14.2e}  "
+             f"{c.tolerance:9.0e}  {'yes' if c.passed else 'NO'}" for c in checks]
+    return "\n".join(rows)

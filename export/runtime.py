@@ -1,0 +1,195 @@
+"""Runtimes for exported denoisers: each turns a file into ``model_fn(x, t, y)`` (and, where
+the export has one, ``guided_fn(x, t, y, scale)``) and samples with the shared pipeline, so
+an export reproduces the PyTorch samples for the same seed."""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from entpruner_sdk.export.metadata import config_and_objective
+from entpruner_sdk.sampling import sample_with
+
+MANIFEST = "export.json"
+
+# Short names for ONNX Runtime execution providers.
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class ExportedDenoiser(ABC):
+    """An exported denoiser plus the metadata needed to sample from it."""
+
+    backend: str
+
+    def __init__(self, metadata: dict[str, Any]) -> None:
+        self.metadata = metadata
+        self.config, self.objective = config_and_objective(metadata)
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @property
+    def time_dtype(self) -> torch.dtype:
+        return torch.long if self.config.family == "dit" else torch.float32
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Raw model output for a batch."""
+
+    def guided(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+               scale: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def has_guided_graph(self) -> bool:
+        return False
+
+    def sample(self, labels: Sequence[int] | torch.Tensor, *, sampler: str | None = None,
+               steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
+               clip_denoised: bool = False, noise: torch.Tensor | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """Same arguments and same images as :func:`entpruner_sdk.sample` for the source model."""
+        return sample_with(
+            self, self.config, self.objective, labels, sampler=sampler, steps=steps,
+            cfg_scale=cfg_scale, seed=seed, clip_denoised=clip_denoised, noise=noise,
+            progress=progress, guided_fn=self.guided if self.has_guided_graph else None,
+        )
+
+
+class OnnxRuntimeDenoiser(ExportedDenoiser):
+    """An ONNX export run by an ONNX Runtime session (``provider``: cpu, cuda, tensorrt or a
+    full provider name); the guidance graph is used when the export has one."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, guided_path: str | os.PathLike | None = None,
+                 provider: str = "cpu", threads: int | None = None) -> None:
+        from entpruner_sdk.export.onnx_export import read_metadata
+
+        ort = _require_onnxruntime()
+        super().__init__(read_metadata(path))
+        self.providers = _providers(ort, provider)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=self.providers)
+        self.guided_session = (
+            ort.InferenceSession(str(guided_path), options, providers=self.providers)
+            if guided_path else None
+        )
+
+    @property
+    def has_guided_graph(self) -> bool:
+        return self.guided_session is not None
+
+    def __call__(self, x, t, y):
+        return self._run(self.session, {"x": x, "t": t, "y": y})
+
+    def guided(self, x, t, y, scale):
+        if self.guided_session is None:
+            raise RuntimeError("this export has no guidance graph; re-export with guided=True")
+        return self._run(self.guided_session, {"x": x, "t": t, "y": y, "cfg_scale": scale})
+
+    def _run(self, session, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        arrays = {
+            "x": feeds["x"].detach().cpu().float().numpy(),
+            "t": feeds["t"].detach().cpu().to(self.time_dtype).numpy(),
+            "y": feeds["y"].detach().cpu().long().numpy(),
+        }
+        if "cfg_scale" in feeds:
+            arrays["cfg_scale"] = feeds["cfg_scale"].detach().cpu().float().numpy()
+        (out,) = session.run(["out"], arrays)
+        return torch.from_numpy(np.asarray(out)).to(feeds["x"].device)
+
+
+class AotiDenoiser(ExportedDenoiser):
+    """An AOTInductor package (.pt2): compiled code plus weights, no model code needed."""
+
+    backend = "aoti"
+
+    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any]) -> None:
+        super().__init__(metadata)
+        self.runner = torch._inductor.aoti_load_package(str(path))
+        self.device = torch.device(metadata.get("device", "cpu"))
+
+    def __call__(self, x, t, y):
+        device = self.device
+        out = self.runner(x.to(device).float(), t.to(device, self.time_dtype), y.to(device).long())
+        return out.to(x.device)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not an export directory (no {MANIFEST}); create one with "
+            "`entpruner export --model DIR --format onnx --out DIR`"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is corrupt ({error}); re-run `entpruner export`") from error
+
+
+def load_exported(directory: str | os.PathLike, provider: str = "cpu",
+                  threads: int | None = None) -> ExportedDenoiser:
+    """Open an export directory written by :func:`entpruner_sdk.export.export`."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    files = manifest["files"]
+    fmt = manifest["format"]
+    if fmt in ("onnx", "onnx-fp16"):
+        guided = files.get("guided")
+        return OnnxRuntimeDenoiser(directory / files["denoiser"],
+                                   directory / guided if guided else None, provider, threads)
+    if fmt == "aoti":
+        return AotiDenoiser(directory / files["denoiser"], manifest["metadata"])
+    if fmt == "tensorrt":
+        from entpruner_sdk.export.tensorrt import TensorRTDenoiser
+
+        return TensorRTDenoiser(directory / files["denoiser"], manifest["metadata"])
+    if fmt == "torch-tensorrt":
+        from entpruner_sdk.export.tensorrt import TorchTensorRTDenoiser
+
+        return TorchTensorRTDenoiser(directory / files["denoiser"], manifest["metadata"])
+    raise ValueError(f"unknown export format {fmt!r} in {directory / MANIFEST}")
+
+
+def is_export_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def _require_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            "ONNX Runtime is not installed: pip install 'entpruner-sdk[onnx]' (CPU) or "
+            "'entpruner-sdk[gpu]' (CUDA; never both)"
+        ) from error
+    return onnxruntime
+
+
+def _providers(ort, provider: str) -> list[str]:
+    name = PROVIDERS.get(provider, provider)
+    available = ort.get_available_providers()
+    if name not in available:
+        raise RuntimeError(
+            f"ONNX Runtime provider {name!r} is not available here (available: "
+            f"{', '.join(available)}); for CUDA install onnxruntime-gpu instead of onnxruntime"
+        )
+    # Fall back to the CPU for any node the accelerator cannot take.
+    return [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]

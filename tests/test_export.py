@@ -1,0 +1,222 @@
+"""Export: ONNX (fp32 / fp16, guidance graph, metadata, dynamic batch) run by a real ONNX
+Runtime, AOTInductor packages, the TensorRT paths' errors, and `entpruner export`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import randomized, tiny_config
+
+from entpruner_sdk.cli import main
+from entpruner_sdk.export import (
+    ParityError,
+    export,
+    export_metadata,
+    is_export_dir,
+    load_exported,
+)
+from entpruner_sdk.export import parity as parity_module
+from entpruner_sdk.export.parity import relative_error
+from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.models.io import save
+from entpruner_sdk.sampling import sample
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def pruned(family: str) -> DiffusionTransformer:
+    """A pruned tiny model (blocks 0, 2, 3 of 4 kept), so provenance is not trivial."""
+    model = randomized(DiffusionTransformer(tiny_config(family, num_classes=4,
+                                                        learn_sigma=family == "dit")))
+    if family == "sit":
+        model.objective = {"path": "gvp"}
+    return model.keep_blocks([0, 2, 3]).eval()
+
+
+@pytest.fixture(scope="module", params=["dit", "sit"])
+def onnx_export(request, tmp_path_factory):
+    model = pruned(request.param)
+    out = tmp_path_factory.mktemp(f"onnx-{request.param}") / "export"
+    return model, export(model, out, "onnx")
+
+
+def test_onnx_files_checker_metadata_and_dynamic_batch(onnx_export):
+    model, result = onnx_export
+    assert is_export_dir(result.directory)
+    assert set(result.files) >= {"denoiser", "guided"}
+    for name in ("model.onnx", "model_cfg.onnx"):
+        path = result.directory / name
+        onnx.checker.check_model(str(path), full_check=True)
+        proto = onnx.load(str(path))
+        assert proto.opset_import[0].version == 18
+        for value in proto.graph.input:  # every input has a symbolic batch dimension
+            assert value.type.tensor_type.shape.dim[0].dim_param
+        stored = json.loads({p.key: p.value for p in proto.metadata_props}["entpruner"])
+        assert stored["kept_blocks"] == [0, 2, 3]
+        assert stored["config"] == model.config.to_dict()
+        assert stored["objective"]["kind"] == ("gaussian-diffusion" if model.family == "dit"
+                                               else "flow-matching")
+    manifest = json.loads((result.directory / "export.json").read_text())
+    assert manifest["metadata"]["kept_blocks"] == [0, 2, 3]
+    runtime = load_exported(result.directory)
+    assert runtime.config == model.config
+    if model.family == "sit":
+        assert runtime.objective.path == "gvp"  # the flow path travels in the metadata
+
+
+def test_onnx_parity_at_several_batch_sizes(onnx_export):
+    model, result = onnx_export
+    assert {c.batch for c in result.parity} == {1, 3, 8}
+    assert {c.graph for c in result.parity} == {"denoiser", "guided"}
+    assert all(c.relative_error < 1e-4 for c in result.parity)
+    runtime = load_exported(result.directory)
+    x = torch.randn(13, 1, 8, 8)  # a batch size never seen at export time
+    t = torch.randint(0, 1000, (13,)) if model.family == "dit" else torch.rand(13)
+    y = torch.randint(0, 4, (13,))
+    torch.testing.assert_close(runtime(x, t, y), model(x, t, y), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_onnx_runtime_sampling_reproduces_pytorch(onnx_export, cfg_scale):
+    model, result = onnx_export
+    runtime = load_exported(result.directory)
+    samplers = ["ddpm", "ddim"] if model.family == "dit" else ["heun", "euler-maruyama"]
+    for sampler in samplers:
+        expected = sample(model, [0, 1, 3], sampler=sampler, steps=6, cfg_scale=cfg_scale,
+                          seed=5, device="cpu")
+        got = runtime.sample([0, 1, 3], sampler=sampler, steps=6, cfg_scale=cfg_scale, seed=5)
+        # Float differences of ~1e-7 per call grow over the steps of a random-weight model.
+        assert relative_error(got, expected)[1] < 1e-3
+        assert not torch.equal(got, runtime.sample([0, 1, 3], sampler=sampler, steps=6,
+                                                   cfg_scale=cfg_scale, seed=6))
+
+
+def test_guided_graph_equals_host_guidance(onnx_export):
+    model, result = onnx_export
+    runtime = load_exported(result.directory)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 500, 999]), torch.tensor([0, 1, 2, 3])
+    if model.family == "sit":
+        t = torch.tensor([0.0, 0.1, 0.5, 1.0])
+    scale = torch.tensor([1.0, 2.0, 4.0, 0.0])  # per-sample scales in one batch
+    out = runtime.guided(x, t, y, scale)
+    null = torch.full_like(y, model.null_class)
+    cond, uncond = model(x, t, y), model(x, t, null)
+    c = model.config.in_channels
+    expected = uncond[:, :c] + scale.view(-1, 1, 1, 1) * (cond[:, :c] - uncond[:, :c])
+    torch.testing.assert_close(out[:, :c], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[:, c:], cond[:, c:], rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_fp16_is_half_precision_and_within_tolerance(tmp_path):
+    model = pruned("dit")
+    result = export(model, tmp_path / "fp16", "onnx-fp16", guided=False)
+    proto = onnx.load(str(result.directory / "model.onnx"))
+    weights = [i for i in proto.graph.initializer if i.name.endswith(".weight")]
+    assert len(weights) >= 5 and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+    assert all(c.relative_error < 1e-2 for c in result.parity)
+    assert max(c.relative_error for c in result.parity) > 1e-6  # really computed in fp16
+    assert "guided" not in result.files
+
+
+def test_torchscript_exporter_also_matches(tmp_path):
+    model = pruned("sit")
+    result = export(model, tmp_path / "ts", "onnx", exporter="torchscript")
+    assert all(c.passed for c in result.parity)
+    assert json.loads((tmp_path / "ts" / "export.json").read_text())["metadata"]["exporter"] == (
+        "torchscript")
+
+
+def test_parity_failure_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(parity_module.TOLERANCE, "fp16", 1e-9)
+    with pytest.raises(ParityError, match="does not match PyTorch"):
+        export(pruned("dit"), tmp_path / "bad", "onnx-fp16", guided=False)
+    assert not (tmp_path / "bad").exists()
+    assert not [p for p in tmp_path.iterdir()]  # no staging directory left either
+
+
+def test_bad_requests_give_clear_errors(tmp_path, onnx_export):
+    model, result = onnx_export
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export(model, result.directory, "onnx")
+    with pytest.raises(ValueError, match="unknown export format 'coreml'"):
+        export(model, tmp_path / "x", "coreml")
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        export(model, tmp_path / "x", "onnx", batch=(8, 1, 4))
+    with pytest.raises(RuntimeError, match="not available here"):
+        load_exported(result.directory, provider="cuda")
+    with pytest.raises(FileNotFoundError, match="not an export directory"):
+        load_exported(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "export.json").write_text(json.dumps({"format": "onnx",
+                                                    "files": {"denoiser": "model.onnx"}}))
+    (broken / "model.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(ValueError, match="not a readable ONNX file"):
+        load_exported(broken)
+    (broken / "export.json").write_text("{ truncated")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_exported(broken)
+    runtime = load_exported(result.directory)
+    with pytest.raises(ValueError, match="unknown class label 7"):
+        runtime.sample([7], steps=2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+@pytest.mark.parametrize("fmt", ["tensorrt", "torch-tensorrt"])
+def test_tensorrt_without_gpu_fails_clearly(tmp_path, fmt):
+    with pytest.raises(RuntimeError, match="needs an NVIDIA GPU"):
+        export(pruned("dit"), tmp_path / fmt, fmt)
+    assert not (tmp_path / fmt).exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tensorrt_engine_matches_pytorch(tmp_path):
+    pytest.importorskip("tensorrt")
+    model = pruned("dit")
+    result = export(model, tmp_path / "trt", "tensorrt", batch=(1, 4, 16))
+    assert all(c.passed for c in result.parity)
+    sidecar = json.loads((tmp_path / "trt" / "model.json").read_text())
+    assert sidecar["gpu"] == torch.cuda.get_device_name()
+    runtime = load_exported(tmp_path / "trt")
+    expected = sample(model, [0, 1], steps=4, seed=1, device="cpu")
+    torch.testing.assert_close(runtime.sample([0, 1], steps=4, seed=1), expected,
+                               rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.slow
+def test_aoti_package_runs_without_model_code(tmp_path):
+    model = pruned("dit")
+    result = export(model, tmp_path / "aoti", "aoti", batch=(1, 4, 16))
+    assert (tmp_path / "aoti" / "model.pt2").is_file()
+    assert all(c.relative_error < 1e-4 for c in result.parity)
+    runner = torch._inductor.aoti_load_package(str(tmp_path / "aoti" / "model.pt2"))
+    x, t, y = torch.randn(5, 1, 8, 8), torch.randint(0, 1000, (5,)), torch.tensor([0, 1, 2, 3, 4])
+    torch.testing.assert_close(runner(x, t, y), model(x, t, y), rtol=1e-4, atol=1e-4)
+    runtime = load_exported(tmp_path / "aoti")
+    got = runtime.sample([1, 2], steps=5, cfg_scale=2.0, seed=3)
+    expected = sample(model, [1, 2], steps=5, cfg_scale=2.0, seed=3, device="cpu")
+    assert relative_error(got, expected)[1] < 1e-3
+
+
+def test_metadata_describes_the_objective():
+    meta = export_metadata(pruned("dit"))
+    assert meta["objective"]["num_timesteps"] == 1000 and meta["inputs"]["t"] == "int64 [N]"
+    assert meta["null_class"] == 4
+
+
+def test_cli_export_verify_then_sample(tmp_path, capsys):
+    model_dir = save(pruned("dit"), tmp_path / "model")
+    out = tmp_path / "exported"
+    assert main(["export", "--model", str(model_dir), "--out", str(out), "--verify",
+                 "--exporter", "torchscript"]) == 0
+    printed = capsys.readouterr().out
+    assert "relative error" in printed and "guided" in printed and "NO" not in printed
+    assert main(["export", "--model", str(model_dir), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["sample", "--model", str(out), "--labels", "0,1", "--steps", "3", "--cfg", "2",
+                 "--out", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").stat().st_size > 0
