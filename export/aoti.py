@@ -9,16 +9,17 @@ from pathlib import Path
 
 import torch
 
-from entpruner_sdk.export.graphs import Denoiser, example_inputs
+from entpruner_sdk.export.graphs import Denoiser, GuidedDenoiser, example_inputs
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
 
 def export_aoti(model: DiffusionTransformer, path: str | os.PathLike, *, max_batch: int = 64,
-                device: str | torch.device = "cpu") -> Path:
-    """Compile the fp32 denoiser for ``device`` with a dynamic batch of 1..``max_batch``."""
+                device: str | torch.device = "cpu", guided: bool = False) -> Path:
+    """Compile the fp32 denoiser (or, with ``guided``, the guidance graph) for ``device`` with
+    a dynamic batch of 1..``max_batch``."""
     device = torch.device(device)
-    module = Denoiser(model).to(device)
-    inputs = tuple(tensor.to(device) for tensor in example_inputs(model, batch=2))
+    module = (GuidedDenoiser if guided else Denoiser)(model).to(device)
+    inputs = tuple(tensor.to(device) for tensor in example_inputs(model, batch=2, guided=guided))
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     with torch.no_grad():
         program = torch.export.export(module, inputs,

@@ -124,7 +124,12 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
 
         target = torch.device(device or "cpu")
         export_aoti(model, directory / "model.pt2", max_batch=max(batch[2], 2), device=target)
-        return {"denoiser": "model.pt2"}, {"device": str(target)}
+        files = {"denoiser": "model.pt2"}
+        if guided and _has_null_class(model):
+            export_aoti(model, directory / "model_cfg.pt2", max_batch=max(batch[2], 2),
+                        device=target, guided=True)
+            files["guided"] = "model_cfg.pt2"
+        return files, {"device": str(target)}
     from entpruner_sdk.export.tensorrt import compile_torch_tensorrt
 
     compile_torch_tensorrt(model, directory / "model.ep", batch=batch, precision=precision)

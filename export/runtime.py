@@ -85,6 +85,9 @@ class OnnxRuntimeDenoiser(ExportedDenoiser):
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        # No busy-waiting between runs: the session shares the CPU with PyTorch's own threads
+        # (the sampler's arithmetic runs in torch between calls).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=self.providers)
         self.guided_session = (
             ort.InferenceSession(str(guided_path), options, providers=self.providers)
@@ -120,15 +123,30 @@ class AotiDenoiser(ExportedDenoiser):
 
     backend = "aoti"
 
-    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any]) -> None:
+    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any],
+                 guided_path: str | os.PathLike | None = None) -> None:
         super().__init__(metadata)
         self.runner = torch._inductor.aoti_load_package(str(path))
+        self.guided_runner = (torch._inductor.aoti_load_package(str(guided_path))
+                              if guided_path else None)
         self.device = torch.device(metadata.get("device", "cpu"))
 
+    @property
+    def has_guided_graph(self) -> bool:
+        return self.guided_runner is not None
+
     def __call__(self, x, t, y):
+        return self.runner(*self._inputs(x, t, y)).to(x.device)
+
+    def guided(self, x, t, y, scale):
+        if self.guided_runner is None:
+            raise RuntimeError("this export has no guidance graph; re-export with guided=True")
+        return self.guided_runner(*self._inputs(x, t, y),
+                                  scale.to(self.device).float()).to(x.device)
+
+    def _inputs(self, x, t, y):
         device = self.device
-        out = self.runner(x.to(device).float(), t.to(device, self.time_dtype), y.to(device).long())
-        return out.to(x.device)
+        return x.to(device).float(), t.to(device, self.time_dtype), y.to(device).long()
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -156,7 +174,9 @@ def load_exported(directory: str | os.PathLike, provider: str = "cpu",
         return OnnxRuntimeDenoiser(directory / files["denoiser"],
                                    directory / guided if guided else None, provider, threads)
     if fmt == "aoti":
-        return AotiDenoiser(directory / files["denoiser"], manifest["metadata"])
+        guided = files.get("guided")
+        return AotiDenoiser(directory / files["denoiser"], manifest["metadata"],
+                            directory / guided if guided else None)
     if fmt == "tensorrt":
         from entpruner_sdk.export.tensorrt import TensorRTDenoiser
 

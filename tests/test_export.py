@@ -193,12 +193,13 @@ def test_tensorrt_engine_matches_pytorch(tmp_path):
 def test_aoti_package_runs_without_model_code(tmp_path):
     model = pruned("dit")
     result = export(model, tmp_path / "aoti", "aoti", batch=(1, 4, 16))
-    assert (tmp_path / "aoti" / "model.pt2").is_file()
+    assert result.files == {"denoiser": "model.pt2", "guided": "model_cfg.pt2"}
     assert all(c.relative_error < 1e-4 for c in result.parity)
     runner = torch._inductor.aoti_load_package(str(tmp_path / "aoti" / "model.pt2"))
     x, t, y = torch.randn(5, 1, 8, 8), torch.randint(0, 1000, (5,)), torch.tensor([0, 1, 2, 3, 4])
     torch.testing.assert_close(runner(x, t, y), model(x, t, y), rtol=1e-4, atol=1e-4)
     runtime = load_exported(tmp_path / "aoti")
+    assert runtime.has_guided_graph and {c.graph for c in result.parity} == {"denoiser", "guided"}
     got = runtime.sample([1, 2], steps=5, cfg_scale=2.0, seed=3)
     expected = sample(model, [1, 2], steps=5, cfg_scale=2.0, seed=3, device="cpu")
     assert relative_error(got, expected)[1] < 1e-3
