@@ -11,7 +11,8 @@ figure also given as a speedup over the original model in eager PyTorch.
 Without --pruned the pruned model is the teacher keeping every other block (speed depends on
 the structure, not on which blocks were kept). All candidates are timed in alternation in one
 run. Full sample = the teacher's sampler and steps with cfg 2 (ONNX Runtime and AOTInductor
-use the exported guidance graph, eager and compile guide on the host). Prints a table, writes benchmarks/results/export_speed.json.
+use the exported guidance graph, eager and compile guide on the host). Prints a table and
+writes benchmarks/results/export_speed.json.
 Goal: pruned + best export >= 3x faster than the original in eager PyTorch.
 """
 
