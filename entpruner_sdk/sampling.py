@@ -9,6 +9,7 @@ import torch
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import ModelFn, Objective, guided, objective_for
+from entpruner_sdk.objectives.base import SplitGenerator, normal
 from entpruner_sdk.utils.device import autocast, resolve_device
 
 # guided_fn(x_t, model_time, labels, scale [N]) -> guided output
@@ -65,11 +66,10 @@ def sample(
         model.train(was_training)
 
 
-def initial_noise(config: TransformerConfig, n: int, generator: torch.Generator
-                  ) -> torch.Tensor:
+def initial_noise(config: TransformerConfig, n: int,
+                  generator: torch.Generator | SplitGenerator) -> torch.Tensor:
     """The starting noise [n, C, H, W]: the first draw of the seeded CPU generator."""
-    return torch.randn(n, config.in_channels, config.input_size, config.input_size,
-                       generator=generator)
+    return normal((n, config.in_channels, config.input_size, config.input_size), generator)
 
 
 @torch.no_grad()
@@ -82,7 +82,7 @@ def sample_with(
     sampler: str | None = None,
     steps: int = 50,
     cfg_scale: float = 1.0,
-    seed: int = 0,
+    seed: int | SplitGenerator = 0,
     device: str | torch.device = "cpu",
     clip_denoised: bool = False,
     reference_cfg: bool = False,
@@ -95,12 +95,14 @@ def sample_with(
 
     ``guided_fn(x, t, y, scale)``, when given, computes a guided prediction in one call (an
     exported guidance graph) and replaces the host-side guidance wrapper. Same seed, same
-    noise, same images as :func:`sample`.
+    noise, same images as :func:`sample`. ``seed`` may be a :class:`SplitGenerator` giving
+    each slice of the batch its own seed (a server's batch of requests).
     """
     device = torch.device(device)
     y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     check_labels(y, config.num_classes)
-    generator = torch.Generator().manual_seed(seed)
+    generator = (seed if isinstance(seed, SplitGenerator)
+                 else torch.Generator().manual_seed(seed))
     if noise is None:
         noise = initial_noise(config, len(y), generator)
     null_class = config.num_classes  # the null row follows the real classes

@@ -93,10 +93,40 @@ class Objective(ABC):
         return sampler
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def randn_like(x: torch.Tensor, generator: torch.Generator | SplitGenerator | None
+               ) -> torch.Tensor:
     """Gaussian noise drawn on the generator's device (CPU by default) so a seed gives the same
     numbers whatever device the model runs on."""
+    return normal(tuple(x.shape), generator).to(x.device, x.dtype)
+
+
+def normal(shape: tuple[int, ...], generator: torch.Generator | SplitGenerator | None
+           ) -> torch.Tensor:
+    """Standard normal float32 noise of ``shape`` from ``generator`` (on its device)."""
+    if isinstance(generator, SplitGenerator):
+        return generator.randn(shape)
     device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(
-        x.device, x.dtype
-    )
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+
+
+class SplitGenerator:
+    """One seeded CPU generator per slice of the batch: rows ``[sum(counts[:i]),
+    sum(counts[:i+1]))`` draw from ``seeds[i]``.
+
+    A server batching several requests passes one of these, so every request gets exactly the
+    noise it would get alone with its own seed, however it was batched.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, seeds: list[int], counts: list[int]) -> None:
+        if len(seeds) != len(counts) or min(counts, default=1) < 1:
+            raise ValueError("need one seed per slice and a positive size for every slice")
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.counts = list(counts)
+
+    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if shape[0] != sum(self.counts):
+            raise ValueError(f"batch of {shape[0]} does not match the slices {self.counts}")
+        return torch.cat([torch.randn((n, *shape[1:]), generator=g, dtype=torch.float32)
+                          for g, n in zip(self.generators, self.counts)])
