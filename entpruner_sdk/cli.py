@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_compress(sub)
     _add_evaluate(sub)
     _add_export(sub)
+    _add_serve(sub)
     _add_quickstart(sub)
     return parser
 
@@ -211,6 +212,38 @@ def _add_export(sub) -> None:
                    help="TensorRT precision (default fp16)")
     p.add_argument("--no-guided", action="store_true",
                    help="ONNX: skip the classifier-free-guidance graph")
+    _common(p)
+
+
+def _add_serve(sub) -> None:
+    p = _command(sub, "serve", "Serve models over HTTP (FastAPI, micro-batching, metrics).", """\
+        entpruner serve --model dit-digits                       # http://127.0.0.1:8000/docs
+        entpruner serve --model original=dit-digits --model pruned=runs/quickstart/dit-pruned
+        entpruner serve --model exports/dit-onnx --backend onnxruntime --port 8080
+        entpruner serve --model pruned=runs/x/model --max-batch 32 --max-wait-ms 20
+        ENTPRUNER_API_KEY=secret entpruner serve --model dit-digits --host 0.0.0.0
+        entpruner serve --model dit-digits --ray --replicas 4    # Ray Serve replicas
+        curl -s localhost:8000/v1/generate -H 'content-type: application/json' \\
+            -d '{"model": "pruned", "class_labels": [3, 7], "seed": 1}'
+        """)
+    from entpruner_sdk.serve.models import BACKENDS
+
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]SOURCE",
+                   help="teacher name, model dir, checkpoint or export dir (repeatable)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=16, help="images per batch (1 = off)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests")
+    p.add_argument("--max-queue", type=int, default=64, help="queued requests before 503")
+    p.add_argument("--max-images", type=int, default=16, help="images per request")
+    p.add_argument("--max-steps", type=int, default=250)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--api-key", help="require this X-API-Key (default: $ENTPRUNER_API_KEY)")
+    p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
+    p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
     _common(p)
 
 
@@ -413,9 +446,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from entpruner_sdk.serve import ServerSettings, parse_model_specs, serve, serve_ray
+
+    specs = parse_model_specs(args.model)
+    settings = ServerSettings(
+        max_batch_images=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_images_per_request=args.max_images, max_steps=args.max_steps,
+        request_timeout_s=args.timeout,
+        api_key=args.api_key or os.environ.get("ENTPRUNER_API_KEY"))
+    device = None if args.device == "auto" else args.device
+    if args.ray:
+        serve_ray(specs, backend=args.backend, host=args.host, port=args.port,
+                  replicas=args.replicas, settings=settings, device=device,
+                  provider=args.provider)
+    else:
+        serve(specs, backend=args.backend, host=args.host, port=args.port, settings=settings,
+              device=device, provider=args.provider,
+              log_level="warning" if args.quiet else "info")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
             "compress": cmd_compress, "evaluate": cmd_evaluate, "export": cmd_export,
-            "quickstart": cmd_quickstart}
+            "serve": cmd_serve, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

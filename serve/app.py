@@ -1,0 +1,267 @@
+"""The FastAPI application: /v1/generate, /v1/models, /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import io
+import logging
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+
+from entpruner_sdk.serve.batcher import Job, MicroBatcher, Overloaded, ShuttingDown
+from entpruner_sdk.serve.metrics import ServerMetrics
+from entpruner_sdk.serve.models import ServedModel
+from entpruner_sdk.serve.schemas import GenerateRequest, GenerateResponse
+from entpruner_sdk.serve.settings import ServerSettings
+
+log = logging.getLogger("entpruner.serve")
+ModelLoader = Callable[[], dict[str, ServedModel]]
+
+
+class ServerState:
+    """What the app holds between requests."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.models: dict[str, ServedModel] = {}
+        self.batcher: MicroBatcher | None = None
+        self.ready = False
+
+
+def create_app(models: dict[str, ServedModel] | ModelLoader,
+               settings: ServerSettings | None = None) -> FastAPI:
+    """Build the app. ``models`` is a {name: ServedModel} dict or a function returning one
+    (called at startup, so a Ray replica loads its own copy)."""
+    settings = settings or ServerSettings()
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.models = models() if callable(models) else dict(models)
+        if not state.models:
+            raise RuntimeError("no models to serve")
+        state.batcher = MicroBatcher(
+            lambda jobs: _run_batch(state, jobs), max_batch_images=settings.max_batch_images,
+            max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+            on_batch=state.metrics.observe_batch)
+        state.batcher.start()
+        if settings.warmup:
+            await asyncio.get_running_loop().run_in_executor(None, _warm_up, state.models)
+        state.ready = True
+        yield
+        state.ready = False  # readiness fails first, so balancers stop sending work
+        await state.batcher.drain()
+
+    app = FastAPI(title="entpruner", version="1", lifespan=lifespan,
+                  description="Class-conditional sampling from (pruned) DiT / SiT models.")
+    app.state.entpruner = state
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.post("/v1/generate", response_model=GenerateResponse,
+              responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}, 504: {}})
+    async def generate(body: GenerateRequest, request: Request):
+        _authorize(request, settings)
+        return await _generate(state, body)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict:
+        _authorize(request, settings)
+        return {"models": [m.info() for m in state.models.values()]}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not state.ready:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        return {"status": "ready", "models": sorted(state.models)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if state.batcher is not None:
+            state.metrics.queue_depth.set(state.batcher.depth)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _generate(state: ServerState, body: GenerateRequest) -> GenerateResponse:
+    settings, metrics = state.settings, state.metrics
+    name = body.model or next(iter(state.models))
+    model = state.models.get(name)
+    if model is None:
+        metrics.errors.labels("unknown_model").inc()
+        raise HTTPException(404, f"unknown model {name!r}; served models: "
+                                 f"{', '.join(sorted(state.models))} (see GET /v1/models)")
+    request = _validated(model, body, settings, metrics)
+    start = time.perf_counter()
+    job = Job(key=(name, request["sampler"], request["steps"], request["cfg_scale"]),
+              images=len(request["labels"]), payload=request)
+    try:
+        images, stats = await asyncio.wait_for(asyncio.shield(state.batcher.submit(job)),
+                                               settings.request_timeout_s)
+    except Overloaded:
+        metrics.requests.labels(name, "503").inc()
+        metrics.errors.labels("overloaded").inc()
+        raise HTTPException(503, f"server busy: {settings.max_queue} requests already queued; "
+                                 "retry later", headers={
+                                     "Retry-After": str(settings.retry_after_s)}) from None
+    except ShuttingDown:
+        metrics.requests.labels(name, "503").inc()
+        raise HTTPException(503, "server is shutting down", headers={
+            "Retry-After": str(settings.retry_after_s)}) from None
+    except asyncio.TimeoutError:
+        state.batcher.cancel(job)
+        metrics.requests.labels(name, "504").inc()
+        metrics.errors.labels("timeout").inc()
+        raise HTTPException(504, f"request took longer than {settings.request_timeout_s} s; "
+                                 "ask for fewer images or steps") from None
+    except Exception as error:
+        log.exception("generation failed")
+        metrics.requests.labels(name, "500").inc()
+        metrics.errors.labels("internal").inc()
+        raise HTTPException(500, f"generation failed: {error}") from error
+    total = time.perf_counter() - start
+    metrics.requests.labels(name, "200").inc()
+    metrics.latency.labels(name).observe(total)
+    metrics.images.labels(name).inc(len(images))
+    encoded = _encode(images, body.output_format)
+    return GenerateResponse(
+        model=name, class_labels=request["labels"], seed=body.seed,
+        sampler=request["sampler"], steps=request["steps"], cfg_scale=request["cfg_scale"],
+        timing=dict(queue_ms=1e3 * stats.queue_s, compute_ms=1e3 * stats.compute_s,
+                    total_ms=1e3 * total, batch_images=stats.batch_images,
+                    batch_requests=stats.batch_requests), **encoded)
+
+
+def _validated(model: ServedModel, body: GenerateRequest, settings: ServerSettings,
+               metrics: ServerMetrics) -> dict:
+    """Fill defaults and check the request against the model and the limits (422 if not)."""
+    defaults = model.defaults
+    sampler = body.sampler or defaults["sampler"]
+    steps = body.steps or defaults["steps"]
+    cfg_scale = defaults["cfg_scale"] if body.cfg_scale is None else body.cfg_scale
+    labels = [label for label in body.class_labels for _ in range(body.num_images)]
+    classes = model.config.num_classes
+    problems = []
+    bad = [label for label in body.class_labels if not 0 <= label < classes]
+    if bad:
+        problems.append(f"unknown class label {bad[0]}: model {model.name!r} has classes "
+                        f"0..{classes - 1}")
+    if sampler not in model.objective.samplers:
+        problems.append(f"unknown sampler {sampler!r} for a {model.config.family.upper()} "
+                        f"model; choose one of {', '.join(model.objective.samplers)}")
+    if steps > settings.max_steps:
+        problems.append(f"steps {steps} exceeds the limit of {settings.max_steps}")
+    if len(labels) > settings.max_images_per_request:
+        problems.append(f"{len(labels)} images requested (labels x num_images); the limit is "
+                        f"{settings.max_images_per_request} per request")
+    if cfg_scale > settings.max_cfg_scale:
+        problems.append(f"cfg_scale {cfg_scale} exceeds the limit of {settings.max_cfg_scale}")
+    if problems:
+        metrics.requests.labels(model.name, "422").inc()
+        metrics.errors.labels("invalid").inc()
+        raise HTTPException(422, "; ".join(problems))
+    return dict(labels=labels, seed=body.seed, sampler=sampler, steps=steps,
+                cfg_scale=float(cfg_scale))
+
+
+def _run_batch(state: ServerState, jobs: list[Job]) -> list[torch.Tensor]:
+    """One model call for the whole batch; each job keeps its own seed's noise."""
+    first = jobs[0].payload
+    model = state.models[jobs[0].key[0]]
+    labels = [label for job in jobs for label in job.payload["labels"]]
+    images = model.generate(labels, [job.payload["seed"] for job in jobs],
+                            [job.images for job in jobs], sampler=first["sampler"],
+                            steps=first["steps"], cfg_scale=first["cfg_scale"])
+    return list(images.split([job.images for job in jobs]))
+
+
+def _warm_up(models: dict[str, ServedModel]) -> None:
+    for model in models.values():
+        defaults = model.defaults
+        model.generate([0], [0], [1], sampler=defaults["sampler"], steps=2,
+                       cfg_scale=defaults["cfg_scale"])
+
+
+def _encode(images: torch.Tensor, output_format: str) -> dict:
+    if output_format == "array":
+        array = images.numpy().astype("<f4")
+        return {"array": {"shape": list(array.shape),
+                          "data": base64.b64encode(array.tobytes()).decode()}}
+    return {"images_png": [_png(image) for image in images]}
+
+
+def _png(image: torch.Tensor) -> str:
+    from PIL import Image
+
+    pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _authorize(request: Request, settings: ServerSettings) -> None:
+    if settings.api_key is None:
+        return
+    given = request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+        raise HTTPException(401, "missing or wrong API key: send it in the X-API-Key header")
+
+
+def decode_array(payload: dict) -> np.ndarray:
+    """The float32 array of an ``output_format: array`` response."""
+    return np.frombuffer(base64.b64decode(payload["data"]), dtype="<f4").reshape(
+        payload["shape"])
+
+
+class BodyLimit:
+    """Reject request bodies above ``max_bytes`` with 413, before they are buffered."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and int(length) > self.max_bytes:
+            return await _too_large(self.max_bytes, scope, receive, send)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted_receive, send)
+        except BodyTooLarge:
+            await _too_large(self.max_bytes, scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(limit: int, scope, receive, send) -> None:
+    response = JSONResponse({"detail": f"request body larger than {limit} bytes; send fewer "
+                                       "labels per request"}, status_code=413)
+    await response(scope, receive, send)

@@ -1,0 +1,110 @@
+"""Models as the server sees them: a name, a backend and a ``generate`` call, whichever of
+PyTorch, ONNX Runtime or TensorRT runs the denoiser."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entpruner_sdk.models import DiffusionTransformer, count_parameters
+from entpruner_sdk.models.config import TransformerConfig
+from entpruner_sdk.objectives import ModelFn, Objective, objective_for
+from entpruner_sdk.objectives.base import SplitGenerator
+from entpruner_sdk.sampling import GuidedFn, sample_with
+from entpruner_sdk.teachers import SAMPLING, resolve_model
+from entpruner_sdk.utils.device import autocast, resolve_device
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class ServedModel:
+    """One model behind the API."""
+
+    name: str
+    backend: str
+    config: TransformerConfig
+    objective: Objective
+    model_fn: ModelFn
+    guided_fn: GuidedFn | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    kept_blocks: list[int] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return dict(SAMPLING[self.config.family])
+
+    def info(self) -> dict[str, Any]:
+        with torch.device("meta"):
+            parameters = count_parameters(DiffusionTransformer(self.config))
+        return {
+            "name": self.name, "family": self.config.family, "backend": self.backend,
+            "depth": self.config.depth, "parameters": parameters,
+            "kept_blocks": self.kept_blocks, "num_classes": self.config.num_classes,
+            "image_shape": [self.config.in_channels, self.config.input_size,
+                            self.config.input_size],
+            "samplers": list(self.objective.samplers), "defaults": self.defaults,
+            "device": str(self.device), "source": self.source,
+        }
+
+    @torch.no_grad()
+    def generate(self, labels: list[int], seeds: list[int], counts: list[int], *,
+                 sampler: str, steps: int, cfg_scale: float) -> torch.Tensor:
+        """Images in [-1, 1] for ``labels``; slice i (``counts[i]`` images) uses ``seeds[i]``."""
+        return sample_with(
+            self.model_fn, self.config, self.objective, labels, sampler=sampler, steps=steps,
+            cfg_scale=cfg_scale, seed=SplitGenerator(seeds, counts), device=self.device,
+            clip_denoised=True, guided_fn=self.guided_fn,
+        )
+
+
+def load_served_model(name: str, source: str, backend: str = "torch",
+                      device: str | torch.device | None = None,
+                      provider: str | None = None) -> ServedModel:
+    """Open ``source`` (teacher name, model directory or checkpoint, or an export directory)
+    for ``backend``. A plain model asked for ONNX Runtime or TensorRT is exported first (into a
+    temporary directory, parity-checked)."""
+    from entpruner_sdk.export import is_export_dir, load_exported
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if is_export_dir(source):
+        runtime = load_exported(source, provider=provider or "cpu")
+        return _from_runtime(name, runtime, source)
+    model = resolve_model(source)
+    if backend == "torch":
+        return _from_torch(name, model, resolve_device(device), source)
+    from entpruner_sdk.export import export
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"entpruner-serve-{name}-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    fmt = "onnx" if backend == "onnxruntime" else "tensorrt"
+    export(model, workdir / fmt, fmt, overwrite=True)
+    runtime = load_exported(workdir / fmt, provider=provider or "cpu")
+    return _from_runtime(name, runtime, source)
+
+
+def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
+                source: str) -> ServedModel:
+    model = model.eval().to(device)
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(device):
+            return model(x, t, y).float()
+
+    return ServedModel(name, "torch", model.config, objective_for(model), model_fn,
+                       device=device, kept_blocks=model.kept_blocks, source=source)
+
+
+def _from_runtime(name: str, runtime, source: str) -> ServedModel:
+    guided = runtime.guided if runtime.has_guided_graph else None
+    return ServedModel(name, runtime.backend, runtime.config, runtime.objective, runtime,
+                       guided, kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
+                       source=str(source))

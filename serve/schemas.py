@@ -1,0 +1,51 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GenerateRequest(BaseModel):
+    """One generation request: ``num_images`` images of every label in ``class_labels``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="model name (default: the first served model)")
+    class_labels: list[int] = Field(..., min_length=1, description="class label of each image")
+    num_images: int = Field(1, ge=1, description="images per label")
+    seed: int = Field(0, ge=0, lt=2**63, description="same seed, same images, batched or not")
+    sampler: str | None = Field(None, description="ddpm/ddim (DiT), euler/heun/euler-maruyama "
+                                                  "(SiT); default: the model's")
+    steps: int | None = Field(None, ge=1, description="sampling steps (default: the model's)")
+    cfg_scale: float | None = Field(None, ge=0.0, description="guidance scale (1 = none)")
+    output_format: Literal["png", "array"] = Field(
+        "png", description="png: base64 PNG per image; array: base64 float32 [N, C, H, W]")
+
+
+class Timing(BaseModel):
+    queue_ms: float
+    compute_ms: float
+    total_ms: float
+    batch_images: int = Field(..., description="images in the batch this request ran in")
+    batch_requests: int
+
+
+class ArrayPayload(BaseModel):
+    shape: list[int]
+    dtype: Literal["float32"] = "float32"
+    range: list[float] = [-1.0, 1.0]
+    data: str = Field(..., description="base64 of the little-endian float32 array")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    class_labels: list[int]
+    seed: int
+    sampler: str
+    steps: int
+    cfg_scale: float
+    images_png: list[str] | None = Field(None, description="base64 PNG, one per image")
+    array: ArrayPayload | None = None
+    timing: Timing

@@ -1,0 +1,84 @@
+"""Run the app: uvicorn on one machine, or Ray Serve replicas across a cluster."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import warnings
+from pathlib import Path
+
+from entpruner_sdk.serve.settings import ServerSettings
+
+
+def parse_model_specs(specs: list[str]) -> dict[str, str]:
+    """``["dit-digits", "pruned=runs/x/model"]`` -> {name: source}; unnamed sources are named
+    after their last path part."""
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep:
+            name, source = Path(spec.rstrip("/")).name or spec, spec
+        if not name or not source:
+            raise ValueError(f"--model {spec!r}: use DIR or NAME=DIR")
+        if name in models:
+            raise ValueError(f"two models are named {name!r}; name them with NAME=DIR")
+        models[name] = source
+    if not models:
+        raise ValueError("give at least one --model")
+    return models
+
+
+def model_loader(specs: dict[str, str], backend: str, device: str | None = None,
+                 provider: str | None = None):
+    """A function that opens every model (run at startup, in whichever process serves)."""
+
+    def load():
+        from entpruner_sdk.serve.models import load_served_model
+
+        return {name: load_served_model(name, source, backend, device, provider)
+                for name, source in specs.items()}
+
+    return load
+
+
+def check_exposure(host: str, settings: ServerSettings) -> None:
+    """Warn when the API is reachable from other machines without a key."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and settings.api_key is None:
+        warnings.warn(f"serving on {host} without an API key: anyone who can reach this "
+                      "address can use the server; set --api-key or ENTPRUNER_API_KEY",
+                      stacklevel=2)
+
+
+def serve(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0.1",
+          port: int = 8000, settings: ServerSettings | None = None, device: str | None = None,
+          provider: str | None = None, log_level: str = "info") -> None:
+    """Serve ``specs`` ({name: source}) with uvicorn until interrupted (SIGINT / SIGTERM
+    finish the accepted requests first)."""
+    import uvicorn
+
+    from entpruner_sdk.serve.app import create_app
+
+    settings = settings or ServerSettings(api_key=os.environ.get("ENTPRUNER_API_KEY"))
+    check_exposure(host, settings)
+    app = create_app(model_loader(specs, backend, device, provider), settings)
+    uvicorn.run(app, host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=int(settings.request_timeout_s))
+
+
+def serve_ray(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0.1",
+              port: int = 8000, replicas: int = 2, settings: ServerSettings | None = None,
+              device: str | None = None, provider: str | None = None,
+              blocking: bool = True):
+    """The same app as a Ray Serve deployment with ``replicas`` replicas (each loads the
+    models and batches its own requests). Joins the running Ray cluster, or starts a local
+    one."""
+    from entpruner_sdk.serve.ray_app import run_ray
+
+    settings = settings or ServerSettings(api_key=os.environ.get("ENTPRUNER_API_KEY"))
+    check_exposure(host, settings)
+    return run_ray(model_loader(specs, backend, device, provider), settings, host=host,
+                   port=port, replicas=replicas, blocking=blocking)

@@ -1,0 +1,262 @@
+"""The HTTP server, for real: uvicorn on a free loopback port, driven by an HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import randomized, tiny_config
+
+from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.serve import ServerSettings, create_app, decode_array, parse_model_specs
+from entpruner_sdk.serve.models import _from_torch, load_served_model
+from entpruner_sdk.serve.server import check_exposure
+
+uvicorn = pytest.importorskip("uvicorn")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(models, settings: ServerSettings):
+    """A real uvicorn server in a thread; stopped (gracefully) on exit."""
+    port = free_port()
+    app = create_app(models, settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                                           timeout_graceful_shutdown=30))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/readyz").status_code == 200:
+                break
+        time.sleep(0.05)
+    else:
+        raise RuntimeError("server did not become ready")
+    try:
+        yield url, server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def tiny_models():
+    dit = randomized(DiffusionTransformer(tiny_config("dit", num_classes=4)))
+    sit = randomized(DiffusionTransformer(tiny_config("sit", num_classes=4)), seed=1)
+    return {"dit": _from_torch("dit", dit, torch.device("cpu"), "tiny"),
+            "sit": _from_torch("sit", sit.keep_blocks([0, 3]), torch.device("cpu"), "tiny")}
+
+
+@pytest.fixture(scope="module")
+def server():
+    settings = ServerSettings(max_batch_images=8, max_wait_ms=50, max_steps=20,
+                              max_images_per_request=8, max_body_bytes=2048)
+    with running(tiny_models(), settings) as (url, _):
+        yield url
+
+
+def generate(url, **body):
+    return httpx.post(url + "/v1/generate", json=body, timeout=60)
+
+
+def test_health_ready_models_and_openapi(server):
+    assert httpx.get(server + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(server + "/readyz").json()["models"] == ["dit", "sit"]
+    models = {m["name"]: m for m in httpx.get(server + "/v1/models").json()["models"]}
+    assert models["sit"]["depth"] == 2 and models["sit"]["kept_blocks"] == [0, 3]
+    assert models["dit"]["family"] == "dit" and models["dit"]["backend"] == "torch"
+    assert models["dit"]["parameters"] > 0
+    schema = httpx.get(server + "/openapi.json").json()
+    assert "/v1/generate" in schema["paths"] and "GenerateRequest" in schema["components"][
+        "schemas"]
+
+
+def test_generate_png_and_array(server):
+    response = generate(server, model="dit", class_labels=[0, 3], num_images=2, seed=4,
+                        steps=3)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["images_png"]) == 4 and body["sampler"] == "ddim"
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(base64.b64decode(body["images_png"][0])))
+    assert picture.size == (8, 8)
+    assert body["timing"]["total_ms"] >= body["timing"]["compute_ms"] > 0
+    raw = generate(server, model="sit", class_labels=[1], seed=4, steps=3, sampler="euler",
+                   output_format="array").json()
+    array = decode_array(raw["array"])
+    assert array.shape == (1, 1, 8, 8) and np.isfinite(array).all()
+
+
+def test_same_seed_same_images_batched_or_not(server):
+    """Concurrent requests are batched together; each still gets its own seed's images."""
+    body = dict(model="sit", class_labels=[1, 2], steps=4, sampler="euler-maruyama",
+                output_format="array")
+    alone = {seed: decode_array(generate(server, seed=seed, **body).json()["array"])
+             for seed in (1, 2, 3)}
+
+    async def together():
+        async with httpx.AsyncClient(timeout=60) as client:
+            tasks = [client.post(server + "/v1/generate", json=dict(body, seed=seed))
+                     for seed in (1, 2, 3)]
+            return await asyncio.gather(*tasks)
+
+    responses = [r.json() for r in asyncio.run(together())]
+    assert max(r["timing"]["batch_requests"] for r in responses) > 1  # really batched
+    for seed, response in zip((1, 2, 3), responses):
+        np.testing.assert_allclose(decode_array(response["array"]), alone[seed], atol=1e-4)
+    assert not np.allclose(alone[1], alone[2])
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (dict(class_labels=[9]), 422, "unknown class label 9"),
+    (dict(class_labels=[0], steps=100), 422, "exceeds the limit of 20"),
+    (dict(class_labels=[0, 1, 2], num_images=3), 422, "limit is 8 per request"),
+    (dict(class_labels=[0], sampler="heun"), 422, "unknown sampler 'heun'"),
+    (dict(class_labels=[0], cfg_scale=50), 422, "cfg_scale 50"),
+    (dict(class_labels=[0], model="nope"), 404, "unknown model 'nope'"),
+    (dict(class_labels=[]), 422, "at least 1"),
+    (dict(class_labels=[0], colour="red"), 422, "Extra inputs"),
+    (dict(class_labels=list(range(900))), 413, "larger than 2048 bytes"),
+])
+def test_bad_requests_get_clear_4xx(server, body, status, message):
+    response = generate(server, **{"model": "dit", **body})
+    assert response.status_code == status
+    assert message in response.text
+
+
+def test_metrics_in_prometheus_format(server):
+    generate(server, model="dit", class_labels=[1], steps=2)
+    generate(server, model="dit", class_labels=[99], steps=2)
+    text = httpx.get(server + "/metrics").text
+    assert 'entpruner_requests_total{model="dit",status="200"}' in text
+    assert 'entpruner_requests_total{model="dit",status="422"}' in text
+    assert "entpruner_request_latency_seconds_bucket" in text
+    assert "entpruner_batch_images_count" in text and "entpruner_queue_depth" in text
+    assert 'entpruner_errors_total{reason="invalid"}' in text
+
+
+def test_overload_answers_503_with_retry_after_and_loses_no_accepted_request():
+    settings = ServerSettings(max_batch_images=1, max_wait_ms=0, max_queue=2, max_steps=50)
+    with running(tiny_models(), settings) as (url, _):
+        async def flood():
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(*[
+                    client.post(url + "/v1/generate",
+                                json=dict(model="dit", class_labels=[0], steps=40, seed=i))
+                    for i in range(12)])
+
+        responses = asyncio.run(flood())
+        codes = [r.status_code for r in responses]
+        assert 503 in codes and 200 in codes and set(codes) <= {200, 503}
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "retry later" in busy.text
+        assert 'status="503"' in httpx.get(url + "/metrics").text
+
+
+def test_request_timeout_gives_504():
+    settings = ServerSettings(request_timeout_s=0.05, max_steps=250, warmup=False)
+    with running(tiny_models(), settings) as (url, _):
+        response = generate(url, model="dit", class_labels=[0, 1, 2, 3], steps=250)
+        assert response.status_code == 504 and "longer than" in response.text
+
+
+def test_graceful_shutdown_finishes_accepted_requests():
+    settings = ServerSettings(max_batch_images=1, max_wait_ms=0)
+    results, finished = [], []
+    with running(tiny_models(), settings) as (url, server):
+        def client(seed):
+            results.append(generate(url, model="dit", class_labels=[0], steps=200, seed=seed))
+            finished.append(time.time())
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # the requests are accepted and queued
+        server.should_exit = True  # what SIGTERM does
+        stop_requested = time.time()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert [r.status_code for r in results] == [200, 200, 200]
+    assert max(finished) > stop_requested  # some were still running when the stop came
+
+
+def test_api_key():
+    with running(tiny_models(), ServerSettings(api_key="s3cret")) as (url, _):
+        assert httpx.get(url + "/v1/models").status_code == 401
+        assert "X-API-Key" in generate(url, class_labels=[0], steps=2).text
+        ok = httpx.get(url + "/v1/models", headers={"X-API-Key": "s3cret"})
+        assert ok.status_code == 200
+        assert httpx.get(url + "/healthz").status_code == 200  # probes need no key
+
+
+def test_exposure_warning_and_model_specs():
+    with pytest.warns(UserWarning, match="without an API key"):
+        check_exposure("0.0.0.0", ServerSettings())
+    check_exposure("127.0.0.1", ServerSettings())  # loopback: quiet
+    assert parse_model_specs(["dit-digits", "p=runs/x/model/"]) == {
+        "dit-digits": "dit-digits", "p": "runs/x/model/"}
+    with pytest.raises(ValueError, match="two models are named"):
+        parse_model_specs(["a=x", "a=y"])
+
+
+def test_onnxruntime_backend_serves_the_same_images(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from entpruner_sdk.export import export
+    from entpruner_sdk.models.io import save
+
+    model = randomized(DiffusionTransformer(tiny_config("dit", num_classes=4)))
+    save(model, tmp_path / "model")
+    export(model, tmp_path / "onnx", "onnx", exporter="torchscript")
+    models = {"torch": load_served_model("torch", str(tmp_path / "model"), "torch", "cpu"),
+              "onnx": load_served_model("onnx", str(tmp_path / "onnx"), "onnxruntime")}
+    assert models["onnx"].backend == "onnxruntime"
+    with running(models, ServerSettings()) as (url, _):
+        body = dict(class_labels=[1, 2], steps=5, seed=3, output_format="array", cfg_scale=2.0)
+        a = decode_array(generate(url, model="torch", **body).json()["array"])
+        b = decode_array(generate(url, model="onnx", **body).json()["array"])
+        np.testing.assert_allclose(a, b, atol=1e-3)
+        info = {m["name"]: m for m in httpx.get(url + "/v1/models").json()["models"]}
+        assert info["onnx"]["backend"] == "onnxruntime"
+
+
+@pytest.mark.slow
+def test_ray_serve_replicas_answer(tmp_path):
+    pytest.importorskip("ray")
+    import ray
+    from ray import serve
+
+    from entpruner_sdk.models.io import save
+    from entpruner_sdk.serve import serve_ray
+
+    save(randomized(DiffusionTransformer(tiny_config("dit", num_classes=4))), tmp_path / "m")
+    port = free_port()
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        serve_ray({"tiny": str(tmp_path / "m")}, port=port, replicas=2, blocking=False,
+                  device="cpu")
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/generate",
+                              json=dict(class_labels=[1, 2], steps=3), timeout=120)
+        assert response.status_code == 200 and len(response.json()["images_png"]) == 2
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        status = serve.status().applications["entpruner"]
+        replicas = next(iter(status.deployments.values())).replica_states
+        assert replicas.get("RUNNING") == 2
+    finally:
+        serve.shutdown()
+        ray.shutdown()
