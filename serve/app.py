@@ -12,7 +12,6 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import numpy as np
-import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -46,16 +45,17 @@ def create_app(models: dict[str, ServedModel] | ModelLoader,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.models = models() if callable(models) else dict(models)
-        if not state.models:
-            raise RuntimeError("no models to serve")
         state.batcher = MicroBatcher(
             lambda jobs: _run_batch(state, jobs), max_batch_images=settings.max_batch_images,
             max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
             on_batch=state.metrics.observe_batch)
         state.batcher.start()
+        state.models = await state.batcher.run_in_worker(
+            models if callable(models) else lambda: dict(models))
+        if not state.models:
+            raise RuntimeError("no models to serve")
         if settings.warmup:
-            await asyncio.get_running_loop().run_in_executor(None, _warm_up, state.models)
+            await state.batcher.run_in_worker(lambda: _warm_up(state.models))
         state.ready = True
         yield
         state.ready = False  # readiness fails first, so balancers stop sending work
@@ -179,15 +179,16 @@ def _validated(model: ServedModel, body: GenerateRequest, settings: ServerSettin
                 cfg_scale=float(cfg_scale))
 
 
-def _run_batch(state: ServerState, jobs: list[Job]) -> list[torch.Tensor]:
-    """One model call for the whole batch; each job keeps its own seed's noise."""
+def _run_batch(state: ServerState, jobs: list[Job]) -> list[np.ndarray]:
+    """One model call for the whole batch; each job keeps its own seed's noise. Returns numpy,
+    so no PyTorch op runs outside the model thread."""
     first = jobs[0].payload
     model = state.models[jobs[0].key[0]]
     labels = [label for job in jobs for label in job.payload["labels"]]
     images = model.generate(labels, [job.payload["seed"] for job in jobs],
                             [job.images for job in jobs], sampler=first["sampler"],
                             steps=first["steps"], cfg_scale=first["cfg_scale"])
-    return list(images.split([job.images for job in jobs]))
+    return np.split(images.numpy(), np.cumsum([job.images for job in jobs])[:-1])
 
 
 def _warm_up(models: dict[str, ServedModel]) -> None:
@@ -197,18 +198,18 @@ def _warm_up(models: dict[str, ServedModel]) -> None:
                        cfg_scale=defaults["cfg_scale"])
 
 
-def _encode(images: torch.Tensor, output_format: str) -> dict:
+def _encode(images: np.ndarray, output_format: str) -> dict:
     if output_format == "array":
-        array = images.numpy().astype("<f4")
+        array = images.astype("<f4")
         return {"array": {"shape": list(array.shape),
                           "data": base64.b64encode(array.tobytes()).decode()}}
     return {"images_png": [_png(image) for image in images]}
 
 
-def _png(image: torch.Tensor) -> str:
+def _png(image: np.ndarray) -> str:
     from PIL import Image
 
-    pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = np.round((np.clip(image, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
     picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")

@@ -70,6 +70,12 @@ class MicroBatcher:
     def depth(self) -> int:
         return len(self.queue)
 
+    async def run_in_worker(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the model thread. All PyTorch work of a server (loading, warm-up,
+        batches) goes through this one thread: on CPU, OpenMP thread teams started from two
+        threads fight over the cores and make every call several times slower."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._worker = asyncio.get_running_loop().create_task(self._loop())

@@ -37,16 +37,18 @@ class ServedModel:
     kept_blocks: list[int] = field(default_factory=list)
     source: str = ""
 
+    def __post_init__(self) -> None:
+        with torch.device("meta"):  # shapes only: no memory, no compute
+            self.parameters = count_parameters(DiffusionTransformer(self.config))
+
     @property
     def defaults(self) -> dict[str, Any]:
         return dict(SAMPLING[self.config.family])
 
     def info(self) -> dict[str, Any]:
-        with torch.device("meta"):
-            parameters = count_parameters(DiffusionTransformer(self.config))
         return {
             "name": self.name, "family": self.config.family, "backend": self.backend,
-            "depth": self.config.depth, "parameters": parameters,
+            "depth": self.config.depth, "parameters": self.parameters,
             "kept_blocks": self.kept_blocks, "num_classes": self.config.num_classes,
             "image_shape": [self.config.in_channels, self.config.input_size,
                             self.config.input_size],

@@ -1,0 +1,200 @@
+"""Load test of the real server on 127.0.0.1: N concurrent clients for T seconds, with dynamic
+batching on and off in one run; throughput, p50 / p99 latency and errors. ``--soak`` runs one
+long phase and samples the server's resident memory.
+
+    python benchmarks/serve_load.py                         # 16 clients, 20 s per phase
+    python benchmarks/serve_load.py --quick                 # 8 clients, 8 s per phase
+    python benchmarks/serve_load.py --soak 300 --clients 32 # 5-minute soak, memory curve
+
+Each client sends one-image requests (random class, its own seeds) back to back; the server
+runs `entpruner serve` in its own process. Prints a table, writes
+benchmarks/results/serve_load.json (or serve_soak.json). Goal: batching >= 3x throughput at
+16 clients with 0 failed valid requests; memory flat over the soak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from entpruner_sdk.utils.files import atomic_write_text
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, port: int, max_batch: int, max_queue: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "entpruner_sdk", "serve", "--model", model, "--port",
+               str(port), "--max-batch", str(max_batch), "--max-wait-ms", "10",
+               "--max-queue", str(max_queue), "--device", "cpu", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not become ready in 120 s")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def load(url: str, clients: int, seconds: float, steps: int | None, classes: int,
+               memory: list | None = None, pid: int | None = None) -> dict:
+    latencies, errors, images = [], [], 0
+    stop = time.perf_counter() + seconds
+
+    async def client(index: int) -> None:
+        nonlocal images
+        rng = random.Random(index)
+        async with httpx.AsyncClient(timeout=300) as http:
+            while time.perf_counter() < stop:
+                body = {"class_labels": [rng.randrange(classes)], "seed": rng.randrange(10**9)}
+                if steps:
+                    body["steps"] = steps
+                start = time.perf_counter()
+                try:
+                    response = await http.post(url + "/v1/generate", json=body)
+                except httpx.HTTPError as error:
+                    errors.append(type(error).__name__)
+                    continue
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - start)
+                    images += 1
+                else:
+                    errors.append(str(response.status_code))
+
+    async def sample_memory() -> None:
+        start = time.perf_counter()
+        while time.perf_counter() < stop:
+            memory.append((round(time.perf_counter() - start, 1), rss_mb(pid)))
+            await asyncio.sleep(max(1.0, seconds / 30))
+
+    started = time.perf_counter()
+    tasks = [client(i) for i in range(clients)]
+    if memory is not None:
+        tasks.append(sample_memory())
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "clients": clients, "seconds": elapsed, "images": images,
+        "throughput_images_per_s": images / elapsed, "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+        "p50_s": statistics.median(latencies) if latencies else None,
+        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        if latencies else None,
+    }
+
+
+def phase(model, max_batch, clients, seconds, steps, memory=None) -> dict:
+    port = free_port()
+    server = start_server(model, port, max_batch, max_queue=max(64, 2 * clients))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        classes = httpx.get(url + "/v1/models").json()["models"][0]["num_classes"]
+        result = asyncio.run(load(url, clients, seconds, steps, classes, memory, server.pid))
+        result["server_rss_mb"] = rss_mb(server.pid)
+        metrics = httpx.get(url + "/metrics").text
+        result["mean_batch_images"] = _mean_batch(metrics)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return {"batching": max_batch > 1, "max_batch": max_batch, **result}
+
+
+def _mean_batch(metrics: str) -> float | None:
+    values = {}
+    for line in metrics.splitlines():
+        for key in ("entpruner_batch_images_sum", "entpruner_batch_images_count"):
+            if line.startswith(key + " "):
+                values[key] = float(line.split()[1])
+    count = values.get("entpruner_batch_images_count")
+    return values["entpruner_batch_images_sum"] / count if count else None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="dit-digits")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per phase")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    parser.add_argument("--max-batch", type=int, default=16, help="batch size when batching")
+    parser.add_argument("--quick", action="store_true", help="8 clients, 8 s per phase")
+    parser.add_argument("--soak", type=float, help="one batched phase of this many seconds")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.seconds = 8, 8.0
+    os.environ.setdefault("ENTPRUNER_QUIET", "1")
+    if args.soak:
+        memory: list = []
+        result = phase(args.model, args.max_batch, args.clients, args.soak, args.steps, memory)
+        rss = [m for _, m in memory]
+        third = max(1, len(rss) // 3)
+        result["memory_mb"] = memory
+        result["rss_growth_mb_last_two_thirds"] = rss[-1] - rss[third] if len(rss) > 1 else 0.0
+        print(json.dumps({k: v for k, v in result.items() if k != "memory_mb"}, indent=2))
+        print("memory (s, MB):", memory[:: max(1, len(memory) // 10)])
+        out = args.out or str(RESULTS / "serve_soak.json")
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        print(f"written to {out}")
+        return 0
+    rows = [phase(args.model, 1, args.clients, args.seconds, args.steps),
+            phase(args.model, args.max_batch, args.clients, args.seconds, args.steps)]
+    ratio = rows[1]["throughput_images_per_s"] / rows[0]["throughput_images_per_s"]
+    print_table(rows, ratio)
+    out = args.out or str(RESULTS / "serve_load.json")
+    atomic_write_text(out, json.dumps({"model": args.model, "steps": args.steps,
+                                       "batching_speedup": ratio, "rows": rows}, indent=2))
+    print(f"written to {out}")
+    return 0
+
+
+def print_table(rows, ratio) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"serve load test (batching throughput gain {ratio:.2f}x)")
+    for column in ("batching", "clients", "images/s", "p50 ms", "p99 ms", "errors",
+                   "mean batch", "server RSS MB"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(f"on (max {r['max_batch']})" if r["batching"] else "off",
+                      str(r["clients"]), f"{r['throughput_images_per_s']:.1f}",
+                      f"{1e3 * r['p50_s']:.0f}" if r["p50_s"] else "-",
+                      f"{1e3 * r['p99_s']:.0f}" if r["p99_s"] else "-", str(r["errors"]),
+                      f"{r['mean_batch_images']:.1f}" if r["mean_batch_images"] else "-",
+                      f"{r['server_rss_mb']:.0f}")
+    Console(width=max(120, Console().width)).print(table)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
