@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_export(sub)
     _add_serve(sub)
+    _add_demo(sub)
     _add_quickstart(sub)
     return parser
 
@@ -244,6 +245,25 @@ def _add_serve(sub) -> None:
     p.add_argument("--api-key", help="require this X-API-Key (default: $ENTPRUNER_API_KEY)")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
+    _common(p)
+
+
+def _add_demo(sub) -> None:
+    p = _command(sub, "demo", "Gradio app: original vs pruned sampling, side by side.", """\
+        entpruner demo          # dit-digits vs runs/quickstart/dit-pruned (from quickstart)
+        entpruner demo --original sit-digits --pruned runs/quickstart/sit-pruned
+        entpruner demo --pruned runs/dit-d6 --onnx --port 7861   # adds ONNX Runtime
+        """)
+    from entpruner_sdk.apps.pair import DEFAULT_ORIGINAL, DEFAULT_PRUNED
+
+    p.add_argument("--original", default=DEFAULT_ORIGINAL, help="teacher name or model path")
+    p.add_argument("--pruned", default=DEFAULT_PRUNED,
+                   help="a `compress` output folder (with report.json) or a model path")
+    p.add_argument("--onnx", action="store_true",
+                   help="export both models to ONNX (cached) and offer ONNX Runtime")
+    p.add_argument("--data", help="data for the quick evaluation (default: the report's)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
     _common(p)
 
 
@@ -469,9 +489,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from entpruner_sdk.apps.demo import launch
+    from entpruner_sdk.apps.pair import DEFAULT_PRUNED, MAKE_PRUNED
+
+    if args.pruned == DEFAULT_PRUNED and not Path(DEFAULT_PRUNED).exists():
+        print(f"note: no pruned model at {DEFAULT_PRUNED}; make it with:\n  {MAKE_PRUNED}\n"
+              "(the demo starts anyway and shows this in the page)", file=sys.stderr)
+    launch(args.original, args.pruned, port=args.port, host=args.host, onnx=args.onnx,
+           data=args.data)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
             "compress": cmd_compress, "evaluate": cmd_evaluate, "export": cmd_export,
-            "serve": cmd_serve, "quickstart": cmd_quickstart}
+            "serve": cmd_serve, "demo": cmd_demo, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

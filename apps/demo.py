@@ -1,0 +1,234 @@
+"""The Gradio demo: original vs pruned, side by side (Generate, Quality, Structure tabs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from entpruner_sdk.apps.pair import (
+    DEFAULT_ORIGINAL,
+    DEFAULT_PRUNED,
+    ModelPair,
+    ModelThread,
+    default_sampling,
+    generate_pair,
+    load_pair,
+    structure_facts,
+)
+
+BACKENDS = ("PyTorch", "ONNX Runtime")
+DISPLAY_SIZE = 96  # small images are upscaled (nearest) so they stay visible
+
+
+def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
+               onnx: bool = False, data: str | None = None):
+    """The demo as a ``gr.Blocks`` app (call ``.launch()`` on it)."""
+    import gradio as gr
+
+    state: dict[str, Any] = {"pair": load_pair(original, pruned, onnx)}
+    pair: ModelPair = state["pair"]
+    sampling = default_sampling(pair.family)
+    samplers = ["ddpm", "ddim"] if pair.family == "dit" else ["euler", "heun", "euler-maruyama"]
+    backends = list(BACKENDS) if pair.runtimes else ["PyTorch"]
+
+    with gr.Blocks(title="entpruner: original vs pruned") as demo:
+        gr.Markdown("# entpruner: original vs pruned\n"
+                    "Both models sample from the same noise (same seed). Timings are measured "
+                    "on this machine, one side after the other.")
+        status = gr.Markdown(_status(pair), elem_id="status")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                label = gr.Dropdown(choices=list(range(max(pair.num_classes, 1))), value=0,
+                                    label="class", elem_id="class")
+                seed = gr.Number(value=0, precision=0, label="seed", minimum=0)
+                count = gr.Slider(1, 16, value=4, step=1, label="number of images")
+            with gr.Row():
+                sampler = gr.Dropdown(samplers, value=sampling["sampler"], label="sampler")
+                steps = gr.Slider(1, 250, value=sampling["steps"], step=1, label="steps")
+                cfg = gr.Slider(1.0, 10.0, value=sampling["cfg_scale"], step=0.5,
+                                label="cfg scale")
+                backend = gr.Radio(backends, value="PyTorch", label="backend")
+            button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### original")
+                    original_gallery = gr.Gallery(label="original", columns=4, height=260,
+                                                  elem_id="original-gallery")
+                    original_timing = gr.Markdown(elem_id="original-timing")
+                with gr.Column():
+                    gr.Markdown("### pruned")
+                    pruned_gallery = gr.Gallery(label="pruned", columns=4, height=260,
+                                                elem_id="pruned-gallery")
+                    pruned_timing = gr.Markdown(elem_id="pruned-timing")
+            speedup = gr.Markdown(elem_id="speedup")
+        with gr.Tab("Quality"):
+            report_figures = gr.Markdown(_report_figures(pair))
+            samples = gr.Slider(20, 500, value=100, step=10, label="samples for the quick "
+                                "evaluation")
+            evaluate_button = gr.Button("Run quick evaluation", elem_id="evaluate")
+            evaluation = gr.Markdown(elem_id="evaluation")
+        with gr.Tab("Structure"):
+            facts = gr.Dataframe(structure_facts(pair),
+                                 headers=["", "original", "pruned", "ratio"], label="structure")
+            with gr.Row():
+                importance_plot = gr.Image(_plot(pair, "importance.png"),
+                                           label="CED per block (removed blocks marked)")
+                timeline_plot = gr.Image(_plot(pair, "loss.png"),
+                                         label="pruning timeline: loss and removal events")
+            decisions = gr.Markdown(_decisions(pair))
+        with gr.Accordion("Models", open=bool(pair.errors)):
+            with gr.Row():
+                original_path = gr.Textbox(original, label="original (teacher name or path)")
+                pruned_path = gr.Textbox(pruned, label="pruned (compress output or model)")
+            load_button = gr.Button("Load", elem_id="load")
+
+        def on_generate(label, seed, count, sampler, steps, cfg, backend):
+            try:
+                left, right = generate_pair(state["pair"], int(label), int(seed or 0),
+                                            int(count), sampler, int(steps), float(cfg),
+                                            backend)
+            except Exception as error:  # shown in the page, never a stack trace
+                raise gr.Error(str(error)) from None
+            ratio = left.seconds / right.seconds
+            return (_pictures(left.images), _timing(left), _pictures(right.images),
+                    _timing(right), f"**speedup: {ratio:.2f}x** (pruned vs original, "
+                                    f"{backend}, {count} images, {steps} steps)")
+
+        button.click(on_generate, [label, seed, count, sampler, steps, cfg, backend],
+                     [original_gallery, original_timing, pruned_gallery, pruned_timing,
+                      speedup], api_name="generate")
+
+        # Gradio finds the progress tracker through this default argument.
+        def on_evaluate(samples, progress=gr.Progress()):  # noqa: B008
+            try:
+                return _quick_evaluation(state["pair"], int(samples), data, progress)
+            except Exception as error:
+                raise gr.Error(str(error)) from None
+
+        evaluate_button.click(on_evaluate, [samples], [evaluation], api_name="evaluate")
+
+        def on_load(original, pruned):
+            state["pair"] = new = load_pair(original, pruned, onnx)
+            classes = list(range(max(new.num_classes, 1)))
+            return (_status(new), _report_figures(new), structure_facts(new),
+                    _plot(new, "importance.png"), _plot(new, "loss.png"), _decisions(new),
+                    gr.Dropdown(choices=classes, value=0))
+
+        load_button.click(on_load, [original_path, pruned_path],
+                          [status, report_figures, facts, importance_plot, timeline_plot,
+                           decisions, label], api_name="load")
+    return demo
+
+
+def _pictures(images) -> list:
+    from PIL import Image
+
+    pictures = []
+    for image in images.clamp(-1, 1):
+        pixels = ((image + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        pictures.append(picture.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST))
+    return pictures
+
+
+def _timing(side) -> str:
+    return (f"latency **{1e3 * side.seconds:.0f} ms** for {len(side.images)} images, "
+            f"**{side.images_per_second:.1f} images/s**")
+
+
+def _status(pair: ModelPair) -> str:
+    if pair.errors:
+        return "\n\n".join(f"**Problem:** {error}" for error in pair.errors)
+    a, b = pair.original, pair.pruned
+    return (f"Loaded: original {a.family.upper()} with {a.depth} blocks, pruned with "
+            f"{b.depth} blocks (kept {b.kept_blocks}).")
+
+
+def _report_figures(pair: ModelPair) -> str:
+    if pair.report is None:
+        return ("No compression report next to the pruned model (a `compress` output folder "
+                "has `report.json`).")
+    s = pair.report["summary"]
+    lines = ["### From the compression report", "", "| figure | value |", "|---|---|",
+             f"| data | {s.get('data')} |", f"| budget | {s.get('budget')} |",
+             f"| importance / schedule | {s.get('importance')} / {s.get('schedule')} |",
+             f"| fine-tuning steps | {s.get('steps')} |",
+             f"| depth | {s.get('depth_before')} -> {s.get('depth_after')} |"]
+    latency = s.get("sampling_latency")
+    if latency:
+        lines.append(f"| measured sampling speedup ({latency['device']}, batch "
+                     f"{latency['batch']}) | {latency['speedup']:.2f}x |")
+    for key, value in sorted(s.items()):
+        if key.startswith(("fd_", "fid", "class_accuracy", "precision", "recall", "psnr",
+                           "ssim")) and isinstance(value, (int, float)):
+            lines.append(f"| {key} | {value:.4g} |")
+    return "\n".join(lines)
+
+
+def _decisions(pair: ModelPair) -> str:
+    if pair.report is None or not pair.report.get("decisions"):
+        return ""
+    lines = ["### Pruning timeline", "", "| step | removed (original index) | loss |",
+             "|---|---|---|"]
+    for d in pair.report["decisions"]:
+        if d.get("removed"):
+            loss = d.get("loss")
+            shown = f"{loss:.4f}" if isinstance(loss, float) else ""
+            lines.append(f"| {d.get('step')} | {d.get('removed')} | {shown} |")
+    return "\n".join(lines)
+
+
+def _plot(pair: ModelPair, name: str) -> str | None:
+    if pair.report_dir is None or not (pair.report_dir / name).is_file():
+        return None
+    return str(pair.report_dir / name)
+
+
+def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress) -> str:
+    from entpruner_sdk.evaluation.evaluate import evaluate
+
+    if not pair.ready:
+        raise ValueError("load an original and a pruned model first")
+    dataset = data or _data_name(pair)
+    settings = default_sampling(pair.family)
+    progress(0.05, desc=f"pruned: sampling {samples} images, then its fidelity to the original")
+    pruned = ModelThread.run(evaluate, pair.pruned, dataset, samples=samples,
+                             original=pair.original, features=("domain",), device="cpu",
+                             progress=False, **settings)
+    progress(0.6, desc=f"original: sampling {samples} images")
+    original = ModelThread.run(evaluate, pair.original, dataset, samples=samples,
+                               features=("domain",), device="cpu", progress=False, **settings)
+    progress(1.0, desc="done")
+    rows = ["| | original | pruned |", "|---|---|---|"]
+    for key in ("fd_domain", "class_accuracy", "precision_domain", "recall_domain"):
+        rows.append(f"| {key} | {original.metrics[key]:.4f} | {pruned.metrics[key]:.4f} |")
+    for key, value in pruned.fidelity.items():
+        rows.append(f"| fidelity to original: {key} | | {value:.4f} |")
+    return (f"### Quick evaluation on `{dataset}` ({samples} samples, "
+            f"{settings['sampler']} x {settings['steps']}, cfg {settings['cfg_scale']})\n\n"
+            + "\n".join(rows) + "\n\nFD-domain is a Fréchet distance in the features of a "
+            "small classifier trained on the data (not comparable with standard FID).")
+
+
+def _data_name(pair: ModelPair) -> str:
+    if pair.report is not None:
+        name = str(pair.report["summary"].get("data", ""))
+        base, _, split = name.rpartition("-")
+        if split in ("train", "test") and base:
+            return base
+        if name:
+            return name
+    return "digits" if pair.original.config.input_size == 8 else "photos"
+
+
+def launch(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED, *,
+           port: int = 7860, host: str = "127.0.0.1", onnx: bool = False,
+           data: str | None = None, share: bool = False, block: bool = True):
+    """Build and start the demo server."""
+    demo = build_demo(original, pruned, onnx, data)
+    demo.queue(default_concurrency_limit=1)  # one model thread; requests take turns
+    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                show_error=True)
+    return demo
+
+
+__all__ = ["build_demo", "launch"]

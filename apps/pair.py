@@ -1,0 +1,209 @@
+"""The two models a demo compares, their compression report, and side-by-side sampling.
+
+All PyTorch work runs on one dedicated thread (``ModelThread``): UI frameworks call handlers
+from a pool of threads, and on CPU two OpenMP thread teams make every call several times
+slower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
+from entpruner_sdk.sampling import sample
+from entpruner_sdk.teachers import SAMPLING, resolve_model
+
+DEFAULT_ORIGINAL = "dit-digits"
+DEFAULT_PRUNED = "runs/quickstart/dit-pruned"
+MAKE_PRUNED = ("python -m entpruner_sdk quickstart   # about 3 minutes on 2 CPU cores; "
+               "writes runs/quickstart/dit-pruned")
+
+
+class ModelThread:
+    """A single worker thread for every model call of the process."""
+
+    _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="entpruner-demo-model")
+
+    @classmethod
+    def run(cls, fn, *args, **kwargs):
+        return cls._executor.submit(fn, *args, **kwargs).result()
+
+
+@dataclass
+class SideResult:
+    images: torch.Tensor
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.images) / self.seconds
+
+
+@dataclass
+class ModelPair:
+    """Original and pruned model (either may be missing), with readable load errors."""
+
+    original: DiffusionTransformer | None = None
+    pruned: DiffusionTransformer | None = None
+    report: dict[str, Any] | None = None
+    report_dir: Path | None = None
+    errors: list[str] = field(default_factory=list)
+    runtimes: dict[str, Any] = field(default_factory=dict)  # ONNX Runtime, when exported
+
+    @property
+    def ready(self) -> bool:
+        return self.original is not None and self.pruned is not None
+
+    @property
+    def family(self) -> str:
+        model = self.original or self.pruned
+        return model.config.family if model is not None else "dit"
+
+    @property
+    def num_classes(self) -> int:
+        model = self.original or self.pruned
+        return model.config.num_classes if model is not None else 0
+
+
+def load_pair(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
+              onnx: bool = False) -> ModelPair:
+    """Open both models; problems become messages in ``errors`` instead of exceptions."""
+    return ModelThread.run(_load_pair, original, pruned, onnx)
+
+
+def _load_pair(original: str, pruned: str, onnx: bool) -> ModelPair:
+    pair = ModelPair()
+    try:
+        pair.original = resolve_model(original).eval()
+    except Exception as error:  # any load failure is shown to the user, not raised
+        pair.errors.append(f"Original model {original!r} could not be loaded: {error}")
+    model_path, report_dir = _pruned_paths(pruned)
+    if model_path is None:
+        pair.errors.append(f"No pruned model at {pruned!r}. Make one with `{MAKE_PRUNED}`, "
+                           "or pass --pruned DIR (a `compress` output folder or a model folder).")
+    else:
+        try:
+            pair.pruned = resolve_model(str(model_path)).eval()
+        except Exception as error:
+            pair.errors.append(f"Pruned model {pruned!r} could not be loaded: {error}")
+    if report_dir is not None:
+        pair.report_dir = report_dir
+        pair.report = json.loads((report_dir / "report.json").read_text())
+    if pair.ready:
+        a, b = pair.original.config, pair.pruned.config
+        if a.replace(depth=1) != b.replace(depth=1):
+            pair.errors.append(
+                f"The models do not match: original is {a.family.upper()} {a.input_size}x"
+                f"{a.input_size}, {a.num_classes} classes, hidden {a.hidden_size}; pruned is "
+                f"{b.family.upper()} {b.input_size}x{b.input_size}, {b.num_classes} classes, "
+                f"hidden {b.hidden_size}. Pick the original the pruned model came from.")
+            pair.pruned = None
+    if pair.ready:
+        _warm_up(pair)
+        if onnx:
+            pair.runtimes = _onnx_runtimes(pair, original, model_path)
+    return pair
+
+
+def _pruned_paths(spec: str) -> tuple[Path | None, Path | None]:
+    """(model path, report folder) for a compress output folder, its model/ folder, or any
+    model the loader understands."""
+    path = Path(spec)
+    if (path / "model" / "config.json").is_file():
+        return path / "model", path if (path / "report.json").is_file() else None
+    if (path / "config.json").is_file():
+        parent = path.parent
+        return path, parent if (parent / "report.json").is_file() else None
+    if path.exists():
+        return path, None
+    return None, None
+
+
+def _warm_up(pair: ModelPair) -> None:
+    for model in (pair.original, pair.pruned):
+        sample(model, [0, 0], steps=2, cfg_scale=2.0, device="cpu")
+
+
+def _onnx_runtimes(pair: ModelPair, original: str, pruned_path: Path) -> dict[str, Any]:
+    """ONNX Runtime sessions for both models, exported once into the entpruner cache."""
+    from entpruner_sdk.evaluation.classifier import cache_root
+    from entpruner_sdk.export import export, is_export_dir, load_exported
+
+    runtimes = {}
+    for side, model, source in (("original", pair.original, original),
+                                ("pruned", pair.pruned, str(pruned_path))):
+        path = Path(source)
+        stamp = path.stat().st_mtime_ns if path.exists() else 0  # a retrained model re-exports
+        key = hashlib.sha256(f"{path.resolve()}:{stamp}".encode()).hexdigest()[:16]
+        target = cache_root() / "exports" / f"{Path(source).name}-{key}-onnx"
+        try:
+            if not is_export_dir(target):
+                export(model, target, "onnx", overwrite=True)
+            runtimes[side] = load_exported(target, threads=torch.get_num_threads())
+        except Exception as error:
+            pair.errors.append(f"ONNX Runtime is unavailable for the {side} model: {error}")
+            return {}
+    return runtimes
+
+
+def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: str,
+                  steps: int, cfg_scale: float, backend: str = "PyTorch"
+                  ) -> tuple[SideResult, SideResult]:
+    """Sample ``count`` images of ``label`` from both models with the same seed (so the same
+    starting noise), timing each side."""
+    if not pair.ready:
+        raise ValueError("load an original and a pruned model first")
+    if not 0 <= label < pair.num_classes:
+        raise ValueError(f"unknown class label {label}: these models have classes "
+                         f"0..{pair.num_classes - 1}")
+    if backend == "ONNX Runtime" and not pair.runtimes:
+        raise ValueError("no ONNX export is loaded; start the demo with --onnx")
+    labels = [int(label)] * int(count)
+
+    def side(name: str, model: DiffusionTransformer) -> SideResult:
+        start = time.perf_counter()
+        if backend == "ONNX Runtime":
+            images = pair.runtimes[name].sample(labels, sampler=sampler, steps=steps,
+                                                cfg_scale=cfg_scale, seed=seed,
+                                                clip_denoised=True)
+        else:
+            images = sample(model, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                            seed=seed, device="cpu", clip_denoised=True)
+        return SideResult(images, time.perf_counter() - start)
+
+    return ModelThread.run(lambda: (side("original", pair.original),
+                                    side("pruned", pair.pruned)))
+
+
+def structure_facts(pair: ModelPair) -> list[list[str]]:
+    """Depth, parameters and FLOPs before and after, as table rows."""
+    if not pair.ready:
+        return []
+    a, b = pair.original, pair.pruned
+    rows = []
+    for name, before, after in (
+        ("depth (blocks)", a.depth, b.depth),
+        ("parameters (M)", count_parameters(a) / 1e6, count_parameters(b) / 1e6),
+        ("GFLOPs per forward", forward_flops(a.config) / 1e9, forward_flops(b.config) / 1e9),
+    ):
+        rows.append([name, _fmt(before), _fmt(after), f"{before / after:.2f}x"])
+    removed = sorted(set(range(a.depth)) - set(b.kept_blocks))
+    rows.append(["kept blocks (original index)", "", ", ".join(map(str, b.kept_blocks)), ""])
+    rows.append(["removed blocks", "", ", ".join(map(str, removed)) or "none", ""])
+    return rows
+
+
+def default_sampling(family: str) -> dict[str, Any]:
+    return dict(SAMPLING[family])
+
+
+def _fmt(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.3f}"

@@ -1,0 +1,122 @@
+"""The Gradio demo: model pairing and errors, the API through gradio_client, and an end-to-end
+run in a real Chromium driven by Playwright (screenshot saved under test-artifacts/)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from entpruner_sdk.apps.pair import generate_pair, load_pair
+from entpruner_sdk.compress import compress
+from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.models.io import save
+from tests.conftest import randomized, tiny_config
+
+gr = pytest.importorskip("gradio")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FAST = dict(steps=12, batch_size=8, interval=4, calibration_per_class=2, calibration_times=2,
+            proxy_samples=4, report_samples=0, progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny digits teacher and a real `compress` output folder made from it."""
+    root = tmp_path_factory.mktemp("demo")
+    teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=4)))
+    save(teacher, root / "teacher")
+    compress(teacher, "digits", 2, **FAST).save(root / "pruned")
+    return str(root / "teacher"), str(root / "pruned")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def running_demo(models):
+    from entpruner_sdk.apps.demo import launch
+
+    port = free_port()
+    demo = launch(*models, port=port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_pair_loads_report_and_samples_from_the_same_noise(models):
+    pair = load_pair(*models)
+    assert pair.ready and not pair.errors
+    assert pair.pruned.depth == 2 and pair.report["summary"]["depth_after"] == 2
+    left, right = generate_pair(pair, 3, seed=5, count=2, sampler="ddim", steps=3, cfg_scale=2)
+    assert left.images.shape == right.images.shape == (2, 1, 8, 8)
+    assert left.seconds > 0 and right.images_per_second > 0
+    # Same seed, same noise: a "pruned" model that kept every block gives identical images.
+    pair.pruned = pair.original.keep_blocks(range(pair.original.depth))
+    a, b = generate_pair(pair, 3, seed=5, count=2, sampler="ddpm", steps=3, cfg_scale=2)
+    torch.testing.assert_close(a.images, b.images)
+
+
+def test_missing_and_incompatible_models_become_messages(models, tmp_path):
+    missing = load_pair(models[0], str(tmp_path / "nowhere"))
+    assert not missing.ready and "quickstart" in missing.errors[0]
+    other = randomized(DiffusionTransformer(tiny_config("dit", depth=2, num_classes=4)))
+    save(other, tmp_path / "other")
+    mismatch = load_pair(models[0], str(tmp_path / "other"))
+    assert "do not match" in mismatch.errors[0] and not mismatch.ready
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{ not json")
+    broken = load_pair(models[0], str(tmp_path / "broken"))
+    assert "could not be loaded" in broken.errors[0]
+    with pytest.raises(ValueError, match="load an original and a pruned model"):
+        generate_pair(missing, 0, 0, 1, "ddim", 2, 1.0)
+
+
+def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
+    from gradio_client import Client
+
+    client = Client(running_demo, verbose=False)
+    original, o_timing, pruned, p_timing, speedup = client.predict(
+        2, 7, 3, "ddim", 5, 2.0, "PyTorch", api_name="/generate")
+    assert len(original) == 3 and len(pruned) == 3
+    assert all(Path(item["image"]).is_file() for item in original + pruned)
+    assert "images/s" in o_timing and "images/s" in p_timing and "speedup" in speedup
+    with pytest.raises(Exception, match="12 is not in the list of choices"):
+        client.predict(12, 0, 1, "ddim", 2, 1.0, "PyTorch", api_name="/generate")
+    table = client.predict(20, api_name="/evaluate")
+    assert "fd_domain" in table and "fidelity to original: psnr" in table
+    status, *_ = client.predict(models[0], str(tmp_path / "nowhere"), api_name="/load")
+    assert "No pruned model" in status and "Traceback" not in status
+    status, *_ = client.predict(*models, api_name="/load")
+    assert status.startswith("Loaded")
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium "
+                    "(apt-get install -y chromium)")
+def test_browser_end_to_end(running_demo):
+    playwright = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(running_demo, wait_until="networkidle")
+            page.get_by_text("Loaded: original").wait_for(timeout=30_000)
+            page.locator("#generate").click()
+            for side in ("original", "pruned"):
+                page.locator(f"#{side}-gallery img").first.wait_for(timeout=60_000)
+                assert page.locator(f"#{side}-gallery img").count() >= 4
+                assert "images/s" in page.locator(f"#{side}-timing").inner_text()
+            assert "speedup" in page.locator("#speedup").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "demo-generate.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "demo-generate.png").stat().st_size > 10_000
