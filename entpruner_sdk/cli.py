@@ -130,6 +130,8 @@ def _add_compress(sub) -> None:
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data ./my_latents.npz \\
             --budget 2x --device cuda --out runs/xl --num-classes 10
         entpruner compress ... --out runs/dit-d6 --resume     # continue after an interruption
+        torchrun --nproc_per_node 4 -m entpruner_sdk compress --model DiT-XL-2-256x256.pt \
+            --family dit --data ./latents.npz --budget 14 --out runs/xl-d14   # data-parallel
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
@@ -155,6 +157,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--gt-weight", type=float, default=0.1)
     p.add_argument("--feature-weight", type=float, default=0.0)
     p.add_argument("--num-classes", type=int, help="resize the label embedder to N classes")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes torchrun started (automatic when "
+                        "torchrun sets WORLD_SIZE > 1)")
     p.add_argument("--report-samples", type=int, default=200,
                    help="samples for the report's quality figures (0 skips them)")
     p.add_argument("--report-fid", action="store_true",
@@ -392,14 +397,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from entpruner_sdk.compress import compress
     from entpruner_sdk.teachers import resolve_model
+    from entpruner_sdk.utils import distributed
 
+    device = args.device
+    if args.distributed or distributed.launched_by_torchrun():
+        device = distributed.init_from_env(None if device == "auto" else torch.device(device))
     model = resolve_model(args.model, args.family)
     protect = None
     if args.protect:
         protect = () if args.protect == "none" else tuple(
             int(v) for v in args.protect.split(","))
     result = compress(
-        model, args.data, args.budget, device=args.device, out_dir=args.out,
+        model, args.data, args.budget, device=device, out_dir=args.out,
         resume=args.resume, progress=not args.quiet, importance=args.importance,
         schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         interval=args.interval, k_max=args.k_max,
@@ -409,6 +418,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         gt_weight=args.gt_weight, feature_weight=args.feature_weight,
         num_classes=args.num_classes, seed=args.seed, report_samples=args.report_samples,
         report_features=("domain", "inception") if args.report_fid else ("domain",))
+    if not distributed.is_main():
+        return 0
     s = result.report["summary"]
     lat = s["sampling_latency"]
     print(f"{s['family'].upper()}: depth {s['depth_before']} -> {s['depth_after']}, "

@@ -36,8 +36,11 @@ def masked_mse(student: torch.Tensor, teacher: torch.Tensor, sigma: float) -> to
 
 def distillation_loss(student: DiffusionTransformer, teacher: DiffusionTransformer,
                       objective: Objective, batch: NoisedBatch, config: DistillConfig,
-                      feature_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The total loss and its parts, for one batch."""
+                      feature_weight: float, student_forward: torch.nn.Module | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The total loss and its parts, for one batch. ``student_forward`` is the module to call
+    for the student's forward (its DistributedDataParallel wrapper in multi-process runs)."""
+    forward = student_forward or student
     with torch.no_grad():
         if feature_weight > 0:
             teacher_out, teacher_states, _ = teacher.forward_with_block_inputs(
@@ -45,10 +48,10 @@ def distillation_loss(student: DiffusionTransformer, teacher: DiffusionTransform
         else:
             teacher_out = teacher(batch.x_t, batch.t, batch.y)
     if feature_weight > 0:
-        student_out, student_states, _ = student.forward_with_block_inputs(
-            batch.x_t, batch.t, batch.y)
+        student_out, student_states, _ = forward(batch.x_t, batch.t, batch.y,
+                                                 return_block_inputs=True)
     else:
-        student_out = student(batch.x_t, batch.t, batch.y)
+        student_out = forward(batch.x_t, batch.t, batch.y)
     student_out, teacher_out = student_out.float(), teacher_out.float()
     kd = ((student_out - teacher_out) ** 2).mean()
     gt = objective.loss(student_out, batch).mean()

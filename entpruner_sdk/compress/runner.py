@@ -29,6 +29,7 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleConfig, ScheduleState
 from entpruner_sdk.training import EMA, drop_labels, sample_batch
+from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.checkpoint import (
     load_checkpoint,
     optimizer_tensors,
@@ -140,6 +141,18 @@ class _Run:
         self.losses: list[float] = []
         self.decisions: list[Decision] = []
         self.state = ScheduleState(self.losses)
+        self.forward = self._wrap()
+
+    def _wrap(self) -> torch.nn.Module:
+        """The student, or its DistributedDataParallel wrapper when several processes train
+        (rebuilt after every removal: DDP's buckets follow the parameters)."""
+        if not distributed.is_distributed():
+            return self.student
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(self.student.parameters()).device
+        return DistributedDataParallel(
+            self.student, device_ids=[device.index] if device.type == "cuda" else None)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.student.parameters() if p.requires_grad]
@@ -152,6 +165,7 @@ class _Run:
         self.student.pos_embed.requires_grad_(False)
         self.ema.model = self.ema.model.keep_blocks(keep).eval().requires_grad_(False)
         self.optimizer = self._optimizer()
+        self.forward = self._wrap()
 
     def checkpoint(self, directory: Path, latency: LatencyModel, target: int) -> None:
         opt, groups = optimizer_tensors(self.optimizer)
@@ -178,6 +192,7 @@ class _Run:
         self.ema.model = teacher.keep_blocks(positions).eval().requires_grad_(False)
         self.ema.model.load_state_dict(unprefixed("ema.", tensors))
         self.optimizer = self._optimizer()
+        self.forward = self._wrap()
         restore_optimizer(self.optimizer, tensors, meta["param_groups"])
         self.generator.set_state(tensors["rng"])
         self.step = meta["step"]
@@ -202,10 +217,20 @@ def compress(
 ) -> CompressResult:
     """Prune ``model`` to ``budget`` on ``data``; see ``CompressConfig`` for the options
     (flat keywords such as ``importance="bi"``, ``schedule="one-shot"``, ``steps=2000``,
-    ``interval=50``, ``kd_weight=0.9`` are accepted too)."""
+    ``interval=50``, ``kd_weight=0.9`` are accepted too).
+
+    Under ``torch.distributed`` (torchrun, several processes) the run is data-parallel: every
+    rank draws the same global batch and trains on its slice with DistributedDataParallel,
+    CED's statistics are computed on a shard of the calibration set and all-reduced, timings
+    come from rank 0, so every rank takes the same decisions; only rank 0 writes files.
+    """
     wall_start = time.perf_counter()
     config = config or CompressConfig.from_options(**options)
     device = resolve_device(device)
+    world, rank = distributed.world_size(), distributed.rank()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} does not split over {world} "
+                         f"processes; use a multiple of {world}")
     budget = Budget.parse(budget)
     data = load_data(data)
     check_data(model, data, config.num_classes)
@@ -222,20 +247,29 @@ def compress(
                                  config.seed)
     run = _Run(teacher, config)
     checkpoint_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    writes = checkpoint_dir is not None and distributed.is_main()
     if resume:
         if checkpoint_dir is None:
             raise ValueError("resume=True needs out_dir, where the checkpoint lives")
         latency, target = run.restore(checkpoint_dir, teacher)
     else:
-        latency_device = budget_device(budget, device)
-        latency_batch = ProxyBatches.build(calibration, objective, min(config.batch_size, 64),
-                                           latency_device, config.seed).ntk
-        latency = LatencyModel.measure(teacher.to(latency_device), latency_batch)
-        teacher.to(device)
+        latency = None
+        if distributed.is_main():  # one clock, so every rank votes on the same latencies
+            latency_device = budget_device(budget, device)
+            latency_batch = ProxyBatches.build(calibration, objective,
+                                               min(config.batch_size, 64), latency_device,
+                                               config.seed).ntk
+            latency = LatencyModel.measure(teacher.to(latency_device), latency_batch)
+            teacher.to(device)
+        latency = distributed.broadcast(latency)
         target = resolve_depth(budget, teacher, len(protected), latency)
     # the CED options are used only when the importance is CED
     importance = make_importance(config.importance, config.seed, output=config.ced_output,
-                                 estimator=config.ced_estimator)
+                                 estimator=config.ced_estimator,
+                                 reduce=distributed.all_reduce_sum_ if world > 1 else None)
+    # CED sums mergeable statistics, so each rank scores its own share of the calibration set
+    scored = (calibration.shard(rank, world)
+              if world > 1 and config.importance == "ced" else calibration)
     schedule = Schedule(config.schedule, config.steps)
 
     def maybe_decide(step: int, final: bool = False) -> None:
@@ -248,28 +282,28 @@ def compress(
             return
         recent = run.losses[-config.schedule.recovery_window:]
         loss = sum(recent) / len(recent) if recent else None
-        decision = decide(step, run.student, objective, importance, calibration, proxies,
+        decision = decide(step, run.student, objective, importance, scored, proxies,
                           latency, plan, protected, config.schedule.vote_weights, device, loss)
         run.student.train()
         run.decisions.append(decision)
         if decision.removed:
             run.remove(decision.removed)
             run.state.last_removal_step, run.state.pre_removal_loss = step, loss
-            if checkpoint_dir is not None:
+            if writes:
                 run.checkpoint(checkpoint_dir, latency, target)
 
-    bar = progress_bar(range(run.step, config.steps), enabled=progress, desc="compress",
-                       initial=run.step, total=config.steps)
+    bar = progress_bar(range(run.step, config.steps), enabled=progress and distributed.is_main(),
+                       desc="compress", initial=run.step, total=config.steps)
     for step in bar:
         maybe_decide(step)
         loss = _train_step(run, teacher, objective, data, step, device)
         run.losses.append(loss)
         run.step = step + 1
         bar.set_postfix(depth=run.student.depth, loss=f"{loss:.4f}")
-        if checkpoint_dir is not None and run.step % config.checkpoint_every == 0:
+        if writes and run.step % config.checkpoint_every == 0:
             run.checkpoint(checkpoint_dir, latency, target)
     maybe_decide(run.step, final=True)
-    if checkpoint_dir is not None:
+    if writes:
         run.checkpoint(checkpoint_dir, latency, target)
 
     from entpruner_sdk.compress.report import build_report
@@ -279,13 +313,20 @@ def compress(
         "importance": config.importance, "schedule": config.schedule.kind,
         "removed_blocks": sorted(set(teacher.kept_blocks) - set(pruned.kept_blocks)),
         "budget": budget.describe()}
-    report = build_report(teacher, pruned, data, config, budget, run.decisions, run.losses,
-                          latency, protected, device, time.perf_counter() - wall_start)
-    if config.report_samples > 0:
-        report["summary"].update(quality_figures(teacher, pruned, data, config, device))
-    result = CompressResult(pruned, report)
-    if out_dir is not None:
+    report = None
+    if distributed.is_main():
+        report = build_report(teacher, pruned, data, config, budget, run.decisions,
+                              run.losses, latency, protected, device,
+                              time.perf_counter() - wall_start)
+        report["summary"]["processes"] = world
+    if config.report_samples > 0:  # evaluation shards its sampling over the ranks
+        figures = quality_figures(teacher, pruned, data, config, device)
+        if report is not None:
+            report["summary"].update(figures)
+    result = CompressResult(pruned, distributed.broadcast(report))
+    if out_dir is not None and distributed.is_main():
         result.save(out_dir)
+    distributed.barrier()
     return result
 
 
@@ -310,10 +351,12 @@ def _train_step(run: _Run, teacher, objective, data, step: int, device) -> float
     labels = drop_labels(labels, teacher.config.class_dropout_prob, teacher.null_class,
                          run.generator)
     batch = objective.noise_batch(images, labels, run.generator)
+    if distributed.is_distributed():  # every rank drew the same global batch: take a slice
+        batch = _slice(batch, distributed.rank(), distributed.world_size())
     decay = 1 - step / max(config.steps, 1)  # the feature loss fades out over training
     with autocast(device):
         loss, _ = distillation_loss(run.student, teacher, objective, batch, config.distill,
-                                    config.distill.feature_weight * decay)
+                                    config.distill.feature_weight * decay, run.forward)
     if not torch.isfinite(loss):
         raise FloatingPointError("compression loss is not finite; lower the learning rate")
     run.optimizer.zero_grad(set_to_none=True)
@@ -321,7 +364,15 @@ def _train_step(run: _Run, teacher, objective, data, step: int, device) -> float
     torch.nn.utils.clip_grad_norm_(run.student.parameters(), 1.0)
     run.optimizer.step()
     run.ema.update(run.student, step)
-    return loss.detach().item()
+    # the global batch's loss (equal slices), so the recovery gate sees the same on every rank
+    return distributed.mean_across(loss.detach().item())
+
+
+def _slice(batch, rank: int, world: int):
+    size = batch.x_start.shape[0] // world
+    part = slice(rank * size, (rank + 1) * size)
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name)[part]
+                                         for f in dataclasses.fields(batch)})
 
 
 def _jsonable(value: Any) -> Any:

@@ -32,6 +32,7 @@ from entpruner_sdk.evaluation.metrics import (
 )
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.sampling import sample
+from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
 from entpruner_sdk.utils.progress import progress_bar
@@ -85,13 +86,30 @@ def balanced_labels(count: int, num_classes: int) -> torch.Tensor:
 
 def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, batch_size: int,
              progress: bool, **sampling: Any) -> torch.Tensor:
-    """Samples in batches; batch b uses seed + b, so any two models see identical noise."""
-    chunks = []
-    for b, start in enumerate(progress_bar(range(0, len(labels), batch_size), enabled=progress,
-                                           desc="sampling", leave=False)):
-        chunks.append(sample(model, labels[start:start + batch_size], seed=seed + b,
-                             clip_denoised=True, **sampling))
-    return torch.cat(chunks)
+    """Samples in batches; batch b uses seed + b, so any two models see identical noise.
+
+    Under torch.distributed, rank r samples the batches b with b % world == r and the batches
+    are gathered in order: the same images as one process, in 1 / world of the time.
+    """
+    starts = list(range(0, len(labels), batch_size))
+    mine = range(distributed.rank(), len(starts), distributed.world_size())
+    chunks = {}
+    for b in progress_bar(mine, enabled=progress and distributed.is_main(), desc="sampling",
+                          leave=False):
+        chunks[b] = sample(model, labels[starts[b]:starts[b] + batch_size], seed=seed + b,
+                           clip_denoised=True, **sampling)
+    for other in distributed.gather_objects(chunks) if distributed.is_distributed() else []:
+        chunks.update(other)
+    return torch.cat([chunks[b] for b in range(len(starts))])
+
+
+def sharded_features(extractor, images: torch.Tensor, progress: bool) -> torch.Tensor:
+    """Feature extraction split over the ranks (contiguous shares), gathered in order."""
+    if not distributed.is_distributed():
+        return extractor(images, progress=progress)
+    share = images.tensor_split(distributed.world_size())[distributed.rank()]
+    parts = distributed.gather_objects(extractor(share, progress=False))
+    return torch.cat(parts)
 
 
 def reference_stats(data: ImageDataset, extractor, name: str, progress: bool) -> tuple[
@@ -185,7 +203,7 @@ def evaluate(
     generated_features = {}
     for name, extractor in extractors.items():
         real_stats, real_features = reference_stats(data, extractor, name, progress)
-        fake = extractor(images, progress=progress)
+        fake = sharded_features(extractor, images, progress)
         generated_features[name] = fake
         fid_name = "fid" if name == "inception" else "fd_domain"
         report.metrics[fid_name] = frechet_distance(FeatureStats.of(fake), real_stats)

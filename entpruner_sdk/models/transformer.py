@@ -147,7 +147,10 @@ class DiffusionTransformer(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor,
         skip_blocks: Iterable[int] = (),
+        return_block_inputs: bool = False,
     ) -> torch.Tensor:
+        if return_block_inputs:  # lets a DistributedDataParallel wrapper reach this path
+            return self.forward_with_block_inputs(x, t, y)
         h, c = self.embed(x, t, y)
         return self.head(self.run_blocks(h, c, skip_blocks=skip_blocks), c)
 

@@ -1,0 +1,92 @@
+"""Multi-process helpers over ``torch.distributed`` (torchrun; NCCL on GPUs, gloo on CPUs).
+
+Everything degrades to a no-op in a single process, so callers write one code path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Only this process writes files and prints summaries."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: torch.device | None = None) -> torch.device:
+    """Join the process group torchrun describes in the environment; returns this rank's
+    device (``cuda:LOCAL_RANK`` on GPUs, else the CPU with gloo)."""
+    if not launched_by_torchrun():
+        raise RuntimeError("--distributed needs torchrun: torchrun --nproc_per_node N -m "
+                           "entpruner_sdk compress ...")
+    use_cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
+    """Sum every tensor across processes, in place."""
+    if not is_distributed():
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def mean_across(value: float) -> float:
+    """The mean of a Python number over all processes."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.item() / dist.get_world_size()
+
+
+def broadcast(value: Any, source: int = 0) -> Any:
+    """Rank ``source``'s Python object on every rank (timings, decisions: anything that must
+    not differ between processes)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=source)
+    return box[0]
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's object, in rank order, on every rank."""
+    if not is_distributed():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
