@@ -22,9 +22,9 @@ from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 
 DEFAULT_ORIGINAL = "dit-digits"
-DEFAULT_PRUNED = "runs/quickstart/dit-pruned"
+DEFAULT_PRUNED = "runs/quickstart/dit-digits-pruned"
 MAKE_PRUNED = ("python -m entpruner_sdk quickstart   # about 3 minutes on 2 CPU cores; "
-               "writes runs/quickstart/dit-pruned")
+               "writes runs/quickstart/dit-digits-pruned")
 
 
 class ModelThread:

@@ -4,7 +4,7 @@ figure also given as a speedup over the original model in eager PyTorch.
 
     python benchmarks/export_speed.py                 # dit-digits, CPU
     python benchmarks/export_speed.py --quick         # fewer repeats and steps
-    python benchmarks/export_speed.py --model sit-photos --pruned runs/quickstart/sit-pruned
+    python benchmarks/export_speed.py --model sit-photos --pruned runs/quickstart/sit-digits-pruned
     python benchmarks/export_speed.py --device cuda   # GPU (ONNX Runtime stays on the CPU
                                                       # unless onnxruntime-gpu is installed)
 

@@ -2,7 +2,7 @@
 of the model's family, with the measured speedup beside the FLOPs ratio.
 
     python benchmarks/sampling_speed.py                      # bundled teachers, CPU
-    python benchmarks/sampling_speed.py --pruned runs/quickstart/pruned-dit --device cuda
+    python benchmarks/sampling_speed.py --pruned runs/quickstart/dit-digits-pruned --device cuda
     python benchmarks/sampling_speed.py --quick              # fewer steps and repeats
 
 Without --pruned, the pruned model is the teacher keeping every other block (the speed of a

@@ -194,7 +194,7 @@ def _add_evaluate(sub) -> None:
 def _add_export(sub) -> None:
     p = _command(sub, "export", "Export a model for deployment (ONNX, AOTInductor, TensorRT).",
                  """\
-        entpruner export --model runs/quickstart/dit-pruned --format onnx --out exports/dit-onnx
+        entpruner export --model runs/quickstart/dit-digits-pruned --out exports/dit-onnx
         entpruner export --model dit-digits --format onnx-fp16 --out exports/fp16 --verify
         entpruner export --model runs/sit --format aoti --out exports/sit-aoti
         entpruner export --model runs/dit --format tensorrt --batch 1,8,32 --out exports/trt
@@ -224,7 +224,7 @@ def _add_export(sub) -> None:
 def _add_serve(sub) -> None:
     p = _command(sub, "serve", "Serve models over HTTP (FastAPI, micro-batching, metrics).", """\
         entpruner serve --model dit-digits                       # http://127.0.0.1:8000/docs
-        entpruner serve --model original=dit-digits --model pruned=runs/quickstart/dit-pruned
+        entpruner serve --model original=dit-digits --model pruned=runs/quickstart/dit-digits-pruned
         entpruner serve --model exports/dit-onnx --backend onnxruntime --port 8080
         entpruner serve --model pruned=runs/x/model --max-batch 32 --max-wait-ms 20
         ENTPRUNER_API_KEY=secret entpruner serve --model dit-digits --host 0.0.0.0
@@ -255,8 +255,8 @@ def _add_serve(sub) -> None:
 
 def _add_demo(sub) -> None:
     p = _command(sub, "demo", "Gradio app: original vs pruned sampling, side by side.", """\
-        entpruner demo          # dit-digits vs runs/quickstart/dit-pruned (from quickstart)
-        entpruner demo --original sit-digits --pruned runs/quickstart/sit-pruned
+        entpruner demo          # dit-digits vs runs/quickstart/dit-digits-pruned (from quickstart)
+        entpruner demo --original sit-digits --pruned runs/quickstart/sit-digits-pruned
         entpruner demo --pruned runs/dit-d6 --onnx --port 7861   # adds ONNX Runtime
         """)
     from entpruner_sdk.apps.pair import DEFAULT_ORIGINAL, DEFAULT_PRUNED

@@ -1,7 +1,7 @@
 """Serve (pruned) models over HTTP: FastAPI with dynamic micro-batching, limits, a bounded
 queue, Prometheus metrics, and the same app as a Ray Serve deployment for scale-out.
 
-    entpruner serve --model original=dit-digits --model pruned=runs/quickstart/dit-pruned
+    entpruner serve --model original=dit-digits --model pruned=runs/quickstart/dit-digits-pruned
 """
 
 from entpruner_sdk.serve.app import create_app, decode_array

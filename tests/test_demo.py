@@ -120,3 +120,14 @@ def test_browser_end_to_end(running_demo):
         finally:
             browser.close()
     assert (ARTIFACTS / "demo-generate.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_onnx_runtime_backend_matches_pytorch(models):
+    pytest.importorskip("onnxruntime")
+    pair = load_pair(*models, onnx=True)
+    assert not pair.errors and set(pair.runtimes) == {"original", "pruned"}
+    torch_side = generate_pair(pair, 1, 4, 2, "ddim", 4, 2.0, "PyTorch")
+    onnx_side = generate_pair(pair, 1, 4, 2, "ddim", 4, 2.0, "ONNX Runtime")
+    for a, b in zip(torch_side, onnx_side):
+        torch.testing.assert_close(a.images, b.images, rtol=1e-3, atol=1e-3)
