@@ -14,6 +14,8 @@ extra is installed. The teacher is scored the same way.
     python benchmarks/compress_quality.py --quick    # digits, DiT, 50% budget, short runs
     python benchmarks/compress_quality.py --only digits:dit:6 --methods ced-adaptive,bi
     python benchmarks/compress_quality.py --quick --methods ced-variants   # CED options
+    python benchmarks/compress_quality.py --only digits:sit:6 --seeds 2 --steps 300 \
+        --samples 400 --no-fid --tag medium     # repeated seeds: mean +- sd
 
 Results are appended to benchmarks/results/compress_quality[_quick].json as each run ends (a
 rerun skips finished runs), then printed as a table and written to
@@ -47,6 +49,8 @@ CED_VARIANTS = {
     "ced-prediction": dict(importance="ced", schedule="adaptive", ced_output="prediction"),
     "ced-sampler": dict(importance="ced", schedule="adaptive", ced_output="sampler"),
     "ced-diagonal": dict(importance="ced", schedule="adaptive", ced_estimator="diagonal"),
+    "ced-prediction-diagonal": dict(importance="ced", schedule="adaptive",
+                                    ced_output="prediction", ced_estimator="diagonal"),
 }
 TEACHERS = {("digits", "dit"): "dit-digits", ("digits", "sit"): "sit-digits",
             ("photos", "dit"): "dit-photos", ("photos", "sit"): "sit-photos"}
@@ -58,43 +62,47 @@ def settings(quick: bool) -> dict:
     return dict(steps=600, samples=500, inception=True, interval=50)
 
 
-def score(model, data, family_sampling, samples, inception, original=None) -> dict:
+def score(model, data, family_sampling, samples, inception, original=None, seed=0) -> dict:
     features = ("domain", "inception") if inception else ("domain",)
     report = evaluate(model, data, samples=samples, features=features, original=original,
-                      progress=False, **family_sampling)
+                      progress=False, seed=1000 * seed, **family_sampling)
     return {**report.metrics, **{f"fidelity_{k}": v for k, v in report.fidelity.items()}}
 
 
-def run_grid(grid, methods, config, results_path: Path) -> list[dict]:
+def run_grid(grid, methods, config, results_path: Path, seeds: int = 1) -> list[dict]:
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {(r["dataset"], r["family"], r["keep"], r["method"]) for r in rows}
+    done = {(r["dataset"], r["family"], r["keep"], r["method"], r.get("seed", 0))
+            for r in rows}
     for dataset, family, keep in grid:
         name = TEACHERS[(dataset, family)]
         teacher = load_teacher(name)
         data = _data(dataset)
         sampling = SAMPLING[family]
-        if (dataset, family, teacher.depth, "teacher") not in done:
-            rows.append(dict(dataset=dataset, family=family, keep=teacher.depth,
-                             method="teacher", seconds=0.0,
-                             **score(teacher, data, sampling, config["samples"],
-                                     config["inception"])))
-            _write(results_path, rows)
-        for method in methods:
-            if (dataset, family, keep, method) in done:
-                continue
-            torch.manual_seed(0)
-            start = time.perf_counter()
-            result = compress(teacher, data, keep, steps=config["steps"],
-                              interval=config["interval"], progress=False, seed=0,
-                              report_samples=0, **{**METHODS, **CED_VARIANTS}[method])
-            seconds = time.perf_counter() - start
-            rows.append(dict(dataset=dataset, family=family, keep=keep, method=method,
-                             seconds=seconds, kept_blocks=result.model.kept_blocks,
-                             speedup=result.report["summary"]["sampling_latency"]["speedup"],
-                             **score(result.model, data, sampling, config["samples"],
-                                     config["inception"], original=teacher)))
-            _write(results_path, rows)
-            print(f"{dataset}/{family} keep {keep} {method}: {rows[-1]}", flush=True)
+        for seed in range(seeds):
+            if (dataset, family, teacher.depth, "teacher", seed) not in done:
+                rows.append(dict(dataset=dataset, family=family, keep=teacher.depth,
+                                 method="teacher", seed=seed, seconds=0.0,
+                                 **score(teacher, data, sampling, config["samples"],
+                                         config["inception"], seed=seed)))
+                _write(results_path, rows)
+            for method in methods:
+                if (dataset, family, keep, method, seed) in done:
+                    continue
+                torch.manual_seed(seed)
+                start = time.perf_counter()
+                result = compress(teacher, data, keep, steps=config["steps"],
+                                  interval=config["interval"], progress=False, seed=seed,
+                                  report_samples=0, **{**METHODS, **CED_VARIANTS}[method])
+                seconds = time.perf_counter() - start
+                rows.append(dict(
+                    dataset=dataset, family=family, keep=keep, method=method, seed=seed,
+                    seconds=seconds, kept_blocks=result.model.kept_blocks,
+                    speedup=result.report["summary"]["sampling_latency"]["speedup"],
+                    **score(result.model, data, sampling, config["samples"],
+                            config["inception"], original=teacher, seed=seed)))
+                _write(results_path, rows)
+                print(f"{dataset}/{family} keep {keep} {method} seed {seed}: "
+                      f"{rows[-1]}", flush=True)
     return rows
 
 
@@ -109,19 +117,37 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 
 def table(rows: list[dict], steps: int, samples: int) -> str:
+    """One line per (dataset, family, keep, method): the mean over seeds, +- the standard
+    deviation when there are several."""
     metrics = ["fid", "fd_domain", "precision_domain", "recall_domain", "class_accuracy"]
     present = [m for m in metrics if any(m in r for r in rows)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["family"], r["keep"], r["method"]), []).append(r)
+    seeds = max(len(g) for g in groups.values()) if groups else 1
     lines = [f"Fine-tuning steps per method: {steps}; {samples} samples per evaluation; "
-             "samplers: DiT DDIM 50 steps, SiT Heun 25 steps, cfg 2.0; FD-domain is the "
-             "Fréchet distance in the domain classifier's features (not FID).", "",
+             f"{seeds} seed(s) per method (compress seed and evaluation noise), mean"
+             f"{' +- sd' if seeds > 1 else ''}; samplers: DiT DDIM 50 steps, SiT Heun 25 "
+             "steps, cfg 2.0; FD-domain is the Fréchet distance in the domain classifier's "
+             "features (not FID).", "",
              "| dataset | family | keep | method | " + " | ".join(present) + " | speedup |",
              "|---" * (5 + len(present)) + "|"]
-    for r in rows:
-        values = " | ".join(f"{r[m]:.3f}" if m in r else "-" for m in present)
-        speed = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
-        lines.append(f"| {r['dataset']} | {r['family']} | {r['keep']} | {r['method']} | "
-                     f"{values} | {speed} |")
+    for (dataset, family, keep, method), group in groups.items():
+        values = " | ".join(_mean_sd([r[m] for r in group if m in r]) for m in present)
+        speeds = [r["speedup"] for r in group if "speedup" in r]
+        speed = f"{sum(speeds) / len(speeds):.2f}x" if speeds else "-"
+        lines.append(f"| {dataset} | {family} | {keep} | {method} | {values} | {speed} |")
     return "\n".join(lines) + "\n"
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.3f} +- {sd:.3f}"
 
 
 def main(argv=None) -> int:
@@ -131,18 +157,28 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append",
                         help="dataset:family:keep (repeatable), e.g. digits:dit:6")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeat every method with seeds 0..N-1 (mean +- sd in the table)")
+    parser.add_argument("--steps", type=int, help="override the fine-tuning steps")
+    parser.add_argument("--samples", type=int, help="override the evaluation samples")
+    parser.add_argument("--no-fid", action="store_true", help="skip the Inception FID")
+    parser.add_argument("--tag", help="results go to compress_quality_TAG.json / .md")
     args = parser.parse_args(argv)
     config = settings(args.quick)
+    config.update({k: v for k, v in (("steps", args.steps), ("samples", args.samples))
+                   if v is not None})
+    if args.no_fid:
+        config["inception"] = False
     if args.only:
         grid = [(d, f, int(k)) for d, f, k in (o.split(":") for o in args.only)]
     elif args.quick:
         grid = [("digits", "dit", 6)]
     else:
         grid = [(d, f, k) for d in ("digits", "photos") for f in ("dit", "sit") for k in (6, 4)]
-    suffix = "_quick" if args.quick else ""
+    suffix = f"_{args.tag}" if args.tag else "_quick" if args.quick else ""
     results = RESULTS / f"compress_quality{suffix}.json"
     methods = args.methods.replace("ced-variants", ",".join(CED_VARIANTS)).split(",")
-    rows = run_grid(grid, methods, config, results)
+    rows = run_grid(grid, methods, config, results, args.seeds)
     text = table(rows, config["steps"], config["samples"])
     atomic_write_text(RESULTS / f"compress_quality{suffix}.md", text)
     print(text)
