@@ -215,7 +215,8 @@ def _add_export(sub) -> None:
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
                    help="ONNX exporter (default: torch.export-based, opset 18)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
-                   help="TensorRT precision (default fp16)")
+                   help="TensorRT / torch-tensorrt precision (default fp16; bf16 only for "
+                        "torch-tensorrt)")
     p.add_argument("--no-guided", action="store_true",
                    help="ONNX: skip the classifier-free-guidance graph")
     _common(p)

@@ -65,6 +65,13 @@ def export(
                               "(overwrite=True) to replace it or choose another --out")
     precision = precision or {"onnx-fp16": "fp16", "tensorrt": "fp16",
                               "torch-tensorrt": "fp16"}.get(format, "fp32")
+    if format == "tensorrt":
+        from entpruner_sdk.export.tensorrt import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"TensorRT engines are built in {' or '.join(PRECISIONS)} "
+                             f"(strongly typed from the ONNX), not {precision}; use "
+                             "--format torch-tensorrt for bf16")
     metadata = export_metadata(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
@@ -101,7 +108,9 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
         from entpruner_sdk.export.onnx_export import OPSET, export_onnx
 
         opset = opset or OPSET
-        dtype = torch.float16 if format == "onnx-fp16" else torch.float32
+        # TensorRT builds strongly typed from this file, so it carries the engine's precision
+        dtype = torch.float16 if format == "onnx-fp16" or (
+            format == "tensorrt" and precision == "fp16") else torch.float32
         export_onnx(model, directory / "model.onnx", dtype=dtype, opset=opset,
                     exporter=exporter)
         files = {"onnx": "model.onnx"}

@@ -19,7 +19,10 @@ import torch
 from entpruner_sdk.export.runtime import ExportedDenoiser
 from entpruner_sdk.utils.files import atomic_write_bytes, atomic_write_text
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+# Engines are built strongly typed from an ONNX already in the target precision (TensorRT 11
+# removed the FP16 / BF16 builder flags; on 10.x the STRONGLY_TYPED flag gives the same).
+# bf16 is not offered: ONNX opset 18 has no bf16 convolution.
+PRECISIONS = ("fp32", "fp16")
 INPUTS = ("x", "t", "y")
 
 
@@ -61,14 +64,18 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, c
     """Build a serialized engine from an ONNX denoiser with one optimisation profile over the
     batch (min, opt, max) and write it with its sidecar (GPU, TensorRT version, metadata).
 
+    The network is strongly typed: it runs in the ONNX file's own types, so ``precision``
+    (recorded in the sidecar) must match how the ONNX was exported (``export`` does this).
     ``timing_cache``: a file reused across builds (created if missing) to skip kernel timing.
     """
     trt = require_tensorrt()
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+        raise ValueError(f"unsupported TensorRT precision {precision!r}; choose one of "
+                         f"{PRECISIONS}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -76,10 +83,6 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, c
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
                                          int(workspace_gib * (1 << 30)))
-    if precision == "fp16":
-        builder_config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        builder_config.set_flag(trt.BuilderFlag.BF16)
     profile = builder.create_optimization_profile()
     low, opt, high = (input_shapes(config, b) for b in batch)
     for name in INPUTS:
@@ -141,22 +144,33 @@ class TensorRTDenoiser(ExportedDenoiser):
 
 def compile_torch_tensorrt(model, path: str | os.PathLike, *, batch=(1, 8, 32),
                            precision: str = "fp16") -> Path:
-    """``torch.export`` the denoiser, compile it with Torch-TensorRT, save the program."""
+    """``torch.export`` the denoiser in ``precision`` (fp32 inputs and outputs, cast inside),
+    compile it with Torch-TensorRT following those types, and save the program."""
+    import inspect
+
     torch_tensorrt = require_torch_tensorrt()
     from entpruner_sdk.export.graphs import Denoiser, example_inputs
 
-    module = Denoiser(model).cuda()
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(dtypes)}")
+    module = Denoiser(model, dtypes[precision]).cuda()
     inputs = tuple(tensor.cuda() for tensor in example_inputs(model, batch=batch[1]))
     dim = torch.export.Dim("batch", min=batch[0], max=batch[2])
     program = torch.export.export(module, inputs, dynamic_shapes=tuple({0: dim} for _ in inputs))
     low, opt, high = (input_shapes(model.config, b) for b in batch)
     specs = [torch_tensorrt.Input(min_shape=low[n], opt_shape=opt[n], max_shape=high[n],
                                   dtype=tensor.dtype) for n, tensor in zip(INPUTS, inputs)]
-    precisions = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    compiled = torch_tensorrt.dynamo.compile(program, inputs=specs,
-                                             enabled_precisions={precisions[precision]})
+    # Newer releases follow the graph's own types (use_explicit_typing; enabled_precisions is
+    # deprecated there); older ones need the precision listed.
+    options = inspect.signature(torch_tensorrt.dynamo.compile).parameters
+    typing = ({"use_explicit_typing": True} if "use_explicit_typing" in options
+              else {"enabled_precisions": {dtypes[precision]}})
+    compiled = torch_tensorrt.dynamo.compile(program, inputs=specs, **typing)
     path = Path(path)
-    torch_tensorrt.save(compiled, str(path), inputs=list(inputs))
+    save_options = inspect.signature(torch_tensorrt.save).parameters
+    key = "arg_inputs" if "arg_inputs" in save_options else "inputs"
+    torch_tensorrt.save(compiled, str(path), **{key: list(inputs)})
     return path
 
 

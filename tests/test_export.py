@@ -145,6 +145,8 @@ def test_bad_requests_give_clear_errors(tmp_path, onnx_export):
         export(model, result.directory, "onnx")
     with pytest.raises(ValueError, match="unknown export format 'coreml'"):
         export(model, tmp_path / "x", "coreml")
+    with pytest.raises(ValueError, match="strongly typed"):
+        export(model, tmp_path / "x", "tensorrt", precision="bf16")
     with pytest.raises(ValueError, match="min <= opt <= max"):
         export(model, tmp_path / "x", "onnx", batch=(8, 1, 4))
     with pytest.raises(RuntimeError, match="not available here"):
