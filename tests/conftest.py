@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 
@@ -42,3 +44,10 @@ def tiny_dit() -> DiffusionTransformer:
 @pytest.fixture
 def tiny_sit() -> DiffusionTransformer:
     return randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=True)))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

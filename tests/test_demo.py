@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from entpruner_sdk.apps.pair import generate_pair, load_pair
 from entpruner_sdk.compress import compress
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.models.io import save
-from tests.conftest import randomized, tiny_config
+from tests.conftest import free_port, randomized, tiny_config
 
 gr = pytest.importorskip("gradio")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -32,12 +31,6 @@ def models(tmp_path_factory):
     save(teacher, root / "teacher")
     compress(teacher, "digits", 2, **FAST).save(root / "pruned")
     return str(root / "teacher"), str(root / "pruned")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from entpruner_sdk.compress import compress
 from entpruner_sdk.evaluation.evaluate import generate
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.utils import distributed
-from tests.conftest import randomized, tiny_config
+from tests.conftest import free_port, randomized, tiny_config
 
 FAST = dict(steps=24, batch_size=8, interval=6, calibration_per_class=2, calibration_times=2,
             proxy_samples=4, report_samples=0, progress=False, device="cpu", seed=3)
@@ -48,12 +47,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import randomized, tiny_config
 
 from entpruner_sdk.cli import main
 from entpruner_sdk.export import (
@@ -22,6 +21,7 @@ from entpruner_sdk.export.parity import relative_error
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.models.io import save
 from entpruner_sdk.sampling import sample
+from tests.conftest import randomized, tiny_config
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

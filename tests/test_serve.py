@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import socket
 import threading
 import time
 
@@ -14,20 +13,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import randomized, tiny_config
 
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.serve import ServerSettings, create_app, decode_array, parse_model_specs
 from entpruner_sdk.serve.models import _from_torch, load_served_model
 from entpruner_sdk.serve.server import check_exposure
+from tests.conftest import free_port, randomized, tiny_config
 
 uvicorn = pytest.importorskip("uvicorn")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
