@@ -51,6 +51,9 @@ CED_VARIANTS = {
     "ced-diagonal": dict(importance="ced", schedule="adaptive", ced_estimator="diagonal"),
     "ced-prediction-diagonal": dict(importance="ced", schedule="adaptive",
                                     ced_output="prediction", ced_estimator="diagonal"),
+    # removals packed into the first quarter of the steps (decision every 1/12 of the run)
+    "ced-adaptive-early": dict(importance="ced", schedule="adaptive", prune_fraction=0.25,
+                               interval="steps/12"),
 }
 TEACHERS = {("digits", "dit"): "dit-digits", ("digits", "sit"): "sit-digits",
             ("photos", "dit"): "dit-photos", ("photos", "sit"): "sit-photos"}
@@ -90,9 +93,12 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1) -> list[
                     continue
                 torch.manual_seed(seed)
                 start = time.perf_counter()
-                result = compress(teacher, data, keep, steps=config["steps"],
-                                  interval=config["interval"], progress=False, seed=seed,
-                                  report_samples=0, **{**METHODS, **CED_VARIANTS}[method])
+                options = {"interval": config["interval"],
+                           **{**METHODS, **CED_VARIANTS}[method]}
+                if options["interval"] == "steps/12":
+                    options["interval"] = max(1, config["steps"] // 12)
+                result = compress(teacher, data, keep, steps=config["steps"], progress=False,
+                                  seed=seed, report_samples=0, **options)
                 seconds = time.perf_counter() - start
                 rows.append(dict(
                     dataset=dataset, family=family, keep=keep, method=method, seed=seed,

@@ -76,3 +76,16 @@ def test_latency_model_grows_with_depth():
     latency = LatencyModel.measure(model, batch)
     assert latency.per_block > 0 and latency(6) > latency(3)
     assert latency.speedup(6, 3) > 1
+
+
+def test_tied_votes_go_to_the_faster_candidate():
+    from entpruner_sdk.compress.decide import Candidate, choose
+
+    # proxies prefer the deeper model, time the shallower: every k totals 2.0
+    votes = rank_vote(latency=[3.0, 2.0, 1.0], ntk=[1.0, 2.0, 3.0], zico_scores=[3.0, 2.0, 1.0])
+    candidates = [Candidate(k, list(range(k)), 6 - k, 1.0, vote=v)
+                  for k, v in zip((0, 1, 2), votes)]
+    assert len(set(votes)) == 1
+    assert choose(candidates).k == 2
+    candidates[1].vote = 1.0  # a real winner still wins
+    assert choose(candidates).k == 1
