@@ -51,6 +51,8 @@ CED_VARIANTS = {
     "ced-diagonal": dict(importance="ced", schedule="adaptive", ced_estimator="diagonal"),
     "ced-prediction-diagonal": dict(importance="ced", schedule="adaptive",
                                     ced_output="prediction", ced_estimator="diagonal"),
+    # the adaptive schedule removing blocks in the teacher's CED order (ranked once)
+    "ced-adaptive-fixed-order": dict(importance="ced", schedule="adaptive", rerank=False),
     # removals packed into the first quarter of the steps (decision every 1/12 of the run)
     "ced-adaptive-early": dict(importance="ced", schedule="adaptive", prune_fraction=0.25,
                                interval="steps/12"),

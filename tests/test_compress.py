@@ -139,3 +139,29 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True,
                  **dict(FAST, lr=1e-3))
+
+
+def test_fixed_order_ranks_once_and_resumes(tmp_path, monkeypatch):
+    options = dict(FAST, steps=30, interval=5, checkpoint_every=5, rerank=False)
+    full = compress(teacher(), "digits", 3, out_dir=tmp_path / "a", **options)
+    first = {row["block"]: row["score"] for row in full.report["decisions"][0]["scores"]}
+    assert len(first) == 6 and full.model.depth == 3
+    removals = [d for d in full.report["decisions"] if d["removed"]]
+    assert len(removals) >= 2  # progressive: more than one removal
+    for decision in full.report["decisions"]:
+        assert all(row["score"] == first[row["block"]] for row in decision["scores"])
+    real_step = compress_module._train_step
+
+    def crash_at_12(run, *args):
+        if run.step == 12:
+            raise KeyboardInterrupt
+        return real_step(run, *args)
+
+    monkeypatch.setattr(compress_module, "_train_step", crash_at_12)
+    with pytest.raises(KeyboardInterrupt):
+        compress(teacher(), "digits", 3, out_dir=tmp_path / "b", **options)
+    monkeypatch.setattr(compress_module, "_train_step", real_step)
+    resumed = compress(teacher(), "digits", 3, out_dir=tmp_path / "b", resume=True, **options)
+    assert resumed.model.kept_blocks == full.model.kept_blocks
+    assert [d["removed"] for d in resumed.report["decisions"]] == [
+        d["removed"] for d in full.report["decisions"]]

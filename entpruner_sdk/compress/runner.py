@@ -23,7 +23,7 @@ from entpruner_sdk.compress.budget import Budget, budget_device, resolve_depth
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import DistillConfig, distillation_loss
 from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
-from entpruner_sdk.importance import CalibrationSet, make_importance
+from entpruner_sdk.importance import BlockScores, CalibrationSet, FrozenRanking, make_importance
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
@@ -267,6 +267,8 @@ def compress(
     importance = make_importance(config.importance, config.seed, output=config.ced_output,
                                  estimator=config.ced_estimator,
                                  reduce=distributed.all_reduce_sum_ if world > 1 else None)
+    if not config.schedule.rerank:
+        importance = FrozenRanking(importance, _first_scores(run.decisions))
     # CED sums mergeable statistics, so each rank scores its own share of the calibration set
     scored = (calibration.shard(rank, world)
               if world > 1 and config.importance == "ced" else calibration)
@@ -366,6 +368,15 @@ def _train_step(run: _Run, teacher, objective, data, step: int, device) -> float
     run.ema.update(run.student, step)
     # the global batch's loss (equal slices), so the recovery gate sees the same on every rank
     return distributed.mean_across(loss.detach().item())
+
+
+def _first_scores(decisions: list[Decision]) -> BlockScores | None:
+    """The first decision's scores (a resumed fixed-order run must keep its ranking)."""
+    if not decisions:
+        return None
+    table = decisions[0].scores
+    return BlockScores("restored", [row["score"] for row in table],
+                       [row["block"] for row in table])
 
 
 def _slice(batch, rank: int, world: int):

@@ -6,6 +6,7 @@ from entpruner_sdk.importance.base import BlockScores, Importance
 from entpruner_sdk.importance.baselines import BlockInfluence, RandomImportance, UniformImportance
 from entpruner_sdk.importance.calibration import CalibrationSet
 from entpruner_sdk.importance.ced import CED, naive_ced
+from entpruner_sdk.importance.frozen import FrozenRanking
 
 IMPORTANCES = ("ced", "bi", "random", "uniform")
 
@@ -21,5 +22,5 @@ def make_importance(name: str | Importance, seed: int = 0, **options) -> Importa
     return factories[name]()
 
 
-__all__ = ["CED", "IMPORTANCES", "BlockInfluence", "BlockScores", "CalibrationSet",
+__all__ = ["CED", "IMPORTANCES", "BlockInfluence", "BlockScores", "CalibrationSet", "FrozenRanking",
            "Importance", "RandomImportance", "UniformImportance", "make_importance", "naive_ced"]
