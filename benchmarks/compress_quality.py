@@ -46,16 +46,21 @@ METHODS = {
 }
 # CED variants (what X is, which estimator), for choosing the defaults: --methods ced-variants
 CED_VARIANTS = {
-    "ced-prediction": dict(importance="ced", schedule="adaptive", ced_output="prediction"),
-    "ced-sampler": dict(importance="ced", schedule="adaptive", ced_output="sampler"),
-    "ced-diagonal": dict(importance="ced", schedule="adaptive", ced_estimator="diagonal"),
+    # (these variants re-rank at every decision, as the default did when they were measured)
+    "ced-prediction": dict(importance="ced", schedule="adaptive", ced_output="prediction",
+                           rerank=True),
+    "ced-sampler": dict(importance="ced", schedule="adaptive", ced_output="sampler",
+                        rerank=True),
+    "ced-diagonal": dict(importance="ced", schedule="adaptive", ced_estimator="diagonal",
+                         rerank=True),
     "ced-prediction-diagonal": dict(importance="ced", schedule="adaptive",
-                                    ced_output="prediction", ced_estimator="diagonal"),
-    # the adaptive schedule removing blocks in the teacher's CED order (ranked once)
-    "ced-adaptive-fixed-order": dict(importance="ced", schedule="adaptive", rerank=False),
+                                    ced_output="prediction", ced_estimator="diagonal",
+                                    rerank=True),
+    # re-ranking the current student at every decision (the default before the medium run)
+    "ced-adaptive-rerank": dict(importance="ced", schedule="adaptive", rerank=True),
     # removals packed into the first quarter of the steps (decision every 1/12 of the run)
     "ced-adaptive-early": dict(importance="ced", schedule="adaptive", prune_fraction=0.25,
-                               interval="steps/12"),
+                               interval="steps/12", rerank=True),
 }
 TEACHERS = {("digits", "dit"): "dit-digits", ("digits", "sit"): "sit-digits",
             ("photos", "dit"): "dit-photos", ("photos", "sit"): "sit-photos"}

@@ -146,9 +146,10 @@ def _add_compress(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--interval", type=int, default=50, help="steps between decision points")
     p.add_argument("--k-max", type=int, default=2, help="most blocks removed per decision")
-    p.add_argument("--no-rerank", action="store_true",
-                   help="rank the blocks once on the teacher and remove them in that order "
-                        "(the schedule still decides when and how many)")
+    p.add_argument("--rerank", action="store_true",
+                   help="recompute the importance on the current student at every decision "
+                        "(default: rank once on the teacher and remove in that order; the "
+                        "schedule decides when and how many either way)")
     p.add_argument("--calibration-per-class", type=int, default=16)
     p.add_argument("--calibration-times", type=int, default=8)
     p.add_argument("--ced-output", default="denoised",
@@ -415,7 +416,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         model, args.data, args.budget, device=device, out_dir=args.out,
         resume=args.resume, progress=not args.quiet, importance=args.importance,
         schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        interval=args.interval, k_max=args.k_max, rerank=not args.no_rerank,
+        interval=args.interval, k_max=args.k_max, rerank=args.rerank,
         calibration_per_class=args.calibration_per_class,
         calibration_times=args.calibration_times, ced_output=args.ced_output,
         ced_estimator=args.ced_estimator, protect=protect, kd_weight=args.kd_weight,

@@ -141,8 +141,16 @@ def test_resume_with_other_settings_is_refused(tmp_path):
                  **dict(FAST, lr=1e-3))
 
 
+def test_rerank_scores_the_current_student_at_each_decision():
+    result = compress(teacher(), "digits", 3, **dict(FAST, steps=30, interval=5, rerank=True))
+    decisions = result.report["decisions"]
+    first = {row["block"]: row["score"] for row in decisions[0]["scores"]}
+    later = [row for d in decisions[1:] for row in d["scores"]]
+    assert later and any(row["score"] != first[row["block"]] for row in later)
+
+
 def test_fixed_order_ranks_once_and_resumes(tmp_path, monkeypatch):
-    options = dict(FAST, steps=30, interval=5, checkpoint_every=5, rerank=False)
+    options = dict(FAST, steps=30, interval=5, checkpoint_every=5)  # rerank=False: default
     full = compress(teacher(), "digits", 3, out_dir=tmp_path / "a", **options)
     first = {row["block"]: row["score"] for row in full.report["decisions"][0]["scores"]}
     assert len(first) == 6 and full.model.depth == 3

@@ -22,7 +22,9 @@ class ScheduleConfig:
     recovery_tolerance: float = 0.1  # recovered: recent loss <= (1 + tol) * pre-removal loss
     proxy_samples: int = 8  # samples in the NTK
     vote_weights: tuple[float, float, float] = (1.0, 0.5, 0.5)  # time, NTK, ZiCo
-    rerank: bool = True  # recompute importance at every decision (False: rank once, reuse)
+    # False (the default, chosen by the benchmark): rank once on the teacher and remove in that
+    # order; True: recompute the importance on the current student at every decision.
+    rerank: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("adaptive", "one-shot"):
