@@ -16,6 +16,21 @@ FAST = dict(steps=24, batch_size=8, interval=6, calibration_per_class=2, calibra
             proxy_samples=4, report_samples=0, progress=False, device="cpu")
 
 
+def crash_at(monkeypatch, step: int, *args, **kwargs) -> None:
+    """Run compress until it is interrupted (as by Ctrl-C) before training step ``step``."""
+    real_step = compress_module._train_step
+
+    def crashing(run, *step_args):
+        if run.step == step:
+            raise KeyboardInterrupt
+        return real_step(run, *step_args)
+
+    monkeypatch.setattr(compress_module, "_train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        compress(*args, **kwargs)
+    monkeypatch.setattr(compress_module, "_train_step", real_step)
+
+
 def teacher(family="dit", depth=6):
     return randomized(DiffusionTransformer(tiny_config(family, depth=depth)))
 
@@ -109,17 +124,7 @@ def test_unknown_options_are_named():
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     options = dict(FAST, steps=30, checkpoint_every=5)
     full = compress(teacher(), "digits", 3, out_dir=tmp_path / "a", **options)
-    real_step = compress_module._train_step
-
-    def crash_at_17(run, *args):
-        if run.step == 17:
-            raise KeyboardInterrupt
-        return real_step(run, *args)
-
-    monkeypatch.setattr(compress_module, "_train_step", crash_at_17)
-    with pytest.raises(KeyboardInterrupt):
-        compress(teacher(), "digits", 3, out_dir=tmp_path / "b", **options)
-    monkeypatch.setattr(compress_module, "_train_step", real_step)
+    crash_at(monkeypatch, 17, teacher(), "digits", 3, out_dir=tmp_path / "b", **options)
     resumed = compress(teacher(), "digits", 3, out_dir=tmp_path / "b", resume=True, **options)
     assert resumed.model.kept_blocks == full.model.kept_blocks
     a, b = full.model.state_dict(), resumed.model.state_dict()
@@ -158,17 +163,7 @@ def test_fixed_order_ranks_once_and_resumes(tmp_path, monkeypatch):
     assert len(removals) >= 2  # progressive: more than one removal
     for decision in full.report["decisions"]:
         assert all(row["score"] == first[row["block"]] for row in decision["scores"])
-    real_step = compress_module._train_step
-
-    def crash_at_12(run, *args):
-        if run.step == 12:
-            raise KeyboardInterrupt
-        return real_step(run, *args)
-
-    monkeypatch.setattr(compress_module, "_train_step", crash_at_12)
-    with pytest.raises(KeyboardInterrupt):
-        compress(teacher(), "digits", 3, out_dir=tmp_path / "b", **options)
-    monkeypatch.setattr(compress_module, "_train_step", real_step)
+    crash_at(monkeypatch, 12, teacher(), "digits", 3, out_dir=tmp_path / "b", **options)
     resumed = compress(teacher(), "digits", 3, out_dir=tmp_path / "b", resume=True, **options)
     assert resumed.model.kept_blocks == full.model.kept_blocks
     assert [d["removed"] for d in resumed.report["decisions"]] == [
