@@ -153,7 +153,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--calibration-per-class", type=int, default=16)
     p.add_argument("--calibration-times", type=int, default=8)
     p.add_argument("--ced-output", default="denoised",
-                   choices=["prediction", "denoised", "sampler"])
+                   choices=["prediction", "denoised", "clipped", "sampler"])
     p.add_argument("--ced-estimator", default="sample", choices=["sample", "diagonal"])
     p.add_argument("--protect", help="comma-separated original block indices never removed "
                    "(default: first and last); 'none' protects nothing")

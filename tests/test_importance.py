@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -33,7 +35,7 @@ def make_identity(model, block):
 
 
 @pytest.mark.parametrize("family", ["dit", "sit"])
-@pytest.mark.parametrize("output", ["prediction", "denoised", "sampler"])
+@pytest.mark.parametrize("output", ["prediction", "denoised", "clipped", "sampler"])
 @pytest.mark.parametrize("estimator", ["sample", "diagonal"])
 def test_ced_is_zero_for_an_identity_block_and_positive_otherwise(family, output, estimator):
     model, objective, calibration = setup(family)
@@ -46,13 +48,30 @@ def test_ced_is_zero_for_an_identity_block_and_positive_otherwise(family, output
 
 
 @pytest.mark.parametrize("family", ["dit", "sit"])
-@pytest.mark.parametrize("output", ["prediction", "denoised"])
+@pytest.mark.parametrize("output", ["prediction", "denoised", "clipped"])
 @pytest.mark.parametrize("estimator", ["sample", "diagonal"])
 def test_prefix_cached_ced_equals_the_naive_computation(family, output, estimator):
     model, objective, calibration = setup(family)
     cached = CED(output, estimator, batch_size=7).score(model, objective, calibration, CPU)
     naive = naive_ced(model, objective, calibration, CPU, output, estimator)
     assert cached.scores == pytest.approx(naive, rel=1e-4, abs=1e-7)  # fp32 batch rounding
+
+
+def test_clipped_ced_bounds_the_estimate_by_the_data_range():
+    model, objective, calibration = setup("dit")
+    low, high = calibration.value_range
+    assert low.shape == (1, 1, 1, 1) and -1.0 <= float(low) < float(high) <= 1.0
+    shard = calibration.shard(1, 2)  # a shard keeps the whole set's range (same on every rank)
+    assert all(torch.equal(a, b) for a, b in zip(shard.value_range, calibration.value_range))
+    ced = CED("clipped")
+    ced.score(model, objective, calibration, CPU)
+    _, batch = next(calibration.batches(objective, CPU))
+    late = batch.t.clone().fill_(int(objective.num_timesteps) - 1)
+    wild = torch.randn(len(batch.t), 2 * model.config.in_channels, 8, 8) * 5
+    plain = CED("denoised")._x(objective, wild, dataclasses.replace(batch, t=late))
+    clipped = ced._x(objective, wild, dataclasses.replace(batch, t=late))
+    assert plain.abs().max() > 10  # 1 / sqrt(alpha_bar) amplifies the noise prediction
+    assert float(clipped.min()) >= float(low) and float(clipped.max()) <= float(high)
 
 
 def test_ced_is_deterministic_and_reports_entropies():

@@ -23,6 +23,14 @@ class CalibrationSet:
     noise: torch.Tensor  # [N, C, H, W], fixed
     times: torch.Tensor  # [T] model times
     num_classes: int
+    # per-channel (min, max) of the images, each [1, C, 1, 1]; a shard keeps the whole set's
+    value_range: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.value_range is None:
+            per_channel = self.images.transpose(0, 1).flatten(1)
+            self.value_range = (per_channel.amin(dim=1).view(1, -1, 1, 1),
+                                per_channel.amax(dim=1).view(1, -1, 1, 1))
 
     @classmethod
     def build(cls, data: ImageDataset, objective: Objective, per_class: int = 16,
@@ -54,4 +62,4 @@ class CalibrationSet:
         """This rank's share of the samples (timesteps are shared)."""
         index = torch.arange(rank, len(self), world_size)
         return CalibrationSet(self.images[index], self.labels[index], self.noise[index],
-                              self.times, self.num_classes)
+                              self.times, self.num_classes, self.value_range)

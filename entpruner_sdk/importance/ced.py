@@ -22,15 +22,22 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import FlowMatching, NoisedBatch, Objective
 from entpruner_sdk.utils.device import autocast
 
-OUTPUTS = ("prediction", "denoised", "sampler")
+OUTPUTS = ("prediction", "denoised", "clipped", "sampler")
 
 
 class CED(Importance):
     """CED importance.
 
     ``output``: what X is: ``prediction`` (epsilon / velocity), ``denoised`` (the clean-sample
-    estimate derived from it) or ``sampler`` (the result of a ``sampler_steps``-step
+    estimate derived from it), ``clipped`` (that estimate clipped, per channel, to the range
+    the calibration data occupies) or ``sampler`` (the result of a ``sampler_steps``-step
     deterministic sampler run from the calibration noise; no prefix caching there).
+
+    Why ``clipped``: an epsilon-prediction model's estimate x0 = (x_t - sqrt(1 - a) eps) /
+    sqrt(a) multiplies any change of eps by 1 / sqrt(a), about 80 at the noisiest calibration
+    timestep of a 1000-step linear schedule, so without clipping the last timesteps outweigh
+    all others in the average; clipping bounds what one timestep can contribute. The range
+    is read from the data (pixels in [-1, 1], VAE latents wider), never assumed.
     ``estimator``: ``sample`` or ``diagonal`` (see ``entropy``).
     ``reduce``: optional hook that sums the accumulators' tensors across processes in place.
     """
@@ -49,6 +56,7 @@ class CED(Importance):
     def score(self, model: DiffusionTransformer, objective: Objective,
               calibration: CalibrationSet, device: torch.device) -> BlockScores:
         model = model.eval()
+        self._bounds = [b.to(device) for b in calibration.value_range]
         if self.output == "sampler":
             full, dropped = self._sampler_statistics(model, objective, calibration, device)
         else:
@@ -75,7 +83,10 @@ class CED(Importance):
         output = output.float()
         if self.output == "prediction":
             return objective.prediction(output)
-        return objective.denoised(output, batch.x_t, batch.t)
+        denoised = objective.denoised(output, batch.x_t, batch.t)
+        if self.output == "clipped":
+            return denoised.clamp(*self._bounds)
+        return denoised
 
     def _cached_statistics(self, model, objective, calibration, device):
         num_times = len(calibration.times)
@@ -114,6 +125,7 @@ def naive_ced(model: DiffusionTransformer, objective: Objective, calibration: Ca
     """CED by N + 1 full forward passes per batch (no caching): the reference the cached
     computation is tested against, and the cost baseline of the benchmark."""
     ced = CED(output, estimator)
+    ced._bounds = [b.to(device) for b in calibration.value_range]
     num_times = len(calibration.times)
     full = ced._accumulators(calibration, model, num_times)
     dropped = [ced._accumulators(calibration, model, num_times) for _ in model.blocks]
