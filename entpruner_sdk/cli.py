@@ -146,6 +146,8 @@ def _add_compress(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--interval", type=int, default=50, help="steps between decision points")
     p.add_argument("--k-max", type=int, default=2, help="most blocks removed per decision")
+    p.add_argument("--prune-fraction", type=float, default=0.25,
+                   help="every removal happens within this share of the steps")
     p.add_argument("--rerank", action="store_true",
                    help="recompute the importance on the current student at every decision "
                         "(default: rank once on the teacher and remove in that order; the "
@@ -416,7 +418,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         model, args.data, args.budget, device=device, out_dir=args.out,
         resume=args.resume, progress=not args.quiet, importance=args.importance,
         schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        interval=args.interval, k_max=args.k_max, rerank=args.rerank,
+        interval=args.interval, k_max=args.k_max, prune_fraction=args.prune_fraction,
+        rerank=args.rerank,
         calibration_per_class=args.calibration_per_class,
         calibration_times=args.calibration_times, ced_output=args.ced_output,
         ced_estimator=args.ced_estimator, protect=protect, kd_weight=args.kd_weight,

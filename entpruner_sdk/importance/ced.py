@@ -51,6 +51,7 @@ class CED(Importance):
         self.output, self.estimator = output, estimator
         self.batch_size, self.sampler_steps = batch_size, sampler_steps
         self.reduce = reduce
+        self._bounds: list[torch.Tensor] | None = None  # the data range, set by score()
 
     @torch.no_grad()
     def score(self, model: DiffusionTransformer, objective: Objective,
