@@ -45,6 +45,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                     "kept": result.model.kept_blocks,
                     "processes": result.report["summary"]["processes"]},
                    os.path.join(out, f"rank{rank}.pt"))
+        # leave together: rank 0 hosts the rendezvous store, and a rank still tearing down
+        # its gloo pair when the store goes away can abort ("terminate called ...")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
