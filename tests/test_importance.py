@@ -63,13 +63,11 @@ def test_clipped_ced_bounds_the_estimate_by_the_data_range():
     assert low.shape == (1, 1, 1, 1) and -1.0 <= float(low) < float(high) <= 1.0
     shard = calibration.shard(1, 2)  # a shard keeps the whole set's range (same on every rank)
     assert all(torch.equal(a, b) for a, b in zip(shard.value_range, calibration.value_range))
-    ced = CED("clipped")
-    ced.score(model, objective, calibration, CPU)
     _, batch = next(calibration.batches(objective, CPU))
-    late = batch.t.clone().fill_(int(objective.num_timesteps) - 1)
+    batch = dataclasses.replace(batch, t=batch.t.clone().fill_(objective.num_timesteps - 1))
     wild = torch.randn(len(batch.t), 2 * model.config.in_channels, 8, 8) * 5
-    plain = CED("denoised")._x(objective, wild, dataclasses.replace(batch, t=late))
-    clipped = ced._x(objective, wild, dataclasses.replace(batch, t=late))
+    plain = CED("denoised")._x(objective, wild, batch, calibration.value_range)
+    clipped = CED("clipped")._x(objective, wild, batch, calibration.value_range)
     assert plain.abs().max() > 10  # 1 / sqrt(alpha_bar) amplifies the noise prediction
     assert float(clipped.min()) >= float(low) and float(clipped.max()) <= float(high)
 

@@ -51,13 +51,11 @@ class CED(Importance):
         self.output, self.estimator = output, estimator
         self.batch_size, self.sampler_steps = batch_size, sampler_steps
         self.reduce = reduce
-        self._bounds: list[torch.Tensor] | None = None  # the data range, set by score()
 
     @torch.no_grad()
     def score(self, model: DiffusionTransformer, objective: Objective,
               calibration: CalibrationSet, device: torch.device) -> BlockScores:
         model = model.eval()
-        self._bounds = [b.to(device) for b in calibration.value_range]
         if self.output == "sampler":
             full, dropped = self._sampler_statistics(model, objective, calibration, device)
         else:
@@ -80,26 +78,30 @@ class CED(Importance):
         return [EntropyAccumulator(self.estimator, calibration.num_classes, dims)
                 for _ in range(count)]
 
-    def _x(self, objective: Objective, output: torch.Tensor, batch: NoisedBatch) -> torch.Tensor:
+    def _x(self, objective: Objective, output: torch.Tensor, batch: NoisedBatch,
+           value_range: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         output = output.float()
         if self.output == "prediction":
             return objective.prediction(output)
         denoised = objective.denoised(output, batch.x_t, batch.t)
         if self.output == "clipped":
-            return denoised.clamp(*self._bounds)
+            low, high = (bound.to(denoised.device) for bound in value_range)
+            return denoised.clamp(low, high)
         return denoised
 
     def _cached_statistics(self, model, objective, calibration, device):
         num_times = len(calibration.times)
         full = self._accumulators(calibration, model, num_times)
         dropped = [self._accumulators(calibration, model, num_times) for _ in model.blocks]
+        value_range = [bound.to(device) for bound in calibration.value_range]
         for ti, batch in calibration.batches(objective, device, self.batch_size):
             with autocast(device):
                 output, states, c = model.forward_with_block_inputs(batch.x_t, batch.t, batch.y)
-                full[ti].update(self._x(objective, output, batch), batch.y)
+                full[ti].update(self._x(objective, output, batch, value_range), batch.y)
                 for i in range(model.depth):
                     skipped = model.head(model.run_blocks(states[i], c, start=i + 1), c)
-                    dropped[i][ti].update(self._x(objective, skipped, batch), batch.y)
+                    x = self._x(objective, skipped, batch, value_range)
+                    dropped[i][ti].update(x, batch.y)
         return full, dropped
 
     def _sampler_statistics(self, model, objective, calibration, device):
@@ -126,16 +128,17 @@ def naive_ced(model: DiffusionTransformer, objective: Objective, calibration: Ca
     """CED by N + 1 full forward passes per batch (no caching): the reference the cached
     computation is tested against, and the cost baseline of the benchmark."""
     ced = CED(output, estimator)
-    ced._bounds = [b.to(device) for b in calibration.value_range]
     num_times = len(calibration.times)
     full = ced._accumulators(calibration, model, num_times)
     dropped = [ced._accumulators(calibration, model, num_times) for _ in model.blocks]
     with torch.no_grad():
         for ti, batch in calibration.batches(objective, device):
-            full[ti].update(ced._x(objective, model(batch.x_t, batch.t, batch.y), batch), batch.y)
+            output = model(batch.x_t, batch.t, batch.y)
+            full[ti].update(ced._x(objective, output, batch, calibration.value_range), batch.y)
             for i in range(model.depth):
                 out = model(batch.x_t, batch.t, batch.y, skip_blocks=[i])
-                dropped[i][ti].update(ced._x(objective, out, batch), batch.y)
+                x = ced._x(objective, out, batch, calibration.value_range)
+                dropped[i][ti].update(x, batch.y)
     h_full = [a.entropy() for a in full]
     return [sum(abs(hf - d.entropy()) for hf, d in zip(h_full, row)) / num_times
             for row in dropped]
