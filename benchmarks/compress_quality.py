@@ -71,6 +71,7 @@ OTHER_VARIANTS = {
     # the default before the full grid: removals may run until half of the steps
     "ced-adaptive-half": dict(importance="ced", schedule="adaptive", prune_fraction=0.5),
 }
+ALL_METHODS = {**METHODS, **CED_VARIANTS, **OTHER_VARIANTS}
 TEACHERS = {("digits", "dit"): "dit-digits", ("digits", "sit"): "sit-digits",
             ("photos", "dit"): "dit-photos", ("photos", "sit"): "sit-photos"}
 
@@ -117,8 +118,8 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1) -> list[
         teacher = load_teacher(name)
         data = _data(dataset)
         sampling = SAMPLING[family]
+        fid = wants_fid(config, keep, teacher.depth)
         for seed in range(seeds):
-            fid = wants_fid(config, keep, teacher.depth)
             if (dataset, family, teacher.depth, "teacher", seed) not in done:
                 rows.append(dict(dataset=dataset, family=family, keep=teacher.depth,
                                  method="teacher", seed=seed, seconds=0.0,
@@ -132,7 +133,7 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1) -> list[
                 torch.manual_seed(seed)
                 start = time.perf_counter()
                 options = {"interval": config["interval"],
-                           **{**METHODS, **CED_VARIANTS, **OTHER_VARIANTS}[method]}
+                           **ALL_METHODS[method]}
                 if options["interval"] == "steps/12":
                     options["interval"] = max(1, config["steps"] // 12)
                 result = compress(teacher, data, keep, steps=config["steps"], progress=False,
@@ -241,6 +242,9 @@ def main(argv=None) -> int:
     suffix = f"_{args.tag}" if args.tag else "_quick" if args.quick else ""
     results = RESULTS / f"compress_quality{suffix}.json"
     methods = args.methods.replace("ced-variants", ",".join(CED_VARIANTS)).split(",")
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
     rows = run_grid(grid, methods, config, results, args.seeds)
     text = table(rows, config)
     atomic_write_text(RESULTS / f"compress_quality{suffix}.md", text)
