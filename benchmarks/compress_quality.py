@@ -71,6 +71,11 @@ OTHER_VARIANTS = {
     # the default before the full grid: removals may run until half of the steps
     "ced-adaptive-half": dict(importance="ced", schedule="adaptive", prune_fraction=0.5),
 }
+# the recovery learning-rate sweep (compress's default is 1.2e-3 for the width-96 teachers)
+for _lr in (1e-4, 3e-4, 1e-3, 2e-3):
+    OTHER_VARIANTS[f"ced-adaptive-lr{_lr:g}"] = dict(importance="ced", schedule="adaptive",
+                                                     lr=_lr)
+    OTHER_VARIANTS[f"bi-lr{_lr:g}"] = dict(importance="bi", schedule="one-shot", lr=_lr)
 ALL_METHODS = {**METHODS, **CED_VARIANTS, **OTHER_VARIANTS}
 TEACHERS = {("digits", "dit"): "dit-digits", ("digits", "sit"): "sit-digits",
             ("photos", "dit"): "dit-photos", ("photos", "sit"): "sit-photos"}
@@ -133,6 +138,7 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1) -> list[
                 torch.manual_seed(seed)
                 start = time.perf_counter()
                 options = {"interval": config["interval"],
+                           **({"lr": config["lr"]} if config.get("lr") else {}),
                            **ALL_METHODS[method]}
                 if options["interval"] == "steps/12":
                     options["interval"] = max(1, config["steps"] // 12)
@@ -142,6 +148,7 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1) -> list[
                 rows.append(dict(
                     dataset=dataset, family=family, keep=keep, method=method, seed=seed,
                     seconds=seconds, kept_blocks=result.model.kept_blocks,
+                    lr=result.report["settings"]["lr"],
                     speedup=result.report["summary"]["sampling_latency"]["speedup"],
                     **score(result.model, data, sampling, config,
                             original=teacher if config["fidelity"] else None, seed=seed,
@@ -220,6 +227,8 @@ def main(argv=None) -> int:
                         help="repeat every method with seeds 0..N-1 (mean +- sd in the table)")
     parser.add_argument("--steps", type=int, help="override the fine-tuning steps")
     parser.add_argument("--samples", type=int, help="override the evaluation samples")
+    parser.add_argument("--lr", type=float,
+                        help="fine-tuning learning rate for every method (default: compress's)")
     parser.add_argument("--no-fid", action="store_true", help="skip the Inception FID")
     parser.add_argument("--fidelity", action="store_true",
                         help="also score fidelity to the teacher (PSNR/SSIM; samples the "
@@ -227,8 +236,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", help="results go to compress_quality_TAG.json / .md")
     args = parser.parse_args(argv)
     config = settings(args.quick)
-    config.update({k: v for k, v in (("steps", args.steps), ("samples", args.samples))
-                   if v is not None})
+    config.update({k: v for k, v in (("steps", args.steps), ("samples", args.samples),
+                                     ("lr", args.lr)) if v is not None})
     if args.no_fid:
         config["inception"] = False
     if args.fidelity:

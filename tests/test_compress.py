@@ -6,6 +6,7 @@ import torch
 import entpruner_sdk as ep
 from entpruner_sdk.compress import Budget, BudgetError, compress, resolve_depth
 from entpruner_sdk.compress import runner as compress_module
+from entpruner_sdk.compress.runner import recovery_lr
 from entpruner_sdk.data import DataError, load_data
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.sampling import sample
@@ -139,6 +140,18 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeyp
                                 for c in d["candidates"]]} for d in decisions]
 
     assert strip(resumed.report["decisions"]) == strip(full.report["decisions"])
+
+
+def test_default_learning_rate_scales_with_width_and_is_recorded():
+    assert recovery_lr(1152) == pytest.approx(1e-4)  # DiT-XL: DiT's own rate
+    assert recovery_lr(2304) == pytest.approx(5e-5)
+    assert recovery_lr(96) == pytest.approx(1.2e-3)  # the bundled teachers
+    assert recovery_lr(32) == 2e-3  # capped
+    model = teacher()
+    result = compress(model, "digits", 4, **dict(FAST, steps=6))
+    assert result.report["settings"]["lr"] == recovery_lr(model.config.hidden_size)
+    assert compress(model, "digits", 4, **dict(FAST, steps=6, lr=3e-4)
+                    ).report["settings"]["lr"] == 3e-4
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

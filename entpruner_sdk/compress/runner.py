@@ -52,7 +52,7 @@ class CompressConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     steps: int = 1000
     batch_size: int = 64
-    lr: float = 1e-4
+    lr: float | None = None  # None: recovery_lr(hidden size), resolved when the run starts
     ema_decay: float = 0.999
     calibration_per_class: int = 16
     calibration_times: int = 8
@@ -83,6 +83,20 @@ class CompressConfig:
                 options[key] = tuple(options[key])
         return cls(schedule=ScheduleConfig(**schedule), distill=DistillConfig(**distill),
                    **options)
+
+
+# DiT's recipe trains DiT-XL (hidden 1152) with AdamW at 1e-4. Adam moves every weight by about
+# the same amount whatever its fan-in, so a narrower model needs a larger rate for the same
+# relative change of its activations (muP's 1 / width rule): 1.2e-3 for the bundled width-96
+# teachers, which at 1e-4 had not recovered after the benchmark's 600 steps (docs/benchmarks.md,
+# "Recovery learning rate"). The cap is the largest rate that benchmark measured.
+REFERENCE_LR, REFERENCE_WIDTH, MAX_RECOVERY_LR = 1e-4, 1152, 2e-3
+
+
+def recovery_lr(hidden_size: int) -> float:
+    """The default fine-tuning learning rate: 1e-4 at DiT-XL's width, scaled by 1 / width,
+    at most 2e-3."""
+    return min(MAX_RECOVERY_LR, REFERENCE_LR * REFERENCE_WIDTH / hidden_size)
 
 
 @dataclass
@@ -232,6 +246,8 @@ def compress(
         raise ValueError(f"batch_size {config.batch_size} does not split over {world} "
                          f"processes; use a multiple of {world}")
     budget = Budget.parse(budget)
+    if config.lr is None:
+        config = dataclasses.replace(config, lr=recovery_lr(model.config.hidden_size))
     data = load_data(data)
     check_data(model, data, config.num_classes)
     teacher = copy.deepcopy(model).to(device)
