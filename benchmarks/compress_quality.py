@@ -11,6 +11,7 @@ recall (domain features), class accuracy, and standard FID (Inception) where the
 extra is installed. The teacher is scored the same way.
 
     python benchmarks/compress_quality.py            # full grid (about 1 hour on 2 CPU cores)
+    python benchmarks/compress_quality.py --random-draws 3   # + random at seeds 1, 2
     python benchmarks/compress_quality.py --quick    # digits, DiT, 50% budget, short runs
     python benchmarks/compress_quality.py --only digits:dit:6 --methods ced-adaptive,bi
     python benchmarks/compress_quality.py --quick --methods ced-variants   # CED options
@@ -70,6 +71,8 @@ OTHER_VARIANTS = {
     "bi-adaptive-half": dict(importance="bi", schedule="adaptive", prune_fraction=0.5),
     # the default before the full grid: removals may run until half of the steps
     "ced-adaptive-half": dict(importance="ced", schedule="adaptive", prune_fraction=0.5),
+    # every timestep an equal say in the CED ranking (ced_weighting="normalized")
+    "ced-normalized": dict(importance="ced", schedule="adaptive", ced_weighting="normalized"),
 }
 # the recovery learning-rate sweep (compress's default is 1.2e-3 for the width-96 teachers)
 for _lr in (1e-4, 3e-4, 1e-3, 2e-3):
@@ -114,7 +117,10 @@ def wants_fid(config: dict, keep: int, depth: int) -> bool:
     return config["inception"] and keep == round(depth * config.get("fid_keep", keep / depth))
 
 
-def run_grid(grid, methods, config, results_path: Path, seeds: int = 1) -> list[dict]:
+def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
+             random_draws: int = 1) -> list[dict]:
+    """Every method with seeds 0..seeds-1; ``random`` with seeds 0..max(seeds, random_draws)-1
+    (its blocks are a draw, so its expected quality needs several)."""
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["dataset"], r["family"], r["keep"], r["method"], r.get("seed", 0))
             for r in rows}
@@ -124,8 +130,8 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1) -> list[
         data = _data(dataset)
         sampling = SAMPLING[family]
         fid = wants_fid(config, keep, teacher.depth)
-        for seed in range(seeds):
-            if (dataset, family, teacher.depth, "teacher", seed) not in done:
+        for seed in range(max(seeds, random_draws)):
+            if seed < seeds and (dataset, family, teacher.depth, "teacher", seed) not in done:
                 rows.append(dict(dataset=dataset, family=family, keep=teacher.depth,
                                  method="teacher", seed=seed, seconds=0.0,
                                  **score(teacher, data, sampling, config, seed=seed,
@@ -133,7 +139,8 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1) -> list[
                 done.add((dataset, family, teacher.depth, "teacher", seed))
                 _write(results_path, rows)
             for method in methods:
-                if (dataset, family, keep, method, seed) in done:
+                wanted = max(seeds, random_draws) if method == "random" else seeds
+                if seed >= wanted or (dataset, family, keep, method, seed) in done:
                     continue
                 torch.manual_seed(seed)
                 start = time.perf_counter()
@@ -177,16 +184,22 @@ def table(rows: list[dict], config: dict) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["family"], r["keep"], r["method"]), []).append(r)
-    seeds = max(len(g) for g in groups.values()) if groups else 1
+    seeds = max((len(g) for k, g in groups.items() if k[3] != "random"), default=1)
+    draws = max((len(g) for k, g in groups.items() if k[3] == "random"), default=seeds)
+    draw_note = f" (random: {draws} draws)" if draws > seeds else ""
     steps, samples = config["steps"], config["samples"]
     fid_note = (f"FID is standard FID (Inception) on {config.get('fid_samples', samples)} "
                 "samples, comparable only within this table; " if any("fid" in r for r in rows)
                 else "")
-    lines = [f"Fine-tuning steps per method: {steps}; {samples} samples per evaluation; "
-             f"{seeds} seed(s) per method (compress seed and evaluation noise), mean"
-             f"{' +- sd' if seeds > 1 else ''}; samplers: DiT DDIM 50 steps, SiT Heun 25 "
-             "steps, cfg 2.0; " + fid_note + "FD-domain is the Fréchet distance in the domain "
-             "classifier's features (not FID).", "",
+    rates = sorted({r["lr"] for r in rows if "lr" in r})
+    rate_note = (f"learning rate {rates[0]:g}; " if len(rates) == 1 else
+                 "learning rate as the method's name says; " if rates else "")
+    lines = [f"Fine-tuning steps per method: {steps}; {rate_note}{samples} samples per "
+             "evaluation; "
+             f"{seeds} seed(s) per method{draw_note} (compress seed and evaluation noise), "
+             f"mean{' +- sd' if max(seeds, draws) > 1 else ''}; samplers: DiT DDIM 50 steps, "
+             "SiT Heun 25 steps, cfg 2.0; " + fid_note + "FD-domain is the Fréchet distance "
+             "in the domain classifier's features (not FID).", "",
              "| dataset | family | keep | method | " + " | ".join(present) + " | speedup |",
              "|---" * (5 + len(present)) + "|"]
     order = ["teacher", *METHODS, *OTHER_VARIANTS, *CED_VARIANTS]
@@ -225,6 +238,9 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", type=int, default=1,
                         help="repeat every method with seeds 0..N-1 (mean +- sd in the table)")
+    parser.add_argument("--random-draws", type=int, default=1,
+                        help="run the random baseline with seeds 0..N-1 (its blocks are a "
+                             "draw; the table shows the mean over the draws)")
     parser.add_argument("--steps", type=int, help="override the fine-tuning steps")
     parser.add_argument("--samples", type=int, help="override the evaluation samples")
     parser.add_argument("--lr", type=float,
@@ -254,7 +270,7 @@ def main(argv=None) -> int:
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
-    rows = run_grid(grid, methods, config, results, args.seeds)
+    rows = run_grid(grid, methods, config, results, args.seeds, args.random_draws)
     text = table(rows, config)
     atomic_write_text(RESULTS / f"compress_quality{suffix}.md", text)
     print(text)

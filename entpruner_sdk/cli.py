@@ -159,6 +159,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--ced-output", default="denoised",
                    choices=["prediction", "denoised", "clipped", "sampler"])
     p.add_argument("--ced-estimator", default="sample", choices=["sample", "diagonal"])
+    p.add_argument("--ced-weighting", default="mean", choices=["mean", "normalized"],
+                   help="combine the timesteps by the plain mean, or give every timestep an "
+                        "equal say (each normalized by its sum over the blocks)")
     p.add_argument("--protect", help="comma-separated original block indices never removed "
                    "(default: first and last); 'none' protects nothing")
     p.add_argument("--kd-weight", type=float, default=0.9)
@@ -424,8 +427,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         rerank=args.rerank,
         calibration_per_class=args.calibration_per_class,
         calibration_times=args.calibration_times, ced_output=args.ced_output,
-        ced_estimator=args.ced_estimator, protect=protect, kd_weight=args.kd_weight,
-        gt_weight=args.gt_weight, feature_weight=args.feature_weight,
+        ced_estimator=args.ced_estimator, ced_weighting=args.ced_weighting, protect=protect,
+        kd_weight=args.kd_weight, gt_weight=args.gt_weight, feature_weight=args.feature_weight,
         num_classes=args.num_classes, seed=args.seed, report_samples=args.report_samples,
         report_features=("domain", "inception") if args.report_fid else ("domain",))
     if not distributed.is_main():

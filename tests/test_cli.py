@@ -79,11 +79,13 @@ def test_compress_command(tmp_path, capsys):
                  "--steps", "6", "--batch-size", "4", "--interval", "2",
                  "--calibration-per-class", "2", "--calibration-times", "2",
                  "--report-samples", "0", "--prune-fraction", "0.5", "--ced-output", "clipped",
+                 "--ced-weighting", "normalized",
                  "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "depth 4 -> 2" in out and (tmp_path / "c" / "report.json").exists()
     settings = json.loads((tmp_path / "c" / "report.json").read_text())["settings"]
     assert settings["schedule"]["prune_fraction"] == 0.5 and settings["ced_output"] == "clipped"
+    assert settings["ced_weighting"] == "normalized"
     assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "9",
                  "--out", str(tmp_path / "d"), "--quiet"]) == 2
     assert "keep between 2 and 3" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from entpruner_sdk.importance import (
     make_importance,
     naive_ced,
 )
+from entpruner_sdk.importance.ced import combine_timesteps
 from entpruner_sdk.importance.entropy import GAUSSIAN_CONSTANT, EntropyAccumulator
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
@@ -79,6 +80,24 @@ def test_ced_is_deterministic_and_reports_entropies():
     assert a.scores == b.scores
     assert len(a.details["entropy_full"]) == 3 and a.kept_blocks == [0, 1, 2, 3, 4]
     assert a.as_table()[0]["block"] == 0 and len(a.as_table()[0]["per_timestep"]) == 3
+
+
+def test_normalized_weighting_gives_every_timestep_an_equal_say():
+    # block 0 dominates the loud timestep; block 1 leads the two quiet ones
+    per_timestep = [[100.0, 0.1, 0.1], [1.0, 0.3, 0.3], [1.0, 0.0, 0.0]]
+    mean = combine_timesteps(per_timestep, "mean")
+    normalized = combine_timesteps(per_timestep, "normalized")
+    assert mean[0] > mean[1] and normalized[1] > normalized[0]
+    assert sum(normalized) == pytest.approx(1.0)  # each timestep's weights sum to 1, averaged
+    assert combine_timesteps([[0.0, 1.0], [0.0, 3.0]], "normalized") == [0.125, 0.375]
+    model, objective, calibration = setup()
+    make_identity(model, 2)
+    scores = CED(weighting="normalized").score(model, objective, calibration, CPU)
+    assert scores.scores == pytest.approx(combine_timesteps(scores.per_timestep, "normalized"))
+    assert scores.scores[2] == pytest.approx(0.0, abs=1e-9)
+    assert scores.details["weighting"] == "normalized"
+    with pytest.raises(ValueError, match="weighting"):
+        CED(weighting="max")
 
 
 def test_entropy_estimators_on_known_gaussians():

@@ -49,6 +49,7 @@ class CompressConfig:
     importance: str = "ced"
     ced_output: str = "denoised"
     ced_estimator: str = "sample"
+    ced_weighting: str = "mean"
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     steps: int = 1000
     batch_size: int = 64
@@ -282,6 +283,7 @@ def compress(
     # the CED options are used only when the importance is CED
     importance = make_importance(config.importance, config.seed, output=config.ced_output,
                                  estimator=config.ced_estimator,
+                                 weighting=config.ced_weighting,
                                  reduce=distributed.all_reduce_sum_ if world > 1 else None)
     if not config.schedule.rerank:
         importance = FrozenRanking(importance, _first_scores(run.decisions))

@@ -23,6 +23,7 @@ from entpruner_sdk.objectives import FlowMatching, NoisedBatch, Objective
 from entpruner_sdk.utils.device import autocast
 
 OUTPUTS = ("prediction", "denoised", "clipped", "sampler")
+WEIGHTINGS = ("mean", "normalized")
 
 
 class CED(Importance):
@@ -39,16 +40,24 @@ class CED(Importance):
     all others in the average; clipping bounds what one timestep can contribute. The range
     is read from the data (pixels in [-1, 1], VAE latents wider), never assumed.
     ``estimator``: ``sample`` or ``diagonal`` (see ``entropy``).
+    ``weighting``: how the timesteps are combined: ``mean`` (the plain average of method.md)
+    or ``normalized`` (each timestep's deviations divided by their sum over the blocks, then
+    averaged, so every noise level has an equal say in the ranking). Why: the denoised
+    estimate's deviations at the noisiest timesteps are up to 100x those at the cleanest, so
+    the plain mean ranks by the noisiest timesteps alone.
     ``reduce``: optional hook that sums the accumulators' tensors across processes in place.
     """
 
     name = "ced"
 
     def __init__(self, output: str = "denoised", estimator: str = "sample",
-                 batch_size: int = 256, sampler_steps: int = 4, reduce=None) -> None:
+                 batch_size: int = 256, sampler_steps: int = 4, reduce=None,
+                 weighting: str = "mean") -> None:
         if output not in OUTPUTS:
             raise ValueError(f"unknown CED output {output!r}; choose one of {OUTPUTS}")
-        self.output, self.estimator = output, estimator
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown CED weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        self.output, self.estimator, self.weighting = output, estimator, weighting
         self.batch_size, self.sampler_steps = batch_size, sampler_steps
         self.reduce = reduce
 
@@ -66,9 +75,10 @@ class CED(Importance):
         h_full = [a.entropy() for a in full]
         h_drop = [[a.entropy() for a in row] for row in dropped]
         per_timestep = [[abs(hf - hd) for hf, hd in zip(h_full, row)] for row in h_drop]
-        scores = [sum(row) / len(row) for row in per_timestep]
+        scores = combine_timesteps(per_timestep, self.weighting)
         return BlockScores(self.name, scores, model.kept_blocks, per_timestep, details={
-            "output": self.output, "estimator": self.estimator, "entropy_full": h_full,
+            "output": self.output, "estimator": self.estimator, "weighting": self.weighting,
+            "entropy_full": h_full,
             "entropy_dropped": h_drop, "times": calibration.times.tolist()})
 
     def _accumulators(self, calibration: CalibrationSet, model: DiffusionTransformer,
@@ -120,6 +130,16 @@ class CED(Importance):
                 out = objective.sample(fn, noise, y, sampler=sampler, steps=self.sampler_steps)
                 accumulator.update(out, y)
         return full, dropped
+
+
+def combine_timesteps(per_timestep: list[list[float]], weighting: str = "mean") -> list[float]:
+    """One score per block from its per-timestep deviations ``[block][timestep]``."""
+    if weighting == "normalized":
+        totals = [sum(column) for column in zip(*per_timestep)]
+        # a timestep where no block moves the entropy carries no ranking information
+        per_timestep = [[d / total if total > 0 else 0.0 for d, total in zip(row, totals)]
+                        for row in per_timestep]
+    return [sum(row) / len(row) for row in per_timestep]
 
 
 def naive_ced(model: DiffusionTransformer, objective: Objective, calibration: CalibrationSet,
