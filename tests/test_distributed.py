@@ -17,8 +17,12 @@ from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.utils import distributed
 from tests.conftest import free_port, randomized, tiny_config
 
+# lr: Adam moves a weight whose gradient is nearly zero by up to the rate, whatever the
+# gradient's size, so the rounding differences of a sharded reduction reach the weights scaled by
+# the rate; DiT's 1e-4 keeps them within the tolerance below (the default for this tiny width is
+# 2e-3)
 FAST = dict(steps=24, batch_size=8, interval=6, calibration_per_class=2, calibration_times=2,
-            proxy_samples=4, report_samples=0, progress=False, device="cpu", seed=3)
+            proxy_samples=4, report_samples=0, progress=False, device="cpu", seed=3, lr=1e-4)
 
 
 def teacher() -> DiffusionTransformer:
