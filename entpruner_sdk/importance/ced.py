@@ -78,8 +78,8 @@ class CED(Importance):
         scores = combine_timesteps(per_timestep, self.weighting)
         return BlockScores(self.name, scores, model.kept_blocks, per_timestep, details={
             "output": self.output, "estimator": self.estimator, "weighting": self.weighting,
-            "entropy_full": h_full,
-            "entropy_dropped": h_drop, "times": calibration.times.tolist()})
+            "entropy_full": h_full, "entropy_dropped": h_drop,
+            "times": calibration.times.tolist()})
 
     def _accumulators(self, calibration: CalibrationSet, model: DiffusionTransformer,
                       count: int) -> list[EntropyAccumulator]:
@@ -146,7 +146,7 @@ def naive_ced(model: DiffusionTransformer, objective: Objective, calibration: Ca
               device: torch.device, output: str = "denoised", estimator: str = "sample"
               ) -> list[float]:
     """CED by N + 1 full forward passes per batch (no caching): the reference the cached
-    computation is tested against, and the cost baseline of the benchmark."""
+    computation is tested against (benchmarks/compress_cost.py times the same N forwards)."""
     ced = CED(output, estimator)
     num_times = len(calibration.times)
     full = ced._accumulators(calibration, model, num_times)
@@ -160,5 +160,5 @@ def naive_ced(model: DiffusionTransformer, objective: Objective, calibration: Ca
                 x = ced._x(objective, out, batch, calibration.value_range)
                 dropped[i][ti].update(x, batch.y)
     h_full = [a.entropy() for a in full]
-    return [sum(abs(hf - d.entropy()) for hf, d in zip(h_full, row)) / num_times
-            for row in dropped]
+    return combine_timesteps([[abs(hf - d.entropy()) for hf, d in zip(h_full, row)]
+                              for row in dropped])
