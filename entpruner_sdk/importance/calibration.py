@@ -44,6 +44,11 @@ class CalibrationSet:
         return cls(subset.images, subset.labels, noise, objective.calibration_times(num_times),
                    data.num_classes)
 
+    def range_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``value_range`` on ``device`` (moved once per scoring, not once per block)."""
+        low, high = self.value_range
+        return low.to(device), high.to(device)
+
     def __len__(self) -> int:
         return len(self.labels)
 

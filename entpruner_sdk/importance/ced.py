@@ -95,7 +95,7 @@ class CED(Importance):
             return objective.prediction(output)
         denoised = objective.denoised(output, batch.x_t, batch.t)
         if self.output == "clipped":
-            low, high = (bound.to(denoised.device) for bound in value_range)
+            low, high = value_range
             return denoised.clamp(low, high)
         return denoised
 
@@ -103,7 +103,7 @@ class CED(Importance):
         num_times = len(calibration.times)
         full = self._accumulators(calibration, model, num_times)
         dropped = [self._accumulators(calibration, model, num_times) for _ in model.blocks]
-        value_range = [bound.to(device) for bound in calibration.value_range]
+        value_range = calibration.range_on(device)
         for ti, batch in calibration.batches(objective, device, self.batch_size):
             with autocast(device):
                 output, states, c = model.forward_with_block_inputs(batch.x_t, batch.t, batch.y)
@@ -151,13 +151,14 @@ def naive_ced(model: DiffusionTransformer, objective: Objective, calibration: Ca
     num_times = len(calibration.times)
     full = ced._accumulators(calibration, model, num_times)
     dropped = [ced._accumulators(calibration, model, num_times) for _ in model.blocks]
+    value_range = calibration.range_on(device)
     with torch.no_grad():
         for ti, batch in calibration.batches(objective, device):
             output = model(batch.x_t, batch.t, batch.y)
-            full[ti].update(ced._x(objective, output, batch, calibration.value_range), batch.y)
+            full[ti].update(ced._x(objective, output, batch, value_range), batch.y)
             for i in range(model.depth):
                 out = model(batch.x_t, batch.t, batch.y, skip_blocks=[i])
-                x = ced._x(objective, out, batch, calibration.value_range)
+                x = ced._x(objective, out, batch, value_range)
                 dropped[i][ti].update(x, batch.y)
     h_full = [a.entropy() for a in full]
     return combine_timesteps([[abs(hf - d.entropy()) for hf, d in zip(h_full, row)]
