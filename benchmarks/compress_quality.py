@@ -12,6 +12,7 @@ extra is installed. The teacher is scored the same way.
 
     python benchmarks/compress_quality.py            # full grid (about 1 hour on 2 CPU cores)
     python benchmarks/compress_quality.py --random-draws 3   # + random at seeds 1, 2
+    python benchmarks/compress_quality.py --seeds 3 --no-fid --tag grid3   # three seeds
     python benchmarks/compress_quality.py --quick    # digits, DiT, 50% budget, short runs
     python benchmarks/compress_quality.py --only digits:dit:6 --methods ced-adaptive,bi
     python benchmarks/compress_quality.py --quick --methods ced-variants   # CED options
@@ -20,7 +21,8 @@ extra is installed. The teacher is scored the same way.
 
 Results are appended to benchmarks/results/compress_quality[_quick].json as each run ends (a
 rerun skips finished runs), then printed as a table and written to
-benchmarks/results/compress_quality[_quick].md.
+benchmarks/results/compress_quality[_quick].md; with several seeds, a second table compares
+every method with the default paired by seed.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ OTHER_VARIANTS = {
     "ced-adaptive-half": dict(importance="ced", schedule="adaptive", prune_fraction=0.5),
     # every timestep an equal say in the CED ranking (ced_weighting="normalized")
     "ced-normalized": dict(importance="ced", schedule="adaptive", ced_weighting="normalized"),
+    # re-ranking the current student at every decision, at the default rate and window
+    "ced-rerank": dict(importance="ced", schedule="adaptive", rerank=True),
 }
 # the recovery learning-rate sweep (compress's default is 1.2e-3 for the width-96 teachers)
 for _lr in (1e-4, 3e-4, 1e-3, 2e-3):
@@ -219,6 +223,47 @@ def table(rows: list[dict], config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_table(rows: list[dict], reference: str = "ced-adaptive",
+                 metric: str = "fd_domain") -> str:
+    """Every method (and the teacher) against ``reference``, paired by seed: the seed sets the
+    evaluation noise too, which moves every model's score alike, so per-seed differences
+    separate methods better than means do. Empty when no setting has several seeds."""
+    by_key = {(r["dataset"], r["family"], r["keep"], r["method"], r.get("seed", 0)): r[metric]
+              for r in rows if metric in r}
+    teachers = {(d, f, s): v for (d, f, _, m, s), v in by_key.items() if m == "teacher"}
+    settings_seen = list(dict.fromkeys((d, f, k) for d, f, k, m, _ in by_key if m == reference))
+    lines = []
+    for dataset, family, keep in settings_seen:
+        ref = {s: v for (d, f, k, m, s), v in by_key.items()
+               if (d, f, k, m) == (dataset, family, keep, reference)}
+        if len(ref) < 2:
+            continue
+        others = {m for d, f, k, m, _ in by_key
+                  if (d, f, k) == (dataset, family, keep) and m not in ("teacher", reference)}
+        for method in ["teacher", *sorted(others)]:
+            theirs = ({s: v for (d, f, s), v in teachers.items() if (d, f) == (dataset, family)}
+                      if method == "teacher" else
+                      {s: v for (d, f, k, m, s), v in by_key.items()
+                       if (d, f, k, m) == (dataset, family, keep, method)})
+            common = sorted(set(ref) & set(theirs))
+            if len(common) < 2:
+                continue
+            change = [100 * (theirs[s] - ref[s]) / ref[s] for s in common]
+            reference_better = sum(ref[s] < theirs[s] for s in common)
+            lines.append(f"| {dataset} / {family} keep {keep} | {method} | "
+                         f"{sum(change) / len(change):+.1f}% "
+                         f"({min(change):+.1f}% to {max(change):+.1f}%) | "
+                         f"{reference_better} of {len(common)} |")
+    if not lines:
+        return ""
+    return "\n".join([
+        f"Paired by seed against {reference} ({metric}, lower is better): the method's score "
+        f"minus {reference}'s, as a % of {reference}'s, mean over seeds (range); negative = "
+        f"the method is better.", "",
+        f"| setting | method | vs {reference} | seeds where {reference} is better |",
+        "|---|---|---|---|", *lines]) + "\n"
+
+
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
@@ -272,6 +317,9 @@ def main(argv=None) -> int:
         parser.error(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
     rows = run_grid(grid, methods, config, results, args.seeds, args.random_draws)
     text = table(rows, config)
+    paired = paired_table(rows)
+    if paired:
+        text += "\n" + paired
     atomic_write_text(RESULTS / f"compress_quality{suffix}.md", text)
     print(text)
     return 0
