@@ -1,19 +1,31 @@
-"""The quality benchmark's summaries: pure functions over result rows (no compress runs)."""
+"""The quality benchmarks' own logic: summaries over result rows and the CED removal orders
+(no compress runs)."""
 
 import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "compress_quality.py"
+from entpruner_sdk.data import load_data
+from entpruner_sdk.importance import CalibrationSet, make_importance
+from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.objectives import objective_for
+from tests.conftest import randomized, tiny_config
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("compress_quality", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("compress_quality")
 
 
 def row(method: str, seed: int, fd: float, keep: int = 6) -> dict:
@@ -36,3 +48,17 @@ def test_paired_table_compares_within_each_seed(quality):
 def test_paired_table_is_empty_with_one_seed(quality):
     rows = [row("ced-adaptive", 0, 1.0), row("bi", 0, 0.9)]
     assert quality.paired_table(rows) == ""
+
+
+def test_ced_removal_orders_single_pass_and_greedy():
+    rankings = load("ced_rankings")
+    model = randomized(DiffusionTransformer(tiny_config("dit", depth=5)))
+    objective = objective_for(model)
+    calibration = CalibrationSet.build(load_data("digits"), objective, per_class=3, num_times=3)
+    scores = make_importance("ced", 0).score(model, objective, calibration, torch.device("cpu"))
+    by_block = dict(zip(scores.kept_blocks, scores.scores))
+    single = rankings.removal_order(model, objective, calibration, greedy=False)
+    assert single == sorted([1, 2, 3], key=by_block.get)  # lowest CED first, ends protected
+    greedy = rankings.removal_order(model, objective, calibration, greedy=True)
+    assert sorted(greedy) == [1, 2, 3] and greedy[0] == single[0]  # same first choice
+    assert rankings.kept(5, greedy, keep=3) == sorted({0, 4} | {greedy[-1]})
