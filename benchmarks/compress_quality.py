@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from entpruner_sdk.compress import compress
+from entpruner_sdk.compress.runner import recovery_lr
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.teachers import SAMPLING, load_teacher
 from entpruner_sdk.utils.files import atomic_write_text
@@ -126,8 +127,7 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
     """Every method with seeds 0..seeds-1; ``random`` with seeds 0..max(seeds, random_draws)-1
     (its blocks are a draw, so its expected quality needs several)."""
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {(r["dataset"], r["family"], r["keep"], r["method"], r.get("seed", 0))
-            for r in rows}
+    done = {_run_key(r, r.get("lr", PRE_RECORDING_LR)) for r in rows}
     for dataset, family, keep in grid:
         name = TEACHERS[(dataset, family)]
         teacher = load_teacher(name)
@@ -135,30 +135,32 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
         sampling = SAMPLING[family]
         fid = wants_fid(config, keep, teacher.depth)
         for seed in range(max(seeds, random_draws)):
-            if seed < seeds and (dataset, family, teacher.depth, "teacher", seed) not in done:
-                rows.append(dict(dataset=dataset, family=family, keep=teacher.depth,
-                                 method="teacher", seed=seed, seconds=0.0,
+            teacher_row = dict(dataset=dataset, family=family, keep=teacher.depth,
+                               method="teacher", seed=seed)
+            if seed < seeds and _run_key(teacher_row, None) not in done:
+                rows.append(dict(**teacher_row, seconds=0.0,
                                  **score(teacher, data, sampling, config, seed=seed,
                                          fid=config["inception"])))
-                done.add((dataset, family, teacher.depth, "teacher", seed))
+                done.add(_run_key(teacher_row, None))
                 _write(results_path, rows)
             for method in methods:
-                wanted = max(seeds, random_draws) if method == "random" else seeds
-                if seed >= wanted or (dataset, family, keep, method, seed) in done:
-                    continue
-                torch.manual_seed(seed)
-                start = time.perf_counter()
                 options = {"interval": config["interval"],
                            **({"lr": config["lr"]} if config.get("lr") else {}),
                            **ALL_METHODS[method]}
+                run = dict(dataset=dataset, family=family, keep=keep, method=method, seed=seed)
+                wanted = max(seeds, random_draws) if method == "random" else seeds
+                lr = options.get("lr") or recovery_lr(teacher.config.hidden_size)
+                if seed >= wanted or _run_key(run, lr) in done:
+                    continue
+                torch.manual_seed(seed)
+                start = time.perf_counter()
                 if options["interval"] == "steps/12":
                     options["interval"] = max(1, config["steps"] // 12)
                 result = compress(teacher, data, keep, steps=config["steps"], progress=False,
                                   seed=seed, report_samples=0, **options)
                 seconds = time.perf_counter() - start
                 rows.append(dict(
-                    dataset=dataset, family=family, keep=keep, method=method, seed=seed,
-                    seconds=seconds, kept_blocks=result.model.kept_blocks,
+                    **run, seconds=seconds, kept_blocks=result.model.kept_blocks,
                     lr=result.report["settings"]["lr"],
                     speedup=result.report["summary"]["sampling_latency"]["speedup"],
                     **score(result.model, data, sampling, config,
@@ -168,6 +170,17 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
                 print(f"{dataset}/{family} keep {keep} {method} seed {seed}: "
                       f"{rows[-1]}", flush=True)
     return rows
+
+
+# rows written before the benchmark recorded the rate ran at compress's default then, 1e-4
+PRE_RECORDING_LR = 1e-4
+
+
+def _run_key(row: dict, lr: float | None) -> tuple:
+    """What makes a run: a rerun skips rows with the same key, so a run at another learning
+    rate (a changed default, or ``--lr``) is a new run. Teachers are not fine-tuned."""
+    rate = None if row["method"] == "teacher" else f"{lr:.6g}"
+    return row["dataset"], row["family"], row["keep"], row["method"], row.get("seed", 0), rate
 
 
 def _data(dataset: str):
@@ -180,9 +193,22 @@ def _write(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
 
 
+def _rate_labelled(rows: list[dict]) -> list[dict]:
+    """The rows, with the learning rate added to the method's name where one file holds a
+    method at several rates, so that no table averages across rates."""
+    rates: dict[tuple, set] = {}
+    for r in rows:
+        rates.setdefault((r["dataset"], r["family"], r["keep"], r["method"]), set()).add(
+            r.get("lr", PRE_RECORDING_LR))
+    return [{**r, "method": f"{r['method']} @ lr {r.get('lr', PRE_RECORDING_LR):g}"}
+            if len(rates[(r["dataset"], r["family"], r["keep"], r["method"])]) > 1 else r
+            for r in rows]
+
+
 def table(rows: list[dict], config: dict) -> str:
     """One line per (dataset, family, keep, method): the mean over seeds, +- the standard
     deviation when there are several."""
+    rows = _rate_labelled(rows)
     metrics = ["fid", "fd_domain", "precision_domain", "recall_domain", "class_accuracy"]
     present = [m for m in metrics if any(m in r for r in rows)]
     groups: dict[tuple, list[dict]] = {}
@@ -228,6 +254,7 @@ def paired_table(rows: list[dict], reference: str = "ced-adaptive",
     """Every method (and the teacher) against ``reference``, paired by seed: the seed sets the
     evaluation noise too, which moves every model's score alike, so per-seed differences
     separate methods better than means do. Empty when no setting has several seeds."""
+    rows = _rate_labelled(rows)
     by_key = {(r["dataset"], r["family"], r["keep"], r["method"], r.get("seed", 0)): r[metric]
               for r in rows if metric in r}
     teachers = {(d, f, s): v for (d, f, _, m, s), v in by_key.items() if m == "teacher"}

@@ -62,3 +62,15 @@ def test_ced_removal_orders_single_pass_and_greedy():
     greedy = rankings.removal_order(model, objective, calibration, greedy=True)
     assert sorted(greedy) == [1, 2, 3] and greedy[0] == single[0]  # same first choice
     assert rankings.kept(5, greedy, keep=3) == sorted({0, 4} | {greedy[-1]})
+
+
+def test_a_run_at_another_learning_rate_is_a_new_run(quality):
+    old = {**row("bi", 0, 0.9), "lr": 1e-4}
+    assert quality._run_key(old, 1e-4) != quality._run_key(old, 1.2e-3)
+    assert quality._run_key(row("teacher", 0, 0.5, keep=12), None) == \
+        quality._run_key({**row("teacher", 0, 0.5, keep=12), "lr": 1e-4}, 1e-4)
+    # one file holding a method at two rates: the table lists them apart, never averaged
+    rows = [old, {**row("bi", 0, 0.7), "lr": 1.2e-3}, {**row("uniform", 0, 1.0), "lr": 1e-4}]
+    text = quality.table(rows, dict(steps=600, samples=500))
+    assert "| bi @ lr 0.0001 | 0.900 |" in text and "| bi @ lr 0.0012 | 0.700 |" in text
+    assert "| uniform | 1.000 |" in text
