@@ -11,7 +11,7 @@ and the blocks each leaves at keep 6 and keep 4 of 12. The quality grid's defaul
 on the teacher (seed 0, 16 per class); this shows whether its choice is noise (it changes with
 the calibration draw) or the criterion's own (it does not).
 
-    python benchmarks/ced_rankings.py      # about 2.5 minutes on 2 CPU cores
+    python benchmarks/ced_rankings.py      # about 2 minutes on 2 CPU cores
 
 Prints a table and writes benchmarks/results/ced_rankings.json / .md.
 """

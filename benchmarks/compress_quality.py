@@ -254,30 +254,27 @@ def paired_table(rows: list[dict], reference: str = "ced-adaptive",
     """Every method (and the teacher) against ``reference``, paired by seed: the seed sets the
     evaluation noise too, which moves every model's score alike, so per-seed differences
     separate methods better than means do. Empty when no setting has several seeds."""
-    rows = _rate_labelled(rows)
-    by_key = {(r["dataset"], r["family"], r["keep"], r["method"], r.get("seed", 0)): r[metric]
-              for r in rows if metric in r}
-    teachers = {(d, f, s): v for (d, f, _, m, s), v in by_key.items() if m == "teacher"}
-    settings_seen = list(dict.fromkeys((d, f, k) for d, f, k, m, _ in by_key if m == reference))
+    scores: dict[tuple, dict[int, float]] = {}  # (dataset, family, keep, method) -> seed -> value
+    for r in _rate_labelled(rows):
+        if metric in r:
+            key = (r["dataset"], r["family"], r["keep"], r["method"])
+            scores.setdefault(key, {})[r.get("seed", 0)] = r[metric]
     lines = []
-    for dataset, family, keep in settings_seen:
-        ref = {s: v for (d, f, k, m, s), v in by_key.items()
-               if (d, f, k, m) == (dataset, family, keep, reference)}
-        if len(ref) < 2:
+    for (dataset, family, keep, method), ref in scores.items():
+        if method != reference or len(ref) < 2:
             continue
-        others = {m for d, f, k, m, _ in by_key
-                  if (d, f, k) == (dataset, family, keep) and m not in ("teacher", reference)}
-        for method in ["teacher", *sorted(others)]:
-            theirs = ({s: v for (d, f, s), v in teachers.items() if (d, f) == (dataset, family)}
-                      if method == "teacher" else
-                      {s: v for (d, f, k, m, s), v in by_key.items()
-                       if (d, f, k, m) == (dataset, family, keep, method)})
+        teacher = next((v for (d, f, _, m), v in scores.items()
+                        if (d, f, m) == (dataset, family, "teacher")), {})
+        others = sorted(m for d, f, k, m in scores
+                        if (d, f, k) == (dataset, family, keep) and m not in ("teacher", reference))
+        for other, theirs in [("teacher", teacher),
+                              *((m, scores[(dataset, family, keep, m)]) for m in others)]:
             common = sorted(set(ref) & set(theirs))
             if len(common) < 2:
                 continue
             change = [100 * (theirs[s] - ref[s]) / ref[s] for s in common]
             reference_better = sum(ref[s] < theirs[s] for s in common)
-            lines.append(f"| {dataset} / {family} keep {keep} | {method} | "
+            lines.append(f"| {dataset} / {family} keep {keep} | {other} | "
                          f"{sum(change) / len(change):+.1f}% "
                          f"({min(change):+.1f}% to {max(change):+.1f}%) | "
                          f"{reference_better} of {len(common)} |")
