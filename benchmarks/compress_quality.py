@@ -78,6 +78,9 @@ OTHER_VARIANTS = {
     "ced-normalized": dict(importance="ced", schedule="adaptive", ced_weighting="normalized"),
     # re-ranking the current student at every decision, at the default rate and window
     "ced-rerank": dict(importance="ced", schedule="adaptive", rerank=True),
+    # the adaptive schedule over the best baselines' orders (BI on DiT, uniform on SiT)
+    "bi-adaptive": dict(importance="bi", schedule="adaptive"),
+    "uniform-adaptive": dict(importance="uniform", schedule="adaptive"),
 }
 # the recovery learning-rate sweep (compress's default is 1.2e-3 for the width-96 teachers)
 for _lr in (1e-4, 3e-4, 1e-3, 2e-3):
