@@ -48,8 +48,7 @@ def removal_order(model, objective, calibration, greedy: bool) -> list[int]:
     order = []
     while len(model.kept_blocks) > len(protected):
         scores = ced.score(model, objective, calibration, device)
-        _, lowest = min((s, b) for s, b in zip(scores.scores, scores.kept_blocks)
-                        if b not in protected)
+        (lowest,) = ced.select(scores, 1, protected)  # the choice compress itself makes
         order.append(lowest)
         model = model.keep_blocks([i for i, b in enumerate(model.kept_blocks) if b != lowest])
     return order
