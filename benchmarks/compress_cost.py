@@ -5,6 +5,8 @@ compress wall time, and peak memory.
     python benchmarks/compress_cost.py --quick
     python benchmarks/compress_cost.py --xl --device cuda   # DiT-XL/2 shape, random weights,
                                                             # 256 samples x 8 timesteps
+    python benchmarks/compress_cost.py --xl --arch DiT-S/2 --latent-size 8 --samples 64 \
+        --timesteps 2 --device cpu                          # a dry run of the --xl path
 
 Goals: CED ranking time over N blocks <= 0.6 x the time of N full forwards on the same
 calibration set; proxies <= 10% of compress wall time. Prints a table and writes
@@ -70,14 +72,21 @@ def ced_cost(model, data, device, per_class, times, batch_size) -> dict:
             "ratio": ced_s / naive_s, "peak_memory_mb": peak_memory_mb(device)}
 
 
-def xl_model(device) -> tuple[DiffusionTransformer, ImageDataset]:
+XL_CLASSES = 32  # calibration classes drawn from the 1000: samples / 32 per class
+
+
+def xl_model(device, arch: str = "DiT-XL/2", latent_size: int = 32, samples: int = 256
+             ) -> tuple[DiffusionTransformer, ImageDataset]:
+    """A released architecture with random weights and random latents over 32 classes."""
     torch.manual_seed(0)
-    model = DiffusionTransformer(config_from_name("DiT-XL/2", num_classes=1000)).to(device)
+    config = config_from_name(arch, num_classes=1000, input_size=latent_size)
+    model = DiffusionTransformer(config).to(device)
     with torch.no_grad():  # random (not adaLN-Zero) weights, so blocks are not identities
         for block in model.blocks:
             block.adaLN_modulation[-1].weight.normal_(std=0.02)
-    data = ImageDataset(torch.randn(256, 4, 32, 32), torch.arange(256) % 32, 1000,
-                        name="random-latents", pixels=False)
+    data = ImageDataset(torch.randn(samples, 4, latent_size, latent_size),
+                        torch.arange(samples) % XL_CLASSES, 1000, name="random-latents",
+                        pixels=False)
     return model.eval(), data
 
 
@@ -87,14 +96,22 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--xl", action="store_true", help="DiT-XL/2 shape, 256 x 8")
+    parser.add_argument("--arch", default="DiT-XL/2", help="architecture for --xl")
+    parser.add_argument("--latent-size", type=int, default=32, help="latent side for --xl")
+    parser.add_argument("--samples", type=int, default=256, help="calibration samples, --xl")
+    parser.add_argument("--timesteps", type=int, default=8, help="timesteps per sample, --xl")
     parser.add_argument("--out", default=str(RESULTS / "compress_cost.json"))
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     result: dict = {"device": str(device), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
     if args.xl:
-        model, data = xl_model(device)
-        result["ced_xl"] = ced_cost(model, data, device, per_class=8, times=8, batch_size=64)
+        if args.samples % XL_CLASSES:
+            parser.error(f"--samples must be a multiple of {XL_CLASSES} (the classes drawn)")
+        model, data = xl_model(device, args.arch, args.latent_size, args.samples)
+        result["ced_xl"] = ced_cost(model, data, device, per_class=args.samples // XL_CLASSES,
+                                    times=args.timesteps, batch_size=64)
+        result["ced_xl"]["arch"] = args.arch
     else:
         teacher = load_teacher("dit-digits", device)
         data = load_data("digits")

@@ -1,7 +1,11 @@
-"""The quality benchmarks' own logic: summaries over result rows and the CED removal orders
-(no compress runs)."""
+"""The benchmarks' own logic: summaries over result rows, the CED removal orders, and the
+one-shot GPU script's dry run on the CPU."""
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +78,29 @@ def test_a_run_at_another_learning_rate_is_a_new_run(quality):
     text = quality.table(rows, dict(steps=600, samples=500))
     assert "| bi @ lr 0.0001 | 0.900 |" in text and "| bi @ lr 0.0012 | 0.700 |" in text
     assert "| uniform | 1.000 |" in text
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
+    out = tmp_path / "gpu"
+    env = dict(os.environ, GPU_DRY_RUN="1", GPU_OUT=str(out), PYTHON=sys.executable,
+               GPU_DEADLINE_S="300")
+    run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, capture_output=True,
+                         text=True, timeout=360)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = (out / "gpu.log").read_text()
+    assert "!!!" not in log and "status 0" in log  # no step failed or was skipped
+    cost = json.loads((out / "compress_cost_xl.json").read_text())["ced_xl"]
+    assert cost["blocks"] == 12 and cost["samples"] == 64 and cost["ced_seconds"] > 0
+    report = json.loads((out / "compress_report.json").read_text())
+    assert report["summary"]["depth_after"] == 6
+    rows = json.loads((out / "gpu_sampling.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["12 blocks", "6 blocks"]
+    assert len(list(out.iterdir())) <= 7  # what a lent machine hands back
+
+
+def test_gpu_script_stops_at_once_when_torch_does_not_import(tmp_path):
+    env = dict(os.environ, GPU_OUT=str(tmp_path), PYTHON="/bin/false")
+    run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode != 0 and "preflight failed" in run.stdout
