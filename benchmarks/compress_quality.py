@@ -80,6 +80,9 @@ OTHER_VARIANTS = {
     "ced-rerank": dict(importance="ced", schedule="adaptive", rerank=True),
     # the adaptive schedule over the best baselines' orders (BI on DiT, uniform on SiT)
     "bi-adaptive": dict(importance="bi", schedule="adaptive"),
+    # uniform plans its final set over the teacher's blocks, so it ends where one-shot does;
+    # rows named uniform-adaptive-respaced come from before that plan (commit ffa9ba9), when
+    # each removal re-spaced over the blocks left and keep 4 ended at [0, 1, 6, 11]
     "uniform-adaptive": dict(importance="uniform", schedule="adaptive"),
 }
 # the recovery learning-rate sweep (compress's default is 1.2e-3 for the width-96 teachers)

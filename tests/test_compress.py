@@ -52,6 +52,14 @@ def test_every_importance_and_schedule_reaches_the_budget(importance, schedule):
         assert all(d["step"] <= FAST["steps"] // 4 for d in removals)
 
 
+def test_adaptive_uniform_ends_at_the_one_shot_blocks():
+    options = dict(FAST, interval=3, prune_fraction=0.5, importance="uniform")
+    adaptive = compress(teacher(depth=12), "digits", 4, schedule="adaptive", **options)
+    one_shot = compress(teacher(depth=12), "digits", 4, schedule="one-shot", **options)
+    assert sum(1 for d in adaptive.report["decisions"] if d["removed"]) > 1  # progressive
+    assert adaptive.model.kept_blocks == one_shot.model.kept_blocks == [0, 3, 8, 11]
+
+
 @pytest.mark.parametrize("family", ["dit", "sit"])
 def test_result_saves_loads_and_samples(tmp_path, family):
     result = compress(teacher(family), "digits", 4, out_dir=tmp_path,

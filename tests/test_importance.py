@@ -7,6 +7,7 @@ from entpruner_sdk.data import load_data
 from entpruner_sdk.importance import (
     CED,
     BlockInfluence,
+    BlockScores,
     CalibrationSet,
     RandomImportance,
     UniformImportance,
@@ -135,3 +136,24 @@ def test_selection_respects_protection_and_the_baselines():
         uniform.select(uniform.score(model, objective, calibration, CPU), 7, [0, 7])
     with pytest.raises(ValueError, match="unknown importance"):
         make_importance("magnitude")
+
+
+def test_planned_uniform_removes_progressively_to_the_one_shot_set():
+    full = BlockScores("uniform", [0.0] * 12, list(range(12)))
+    one_shot = UniformImportance().select(full, 8, [0, 11])
+    assert sorted(set(range(12)) - set(one_shot)) == [0, 3, 8, 11]
+    planned, kept = UniformImportance(range(12), 4), list(range(12))
+    for count in (3, 3, 2):  # three decisions, as an adaptive schedule might take them
+        removed = planned.select(BlockScores("uniform", [0.0] * len(kept), kept), count, [0, 11])
+        assert len(removed) == count and set(removed) <= set(one_shot)
+        kept = [b for b in kept if b not in removed]
+    assert kept == [0, 3, 8, 11]
+    # unplanned, the same decisions re-space over what is left and drift
+    unplanned, kept = UniformImportance(), list(range(12))
+    for count in (3, 3, 2):
+        removed = unplanned.select(BlockScores("uniform", [0.0] * len(kept), kept), count,
+                                   [0, 11])
+        kept = [b for b in kept if b not in removed]
+    assert kept != [0, 3, 8, 11]
+    with pytest.raises(ValueError, match="both"):
+        UniformImportance(range(12))

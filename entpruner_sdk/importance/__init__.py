@@ -11,12 +11,16 @@ from entpruner_sdk.importance.frozen import FrozenRanking
 IMPORTANCES = ("ced", "bi", "random", "uniform")
 
 
-def make_importance(name: str | Importance, seed: int = 0, **options) -> Importance:
-    """An importance criterion by name (options go to CED: output, estimator, batch_size)."""
+def make_importance(name: str | Importance, seed: int = 0,
+                    plan: tuple[list[int], int] | None = None, **options) -> Importance:
+    """An importance criterion by name. ``plan`` = (the blocks being compressed, the target
+    depth) lets uniform plan its final set, so progressive removal ends at it; ``options`` go
+    to CED (output, estimator, weighting, batch_size, reduce)."""
     if isinstance(name, Importance):
         return name
     factories = {"ced": lambda: CED(**options), "bi": BlockInfluence,
-                 "random": lambda: RandomImportance(seed), "uniform": UniformImportance}
+                 "random": lambda: RandomImportance(seed),
+                 "uniform": lambda: UniformImportance(*(plan or (None, None)))}
     if name not in factories:
         raise ValueError(f"unknown importance {name!r}; choose one of {', '.join(IMPORTANCES)}")
     return factories[name]()

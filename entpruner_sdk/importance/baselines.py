@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +55,24 @@ class RandomImportance(Importance):
 
 
 class UniformImportance(Importance):
-    """Evenly spaced removal (every other block at half depth), independent of data."""
+    """Evenly spaced removal (every other block at half depth), independent of data.
+
+    Given ``initial_blocks`` (the blocks of the model being compressed, by original index) and
+    ``target_depth`` (compress passes both), it plans its final set over ``initial_blocks``,
+    and every removal takes an evenly spread share of the blocks still pending in that plan,
+    so progressive removal ends exactly where one-shot removal does. Without them each call
+    spaces its picks over the blocks left, and several removals drift from even spacing
+    (keep 4 of 12 in four removals of 2 ends at [0, 1, 6, 11], not [0, 3, 8, 11]).
+    """
 
     name = "uniform"
+
+    def __init__(self, initial_blocks: Sequence[int] | None = None,
+                 target_depth: int | None = None) -> None:
+        if (initial_blocks is None) != (target_depth is None):
+            raise ValueError("give both initial_blocks and target_depth, or neither")
+        self.initial_blocks = None if initial_blocks is None else list(initial_blocks)
+        self.target_depth = target_depth
 
     def score(self, model, objective, calibration, device) -> BlockScores:
         return BlockScores(self.name, [0.0] * model.depth, model.kept_blocks)
@@ -65,14 +80,25 @@ class UniformImportance(Importance):
     def select(self, scores: BlockScores, count: int, protected: Collection[int] = ()
                ) -> list[int]:
         candidates = removable(scores.kept_blocks, protected, count)
-        if count == 0:
-            return []
-        # positions 1, 3, 5, ... of an evenly spaced grid of 2 * count points over candidates
-        picks = {candidates[min(len(candidates) - 1, int((2 * j + 1) * len(candidates)
-                                                          / (2 * count)))]
-                 for j in range(count)}
-        for b in candidates:  # collisions (only when count is close to len) are filled in order
-            if len(picks) == count:
-                break
-            picks.add(b)
-        return sorted(picks)
+        if self.initial_blocks is None or count == 0:
+            return evenly_spaced(candidates, count)
+        initial = removable(self.initial_blocks, protected, 0)
+        planned = evenly_spaced(initial, len(self.initial_blocks) - self.target_depth)
+        pending = [b for b in planned if b in set(scores.kept_blocks)]
+        if count > len(pending):  # asked past the plan (another target): space what is left
+            return evenly_spaced(candidates, count)
+        return evenly_spaced(pending, count)
+
+
+def evenly_spaced(candidates: list[int], count: int) -> list[int]:
+    """``count`` of ``candidates`` at positions 1, 3, 5, ... of an evenly spaced grid of
+    2 * count points over them (every other one when count is half of them)."""
+    if count == 0:
+        return []
+    n = len(candidates)
+    picks = {candidates[min(n - 1, int((2 * j + 1) * n / (2 * count)))] for j in range(count)}
+    for b in candidates:  # collisions (only when count is close to n) are filled in order
+        if len(picks) == count:
+            break
+        picks.add(b)
+    return sorted(picks)
