@@ -84,7 +84,8 @@ class UniformImportance(Importance):
             return evenly_spaced(candidates, count)
         initial = removable(self.initial_blocks, protected, 0)
         planned = evenly_spaced(initial, len(self.initial_blocks) - self.target_depth)
-        pending = [b for b in planned if b in set(scores.kept_blocks)]
+        kept = set(scores.kept_blocks)
+        pending = [b for b in planned if b in kept]
         if count > len(pending):  # asked past the plan (another target): space what is left
             return evenly_spaced(candidates, count)
         return evenly_spaced(pending, count)
