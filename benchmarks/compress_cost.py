@@ -1,4 +1,4 @@
-"""Cost of compress: CED ranking vs N full forwards, the zero-shot proxies' share of the
+r"""Cost of compress: CED ranking vs N full forwards, the zero-shot proxies' share of the
 compress wall time, and peak memory.
 
     python benchmarks/compress_cost.py               # bundled DiT teacher, CPU

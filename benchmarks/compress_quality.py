@@ -1,4 +1,4 @@
-"""Quality of compress methods at equal fine-tuning budgets.
+r"""Quality of compress methods at equal fine-tuning budgets.
 
 For each bundled dataset and teacher family, at two budgets (keep 50% of the blocks, and a
 harder one), every method gets the same number of fine-tuning steps:

@@ -1,4 +1,4 @@
-"""Time to the first pair of images in the demo: start the app with the bundled teacher and the
+r"""Time to the first pair of images in the demo: start the app with the bundled teacher and the
 quickstart's pruned model, then time the first Generate call (default settings: 4 images,
 the teacher's sampler, steps and cfg) through the real HTTP API, and two more.
 

@@ -1,4 +1,4 @@
-"""Denoiser and sampling throughput of a DiT-XL/2-shaped model (28 blocks, random weights)
+r"""Denoiser and sampling throughput of a DiT-XL/2-shaped model (28 blocks, random weights)
 against its 14-block version, eager vs torch.compile vs CUDA graphs (compile
 "reduce-overhead"), bf16 autocast, on one GPU.
 

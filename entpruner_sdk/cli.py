@@ -130,7 +130,7 @@ def _add_compress(sub) -> None:
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data ./my_latents.npz \\
             --budget 2x --device cuda --out runs/xl --num-classes 10
         entpruner compress ... --out runs/dit-d6 --resume     # continue after an interruption
-        torchrun --nproc_per_node 4 -m entpruner_sdk compress --model DiT-XL-2-256x256.pt \
+        torchrun --nproc_per_node 4 -m entpruner_sdk compress --model DiT-XL-2-256x256.pt \\
             --family dit --data ./latents.npz --budget 14 --out runs/xl-d14   # data-parallel
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")

@@ -104,3 +104,13 @@ def test_gpu_script_stops_at_once_when_torch_does_not_import(tmp_path):
     run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode != 0 and "preflight failed" in run.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py")))
+def test_benchmark_usage_keeps_its_line_breaks(script):
+    """The usage text is the module docstring (--help prints it): a backslash that ends a
+    command line must reach the reader, not join the next line onto it."""
+    import ast
+
+    docstring = ast.get_docstring(ast.parse((BENCHMARKS / script).read_text()), clean=False)
+    assert docstring and max(len(line) for line in docstring.splitlines()) <= 100

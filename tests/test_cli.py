@@ -12,7 +12,11 @@ def test_every_command_has_help_with_examples(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(([command] if command else []) + ["--help"])
         assert exit_info.value.code == 0
-        assert "examples:" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "examples:" in out
+        examples = out.split("examples:")[1].splitlines()
+        # one shell line per example line: an unescaped backslash in the source joins two
+        assert max(len(line) for line in examples) <= 100, command
 
 
 def test_console_script_entry_point_runs():
