@@ -1,0 +1,95 @@
+"""Data flows one way (docs/architecture.md): no module imports a layer above its own, lazy
+imports inside functions included. Read from the source, so nothing is imported."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+PACKAGES = {"entpruner_sdk": ROOT / "entpruner_sdk", "entpruner_sdk.export": ROOT / "export",
+            "entpruner_sdk.serve": ROOT / "serve", "entpruner_sdk.apps": ROOT / "apps"}
+
+# Lower levels first. A layer may import only layers on a strictly lower level; layers that
+# share a level are independent of each other.
+LEVELS = [
+    {"utils"},
+    {"data"},
+    {"models"},
+    {"objectives", "teachers"},
+    {"training", "sampling"},
+    {"evaluation", "importance"},
+    {"schedule"},
+    {"compress"},
+    {"quickstart", "export"},
+    {"serve", "apps"},
+    {"cli", "__init__"},
+    {"__main__"},
+]
+LEVEL = {layer: level for level, layers in enumerate(LEVELS) for layer in layers}
+
+
+def layer_of(module: str) -> str | None:
+    """``entpruner_sdk.compress.runner`` -> ``compress``; None outside the package."""
+    parts = module.split(".")
+    if parts[0] != "entpruner_sdk":
+        return None
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imported_modules(source: str, module: str = "entpruner_sdk.x") -> set[str]:
+    """Absolute names of what ``source`` (the text of ``module``) imports."""
+    modules = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            # `from ..compress import x` in a.b.c -> a.compress
+            base = ".".join(module.split(".")[: -node.level]) if node.level else ""
+            name = ".".join(part for part in (base, node.module) if part)
+            if name == "entpruner_sdk":  # `from entpruner_sdk import compress`
+                modules.update(f"entpruner_sdk.{alias.name}" for alias in node.names)
+            else:
+                modules.add(name)
+    return modules
+
+
+def sources():
+    for package, folder in PACKAGES.items():
+        for path in sorted(folder.rglob("*.py")):
+            module = ".".join([package, *path.relative_to(folder).with_suffix("").parts])
+            yield module, path
+
+
+def import_edges() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {}
+    for module, path in sources():
+        own = layer_of(module)
+        for target in map(layer_of, imported_modules(path.read_text(), module)):
+            if target is not None and target != own:
+                edges.setdefault(f"{own} ({module})", set()).add(target)
+    return edges
+
+
+def test_every_layer_has_a_level():
+    layers = {layer_of(module) for module, _ in sources()}
+    assert layers - LEVEL.keys() == set(), "add the new layer to LEVELS and the architecture doc"
+
+
+def test_no_layer_imports_one_above_it():
+    upward = [f"{source} imports {target}"
+              for source, targets in import_edges().items()
+              for target in targets
+              if LEVEL[target] >= LEVEL[source.split(" ")[0]]]
+    assert upward == []
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from entpruner_sdk.compress import compress", {"entpruner_sdk.compress"}),
+    ("from entpruner_sdk import export", {"entpruner_sdk.export"}),
+    ("def f():\n    import entpruner_sdk.serve.app", {"entpruner_sdk.serve.app"}),
+    ("from ..compress import runner", {"entpruner_sdk.compress"}),
+    ("import torch", {"torch"}),
+])
+def test_imports_are_found_lazy_and_relative_ones_too(source, expected):
+    assert imported_modules(source, "entpruner_sdk.data.datasets") == expected
