@@ -139,7 +139,10 @@ def _add_compress(sub) -> None:
     p.add_argument("--budget", required=True,
                    help="blocks to keep (6), FLOPs share to keep (0.5) or speedup (2x)")
     p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
-    p.add_argument("--importance", default="ced", choices=["ced", "bi", "random", "uniform"])
+    p.add_argument("--importance", default="ced", choices=["ced", "bi", "random", "uniform"],
+                   help="how blocks are ranked for removal (default ced); on the bundled "
+                        "benchmark the best baseline was bi for DiT and uniform for SiT "
+                        "(docs/benchmarks.md)")
     p.add_argument("--schedule", default="adaptive", choices=["adaptive", "one-shot"])
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (default 1000)")
     p.add_argument("--batch-size", type=int, default=64)
