@@ -133,6 +133,7 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
     """Every method with seeds 0..seeds-1; ``random`` with seeds 0..max(seeds, random_draws)-1
     (its blocks are a draw, so its expected quality needs several)."""
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
+    _check_steps(rows, config["steps"], results_path)
     done = {_run_key(r, r.get("lr", PRE_RECORDING_LR)) for r in rows}
     for dataset, family, keep in grid:
         name = TEACHERS[(dataset, family)]
@@ -166,8 +167,8 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
                                   seed=seed, report_samples=0, **options)
                 seconds = time.perf_counter() - start
                 rows.append(dict(
-                    **run, seconds=seconds, kept_blocks=result.model.kept_blocks,
-                    lr=result.report["settings"]["lr"],
+                    **run, seconds=seconds, steps=config["steps"],
+                    kept_blocks=result.model.kept_blocks, lr=result.report["settings"]["lr"],
                     speedup=result.report["summary"]["sampling_latency"]["speedup"],
                     **score(result.model, data, sampling, config,
                             original=teacher if config["fidelity"] else None, seed=seed,
@@ -176,6 +177,16 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
                 print(f"{dataset}/{family} keep {keep} {method} seed {seed}: "
                       f"{rows[-1]}", flush=True)
     return rows
+
+
+def _check_steps(rows: list[dict], steps: int, results_path: Path) -> None:
+    """A results file holds one step count: the run key leaves steps out, so a rerun at
+    another count would otherwise skip runs it has not made. Rows from before steps were
+    recorded carry none and are taken as they are."""
+    recorded = sorted({r["steps"] for r in rows if "steps" in r})
+    if recorded and recorded != [steps]:
+        raise SystemExit(f"{results_path.name} holds runs at {recorded} fine-tuning steps, not "
+                         f"{steps}; write these to another file with --tag")
 
 
 # rows written before the benchmark recorded the rate ran at compress's default then, 1e-4

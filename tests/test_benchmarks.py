@@ -68,6 +68,17 @@ def test_ced_removal_orders_single_pass_and_greedy():
     assert rankings.kept(5, greedy, keep=3) == sorted({0, 4} | {greedy[-1]})
 
 
+def test_a_results_file_refuses_runs_at_another_step_count(quality, tmp_path):
+    results = tmp_path / "compress_quality_x.json"
+    results.write_text(json.dumps([{**row("bi", 0, 0.9), "steps": 600}, row("bi", 1, 0.8)]))
+    config = {**quality.settings(False), "steps": 2400}
+    # checked before any teacher is loaded or any run is made
+    with pytest.raises(SystemExit, match=r"\[600\] fine-tuning steps, not 2400.*--tag"):
+        quality.run_grid([("digits", "dit", 6)], ["bi"], config, results)
+    quality._check_steps([row("bi", 0, 0.9)], 2400, results)  # older rows carry no steps
+    quality._check_steps([{**row("bi", 0, 0.9), "steps": 2400}], 2400, results)
+
+
 def test_a_run_at_another_learning_rate_is_a_new_run(quality):
     old = {**row("bi", 0, 0.9), "lr": 1e-4}
     assert quality._run_key(old, 1e-4) != quality._run_key(old, 1.2e-3)
