@@ -1,6 +1,7 @@
 """The benchmarks' own logic: summaries over result rows, the CED removal orders, and the
 one-shot GPU script's dry run on the CPU."""
 
+import ast
 import importlib.util
 import json
 import os
@@ -121,7 +122,5 @@ def test_gpu_script_stops_at_once_when_torch_does_not_import(tmp_path):
 def test_benchmark_usage_keeps_its_line_breaks(script):
     """The usage text is the module docstring (--help prints it): a backslash that ends a
     command line must reach the reader, not join the next line onto it."""
-    import ast
-
     docstring = ast.get_docstring(ast.parse((BENCHMARKS / script).read_text()), clean=False)
     assert docstring and max(len(line) for line in docstring.splitlines()) <= 100
