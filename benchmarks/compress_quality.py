@@ -305,6 +305,43 @@ def paired_table(rows: list[dict], reference: str = "ced-adaptive",
         "|---|---|---|---|", *lines]) + "\n"
 
 
+def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:
+    """How far each method falls behind the best one, setting by setting: its mean minus the
+    setting's best mean, as a % of the best, summarised per method. Only methods run in every
+    setting count, so each is judged on the same settings. Empty with fewer than two."""
+    values: dict[tuple, dict[str, list[float]]] = {}  # setting -> method -> scores
+    for r in _rate_labelled(rows):
+        if metric in r and r["method"] != "teacher":
+            setting = (r["dataset"], r["family"], r["keep"])
+            values.setdefault(setting, {}).setdefault(r["method"], []).append(r[metric])
+    if not values:
+        return ""
+    common = set.intersection(*(set(methods) for methods in values.values()))
+    order = [*METHODS, *OTHER_VARIANTS, *CED_VARIANTS]
+    methods = sorted(common, key=lambda m: (order.index(m) if m in order else len(order), m))
+    if len(methods) < 2:
+        return ""
+    gaps: dict[str, list[tuple[float, tuple]]] = {m: [] for m in methods}
+    for setting, scores in values.items():
+        means = {m: sum(scores[m]) / len(scores[m]) for m in methods}
+        best = min(means.values())
+        for m in methods:
+            gaps[m].append((100 * (means[m] - best) / best, setting))
+    lines = []
+    for m in methods:
+        shortfalls = [gap for gap, _ in gaps[m]]
+        worst, (dataset, family, keep) = max(gaps[m])
+        lines.append(f"| {m} | {sum(shortfalls) / len(shortfalls):.1f}% | {worst:.1f}% "
+                     f"({dataset} / {family} keep {keep}) | "
+                     f"{sum(gap == 0 for gap in shortfalls)} of {len(shortfalls)} |")
+    return "\n".join([
+        f"Shortfall from the best method in each setting ({metric}, mean over seeds, lower is "
+        f"better): a method's mean minus the best mean, as a % of the best, over the "
+        f"{len(values)} settings where all of {', '.join(methods)} ran.", "",
+        "| method | mean shortfall | worst shortfall (setting) | best in |",
+        "|---|---|---|---|", *lines]) + "\n"
+
+
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
@@ -358,9 +395,9 @@ def main(argv=None) -> int:
         parser.error(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
     rows = run_grid(grid, methods, config, results, args.seeds, args.random_draws)
     text = table(rows, config)
-    paired = paired_table(rows)
-    if paired:
-        text += "\n" + paired
+    for summary in (paired_table(rows), shortfall_table(rows)):
+        if summary:
+            text += "\n" + summary
     atomic_write_text(RESULTS / f"compress_quality{suffix}.md", text)
     print(text)
     return 0

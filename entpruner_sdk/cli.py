@@ -140,9 +140,9 @@ def _add_compress(sub) -> None:
                    help="blocks to keep (6), FLOPs share to keep (0.5) or speedup (2x)")
     p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
     p.add_argument("--importance", default="ced", choices=["ced", "bi", "random", "uniform"],
-                   help="how blocks are ranked for removal (default ced); on the bundled "
-                        "benchmark the best baseline was bi for DiT and uniform for SiT "
-                        "(docs/benchmarks.md)")
+                   help="how blocks are ranked for removal (default ced: on the bundled "
+                        "benchmark at 2400 steps it falls least short of the best method, "
+                        "though bi wins some settings; docs/benchmarks.md)")
     p.add_argument("--schedule", default="adaptive", choices=["adaptive", "one-shot"])
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (default 1000)")
     p.add_argument("--batch-size", type=int, default=64)

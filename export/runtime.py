@@ -50,7 +50,8 @@ class ExportedDenoiser(ABC):
 
     def guided(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                scale: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Guided output from the exported guidance graph, for exports that have one."""
+        raise RuntimeError("this export has no guidance graph; re-export with guided=True")
 
     @property
     def has_guided_graph(self) -> bool:

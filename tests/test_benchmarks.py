@@ -55,6 +55,23 @@ def test_paired_table_is_empty_with_one_seed(quality):
     assert quality.paired_table(rows) == ""
 
 
+def test_shortfall_table_judges_methods_on_the_settings_they_all_ran(quality):
+    rows = [row("teacher", 0, 0.5, keep=12),
+            row("ced-adaptive", 0, 1.0), row("ced-adaptive", 1, 1.2),  # mean 1.1
+            row("bi", 0, 1.0), row("bi", 1, 1.0),  # mean 1.0, best at keep 6
+            row("ced-adaptive", 0, 2.0, keep=4), row("bi", 0, 2.5, keep=4),
+            row("uniform", 0, 0.1, keep=4)]  # not run at keep 6: left out
+    lines = [line for line in quality.shortfall_table(rows).splitlines()
+             if line.startswith("| ") and not line.startswith("| method")]
+    # keep 6: ced 10% behind bi; keep 4: bi 25% behind ced
+    assert lines == ["| ced-adaptive | 5.0% | 10.0% (digits / dit keep 6) | 1 of 2 |",
+                     "| bi | 12.5% | 25.0% (digits / dit keep 4) | 1 of 2 |"]
+    assert "uniform" not in quality.shortfall_table(rows)
+    tie = quality.shortfall_table([row("ced-adaptive", 0, 1.0), row("uniform", 0, 1.0)])
+    assert tie.count("| 0.0% | 0.0% (digits / dit keep 6) | 1 of 1 |") == 2  # both best
+    assert quality.shortfall_table([row("ced-adaptive", 0, 1.0)]) == ""
+
+
 def test_ced_removal_orders_single_pass_and_greedy():
     rankings = load("ced_rankings")
     model = randomized(DiffusionTransformer(tiny_config("dit", depth=5)))

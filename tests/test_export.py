@@ -168,6 +168,21 @@ def test_bad_requests_give_clear_errors(tmp_path, onnx_export):
         runtime.sample([7], steps=2)
 
 
+def test_export_without_guidance_graph_guides_on_the_host(tmp_path):
+    model = pruned("dit")
+    result = export(model, tmp_path / "plain", "onnx", guided=False)
+    assert "guided" not in result.files
+    runtime = load_exported(result.directory)
+    assert not runtime.has_guided_graph
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 7]), torch.tensor([0, 1])
+    with pytest.raises(RuntimeError, match="re-export with guided=True"):
+        runtime.guided(x, t, y, torch.tensor([2.0, 2.0]))
+    # Without the graph, guidance runs on the host through the plain graph, same images.
+    got = runtime.sample([0, 1], steps=4, cfg_scale=2.0, seed=3)
+    expected = sample(model, [0, 1], steps=4, cfg_scale=2.0, seed=3, device="cpu")
+    assert relative_error(got, expected)[1] < 1e-3
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 @pytest.mark.parametrize("fmt", ["tensorrt", "torch-tensorrt"])
 def test_tensorrt_without_gpu_fails_clearly(tmp_path, fmt):
