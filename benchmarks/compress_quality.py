@@ -91,8 +91,14 @@ for _lr in (1e-4, 3e-4, 1e-3, 2e-3):
                                                      lr=_lr)
     OTHER_VARIANTS[f"bi-lr{_lr:g}"] = dict(importance="bi", schedule="one-shot", lr=_lr)
 ALL_METHODS = {**METHODS, **CED_VARIANTS, **OTHER_VARIANTS}
+TABLE_ORDER = ["teacher", *METHODS, *OTHER_VARIANTS, *CED_VARIANTS]
 TEACHERS = {("digits", "dit"): "dit-digits", ("digits", "sit"): "sit-digits",
             ("photos", "dit"): "dit-photos", ("photos", "sit"): "sit-photos"}
+
+
+def _table_rank(method: str) -> int:
+    """Where a method's rows go in a table: the teacher, the grid's methods, then variants."""
+    return TABLE_ORDER.index(method) if method in TABLE_ORDER else len(TABLE_ORDER)
 
 
 def settings(quick: bool) -> dict:
@@ -249,13 +255,10 @@ def table(rows: list[dict], config: dict) -> str:
              "in the domain classifier's features (not FID).", "",
              "| dataset | family | keep | method | " + " | ".join(present) + " | speedup |",
              "|---" * (5 + len(present)) + "|"]
-    order = ["teacher", *METHODS, *OTHER_VARIANTS, *CED_VARIANTS]
     settings_seen = list(dict.fromkeys(key[:2] for key in groups))
 
     def position(key: tuple) -> tuple:
-        method = key[3]
-        rank = order.index(method) if method in order else len(order)
-        return settings_seen.index(key[:2]), -key[2], rank, method
+        return settings_seen.index(key[:2]), -key[2], _table_rank(key[3]), key[3]
 
     for dataset, family, keep, method in sorted(groups, key=position):
         group = groups[(dataset, family, keep, method)]
@@ -317,8 +320,7 @@ def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:
     if not values:
         return ""
     common = set.intersection(*(set(methods) for methods in values.values()))
-    order = [*METHODS, *OTHER_VARIANTS, *CED_VARIANTS]
-    methods = sorted(common, key=lambda m: (order.index(m) if m in order else len(order), m))
+    methods = sorted(common, key=lambda m: (_table_rank(m), m))
     if len(methods) < 2:
         return ""
     gaps: dict[str, list[tuple[float, tuple]]] = {m: [] for m in methods}
