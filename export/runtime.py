@@ -104,7 +104,7 @@ class OnnxRuntimeDenoiser(ExportedDenoiser):
 
     def guided(self, x, t, y, scale):
         if self.guided_session is None:
-            raise RuntimeError("this export has no guidance graph; re-export with guided=True")
+            return super().guided(x, t, y, scale)  # raises: no guidance graph
         return self._run(self.guided_session, {"x": x, "t": t, "y": y, "cfg_scale": scale})
 
     def _run(self, session, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -141,7 +141,7 @@ class AotiDenoiser(ExportedDenoiser):
 
     def guided(self, x, t, y, scale):
         if self.guided_runner is None:
-            raise RuntimeError("this export has no guidance graph; re-export with guided=True")
+            return super().guided(x, t, y, scale)  # raises: no guidance graph
         return self.guided_runner(*self._inputs(x, t, y),
                                   scale.to(self.device).float()).to(x.device)
 
