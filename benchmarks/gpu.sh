@@ -4,13 +4,17 @@
 #   bash benchmarks/gpu.sh                       # results and logs in benchmarks/results/gpu/
 #   PYTHON=/opt/torch/.venv/bin/python3 GPU_OUT=$OUT GPU_DEADLINE_S=420 bash benchmarks/gpu.sh
 #   GPU_DRY_RUN=1 GPU_OUT=/tmp/gpu-dry bash benchmarks/gpu.sh   # the same steps on CPU, tiny
+#   GPU_SKIP=sampling bash benchmarks/gpu.sh     # leave out steps: tests, ced, compress, sampling
 #
 # Needs a stock PyTorch CUDA image plus these wheels (pure Python or small):
 #   pip install numpy safetensors scikit-learn scikit-image pillow tqdm rich matplotlib pytest
-# and the package itself, found through PYTHONPATH (set below) or an editable install.
+# and the package itself. PYTHONPATH alone cannot find it: setuptools' package-dir maps export/,
+# serve/ and apps/ to entpruner_sdk.export, .serve and .apps. So when those do not import, the
+# script installs the checkout editable (no deps, no index) into PYTHON's environment.
 #
 # Steps, in order: the GPU-marked tests; CED ranking time for a DiT-XL/2-shaped model (random
-# weights, 256 samples x 8 timesteps) against N full forwards; a short compress of the bundled
+# weights, 256 samples x 8 timesteps) against N full forwards (7 of the 28 timed, scaled to 28,
+# to save device time; about a minute on an H200); a short compress of the bundled
 # teacher; XL/2 28- vs 14-block sampling throughput, eager vs CUDA graphs (torch.compile
 # "reduce-overhead"; each compile takes a minute or more, so plain compile is left to a run
 # of gpu_sampling.py by hand).
@@ -37,12 +41,12 @@ trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
 if [[ "${GPU_DRY_RUN:-0}" == 1 ]]; then
     DEVICE=cpu
-    XL=(--arch DiT-S/2 --latent-size 8 --samples 64 --timesteps 2)
+    XL=(--arch DiT-S/2 --latent-size 8 --samples 64 --timesteps 2 --forward-passes 3)
     COMPRESS_STEPS=20
     SAMPLING=(--model DiT-S/2 --batch 2 --steps 2 --repeats 1 --modes eager)
 else
     DEVICE=cuda
-    XL=()
+    XL=(--forward-passes 7)
     COMPRESS_STEPS=500
     SAMPLING=(--batch 32 --steps 25 --repeats 3 --modes eager,cuda-graphs)
 fi
@@ -50,8 +54,9 @@ export ENTPRUNER_QUIET=1 PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPAT
 exec > >(tee -a "$OUT/gpu.log") 2>&1
 status=0
 
-step() {  # step NAME SECONDS LOG COMMAND...: bounded by its limit and the deadline
-    local name=$1 limit=$2 log=$3; shift 3
+step() {  # step KEY NAME SECONDS LOG COMMAND...: bounded by its limit and the deadline
+    local key=$1 name=$2 limit=$3 log=$4; shift 4
+    if [[ ",${GPU_SKIP:-}," == *",$key,"* ]]; then echo "--- $name skipped (GPU_SKIP)"; return; fi
     local left=$((DEADLINE - SECONDS))
     ((left < limit)) && limit=$left
     if ((limit < 20)); then
@@ -82,21 +87,33 @@ elif not torch.cuda.is_available():
 else:
     print(torch.cuda.get_device_name(), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
 PY
+# The subpackages must be found from outside the checkout (the editable finder maps them);
+# found, not imported: serve and apps need fastapi and gradio, which these steps do not use.
+FOUND="import importlib.util as u, sys
+sys.exit(not all(u.find_spec('entpruner_sdk.' + p) for p in ('export', 'serve', 'apps')))"
+if ! (cd / && "$PYTHON" -c "$FOUND" \
+        2>/dev/null); then
+    echo "installing the checkout editable (no deps) into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
+    timeout --kill-after=5 120 "$PYTHON" -m pip install -q --no-deps --no-build-isolation \
+        --no-index -e . || { echo "!!! editable install failed"; exit 1; }
+    (cd / && "$PYTHON" -c "$FOUND") \
+        || { echo "!!! the subpackages still do not import"; exit 1; }
+fi
 timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-step "GPU-marked tests" 120 "$OUT/tests.log" \
+step tests "GPU-marked tests" 120 "$OUT/tests.log" \
     "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_export.py
-step "CED ranking, DiT-XL/2 shape, 256 x 8" 100 "$WORK/cost.log" \
+step ced "CED ranking, DiT-XL/2 shape, 256 x 8" 150 "$WORK/cost.log" \
     "$PYTHON" benchmarks/compress_cost.py --xl "${XL[@]}" --device "$DEVICE" \
         --out "$OUT/compress_cost_xl.json"
-step "compress the bundled DiT teacher to 6 blocks" 100 "$WORK/compress.log" \
+step compress "compress the bundled DiT teacher to 6 blocks" 150 "$WORK/compress.log" \
     "$PYTHON" -m entpruner_sdk compress --model dit-digits --budget 6 \
         --steps "$COMPRESS_STEPS" --device "$DEVICE" --report-samples 0 --quiet \
         --out "$WORK/compress-dit-digits"
 for name in report.json report.md; do
     cp "$WORK/compress-dit-digits/$name" "$OUT/compress_$name" 2>/dev/null || true
 done
-step "XL/2 sampling throughput, 28 vs 14 blocks" 150 "$OUT/sampling.log" \
+step sampling "XL/2 sampling throughput, 28 vs 14 blocks" 150 "$OUT/sampling.log" \
     "$PYTHON" benchmarks/gpu_sampling.py "${SAMPLING[@]}" --device "$DEVICE" \
         --out "$OUT/gpu_sampling.json"
 echo "=== done in $SECONDS s, status $status ==="

@@ -533,6 +533,22 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
             "serve": cmd_serve, "demo": cmd_demo, "quickstart": cmd_quickstart}
 
 
+# The extra that installs each optional module, for the missing-module hint.
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "httpx": "serve",
+          "gradio": "app", "gradio_client": "app", "playwright": "app", "ray": "ray",
+          "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "tensorrt": "tensorrt",
+          "torch_tensorrt": "tensorrt", "diffusers": "latent"}
+
+
+def _error_message(error: Exception) -> str:
+    """The error, plus the install command when it is a missing optional dependency."""
+    name = getattr(error, "name", None) or ""
+    extra = EXTRAS.get(name.split(".")[0]) if isinstance(error, ImportError) else None
+    if extra is None:
+        return str(error)
+    return f"{error}; install it with: pip install 'entpruner-sdk[{extra}]'"
+
+
 def main(argv: list[str] | None = None) -> int:
     from entpruner_sdk.data import DataError
     from entpruner_sdk.evaluation.inception import FeatureNetworkMissing
@@ -549,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,
             FileExistsError, FeatureNetworkMissing, ParityError, ImportError,
             RuntimeError) as error:
-        print(f"entpruner {args.command}: error: {error}", file=sys.stderr)
+        print(f"entpruner {args.command}: error: {_error_message(error)}", file=sys.stderr)
         return 2
 
 

@@ -45,13 +45,15 @@ def sample(
     """Generate one image per label; returns [N, C, H, W] on the CPU.
 
     The initial noise and every per-step noise come from a CPU generator seeded with ``seed``,
-    so a seed gives the same images on any device (up to the device's arithmetic).
+    so a seed gives the same images on any device (up to the device's arithmetic). The model
+    is moved to ``device`` (in place, as ``model.to``) when it is elsewhere.
     ``sampler``: ``ddpm`` / ``ddim`` for DiT, ``euler`` / ``heun`` / ``euler-maruyama`` for SiT.
     ``compile``: ``True`` runs the denoiser through ``torch.compile``; ``"reduce-overhead"``
     also captures it in CUDA graphs (fixed shapes, the fastest on GPUs for a sampling loop);
     the compiled module is cached on the model, so the compile cost is paid once.
     """
     device = resolve_device(device)
+    model.to(device)  # in place, as nn.Module.to: sampling runs where the caller asked
     denoiser = compiled(model, compile) if compile else model
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -2,21 +2,31 @@
 queue, Prometheus metrics, and the same app as a Ray Serve deployment for scale-out.
 
     entpruner serve --model original=dit-digits --model pruned=runs/quickstart/dit-digits-pruned
+
+Names load on first use (PEP 562), so ``entpruner_sdk.serve.models`` and the CLI's parser
+work without the ``serve`` extra (FastAPI) installed.
 """
 
-from entpruner_sdk.serve.app import create_app, decode_array
-from entpruner_sdk.serve.models import BACKENDS, ServedModel, load_served_model
-from entpruner_sdk.serve.server import parse_model_specs, serve, serve_ray
-from entpruner_sdk.serve.settings import ServerSettings
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "ServedModel",
-    "ServerSettings",
-    "create_app",
-    "decode_array",
-    "load_served_model",
-    "parse_model_specs",
-    "serve",
-    "serve_ray",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "create_app": "app", "decode_array": "app",
+    "BACKENDS": "models", "ServedModel": "models", "load_served_model": "models",
+    "parse_model_specs": "server", "serve": "server", "serve_ray": "server",
+    "ServerSettings": "settings",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -121,11 +121,22 @@ def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     assert "!!!" not in log and "status 0" in log  # no step failed or was skipped
     cost = json.loads((out / "compress_cost_xl.json").read_text())["ced_xl"]
     assert cost["blocks"] == 12 and cost["samples"] == 64 and cost["ced_seconds"] > 0
+    assert cost["full_forward_passes_timed"] == 3  # the dry run times 3 of 12 and scales
     report = json.loads((out / "compress_report.json").read_text())
     assert report["summary"]["depth_after"] == 6
     rows = json.loads((out / "gpu_sampling.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["12 blocks", "6 blocks"]
     assert len(list(out.iterdir())) <= 7  # what a lent machine hands back
+
+
+def test_gpu_script_skips_the_steps_named_in_gpu_skip(tmp_path):
+    env = dict(os.environ, GPU_DRY_RUN="1", GPU_OUT=str(tmp_path), PYTHON=sys.executable,
+               GPU_SKIP="tests,ced,compress,sampling")
+    run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.count("skipped (GPU_SKIP)") == 4 and "status 0" in run.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.log"]
 
 
 def test_gpu_script_stops_at_once_when_torch_does_not_import(tmp_path):

@@ -25,6 +25,28 @@ def test_console_script_entry_point_runs():
     assert "quickstart" in result.stdout
 
 
+WITHOUT_EXTRAS = """
+import sys
+for name in ("fastapi", "uvicorn", "gradio", "ray"):
+    sys.modules[name] = None  # import fails, as when the serve and app extras are absent
+from entpruner_sdk.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_core_commands_run_without_the_serve_and_app_extras():
+    """A GPU box with only the core dependencies must still compress; the commands that need
+    an extra say which one to install."""
+    run = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, "info", "--model", "dit-digits",
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["config"]["depth"] == 12
+    run = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, "serve", "--model", "dit-digits"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "pip install 'entpruner-sdk[serve]'" in run.stderr
+
+
 def test_train_info_and_sample_round_trip(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--family", "sit", "--depth", "2", "--hidden", "32", "--heads", "2",

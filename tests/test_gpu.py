@@ -10,7 +10,9 @@ from entpruner_sdk.data import load_data
 from entpruner_sdk.importance import CED, CalibrationSet
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
-from entpruner_sdk.sampling import sample
+from entpruner_sdk.sampling import compiled, sample
+from entpruner_sdk.teachers import load_teacher
+from entpruner_sdk.utils.device import autocast
 from tests.conftest import randomized, tiny_config
 
 pytestmark = [pytest.mark.gpu,
@@ -21,22 +23,38 @@ def model(family="dit"):
     return randomized(DiffusionTransformer(tiny_config(family, depth=4))).eval()
 
 
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean absolute difference over the reference's mean magnitude."""
+    return float((out.float() - reference.float()).abs().mean() / reference.float().abs().mean())
+
+
+# A trained teacher, not a random net: DDIM turns an epsilon error at t near T into an x0 error
+# 1/sqrt(alpha_bar) (about 150x) larger, so a random, chaotic net turns bf16 rounding into a
+# few wild pixels; a trained denoiser is smooth enough for the images to stay close.
 @pytest.mark.parametrize("family", ["dit", "sit"])
 def test_cuda_bf16_sampling_matches_cpu(family):
-    net = model(family)
+    net = load_teacher(f"{family}-digits", "cpu")
     cpu = sample(net, [0, 1, 2], steps=5, cfg_scale=2.0, seed=1, device="cpu")
     gpu = sample(net, [0, 1, 2], steps=5, cfg_scale=2.0, seed=1, device="cuda")
+    assert next(net.parameters()).device.type == "cuda"  # sample moved the model there
     assert gpu.device.type == "cpu" and torch.isfinite(gpu).all()
-    # bf16 autocast: same noise, close images
-    assert (gpu - cpu).abs().max() / cpu.abs().max() < 0.1
+    assert relative_error(gpu, cpu) < 0.1  # bf16 autocast: same noise, close images
 
 
 def test_compiled_and_cuda_graph_sampling_match_eager():
-    net = model().cuda()
+    net = load_teacher("dit-digits", "cuda")
+    x = torch.randn(4, 1, 8, 8, device="cuda")
+    t = torch.tensor([999, 600, 300, 10], device="cuda")
+    y = torch.tensor([0, 1, 2, 10], device="cuda")  # 10: the null class
+    with torch.no_grad(), autocast(torch.device("cuda")):
+        eager_call = net(x, t, y).float()
     eager = sample(net, [0, 1], steps=4, seed=2, device="cuda")
     for mode in (True, "reduce-overhead"):
+        with torch.no_grad(), autocast(torch.device("cuda")):
+            call = compiled(net, mode)(x, t, y).float()
+        assert relative_error(call, eager_call) < 0.02, mode  # one call: bf16 rounding only
         out = sample(net, [0, 1], steps=4, seed=2, device="cuda", compile=mode)
-        torch.testing.assert_close(out, eager, rtol=5e-2, atol=5e-2)
+        assert relative_error(out, eager) < 0.05, mode
 
 
 def test_ced_on_cuda_equals_cpu_ranking():
