@@ -9,8 +9,7 @@ work without the ``serve`` extra (FastAPI) installed.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from entpruner_sdk.utils.lazy import lazy_exports
 
 _WHERE = {
     "create_app": "app", "decode_array": "app",
@@ -20,13 +19,4 @@ _WHERE = {
 }
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -253,3 +253,12 @@ def test_ray_serve_replicas_answer(tmp_path):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_serve_package_names_load_on_first_use():
+    import entpruner_sdk.serve as package
+    from entpruner_sdk.serve.models import BACKENDS
+
+    assert package.BACKENDS is BACKENDS and "serve" in dir(package)
+    with pytest.raises(AttributeError, match="has no attribute 'not_a_name'"):
+        package.not_a_name  # noqa: B018
