@@ -73,6 +73,10 @@ def test_result_saves_loads_and_samples(tmp_path, family):
     assert summary["gflops_after"] < summary["gflops_before"]
     assert summary["sampling_latency"]["pruned_s"] > 0 and len(report["losses"]) == 24
     assert all("scores" in d and "candidates" in d for d in report["decisions"])
+    # the CED table per block and per timestep, at every decision (the default ranks once)
+    times = report["settings"]["calibration_times"]
+    assert all(len(row["per_timestep"]) == times
+               for d in report["decisions"] for row in d["scores"])
     assert "| depth | 6 | 4 |" in (tmp_path / "report.md").read_text()
     assert {"class_accuracy", "fd_domain"} <= set(summary["quality_original"])
     assert {"class_accuracy", "fd_domain", "psnr", "ssim"} <= set(summary["quality_pruned"])

@@ -16,6 +16,7 @@ from entpruner_sdk.importance import (
 )
 from entpruner_sdk.importance.ced import combine_timesteps
 from entpruner_sdk.importance.entropy import GAUSSIAN_CONSTANT, EntropyAccumulator
+from entpruner_sdk.importance.frozen import FrozenRanking
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
 from tests.conftest import randomized, tiny_config
@@ -157,3 +158,25 @@ def test_planned_uniform_removes_progressively_to_the_one_shot_set():
     assert kept != [0, 3, 8, 11]
     with pytest.raises(ValueError, match="both"):
         UniformImportance(range(12))
+
+
+def test_frozen_ranking_scores_once_and_keeps_the_per_timestep_table():
+    """The default (CED ranked once, on the teacher): later decisions get the teacher's scores
+    and per-timestep rows for the blocks still present, without scoring the student again."""
+    model, objective, calibration = setup(depth=5)
+    calls = []
+
+    class Counting(CED):
+        def score(self, *args, **kwargs):
+            calls.append(1)
+            return super().score(*args, **kwargs)
+
+    frozen = FrozenRanking(Counting())
+    first = frozen.score(model, objective, calibration, CPU)
+    student = model.keep_blocks([0, 2, 4])
+    later = frozen.score(student, objective, calibration, CPU)
+    assert len(calls) == 1
+    assert later.kept_blocks == [0, 2, 4]
+    assert later.scores == [first.scores[i] for i in (0, 2, 4)]
+    assert later.per_timestep == [first.per_timestep[i] for i in (0, 2, 4)]
+    assert all(len(row["per_timestep"]) == 3 for row in later.as_table())  # 3 timesteps

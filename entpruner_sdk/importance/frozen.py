@@ -30,10 +30,12 @@ class FrozenRanking(Importance):
               calibration: CalibrationSet, device: torch.device) -> BlockScores:
         if self.first is None:
             self.first = self.inner.score(model, objective, calibration, device)
-        by_block = dict(zip(self.first.kept_blocks, self.first.scores))
-        kept = model.kept_blocks
-        return BlockScores(self.name, [by_block[b] for b in kept], kept,
-                           details={"scored_once_on_blocks": self.first.kept_blocks})
+        row_of = {block: i for i, block in enumerate(self.first.kept_blocks)}
+        rows = [row_of[block] for block in model.kept_blocks]
+        per_timestep = (None if self.first.per_timestep is None
+                        else [self.first.per_timestep[i] for i in rows])
+        return BlockScores(self.name, [self.first.scores[i] for i in rows], model.kept_blocks,
+                           per_timestep, details={"scored_once_on_blocks": self.first.kept_blocks})
 
     def select(self, scores: BlockScores, count: int, protected: Collection[int] = ()
                ) -> list[int]:
