@@ -141,8 +141,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
     p.add_argument("--importance", default="ced", choices=["ced", "bi", "random", "uniform"],
                    help="how blocks are ranked for removal (default ced: on the bundled "
-                        "benchmark at 2400 steps it falls least short of the best method, "
-                        "though bi wins some settings; docs/benchmarks.md)")
+                        "benchmark at 2400 steps it falls least short of the best method "
+                        "on the mean, though bi and others win some settings; "
+                        "docs/benchmarks.md)")
     p.add_argument("--schedule", default="adaptive", choices=["adaptive", "one-shot"])
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (default 1000)")
     p.add_argument("--batch-size", type=int, default=64)
