@@ -45,13 +45,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def full_forwards_seconds(model, objective, calibration, device, batch_size,
-                          passes: int | None = None) -> float:
+                          passes: int) -> float:
     """Time of N full forward passes over the calibration set (the naive ranking's cost).
 
     ``passes`` < N times that many identical passes and scales the time to N, to save device
     time on large models; the passes do the same work, so only the noise grows.
     """
-    passes = model.depth if passes is None else min(passes, model.depth)
     start = time.perf_counter()
     for _ in range(passes):
         for _, batch in calibration.batches(objective, device, batch_size):

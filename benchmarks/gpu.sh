@@ -9,7 +9,7 @@
 # Needs a stock PyTorch CUDA image plus these wheels (pure Python or small):
 #   pip install numpy safetensors scikit-learn scikit-image pillow tqdm rich matplotlib pytest
 # and the package itself. PYTHONPATH alone cannot find it: setuptools' package-dir maps export/,
-# serve/ and apps/ to entpruner_sdk.export, .serve and .apps. So when those do not import, the
+# serve/ and apps/ to entpruner_sdk.export, .serve and .apps. So when those are not found, the
 # script installs the checkout editable (no deps, no index) into PYTHON's environment.
 #
 # Steps, in order: the GPU-marked tests; CED ranking time for a DiT-XL/2-shaped model (random
@@ -91,13 +91,12 @@ PY
 # found, not imported: serve and apps need fastapi and gradio, which these steps do not use.
 FOUND="import importlib.util as u, sys
 sys.exit(not all(u.find_spec('entpruner_sdk.' + p) for p in ('export', 'serve', 'apps')))"
-if ! (cd / && "$PYTHON" -c "$FOUND" \
-        2>/dev/null); then
+if ! (cd / && "$PYTHON" -c "$FOUND" 2>/dev/null); then
     echo "installing the checkout editable (no deps) into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
     timeout --kill-after=5 120 "$PYTHON" -m pip install -q --no-deps --no-build-isolation \
         --no-index -e . || { echo "!!! editable install failed"; exit 1; }
     (cd / && "$PYTHON" -c "$FOUND") \
-        || { echo "!!! the subpackages still do not import"; exit 1; }
+        || { echo "!!! the subpackages are still not found"; exit 1; }
 fi
 timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
