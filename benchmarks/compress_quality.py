@@ -240,6 +240,10 @@ def table(rows: list[dict], config: dict) -> str:
     seeds = max((len(g) for k, g in groups.items() if k[3] != "random"), default=1)
     draws = max((len(g) for k, g in groups.items() if k[3] == "random"), default=seeds)
     draw_note = f" (random: {draws} draws)" if draws > seeds else ""
+    # Extra seeds run for some methods only: say how many each row averages.
+    uneven = len({len(g) for g in groups.values()}) > 1
+    seed_note = f"up to {max(seeds, draws)} seeds per method, as the seeds column says" \
+        if uneven else f"{seeds} seed(s) per method{draw_note}"
     steps, samples = config["steps"], config["samples"]
     fid_note = (f"FID is standard FID (Inception) on {config.get('fid_samples', samples)} "
                 "samples, comparable only within this table; " if any("fid" in r for r in rows)
@@ -249,12 +253,13 @@ def table(rows: list[dict], config: dict) -> str:
                  "learning rate as the method's name says; " if rates else "")
     lines = [f"Fine-tuning steps per method: {steps}; {rate_note}{samples} samples per "
              "evaluation; "
-             f"{seeds} seed(s) per method{draw_note} (compress seed and evaluation noise), "
+             f"{seed_note} (compress seed and evaluation noise), "
              f"mean{' +- sd' if max(seeds, draws) > 1 else ''}; samplers: DiT DDIM 50 steps, "
              "SiT Heun 25 steps, cfg 2.0; " + fid_note + "FD-domain is the Fréchet distance "
              "in the domain classifier's features (not FID).", "",
-             "| dataset | family | keep | method | " + " | ".join(present) + " | speedup |",
-             "|---" * (5 + len(present)) + "|"]
+             "| dataset | family | keep | method | " + ("seeds | " if uneven else "")
+             + " | ".join(present) + " | speedup |",
+             "|---" * (5 + uneven + len(present)) + "|"]
     settings_seen = list(dict.fromkeys(key[:2] for key in groups))
 
     def position(key: tuple) -> tuple:
@@ -265,7 +270,8 @@ def table(rows: list[dict], config: dict) -> str:
         values = " | ".join(_mean_sd([r[m] for r in group if m in r]) for m in present)
         speeds = [r["speedup"] for r in group if "speedup" in r]
         speed = f"{sum(speeds) / len(speeds):.2f}x" if speeds else "-"
-        lines.append(f"| {dataset} | {family} | {keep} | {method} | {values} | {speed} |")
+        count = f"{len(group)} | " if uneven else ""
+        lines.append(f"| {dataset} | {family} | {keep} | {method} | {count}{values} | {speed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -297,26 +303,42 @@ def paired_table(rows: list[dict], reference: str = "ced-adaptive",
             lines.append(f"| {dataset} / {family} keep {keep} | {other} | "
                          f"{sum(change) / len(change):+.1f}% "
                          f"({min(change):+.1f}% to {max(change):+.1f}%) | "
-                         f"{reference_better} of {len(common)} |")
+                         f"{reference_better} of {len(common)} | {_paired_p(change)} |")
     if not lines:
         return ""
     return "\n".join([
         f"Paired by seed against {reference} ({metric}, lower is better): the method's score "
         f"minus {reference}'s, as a % of {reference}'s, mean over seeds (range); negative = "
-        f"the method is better.", "",
-        f"| setting | method | vs {reference} | seeds where {reference} is better |",
-        "|---|---|---|---|", *lines]) + "\n"
+        f"the method is better. p: two-sided paired t-test of the per-seed differences against "
+        f"zero (with 3 seeds only a consistent difference reaches p < 0.05).", "",
+        f"| setting | method | vs {reference} | seeds where {reference} is better | p |",
+        "|---|---|---|---|---|", *lines]) + "\n"
+
+
+def _paired_p(differences: list[float]) -> str:
+    """Two-sided p-value of a one-sample t-test of the paired differences against zero: whether
+    a method's gap to the reference is larger than its seed-to-seed spread explains."""
+    try:
+        from scipy.stats import ttest_1samp
+    except ImportError:  # scipy comes with the fid and dev extras
+        return "-"
+    if len(set(differences)) == 1:  # no spread: t is undefined
+        return "0" if differences[0] else "1"
+    return f"{ttest_1samp(differences, 0.0).pvalue:.2f}"
 
 
 def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:
     """How far each method falls behind the best one, setting by setting: its mean minus the
     setting's best mean, as a % of the best, summarised per method. Only methods run in every
-    setting count, so each is judged on the same settings. Empty with fewer than two."""
-    values: dict[tuple, dict[str, list[float]]] = {}  # setting -> method -> scores
+    setting count, so each is judged on the same settings, and each setting's means are over
+    the seeds all those methods ran there (the seed sets the evaluation noise, which moves every
+    score alike). Empty with fewer than two."""
+    values: dict[tuple, dict[str, dict[int, float]]] = {}  # setting -> method -> seed -> score
     for r in _rate_labelled(rows):
         if metric in r and r["method"] != "teacher":
             setting = (r["dataset"], r["family"], r["keep"])
-            values.setdefault(setting, {}).setdefault(r["method"], []).append(r[metric])
+            values.setdefault(setting, {}).setdefault(r["method"], {})[r.get("seed", 0)] = \
+                r[metric]
     if not values:
         return ""
     common = set.intersection(*(set(methods) for methods in values.values()))
@@ -325,7 +347,10 @@ def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:
         return ""
     gaps: dict[str, list[tuple[float, tuple]]] = {m: [] for m in methods}
     for setting, scores in values.items():
-        means = {m: sum(scores[m]) / len(scores[m]) for m in methods}
+        seeds = set.intersection(*(set(scores[m]) for m in methods))
+        if not seeds:  # no seed that all ran (random's extra draws): fall back to every run
+            seeds = set.union(*(set(scores[m]) for m in methods))
+        means = {m: _mean([scores[m][s] for s in seeds if s in scores[m]]) for m in methods}
         best = min(means.values())
         for m in methods:
             gaps[m].append((100 * (means[m] - best) / best, setting))
@@ -342,6 +367,10 @@ def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:
         f"{len(values)} settings where all of {', '.join(methods)} ran.", "",
         "| method | mean shortfall | worst shortfall (setting) | best in |",
         "|---|---|---|---|", *lines]) + "\n"
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _mean_sd(values: list[float]) -> str:

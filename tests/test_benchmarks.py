@@ -45,9 +45,18 @@ def test_paired_table_compares_within_each_seed(quality):
             row("uniform", 0, 1.1)]  # one seed only: nothing to pair
     text = quality.paired_table(rows)
     lines = [line for line in text.splitlines() if line.startswith("| digits")]
-    # teacher: -50% and -55% -> mean -52.5%; bi: -10% and +10% -> mean 0, reference better once
-    assert lines == ["| digits / dit keep 6 | teacher | -52.5% (-55.0% to -50.0%) | 0 of 2 |",
-                     "| digits / dit keep 6 | bi | +0.0% (-10.0% to +10.0%) | 1 of 2 |"]
+    # teacher: -50% and -55% -> mean -52.5%, t = -52.5 / (3.54 / sqrt 2) = -21 on 1 degree of
+    # freedom, p = 0.03; bi: -10% and +10% -> mean 0, reference better once, p = 1
+    assert lines == [
+        "| digits / dit keep 6 | teacher | -52.5% (-55.0% to -50.0%) | 0 of 2 | 0.03 |",
+        "| digits / dit keep 6 | bi | +0.0% (-10.0% to +10.0%) | 1 of 2 | 1.00 |"]
+
+
+def test_paired_p_value_handles_differences_without_spread(quality):
+    assert quality._paired_p([2.0, 2.0, 2.0]) == "0"  # the same gap on every seed
+    assert quality._paired_p([0.0, 0.0]) == "1"
+    consistent, split = quality._paired_p([-1.0, -2.0, -3.0]), quality._paired_p([-1.0, 1.5])
+    assert float(consistent) < 0.1 < float(split)
 
 
 def test_paired_table_is_empty_with_one_seed(quality):
@@ -70,6 +79,20 @@ def test_shortfall_table_judges_methods_on_the_settings_they_all_ran(quality):
     tie = quality.shortfall_table([row("ced-adaptive", 0, 1.0), row("uniform", 0, 1.0)])
     assert tie.count("| 0.0% | 0.0% (digits / dit keep 6) | 1 of 1 |") == 2  # both best
     assert quality.shortfall_table([row("ced-adaptive", 0, 1.0)]) == ""
+
+
+def test_extra_seeds_for_some_methods_are_compared_on_the_seeds_all_ran(quality):
+    rows = [row("ced-adaptive", 0, 1.0), row("ced-adaptive", 1, 1.0),
+            row("ced-adaptive", 2, 2.0),  # a seed bi did not run: its noise would count
+            row("bi", 0, 0.9), row("bi", 1, 0.9)]
+    lines = [line for line in quality.shortfall_table(rows).splitlines()
+             if line.startswith("| ced") or line.startswith("| bi")]
+    assert lines == ["| ced-adaptive | 11.1% | 11.1% (digits / dit keep 6) | 0 of 1 |",
+                     "| bi | 0.0% | 0.0% (digits / dit keep 6) | 1 of 1 |"]
+    text = quality.table(rows, dict(steps=600, samples=500))
+    assert "up to 3 seeds per method" in text
+    assert "| digits | dit | 6 | ced-adaptive | 3 | 1.333 +- 0.577 | - |" in text
+    assert "| digits | dit | 6 | bi | 2 | 0.900 +- 0.000 | - |" in text
 
 
 def test_ced_removal_orders_single_pass_and_greedy():
