@@ -324,7 +324,8 @@ def _paired_p(differences: list[float]) -> str:
         return "-"
     if len(set(differences)) == 1:  # no spread: t is undefined
         return "0" if differences[0] else "1"
-    return f"{ttest_1samp(differences, 0.0).pvalue:.2f}"
+    p = ttest_1samp(differences, 0.0).pvalue
+    return "<0.01" if p < 0.01 else f"{p:.2f}"
 
 
 def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:

@@ -57,6 +57,7 @@ def test_paired_p_value_handles_differences_without_spread(quality):
     assert quality._paired_p([0.0, 0.0]) == "1"
     consistent, split = quality._paired_p([-1.0, -2.0, -3.0]), quality._paired_p([-1.0, 1.5])
     assert float(consistent) < 0.1 < float(split)
+    assert quality._paired_p([-3.0, -3.1, -2.9, -3.0]) == "<0.01"
 
 
 def test_paired_table_is_empty_with_one_seed(quality):
