@@ -269,7 +269,7 @@ def table(rows: list[dict], config: dict) -> str:
         group = groups[(dataset, family, keep, method)]
         values = " | ".join(_mean_sd([r[m] for r in group if m in r]) for m in present)
         speeds = [r["speedup"] for r in group if "speedup" in r]
-        speed = f"{sum(speeds) / len(speeds):.2f}x" if speeds else "-"
+        speed = f"{_mean(speeds):.2f}x" if speeds else "-"
         count = f"{len(group)} | " if uneven else ""
         lines.append(f"| {dataset} | {family} | {keep} | {method} | {count}{values} | {speed} |")
     return "\n".join(lines) + "\n"
@@ -301,7 +301,7 @@ def paired_table(rows: list[dict], reference: str = "ced-adaptive",
             change = [100 * (theirs[s] - ref[s]) / ref[s] for s in common]
             reference_better = sum(ref[s] < theirs[s] for s in common)
             lines.append(f"| {dataset} / {family} keep {keep} | {other} | "
-                         f"{sum(change) / len(change):+.1f}% "
+                         f"{_mean(change):+.1f}% "
                          f"({min(change):+.1f}% to {max(change):+.1f}%) | "
                          f"{reference_better} of {len(common)} | {_paired_p(change)} |")
     if not lines:
@@ -359,7 +359,7 @@ def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:
     for m in methods:
         shortfalls = [gap for gap, _ in gaps[m]]
         worst, (dataset, family, keep) = max(gaps[m])
-        lines.append(f"| {m} | {sum(shortfalls) / len(shortfalls):.1f}% | {worst:.1f}% "
+        lines.append(f"| {m} | {_mean(shortfalls):.1f}% | {worst:.1f}% "
                      f"({dataset} / {family} keep {keep}) | "
                      f"{sum(gap == 0 for gap in shortfalls)} of {len(shortfalls)} |")
     return "\n".join([
@@ -377,7 +377,7 @@ def _mean(values: list[float]) -> float:
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
-    mean = sum(values) / len(values)
+    mean = _mean(values)
     if len(values) == 1:
         return f"{mean:.3f}"
     sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
