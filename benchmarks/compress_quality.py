@@ -84,6 +84,8 @@ OTHER_VARIANTS = {
     # rows named uniform-adaptive-respaced come from before that plan (commit ffa9ba9), when
     # each removal re-spaced over the blocks left and keep 4 ended at [0, 1, 6, 11]
     "uniform-adaptive": dict(importance="uniform", schedule="adaptive"),
+    # X = the denoised estimate clipped to the data's range, at the default schedule
+    "ced-adaptive-clipped": dict(importance="ced", schedule="adaptive", ced_output="clipped"),
 }
 # the recovery learning-rate sweep (compress's default is 1.2e-3 for the width-96 teachers)
 for _lr in (1e-4, 3e-4, 1e-3, 2e-3):
