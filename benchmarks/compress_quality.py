@@ -31,6 +31,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from statistics import fmean, stdev
 
 import torch
 
@@ -271,7 +272,7 @@ def table(rows: list[dict], config: dict) -> str:
         group = groups[(dataset, family, keep, method)]
         values = " | ".join(_mean_sd([r[m] for r in group if m in r]) for m in present)
         speeds = [r["speedup"] for r in group if "speedup" in r]
-        speed = f"{_mean(speeds):.2f}x" if speeds else "-"
+        speed = f"{fmean(speeds):.2f}x" if speeds else "-"
         count = f"{len(group)} | " if uneven else ""
         lines.append(f"| {dataset} | {family} | {keep} | {method} | {count}{values} | {speed} |")
     return "\n".join(lines) + "\n"
@@ -303,7 +304,7 @@ def paired_table(rows: list[dict], reference: str = "ced-adaptive",
             change = [100 * (theirs[s] - ref[s]) / ref[s] for s in common]
             reference_better = sum(ref[s] < theirs[s] for s in common)
             lines.append(f"| {dataset} / {family} keep {keep} | {other} | "
-                         f"{_mean(change):+.1f}% "
+                         f"{fmean(change):+.1f}% "
                          f"({min(change):+.1f}% to {max(change):+.1f}%) | "
                          f"{reference_better} of {len(common)} | {_paired_p(change)} |")
     if not lines:
@@ -353,7 +354,7 @@ def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:
         seeds = set.intersection(*(set(scores[m]) for m in methods))
         if not seeds:  # no seed that all ran (random's extra draws): fall back to every run
             seeds = set.union(*(set(scores[m]) for m in methods))
-        means = {m: _mean([scores[m][s] for s in seeds if s in scores[m]]) for m in methods}
+        means = {m: fmean([scores[m][s] for s in seeds if s in scores[m]]) for m in methods}
         best = min(means.values())
         for m in methods:
             gaps[m].append((100 * (means[m] - best) / best, setting))
@@ -361,7 +362,7 @@ def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:
     for m in methods:
         shortfalls = [gap for gap, _ in gaps[m]]
         worst, (dataset, family, keep) = max(gaps[m])
-        lines.append(f"| {m} | {_mean(shortfalls):.1f}% | {worst:.1f}% "
+        lines.append(f"| {m} | {fmean(shortfalls):.1f}% | {worst:.1f}% "
                      f"({dataset} / {family} keep {keep}) | "
                      f"{sum(gap == 0 for gap in shortfalls)} of {len(shortfalls)} |")
     return "\n".join([
@@ -372,18 +373,12 @@ def shortfall_table(rows: list[dict], metric: str = "fd_domain") -> str:
         "|---|---|---|---|", *lines]) + "\n"
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
-    mean = _mean(values)
     if len(values) == 1:
-        return f"{mean:.3f}"
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.3f} +- {sd:.3f}"
+        return f"{values[0]:.3f}"
+    return f"{fmean(values):.3f} +- {stdev(values):.3f}"
 
 
 def main(argv=None) -> int:
