@@ -87,6 +87,8 @@ OTHER_VARIANTS = {
     "uniform-adaptive": dict(importance="uniform", schedule="adaptive"),
     # X = the denoised estimate clipped to the data's range, at the default schedule
     "ced-adaptive-clipped": dict(importance="ced", schedule="adaptive", ced_output="clipped"),
+    # a rank vote of CED and BI (importance="ced+bi"), at the default schedule
+    "ced+bi-adaptive": dict(importance="ced+bi", schedule="adaptive"),
 }
 # the recovery learning-rate sweep (compress's default is 1.2e-3 for the width-96 teachers)
 for _lr in (1e-4, 3e-4, 1e-3, 2e-3):

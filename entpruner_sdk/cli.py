@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from entpruner_sdk.importance import IMPORTANCES
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -139,11 +141,11 @@ def _add_compress(sub) -> None:
     p.add_argument("--budget", required=True,
                    help="blocks to keep (6), FLOPs share to keep (0.5) or speedup (2x)")
     p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
-    p.add_argument("--importance", default="ced", choices=["ced", "bi", "random", "uniform"],
+    p.add_argument("--importance", default="ced", choices=list(IMPORTANCES),
                    help="how blocks are ranked for removal (default ced: on the bundled "
                         "benchmark at 2400 steps it falls least short of the best method "
                         "on the mean, though bi and others win some settings; "
-                        "docs/benchmarks.md)")
+                        "ced+bi is a rank vote of the two; docs/benchmarks.md)")
     p.add_argument("--schedule", default="adaptive", choices=["adaptive", "one-shot"])
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (default 1000)")
     p.add_argument("--batch-size", type=int, default=64)

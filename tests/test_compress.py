@@ -36,7 +36,7 @@ def teacher(family="dit", depth=6):
     return randomized(DiffusionTransformer(tiny_config(family, depth=depth)))
 
 
-@pytest.mark.parametrize("importance", ["ced", "bi", "random", "uniform"])
+@pytest.mark.parametrize("importance", ["ced", "bi", "random", "uniform", "ced+bi"])
 @pytest.mark.parametrize("schedule", ["adaptive", "one-shot"])
 def test_every_importance_and_schedule_reaches_the_budget(importance, schedule):
     result = compress(teacher(), "digits", 3, importance=importance, schedule=schedule, **FAST)

@@ -10,6 +10,7 @@ from entpruner_sdk.importance import (
     BlockScores,
     CalibrationSet,
     RandomImportance,
+    RankVote,
     UniformImportance,
     make_importance,
     naive_ced,
@@ -17,6 +18,7 @@ from entpruner_sdk.importance import (
 from entpruner_sdk.importance.ced import combine_timesteps
 from entpruner_sdk.importance.entropy import GAUSSIAN_CONSTANT, EntropyAccumulator
 from entpruner_sdk.importance.frozen import FrozenRanking
+from entpruner_sdk.importance.vote import vote
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
 from tests.conftest import randomized, tiny_config
@@ -180,3 +182,36 @@ def test_frozen_ranking_scores_once_and_keeps_the_per_timestep_table():
     assert later.scores == [first.scores[i] for i in (0, 2, 4)]
     assert later.per_timestep == [first.per_timestep[i] for i in (0, 2, 4)]
     assert all(len(row["per_timestep"]) == 3 for row in later.as_table())  # 3 timesteps
+
+
+def test_rank_vote_sums_places_and_breaks_ties_by_z_scores():
+    # places (least important first): a -> [0, 1, 2, 3], b -> [3, 2, 0, 1]; sums [3, 3, 2, 4]
+    a, b = [1.0, 2.0, 3.0, 4.0], [40.0, 22.0, 10.0, 20.0]
+    scores = vote([a, b])
+    assert [int(s) for s in scores] == [3, 3, 2, 4]
+    # blocks 0 and 1 tie on places; block 1's summed z-score is the lower, so it goes first
+    assert sorted(range(4), key=lambda i: scores[i]) == [2, 1, 0, 3]
+    assert all(0 <= s - int(s) < 1 for s in scores)  # the tie-break never outweighs a place
+    assert vote([a, [5 * x for x in a]]) == vote([a, a])  # the scale of a criterion is ignored
+    with pytest.raises(ValueError, match="same blocks"):
+        vote([a, b[:3]])
+
+
+def test_rank_vote_of_ced_and_bi_leaves_protected_blocks_out_of_the_vote():
+    model, objective, calibration = setup(depth=6)
+    protected = {0, 5}
+    ced_bi = make_importance("ced+bi", protected=protected)
+    assert isinstance(ced_bi, RankVote) and ced_bi.name == "ced+bi"
+    scores = ced_bi.score(model, objective, calibration, CPU)
+    ced_scores = CED().score(model, objective, calibration, CPU)
+    ced, bi = ced_scores.scores, BlockInfluence().score(model, objective, calibration, CPU).scores
+    assert scores.details == {"ced": ced, "bi": bi}
+    assert scores.per_timestep == ced_scores.per_timestep  # the report keeps CED's table
+    candidates = [1, 2, 3, 4]
+    assert [scores.scores[i] for i in candidates] == vote([[s[i] for i in candidates]
+                                                           for s in (ced, bi)])
+    assert min(scores.scores[i] for i in protected) > max(scores.scores[i] for i in candidates)
+    assert ced_bi.select(scores, 2, protected) == sorted(
+        sorted(candidates, key=lambda i: scores.scores[i])[:2])
+    with pytest.raises(ValueError, match="two criteria"):
+        RankVote([CED()])

@@ -282,7 +282,8 @@ def compress(
         target = resolve_depth(budget, teacher, len(protected), latency)
     # the CED options are used only when the importance is CED
     importance = make_importance(config.importance, config.seed,
-                                 plan=(teacher.kept_blocks, target), output=config.ced_output,
+                                 plan=(teacher.kept_blocks, target), protected=protected,
+                                 output=config.ced_output,
                                  estimator=config.ced_estimator,
                                  weighting=config.ced_weighting,
                                  reduce=distributed.all_reduce_sum_ if world > 1 else None)
