@@ -280,7 +280,7 @@ def compress(
             teacher.to(device)
         latency = distributed.broadcast(latency)
         target = resolve_depth(budget, teacher, len(protected), latency)
-    # the CED options are used only when the importance is CED
+    # the CED options are used only by CED (alone, or in the ced+bi vote)
     importance = make_importance(config.importance, config.seed,
                                  plan=(teacher.kept_blocks, target), protected=protected,
                                  output=config.ced_output,

@@ -25,6 +25,7 @@ from entpruner_sdk.importance.base import BlockScores, Importance
 from entpruner_sdk.importance.calibration import CalibrationSet
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import Objective
+from entpruner_sdk.utils.ranking import rank
 
 
 class RankVote(Importance):
@@ -50,16 +51,6 @@ class RankVote(Importance):
                            details={s.method: s.scores for s in each})
 
 
-def places(scores: Sequence[float]) -> list[int]:
-    """Each block's place in the order least important first (0 = removed first; equal
-    scores keep block order, as ``Importance.select`` does)."""
-    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
-    place = [0] * len(scores)
-    for position, i in enumerate(order):
-        place[i] = position
-    return place
-
-
 def zscores(scores: Sequence[float]) -> list[float]:
     mean, sd = fmean(scores), pstdev(scores)
     return [(s - mean) / sd if sd > 0 else 0.0 for s in scores]
@@ -70,6 +61,7 @@ def vote(score_lists: Sequence[Sequence[float]]) -> list[float]:
     count = len(score_lists[0])
     if any(len(s) != count for s in score_lists):
         raise ValueError("every criterion must score the same blocks")
-    place_sum = [sum(p) for p in zip(*(places(s) for s in score_lists))]
-    tie_break = places([sum(z) for z in zip(*(zscores(s) for s in score_lists))])
+    # a place is a rank with the least important block (the lowest score) first
+    place_sum = [sum(p) for p in zip(*(rank(s) for s in score_lists))]
+    tie_break = rank([sum(z) for z in zip(*(zscores(s) for s in score_lists))])
     return [total + tb / count for total, tb in zip(place_sum, tie_break)]

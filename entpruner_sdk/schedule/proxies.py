@@ -17,6 +17,7 @@ import torch
 
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import NoisedBatch, Objective
+from entpruner_sdk.utils.ranking import rank
 from entpruner_sdk.utils.timing import interleaved_medians
 
 
@@ -96,12 +97,6 @@ class LatencyModel:
 
     def speedup(self, depth_from: int, depth_to: int) -> float:
         return self(depth_from) / self(depth_to)
-
-
-def rank(values: list[float], higher_is_better: bool = False) -> list[int]:
-    """Rank 0 for the best value; ties share the better rank."""
-    ordered = sorted(values, reverse=higher_is_better)
-    return [ordered.index(v) for v in values]
 
 
 def rank_vote(latency: list[float], ntk: list[float], zico_scores: list[float],
