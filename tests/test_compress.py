@@ -131,6 +131,17 @@ def test_class_count_needs_the_option_and_is_reported(tmp_path):
     assert "resized from 4 to 10 classes" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.parametrize("option, value, named", [
+    ("importance", "ced+zico", "unknown importance 'ced\\+zico'; choose one of ced, bi"),
+    ("ced_output", "x0", "unknown CED output 'x0'"),
+    ("ced_estimator", "full", "unknown CED estimator 'full'"),
+    ("ced_weighting", "max", "unknown CED weighting 'max'")])
+def test_unknown_importance_settings_fail_before_any_work(monkeypatch, option, value, named):
+    monkeypatch.setattr(compress_module, "load_data", lambda *a: pytest.fail("data was loaded"))
+    with pytest.raises(ValueError, match=named):
+        compress(teacher(), "digits", 3, **{**FAST, option: value})
+
+
 def test_unknown_options_are_named():
     with pytest.raises(TypeError, match="unknown compress options"):
         compress(teacher(), "digits", 3, learning_rate=1.0, **FAST)

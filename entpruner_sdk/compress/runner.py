@@ -65,6 +65,11 @@ class CompressConfig:
     report_samples: int = 200  # quality figures in the report (0 skips the evaluation)
     report_features: tuple[str, ...] = ("domain",)  # add "inception" for standard FID
 
+    def __post_init__(self) -> None:
+        # an unknown importance or CED option fails here, before any data is loaded
+        make_importance(self.importance, output=self.ced_output, estimator=self.ced_estimator,
+                        weighting=self.ced_weighting)
+
     @classmethod
     def from_options(cls, **options: Any) -> CompressConfig:
         """Flat keyword options; schedule and distillation fields are accepted by name."""

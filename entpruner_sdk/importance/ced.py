@@ -17,7 +17,7 @@ import torch
 
 from entpruner_sdk.importance.base import BlockScores, Importance
 from entpruner_sdk.importance.calibration import CalibrationSet
-from entpruner_sdk.importance.entropy import EntropyAccumulator
+from entpruner_sdk.importance.entropy import ESTIMATORS, EntropyAccumulator
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import FlowMatching, NoisedBatch, Objective
 from entpruner_sdk.utils.device import autocast
@@ -57,6 +57,8 @@ class CED(Importance):
             raise ValueError(f"unknown CED output {output!r}; choose one of {OUTPUTS}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown CED weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown CED estimator {estimator!r}; choose one of {ESTIMATORS}")
         self.output, self.estimator, self.weighting = output, estimator, weighting
         self.batch_size, self.sampler_steps = batch_size, sampler_steps
         self.reduce = reduce
