@@ -176,3 +176,50 @@ def test_benchmark_usage_keeps_its_line_breaks(script):
     command line must reach the reader, not join the next line onto it."""
     docstring = ast.get_docstring(ast.parse((BENCHMARKS / script).read_text()), clean=False)
     assert docstring and max(len(line) for line in docstring.splitlines()) <= 100
+
+
+@pytest.fixture(scope="module")
+def recovery():
+    return load("recovery_probe")
+
+
+def test_probe_final_quality_is_relative_to_the_teacher_on_the_same_seed(recovery):
+    rows = [row("teacher", 0, 0.5, keep=12), row("teacher", 1, 1.0, keep=12),
+            {**row("ced-adaptive", 0, 0.6), "kept_blocks": [0, 1, 11]},
+            {**row("ced-one-shot", 1, 1.4), "kept_blocks": [0, 1, 11]},
+            {**row("bi", 0, 0.55), "kept_blocks": [0, 2, 11]}]
+    quality = recovery.final_quality(rows)[("digits", "dit", 6)]
+    # 0.6 / 0.5 = 1.2 and 1.4 / 1.0 = 1.4: one set, two runs, mean 1.3
+    assert quality[(0, 1, 11)] == {"final": pytest.approx(1.3), "runs": 2,
+                                   "methods": ["ced-adaptive", "ced-one-shot"]}
+    assert quality[(0, 2, 11)]["final"] == pytest.approx(1.1)
+
+
+def test_probe_summary_scores_each_probe_by_what_it_would_choose(recovery):
+    assert recovery.spearman([1, 2, 3], [10, 30, 20]) == pytest.approx(0.5)
+    assert recovery.spearman([1, 1, 2], [1, 1, 2]) == pytest.approx(1.0)  # ties share a rank
+    sets = [dict(methods=["ced-adaptive"], final=1.10, at_removal=0.2, after_steps=0.01),
+            dict(methods=["bi"], final=1.00, at_removal=0.3, after_steps=0.02),
+            dict(methods=["uniform", "random"], final=1.20, at_removal=0.1, after_steps=0.03)]
+    summary = recovery.summarise(sets)
+    assert summary["best_of_three"] == "BI" and summary["ced_final"] == 1.10
+    assert summary["chooses_at_removal"] == "uniform"  # lowest error at removal, ends worst
+    assert summary["chooses_after_steps"] == "CED"
+    assert summary["rho_at_removal"] == pytest.approx(-1.0)
+    assert summary["rho_after_steps"] == pytest.approx(0.5)
+    assert "CED's set alone: 10.0% on the mean" in recovery.markdown(
+        [{"setting": "s", "kept": [0], "runs": 1, **r} for r in sets], {"s": summary}, 5)
+    sets[1]["methods"] = ["bi", "ced-adaptive"]  # CED and BI ended with the same set
+    assert recovery.summarise(sets[1:])["best_of_three"] == "CED = BI"
+
+
+def test_probe_recovers_exactly_the_set_it_is_given(recovery):
+    teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=5))).eval()
+    data = load_data("digits")
+    objective = objective_for(teacher)
+    calibration = CalibrationSet.build(data, objective, per_class=2, num_times=2)
+    student = recovery.recover(teacher, data, (0, 2, 4), steps=3)
+    assert student.kept_blocks == [0, 2, 4] and student.depth == 3
+    errors = recovery.probe(teacher, data, (0, 2, 4), 3, calibration, objective)
+    assert errors["at_removal"] > 0 and errors["after_steps"] > 0
+    assert recovery.distillation_error(teacher, teacher, calibration, objective) == 0

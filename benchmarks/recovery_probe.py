@@ -1,0 +1,198 @@
+r"""Can a block set's quality after recovery be told before recovery, or early in it?
+
+The full-grid runs (``compress_quality.py --tag long``, 2400 fine-tuning steps) ended with
+many different kept sets per setting: CED's, BI's, uniform's, random draws and the variants'.
+This script takes every distinct set, removes its complement from the teacher at once and
+fine-tunes it with compress's own recovery (``compress(..., protect=set, schedule="one-shot")``:
+the protected blocks are exactly the set, so every other block goes at step 0). It measures
+the distillation error, the MSE between the student's (EMA) prediction and the teacher's on a
+fixed calibration set (16 images per class, 8 timesteps, its own noise), right after removal
+and after ``--steps`` steps, and compares both with the set's final FD-domain.
+
+Two questions:
+- rank correlation (Spearman) between each probe and the final quality, per setting;
+- choosing among the CED, BI and uniform sets by each probe: does the chosen set end best?
+
+    python benchmarks/recovery_probe.py                     # all 8 settings: 23 minutes on 2 cores
+    python benchmarks/recovery_probe.py --only digits:dit:6 --steps 100
+
+The final quality of a set is its FD-domain relative to the teacher's on the same seed (the
+seed also sets the evaluation noise), averaged over every run that ended with that set.
+Results: benchmarks/results/recovery_probe.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from statistics import correlation, fmean
+
+import torch
+
+from entpruner_sdk.compress import compress
+from entpruner_sdk.data import load_data
+from entpruner_sdk.importance import CalibrationSet
+from entpruner_sdk.objectives import objective_for
+from entpruner_sdk.teachers import load_teacher
+from entpruner_sdk.utils.files import atomic_write_text
+from entpruner_sdk.utils.progress import progress_bar
+
+RESULTS = Path(__file__).parent / "results"
+LONG_RUNS = RESULTS / "compress_quality_long.json"
+TEACHERS = {("digits", "dit"): "dit-digits", ("digits", "sit"): "sit-digits",
+            ("photos", "dit"): "dit-photos", ("photos", "sit"): "sit-photos"}
+# the methods whose sets a selector would choose among, and their names in the tables
+CHOOSABLE = {"ced-adaptive": "CED", "bi": "BI", "uniform": "uniform"}
+CALIBRATION_SEED = 123  # not a seed of the compress runs, so the probe's noise is its own
+
+
+def final_quality(rows: list[dict]) -> dict[tuple, dict[tuple, dict]]:
+    """setting -> kept set -> {final: mean FD-domain / teacher's, runs, methods}."""
+    teacher = {(r["dataset"], r["family"], r["seed"]): r["fd_domain"]
+               for r in rows if r["method"] == "teacher"}
+    runs: dict[tuple, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["method"] != "teacher":
+            relative = r["fd_domain"] / teacher[(r["dataset"], r["family"], r["seed"])]
+            runs[(r["dataset"], r["family"], r["keep"])][tuple(r["kept_blocks"])].append(
+                (r["method"], relative))
+    return {setting: {kept: {"final": fmean(v for _, v in found), "runs": len(found),
+                             "methods": sorted({m for m, _ in found})}
+                      for kept, found in by_set.items()}
+            for setting, by_set in runs.items()}
+
+
+@torch.no_grad()
+def distillation_error(student, teacher, calibration: CalibrationSet, objective) -> float:
+    """MSE of the student's prediction against the teacher's over the calibration set."""
+    total, count = 0.0, 0
+    for _, batch in calibration.batches(objective, torch.device("cpu")):
+        difference = student(batch.x_t, batch.t, batch.y) - teacher(batch.x_t, batch.t, batch.y)
+        total += float((difference.float() ** 2).mean()) * len(difference)
+        count += len(difference)
+    return total / count
+
+
+def recover(teacher, data, kept: tuple[int, ...], steps: int):
+    """``teacher`` with every block outside ``kept`` removed at step 0 and ``steps`` steps of
+    compress's own recovery (EMA weights): ``kept`` is protected and is the whole budget."""
+    return compress(teacher, data, len(kept), protect=kept, importance="random",
+                    schedule="one-shot", steps=steps, report_samples=0, progress=False).model
+
+
+def probe(teacher, data, kept: tuple[int, ...], steps: int, calibration, objective) -> dict:
+    """The distillation error right after removing every block outside ``kept``, and after
+    ``steps`` steps of recovery."""
+    removed = teacher.keep_blocks([teacher.kept_blocks.index(b) for b in kept]).eval()
+    recovered = recover(teacher, data, kept, steps)
+    return {"at_removal": distillation_error(removed, teacher, calibration, objective),
+            "after_steps": distillation_error(recovered, teacher, calibration, objective)}
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Rank correlation (average ranks for ties)."""
+    def ranks(values):
+        order = sorted(values)
+        return [order.index(v) + (order.count(v) - 1) / 2 for v in values]
+    return correlation(ranks(x), ranks(y))
+
+
+def summarise(setting_rows: list[dict]) -> dict:
+    """Each probe's rank correlation with the final quality, and what it would choose."""
+    finals = [r["final"] for r in setting_rows]
+    # one entry per set; methods that ended with the same set share it ("CED = BI")
+    choosable = {" = ".join(CHOOSABLE[m] for m in CHOOSABLE if m in r["methods"]): r
+                 for r in setting_rows if set(r["methods"]) & set(CHOOSABLE)}
+    ced = next(r for name, r in choosable.items() if "CED" in name.split(" = "))
+    best = min(choosable, key=lambda name: choosable[name]["final"])
+    summary = {"sets": len(setting_rows), "best_of_three": best,
+               "best_final": choosable[best]["final"], "ced_final": ced["final"]}
+    for probe_name in ("at_removal", "after_steps"):
+        summary[f"rho_{probe_name}"] = spearman([r[probe_name] for r in setting_rows], finals)
+        chosen = min(choosable, key=lambda name: choosable[name][probe_name])
+        summary[f"chooses_{probe_name}"] = chosen
+        summary[f"chosen_final_{probe_name}"] = choosable[chosen]["final"]
+    return summary
+
+
+def markdown(records: list[dict], summaries: dict[str, dict], steps: int) -> str:
+    lines = [f"# Recovery probe ({steps} steps), against the 2400-step finals", "",
+             "| setting | kept | methods | runs | final (FD-domain / teacher) | "
+             f"error at removal | error after {steps} steps |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['setting']} | {r['kept']} | {', '.join(r['methods'])} | {r['runs']} "
+                     f"| {r['final']:.3f} | {r['at_removal']:.4f} | {r['after_steps']:.4f} |")
+    lines += ["", "| setting | sets | Spearman: at removal / after steps | best of CED, BI, "
+              "uniform | chosen at removal | chosen after steps |", "|---|---|---|---|---|---|"]
+    for setting, s in summaries.items():
+        lines.append(
+            f"| {setting} | {s['sets']} | {s['rho_at_removal']:+.2f} / {s['rho_after_steps']:+.2f}"
+            f" | {s['best_of_three']} {s['best_final']:.3f} (CED {s['ced_final']:.3f}) | "
+            f"{s['chooses_at_removal']} {s['chosen_final_at_removal']:.3f} | "
+            f"{s['chooses_after_steps']} {s['chosen_final_after_steps']:.3f} |")
+    for probe_name in ("at_removal", "after_steps"):
+        rho = fmean(s[f"rho_{probe_name}"] for s in summaries.values())
+        shortfall = [s[f"chosen_final_{probe_name}"] / s["best_final"] - 1
+                     for s in summaries.values()]
+        lines.append(f"\n{probe_name}: mean Spearman {rho:+.2f}; choosing by it falls short of "
+                     f"the best of the three by {fmean(shortfall):.1%} on the mean, "
+                     f"{max(shortfall):.1%} at worst")
+    shortfall = [s["ced_final"] / s["best_final"] - 1 for s in summaries.values()]
+    lines.append(f"\nCED's set alone: {fmean(shortfall):.1%} on the mean, "
+                 f"{max(shortfall):.1%} at worst")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict], dict[str, dict]]:
+    """Probe every set of the chosen settings; the per-set rows and per-setting summaries."""
+    torch.manual_seed(0)
+    quality = final_quality(json.loads(LONG_RUNS.read_text()))
+    settings = sorted(k for k in quality if not args.only or f"{k[0]}:{k[1]}:{k[2]}" in args.only)
+    records, summaries = [], {}
+    for dataset, family, keep in settings:
+        teacher = load_teacher(TEACHERS[(dataset, family)]).eval().requires_grad_(False)
+        data, objective = load_data(dataset), objective_for(teacher)
+        calibration = CalibrationSet.build(data, objective, 16, 8, CALIBRATION_SEED)
+        name = f"{dataset}:{family}:{keep}"
+        rows = []
+        for kept, final in progress_bar(list(quality[(dataset, family, keep)].items()),
+                                        enabled=not args.quiet, desc=name):
+            rows.append({"setting": name, "kept": list(kept), **final,
+                         **probe(teacher, data, kept, args.steps, calibration, objective)})
+        records += rows
+        summaries[name] = summarise(rows)
+        print(f"{name}: {summaries[name]}", flush=True)
+    return records, summaries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="settings as dataset:family:keep, e.g. digits:dit:6")
+    parser.add_argument("--steps", type=int, default=300, help="recovery steps probed")
+    parser.add_argument("--tag", default="", help="suffix for the results files")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the tables from the results file, probing nothing")
+    args = parser.parse_args()
+    stem = RESULTS / f"recovery_probe{'_' + args.tag if args.tag else ''}"
+    if args.table_only:
+        document = json.loads(stem.with_suffix(".json").read_text())
+        records = document["sets"]
+        summaries = {name: summarise([r for r in records if r["setting"] == name])
+                     for name in dict.fromkeys(r["setting"] for r in records)}
+        args.steps = document["steps"]
+    else:
+        records, summaries = run(args)
+    document = {"steps": args.steps, "sets": records, "settings": summaries}
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(document, indent=1) + "\n")
+    table = markdown(records, summaries, args.steps)
+    atomic_write_text(stem.with_suffix(".md"), table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
