@@ -225,9 +225,9 @@ def _rate_labelled(rows: list[dict]) -> list[dict]:
     """The rows, with the learning rate added to the method's name where one file holds a
     method at several rates, so that no table averages across rates."""
     rates: dict[tuple, set] = {}
-    for r in rows:
+    for r in rows:  # compared as _run_key does, so 1.2e-3 and 0.0012000000000000001 are one
         rates.setdefault((r["dataset"], r["family"], r["keep"], r["method"]), set()).add(
-            r.get("lr", PRE_RECORDING_LR))
+            f"{r.get('lr', PRE_RECORDING_LR):.6g}")
     return [{**r, "method": f"{r['method']} @ lr {r.get('lr', PRE_RECORDING_LR):g}"}
             if len(rates[(r["dataset"], r["family"], r["keep"], r["method"])]) > 1 else r
             for r in rows]

@@ -131,6 +131,9 @@ def test_a_run_at_another_learning_rate_is_a_new_run(quality):
     text = quality.table(rows, dict(steps=600, samples=500))
     assert "| bi @ lr 0.0001 | 0.900 |" in text and "| bi @ lr 0.0012 | 0.700 |" in text
     assert "| uniform | 1.000 |" in text
+    # the same rate, once stored with a float residue: one rate, no label
+    same = [{**row("bi", 0, 0.9), "lr": 0.0012000000000000001}, {**row("bi", 1, 0.7), "lr": 1.2e-3}]
+    assert [r["method"] for r in quality._rate_labelled(same)] == ["bi", "bi"]
 
 
 @pytest.mark.slow

@@ -101,8 +101,8 @@ REFERENCE_LR, REFERENCE_WIDTH, MAX_RECOVERY_LR = 1e-4, 1152, 2e-3
 
 def recovery_lr(hidden_size: int) -> float:
     """The default fine-tuning learning rate: 1e-4 at DiT-XL's width, scaled by 1 / width,
-    at most 2e-3."""
-    return min(MAX_RECOVERY_LR, REFERENCE_LR * REFERENCE_WIDTH / hidden_size)
+    at most 2e-3, to three significant digits (1.2e-3, not 0.0012000000000000001)."""
+    return float(f"{min(MAX_RECOVERY_LR, REFERENCE_LR * REFERENCE_WIDTH / hidden_size):.3g}")
 
 
 @dataclass
