@@ -41,8 +41,6 @@ from entpruner_sdk.utils.progress import progress_bar
 
 RESULTS = Path(__file__).parent / "results"
 LONG_RUNS = RESULTS / "compress_quality_long.json"
-TEACHERS = {("digits", "dit"): "dit-digits", ("digits", "sit"): "sit-digits",
-            ("photos", "dit"): "dit-photos", ("photos", "sit"): "sit-photos"}
 # the methods whose sets a selector would choose among, and their names in the tables
 CHOOSABLE = {"ced-adaptive": "CED", "bi": "BI", "uniform": "uniform"}
 CALIBRATION_SEED = 123  # not a seed of the compress runs, so the probe's noise is its own
@@ -152,7 +150,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict[str, dict]]:
     settings = sorted(k for k in quality if not args.only or f"{k[0]}:{k[1]}:{k[2]}" in args.only)
     records, summaries = [], {}
     for dataset, family, keep in settings:
-        teacher = load_teacher(TEACHERS[(dataset, family)]).eval().requires_grad_(False)
+        teacher = load_teacher(f"{family}-{dataset}").eval().requires_grad_(False)
         data, objective = load_data(dataset), objective_for(teacher)
         calibration = CalibrationSet.build(data, objective, 16, 8, CALIBRATION_SEED)
         name = f"{dataset}:{family}:{keep}"
