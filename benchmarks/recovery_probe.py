@@ -15,6 +15,7 @@ Two questions:
 
     python benchmarks/recovery_probe.py                     # all 8 settings: 23 minutes on 2 cores
     python benchmarks/recovery_probe.py --only digits:dit:6 --steps 100
+    python benchmarks/recovery_probe.py --seed 1 --tag seed1    # another recovery seed
 
 The final quality of a set is its FD-domain relative to the teacher's on the same seed (the
 seed also sets the evaluation noise), averaged over every run that ended with that set.
@@ -73,18 +74,20 @@ def distillation_error(student, teacher, calibration: CalibrationSet, objective)
     return total / count
 
 
-def recover(teacher, data, kept: tuple[int, ...], steps: int):
+def recover(teacher, data, kept: tuple[int, ...], steps: int, seed: int = 0):
     """``teacher`` with every block outside ``kept`` removed at step 0 and ``steps`` steps of
     compress's own recovery (EMA weights): ``kept`` is protected and is the whole budget."""
     return compress(teacher, data, len(kept), protect=kept, importance="random",
-                    schedule="one-shot", steps=steps, report_samples=0, progress=False).model
+                    schedule="one-shot", steps=steps, seed=seed, report_samples=0,
+                    progress=False).model
 
 
-def probe(teacher, data, kept: tuple[int, ...], steps: int, calibration, objective) -> dict:
+def probe(teacher, data, kept: tuple[int, ...], steps: int, calibration, objective,
+          seed: int = 0) -> dict:
     """The distillation error right after removing every block outside ``kept``, and after
     ``steps`` steps of recovery."""
     removed = teacher.keep_blocks([teacher.kept_blocks.index(b) for b in kept]).eval()
-    recovered = recover(teacher, data, kept, steps)
+    recovered = recover(teacher, data, kept, steps, seed)
     return {"at_removal": distillation_error(removed, teacher, calibration, objective),
             "after_steps": distillation_error(recovered, teacher, calibration, objective)}
 
@@ -158,7 +161,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict[str, dict]]:
         for kept, final in progress_bar(list(quality[(dataset, family, keep)].items()),
                                         enabled=not args.quiet, desc=name):
             rows.append({"setting": name, "kept": list(kept), **final,
-                         **probe(teacher, data, kept, args.steps, calibration, objective)})
+                         **probe(teacher, data, kept, args.steps, calibration, objective,
+                                 args.seed)})
         records += rows
         summaries[name] = summarise(rows)
         print(f"{name}: {summaries[name]}", flush=True)
@@ -171,6 +175,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None,
                         help="settings as dataset:family:keep, e.g. digits:dit:6")
     parser.add_argument("--steps", type=int, default=300, help="recovery steps probed")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the recovery's seed (batches, label dropout, noise)")
     parser.add_argument("--tag", default="", help="suffix for the results files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--table-only", action="store_true",
@@ -182,10 +188,10 @@ def main() -> None:
         records = document["sets"]
         summaries = {name: summarise([r for r in records if r["setting"] == name])
                      for name in dict.fromkeys(r["setting"] for r in records)}
-        args.steps = document["steps"]
+        args.steps, args.seed = document["steps"], document.get("seed", 0)
     else:
         records, summaries = run(args)
-    document = {"steps": args.steps, "sets": records, "settings": summaries}
+    document = {"steps": args.steps, "seed": args.seed, "sets": records, "settings": summaries}
     atomic_write_text(stem.with_suffix(".json"), json.dumps(document, indent=1) + "\n")
     table = markdown(records, summaries, args.steps)
     atomic_write_text(stem.with_suffix(".md"), table)
