@@ -9,9 +9,10 @@ the distillation error, the MSE between the student's (EMA) prediction and the t
 fixed calibration set (16 images per class, 8 timesteps, its own noise), right after removal
 and after ``--steps`` steps, and compares both with the set's final FD-domain.
 
-Two questions:
-- rank correlation (Spearman) between each probe and the final quality, per setting;
-- choosing among the CED, BI and uniform sets by each probe: does the chosen set end best?
+The same comparison is made for the two criteria's own view of a set: the sum of CED's, and
+of BI's, teacher scores over the blocks it removes. Two questions, for each predictor:
+- its rank correlation (Spearman) with the final quality, per setting;
+- choosing among the CED, BI and uniform sets by it: does the chosen set end best?
 
     python benchmarks/recovery_probe.py                     # all 8 settings: 23 minutes on 2 cores
     python benchmarks/recovery_probe.py --only digits:dit:6 --steps 100
@@ -34,7 +35,7 @@ import torch
 
 from entpruner_sdk.compress import compress
 from entpruner_sdk.data import load_data
-from entpruner_sdk.importance import CalibrationSet
+from entpruner_sdk.importance import CalibrationSet, make_importance
 from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.teachers import load_teacher
 from entpruner_sdk.utils.files import atomic_write_text
@@ -44,6 +45,9 @@ RESULTS = Path(__file__).parent / "results"
 LONG_RUNS = RESULTS / "compress_quality_long.json"
 # the methods whose sets a selector would choose among, and their names in the tables
 CHOOSABLE = {"ced-adaptive": "CED", "bi": "BI", "uniform": "uniform"}
+# what predicts a set's final quality (lower: better), and how the tables name it
+PREDICTORS = {"at_removal": "error at removal", "after_steps": "error after {steps} steps",
+              "ced_removed": "CED of the removed blocks", "bi_removed": "BI of the removed blocks"}
 CALIBRATION_SEED = 123  # not a seed of the compress runs, so the probe's noise is its own
 
 
@@ -100,8 +104,41 @@ def spearman(x: list[float], y: list[float]) -> float:
     return correlation(ranks(x), ranks(y))
 
 
+def criterion_sums(teacher, data, sets: list[list[int]]) -> list[dict]:
+    """For each set, the sum of CED's and of BI's teacher scores over the blocks it removes
+    (both remove their lowest-scored blocks first, so lower should mean a better set),
+    scored as compress scores them (its default calibration set, seed 0)."""
+    objective = objective_for(teacher)
+    calibration = CalibrationSet.build(data, objective)
+    by_criterion = {}
+    for criterion in ("ced", "bi"):
+        scores = make_importance(criterion, 0).score(teacher, objective, calibration,
+                                                     torch.device("cpu"))
+        by_criterion[criterion] = dict(zip(scores.kept_blocks, scores.scores))
+    return [{f"{criterion}_removed": sum(v for b, v in block_scores.items() if b not in kept)
+             for criterion, block_scores in by_criterion.items()} for kept in sets]
+
+
+def with_criteria(records: list[dict]) -> list[dict]:
+    """The records, with the criteria's sums added to the settings that lack them."""
+    for name in dict.fromkeys(r["setting"] for r in records):
+        rows = [r for r in records if r["setting"] == name]
+        if all("ced_removed" in r for r in rows):
+            continue
+        dataset, family, _ = name.split(":")
+        teacher = load_teacher(f"{family}-{dataset}").eval()
+        sums = criterion_sums(teacher, load_data(dataset), [r["kept"] for r in rows])
+        for r, set_sums in zip(rows, sums):
+            r.update(set_sums)
+    return records
+
+
+def predictors(rows: list[dict]) -> list[str]:
+    return [name for name in PREDICTORS if all(name in r for r in rows)]
+
+
 def summarise(setting_rows: list[dict]) -> dict:
-    """Each probe's rank correlation with the final quality, and what it would choose."""
+    """Each predictor's rank correlation with the final quality, and what it would choose."""
     finals = [r["final"] for r in setting_rows]
     # one entry per set; methods that ended with the same set share it ("CED = BI")
     choosable = {" = ".join(CHOOSABLE[m] for m in CHOOSABLE if m in r["methods"]): r
@@ -110,35 +147,40 @@ def summarise(setting_rows: list[dict]) -> dict:
     best = min(choosable, key=lambda name: choosable[name]["final"])
     summary = {"sets": len(setting_rows), "best_of_three": best,
                "best_final": choosable[best]["final"], "ced_final": ced["final"]}
-    for probe_name in ("at_removal", "after_steps"):
-        summary[f"rho_{probe_name}"] = spearman([r[probe_name] for r in setting_rows], finals)
-        chosen = min(choosable, key=lambda name: choosable[name][probe_name])
-        summary[f"chooses_{probe_name}"] = chosen
-        summary[f"chosen_final_{probe_name}"] = choosable[chosen]["final"]
+    for predictor in predictors(setting_rows):
+        summary[f"rho_{predictor}"] = spearman([r[predictor] for r in setting_rows], finals)
+        chosen = min(choosable, key=lambda name: choosable[name][predictor])
+        summary[f"chooses_{predictor}"] = chosen
+        summary[f"chosen_final_{predictor}"] = choosable[chosen]["final"]
     return summary
 
 
 def markdown(records: list[dict], summaries: dict[str, dict], steps: int) -> str:
+    used = predictors(records)
+    titles = [PREDICTORS[name].format(steps=steps) for name in used]
     lines = [f"# Recovery probe ({steps} steps), against the 2400-step finals", "",
              "| setting | kept | methods | runs | final (FD-domain / teacher) | "
-             f"error at removal | error after {steps} steps |", "|---|---|---|---|---|---|---|"]
+             + " | ".join(titles) + " |", "|---" * (5 + len(used)) + "|"]
     for r in records:
         lines.append(f"| {r['setting']} | {r['kept']} | {', '.join(r['methods'])} | {r['runs']} "
-                     f"| {r['final']:.3f} | {r['at_removal']:.4f} | {r['after_steps']:.4f} |")
-    lines += ["", "| setting | sets | Spearman: at removal / after steps | best of CED, BI, "
-              "uniform | chosen at removal | chosen after steps |", "|---|---|---|---|---|---|"]
+                     f"| {r['final']:.3f} | " + " | ".join(f"{r[n]:.4f}" for n in used) + " |")
+    lines += ["", "Spearman of each predictor with the final quality (lower predicted = better), "
+              "and the set among CED's, BI's and uniform's that it would choose:", "",
+              "| setting | sets | best of CED, BI, uniform | "
+              + " | ".join(f"{title}: rho, choice" for title in titles) + " |",
+              "|---" * (3 + len(used)) + "|"]
     for setting, s in summaries.items():
         lines.append(
-            f"| {setting} | {s['sets']} | {s['rho_at_removal']:+.2f} / {s['rho_after_steps']:+.2f}"
-            f" | {s['best_of_three']} {s['best_final']:.3f} (CED {s['ced_final']:.3f}) | "
-            f"{s['chooses_at_removal']} {s['chosen_final_at_removal']:.3f} | "
-            f"{s['chooses_after_steps']} {s['chosen_final_after_steps']:.3f} |")
-    for probe_name in ("at_removal", "after_steps"):
-        rho = fmean(s[f"rho_{probe_name}"] for s in summaries.values())
-        shortfall = [s[f"chosen_final_{probe_name}"] / s["best_final"] - 1
+            f"| {setting} | {s['sets']} | {s['best_of_three']} {s['best_final']:.3f} "
+            f"(CED {s['ced_final']:.3f}) | " + " | ".join(
+                f"{s[f'rho_{n}']:+.2f}, {s[f'chooses_{n}']} {s[f'chosen_final_{n}']:.3f}"
+                for n in used) + " |")
+    for name, title in zip(used, titles):
+        rho = fmean(s[f"rho_{name}"] for s in summaries.values())
+        shortfall = [s[f"chosen_final_{name}"] / s["best_final"] - 1
                      for s in summaries.values()]
-        lines.append(f"\n{probe_name}: mean Spearman {rho:+.2f}; choosing by it falls short of "
-                     f"the best of the three by {fmean(shortfall):.1%} on the mean, "
+        lines.append(f"\n{title}: mean Spearman {rho:+.2f}; choosing by it falls short of the "
+                     f"best of the three by {fmean(shortfall):.1%} on the mean, "
                      f"{max(shortfall):.1%} at worst")
     shortfall = [s["ced_final"] / s["best_final"] - 1 for s in summaries.values()]
     lines.append(f"\nCED's set alone: {fmean(shortfall):.1%} on the mean, "
@@ -163,7 +205,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict[str, dict]]:
             rows.append({"setting": name, "kept": list(kept), **final,
                          **probe(teacher, data, kept, args.steps, calibration, objective,
                                  args.seed)})
-        records += rows
+        records += with_criteria(rows)
         summaries[name] = summarise(rows)
         print(f"{name}: {summaries[name]}", flush=True)
     return records, summaries
@@ -180,12 +222,13 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the results files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--table-only", action="store_true",
-                        help="rewrite the tables from the results file, probing nothing")
+                        help="rewrite the tables from the results file, probing nothing "
+                        "(the criteria's scores are added where missing: seconds)")
     args = parser.parse_args()
     stem = RESULTS / f"recovery_probe{'_' + args.tag if args.tag else ''}"
     if args.table_only:
         document = json.loads(stem.with_suffix(".json").read_text())
-        records = document["sets"]
+        records = with_criteria(document["sets"])
         summaries = {name: summarise([r for r in records if r["setting"] == name])
                      for name in dict.fromkeys(r["setting"] for r in records)}
         args.steps, args.seed = document["steps"], document.get("seed", 0)

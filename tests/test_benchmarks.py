@@ -226,3 +226,20 @@ def test_probe_recovers_exactly_the_set_it_is_given(recovery):
     errors = recovery.probe(teacher, data, (0, 2, 4), 3, calibration, objective)
     assert errors["at_removal"] > 0 and errors["after_steps"] > 0
     assert recovery.distillation_error(teacher, teacher, calibration, objective) == 0
+
+
+def test_criterion_sums_add_the_scores_of_the_removed_blocks(recovery):
+    teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=5))).eval()
+    data = load_data("digits")
+    objective = objective_for(teacher)
+    ced = make_importance("ced", 0).score(teacher, objective,
+                                          CalibrationSet.build(data, objective),
+                                          torch.device("cpu"))
+    by_block = dict(zip(ced.kept_blocks, ced.scores))
+    lowest_first = sorted([1, 2, 3], key=by_block.get)
+    sets = [[0, lowest_first[2], 4], [0, lowest_first[0], 4]]  # CED's own choice first
+    sums = recovery.criterion_sums(teacher, data, sets)
+    assert sums[0]["ced_removed"] == pytest.approx(by_block[lowest_first[0]]
+                                                   + by_block[lowest_first[1]])
+    assert sums[0]["ced_removed"] < sums[1]["ced_removed"]
+    assert all(s["bi_removed"] > 0 for s in sums)
