@@ -205,7 +205,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict[str, dict]]:
             rows.append({"setting": name, "kept": list(kept), **final,
                          **probe(teacher, data, kept, args.steps, calibration, objective,
                                  args.seed)})
-        records += with_criteria(rows)
+        # the teacher and data are loaded already: score the criteria here, not in with_criteria
+        for r, set_sums in zip(rows, criterion_sums(teacher, data, [r["kept"] for r in rows])):
+            r.update(set_sums)
+        records += rows
         summaries[name] = summarise(rows)
         print(f"{name}: {summaries[name]}", flush=True)
     return records, summaries
