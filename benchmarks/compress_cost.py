@@ -111,8 +111,9 @@ def xl_model(device, arch: str = "DiT-XL/2", latent_size: int = 32, samples: int
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--quick", action="store_true",
+                        help="4 calibration images per class and a 100-step compress")
     parser.add_argument("--xl", action="store_true", help="DiT-XL/2 shape, 256 x 8")
     parser.add_argument("--arch", default="DiT-XL/2", help="architecture for --xl")
     parser.add_argument("--latent-size", type=int, default=32, help="latent side for --xl")
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--forward-passes", type=int, default=None, metavar="K",
                         help="time K of the N full forward passes and scale to N "
                              "(default: all N)")
-    parser.add_argument("--out", default=str(RESULTS / "compress_cost.json"))
+    parser.add_argument("--out", default=str(RESULTS / "compress_cost.json"), help="JSON results")
     args = parser.parse_args(argv)
     if args.forward_passes is not None and args.forward_passes < 1:
         parser.error("--forward-passes must be at least 1")

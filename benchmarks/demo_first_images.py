@@ -28,9 +28,12 @@ RESULTS = Path(__file__).parent / "results"
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--original", default=DEFAULT_ORIGINAL)
-    parser.add_argument("--pruned", default=DEFAULT_PRUNED)
-    parser.add_argument("--out", default=str(RESULTS / "demo_first_images.json"))
+    parser.add_argument("--original", default=DEFAULT_ORIGINAL,
+                        help="the demo's original model")
+    parser.add_argument("--pruned", default=DEFAULT_PRUNED,
+                        help="the demo's pruned model (a compress output folder)")
+    parser.add_argument("--out", default=str(RESULTS / "demo_first_images.json"),
+                        help="JSON results")
     args = parser.parse_args(argv)
     from gradio_client import Client
 

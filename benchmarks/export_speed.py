@@ -123,14 +123,15 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dit-digits", help="original model")
     parser.add_argument("--pruned", help="pruned model (default: every other block kept)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help=f"comma-separated subset of {', '.join(BACKENDS)}")
     parser.add_argument("--steps", type=int, default=None,
                         help="sampling steps (default: the teacher's)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved timings per backend (the median is reported)")
     parser.add_argument("--quick", action="store_true", help="10 steps, 3 repeats")
-    parser.add_argument("--out", default=str(RESULTS / "export_speed.json"))
+    parser.add_argument("--out", default=str(RESULTS / "export_speed.json"), help="JSON results")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     original = resolve_model(args.model).eval()

@@ -37,11 +37,13 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32, help="images per sampling call")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps per sample")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved timings per mode (the median is reported)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated subset of {', '.join(MODES)}")
     parser.add_argument("--model", default="DiT-XL/2", help="architecture (random weights)")
     parser.add_argument("--device", default="cuda", help="cuda (the target) or cpu (dry run)")
-    parser.add_argument("--out", default=str(RESULTS / "gpu_sampling.json"))
+    parser.add_argument("--out", default=str(RESULTS / "gpu_sampling.json"), help="JSON results")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",")]
     if unknown := set(modes) - set(MODES):

@@ -66,11 +66,12 @@ def main(argv=None) -> int:
                         help="original model (repeatable; default: both bundled teachers)")
     parser.add_argument("--pruned", action="append",
                         help="pruned model for each --original (default: half depth)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps per image")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved timings per model (the median is reported)")
     parser.add_argument("--quick", action="store_true", help="steps 10, repeats 3")
-    parser.add_argument("--out", default=str(RESULTS / "sampling_speed.json"))
+    parser.add_argument("--out", default=str(RESULTS / "sampling_speed.json"), help="JSON results")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.repeats = 10, 3

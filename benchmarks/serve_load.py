@@ -142,14 +142,15 @@ def _mean_batch(metrics: str) -> float | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="dit-digits")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--model", default="dit-digits", help="model the server loads")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients")
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--max-batch", type=int, default=16, help="batch size when batching")
     parser.add_argument("--quick", action="store_true", help="8 clients, 8 s per phase")
     parser.add_argument("--soak", type=float, help="one batched phase of this many seconds")
-    parser.add_argument("--out")
+    parser.add_argument("--out", help="JSON results (default: results/serve_load.json, "
+                        "or serve_soak.json with --soak)")
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.seconds = 8, 8.0

@@ -43,9 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples printed as written; every option's help ends with its default, unless the
+    text already states it or there is none to state (a flag, or a value left unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.required or "default" in text
+                or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def _command(sub, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help_text, description=help_text,
-                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          formatter_class=_HelpFormatter,
                           epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples), "  "))
 
 
@@ -69,19 +82,21 @@ def _add_train(sub) -> None:
     p.add_argument("--depth", type=int, help="custom size: number of blocks")
     p.add_argument("--hidden", type=int, help="custom size: hidden width")
     p.add_argument("--heads", type=int, help="custom size: attention heads")
-    p.add_argument("--patch", type=int, default=2, help="custom size: patch size (default 2)")
+    p.add_argument("--patch", type=int, default=2, help="custom size: patch size")
     p.add_argument("--no-learn-sigma", action="store_true",
                    help="predict only epsilon / velocity (no learned variance channels)")
     p.add_argument("--flow-path", choices=["linear", "gvp"], default="linear",
-                   help="SiT interpolant path (default linear)")
+                   help="SiT interpolant path")
     p.add_argument("--data", default="digits",
-                   help="bundled name (digits, photos), class folders, or .npz (default digits)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--ema-decay", type=float, default=0.9999)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500)
+                   help="bundled name (digits, photos), class folders, or .npz")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument("--ema-decay", type=float, default=0.9999,
+                   help="decay of the EMA weights that are saved and sampled")
+    p.add_argument("--seed", type=int, default=0, help="seeds the data order and the noise")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="steps between resumable checkpoints")
     p.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     _common(p)
@@ -101,13 +116,15 @@ def _add_sample(sub) -> None:
     p.add_argument("--provider", default="cpu",
                    help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
     p.add_argument("--labels", help="comma-separated class labels")
-    p.add_argument("--per-class", type=int, default=0, help="N images of every class")
+    p.add_argument("--per-class", type=int, default=0,
+                   help="N images of every class (0: use --labels)")
     p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--cfg", type=float, default=1.0,
+                   help="classifier-free guidance scale (1 = unguided)")
     p.add_argument("--reference-cfg", action="store_true",
                    help="guide only the first 3 channels, like the reference code")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial noise")
     p.add_argument("--out", default="samples.png", help="PNG grid path")
     p.add_argument("--npz", help="also save the raw samples and labels to this .npz")
     _common(p)
@@ -118,8 +135,9 @@ def _add_info(sub) -> None:
         entpruner info --model dit-digits
         entpruner info --model DiT-XL-2-256x256.pt --family dit --json
         """)
-    p.add_argument("--model", required=True)
-    p.add_argument("--family", choices=["dit", "sit"])
+    p.add_argument("--model", required=True,
+                   help="registry name, bundled teacher name, model path or released file")
+    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -137,7 +155,8 @@ def _add_compress(sub) -> None:
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    p.add_argument("--data", default="digits", help="downstream data (default digits)")
+    p.add_argument("--data", default="digits",
+                   help="downstream data: bundled name, class folders or .npz")
     p.add_argument("--budget", required=True,
                    help="blocks to keep (6), FLOPs share to keep (0.5) or speedup (2x)")
     p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
@@ -146,9 +165,11 @@ def _add_compress(sub) -> None:
                         "benchmark at 2400 steps it falls least short of the best method "
                         "on the mean, though bi and others win some settings; "
                         "ced+bi is a rank vote of the two; docs/benchmarks.md)")
-    p.add_argument("--schedule", default="adaptive", choices=["adaptive", "one-shot"])
-    p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--schedule", default="adaptive", choices=["adaptive", "one-shot"],
+                   help="adaptive: remove progressively at decision points chosen by the "
+                        "zero-shot proxies; one-shot: remove every block at step 0")
+    p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps")
+    p.add_argument("--batch-size", type=int, default=64, help="images per fine-tuning step")
     p.add_argument("--lr", type=float, default=None,
                    help="fine-tuning learning rate (default: 1e-4 at DiT-XL's width 1152, "
                         "scaled by 1/width, at most 2e-3)")
@@ -160,19 +181,30 @@ def _add_compress(sub) -> None:
                    help="recompute the importance on the current student at every decision "
                         "(default: rank once on the teacher and remove in that order; the "
                         "schedule decides when and how many either way)")
-    p.add_argument("--calibration-per-class", type=int, default=16)
-    p.add_argument("--calibration-times", type=int, default=8)
+    p.add_argument("--calibration-per-class", type=int, default=16,
+                   help="CED calibration images of every class")
+    p.add_argument("--calibration-times", type=int, default=8,
+                   help="timesteps in the CED grid, spread over the whole schedule")
     p.add_argument("--ced-output", default="denoised",
-                   choices=["prediction", "denoised", "clipped", "sampler"])
-    p.add_argument("--ced-estimator", default="sample", choices=["sample", "diagonal"])
+                   choices=["prediction", "denoised", "clipped", "sampler"],
+                   help="what CED measures the entropy of: the raw prediction, the denoised "
+                        "estimate, that estimate clipped to the data's range, or a short "
+                        "sampler run")
+    p.add_argument("--ced-estimator", default="sample", choices=["sample", "diagonal"],
+                   help="Gaussian entropy from one sigma per sample, or per class and "
+                        "dimension across samples")
     p.add_argument("--ced-weighting", default="mean", choices=["mean", "normalized"],
                    help="combine the timesteps by the plain mean, or give every timestep an "
                         "equal say (each normalized by its sum over the blocks)")
     p.add_argument("--protect", help="comma-separated original block indices never removed "
                    "(default: first and last); 'none' protects nothing")
-    p.add_argument("--kd-weight", type=float, default=0.9)
-    p.add_argument("--gt-weight", type=float, default=0.1)
-    p.add_argument("--feature-weight", type=float, default=0.0)
+    p.add_argument("--kd-weight", type=float, default=0.9,
+                   help="weight of the MSE to the teacher's prediction")
+    p.add_argument("--gt-weight", type=float, default=0.1,
+                   help="weight of the ordinary diffusion / flow loss")
+    p.add_argument("--feature-weight", type=float, default=0.0,
+                   help="initial weight of the masked feature loss on aligned blocks "
+                        "(decays to 0)")
     p.add_argument("--num-classes", type=int, help="resize the label embedder to N classes")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over the processes torchrun started (automatic when "
@@ -181,7 +213,8 @@ def _add_compress(sub) -> None:
                    help="samples for the report's quality figures (0 skips them)")
     p.add_argument("--report-fid", action="store_true",
                    help="also report standard FID (Inception; needs the fid extra)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds calibration, data order and noise (same seed, same result)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     _common(p)
 
@@ -196,14 +229,16 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
     p.add_argument("--original", help="also report fidelity to this model (same noise/labels)")
-    p.add_argument("--data", default="digits", help="real data to compare with (default digits)")
-    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--data", default="digits", help="real data to compare with")
+    p.add_argument("--samples", type=int, default=1000, help="generated images to score")
     p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--cfg", type=float, default=1.0,
+                   help="classifier-free guidance scale (1 = unguided)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the noise (the labels are class-balanced)")
     p.add_argument("--features", default="domain,inception",
-                   help="feature spaces: domain, inception or both (default both)")
+                   help="comma-separated feature spaces: domain, inception or both")
     p.add_argument("--out", default="runs/evaluation", help="writes evaluation.json and .md")
     _common(p)
 
@@ -221,7 +256,7 @@ def _add_export(sub) -> None:
 
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    p.add_argument("--format", default="onnx", choices=FORMATS)
+    p.add_argument("--format", default="onnx", choices=FORMATS, help="what to export to")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--verify", action="store_true",
                    help="print the parity table (exports are always checked unless --no-check)")
@@ -254,16 +289,18 @@ def _add_serve(sub) -> None:
 
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]SOURCE",
                    help="teacher name, model dir, checkpoint or export dir (repeatable)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="what runs the models: PyTorch or an export's runtime")
     p.add_argument("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--max-batch", type=int, default=16, help="images per batch (1 = off)")
     p.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="how long a batch waits for more requests")
     p.add_argument("--max-queue", type=int, default=64, help="queued requests before 503")
     p.add_argument("--max-images", type=int, default=16, help="images per request")
-    p.add_argument("--max-steps", type=int, default=250)
+    p.add_argument("--max-steps", type=int, default=250,
+                   help="most sampling steps a request may ask for")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--api-key", help="require this X-API-Key (default: $ENTPRUNER_API_KEY)")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
@@ -285,8 +322,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--onnx", action="store_true",
                    help="export both models to ONNX (cached) and offer ONNX Runtime")
     p.add_argument("--data", help="data for the quick evaluation (default: the report's)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
     _common(p)
 
 
@@ -298,8 +335,9 @@ def _add_quickstart(sub) -> None:
         """)
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--samples", type=int, default=300, help="evaluation samples per model")
-    p.add_argument("--compress-steps", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compress-steps", type=int, default=500,
+                   help="fine-tuning steps of each compress run")
+    p.add_argument("--seed", type=int, default=0, help="seeds every run and evaluation")
     _common(p)
 
 

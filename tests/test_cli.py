@@ -1,10 +1,12 @@
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from entpruner_sdk.cli import COMMANDS, main
+from entpruner_sdk.cli import COMMANDS, _parser, main
 
 
 def test_every_command_has_help_with_examples(capsys):
@@ -17,6 +19,25 @@ def test_every_command_has_help_with_examples(capsys):
         examples = out.split("examples:")[1].splitlines()
         # one shell line per example line: an unescaped backslash in the source joins two
         assert max(len(line) for line in examples) <= 100, command
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    commands = next(a for a in _parser()._actions if a.choices and "compress" in a.choices)
+    for name, parser in commands.choices.items():
+        for action in parser._actions:
+            assert action.help, f"entpruner {name} {action.option_strings}: no help text"
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+    assert "(default: 0.9)" in commands.choices["compress"].format_help()  # --kd-weight
+
+
+def test_every_benchmark_option_has_help():
+    """The benchmark scripts' ``--help`` documents every option too (read from the source)."""
+    for script in sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+                assert any(k.arg == "help" for k in node.keywords), f"{script.name} {names}"
 
 
 def test_console_script_entry_point_runs():
