@@ -158,7 +158,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--data", default="digits",
                    help="downstream data: bundled name, class folders or .npz")
     p.add_argument("--budget", required=True,
-                   help="blocks to keep (6), FLOPs share to keep (0.5) or speedup (2x)")
+                   help="blocks to keep (6), FLOPs share to keep (0.5 or 50%%) or speedup (2x)")
     p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
     p.add_argument("--importance", default="ced", choices=list(IMPORTANCES),
                    help="how blocks are ranked for removal (default ced: on the bundled "

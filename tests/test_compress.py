@@ -109,6 +109,14 @@ def test_budget_forms_resolve_before_any_work():
         Budget(depth=3, flops=0.5)
 
 
+def test_budget_text_forms_and_unreadable_text():
+    assert Budget.parse("6") == Budget(depth=6) and Budget.parse(" 2X ") == Budget(speedup=2.0)
+    assert Budget.parse("0.5") == Budget.parse("50%") == Budget(flops=0.5)
+    for text in ("abc", "x", "half", "6 blocks", "%"):
+        with pytest.raises(BudgetError, match=r"cannot read budget .*\(e\.g\. 2x\)"):
+            Budget.parse(text)
+
+
 def test_impossible_budget_fails_before_any_work(tmp_path):
     with pytest.raises(BudgetError, match="keep between 2 and 5"):
         compress(teacher(), "digits", 1, out_dir=tmp_path / "run", **FAST)

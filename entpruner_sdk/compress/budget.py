@@ -1,6 +1,7 @@
 """Compression budgets and their resolution to a target depth, before any work is done.
 
-- ``int``: blocks to keep; ``float`` in (0, 1): share of the original FLOPs to keep;
+- ``int``: blocks to keep; ``float`` in (0, 1) or ``"50%"``: share of the original FLOPs to
+  keep; ``"2x"``: speedup;
 - ``Budget(depth=..)``, ``Budget(flops=..)``, ``Budget(speedup=.., device=..)`` (measured
   forward latency on that device).
 """
@@ -33,22 +34,31 @@ class Budget:
 
     @classmethod
     def parse(cls, value: Budget | int | float | str) -> Budget:
-        """``12`` (blocks), ``0.5`` (FLOPs share), ``"2x"`` (speedup), or a ``Budget``."""
+        """``12`` (blocks), ``0.5`` or ``"50%"`` (FLOPs share), ``"2x"`` (speedup), or a
+        ``Budget``."""
         if isinstance(value, Budget):
             return value
         if isinstance(value, str):
-            text = value.strip().lower()
-            if text.endswith("x"):
-                return cls(speedup=float(text[:-1]))
-            value = float(text) if "." in text else int(text)
+            return cls._parse_text(value)
         if isinstance(value, bool):
             raise BudgetError("a budget cannot be a boolean")
         if isinstance(value, int):
             return cls(depth=value)
         if isinstance(value, float):
             return cls(flops=value)
-        raise BudgetError(f"cannot read budget {value!r}; use an int (blocks to keep), a float "
-                          "in (0, 1) (FLOPs share) or '2x' (speedup)")
+        raise BudgetError(_unreadable(value))
+
+    @classmethod
+    def _parse_text(cls, value: str) -> Budget:
+        text = value.strip().lower()
+        try:
+            if text.endswith("x"):
+                return cls(speedup=float(text[:-1]))
+            if text.endswith("%"):
+                return cls(flops=float(text[:-1]) / 100)
+            return cls(flops=float(text)) if "." in text else cls(depth=int(text))
+        except ValueError:
+            raise BudgetError(_unreadable(value)) from None
 
     def describe(self) -> str:
         if self.depth is not None:
@@ -56,6 +66,12 @@ class Budget:
         if self.flops is not None:
             return f"keep {self.flops:.0%} of the FLOPs"
         return f"{self.speedup:g}x speedup on {self.device or 'the compute device'}"
+
+
+def _unreadable(value: object) -> str:
+    return (f"cannot read budget {value!r}; use an int (blocks to keep, e.g. 6), a float in "
+            "(0, 1) or a percentage (FLOPs share to keep, e.g. 0.5 or 50%), or a speedup "
+            "(e.g. 2x)")
 
 
 def resolve_depth(budget: Budget, model: DiffusionTransformer, protected_count: int,
