@@ -143,8 +143,15 @@ def test_class_count_needs_the_option_and_is_reported(tmp_path):
     ("importance", "ced+zico", "unknown importance 'ced\\+zico'; choose one of ced, bi"),
     ("ced_output", "x0", "unknown CED output 'x0'"),
     ("ced_estimator", "full", "unknown CED estimator 'full'"),
-    ("ced_weighting", "max", "unknown CED weighting 'max'")])
-def test_unknown_importance_settings_fail_before_any_work(monkeypatch, option, value, named):
+    ("ced_weighting", "max", "unknown CED weighting 'max'"),
+    ("steps", 0, "steps=0: must be at least 1"),
+    ("batch_size", -8, "batch_size=-8: must be at least 1"),
+    ("calibration_per_class", 1, "calibration_per_class=1: must be at least 2"),
+    ("lr", 0.0, "lr=0.0: the learning rate must be positive"),
+    ("ema_decay", 1.0, "ema_decay=1.0: must be in"),
+    ("protect", (0, 20), r"block\(s\) \[20\] are not in this model, whose blocks are "
+                         r"\[0, 1, 2, 3, 4, 5\]")])
+def test_bad_settings_fail_before_any_work(monkeypatch, option, value, named):
     monkeypatch.setattr(compress_module, "load_data", lambda *a: pytest.fail("data was loaded"))
     with pytest.raises(ValueError, match=named):
         compress(teacher(), "digits", 3, **{**FAST, option: value})

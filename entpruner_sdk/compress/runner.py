@@ -66,9 +66,19 @@ class CompressConfig:
     report_features: tuple[str, ...] = ("domain",)  # add "inception" for standard FID
 
     def __post_init__(self) -> None:
-        # an unknown importance or CED option fails here, before any data is loaded
+        # an unknown importance or CED option, or a setting out of range, fails here, before
+        # any data is loaded
         make_importance(self.importance, output=self.ced_output, estimator=self.ced_estimator,
                         weighting=self.ced_weighting)
+        at_least = {"steps": 1, "batch_size": 1, "calibration_times": 1, "checkpoint_every": 1,
+                    "calibration_per_class": 2}  # two samples give a class its spread
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)}: must be at least {low}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr={self.lr}: the learning rate must be positive")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay}: must be in [0, 1)")
 
     @classmethod
     def from_options(cls, **options: Any) -> CompressConfig:
@@ -118,6 +128,17 @@ class CompressResult:
         save(self.model, directory / "model", compression=self.report["summary"])
         write_report(self.report, directory)
         return directory
+
+
+def protected_blocks(model: DiffusionTransformer, protect: tuple[int, ...] | None) -> list[int]:
+    """The original indices never removed: ``protect``, or the first and last block."""
+    if protect is None:
+        return sorted({model.kept_blocks[0], model.kept_blocks[-1]})
+    unknown = sorted(set(protect) - set(model.kept_blocks))
+    if unknown:
+        raise ValueError(f"protect={list(protect)}: block(s) {unknown} are not in this model, "
+                         f"whose blocks are {model.kept_blocks} (original indices)")
+    return sorted(set(protect))
 
 
 def resize_classes(model: DiffusionTransformer, num_classes: int) -> DiffusionTransformer:
@@ -252,6 +273,7 @@ def compress(
         raise ValueError(f"batch_size {config.batch_size} does not split over {world} "
                          f"processes; use a multiple of {world}")
     budget = Budget.parse(budget)
+    protected = protected_blocks(model, config.protect)
     if config.lr is None:
         config = dataclasses.replace(config, lr=recovery_lr(model.config.hidden_size))
     data = load_data(data)
@@ -261,8 +283,6 @@ def compress(
         teacher = resize_classes(teacher, config.num_classes)
     teacher = teacher.eval().requires_grad_(False)
     objective = objective_for(teacher)
-    protected = list(config.protect) if config.protect is not None else sorted(
-        {teacher.kept_blocks[0], teacher.kept_blocks[-1]})
     calibration = CalibrationSet.build(data, objective, config.calibration_per_class,
                                        config.calibration_times, config.seed)
     proxies = ProxyBatches.build(calibration, objective, config.schedule.proxy_samples, device,
