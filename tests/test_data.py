@@ -89,6 +89,9 @@ def test_npz_layouts_and_errors(tmp_path):
     np.savez(tmp_path / "labels.npz", x=np.zeros((2, 1, 8, 8), np.float32), y=np.array([0, 7]))
     with pytest.raises(DataError, match="labels must lie in 0..4"):
         load_data(tmp_path / "labels.npz", num_classes=5)
+    np.savez(tmp_path / "negative.npz", x=np.zeros((2, 1, 8, 8), np.float32), y=np.array([-1, 1]))
+    with pytest.raises(DataError, match="class indices 0, 1, 2, ..., found -1; map the classes"):
+        load_data(tmp_path / "negative.npz")
     np.savez(tmp_path / "keys.npz", pixels=np.zeros((2, 8, 8)))
     with pytest.raises(DataError, match="'images' and 'labels'"):
         load_data(tmp_path / "keys.npz")
@@ -103,7 +106,7 @@ def test_torch_dataset_and_dataloader():
     for source in (dataset, DataLoader(dataset, batch_size=4)):
         data = load_data(source)
         assert torch.equal(data.images, images) and torch.equal(data.labels, labels)
-    with pytest.raises(DataError, match="labels must lie"):
+    with pytest.raises(DataError, match="labels must be class indices"):
         load_data(TensorDataset(images, -labels - 1))
 
 

@@ -107,7 +107,10 @@ def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, sourc
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise DataError(f"{source}: labels must be integers, got {labels.dtype}")
-    out = (labels < 0) | (labels >= num_classes)
+    if (labels < 0).any():
+        raise DataError(f"{source}: labels must be class indices 0, 1, 2, ..., found "
+                        f"{int(labels.min())}; map the classes to 0..C-1")
+    out = labels >= num_classes
     if out.any():
         raise DataError(
             f"{source}: labels must lie in 0..{num_classes - 1}, found {int(labels[out][0])}; "
