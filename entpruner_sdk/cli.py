@@ -15,6 +15,9 @@ from pathlib import Path
 import torch
 
 from entpruner_sdk.importance import IMPORTANCES
+from entpruner_sdk.importance.ced import OUTPUTS, WEIGHTINGS
+from entpruner_sdk.importance.entropy import ESTIMATORS
+from entpruner_sdk.schedule import SCHEDULES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,7 +168,7 @@ def _add_compress(sub) -> None:
                         "benchmark at 2400 steps it falls least short of the best method "
                         "on the mean, though bi and others win some settings; "
                         "ced+bi is a rank vote of the two; docs/benchmarks.md)")
-    p.add_argument("--schedule", default="adaptive", choices=["adaptive", "one-shot"],
+    p.add_argument("--schedule", default="adaptive", choices=SCHEDULES,
                    help="adaptive: remove progressively at decision points chosen by the "
                         "zero-shot proxies; one-shot: remove every block at step 0")
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps")
@@ -186,14 +189,14 @@ def _add_compress(sub) -> None:
     p.add_argument("--calibration-times", type=int, default=8,
                    help="timesteps in the CED grid, spread over the whole schedule")
     p.add_argument("--ced-output", default="denoised",
-                   choices=["prediction", "denoised", "clipped", "sampler"],
+                   choices=OUTPUTS,
                    help="what CED measures the entropy of: the raw prediction, the denoised "
                         "estimate, that estimate clipped to the data's range, or a short "
                         "sampler run")
-    p.add_argument("--ced-estimator", default="sample", choices=["sample", "diagonal"],
+    p.add_argument("--ced-estimator", default="sample", choices=ESTIMATORS,
                    help="Gaussian entropy from one sigma per sample, or per class and "
                         "dimension across samples")
-    p.add_argument("--ced-weighting", default="mean", choices=["mean", "normalized"],
+    p.add_argument("--ced-weighting", default="mean", choices=WEIGHTINGS,
                    help="combine the timesteps by the plain mean, or give every timestep an "
                         "equal say (each normalized by its sum over the blocks)")
     p.add_argument("--protect", help="comma-separated original block indices never removed "

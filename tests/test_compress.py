@@ -144,6 +144,7 @@ def test_class_count_needs_the_option_and_is_reported(tmp_path):
     ("ced_output", "x0", "unknown CED output 'x0'"),
     ("ced_estimator", "full", "unknown CED estimator 'full'"),
     ("ced_weighting", "max", "unknown CED weighting 'max'"),
+    ("schedule", "gradual", "unknown schedule 'gradual'; choose one of"),
     ("steps", 0, "steps=0: must be at least 1"),
     ("batch_size", -8, "batch_size=-8: must be at least 1"),
     ("calibration_per_class", 1, "calibration_per_class=1: must be at least 2"),

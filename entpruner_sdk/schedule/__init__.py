@@ -7,7 +7,13 @@ from entpruner_sdk.schedule.proxies import (
     rank_vote,
     zico,
 )
-from entpruner_sdk.schedule.schedule import Schedule, ScheduleConfig, SchedulePlan, ScheduleState
+from entpruner_sdk.schedule.schedule import (
+    SCHEDULES,
+    Schedule,
+    ScheduleConfig,
+    SchedulePlan,
+    ScheduleState,
+)
 
-__all__ = ["LatencyModel", "Schedule", "ScheduleConfig", "SchedulePlan", "ScheduleState",
-           "ntk_condition_number", "rank", "rank_vote", "zico"]
+__all__ = ["SCHEDULES", "LatencyModel", "Schedule", "ScheduleConfig", "SchedulePlan",
+           "ScheduleState", "ntk_condition_number", "rank", "rank_vote", "zico"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SCHEDULES = ("adaptive", "one-shot")
+
 
 @dataclass
 class ScheduleConfig:
@@ -30,8 +32,8 @@ class ScheduleConfig:
     rerank: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in ("adaptive", "one-shot"):
-            raise ValueError(f"unknown schedule {self.kind!r}; choose 'adaptive' or 'one-shot'")
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.kind!r}; choose one of {SCHEDULES}")
         if self.interval < 1 or self.k_max < 1:
             raise ValueError("interval and k_max must be at least 1")
         if not 0 <= self.prune_fraction <= 1:
