@@ -186,8 +186,10 @@ def _add_compress(sub) -> None:
                         "schedule decides when and how many either way)")
     p.add_argument("--calibration-per-class", type=int, default=16,
                    help="CED calibration images of every class")
-    p.add_argument("--calibration-times", type=int, default=8,
-                   help="timesteps in the CED grid, spread over the whole schedule")
+    p.add_argument("--calibration-times", type=_time_grid, default=8, metavar="N|LEVELS",
+                   help="CED's timestep grid: N timesteps spread over the whole schedule, or "
+                        "comma-separated noise levels (0 = clean, 1 = pure noise), e.g. "
+                        "0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--ced-output", default="denoised",
                    choices=OUTPUTS,
                    help="what CED measures the entropy of: the raw prediction, the denoised "
@@ -220,6 +222,18 @@ def _add_compress(sub) -> None:
                    help="seeds calibration, data order and noise (same seed, same result)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     _common(p)
+
+
+def _time_grid(text: str) -> int | tuple[float, ...]:
+    """``8`` (a count) or ``0.1,0.5,0.9`` (noise levels); checked fully by compress."""
+    try:
+        if "," in text or "." in text:
+            return tuple(float(v) for v in text.split(","))
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a number of timesteps (8) nor comma-separated noise levels "
+            "(0.1,0.5,0.9)") from None
 
 
 def _add_evaluate(sub) -> None:

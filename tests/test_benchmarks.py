@@ -100,7 +100,7 @@ def test_ced_removal_orders_single_pass_and_greedy():
     rankings = load("ced_rankings")
     model = randomized(DiffusionTransformer(tiny_config("dit", depth=5)))
     objective = objective_for(model)
-    calibration = CalibrationSet.build(load_data("digits"), objective, per_class=3, num_times=3)
+    calibration = CalibrationSet.build(load_data("digits"), objective, per_class=3, times=3)
     scores = make_importance("ced", 0).score(model, objective, calibration, torch.device("cpu"))
     by_block = dict(zip(scores.kept_blocks, scores.scores))
     single = rankings.removal_order(model, objective, calibration, greedy=False)
@@ -220,7 +220,7 @@ def test_probe_recovers_exactly_the_set_it_is_given(recovery):
     teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=5))).eval()
     data = load_data("digits")
     objective = objective_for(teacher)
-    calibration = CalibrationSet.build(data, objective, per_class=2, num_times=2)
+    calibration = CalibrationSet.build(data, objective, per_class=2, times=2)
     student = recovery.recover(teacher, data, (0, 2, 4), steps=3)
     assert student.kept_blocks == [0, 2, 4] and student.depth == 3
     errors = recovery.probe(teacher, data, (0, 2, 4), 3, calibration, objective)

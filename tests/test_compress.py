@@ -60,10 +60,12 @@ def test_adaptive_uniform_ends_at_the_one_shot_blocks():
     assert adaptive.model.kept_blocks == one_shot.model.kept_blocks == [0, 3, 8, 11]
 
 
-@pytest.mark.parametrize("family", ["dit", "sit"])
-def test_result_saves_loads_and_samples(tmp_path, family):
+@pytest.mark.parametrize("family, grid, model_times", [
+    ("dit", 2, [250, 750]),  # a count: spread over the schedule
+    ("sit", (0.2, 0.9), [0.8, 0.1])])  # noise levels; SiT's t = 1 is data
+def test_result_saves_loads_and_samples(tmp_path, family, grid, model_times):
     result = compress(teacher(family), "digits", 4, out_dir=tmp_path,
-                      **dict(FAST, report_samples=20))
+                      **dict(FAST, report_samples=20, calibration_times=grid))
     for name in ("report.json", "report.md", "loss.png", "importance.png"):
         assert (tmp_path / name).stat().st_size > 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -74,10 +76,12 @@ def test_result_saves_loads_and_samples(tmp_path, family):
     assert summary["sampling_latency"]["pruned_s"] > 0 and len(report["losses"]) == 24
     assert all("scores" in d and "candidates" in d for d in report["decisions"])
     # the CED table per block and per timestep, at every decision (the default ranks once)
-    times = report["settings"]["calibration_times"]
-    assert all(len(row["per_timestep"]) == times
+    assert report["calibration_times"] == pytest.approx(model_times)
+    assert all(len(row["per_timestep"]) == len(model_times)
                for d in report["decisions"] for row in d["scores"])
-    assert "| depth | 6 | 4 |" in (tmp_path / "report.md").read_text()
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| depth | 6 | 4 |" in markdown
+    assert f"per timestep (t = {', '.join(f'{t:g}' for t in model_times)})" in markdown
     assert {"class_accuracy", "fd_domain"} <= set(summary["quality_original"])
     assert {"class_accuracy", "fd_domain", "psnr", "ssim"} <= set(summary["quality_pruned"])
     assert "| class_accuracy |" in (tmp_path / "report.md").read_text()
@@ -145,6 +149,8 @@ def test_class_count_needs_the_option_and_is_reported(tmp_path):
     ("ced_estimator", "full", "unknown CED estimator 'full'"),
     ("ced_weighting", "max", "unknown CED weighting 'max'"),
     ("schedule", "gradual", "unknown schedule 'gradual'; choose one of"),
+    ("calibration_times", 0, "needs at least 1 timestep"),
+    ("calibration_times", (0.5, 1.5), r"give noise levels in \[0, 1\]"),
     ("steps", 0, "steps=0: must be at least 1"),
     ("batch_size", -8, "batch_size=-8: must be at least 1"),
     ("calibration_per_class", 1, "calibration_per_class=1: must be at least 2"),

@@ -29,7 +29,7 @@ CPU = torch.device("cpu")
 def setup(family="dit", depth=5):
     model = randomized(DiffusionTransformer(tiny_config(family, depth=depth)))
     objective = objective_for(model)
-    calibration = CalibrationSet.build(load_data("digits"), objective, per_class=3, num_times=3)
+    calibration = CalibrationSet.build(load_data("digits"), objective, per_class=3, times=3)
     return model, objective, calibration
 
 

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from entpruner_sdk.objectives import FlowMatching, GaussianDiffusion, NoisedBatch, guided
+from entpruner_sdk.objectives import (
+    FlowMatching,
+    GaussianDiffusion,
+    NoisedBatch,
+    guided,
+    noise_levels,
+)
 from entpruner_sdk.objectives.diffusion import space_timesteps
 from entpruner_sdk.sampling import sample
 
@@ -134,11 +140,22 @@ def test_diffusion_denoised_recovers_x0_from_the_true_noise():
                           atol=1e-3)
 
 
-def test_calibration_times_span_the_schedule():
+def test_calibration_times_span_the_schedule_cleanest_first():
     times = GaussianDiffusion(1).calibration_times(8)
-    assert times.dtype == torch.long and times.min() < 100 and times.max() > 900
-    flow_times = FlowMatching(1).calibration_times(4)
-    assert torch.allclose(flow_times, torch.tensor([0.125, 0.375, 0.625, 0.875]))
+    assert times.dtype == torch.long and times.tolist() == sorted(times.tolist())
+    assert times.min() < 100 and times.max() > 900
+    flow_times = FlowMatching(1).calibration_times(4)  # SiT's t = 1 is data
+    assert torch.allclose(flow_times, torch.tensor([0.875, 0.625, 0.375, 0.125]))
+
+
+def test_calibration_times_at_given_noise_levels():
+    assert GaussianDiffusion(1).calibration_times([0.0, 0.5, 1.0]).tolist() == [0, 500, 999]
+    assert FlowMatching(1).calibration_times((0.0, 0.25, 1.0)).tolist() == [1.0, 0.75, 0.0]
+    for grid, problem in [(0, "at least 1 timestep"), ([], "noise levels in"),
+                          ([0.2, 1.5], "noise levels in"), ("0.5", "a number of timesteps"),
+                          (0.5, "a number of timesteps"), (["x"], "a number of timesteps")]:
+        with pytest.raises(ValueError, match=problem):
+            noise_levels(grid)
 
 
 def test_guidance_mixes_the_prediction_and_passes_the_rest():

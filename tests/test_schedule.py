@@ -59,7 +59,7 @@ def test_rank_vote():
 def test_proxies_are_finite_and_deterministic():
     model = randomized(DiffusionTransformer(tiny_config("sit")))
     objective = objective_for(model)
-    calibration = CalibrationSet.build(load_data("digits"), objective, per_class=2, num_times=2)
+    calibration = CalibrationSet.build(load_data("digits"), objective, per_class=2, times=2)
     batch = next(iter(calibration.batches(objective, torch.device("cpu"), batch_size=6)))[1]
     ntk = ntk_condition_number(model, objective, batch)
     assert ntk >= 1 and ntk == ntk_condition_number(model, objective, batch)

@@ -118,8 +118,11 @@ def to_markdown(report: dict[str, Any]) -> str:
                      f"{votes} | {d['chosen_k']} | {d['removed']} |")
     if report["decisions"]:
         first = report["decisions"][0]
+        times = report.get("calibration_times")
+        per_t_header = "per timestep" + (f" (t = {', '.join(f'{t:g}' for t in times)})"
+                                         if times else "")
         lines += ["", "## Block scores at the first decision", "",
-                  "| block | score | per timestep |", "|---|---|---|"]
+                  f"| block | score | {per_t_header} |", "|---|---|---|"]
         for row in first["scores"]:
             per_t = ", ".join(f"{v:.4f}" for v in row.get("per_timestep", []))
             lines.append(f"| {row['block']} | {row['score']:.4f} | {per_t} |")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
 from entpruner_sdk.importance import BlockScores, CalibrationSet, FrozenRanking, make_importance
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.objectives import objective_for
+from entpruner_sdk.objectives import noise_levels, objective_for
 from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleConfig, ScheduleState
 from entpruner_sdk.training import EMA, drop_labels, sample_batch
 from entpruner_sdk.utils import distributed
@@ -56,7 +57,8 @@ class CompressConfig:
     lr: float | None = None  # None: recovery_lr(hidden size), resolved when the run starts
     ema_decay: float = 0.999
     calibration_per_class: int = 16
-    calibration_times: int = 8
+    # CED's timestep grid: a count spread over the whole schedule, or noise levels in [0, 1]
+    calibration_times: int | tuple[float, ...] = 8
     protect: tuple[int, ...] | None = None  # original block indices; None = first and last
     distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
@@ -70,7 +72,8 @@ class CompressConfig:
         # any data is loaded
         make_importance(self.importance, output=self.ced_output, estimator=self.ced_estimator,
                         weighting=self.ced_weighting)
-        at_least = {"steps": 1, "batch_size": 1, "calibration_times": 1, "checkpoint_every": 1,
+        noise_levels(self.calibration_times)
+        at_least = {"steps": 1, "batch_size": 1, "checkpoint_every": 1,
                     "calibration_per_class": 2}  # two samples give a class its spread
         for name, low in at_least.items():
             if getattr(self, name) < low:
@@ -94,8 +97,8 @@ class CompressConfig:
         if unknown:
             raise TypeError(f"unknown compress options {sorted(unknown)}; known: "
                             f"{sorted(own | schedule_fields | distill_fields)}")
-        for key in ("protect", "report_features"):
-            if options.get(key) is not None:
+        for key in ("protect", "report_features", "calibration_times"):
+            if isinstance(options.get(key), Iterable) and not isinstance(options[key], str):
                 options[key] = tuple(options[key])
         return cls(schedule=ScheduleConfig(**schedule), distill=DistillConfig(**distill),
                    **options)
@@ -366,6 +369,7 @@ def compress(
                               run.losses, latency, protected, device,
                               time.perf_counter() - wall_start)
         report["summary"]["processes"] = world
+        report["calibration_times"] = calibration.times.tolist()  # the per-timestep columns
     if config.report_samples > 0:  # evaluation shards its sampling over the ranks
         figures = quality_figures(teacher, pruned, data, config, device)
         if report is not None:

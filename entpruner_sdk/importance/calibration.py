@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from entpruner_sdk.data.datasets import ImageDataset
-from entpruner_sdk.objectives import NoisedBatch, Objective
+from entpruner_sdk.objectives import NoisedBatch, Objective, TimeGrid
 
 
 @dataclass
@@ -21,7 +21,7 @@ class CalibrationSet:
     images: torch.Tensor  # [N, C, H, W] clean data
     labels: torch.Tensor  # [N]
     noise: torch.Tensor  # [N, C, H, W], fixed
-    times: torch.Tensor  # [T] model times
+    times: torch.Tensor  # [T] model times, cleanest first
     num_classes: int
     # per-channel (min, max) of the images, each [1, C, 1, 1]; a shard keeps the whole set's
     value_range: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -34,14 +34,15 @@ class CalibrationSet:
 
     @classmethod
     def build(cls, data: ImageDataset, objective: Objective, per_class: int = 16,
-              num_times: int = 8, seed: int = 0) -> CalibrationSet:
-        """``per_class`` samples of every class present and ``num_times`` timesteps."""
+              times: TimeGrid = 8, seed: int = 0) -> CalibrationSet:
+        """``per_class`` samples of every class present, at ``times``: a number of timesteps
+        spread over the whole schedule, or explicit noise levels (0 = clean, 1 = pure noise)."""
         if per_class < 2:
             raise ValueError("per_class must be at least 2: per-class statistics need a spread")
         generator = torch.Generator().manual_seed(seed)
         subset = data.per_class(per_class, generator)
         noise = torch.randn(subset.images.shape, generator=generator)
-        return cls(subset.images, subset.labels, noise, objective.calibration_times(num_times),
+        return cls(subset.images, subset.labels, noise, objective.calibration_times(times),
                    data.num_classes)
 
     def range_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from entpruner_sdk.objectives.base import ModelFn, NoisedBatch, Objective
+from entpruner_sdk.objectives.base import ModelFn, NoisedBatch, Objective, TimeGrid, noise_levels
 from entpruner_sdk.objectives.diffusion import GaussianDiffusion
 from entpruner_sdk.objectives.flow import FlowMatching
 from entpruner_sdk.objectives.guidance import combine_guidance, guided
@@ -28,8 +28,10 @@ __all__ = [
     "ModelFn",
     "NoisedBatch",
     "Objective",
+    "TimeGrid",
     "combine_guidance",
     "guided",
     "objective_for",
     "objective_from",
+    "noise_levels",
 ]

@@ -4,13 +4,37 @@ treat DiT and SiT alike."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 # model_fn(x_t, model_time, labels) -> raw model output
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# a count of timesteps spread evenly over the schedule, or explicit noise levels
+TimeGrid = int | Sequence[float]
+
+
+def noise_levels(grid: TimeGrid) -> torch.Tensor:
+    """The grid as noise levels, float64 fractions of the schedule from 0 (clean data) to 1
+    (pure noise): ``n`` spread evenly (the midpoints of n equal intervals, cleanest first), or
+    the levels given. Raises ``ValueError`` for an empty grid or a level outside [0, 1]."""
+    unreadable = ValueError(f"timestep grid {grid!r}: give a number of timesteps (e.g. 8) or "
+                            "a sequence of noise levels (e.g. 0.1,0.5,0.9)")
+    if isinstance(grid, bool | str) or not isinstance(grid, int | Sequence):
+        raise unreadable
+    if isinstance(grid, int):
+        if grid < 1:
+            raise ValueError(f"a timestep grid needs at least 1 timestep, got {grid}")
+        return (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    try:
+        levels = torch.tensor([float(v) for v in grid], dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise unreadable from None
+    if len(levels) == 0 or not ((levels >= 0) & (levels <= 1)).all():
+        raise ValueError(f"timestep grid {list(grid)}: give noise levels in [0, 1] "
+                         "(0 = clean data, 1 = pure noise), e.g. 0.1,0.5,0.9")
+    return levels
 
 
 @dataclass
@@ -51,9 +75,14 @@ class Objective(ABC):
     def denoised(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model's estimate of the clean sample (x0-hat for DiT, x1-hat for SiT)."""
 
+    def calibration_times(self, grid: TimeGrid) -> torch.Tensor:
+        """Model times of a fixed grid (for CED): ``grid`` timesteps spread over the whole
+        schedule, or the noise levels given; either way cleanest first for every family."""
+        return self.times_at(noise_levels(grid))
+
     @abstractmethod
-    def calibration_times(self, n: int) -> torch.Tensor:
-        """``n`` model times spread over the whole schedule (fixed, for CED and evaluation)."""
+    def times_at(self, levels: torch.Tensor) -> torch.Tensor:
+        """Model times at these noise levels (0 = clean data, 1 = pure noise)."""
 
     @abstractmethod
     def sample(

@@ -95,8 +95,9 @@ class GaussianDiffusion(Objective):
         return (_gather(np.sqrt(self.alphas_cumprod), t, x_start) * x_start
                 + _gather(np.sqrt(1.0 - self.alphas_cumprod), t, x_start) * noise)
 
-    def calibration_times(self, n: int) -> torch.Tensor:
-        return ((torch.arange(n, dtype=torch.float64) + 0.5) / n * self.num_timesteps).long()
+    def times_at(self, levels: torch.Tensor) -> torch.Tensor:
+        # t = 0 is the cleanest of the discrete timesteps, num_timesteps - 1 the noisiest
+        return (levels * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
 
     # ------------------------------------------------------------------ model output
     def denoised(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

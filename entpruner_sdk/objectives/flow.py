@@ -57,8 +57,8 @@ class FlowMatching(Objective):
         _, _, d_alpha, d_sigma = self.coefficients(_expand(batch.t, batch.x_start))
         return d_alpha * batch.x_start + d_sigma * batch.noise
 
-    def calibration_times(self, n: int) -> torch.Tensor:
-        return (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    def times_at(self, levels: torch.Tensor) -> torch.Tensor:
+        return (1 - levels).float()  # t = 1 is data, t = 0 pure noise
 
     # ------------------------------------------------------------------ model output
     def loss(self, output: torch.Tensor, batch: NoisedBatch) -> torch.Tensor:
