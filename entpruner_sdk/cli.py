@@ -120,7 +120,7 @@ def _add_sample(sub) -> None:
                    help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
     p.add_argument("--labels", help="comma-separated class labels")
     p.add_argument("--per-class", type=int, default=0,
-                   help="N images of every class (0: use --labels)")
+                   help="N images of every class (default: 4 when --labels is not given)")
     p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps")
     p.add_argument("--cfg", type=float, default=1.0,
