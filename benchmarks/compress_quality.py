@@ -89,6 +89,10 @@ OTHER_VARIANTS = {
     "ced-adaptive-clipped": dict(importance="ced", schedule="adaptive", ced_output="clipped"),
     # a rank vote of CED and BI (importance="ced+bi"), at the default schedule
     "ced+bi-adaptive": dict(importance="ced+bi", schedule="adaptive"),
+    # recovery with the masked feature loss (weight 1 at the start, fading to 0), which
+    # every method would get if it became the default: the default and BI
+    "ced-adaptive-feature": dict(importance="ced", schedule="adaptive", feature_weight=1.0),
+    "bi-feature": dict(importance="bi", schedule="one-shot", feature_weight=1.0),
 }
 # the recovery learning-rate sweep (compress's default is 1.2e-3 for the width-96 teachers)
 for _lr in (1e-4, 3e-4, 1e-3, 2e-3):

@@ -9,8 +9,9 @@ the distillation error, the MSE between the student's (EMA) prediction and the t
 fixed calibration set (16 images per class, 8 timesteps, its own noise), right after removal
 and after ``--steps`` steps, and compares both with the set's final FD-domain.
 
-The same comparison is made for the two criteria's own view of a set: the sum of CED's, and
-of BI's, teacher scores over the blocks it removes. Two questions, for each predictor:
+The same comparison is made for the criteria's own view of a set: the sum of CED's, and of
+BI's, teacher scores over the blocks it removes, and the CED of the set itself (its removed
+blocks dropped at once, so interactions between them count). Two questions, for each predictor:
 - its rank correlation (Spearman) with the final quality, per setting;
 - choosing among the CED, BI and uniform sets by it: does the chosen set end best?
 
@@ -47,7 +48,9 @@ LONG_RUNS = RESULTS / "compress_quality_long.json"
 CHOOSABLE = {"ced-adaptive": "CED", "bi": "BI", "uniform": "uniform"}
 # what predicts a set's final quality (lower: better), and how the tables name it
 PREDICTORS = {"at_removal": "error at removal", "after_steps": "error after {steps} steps",
-              "ced_removed": "CED of the removed blocks", "bi_removed": "BI of the removed blocks"}
+              "ced_removed": "CED of the removed blocks", "bi_removed": "BI of the removed blocks",
+              "ced_of_set": "CED of the set, removed at once"}
+CRITERIA = ("ced_removed", "bi_removed", "ced_of_set")  # scored on the teacher, no training
 CALIBRATION_SEED = 123  # not a seed of the compress runs, so the probe's noise is its own
 
 
@@ -104,32 +107,43 @@ def spearman(x: list[float], y: list[float]) -> float:
     return correlation(ranks(x), ranks(y))
 
 
-def criterion_sums(teacher, data, sets: list[list[int]]) -> list[dict]:
+def criterion_scores(teacher, data, sets: list[list[int]]) -> list[dict]:
     """For each set, the sum of CED's and of BI's teacher scores over the blocks it removes
-    (both remove their lowest-scored blocks first, so lower should mean a better set),
-    scored as compress scores them (its default calibration set, seed 0)."""
+    (both remove their lowest-scored blocks first, so lower should mean a better set), and
+    the CED of the set itself: the entropy deviation with all its removed blocks dropped at
+    once, which the sum approximates while ignoring how the blocks interact. Scored as compress
+    scores (its default calibration set, seed 0, its default CED)."""
     objective = objective_for(teacher)
     calibration = CalibrationSet.build(data, objective)
+    device = torch.device("cpu")
     by_criterion = {}
     for criterion in ("ced", "bi"):
-        scores = make_importance(criterion, 0).score(teacher, objective, calibration,
-                                                     torch.device("cpu"))
+        scores = make_importance(criterion, 0).score(teacher, objective, calibration, device)
         by_criterion[criterion] = dict(zip(scores.kept_blocks, scores.scores))
-    return [{f"{criterion}_removed": sum(v for b, v in block_scores.items() if b not in kept)
-             for criterion, block_scores in by_criterion.items()} for kept in sets]
+    ced = make_importance("ced", 0)
+    full = ced.entropies(teacher, objective, calibration, device)
+    records = []
+    for kept in sets:
+        removed = [i for i, b in enumerate(teacher.kept_blocks) if b not in kept]
+        dropped = ced.entropies(teacher, objective, calibration, device, skip_blocks=removed)
+        records.append({
+            **{f"{criterion}_removed": sum(v for b, v in block_scores.items() if b not in kept)
+               for criterion, block_scores in by_criterion.items()},
+            "ced_of_set": fmean(abs(f - d) for f, d in zip(full, dropped))})
+    return records
 
 
 def with_criteria(records: list[dict]) -> list[dict]:
-    """The records, with the criteria's sums added to the settings that lack them."""
+    """The records, with the criteria's scores added to the settings that lack them."""
     for name in dict.fromkeys(r["setting"] for r in records):
         rows = [r for r in records if r["setting"] == name]
-        if all("ced_removed" in r for r in rows):
+        if all(key in r for r in rows for key in CRITERIA):
             continue
         dataset, family, _ = name.split(":")
         teacher = load_teacher(f"{family}-{dataset}").eval()
-        sums = criterion_sums(teacher, load_data(dataset), [r["kept"] for r in rows])
-        for r, set_sums in zip(rows, sums):
-            r.update(set_sums)
+        scores = criterion_scores(teacher, load_data(dataset), [r["kept"] for r in rows])
+        for r, set_scores in zip(rows, scores):
+            r.update(set_scores)
     return records
 
 
@@ -206,8 +220,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict[str, dict]]:
                          **probe(teacher, data, kept, args.steps, calibration, objective,
                                  args.seed)})
         # the teacher and data are loaded already: score the criteria here, not in with_criteria
-        for r, set_sums in zip(rows, criterion_sums(teacher, data, [r["kept"] for r in rows])):
-            r.update(set_sums)
+        for r, set_scores in zip(rows, criterion_scores(teacher, data,
+                                                        [r["kept"] for r in rows])):
+            r.update(set_scores)
         records += rows
         summaries[name] = summarise(rows)
         print(f"{name}: {summaries[name]}", flush=True)

@@ -228,7 +228,7 @@ def test_probe_recovers_exactly_the_set_it_is_given(recovery):
     assert recovery.distillation_error(teacher, teacher, calibration, objective) == 0
 
 
-def test_criterion_sums_add_the_scores_of_the_removed_blocks(recovery):
+def test_criterion_scores_sum_the_removed_blocks_and_score_the_set_at_once(recovery):
     teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=5))).eval()
     data = load_data("digits")
     objective = objective_for(teacher)
@@ -237,9 +237,13 @@ def test_criterion_sums_add_the_scores_of_the_removed_blocks(recovery):
                                           torch.device("cpu"))
     by_block = dict(zip(ced.kept_blocks, ced.scores))
     lowest_first = sorted([1, 2, 3], key=by_block.get)
-    sets = [[0, lowest_first[2], 4], [0, lowest_first[0], 4]]  # CED's own choice first
-    sums = recovery.criterion_sums(teacher, data, sets)
-    assert sums[0]["ced_removed"] == pytest.approx(by_block[lowest_first[0]]
-                                                   + by_block[lowest_first[1]])
-    assert sums[0]["ced_removed"] < sums[1]["ced_removed"]
-    assert all(s["bi_removed"] > 0 for s in sums)
+    # CED's own choice, the opposite one, and a single block removed
+    sets = [[0, lowest_first[2], 4], [0, lowest_first[0], 4], [0, 1, 2, 4]]
+    scores = recovery.criterion_scores(teacher, data, sets)
+    assert scores[0]["ced_removed"] == pytest.approx(by_block[lowest_first[0]]
+                                                     + by_block[lowest_first[1]])
+    assert scores[0]["ced_removed"] < scores[1]["ced_removed"]
+    assert all(s["bi_removed"] > 0 for s in scores)
+    # one block removed: the set's CED is that block's (full forwards against the prefix cache)
+    assert scores[2]["ced_of_set"] == pytest.approx(by_block[3], rel=1e-6)
+    assert all(s["ced_of_set"] > 0 for s in scores)

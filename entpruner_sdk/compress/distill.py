@@ -21,7 +21,9 @@ from entpruner_sdk.objectives import NoisedBatch, Objective
 class DistillConfig:
     kd_weight: float = 0.9
     gt_weight: float = 0.1
-    feature_weight: float = 0.0  # optional masked feature loss; 0 turns it off
+    # optional masked feature loss; off by default: at weight 1 it was level or worse
+    # (docs/benchmarks.md, "The masked feature loss")
+    feature_weight: float = 0.0
     mask_sigma: float = 2.0
 
 

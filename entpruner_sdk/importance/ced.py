@@ -13,6 +13,8 @@ blocks i+1..N-1 from there (about N^2 / 2 block evaluations instead of N^2).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from entpruner_sdk.importance.base import BlockScores, Importance
@@ -83,6 +85,24 @@ class CED(Importance):
             "entropy_full": h_full, "entropy_dropped": h_drop,
             "times": calibration.times.tolist()})
 
+    @torch.no_grad()
+    def entropies(self, model: DiffusionTransformer, objective: Objective,
+                  calibration: CalibrationSet, device: torch.device,
+                  skip_blocks: Sequence[int] = ()) -> list[float]:
+        """H(X | C) at each calibration timestep, for ``model`` with the blocks at positions
+        ``skip_blocks`` replaced by the identity, by full forward passes (no prefix cache).
+        With several blocks skipped at once, ``|H_full - H_skipped|`` is the entropy
+        deviation of the whole set, which the sum of the set's per-block scores
+        approximates while ignoring how the blocks interact."""
+        model = model.eval()
+        accumulators = self._accumulators(calibration, model, len(calibration.times))
+        value_range = calibration.range_on(device)
+        for ti, batch in calibration.batches(objective, device, self.batch_size):
+            with autocast(device):
+                output = model(batch.x_t, batch.t, batch.y, skip_blocks=skip_blocks)
+            accumulators[ti].update(self._x(objective, output, batch, value_range), batch.y)
+        return [a.entropy() for a in accumulators]
+
     def _accumulators(self, calibration: CalibrationSet, model: DiffusionTransformer,
                       count: int) -> list[EntropyAccumulator]:
         cfg = model.config
@@ -150,18 +170,8 @@ def naive_ced(model: DiffusionTransformer, objective: Objective, calibration: Ca
     """CED by N + 1 full forward passes per batch (no caching): the reference the cached
     computation is tested against (benchmarks/compress_cost.py times the same N forwards)."""
     ced = CED(output, estimator)
-    num_times = len(calibration.times)
-    full = ced._accumulators(calibration, model, num_times)
-    dropped = [ced._accumulators(calibration, model, num_times) for _ in model.blocks]
-    value_range = calibration.range_on(device)
-    with torch.no_grad():
-        for ti, batch in calibration.batches(objective, device):
-            output = model(batch.x_t, batch.t, batch.y)
-            full[ti].update(ced._x(objective, output, batch, value_range), batch.y)
-            for i in range(model.depth):
-                out = model(batch.x_t, batch.t, batch.y, skip_blocks=[i])
-                x = ced._x(objective, out, batch, value_range)
-                dropped[i][ti].update(x, batch.y)
-    h_full = [a.entropy() for a in full]
-    return combine_timesteps([[abs(hf - d.entropy()) for hf, d in zip(h_full, row)]
-                              for row in dropped])
+    h_full = ced.entropies(model, objective, calibration, device)
+    return combine_timesteps([
+        [abs(hf - hd) for hf, hd in zip(h_full, ced.entropies(model, objective, calibration,
+                                                                device, skip_blocks=[i]))]
+        for i in range(model.depth)])
