@@ -116,11 +116,12 @@ def criterion_scores(teacher, data, sets: list[list[int]]) -> list[dict]:
     objective = objective_for(teacher)
     calibration = CalibrationSet.build(data, objective)
     device = torch.device("cpu")
+    importances = {criterion: make_importance(criterion, 0) for criterion in ("ced", "bi")}
     by_criterion = {}
-    for criterion in ("ced", "bi"):
-        scores = make_importance(criterion, 0).score(teacher, objective, calibration, device)
+    for criterion, importance in importances.items():
+        scores = importance.score(teacher, objective, calibration, device)
         by_criterion[criterion] = dict(zip(scores.kept_blocks, scores.scores))
-    ced = make_importance("ced", 0)
+    ced = importances["ced"]
     full = ced.entropies(teacher, objective, calibration, device)
     records = []
     for kept in sets:
