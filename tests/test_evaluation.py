@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from entpruner_sdk.data import DataError, load_data
-from entpruner_sdk.evaluation.classifier import domain_classifier
+from entpruner_sdk.evaluation.classifier import (
+    BUNDLED_CLASSIFIERS,
+    domain_classifier,
+    network_fingerprint,
+)
 from entpruner_sdk.evaluation.evaluate import DomainFeatures, EvaluationReport, evaluate
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
 from entpruner_sdk.evaluation.metrics import (
@@ -134,6 +138,9 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
                                    "recall_domain"}
     assert 0 <= report.metrics["class_accuracy"] <= 1 and len(report.per_class_accuracy) == 10
     assert {"psnr", "ssim", "domain_cosine_distance"} <= set(report.fidelity)
+    # the figures name the classifier that made them
+    assert report.settings["feature_networks"] == {
+        "domain": network_fingerprint(domain_classifier(small))}
     report.save(tmp_path)
     assert "fd_domain" in (tmp_path / "evaluation.md").read_text()
     assert EvaluationReport(**__import__("json").loads(
@@ -176,3 +183,43 @@ def test_reference_statistics_are_cached_with_provenance(tmp_path, monkeypatch):
     assert provenance["network"] == "domain" and provenance["network_hash"]
     again, _ = reference_stats(data, extractor, "domain", progress=False)
     assert np.array_equal(again.mu, stats.mu) and features.shape == (50, 128)
+
+
+def test_network_fingerprint_follows_the_weights():
+    classifier = domain_classifier(load_data("digits"))
+    twin = type(classifier)(classifier.channels, classifier.num_classes)
+    twin.load_state_dict(classifier.state_dict())
+    assert network_fingerprint(twin) == network_fingerprint(classifier)
+    with torch.no_grad():
+        twin.head.bias[0] += 1e-6  # one rounding step's worth of retraining elsewhere
+    assert network_fingerprint(twin) != network_fingerprint(classifier)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "photos"])
+def test_bundled_datasets_use_the_shipped_classifier(dataset, tmp_path, monkeypatch):
+    import json
+
+    from entpruner_sdk.evaluation.classifier import cache_root
+
+    monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path))  # empty: nothing may be trained
+    data = load_data(dataset)
+    classifier = domain_classifier(data)
+    shipped = BUNDLED_CLASSIFIERS / f"{data.name}-{data.fingerprint()}"
+    meta = json.loads((shipped / "classifier.json").read_text())
+    assert meta["fingerprint"] == data.fingerprint()
+    assert meta["network"] == network_fingerprint(classifier)
+    assert not (cache_root() / "classifiers").exists()
+
+
+def test_reference_statistics_are_kept_apart_per_network(tmp_path, monkeypatch):
+    from entpruner_sdk.evaluation.classifier import train_classifier
+    from entpruner_sdk.evaluation.evaluate import reference_stats
+
+    monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path))
+    data = load_data("digits").per_class(5, torch.Generator().manual_seed(0))
+    first = DomainFeatures(train_classifier(data, steps=2, seed=0))
+    second = DomainFeatures(train_classifier(data, steps=2, seed=1))
+    stats_first, _ = reference_stats(data, first, "domain", progress=False)
+    stats_second, _ = reference_stats(data, second, "domain", progress=False)
+    assert not np.array_equal(stats_first.mu, stats_second.mu)
+    assert len(list((tmp_path / "reference").glob("*.json"))) == 2

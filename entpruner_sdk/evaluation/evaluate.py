@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,12 @@ from typing import Any
 import torch
 
 from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
-from entpruner_sdk.evaluation.classifier import cache_root, domain_classifier, predict
+from entpruner_sdk.evaluation.classifier import (
+    cache_root,
+    domain_classifier,
+    network_fingerprint,
+    predict,
+)
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
 from entpruner_sdk.evaluation.metrics import (
     FeatureStats,
@@ -117,7 +123,9 @@ def reference_stats(data: ImageDataset, extractor, name: str, progress: bool) ->
     """Features of the real data, cached per dataset content and feature network."""
     folder = cache_root() / "reference"
     key = f"{data.name}-{data.fingerprint()}-{name}-{extractor.fingerprint}"
-    path = folder / key
+    # one plain name: ``with_suffix`` would cut a dotted one short (a data folder named
+    # "my.set", or a fingerprint with a decimal point), and two networks would share a file
+    path = folder / re.sub(r"[^A-Za-z0-9_-]", "_", key)
     features_file = path.with_suffix(".pt")
     if features_file.exists() and path.with_suffix(".json").exists():
         features = torch.load(features_file, weights_only=True)
@@ -140,9 +148,7 @@ class DomainFeatures:
 
     def __init__(self, classifier) -> None:
         self.classifier = classifier
-        with torch.no_grad():
-            total = float(sum(p.double().sum() for p in classifier.parameters()))
-        self.fingerprint = f"cnn-{total:.9e}"
+        self.fingerprint = network_fingerprint(classifier)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = 512, progress: bool = False
@@ -200,6 +206,11 @@ def evaluate(
         float((predictions[labels == c] == c).double().mean()) if (labels == c).any() else 0.0
         for c in range(data.num_classes)]
     extractors = _extractors(features, classifier, device, report)
+    # the networks behind the figures: class accuracy and FD-domain are only comparable
+    # between reports that name the same domain classifier
+    report.settings["feature_networks"] = {
+        "domain": network_fingerprint(classifier),
+        **{name: extractor.fingerprint for name, extractor in extractors.items()}}
     generated_features = {}
     for name, extractor in extractors.items():
         real_stats, real_features = reference_stats(data, extractor, name, progress)
