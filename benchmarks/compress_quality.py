@@ -37,6 +37,7 @@ import torch
 
 from entpruner_sdk.compress import compress
 from entpruner_sdk.compress.runner import recovery_lr
+from entpruner_sdk.evaluation.classifier import domain_classifier, network_fingerprint
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.teachers import SAMPLING, load_teacher
 from entpruner_sdk.utils.files import atomic_write_text
@@ -129,7 +130,8 @@ def score(model, data, family_sampling, config, original=None, seed=0,
     standard FID on ``config["fid_samples"]`` images when ``fid``."""
     report = evaluate(model, data, samples=config["samples"], features=("domain",),
                       original=original, progress=False, seed=1000 * seed, **family_sampling)
-    metrics = {**report.metrics, **{f"fidelity_{k}": v for k, v in report.fidelity.items()}}
+    metrics = {**report.metrics, **{f"fidelity_{k}": v for k, v in report.fidelity.items()},
+               "domain_network": report.settings["feature_networks"]["domain"]}
     if fid:
         samples = config.get("fid_samples", config["samples"])
         inception = evaluate(model, data, samples=samples, features=("inception",),
@@ -144,9 +146,10 @@ def wants_fid(config: dict, keep: int, depth: int) -> bool:
 
 
 def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
-             random_draws: int = 1) -> list[dict]:
+             random_draws: int = 1, models_dir: Path | None = None) -> list[dict]:
     """Every method with seeds 0..seeds-1; ``random`` with seeds 0..max(seeds, random_draws)-1
-    (its blocks are a draw, so its expected quality needs several)."""
+    (its blocks are a draw, so its expected quality needs several). ``models_dir``: keep each
+    pruned model there (``DATASET-FAMILY-kKEEP-METHOD-sSEED``), to score it again later."""
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
     _check_steps(rows, config["steps"], results_path)
     done = {_run_key(r, r.get("lr", PRE_RECORDING_LR)) for r in rows}
@@ -154,6 +157,7 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
         name = TEACHERS[(dataset, family)]
         teacher = load_teacher(name)
         data = _data(dataset)
+        _check_network(rows, dataset, network_fingerprint(domain_classifier(data)), results_path)
         sampling = SAMPLING[family]
         fid = wants_fid(config, keep, teacher.depth)
         for seed in range(max(seeds, random_draws)):
@@ -181,6 +185,8 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
                 result = compress(teacher, data, keep, steps=config["steps"], progress=False,
                                   seed=seed, report_samples=0, **options)
                 seconds = time.perf_counter() - start
+                if models_dir is not None:
+                    result.save(models_dir / f"{dataset}-{family}-k{keep}-{method}-s{seed}")
                 rows.append(dict(
                     **run, seconds=seconds, steps=config["steps"],
                     kept_blocks=result.model.kept_blocks, lr=result.report["settings"]["lr"],
@@ -192,6 +198,18 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
                 print(f"{dataset}/{family} keep {keep} {method} seed {seed}: "
                       f"{rows[-1]}", flush=True)
     return rows
+
+
+def _check_network(rows: list[dict], dataset: str, network: str, results_path: Path) -> None:
+    """A results file compares runs scored by one domain classifier per dataset: FD-domain
+    from another network (a classifier trained on another machine) differs by a few percent,
+    as much as the methods do. Rows from before the network was recorded carry none."""
+    recorded = sorted({r["domain_network"] for r in rows
+                       if r["dataset"] == dataset and "domain_network" in r})
+    if recorded and recorded != [network]:
+        raise SystemExit(f"{results_path.name} holds {dataset} runs scored by the domain "
+                         f"classifier {recorded}, not this one ({network}); write these to "
+                         "another file with --tag")
 
 
 def _check_steps(rows: list[dict], steps: int, results_path: Path) -> None:
@@ -411,6 +429,8 @@ def main(argv=None) -> int:
                         help="also score fidelity to the teacher (PSNR/SSIM; samples the "
                              "teacher once per run)")
     parser.add_argument("--tag", help="results go to compress_quality_TAG.json / .md")
+    parser.add_argument("--save-models", type=Path, metavar="DIR",
+                        help="keep every pruned model (and its report) under DIR")
     args = parser.parse_args(argv)
     config = settings(args.quick)
     config.update({k: v for k, v in (("steps", args.steps), ("samples", args.samples),
@@ -431,7 +451,8 @@ def main(argv=None) -> int:
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
-    rows = run_grid(grid, methods, config, results, args.seeds, args.random_draws)
+    rows = run_grid(grid, methods, config, results, args.seeds, args.random_draws,
+                    args.save_models)
     text = table(rows, config)
     for summary in (paired_table(rows), shortfall_table(rows)):
         if summary:

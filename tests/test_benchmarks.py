@@ -121,6 +121,17 @@ def test_a_results_file_refuses_runs_at_another_step_count(quality, tmp_path):
     quality._check_steps([{**row("bi", 0, 0.9), "steps": 2400}], 2400, results)
 
 
+def test_a_results_file_refuses_runs_scored_by_another_domain_classifier(quality, tmp_path):
+    results = tmp_path / "compress_quality_x.json"
+    rows = [{**row("bi", 0, 0.9), "domain_network": "aaaa"}, row("bi", 1, 0.8)]
+    with pytest.raises(SystemExit, match=r"digits runs scored by the domain classifier "
+                                         r"\['aaaa'\], not this one \(bbbb\).*--tag"):
+        quality._check_network(rows, "digits", "bbbb", results)
+    quality._check_network(rows, "digits", "aaaa", results)
+    quality._check_network(rows, "photos", "bbbb", results)  # another dataset, another network
+    quality._check_network([row("bi", 1, 0.8)], "digits", "bbbb", results)  # none recorded
+
+
 def test_a_run_at_another_learning_rate_is_a_new_run(quality):
     old = {**row("bi", 0, 0.9), "lr": 1e-4}
     assert quality._run_key(old, 1e-4) != quality._run_key(old, 1.2e-3)
@@ -247,3 +258,27 @@ def test_criterion_scores_sum_the_removed_blocks_and_score_the_set_at_once(recov
     # one block removed: the set's CED is that block's (full forwards against the prefix cache)
     assert scores[2]["ced_of_set"] == pytest.approx(by_block[3], rel=1e-6)
     assert all(s["ced_of_set"] > 0 for s in scores)
+
+
+def test_classifier_sensitivity_pairs_within_each_classifier_and_seed(tmp_path):
+    sensitivity = load("classifier_sensitivity")
+    for name in ("photos-sit-k6-bi-s0", "photos-sit-k6-bi-s1", "photos-sit-k6-ced-adaptive-s0",
+                 "photos-sit-k4-bi-s0", "digits-sit-k6-bi-s0"):
+        (tmp_path / name).mkdir()
+    found = sensitivity.saved_models(tmp_path, "photos:sit:6")
+    assert {m: sorted(s) for m, s in found.items()} == {"bi": [0, 1], "ced-adaptive": [0]}
+    with pytest.raises(SystemExit, match="--save-models"):
+        sensitivity.saved_models(tmp_path, "photos:dit:6")
+
+    def fd_row(classifier, method, seed, fd):
+        return dict(setting="photos:sit:6", classifier=classifier, network=classifier[:1],
+                    method=method, seed=seed, fd_domain=fd)
+    # classifier "a" scores everything 10% higher than "b"; BI is 10% better than the default
+    # on seed 0 and 5% worse on seed 1 under both, so the paired difference is the same
+    rows = [fd_row(c, m, s, scale * fd) for c, scale in (("a", 1.1), ("b", 1.0))
+            for m, s, fd in (("teacher", 0, 1.0), ("teacher", 1, 1.0), ("ced-adaptive", 0, 2.0),
+                             ("ced-adaptive", 1, 2.0), ("bi", 0, 1.8), ("bi", 1, 2.1))]
+    text = sensitivity.table(rows, "ced-adaptive")
+    paired = "-2.5% (-10.0 to +5.0), ced-adaptive better on 1 of 2 |"
+    assert f"| a | a | 1.100 | 2.200 | 2.145 | {paired}" in text
+    assert f"| b | b | 1.000 | 2.000 | 1.950 | {paired}" in text

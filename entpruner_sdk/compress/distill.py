@@ -21,7 +21,7 @@ from entpruner_sdk.objectives import NoisedBatch, Objective
 class DistillConfig:
     kd_weight: float = 0.9
     gt_weight: float = 0.1
-    # optional masked feature loss; off by default: at weight 1 it was level or worse
+    # optional masked feature loss; off by default: at weight 1 it was level, within 1%
     # (docs/benchmarks.md, "The masked feature loss")
     feature_weight: float = 0.0
     mask_sigma: float = 2.0
