@@ -15,7 +15,8 @@ blocks dropped at once, so interactions between them count). Two questions, for 
 - its rank correlation (Spearman) with the final quality, per setting;
 - choosing among the CED, BI and uniform sets by it: does the chosen set end best?
 
-    python benchmarks/recovery_probe.py                     # all 8 settings: 23 minutes on 2 cores
+    python benchmarks/recovery_probe.py                     # the 8 grid settings: 23 minutes
+    python benchmarks/recovery_probe.py --table-only        # the tables again, from new finals
     python benchmarks/recovery_probe.py --only digits:dit:6 --steps 100
     python benchmarks/recovery_probe.py --seed 1 --tag seed1    # another recovery seed
 
@@ -51,23 +52,57 @@ PREDICTORS = {"at_removal": "error at removal", "after_steps": "error after {ste
               "ced_removed": "CED of the removed blocks", "bi_removed": "BI of the removed blocks",
               "ced_of_set": "CED of the set, removed at once"}
 CRITERIA = ("ced_removed", "bi_removed", "ced_of_set")  # scored on the teacher, no training
+GRID_KEEPS = (6, 4)  # the grid's two budgets, probed by default; --only reaches the others
 CALIBRATION_SEED = 123  # not a seed of the compress runs, so the probe's noise is its own
 
 
+def _same_classifier(network: str | None, other: str | None) -> bool:
+    """As ``compress_quality.same_classifier``: equal, or either unrecorded."""
+    return network == other or None in (network, other)
+
+
 def final_quality(rows: list[dict]) -> dict[tuple, dict[tuple, dict]]:
-    """setting -> kept set -> {final: mean FD-domain / teacher's, runs, methods}."""
-    teacher = {(r["dataset"], r["family"], r["seed"]): r["fd_domain"]
-               for r in rows if r["method"] == "teacher"}
+    """setting -> kept set -> {final: mean FD-domain / teacher's, runs, methods}.
+
+    A run is divided by the teacher's score on the same seed *and* by the same domain
+    classifier (``domain_network``): FD-domain's level differs between classifiers by up to
+    23%, so a run scored by one and a teacher by another would not compare. Rows that record
+    no network (digits, from before it was recorded) match any. Runs without such a teacher
+    row are left out."""
+    teachers: dict[tuple, list] = defaultdict(list)  # (dataset, family, seed) -> [(net, fd)]
+    for r in rows:
+        if r["method"] == "teacher":
+            teachers[(r["dataset"], r["family"], r["seed"])].append(
+                (r.get("domain_network"), r["fd_domain"]))
+
+    def teacher_score(r: dict) -> float | None:
+        candidates = teachers[(r["dataset"], r["family"], r["seed"])]
+        return next((fd for network, fd in candidates
+                     if _same_classifier(network, r.get("domain_network"))), None)
+
     runs: dict[tuple, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["method"] != "teacher":
-            relative = r["fd_domain"] / teacher[(r["dataset"], r["family"], r["seed"])]
+        if r["method"] != "teacher" and (teacher := teacher_score(r)) is not None:
             runs[(r["dataset"], r["family"], r["keep"])][tuple(r["kept_blocks"])].append(
-                (r["method"], relative))
+                (r["method"], r["fd_domain"] / teacher))
     return {setting: {kept: {"final": fmean(v for _, v in found), "runs": len(found),
                              "methods": sorted({m for m, _ in found})}
                       for kept, found in by_set.items()}
             for setting, by_set in runs.items()}
+
+
+def refresh_finals(records: list[dict], quality: dict[tuple, dict[tuple, dict]]) -> list[dict]:
+    """The stored probe records with each set's final quality taken again from the results
+    file as it is now (runs added, moved or re-scored since the probe ran). A stored set that
+    no run ends with any more cannot be judged, so it stops the script."""
+    for r in records:
+        dataset, family, keep = r["setting"].split(":")
+        found = quality.get((dataset, family, int(keep)), {}).get(tuple(r["kept"]))
+        if found is None:
+            raise SystemExit(f"{LONG_RUNS.name} has no run of {r['setting']} ending with "
+                             f"{r['kept']} any more; probe again without --table-only")
+        r.update(found)
+    return records
 
 
 @torch.no_grad()
@@ -207,7 +242,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict[str, dict]]:
     """Probe every set of the chosen settings; the per-set rows and per-setting summaries."""
     torch.manual_seed(0)
     quality = final_quality(json.loads(LONG_RUNS.read_text()))
-    settings = sorted(k for k in quality if not args.only or f"{k[0]}:{k[1]}:{k[2]}" in args.only)
+    settings = sorted(k for k in quality if (f"{k[0]}:{k[1]}:{k[2]}" in args.only if args.only
+                                             else k[2] in GRID_KEEPS))
     records, summaries = [], {}
     for dataset, family, keep in settings:
         teacher = load_teacher(f"{family}-{dataset}").eval().requires_grad_(False)
@@ -241,13 +277,15 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the results files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--table-only", action="store_true",
-                        help="rewrite the tables from the results file, probing nothing "
-                        "(the criteria's scores are added where missing: seconds)")
+                        help="rewrite the tables from the results file, probing nothing: "
+                        "the finals are taken again from the 2400-step results and the "
+                        "criteria's scores added where missing (seconds)")
     args = parser.parse_args()
     stem = RESULTS / f"recovery_probe{'_' + args.tag if args.tag else ''}"
     if args.table_only:
         document = json.loads(stem.with_suffix(".json").read_text())
-        records = with_criteria(document["sets"])
+        quality = final_quality(json.loads(LONG_RUNS.read_text()))
+        records = with_criteria(refresh_finals(document["sets"], quality))
         summaries = {name: summarise([r for r in records if r["setting"] == name])
                      for name in dict.fromkeys(r["setting"] for r in records)}
         args.steps, args.seed = document["steps"], document.get("seed", 0)

@@ -52,6 +52,38 @@ def test_paired_table_compares_within_each_seed(quality):
         "| digits / dit keep 6 | bi | +0.0% (-10.0% to +10.0%) | 1 of 2 | 1.00 |"]
 
 
+def test_paired_table_pairs_only_scores_from_one_domain_classifier(quality):
+    """A teacher scored by another machine's classifier shares its seeds with the runs but not
+    its scale: no pair is made across networks."""
+    old, new = {"domain_network": "unrecorded"}, {"domain_network": "f1f58efb3916d985"}
+    rows = [*({**row("teacher", s, 0.5, keep=12), **old} for s in (0, 1)),
+            *({**row("ced-adaptive", s, 1.0), **new} for s in (0, 1)),
+            *({**row("bi", s, 0.9), **new} for s in (0, 1))]
+    lines = quality.paired_table(rows).splitlines()
+    assert [line.split(" | ")[1] for line in lines if line.startswith("| digits")] == ["bi"]
+    legacy = [row("teacher", s, 0.5, keep=12) for s in (0, 1)]  # no network recorded: any
+    assert "| digits / dit keep 6 | teacher | -50.0%" in quality.paired_table(rows[2:] + legacy)
+    rows += [{**row("teacher", s, 0.8, keep=12), **new} for s in (0, 1)]
+    assert "| digits / dit keep 6 | teacher | -20.0% (-20.0% to -20.0%) | 0 of 2 | 0 |" in \
+        quality.paired_table(rows)
+
+
+def test_tables_are_rewritten_from_the_results_file_alone(quality, tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "RESULTS", tmp_path)
+    rows = [{**row(m, s, fd + s / 10), "steps": 2400}
+            for m, fd in (("ced-adaptive", 1.0), ("bi", 0.9)) for s in (0, 1)]
+    (tmp_path / "compress_quality_x.json").write_text(json.dumps(rows))
+    # no teacher, data or classifier is loaded: the table comes from the stored rows
+    assert quality.main(["--tag", "x", "--steps", "2400", "--table-only"]) == 0
+    text = (tmp_path / "compress_quality_x.md").read_text()
+    assert text.startswith("Fine-tuning steps per method: 2400;")
+    assert "| digits / dit keep 6 | bi |" in text
+    with pytest.raises(SystemExit, match=r"\[2400\] fine-tuning steps, not 600"):
+        quality.main(["--tag", "x", "--table-only"])
+    with pytest.raises(SystemExit):
+        quality.main(["--tag", "missing", "--table-only"])
+
+
 def test_paired_p_value_handles_differences_without_spread(quality):
     assert quality._paired_p([2.0, 2.0, 2.0]) == "0"  # the same gap on every seed
     assert quality._paired_p([0.0, 0.0]) == "1"
@@ -207,6 +239,38 @@ def test_probe_final_quality_is_relative_to_the_teacher_on_the_same_seed(recover
     assert quality[(0, 1, 11)] == {"final": pytest.approx(1.3), "runs": 2,
                                    "methods": ["ced-adaptive", "ced-one-shot"]}
     assert quality[(0, 2, 11)]["final"] == pytest.approx(1.1)
+
+
+def test_probe_final_quality_divides_by_a_teacher_scored_by_the_same_classifier(recovery):
+    old, new = {"domain_network": "unrecorded"}, {"domain_network": "f1f58efb3916d985"}
+    rows = [{**row("teacher", 0, 0.5, keep=12), **old},
+            {**row("ced-adaptive", 0, 0.6), "kept_blocks": [0, 1, 11], **old},
+            # scored by another classifier, with no teacher row of its own: left out
+            {**row("bi", 0, 0.45), "kept_blocks": [0, 1, 11], **new},
+            {**row("bi", 0, 0.40), "kept_blocks": [0, 2, 11], **new}]
+    quality = recovery.final_quality(rows)[("digits", "dit", 6)]
+    assert quality == {(0, 1, 11): {"final": pytest.approx(1.2), "runs": 1,
+                                    "methods": ["ced-adaptive"]}}
+    rows.append({**row("teacher", 0, 0.8, keep=12), **new})
+    quality = recovery.final_quality(rows)[("digits", "dit", 6)]
+    assert quality[(0, 1, 11)]["final"] == pytest.approx((1.2 + 0.45 / 0.8) / 2)
+    assert quality[(0, 2, 11)]["final"] == pytest.approx(0.5)
+    legacy = [row("teacher", 0, 0.5, keep=12), rows[3]]  # a teacher recording no network
+    assert recovery.final_quality(legacy)[("digits", "dit", 6)][(0, 2, 11)]["final"] == \
+        pytest.approx(0.8)
+
+
+def test_probe_tables_take_the_finals_again_from_the_results(recovery):
+    records = [{"setting": "digits:dit:6", "kept": [0, 1, 11], "final": 9.9, "runs": 7,
+                "methods": ["gone"], "at_removal": 0.1}]
+    quality = {("digits", "dit", 6): {(0, 1, 11): {"final": 1.2, "runs": 1,
+                                                    "methods": ["ced-adaptive"]}}}
+    assert recovery.refresh_finals(records, quality) == [
+        {"setting": "digits:dit:6", "kept": [0, 1, 11], "final": 1.2, "runs": 1,
+         "methods": ["ced-adaptive"], "at_removal": 0.1}]
+    records[0]["kept"] = [0, 2, 11]  # no run ends with this set any more
+    with pytest.raises(SystemExit, match=r"no run of digits:dit:6 ending with \[0, 2, 11\]"):
+        recovery.refresh_finals(records, quality)
 
 
 def test_probe_summary_scores_each_probe_by_what_it_would_choose(recovery):
