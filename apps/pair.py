@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from entpruner_sdk.compress import as_compressed
 from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
@@ -98,6 +99,8 @@ def _load_pair(original: str, pruned: str, onnx: bool) -> ModelPair:
         pair.report_dir = report_dir
         pair.report = json.loads((report_dir / "report.json").read_text())
     if pair.ready:
+        # a run with num_classes= resized its teacher's label embedder: compare with that
+        pair.original = as_compressed(pair.original, pair.pruned)
         a, b = pair.original.config, pair.pruned.config
         if a.replace(depth=1) != b.replace(depth=1):
             pair.errors.append(

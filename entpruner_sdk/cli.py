@@ -500,7 +500,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
           f"parameters {s['parameters_before']:,} -> {s['parameters_after']:,}, "
           f"GFLOPs {s['gflops_before']:.4f} -> {s['gflops_after']:.4f}")
     print(f"kept blocks {s['kept_blocks']}; removed {s['removed_blocks']}")
-    print(f"sampling speedup {lat['speedup']:.2f}x on {lat['device']}; "
+    asked = (f" (budget {s['target_speedup']:g}x; latency model {s['predicted_speedup']:.2f}x)"
+             if "target_speedup" in s else "")
+    print(f"sampling speedup {lat['speedup']:.2f}x on {lat['device']}{asked}; "
           f"model and report in {args.out}")
     return 0
 
@@ -511,6 +513,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = resolve_model(args.model, args.family)
     original = resolve_model(args.original, args.family) if args.original else None
+    if original is not None:  # the teacher as compress used it (a resized label embedder)
+        from entpruner_sdk.compress import as_compressed
+
+        original = as_compressed(original, model)
     report = evaluate(model, args.data, samples=args.samples, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
                       features=tuple(f.strip() for f in args.features.split(",")),

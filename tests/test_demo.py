@@ -56,6 +56,26 @@ def test_pair_loads_report_and_samples_from_the_same_noise(models):
     torch.testing.assert_close(a.images, b.images)
 
 
+def test_a_pruned_model_with_resized_classes_pairs_with_its_original(models, tmp_path):
+    from entpruner_sdk.data import ImageDataset, load_data
+
+    digits = load_data("digits")
+    first_three = digits.labels < 3
+    subset = ImageDataset(digits.images[first_three], digits.labels[first_three], 3)
+    teacher = load_pair(*models).original
+    compress(teacher, subset, 2, num_classes=3, **FAST).save(tmp_path / "resized")
+    pair = load_pair(models[0], str(tmp_path / "resized"))
+    assert pair.ready and not pair.errors and pair.num_classes == 3
+    # the original's label embedder was resized as compress resized it; class 2 is unchanged
+    assert pair.original.config.num_classes == 3
+    unchanged = generate_pair(pair, 2, seed=1, count=1, sampler="ddim", steps=3, cfg_scale=2)[0]
+    pair.pruned = teacher.keep_blocks([0, 1])  # any 10-class model samples class 2 the same
+    pair.original = teacher
+    torch.testing.assert_close(
+        unchanged.images,
+        generate_pair(pair, 2, seed=1, count=1, sampler="ddim", steps=3, cfg_scale=2)[0].images)
+
+
 def test_missing_and_incompatible_models_become_messages(models, tmp_path):
     missing = load_pair(models[0], str(tmp_path / "nowhere"))
     assert not missing.ready and "quickstart" in missing.errors[0]

@@ -152,6 +152,15 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
                  samples=4, progress=False)
     with pytest.raises(DataError, match="model's size and channels"):
         evaluate(model, load_data("photos", image_size=8), samples=4, progress=False)
+    # more classes in the data: the data is the wrong one, resizing is not the fix here
+    with pytest.raises(DataError, match="has 10 classes but the model has 4; compare the model "
+                                        "with the dataset it was trained"):
+        evaluate(randomized(DiffusionTransformer(tiny_config("sit", num_classes=4))), small,
+                 samples=4, progress=False)
+    other = randomized(DiffusionTransformer(tiny_config("sit", num_classes=12)))
+    with pytest.raises(ValueError, match=r"differ in more than depth \(original vs evaluated: "
+                                         r"num_classes 12 vs 10\)"):
+        evaluate(pruned, small, samples=4, original=other, progress=False)
 
 
 def test_missing_inception_network_names_the_install_command(monkeypatch):

@@ -4,6 +4,7 @@ Runtime, AOTInductor packages, the TensorRT paths' errors, and `entpruner export
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -181,6 +182,28 @@ def test_export_without_guidance_graph_guides_on_the_host(tmp_path):
     got = runtime.sample([0, 1], steps=4, cfg_scale=2.0, seed=3)
     expected = sample(model, [0, 1], steps=4, cfg_scale=2.0, seed=3, device="cpu")
     assert relative_error(got, expected)[1] < 1e-3
+
+
+class Collected(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_onnx_export_does_not_log_the_skipped_torchvision_operators(tmp_path):
+    # torch's logging gives "torch.onnx" its own stderr handler and stops propagation there,
+    # so every record the exporter emits reaches a handler on it (pytest's capture cannot see
+    # that stream, opened before the capture started)
+    collected, torch_logger = Collected(), logging.getLogger("torch.onnx")
+    torch_logger.addHandler(collected)
+    try:
+        export(pruned("sit"), tmp_path / "quiet", "onnx", guided=False, verify=False)
+    finally:
+        torch_logger.removeHandler(collected)
+    assert not [m for m in collected.messages if "torchvision" in m], collected.messages
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

@@ -5,9 +5,10 @@ from entpruner_sdk.compress.distill import DistillConfig
 from entpruner_sdk.compress.runner import (
     CompressConfig,
     CompressResult,
+    as_compressed,
     compress,
     resize_classes,
 )
 
 __all__ = ["Budget", "BudgetError", "CompressConfig", "CompressResult", "DistillConfig",
-           "compress", "resize_classes", "resolve_depth"]
+           "as_compressed", "compress", "resize_classes", "resolve_depth"]

@@ -49,7 +49,11 @@ def build_report(teacher, pruned, data, config, budget, decisions, losses, laten
         "wall_seconds": wall_seconds, "importance_seconds": importance_s,
         "proxy_seconds": proxy_s, "proxy_share": proxy_s / max(wall_seconds, 1e-9),
         "latency_model": dataclasses.asdict(latency),
+        # what the budget was resolved with: the latency model's forward-pass ratio
+        "predicted_speedup": latency.speedup(teacher.depth, pruned.depth),
     }
+    if budget.speedup is not None:
+        summary["target_speedup"] = budget.speedup
     if "resized_classes" in teacher.provenance:
         summary["resized_classes"] = teacher.provenance["resized_classes"]
     summary["sampling_latency"] = sampling_latency(teacher, pruned, device)
@@ -71,6 +75,22 @@ def write_report(report: dict[str, Any], directory: Path) -> None:
     plot_scores(report, directory / "importance.png")
 
 
+def _speedup_note(s: dict[str, Any]) -> list[str]:
+    """For a speedup budget: the prediction it was resolved with, against the measurement."""
+    target, predicted = s.get("target_speedup"), s.get("predicted_speedup")
+    if target is None or predicted is None:
+        return []
+    measured = s["sampling_latency"]["speedup"]
+    note = (f"The {target:g}x budget was resolved with the latency model measured before the "
+            f"run, which predicts {predicted:.2f}x for a forward pass at depth "
+            f"{s['depth_after']}; sampling measured {measured:.2f}x after it.")
+    if measured < target:
+        note += (" That is below the budget: timings move with other work on the machine, "
+                 "so measure again on an idle one (benchmarks/sampling_speed.py), or ask "
+                 "for a larger speedup.")
+    return ["", note]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     lines = [
@@ -89,6 +109,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines.append(f"| sampling latency ({lat['device']}, batch {lat['batch']}, {lat['steps']} "
                  f"steps) | {lat['original_s'] * 1e3:.0f} ms | {lat['pruned_s'] * 1e3:.0f} ms | "
                  f"{lat['speedup']:.2f}x |")
+    lines += _speedup_note(s)
     if "quality_pruned" in s:
         q = s["quality_settings"]
         lines += ["", f"Quality ({q['samples']} samples, sampler {q['sampler']} x {q['steps']}, "

@@ -23,7 +23,7 @@ import torch
 from entpruner_sdk.compress.budget import Budget, budget_device, resolve_depth
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import DistillConfig, distillation_loss
-from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
+from entpruner_sdk.data.datasets import DataError, ImageDataset, check_fits, load_data
 from entpruner_sdk.importance import BlockScores, CalibrationSet, FrozenRanking, make_importance
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -82,6 +82,8 @@ class CompressConfig:
             raise ValueError(f"lr={self.lr}: the learning rate must be positive")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay}: must be in [0, 1)")
+        if self.report_samples:
+            check_report_settings(self.report_samples, self.report_features)
 
     @classmethod
     def from_options(cls, **options: Any) -> CompressConfig:
@@ -164,11 +166,49 @@ def resize_classes(model: DiffusionTransformer, num_classes: int) -> DiffusionTr
     return resized.to(old.device)
 
 
+def as_compressed(original: DiffusionTransformer,
+                  pruned: DiffusionTransformer) -> DiffusionTransformer:
+    """``original`` as the teacher of the run that made ``pruned``: with its label embedder
+    resized the same way when that run resized it (``num_classes``), else unchanged.
+
+    Side-by-side sampling and fidelity need the two models to take the same labels; for the
+    classes both have, the resized original samples exactly as before."""
+    resized = pruned.provenance.get("resized_classes")
+    if resized and resized["from"] == original.config.num_classes != pruned.config.num_classes:
+        return resize_classes(original, resized["to"]).eval()
+    return original
+
+
+def check_report_settings(samples: int, features: tuple[str, ...]) -> None:
+    """Fail before any training on report settings the final evaluation would reject."""
+    from entpruner_sdk.evaluation.evaluate import FEATURES
+    from entpruner_sdk.evaluation.inception import inception_path
+
+    if samples < 2:
+        raise ValueError(f"report_samples={samples}: the quality figures need at least 2 "
+                         "samples (a few hundred for stable ones), or 0 to skip them")
+    unknown = set(features) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown report_features {sorted(unknown)}; choose from {FEATURES}")
+    if "inception" in features:
+        inception_path()  # raises with the install line when the fid extra is missing
+
+
 def check_data(model: DiffusionTransformer, data: ImageDataset, num_classes: int | None) -> None:
-    if num_classes is None:
-        check_fits(model.config, data)
-    else:
-        check_fits(model.config.replace(num_classes=num_classes), data)
+    """Fail before any work unless the run can train on ``data`` and evaluate with it.
+
+    The class counts must be equal, not only compatible: the report's quality figures sample
+    every class of the model and compare them with the data's, so a model with more classes
+    than the data would fail there, after the whole run.
+    """
+    classes = model.config.num_classes if num_classes is None else num_classes
+    check_fits(model.config.replace(num_classes=classes), data)  # size, channels, too many
+    if data.num_classes != classes:
+        raise DataError(
+            f"{data.name} has {data.num_classes} classes but the model "
+            f"{'has' if num_classes is None else 'would have'} {classes}; resize the label "
+            f"embedder to the data's classes (compress: num_classes={data.num_classes}, CLI: "
+            f"--num-classes {data.num_classes})")
 
 
 class _Run:
@@ -371,7 +411,7 @@ def compress(
         report["summary"]["processes"] = world
         report["calibration_times"] = calibration.times.tolist()  # the per-timestep columns
     if config.report_samples > 0:  # evaluation shards its sampling over the ranks
-        figures = quality_figures(teacher, pruned, data, config, device)
+        figures = quality_figures(teacher, pruned, data, config, device, progress)
         if report is not None:
             report["summary"].update(figures)
     result = CompressResult(pruned, distributed.broadcast(report))
@@ -381,16 +421,19 @@ def compress(
     return result
 
 
-def quality_figures(teacher, pruned, data, config: CompressConfig, device) -> dict[str, Any]:
-    """Evaluation of teacher and pruned model on identical noise (the family's sampler)."""
+def quality_figures(teacher, pruned, data, config: CompressConfig, device,
+                    progress: bool = False) -> dict[str, Any]:
+    """Evaluation of teacher and pruned model on identical noise (the family's sampler).
+
+    It samples twice after the fine-tuning bar has finished, so it shows its own bars."""
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import SAMPLING
 
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,
                     samples=config.report_samples, seed=config.seed, device=device,
-                    progress=False)
-    original = evaluate(teacher, data, **sampling)
-    after = evaluate(pruned, data, original=teacher, **sampling)
+                    progress=progress)
+    original = evaluate(teacher, data, model_name="original", **sampling)
+    after = evaluate(pruned, data, original=teacher, model_name="pruned", **sampling)
     return {"quality_settings": after.settings,
             "quality_original": original.metrics,
             "quality_pruned": {**after.metrics, **after.fidelity}}

@@ -43,6 +43,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def __repr__(self) -> str:  # the dataclass default would print every pixel
+        kind = "images" if self.pixels else "latents"
+        return (f"ImageDataset({self.name!r}: {len(self)} {kind} of {self.channels}x"
+                f"{self.image_size}x{self.image_size}, {self.num_classes} classes)")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
 
@@ -136,9 +141,11 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False) -> 
         raise DataError(
             f"{data.name} has {data.num_classes} classes but the model has "
             f"{config.num_classes}; " + (
+                # evaluating: resizing would not help, the data is the wrong one
+                "compare the model with the dataset it was trained or fine-tuned on"
+                if exact_classes else
                 f"resize the label embedder (compress: num_classes={data.num_classes}, CLI: "
-                f"--num-classes {data.num_classes})" if too_many else
-                "compare the model with the dataset it was trained or fine-tuned on")
+                f"--num-classes {data.num_classes})")
         )
 
 

@@ -91,7 +91,7 @@ def balanced_labels(count: int, num_classes: int) -> torch.Tensor:
 
 
 def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, batch_size: int,
-             progress: bool, **sampling: Any) -> torch.Tensor:
+             progress: bool, desc: str = "sampling", **sampling: Any) -> torch.Tensor:
     """Samples in batches; batch b uses seed + b, so any two models see identical noise.
 
     Under torch.distributed, rank r samples the batches b with b % world == r and the batches
@@ -100,7 +100,7 @@ def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, ba
     starts = list(range(0, len(labels), batch_size))
     mine = range(distributed.rank(), len(starts), distributed.world_size())
     chunks = {}
-    for b in progress_bar(mine, enabled=progress and distributed.is_main(), desc="sampling",
+    for b in progress_bar(mine, enabled=progress and distributed.is_main(), desc=desc,
                           leave=False):
         chunks[b] = sample(model, labels[starts[b]:starts[b] + batch_size], seed=seed + b,
                            clip_denoised=True, **sampling)
@@ -157,6 +157,23 @@ class DomainFeatures:
                           for i in range(0, len(images), batch_size)])
 
 
+def check_same_but_depth(original: DiffusionTransformer, model: DiffusionTransformer) -> None:
+    """Fidelity compares two models on identical inputs: only their depth may differ."""
+    ours, theirs = asdict(model.config), asdict(original.config)
+    differ = [f"{key} {theirs[key]} vs {ours[key]}" for key in ours
+              if key != "depth" and ours[key] != theirs[key]]
+    if not differ:
+        return
+    hint = ""
+    if ours["num_classes"] != theirs["num_classes"]:
+        resized = model.provenance.get("resized_classes")
+        hint = (f"; compress resized this model's label embedder from {resized['from']} to "
+                f"{resized['to']} classes, so its report's quality figures are the comparison "
+                "with the original" if resized else "")
+    raise ValueError(f"the original and the evaluated model differ in more than depth "
+                     f"(original vs evaluated: {', '.join(differ)}){hint}")
+
+
 def evaluate(
     model: DiffusionTransformer,
     data: Any,
@@ -184,8 +201,8 @@ def evaluate(
         raise ValueError(f"unknown feature spaces {sorted(unknown)}; choose from {FEATURES}")
     data = load_data(data)
     check_fits(model.config, data, exact_classes=True)
-    if original is not None and original.config.replace(depth=1) != model.config.replace(depth=1):
-        raise ValueError("the original and the evaluated model differ in more than depth")
+    if original is not None:
+        check_same_but_depth(original, model)
     if samples < 2:
         raise TooFewSamples(f"samples={samples}: at least 2 are needed for a covariance "
                             "(and a few hundred for a stable FID)")
@@ -193,7 +210,7 @@ def evaluate(
     labels = balanced_labels(samples, data.num_classes)
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
-                      **sampling)
+                      desc=f"sampling {model_name}", **sampling)
     seconds = time.perf_counter() - started
     classifier = domain_classifier(data, progress=progress)
     predictions = predict(classifier, images)
@@ -231,7 +248,8 @@ def evaluate(
     report.per_class_diversity = per_class_diversity(domain, labels, data.num_classes)
     if original is not None:
         reference_images = generate(original, labels, seed=seed, batch_size=batch_size,
-                                    progress=progress, **sampling)
+                                    progress=progress, desc="sampling the original",
+                                    **sampling)
         report.fidelity = _fidelity(images, reference_images, extractors, generated_features,
                                     progress)
     return report
