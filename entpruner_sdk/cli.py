@@ -613,6 +613,20 @@ def _error_message(error: Exception) -> str:
     return f"{error}; install it with: pip install 'entpruner-sdk[{extra}]'"
 
 
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """What an interrupted command kept: for train and compress, the checkpoint to resume."""
+    message = f"entpruner {args.command}: interrupted"
+    if args.command not in ("train", "compress") or not getattr(args, "out", None):
+        return message
+    state = Path(args.out) / "checkpoint" / "state.json"
+    try:
+        step = json.loads(state.read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return message + "; no checkpoint was written yet, so running it again starts over"
+    return (message + f"; {state.parent} holds step {step}: run the same command with --resume "
+            "to continue from there")
+
+
 def main(argv: list[str] | None = None) -> int:
     from entpruner_sdk.data import DataError
     from entpruner_sdk.evaluation.inception import FeatureNetworkMissing
@@ -631,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
             RuntimeError) as error:
         print(f"entpruner {args.command}: error: {_error_message(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: say where the work is, not where Python was
+        print(_interrupted_message(args), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

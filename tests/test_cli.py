@@ -136,3 +136,40 @@ def test_compress_command(tmp_path, capsys):
     assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "9",
                  "--out", str(tmp_path / "d"), "--quiet"]) == 2
     assert "keep between 2 and 3" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_which_checkpoint_holds_the_work(tmp_path, capsys):
+    import signal
+    import time
+
+    main(["train", "--family", "dit", "--depth", "4", "--hidden", "32", "--heads", "2",
+          "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "t"), "--quiet",
+          "--device", "cpu"])
+    command = [sys.executable, "-m", "entpruner_sdk", "compress", "--model",
+               str(tmp_path / "t" / "model"), "--budget", "2", "--steps", "100000",
+               "--batch-size", "4", "--interval", "2", "--calibration-per-class", "2",
+               "--calibration-times", "2", "--report-samples", "0", "--out",
+               str(tmp_path / "c"), "--quiet", "--device", "cpu"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "c" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # the first removal writes a checkpoint
+    assert process.poll() is None, process.communicate()[1]
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    error = process.communicate(timeout=60)[1]
+    step = json.loads(state.read_text())["step"]
+    assert process.returncode == 130 and "Traceback" not in error, error
+    assert (f"entpruner compress: interrupted; {state.parent} holds step {step}: run the same "
+            "command with --resume") in error
+    # before the first checkpoint there is nothing to resume, and the message says so
+    with pytest.MonkeyPatch.context() as patch:
+        def interrupt(args):
+            raise KeyboardInterrupt
+
+        patch.setitem(COMMANDS, "train", interrupt)
+        assert main(["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads",
+                     "2", "--out", str(tmp_path / "fresh")]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "entpruner train: interrupted; no checkpoint was written yet, so running it again "
+        "starts over")
