@@ -76,6 +76,8 @@ def _add_train(sub) -> None:
         entpruner train --family sit --depth 12 --hidden 96 --heads 4 --patch 2 \\
             --data digits --steps 6000 --out runs/sit
         entpruner train --model runs/dit/model --data ./my_folder --steps 500 --out runs/ft
+        entpruner train --model DiT-XL-2-256x256.pt --family dit --data ./my_latents.npz \\
+            --num-classes 10 --steps 2000 --out runs/xl-ft   # 10 classes instead of 1000
         entpruner train ... --out runs/dit --resume    # continue an interrupted run
         """)
     p.add_argument("--model", help="registry name (DiT-S/2, SiT-B/4, ...), a bundled teacher, "
@@ -100,6 +102,10 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the data order and the noise")
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="steps between resumable checkpoints")
+    p.add_argument("--num-classes", type=int,
+                   help="fine-tuning a model on data with another class count: resize its "
+                        "label embedder to N classes (the null class is kept); a new model "
+                        "takes the data's count")
     p.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     _common(p)
@@ -361,7 +367,12 @@ def _add_quickstart(sub) -> None:
 # ---------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     from entpruner_sdk.data import load_data
-    from entpruner_sdk.models import DiffusionTransformer, TransformerConfig, config_from_name
+    from entpruner_sdk.models import (
+        DiffusionTransformer,
+        TransformerConfig,
+        config_from_name,
+        resize_classes,
+    )
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.training import TrainConfig, train
 
@@ -376,6 +387,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = DiffusionTransformer(config, objective=objective)
     elif args.model:
         model = resolve_model(args.model, args.family)
+        if args.num_classes is not None and args.num_classes != model.config.num_classes:
+            model = resize_classes(model, args.num_classes)
     else:
         if not (args.family and args.depth and args.hidden and args.heads):
             raise SystemExit("give --model, or --family, --depth, --hidden and --heads")

@@ -109,7 +109,8 @@ def train(
     config = config or TrainConfig()
     device = resolve_device(device)
     data = load_data(data)
-    check_fits(model.config, data)
+    # equal class counts: evaluating or compressing on this data afterwards needs them
+    check_fits(model.config, data, exact_classes=True, resizable=True)
     objective = objective or objective_for(model)
     model = model.to(device).train()
     ema = EMA(model, config.ema_decay)

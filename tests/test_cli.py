@@ -84,6 +84,27 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
     assert saved["images"].shape == (2, 1, 8, 8) and saved["labels"].tolist() == [1, 2]
 
 
+def test_train_fine_tunes_on_another_class_count_with_the_option(tmp_path, capsys):
+    import numpy as np
+
+    from entpruner_sdk.data import load_data
+
+    digits = load_data("digits")
+    keep = (digits.labels < 3).numpy()
+    np.savez(tmp_path / "three.npz", images=digits.images.numpy()[keep],
+             labels=digits.labels.numpy()[keep])
+    base = ["--steps", "1", "--batch-size", "4", "--quiet", "--device", "cpu"]
+    main(["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads", "2",
+          "--out", str(tmp_path / "ten"), *base])
+    fine_tune = ["train", "--model", str(tmp_path / "ten" / "model"), "--data",
+                 str(tmp_path / "three.npz"), "--out", str(tmp_path / "three"), *base]
+    assert main(fine_tune) == 2
+    assert "has 3 classes but the model has 10; resize" in capsys.readouterr().err
+    assert main([*fine_tune, "--num-classes", "3"]) == 0
+    assert main(["info", "--model", str(tmp_path / "three" / "model")]) == 0
+    assert "classes 3" in capsys.readouterr().out
+
+
 def test_info_prints_json(tmp_path, capsys):
     main(["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads", "2",
           "--steps", "1", "--batch-size", "4", "--out", str(tmp_path), "--quiet",

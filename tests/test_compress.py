@@ -169,7 +169,9 @@ def test_fewer_classes_than_the_model_need_the_option_before_any_work(tmp_path):
                     / f"{subset.name}-{subset.fingerprint()}")
     # the report samples all of the model's classes, so 10 against 3 used to fail at the end
     with pytest.raises(DataError, match="has 3 classes but the model has 10; resize the label "
-                                        "embedder .*num_classes=3, CLI: --num-classes 3"):
+                                        r"embedder to the data's 3 classes \(--num-classes 3 "
+                                        r"on train or compress; in Python compress\(\.\.\., "
+                                        "num_classes=3"):
         compress(teacher(), subset, 3, out_dir=tmp_path / "run", **FAST)
     assert not (tmp_path / "run").exists()
     result = compress(teacher(), subset, 3, num_classes=3, out_dir=tmp_path / "run",

@@ -3,7 +3,7 @@ import torch
 
 import entpruner_sdk as ep
 from entpruner_sdk.data import DataError, load_data
-from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.models import DiffusionTransformer, resize_classes
 from entpruner_sdk.training import TrainConfig, drop_labels, train
 from tests.conftest import tiny_config
 
@@ -52,8 +52,15 @@ def test_resume_needs_a_matching_checkpoint(tmp_path):
 def test_incompatible_data_is_refused():
     with pytest.raises(DataError, match="takes 1x8x8 inputs but photos16-train holds 3x16x16"):
         train(fresh(), load_data("photos", image_size=16), TrainConfig(steps=1), progress=False)
-    with pytest.raises(DataError, match=r"resize the label embedder \(compress: num_classes=10"):
+    with pytest.raises(DataError, match=r"resize the label embedder to the data's 10 classes "
+                                        r"\(--num-classes 10 on train or compress"):
         train(fresh(num_classes=5), "digits", TrainConfig(steps=1), progress=False)
+    # fewer classes too: evaluating or compressing on this data afterwards would refuse it
+    with pytest.raises(DataError, match="has 10 classes but the model has 12; resize"):
+        train(fresh(num_classes=12), "digits", TrainConfig(steps=1), progress=False)
+    resized = resize_classes(fresh(num_classes=12), 10)
+    assert resized.provenance["resized_classes"] == {"from": 12, "to": 10}
+    train(resized, "digits", TrainConfig(steps=1, batch_size=4), progress=False)
 
 
 def test_label_dropout_uses_the_null_class():

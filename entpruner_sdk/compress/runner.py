@@ -23,10 +23,10 @@ import torch
 from entpruner_sdk.compress.budget import Budget, budget_device, resolve_depth
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import DistillConfig, distillation_loss
-from entpruner_sdk.data.datasets import DataError, ImageDataset, check_fits, load_data
+from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
 from entpruner_sdk.importance import BlockScores, CalibrationSet, FrozenRanking, make_importance
 from entpruner_sdk.models.io import save
-from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.models.transformer import DiffusionTransformer, resize_classes
 from entpruner_sdk.objectives import noise_levels, objective_for
 from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleConfig, ScheduleState
 from entpruner_sdk.training import EMA, drop_labels, sample_batch
@@ -146,26 +146,6 @@ def protected_blocks(model: DiffusionTransformer, protect: tuple[int, ...] | Non
     return sorted(set(protect))
 
 
-def resize_classes(model: DiffusionTransformer, num_classes: int) -> DiffusionTransformer:
-    """A copy with a label embedder for ``num_classes`` classes; the null row is kept (moved
-    to the end) and new rows start at the mean old class embedding (class-neutral)."""
-    old = model.y_embedder.embedding_table.weight.data
-    has_null = old.shape[0] == model.config.num_classes + 1
-    classes = old[: model.config.num_classes]
-    resized = DiffusionTransformer(model.config.replace(num_classes=num_classes),
-                                   copy.deepcopy(model.provenance), model.objective)
-    state = model.state_dict()
-    rows = [classes[:num_classes]]
-    if num_classes > len(classes):
-        rows.append(classes.mean(0, keepdim=True).expand(num_classes - len(classes), -1))
-    if has_null:
-        rows.append(old[-1:])
-    state["y_embedder.embedding_table.weight"] = torch.cat(rows)
-    resized.load_state_dict(state)
-    resized.provenance["resized_classes"] = {"from": model.config.num_classes, "to": num_classes}
-    return resized.to(old.device)
-
-
 def as_compressed(original: DiffusionTransformer,
                   pruned: DiffusionTransformer) -> DiffusionTransformer:
     """``original`` as the teacher of the run that made ``pruned``: with its label embedder
@@ -202,13 +182,8 @@ def check_data(model: DiffusionTransformer, data: ImageDataset, num_classes: int
     than the data would fail there, after the whole run.
     """
     classes = model.config.num_classes if num_classes is None else num_classes
-    check_fits(model.config.replace(num_classes=classes), data)  # size, channels, too many
-    if data.num_classes != classes:
-        raise DataError(
-            f"{data.name} has {data.num_classes} classes but the model "
-            f"{'has' if num_classes is None else 'would have'} {classes}; resize the label "
-            f"embedder to the data's classes (compress: num_classes={data.num_classes}, CLI: "
-            f"--num-classes {data.num_classes})")
+    check_fits(model.config.replace(num_classes=classes), data, exact_classes=True,
+               resizable=True)
 
 
 class _Run:

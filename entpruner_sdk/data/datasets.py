@@ -123,12 +123,14 @@ def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, sourc
         )
 
 
-def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False) -> None:
+def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
+               resizable: bool = False) -> None:
     """Raise ``DataError`` unless ``data`` can be fed to a model with this config.
 
     ``config`` is a model config (``in_channels``, ``input_size``, ``num_classes``). Labels
-    must exist in the model (``exact_classes``: the class counts must be equal, as when
-    comparing a model with its own data).
+    must exist in the model; ``exact_classes``: the class counts must be equal. The message
+    names the fix: resizing the label embedder when the caller can (``resizable``: train and
+    compress), otherwise the data the model was trained or fine-tuned on (evaluate).
     """
     if (data.channels, data.image_size) != (config.in_channels, config.input_size):
         raise DataError(
@@ -136,17 +138,14 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False) -> 
             f"inputs but {data.name} holds {data.channels}x{data.image_size}x{data.image_size}; "
             "use data of the model's size and channels (or encode it to its latent space)"
         )
-    too_many = data.num_classes > config.num_classes
-    if too_many or (exact_classes and data.num_classes != config.num_classes):
-        raise DataError(
-            f"{data.name} has {data.num_classes} classes but the model has "
-            f"{config.num_classes}; " + (
-                # evaluating: resizing would not help, the data is the wrong one
-                "compare the model with the dataset it was trained or fine-tuned on"
-                if exact_classes else
-                f"resize the label embedder (compress: num_classes={data.num_classes}, CLI: "
-                f"--num-classes {data.num_classes})")
-        )
+    n = data.num_classes
+    if n > config.num_classes or (exact_classes and n != config.num_classes):
+        fix = (f"resize the label embedder to the data's {n} classes (--num-classes {n} on "
+               f"train or compress; in Python compress(..., num_classes={n}), or "
+               f"models.resize_classes(model, {n}) before train)" if resizable else
+               "compare the model with the dataset it was trained or fine-tuned on")
+        raise DataError(f"{data.name} has {n} classes but the model has {config.num_classes}; "
+                        + fix)
 
 
 def to_unit_range(array: np.ndarray, source: str) -> torch.Tensor:

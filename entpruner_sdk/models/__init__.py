@@ -5,7 +5,12 @@ from entpruner_sdk.models.config import (
     config_from_name,
     registry_names,
 )
-from entpruner_sdk.models.transformer import DiffusionTransformer, count_parameters, forward_flops
+from entpruner_sdk.models.transformer import (
+    DiffusionTransformer,
+    count_parameters,
+    forward_flops,
+    resize_classes,
+)
 
 __all__ = [
     "DiffusionTransformer",
@@ -14,4 +19,5 @@ __all__ = [
     "count_parameters",
     "forward_flops",
     "registry_names",
+    "resize_classes",
 ]

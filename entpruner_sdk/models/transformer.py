@@ -220,6 +220,31 @@ class DiffusionTransformer(nn.Module):
         return smaller.to(next(self.parameters()).device)
 
 
+def resize_classes(model: DiffusionTransformer, num_classes: int) -> DiffusionTransformer:
+    """A copy with a label embedder for ``num_classes`` classes; the null row is kept (moved
+    to the end) and new rows start at the mean old class embedding (class-neutral).
+
+    For fine-tuning or compressing on data with another class count: the data's class ``c``
+    takes the model's row ``c`` while ``c`` is below the old count."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes}: a model needs at least 1 class")
+    old = model.y_embedder.embedding_table.weight.data
+    has_null = old.shape[0] == model.config.num_classes + 1
+    classes = old[: model.config.num_classes]
+    resized = DiffusionTransformer(model.config.replace(num_classes=num_classes),
+                                   copy.deepcopy(model.provenance), model.objective)
+    state = model.state_dict()
+    rows = [classes[:num_classes]]
+    if num_classes > len(classes):
+        rows.append(classes.mean(0, keepdim=True).expand(num_classes - len(classes), -1))
+    if has_null:
+        rows.append(old[-1:])
+    state["y_embedder.embedding_table.weight"] = torch.cat(rows)
+    resized.load_state_dict(state)
+    resized.provenance["resized_classes"] = {"from": model.config.num_classes, "to": num_classes}
+    return resized.to(old.device)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (the fixed position embedding counts unless ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
