@@ -168,8 +168,9 @@ def check_same_but_depth(original: DiffusionTransformer, model: DiffusionTransfo
     if ours["num_classes"] != theirs["num_classes"]:
         resized = model.provenance.get("resized_classes")
         hint = (f"; compress resized this model's label embedder from {resized['from']} to "
-                f"{resized['to']} classes, so its report's quality figures are the comparison "
-                "with the original" if resized else "")
+                f"{resized['to']} classes: pass entpruner_sdk.compress.as_compressed(original, "
+                "model) as the original, resized the same way (the CLI does)"
+                if resized else "")
     raise ValueError(f"the original and the evaluated model differ in more than depth "
                      f"(original vs evaluated: {', '.join(differ)}){hint}")
 
