@@ -631,7 +631,9 @@ def _interrupted_message(args: argparse.Namespace) -> str:
     message = f"entpruner {args.command}: interrupted"
     if args.command not in ("train", "compress") or not getattr(args, "out", None):
         return message
-    state = Path(args.out) / "checkpoint" / "state.json"
+    from entpruner_sdk.utils.checkpoint import META
+
+    state = Path(args.out) / "checkpoint" / META
     try:
         step = json.loads(state.read_text())["step"]
     except (OSError, ValueError, KeyError):
