@@ -83,7 +83,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", samples: int = 300,
                                   features=("domain",), device=device, progress=progress,
                                   model_name=name, **sampling)
         pruned_report = evaluate(result.model, train, samples=samples, seed=seed,
-                                 original=teacher, features=("domain",), device=device,
+                                 original=teacher, original_images=teacher_report.images,
+                                 features=("domain",), device=device,
                                  progress=progress, model_name=f"{name}-pruned", **sampling)
         rows.append(_row(name, teacher, teacher_report, out / f"{name}.png", sampling))
         pruned_row = _row(f"{name}-pruned", result.model, pruned_report,

@@ -141,8 +141,17 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     # the figures name the classifier that made them
     assert report.settings["feature_networks"] == {
         "domain": network_fingerprint(domain_classifier(small))}
+    # the original's own evaluation hands its samples on: the same fidelity, sampled once
+    of_original = evaluate(model, small, samples=20, steps=2, features=("domain",),
+                           progress=False)
+    reused = evaluate(pruned, small, samples=20, steps=2, original=model,
+                      original_images=of_original.images, features=("domain",), progress=False)
+    assert reused.fidelity == report.fidelity
+    with pytest.raises(ValueError, match="original_images are the original's samples"):
+        evaluate(pruned, small, samples=20, original_images=of_original.images, progress=False)
     report.save(tmp_path)
     assert "fd_domain" in (tmp_path / "evaluation.md").read_text()
+    assert "images" not in __import__("json").loads((tmp_path / "evaluation.json").read_text())
     assert EvaluationReport(**__import__("json").loads(
         (tmp_path / "evaluation.json").read_text())).metrics == report.metrics
     with pytest.raises(TooFewSamples, match="at least 2"):

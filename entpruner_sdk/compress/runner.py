@@ -400,7 +400,8 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
                     progress: bool = False) -> dict[str, Any]:
     """Evaluation of teacher and pruned model on identical noise (the family's sampler).
 
-    It samples twice after the fine-tuning bar has finished, so it shows its own bars."""
+    It samples each model once, after the fine-tuning bar has finished, so it shows its own
+    bars."""
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import SAMPLING
 
@@ -408,7 +409,8 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
                     samples=config.report_samples, seed=config.seed, device=device,
                     progress=progress)
     original = evaluate(teacher, data, model_name="original", **sampling)
-    after = evaluate(pruned, data, original=teacher, model_name="pruned", **sampling)
+    after = evaluate(pruned, data, original=teacher, original_images=original.images,
+                     model_name="pruned", **sampling)
     return {"quality_settings": after.settings,
             "quality_original": original.metrics,
             "quality_pruned": {**after.metrics, **after.fidelity}}

@@ -56,9 +56,12 @@ class EvaluationReport:
     per_class_diversity: list[float | None] = field(default_factory=list)
     fidelity: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # the evaluated samples, kept in memory only: a later evaluation of a smaller model against
+    # this one takes them as ``original_images`` instead of sampling them again
+    images: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "images"}
 
     def to_markdown(self) -> str:
         s = self.settings
@@ -190,11 +193,14 @@ def evaluate(
     device: str | torch.device | None = None,
     progress: bool = True,
     model_name: str = "model",
+    original_images: torch.Tensor | None = None,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
 
     ``features`` picks the feature spaces: ``"domain"`` (fast) and/or ``"inception"`` (standard
-    FID; needs the ``fid`` extra). ``original``: also report fidelity to that model.
+    FID; needs the ``fid`` extra). ``original``: also report fidelity to that model;
+    ``original_images``: its samples from an evaluation with the same samples, seed and
+    sampler (that report's ``images``), so they are not drawn a second time.
     """
     device = resolve_device(device)
     unknown = set(features) - set(FEATURES)
@@ -204,6 +210,10 @@ def evaluate(
     check_fits(model.config, data, exact_classes=True)
     if original is not None:
         check_same_but_depth(original, model)
+    if original_images is not None and (original is None or original_images.shape[0] != samples):
+        raise ValueError("original_images are the original's samples for this evaluation: "
+                         f"pass original= too, and {samples} of them (got "
+                         f"{original_images.shape[0]})")
     if samples < 2:
         raise TooFewSamples(f"samples={samples}: at least 2 are needed for a covariance "
                             "(and a few hundred for a stable FID)")
@@ -215,7 +225,7 @@ def evaluate(
     seconds = time.perf_counter() - started
     classifier = domain_classifier(data, progress=progress)
     predictions = predict(classifier, images)
-    report = EvaluationReport(settings=dict(
+    report = EvaluationReport(images=images, settings=dict(
         model=model_name, samples=samples, sampler=sampler or "default", steps=steps,
         cfg_scale=cfg_scale, seed=seed, reference=data.name, reference_size=len(data),
         device=str(device), features=list(features), sampling_seconds=seconds))
@@ -248,9 +258,11 @@ def evaluate(
         domain = DomainFeatures(classifier)(images)
     report.per_class_diversity = per_class_diversity(domain, labels, data.num_classes)
     if original is not None:
-        reference_images = generate(original, labels, seed=seed, batch_size=batch_size,
-                                    progress=progress, desc="sampling the original",
-                                    **sampling)
+        reference_images = original_images
+        if reference_images is None:
+            reference_images = generate(original, labels, seed=seed, batch_size=batch_size,
+                                        progress=progress, desc="sampling the original",
+                                        **sampling)
         report.fidelity = _fidelity(images, reference_images, extractors, generated_features,
                                     progress)
     return report
