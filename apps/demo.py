@@ -190,13 +190,14 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress)
         raise ValueError("load an original and a pruned model first")
     dataset = data or _data_name(pair)
     settings = default_sampling(pair.family)
-    progress(0.05, desc=f"pruned: sampling {samples} images, then its fidelity to the original")
-    pruned = ModelThread.run(evaluate, pair.pruned, dataset, samples=samples,
-                             original=pair.original, features=("domain",), device="cpu",
-                             progress=False, **settings)
-    progress(0.6, desc=f"original: sampling {samples} images")
+    progress(0.05, desc=f"original: sampling {samples} images")
     original = ModelThread.run(evaluate, pair.original, dataset, samples=samples,
                                features=("domain",), device="cpu", progress=False, **settings)
+    # the pruned model's fidelity compares with the original's samples just drawn
+    progress(0.65, desc=f"pruned: sampling {samples} images")
+    pruned = ModelThread.run(evaluate, pair.pruned, dataset, samples=samples,
+                             original=pair.original, original_images=original.images,
+                             features=("domain",), device="cpu", progress=False, **settings)
     progress(1.0, desc="done")
     rows = ["| | original | pruned |", "|---|---|---|"]
     for key in ("fd_domain", "class_accuracy", "precision_domain", "recall_domain"):
