@@ -167,13 +167,11 @@ def check_same_but_depth(original: DiffusionTransformer, model: DiffusionTransfo
               if key != "depth" and ours[key] != theirs[key]]
     if not differ:
         return
-    hint = ""
-    if ours["num_classes"] != theirs["num_classes"]:
-        resized = model.provenance.get("resized_classes")
-        hint = (f"; compress resized this model's label embedder from {resized['from']} to "
-                f"{resized['to']} classes: pass entpruner_sdk.compress.as_compressed(original, "
-                "model) as the original, resized the same way (the CLI does)"
-                if resized else "")
+    resized = model.provenance.get("resized_classes")
+    hint = (f"; compress resized this model's label embedder from {resized['from']} to "
+            f"{resized['to']} classes: pass entpruner_sdk.compress.as_compressed(original, "
+            "model) as the original, resized the same way (the CLI does)"
+            if resized and ours["num_classes"] != theirs["num_classes"] else "")
     raise ValueError(f"the original and the evaluated model differ in more than depth "
                      f"(original vs evaluated: {', '.join(differ)}){hint}")
 
