@@ -171,7 +171,10 @@ def test_ctrl_c_says_which_checkpoint_holds_the_work(tmp_path, capsys):
                "--batch-size", "4", "--interval", "2", "--calibration-per-class", "2",
                "--calibration-times", "2", "--report-samples", "0", "--out",
                str(tmp_path / "c"), "--quiet", "--device", "cpu"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (nohup ... &) starts with SIGINT ignored, and Python keeps
+    # that; give the child the default so Ctrl-C reaches it however the tests were started
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = tmp_path / "c" / "checkpoint" / "state.json"
     deadline = time.monotonic() + 120
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
