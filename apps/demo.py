@@ -20,11 +20,14 @@ DISPLAY_SIZE = 96  # small images are upscaled (nearest) so they stay visible
 
 
 def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
-               onnx: bool = False, data: str | None = None):
-    """The demo as a ``gr.Blocks`` app (call ``.launch()`` on it)."""
+               onnx: bool = False, data: str | None = None, vae: str | None = None,
+               family: str | None = None):
+    """The demo as a ``gr.Blocks`` app (call ``.launch()`` on it). ``vae``: the VAE folder
+    that decodes latent models' samples (DiT-XL/2, SiT-XL/2); ``family``: for a released
+    original checkpoint (by default the pruned model's)."""
     import gradio as gr
 
-    state: dict[str, Any] = {"pair": load_pair(original, pruned, onnx)}
+    state: dict[str, Any] = {"pair": load_pair(original, pruned, onnx, vae, family)}
     pair: ModelPair = state["pair"]
     sampling = default_sampling(pair.family)
     samplers = ["ddpm", "ddim"] if pair.family == "dit" else ["euler", "heun", "euler-maruyama"]
@@ -107,7 +110,7 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
         evaluate_button.click(on_evaluate, [samples], [evaluation], api_name="evaluate")
 
         def on_load(original, pruned):
-            state["pair"] = new = load_pair(original, pruned, onnx)
+            state["pair"] = new = load_pair(original, pruned, onnx, vae, family)
             classes = list(range(max(new.num_classes, 1)))
             return (_status(new), _report_figures(new), structure_facts(new),
                     _plot(new, "importance.png"), _plot(new, "loss.png"), _decisions(new),
@@ -192,12 +195,14 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress)
     settings = default_sampling(pair.family)
     progress(0.05, desc=f"original: sampling {samples} images")
     original = ModelThread.run(evaluate, pair.original, dataset, samples=samples,
-                               features=("domain",), device="cpu", progress=False, **settings)
+                               features=("domain",), device="cpu", progress=False,
+                               vae=pair.decoder, **settings)
     # the pruned model's fidelity compares with the original's samples just drawn
     progress(0.65, desc=f"pruned: sampling {samples} images")
     pruned = ModelThread.run(evaluate, pair.pruned, dataset, samples=samples,
                              original=pair.original, original_images=original.images,
-                             features=("domain",), device="cpu", progress=False, **settings)
+                             features=("domain",), device="cpu", progress=False,
+                             vae=pair.decoder, **settings)
     progress(1.0, desc="done")
     rows = ["| | original | pruned |", "|---|---|---|"]
     for key in ("fd_domain", "class_accuracy", "precision_domain", "recall_domain"):
@@ -212,6 +217,9 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress)
 
 def _data_name(pair: ModelPair) -> str:
     if pair.report is not None:
+        source = pair.report["summary"].get("data_source")
+        if source:  # the bundled name or path the compress run loaded
+            return str(source)
         name = str(pair.report["summary"].get("data", ""))
         base, _, split = name.rpartition("-")
         if split in ("train", "test") and base:
@@ -223,9 +231,10 @@ def _data_name(pair: ModelPair) -> str:
 
 def launch(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED, *,
            port: int = 7860, host: str = "127.0.0.1", onnx: bool = False,
-           data: str | None = None, share: bool = False, block: bool = True):
+           data: str | None = None, share: bool = False, block: bool = True,
+           vae: str | None = None, family: str | None = None):
     """Build and start the demo server."""
-    demo = build_demo(original, pruned, onnx, data)
+    demo = build_demo(original, pruned, onnx, data, vae, family)
     demo.queue(default_concurrency_limit=1)  # one model thread; requests take turns
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                 show_error=True)

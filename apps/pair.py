@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 from entpruner_sdk.compress import as_compressed
+from entpruner_sdk.data.latents import LatentSpace, decoder_for
+from entpruner_sdk.evaluation.evaluate import differences_but_depth
 from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
@@ -58,6 +60,7 @@ class ModelPair:
     report_dir: Path | None = None
     errors: list[str] = field(default_factory=list)
     runtimes: dict[str, Any] = field(default_factory=dict)  # ONNX Runtime, when exported
+    decoder: LatentSpace | None = None  # the VAE of latent models: both sides decode with it
 
     @property
     def ready(self) -> bool:
@@ -75,39 +78,53 @@ class ModelPair:
 
 
 def load_pair(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
-              onnx: bool = False) -> ModelPair:
-    """Open both models; problems become messages in ``errors`` instead of exceptions."""
-    return ModelThread.run(_load_pair, original, pruned, onnx)
+              onnx: bool = False, vae: LatentSpace | str | None = None,
+              family: str | None = None) -> ModelPair:
+    """Open both models; problems become messages in ``errors`` instead of exceptions.
+    ``vae``: the VAE (or its folder) that decodes latent models' samples to images.
+    ``family``: "dit" or "sit" for a released original checkpoint, whose keys do not say
+    (by default the pruned model's family)."""
+    return ModelThread.run(_load_pair, original, pruned, onnx, vae, family)
 
 
-def _load_pair(original: str, pruned: str, onnx: bool) -> ModelPair:
+def _load_pair(original: str, pruned: str, onnx: bool,
+               vae: LatentSpace | str | None = None, family: str | None = None) -> ModelPair:
     pair = ModelPair()
-    try:
-        pair.original = resolve_model(original).eval()
-    except Exception as error:  # any load failure is shown to the user, not raised
-        pair.errors.append(f"Original model {original!r} could not be loaded: {error}")
     model_path, report_dir = _pruned_paths(pruned)
+    pruned_error = None
     if model_path is None:
-        pair.errors.append(f"No pruned model at {pruned!r}. Make one with `{MAKE_PRUNED}`, "
-                           "or pass --pruned DIR (a `compress` output folder or a model folder).")
+        pruned_error = (f"No pruned model at {pruned!r}. Make one with `{MAKE_PRUNED}`, or "
+                        "pass --pruned DIR (a `compress` output folder or a model folder).")
     else:
         try:
             pair.pruned = resolve_model(str(model_path)).eval()
-        except Exception as error:
-            pair.errors.append(f"Pruned model {pruned!r} could not be loaded: {error}")
+        except Exception as error:  # any load failure is shown to the user, not raised
+            pruned_error = f"Pruned model {pruned!r} could not be loaded: {error}"
+    # a released original does not record its family; the pruned model made from it does
+    family = family or (pair.pruned.family if pair.pruned is not None else None)
+    try:
+        pair.original = resolve_model(original, family).eval()
+    except Exception as error:
+        pair.errors.append(f"Original model {original!r} could not be loaded: {error}")
+    if pruned_error:
+        pair.errors.append(pruned_error)
     if report_dir is not None:
         pair.report_dir = report_dir
         pair.report = json.loads((report_dir / "report.json").read_text())
     if pair.ready:
         # a run with num_classes= resized its teacher's label embedder: compare with that
         pair.original = as_compressed(pair.original, pair.pruned)
-        a, b = pair.original.config, pair.pruned.config
-        if a.replace(depth=1) != b.replace(depth=1):
-            pair.errors.append(
-                f"The models do not match: original is {a.family.upper()} {a.input_size}x"
-                f"{a.input_size}, {a.num_classes} classes, hidden {a.hidden_size}; pruned is "
-                f"{b.family.upper()} {b.input_size}x{b.input_size}, {b.num_classes} classes, "
-                f"hidden {b.hidden_size}. Pick the original the pruned model came from.")
+        differ = differences_but_depth(pair.original, pair.pruned)
+        if differ:
+            pair.errors.append(f"The models do not match (original vs pruned: "
+                               f"{', '.join(differ)}). Pick the original the pruned model "
+                               "came from.")
+            pair.pruned = None
+    if pair.ready:
+        try:
+            pair.decoder = decoder_for(pair.original.config, vae)
+        except Exception as error:
+            pair.errors.append(f"The models cannot be shown: {error}")
             pair.pruned = None
     if pair.ready:
         _warm_up(pair)
@@ -180,6 +197,8 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
         else:
             images = sample(model, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                             seed=seed, device="cpu", clip_denoised=True)
+        if pair.decoder is not None:  # part of each side's latency: what a user waits for
+            images = pair.decoder.decode(images)
         return SideResult(images, time.perf_counter() - start)
 
     return ModelThread.run(lambda: (side("original", pair.original),

@@ -1,5 +1,5 @@
-"""The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``compress``, ``evaluate``,
-``export`` and ``quickstart`` (the main job).
+"""The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``encode``, ``compress``,
+``evaluate``, ``export``, ``serve``, ``demo`` and ``quickstart`` (the main job).
 
 Every subcommand has ``--help`` with examples; ``--quiet`` silences progress bars.
 """
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_info(sub)
+    _add_encode(sub)
     _add_compress(sub)
     _add_evaluate(sub)
     _add_export(sub)
@@ -68,6 +69,13 @@ def _command(sub, name: str, help_text: str, examples: str) -> argparse.Argument
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _vae_option(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--vae", metavar="DIR", required=required,
+                   help="local diffusers AutoencoderKL folder (sd-vae-ft-ema for DiT-XL/2 and "
+                        "SiT-XL/2): it " + ("encodes the images" if required else
+                                             "decodes a latent model's samples to images"))
 
 
 def _add_train(sub) -> None:
@@ -116,7 +124,8 @@ def _add_sample(sub) -> None:
         entpruner sample --model dit-digits --per-class 8 --out digits.png
         entpruner sample --model runs/sit/model --labels 3,3,7 --sampler euler-maruyama \\
             --steps 100 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz
-        entpruner sample --model DiT-XL-2-256x256.pt --family dit --labels 207 --out dog.png
+        entpruner sample --model DiT-XL-2-256x256.pt --family dit --labels 207 \\
+            --vae ./sd-vae-ft-ema --out dog.png         # latents decoded by the VAE
         entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # ONNX Runtime
         """)
     p.add_argument("--model", required=True,
@@ -135,7 +144,9 @@ def _add_sample(sub) -> None:
                    help="guide only the first 3 channels, like the reference code")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial noise")
     p.add_argument("--out", default="samples.png", help="PNG grid path")
-    p.add_argument("--npz", help="also save the raw samples and labels to this .npz")
+    p.add_argument("--npz", help="also save the samples (images, decoded when --vae is given) "
+                   "and labels to this .npz")
+    _vae_option(p)
     _common(p)
 
 
@@ -148,6 +159,22 @@ def _add_info(sub) -> None:
                    help="registry name, bundled teacher name, model path or released file")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_encode(sub) -> None:
+    p = _command(sub, "encode", "Encode images to VAE latents: the data for a latent model "
+                 "(DiT-XL/2, SiT-XL/2) to train, compress and evaluate on.", """\
+        entpruner encode --vae ./sd-vae-ft-ema --data ./my_images --out my_latents.npz
+        entpruner compress --model DiT-XL-2-256x256.pt --family dit --data my_latents.npz \\
+            --budget 14 --out runs/xl-d14
+        """)
+    _vae_option(p, required=True)
+    p.add_argument("--data", required=True,
+                   help="bundled name, class folders or an .npz of images")
+    p.add_argument("--out", required=True,
+                   help=".npz to write: latents, labels and class names")
+    p.add_argument("--batch-size", type=int, default=32, help="images per VAE call")
+    _common(p)
 
 
 def _add_compress(sub) -> None:
@@ -224,6 +251,9 @@ def _add_compress(sub) -> None:
                    help="samples for the report's quality figures (0 skips them)")
     p.add_argument("--report-fid", action="store_true",
                    help="also report standard FID (Inception; needs the fid extra)")
+    p.add_argument("--vae", metavar="DIR",
+                   help="a latent model's VAE folder: the report's quality figures are then "
+                        "measured on decoded images (without it, in latent space)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds calibration, data order and noise (same seed, same result)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -248,6 +278,8 @@ def _add_evaluate(sub) -> None:
         entpruner evaluate --model dit-digits --data digits --samples 1000 --steps 50 --cfg 2
         entpruner evaluate --model runs/pruned --original dit-digits --data digits \\
             --samples 500 --features domain --out runs/eval
+        entpruner evaluate --model runs/xl-d14/model --original DiT-XL-2-256x256.pt \\
+            --family dit --data ./my_images --vae ./sd-vae-ft-ema   # latent model, real images
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
@@ -263,6 +295,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--features", default="domain,inception",
                    help="comma-separated feature spaces: domain, inception or both")
     p.add_argument("--out", default="runs/evaluation", help="writes evaluation.json and .md")
+    _vae_option(p)
     _common(p)
 
 
@@ -328,6 +361,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--api-key", help="require this X-API-Key (default: $ENTPRUNER_API_KEY)")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
+    p.add_argument("--family", choices=["dit", "sit"],
+                   help="required for released checkpoints (their keys do not say)")
+    _vae_option(p)
     _common(p)
 
 
@@ -347,6 +383,10 @@ def _add_demo(sub) -> None:
     p.add_argument("--data", help="data for the quick evaluation (default: the report's)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--family", choices=["dit", "sit"],
+                   help="a released original checkpoint's family (default: the pruned "
+                        "model's)")
+    _vae_option(p)
     _common(p)
 
 
@@ -413,11 +453,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from entpruner_sdk.data.latents import decoder_for
     from entpruner_sdk.sampling import sample, save_grid
     from entpruner_sdk.teachers import resolve_model
 
     exported = _exported(args.model, args.provider)
     model = exported or resolve_model(args.model, args.family)
+    decoder = decoder_for(model.config, args.vae, args.device)
     if args.labels:
         try:
             labels = [int(v) for v in args.labels.split(",")]
@@ -436,6 +478,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                         cfg_scale=args.cfg, seed=args.seed, device=args.device,
                         reference_cfg=args.reference_cfg, clip_denoised=True,
                         progress=not args.quiet)
+    if decoder is not None:
+        images = decoder.decode(images, progress=not args.quiet)
     rows = model.config.num_classes if not args.labels else None
     save_grid(images, args.out, rows=rows)
     if args.npz:
@@ -504,7 +548,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         ced_estimator=args.ced_estimator, ced_weighting=args.ced_weighting, protect=protect,
         kd_weight=args.kd_weight, gt_weight=args.gt_weight, feature_weight=args.feature_weight,
         num_classes=args.num_classes, seed=args.seed, report_samples=args.report_samples,
-        report_features=("domain", "inception") if args.report_fid else ("domain",))
+        report_features=("domain", "inception") if args.report_fid else ("domain",),
+        report_vae=args.vae)
     if not distributed.is_main():
         return 0
     s = result.report["summary"]
@@ -533,10 +578,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(model, args.data, samples=args.samples, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
                       features=tuple(f.strip() for f in args.features.split(",")),
-                      device=args.device, progress=not args.quiet, model_name=args.model)
+                      device=args.device, progress=not args.quiet, model_name=args.model,
+                      vae=args.vae)
     report.save(args.out)
     print(report.to_markdown())
     print(f"written to {Path(args.out) / 'evaluation.json'} and evaluation.md")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from entpruner_sdk.data import load_data
+    from entpruner_sdk.data.datasets import save_npz
+    from entpruner_sdk.data.latents import LatentSpace
+
+    space = LatentSpace.from_pretrained(args.vae, device=args.device)
+    data = load_data(args.data)
+    latents = space.encode_dataset(data, batch_size=args.batch_size, progress=not args.quiet)
+    save_npz(latents, args.out)
+    print(f"{len(latents)} images of {data.channels}x{data.image_size}x{data.image_size} -> "
+          f"{latents.channels}x{latents.image_size}x{latents.image_size} latents "
+          f"({latents.num_classes} classes) in {args.out}")
     return 0
 
 
@@ -585,10 +646,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray:
         serve_ray(specs, backend=args.backend, host=args.host, port=args.port,
                   replicas=args.replicas, settings=settings, device=device,
-                  provider=args.provider)
+                  provider=args.provider, vae=args.vae, family=args.family)
     else:
         serve(specs, backend=args.backend, host=args.host, port=args.port, settings=settings,
-              device=device, provider=args.provider,
+              device=device, provider=args.provider, vae=args.vae, family=args.family,
               log_level="warning" if args.quiet else "info")
     return 0
 
@@ -601,11 +662,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"note: no pruned model at {DEFAULT_PRUNED}; make it with:\n  {MAKE_PRUNED}\n"
               "(the demo starts anyway and shows this in the page)", file=sys.stderr)
     launch(args.original, args.pruned, port=args.port, host=args.host, onnx=args.onnx,
-           data=args.data)
+           data=args.data, vae=args.vae, family=args.family)
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "encode": cmd_encode,
             "compress": cmd_compress, "evaluate": cmd_evaluate, "export": cmd_export,
             "serve": cmd_serve, "demo": cmd_demo, "quickstart": cmd_quickstart}
 

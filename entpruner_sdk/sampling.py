@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from entpruner_sdk.data.latents import is_latent
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import ModelFn, Objective, guided, objective_for
@@ -114,6 +115,8 @@ def sample_with(
     exported guidance graph) and replaces the host-side guidance wrapper. Same seed, same
     noise, same images as :func:`sample`. ``seed`` may be a :class:`SplitGenerator` giving
     each slice of the batch its own seed (a server's batch of requests).
+    ``clip_denoised`` clips the denoised estimate to the pixel range [-1, 1] at every step; a
+    latent model's samples are never clipped, since VAE latents have no fixed range.
     """
     device = torch.device(device)
     y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
@@ -129,6 +132,7 @@ def sample_with(
                                                       device=x.device))
     else:
         fn = guided(model_fn, cfg_scale, null_class, config.in_channels, reference_cfg)
+    clip_denoised = clip_denoised and not is_latent(config)
     out = objective.sample(fn, noise.to(device), y.to(device), sampler=sampler, steps=steps,
                            generator=generator, clip_denoised=clip_denoised, progress=progress)
     return out.cpu()

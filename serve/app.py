@@ -34,6 +34,12 @@ class ServerState:
         self.models: dict[str, ServedModel] = {}
         self.batcher: MicroBatcher | None = None
         self.ready = False
+        self.startup_error: BaseException | None = None  # why the models did not load
+
+
+def _no_startup_traceback(record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    return not (message.startswith("Traceback") or message.startswith("Application startup"))
 
 
 def create_app(models: dict[str, ServedModel] | ModelLoader,
@@ -50,10 +56,18 @@ def create_app(models: dict[str, ServedModel] | ModelLoader,
             max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
             on_batch=state.metrics.observe_batch)
         state.batcher.start()
-        state.models = await state.batcher.run_in_worker(
-            models if callable(models) else lambda: dict(models))
-        if not state.models:
-            raise RuntimeError("no models to serve")
+        try:
+            state.models = await state.batcher.run_in_worker(
+                models if callable(models) else lambda: dict(models))
+            if not state.models:
+                raise RuntimeError("no models to serve")
+        except Exception as error:
+            # the caller reports it in one line (the CLI's error); uvicorn would log the whole
+            # traceback of a failed startup
+            state.startup_error = error
+            logging.getLogger("uvicorn.error").addFilter(_no_startup_traceback)
+            await state.batcher.drain()
+            raise
         if settings.warmup:
             await state.batcher.run_in_worker(lambda: _warm_up(state.models))
         state.ready = True

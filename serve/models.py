@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from entpruner_sdk.data.latents import LatentSpace, decoder_for
 from entpruner_sdk.models import DiffusionTransformer, count_parameters
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives import ModelFn, Objective, objective_for
@@ -36,6 +37,7 @@ class ServedModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     kept_blocks: list[int] = field(default_factory=list)
     source: str = ""
+    decoder: LatentSpace | None = None  # a latent model's VAE: samples leave as images
 
     def __post_init__(self) -> None:
         with torch.device("meta"):  # shapes only: no memory, no compute
@@ -50,29 +52,48 @@ class ServedModel:
             "name": self.name, "family": self.config.family, "backend": self.backend,
             "depth": self.config.depth, "parameters": self.parameters,
             "kept_blocks": self.kept_blocks, "num_classes": self.config.num_classes,
-            "image_shape": [self.config.in_channels, self.config.input_size,
-                            self.config.input_size],
+            "image_shape": list(self.image_shape),
+            "latent": self.decoder is not None,
             "samplers": list(self.objective.samplers), "defaults": self.defaults,
             "device": str(self.device), "source": self.source,
         }
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images a request gets back."""
+        if self.decoder is not None:
+            return self.decoder.image_shape(self.config)
+        return (self.config.in_channels, self.config.input_size, self.config.input_size)
 
     @torch.no_grad()
     def generate(self, labels: list[int], seeds: list[int], counts: list[int], *,
                  sampler: str, steps: int, cfg_scale: float) -> torch.Tensor:
         """Images in [-1, 1] for ``labels``; slice i (``counts[i]`` images) uses ``seeds[i]``."""
-        return sample_with(
+        images = sample_with(
             self.model_fn, self.config, self.objective, labels, sampler=sampler, steps=steps,
             cfg_scale=cfg_scale, seed=SplitGenerator(seeds, counts), device=self.device,
             clip_denoised=True, guided_fn=self.guided_fn,
         )
+        return images if self.decoder is None else self.decoder.decode(images)
 
 
 def load_served_model(name: str, source: str, backend: str = "torch",
                       device: str | torch.device | None = None,
-                      provider: str | None = None) -> ServedModel:
+                      provider: str | None = None,
+                      vae: LatentSpace | str | None = None,
+                      family: str | None = None) -> ServedModel:
     """Open ``source`` (teacher name, model directory or checkpoint, or an export directory)
     for ``backend``. A plain model asked for ONNX Runtime or TensorRT is exported first (into a
-    temporary directory, parity-checked)."""
+    temporary directory, parity-checked). A latent model needs ``vae`` (a ``LatentSpace`` or
+    its folder), which decodes its samples to images; ``family`` ("dit" or "sit") is needed
+    for a released checkpoint, whose keys do not say."""
+    served = _load_served_model(name, source, backend, device, provider, family)
+    served.decoder = decoder_for(served.config, vae, device)
+    return served
+
+
+def _load_served_model(name: str, source: str, backend: str, device: str | torch.device | None,
+                       provider: str | None, family: str | None) -> ServedModel:
     from entpruner_sdk.export import is_export_dir, load_exported
 
     if backend not in BACKENDS:
@@ -80,7 +101,7 @@ def load_served_model(name: str, source: str, backend: str = "torch",
     if is_export_dir(source):
         runtime = load_exported(source, provider=provider or "cpu")
         return _from_runtime(name, runtime, source)
-    model = resolve_model(source)
+    model = resolve_model(source, family)
     if backend == "torch":
         return _from_torch(name, model, resolve_device(device), source)
     from entpruner_sdk.export import export

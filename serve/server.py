@@ -29,13 +29,19 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
 
 
 def model_loader(specs: dict[str, str], backend: str, device: str | None = None,
-                 provider: str | None = None):
-    """A function that opens every model (run at startup, in whichever process serves)."""
+                 provider: str | None = None, vae: str | None = None,
+                 family: str | None = None):
+    """A function that opens every model (run at startup, in whichever process serves);
+    ``vae``: the folder of the VAE that decodes the latent models' samples (opened once);
+    ``family``: "dit" or "sit" for released checkpoints."""
 
     def load():
+        from entpruner_sdk.data.latents import LatentSpace
         from entpruner_sdk.serve.models import load_served_model
 
-        return {name: load_served_model(name, source, backend, device, provider)
+        decoder = LatentSpace.from_pretrained(vae, device=device) if vae else None
+        return {name: load_served_model(name, source, backend, device, provider, decoder,
+                                        family)
                 for name, source in specs.items()}
 
     return load
@@ -55,24 +61,32 @@ def check_exposure(host: str, settings: ServerSettings) -> None:
 
 def serve(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0.1",
           port: int = 8000, settings: ServerSettings | None = None, device: str | None = None,
-          provider: str | None = None, log_level: str = "info") -> None:
+          provider: str | None = None, log_level: str = "info", vae: str | None = None,
+          family: str | None = None) -> None:
     """Serve ``specs`` ({name: source}) with uvicorn until interrupted (SIGINT / SIGTERM
-    finish the accepted requests first)."""
+    finish the accepted requests first). ``vae``: the VAE folder for latent models;
+    ``family``: "dit" or "sit" for released checkpoints."""
     import uvicorn
 
     from entpruner_sdk.serve.app import create_app
 
     settings = settings or ServerSettings(api_key=os.environ.get("ENTPRUNER_API_KEY"))
     check_exposure(host, settings)
-    app = create_app(model_loader(specs, backend, device, provider), settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=int(settings.request_timeout_s))
+    app = create_app(model_loader(specs, backend, device, provider, vae, family), settings)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level,
+                    timeout_graceful_shutdown=int(settings.request_timeout_s))
+    except SystemExit:  # uvicorn exits when startup fails; a model that did not load says why
+        error = app.state.entpruner.startup_error
+        if error is None:
+            raise
+        raise error from None
 
 
 def serve_ray(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0.1",
               port: int = 8000, replicas: int = 2, settings: ServerSettings | None = None,
               device: str | None = None, provider: str | None = None,
-              blocking: bool = True):
+              blocking: bool = True, vae: str | None = None, family: str | None = None):
     """The same app as a Ray Serve deployment with ``replicas`` replicas (each loads the
     models and batches its own requests). Joins the running Ray cluster, or starts a local
     one."""
@@ -80,5 +94,5 @@ def serve_ray(specs: dict[str, str], *, backend: str = "torch", host: str = "127
 
     settings = settings or ServerSettings(api_key=os.environ.get("ENTPRUNER_API_KEY"))
     check_exposure(host, settings)
-    return run_ray(model_loader(specs, backend, device, provider), settings, host=host,
-                   port=port, replicas=replicas, blocking=blocking)
+    return run_ray(model_loader(specs, backend, device, provider, vae, family), settings,
+                   host=host, port=port, replicas=replicas, blocking=blocking)

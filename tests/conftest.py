@@ -51,3 +51,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_vae(directory):
+    """A random diffusers AutoencoderKL saved as a folder: 4 latent channels, 2x downsampling
+    (16x16 images <-> 4x8x8 latents). Skips the test without the ``latent`` extra."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, layers_per_block=1, sample_size=16)
+    vae.save_pretrained(directory)
+    return directory
+
+
+def latent_model(family: str = "dit", **overrides) -> DiffusionTransformer:
+    """A tiny model on the tiny VAE's 4x8x8 latents (8 classes, as the photos data)."""
+    fields = dict(in_channels=4, num_classes=8)
+    fields.update(overrides)
+    return randomized(DiffusionTransformer(tiny_config(family, **fields)))

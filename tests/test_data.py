@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from entpruner_sdk.data import DataError, ImageDataset, load_data
+from entpruner_sdk.data import DataError, ImageDataset, load_data, save_npz
 
 
 def test_digits_bundled_splits_are_disjoint_and_cover_all():
@@ -95,11 +95,53 @@ def test_npz_layouts_and_errors(tmp_path):
     with pytest.raises(DataError, match="class indices 0, 1, 2, ..., found -1; map the classes"):
         load_data(tmp_path / "negative.npz")
     np.savez(tmp_path / "keys.npz", pixels=np.zeros((2, 8, 8)))
-    with pytest.raises(DataError, match="'images' and 'labels'"):
+    with pytest.raises(DataError, match=r"'images' \(or 'x', or VAE 'latents'\) and 'labels'"):
         load_data(tmp_path / "keys.npz")
     (tmp_path / "corrupt.npz").write_bytes(b"PK garbage")
     with pytest.raises(DataError, match="cannot read"):
         load_data(tmp_path / "corrupt.npz")
+
+
+def test_latents_npz_round_trip_with_class_names(tmp_path):
+    rng = np.random.default_rng(0)
+    latents = (rng.standard_normal((6, 4, 8, 8)) * 3).astype(np.float32)  # beyond [-1, 1]
+    np.savez(tmp_path / "lat.npz", latents=latents, labels=np.array([0, 1, 2, 0, 1, 2]),
+             class_names=np.array(["cat", "dog", "owl"]))
+    data = load_data(tmp_path / "lat.npz")
+    assert not data.pixels and data.channels == 4 and data.class_names == ["cat", "dog", "owl"]
+    assert "6 latents of 4x8x8" in repr(data)
+    save_npz(data, tmp_path / "again.npz")
+    again = load_data(tmp_path / "again.npz")
+    assert torch.equal(again.images, data.images) and torch.equal(again.labels, data.labels)
+    assert again.class_names == data.class_names and not again.pixels
+    digits = load_data("digits").subset(range(20))
+    save_npz(digits, tmp_path / "digits.npz")
+    assert load_data(tmp_path / "digits.npz").pixels  # images stay images
+
+
+def test_latents_npz_errors_name_the_fix(tmp_path):
+    np.savez(tmp_path / "four.npz", images=np.zeros((2, 4, 8, 8), np.float32),
+             labels=np.array([0, 1]))
+    with pytest.raises(DataError, match="store them as \\[N, C, H, W\\] under 'latents'"):
+        load_data(tmp_path / "four.npz")
+    np.savez(tmp_path / "ints.npz", latents=np.zeros((2, 4, 8, 8), np.int32),
+             labels=np.array([0, 1]))
+    with pytest.raises(DataError, match="latents must be floats"):
+        load_data(tmp_path / "ints.npz")
+    np.savez(tmp_path / "flat.npz", latents=np.zeros((2, 8, 8), np.float32),
+             labels=np.array([0, 1]))
+    with pytest.raises(DataError, match="latents must be \\[N, C, H, W\\]"):
+        load_data(tmp_path / "flat.npz")
+    np.savez(tmp_path / "names.npz", latents=np.zeros((2, 4, 8, 8), np.float32),
+             labels=np.array([0, 1]), class_names=np.array(["a", "b", "c"]))
+    with pytest.raises(DataError, match="3 class_names for 2 classes"):
+        load_data(tmp_path / "names.npz", num_classes=2)
+
+
+def test_torch_dataset_of_latents():
+    latents = torch.randn(4, 4, 8, 8) * 3
+    data = load_data(TensorDataset(latents, torch.tensor([0, 1, 0, 1])))
+    assert not data.pixels and torch.equal(data.images, latents)
 
 
 def test_torch_dataset_and_dataloader():

@@ -14,7 +14,7 @@ from entpruner_sdk.apps.pair import generate_pair, load_pair
 from entpruner_sdk.compress import compress
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.models.io import save
-from tests.conftest import free_port, randomized, tiny_config
+from tests.conftest import free_port, latent_model, randomized, tiny_config, tiny_vae
 
 gr = pytest.importorskip("gradio")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -76,13 +76,51 @@ def test_a_pruned_model_with_resized_classes_pairs_with_its_original(models, tmp
         generate_pair(pair, 2, seed=1, count=1, sampler="ddim", steps=3, cfg_scale=2)[0].images)
 
 
+def test_latent_models_are_shown_through_their_vae(tmp_path):
+    teacher = latent_model()
+    save(teacher, tmp_path / "teacher")
+    save(teacher.keep_blocks([0, 3]), tmp_path / "pruned")
+    paths = str(tmp_path / "teacher"), str(tmp_path / "pruned")
+    without = load_pair(*paths)
+    assert not without.ready and "--vae DIR" in without.errors[0]
+    pair = load_pair(*paths, vae=str(tiny_vae(tmp_path / "vae")))
+    assert pair.ready and not pair.errors
+    left, right = generate_pair(pair, 3, seed=5, count=2, sampler="ddim", steps=3, cfg_scale=2)
+    assert left.images.shape == right.images.shape == (2, 3, 16, 16)
+
+
+def test_a_released_original_takes_the_pruned_models_family(tmp_path):
+    # a released-style .pt (a plain state dict) does not say whether it is a DiT or a SiT
+    teacher = randomized(DiffusionTransformer(tiny_config("sit", hidden_size=64, num_heads=1)))
+    torch.save(teacher.state_dict(), tmp_path / "released.pt")
+    save(teacher.keep_blocks([0, 3]), tmp_path / "pruned")
+    pair = load_pair(str(tmp_path / "released.pt"), str(tmp_path / "pruned"))
+    assert pair.ready and not pair.errors and pair.original.family == "sit"
+    wrong = load_pair(str(tmp_path / "released.pt"), str(tmp_path / "pruned"), family="dit")
+    assert "do not match (original vs pruned: family dit vs sit" in wrong.errors[0]
+
+
+def test_the_quick_evaluation_finds_the_data_the_run_used(tmp_path):
+    from entpruner_sdk.apps.demo import _data_name
+    from entpruner_sdk.data import load_data, save_npz
+
+    data = save_npz(load_data("digits").subset(range(200)), tmp_path / "mine.npz")
+    teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=4)))
+    save(teacher, tmp_path / "teacher")
+    compress(teacher, str(data), 2, **FAST).save(tmp_path / "pruned")
+    pair = load_pair(str(tmp_path / "teacher"), str(tmp_path / "pruned"))
+    assert pair.report["summary"]["data_source"] == str(data.resolve())
+    assert _data_name(pair) == str(data.resolve())
+
+
 def test_missing_and_incompatible_models_become_messages(models, tmp_path):
     missing = load_pair(models[0], str(tmp_path / "nowhere"))
     assert not missing.ready and "quickstart" in missing.errors[0]
     other = randomized(DiffusionTransformer(tiny_config("dit", depth=2, num_classes=4)))
     save(other, tmp_path / "other")
     mismatch = load_pair(models[0], str(tmp_path / "other"))
-    assert "do not match" in mismatch.errors[0] and not mismatch.ready
+    assert "do not match (original vs pruned: num_classes 10 vs 4)" in mismatch.errors[0]
+    assert not mismatch.ready
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{ not json")
     broken = load_pair(models[0], str(tmp_path / "broken"))

@@ -1,26 +1,42 @@
+"""A latent model end to end: encode images with a VAE, sample latents, decode them to images
+for the grid, the evaluation, the server and the demo (a tiny random VAE and model)."""
+
+import numpy as np
 import pytest
 import torch
 
-from entpruner_sdk.data import load_data
-from entpruner_sdk.data.latents import SD_VAE_SCALE, LatentSpace
-
-diffusers = pytest.importorskip("diffusers")
+from entpruner_sdk.cli import main
+from entpruner_sdk.data import DataError, load_data
+from entpruner_sdk.data.latents import SD_VAE_SCALE, LatentSpace, decoder_for, is_latent
+from entpruner_sdk.evaluation.evaluate import evaluate
+from entpruner_sdk.models.io import save
+from entpruner_sdk.sampling import sample
+from tests.conftest import latent_model, tiny_config, tiny_vae
 
 
 @pytest.fixture
 def tiny_vae_dir(tmp_path):
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4, layers_per_block=1, sample_size=16)
-    vae.save_pretrained(tmp_path / "vae")
-    return tmp_path / "vae"
+    return tiny_vae(tmp_path / "vae")
+
+
+def photos16(count: int = 64):
+    """``count`` 16x16 photos, spread over the 8 classes."""
+    data = load_data("photos", image_size=16)
+    return data.subset(range(0, len(data), len(data) // count))
+
+
+def cache_a_quick_classifier(data) -> None:
+    """Train the domain classifier for ``data`` briefly and cache it where ``evaluate`` looks,
+    so the test pays 20 steps instead of the full 600 (its quality is not under test)."""
+    from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+
+    folder = cache_root() / "classifiers" / f"{data.name}-{data.fingerprint()}"
+    save_classifier(train_classifier(data, steps=20), data, folder)
 
 
 def test_latent_space_encodes_scaled_and_caches(tiny_vae_dir, tmp_path):
     space = LatentSpace.from_pretrained(tiny_vae_dir)
-    data = load_data("photos", image_size=16).subset(range(0, 2048, 128))
+    data = photos16(16)
     latents = space.encode_dataset(data, cache_dir=tmp_path / "cache", progress=False)
     assert latents.images.shape == (16, 4, 8, 8) and not latents.pixels
     raw = space.vae.encode(data.images[:2]).latent_dist.mean
@@ -34,7 +50,115 @@ def test_latent_space_encodes_scaled_and_caches(tiny_vae_dir, tmp_path):
 
 
 def test_latent_space_needs_a_local_vae_folder(tmp_path):
-    from entpruner_sdk.data import DataError
-
     with pytest.raises(DataError, match="AutoencoderKL folder"):
         LatentSpace.from_pretrained(tmp_path)
+
+
+def test_decoding_in_batches_and_a_decoded_dataset(tiny_vae_dir, tmp_path):
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    latents = space.encode_dataset(photos16(8), progress=False)
+    whole = space.decode(latents.images, batch_size=8)
+    assert torch.allclose(space.decode(latents.images, batch_size=3), whole, atol=1e-5)
+    decoded = space.decode_dataset(latents, cache_dir=tmp_path / "cache", progress=False)
+    assert decoded.pixels and decoded.name == "photos16-train-decoded"
+    assert torch.allclose(decoded.images, whole, atol=1e-5)
+    again = space.decode_dataset(latents, cache_dir=tmp_path / "cache", progress=False)
+    assert torch.equal(again.images, decoded.images)
+    assert space.image_shape(tiny_config(input_size=8)) == (3, 16, 16)
+    with pytest.raises(DataError, match=r"decodes \[N, 4, H, W\] latents, got shape"):
+        space.decode(torch.zeros(1, 3, 8, 8))
+
+
+def test_a_latent_model_needs_its_vae_and_only_a_matching_one(tiny_vae_dir):
+    latent, pixel = latent_model().config, tiny_config()
+    assert is_latent(latent) and not is_latent(pixel)
+    assert decoder_for(pixel, None) is None
+    with pytest.raises(DataError, match="samples 4x8x8 VAE latents, not images: .*--vae DIR"):
+        decoder_for(latent, None)
+    assert isinstance(decoder_for(latent, tiny_vae_dir), LatentSpace)
+    with pytest.raises(DataError, match="VAE has 4 latent channels but the model takes 8"):
+        decoder_for(tiny_config(in_channels=8), tiny_vae_dir)
+
+
+def test_latent_samples_are_never_clipped_to_the_pixel_range():
+    model = latent_model()
+    clipped = sample(model, [0, 1], steps=4, seed=0, clip_denoised=True)
+    assert torch.equal(clipped, sample(model, [0, 1], steps=4, seed=0, clip_denoised=False))
+    pixel = latent_model(in_channels=1)  # the same weights' shapes on pixels: clipping acts
+    assert not torch.equal(sample(pixel, [0, 1], steps=4, seed=0, clip_denoised=True),
+                           sample(pixel, [0, 1], steps=4, seed=0, clip_denoised=False))
+
+
+def test_evaluate_decodes_a_latent_model_against_images_or_latents(tiny_vae_dir):
+    model, original = latent_model().keep_blocks([0, 3]), latent_model()
+    images = photos16(64)
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    latents = space.encode_dataset(images, progress=False)
+    for data in (images, latents, space.decode_dataset(latents, progress=False)):
+        cache_a_quick_classifier(data)
+    options = dict(samples=16, steps=3, features=("domain",), progress=False)
+    with pytest.raises(DataError, match=r"Inception features need images .*\(--vae DIR\)"):
+        evaluate(model, latents, **{**options, "features": ("domain", "inception")})
+    in_latent_space = evaluate(model, latents, **options)  # no VAE: measured on latents
+    assert "vae" not in in_latent_space.settings
+    on_images = evaluate(model, images, vae=tiny_vae_dir, original=original, **options)
+    assert on_images.images.shape == (16, 3, 16, 16)
+    assert on_images.settings["vae"] and np.isfinite(on_images.metrics["fd_domain"])
+    assert on_images.fidelity["psnr"] > 0
+    on_decoded = evaluate(model, latents, vae=tiny_vae_dir, **options)
+    assert torch.equal(on_decoded.images, on_images.images)  # same noise, same decoder
+    assert on_decoded.settings["reference"] == "photos16-train-decoded"
+    with pytest.raises(DataError, match="decodes this model's samples to 3x16x16 images but "
+                                        "digits-train holds 1x8x8"):
+        evaluate(model, "digits", vae=tiny_vae_dir, **options)
+
+
+def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
+    folder = tmp_path / "images"
+    data = photos16(16)
+    for i, (image, label) in enumerate(zip(data.images, data.labels)):
+        from PIL import Image
+
+        (folder / data.class_names[label]).mkdir(parents=True, exist_ok=True)
+        pixels = ((image + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / data.class_names[label] / f"{i}.png")
+    out = tmp_path / "latents.npz"
+    assert main(["encode", "--vae", str(tiny_vae_dir), "--data", str(folder), "--out", str(out),
+                 "--quiet"]) == 0
+    latents = load_data(out)
+    assert latents.images.shape == (16, 4, 8, 8) and not latents.pixels
+    assert latents.class_names == sorted(set(data.class_names))
+    save(latent_model(), tmp_path / "model")
+    grid, raw = tmp_path / "grid.png", tmp_path / "samples.npz"
+    assert main(["sample", "--model", str(tmp_path / "model"), "--labels", "1,2", "--steps", "3",
+                 "--out", str(grid), "--quiet"]) == 2
+    assert "samples 4x8x8 VAE latents, not images" in capsys.readouterr().err
+    assert main(["sample", "--model", str(tmp_path / "model"), "--labels", "1,2", "--steps", "3",
+                 "--vae", str(tiny_vae_dir), "--out", str(grid), "--npz", str(raw),
+                 "--quiet"]) == 0
+    assert np.load(raw)["images"].shape == (2, 3, 16, 16) and grid.stat().st_size > 0
+
+
+def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_path):
+    from entpruner_sdk.compress import compress
+    from entpruner_sdk.evaluation.inception import FeatureNetworkMissing, inception_path
+
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    latents = space.encode_dataset(photos16(64), progress=False)
+    cache_a_quick_classifier(space.decode_dataset(latents, progress=False))
+    fast = dict(steps=8, batch_size=8, interval=4, calibration_per_class=2,
+                calibration_times=2, proxy_samples=4, report_samples=8, progress=False)
+    try:
+        inception_path()
+    except FeatureNetworkMissing:
+        pass  # without the fid extra the config refuses "inception" first, elsewhere tested
+    else:
+        with pytest.raises(DataError, match="standard FID in the report needs images"):
+            compress(latent_model(), latents, 2, report_features=("domain", "inception"),
+                     **fast)
+    result = compress(latent_model(), latents, 2, report_vae=str(tiny_vae_dir), **fast)
+    summary = result.report["summary"]
+    assert summary["latent"] and summary["quality_settings"]["vae"] == space.fingerprint
+    assert summary["quality_settings"]["reference"] == "photos16-train-decoded"
+    result.save(tmp_path / "run")
+    assert "measured on images decoded by the VAE" in (tmp_path / "run" / "report.md").read_text()

@@ -18,7 +18,7 @@ from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.serve import ServerSettings, create_app, decode_array, parse_model_specs
 from entpruner_sdk.serve.models import _from_torch, load_served_model
 from entpruner_sdk.serve.server import check_exposure
-from tests.conftest import free_port, randomized, tiny_config
+from tests.conftest import free_port, latent_model, randomized, tiny_config, tiny_vae
 
 uvicorn = pytest.importorskip("uvicorn")
 
@@ -226,6 +226,60 @@ def test_onnxruntime_backend_serves_the_same_images(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-3)
         info = {m["name"]: m for m in httpx.get(url + "/v1/models").json()["models"]}
         assert info["onnx"]["backend"] == "onnxruntime"
+
+
+def test_a_latent_model_is_served_as_images_through_its_vae(tmp_path):
+    from entpruner_sdk.data import DataError
+    from entpruner_sdk.data.latents import LatentSpace
+    from entpruner_sdk.models.io import save
+
+    vae = tiny_vae(tmp_path / "vae")
+    model = latent_model()
+    save(model, tmp_path / "model")
+    with pytest.raises(DataError, match="samples 4x8x8 VAE latents, not images"):
+        load_served_model("latent", str(tmp_path / "model"))
+    served = load_served_model("latent", str(tmp_path / "model"), vae=str(vae))
+    with running({"latent": served}, ServerSettings()) as (url, _):
+        info = httpx.get(url + "/v1/models").json()["models"][0]
+        assert info["image_shape"] == [3, 16, 16] and info["latent"]
+        body = dict(model="latent", class_labels=[1, 2], steps=3, seed=3, cfg_scale=2.0)
+        array = decode_array(generate(url, output_format="array", **body).json()["array"])
+        png = generate(url, **body).json()["images_png"][0]
+    from PIL import Image
+
+    assert array.shape == (2, 3, 16, 16)
+    assert Image.open(io.BytesIO(base64.b64decode(png))).size == (16, 16)
+    # the served images are the model's latents, decoded by the VAE
+    latents = _from_torch("plain", model, torch.device("cpu"), "").generate(
+        [1, 2], [3], [2], sampler="ddim", steps=3, cfg_scale=2.0)
+    assert latents.shape == (2, 4, 8, 8)
+    decoded = LatentSpace.from_pretrained(vae).decode(latents)
+    np.testing.assert_allclose(array, decoded.numpy(), atol=1e-5)
+
+
+def test_a_released_checkpoint_is_served_with_its_family(tmp_path):
+    from entpruner_sdk.models.io import CheckpointError
+
+    model = randomized(DiffusionTransformer(tiny_config("sit", hidden_size=64, num_heads=1)))
+    torch.save(model.state_dict(), tmp_path / "released.pt")
+    with pytest.raises(CheckpointError, match=r"--family dit\|sit"):
+        load_served_model("x", str(tmp_path / "released.pt"))
+    served = load_served_model("x", str(tmp_path / "released.pt"), family="sit")
+    assert served.config == model.config and served.info()["samplers"][0] == "euler"
+
+
+def test_a_model_that_does_not_load_stops_the_server_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "entpruner_sdk", "serve", "--model",
+                          f"x={tmp_path / 'nowhere'}", "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if "ERROR" in line or "error" in line]
+    assert errors == [f"entpruner serve: error: {tmp_path / 'nowhere'} does not exist; pass a "
+                      "checkpoint file or a model directory"]
+    assert "Traceback" not in run.stderr
 
 
 @pytest.mark.slow

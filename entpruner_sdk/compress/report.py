@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from entpruner_sdk.data.latents import is_latent
 from entpruner_sdk.models.transformer import DiffusionTransformer, count_parameters, forward_flops
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
@@ -54,6 +55,8 @@ def build_report(teacher, pruned, data, config, budget, decisions, losses, laten
     }
     if budget.speedup is not None:
         summary["target_speedup"] = budget.speedup
+    if is_latent(teacher.config):  # its samples are VAE latents, not images
+        summary["latent"] = True
     if "resized_classes" in teacher.provenance:
         summary["resized_classes"] = teacher.provenance["resized_classes"]
     summary["sampling_latency"] = sampling_latency(teacher, pruned, device)
@@ -112,9 +115,12 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += _speedup_note(s)
     if "quality_pruned" in s:
         q = s["quality_settings"]
+        space = ("images decoded by the VAE" if q.get("vae") else
+                 "latents" if s.get("latent") else "images")
         lines += ["", f"Quality ({q['samples']} samples, sampler {q['sampler']} x {q['steps']}, "
-                  f"cfg {q['cfg_scale']}, against {q['reference']}; FD-domain is measured in "
-                  "the domain classifier's features, not Inception's):", "",
+                  f"cfg {q['cfg_scale']}, against {q['reference']}, measured on {space}; "
+                  "FD-domain is measured in the domain classifier's features, not "
+                  "Inception's):", "",
                   "| metric | original | pruned |", "|---|---|---|"]
         for key, value in s["quality_pruned"].items():
             before = s["quality_original"].get(key)

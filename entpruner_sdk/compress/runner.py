@@ -23,7 +23,7 @@ import torch
 from entpruner_sdk.compress.budget import Budget, budget_device, resolve_depth
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import DistillConfig, distillation_loss
-from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
+from entpruner_sdk.data.datasets import DataError, ImageDataset, check_fits, load_data
 from entpruner_sdk.importance import BlockScores, CalibrationSet, FrozenRanking, make_importance
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer, resize_classes
@@ -66,6 +66,8 @@ class CompressConfig:
     num_classes: int | None = None  # resize the label embedder to this many classes
     report_samples: int = 200  # quality figures in the report (0 skips the evaluation)
     report_features: tuple[str, ...] = ("domain",)  # add "inception" for standard FID
+    # a latent model's VAE folder: the report's figures are then measured on decoded images
+    report_vae: str | None = None
 
     def __post_init__(self) -> None:
         # an unknown importance or CED option, or a setting out of range, fails here, before
@@ -112,6 +114,18 @@ class CompressConfig:
 # teachers, which at 1e-4 had not recovered after the benchmark's 600 steps (docs/benchmarks.md,
 # "Recovery learning rate"). The cap is the largest rate that benchmark measured.
 REFERENCE_LR, REFERENCE_WIDTH, MAX_RECOVERY_LR = 1e-4, 1152, 2e-3
+
+
+def data_source(data: Any) -> str | None:
+    """The data as a later process can load it again: a bundled name or an absolute path
+    (None for data held in memory)."""
+    from entpruner_sdk.data.bundled import BUNDLED
+
+    if isinstance(data, str) and data in BUNDLED:
+        return data
+    if isinstance(data, (str, Path)) and Path(data).exists():
+        return str(Path(data).resolve())
+    return None
 
 
 def recovery_lr(hidden_size: int) -> float:
@@ -172,6 +186,19 @@ def check_report_settings(samples: int, features: tuple[str, ...]) -> None:
         raise ValueError(f"unknown report_features {sorted(unknown)}; choose from {FEATURES}")
     if "inception" in features:
         inception_path()  # raises with the install line when the fid extra is missing
+
+
+def check_report_decoder(model: DiffusionTransformer, config: CompressConfig) -> None:
+    """Fail before any training when the report's figures need a VAE the run lacks, or was
+    given one that does not fit the model."""
+    from entpruner_sdk.data.latents import decoder_for, is_latent
+
+    if config.report_vae is not None:
+        decoder_for(model.config, config.report_vae)
+    elif is_latent(model.config) and "inception" in config.report_features:
+        raise DataError("standard FID in the report needs images but this model samples VAE "
+                        "latents: pass report_vae= (--vae DIR) to decode them, or leave "
+                        "report_features at ('domain',) to measure in latent space")
 
 
 def check_data(model: DiffusionTransformer, data: ImageDataset, num_classes: int | None) -> None:
@@ -294,8 +321,11 @@ def compress(
     protected = protected_blocks(model, config.protect)
     if config.lr is None:
         config = dataclasses.replace(config, lr=recovery_lr(model.config.hidden_size))
+    source = data_source(data)
     data = load_data(data)
     check_data(model, data, config.num_classes)
+    if config.report_samples:
+        check_report_decoder(model, config)
     teacher = copy.deepcopy(model).to(device)
     if config.num_classes is not None and config.num_classes != teacher.config.num_classes:
         teacher = resize_classes(teacher, config.num_classes)
@@ -384,6 +414,8 @@ def compress(
                               run.losses, latency, protected, device,
                               time.perf_counter() - wall_start)
         report["summary"]["processes"] = world
+        if source is not None:  # where a demo or a later evaluation finds the same data
+            report["summary"]["data_source"] = source
         report["calibration_times"] = calibration.times.tolist()  # the per-timestep columns
     if config.report_samples > 0:  # evaluation shards its sampling over the ranks
         figures = quality_figures(teacher, pruned, data, config, device, progress)
@@ -407,7 +439,7 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
 
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,
                     samples=config.report_samples, seed=config.seed, device=device,
-                    progress=progress)
+                    progress=progress, vae=config.report_vae)
     original = evaluate(teacher, data, model_name="original", **sampling)
     after = evaluate(pruned, data, original=teacher, original_images=original.images,
                      model_name="pruned", **sampling)

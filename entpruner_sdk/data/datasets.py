@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from entpruner_sdk.utils.files import atomic_writer
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -136,7 +138,8 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
         raise DataError(
             f"the model takes {config.in_channels}x{config.input_size}x{config.input_size} "
             f"inputs but {data.name} holds {data.channels}x{data.image_size}x{data.image_size}; "
-            "use data of the model's size and channels (or encode it to its latent space)"
+            "use data of the model's size and channels (images for a latent model: encode "
+            "them with its VAE, entpruner encode --vae DIR --data ... --out latents.npz)"
         )
     n = data.num_classes
     if n > config.num_classes or (exact_classes and n != config.num_classes):
@@ -168,29 +171,62 @@ def to_nchw(images: np.ndarray, source: str) -> np.ndarray:
     if images.shape[-1] in (1, 3):
         return images.transpose(0, 3, 1, 2)
     raise DataError(f"{source}: cannot tell the channel axis of shape {images.shape}; "
-                    "use [N, C, H, W] or [N, H, W, C] with C = 1 or 3")
+                    "use [N, C, H, W] or [N, H, W, C] with C = 1 or 3 (VAE latents: store "
+                    "them as [N, C, H, W] under 'latents'; entpruner encode writes such a file)")
+
+
+def latent_tensor(latents: np.ndarray, source: str) -> torch.Tensor:
+    """VAE latents: float [N, C, H, W], any channel count, any range."""
+    if latents.ndim != 4:
+        raise DataError(f"{source}: latents must be [N, C, H, W], got shape {latents.shape}")
+    if not np.issubdtype(latents.dtype, np.floating):
+        raise DataError(f"{source}: latents must be floats, got {latents.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
 
 
 # ---------------------------------------------------------------------- sources
 def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDataset:
-    """An ``.npz`` with ``images`` (or ``x``) and ``labels`` (or ``y``)."""
+    """An ``.npz`` with ``images`` (or ``x``) or VAE ``latents``, and ``labels`` (or ``y``).
+
+    Optional ``class_names`` (strings, one per class) name the classes, as a folder's
+    subfolders do; ``save_npz`` writes all three.
+    """
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as error:
         raise DataError(f"cannot read {path}: {error}; is it a valid .npz archive?") from error
+    latents = arrays.get("latents")
     images = arrays.get("images", arrays.get("x"))
     labels = arrays.get("labels", arrays.get("y"))
-    if images is None or labels is None:
-        raise DataError(f"{path} must hold arrays 'images' and 'labels' (or 'x' and 'y'); "
-                        f"found {sorted(arrays)}")
-    tensor = to_unit_range(to_nchw(images, str(path)), str(path))
+    if (images is None and latents is None) or labels is None:
+        raise DataError(f"{path} must hold arrays 'images' (or 'x', or VAE 'latents') and "
+                        f"'labels' (or 'y'); found {sorted(arrays)}")
+    if latents is not None:
+        tensor = latent_tensor(latents, str(path))
+    else:
+        tensor = to_unit_range(to_nchw(images, str(path)), str(path))
     labels_t = torch.from_numpy(np.asarray(labels)).reshape(-1)
     if not labels_t.dtype.is_floating_point:
         labels_t = labels_t.long()
-    count = num_classes if num_classes is not None else int(labels_t.max()) + 1
-    return ImageDataset(tensor, labels_t, count, name=path.stem)
+    names = [str(name) for name in arrays.get("class_names", [])]
+    count = num_classes if num_classes is not None else max(int(labels_t.max()) + 1, len(names))
+    if names and len(names) != count:
+        raise DataError(f"{path}: {len(names)} class_names for {count} classes; give one name "
+                        "per class or drop class_names")
+    return ImageDataset(tensor, labels_t, count, name=path.stem, class_names=names,
+                        pixels=latents is None)
+
+
+def save_npz(data: ImageDataset, path: str | os.PathLike) -> Path:
+    """Write ``data`` as an ``.npz`` that ``load_npz`` reads back (atomically)."""
+    path = Path(path)
+    key = "images" if data.pixels else "latents"
+    with atomic_writer(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **{key: data.images.numpy(), "labels": data.labels.numpy(),
+                            "class_names": np.array(data.class_names)})
+    return path
 
 
 def load_folder(path: str | os.PathLike) -> ImageDataset:
@@ -230,7 +266,11 @@ def load_folder(path: str | os.PathLike) -> ImageDataset:
 
 
 def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> ImageDataset:
-    """Materialise a torch Dataset or DataLoader of (image, label) pairs."""
+    """Materialise a torch Dataset or DataLoader of (image, label) pairs.
+
+    Images with 1 or 3 channels are pixels in [-1, 1]; any other channel count is taken as
+    VAE latents (4 for DiT and SiT on ImageNet), which have no fixed range.
+    """
     images, labels = [], []
     for item in data:
         if not isinstance(item, (tuple, list)) or len(item) < 2:
@@ -250,7 +290,8 @@ def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> Im
     if not label_tensor.dtype.is_floating_point:
         label_tensor = label_tensor.long()
     count = num_classes if num_classes is not None else int(label_tensor.max()) + 1
-    return ImageDataset(stacked, label_tensor, count, name=type(data).__name__)
+    pixels = stacked.dim() != 4 or stacked.shape[1] in (1, 3)
+    return ImageDataset(stacked, label_tensor, count, name=type(data).__name__, pixels=pixels)
 
 
 def load_data(data: Any, *, split: str = "train", num_classes: int | None = None,

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.data.datasets import DataError, ImageDataset
-from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_writer
 from entpruner_sdk.utils.progress import progress_bar
 
@@ -23,7 +23,7 @@ SD_VAE_SCALE = 0.18215
 
 
 class LatentSpace:
-    """Encode images to scaled latents and decode them back."""
+    """Encode images to scaled latents and decode them back (bf16 autocast on CUDA)."""
 
     def __init__(self, vae: torch.nn.Module, scale: float = SD_VAE_SCALE,
                  device: str | torch.device | None = "cpu", fingerprint: str = "") -> None:
@@ -45,7 +45,8 @@ class LatentSpace:
         if not (path / "config.json").exists():
             raise DataError(f"{path} is not a diffusers AutoencoderKL folder (no config.json); "
                             "download the VAE once and pass its local folder")
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True,
+                                            low_cpu_mem_usage=False)  # no accelerate nag
         digest = hashlib.sha256()
         for name, tensor in sorted(vae.state_dict().items()):
             digest.update(name.encode())
@@ -56,23 +57,58 @@ class LatentSpace:
     def encode(self, images: torch.Tensor, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [-1, 1] -> scaled latents (the posterior mean unless ``sample``)."""
-        dist = self.vae.encode(images.to(self.device)).latent_dist
-        latents = dist.sample(generator) if sample else dist.mean
-        return (latents * self.scale).cpu()
+        if images.shape[1] == 1:  # grayscale, as a folder of gray images loads: an RGB VAE
+            images = images.expand(-1, 3, -1, -1)
+        with autocast(self.device):
+            dist = self.vae.encode(images.to(self.device)).latent_dist
+            latents = dist.sample(generator) if sample else dist.mean
+        return (latents.float() * self.scale).cpu()
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1]."""
-        images = self.vae.decode(latents.to(self.device) / self.scale).sample
-        return images.clamp(-1, 1).cpu()
+    def decode(self, latents: torch.Tensor, batch_size: int = 32,
+               progress: bool = False) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1], ``batch_size`` latents at a time."""
+        check_latents(latents, self.vae)
+        chunks = []
+        for i in progress_bar(range(0, len(latents), batch_size), enabled=progress,
+                              desc="decoding", leave=False):
+            with autocast(self.device):
+                images = self.vae.decode(latents[i:i + batch_size].to(self.device) / self.scale)
+            chunks.append(images.sample.float().clamp(-1, 1).cpu())
+        return torch.cat(chunks)
+
+    def image_shape(self, config) -> tuple[int, int, int]:
+        """(channels, height, width) of the images this VAE decodes a model's samples to."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.vae.config.out_channels, config.input_size * factor,
+                config.input_size * factor)
+
+    def _cache_file(self, cache_dir: str | os.PathLike, data: ImageDataset) -> Path:
+        """One file per dataset content and VAE weights."""
+        return Path(cache_dir) / f"{data.name}-{data.fingerprint()}-{self.fingerprint}.safetensors"
+
+    def decode_dataset(self, data: ImageDataset, cache_dir: str | os.PathLike | None = None,
+                       progress: bool = True) -> ImageDataset:
+        """A latent dataset as images (a reference for image metrics), cached when asked."""
+        if data.pixels:
+            return data
+        cache = None
+        if cache_dir is not None:
+            cache = self._cache_file(cache_dir, data)
+            if cache.exists():
+                return _image_dataset(load_file(str(cache))["images"], data)
+        images = self.decode(data.images, progress=progress)
+        if cache is not None:
+            with atomic_writer(cache) as tmp:
+                save_file({"images": images.contiguous()}, str(tmp))
+        return _image_dataset(images, data)
 
     def encode_dataset(self, data: ImageDataset, cache_dir: str | os.PathLike | None = None,
                        batch_size: int = 32, progress: bool = True) -> ImageDataset:
         """The dataset in latent space, read from / written to the cache when given."""
         cache = None
         if cache_dir is not None:
-            key = f"{data.name}-{data.fingerprint()}-{self.fingerprint}"
-            cache = Path(cache_dir) / f"{key}.safetensors"
+            cache = self._cache_file(cache_dir, data)
             if cache.exists():
                 return _latent_dataset(load_file(str(cache))["latents"], data)
         chunks = [self.encode(data.images[i:i + batch_size])
@@ -83,6 +119,47 @@ class LatentSpace:
             with atomic_writer(cache) as tmp:
                 save_file({"latents": latents.contiguous()}, str(tmp))
         return _latent_dataset(latents, data)
+
+
+def is_latent(config) -> bool:
+    """A model config whose inputs are VAE latents: any channel count but 1 or 3 (released
+    DiT and SiT models take 4). Their samples need a VAE to become images."""
+    return config.in_channels not in (1, 3)
+
+
+def decoder_for(config, vae: LatentSpace | str | os.PathLike | None,
+                device: str | torch.device | None = "cpu") -> LatentSpace | None:
+    """The VAE that turns a model's samples into images: ``vae`` opened (a folder) or as
+    given, None for a pixel model without one; a latent model without one stops here with
+    the fix, before anything is sampled."""
+    if vae is None:
+        if is_latent(config):
+            raise DataError(
+                f"this model samples {config.in_channels}x{config.input_size}x"
+                f"{config.input_size} VAE latents, not images: pass the VAE that encoded its "
+                "data (vae= in Python, --vae DIR on the command line: a local diffusers "
+                "AutoencoderKL folder, sd-vae-ft-ema for DiT-XL/2 and SiT-XL/2)")
+        return None
+    space = vae if isinstance(vae, LatentSpace) else LatentSpace.from_pretrained(vae,
+                                                                                device=device)
+    channels = getattr(space.vae.config, "latent_channels", config.in_channels)
+    if channels != config.in_channels:
+        raise DataError(f"the VAE has {channels} latent channels but the model takes "
+                        f"{config.in_channels}; pass the VAE its data was encoded with")
+    return space
+
+
+def check_latents(latents: torch.Tensor, vae: torch.nn.Module) -> None:
+    expected = getattr(getattr(vae, "config", None), "latent_channels", None)
+    if latents.dim() != 4 or (expected is not None and latents.shape[1] != expected):
+        raise DataError(f"the VAE decodes [N, {expected}, H, W] latents, got shape "
+                        f"{tuple(latents.shape)}; pass the VAE the model's data was encoded with")
+
+
+def _image_dataset(images: torch.Tensor, data: ImageDataset) -> ImageDataset:
+    name = data.name.removesuffix("-latent")
+    return ImageDataset(images, data.labels.clone(), data.num_classes, f"{name}-decoded",
+                        list(data.class_names))
 
 
 def _latent_dataset(latents: torch.Tensor, data: ImageDataset) -> ImageDataset:

@@ -15,13 +15,14 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
+from entpruner_sdk.data.datasets import DataError, ImageDataset, check_fits, load_data
+from entpruner_sdk.data.latents import LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.classifier import (
     cache_root,
     domain_classifier,
@@ -94,8 +95,10 @@ def balanced_labels(count: int, num_classes: int) -> torch.Tensor:
 
 
 def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, batch_size: int,
-             progress: bool, desc: str = "sampling", **sampling: Any) -> torch.Tensor:
+             progress: bool, desc: str = "sampling", decoder: LatentSpace | None = None,
+             **sampling: Any) -> torch.Tensor:
     """Samples in batches; batch b uses seed + b, so any two models see identical noise.
+    A latent model's samples are decoded to images by ``decoder`` batch by batch.
 
     Under torch.distributed, rank r samples the batches b with b % world == r and the batches
     are gathered in order: the same images as one process, in 1 / world of the time.
@@ -107,6 +110,8 @@ def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, ba
                           leave=False):
         chunks[b] = sample(model, labels[starts[b]:starts[b] + batch_size], seed=seed + b,
                            clip_denoised=True, **sampling)
+        if decoder is not None:
+            chunks[b] = decoder.decode(chunks[b])
     for other in distributed.gather_objects(chunks) if distributed.is_distributed() else []:
         chunks.update(other)
     return torch.cat([chunks[b] for b in range(len(starts))])
@@ -160,18 +165,44 @@ class DomainFeatures:
                           for i in range(0, len(images), batch_size)])
 
 
+def _reference_data(model: DiffusionTransformer, data: ImageDataset,
+                    decoder: LatentSpace | None, progress: bool) -> ImageDataset:
+    """The real data the samples are compared with: images when a decoder turns the samples
+    into images (latent data decoded once, cached), else the data as the model takes it."""
+    if decoder is None or not data.pixels:
+        check_fits(model.config, data, exact_classes=True)
+        return data if decoder is None else decoder.decode_dataset(
+            data, cache_dir=cache_root() / "decoded", progress=progress)
+    shape = decoder.image_shape(model.config)
+    if (data.channels, data.image_size, data.image_size) != shape:
+        raise DataError(f"the VAE decodes this model's samples to {'x'.join(map(str, shape))} "
+                        f"images but {data.name} holds {data.channels}x{data.image_size}x"
+                        f"{data.image_size}; compare with images of that size, or with the "
+                        "latents they were encoded to")
+    check_fits(replace(model.config, in_channels=shape[0], input_size=shape[1]), data,
+               exact_classes=True)
+    return data
+
+
+def differences_but_depth(original: DiffusionTransformer,
+                          model: DiffusionTransformer) -> list[str]:
+    """The config fields, other than depth, in which two models differ ("num_heads 16 vs 4")."""
+    ours, theirs = asdict(model.config), asdict(original.config)
+    return [f"{key} {theirs[key]} vs {ours[key]}" for key in ours
+            if key != "depth" and ours[key] != theirs[key]]
+
+
 def check_same_but_depth(original: DiffusionTransformer, model: DiffusionTransformer) -> None:
     """Fidelity compares two models on identical inputs: only their depth may differ."""
-    ours, theirs = asdict(model.config), asdict(original.config)
-    differ = [f"{key} {theirs[key]} vs {ours[key]}" for key in ours
-              if key != "depth" and ours[key] != theirs[key]]
+    differ = differences_but_depth(original, model)
     if not differ:
         return
+    ours, theirs = model.config, original.config
     resized = model.provenance.get("resized_classes")
     hint = (f"; compress resized this model's label embedder from {resized['from']} to "
             f"{resized['to']} classes: pass entpruner_sdk.compress.as_compressed(original, "
             "model) as the original, resized the same way (the CLI does)"
-            if resized and ours["num_classes"] != theirs["num_classes"] else "")
+            if resized and ours.num_classes != theirs.num_classes else "")
     raise ValueError(f"the original and the evaluated model differ in more than depth "
                      f"(original vs evaluated: {', '.join(differ)}){hint}")
 
@@ -192,6 +223,7 @@ def evaluate(
     progress: bool = True,
     model_name: str = "model",
     original_images: torch.Tensor | None = None,
+    vae: LatentSpace | str | os.PathLike | None = None,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
 
@@ -199,13 +231,23 @@ def evaluate(
     FID; needs the ``fid`` extra). ``original``: also report fidelity to that model;
     ``original_images``: its samples from an evaluation with the same samples, seed and
     sampler (that report's ``images``), so they are not drawn a second time.
+
+    ``vae``: for a latent model (DiT-XL/2, SiT-XL/2), the VAE (a ``LatentSpace`` or its
+    folder) that decodes the samples, so every figure is measured on images; ``data`` may then
+    be real images of the decoded size or the latents they were encoded to (decoded once and
+    cached). Without it a latent model is measured in latent space, with ``("domain",)`` only.
     """
     device = resolve_device(device)
     unknown = set(features) - set(FEATURES)
     if unknown:
         raise ValueError(f"unknown feature spaces {sorted(unknown)}; choose from {FEATURES}")
     data = load_data(data)
-    check_fits(model.config, data, exact_classes=True)
+    if vae is None and is_latent(model.config) and "inception" in features:
+        raise DataError("Inception features need images but this model samples VAE latents: "
+                        "pass vae= (--vae DIR) to decode them, or features=('domain',) "
+                        "(--features domain) to measure in latent space")
+    decoder = decoder_for(model.config, vae, device) if vae is not None else None
+    data = _reference_data(model, data, decoder, progress)
     if original is not None:
         check_same_but_depth(original, model)
     if original_images is not None and (original is None or original_images.shape[0] != samples):
@@ -219,14 +261,15 @@ def evaluate(
     labels = balanced_labels(samples, data.num_classes)
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
-                      desc=f"sampling {model_name}", **sampling)
+                      desc=f"sampling {model_name}", decoder=decoder, **sampling)
     seconds = time.perf_counter() - started
     classifier = domain_classifier(data, progress=progress)
     predictions = predict(classifier, images)
     report = EvaluationReport(images=images, settings=dict(
         model=model_name, samples=samples, sampler=sampler or "default", steps=steps,
         cfg_scale=cfg_scale, seed=seed, reference=data.name, reference_size=len(data),
-        device=str(device), features=list(features), sampling_seconds=seconds))
+        device=str(device), features=list(features), sampling_seconds=seconds,
+        **({"vae": decoder.fingerprint} if decoder is not None else {})))
     report.metrics["class_accuracy"] = float((predictions == labels).double().mean())
     report.per_class_accuracy = [
         float((predictions[labels == c] == c).double().mean()) if (labels == c).any() else 0.0
@@ -260,7 +303,7 @@ def evaluate(
         if reference_images is None:
             reference_images = generate(original, labels, seed=seed, batch_size=batch_size,
                                         progress=progress, desc="sampling the original",
-                                        **sampling)
+                                        decoder=decoder, **sampling)
         report.fidelity = _fidelity(images, reference_images, extractors, generated_features,
                                     progress)
     return report
