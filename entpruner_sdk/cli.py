@@ -498,9 +498,11 @@ def _exported(path: str, provider: str):
 
 
 def model_summary(model) -> dict:
+    from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.models import count_parameters, forward_flops
 
     return {"family": model.family, "config": model.config.to_dict(),
+            "latent": is_latent(model.config),
             "parameters": count_parameters(model),
             "gflops_per_image": forward_flops(model.config) / 1e9,
             "provenance": model.provenance, "objective": model.objective}
@@ -521,6 +523,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters {summary['parameters']:,}  forward {summary['gflops_per_image']:.4f} "
           "GFLOPs/image")
     print(f"kept blocks {summary['provenance']['kept_blocks']}")
+    if summary["latent"]:
+        print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
+              "demo decode them with --vae DIR")
     return 0
 
 

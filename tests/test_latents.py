@@ -129,6 +129,9 @@ def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
     assert latents.images.shape == (16, 4, 8, 8) and not latents.pixels
     assert latents.class_names == sorted(set(data.class_names))
     save(latent_model(), tmp_path / "model")
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "model")]) == 0
+    assert "works on 4-channel VAE latents" in capsys.readouterr().out
     grid, raw = tmp_path / "grid.png", tmp_path / "samples.npz"
     assert main(["sample", "--model", str(tmp_path / "model"), "--labels", "1,2", "--steps", "3",
                  "--out", str(grid), "--quiet"]) == 2
