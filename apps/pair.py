@@ -100,10 +100,13 @@ def _load_pair(original: str, pruned: str, onnx: bool,
             pair.pruned = resolve_model(str(model_path)).eval()
         except Exception as error:  # any load failure is shown to the user, not raised
             pruned_error = f"Pruned model {pruned!r} could not be loaded: {error}"
-    # a released original does not record its family; the pruned model made from it does
-    family = family or (pair.pruned.family if pair.pruned is not None else None)
+    # a released original records neither its family nor its head count; the pruned model
+    # made from it records both
+    made_from = pair.pruned.config if pair.pruned is not None else None
+    family = family or (made_from.family if made_from else None)
+    heads = made_from.num_heads if made_from else None
     try:
-        pair.original = resolve_model(original, family).eval()
+        pair.original = resolve_model(original, family, num_heads=heads).eval()
     except Exception as error:
         pair.errors.append(f"Original model {original!r} could not be loaded: {error}")
     if pruned_error:

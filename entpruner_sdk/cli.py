@@ -71,6 +71,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _heads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-heads", type=int,
+                   help="attention heads of a released checkpoint whose width is not a "
+                        "published size (weights do not record it; default: the published "
+                        "table, else 64 channels per head)")
+
+
 def _vae_option(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--vae", metavar="DIR", required=required,
                    help="local diffusers AutoencoderKL folder (sd-vae-ft-ema for DiT-XL/2 and "
@@ -94,7 +101,9 @@ def _add_train(sub) -> None:
                    help="model family (needed for custom sizes and released files)")
     p.add_argument("--depth", type=int, help="custom size: number of blocks")
     p.add_argument("--hidden", type=int, help="custom size: hidden width")
-    p.add_argument("--heads", type=int, help="custom size: attention heads")
+    p.add_argument("--heads", type=int,
+                   help="custom size: attention heads (also for a released checkpoint of a "
+                        "width that is not a published size)")
     p.add_argument("--patch", type=int, default=2, help="custom size: patch size")
     p.add_argument("--no-learn-sigma", action="store_true",
                    help="predict only epsilon / velocity (no learned variance channels)")
@@ -131,6 +140,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--model", required=True,
                    help="bundled teacher name, model path, or an export directory")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    _heads_option(p)
     p.add_argument("--provider", default="cpu",
                    help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
     p.add_argument("--labels", help="comma-separated class labels")
@@ -158,6 +168,7 @@ def _add_info(sub) -> None:
     p.add_argument("--model", required=True,
                    help="registry name, bundled teacher name, model path or released file")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    _heads_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -191,6 +202,7 @@ def _add_compress(sub) -> None:
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    _heads_option(p)
     p.add_argument("--data", default="digits",
                    help="downstream data: bundled name, class folders or .npz")
     p.add_argument("--budget", required=True,
@@ -283,6 +295,7 @@ def _add_evaluate(sub) -> None:
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    _heads_option(p)
     p.add_argument("--original", help="also report fidelity to this model (same noise/labels)")
     p.add_argument("--data", default="digits", help="real data to compare with")
     p.add_argument("--samples", type=int, default=1000, help="generated images to score")
@@ -312,6 +325,7 @@ def _add_export(sub) -> None:
 
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    _heads_option(p)
     p.add_argument("--format", default="onnx", choices=FORMATS, help="what to export to")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--verify", action="store_true",
@@ -363,6 +377,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
     p.add_argument("--family", choices=["dit", "sit"],
                    help="required for released checkpoints (their keys do not say)")
+    _heads_option(p)
     _vae_option(p)
     _common(p)
 
@@ -385,7 +400,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--family", choices=["dit", "sit"],
                    help="a released original checkpoint's family (default: the pruned "
-                        "model's)")
+                        "model's, as its head count is)")
     _vae_option(p)
     _common(p)
 
@@ -426,7 +441,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config_from_name(args.model, **shape, learn_sigma=not args.no_learn_sigma)
         model = DiffusionTransformer(config, objective=objective)
     elif args.model:
-        model = resolve_model(args.model, args.family)
+        model = resolve_model(args.model, args.family, num_heads=args.heads)
         if args.num_classes is not None and args.num_classes != model.config.num_classes:
             model = resize_classes(model, args.num_classes)
     else:
@@ -458,7 +473,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from entpruner_sdk.teachers import resolve_model
 
     exported = _exported(args.model, args.provider)
-    model = exported or resolve_model(args.model, args.family)
+    model = exported or resolve_model(args.model, args.family, num_heads=args.num_heads)
     decoder = decoder_for(model.config, args.vae, args.device)
     if args.labels:
         try:
@@ -511,7 +526,7 @@ def model_summary(model) -> dict:
 def cmd_info(args: argparse.Namespace) -> int:
     from entpruner_sdk.teachers import resolve_model
 
-    summary = model_summary(resolve_model(args.model, args.family))
+    summary = model_summary(resolve_model(args.model, args.family, num_heads=args.num_heads))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -537,7 +552,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     device = args.device
     if args.distributed or distributed.launched_by_torchrun():
         device = distributed.init_from_env(None if device == "auto" else torch.device(device))
-    model = resolve_model(args.model, args.family)
+    model = resolve_model(args.model, args.family, num_heads=args.num_heads)
     protect = None
     if args.protect:
         protect = () if args.protect == "none" else tuple(
@@ -574,8 +589,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import resolve_model
 
-    model = resolve_model(args.model, args.family)
-    original = resolve_model(args.original, args.family) if args.original else None
+    model = resolve_model(args.model, args.family, num_heads=args.num_heads)
+    original = (resolve_model(args.original, args.family, num_heads=args.num_heads)
+                if args.original else None)
     if original is not None:  # the teacher as compress used it (a resized label embedder)
         from entpruner_sdk.compress import as_compressed
 
@@ -623,7 +639,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         batch = tuple(int(v) for v in args.batch.split(","))
     except ValueError as error:
         raise ValueError(f"--batch must be min,opt,max integers, got {args.batch!r}") from error
-    model = resolve_model(args.model, args.family)
+    model = resolve_model(args.model, args.family, num_heads=args.num_heads)
     device = None if args.device == "auto" else args.device
     result = export(model, args.out, args.format, verify=not args.no_check, batch=batch,
                     overwrite=args.overwrite, guided=not args.no_guided,
@@ -651,10 +667,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray:
         serve_ray(specs, backend=args.backend, host=args.host, port=args.port,
                   replicas=args.replicas, settings=settings, device=device,
-                  provider=args.provider, vae=args.vae, family=args.family)
+                  provider=args.provider, vae=args.vae, family=args.family,
+                  num_heads=args.num_heads)
     else:
         serve(specs, backend=args.backend, host=args.host, port=args.port, settings=settings,
               device=device, provider=args.provider, vae=args.vae, family=args.family,
+              num_heads=args.num_heads,
               log_level="warning" if args.quiet else "info")
     return 0
 

@@ -81,19 +81,21 @@ def load_served_model(name: str, source: str, backend: str = "torch",
                       device: str | torch.device | None = None,
                       provider: str | None = None,
                       vae: LatentSpace | str | None = None,
-                      family: str | None = None) -> ServedModel:
+                      family: str | None = None, num_heads: int | None = None) -> ServedModel:
     """Open ``source`` (teacher name, model directory or checkpoint, or an export directory)
     for ``backend``. A plain model asked for ONNX Runtime or TensorRT is exported first (into a
     temporary directory, parity-checked). A latent model needs ``vae`` (a ``LatentSpace`` or
     its folder), which decodes its samples to images; ``family`` ("dit" or "sit") is needed
-    for a released checkpoint, whose keys do not say."""
-    served = _load_served_model(name, source, backend, device, provider, family)
+    for a released checkpoint, whose keys do not say (``num_heads`` too, for a width that is
+    not a published size)."""
+    served = _load_served_model(name, source, backend, device, provider, family, num_heads)
     served.decoder = decoder_for(served.config, vae, device)
     return served
 
 
 def _load_served_model(name: str, source: str, backend: str, device: str | torch.device | None,
-                       provider: str | None, family: str | None) -> ServedModel:
+                       provider: str | None, family: str | None,
+                       num_heads: int | None) -> ServedModel:
     from entpruner_sdk.export import is_export_dir, load_exported
 
     if backend not in BACKENDS:
@@ -101,7 +103,7 @@ def _load_served_model(name: str, source: str, backend: str, device: str | torch
     if is_export_dir(source):
         runtime = load_exported(source, provider=provider or "cpu")
         return _from_runtime(name, runtime, source)
-    model = resolve_model(source, family)
+    model = resolve_model(source, family, num_heads=num_heads)
     if backend == "torch":
         return _from_torch(name, model, resolve_device(device), source)
     from entpruner_sdk.export import export

@@ -30,10 +30,10 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
 
 def model_loader(specs: dict[str, str], backend: str, device: str | None = None,
                  provider: str | None = None, vae: str | None = None,
-                 family: str | None = None):
+                 family: str | None = None, num_heads: int | None = None):
     """A function that opens every model (run at startup, in whichever process serves);
     ``vae``: the folder of the VAE that decodes the latent models' samples (opened once);
-    ``family``: "dit" or "sit" for released checkpoints."""
+    ``family`` and ``num_heads``: for released checkpoints, whose weights do not say."""
 
     def load():
         from entpruner_sdk.data.latents import LatentSpace
@@ -41,7 +41,7 @@ def model_loader(specs: dict[str, str], backend: str, device: str | None = None,
 
         decoder = LatentSpace.from_pretrained(vae, device=device) if vae else None
         return {name: load_served_model(name, source, backend, device, provider, decoder,
-                                        family)
+                                        family, num_heads)
                 for name, source in specs.items()}
 
     return load
@@ -62,17 +62,18 @@ def check_exposure(host: str, settings: ServerSettings) -> None:
 def serve(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0.1",
           port: int = 8000, settings: ServerSettings | None = None, device: str | None = None,
           provider: str | None = None, log_level: str = "info", vae: str | None = None,
-          family: str | None = None) -> None:
+          family: str | None = None, num_heads: int | None = None) -> None:
     """Serve ``specs`` ({name: source}) with uvicorn until interrupted (SIGINT / SIGTERM
     finish the accepted requests first). ``vae``: the VAE folder for latent models;
-    ``family``: "dit" or "sit" for released checkpoints."""
+    ``family`` and ``num_heads``: for released checkpoints."""
     import uvicorn
 
     from entpruner_sdk.serve.app import create_app
 
     settings = settings or ServerSettings(api_key=os.environ.get("ENTPRUNER_API_KEY"))
     check_exposure(host, settings)
-    app = create_app(model_loader(specs, backend, device, provider, vae, family), settings)
+    app = create_app(model_loader(specs, backend, device, provider, vae, family, num_heads),
+                     settings)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level,
                     timeout_graceful_shutdown=int(settings.request_timeout_s))
@@ -86,7 +87,8 @@ def serve(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0
 def serve_ray(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0.1",
               port: int = 8000, replicas: int = 2, settings: ServerSettings | None = None,
               device: str | None = None, provider: str | None = None,
-              blocking: bool = True, vae: str | None = None, family: str | None = None):
+              blocking: bool = True, vae: str | None = None, family: str | None = None,
+              num_heads: int | None = None):
     """The same app as a Ray Serve deployment with ``replicas`` replicas (each loads the
     models and batches its own requests). Joins the running Ray cluster, or starts a local
     one."""
@@ -94,5 +96,5 @@ def serve_ray(specs: dict[str, str], *, backend: str = "torch", host: str = "127
 
     settings = settings or ServerSettings(api_key=os.environ.get("ENTPRUNER_API_KEY"))
     check_exposure(host, settings)
-    return run_ray(model_loader(specs, backend, device, provider, vae, family), settings,
-                   host=host, port=port, replicas=replicas, blocking=blocking)
+    return run_ray(model_loader(specs, backend, device, provider, vae, family, num_heads),
+                   settings, host=host, port=port, replicas=replicas, blocking=blocking)

@@ -5,8 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from entpruner_sdk.cli import COMMANDS, _parser, main
+from entpruner_sdk.models import DiffusionTransformer
+from tests.conftest import randomized, tiny_config
 
 
 def test_every_command_has_help_with_examples(capsys):
@@ -103,6 +106,18 @@ def test_train_fine_tunes_on_another_class_count_with_the_option(tmp_path, capsy
     assert main([*fine_tune, "--num-classes", "3"]) == 0
     assert main(["info", "--model", str(tmp_path / "three" / "model")]) == 0
     assert "classes 3" in capsys.readouterr().out
+
+
+def test_released_checkpoints_take_family_and_head_count(tmp_path, capsys):
+    model = randomized(DiffusionTransformer(tiny_config("sit", hidden_size=64, num_heads=2)))
+    torch.save(model.state_dict(), tmp_path / "released.pt")
+    for command in ("info", "sample", "evaluate", "export", "serve", "compress"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--num-heads" in capsys.readouterr().out, command
+    assert main(["info", "--model", str(tmp_path / "released.pt"), "--family", "sit",
+                 "--num-heads", "2"]) == 0
+    assert "SIT  depth 4  hidden 64  heads 2" in capsys.readouterr().out
 
 
 def test_info_prints_json(tmp_path, capsys):

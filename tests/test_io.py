@@ -25,6 +25,23 @@ def test_released_plain_state_dict_loads_strictly(tmp_path, tiny_dit):
     assert len(loaded.provenance["source_sha256"]) == 64
 
 
+def test_a_guessed_head_count_is_said_and_a_published_one_is_not(tmp_path, tiny_dit):
+    from entpruner_sdk.models.config import published_num_heads
+
+    torch.save(tiny_dit.state_dict(), tmp_path / "custom.pt")  # width 32, 2 heads
+    with pytest.warns(UserWarning, match="width 32 is not a published DiT/SiT size: assuming "
+                                         "1 head of 64 channels; pass num_heads="):
+        guessed = ep.load(tmp_path / "custom.pt", family="dit")
+    assert guessed.config.num_heads == 1  # loads without error: hence the warning
+    assert published_num_heads(1152) == 16 and published_num_heads(384) == 6
+    assert published_num_heads(32) is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ep.load(tmp_path / "custom.pt", family="dit", num_heads=2).config.num_heads == 2
+
+
 def test_training_checkpoint_uses_the_ema_weights(tmp_path, tiny_sit):
     raw = randomized(DiffusionTransformer(tiny_sit.config), seed=7)
     path = tmp_path / "0400000.pt"

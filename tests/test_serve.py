@@ -260,11 +260,11 @@ def test_a_latent_model_is_served_as_images_through_its_vae(tmp_path):
 def test_a_released_checkpoint_is_served_with_its_family(tmp_path):
     from entpruner_sdk.models.io import CheckpointError
 
-    model = randomized(DiffusionTransformer(tiny_config("sit", hidden_size=64, num_heads=1)))
+    model = randomized(DiffusionTransformer(tiny_config("sit", hidden_size=64, num_heads=2)))
     torch.save(model.state_dict(), tmp_path / "released.pt")
     with pytest.raises(CheckpointError, match=r"--family dit\|sit"):
         load_served_model("x", str(tmp_path / "released.pt"))
-    served = load_served_model("x", str(tmp_path / "released.pt"), family="sit")
+    served = load_served_model("x", str(tmp_path / "released.pt"), family="sit", num_heads=2)
     assert served.config == model.config and served.info()["samplers"][0] == "euler"
 
 

@@ -118,9 +118,14 @@ def registry_names() -> list[str]:
     return [f"{fam}-{size}/{p}" for fam in ("DiT", "SiT") for size in SIZES for p in PATCH_SIZES]
 
 
-def default_num_heads(hidden_size: int) -> int:
-    """Heads cannot be read from weight shapes; use the published table, else 64-dim heads."""
+def published_num_heads(hidden_size: int) -> int | None:
+    """The head count of the published size with this width (S, B, L, XL), else None."""
     for _, hidden, heads in SIZES.values():
         if hidden == hidden_size:
             return heads
-    return max(1, hidden_size // 64)
+    return None
+
+
+def default_num_heads(hidden_size: int) -> int:
+    """Heads cannot be read from weight shapes; use the published table, else 64-dim heads."""
+    return published_num_heads(hidden_size) or max(1, hidden_size // 64)

@@ -17,13 +17,19 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from entpruner_sdk.models.config import FAMILIES, TransformerConfig, default_num_heads
+from entpruner_sdk.models.config import (
+    FAMILIES,
+    TransformerConfig,
+    default_num_heads,
+    published_num_heads,
+)
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 
@@ -138,6 +144,13 @@ def infer_config(
             "expected C (fixed variance) or 2C (learn_sigma)"
         )
     table_rows = state["y_embedder.embedding_table.weight"].shape[0]
+    if num_heads is None and published_num_heads(hidden) is None:
+        # a wrong head count loads without error and samples noise: say what was assumed
+        heads = default_num_heads(hidden)
+        warnings.warn(f"the head count cannot be read from the weights and width {hidden} is "
+                      f"not a published DiT/SiT size: assuming {heads} head"
+                      f"{'s' * (heads != 1)} of 64 channels; pass num_heads= (--num-heads N) "
+                      "if the model was trained with another count", stacklevel=4)
     # Reference models always train with label dropout, hence a null-class row at the end.
     return TransformerConfig(
         family=family,  # type: ignore[arg-type]

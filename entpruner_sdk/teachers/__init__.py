@@ -41,13 +41,14 @@ def load_teacher(name: str = "dit-digits", device: str | torch.device = "cpu"
     return load(path, device=device)
 
 
-def resolve_model(spec: str, family: str | None = None, device: str | torch.device = "cpu"
-                  ) -> DiffusionTransformer:
+def resolve_model(spec: str, family: str | None = None, device: str | torch.device = "cpu",
+                  num_heads: int | None = None) -> DiffusionTransformer:
     """A bundled teacher name, any path ``load`` accepts, or a ``compress`` output folder
-    (its ``model/`` subfolder is loaded)."""
+    (its ``model/`` subfolder is loaded). ``family`` and ``num_heads``: for released files,
+    whose weights do not record them."""
     if spec in TEACHERS:
         return load_teacher(spec, device)
     if (Path(spec) / "model" / "config.json").is_file() and not (
             Path(spec) / "config.json").is_file():
         spec = str(Path(spec) / "model")
-    return load(spec, family, device=device)
+    return load(spec, family, device=device, num_heads=num_heads)
