@@ -341,6 +341,9 @@ def _add_export(sub) -> None:
                         "torch-tensorrt)")
     p.add_argument("--no-guided", action="store_true",
                    help="ONNX: skip the classifier-free-guidance graph")
+    p.add_argument("--vae", metavar="DIR",
+                   help="a latent model's VAE folder: its decoder is exported too "
+                        "(vae_decoder.onnx), so the export samples images on its own")
     _common(p)
 
 
@@ -474,7 +477,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     exported = _exported(args.model, args.provider)
     model = exported or resolve_model(args.model, args.family, num_heads=args.num_heads)
-    decoder = decoder_for(model.config, args.vae, args.device)
+    # an export of a latent model may carry its VAE decoder; --vae takes precedence
+    vae = args.vae or (exported.decoder if exported is not None else None)
+    decoder = decoder_for(model.config, vae, args.device)
     if args.labels:
         try:
             labels = [int(v) for v in args.labels.split(",")]
@@ -643,7 +648,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     device = None if args.device == "auto" else args.device
     result = export(model, args.out, args.format, verify=not args.no_check, batch=batch,
                     overwrite=args.overwrite, guided=not args.no_guided,
-                    exporter=args.exporter, precision=args.precision, device=device)
+                    exporter=args.exporter, precision=args.precision, device=device,
+                    vae=args.vae)
     if args.verify and result.parity:
         print(format_checks(result.parity))
     files = ", ".join(sorted(set(result.files.values())))

@@ -13,8 +13,14 @@ from typing import Any
 
 import torch
 
+from entpruner_sdk.data.latents import LatentSpace, decoder_for
 from entpruner_sdk.export.metadata import export_metadata
-from entpruner_sdk.export.parity import ParityCheck, check_parity, require_parity
+from entpruner_sdk.export.parity import (
+    ParityCheck,
+    check_decoder_parity,
+    check_parity,
+    require_parity,
+)
 from entpruner_sdk.export.runtime import MANIFEST, load_exported
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_write_text
@@ -46,6 +52,7 @@ def export(
     exporter: str = "dynamo",
     precision: str | None = None,
     device: str | torch.device | None = None,
+    vae: LatentSpace | str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export ``model`` (a model, a saved directory, a checkpoint or a bundled teacher name)
     to ``out_dir`` in ``format``: ``onnx`` / ``onnx-fp16`` (denoiser + guidance graph),
@@ -54,6 +61,10 @@ def export(
     With ``verify`` (the default) the export is run on random inputs at batch sizes 1, 3 and
     ``batch``'s opt value and compared with PyTorch; a mismatch raises ``ParityError`` and
     leaves nothing behind. ``out_dir`` must be new or empty unless ``overwrite``.
+
+    ``vae``: a latent model's VAE (a ``LatentSpace`` or its folder); its decoder is exported
+    beside the denoiser (``vae_decoder.onnx``, fp32, parity-checked), so the export samples
+    images with ONNX Runtime alone.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -72,6 +83,10 @@ def export(
             raise ValueError(f"TensorRT engines are built in {' or '.join(PRECISIONS)} "
                              f"(strongly typed from the ONNX), not {precision}; use "
                              "--format torch-tensorrt for bf16")
+    space = decoder_for(model.config, vae) if vae is not None else None
+    if space is not None and not isinstance(space, LatentSpace):
+        raise TypeError("export(vae=...) exports the VAE itself: pass its folder or a "
+                        "LatentSpace")
     metadata = export_metadata(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
@@ -79,6 +94,9 @@ def export(
         files, extra = _write(model, staging, format, metadata, guided=guided, opset=opset,
                               exporter=exporter, precision=precision, batch=batch,
                               device=device)
+        if space is not None:
+            files["decoder"] = _write_decoder(space, model, staging, opset, exporter)
+            extra["vae"] = space.fingerprint
         manifest = {
             "format": format, "precision": precision, "files": files, "batch": list(batch),
             "metadata": {**metadata, **extra}, "torch": torch.__version__,
@@ -88,7 +106,10 @@ def export(
         checks: list[ParityCheck] = []
         if verify:
             batches = tuple(sorted({1, 3, batch[1]}))
-            checks = check_parity(model, load_exported(staging), precision, batches)
+            runtime = load_exported(staging)
+            checks = check_parity(model, runtime, precision, batches)
+            if space is not None:
+                checks += check_decoder_parity(space, runtime.decoder, model.config)
             require_parity(checks, f"the {format} export")
             manifest["parity"] = [c.to_dict() for c in checks]
             atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2))
@@ -143,6 +164,15 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
 
     compile_torch_tensorrt(model, directory / "model.ep", batch=batch, precision=precision)
     return {"denoiser": "model.ep"}, {}
+
+
+def _write_decoder(space: LatentSpace, model: DiffusionTransformer, directory: Path,
+                   opset: int | None, exporter: str) -> str:
+    from entpruner_sdk.export.onnx_export import OPSET, export_vae_decoder
+
+    export_vae_decoder(space, model.config, directory / "vae_decoder.onnx",
+                       opset=opset or OPSET, exporter=exporter)
+    return "vae_decoder.onnx"
 
 
 def _resolve(model) -> DiffusionTransformer:

@@ -1,4 +1,5 @@
-"""The modules that get exported: the denoiser and the classifier-free-guidance graph.
+"""The modules that get exported: the denoiser, the classifier-free-guidance graph and, for
+a latent model, its VAE's decoder.
 
 Both take and return float32 whatever precision runs inside, so every runtime feeds the same
 arrays; an fp16 export casts at the graph's edges.
@@ -41,6 +42,26 @@ class GuidedDenoiser(Denoiser):
         n = x.shape[0]  # slicing, not chunk(2): chunk's rounding would pin the batch size
         cond, uncond = out[:n], out[n:]
         return combine_guidance(cond, uncond, cfg_scale, self.model.config.in_channels)
+
+
+class LatentDecoder(nn.Module):
+    """Scaled latents -> images in [-1, 1]: a latent model's samples as the VAE decodes them,
+    so an export ships the whole pipeline and its runtime needs neither diffusers nor torch's
+    VAE."""
+
+    def __init__(self, vae: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.vae = copy.deepcopy(vae).eval().float()
+        self.scale = scale
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.scale).sample.clamp(-1, 1)
+
+
+def example_latents(channels: int, size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """Random latents of unit scale, as a sampler ends with."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, size, size, generator=generator)
 
 
 def example_inputs(model: DiffusionTransformer, batch: int = 2, guided: bool = False,

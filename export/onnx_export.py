@@ -17,7 +17,15 @@ from pathlib import Path
 
 import torch
 
-from entpruner_sdk.export.graphs import Denoiser, GuidedDenoiser, example_inputs, input_names
+from entpruner_sdk.data.latents import LatentSpace
+from entpruner_sdk.export.graphs import (
+    Denoiser,
+    GuidedDenoiser,
+    LatentDecoder,
+    example_inputs,
+    example_latents,
+    input_names,
+)
 from entpruner_sdk.export.metadata import METADATA_KEY, dumps, export_metadata
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
@@ -51,13 +59,36 @@ def export_onnx(
     The file carries :func:`export_metadata` under the ``entpruner`` metadata key and passes
     ``onnx.checker``. Written to a temporary name first, so a failed export leaves nothing.
     """
+    module = (GuidedDenoiser if guided else Denoiser)(model, dtype)
+    metadata = {**export_metadata(model), "graph": "guided" if guided else "denoiser",
+                "precision": str(dtype).removeprefix("torch."), "opset": opset,
+                "exporter": exporter}
+    return _export_module(module, example_inputs(model, batch=2, guided=guided),
+                          input_names(guided), Path(path), metadata, opset, exporter)
+
+
+def export_vae_decoder(space: LatentSpace, config, path: str | os.PathLike, *,
+                       opset: int = OPSET, exporter: str = "dynamo") -> Path:
+    """Export the VAE decoder of a latent model (``config``): scaled latents [N, C, h, w] ->
+    images [N, 3, H, W] in [-1, 1], fp32, dynamic batch, with its metadata (scale, shapes and
+    the VAE's fingerprint) in the file."""
+    module = LatentDecoder(space.vae, space.scale)
+    metadata = {"graph": "vae_decoder", "scale": space.scale, "vae": space.fingerprint,
+                "latent_shape": [config.in_channels, config.input_size, config.input_size],
+                "image_shape": list(space.image_shape(config)), "precision": "float32",
+                "opset": opset, "exporter": exporter}
+    latents = example_latents(config.in_channels, config.input_size)
+    return _export_module(module, (latents,), ["latents"], Path(path), metadata, opset,
+                          exporter)
+
+
+def _export_module(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str],
+                   path: Path, metadata: dict, opset: int, exporter: str) -> Path:
+    """Export ``module`` with a dynamic batch, add ``metadata``, pass the ONNX checker; written
+    to a temporary name first, so a failed export leaves nothing."""
     onnx = require_onnx()
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    path = Path(path)
-    module = (GuidedDenoiser if guided else Denoiser)(model, dtype)
-    inputs = example_inputs(model, batch=2, guided=guided)
-    names = input_names(guided)
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as tmp:
@@ -67,10 +98,7 @@ def export_onnx(
             _run_exporter(module, inputs, names, tmp_path, opset, exporter, large)
         proto = onnx.load(str(tmp_path), load_external_data=False)
         entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, dumps(
-            {**export_metadata(model), "graph": "guided" if guided else "denoiser",
-             "precision": str(dtype).removeprefix("torch."), "opset": opset,
-             "exporter": exporter})
+        entry.key, entry.value = METADATA_KEY, dumps(metadata)
         proto.producer_name = "entpruner"
         onnx.save(proto, str(tmp_path))
         onnx.checker.check_model(str(tmp_path), full_check=True)

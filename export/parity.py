@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from entpruner_sdk.export.graphs import GuidedDenoiser, example_inputs
+from entpruner_sdk.export.graphs import GuidedDenoiser, example_inputs, example_latents
 from entpruner_sdk.export.runtime import ExportedDenoiser
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
@@ -58,6 +58,19 @@ def check_parity(model: DiffusionTransformer, runtime: ExportedDenoiser,
             inputs = example_inputs(reference, batch, guided=True, seed=seed + 100 + i)
             worst, rel = relative_error(runtime.guided(*inputs), guided_reference(*inputs))
             checks.append(ParityCheck("guided", batch, worst, rel, TOLERANCE[precision]))
+    return checks
+
+
+@torch.no_grad()
+def check_decoder_parity(space, decoder, config, batches: tuple[int, ...] = (1, 3),
+                         seed: int = 0) -> list[ParityCheck]:
+    """Compare an exported VAE decoder with the PyTorch VAE (``space``, a ``LatentSpace``)
+    on random latents; both run in fp32."""
+    checks = []
+    for i, batch in enumerate(batches):
+        latents = example_latents(config.in_channels, config.input_size, batch, seed + i)
+        worst, rel = relative_error(decoder.decode(latents), space.decode(latents))
+        checks.append(ParityCheck("decoder", batch, worst, rel, TOLERANCE["fp32"]))
     return checks
 
 

@@ -31,6 +31,8 @@ class ExportedDenoiser(ABC):
     """An exported denoiser plus the metadata needed to sample from it."""
 
     backend: str
+    # a latent model's exported VAE decoder, when the export carries one (export(vae=...))
+    decoder: OnnxLatentDecoder | None = None
 
     def __init__(self, metadata: dict[str, Any]) -> None:
         self.metadata = metadata
@@ -119,6 +121,40 @@ class OnnxRuntimeDenoiser(ExportedDenoiser):
         return torch.from_numpy(np.asarray(out)).to(feeds["x"].device)
 
 
+class OnnxLatentDecoder:
+    """A latent model's VAE decoder exported to ONNX, run by ONNX Runtime: the same
+    ``decode`` / ``image_shape`` as :class:`entpruner_sdk.data.latents.LatentSpace`, so
+    sampling, the server and the CLI decode with either."""
+
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu",
+                 threads: int | None = None) -> None:
+        from entpruner_sdk.export.onnx_export import read_metadata
+
+        ort = _require_onnxruntime()
+        self.metadata = read_metadata(path)
+        self.scale = float(self.metadata["scale"])
+        self.fingerprint = str(self.metadata["vae"])
+        self.latent_channels = int(self.metadata["latent_shape"][0])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=_providers(ort, provider))
+
+    def image_shape(self, config) -> tuple[int, int, int]:
+        channels, height, width = self.metadata["image_shape"]
+        return int(channels), int(height), int(width)
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 32,
+               progress: bool = False) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1], ``batch_size`` at a time."""
+        chunks = [self.session.run(["out"], {"latents": latents[i:i + batch_size].detach()
+                                             .cpu().float().numpy()})[0]
+                  for i in range(0, len(latents), batch_size)]
+        return torch.from_numpy(np.concatenate(chunks))
+
+
 class AotiDenoiser(ExportedDenoiser):
     """An AOTInductor package (.pt2): compiled code plus weights, no model code needed."""
 
@@ -168,6 +204,15 @@ def load_exported(directory: str | os.PathLike, provider: str = "cpu",
     """Open an export directory written by :func:`entpruner_sdk.export.export`."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    runtime = _open_denoiser(directory, manifest, provider, threads)
+    decoder = manifest["files"].get("decoder")
+    if decoder:  # ONNX Runtime decodes, whatever runs the denoiser
+        runtime.decoder = OnnxLatentDecoder(directory / decoder, provider, threads)
+    return runtime
+
+
+def _open_denoiser(directory: Path, manifest: dict[str, Any], provider: str,
+                   threads: int | None) -> ExportedDenoiser:
     files = manifest["files"]
     fmt = manifest["format"]
     if fmt in ("onnx", "onnx-fp16"):

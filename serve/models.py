@@ -89,7 +89,9 @@ def load_served_model(name: str, source: str, backend: str = "torch",
     for a released checkpoint, whose keys do not say (``num_heads`` too, for a width that is
     not a published size)."""
     served = _load_served_model(name, source, backend, device, provider, family, num_heads)
-    served.decoder = decoder_for(served.config, vae, device)
+    # --vae, else the decoder an export of a latent model carries
+    served.decoder = decoder_for(served.config, vae if vae is not None else served.decoder,
+                                 device)
     return served
 
 
@@ -132,4 +134,4 @@ def _from_runtime(name: str, runtime, source: str) -> ServedModel:
     guided = runtime.guided if runtime.has_guided_graph else None
     return ServedModel(name, runtime.backend, runtime.config, runtime.objective, runtime,
                        guided, kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
-                       source=str(source))
+                       source=str(source), decoder=runtime.decoder)

@@ -165,3 +165,32 @@ def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_pat
     assert summary["quality_settings"]["reference"] == "photos16-train-decoded"
     result.save(tmp_path / "run")
     assert "measured on images decoded by the VAE" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_an_export_carries_the_vae_decoder_and_samples_images_alone(tiny_vae_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from entpruner_sdk.export import export, load_exported
+    from entpruner_sdk.serve.models import load_served_model
+
+    model = latent_model()
+    result = export(model, tmp_path / "onnx", "onnx", vae=tiny_vae_dir, exporter="torchscript")
+    assert result.files["decoder"] == "vae_decoder.onnx"
+    assert {c.batch for c in result.parity if c.graph == "decoder"} == {1, 3}
+    assert all(c.passed for c in result.parity)
+    runtime = load_exported(tmp_path / "onnx")
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    assert runtime.decoder.fingerprint == space.fingerprint
+    assert runtime.decoder.image_shape(model.config) == space.image_shape(model.config)
+    # the whole pipeline on ONNX Runtime: the same images as PyTorch and the VAE
+    onnx_images = runtime.decoder.decode(runtime.sample([1, 2], steps=3, seed=0))
+    torch_images = space.decode(sample(model, [1, 2], steps=3, seed=0))
+    torch.testing.assert_close(onnx_images, torch_images, atol=1e-3, rtol=0)
+    served = load_served_model("x", str(tmp_path / "onnx"), "onnxruntime")  # no --vae needed
+    images = served.generate([1, 2], [0], [2], sampler="ddim", steps=3, cfg_scale=1.0)
+    assert images.shape == (2, 3, 16, 16)
+    assert main(["sample", "--model", str(tmp_path / "onnx"), "--labels", "1", "--steps", "3",
+                 "--out", str(tmp_path / "grid.png"), "--npz", str(tmp_path / "s.npz"),
+                 "--quiet"]) == 0
+    assert np.load(tmp_path / "s.npz")["images"].shape == (1, 3, 16, 16)
+    with pytest.raises(DataError, match="VAE has 4 latent channels but the model takes 1"):
+        export(latent_model(in_channels=1), tmp_path / "pixels", "onnx", vae=tiny_vae_dir)

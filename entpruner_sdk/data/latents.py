@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -77,6 +78,10 @@ class LatentSpace:
             chunks.append(images.sample.float().clamp(-1, 1).cpu())
         return torch.cat(chunks)
 
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
     def image_shape(self, config) -> tuple[int, int, int]:
         """(channels, height, width) of the images this VAE decodes a model's samples to."""
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -127,11 +132,12 @@ def is_latent(config) -> bool:
     return config.in_channels not in (1, 3)
 
 
-def decoder_for(config, vae: LatentSpace | str | os.PathLike | None,
-                device: str | torch.device | None = "cpu") -> LatentSpace | None:
-    """The VAE that turns a model's samples into images: ``vae`` opened (a folder) or as
-    given, None for a pixel model without one; a latent model without one stops here with
-    the fix, before anything is sampled."""
+def decoder_for(config, vae: LatentSpace | str | os.PathLike | Any | None,
+                device: str | torch.device | None = "cpu") -> LatentSpace | Any | None:
+    """The decoder that turns a model's samples into images: ``vae`` opened (a folder) or as
+    given (a ``LatentSpace``, or an export's ONNX decoder, which has the same ``decode`` and
+    ``image_shape``), None for a pixel model without one; a latent model without one stops
+    here with the fix, before anything is sampled."""
     if vae is None:
         if is_latent(config):
             raise DataError(
@@ -140,9 +146,9 @@ def decoder_for(config, vae: LatentSpace | str | os.PathLike | None,
                 "data (vae= in Python, --vae DIR on the command line: a local diffusers "
                 "AutoencoderKL folder, sd-vae-ft-ema for DiT-XL/2 and SiT-XL/2)")
         return None
-    space = vae if isinstance(vae, LatentSpace) else LatentSpace.from_pretrained(vae,
-                                                                                device=device)
-    channels = getattr(space.vae.config, "latent_channels", config.in_channels)
+    opened = isinstance(vae, (str, os.PathLike))
+    space = LatentSpace.from_pretrained(vae, device=device) if opened else vae
+    channels = space.latent_channels
     if channels != config.in_channels:
         raise DataError(f"the VAE has {channels} latent channels but the model takes "
                         f"{config.in_channels}; pass the VAE its data was encoded with")
