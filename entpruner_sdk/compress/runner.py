@@ -434,12 +434,14 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
 
     It samples each model once, after the fine-tuning bar has finished, so it shows its own
     bars."""
+    from entpruner_sdk.data.latents import decoder_for
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import SAMPLING
 
+    vae = decoder_for(teacher.config, config.report_vae, device) if config.report_vae else None
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,
                     samples=config.report_samples, seed=config.seed, device=device,
-                    progress=progress, vae=config.report_vae)
+                    progress=progress, vae=vae)  # the VAE opened once for both evaluations
     original = evaluate(teacher, data, model_name="original", **sampling)
     after = evaluate(pruned, data, original=teacher, original_images=original.images,
                      model_name="pruned", **sampling)
