@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from entpruner_sdk.sampling import sample_with
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import interleaved_medians
+from entpruner_sdk.utils.timing import interleaved_medians, machine
 
 RESULTS = Path(__file__).parent / "results"
 BACKENDS = ("eager", "compile", "onnxruntime", "aoti")
@@ -148,10 +147,8 @@ def main(argv=None) -> int:
         rows = bench(original, pruned, device, backends, steps, args.repeats, Path(workdir))
     print_table(rows, device)
     best = max((r for r in rows if r["model"] == "pruned"), key=lambda r: r["sample_speedup"])
-    document = {"device": str(device), "cpu": platform.processor() or platform.machine(),
-                "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                "model": args.model, "pruned": args.pruned or "every other block",
+    document = {**machine(device), "model": args.model,
+                "pruned": args.pruned or "every other block",
                 "goal": "pruned + best export >= 3x the original in eager PyTorch",
                 "best_pruned": best, "rows": rows}
     atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")

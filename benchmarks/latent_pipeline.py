@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from entpruner_sdk.models import DiffusionTransformer, config_from_name
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import interleaved_medians
+from entpruner_sdk.utils.timing import interleaved_medians, machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -88,11 +87,8 @@ def main(argv=None) -> int:
     rows = [bench(original, pruned, decoder, device, int(b), args.steps, args.repeats)
             for b in args.batch.split(",")]
     print_table(rows, args.model, device)
-    document = {"model": args.model, "vae": args.vae or "random sd-vae-ft-ema architecture",
-                "device": str(device), "cpu": platform.processor() or platform.machine(),
-                "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                "rows": rows}
+    document = {**machine(device), "model": args.model,
+                "vae": args.vae or "random sd-vae-ft-ema architecture", "rows": rows}
     atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
     print(f"written to {args.out}")
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import DEFAULT_TEACHERS, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import interleaved_medians
+from entpruner_sdk.utils.timing import interleaved_medians, machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -84,10 +83,7 @@ def main(argv=None) -> int:
                   else half_depth(original)).eval()
         rows += bench_pair(spec, original, pruned, device, args.steps, args.repeats, (1, 8))
     print_table(rows, device)
-    document = {"device": str(device), "cpu": platform.processor() or platform.machine(),
-                "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                "rows": rows}
+    document = {**machine(device), "rows": rows}
     atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
     print(f"written to {args.out}")
     return 0

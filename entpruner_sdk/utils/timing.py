@@ -37,3 +37,12 @@ def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: in
         for name, fn in candidates.items():
             samples[name].append(time_once(fn))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def machine(device: torch.device) -> dict[str, object]:
+    """Where timings were taken, for a benchmark's JSON: device, CPU, threads, torch, GPU."""
+    import platform
+
+    return {"device": str(device), "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
