@@ -78,11 +78,11 @@ def _heads_option(p: argparse.ArgumentParser) -> None:
                         "table, else 64 channels per head)")
 
 
-def _vae_option(p: argparse.ArgumentParser, required: bool = False) -> None:
+def _vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model's samples to "
+                "images", required: bool = False) -> None:
     p.add_argument("--vae", metavar="DIR", required=required,
                    help="local diffusers AutoencoderKL folder (sd-vae-ft-ema for DiT-XL/2 and "
-                        "SiT-XL/2): it " + ("encodes the images" if required else
-                                             "decodes a latent model's samples to images"))
+                        f"SiT-XL/2): it {does}")
 
 
 def _add_train(sub) -> None:
@@ -179,7 +179,7 @@ def _add_encode(sub) -> None:
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data my_latents.npz \\
             --budget 14 --out runs/xl-d14
         """)
-    _vae_option(p, required=True)
+    _vae_option(p, "encodes the images", required=True)
     p.add_argument("--data", required=True,
                    help="bundled name, class folders or an .npz of images")
     p.add_argument("--out", required=True,
@@ -263,9 +263,8 @@ def _add_compress(sub) -> None:
                    help="samples for the report's quality figures (0 skips them)")
     p.add_argument("--report-fid", action="store_true",
                    help="also report standard FID (Inception; needs the fid extra)")
-    p.add_argument("--vae", metavar="DIR",
-                   help="a latent model's VAE folder: the report's quality figures are then "
-                        "measured on decoded images (without it, in latent space)")
+    _vae_option(p, "decodes a latent model's samples for the report's quality figures "
+                   "(without it they are measured in latent space)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds calibration, data order and noise (same seed, same result)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -341,9 +340,8 @@ def _add_export(sub) -> None:
                         "torch-tensorrt)")
     p.add_argument("--no-guided", action="store_true",
                    help="ONNX: skip the classifier-free-guidance graph")
-    p.add_argument("--vae", metavar="DIR",
-                   help="a latent model's VAE folder: its decoder is exported too "
-                        "(vae_decoder.onnx), so the export samples images on its own")
+    _vae_option(p, "is exported too (vae_decoder.onnx), so the export samples images on its "
+                   "own")
     _common(p)
 
 
