@@ -76,6 +76,13 @@ class ModelPair:
         model = self.original or self.pruned
         return model.config.num_classes if model is not None else 0
 
+    @property
+    def classes(self) -> list[int]:
+        """The classes offered: those the pruned model was fine-tuned on when they were a
+        subset of its own (an ImageNet subset), else all of them."""
+        subset = self.pruned.provenance.get("data_classes") if self.pruned is not None else None
+        return list(subset or range(self.num_classes))
+
 
 def load_pair(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
               onnx: bool = False, vae: LatentSpace | str | None = None,

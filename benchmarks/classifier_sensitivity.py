@@ -95,7 +95,7 @@ def score(setting: str, models: dict, networks: dict, samples: int) -> list[dict
     extractors = {name: DomainFeatures(network) for name, network in networks.items()}
     reference = {name: FeatureStats.of(extract(data.images))
                  for name, extract in extractors.items()}
-    labels = balanced_labels(samples, data.num_classes)
+    labels = balanced_labels(samples, data.classes_present)
     seeds = sorted({seed for by_seed in models.values() for seed in by_seed})
     runs = [("teacher", seed, None) for seed in seeds]
     runs += [(method, seed, path) for method, by_seed in models.items()

@@ -85,6 +85,19 @@ def _vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model'
                         f"SiT-XL/2): it {does}")
 
 
+def _classes_options(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--num-classes or --keep-classes: what to do with data of fewer or other classes."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--num-classes", type=int,
+                       help="data with another class count: resize the model's label embedder "
+                            "to N classes (the null class is kept)" + (f"; {note}" if note
+                                                                        else ""))
+    group.add_argument("--keep-classes", action="store_true",
+                       help="the data's labels are the model's own class ids, a subset of its "
+                            "classes (e.g. ImageNet ids for DiT-XL/2): keep its label "
+                            "embedder; sampling and evaluation use the classes the data holds")
+
+
 def _add_train(sub) -> None:
     p = _command(sub, "train", "Train or fine-tune a DiT / SiT on class-conditional data.", """\
         entpruner train --model DiT-S/2 --data digits --steps 2000 --out runs/dit
@@ -93,6 +106,8 @@ def _add_train(sub) -> None:
         entpruner train --model runs/dit/model --data ./my_folder --steps 500 --out runs/ft
         entpruner train --model DiT-XL-2-256x256.pt --family dit --data ./my_latents.npz \\
             --num-classes 10 --steps 2000 --out runs/xl-ft   # 10 classes instead of 1000
+        entpruner train --model DiT-XL-2-256x256.pt --family dit --data ./dogs.npz \\
+            --keep-classes --steps 2000 --out runs/xl-dogs   # labels are ImageNet ids
         entpruner train ... --out runs/dit --resume    # continue an interrupted run
         """)
     p.add_argument("--model", help="registry name (DiT-S/2, SiT-B/4, ...), a bundled teacher, "
@@ -119,10 +134,7 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the data order and the noise")
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="steps between resumable checkpoints")
-    p.add_argument("--num-classes", type=int,
-                   help="fine-tuning a model on data with another class count: resize its "
-                        "label embedder to N classes (the null class is kept); a new model "
-                        "takes the data's count")
+    _classes_options(p, "a new model takes the data's count")
     p.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     _common(p)
@@ -145,7 +157,8 @@ def _add_sample(sub) -> None:
                    help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
     p.add_argument("--labels", help="comma-separated class labels")
     p.add_argument("--per-class", type=int, default=0,
-                   help="N images of every class (default: 4 when --labels is not given)")
+                   help="N images of every class (default: 4 when --labels is not given; a "
+                        "model fine-tuned on a subset of its classes samples those)")
     p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps")
     p.add_argument("--cfg", type=float, default=1.0,
@@ -196,6 +209,8 @@ def _add_compress(sub) -> None:
         entpruner compress --model sit-digits --budget 0.5 --steps 2000 --out runs/sit-half
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data ./my_latents.npz \\
             --budget 2x --device cuda --out runs/xl --num-classes 10
+        entpruner compress --model runs/xl-dogs/model --data ./dogs.npz --keep-classes \\
+            --budget 14 --out runs/dogs-d14   # a subset of ImageNet, labelled by its ids
         entpruner compress ... --out runs/dit-d6 --resume     # continue after an interruption
         torchrun --nproc_per_node 4 -m entpruner_sdk compress --model DiT-XL-2-256x256.pt \\
             --family dit --data ./latents.npz --budget 14 --out runs/xl-d14   # data-parallel
@@ -255,7 +270,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--feature-weight", type=float, default=0.0,
                    help="initial weight of the masked feature loss on aligned blocks "
                         "(decays to 0)")
-    p.add_argument("--num-classes", type=int, help="resize the label embedder to N classes")
+    _classes_options(p)
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over the processes torchrun started (automatic when "
                         "torchrun sets WORLD_SIZE > 1)")
@@ -457,8 +472,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          ema_decay=args.ema_decay, seed=args.seed,
                          checkpoint_every=args.checkpoint_every)
     model.provenance.setdefault("training_command", "entpruner " + " ".join(sys.argv[1:]))
-    result = train(model, data, config, out_dir=args.out, resume=args.resume,
-                   device=args.device, progress=not args.quiet)
+    result = train(model, data, config, keep_classes=args.keep_classes, out_dir=args.out,
+                   resume=args.resume, device=args.device, progress=not args.quiet)
     recent = result.losses[-50:]
     print(f"trained {args.steps} steps; loss over the last {len(recent)} steps "
           f"{sum(recent) / len(recent):.4f}; "
@@ -486,7 +501,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise ValueError(message) from error
     else:
         per_class = args.per_class or 4
-        labels = [c for c in range(model.config.num_classes) for _ in range(per_class)]
+        labels = [c for c in sampled_classes(model) for _ in range(per_class)]
     if exported is not None:
         images = exported.sample(labels, sampler=args.sampler, steps=args.steps,
                                  cfg_scale=args.cfg, seed=args.seed, clip_denoised=True,
@@ -498,12 +513,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
                         progress=not args.quiet)
     if decoder is not None:
         images = decoder.decode(images, progress=not args.quiet)
-    rows = model.config.num_classes if not args.labels else None
+    rows = len(sampled_classes(model)) if not args.labels else None
     save_grid(images, args.out, rows=rows)
     if args.npz:
         np.savez(args.npz, images=images.numpy(), labels=np.array(labels))
     print(f"{len(labels)} samples -> {args.out}")
     return 0
+
+
+def sampled_classes(model) -> list[int]:
+    """The classes `sample` draws without --labels: those of the data the model was last
+    trained or compressed on when they were a subset of its own, else all of them."""
+    return list(model.provenance.get("data_classes") or range(model.config.num_classes))
 
 
 def _exported(path: str, provider: str):
@@ -570,7 +591,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         calibration_times=args.calibration_times, ced_output=args.ced_output,
         ced_estimator=args.ced_estimator, ced_weighting=args.ced_weighting, protect=protect,
         kd_weight=args.kd_weight, gt_weight=args.gt_weight, feature_weight=args.feature_weight,
-        num_classes=args.num_classes, seed=args.seed, report_samples=args.report_samples,
+        num_classes=args.num_classes, keep_classes=args.keep_classes, seed=args.seed,
+        report_samples=args.report_samples,
         report_features=("domain", "inception") if args.report_fid else ("domain",),
         report_vae=args.vae)
     if not distributed.is_main():

@@ -88,11 +88,23 @@ def sample_batch(data: ImageDataset, batch_size: int, generator: torch.Generator
     return data.images[index].to(device), data.labels[index].to(device)
 
 
+def record_data_classes(model: DiffusionTransformer, data: ImageDataset) -> None:
+    """Note in ``model.provenance["data_classes"]`` the classes of the data it was just trained
+    on when they are a subset of its own (sampling then defaults to them); drop an older note
+    when the data holds them all."""
+    present = data.classes_present
+    if len(present) < model.config.num_classes:
+        model.provenance["data_classes"] = present
+    else:
+        model.provenance.pop("data_classes", None)
+
+
 def train(
     model: DiffusionTransformer,
     data: Any,
     config: TrainConfig | None = None,
     *,
+    keep_classes: bool = False,
     objective: Objective | None = None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
@@ -105,14 +117,22 @@ def train(
     With ``out_dir``, a checkpoint is written every ``checkpoint_every`` steps to
     ``out_dir/checkpoint`` and the final EMA model to ``out_dir/model``; ``resume=True``
     continues from the checkpoint there.
+
+    ``data`` must have the model's class count (resize it with ``resize_classes``), unless
+    ``keep_classes`` says its labels are the model's own class ids, a subset of its classes
+    (say ImageNet ids for a released DiT-XL/2).
     """
     config = config or TrainConfig()
     device = resolve_device(device)
     data = load_data(data)
-    # equal class counts: evaluating or compressing on this data afterwards needs them
-    check_fits(model.config, data, exact_classes=True, resizable=True)
+    # equal class counts unless told otherwise: data with fewer classes is more likely new
+    # classes that would silently take over the embeddings of the model's first ones
+    check_fits(model.config, data, exact_classes=not keep_classes, resizable=True)
+    record_data_classes(model, data)
     objective = objective or objective_for(model)
     model = model.to(device).train()
+    if not any(p.requires_grad for p in model.parameters()):
+        model.requires_grad_(True)  # an EMA copy (frozen for sampling) fine-tuned further
     ema = EMA(model, config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)

@@ -43,6 +43,11 @@ class ExportedDenoiser(ABC):
         return self.config.family
 
     @property
+    def provenance(self) -> dict[str, Any]:
+        """The exported model's provenance (kept blocks, compression, data classes)."""
+        return self.metadata.get("provenance", {})
+
+    @property
     def time_dtype(self) -> torch.dtype:
         return torch.long if self.config.family == "dit" else torch.float32
 

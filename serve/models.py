@@ -38,6 +38,8 @@ class ServedModel:
     kept_blocks: list[int] = field(default_factory=list)
     source: str = ""
     decoder: LatentSpace | None = None  # a latent model's VAE: samples leave as images
+    # the classes it was fine-tuned on when a subset of its own (provenance "data_classes")
+    data_classes: list[int] | None = None
 
     def __post_init__(self) -> None:
         with torch.device("meta"):  # shapes only: no memory, no compute
@@ -54,6 +56,7 @@ class ServedModel:
             "kept_blocks": self.kept_blocks, "num_classes": self.config.num_classes,
             "image_shape": list(self.image_shape),
             "latent": self.decoder is not None,
+            **({"data_classes": self.data_classes} if self.data_classes else {}),
             "samplers": list(self.objective.samplers), "defaults": self.defaults,
             "device": str(self.device), "source": self.source,
         }
@@ -127,11 +130,13 @@ def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
             return model(x, t, y).float()
 
     return ServedModel(name, "torch", model.config, objective_for(model), model_fn,
-                       device=device, kept_blocks=model.kept_blocks, source=source)
+                       device=device, kept_blocks=model.kept_blocks, source=source,
+                       data_classes=model.provenance.get("data_classes"))
 
 
 def _from_runtime(name: str, runtime, source: str) -> ServedModel:
     guided = runtime.guided if runtime.has_guided_graph else None
     return ServedModel(name, runtime.backend, runtime.config, runtime.objective, runtime,
                        guided, kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
-                       source=str(source), decoder=runtime.decoder)
+                       source=str(source), decoder=runtime.decoder,
+                       data_classes=runtime.provenance.get("data_classes"))

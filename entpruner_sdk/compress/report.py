@@ -59,6 +59,9 @@ def build_report(teacher, pruned, data, config, budget, decisions, losses, laten
         summary["latent"] = True
     if "resized_classes" in teacher.provenance:
         summary["resized_classes"] = teacher.provenance["resized_classes"]
+    present = data.classes_present
+    if len(present) < teacher.config.num_classes:  # fine-tuned on a subset of its classes
+        summary["data_classes"] = present
     summary["sampling_latency"] = sampling_latency(teacher, pruned, device)
     return {"summary": summary, "settings": _settings(config),
             "decisions": [d.to_dict() for d in decisions], "losses": losses}
@@ -132,6 +135,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         r = s["resized_classes"]
         lines += [f"The label embedder was resized from {r['from']} to {r['to']} classes "
                   "(null class kept; new classes start class-neutral).", ""]
+    if "data_classes" in s:
+        present = s["data_classes"]
+        shown = ", ".join(map(str, present[:20])) + (", ..." if len(present) > 20 else "")
+        lines += [f"The data holds {len(present)} of the model's classes ({shown}); the label "
+                  "embedder was kept, and the quality figures sample those classes only.", ""]
     lines += [f"Importance scoring took {s['importance_seconds']:.1f} s and the zero-shot "
               f"proxies {s['proxy_seconds']:.1f} s ({s['proxy_share']:.1%} of the wall time).",
               "", "## Decisions", "",

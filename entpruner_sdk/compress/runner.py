@@ -29,7 +29,7 @@ from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer, resize_classes
 from entpruner_sdk.objectives import noise_levels, objective_for
 from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleConfig, ScheduleState
-from entpruner_sdk.training import EMA, drop_labels, sample_batch
+from entpruner_sdk.training import EMA, drop_labels, record_data_classes, sample_batch
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.checkpoint import (
     load_checkpoint,
@@ -64,6 +64,9 @@ class CompressConfig:
     seed: int = 0
     checkpoint_every: int = 200
     num_classes: int | None = None  # resize the label embedder to this many classes
+    # the data's labels are the model's own class ids (a subset of its classes, such as an
+    # ImageNet subset that kept its ImageNet ids): keep the label embedder as it is
+    keep_classes: bool = False
     report_samples: int = 200  # quality figures in the report (0 skips the evaluation)
     report_features: tuple[str, ...] = ("domain",)  # add "inception" for standard FID
     # a latent model's VAE folder: the report's figures are then measured on decoded images
@@ -80,6 +83,9 @@ class CompressConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least {low}")
+        if self.keep_classes and self.num_classes is not None:
+            raise ValueError(f"num_classes={self.num_classes} resizes the label embedder and "
+                             "keep_classes=True keeps it as it is: pass one of them")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr={self.lr}: the learning rate must be positive")
         if not 0 <= self.ema_decay < 1:
@@ -201,16 +207,17 @@ def check_report_decoder(model: DiffusionTransformer, config: CompressConfig) ->
                         "report_features at ('domain',) to measure in latent space")
 
 
-def check_data(model: DiffusionTransformer, data: ImageDataset, num_classes: int | None) -> None:
-    """Fail before any work unless the run can train on ``data`` and evaluate with it.
+def check_data(model: DiffusionTransformer, data: ImageDataset, num_classes: int | None,
+               keep_classes: bool = False) -> None:
+    """Fail before any work unless the run can train on ``data``.
 
-    The class counts must be equal, not only compatible: the report's quality figures sample
-    every class of the model and compare them with the data's, so a model with more classes
-    than the data would fail there, after the whole run.
+    The class counts must be equal unless ``keep_classes`` says the labels are the model's own
+    ids: data with fewer classes is otherwise more likely new classes that would silently take
+    over the embeddings of the model's first ones (a released model's ImageNet classes).
     """
     classes = model.config.num_classes if num_classes is None else num_classes
-    check_fits(model.config.replace(num_classes=classes), data, exact_classes=True,
-               resizable=True)
+    check_fits(model.config.replace(num_classes=classes), data,
+               exact_classes=not keep_classes, resizable=True)
 
 
 class _Run:
@@ -323,7 +330,7 @@ def compress(
         config = dataclasses.replace(config, lr=recovery_lr(model.config.hidden_size))
     source = data_source(data)
     data = load_data(data)
-    check_data(model, data, config.num_classes)
+    check_data(model, data, config.num_classes, config.keep_classes)
     if config.report_samples:
         check_report_decoder(model, config)
     teacher = copy.deepcopy(model).to(device)
@@ -408,6 +415,7 @@ def compress(
         "importance": config.importance, "schedule": config.schedule.kind,
         "removed_blocks": sorted(set(teacher.kept_blocks) - set(pruned.kept_blocks)),
         "budget": budget.describe()}
+    record_data_classes(pruned, data)
     report = None
     if distributed.is_main():
         report = build_report(teacher, pruned, data, config, budget, run.decisions,

@@ -61,6 +61,12 @@ class ImageDataset(Dataset):
     def image_size(self) -> int:
         return self.images.shape[-1]
 
+    @property
+    def classes_present(self) -> list[int]:
+        """The class ids that have at least one sample, ascending: all of ``0..num_classes-1``
+        for most data, a few for a subset labelled with a larger model's ids (ImageNet's)."""
+        return torch.unique(self.labels).tolist()
+
     def fingerprint(self) -> str:
         """Content hash, used to key caches (encoded latents, reference statistics)."""
         digest = hashlib.sha256()
@@ -130,9 +136,11 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
     """Raise ``DataError`` unless ``data`` can be fed to a model with this config.
 
     ``config`` is a model config (``in_channels``, ``input_size``, ``num_classes``). Labels
-    must exist in the model; ``exact_classes``: the class counts must be equal. The message
-    names the fix: resizing the label embedder when the caller can (``resizable``: train and
-    compress), otherwise the data the model was trained or fine-tuned on (evaluate).
+    must exist in the model; ``exact_classes``: the class counts must be equal (train and
+    compress, unless told the labels are the model's own ids). The message names the fix:
+    resizing the label embedder, or keeping the model's classes for a subset of them, when the
+    caller can (``resizable``: train and compress), otherwise the data the model was trained
+    or fine-tuned on (evaluate).
     """
     if (data.channels, data.image_size) != (config.in_channels, config.input_size):
         raise DataError(
@@ -142,13 +150,21 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
             "them with its VAE, entpruner encode --vae DIR --data ... --out latents.npz)"
         )
     n = data.num_classes
-    if n > config.num_classes or (exact_classes and n != config.num_classes):
+    if n <= config.num_classes and not (exact_classes and n != config.num_classes):
+        return
+    if not resizable:
+        fix = "compare the model with the dataset it was trained or fine-tuned on"
+    else:
         fix = (f"resize the label embedder to the data's {n} classes (--num-classes {n} on "
                f"train or compress; in Python compress(..., num_classes={n}), or "
-               f"models.resize_classes(model, {n}) before train)" if resizable else
-               "compare the model with the dataset it was trained or fine-tuned on")
-        raise DataError(f"{data.name} has {n} classes but the model has {config.num_classes}; "
-                        + fix)
+               f"models.resize_classes(model, {n}) before train)")
+        if n < config.num_classes:
+            # a subset that kept its ids (ImageNet's) needs the model's embeddings, not new ones
+            fix += (f", or, if the labels are the model's own class ids (a subset of its "
+                    f"{config.num_classes} classes), keep its classes (--keep-classes; "
+                    "keep_classes=True)")
+    raise DataError(f"{data.name} has {n} classes but the model has {config.num_classes}; "
+                    + fix)
 
 
 def to_unit_range(array: np.ndarray, source: str) -> torch.Tensor:

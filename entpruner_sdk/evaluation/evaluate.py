@@ -15,6 +15,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ class EvaluationReport:
 
     settings: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
+    # the class ids sampled (those the reference data holds) and, in that order, the
+    # per-class figures
+    classes: list[int] = field(default_factory=list)
     per_class_accuracy: list[float] = field(default_factory=list)
     per_class_diversity: list[float | None] = field(default_factory=list)
     fidelity: dict[str, float] = field(default_factory=dict)
@@ -77,7 +81,8 @@ class EvaluationReport:
                       "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4f} |" for k, v in self.fidelity.items()]
         lines += ["", "## Per class", "", "| class | accuracy | diversity |", "|---|---|---|"]
-        for c, (acc, div) in enumerate(zip(self.per_class_accuracy, self.per_class_diversity)):
+        classes = self.classes or range(len(self.per_class_accuracy))
+        for c, acc, div in zip(classes, self.per_class_accuracy, self.per_class_diversity):
             lines.append(f"| {c} | {acc:.3f} | {'-' if div is None else f'{div:.3f}'} |")
         lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
@@ -90,8 +95,9 @@ class EvaluationReport:
         return directory
 
 
-def balanced_labels(count: int, num_classes: int) -> torch.Tensor:
-    return torch.arange(count) % num_classes
+def balanced_labels(count: int, classes: Sequence[int]) -> torch.Tensor:
+    """``count`` labels cycling through ``classes`` (every class equally often, +-1)."""
+    return torch.as_tensor(list(classes), dtype=torch.long)[torch.arange(count) % len(classes)]
 
 
 def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, batch_size: int,
@@ -170,7 +176,7 @@ def _reference_data(model: DiffusionTransformer, data: ImageDataset,
     """The real data the samples are compared with: images when a decoder turns the samples
     into images (latent data decoded once, cached), else the data as the model takes it."""
     if decoder is None or not data.pixels:
-        check_fits(model.config, data, exact_classes=True)
+        check_fits(model.config, data)
         return data if decoder is None else decoder.decode_dataset(
             data, cache_dir=cache_root() / "decoded", progress=progress)
     shape = decoder.image_shape(model.config)
@@ -179,8 +185,7 @@ def _reference_data(model: DiffusionTransformer, data: ImageDataset,
                         f"images but {data.name} holds {data.channels}x{data.image_size}x"
                         f"{data.image_size}; compare with images of that size, or with the "
                         "latents they were encoded to")
-    check_fits(replace(model.config, in_channels=shape[0], input_size=shape[1]), data,
-               exact_classes=True)
+    check_fits(replace(model.config, in_channels=shape[0], input_size=shape[1]), data)
     return data
 
 
@@ -258,7 +263,10 @@ def evaluate(
         raise TooFewSamples(f"samples={samples}: at least 2 are needed for a covariance "
                             "(and a few hundred for a stable FID)")
     sampling = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=device)
-    labels = balanced_labels(samples, data.num_classes)
+    # only the classes the data holds: samples of a class with no real images have nothing
+    # to be compared with (a model of 1000 classes fine-tuned on a few of them)
+    classes = data.classes_present
+    labels = balanced_labels(samples, classes)
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
                       desc=f"sampling {model_name}", decoder=decoder, **sampling)
@@ -270,10 +278,14 @@ def evaluate(
         cfg_scale=cfg_scale, seed=seed, reference=data.name, reference_size=len(data),
         device=str(device), features=list(features), sampling_seconds=seconds,
         **({"vae": decoder.fingerprint} if decoder is not None else {})))
+    if len(classes) < model.config.num_classes:
+        report.notes.append(f"{data.name} holds {len(classes)} of the model's "
+                            f"{model.config.num_classes} classes; only those were sampled")
+    report.classes = classes
     report.metrics["class_accuracy"] = float((predictions == labels).double().mean())
     report.per_class_accuracy = [
         float((predictions[labels == c] == c).double().mean()) if (labels == c).any() else 0.0
-        for c in range(data.num_classes)]
+        for c in classes]
     extractors = _extractors(features, classifier, device, report)
     # the networks behind the figures: class accuracy and FD-domain are only comparable
     # between reports that name the same domain classifier
@@ -297,7 +309,7 @@ def evaluate(
     domain = generated_features.get("domain")
     if domain is None:
         domain = DomainFeatures(classifier)(images)
-    report.per_class_diversity = per_class_diversity(domain, labels, data.num_classes)
+    report.per_class_diversity = per_class_diversity(domain, labels, classes)
     if original is not None:
         reference_images = original_images
         if reference_images is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,13 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     return coverage(real, fake), coverage(fake, real)
 
 
-def per_class_diversity(features: torch.Tensor, labels: torch.Tensor, num_classes: int
-                        ) -> list[float | None]:
-    """Mean pairwise feature distance within each class (None for classes with < 2 samples)."""
+def per_class_diversity(features: torch.Tensor, labels: torch.Tensor,
+                        classes: int | Sequence[int]) -> list[float | None]:
+    """Mean pairwise feature distance within each class (None for classes with < 2 samples);
+    ``classes``: the class ids, in order, or a count for ``0..classes-1``."""
     features = torch.as_tensor(features, dtype=torch.float64)
     out: list[float | None] = []
-    for c in range(num_classes):
+    for c in range(classes) if isinstance(classes, int) else classes:
         group = features[labels == c]
         if len(group) < 2:
             out.append(None)

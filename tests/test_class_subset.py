@@ -1,0 +1,127 @@
+"""Data that holds a subset of a model's classes under the model's own ids: the case of a
+released DiT-XL/2 fine-tuned on a few ImageNet classes labelled with their ImageNet ids."""
+
+import json
+
+import numpy as np
+import pytest
+
+from entpruner_sdk.cli import main
+from entpruner_sdk.compress import compress
+from entpruner_sdk.data import DataError, load_data
+from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+from entpruner_sdk.evaluation.evaluate import balanced_labels, evaluate
+from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.models.io import load, save
+from entpruner_sdk.training import TrainConfig, train
+from tests.conftest import randomized, tiny_config
+from tests.test_compress import FAST
+
+IDS = [2, 5, 7]  # the classes held, under the 10-class model's own ids
+
+
+@pytest.fixture
+def subset_npz(tmp_path):
+    """Digits of classes 2, 5 and 7 with their original labels, as an .npz (whose class
+    count is then the largest label + 1 = 8), and a briefly trained domain classifier cached
+    where evaluate looks (the subject here is which classes are sampled, not the figures)."""
+    digits = load_data("digits")
+    keep = np.isin(digits.labels.numpy(), IDS)
+    path = tmp_path / "subset.npz"
+    np.savez(path, images=digits.images.numpy()[keep], labels=digits.labels.numpy()[keep])
+    data = load_data(path)
+    save_classifier(train_classifier(data, steps=20), data,
+                    cache_root() / "classifiers" / f"{data.name}-{data.fingerprint()}")
+    return path
+
+
+def ten_classes():
+    return randomized(DiffusionTransformer(tiny_config("dit", depth=4)))
+
+
+def test_the_dataset_knows_which_classes_it_holds(subset_npz):
+    data = load_data(subset_npz)
+    assert data.num_classes == 8 and data.classes_present == IDS
+    assert balanced_labels(7, IDS).tolist() == [2, 5, 7, 2, 5, 7, 2]
+
+
+def test_evaluation_samples_only_the_classes_the_data_holds(subset_npz):
+    report = evaluate(ten_classes(), subset_npz, samples=6, steps=2, features=("domain",),
+                      progress=False)
+    assert report.classes == IDS and len(report.per_class_accuracy) == 3
+    assert "holds 3 of the model's 10 classes" in report.notes[0]
+    assert "| 5 |" in report.to_markdown() and "| 0 |" not in report.to_markdown()
+
+
+def test_train_keeps_the_classes_only_when_told(subset_npz):
+    quick = TrainConfig(steps=1, batch_size=4)
+    with pytest.raises(DataError, match=r"has 8 classes but the model has 10; resize .*, or, "
+                                        r"if the labels are the model's own class ids .* "
+                                        r"\(--keep-classes; keep_classes=True\)"):
+        train(ten_classes(), subset_npz, quick, progress=False)
+    result = train(ten_classes(), subset_npz, quick, keep_classes=True, progress=False)
+    assert result.ema.config.num_classes == 10  # the label embedder is kept
+    assert result.ema.provenance["data_classes"] == IDS
+    # training it again on data of every class drops the note
+    again = train(result.ema, "digits", quick, progress=False)
+    assert "data_classes" not in again.ema.provenance
+
+
+def test_compress_keeps_the_classes_and_reports_them(subset_npz, tmp_path):
+    with pytest.raises(DataError, match="--keep-classes"):
+        compress(ten_classes(), subset_npz, 2, out_dir=tmp_path / "refused", **FAST)
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(ValueError, match="pass one of them"):
+        compress(ten_classes(), subset_npz, 2, keep_classes=True, num_classes=8, **FAST)
+    result = compress(ten_classes(), subset_npz, 2, keep_classes=True, out_dir=tmp_path / "run",
+                      **dict(FAST, report_samples=6))
+    summary = result.report["summary"]
+    assert summary["data_classes"] == IDS and "resized_classes" not in summary
+    assert 0 <= summary["quality_pruned"]["class_accuracy"] <= 1
+    assert "holds 3 of the model's classes (2, 5, 7)" in (tmp_path / "run" / "report.md"
+                                                         ).read_text()
+    saved = load(tmp_path / "run" / "model")
+    assert saved.config.num_classes == 10 and saved.provenance["data_classes"] == IDS
+
+
+def test_cli_keep_classes_and_sampling_defaults(subset_npz, tmp_path, capsys):
+    model_dir = tmp_path / "ft" / "model"
+    common = ["--steps", "1", "--batch-size", "4", "--quiet", "--device", "cpu"]
+    save(ten_classes(), tmp_path / "ten")
+    fine_tune = ["train", "--model", str(tmp_path / "ten"), "--data", str(subset_npz),
+                 "--out", str(tmp_path / "ft"), *common]
+    assert main(fine_tune) == 2
+    assert "--keep-classes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one or the other
+        main([*fine_tune, "--keep-classes", "--num-classes", "8"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main([*fine_tune, "--keep-classes"]) == 0
+    # without --labels, sample draws the classes it was fine-tuned on, not all ten
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(model_dir), "--steps", "2", "--per-class", "2",
+                 "--out", str(out), "--npz", str(tmp_path / "s.npz"), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert np.load(tmp_path / "s.npz")["labels"].tolist() == [2, 2, 5, 5, 7, 7]
+    assert main(["compress", "--model", str(model_dir), "--data", str(subset_npz),
+                 "--budget", "2", "--keep-classes", "--steps", "4", "--batch-size", "4",
+                 "--calibration-per-class", "2", "--calibration-times", "2",
+                 "--report-samples", "0", "--out", str(tmp_path / "run"), "--quiet",
+                 "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["summary"]["data_classes"] == IDS
+
+
+def test_server_and_demo_offer_the_fine_tuned_classes(subset_npz, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from entpruner_sdk.apps.pair import load_pair
+    from entpruner_sdk.serve.models import load_served_model
+
+    teacher = ten_classes()
+    save(teacher, tmp_path / "teacher")
+    compress(teacher, subset_npz, 2, keep_classes=True, out_dir=tmp_path / "run", **FAST)
+    for backend in ("torch", "onnxruntime"):  # the ONNX export keeps the provenance
+        served = load_served_model("m", str(tmp_path / "run" / "model"), backend=backend)
+        assert served.info()["data_classes"] == IDS and served.info()["num_classes"] == 10
+    assert "data_classes" not in load_served_model("t", str(tmp_path / "teacher")).info()
+    pair = load_pair(str(tmp_path / "teacher"), str(tmp_path / "run"))
+    assert not pair.errors and pair.classes == IDS
