@@ -40,8 +40,8 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
         status = gr.Markdown(_status(pair), elem_id="status")
         with gr.Tab("Generate"):
             with gr.Row():
-                classes = pair.classes or [0]
-                label = gr.Dropdown(choices=classes, value=classes[0], label="class",
+                classes = pair.class_choices or [("0", 0)]
+                label = gr.Dropdown(choices=classes, value=classes[0][1], label="class",
                                     elem_id="class")
                 seed = gr.Number(value=0, precision=0, label="seed", minimum=0)
                 count = gr.Slider(1, 16, value=4, step=1, label="number of images")
@@ -112,10 +112,10 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
 
         def on_load(original, pruned):
             state["pair"] = new = load_pair(original, pruned, onnx, vae, family)
-            classes = new.classes or [0]
+            classes = new.class_choices or [("0", 0)]
             return (_status(new), _report_figures(new), structure_facts(new),
                     _plot(new, "importance.png"), _plot(new, "loss.png"), _decisions(new),
-                    gr.Dropdown(choices=classes, value=classes[0]))
+                    gr.Dropdown(choices=classes, value=classes[0][1]))
 
         load_button.click(on_load, [original_path, pruned_path],
                           [status, report_figures, facts, importance_plot, timeline_plot,

@@ -83,6 +83,13 @@ class ModelPair:
         subset = self.pruned.provenance.get("data_classes") if self.pruned is not None else None
         return list(subset or range(self.num_classes))
 
+    @property
+    def class_choices(self) -> list[tuple[str, int]]:
+        """(shown text, class id) for each class offered: "1 coffee" for named classes."""
+        names = next((m.provenance["class_names"] for m in (self.pruned, self.original)
+                      if m is not None and "class_names" in m.provenance), None)
+        return [(f"{c} {names[c]}" if names else str(c), c) for c in self.classes]
+
 
 def load_pair(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
               onnx: bool = False, vae: LatentSpace | str | None = None,

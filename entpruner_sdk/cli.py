@@ -145,6 +145,7 @@ def _add_sample(sub) -> None:
         entpruner sample --model dit-digits --per-class 8 --out digits.png
         entpruner sample --model runs/sit/model --labels 3,3,7 --sampler euler-maruyama \\
             --steps 100 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz
+        entpruner sample --model dit-photos --labels coffee,rocket --out photos.png  # names
         entpruner sample --model DiT-XL-2-256x256.pt --family dit --labels 207 \\
             --vae ./sd-vae-ft-ema --out dog.png         # latents decoded by the VAE
         entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # ONNX Runtime
@@ -155,7 +156,8 @@ def _add_sample(sub) -> None:
     _heads_option(p)
     p.add_argument("--provider", default="cpu",
                    help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
-    p.add_argument("--labels", help="comma-separated class labels")
+    p.add_argument("--labels", help="comma-separated class ids or names (names for a model "
+                   "trained on named classes: class folders, an .npz's class_names)")
     p.add_argument("--per-class", type=int, default=0,
                    help="N images of every class (default: 4 when --labels is not given; a "
                         "model fine-tuned on a subset of its classes samples those)")
@@ -484,6 +486,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from entpruner_sdk.data.classes import resolve_labels
     from entpruner_sdk.data.latents import decoder_for
     from entpruner_sdk.sampling import sample, save_grid
     from entpruner_sdk.teachers import resolve_model
@@ -494,11 +497,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     vae = args.vae or (exported.decoder if exported is not None else None)
     decoder = decoder_for(model.config, vae, args.device)
     if args.labels:
-        try:
-            labels = [int(v) for v in args.labels.split(",")]
-        except ValueError as error:
-            message = f"--labels must be comma-separated integers, got {args.labels!r}"
-            raise ValueError(message) from error
+        labels = resolve_labels(args.labels.split(","), model.config.num_classes,
+                                model.provenance.get("class_names", ()))
     else:
         per_class = args.per_class or 4
         labels = [c for c in sampled_classes(model) for _ in range(per_class)]
@@ -562,6 +562,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters {summary['parameters']:,}  forward {summary['gflops_per_image']:.4f} "
           "GFLOPs/image")
     print(f"kept blocks {summary['provenance']['kept_blocks']}")
+    names = summary["provenance"].get("class_names")
+    if names:
+        print("classes " + ", ".join(f"{i} {name}" for i, name in enumerate(names)))
+    if summary["provenance"].get("data_classes"):
+        print(f"fine-tuned on classes {summary['provenance']['data_classes']}")
     if summary["latent"]:
         print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
               "demo decode them with --vae DIR")

@@ -89,9 +89,12 @@ def sample_batch(data: ImageDataset, batch_size: int, generator: torch.Generator
 
 
 def record_data_classes(model: DiffusionTransformer, data: ImageDataset) -> None:
-    """Note in ``model.provenance["data_classes"]`` the classes of the data it was just trained
-    on when they are a subset of its own (sampling then defaults to them); drop an older note
-    when the data holds them all."""
+    """Note in ``model.provenance`` what it learned of the data it was just trained on:
+    ``class_names``, when the data names every one of the model's classes (sampling, the
+    server and the demo then take names), and ``data_classes``, when the data holds a subset
+    of them (sampling then defaults to those; an older note is dropped otherwise)."""
+    if data.named and len(data.class_names) == model.config.num_classes:
+        model.provenance["class_names"] = list(data.class_names)
     present = data.classes_present
     if len(present) < model.config.num_classes:
         model.provenance["data_classes"] = present

@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
+from entpruner_sdk.data.classes import resolve_labels
 from entpruner_sdk.serve.batcher import Job, MicroBatcher, Overloaded, ShuttingDown
 from entpruner_sdk.serve.metrics import ServerMetrics
 from entpruner_sdk.serve.models import ServedModel
@@ -168,13 +169,13 @@ def _validated(model: ServedModel, body: GenerateRequest, settings: ServerSettin
     sampler = body.sampler or defaults["sampler"]
     steps = body.steps or defaults["steps"]
     cfg_scale = defaults["cfg_scale"] if body.cfg_scale is None else body.cfg_scale
-    labels = [label for label in body.class_labels for _ in range(body.num_images)]
-    classes = model.config.num_classes
     problems = []
-    bad = [label for label in body.class_labels if not 0 <= label < classes]
-    if bad:
-        problems.append(f"unknown class label {bad[0]}: model {model.name!r} has classes "
-                        f"0..{classes - 1}")
+    try:
+        ids = resolve_labels(body.class_labels, model.config.num_classes, model.class_names)
+    except ValueError as error:
+        ids = []
+        problems.append(f"model {model.name!r}: {error}")
+    labels = [label for label in ids for _ in range(body.num_images)]
     if sampler not in model.objective.samplers:
         problems.append(f"unknown sampler {sampler!r} for a {model.config.family.upper()} "
                         f"model; choose one of {', '.join(model.objective.samplers)}")

@@ -40,6 +40,7 @@ class ServedModel:
     decoder: LatentSpace | None = None  # a latent model's VAE: samples leave as images
     # the classes it was fine-tuned on when a subset of its own (provenance "data_classes")
     data_classes: list[int] | None = None
+    class_names: list[str] = field(default_factory=list)  # requests may name classes
 
     def __post_init__(self) -> None:
         with torch.device("meta"):  # shapes only: no memory, no compute
@@ -56,6 +57,7 @@ class ServedModel:
             "kept_blocks": self.kept_blocks, "num_classes": self.config.num_classes,
             "image_shape": list(self.image_shape),
             "latent": self.decoder is not None,
+            **({"class_names": self.class_names} if self.class_names else {}),
             **({"data_classes": self.data_classes} if self.data_classes else {}),
             "samplers": list(self.objective.samplers), "defaults": self.defaults,
             "device": str(self.device), "source": self.source,
@@ -121,6 +123,11 @@ def _load_served_model(name: str, source: str, backend: str, device: str | torch
     return _from_runtime(name, runtime, source)
 
 
+def _classes(provenance: dict[str, Any]) -> dict[str, Any]:
+    return dict(data_classes=provenance.get("data_classes"),
+                class_names=list(provenance.get("class_names", [])))
+
+
 def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
                 source: str) -> ServedModel:
     model = model.eval().to(device)
@@ -131,7 +138,7 @@ def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
 
     return ServedModel(name, "torch", model.config, objective_for(model), model_fn,
                        device=device, kept_blocks=model.kept_blocks, source=source,
-                       data_classes=model.provenance.get("data_classes"))
+                       **_classes(model.provenance))
 
 
 def _from_runtime(name: str, runtime, source: str) -> ServedModel:
@@ -139,4 +146,4 @@ def _from_runtime(name: str, runtime, source: str) -> ServedModel:
     return ServedModel(name, runtime.backend, runtime.config, runtime.objective, runtime,
                        guided, kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
                        source=str(source), decoder=runtime.decoder,
-                       data_classes=runtime.provenance.get("data_classes"))
+                       **_classes(runtime.provenance))

@@ -13,7 +13,9 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="model name (default: the first served model)")
-    class_labels: list[int] = Field(..., min_length=1, description="class label of each image")
+    class_labels: list[int | str] = Field(
+        ..., min_length=1, description="class of each image: an id, or a name for a model "
+                                       "that records its classes' names (GET /v1/models)")
     num_images: int = Field(1, ge=1, description="images per label")
     seed: int = Field(0, ge=0, lt=2**63, description="same seed, same images, batched or not")
     sampler: str | None = Field(None, description="ddpm/ddim (DiT), euler/heun/euler-maruyama "
@@ -41,7 +43,7 @@ class ArrayPayload(BaseModel):
 
 class GenerateResponse(BaseModel):
     model: str
-    class_labels: list[int]
+    class_labels: list[int] = Field(..., description="class id of each image")
     seed: int
     sampler: str
     steps: int

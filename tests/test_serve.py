@@ -48,8 +48,12 @@ def running(models, settings: ServerSettings):
         thread.join(timeout=30)
 
 
+NAMES = ["circle", "square", "star", "moon"]
+
+
 def tiny_models():
-    dit = randomized(DiffusionTransformer(tiny_config("dit", num_classes=4)))
+    dit = randomized(DiffusionTransformer(tiny_config("dit", num_classes=4),
+                                          provenance={"class_names": NAMES}))
     sit = randomized(DiffusionTransformer(tiny_config("sit", num_classes=4)), seed=1)
     return {"dit": _from_torch("dit", dit, torch.device("cpu"), "tiny"),
             "sit": _from_torch("sit", sit.keep_blocks([0, 3]), torch.device("cpu"), "tiny")}
@@ -94,6 +98,24 @@ def test_generate_png_and_array(server):
                    output_format="array").json()
     array = decode_array(raw["array"])
     assert array.shape == (1, 1, 8, 8) and np.isfinite(array).all()
+
+
+def test_classes_by_name(server):
+    models = {m["name"]: m for m in httpx.get(server + "/v1/models").json()["models"]}
+    assert models["dit"]["class_names"] == NAMES and "class_names" not in models["sit"]
+    by_name = generate(server, model="dit", class_labels=["star", 0], seed=2, steps=3,
+                       output_format="array").json()
+    by_id = generate(server, model="dit", class_labels=[2, 0], seed=2, steps=3,
+                     output_format="array").json()
+    assert by_name["class_labels"] == [2, 0]
+    np.testing.assert_allclose(decode_array(by_name["array"]), decode_array(by_id["array"]),
+                               atol=1e-4)
+    response = generate(server, model="dit", class_labels=["sun"])
+    assert response.status_code == 422
+    assert "unknown class label 'sun': the classes are 0..3 (0 circle, 1 square" in \
+        response.json()["detail"]
+    # a model without names takes ids only
+    assert generate(server, model="sit", class_labels=["star"]).status_code == 422
 
 
 def test_same_seed_same_images_batched_or_not(server):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from entpruner_sdk.data.classes import default_names
 from entpruner_sdk.utils.files import atomic_writer
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -39,7 +40,7 @@ class ImageDataset(Dataset):
 
     def __post_init__(self) -> None:
         if not self.class_names:
-            self.class_names = [str(i) for i in range(self.num_classes)]
+            self.class_names = default_names(self.num_classes)
         validate(self.images, self.labels, self.num_classes, self.name, self.pixels)
 
     def __len__(self) -> int:
@@ -60,6 +61,11 @@ class ImageDataset(Dataset):
     @property
     def image_size(self) -> int:
         return self.images.shape[-1]
+
+    @property
+    def named(self) -> bool:
+        """Whether the classes have names of their own (folders, ``class_names``), not ids."""
+        return self.class_names != default_names(self.num_classes)
 
     @property
     def classes_present(self) -> list[int]:

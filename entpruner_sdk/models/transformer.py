@@ -242,6 +242,8 @@ def resize_classes(model: DiffusionTransformer, num_classes: int) -> DiffusionTr
     state["y_embedder.embedding_table.weight"] = torch.cat(rows)
     resized.load_state_dict(state)
     resized.provenance["resized_classes"] = {"from": model.config.num_classes, "to": num_classes}
+    for key in ("class_names", "data_classes"):  # they described the old classes
+        resized.provenance.pop(key, None)
     return resized.to(old.device)
 
 

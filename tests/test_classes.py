@@ -1,5 +1,6 @@
-"""Data that holds a subset of a model's classes under the model's own ids: the case of a
-released DiT-XL/2 fine-tuned on a few ImageNet classes labelled with their ImageNet ids."""
+"""Classes: data that holds a subset of a model's classes under the model's own ids (a
+released DiT-XL/2 fine-tuned on a few ImageNet classes labelled with their ImageNet ids), and
+classes named by the data they were trained on."""
 
 import json
 
@@ -8,10 +9,10 @@ import pytest
 
 from entpruner_sdk.cli import main
 from entpruner_sdk.compress import compress
-from entpruner_sdk.data import DataError, load_data
+from entpruner_sdk.data import DataError, ImageDataset, load_data, resolve_labels
 from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
 from entpruner_sdk.evaluation.evaluate import balanced_labels, evaluate
-from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.models import DiffusionTransformer, resize_classes
 from entpruner_sdk.models.io import load, save
 from entpruner_sdk.training import TrainConfig, train
 from tests.conftest import randomized, tiny_config
@@ -125,3 +126,65 @@ def test_server_and_demo_offer_the_fine_tuned_classes(subset_npz, tmp_path):
     assert "data_classes" not in load_served_model("t", str(tmp_path / "teacher")).info()
     pair = load_pair(str(tmp_path / "teacher"), str(tmp_path / "run"))
     assert not pair.errors and pair.classes == IDS
+
+
+# ---------------------------------------------------------------------- class names
+def test_labels_resolve_from_ids_and_names():
+    names = ["cat", "dog", "7"]
+    assert resolve_labels([0, "1", "dog", " cat"], 3, names) == [0, 1, 1, 0]
+    assert resolve_labels(["2"], 3, names) == [2]  # a number is always an id
+    with pytest.raises(ValueError, match=r"unknown class label 'cow': the classes are 0..2 "
+                                         r"\(0 cat, 1 dog, 2 7\)"):
+        resolve_labels(["cow"], 3, names)
+    for bad in (3, -1, "dog"):
+        with pytest.raises(ValueError, match="the classes are 0..2$"):
+            resolve_labels([bad], 3)  # no names: ids only
+
+
+def test_training_records_the_data_class_names_and_resizing_drops_them():
+    photos = load_data("photos", image_size=8)
+    model = randomized(DiffusionTransformer(tiny_config("dit", num_classes=8, in_channels=3)))
+    trained = train(model, photos, TrainConfig(steps=1, batch_size=4), progress=False).ema
+    assert trained.provenance["class_names"][:2] == ["astronaut", "coffee"]
+    assert "class_names" not in resize_classes(trained, 3).provenance
+    # data named by its ids does not overwrite names the model has
+    ids_only = ImageDataset(photos.images, photos.labels, 8)
+    again = train(trained, ids_only, TrainConfig(steps=1, batch_size=4), progress=False).ema
+    assert again.provenance["class_names"] == trained.provenance["class_names"]
+
+
+def test_compress_names_the_classes_of_resized_data(tmp_path):
+    photos = load_data("photos", image_size=8)
+    first_three = photos.labels < 3
+    subset = ImageDataset(photos.images[first_three], photos.labels[first_three], 3,
+                          name="photos-0-2", class_names=["astronaut", "coffee", "cat"])
+    model = randomized(DiffusionTransformer(tiny_config("dit", num_classes=8, in_channels=3,
+                                                        depth=4)))
+    model.provenance["class_names"] = list(load_data("photos").class_names)
+    result = compress(model, subset, 2, num_classes=3, **FAST)
+    assert result.model.provenance["class_names"] == ["astronaut", "coffee", "cat"]
+
+
+def test_cli_samples_and_describes_named_classes(tmp_path, capsys):
+    npz = tmp_path / "s.npz"
+    assert main(["sample", "--model", "dit-photos", "--labels", "coffee,3", "--steps", "2",
+                 "--out", str(tmp_path / "g.png"), "--npz", str(npz), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert np.load(npz)["labels"].tolist() == [1, 3]
+    assert main(["sample", "--model", "dit-photos", "--labels", "cofee", "--steps", "2",
+                 "--out", str(tmp_path / "g.png"), "--quiet", "--device", "cpu"]) == 2
+    assert "unknown class label 'cofee': the classes are 0..7 (0 astronaut, 1 coffee" in \
+        capsys.readouterr().err
+    assert main(["info", "--model", "sit-photos"]) == 0
+    assert "classes 0 astronaut, 1 coffee, 2 chelsea" in capsys.readouterr().out
+
+
+def test_the_demo_shows_class_names(tmp_path):
+    from entpruner_sdk.apps.pair import load_pair
+
+    model = randomized(DiffusionTransformer(tiny_config("dit", num_classes=3, depth=4)))
+    save(model, tmp_path / "teacher")
+    model.provenance["class_names"] = ["a", "b", "c"]
+    save(model.keep_blocks([0, 3]), tmp_path / "pruned")
+    pair = load_pair(str(tmp_path / "teacher"), str(tmp_path / "pruned"))
+    assert not pair.errors and pair.class_choices == [("0 a", 0), ("1 b", 1), ("2 c", 2)]

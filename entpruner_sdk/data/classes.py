@@ -1,0 +1,42 @@
+"""Class labels given as ids or as names: a model that records its classes' names (the class
+folders or ``class_names`` it was trained on) takes ``"cat"`` wherever it takes ``3``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+def default_names(count: int) -> list[str]:
+    """The names of a dataset that has none: its ids as strings."""
+    return [str(i) for i in range(count)]
+
+
+def resolve_labels(labels: Iterable[int | str], num_classes: int,
+                   class_names: Sequence[str] = ()) -> list[int]:
+    """Class ids for ``labels``, each an id (``3`` or ``"3"``) or a class name (``"cat"``).
+
+    A number is always an id, so a class named "7" is reached by its id. Raises
+    ``ValueError`` naming the unknown label and the classes there are."""
+    index = {name: i for i, name in enumerate(class_names)}
+    ids = []
+    for label in labels:
+        text = str(label).strip()
+        number = text[1:] if text.startswith("-") else text
+        if number.isdigit():
+            found = int(text) if 0 <= int(text) < num_classes else None
+        else:
+            found = index.get(text)
+        if found is None:
+            raise ValueError(f"unknown class label {label!r}: "
+                             f"{describe_classes(num_classes, class_names)}")
+        ids.append(found)
+    return ids
+
+
+def describe_classes(num_classes: int, class_names: Sequence[str] = (), limit: int = 12) -> str:
+    """'the classes are 0..7 (0 astronaut, 1 coffee, ...)', for messages."""
+    text = f"the classes are 0..{num_classes - 1}"
+    if class_names and list(class_names) != default_names(len(class_names)):
+        shown = ", ".join(f"{i} {name}" for i, name in enumerate(class_names[:limit]))
+        text += f" ({shown}{', ...' if len(class_names) > limit else ''})"
+    return text
