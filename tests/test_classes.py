@@ -188,3 +188,12 @@ def test_the_demo_shows_class_names(tmp_path):
     save(model.keep_blocks([0, 3]), tmp_path / "pruned")
     pair = load_pair(str(tmp_path / "teacher"), str(tmp_path / "pruned"))
     assert not pair.errors and pair.class_choices == [("0 a", 0), ("1 b", 1), ("2 c", 2)]
+
+
+def test_the_evaluation_names_its_classes(tmp_path):
+    from entpruner_sdk.teachers import load_teacher
+
+    report = evaluate(load_teacher("dit-photos"), "photos", samples=8, steps=2,
+                      features=("domain",), progress=False)
+    assert report.class_names[:2] == ["astronaut", "coffee"] and report.classes == list(range(8))
+    assert "| 1 coffee |" in report.save(tmp_path).joinpath("evaluation.md").read_text()

@@ -57,6 +57,7 @@ class EvaluationReport:
     # the class ids sampled (those the reference data holds) and, in that order, the
     # per-class figures
     classes: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)  # theirs, when the data names them
     per_class_accuracy: list[float] = field(default_factory=list)
     per_class_diversity: list[float | None] = field(default_factory=list)
     fidelity: dict[str, float] = field(default_factory=dict)
@@ -82,8 +83,11 @@ class EvaluationReport:
             lines += [f"| {k} | {v:.4f} |" for k, v in self.fidelity.items()]
         lines += ["", "## Per class", "", "| class | accuracy | diversity |", "|---|---|---|"]
         classes = self.classes or range(len(self.per_class_accuracy))
-        for c, acc, div in zip(classes, self.per_class_accuracy, self.per_class_diversity):
-            lines.append(f"| {c} | {acc:.3f} | {'-' if div is None else f'{div:.3f}'} |")
+        names = self.class_names or [""] * len(classes)
+        for c, name, acc, div in zip(classes, names, self.per_class_accuracy,
+                                     self.per_class_diversity):
+            lines.append(f"| {f'{c} {name}'.strip()} | {acc:.3f} | "
+                         f"{'-' if div is None else f'{div:.3f}'} |")
         lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
@@ -282,6 +286,8 @@ def evaluate(
         report.notes.append(f"{data.name} holds {len(classes)} of the model's "
                             f"{model.config.num_classes} classes; only those were sampled")
     report.classes = classes
+    if data.named:
+        report.class_names = [data.class_names[c] for c in classes]
     report.metrics["class_accuracy"] = float((predictions == labels).double().mean())
     report.per_class_accuracy = [
         float((predictions[labels == c] == c).double().mean()) if (labels == c).any() else 0.0
