@@ -158,19 +158,27 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
     n = data.num_classes
     if n <= config.num_classes and not (exact_classes and n != config.num_classes):
         return
+    present = data.classes_present
+    held = (f"{data.name} has {n} classes" if len(present) == n else
+            f"{data.name} holds {len(present)} classes under labels up to {n - 1} "
+            f"({', '.join(map(str, present[:8]))}{', ...' if len(present) > 8 else ''})")
     if not resizable:
         fix = "compare the model with the dataset it was trained or fine-tuned on"
+        raise DataError(f"{held} but the model has {config.num_classes}; {fix}")
+    resize = (f"resize the label embedder to the data's {n} classes (--num-classes {n} on "
+              f"train or compress; in Python compress(..., num_classes={n}), or "
+              f"models.resize_classes(model, {n}) before train)")
+    # a subset that kept its ids (ImageNet's) needs the model's embeddings, not new ones
+    keep = (f"if the labels are the model's own class ids (a subset of its "
+            f"{config.num_classes} classes), keep its classes (--keep-classes; "
+            "keep_classes=True)")
+    if n > config.num_classes:
+        fix = resize
+    elif len(present) < n:  # gaps in the labels: most likely the model's ids
+        fix = f"{keep}; if they are new classes, {resize}"
     else:
-        fix = (f"resize the label embedder to the data's {n} classes (--num-classes {n} on "
-               f"train or compress; in Python compress(..., num_classes={n}), or "
-               f"models.resize_classes(model, {n}) before train)")
-        if n < config.num_classes:
-            # a subset that kept its ids (ImageNet's) needs the model's embeddings, not new ones
-            fix += (f", or, if the labels are the model's own class ids (a subset of its "
-                    f"{config.num_classes} classes), keep its classes (--keep-classes; "
-                    "keep_classes=True)")
-    raise DataError(f"{data.name} has {n} classes but the model has {config.num_classes}; "
-                    + fix)
+        fix = f"{resize}, or, {keep}"
+    raise DataError(f"{held} but the model has {config.num_classes}; {fix}")
 
 
 def to_unit_range(array: np.ndarray, source: str) -> torch.Tensor:
