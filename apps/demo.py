@@ -188,11 +188,12 @@ def _plot(pair: ModelPair, name: str) -> str | None:
 
 
 def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress) -> str:
+    from entpruner_sdk.data import load_data
     from entpruner_sdk.evaluation.evaluate import evaluate
 
     if not pair.ready:
         raise ValueError("load an original and a pruned model first")
-    dataset = data or _data_name(pair)
+    dataset = load_data(data or _data_name(pair), **({} if data else _data_options(pair)))
     settings = default_sampling(pair.family)
     progress(0.05, desc=f"original: sampling {samples} images")
     original = ModelThread.run(evaluate, pair.original, dataset, samples=samples,
@@ -210,10 +211,17 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress)
         rows.append(f"| {key} | {original.metrics[key]:.4f} | {pruned.metrics[key]:.4f} |")
     for key, value in pruned.fidelity.items():
         rows.append(f"| fidelity to original: {key} | | {value:.4f} |")
-    return (f"### Quick evaluation on `{dataset}` ({samples} samples, "
+    return (f"### Quick evaluation on `{data or _data_name(pair)}` ({samples} samples, "
             f"{settings['sampler']} x {settings['steps']}, cfg {settings['cfg_scale']})\n\n"
             + "\n".join(rows) + "\n\nFD-domain is a Fréchet distance in the features of a "
             "small classifier trained on the data (not comparable with standard FID).")
+
+
+def _data_options(pair: ModelPair) -> dict:
+    """The ``load_data`` keywords the compress run loaded its data with (split, image size)."""
+    if pair.report is None or not pair.report["summary"].get("data_source"):
+        return {}
+    return dict(pair.report["summary"].get("data_options", {}))
 
 
 def _data_name(pair: ModelPair) -> str:

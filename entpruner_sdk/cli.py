@@ -85,6 +85,13 @@ def _vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model'
                         f"SiT-XL/2): it {does}")
 
 
+def _image_size_option(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="scale class-folder images so the short side is N and cut the "
+                        "centred N x N square, as DiT's and SiT's training code does" + note
+                        + "; the size of the bundled photos")
+
+
 def _classes_options(p: argparse.ArgumentParser, note: str = "") -> None:
     """--num-classes or --keep-classes: what to do with data of fewer or other classes."""
     group = p.add_mutually_exclusive_group()
@@ -126,6 +133,7 @@ def _add_train(sub) -> None:
                    help="SiT interpolant path")
     p.add_argument("--data", default="digits",
                    help="bundled name (digits, photos), class folders, or .npz")
+    _image_size_option(p)
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
@@ -197,6 +205,7 @@ def _add_encode(sub) -> None:
     _vae_option(p, "encodes the images", required=True)
     p.add_argument("--data", required=True,
                    help="bundled name, class folders or an .npz of images")
+    _image_size_option(p, " (256 for DiT-XL/2 and SiT-XL/2 at 256x256)")
     p.add_argument("--out", required=True,
                    help=".npz to write: latents, labels and class names")
     p.add_argument("--batch-size", type=int, default=32, help="images per VAE call")
@@ -222,6 +231,7 @@ def _add_compress(sub) -> None:
     _heads_option(p)
     p.add_argument("--data", default="digits",
                    help="downstream data: bundled name, class folders or .npz")
+    _image_size_option(p)
     p.add_argument("--budget", required=True,
                    help="blocks to keep (6), FLOPs share to keep (0.5 or 50%%) or speedup (2x)")
     p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
@@ -314,6 +324,7 @@ def _add_evaluate(sub) -> None:
     _heads_option(p)
     p.add_argument("--original", help="also report fidelity to this model (same noise/labels)")
     p.add_argument("--data", default="digits", help="real data to compare with")
+    _image_size_option(p)
     p.add_argument("--samples", type=int, default=1000, help="generated images to score")
     p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps")
@@ -449,7 +460,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.training import TrainConfig, train
 
-    data = load_data(args.data)
+    data = load_data(args.data, image_size=args.image_size)
     shape = dict(input_size=data.image_size, in_channels=data.channels,
                  num_classes=data.num_classes)
     objective = {"path": args.flow_path} if args.family == "sit" or (
@@ -575,6 +586,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from entpruner_sdk.compress import compress
+    from entpruner_sdk.data import load_data
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.utils import distributed
 
@@ -587,7 +599,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         protect = () if args.protect == "none" else tuple(
             int(v) for v in args.protect.split(","))
     result = compress(
-        model, args.data, args.budget, device=device, out_dir=args.out,
+        model, load_data(args.data, image_size=args.image_size), args.budget, device=device,
+        out_dir=args.out,
         resume=args.resume, progress=not args.quiet, importance=args.importance,
         schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         interval=args.interval, k_max=args.k_max, prune_fraction=args.prune_fraction,
@@ -616,6 +629,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from entpruner_sdk.data import load_data
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import resolve_model
 
@@ -626,7 +640,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from entpruner_sdk.compress import as_compressed
 
         original = as_compressed(original, model)
-    report = evaluate(model, args.data, samples=args.samples, sampler=args.sampler,
+    report = evaluate(model, load_data(args.data, image_size=args.image_size),
+                      samples=args.samples, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
                       features=tuple(f.strip() for f in args.features.split(",")),
                       device=args.device, progress=not args.quiet, model_name=args.model,
@@ -643,7 +658,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from entpruner_sdk.data.latents import LatentSpace
 
     space = LatentSpace.from_pretrained(args.vae, device=args.device)
-    data = load_data(args.data)
+    data = load_data(args.data, image_size=args.image_size)
     latents = space.encode_dataset(data, batch_size=args.batch_size, progress=not args.quiet)
     save_npz(latents, args.out)
     print(f"{len(latents)} images of {data.channels}x{data.image_size}x{data.image_size} -> "

@@ -87,6 +87,20 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
     assert saved["images"].shape == (2, 1, 8, 8) and saved["labels"].tolist() == [1, 2]
 
 
+def test_a_folder_of_mixed_sizes_trains_at_image_size(tmp_path, capsys):
+    from tests.test_data import write_folder
+
+    write_folder(tmp_path / "mixed", sizes=((12, 12), (20, 14)))
+    train = ["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads", "2",
+             "--data", str(tmp_path / "mixed"), "--steps", "1", "--batch-size", "4",
+             "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu"]
+    assert main(train) == 2
+    assert "--image-size N" in capsys.readouterr().err
+    assert main([*train, "--image-size", "8"]) == 0
+    assert main(["info", "--model", str(tmp_path / "run" / "model")]) == 0
+    assert "input 3x8x8  classes 2" in capsys.readouterr().out
+
+
 def test_train_fine_tunes_on_another_class_count_with_the_option(tmp_path, capsys):
     import numpy as np
 

@@ -65,12 +65,44 @@ def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match="contains no images"):
         load_data(tmp_path / "noimages")
     write_folder(tmp_path / "mixed", sizes=((8, 8), (16, 16)))
-    with pytest.raises(DataError, match="mixes image sizes"):
+    with pytest.raises(DataError, match=r"mixes image sizes: .*--image-size N"):
         load_data(tmp_path / "mixed")
     write_folder(tmp_path / "broken")
     (tmp_path / "broken" / "a" / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="cannot read image .*bad.png"):
         load_data(tmp_path / "broken")
+
+
+def test_folder_images_are_scaled_and_centre_cropped(tmp_path):
+    write_folder(tmp_path / "mixed", sizes=((8, 8), (16, 12), (9, 30)))
+    data = load_data(tmp_path / "mixed", image_size=6)
+    assert data.images.shape == (6, 3, 6, 6)
+    # a wide picture, white in its centred square and black at the sides: the crop keeps
+    # only the white, after the box halving (24x12 -> 12x6) and an exact-size bicubic pass
+    (tmp_path / "wide" / "w").mkdir(parents=True)
+    array = np.zeros((12, 24, 3), dtype=np.uint8)
+    array[:, 6:18] = 255
+    Image.fromarray(array).save(tmp_path / "wide" / "w" / "0.png")
+    wide = load_data(tmp_path / "wide", image_size=6)
+    assert wide.images.shape == (1, 1, 6, 6) and torch.allclose(wide.images, torch.ones(1))
+    with pytest.raises(DataError, match="image_size=0: must be a positive"):
+        load_data(tmp_path / "wide", image_size=0)
+
+
+def test_loaded_data_remembers_how_it_was_loaded(tmp_path):
+    assert load_data("digits").origin == {"data": "digits"}
+    assert load_data("photos", split="test", image_size=8).origin == {
+        "data": "photos", "split": "test", "image_size": 8}
+    write_folder(tmp_path / "f", sizes=((8, 8), (10, 10)))
+    folder = load_data(tmp_path / "f", image_size=8)
+    assert folder.origin == {"data": str((tmp_path / "f").resolve()), "image_size": 8}
+    again = load_data(**folder.origin)
+    assert torch.equal(again.images, folder.images)
+    assert folder.subset([0, 1]).origin is None  # no longer the data on disk
+    path = save_npz(folder, tmp_path / "f.npz")
+    assert load_data(path).origin == {"data": str(path.resolve())}
+    with pytest.raises(DataError, match="loaded as stored; image_size"):
+        load_data(path, image_size=8)
 
 
 def test_npz_layouts_and_errors(tmp_path):

@@ -114,6 +114,25 @@ def test_the_quick_evaluation_finds_the_data_the_run_used(tmp_path):
     assert _data_name(pair) == str(data.resolve())
 
 
+def test_the_quick_evaluation_loads_the_data_as_the_run_did(tmp_path):
+    from entpruner_sdk.apps.demo import _data_options, _quick_evaluation
+    from entpruner_sdk.data import load_data
+    from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+
+    photos = load_data("photos", image_size=8)  # not the bundled size: the run must say so
+    save_classifier(train_classifier(photos, steps=20), photos,
+                    cache_root() / "classifiers" / f"{photos.name}-{photos.fingerprint()}")
+    teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=4, in_channels=3,
+                                                          num_classes=8)))
+    save(teacher, tmp_path / "teacher")
+    compress(teacher, photos, 2, **FAST).save(tmp_path / "pruned")
+    pair = load_pair(str(tmp_path / "teacher"), str(tmp_path / "pruned"))
+    assert pair.report["summary"]["data_source"] == "photos"
+    assert _data_options(pair) == {"image_size": 8}
+    table = _quick_evaluation(pair, 4, None, lambda *args, **kwargs: None)
+    assert "Quick evaluation on `photos`" in table and "| fd_domain |" in table
+
+
 def test_missing_and_incompatible_models_become_messages(models, tmp_path):
     missing = load_pair(models[0], str(tmp_path / "nowhere"))
     assert not missing.ready and "quickstart" in missing.errors[0]

@@ -122,18 +122,6 @@ class CompressConfig:
 REFERENCE_LR, REFERENCE_WIDTH, MAX_RECOVERY_LR = 1e-4, 1152, 2e-3
 
 
-def data_source(data: Any) -> str | None:
-    """The data as a later process can load it again: a bundled name or an absolute path
-    (None for data held in memory)."""
-    from entpruner_sdk.data.bundled import BUNDLED
-
-    if isinstance(data, str) and data in BUNDLED:
-        return data
-    if isinstance(data, (str, Path)) and Path(data).exists():
-        return str(Path(data).resolve())
-    return None
-
-
 def recovery_lr(hidden_size: int) -> float:
     """The default fine-tuning learning rate: 1e-4 at DiT-XL's width, scaled by 1 / width,
     at most 2e-3, to three significant digits (1.2e-3, not 0.0012000000000000001)."""
@@ -328,7 +316,6 @@ def compress(
     protected = protected_blocks(model, config.protect)
     if config.lr is None:
         config = dataclasses.replace(config, lr=recovery_lr(model.config.hidden_size))
-    source = data_source(data)
     data = load_data(data)
     check_data(model, data, config.num_classes, config.keep_classes)
     if config.report_samples:
@@ -422,8 +409,11 @@ def compress(
                               run.losses, latency, protected, device,
                               time.perf_counter() - wall_start)
         report["summary"]["processes"] = world
-        if source is not None:  # where a demo or a later evaluation finds the same data
-            report["summary"]["data_source"] = source
+        if data.origin is not None:  # where a demo or a later evaluation finds the same data
+            report["summary"]["data_source"] = data.origin["data"]
+            options = {k: v for k, v in data.origin.items() if k != "data"}
+            if options:  # load_data keywords: split, image_size, num_classes
+                report["summary"]["data_options"] = options
         report["calibration_times"] = calibration.times.tolist()  # the per-timestep columns
     if config.report_samples > 0:  # evaluation shards its sampling over the ranks
         figures = quality_figures(teacher, pruned, data, config, device, progress)

@@ -37,6 +37,9 @@ class ImageDataset(Dataset):
     name: str = "custom"
     class_names: list[str] = field(default_factory=list)
     pixels: bool = True  # False for latents, which are not bounded to [-1, 1]
+    # how to load the same data again (``load_data`` keywords, ``data`` the bundled name or an
+    # absolute path), set by ``load_data``; None for data made in memory, subsets included
+    origin: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -259,8 +262,27 @@ def save_npz(data: ImageDataset, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_folder(path: str | os.PathLike) -> ImageDataset:
-    """A folder with one subfolder of images per class (subfolder names are class names)."""
+def center_crop(image: Any, size: int) -> Any:
+    """``image`` (PIL) scaled so its short side is ``size``, then the centred square cut out:
+    the preprocessing of the DiT and ADM reference training code, so fine-tuning data looks
+    like what the released models saw (halve with a box filter while the short side is at
+    least twice ``size``, which avoids aliasing, then bicubic to the exact size)."""
+    from PIL import Image
+
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(side // 2 for side in image.size), Image.Resampling.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(side * scale) for side in image.size),
+                         Image.Resampling.BICUBIC)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_folder(path: str | os.PathLike, image_size: int | None = None) -> ImageDataset:
+    """A folder with one subfolder of images per class (subfolder names are class names).
+
+    ``image_size``: scale and centre-crop every image to that square size (``center_crop``);
+    without it all images must already have one size."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path)
@@ -274,8 +296,10 @@ def load_folder(path: str | os.PathLike) -> ImageDataset:
         for file in files:
             try:
                 with Image.open(file) as image:
-                    image.load()
-                    arrays.append(np.asarray(image.convert("RGB")))
+                    image = image.convert("RGB")
+                    if image_size is not None:
+                        image = center_crop(image, image_size)
+                    arrays.append(np.asarray(image))
             except (UnidentifiedImageError, OSError) as error:
                 raise DataError(f"cannot read image {file}: {error}; delete or replace it"
                                 ) from error
@@ -286,7 +310,8 @@ def load_folder(path: str | os.PathLike) -> ImageDataset:
     if len(sizes) > 1:
         (size_a, file_a), (size_b, file_b) = list(sizes.items())[:2]
         raise DataError(f"{root} mixes image sizes: {file_a} is {size_a[1]}x{size_a[0]}, "
-                        f"{file_b} is {size_b[1]}x{size_b[0]}; resize all images to one size")
+                        f"{file_b} is {size_b[1]}x{size_b[0]}; pass image_size= "
+                        "(--image-size N) to scale and centre-crop them all to N x N")
     stacked = np.stack(arrays)
     if all((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all() for a in arrays):
         stacked = stacked[..., :1]  # grayscale images stay one channel
@@ -330,22 +355,40 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
 
     ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
     per class, an ``.npz`` file, a torch ``Dataset`` / ``DataLoader`` of (image, label), or an
-    ``ImageDataset``. ``split`` and ``image_size`` apply to bundled datasets.
+    ``ImageDataset``. ``split`` applies to bundled datasets, ``num_classes`` to ``.npz`` files
+    and torch datasets, ``image_size`` to bundled datasets and folders (scaled and centre-
+    cropped). What was read from disk remembers how (``origin``), so a later process can load
+    the same data again.
     """
     from entpruner_sdk.data.bundled import BUNDLED, load_bundled
 
+    if image_size is not None and image_size < 1:
+        raise DataError(f"image_size={image_size}: must be a positive number of pixels")
     if isinstance(data, ImageDataset):
         return data
     if isinstance(data, (Dataset, DataLoader)):
         return from_torch(data, num_classes)
     if isinstance(data, str) and data in BUNDLED:
-        return load_bundled(data, split=split, image_size=image_size)
+        dataset = load_bundled(data, split=split, image_size=image_size)
+        return _remember(dataset, data, split=split if split != "train" else None,
+                         image_size=image_size)
     path = Path(data)
     if not path.exists():
         raise DataError(f"data {str(data)!r} is neither a bundled dataset "
                         f"({', '.join(BUNDLED)}) nor an existing file or folder")
     if path.is_dir():
-        return load_folder(path)
+        return _remember(load_folder(path, image_size), str(path.resolve()),
+                         image_size=image_size)
     if path.suffix == ".npz":
-        return load_npz(path, num_classes)
+        if image_size is not None:
+            raise DataError(f"{path} is loaded as stored; image_size (--image-size) resizes "
+                            "class folders and the bundled photos: drop it, or write the "
+                            ".npz at the size you need")
+        return _remember(load_npz(path, num_classes), str(path.resolve()),
+                         num_classes=num_classes)
     raise DataError(f"unsupported data file {path}; use an .npz or a folder of class folders")
+
+
+def _remember(dataset: ImageDataset, data: str, **options: Any) -> ImageDataset:
+    dataset.origin = {"data": data, **{k: v for k, v in options.items() if v is not None}}
+    return dataset
