@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from entpruner_sdk.data.classes import default_names
 from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -90,11 +91,18 @@ def sample_batch(data: ImageDataset, batch_size: int, generator: torch.Generator
 
 def record_data_classes(model: DiffusionTransformer, data: ImageDataset) -> None:
     """Note in ``model.provenance`` what it learned of the data it was just trained on:
-    ``class_names``, when the data names every one of the model's classes (sampling, the
-    server and the demo then take names), and ``data_classes``, when the data holds a subset
-    of them (sampling then defaults to those; an older note is dropped otherwise)."""
-    if data.named and len(data.class_names) == model.config.num_classes:
-        model.provenance["class_names"] = list(data.class_names)
+    ``class_names``, the data's names over the model's (sampling, the server and the demo then
+    take names; a class the data leaves unnamed keeps its old name), and ``data_classes``,
+    when the data holds a subset of the classes (sampling then defaults to those; an older
+    note is dropped otherwise)."""
+    if data.named:
+        count = model.config.num_classes
+        old = model.provenance.get("class_names") or []
+        names = list(old) if len(old) == count else default_names(count)
+        for c, name in enumerate(data.class_names[:count]):
+            if name != str(c):
+                names[c] = name
+        model.provenance["class_names"] = names
     present = data.classes_present
     if len(present) < model.config.num_classes:
         model.provenance["data_classes"] = present

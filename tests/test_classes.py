@@ -199,3 +199,26 @@ def test_the_evaluation_names_its_classes(tmp_path):
                       features=("domain",), progress=False)
     assert report.class_names[:2] == ["astronaut", "coffee"] and report.classes == list(range(8))
     assert "| 1 coffee |" in report.save(tmp_path).joinpath("evaluation.md").read_text()
+
+
+def test_an_imagenet_subset_names_the_classes_it_holds(tmp_path):
+    digits = load_data("digits")
+    keep = np.isin(digits.labels.numpy(), IDS)
+    path = tmp_path / "named.npz"
+    np.savez(path, images=digits.images.numpy()[keep], labels=digits.labels.numpy()[keep],
+             class_names=np.array(["two", "five", "seven"]))  # one per class held
+    data = load_data(path)
+    assert data.class_names == ["0", "1", "two", "3", "4", "five", "6", "seven"] and data.named
+    model = ten_classes()
+    model.provenance["class_names"] = [f"c{i}" for i in range(10)]
+    trained = train(model, data, TrainConfig(steps=1, batch_size=4), keep_classes=True,
+                    progress=False).ema
+    # the data's names over the model's; the classes it does not name keep theirs
+    assert trained.provenance["class_names"] == ["c0", "c1", "two", "c3", "c4", "five", "c6",
+                                                 "seven", "c8", "c9"]
+    assert resolve_labels(["five", "c9"], 10, trained.provenance["class_names"]) == [5, 9]
+    np.savez(path, images=digits.images.numpy()[keep], labels=digits.labels.numpy()[keep],
+             class_names=np.array(["two", "five"]))
+    with pytest.raises(DataError, match=r"2 class_names for 8 classes; give one name per "
+                                        r"class, or one per class held \(3, in label order\)"):
+        load_data(path)

@@ -245,9 +245,14 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDa
         labels_t = labels_t.long()
     names = [str(name) for name in arrays.get("class_names", [])]
     count = num_classes if num_classes is not None else max(int(labels_t.max()) + 1, len(names))
+    present = torch.unique(labels_t).tolist()
+    if names and len(names) == len(present) < count:
+        # one name per class held, in label order: a subset under a larger model's ids
+        names = [dict(zip(present, names)).get(c, str(c)) for c in range(count)]
     if names and len(names) != count:
         raise DataError(f"{path}: {len(names)} class_names for {count} classes; give one name "
-                        "per class or drop class_names")
+                        f"per class, or one per class held ({len(present)}, in label order), "
+                        "or drop class_names")
     return ImageDataset(tensor, labels_t, count, name=path.stem, class_names=names,
                         pixels=latents is None)
 
