@@ -142,7 +142,8 @@ def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
     assert np.load(raw)["images"].shape == (2, 3, 16, 16) and grid.stat().st_size > 0
 
 
-def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_path):
+def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_path,
+                                                           monkeypatch):
     from entpruner_sdk.compress import compress
     from entpruner_sdk.evaluation.inception import FeatureNetworkMissing, inception_path
 
@@ -159,7 +160,12 @@ def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_pat
         with pytest.raises(DataError, match="standard FID in the report needs images"):
             compress(latent_model(), latents, 2, report_features=("domain", "inception"),
                      **fast)
+    opened = []  # the real loader, counted: the check before training opens the VAE once
+    real_open = LatentSpace.from_pretrained.__func__
+    monkeypatch.setattr(LatentSpace, "from_pretrained", classmethod(
+        lambda cls, *args, **kwargs: opened.append(args) or real_open(cls, *args, **kwargs)))
     result = compress(latent_model(), latents, 2, report_vae=str(tiny_vae_dir), **fast)
+    assert len(opened) == 1
     summary = result.report["summary"]
     assert summary["latent"] and summary["quality_settings"]["vae"] == space.fingerprint
     assert summary["quality_settings"]["reference"] == "photos16-train-decoded"

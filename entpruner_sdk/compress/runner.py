@@ -182,17 +182,20 @@ def check_report_settings(samples: int, features: tuple[str, ...]) -> None:
         inception_path()  # raises with the install line when the fid extra is missing
 
 
-def check_report_decoder(model: DiffusionTransformer, config: CompressConfig) -> None:
+def check_report_decoder(model: DiffusionTransformer, config: CompressConfig,
+                         device: torch.device | None = None) -> Any:
     """Fail before any training when the report's figures need a VAE the run lacks, or was
-    given one that does not fit the model."""
+    given one that does not fit the model; return the VAE opened (None without one), which
+    the report then uses."""
     from entpruner_sdk.data.latents import decoder_for, is_latent
 
     if config.report_vae is not None:
-        decoder_for(model.config, config.report_vae)
-    elif is_latent(model.config) and "inception" in config.report_features:
+        return decoder_for(model.config, config.report_vae, device)
+    if is_latent(model.config) and "inception" in config.report_features:
         raise DataError("standard FID in the report needs images but this model samples VAE "
                         "latents: pass report_vae= (--vae DIR) to decode them, or leave "
                         "report_features at ('domain',) to measure in latent space")
+    return None
 
 
 def check_data(model: DiffusionTransformer, data: ImageDataset, num_classes: int | None,
@@ -318,8 +321,7 @@ def compress(
         config = dataclasses.replace(config, lr=recovery_lr(model.config.hidden_size))
     data = load_data(data)
     check_data(model, data, config.num_classes, config.keep_classes)
-    if config.report_samples:
-        check_report_decoder(model, config)
+    report_vae = check_report_decoder(model, config, device) if config.report_samples else None
     teacher = copy.deepcopy(model).to(device)
     if config.num_classes is not None and config.num_classes != teacher.config.num_classes:
         teacher = resize_classes(teacher, config.num_classes)
@@ -416,7 +418,7 @@ def compress(
                 report["summary"]["data_options"] = options
         report["calibration_times"] = calibration.times.tolist()  # the per-timestep columns
     if config.report_samples > 0:  # evaluation shards its sampling over the ranks
-        figures = quality_figures(teacher, pruned, data, config, device, progress)
+        figures = quality_figures(teacher, pruned, data, config, device, progress, report_vae)
         if report is not None:
             report["summary"].update(figures)
     result = CompressResult(pruned, distributed.broadcast(report))
@@ -427,16 +429,17 @@ def compress(
 
 
 def quality_figures(teacher, pruned, data, config: CompressConfig, device,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, vae: Any = None) -> dict[str, Any]:
     """Evaluation of teacher and pruned model on identical noise (the family's sampler).
 
     It samples each model once, after the fine-tuning bar has finished, so it shows its own
-    bars."""
+    bars. ``vae``: the opened ``config.report_vae`` (opened here when not given)."""
     from entpruner_sdk.data.latents import decoder_for
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import SAMPLING
 
-    vae = decoder_for(teacher.config, config.report_vae, device) if config.report_vae else None
+    if vae is None and config.report_vae:
+        vae = decoder_for(teacher.config, config.report_vae, device)
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,
                     samples=config.report_samples, seed=config.seed, device=device,
                     progress=progress, vae=vae)  # the VAE opened once for both evaluations
