@@ -1,6 +1,8 @@
 """A latent model end to end: encode images with a VAE, sample latents, decode them to images
 for the grid, the evaluation, the server and the demo (a tiny random VAE and model)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -173,7 +175,8 @@ def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_pat
     assert "measured on images decoded by the VAE" in (tmp_path / "run" / "report.md").read_text()
 
 
-def test_an_export_carries_the_vae_decoder_and_samples_images_alone(tiny_vae_dir, tmp_path):
+def test_an_export_carries_the_vae_decoder_and_samples_images_alone(tiny_vae_dir, tmp_path,
+                                                                    capsys):
     pytest.importorskip("onnxruntime")
     from entpruner_sdk.export import export, load_exported
     from entpruner_sdk.serve.models import load_served_model
@@ -198,5 +201,17 @@ def test_an_export_carries_the_vae_decoder_and_samples_images_alone(tiny_vae_dir
                  "--out", str(tmp_path / "grid.png"), "--npz", str(tmp_path / "s.npz"),
                  "--quiet"]) == 0
     assert np.load(tmp_path / "s.npz")["images"].shape == (1, 3, 16, 16)
+    # info describes an export from its manifest, as it does a model
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "onnx")]) == 0
+    text = capsys.readouterr().out
+    checks = len(result.parity)
+    assert "export: onnx fp32, files model.onnx, model_cfg.onnx, vae_decoder.onnx" in text
+    assert "carries the VAE decoder" in text
+    assert f"parity with PyTorch: {checks} of {checks} checks passed" in text
+    assert main(["info", "--model", str(tmp_path / "onnx"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    assert info["export"]["files"]["decoder"] == "vae_decoder.onnx"
     with pytest.raises(DataError, match="VAE has 4 latent channels but the model takes 1"):
         export(latent_model(in_channels=1), tmp_path / "pixels", "onnx", vae=tiny_vae_dir)
