@@ -838,6 +838,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: say where the work is, not where Python was
         print(_interrupted_message(args), file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `entpruner info --json | head`: the reader has what it wanted
+        import os
+
+        # stdout is gone; point it at devnull so the interpreter's final flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
