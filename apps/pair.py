@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from entpruner_sdk.compress import as_compressed
+from entpruner_sdk.data.classes import offered_classes
 from entpruner_sdk.data.latents import LatentSpace, decoder_for
 from entpruner_sdk.evaluation.evaluate import differences_but_depth
 from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
@@ -80,8 +81,8 @@ class ModelPair:
     def classes(self) -> list[int]:
         """The classes offered: those the pruned model was fine-tuned on when they were a
         subset of its own (an ImageNet subset), else all of them."""
-        subset = self.pruned.provenance.get("data_classes") if self.pruned is not None else None
-        return list(subset or range(self.num_classes))
+        provenance = self.pruned.provenance if self.pruned is not None else {}
+        return offered_classes(provenance, self.num_classes)
 
     @property
     def class_choices(self) -> list[tuple[str, int]]:

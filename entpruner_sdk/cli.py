@@ -500,7 +500,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from entpruner_sdk.data.classes import resolve_labels
+    from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for
     from entpruner_sdk.sampling import sample, save_grid
     from entpruner_sdk.teachers import resolve_model
@@ -515,7 +515,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                 model.provenance.get("class_names", ()))
     else:
         per_class = args.per_class or 4
-        labels = [c for c in sampled_classes(model) for _ in range(per_class)]
+        labels = [c for c in offered_classes(model.provenance, model.config.num_classes)
+                  for _ in range(per_class)]
     if exported is not None:
         images = exported.sample(labels, sampler=args.sampler, steps=args.steps,
                                  cfg_scale=args.cfg, seed=args.seed, clip_denoised=True,
@@ -527,18 +528,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
                         progress=not args.quiet)
     if decoder is not None:
         images = decoder.decode(images, progress=not args.quiet)
-    rows = len(sampled_classes(model)) if not args.labels else None
+    rows = len(set(labels)) if not args.labels else None
     save_grid(images, args.out, rows=rows)
     if args.npz:
         np.savez(args.npz, images=images.numpy(), labels=np.array(labels))
     print(f"{len(labels)} samples -> {args.out}")
     return 0
-
-
-def sampled_classes(model) -> list[int]:
-    """The classes `sample` draws without --labels: those of the data the model was last
-    trained or compressed on when they were a subset of its own, else all of them."""
-    return list(model.provenance.get("data_classes") or range(model.config.num_classes))
 
 
 def _exported(path: str, provider: str):

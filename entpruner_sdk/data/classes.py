@@ -11,6 +11,13 @@ def default_names(count: int) -> list[str]:
     return [str(i) for i in range(count)]
 
 
+def offered_classes(provenance: dict, num_classes: int) -> list[int]:
+    """The classes to offer by default (sampling without labels, the demo's menu): those a
+    model was last fine-tuned on when they were a subset of its own (``data_classes`` in its
+    provenance), else all of them."""
+    return list(provenance.get("data_classes") or range(num_classes))
+
+
 def resolve_labels(labels: Iterable[int | str], num_classes: int,
                    class_names: Sequence[str] = ()) -> list[int]:
     """Class ids for ``labels``, each an id (``3`` or ``"3"``) or a class name (``"cat"``).
