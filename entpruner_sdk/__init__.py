@@ -5,7 +5,7 @@ The verbs at the top: ``load`` / ``save`` models, ``train`` a teacher, ``sample`
 """
 
 from entpruner_sdk.compress import Budget, BudgetError, CompressConfig, CompressResult, compress
-from entpruner_sdk.data import DataError, ImageDataset, load_data
+from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.evaluate import EvaluationReport, evaluate
 from entpruner_sdk.models import (
@@ -32,6 +32,7 @@ __all__ = [
     "DiffusionTransformer",
     "EvaluationReport",
     "ImageDataset",
+    "ImageFolder",
     "LatentSpace",
     "TrainConfig",
     "TransformerConfig",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -200,8 +202,12 @@ def _add_info(sub) -> None:
 
 def _add_encode(sub) -> None:
     p = _command(sub, "encode", "Encode images to VAE latents: the data for a latent model "
-                 "(DiT-XL/2, SiT-XL/2) to train, compress and evaluate on.", """\
+                 "(DiT-XL/2, SiT-XL/2) to train, compress and evaluate on. The latents done so "
+                 "far are kept in OUT.encoding/ (each minute): after Ctrl-C or a crash, the same "
+                 "command continues from there.", """\
         entpruner encode --vae ./sd-vae-ft-ema --data ./my_images --out my_latents.npz
+        entpruner encode --vae ./sd-vae-ft-ema --data ./imagenet_subset --image-size 256 \\
+            --device cuda --batch-size 64 --workers 8 --out subset.npz   # streams the folder
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data my_latents.npz \\
             --budget 14 --out runs/xl-d14
         """)
@@ -212,6 +218,10 @@ def _add_encode(sub) -> None:
     p.add_argument("--out", required=True,
                    help=".npz to write: latents, labels and class names")
     p.add_argument("--batch-size", type=int, default=32, help="images per VAE call")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="processes that read and crop a folder's images while the VAE encodes "
+                        "(default: %(default)s; 0 reads them in this process). A folder is "
+                        "read one batch at a time, so it need not fit in memory")
     _common(p)
 
 
@@ -695,16 +705,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     from entpruner_sdk.data import load_data
     from entpruner_sdk.data.datasets import save_npz
+    from entpruner_sdk.data.folder import ImageFolder
     from entpruner_sdk.data.latents import LatentSpace
 
     space = LatentSpace.from_pretrained(args.vae, device=args.device)
-    data = load_data(args.data, image_size=args.image_size)
-    latents = space.encode_dataset(data, batch_size=args.batch_size, progress=not args.quiet)
+    if Path(args.data).is_dir():  # streamed: a folder may be larger than memory
+        data = ImageFolder(args.data, image_size=args.image_size)
+    else:
+        data = load_data(args.data, image_size=args.image_size)
+    work = _encode_work_dir(args.out)  # holds the latents done so far until the .npz is out
+    latents = space.encode_dataset(data, cache_dir=work, batch_size=args.batch_size,
+                                   progress=not args.quiet, workers=args.workers)
     save_npz(latents, args.out)
+    shutil.rmtree(work, ignore_errors=True)
     print(f"{len(latents)} images of {data.channels}x{data.image_size}x{data.image_size} -> "
           f"{latents.channels}x{latents.image_size}x{latents.image_size} latents "
           f"({latents.num_classes} classes) in {args.out}")
     return 0
+
+
+def _encode_work_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".encoding")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -799,6 +821,15 @@ def _error_message(error: Exception) -> str:
 def _interrupted_message(args: argparse.Namespace) -> str:
     """What an interrupted command kept: for train and compress, the checkpoint to resume."""
     message = f"entpruner {args.command}: interrupted"
+    if args.command == "encode":
+        from safetensors import safe_open
+
+        for partial in sorted(_encode_work_dir(args.out).glob("*.partial.safetensors")):
+            with safe_open(str(partial), "pt") as file:
+                done = file.get_slice("latents").get_shape()[0]
+            return (message + f"; {partial.parent} holds the first {done} images' latents: run "
+                    "the same command to continue from there")
+        return message + "; no latents were saved yet, so running it again starts over"
     if args.command not in ("train", "compress") or not getattr(args, "out", None):
         return message
     from entpruner_sdk.utils.checkpoint import META

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from entpruner_sdk.data import DataError, ImageDataset, load_data, save_npz
+from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data, save_npz
 
 
 def test_digits_bundled_splits_are_disjoint_and_cover_all():
@@ -87,6 +87,28 @@ def test_folder_images_are_scaled_and_centre_cropped(tmp_path):
     assert wide.images.shape == (1, 1, 6, 6) and torch.allclose(wide.images, torch.ones(1))
     with pytest.raises(DataError, match="image_size=0: must be a positive"):
         load_data(tmp_path / "wide", image_size=0)
+
+
+def test_an_image_folder_reads_one_image_per_item(tmp_path):
+    write_folder(tmp_path / "f", sizes=((8, 8), (16, 12)))
+    folder = ImageFolder(tmp_path / "f", image_size=8)
+    whole = load_data(tmp_path / "f", image_size=8)
+    assert (len(folder), folder.num_classes, folder.class_names) == (6, 2, ["a", "b"])
+    assert folder.image_size == 8 and folder.labels.tolist() == whole.labels.tolist()
+    for index in range(len(folder)):  # the same pixels, label by label, as the whole read
+        image, label = folder[index]
+        assert torch.equal(image, whole.images[index]) and label == whole.labels[index]
+    # a folder of one size needs no crop; a stray size stops the read with the fix
+    write_folder(tmp_path / "g", sizes=((8, 8), (8, 8), (16, 16)))
+    plain = ImageFolder(tmp_path / "g")
+    assert plain.image_size == 8 and plain[1][0].shape == (3, 8, 8)
+    with pytest.raises(DataError, match=r"mixes image sizes: .*2.png is 16x16; .*--image-size"):
+        plain[2]
+    # the cache key follows the files without reading pixels: same files, same key
+    key = ImageFolder(tmp_path / "f", image_size=8).fingerprint()
+    assert key == folder.fingerprint() != ImageFolder(tmp_path / "f", image_size=6).fingerprint()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "f" / "a" / "0.png")
+    assert ImageFolder(tmp_path / "f", image_size=8).fingerprint() != key
 
 
 def test_loaded_data_remembers_how_it_was_loaded(tmp_path):

@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from entpruner_sdk.cli import main
-from entpruner_sdk.data import DataError, load_data
+from entpruner_sdk.data import DataError, ImageFolder, load_data
+from entpruner_sdk.data import latents as latents_module
 from entpruner_sdk.data.latents import SD_VAE_SCALE, LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.models.io import save
@@ -125,11 +127,21 @@ def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
         pixels = ((image + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(pixels).save(folder / data.class_names[label] / f"{i}.png")
     out = tmp_path / "latents.npz"
+    # the folder streams through two reader processes, in batches of 5 (the last one short)
     assert main(["encode", "--vae", str(tiny_vae_dir), "--data", str(folder), "--out", str(out),
-                 "--quiet"]) == 0
+                 "--workers", "2", "--batch-size", "5", "--quiet"]) == 0
     latents = load_data(out)
     assert latents.images.shape == (16, 4, 8, 8) and not latents.pixels
     assert latents.class_names == sorted(set(data.class_names))
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    whole = space.encode_dataset(load_data(folder), progress=False)
+    assert torch.allclose(latents.images, whole.images, atol=1e-6)  # as if read whole
+    assert torch.equal(latents.labels, whole.labels)
+    streamed = space.encode_dataset(ImageFolder(folder), cache_dir=tmp_path / "cache",
+                                    progress=False)  # in Python, cached by the files' stats
+    cached = space.encode_dataset(ImageFolder(folder), cache_dir=tmp_path / "cache")
+    assert torch.equal(cached.images, streamed.images)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
     save(latent_model(), tmp_path / "model")
     capsys.readouterr()
     assert main(["info", "--model", str(tmp_path / "model")]) == 0
@@ -142,6 +154,40 @@ def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
                  "--vae", str(tiny_vae_dir), "--out", str(grid), "--npz", str(raw),
                  "--quiet"]) == 0
     assert np.load(raw)["images"].shape == (2, 3, 16, 16) and grid.stat().st_size > 0
+
+
+def test_an_interrupted_encode_continues_where_it_stopped(tiny_vae_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    folder = tmp_path / "images"
+    for i in range(10):
+        (folder / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"c{i % 2}" / f"{i}.png")
+    reads, read, interrupt = [], ImageFolder.read, [True]
+
+    def interrupted_at_image_7(self, index):  # Ctrl-C while the 3rd batch of 3 is read, once
+        reads.append(index)
+        if index == 7 and interrupt:
+            interrupt.clear()
+            raise KeyboardInterrupt
+        return read(self, index)
+
+    monkeypatch.setattr(ImageFolder, "read", interrupted_at_image_7)
+    out = tmp_path / "latents.npz"
+    command = ["encode", "--vae", str(tiny_vae_dir), "--data", str(folder), "--out", str(out),
+               "--workers", "0", "--batch-size", "3", "--quiet"]
+    monkeypatch.setattr(latents_module, "CHECKPOINT_SECONDS", 0.0)  # after every batch
+    assert main(command) == 130 and not out.exists()
+    assert capsys.readouterr().err.strip() == (
+        f"entpruner encode: interrupted; {out}.encoding holds the first 6 images' latents: run "
+        "the same command to continue from there")
+    reads.clear()
+    assert main(command) == 0
+    assert sorted(set(reads)) == list(range(6, 10))  # the first 6 were not read again
+    assert not (tmp_path / "latents.npz.encoding").exists()
+    whole = LatentSpace.from_pretrained(tiny_vae_dir).encode_dataset(
+        ImageFolder(folder), batch_size=3, progress=False)
+    assert torch.equal(load_data(out).images, whole.images)  # as if never interrupted
 
 
 def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_path,

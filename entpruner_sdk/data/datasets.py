@@ -20,8 +20,6 @@ from torch.utils.data import DataLoader, Dataset
 from entpruner_sdk.data.classes import default_names
 from entpruner_sdk.utils.files import atomic_writer
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
 
 class DataError(ValueError):
     """Data that cannot be used; the message names the problem and the fix."""
@@ -79,8 +77,8 @@ class ImageDataset(Dataset):
     def fingerprint(self) -> str:
         """Content hash, used to key caches (encoded latents, reference statistics)."""
         digest = hashlib.sha256()
-        digest.update(self.images.numpy().tobytes())
-        digest.update(self.labels.numpy().tobytes())
+        digest.update(self.images.contiguous().numpy())  # the buffer itself, not a copy
+        digest.update(self.labels.contiguous().numpy())
         return digest.hexdigest()[:16]
 
     def subset(self, indices: Iterable[int]) -> ImageDataset:
@@ -187,7 +185,10 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
 def to_unit_range(array: np.ndarray, source: str) -> torch.Tensor:
     """uint8 (or integer) pixels -> [-1, 1]; floats are taken as already in [-1, 1]."""
     if array.dtype == np.uint8:
-        return torch.from_numpy(array.astype(np.float32) / 127.5 - 1.0)
+        scaled = array.astype(np.float32)
+        scaled /= 127.5  # in place: a folder's pixels are the largest thing we hold
+        scaled -= 1.0
+        return torch.from_numpy(scaled)
     if np.issubdtype(array.dtype, np.integer):
         raise DataError(f"{source}: integer images must be uint8 (0..255), got {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
@@ -267,64 +268,6 @@ def save_npz(data: ImageDataset, path: str | os.PathLike) -> Path:
     return path
 
 
-def center_crop(image: Any, size: int) -> Any:
-    """``image`` (PIL) scaled so its short side is ``size``, then the centred square cut out:
-    the preprocessing of the DiT and ADM reference training code, so fine-tuning data looks
-    like what the released models saw (halve with a box filter while the short side is at
-    least twice ``size``, which avoids aliasing, then bicubic to the exact size)."""
-    from PIL import Image
-
-    while min(image.size) >= 2 * size:
-        image = image.resize(tuple(side // 2 for side in image.size), Image.Resampling.BOX)
-    scale = size / min(image.size)
-    image = image.resize(tuple(round(side * scale) for side in image.size),
-                         Image.Resampling.BICUBIC)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def load_folder(path: str | os.PathLike, image_size: int | None = None) -> ImageDataset:
-    """A folder with one subfolder of images per class (subfolder names are class names).
-
-    ``image_size``: scale and centre-crop every image to that square size (``center_crop``);
-    without it all images must already have one size."""
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(path)
-    classes = sorted(p for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{root} has no class subfolders; put the images of each class in "
-                        "its own subfolder (e.g. data/cat/*.png, data/dog/*.png)")
-    arrays, labels, sizes = [], [], {}
-    for label, folder in enumerate(classes):
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        for file in files:
-            try:
-                with Image.open(file) as image:
-                    image = image.convert("RGB")
-                    if image_size is not None:
-                        image = center_crop(image, image_size)
-                    arrays.append(np.asarray(image))
-            except (UnidentifiedImageError, OSError) as error:
-                raise DataError(f"cannot read image {file}: {error}; delete or replace it"
-                                ) from error
-            sizes.setdefault(arrays[-1].shape[:2], file)
-            labels.append(label)
-    if not arrays:
-        raise DataError(f"{root} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    if len(sizes) > 1:
-        (size_a, file_a), (size_b, file_b) = list(sizes.items())[:2]
-        raise DataError(f"{root} mixes image sizes: {file_a} is {size_a[1]}x{size_a[0]}, "
-                        f"{file_b} is {size_b[1]}x{size_b[0]}; pass image_size= "
-                        "(--image-size N) to scale and centre-crop them all to N x N")
-    stacked = np.stack(arrays)
-    if all((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all() for a in arrays):
-        stacked = stacked[..., :1]  # grayscale images stay one channel
-    images = to_unit_range(stacked.transpose(0, 3, 1, 2).copy(), str(root))
-    return ImageDataset(images, torch.tensor(labels), len(classes), name=root.name,
-                        class_names=[c.name for c in classes])
-
-
 def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> ImageDataset:
     """Materialise a torch Dataset or DataLoader of (image, label) pairs.
 
@@ -366,6 +309,7 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     the same data again.
     """
     from entpruner_sdk.data.bundled import BUNDLED, load_bundled
+    from entpruner_sdk.data.folder import load_folder
 
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size={image_size}: must be a positive number of pixels")

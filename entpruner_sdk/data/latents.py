@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Subset
 
 from entpruner_sdk.data.datasets import DataError, ImageDataset
+from entpruner_sdk.data.folder import ImageFolder
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_writer
 from entpruner_sdk.utils.progress import progress_bar
 
 SD_VAE_SCALE = 0.18215
+CHECKPOINT_SECONDS = 60.0  # how often a cached encode saves the latents done so far
 
 
 class LatentSpace:
@@ -88,7 +92,8 @@ class LatentSpace:
         return (self.vae.config.out_channels, config.input_size * factor,
                 config.input_size * factor)
 
-    def _cache_file(self, cache_dir: str | os.PathLike, data: ImageDataset) -> Path:
+    def _cache_file(self, cache_dir: str | os.PathLike,
+                    data: ImageDataset | ImageFolder) -> Path:
         """One file per dataset content and VAE weights."""
         return Path(cache_dir) / f"{data.name}-{data.fingerprint()}-{self.fingerprint}.safetensors"
 
@@ -108,22 +113,68 @@ class LatentSpace:
                 save_file({"images": images.contiguous()}, str(tmp))
         return _image_dataset(images, data)
 
-    def encode_dataset(self, data: ImageDataset, cache_dir: str | os.PathLike | None = None,
-                       batch_size: int = 32, progress: bool = True) -> ImageDataset:
-        """The dataset in latent space, read from / written to the cache when given."""
-        cache = None
+    def encode_dataset(self, data: ImageDataset | ImageFolder,
+                       cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
+                       progress: bool = True, workers: int = 0,
+                       checkpoint_seconds: float | None = None) -> ImageDataset:
+        """The dataset in latent space, read from / written to the cache when given.
+
+        ``data``: images in memory, or an ``ImageFolder``, which streams: ``workers``
+        processes read and crop its files while the VAE encodes, and only one batch of pixels
+        is held at a time, so a folder larger than memory encodes. With a cache, the latents
+        done so far are saved every ``checkpoint_seconds`` (``CHECKPOINT_SECONDS``), and an
+        interrupted encode (Ctrl-C, a crash) continues from there when run again on the same
+        data."""
+        if checkpoint_seconds is None:
+            checkpoint_seconds = CHECKPOINT_SECONDS
+        cache = partial = None
         if cache_dir is not None:
             cache = self._cache_file(cache_dir, data)
             if cache.exists():
                 return _latent_dataset(load_file(str(cache))["latents"], data)
-        chunks = [self.encode(data.images[i:i + batch_size])
-                  for i in progress_bar(range(0, len(data), batch_size), enabled=progress,
-                                        desc="encoding")]
-        latents = torch.cat(chunks)
+            partial = partial_file(cache)
+        latents, done = _resume(partial, len(data))
+        if isinstance(data, ImageDataset):
+            batches = (data.images[i:i + batch_size]
+                       for i in range(done, len(data), batch_size))
+        else:
+            rest = Subset(data, range(done, len(data)))
+            batches = (images for images, _ in DataLoader(rest, batch_size, num_workers=workers))
+        saved = time.monotonic()
+        starts = progress_bar(range(done, len(data), batch_size), enabled=progress,
+                              desc="encoding", initial=done // batch_size,
+                              total=-(-len(data) // batch_size))
+        for start, images in zip(starts, batches):
+            encoded = self.encode(images)
+            if latents is None:  # filled in place: no second copy of the latents
+                latents = torch.empty(len(data), *encoded.shape[1:])
+            latents[start:start + len(encoded)] = encoded
+            end = start + len(encoded)
+            if partial is not None and end < len(data) and (
+                    time.monotonic() - saved >= checkpoint_seconds):
+                with atomic_writer(partial) as tmp:
+                    save_file({"latents": latents[:end].contiguous()}, str(tmp))
+                saved = time.monotonic()
         if cache is not None:
             with atomic_writer(cache) as tmp:
-                save_file({"latents": latents.contiguous()}, str(tmp))
+                save_file({"latents": latents}, str(tmp))
+            partial.unlink(missing_ok=True)
         return _latent_dataset(latents, data)
+
+
+def partial_file(cache: Path) -> Path:
+    """Where an unfinished encode keeps the latents it has done (next to the cache file)."""
+    return cache.with_name(cache.name.replace(".safetensors", ".partial.safetensors"))
+
+
+def _resume(partial: Path | None, count: int) -> tuple[torch.Tensor | None, int]:
+    """The latents buffer and the number of images already encoded by an interrupted run."""
+    if partial is None or not partial.exists():
+        return None, 0
+    done = load_file(str(partial))["latents"]
+    latents = torch.empty(count, *done.shape[1:])
+    latents[:len(done)] = done
+    return latents, len(done)
 
 
 def is_latent(config) -> bool:
@@ -168,6 +219,6 @@ def _image_dataset(images: torch.Tensor, data: ImageDataset) -> ImageDataset:
                         list(data.class_names))
 
 
-def _latent_dataset(latents: torch.Tensor, data: ImageDataset) -> ImageDataset:
+def _latent_dataset(latents: torch.Tensor, data: ImageDataset | ImageFolder) -> ImageDataset:
     return ImageDataset(latents, data.labels.clone(), data.num_classes, f"{data.name}-latent",
                         list(data.class_names), pixels=False)

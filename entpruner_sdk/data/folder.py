@@ -1,0 +1,143 @@
+"""A folder with one subfolder of images per class, read lazily or all at once.
+
+``ImageFolder`` lists the files and reads one image per item, so a large folder streams
+through a ``DataLoader`` (``LatentSpace.encode_dataset`` encodes it batch by batch in the
+memory of one batch); ``load_folder`` reads it whole into an ``ImageDataset``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from entpruner_sdk.data.datasets import DataError, ImageDataset, to_unit_range
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def center_crop(image, size: int):
+    """``image`` (PIL) scaled so its short side is ``size``, then the centred square cut out:
+    the preprocessing of the DiT and ADM reference training code, so fine-tuning data looks
+    like what the released models saw (halve with a box filter while the short side is at
+    least twice ``size``, which avoids aliasing, then bicubic to the exact size)."""
+    from PIL import Image
+
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(side // 2 for side in image.size), Image.Resampling.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(side * scale) for side in image.size),
+                         Image.Resampling.BICUBIC)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+class ImageFolder(Dataset):
+    """The images of a class folder (``root/<class name>/*.png``), read one per item as RGB
+    in [-1, 1] with its label; subfolder names, sorted, are the class names.
+
+    ``image_size``: scale and centre-crop every image to that square size (``center_crop``);
+    without it every image must have the size of the first, and the first that does not
+    stops the read with the fix.
+    """
+
+    def __init__(self, path: str | os.PathLike, image_size: int | None = None) -> None:
+        self.root = Path(path)
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir())
+        if not folders:
+            raise DataError(f"{self.root} has no class subfolders; put the images of each "
+                            "class in its own subfolder (e.g. data/cat/*.png, data/dog/*.png)")
+        self.files: list[Path] = []
+        labels: list[int] = []
+        for label, folder in enumerate(folders):
+            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            self.files += files
+            labels += [label] * len(files)
+        if not self.files:
+            raise DataError(f"{self.root} contains no images "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+        self.labels = torch.tensor(labels)
+        self.class_names = [folder.name for folder in folders]
+        self.num_classes = len(folders)
+        self.name = self.root.name
+        self.pixels = True
+        self.crop_size = image_size
+        # the size every image must have, known without decoding any pixels
+        self._first_size = None if image_size else self._open(self.files[0]).size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        return (f"ImageFolder({str(self.root)!r}: {len(self)} images of {self.image_size}x"
+                f"{self.image_size}, {self.num_classes} classes)")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = self.read(index).transpose(2, 0, 1).copy()
+        return to_unit_range(pixels, str(self.files[index])), self.labels[index]
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+    @property
+    def image_size(self) -> int:
+        return self.crop_size or self._first_size[0]
+
+    def read(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 RGB [H, W, 3], cropped when ``image_size`` was given."""
+        file = self.files[index]
+        with self._open(file) as image:
+            try:
+                image = image.convert("RGB")
+            except OSError as error:  # truncated files fail only when the pixels are read
+                raise DataError(f"cannot read image {file}: {error}; delete or replace it"
+                                ) from error
+            if self.crop_size is not None:
+                image = center_crop(image, self.crop_size)
+            elif image.size != self._first_size:
+                (w, h), (w0, h0) = image.size, self._first_size
+                raise DataError(f"{self.root} mixes image sizes: {self.files[0]} is {w0}x{h0}, "
+                                f"{file} is {w}x{h}; pass image_size= (--image-size N) to "
+                                "scale and centre-crop them all to N x N")
+            return np.asarray(image)
+
+    def fingerprint(self) -> str:
+        """A hash of the file list, sizes and modification times and the crop size: keys the
+        caches of encoded latents without reading any pixels."""
+        digest = hashlib.sha256(f"{self.crop_size}".encode())
+        for file, label in zip(self.files, self.labels.tolist()):
+            stat = file.stat()
+            digest.update(f"{file.relative_to(self.root)}|{label}|{stat.st_size}|"
+                          f"{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+    @staticmethod
+    def _open(file: Path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            return Image.open(file)
+        except (UnidentifiedImageError, OSError) as error:
+            raise DataError(f"cannot read image {file}: {error}; delete or replace it"
+                            ) from error
+
+
+def load_folder(path: str | os.PathLike, image_size: int | None = None) -> ImageDataset:
+    """A class folder read whole into memory (``ImageFolder`` for what it accepts); images
+    whose three channels are all equal stay one grayscale channel."""
+    folder = ImageFolder(path, image_size)
+    first = folder.read(0)
+    pixels = np.empty((len(folder), *first.shape), dtype=np.uint8)  # one copy, filled in place
+    pixels[0] = first
+    for index in range(1, len(folder)):
+        pixels[index] = folder.read(index)
+    if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all():
+        pixels = pixels[..., :1]
+    images = to_unit_range(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), str(folder.root))
+    return ImageDataset(images, folder.labels, folder.num_classes, name=folder.name,
+                        class_names=folder.class_names)
