@@ -7,6 +7,7 @@ it reads and raises ``DataError`` with the problem and the fix.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -112,14 +113,16 @@ def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, sourc
             f"{source}: images are {images.shape[-2]}x{images.shape[-1]}; DiT needs square "
             "images, crop or resize them"
         )
-    bad = ~torch.isfinite(images).flatten(1).all(dim=1)
-    if bad.any():
+    low, high = (float(value) for value in torch.aminmax(images))  # NaN if any image has one
+    if not (math.isfinite(low) and math.isfinite(high)):
+        # find them a chunk at a time: isfinite over everything at once costs 1.5x the images
+        bad = torch.cat([~torch.isfinite(chunk).flatten(1).all(dim=1)
+                         for chunk in images.split(256)])
         first = int(torch.nonzero(bad)[0])
         raise DataError(
             f"{source}: {int(bad.sum())} images contain NaN or infinite values (first: index "
             f"{first}); drop or repair them"
         )
-    low, high = float(images.min()), float(images.max())
     if pixels and (low < -1.001 or high > 1.001):
         raise DataError(
             f"{source}: pixel values span [{low:.3g}, {high:.3g}] but must lie in [-1, 1]; "
