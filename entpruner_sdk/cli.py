@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from entpruner_sdk.evaluation.evaluate import REFERENCE_SIZE
 from entpruner_sdk.importance import IMPORTANCES
 from entpruner_sdk.importance.ced import OUTPUTS, WEIGHTINGS
 from entpruner_sdk.importance.entropy import ESTIMATORS
@@ -330,7 +331,8 @@ def _add_evaluate(sub) -> None:
         entpruner evaluate --model runs/pruned --original dit-digits --data digits \\
             --samples 500 --features domain --out runs/eval
         entpruner evaluate --model runs/xl-d14/model --original DiT-XL-2-256x256.pt \\
-            --family dit --data ./my_images --vae ./sd-vae-ft-ema   # latent model, real images
+            --family dit --data ./my_images --image-size 256 --vae ./sd-vae-ft-ema \\
+            --reference-size 50000              # a latent model against 50k real images
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
@@ -347,6 +349,9 @@ def _add_evaluate(sub) -> None:
                    help="seeds the noise (the labels are class-balanced)")
     p.add_argument("--features", default="domain,inception",
                    help="comma-separated feature spaces: domain, inception or both")
+    p.add_argument("--reference-size", type=int, default=REFERENCE_SIZE,
+                   help="real images to compare with, balanced over the classes (default: "
+                        "%(default)s; 0: all); a folder reads only those")
     p.add_argument("--out", default="runs/evaluation", help="writes evaluation.json and .md")
     _vae_option(p)
     _common(p)
@@ -679,7 +684,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from entpruner_sdk.data import load_data
+    from entpruner_sdk.data import ImageFolder, load_data
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import resolve_model
 
@@ -690,7 +695,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from entpruner_sdk.compress import as_compressed
 
         original = as_compressed(original, model)
-    report = evaluate(model, load_data(args.data, image_size=args.image_size),
+    data = (ImageFolder(args.data, args.image_size) if Path(args.data).is_dir() else
+            load_data(args.data, image_size=args.image_size))  # a folder: only what is used
+    report = evaluate(model, data, reference_size=args.reference_size or None,
                       samples=args.samples, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
                       features=tuple(f.strip() for f in args.features.split(",")),

@@ -71,3 +71,12 @@ def latent_model(family: str = "dit", **overrides) -> DiffusionTransformer:
     fields = dict(in_channels=4, num_classes=8)
     fields.update(overrides)
     return randomized(DiffusionTransformer(tiny_config(family, **fields)))
+
+
+def cache_a_quick_classifier(data) -> None:
+    """Train the domain classifier for ``data`` briefly and cache it where ``evaluate`` looks,
+    so the test pays 20 steps instead of the full 600 (its quality is not under test)."""
+    from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+
+    folder = cache_root() / "classifiers" / f"{data.name}-{data.fingerprint()}"
+    save_classifier(train_classifier(data, steps=20), data, folder)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from entpruner_sdk.data import DataError, load_data
+from entpruner_sdk.data import DataError, ImageFolder, load_data
+from entpruner_sdk.data.datasets import balanced_indices
 from entpruner_sdk.evaluation.classifier import (
     BUNDLED_CLASSIFIERS,
     domain_classifier,
@@ -21,7 +22,7 @@ from entpruner_sdk.evaluation.metrics import (
     precision_recall,
 )
 from entpruner_sdk.models import DiffusionTransformer
-from tests.conftest import randomized, tiny_config
+from tests.conftest import cache_a_quick_classifier, randomized, tiny_config
 
 
 def gaussian(n, dim=8, shift=0.0, scale=1.0, seed=0):
@@ -242,3 +243,36 @@ def test_reference_statistics_are_kept_apart_per_network(tmp_path, monkeypatch):
     stats_second, _ = reference_stats(data, second, "domain", progress=False)
     assert not np.array_equal(stats_first.mu, stats_second.mu)
     assert len(list((tmp_path / "reference").glob("*.json"))) == 2
+
+
+def test_the_reference_is_a_bounded_balanced_sample_of_the_data(tmp_path, monkeypatch):
+    labels = torch.tensor([0] * 10 + [1] * 2 + [2] * 10)
+    chosen = balanced_indices(labels, 9)
+    assert sorted(labels[chosen].tolist()) == [0] * 4 + [1] * 2 + [2] * 3  # 1 gives all it has
+    assert chosen == balanced_indices(labels, 9) and balanced_indices(labels, 50) == list(
+        range(22))
+    model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
+    small = load_data("digits").per_class(6, torch.Generator().manual_seed(0))
+    cache_a_quick_classifier(small.subset(balanced_indices(small.labels, 30)))
+    report = evaluate(model, small, samples=10, steps=2, features=("domain",), progress=False,
+                      reference_size=30)
+    assert report.settings["reference_size"] == 30 and report.classes == list(range(10))
+    assert "the reference is 30 of the 60 images of digits" in report.notes[0]
+    # a folder reads only the images it keeps
+    from PIL import Image
+
+    for i in range(12):
+        (tmp_path / f"c{i % 2}").mkdir(exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"c{i % 2}" / f"{i}.png")
+    folder = ImageFolder(tmp_path)
+    cache_a_quick_classifier(folder.load(balanced_indices(folder.labels, 4)))  # what it keeps
+    reads, read = [], ImageFolder.read
+    monkeypatch.setattr(ImageFolder, "read", lambda self, i: reads.append(i) or read(self, i))
+    rgb = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False, in_channels=3,
+                                                      num_classes=2)))
+    report = evaluate(rgb, ImageFolder(tmp_path), samples=4, steps=2, features=("domain",),
+                      progress=False, reference_size=4)
+    assert report.settings["reference_size"] == 4 and len(reads) == 4
+    with pytest.raises(ValueError, match="reference_size=1: at least 2"):
+        evaluate(rgb, ImageFolder(tmp_path), samples=4, reference_size=1, progress=False)

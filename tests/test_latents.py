@@ -15,7 +15,7 @@ from entpruner_sdk.data.latents import SD_VAE_SCALE, LatentSpace, decoder_for, i
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.models.io import save
 from entpruner_sdk.sampling import sample
-from tests.conftest import latent_model, tiny_config, tiny_vae
+from tests.conftest import cache_a_quick_classifier, latent_model, tiny_config, tiny_vae
 
 
 @pytest.fixture
@@ -27,15 +27,6 @@ def photos16(count: int = 64):
     """``count`` 16x16 photos, spread over the 8 classes."""
     data = load_data("photos", image_size=16)
     return data.subset(range(0, len(data), len(data) // count))
-
-
-def cache_a_quick_classifier(data) -> None:
-    """Train the domain classifier for ``data`` briefly and cache it where ``evaluate`` looks,
-    so the test pays 20 steps instead of the full 600 (its quality is not under test)."""
-    from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
-
-    folder = cache_root() / "classifiers" / f"{data.name}-{data.fingerprint()}"
-    save_classifier(train_classifier(data, steps=20), data, folder)
 
 
 def test_latent_space_encodes_scaled_and_caches(tiny_vae_dir, tmp_path):

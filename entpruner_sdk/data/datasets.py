@@ -97,6 +97,21 @@ class ImageDataset(Dataset):
         return self.subset(sorted(chosen))
 
 
+def balanced_indices(labels: torch.Tensor, count: int, seed: int = 0) -> list[int]:
+    """``count`` indices (all when there are fewer) spread evenly over the classes present:
+    each class shuffled by ``seed``, then taken in turn, one of each class per round, so a
+    class with few samples gives all it has and the rest are shared among the others."""
+    generator = torch.Generator().manual_seed(seed)
+    queues = [idx[torch.randperm(len(idx), generator=generator)].tolist()
+              for idx in (torch.nonzero(labels == c).flatten() for c in torch.unique(labels))]
+    chosen: list[int] = []
+    for round_ in range(max(map(len, queues))):
+        chosen += [queue[round_] for queue in queues if round_ < len(queue)]
+        if len(chosen) >= count:
+            break
+    return sorted(chosen[:count])
+
+
 def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, source: str,
              pixels: bool = True) -> None:
     """Check shapes, finiteness, range (for pixels) and labels; raise ``DataError``."""
@@ -305,19 +320,21 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     """Turn any supported source into an ``ImageDataset``.
 
     ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
-    per class, an ``.npz`` file, a torch ``Dataset`` / ``DataLoader`` of (image, label), or an
-    ``ImageDataset``. ``split`` applies to bundled datasets, ``num_classes`` to ``.npz`` files
-    and torch datasets, ``image_size`` to bundled datasets and folders (scaled and centre-
-    cropped). What was read from disk remembers how (``origin``), so a later process can load
-    the same data again.
+    per class (or an ``ImageFolder``), an ``.npz`` file, a torch ``Dataset`` / ``DataLoader``
+    of (image, label), or an ``ImageDataset``. ``split`` applies to bundled datasets,
+    ``num_classes`` to ``.npz`` files and torch datasets, ``image_size`` to bundled datasets
+    and folders (scaled and centre-cropped). What was read from disk remembers how
+    (``origin``), so a later process can load the same data again.
     """
     from entpruner_sdk.data.bundled import BUNDLED, load_bundled
-    from entpruner_sdk.data.folder import load_folder
+    from entpruner_sdk.data.folder import ImageFolder, load_folder
 
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size={image_size}: must be a positive number of pixels")
     if isinstance(data, ImageDataset):
         return data
+    if isinstance(data, ImageFolder):
+        return _remember(data.load(), str(data.root.resolve()), image_size=data.crop_size)
     if isinstance(data, (Dataset, DataLoader)):
         return from_torch(data, num_classes)
     if isinstance(data, str) and data in BUNDLED:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,23 @@ class ImageFolder(Dataset):
                                 "scale and centre-crop them all to N x N")
             return np.asarray(image)
 
+    def load(self, indices: Sequence[int] | None = None) -> ImageDataset:
+        """The images at ``indices`` (all by default) read into an ``ImageDataset``, holding
+        one copy of their pixels; images whose three channels are all equal stay one
+        grayscale channel."""
+        indices = range(len(self)) if indices is None else indices
+        first = self.read(indices[0])
+        pixels = np.empty((len(indices), *first.shape), dtype=np.uint8)  # filled in place
+        pixels[0] = first
+        for row, index in enumerate(indices[1:], start=1):
+            pixels[row] = self.read(index)
+        if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all():
+            pixels = pixels[..., :1]
+        images = to_unit_range(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)),
+                               str(self.root))
+        return ImageDataset(images, self.labels[list(indices)], self.num_classes,
+                            name=self.name, class_names=list(self.class_names))
+
     def fingerprint(self) -> str:
         """A hash of the file list, sizes and modification times and the crop size: keys the
         caches of encoded latents without reading any pixels."""
@@ -128,16 +146,5 @@ class ImageFolder(Dataset):
 
 
 def load_folder(path: str | os.PathLike, image_size: int | None = None) -> ImageDataset:
-    """A class folder read whole into memory (``ImageFolder`` for what it accepts); images
-    whose three channels are all equal stay one grayscale channel."""
-    folder = ImageFolder(path, image_size)
-    first = folder.read(0)
-    pixels = np.empty((len(folder), *first.shape), dtype=np.uint8)  # one copy, filled in place
-    pixels[0] = first
-    for index in range(1, len(folder)):
-        pixels[index] = folder.read(index)
-    if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all():
-        pixels = pixels[..., :1]
-    images = to_unit_range(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), str(folder.root))
-    return ImageDataset(images, folder.labels, folder.num_classes, name=folder.name,
-                        class_names=folder.class_names)
+    """A class folder read whole into memory (``ImageFolder`` for what it accepts)."""
+    return ImageFolder(path, image_size).load()

@@ -22,7 +22,14 @@ from typing import Any
 
 import torch
 
-from entpruner_sdk.data.datasets import DataError, ImageDataset, check_fits, load_data
+from entpruner_sdk.data.datasets import (
+    DataError,
+    ImageDataset,
+    balanced_indices,
+    check_fits,
+    load_data,
+)
+from entpruner_sdk.data.folder import ImageFolder
 from entpruner_sdk.data.latents import LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.classifier import (
     cache_root,
@@ -46,6 +53,9 @@ from entpruner_sdk.utils.files import atomic_write_text
 from entpruner_sdk.utils.progress import progress_bar
 
 FEATURES = ("domain", "inception")
+# real images compared with by default: FID-10k's reference size, enough for stable statistics
+# and bounded in memory (a 256x256 image is 0.75 MB as floats) however large the user's data
+REFERENCE_SIZE = 10_000
 
 
 @dataclass
@@ -175,6 +185,22 @@ class DomainFeatures:
                           for i in range(0, len(images), batch_size)])
 
 
+def load_reference(data: Any, size: int | None) -> tuple[ImageDataset, int]:
+    """The real data to compare with, at most ``size`` images balanced over the classes, and
+    how many there were; a folder (``ImageFolder``) reads only the images it keeps, so the
+    reference is bounded in memory however large the data."""
+    if size is not None and size < 2:
+        raise ValueError(f"reference_size={size}: at least 2 real images are needed (None, or "
+                         "--reference-size 0, for all of them)")
+    if isinstance(data, ImageFolder):
+        keep = size is not None and len(data) > size
+        return data.load(balanced_indices(data.labels, size) if keep else None), len(data)
+    data = load_data(data)
+    if size is None or len(data) <= size:
+        return data, len(data)
+    return data.subset(balanced_indices(data.labels, size)), len(data)
+
+
 def _reference_data(model: DiffusionTransformer, data: ImageDataset,
                     decoder: LatentSpace | None, progress: bool) -> ImageDataset:
     """The real data the samples are compared with: images when a decoder turns the samples
@@ -233,6 +259,7 @@ def evaluate(
     model_name: str = "model",
     original_images: torch.Tensor | None = None,
     vae: LatentSpace | str | os.PathLike | None = None,
+    reference_size: int | None = REFERENCE_SIZE,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
 
@@ -245,12 +272,15 @@ def evaluate(
     folder) that decodes the samples, so every figure is measured on images; ``data`` may then
     be real images of the decoded size or the latents they were encoded to (decoded once and
     cached). Without it a latent model is measured in latent space, with ``("domain",)`` only.
+
+    ``reference_size``: at most that many real images, balanced over the classes, make the
+    reference (None: all of them); an ``ImageFolder`` reads only those.
     """
     device = resolve_device(device)
     unknown = set(features) - set(FEATURES)
     if unknown:
         raise ValueError(f"unknown feature spaces {sorted(unknown)}; choose from {FEATURES}")
-    data = load_data(data)
+    data, available = load_reference(data, reference_size)
     if vae is None and is_latent(model.config) and "inception" in features:
         raise DataError("Inception features need images but this model samples VAE latents: "
                         "pass vae= (--vae DIR) to decode them, or features=('domain',) "
@@ -285,6 +315,10 @@ def evaluate(
     if len(classes) < model.config.num_classes:
         report.notes.append(f"{data.name} holds {len(classes)} of the model's "
                             f"{model.config.num_classes} classes; only those were sampled")
+    if len(data) < available:
+        report.notes.append(f"the reference is {len(data)} of the {available} images of "
+                            f"{data.name}, balanced over the classes (reference_size=, "
+                            "--reference-size)")
     report.classes = classes
     if data.named:
         report.class_names = [data.class_names[c] for c in classes]
