@@ -111,6 +111,20 @@ def test_an_image_folder_reads_one_image_per_item(tmp_path):
     assert ImageFolder(tmp_path / "f", image_size=8).fingerprint() != key
 
 
+def test_folder_images_are_read_upright(tmp_path):
+    # a camera's picture: stored 16 wide and 8 high, white on its left, with EXIF orientation
+    # 6 (turn 90 degrees clockwise to view), so it shows 8 wide and 16 high, white on top
+    array = np.zeros((8, 16, 3), dtype=np.uint8)
+    array[:, :8] = 255
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    image.save(tmp_path / "photos" / "a" / "0.png", exif=exif.tobytes())
+    upright = load_data(tmp_path / "photos", image_size=8).images[0, 0]
+    assert (upright[:3] == 1).all() and (upright[-3:] == -1).all()
+
+
 def test_loaded_data_remembers_how_it_was_loaded(tmp_path):
     assert load_data("digits").origin == {"data": "digits"}
     assert load_data("photos", split="test", image_size=8).origin == {

@@ -92,9 +92,12 @@ class ImageFolder(Dataset):
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` as uint8 RGB [H, W, 3], cropped when ``image_size`` was given."""
         file = self.files[index]
+        from PIL import ImageOps
+
         with self._open(file) as image:
             try:
-                image = image.convert("RGB")
+                # upright as a viewer shows it: cameras store the rotation in EXIF
+                image = ImageOps.exif_transpose(image).convert("RGB")
             except OSError as error:  # truncated files fail only when the pixels are read
                 raise DataError(f"cannot read image {file}: {error}; delete or replace it"
                                 ) from error
