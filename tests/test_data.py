@@ -111,7 +111,7 @@ def test_an_image_folder_reads_one_image_per_item(tmp_path):
     assert ImageFolder(tmp_path / "f", image_size=8).fingerprint() != key
 
 
-def test_folder_images_are_read_upright(tmp_path):
+def test_folder_images_are_read_as_a_viewer_shows_them(tmp_path):
     # a camera's picture: stored 16 wide and 8 high, white on its left, with EXIF orientation
     # 6 (turn 90 degrees clockwise to view), so it shows 8 wide and 16 high, white on top
     array = np.zeros((8, 16, 3), dtype=np.uint8)
@@ -123,6 +123,12 @@ def test_folder_images_are_read_upright(tmp_path):
     image.save(tmp_path / "photos" / "a" / "0.png", exif=exif.tobytes())
     upright = load_data(tmp_path / "photos", image_size=8).images[0, 0]
     assert (upright[:3] == 1).all() and (upright[-3:] == -1).all()
+    # 16-bit grayscale keeps its tones (PIL's own conversion clips at 255: all but black white)
+    ramp = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
+    (tmp_path / "deep" / "a").mkdir(parents=True)
+    Image.fromarray(ramp).save(tmp_path / "deep" / "a" / "0.png")
+    deep = load_data(tmp_path / "deep").images[0, 0]
+    assert torch.allclose(deep, torch.from_numpy(ramp / 32767.5 - 1).float(), atol=1 / 127.5)
 
 
 def test_loaded_data_remembers_how_it_was_loaded(tmp_path):

@@ -37,6 +37,20 @@ def center_crop(image, size: int):
     return image.crop((left, top, left + size, top + size))
 
 
+def to_rgb(image, file: Path):
+    """``image`` (PIL) as 8-bit RGB. 16-bit grayscale (PNG, TIFF) is scaled to 8 bits: PIL's
+    own conversion clips it at 255, which would turn most of the picture white."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        eight_bit = np.round(np.asarray(image, dtype=np.float64) / 257.0)
+        image = Image.fromarray(np.clip(eight_bit, 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        raise DataError(f"{file} holds 32-bit float pixels, whose range is unknown; save it as "
+                        "an 8- or 16-bit image")
+    return image.convert("RGB")
+
+
 class ImageFolder(Dataset):
     """The images of a class folder (``root/<class name>/*.png``), read one per item as RGB
     in [-1, 1] with its label; subfolder names, sorted, are the class names.
@@ -97,7 +111,7 @@ class ImageFolder(Dataset):
         with self._open(file) as image:
             try:
                 # upright as a viewer shows it: cameras store the rotation in EXIF
-                image = ImageOps.exif_transpose(image).convert("RGB")
+                image = to_rgb(ImageOps.exif_transpose(image), file)
             except OSError as error:  # truncated files fail only when the pixels are read
                 raise DataError(f"cannot read image {file}: {error}; delete or replace it"
                                 ) from error
