@@ -55,6 +55,14 @@ def test_folder_of_class_folders(tmp_path):
     assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
     write_folder(tmp_path / "gray", gray=True)
     assert load_data(tmp_path / "gray").channels == 1
+    # what notebooks and Mac archives leave behind is neither a class nor an image
+    write_folder(tmp_path / "tidy")
+    for junk in (".ipynb_checkpoints", "__MACOSX"):
+        (tmp_path / "tidy" / junk).mkdir()
+        (tmp_path / "tidy" / junk / "x.png").write_bytes(b"not a png")
+    (tmp_path / "tidy" / "a" / "._0.png").write_bytes(b"resource fork")
+    tidy = load_data(tmp_path / "tidy")
+    assert tidy.class_names == ["a", "b"] and len(tidy) == 6
 
 
 def test_folder_errors(tmp_path):

@@ -37,6 +37,12 @@ def center_crop(image, size: int):
     return image.crop((left, top, left + size, top + size))
 
 
+def _visible(path: Path) -> bool:
+    """Not a hidden entry nor the resource forks an archive made on a Mac carries (``.x``,
+    ``._x.jpg``, ``.ipynb_checkpoints``, ``__MACOSX``), which are neither classes nor images."""
+    return not path.name.startswith(".") and path.name != "__MACOSX"
+
+
 def to_rgb(image, file: Path):
     """``image`` (PIL) as 8-bit RGB. 16-bit grayscale (PNG, TIFF) is scaled to 8 bits: PIL's
     own conversion clips it at 255, which would turn most of the picture white."""
@@ -62,14 +68,15 @@ class ImageFolder(Dataset):
 
     def __init__(self, path: str | os.PathLike, image_size: int | None = None) -> None:
         self.root = Path(path)
-        folders = sorted(p for p in self.root.iterdir() if p.is_dir())
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and _visible(p))
         if not folders:
             raise DataError(f"{self.root} has no class subfolders; put the images of each "
                             "class in its own subfolder (e.g. data/cat/*.png, data/dog/*.png)")
         self.files: list[Path] = []
         labels: list[int] = []
         for label, folder in enumerate(folders):
-            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(f for f in folder.iterdir()
+                           if f.suffix.lower() in IMAGE_SUFFIXES and _visible(f))
             self.files += files
             labels += [label] * len(files)
         if not self.files:
