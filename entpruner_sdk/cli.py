@@ -89,10 +89,25 @@ def _vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model'
 
 
 def _image_size_option(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--image-size and --class-index: how a class folder is read."""
     p.add_argument("--image-size", type=int, metavar="N",
                    help="scale class-folder images so the short side is N and cut the "
                         "centred N x N square, as DiT's and SiT's training code does" + note
                         + "; the size of the bundled photos")
+    p.add_argument("--class-index", metavar="FILE",
+                   help="the model's classes in order, when the class folders are some of them "
+                        "(ImageNet's LOC_synset_mapping.txt, 'n01440764 tench, ...' per line, "
+                        "or imagenet_class_index.json): each folder is labelled by its line")
+
+
+def _load_data(args: argparse.Namespace, stream: bool = False):
+    """The --data of a command, read with --image-size and --class-index; ``stream``: a folder
+    as an ``ImageFolder``, which reads its images when they are used."""
+    from entpruner_sdk.data import ImageFolder, load_data
+
+    if stream and Path(args.data).is_dir():
+        return ImageFolder(args.data, args.image_size, args.class_index)
+    return load_data(args.data, image_size=args.image_size, class_index=args.class_index)
 
 
 def _classes_options(p: argparse.ArgumentParser, note: str = "") -> None:
@@ -208,7 +223,8 @@ def _add_encode(sub) -> None:
                  "command continues from there.", """\
         entpruner encode --vae ./sd-vae-ft-ema --data ./my_images --out my_latents.npz
         entpruner encode --vae ./sd-vae-ft-ema --data ./imagenet_subset --image-size 256 \\
-            --device cuda --batch-size 64 --workers 8 --out subset.npz   # streams the folder
+            --class-index LOC_synset_mapping.txt --device cuda --batch-size 64 --workers 8 \\
+            --out subset.npz       # n02099601/... folders under ImageNet's ids, streamed
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data my_latents.npz \\
             --budget 14 --out runs/xl-d14
         """)
@@ -468,7 +484,6 @@ def _add_quickstart(sub) -> None:
 
 # ---------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from entpruner_sdk.data import load_data
     from entpruner_sdk.models import (
         DiffusionTransformer,
         TransformerConfig,
@@ -478,7 +493,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.training import TrainConfig, train
 
-    data = load_data(args.data, image_size=args.image_size)
+    data = _load_data(args)
     shape = dict(input_size=data.image_size, in_channels=data.channels,
                  num_classes=data.num_classes)
     objective = {"path": args.flow_path} if args.family == "sit" or (
@@ -641,7 +656,6 @@ def _print_export(export: dict) -> None:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from entpruner_sdk.compress import compress
-    from entpruner_sdk.data import load_data
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.utils import distributed
 
@@ -654,7 +668,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         protect = () if args.protect == "none" else tuple(
             int(v) for v in args.protect.split(","))
     result = compress(
-        model, load_data(args.data, image_size=args.image_size), args.budget, device=device,
+        model, _load_data(args), args.budget, device=device,
         out_dir=args.out,
         resume=args.resume, progress=not args.quiet, importance=args.importance,
         schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -684,7 +698,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from entpruner_sdk.data import ImageFolder, load_data
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import resolve_model
 
@@ -695,8 +708,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from entpruner_sdk.compress import as_compressed
 
         original = as_compressed(original, model)
-    data = (ImageFolder(args.data, args.image_size) if Path(args.data).is_dir() else
-            load_data(args.data, image_size=args.image_size))  # a folder: only what is used
+    data = _load_data(args, stream=True)  # a folder: only the reference images are read
     report = evaluate(model, data, reference_size=args.reference_size or None,
                       samples=args.samples, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
@@ -710,16 +722,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from entpruner_sdk.data import load_data
     from entpruner_sdk.data.datasets import save_npz
-    from entpruner_sdk.data.folder import ImageFolder
     from entpruner_sdk.data.latents import LatentSpace
 
     space = LatentSpace.from_pretrained(args.vae, device=args.device)
-    if Path(args.data).is_dir():  # streamed: a folder may be larger than memory
-        data = ImageFolder(args.data, image_size=args.image_size)
-    else:
-        data = load_data(args.data, image_size=args.image_size)
+    data = _load_data(args, stream=True)  # a folder may be larger than memory
     work = _encode_work_dir(args.out)  # holds the latents done so far until the .npz is out
     latents = space.encode_dataset(data, cache_dir=work, batch_size=args.batch_size,
                                    progress=not args.quiet, workers=args.workers)
@@ -727,8 +734,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     shutil.rmtree(work, ignore_errors=True)
     print(f"{len(latents)} images of {data.channels}x{data.image_size}x{data.image_size} -> "
           f"{latents.channels}x{latents.image_size}x{latents.image_size} latents "
-          f"({latents.num_classes} classes) in {args.out}")
+          f"({_classes_held(latents)}) in {args.out}")
     return 0
+
+
+def _classes_held(data) -> str:
+    held, count = len(data.classes_present), data.num_classes
+    return f"{count} classes" if held == count else f"{held} of its {count} classes"
 
 
 def _encode_work_dir(out: str | Path) -> Path:

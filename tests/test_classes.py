@@ -15,7 +15,7 @@ from entpruner_sdk.evaluation.evaluate import balanced_labels, evaluate
 from entpruner_sdk.models import DiffusionTransformer, resize_classes
 from entpruner_sdk.models.io import load, save
 from entpruner_sdk.training import TrainConfig, train
-from tests.conftest import randomized, tiny_config
+from tests.conftest import randomized, tiny_config, tiny_vae
 from tests.test_compress import FAST
 
 IDS = [2, 5, 7]  # the classes held, under the 10-class model's own ids
@@ -222,3 +222,60 @@ def test_an_imagenet_subset_names_the_classes_it_holds(tmp_path):
     with pytest.raises(DataError, match=r"2 class_names for 8 classes; give one name per "
                                         r"class, or one per class held \(3, in label order\)"):
         load_data(path)
+
+
+def test_imagenet_style_folders_take_their_labels_from_the_class_index(tmp_path, capsys):
+    from PIL import Image
+
+    from entpruner_sdk.data import ImageFolder
+
+    # ten classes under WordNet-style ids, as LOC_synset_mapping.txt lists ImageNet's; the
+    # folders hold three of them, and two classes share the name "crane", as in ImageNet
+    wnids = [f"n0{i}000000" for i in range(10)]
+    names = ["tench", "goldfish", "crane", "shark", "hen", "crane", "ostrich", "finch",
+             "junco", "robin"]
+    index = tmp_path / "LOC_synset_mapping.txt"
+    index.write_text("".join(f"{w} {n}, other words\n" for w, n in zip(wnids, names)))
+    digits = load_data("digits")
+    for label in IDS:
+        folder = tmp_path / "subset" / wnids[label]
+        folder.mkdir(parents=True)
+        for i, image in enumerate(digits.images[digits.labels == label][:6]):
+            pixels = ((image[0] + 1) * 127.5).round().byte().numpy()
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    data = load_data(tmp_path / "subset", class_index=index)
+    assert data.classes_present == IDS and data.num_classes == 10 and data.class_names == names
+    assert data.origin["class_index"] == str(index.resolve())
+    json_index = tmp_path / "imagenet_class_index.json"
+    json_index.write_text(json.dumps({str(i): [w, n] for i, (w, n) in
+                                      enumerate(zip(wnids, names))}))
+    assert ImageFolder(tmp_path / "subset", class_index=json_index).labels.tolist() == \
+        data.labels.tolist()
+    # encoded for a latent model, streamed: the latents keep the index's labels and names
+    pytest.importorskip("diffusers")
+    assert main(["encode", "--vae", str(tiny_vae(tmp_path / "vae")), "--data",
+                 str(tmp_path / "subset"), "--class-index", str(json_index), "--out",
+                 str(tmp_path / "l.npz"), "--workers", "0", "--quiet"]) == 0
+    assert "(3 of its 10 classes)" in capsys.readouterr().out
+    latents = load_data(tmp_path / "l.npz")
+    assert latents.labels.tolist() == data.labels.tolist() and latents.class_names == names
+    # the model's class count: no --keep-classes needed, and it records the classes held
+    save(ten_classes(), tmp_path / "ten")
+    assert main(["train", "--model", str(tmp_path / "ten"), "--data", str(tmp_path / "subset"),
+                 "--class-index", str(index), "--out", str(tmp_path / "ft"), "--steps", "1",
+                 "--batch-size", "4", "--quiet", "--device", "cpu"]) == 0
+    tuned = load(tmp_path / "ft" / "model")
+    assert tuned.provenance["data_classes"] == IDS
+    assert tuned.provenance["class_names"] == names
+    assert resolve_labels(["junco", "hen"], 10, names) == [8, 4]
+    with pytest.raises(ValueError, match="'crane' names the classes 2, 5; give the id"):
+        resolve_labels(["crane"], 10, names)
+    # folders the index does not list, and an index for data that is not a folder
+    (tmp_path / "subset" / "n99999999").mkdir()
+    with pytest.raises(DataError, match="the folders n99999999 are not classes of the index"):
+        load_data(tmp_path / "subset", class_index=index)
+    with pytest.raises(DataError, match="labels class folders; 'digits' is not a folder"):
+        load_data("digits", class_index=index)
+    index.write_text("n00 a\nn00 b\n")
+    with pytest.raises(DataError, match=r"lists \['n00'\] more than once"):
+        ImageFolder(tmp_path / "subset", class_index=index)

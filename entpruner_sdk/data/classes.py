@@ -24,19 +24,24 @@ def resolve_labels(labels: Iterable[int | str], num_classes: int,
 
     A number is always an id, so a class named "7" is reached by its id. Raises
     ``ValueError`` naming the unknown label and the classes there are."""
-    index = {name: i for i, name in enumerate(class_names)}
+    index: dict[str, list[int]] = {}
+    for i, name in enumerate(class_names):
+        index.setdefault(name, []).append(i)
     ids = []
     for label in labels:
         text = str(label).strip()
         number = text[1:] if text.startswith("-") else text
         if number.isdigit():
-            found = int(text) if 0 <= int(text) < num_classes else None
+            found = [int(text)] if 0 <= int(text) < num_classes else []
         else:
-            found = index.get(text)
-        if found is None:
+            found = index.get(text, [])
+        if not found:
             raise ValueError(f"unknown class label {label!r}: "
                              f"{describe_classes(num_classes, class_names)}")
-        ids.append(found)
+        if len(found) > 1:  # ImageNet has two "crane"s, a bird and a machine
+            raise ValueError(f"class label {label!r} names the classes "
+                             f"{', '.join(map(str, found))}; give the id")
+        ids.append(found[0])
     return ids
 
 

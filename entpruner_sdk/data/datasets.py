@@ -316,14 +316,17 @@ def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> Im
 
 
 def load_data(data: Any, *, split: str = "train", num_classes: int | None = None,
-              image_size: int | None = None) -> ImageDataset:
+              image_size: int | None = None,
+              class_index: str | os.PathLike | None = None) -> ImageDataset:
     """Turn any supported source into an ``ImageDataset``.
 
     ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
     per class (or an ``ImageFolder``), an ``.npz`` file, a torch ``Dataset`` / ``DataLoader``
     of (image, label), or an ``ImageDataset``. ``split`` applies to bundled datasets,
     ``num_classes`` to ``.npz`` files and torch datasets, ``image_size`` to bundled datasets
-    and folders (scaled and centre-cropped). What was read from disk remembers how
+    and folders (scaled and centre-cropped), ``class_index`` to folders (the model's classes
+    in order, when the folders are some of them: ``folder.read_class_index``). What was read
+    from disk remembers how
     (``origin``), so a later process can load the same data again.
     """
     from entpruner_sdk.data.bundled import BUNDLED, load_bundled
@@ -333,8 +336,13 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         raise DataError(f"image_size={image_size}: must be a positive number of pixels")
     if isinstance(data, ImageDataset):
         return data
+    if class_index is not None and not (isinstance(data, (str, os.PathLike))
+                                        and Path(data).is_dir()):
+        raise DataError(f"class_index (--class-index) labels class folders; {data!r} is not a "
+                        "folder: drop it, or label an .npz with the model's ids")
     if isinstance(data, ImageFolder):
-        return _remember(data.load(), str(data.root.resolve()), image_size=data.crop_size)
+        return _remember(data.load(), str(data.root.resolve()), image_size=data.crop_size,
+                         class_index=data.class_index and str(Path(data.class_index).resolve()))
     if isinstance(data, (Dataset, DataLoader)):
         return from_torch(data, num_classes)
     if isinstance(data, str) and data in BUNDLED:
@@ -346,8 +354,9 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         raise DataError(f"data {str(data)!r} is neither a bundled dataset "
                         f"({', '.join(BUNDLED)}) nor an existing file or folder")
     if path.is_dir():
-        return _remember(load_folder(path, image_size), str(path.resolve()),
-                         image_size=image_size)
+        return _remember(load_folder(path, image_size, class_index), str(path.resolve()),
+                         image_size=image_size,
+                         class_index=class_index and str(Path(class_index).resolve()))
     if path.suffix == ".npz":
         if image_size is not None:
             raise DataError(f"{path} is loaded as stored; image_size (--image-size) resizes "

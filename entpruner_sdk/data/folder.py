@@ -8,6 +8,7 @@ memory of one batch); ``load_folder`` reads it whole into an ``ImageDataset``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,35 @@ def to_rgb(image, file: Path):
     return image.convert("RGB")
 
 
+def read_class_index(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """The classes of a model, in its order, as (folder names, class names).
+
+    A text file has one class per line: the folder name, then optionally the class name up to
+    the first comma (ImageNet's ``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``
+    is class 0, ``tench``). A ``.json`` maps each index to ``[folder, name]``
+    (``imagenet_class_index.json``: ``{"0": ["n01440764", "tench"], ...}``).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if path.suffix == ".json":
+            table = json.loads(text)
+            rows = [table[str(i)] for i in range(len(table))]
+        else:
+            rows = [line.split(maxsplit=1) for line in text.splitlines() if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"cannot read the class index {path}: {error!r}; give a text file of "
+                        "one 'folder [name]' per line, or a JSON {\"0\": [folder, name], ...}"
+                        ) from error
+    keys = [str(row[0]) for row in rows]
+    names = [str(row[1]).split(",")[0].strip() if len(row) > 1 else str(row[0]) for row in rows]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if not keys or repeated:
+        raise DataError(f"the class index {path} " + (f"lists {repeated[:3]} more than once"
+                        if repeated else "lists no classes") + "; give each class once")
+    return keys, names
+
+
 class ImageFolder(Dataset):
     """The images of a class folder (``root/<class name>/*.png``), read one per item as RGB
     in [-1, 1] with its label; subfolder names, sorted, are the class names.
@@ -64,27 +94,42 @@ class ImageFolder(Dataset):
     ``image_size``: scale and centre-crop every image to that square size (``center_crop``);
     without it every image must have the size of the first, and the first that does not
     stops the read with the fix.
+
+    ``class_index``: the model's classes in order (``read_class_index``), when the folders are
+    some of its classes (ImageNet's ``n02099601`` folders for DiT-XL/2): a folder's label is
+    its line in the index, and the data has the index's class count and names.
     """
 
-    def __init__(self, path: str | os.PathLike, image_size: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, image_size: int | None = None,
+                 class_index: str | os.PathLike | None = None) -> None:
         self.root = Path(path)
         folders = sorted(p for p in self.root.iterdir() if p.is_dir() and _visible(p))
         if not folders:
             raise DataError(f"{self.root} has no class subfolders; put the images of each "
                             "class in its own subfolder (e.g. data/cat/*.png, data/dog/*.png)")
+        if class_index is None:
+            keys = self.class_names = [folder.name for folder in folders]
+        else:
+            keys, self.class_names = read_class_index(class_index)
+        position = {key: label for label, key in enumerate(keys)}
+        unknown = [folder.name for folder in folders if folder.name not in position]
+        if unknown:
+            raise DataError(f"{self.root}: the folders {', '.join(unknown[:4])} are not classes "
+                            f"of the index {class_index} ({len(keys)} classes, from {keys[0]}); "
+                            "name the folders as the index does, or use the model's index")
         self.files: list[Path] = []
         labels: list[int] = []
-        for label, folder in enumerate(folders):
+        for folder in folders:
             files = sorted(f for f in folder.iterdir()
                            if f.suffix.lower() in IMAGE_SUFFIXES and _visible(f))
             self.files += files
-            labels += [label] * len(files)
+            labels += [position[folder.name]] * len(files)
         if not self.files:
             raise DataError(f"{self.root} contains no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))})")
         self.labels = torch.tensor(labels)
-        self.class_names = [folder.name for folder in folders]
-        self.num_classes = len(folders)
+        self.num_classes = len(keys)
+        self.class_index = class_index
         self.name = self.root.name
         self.pixels = True
         self.crop_size = image_size
@@ -169,6 +214,7 @@ class ImageFolder(Dataset):
                             ) from error
 
 
-def load_folder(path: str | os.PathLike, image_size: int | None = None) -> ImageDataset:
+def load_folder(path: str | os.PathLike, image_size: int | None = None,
+                class_index: str | os.PathLike | None = None) -> ImageDataset:
     """A class folder read whole into memory (``ImageFolder`` for what it accepts)."""
-    return ImageFolder(path, image_size).load()
+    return ImageFolder(path, image_size, class_index).load()
