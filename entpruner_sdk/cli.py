@@ -624,11 +624,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters {summary['parameters']:,}  forward {summary['gflops_per_image']:.4f} "
           "GFLOPs/image")
     print(f"kept blocks {summary['provenance']['kept_blocks']}")
-    names = summary["provenance"].get("class_names")
+    names = summary["provenance"].get("class_names") or []
+    tuned = summary["provenance"].get("data_classes")
+
+    def listed(ids: list[int], limit: int = 20) -> str:
+        shown = ", ".join(f"{i} {names[i]}" if names else str(i) for i in ids[:limit])
+        return shown + (f", ... ({len(ids)} in all; --json lists every one)"
+                        if len(ids) > limit else "")
+
     if names:
-        print("classes " + ", ".join(f"{i} {name}" for i, name in enumerate(names)))
-    if summary["provenance"].get("data_classes"):
-        print(f"fine-tuned on classes {summary['provenance']['data_classes']}")
+        print("classes " + listed(list(range(len(names)))))
+    if tuned:
+        print("fine-tuned on classes " + listed(tuned))
     if summary["latent"]:
         print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
               "demo decode them with --vae DIR")

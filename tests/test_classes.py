@@ -267,6 +267,9 @@ def test_imagenet_style_folders_take_their_labels_from_the_class_index(tmp_path,
     tuned = load(tmp_path / "ft" / "model")
     assert tuned.provenance["data_classes"] == IDS
     assert tuned.provenance["class_names"] == names
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "ft" / "model")]) == 0
+    assert "fine-tuned on classes 2 crane, 5 crane, 7 finch" in capsys.readouterr().out
     assert resolve_labels(["junco", "hen"], 10, names) == [8, 4]
     with pytest.raises(ValueError, match="'crane' names the classes 2, 5; give the id"):
         resolve_labels(["crane"], 10, names)
