@@ -133,6 +133,15 @@ def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
     cached = space.encode_dataset(ImageFolder(folder), cache_dir=tmp_path / "cache")
     assert torch.equal(cached.images, streamed.images)
     assert len(list((tmp_path / "cache").iterdir())) == 1
+    # an unreadable image read by a reader process: its message, not the process's traceback
+    (folder / data.class_names[data.labels[0]] / "bad.png").write_bytes(b"not a png")
+    capsys.readouterr()
+    assert main(["encode", "--vae", str(tiny_vae_dir), "--data", str(folder), "--out", str(out),
+                 "--workers", "2", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("entpruner encode: error: cannot read image ") and "bad.png" in error
+    assert "Traceback" not in error and "worker" not in error
+    (folder / data.class_names[data.labels[0]] / "bad.png").unlink()
     save(latent_model(), tmp_path / "model")
     capsys.readouterr()
     assert main(["info", "--model", str(tmp_path / "model")]) == 0

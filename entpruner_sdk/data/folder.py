@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from entpruner_sdk.data.datasets import DataError, ImageDataset, to_unit_range
 
@@ -193,6 +193,17 @@ class ImageFolder(Dataset):
         return ImageDataset(images, self.labels[list(indices)], self.num_classes,
                             name=self.name, class_names=list(self.class_names))
 
+    def batches(self, batch_size: int, workers: int = 0, start: int = 0
+                ) -> Iterator[torch.Tensor]:
+        """The images from ``start`` on, ``batch_size`` at a time, read by ``workers``
+        processes. An unreadable image raises its ``DataError`` here, in the caller's process,
+        rather than as a reader process's traceback."""
+        rest = _ErrorsAsItems(Subset(self, range(start, len(self))))
+        for batch in DataLoader(rest, batch_size, num_workers=workers, collate_fn=_collate):
+            if isinstance(batch, DataError):
+                raise batch
+            yield batch
+
     def fingerprint(self) -> str:
         """A hash of the file list, sizes and modification times and the crop size: keys the
         caches of encoded latents without reading any pixels."""
@@ -218,3 +229,25 @@ def load_folder(path: str | os.PathLike, image_size: int | None = None,
                 class_index: str | os.PathLike | None = None) -> ImageDataset:
     """A class folder read whole into memory (``ImageFolder`` for what it accepts)."""
     return ImageFolder(path, image_size, class_index).load()
+
+
+class _ErrorsAsItems(Dataset):
+    """A dataset whose unreadable items come back as their ``DataError`` (see ``_collate``)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except DataError as error:
+            return error
+
+
+def _collate(items: list) -> torch.Tensor | DataError:
+    """A batch of images, or the first item's error, which reaches the caller intact."""
+    errors = [item for item in items if isinstance(item, DataError)]
+    return errors[0] if errors else torch.stack([image for image, _ in items])

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Subset
 
 from entpruner_sdk.data.datasets import DataError, ImageDataset
 from entpruner_sdk.data.folder import ImageFolder
@@ -138,8 +137,7 @@ class LatentSpace:
             batches = (data.images[i:i + batch_size]
                        for i in range(done, len(data), batch_size))
         else:
-            rest = Subset(data, range(done, len(data)))
-            batches = (images for images, _ in DataLoader(rest, batch_size, num_workers=workers))
+            batches = data.batches(batch_size, workers, start=done)
         saved = time.monotonic()
         starts = progress_bar(range(done, len(data), batch_size), enabled=progress,
                               desc="encoding", initial=done // batch_size,
