@@ -133,8 +133,7 @@ class ImageFolder(Dataset):
         self.name = self.root.name
         self.pixels = True
         self.crop_size = image_size
-        # the size every image must have, known without decoding any pixels
-        self._first_size = None if image_size else self._open(self.files[0]).size
+        self._first_size = None if image_size else self._shown_size(self.files[0])
 
     def __len__(self) -> int:
         return len(self.files)
@@ -157,9 +156,9 @@ class ImageFolder(Dataset):
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` as uint8 RGB [H, W, 3], cropped when ``image_size`` was given."""
-        file = self.files[index]
         from PIL import ImageOps
 
+        file = self.files[index]
         with self._open(file) as image:
             try:
                 # upright as a viewer shows it: cameras store the rotation in EXIF
@@ -213,6 +212,15 @@ class ImageFolder(Dataset):
             digest.update(f"{file.relative_to(self.root)}|{label}|{stat.st_size}|"
                           f"{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()[:16]
+
+    @classmethod
+    def _shown_size(cls, file: Path) -> tuple[int, int]:
+        """(width, height) as a viewer shows the image, read from its header alone: the size
+        every image must have without ``image_size``."""
+        with cls._open(file) as image:
+            width, height = image.size
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF: a quarter turn
+        return (height, width) if turned else (width, height)
 
     @staticmethod
     def _open(file: Path):
