@@ -133,8 +133,8 @@ def test_folder_images_are_read_as_a_viewer_shows_them(tmp_path):
     assert (upright[:3] == 1).all() and (upright[-3:] == -1).all()
     # without a crop, it is 8x16 as shown, and an image stored 8x16 is its size
     Image.fromarray(np.zeros((16, 8, 3), dtype=np.uint8)).save(tmp_path / "photos" / "a" / "1.png")
-    folder = ImageFolder(tmp_path / "photos")
-    assert [folder.read(i).shape for i in range(2)] == [(16, 8, 3)] * 2
+    with pytest.raises(DataError, match=r"0.png is 8x16; DiT and SiT take square images: pass"):
+        ImageFolder(tmp_path / "photos")  # before any image is read, not after the last
     # 16-bit grayscale keeps its tones (PIL's own conversion clips at 255: all but black white)
     ramp = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
     (tmp_path / "deep" / "a").mkdir(parents=True)

@@ -134,6 +134,10 @@ class ImageFolder(Dataset):
         self.pixels = True
         self.crop_size = image_size
         self._first_size = None if image_size else self._shown_size(self.files[0])
+        if self._first_size and self._first_size[0] != self._first_size[1]:
+            raise DataError(f"{self.files[0]} is {self._first_size[0]}x{self._first_size[1]}; "
+                            "DiT and SiT take square images: pass image_size= (--image-size "
+                            "N) to scale and centre-crop them all to N x N")
 
     def __len__(self) -> int:
         return len(self.files)
