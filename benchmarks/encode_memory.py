@@ -1,0 +1,133 @@
+"""Encode memory: the peak resident memory of encoding a class folder to VAE latents when the
+folder is read whole (``load_data``) and when it streams (``ImageFolder``, as ``entpruner
+encode`` reads a folder), at two folder sizes, so the growth with the folder shows.
+
+    python benchmarks/encode_memory.py            # 400 and 800 photos cropped to 256x256
+    python benchmarks/encode_memory.py --quick    # 100 and 200 photos cropped to 128x128
+
+The photos are random JPEGs of mixed sizes; the VAE is a random diffusers AutoencoderKL with
+the Stable Diffusion VAE's 8x downsampling and few channels (its weights do not change what
+is held in memory). Each measurement runs in a fresh process (its own peak, ``ru_maxrss``),
+reader processes off, ``--repeats`` times (3; quick: 1), and the least peak is kept: the
+allocator adds tens of MB at random, never less. Prints a table and writes
+benchmarks/results/encode_memory.json.
+Goal: the streamed peak does not grow with the folder beyond its latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from entpruner_sdk.utils.files import atomic_write_text
+from entpruner_sdk.utils.timing import machine
+
+RESULTS = Path(__file__).parent / "results"
+MODES = ("whole", "streamed")
+
+
+def write_photos(folder: Path, count: int, classes: int = 4) -> None:
+    """``count`` random JPEGs of mixed sizes (landscape and portrait), spread over classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        (folder / f"class{i % classes}").mkdir(parents=True, exist_ok=True)
+        height, width = (300, 400) if i % 2 else (420, 320)
+        pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"class{i % classes}" / f"{i}.jpg", quality=90)
+
+
+def write_vae(folder: Path) -> None:
+    """A random AutoencoderKL with 8x downsampling (4 latent channels), saved as a folder."""
+    import diffusers
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=4)
+    vae.save_pretrained(folder)
+
+
+def measure(mode: str, folder: Path, size: int, vae: Path) -> dict:
+    """Encode in this process and return its peak memory (MB) and time (s)."""
+    from entpruner_sdk.data import ImageFolder, load_data
+    from entpruner_sdk.data.latents import LatentSpace
+
+    space = LatentSpace.from_pretrained(vae)
+    started = time.perf_counter()
+    data = ImageFolder(folder, size) if mode == "streamed" else load_data(folder, image_size=size)
+    latents = space.encode_dataset(data, batch_size=32, progress=False, workers=0)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    return {"peak_mb": round(peak, 1), "seconds": round(seconds, 2),
+            "latents_mb": round(latents.images.numel() * 4 / 2**20, 1)}
+
+
+def child(mode: str, folder: Path, size: int, vae: Path) -> dict:
+    """``measure`` in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--child", mode, str(folder), str(size),
+                          str(vae)], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100 and 200 photos at 128x128")
+    parser.add_argument("--counts", default=None, help="folder sizes, e.g. 400,800")
+    parser.add_argument("--size", type=int, default=None, help="crop size (256; quick: 128)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per figure (3; quick: 1)")
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "FOLDER", "SIZE", "VAE"),
+                        help=argparse.SUPPRESS)  # one measurement, in its own process
+    args = parser.parse_args()
+    if args.child:
+        mode, folder, size, vae = args.child
+        print(json.dumps(measure(mode, Path(folder), int(size), Path(vae))))
+        return
+    counts = [int(c) for c in (args.counts or ("100,200" if args.quick else "400,800")).split(",")]
+    size = args.size or (128 if args.quick else 256)
+    repeats = args.repeats or (1 if args.quick else 3)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_vae(Path(tmp) / "vae")
+        for count in counts:
+            folder = Path(tmp) / f"photos{count}"
+            write_photos(folder, count)
+            row = {"images": count, "size": size,
+                   "pixels_mb": round(count * 3 * size * size * 4 / 2**20, 1)}
+            for mode in MODES:
+                runs = [child(mode, folder, size, Path(tmp) / "vae") for _ in range(repeats)]
+                row[mode] = min(runs, key=lambda run: run["peak_mb"])
+            rows.append(row)
+    print("| images | pixels as floats (MB) | read whole: peak MB | streamed: peak MB | "
+          "latents (MB) | streamed / whole |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        whole, streamed = row["whole"]["peak_mb"], row["streamed"]["peak_mb"]
+        print(f"| {row['images']} at {size}x{size} | {row['pixels_mb']} | {whole:.0f} | "
+              f"{streamed:.0f} | {row['streamed']['latents_mb']} | {streamed / whole:.2f} |")
+    first, last = rows[0], rows[-1]
+    growth = {mode: round(last[mode]["peak_mb"] - first[mode]["peak_mb"], 1) for mode in MODES}
+    print(f"peak growth from {first['images']} to {last['images']} images: read whole "
+          f"{growth['whole']:+.0f} MB, streamed {growth['streamed']:+.0f} MB (latents "
+          f"{last['streamed']['latents_mb'] - first['streamed']['latents_mb']:+.1f} MB)")
+    name = "encode_memory_quick.json" if args.quick else "encode_memory.json"
+    atomic_write_text(RESULTS / name, json.dumps(
+        {"machine": machine(torch.device("cpu")), "repeats": repeats, "rows": rows,
+         "growth_mb": growth}, indent=2))
+    print(f"written to {RESULTS / name}")
+
+
+if __name__ == "__main__":
+    main()
