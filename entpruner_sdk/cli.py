@@ -154,6 +154,10 @@ def _add_train(sub) -> None:
     _image_size_option(p)
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
+    p.add_argument("--hflip", action="store_true",
+                   help="mirror each training image left-right with probability 1/2, as DiT's "
+                        "and SiT's training does: for photos and their latents, not for "
+                        "digits or text")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--ema-decay", type=float, default=0.9999,
                    help="decay of the EMA weights that are saved and sampled")
@@ -251,7 +255,7 @@ def _add_compress(sub) -> None:
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data ./my_latents.npz \\
             --budget 2x --device cuda --out runs/xl --num-classes 10
         entpruner compress --model runs/xl-dogs/model --data ./dogs.npz --keep-classes \\
-            --budget 14 --out runs/dogs-d14   # a subset of ImageNet, labelled by its ids
+            --budget 14 --hflip --out runs/dogs-d14   # ImageNet classes under their ids
         entpruner compress ... --out runs/dit-d6 --resume     # continue after an interruption
         torchrun --nproc_per_node 4 -m entpruner_sdk compress --model DiT-XL-2-256x256.pt \\
             --family dit --data ./latents.npz --budget 14 --out runs/xl-d14   # data-parallel
@@ -275,6 +279,10 @@ def _add_compress(sub) -> None:
                         "zero-shot proxies; one-shot: remove every block at step 0")
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per fine-tuning step")
+    p.add_argument("--hflip", action="store_true",
+                   help="mirror each training image left-right with probability 1/2, as DiT's "
+                        "and SiT's training does: for photos and their latents, not for "
+                        "digits or text")
     p.add_argument("--lr", type=float, default=None,
                    help="fine-tuning learning rate (default: 1e-4 at DiT-XL's width 1152, "
                         "scaled by 1/width, at most 2e-3)")
@@ -516,7 +524,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          ema_decay=args.ema_decay, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every)
+                         checkpoint_every=args.checkpoint_every, hflip=args.hflip)
     model.provenance.setdefault("training_command", "entpruner " + " ".join(sys.argv[1:]))
     result = train(model, data, config, keep_classes=args.keep_classes, out_dir=args.out,
                    resume=args.resume, device=args.device, progress=not args.quiet)
@@ -679,6 +687,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         out_dir=args.out,
         resume=args.resume, progress=not args.quiet, importance=args.importance,
         schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        hflip=args.hflip,
         interval=args.interval, k_max=args.k_max, prune_fraction=args.prune_fraction,
         rerank=args.rerank,
         calibration_per_class=args.calibration_per_class,

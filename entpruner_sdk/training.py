@@ -48,6 +48,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 50  # progress-bar loss window
+    # flip each image left-right with probability 1/2, as DiT's and SiT's training does: right
+    # for photos (and their latents), wrong where direction means something (digits, text)
+    hflip: bool = False
 
 
 @dataclass
@@ -83,10 +86,16 @@ def drop_labels(y: torch.Tensor, prob: float, null_class: int,
 
 
 def sample_batch(data: ImageDataset, batch_size: int, generator: torch.Generator,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                 device: torch.device, hflip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` random samples (with replacement); ``hflip``: each mirrored left-right
+    with probability 1/2. Without it the generator draws nothing more, so runs repeat."""
     index = torch.randint(0, len(data), (batch_size,), generator=generator,
                           device=generator.device).cpu()
-    return data.images[index].to(device), data.labels[index].to(device)
+    images = data.images[index]
+    if hflip:  # a VAE latent mirrors with its image, so latents are flipped as they are
+        flip = torch.rand(batch_size, generator=generator, device=generator.device).cpu() < 0.5
+        images[flip] = images[flip].flip(-1)
+    return images.to(device), data.labels[index].to(device)
 
 
 def record_data_classes(model: DiffusionTransformer, data: ImageDataset) -> None:
@@ -159,7 +168,8 @@ def train(
     bar = progress_bar(range(start, config.steps), enabled=progress, desc="training",
                        initial=start, total=config.steps)
     for step in bar:
-        images, labels = sample_batch(data, config.batch_size, generator, device)
+        images, labels = sample_batch(data, config.batch_size, generator, device,
+                                      config.hflip)
         labels = drop_labels(labels, model.config.class_dropout_prob, model.null_class,
                              generator)
         batch = objective.noise_batch(images, labels, generator)

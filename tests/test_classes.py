@@ -109,9 +109,10 @@ def test_cli_keep_classes_and_sampling_defaults(subset_npz, tmp_path, capsys):
                  "--budget", "2", "--keep-classes", "--steps", "4", "--batch-size", "4",
                  "--calibration-per-class", "2", "--calibration-times", "2",
                  "--report-samples", "0", "--out", str(tmp_path / "run"), "--quiet",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--hflip"]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["summary"]["data_classes"] == IDS
+    assert report["settings"]["hflip"] is True  # mirrored batches (not for digits: a check)
 
 
 def test_server_and_demo_offer_the_fine_tuned_classes(subset_npz, tmp_path):

@@ -12,6 +12,7 @@ from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, tra
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.schedule import LatencyModel
+from entpruner_sdk.utils.checkpoint import META
 from tests.conftest import randomized, tiny_config
 
 FAST = dict(steps=24, batch_size=8, interval=6, calibration_per_class=2, calibration_times=2,
@@ -269,6 +270,14 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True,
                  **dict(FAST, lr=1e-3))
+    # a checkpoint written before a setting existed holds its default
+    state = tmp_path / "checkpoint" / META
+    meta = json.loads(state.read_text())
+    del meta["config"]["hflip"]
+    state.write_text(json.dumps(meta))
+    compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True, **FAST)
+    with pytest.raises(ValueError, match="other settings"):
+        compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True, **dict(FAST, hflip=True))
 
 
 def test_rerank_scores_the_current_student_at_each_decision():

@@ -4,7 +4,7 @@ import torch
 import entpruner_sdk as ep
 from entpruner_sdk.data import DataError, load_data
 from entpruner_sdk.models import DiffusionTransformer, resize_classes
-from entpruner_sdk.training import TrainConfig, drop_labels, train
+from entpruner_sdk.training import TrainConfig, drop_labels, sample_batch, train
 from tests.conftest import tiny_config
 
 
@@ -68,3 +68,23 @@ def test_label_dropout_uses_the_null_class():
     dropped = drop_labels(y, 0.1, 10, torch.Generator().manual_seed(0))
     share = (dropped == 10).float().mean()
     assert 0.07 < share < 0.13 and torch.equal(dropped[dropped != 10], y[dropped != 10])
+
+
+def test_flipped_batches_mirror_half_the_images_and_leave_plain_runs_as_they_were():
+    data = load_data("digits")
+    plain_generator, flip_generator = (torch.Generator().manual_seed(3) for _ in range(2))
+    images, labels = sample_batch(data, 64, plain_generator, torch.device("cpu"))
+    flipped, flip_labels = sample_batch(data, 64, flip_generator, torch.device("cpu"),
+                                        hflip=True)
+    assert torch.equal(labels, flip_labels)  # the same samples, some mirrored
+    mirrored = [not torch.equal(a, b) and torch.equal(a.flip(-1), b)
+                for a, b in zip(images, flipped)]
+    unchanged = [torch.equal(a, b) for a, b in zip(images, flipped)]
+    assert all(m or u for m, u in zip(mirrored, unchanged)) and 16 < sum(mirrored) < 48
+    # without hflip the generator draws only the indices, so earlier runs repeat exactly
+    reference = torch.Generator().manual_seed(3)
+    torch.randint(0, len(data), (64,), generator=reference)
+    assert torch.equal(plain_generator.get_state(), reference.get_state())
+    assert not torch.equal(data.images[0], data.images[0].flip(-1))  # the digits do mirror
+    assert train(fresh(), data, TrainConfig(steps=2, batch_size=4, hflip=True),
+                 progress=False).losses

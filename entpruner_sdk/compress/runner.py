@@ -54,6 +54,7 @@ class CompressConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     steps: int = 1000
     batch_size: int = 64
+    hflip: bool = False  # mirror fine-tuning images at random (photos; not digits or text)
     lr: float | None = None  # None: recovery_lr(hidden size), resolved when the run starts
     ema_decay: float = 0.999
     calibration_per_class: int = 16
@@ -266,7 +267,11 @@ class _Run:
 
     def restore(self, directory: Path, teacher: DiffusionTransformer) -> tuple[LatencyModel, int]:
         tensors, meta = load_checkpoint(directory)
-        if meta["config"] != _jsonable(dataclasses.asdict(self.config)):
+        current = _jsonable(dataclasses.asdict(self.config))
+        # a setting added since the checkpoint was written counts as its default there
+        defaults = _jsonable({f.name: f.default for f in dataclasses.fields(self.config)
+                              if f.default is not dataclasses.MISSING})
+        if {**defaults, **meta["config"]} != current:
             raise ValueError(f"the checkpoint in {directory} was made with other settings; "
                              "resume with the same options or use a new output directory")
         positions = [teacher.kept_blocks.index(b) for b in meta["kept_blocks"]]
@@ -453,7 +458,8 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
 
 def _train_step(run: _Run, teacher, objective, data, step: int, device) -> float:
     config = run.config
-    images, labels = sample_batch(data, config.batch_size, run.generator, device)
+    images, labels = sample_batch(data, config.batch_size, run.generator, device,
+                                  config.hflip)
     labels = drop_labels(labels, teacher.config.class_dropout_prob, teacher.null_class,
                          run.generator)
     batch = objective.noise_batch(images, labels, run.generator)
