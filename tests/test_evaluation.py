@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from entpruner_sdk.data import DataError, ImageFolder, load_data
+from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
 from entpruner_sdk.data.datasets import balanced_indices
 from entpruner_sdk.evaluation.classifier import (
     BUNDLED_CLASSIFIERS,
@@ -276,3 +276,19 @@ def test_the_reference_is_a_bounded_balanced_sample_of_the_data(tmp_path, monkey
     assert report.settings["reference_size"] == 4 and len(reads) == 4
     with pytest.raises(ValueError, match="reference_size=1: at least 2"):
         evaluate(rgb, ImageFolder(tmp_path), samples=4, reference_size=1, progress=False)
+
+
+def test_the_domain_classifier_looks_at_large_images_at_64_pixels():
+    import torch.nn.functional as F
+
+    from entpruner_sdk.evaluation.classifier import MAX_SIZE, DomainClassifier, train_classifier
+
+    large = torch.rand(4, 3, 96, 96) * 2 - 1
+    small = F.interpolate(large, size=(MAX_SIZE, MAX_SIZE), mode="area")
+    network = DomainClassifier(3, 2).eval()
+    with torch.no_grad():
+        assert torch.allclose(network.features(large), network.features(small), atol=1e-6)
+    data = ImageDataset(large, torch.tensor([0, 1, 0, 1]), 2)
+    trained = train_classifier(data, steps=2, batch_size=4, device=None)  # CUDA when there
+    assert next(trained.parameters()).device.type == "cpu"
+    assert trained(large).shape == (4, 2)

@@ -305,7 +305,7 @@ def evaluate(
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
                       desc=f"sampling {model_name}", decoder=decoder, **sampling)
     seconds = time.perf_counter() - started
-    classifier = domain_classifier(data, progress=progress)
+    classifier = domain_classifier(data, progress=progress, device=device)
     predictions = predict(classifier, images)
     report = EvaluationReport(images=images, settings=dict(
         model=model_name, samples=samples, sampler=sampler or "default", steps=steps,
