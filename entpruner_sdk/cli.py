@@ -859,8 +859,9 @@ def _interrupted_message(args: argparse.Namespace) -> str:
     if args.command == "encode":
         from safetensors import safe_open
 
-        for partial in sorted(_encode_work_dir(args.out).glob("*.partial.safetensors")):
-            with safe_open(str(partial), "pt") as file:
+        partials = _encode_work_dir(args.out).glob("*.partial.safetensors")
+        for partial in sorted(partials, key=lambda path: path.stat().st_mtime, reverse=True):
+            with safe_open(str(partial), "pt") as file:  # the newest: this data's
                 done = file.get_slice("latents").get_shape()[0]
             return (message + f"; {partial.parent} holds the first {done} images' latents: run "
                     "the same command to continue from there")
