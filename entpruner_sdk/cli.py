@@ -88,7 +88,7 @@ def _vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model'
                         f"SiT-XL/2): it {does}")
 
 
-def _image_size_option(p: argparse.ArgumentParser, note: str = "") -> None:
+def _folder_options(p: argparse.ArgumentParser, note: str = "") -> None:
     """--image-size and --class-index: how a class folder is read."""
     p.add_argument("--image-size", type=int, metavar="N",
                    help="scale class-folder images so the short side is N and cut the "
@@ -98,6 +98,13 @@ def _image_size_option(p: argparse.ArgumentParser, note: str = "") -> None:
                    help="the model's classes in order, when the class folders are some of them "
                         "(ImageNet's LOC_synset_mapping.txt, 'n01440764 tench, ...' per line, "
                         "or imagenet_class_index.json): each folder is labelled by its line")
+
+
+def _hflip_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hflip", action="store_true",
+                   help="mirror each training image left-right with probability 1/2, as DiT's "
+                        "and SiT's training does: for photos and their latents, not for "
+                        "digits or text")
 
 
 def _load_data(args: argparse.Namespace, stream: bool = False):
@@ -151,13 +158,10 @@ def _add_train(sub) -> None:
                    help="SiT interpolant path")
     p.add_argument("--data", default="digits",
                    help="bundled name (digits, photos), class folders, or .npz")
-    _image_size_option(p)
+    _folder_options(p)
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
-    p.add_argument("--hflip", action="store_true",
-                   help="mirror each training image left-right with probability 1/2, as DiT's "
-                        "and SiT's training does: for photos and their latents, not for "
-                        "digits or text")
+    _hflip_option(p)
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--ema-decay", type=float, default=0.9999,
                    help="decay of the EMA weights that are saved and sampled")
@@ -235,7 +239,7 @@ def _add_encode(sub) -> None:
     _vae_option(p, "encodes the images", required=True)
     p.add_argument("--data", required=True,
                    help="bundled name, class folders or an .npz of images")
-    _image_size_option(p, " (256 for DiT-XL/2 and SiT-XL/2 at 256x256)")
+    _folder_options(p, " (256 for DiT-XL/2 and SiT-XL/2 at 256x256)")
     p.add_argument("--out", required=True,
                    help=".npz to write: latents, labels and class names")
     p.add_argument("--batch-size", type=int, default=32, help="images per VAE call")
@@ -265,7 +269,7 @@ def _add_compress(sub) -> None:
     _heads_option(p)
     p.add_argument("--data", default="digits",
                    help="downstream data: bundled name, class folders or .npz")
-    _image_size_option(p)
+    _folder_options(p)
     p.add_argument("--budget", required=True,
                    help="blocks to keep (6), FLOPs share to keep (0.5 or 50%%) or speedup (2x)")
     p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
@@ -279,10 +283,7 @@ def _add_compress(sub) -> None:
                         "zero-shot proxies; one-shot: remove every block at step 0")
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per fine-tuning step")
-    p.add_argument("--hflip", action="store_true",
-                   help="mirror each training image left-right with probability 1/2, as DiT's "
-                        "and SiT's training does: for photos and their latents, not for "
-                        "digits or text")
+    _hflip_option(p)
     p.add_argument("--lr", type=float, default=None,
                    help="fine-tuning learning rate (default: 1e-4 at DiT-XL's width 1152, "
                         "scaled by 1/width, at most 2e-3)")
@@ -363,7 +364,7 @@ def _add_evaluate(sub) -> None:
     _heads_option(p)
     p.add_argument("--original", help="also report fidelity to this model (same noise/labels)")
     p.add_argument("--data", default="digits", help="real data to compare with")
-    _image_size_option(p)
+    _folder_options(p)
     p.add_argument("--samples", type=int, default=1000, help="generated images to score")
     p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps")
