@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from entpruner_sdk.data.datasets import DataError, ImageDataset
+from entpruner_sdk.data.datasets import DataError, ImageDataset, to_unit_range
 from entpruner_sdk.data.folder import ImageFolder
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_writer
@@ -97,20 +97,32 @@ class LatentSpace:
         return Path(cache_dir) / f"{data.name}-{data.fingerprint()}-{self.fingerprint}.safetensors"
 
     def decode_dataset(self, data: ImageDataset, cache_dir: str | os.PathLike | None = None,
-                       progress: bool = True) -> ImageDataset:
-        """A latent dataset as images (a reference for image metrics), cached when asked."""
+                       progress: bool = True, batch_size: int = 32) -> ImageDataset:
+        """A latent dataset as 8-bit images, the reference for image metrics (real images are
+        8-bit too), decoded ``batch_size`` at a time and cached when asked. The pixels are held
+        as uint8 until the end, and cached so: a quarter of the floats, 48 KB an image at
+        256 x 256 in place of 192 KB."""
         if data.pixels:
             return data
         cache = None
         if cache_dir is not None:
             cache = self._cache_file(cache_dir, data)
             if cache.exists():
-                return _image_dataset(load_file(str(cache))["images"], data)
-        images = self.decode(data.images, progress=progress)
+                stored = load_file(str(cache))  # "images": floats, as older versions cached
+                if "pixels" not in stored:
+                    return _image_dataset(stored["images"], data)
+                return _image_dataset(to_unit_range(stored["pixels"].numpy(), data.name), data)
+        pixels = None
+        for i in progress_bar(range(0, len(data), batch_size), enabled=progress,
+                              desc="decoding", leave=False):
+            images = self.decode(data.images[i:i + batch_size], batch_size=batch_size)
+            if pixels is None:
+                pixels = torch.empty(len(data), *images.shape[1:], dtype=torch.uint8)
+            pixels[i:i + len(images)] = ((images + 1) * 127.5).round().clamp(0, 255)
         if cache is not None:
             with atomic_writer(cache) as tmp:
-                save_file({"images": images.contiguous()}, str(tmp))
-        return _image_dataset(images, data)
+                save_file({"pixels": pixels}, str(tmp))
+        return _image_dataset(to_unit_range(pixels.numpy(), data.name), data)
 
     def encode_dataset(self, data: ImageDataset | ImageFolder,
                        cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
