@@ -252,6 +252,12 @@ def test_imagenet_style_folders_take_their_labels_from_the_class_index(tmp_path,
                                       enumerate(zip(wnids, names))}))
     assert ImageFolder(tmp_path / "subset", class_index=json_index).labels.tolist() == \
         data.labels.tolist()
+    for table in ({str(i): w for i, w in enumerate(wnids)}, wnids):  # folder names only
+        json_index.write_text(json.dumps(table))
+        bare = ImageFolder(tmp_path / "subset", class_index=json_index)
+        assert bare.labels.tolist() == data.labels.tolist() and bare.class_names == wnids
+    json_index.write_text(json.dumps({str(i): [w, n] for i, (w, n) in
+                                      enumerate(zip(wnids, names))}))
     # encoded for a latent model, streamed: the latents keep the index's labels and names
     pytest.importorskip("diffusers")
     assert main(["encode", "--vae", str(tiny_vae(tmp_path / "vae")), "--data",

@@ -64,14 +64,16 @@ def read_class_index(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     A text file has one class per line: the folder name, then optionally the class name up to
     the first comma (ImageNet's ``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``
     is class 0, ``tench``). A ``.json`` maps each index to ``[folder, name]``
-    (``imagenet_class_index.json``: ``{"0": ["n01440764", "tench"], ...}``).
+    (``imagenet_class_index.json``: ``{"0": ["n01440764", "tench"], ...}``) or to a folder
+    name, or lists them in order.
     """
     path = Path(path)
     try:
         text = path.read_text()
         if path.suffix == ".json":
             table = json.loads(text)
-            rows = [table[str(i)] for i in range(len(table))]
+            rows = table if isinstance(table, list) else [table[str(i)] for i in range(len(table))]
+            rows = [row if isinstance(row, list) else [row] for row in rows]  # a bare folder name
         else:
             rows = [line.split(maxsplit=1) for line in text.splitlines() if line.strip()]
     except (OSError, ValueError, KeyError, TypeError) as error:
