@@ -171,20 +171,23 @@ def _warm_up(pair: ModelPair) -> None:
 
 
 def _onnx_runtimes(pair: ModelPair, original: str, pruned_path: Path) -> dict[str, Any]:
-    """ONNX Runtime sessions for both models, exported once into the entpruner cache."""
+    """ONNX Runtime sessions for both models, exported once into the entpruner cache. A
+    latent model's VAE decoder is exported with it, so the ONNX side decodes in ONNX Runtime
+    too: the whole deployed pipeline, not a PyTorch decoder behind an ONNX denoiser."""
     from entpruner_sdk.evaluation.classifier import cache_root
     from entpruner_sdk.export import export, is_export_dir, load_exported
 
+    vae = pair.decoder.fingerprint if pair.decoder is not None else ""
     runtimes = {}
     for side, model, source in (("original", pair.original, original),
                                 ("pruned", pair.pruned, str(pruned_path))):
         path = Path(source)
         stamp = path.stat().st_mtime_ns if path.exists() else 0  # a retrained model re-exports
-        key = hashlib.sha256(f"{path.resolve()}:{stamp}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{path.resolve()}:{stamp}:{vae}".encode()).hexdigest()[:16]
         target = cache_root() / "exports" / f"{Path(source).name}-{key}-onnx"
         try:
             if not is_export_dir(target):
-                export(model, target, "onnx", overwrite=True)
+                export(model, target, "onnx", overwrite=True, vae=pair.decoder)
             runtimes[side] = load_exported(target, threads=torch.get_num_threads())
         except Exception as error:
             pair.errors.append(f"ONNX Runtime is unavailable for the {side} model: {error}")
@@ -208,15 +211,17 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
 
     def side(name: str, model: DiffusionTransformer) -> SideResult:
         start = time.perf_counter()
+        decoder = pair.decoder
         if backend == "ONNX Runtime":
-            images = pair.runtimes[name].sample(labels, sampler=sampler, steps=steps,
-                                                cfg_scale=cfg_scale, seed=seed,
-                                                clip_denoised=True)
+            runtime = pair.runtimes[name]
+            images = runtime.sample(labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                                    seed=seed, clip_denoised=True)
+            decoder = runtime.decoder or decoder
         else:
             images = sample(model, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                             seed=seed, device="cpu", clip_denoised=True)
-        if pair.decoder is not None:  # part of each side's latency: what a user waits for
-            images = pair.decoder.decode(images)
+        if decoder is not None:  # part of each side's latency: what a user waits for
+            images = decoder.decode(images)
         return SideResult(images, time.perf_counter() - start)
 
     return ModelThread.run(lambda: (side("original", pair.original),

@@ -466,7 +466,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--pruned", default=DEFAULT_PRUNED,
                    help="a `compress` output folder (with report.json) or a model path")
     p.add_argument("--onnx", action="store_true",
-                   help="export both models to ONNX (cached) and offer ONNX Runtime")
+                   help="export both models to ONNX (cached) and offer ONNX Runtime; with "
+                        "--vae the decoder is exported and run by ONNX Runtime too")
     p.add_argument("--data", help="data for the quick evaluation (default: the report's)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")

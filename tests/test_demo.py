@@ -89,6 +89,25 @@ def test_latent_models_are_shown_through_their_vae(tmp_path):
     assert left.images.shape == right.images.shape == (2, 3, 16, 16)
 
 
+
+@pytest.mark.slow
+def test_the_onnx_side_of_a_latent_pair_decodes_in_onnx_runtime(tmp_path):
+    # the deployed pipeline end to end: denoiser and VAE decoder both exported and both run
+    # by ONNX Runtime, giving the images PyTorch gives
+    pytest.importorskip("onnxruntime")
+    teacher = latent_model()
+    save(teacher, tmp_path / "teacher")
+    save(teacher.keep_blocks([0, 3]), tmp_path / "pruned")
+    pair = load_pair(str(tmp_path / "teacher"), str(tmp_path / "pruned"), onnx=True,
+                     vae=str(tiny_vae(tmp_path / "vae")))
+    assert pair.ready and not pair.errors
+    assert all(runtime.decoder is not None for runtime in pair.runtimes.values())
+    torch_side = generate_pair(pair, 3, 5, 2, "ddim", 3, 2.0, "PyTorch")
+    onnx_side = generate_pair(pair, 3, 5, 2, "ddim", 3, 2.0, "ONNX Runtime")
+    for a, b in zip(torch_side, onnx_side):
+        assert b.images.shape == (2, 3, 16, 16)
+        torch.testing.assert_close(a.images, b.images, rtol=1e-3, atol=1e-3)
+
 def test_a_released_original_takes_the_pruned_models_family_and_heads(tmp_path):
     # a released-style .pt (a plain state dict) does not say whether it is a DiT or a SiT,
     # nor, at a width that is not a published size, how many heads it has (64 -> 1 assumed)
