@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from entpruner_sdk.data.classes import default_names
-from entpruner_sdk.data.datasets import ImageDataset, check_fits, load_data
+from entpruner_sdk.data.datasets import ImageDataset, check_fits, fit_channels, load_data
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import NoisedBatch, Objective, objective_for
@@ -144,7 +144,7 @@ def train(
     """
     config = config or TrainConfig()
     device = resolve_device(device)
-    data = load_data(data)
+    data = fit_channels(model.config, load_data(data))
     # equal class counts unless told otherwise: data with fewer classes is more likely new
     # classes that would silently take over the embeddings of the model's first ones
     check_fits(model.config, data, exact_classes=not keep_classes, resizable=True)

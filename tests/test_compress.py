@@ -148,6 +148,12 @@ def test_data_the_model_cannot_take():
         compress(teacher(), load_data("photos", image_size=16), 3, **FAST)
 
 
+def test_an_rgb_model_compresses_on_gray_images():
+    rgb = randomized(DiffusionTransformer(tiny_config(in_channels=3, depth=4)))
+    result = compress(rgb, "digits", 2, **FAST)  # gray digits, each value in all three
+    assert result.model.depth == 2 and result.model.config.in_channels == 3
+
+
 def test_class_count_needs_the_option_and_is_reported(tmp_path):
     small = randomized(DiffusionTransformer(tiny_config(num_classes=4, depth=4)))
     with pytest.raises(DataError, match="has 10 classes but the model has 4; resize"):

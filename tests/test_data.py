@@ -65,6 +65,27 @@ def test_folder_of_class_folders(tmp_path):
     assert tidy.class_names == ["a", "b"] and len(tidy) == 6
 
 
+def test_gray_images_are_shown_as_rgb_to_a_model_that_takes_rgb():
+    from entpruner_sdk.data.datasets import check_fits, fit_channels
+    from tests.conftest import tiny_config
+
+    digits = load_data("digits")  # gray 8x8
+    rgb = fit_channels(tiny_config(in_channels=3), digits)
+    assert rgb.images.shape == (len(digits), 3, 8, 8) and rgb.origin == digits.origin
+    assert all(torch.equal(rgb.images[:, c], digits.images[:, 0]) for c in range(3))
+    assert rgb.images.untyped_storage().nbytes() == digits.images.untyped_storage().nbytes()
+    check_fits(tiny_config(in_channels=3), rgb)
+    # another size is left as it is, so the error names the data's own shape
+    assert fit_channels(tiny_config(in_channels=3, input_size=16), digits) is digits
+    with pytest.raises(DataError, match="holds 1x8x8"):
+        check_fits(tiny_config(in_channels=3, input_size=16), digits)
+    # colour is never turned gray silently
+    colour = rgb.subset(range(4))
+    assert fit_channels(tiny_config(), colour) is colour
+    with pytest.raises(DataError, match="takes 1x8x8 inputs but digits-train holds 3x8x8"):
+        check_fits(tiny_config(), colour)
+
+
 def test_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no class subfolders"):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from entpruner_sdk.cli import main
-from entpruner_sdk.data import DataError, ImageFolder, load_data
+from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
 from entpruner_sdk.data import latents as latents_module
 from entpruner_sdk.data.latents import SD_VAE_SCALE, LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.evaluate import evaluate
@@ -116,6 +116,12 @@ def test_evaluate_decodes_a_latent_model_against_images_or_latents(tiny_vae_dir)
     with pytest.raises(DataError, match="decodes this model's samples to 3x16x16 images but "
                                         "digits-train holds 1x8x8"):
         evaluate(model, "digits", vae=tiny_vae_dir, **options)
+    # gray photos (one channel, as a folder of them loads) are compared as the RGB the VAE
+    # encoded them as
+    gray = ImageDataset(images.images.mean(1, keepdim=True), images.labels, 8, "gray16")
+    cache_a_quick_classifier(gray.with_channels(3))
+    on_gray = evaluate(model, gray, vae=tiny_vae_dir, **options)
+    assert np.isfinite(on_gray.metrics["fd_domain"]) and on_gray.settings["reference"] == "gray16"
 
 
 def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):

@@ -88,3 +88,12 @@ def test_flipped_batches_mirror_half_the_images_and_leave_plain_runs_as_they_wer
     assert not torch.equal(data.images[0], data.images[0].flip(-1))  # the digits do mirror
     assert train(fresh(), data, TrainConfig(steps=2, batch_size=4, hflip=True),
                  progress=False).losses
+
+
+def test_an_rgb_model_trains_on_gray_images():
+    # a folder of gray pictures loads as one channel; a model that takes RGB sees each gray
+    # value in all three channels, as a viewer shows the picture
+    model = DiffusionTransformer(tiny_config(in_channels=3))
+    result = train(model, "digits", TrainConfig(steps=2, batch_size=4), device="cpu",
+                   progress=False)
+    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))

@@ -23,7 +23,13 @@ import torch
 from entpruner_sdk.compress.budget import Budget, budget_device, resolve_depth
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import DistillConfig, distillation_loss
-from entpruner_sdk.data.datasets import DataError, ImageDataset, check_fits, load_data
+from entpruner_sdk.data.datasets import (
+    DataError,
+    ImageDataset,
+    check_fits,
+    fit_channels,
+    load_data,
+)
 from entpruner_sdk.importance import BlockScores, CalibrationSet, FrozenRanking, make_importance
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer, resize_classes
@@ -324,7 +330,7 @@ def compress(
     protected = protected_blocks(model, config.protect)
     if config.lr is None:
         config = dataclasses.replace(config, lr=recovery_lr(model.config.hidden_size))
-    data = load_data(data)
+    data = fit_channels(model.config, load_data(data))
     check_data(model, data, config.num_classes, config.keep_classes)
     report_vae = check_report_decoder(model, config, device) if config.report_samples else None
     teacher = copy.deepcopy(model).to(device)

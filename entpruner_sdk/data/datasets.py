@@ -10,7 +10,7 @@ import hashlib
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,15 @@ class ImageDataset(Dataset):
         digest.update(self.images.contiguous().numpy())  # the buffer itself, not a copy
         digest.update(self.labels.contiguous().numpy())
         return digest.hexdigest()[:16]
+
+    def with_channels(self, channels: int) -> ImageDataset:
+        """Grayscale images (one channel: a folder of gray pictures loads so) as RGB for a
+        model or VAE that takes three, each channel the gray value, as a viewer shows them;
+        a view, not a copy. Anything else is returned as it is, for ``check_fits`` to judge:
+        colour to gray would lose information silently."""
+        if not (self.pixels and self.channels == 1 and channels == 3):
+            return self
+        return replace(self, images=self.images.expand(-1, 3, -1, -1))
 
     def subset(self, indices: Iterable[int]) -> ImageDataset:
         index = torch.as_tensor(list(indices), dtype=torch.long)
@@ -154,6 +163,15 @@ def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, sourc
             f"{source}: labels must lie in 0..{num_classes - 1}, found {int(labels[out][0])}; "
             "fix the labels or pass the right num_classes"
         )
+
+
+def fit_channels(config: Any, data: ImageDataset) -> ImageDataset:
+    """``data`` as a model with this config takes it: grayscale images of the model's size as
+    RGB when it takes RGB (``ImageDataset.with_channels``). Any other mismatch is left for
+    ``check_fits`` to name with the data's own shape."""
+    if data.image_size != config.input_size:
+        return data
+    return data.with_channels(config.in_channels)
 
 
 def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,

@@ -27,6 +27,7 @@ from entpruner_sdk.data.datasets import (
     ImageDataset,
     balanced_indices,
     check_fits,
+    fit_channels,
     load_data,
 )
 from entpruner_sdk.data.folder import ImageFolder
@@ -206,16 +207,19 @@ def _reference_data(model: DiffusionTransformer, data: ImageDataset,
     """The real data the samples are compared with: images when a decoder turns the samples
     into images (latent data decoded once, cached), else the data as the model takes it."""
     if decoder is None or not data.pixels:
+        data = fit_channels(model.config, data)
         check_fits(model.config, data)
         return data if decoder is None else decoder.decode_dataset(
             data, cache_dir=cache_root() / "decoded", progress=progress)
     shape = decoder.image_shape(model.config)
+    images = replace(model.config, in_channels=shape[0], input_size=shape[1])
+    data = fit_channels(images, data)  # gray photos, which the VAE encoded as RGB
     if (data.channels, data.image_size, data.image_size) != shape:
         raise DataError(f"the VAE decodes this model's samples to {'x'.join(map(str, shape))} "
                         f"images but {data.name} holds {data.channels}x{data.image_size}x"
                         f"{data.image_size}; compare with images of that size, or with the "
                         "latents they were encoded to")
-    check_fits(replace(model.config, in_channels=shape[0], input_size=shape[1]), data)
+    check_fits(images, data)
     return data
 
 
