@@ -229,6 +229,7 @@ def test_imagenet_style_folders_take_their_labels_from_the_class_index(tmp_path,
     from PIL import Image
 
     from entpruner_sdk.data import ImageFolder
+    from entpruner_sdk.data.folder import read_class_index
 
     # ten classes under WordNet-style ids, as LOC_synset_mapping.txt lists ImageNet's; the
     # folders hold three of them, and two classes share the name "crane", as in ImageNet
@@ -252,6 +253,10 @@ def test_imagenet_style_folders_take_their_labels_from_the_class_index(tmp_path,
                                       enumerate(zip(wnids, names))}))
     assert ImageFolder(tmp_path / "subset", class_index=json_index).labels.tolist() == \
         data.labels.tolist()
+    # saved by a Windows editor: CRLF line ends and a byte-order mark
+    windows = tmp_path / "windows.txt"
+    windows.write_bytes(b"\xef\xbb\xbf" + index.read_text().replace("\n", "\r\n").encode())
+    assert read_class_index(windows) == (wnids, names)
     for table in ({str(i): w for i, w in enumerate(wnids)}, wnids):  # folder names only
         json_index.write_text(json.dumps(table))
         bare = ImageFolder(tmp_path / "subset", class_index=json_index)

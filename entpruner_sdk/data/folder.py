@@ -69,7 +69,7 @@ def read_class_index(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a Windows editor's byte-order mark
         if path.suffix == ".json":
             table = json.loads(text)
             rows = table if isinstance(table, list) else [table[str(i)] for i in range(len(table))]
