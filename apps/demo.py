@@ -188,12 +188,15 @@ def _plot(pair: ModelPair, name: str) -> str | None:
 
 
 def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress) -> str:
-    from entpruner_sdk.data import load_data
-    from entpruner_sdk.evaluation.evaluate import evaluate
+    from entpruner_sdk.data.folder import open_data
+    from entpruner_sdk.evaluation.evaluate import REFERENCE_SIZE, evaluate, load_reference
 
     if not pair.ready:
         raise ValueError("load an original and a pruned model first")
-    dataset = load_data(data or _data_name(pair), **({} if data else _data_options(pair)))
+    # read once for both models; of a folder only the reference images
+    dataset, _ = load_reference(open_data(data or _data_name(pair),
+                                          **({} if data else _data_options(pair))),
+                                REFERENCE_SIZE)
     settings = default_sampling(pair.family)
     progress(0.05, desc=f"original: sampling {samples} images")
     original = ModelThread.run(evaluate, pair.original, dataset, samples=samples,

@@ -88,6 +88,12 @@ def _vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model'
                         f"SiT-XL/2): it {does}")
 
 
+def _workers_option(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="processes that read and crop a folder's images while the VAE encodes "
+                        "(default: %(default)s; 0 reads them in this process)" + note)
+
+
 def _folder_options(p: argparse.ArgumentParser, note: str = "") -> None:
     """--image-size and --class-index: how a class folder is read."""
     p.add_argument("--image-size", type=int, metavar="N",
@@ -110,11 +116,33 @@ def _hflip_option(p: argparse.ArgumentParser) -> None:
 def _load_data(args: argparse.Namespace, stream: bool = False):
     """The --data of a command, read with --image-size and --class-index; ``stream``: a folder
     as an ``ImageFolder``, which reads its images when they are used."""
-    from entpruner_sdk.data import ImageFolder, load_data
+    from entpruner_sdk.data import load_data
+    from entpruner_sdk.data.folder import open_data
 
-    if stream and Path(args.data).is_dir():
-        return ImageFolder(args.data, args.image_size, args.class_index)
-    return load_data(args.data, image_size=args.image_size, class_index=args.class_index)
+    return (open_data if stream else load_data)(args.data, image_size=args.image_size,
+                                                class_index=args.class_index)
+
+
+def _training_data(args: argparse.Namespace, latent: bool,
+                   device: str | torch.device | None = None):
+    """The --data of train or compress; with --vae, images for a latent model are encoded
+    first, a folder streamed, into the entpruner cache (by content and VAE: a second run or
+    --resume reads the latents back, and an interrupted encode continues)."""
+    if not (args.vae and latent):
+        return _load_data(args)
+    from entpruner_sdk.data.latents import to_latents
+    from entpruner_sdk.evaluation.classifier import cache_root
+    from entpruner_sdk.utils import distributed
+
+    # under torchrun rank 0 encodes while the others wait, then they read its cache
+    if not distributed.is_main():
+        distributed.barrier()
+    data = to_latents(_load_data(args, stream=True), args.vae, cache_root() / "latents",
+                      device=device or args.device, workers=args.workers,
+                      progress=not args.quiet and distributed.is_main())
+    if distributed.is_main():
+        distributed.barrier()
+    return data
 
 
 def _classes_options(p: argparse.ArgumentParser, note: str = "") -> None:
@@ -140,6 +168,8 @@ def _add_train(sub) -> None:
             --num-classes 10 --steps 2000 --out runs/xl-ft   # 10 classes instead of 1000
         entpruner train --model DiT-XL-2-256x256.pt --family dit --data ./dogs.npz \\
             --keep-classes --steps 2000 --out runs/xl-dogs   # labels are ImageNet ids
+        entpruner train --model DiT-XL-2-256x256.pt --family dit --data ./my_images \\
+            --image-size 256 --vae ./sd-vae-ft-ema --num-classes 10 --out runs/xl-ft
         entpruner train ... --out runs/dit --resume    # continue an interrupted run
         """)
     p.add_argument("--model", help="registry name (DiT-S/2, SiT-B/4, ...), a bundled teacher, "
@@ -169,6 +199,9 @@ def _add_train(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="steps between resumable checkpoints")
     _classes_options(p, "a new model takes the data's count")
+    _vae_option(p, "encodes image data first, for a latent model (cached: a second run or "
+                   "--resume reads the latents back); a new model is then built on latents")
+    _workers_option(p)
     p.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     _common(p)
@@ -243,10 +276,7 @@ def _add_encode(sub) -> None:
     p.add_argument("--out", required=True,
                    help=".npz to write: latents, labels and class names")
     p.add_argument("--batch-size", type=int, default=32, help="images per VAE call")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="processes that read and crop a folder's images while the VAE encodes "
-                        "(default: %(default)s; 0 reads them in this process). A folder is "
-                        "read one batch at a time, so it need not fit in memory")
+    _workers_option(p, ". A folder is read one batch at a time, so it need not fit in memory")
     _common(p)
 
 
@@ -260,6 +290,9 @@ def _add_compress(sub) -> None:
             --budget 2x --device cuda --out runs/xl --num-classes 10
         entpruner compress --model runs/xl-dogs/model --data ./dogs.npz --keep-classes \\
             --budget 14 --hflip --out runs/dogs-d14   # ImageNet classes under their ids
+        entpruner compress --model DiT-XL-2-256x256.pt --family dit --data ./my_images \\
+            --image-size 256 --vae ./sd-vae-ft-ema --budget 14 --num-classes 10 \\
+            --out runs/xl-d14        # images: encoded first (cached), report on images
         entpruner compress ... --out runs/dit-d6 --resume     # continue after an interruption
         torchrun --nproc_per_node 4 -m entpruner_sdk compress --model DiT-XL-2-256x256.pt \\
             --family dit --data ./latents.npz --budget 14 --out runs/xl-d14   # data-parallel
@@ -329,8 +362,10 @@ def _add_compress(sub) -> None:
                    help="samples for the report's quality figures (0 skips them)")
     p.add_argument("--report-fid", action="store_true",
                    help="also report standard FID (Inception; needs the fid extra)")
-    _vae_option(p, "decodes a latent model's samples for the report's quality figures "
-                   "(without it they are measured in latent space)")
+    _vae_option(p, "encodes image data for a latent model first (cached: a second run or "
+                   "--resume reads the latents back) and decodes its samples for the report's "
+                   "quality figures (without it they are measured in latent space)")
+    _workers_option(p)
     p.add_argument("--seed", type=int, default=0,
                    help="seeds calibration, data order and noise (same seed, same result)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -503,7 +538,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.training import TrainConfig, train
 
-    data = _load_data(args)
+    data = _training_data(args, latent=True)  # --vae: train in its latent space
     shape = dict(input_size=data.image_size, in_channels=data.channels,
                  num_classes=data.num_classes)
     objective = {"path": args.flow_path} if args.family == "sit" or (
@@ -673,6 +708,7 @@ def _print_export(export: dict) -> None:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from entpruner_sdk.compress import compress
+    from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.utils import distributed
 
@@ -684,8 +720,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.protect:
         protect = () if args.protect == "none" else tuple(
             int(v) for v in args.protect.split(","))
+    data = _training_data(args, is_latent(model.config), device)
     result = compress(
-        model, _load_data(args), args.budget, device=device,
+        model, data, args.budget, device=device,
         out_dir=args.out,
         resume=args.resume, progress=not args.quiet, importance=args.importance,
         schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,

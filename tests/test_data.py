@@ -86,6 +86,18 @@ def test_gray_images_are_shown_as_rgb_to_a_model_that_takes_rgb():
         check_fits(tiny_config(), colour)
 
 
+def test_open_data_opens_a_folder_and_loads_the_rest(tmp_path):
+    from entpruner_sdk.data.folder import open_data
+
+    write_folder(tmp_path / "f", sizes=((12, 12),))
+    opened = open_data(tmp_path / "f", image_size=8)
+    assert isinstance(opened, ImageFolder) and opened.image_size == 8
+    # it remembers what load_data would: a compress report names the folder it came from
+    assert opened.origin == load_data(tmp_path / "f", image_size=8).origin == {
+        "data": str((tmp_path / "f").resolve()), "image_size": 8}
+    assert isinstance(open_data("digits", split="test"), ImageDataset)
+
+
 def test_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no class subfolders"):

@@ -13,7 +13,7 @@ from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
 from entpruner_sdk.data import latents as latents_module
 from entpruner_sdk.data.latents import SD_VAE_SCALE, LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.evaluate import evaluate
-from entpruner_sdk.models.io import save
+from entpruner_sdk.models.io import load, save
 from entpruner_sdk.sampling import sample
 from tests.conftest import cache_a_quick_classifier, latent_model, tiny_config, tiny_vae
 
@@ -124,15 +124,19 @@ def test_evaluate_decodes_a_latent_model_against_images_or_latents(tiny_vae_dir)
     assert np.isfinite(on_gray.metrics["fd_domain"]) and on_gray.settings["reference"] == "gray16"
 
 
-def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
-    folder = tmp_path / "images"
-    data = photos16(16)
+def photo_folder(folder, count: int = 16):
+    """``count`` 16x16 photos written as PNGs in class folders; returns them in memory."""
+    data = photos16(count)
     for i, (image, label) in enumerate(zip(data.images, data.labels)):
-        from PIL import Image
-
         (folder / data.class_names[label]).mkdir(parents=True, exist_ok=True)
         pixels = ((image + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(pixels).save(folder / data.class_names[label] / f"{i}.png")
+    return data
+
+
+def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
+    folder = tmp_path / "images"
+    data = photo_folder(folder)
     out = tmp_path / "latents.npz"
     # the folder streams through two reader processes, in batches of 5 (the last one short)
     assert main(["encode", "--vae", str(tiny_vae_dir), "--data", str(folder), "--out", str(out),
@@ -170,6 +174,40 @@ def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
                  "--vae", str(tiny_vae_dir), "--out", str(grid), "--npz", str(raw),
                  "--quiet"]) == 0
     assert np.load(raw)["images"].shape == (2, 3, 16, 16) and grid.stat().st_size > 0
+
+
+def test_train_and_compress_encode_images_for_a_latent_model_given_its_vae(
+        tiny_vae_dir, tmp_path, capsys, monkeypatch):
+    from entpruner_sdk.evaluation.classifier import cache_root
+
+    monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path / "cache"))  # this test's alone
+    folder = tmp_path / "images"
+    photo_folder(folder)
+    save(latent_model(), tmp_path / "model")
+    common = ["--model", str(tmp_path / "model"), "--data", str(folder), "--quiet",
+              "--device", "cpu", "--workers", "0"]
+    assert main(["train", *common, "--steps", "1", "--batch-size", "4",
+                 "--out", str(tmp_path / "ft")]) == 2
+    assert "pass its VAE, --vae DIR on train and compress" in capsys.readouterr().err
+    assert main(["train", *common, "--vae", str(tiny_vae_dir), "--steps", "1", "--batch-size",
+                 "4", "--out", str(tmp_path / "ft")]) == 0
+    cached = list((cache_root() / "latents").iterdir())
+    assert len(cached) == 1  # encoded once, into the cache
+    assert main(["compress", *common, "--vae", str(tiny_vae_dir), "--budget", "2", "--steps",
+                 "4", "--interval", "2", "--batch-size", "4", "--calibration-per-class", "2",
+                 "--calibration-times", "2", "--report-samples", "0",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert list((cache_root() / "latents").iterdir()) == cached  # read back, not encoded again
+    # the latents are those encode writes, and the report names the images, where the demo's
+    # evaluation finds them
+    assert main(["encode", "--vae", str(tiny_vae_dir), "--data", str(folder), "--out",
+                 str(tmp_path / "l.npz"), "--workers", "0", "--quiet"]) == 0
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    encoded = space.encode_dataset(ImageFolder(folder), cache_dir=cache_root() / "latents")
+    assert torch.equal(encoded.images, load_data(tmp_path / "l.npz").images)
+    summary = json.loads((tmp_path / "run" / "report.json").read_text())["summary"]
+    assert summary["data_source"] == str(folder.resolve())
+    assert load(tmp_path / "run" / "model").depth == 2
 
 
 def test_an_interrupted_encode_continues_where_it_stopped(tiny_vae_dir, tmp_path, capsys,

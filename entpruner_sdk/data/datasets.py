@@ -189,8 +189,9 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
         raise DataError(
             f"the model takes {config.in_channels}x{config.input_size}x{config.input_size} "
             f"inputs but {data.name} holds {data.channels}x{data.image_size}x{data.image_size}; "
-            "use data of the model's size and channels (images for a latent model: encode "
-            "them with its VAE, entpruner encode --vae DIR --data ... --out latents.npz)"
+            "use data of the model's size and channels (images for a latent model: pass its "
+            "VAE, --vae DIR on train and compress, which encode them first, or encode them "
+            "once with entpruner encode --vae DIR --data ... --out latents.npz)"
         )
     n = data.num_classes
     if n <= config.num_classes and not (exact_classes and n != config.num_classes):
@@ -348,7 +349,7 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     (``origin``), so a later process can load the same data again.
     """
     from entpruner_sdk.data.bundled import BUNDLED, load_bundled
-    from entpruner_sdk.data.folder import ImageFolder, load_folder
+    from entpruner_sdk.data.folder import ImageFolder
 
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size={image_size}: must be a positive number of pixels")
@@ -359,8 +360,9 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         raise DataError(f"class_index (--class-index) labels class folders; {data!r} is not a "
                         "folder: drop it, or label an .npz with the model's ids")
     if isinstance(data, ImageFolder):
-        return _remember(data.load(), str(data.root.resolve()), image_size=data.crop_size,
-                         class_index=data.class_index and str(Path(data.class_index).resolve()))
+        dataset = data.load()
+        dataset.origin = data.origin
+        return dataset
     if isinstance(data, (Dataset, DataLoader)):
         return from_torch(data, num_classes)
     if isinstance(data, str) and data in BUNDLED:
@@ -372,9 +374,7 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         raise DataError(f"data {str(data)!r} is neither a bundled dataset "
                         f"({', '.join(BUNDLED)}) nor an existing file or folder")
     if path.is_dir():
-        return _remember(load_folder(path, image_size, class_index), str(path.resolve()),
-                         image_size=image_size,
-                         class_index=class_index and str(Path(class_index).resolve()))
+        return load_data(ImageFolder(path, image_size, class_index))
     if path.suffix == ".npz":
         if image_size is not None:
             raise DataError(f"{path} is loaded as stored; image_size (--image-size) resizes "

@@ -2,7 +2,8 @@
 
 ``ImageFolder`` lists the files and reads one image per item, so a large folder streams
 through a ``DataLoader`` (``LatentSpace.encode_dataset`` encodes it batch by batch in the
-memory of one batch); ``load_folder`` reads it whole into an ``ImageDataset``.
+memory of one batch); ``ImageFolder.load`` (``load_data`` of a folder) reads it whole into an
+``ImageDataset``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,6 +159,15 @@ class ImageFolder(Dataset):
         return 3
 
     @property
+    def origin(self) -> dict:
+        """How to load the same images again (``load_data`` keywords, as an ``ImageDataset``
+        remembers them): the absolute folder, the crop size and the class index."""
+        options = {"image_size": self.crop_size,
+                   "class_index": self.class_index and str(Path(self.class_index).resolve())}
+        return {"data": str(self.root.resolve()),
+                **{key: value for key, value in options.items() if value is not None}}
+
+    @property
     def image_size(self) -> int:
         return self.crop_size or self._first_size[0]
 
@@ -239,12 +250,6 @@ class ImageFolder(Dataset):
                             ) from error
 
 
-def load_folder(path: str | os.PathLike, image_size: int | None = None,
-                class_index: str | os.PathLike | None = None) -> ImageDataset:
-    """A class folder read whole into memory (``ImageFolder`` for what it accepts)."""
-    return ImageFolder(path, image_size, class_index).load()
-
-
 class _ErrorsAsItems(Dataset):
     """A dataset whose unreadable items come back as their ``DataError`` (see ``_collate``)."""
 
@@ -265,3 +270,14 @@ def _collate(items: list) -> torch.Tensor | DataError:
     """A batch of images, or the first item's error, which reaches the caller intact."""
     errors = [item for item in items if isinstance(item, DataError)]
     return errors[0] if errors else torch.stack([image for image, _ in items])
+
+
+def open_data(data: Any, **options: Any) -> ImageDataset | ImageFolder:
+    """``data`` as ``load_data`` reads it (same keywords), except that a class folder is
+    opened as an ``ImageFolder``, which reads its images when they are used: ``evaluate``
+    then reads only its reference images, and ``encode`` one batch at a time."""
+    from entpruner_sdk.data.datasets import load_data
+
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+        return ImageFolder(data, options.get("image_size"), options.get("class_index"))
+    return load_data(data, **options)

@@ -216,6 +216,25 @@ def decoder_for(config, vae: LatentSpace | str | os.PathLike | Any | None,
     return space
 
 
+def to_latents(data: ImageDataset | ImageFolder, vae: LatentSpace | str | os.PathLike,
+               cache_dir: str | os.PathLike | None = None, *,
+               device: str | torch.device | None = "cpu", workers: int = 0,
+               progress: bool = True) -> ImageDataset:
+    """Images (in memory, or an ``ImageFolder``, streamed by ``workers`` reader processes)
+    encoded with ``vae`` for a latent model to train on, the latents cached under
+    ``cache_dir`` and, after an interruption, resumed from there (``encode_dataset``); latents
+    are returned as they are. The latents keep the images' ``origin``, so a compress report
+    names the images and the demo's evaluation compares with them."""
+    if not data.pixels:
+        return data
+    space = LatentSpace.from_pretrained(vae, device=device) if isinstance(
+        vae, (str, os.PathLike)) else vae
+    latents = space.encode_dataset(data, cache_dir=cache_dir, progress=progress,
+                                   workers=workers)
+    latents.origin = data.origin
+    return latents
+
+
 def check_latents(latents: torch.Tensor, vae: torch.nn.Module) -> None:
     expected = getattr(getattr(vae, "config", None), "latent_channels", None)
     if latents.dim() != 4 or (expected is not None and latents.shape[1] != expected):
