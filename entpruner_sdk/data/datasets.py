@@ -191,7 +191,8 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
             f"inputs but {data.name} holds {data.channels}x{data.image_size}x{data.image_size}; "
             "use data of the model's size and channels (images for a latent model: pass its "
             "VAE, --vae DIR on train and compress, which encode them first, or encode them "
-            "once with entpruner encode --vae DIR --data ... --out latents.npz)"
+            "once with entpruner encode --vae DIR --data ... --out latents.npz; in Python "
+            "entpruner_sdk.data.latents.to_latents(images, vae))"
         )
     n = data.num_classes
     if n <= config.num_classes and not (exact_classes and n != config.num_classes):
