@@ -152,6 +152,42 @@ def test_an_image_folder_reads_one_image_per_item(tmp_path):
     assert ImageFolder(tmp_path / "f", image_size=8).fingerprint() != key
 
 
+def test_a_whole_read_through_reader_processes_is_the_same(tmp_path):
+    write_folder(tmp_path / "f", sizes=((8, 8), (16, 12)), per_class=5)
+    folder = ImageFolder(tmp_path / "f", image_size=8)
+    alone = folder.load([9, 0, 4, 5], workers=0)
+    shared = folder.load([9, 0, 4, 5], workers=2)
+    assert torch.equal(alone.images, shared.images) and torch.equal(alone.labels, shared.labels)
+    assert alone.labels.tolist() == [1, 0, 0, 1]
+    (tmp_path / "f" / "b" / "3.png").write_bytes(b"not a png")  # read by a reader process
+    with pytest.raises(DataError, match=r"cannot read image .*3.png: .*delete or replace it"):
+        folder.load(workers=2)
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_before_the_crop(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    from entpruner_sdk.data.folder import center_crop
+
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    x = np.linspace(0, 12, 1200)[None, :, None] + np.linspace(0, 7, 900)[:, None, None]
+    photo = ((np.sin(x + np.arange(3)) + 1) * 127.5).astype(np.uint8)  # smooth, as photos are
+    Image.fromarray(photo).save(tmp_path / "f" / "a" / "big.jpg", quality=95)
+    Image.fromarray(photo).save(tmp_path / "f" / "a" / "big.png")
+    drafts = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, *args: drafts.append(args[1]) or real_draft(self, *args))
+    folder = ImageFolder(tmp_path / "f", image_size=64)
+    jpeg, png = folder.read(0), folder.read(1)
+    assert drafts == [(171, 128)]  # twice the crop on the short side; the PNG is never asked
+    with Image.open(tmp_path / "f" / "a" / "big.jpg") as full:  # decoded at full size
+        reference = np.asarray(center_crop(full.convert("RGB"), 64))
+    assert np.abs(jpeg.astype(int) - reference).mean() < 1.5  # of 255 levels
+    with Image.open(tmp_path / "f" / "a" / "big.png") as full:
+        assert np.array_equal(png, np.asarray(center_crop(full.convert("RGB"), 64)))
+
+
 def test_folder_images_are_read_as_a_viewer_shows_them(tmp_path):
     # a camera's picture: stored 16 wide and 8 high, white on its left, with EXIF orientation
     # 6 (turn 90 degrees clockwise to view), so it shows 8 wide and 16 high, white on top

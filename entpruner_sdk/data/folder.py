@@ -22,6 +22,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from entpruner_sdk.data.datasets import DataError, ImageDataset, to_unit_range
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# whole reads of at least this many images use reader processes by default: below it, starting
+# them costs more than they save
+PARALLEL_FROM = 256
 
 
 def center_crop(image, size: int):
@@ -177,6 +180,8 @@ class ImageFolder(Dataset):
 
         file = self.files[index]
         with self._open(file) as image:
+            if self.crop_size is not None:
+                _draft(image, 2 * self.crop_size)
             try:
                 # upright as a viewer shows it: cameras store the rotation in EXIF
                 image = to_rgb(ImageOps.exif_transpose(image), file)
@@ -192,16 +197,22 @@ class ImageFolder(Dataset):
                                 "scale and centre-crop them all to N x N")
             return np.asarray(image)
 
-    def load(self, indices: Sequence[int] | None = None) -> ImageDataset:
+    def load(self, indices: Sequence[int] | None = None, workers: int | None = None
+             ) -> ImageDataset:
         """The images at ``indices`` (all by default) read into an ``ImageDataset``, holding
         one copy of their pixels; images whose three channels are all equal stay one
-        grayscale channel."""
-        indices = range(len(self)) if indices is None else indices
+        grayscale channel. ``workers`` processes read them (None: up to 4 when there are
+        enough images to repay starting them, ``PARALLEL_FROM``; 0: this process)."""
+        indices = list(range(len(self)) if indices is None else indices)
+        if workers is None:
+            workers = min(4, os.cpu_count() or 1) if len(indices) >= PARALLEL_FROM else 0
         first = self.read(indices[0])
         pixels = np.empty((len(indices), *first.shape), dtype=np.uint8)  # filled in place
         pixels[0] = first
-        for row, index in enumerate(indices[1:], start=1):
-            pixels[row] = self.read(index)
+        row = 1
+        for batch in self._pixel_batches(indices[1:], workers):
+            pixels[row:row + len(batch)] = batch
+            row += len(batch)
         if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all():
             pixels = pixels[..., :1]
         images = to_unit_range(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)),
@@ -216,6 +227,15 @@ class ImageFolder(Dataset):
         rather than as a reader process's traceback."""
         rest = _ErrorsAsItems(Subset(self, range(start, len(self))))
         for batch in DataLoader(rest, batch_size, num_workers=workers, collate_fn=_collate):
+            if isinstance(batch, DataError):
+                raise batch
+            yield batch
+
+    def _pixel_batches(self, indices: Sequence[int], workers: int) -> Iterator[np.ndarray]:
+        """uint8 [B, H, W, 3] arrays of the images at ``indices``, in order."""
+        items = _ErrorsAsItems(_Pixels(self, indices))
+        # small batches: a reader process takes whole batches, so this shares out few images
+        for batch in DataLoader(items, 8, num_workers=workers, collate_fn=_stack):
             if isinstance(batch, DataError):
                 raise batch
             yield batch
@@ -248,6 +268,37 @@ class ImageFolder(Dataset):
         except (UnidentifiedImageError, OSError) as error:
             raise DataError(f"cannot read image {file}: {error}; delete or replace it"
                             ) from error
+
+
+def _draft(image, short_side: int) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale when its short side stays at least
+    ``short_side``: the decoder skips the detail ``center_crop`` would average away anyway
+    (twice the crop size is kept, so its box-filter halving still runs), 3-4x faster for a
+    12-megapixel photo (``benchmarks/folder_read.py``). Other formats ignore it."""
+    if image.format != "JPEG":
+        return
+    scale = short_side / min(image.size)
+    if scale < 0.5:
+        image.draft(image.mode, (round(image.width * scale), round(image.height * scale)))
+
+
+class _Pixels(Dataset):
+    """The uint8 pixels of some images of a folder, one per item (see ``ImageFolder.load``)."""
+
+    def __init__(self, folder: ImageFolder, indices: Sequence[int]) -> None:
+        self.folder, self.indices = folder, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> np.ndarray:
+        return self.folder.read(self.indices[item])
+
+
+def _stack(items: list) -> np.ndarray | DataError:
+    """A batch of pixel arrays, or the first item's error (as ``_collate``)."""
+    errors = [item for item in items if isinstance(item, DataError)]
+    return errors[0] if errors else np.stack(items)
 
 
 class _ErrorsAsItems(Dataset):
