@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +211,8 @@ class ImageFolder(Dataset):
         pixels = np.empty((len(indices), *first.shape), dtype=np.uint8)  # filled in place
         pixels[0] = first
         row = 1
-        for batch in self._pixel_batches(indices[1:], workers):
+        # small batches: a reader process takes whole batches, so this shares out few images
+        for batch in _read_batches(_Pixels(self, indices[1:]), 8, workers, np.stack):
             pixels[row:row + len(batch)] = batch
             row += len(batch)
         if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all():
@@ -223,22 +225,9 @@ class ImageFolder(Dataset):
     def batches(self, batch_size: int, workers: int = 0, start: int = 0
                 ) -> Iterator[torch.Tensor]:
         """The images from ``start`` on, ``batch_size`` at a time, read by ``workers``
-        processes. An unreadable image raises its ``DataError`` here, in the caller's process,
-        rather than as a reader process's traceback."""
-        rest = _ErrorsAsItems(Subset(self, range(start, len(self))))
-        for batch in DataLoader(rest, batch_size, num_workers=workers, collate_fn=_collate):
-            if isinstance(batch, DataError):
-                raise batch
-            yield batch
-
-    def _pixel_batches(self, indices: Sequence[int], workers: int) -> Iterator[np.ndarray]:
-        """uint8 [B, H, W, 3] arrays of the images at ``indices``, in order."""
-        items = _ErrorsAsItems(_Pixels(self, indices))
-        # small batches: a reader process takes whole batches, so this shares out few images
-        for batch in DataLoader(items, 8, num_workers=workers, collate_fn=_stack):
-            if isinstance(batch, DataError):
-                raise batch
-            yield batch
+        processes (``_read_batches``)."""
+        return _read_batches(Subset(self, range(start, len(self))), batch_size, workers,
+                             _stack_images)
 
     def fingerprint(self) -> str:
         """A hash of the file list, sizes and modification times and the crop size: keys the
@@ -295,12 +284,6 @@ class _Pixels(Dataset):
         return self.folder.read(self.indices[item])
 
 
-def _stack(items: list) -> np.ndarray | DataError:
-    """A batch of pixel arrays, or the first item's error (as ``_collate``)."""
-    errors = [item for item in items if isinstance(item, DataError)]
-    return errors[0] if errors else np.stack(items)
-
-
 class _ErrorsAsItems(Dataset):
     """A dataset whose unreadable items come back as their ``DataError`` (see ``_collate``)."""
 
@@ -317,10 +300,28 @@ class _ErrorsAsItems(Dataset):
             return error
 
 
-def _collate(items: list) -> torch.Tensor | DataError:
-    """A batch of images, or the first item's error, which reaches the caller intact."""
+def _stack_images(items: list) -> torch.Tensor:
+    return torch.stack([image for image, _ in items])
+
+
+def _collate(stack: Callable[[list], Any], items: list) -> Any:
+    """A batch of items made by ``stack``, or the first item's error, which reaches the caller
+    intact."""
     errors = [item for item in items if isinstance(item, DataError)]
-    return errors[0] if errors else torch.stack([image for image, _ in items])
+    return errors[0] if errors else stack(items)
+
+
+def _read_batches(items: Dataset, batch_size: int, workers: int,
+                  stack: Callable[[list], Any]) -> Iterator[Any]:
+    """``items`` in order, ``batch_size`` at a time, read by ``workers`` processes. An
+    unreadable image raises its ``DataError`` here, in the caller's process, rather than as a
+    reader process's traceback."""
+    loader = DataLoader(_ErrorsAsItems(items), batch_size, num_workers=workers,
+                        collate_fn=partial(_collate, stack))
+    for batch in loader:
+        if isinstance(batch, DataError):
+            raise batch
+        yield batch
 
 
 def open_data(data: Any, **options: Any) -> ImageDataset | ImageFolder:
