@@ -74,6 +74,9 @@ def test_gray_images_are_shown_as_rgb_to_a_model_that_takes_rgb():
     assert rgb.images.shape == (len(digits), 3, 8, 8) and rgb.origin == digits.origin
     assert all(torch.equal(rgb.images[:, c], digits.images[:, 0]) for c in range(3))
     assert rgb.images.untyped_storage().nbytes() == digits.images.untyped_storage().nbytes()
+    # hashed a chunk at a time: the key of the same pixels held as a copy
+    copy = ImageDataset(rgb.images.contiguous(), rgb.labels, rgb.num_classes, rgb.name)
+    assert rgb.fingerprint() == copy.fingerprint() != digits.fingerprint()
     check_fits(tiny_config(in_channels=3), rgb)
     # another size is left as it is, so the error names the data's own shape
     assert fit_channels(tiny_config(in_channels=3, input_size=16), digits) is digits

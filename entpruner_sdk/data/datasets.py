@@ -78,7 +78,10 @@ class ImageDataset(Dataset):
     def fingerprint(self) -> str:
         """Content hash, used to key caches (encoded latents, reference statistics)."""
         digest = hashlib.sha256()
-        digest.update(self.images.contiguous().numpy())  # the buffer itself, not a copy
+        # the buffer itself; a view that is not contiguous (gray shown as RGB) a chunk at a
+        # time, so hashing never copies it whole (same digest: sha256 streams)
+        for chunk in self.images.split(256):
+            digest.update(chunk.contiguous().numpy())
         digest.update(self.labels.contiguous().numpy())
         return digest.hexdigest()[:16]
 

@@ -212,14 +212,14 @@ def _reference_data(model: DiffusionTransformer, data: ImageDataset,
         return data if decoder is None else decoder.decode_dataset(
             data, cache_dir=cache_root() / "decoded", progress=progress)
     shape = decoder.image_shape(model.config)
-    images = replace(model.config, in_channels=shape[0], input_size=shape[1])
-    data = fit_channels(images, data)  # gray photos, which the VAE encoded as RGB
+    decoded = replace(model.config, in_channels=shape[0], input_size=shape[1])
+    data = fit_channels(decoded, data)  # gray photos, which the VAE encoded as RGB
     if (data.channels, data.image_size, data.image_size) != shape:
         raise DataError(f"the VAE decodes this model's samples to {'x'.join(map(str, shape))} "
                         f"images but {data.name} holds {data.channels}x{data.image_size}x"
                         f"{data.image_size}; compare with images of that size, or with the "
                         "latents they were encoded to")
-    check_fits(images, data)
+    check_fits(decoded, data)
     return data
 
 
