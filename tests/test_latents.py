@@ -152,6 +152,8 @@ def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
                                     progress=False)  # in Python, cached by the files' stats
     cached = space.encode_dataset(ImageFolder(folder), cache_dir=tmp_path / "cache")
     assert torch.equal(cached.images, streamed.images)
+    # the latents remember where their images are, so a report names the folder
+    assert cached.origin == streamed.origin == {"data": str(folder.resolve())}
     assert len(list((tmp_path / "cache").iterdir())) == 1
     # an unreadable image read by a reader process: its message, not the process's traceback
     (folder / data.class_names[data.labels[0]] / "bad.png").write_bytes(b"not a png")

@@ -221,18 +221,14 @@ def to_latents(data: ImageDataset | ImageFolder, vae: LatentSpace | str | os.Pat
                device: str | torch.device | None = "cpu", workers: int = 0,
                progress: bool = True) -> ImageDataset:
     """Images (in memory, or an ``ImageFolder``, streamed by ``workers`` reader processes)
-    encoded with ``vae`` for a latent model to train on, the latents cached under
-    ``cache_dir`` and, after an interruption, resumed from there (``encode_dataset``); latents
-    are returned as they are. The latents keep the images' ``origin``, so a compress report
-    names the images and the demo's evaluation compares with them."""
+    encoded with ``vae`` (a ``LatentSpace`` or its folder) for a latent model to train on, the
+    latents cached under ``cache_dir`` and, after an interruption, resumed from there
+    (``encode_dataset``); latents are returned as they are."""
     if not data.pixels:
         return data
     space = LatentSpace.from_pretrained(vae, device=device) if isinstance(
         vae, (str, os.PathLike)) else vae
-    latents = space.encode_dataset(data, cache_dir=cache_dir, progress=progress,
-                                   workers=workers)
-    latents.origin = data.origin
-    return latents
+    return space.encode_dataset(data, cache_dir=cache_dir, progress=progress, workers=workers)
 
 
 def check_latents(latents: torch.Tensor, vae: torch.nn.Module) -> None:
@@ -249,5 +245,7 @@ def _image_dataset(images: torch.Tensor, data: ImageDataset) -> ImageDataset:
 
 
 def _latent_dataset(latents: torch.Tensor, data: ImageDataset | ImageFolder) -> ImageDataset:
+    """The latents of ``data``, keeping its ``origin``: a compress report then names the
+    images, where the demo's evaluation finds them."""
     return ImageDataset(latents, data.labels.clone(), data.num_classes, f"{data.name}-latent",
-                        list(data.class_names), pixels=False)
+                        list(data.class_names), pixels=False, origin=data.origin)
