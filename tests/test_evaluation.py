@@ -12,7 +12,12 @@ from entpruner_sdk.evaluation.classifier import (
     domain_classifier,
     network_fingerprint,
 )
-from entpruner_sdk.evaluation.evaluate import DomainFeatures, EvaluationReport, evaluate
+from entpruner_sdk.evaluation.evaluate import (
+    DomainFeatures,
+    EvaluationReport,
+    evaluate,
+    load_reference,
+)
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
 from entpruner_sdk.evaluation.metrics import (
     FeatureStats,
@@ -265,17 +270,26 @@ def test_the_reference_is_a_bounded_balanced_sample_of_the_data(tmp_path, monkey
         (tmp_path / f"c{i % 2}").mkdir(exist_ok=True)
         pixels = np.random.default_rng(i).integers(0, 255, (8, 8, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / f"c{i % 2}" / f"{i}.png")
-    folder = ImageFolder(tmp_path)
-    cache_a_quick_classifier(folder.load(balanced_indices(folder.labels, 4)))  # what it keeps
+    reference, available = load_reference(ImageFolder(tmp_path), 4)
+    assert (len(reference), available) == (4, 12) and "images" not in reference.__dict__
+    cache_a_quick_classifier(reference)  # what evaluate keeps, by the files' stats
     reads, read = [], ImageFolder.read
     monkeypatch.setattr(ImageFolder, "read", lambda self, i: reads.append(i) or read(self, i))
     rgb = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False, in_channels=3,
                                                       num_classes=2)))
-    report = evaluate(rgb, ImageFolder(tmp_path), samples=4, steps=2, features=("domain",),
-                      progress=False, reference_size=4)
+    options = dict(samples=4, steps=2, features=("domain",), progress=False, reference_size=4)
+    report = evaluate(rgb, ImageFolder(tmp_path), **options)
     assert report.settings["reference_size"] == 4 and len(reads) == 4
+    # again: the classifier and the reference statistics are cached, so no image is read
+    again = evaluate(rgb, ImageFolder(tmp_path), **options)
+    assert len(reads) == 4 and again.metrics == report.metrics
     with pytest.raises(ValueError, match="reference_size=1: at least 2"):
         evaluate(rgb, ImageFolder(tmp_path), samples=4, reference_size=1, progress=False)
+    # a gray model and colour images: refused before anything is sampled
+    gray = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False,
+                                                       num_classes=2)))
+    with pytest.raises(DataError, match="holds colour images but 1-channel ones are needed"):
+        evaluate(gray, ImageFolder(tmp_path), **options)
 
 
 def test_the_domain_classifier_looks_at_large_images_at_64_pixels():

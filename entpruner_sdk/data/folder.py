@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from entpruner_sdk.data.classes import default_names
 from entpruner_sdk.data.datasets import DataError, ImageDataset, to_unit_range
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -257,6 +258,72 @@ class ImageFolder(Dataset):
         except (UnidentifiedImageError, OSError) as error:
             raise DataError(f"cannot read image {file}: {error}; delete or replace it"
                             ) from error
+
+
+class FolderSubset:
+    """Some images of an ``ImageFolder`` (all by default) that are read only when ``images``
+    is first used, as ``channels`` channels (gray shown as RGB, as ``fit_channels`` does).
+
+    It answers what an ``ImageDataset`` does without reading a pixel: the labels, classes,
+    size and a ``fingerprint`` of the files' stats. ``evaluate`` takes a folder's reference
+    so: its domain classifier and reference statistics are cached by that fingerprint, so a
+    repeated evaluation against the same folder reads no image and holds none.
+    """
+
+    pixels = True
+
+    def __init__(self, folder: ImageFolder, indices: Sequence[int] | None = None,
+                 channels: int = 3) -> None:
+        self.folder, self.channels = folder, channels
+        self.indices = list(range(len(folder)) if indices is None else indices)
+        self.labels = folder.labels[self.indices]
+        self.num_classes, self.class_names = folder.num_classes, list(folder.class_names)
+        self.name, self.image_size, self.origin = folder.name, folder.image_size, folder.origin
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        return (f"FolderSubset({str(self.folder.root)!r}: {len(self)} images of "
+                f"{self.channels}x{self.image_size}x{self.image_size}, {self.num_classes} "
+                f"classes{', read' if 'images' in self.__dict__ else ''})")
+
+    @property
+    def named(self) -> bool:
+        return self.class_names != default_names(self.num_classes)
+
+    @property
+    def classes_present(self) -> list[int]:
+        return torch.unique(self.labels).tolist()
+
+    def with_channels(self, channels: int) -> FolderSubset:
+        """The same images as ``channels`` channels: 3 shows gray ones as RGB; 1 takes gray
+        ones as they are, and reads them at once, so that colour ones fail here, before any
+        sampling, rather than when they are first used."""
+        if channels == self.channels or channels not in (1, 3):
+            return self
+        subset = FolderSubset(self.folder, self.indices, channels)
+        if channels == 1:
+            subset.images  # noqa: B018 (read now: only gray images can be one channel)
+        return subset
+
+    def fingerprint(self) -> str:
+        """Keys caches by the folder's files (``ImageFolder.fingerprint``), the images chosen
+        and the channels, without reading any pixels; worked out once (it stats every file)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(f"{self.folder.fingerprint()}|{self.channels}|".encode())
+            digest.update(np.asarray(self.indices, dtype=np.int64).tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    @cached_property
+    def images(self) -> torch.Tensor:
+        data = self.folder.load(self.indices).with_channels(self.channels)
+        if data.channels != self.channels:
+            raise DataError(f"{self.folder.root} holds colour images but {self.channels}-channel "
+                            "ones are needed; compare a gray model with gray images")
+        return data.images
 
 
 def _draft(image, short_side: int) -> None:

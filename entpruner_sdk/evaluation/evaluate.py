@@ -30,7 +30,7 @@ from entpruner_sdk.data.datasets import (
     fit_channels,
     load_data,
 )
-from entpruner_sdk.data.folder import ImageFolder
+from entpruner_sdk.data.folder import FolderSubset, ImageFolder
 from entpruner_sdk.data.latents import LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.classifier import (
     cache_root,
@@ -186,16 +186,20 @@ class DomainFeatures:
                           for i in range(0, len(images), batch_size)])
 
 
-def load_reference(data: Any, size: int | None) -> tuple[ImageDataset, int]:
+def load_reference(data: Any, size: int | None) -> tuple[ImageDataset | FolderSubset, int]:
     """The real data to compare with, at most ``size`` images balanced over the classes, and
-    how many there were; a folder (``ImageFolder``) reads only the images it keeps, so the
-    reference is bounded in memory however large the data."""
+    how many there were. Of a folder (``ImageFolder``) it is a ``FolderSubset``: only those
+    images, read when first needed, so the reference is bounded in memory however large the
+    folder, and not read at all when everything made from it is cached."""
     if size is not None and size < 2:
         raise ValueError(f"reference_size={size}: at least 2 real images are needed (None, or "
                          "--reference-size 0, for all of them)")
+    if isinstance(data, FolderSubset):
+        return data, len(data)
     if isinstance(data, ImageFolder):
         keep = size is not None and len(data) > size
-        return data.load(balanced_indices(data.labels, size) if keep else None), len(data)
+        return FolderSubset(data, balanced_indices(data.labels, size) if keep else None), len(
+            data)
     data = load_data(data)
     if size is None or len(data) <= size:
         return data, len(data)
@@ -278,7 +282,8 @@ def evaluate(
     cached). Without it a latent model is measured in latent space, with ``("domain",)`` only.
 
     ``reference_size``: at most that many real images, balanced over the classes, make the
-    reference (None: all of them); an ``ImageFolder`` reads only those.
+    reference (None: all of them); an ``ImageFolder`` reads only those, and none when the
+    domain classifier and reference statistics made from them are cached.
     """
     device = resolve_device(device)
     unknown = set(features) - set(FEATURES)
