@@ -272,6 +272,9 @@ def test_the_reference_is_a_bounded_balanced_sample_of_the_data(tmp_path, monkey
         Image.fromarray(pixels).save(tmp_path / f"c{i % 2}" / f"{i}.png")
     reference, available = load_reference(ImageFolder(tmp_path), 4)
     assert (len(reference), available) == (4, 12) and "images" not in reference.__dict__
+    smaller, _ = load_reference(reference, 2)  # a reference made smaller is still unread
+    assert set(smaller.indices) < set(reference.indices) and "images" not in smaller.__dict__
+    assert sorted(smaller.labels.tolist()) == [0, 1]
     cache_a_quick_classifier(reference)  # what evaluate keeps, by the files' stats
     reads, read = [], ImageFolder.read
     monkeypatch.setattr(ImageFolder, "read", lambda self, i: reads.append(i) or read(self, i))

@@ -297,6 +297,10 @@ class FolderSubset:
     def classes_present(self) -> list[int]:
         return torch.unique(self.labels).tolist()
 
+    def subset(self, indices: Sequence[int]) -> FolderSubset:
+        """The images at these positions of this subset, still unread."""
+        return FolderSubset(self.folder, [self.indices[i] for i in indices], self.channels)
+
     def with_channels(self, channels: int) -> FolderSubset:
         """The same images as ``channels`` channels: 3 shows gray ones as RGB; 1 takes gray
         ones as they are, and reads them at once, so that colour ones fail here, before any

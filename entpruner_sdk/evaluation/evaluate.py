@@ -194,13 +194,10 @@ def load_reference(data: Any, size: int | None) -> tuple[ImageDataset | FolderSu
     if size is not None and size < 2:
         raise ValueError(f"reference_size={size}: at least 2 real images are needed (None, or "
                          "--reference-size 0, for all of them)")
-    if isinstance(data, FolderSubset):
-        return data, len(data)
     if isinstance(data, ImageFolder):
-        keep = size is not None and len(data) > size
-        return FolderSubset(data, balanced_indices(data.labels, size) if keep else None), len(
-            data)
-    data = load_data(data)
+        data = FolderSubset(data)
+    elif not isinstance(data, FolderSubset):
+        data = load_data(data)
     if size is None or len(data) <= size:
         return data, len(data)
     return data.subset(balanced_indices(data.labels, size)), len(data)
