@@ -123,11 +123,12 @@ def _load_data(args: argparse.Namespace, stream: bool = False):
                                                 class_index=args.class_index)
 
 
-def _training_data(args: argparse.Namespace, latent: bool,
+def _training_data(args: argparse.Namespace, latent: bool, config=None,
                    device: str | torch.device | None = None):
     """The --data of train or compress; with --vae, images for a latent model are encoded
     first, a folder streamed, into the entpruner cache (by content and VAE: a second run or
-    --resume reads the latents back, and an interrupted encode continues)."""
+    --resume reads the latents back, and an interrupted encode continues). ``config``: the
+    model's, when it is known already, checked against the VAE and the images first."""
     if not (args.vae and latent):
         return _load_data(args)
     from entpruner_sdk.data.latents import to_latents
@@ -138,7 +139,7 @@ def _training_data(args: argparse.Namespace, latent: bool,
     if not distributed.is_main():
         distributed.barrier()
     data = to_latents(_load_data(args, stream=True), args.vae, cache_root() / "latents",
-                      device=device or args.device, workers=args.workers,
+                      config=config, device=device or args.device, workers=args.workers,
                       progress=not args.quiet and distributed.is_main())
     if distributed.is_main():
         distributed.barrier()
@@ -720,7 +721,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.protect:
         protect = () if args.protect == "none" else tuple(
             int(v) for v in args.protect.split(","))
-    data = _training_data(args, is_latent(model.config), device)
+    data = _training_data(args, is_latent(model.config), model.config, device)
     result = compress(
         model, data, args.budget, device=device,
         out_dir=args.out,

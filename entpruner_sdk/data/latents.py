@@ -217,17 +217,29 @@ def decoder_for(config, vae: LatentSpace | str | os.PathLike | Any | None,
 
 
 def to_latents(data: ImageDataset | ImageFolder, vae: LatentSpace | str | os.PathLike,
-               cache_dir: str | os.PathLike | None = None, *,
+               cache_dir: str | os.PathLike | None = None, *, config: Any = None,
                device: str | torch.device | None = "cpu", workers: int = 0,
                progress: bool = True) -> ImageDataset:
     """Images (in memory, or an ``ImageFolder``, streamed by ``workers`` reader processes)
     encoded with ``vae`` (a ``LatentSpace`` or its folder) for a latent model to train on, the
     latents cached under ``cache_dir`` and, after an interruption, resumed from there
-    (``encode_dataset``); latents are returned as they are."""
+    (``encode_dataset``); latents are returned as they are. ``config``: the model's, checked
+    against the VAE and the images' size before anything is encoded (an encode may take
+    hours; a wrong size found after it would waste them)."""
     if not data.pixels:
         return data
-    space = LatentSpace.from_pretrained(vae, device=device) if isinstance(
-        vae, (str, os.PathLike)) else vae
+    if config is not None:
+        space = decoder_for(config, vae, device)  # its latent channels are the model's
+        size = space.image_shape(config)[1]
+        if data.image_size != size:
+            raise DataError(
+                f"the model takes {config.in_channels}x{config.input_size}x{config.input_size} "
+                f"latents, which this VAE makes from {size}x{size} images, but {data.name} "
+                f"holds {data.image_size}x{data.image_size} images; pass --image-size {size} "
+                f"(image_size={size}) to scale and centre-crop them")
+    else:
+        space = LatentSpace.from_pretrained(vae, device=device) if isinstance(
+            vae, (str, os.PathLike)) else vae
     return space.encode_dataset(data, cache_dir=cache_dir, progress=progress, workers=workers)
 
 
