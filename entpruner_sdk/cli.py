@@ -539,17 +539,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.training import TrainConfig, train
 
-    data = _training_data(args, latent=True)  # --vae: train in its latent space
+    registry_name = bool(args.model) and "/" in args.model and args.model.split("-")[
+        0].lower() in ("dit", "sit") and not Path(args.model).exists()
+    # a model to fine-tune is opened first, so --vae images are checked against it before the
+    # encode; a new model takes its shape from the data (with --vae: from its latents)
+    given = (resolve_model(args.model, args.family, num_heads=args.heads)
+             if args.model and not registry_name else None)
+    data = _training_data(args, latent=True,
+                          config=given.config if given is not None else None)
     shape = dict(input_size=data.image_size, in_channels=data.channels,
                  num_classes=data.num_classes)
     objective = {"path": args.flow_path} if args.family == "sit" or (
         args.model or "").lower().startswith("sit-") else {}
-    if args.model and "/" in args.model and args.model.split("-")[0].lower() in ("dit", "sit") \
-            and not Path(args.model).exists():
+    if registry_name:
         config = config_from_name(args.model, **shape, learn_sigma=not args.no_learn_sigma)
         model = DiffusionTransformer(config, objective=objective)
-    elif args.model:
-        model = resolve_model(args.model, args.family, num_heads=args.heads)
+    elif given is not None:
+        model = given
         if args.num_classes is not None and args.num_classes != model.config.num_classes:
             model = resize_classes(model, args.num_classes)
     else:

@@ -197,6 +197,9 @@ def test_train_and_compress_encode_images_for_a_latent_model_given_its_vae(
                  "--budget", "2", "--out", str(tmp_path / "wrong")]) == 2
     assert ("which this VAE makes from 16x16 images, but images holds 12x12 images; pass "
             "--image-size 16") in capsys.readouterr().err
+    assert main(["train", *common, "--vae", str(tiny_vae_dir), "--image-size", "12",
+                 "--out", str(tmp_path / "wrong")]) == 2
+    assert "pass --image-size 16" in capsys.readouterr().err
     assert not (cache_root() / "latents").exists()
     assert main(["train", *common, "--vae", str(tiny_vae_dir), "--steps", "1", "--batch-size",
                  "4", "--out", str(tmp_path / "ft")]) == 0
