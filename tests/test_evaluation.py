@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
-from entpruner_sdk.data.datasets import balanced_indices
+from entpruner_sdk.data.datasets import balanced_indices, unit_range
 from entpruner_sdk.evaluation.classifier import (
     BUNDLED_CLASSIFIERS,
     domain_classifier,
@@ -124,6 +124,8 @@ def test_inception_fid_halves_vs_distorted_and_monotone_in_noise():
     half_a, half_b = images[::2], images[1::2]
     fa, fb = extractor(half_a), extractor(half_b)
     assert fa.shape == (48, 2048)
+    eight_bit = ((half_a + 1) * 127.5).round().to(torch.uint8)  # a folder's reference
+    assert torch.allclose(extractor(eight_bit), fa, atol=1e-4)
     blurred = torch.nn.functional.avg_pool2d(half_b, 3, 1, 1)
     distances = [frechet_distance(FeatureStats.of(fa), FeatureStats.of(fb))]
     for level in (0.2, 0.5):
@@ -293,6 +295,31 @@ def test_the_reference_is_a_bounded_balanced_sample_of_the_data(tmp_path, monkey
                                                        num_classes=2)))
     with pytest.raises(DataError, match="holds colour images but 1-channel ones are needed"):
         evaluate(gray, ImageFolder(tmp_path), **options)
+
+
+def test_a_folder_reference_is_held_as_8_bit_pixels_with_the_same_figures(tmp_path):
+    from PIL import Image
+
+    for i in range(8):
+        (tmp_path / f"c{i % 2}").mkdir(exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels if i != 5 else pixels[..., :1].repeat(3, -1)).save(
+            tmp_path / f"c{i % 2}" / f"{i}.png")
+    reference, _ = load_reference(ImageFolder(tmp_path), None)
+    as_floats = load_data(tmp_path)
+    assert reference.images.dtype == torch.uint8  # a quarter of the memory of floats
+    assert torch.equal(unit_range(reference.images), as_floats.images)  # bit for bit
+    # the same figures as against the folder read as floats: the classifier trains on the
+    # same values and the features see the same images
+    cache_a_quick_classifier(reference)
+    cache_a_quick_classifier(as_floats)
+    rgb = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False, in_channels=3,
+                                                      num_classes=2)))
+    options = dict(samples=4, steps=2, features=("domain",), progress=False)
+    assert (evaluate(rgb, ImageFolder(tmp_path), **options).metrics
+            == evaluate(rgb, as_floats, **options).metrics)
+    network = DomainFeatures(domain_classifier(as_floats))
+    assert torch.equal(network(reference.images), network(as_floats.images))
 
 
 def test_the_domain_classifier_looks_at_large_images_at_64_pixels():

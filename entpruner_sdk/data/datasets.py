@@ -235,6 +235,16 @@ def to_unit_range(array: np.ndarray, source: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """8-bit pixels (uint8, 0..255), as a folder's reference is held, -> float32 in [-1, 1],
+    with the arithmetic of ``to_unit_range`` (bit for bit); float images are returned as they
+    are. Consumers that take either call it a batch at a time, so 8-bit images are never held
+    as floats whole."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.float().div_(127.5).sub_(1.0)
+
+
 def to_nchw(images: np.ndarray, source: str) -> np.ndarray:
     """Accept [N, H, W], [N, H, W, C] or [N, C, H, W] (C in 1, 3)."""
     if images.ndim == 3:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from entpruner_sdk.data.datasets import ImageDataset
+from entpruner_sdk.data.datasets import ImageDataset, unit_range
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 from entpruner_sdk.utils.progress import progress_bar
@@ -87,7 +87,7 @@ def train_classifier(data: ImageDataset, steps: int = 600, batch_size: int = 128
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
     for _ in progress_bar(range(steps), enabled=progress, desc="classifier"):
         index = torch.randint(0, len(data), (batch_size,), generator=generator)
-        images, labels = data.images[index], data.labels[index]
+        images, labels = unit_range(data.images[index]), data.labels[index]
         shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
         images = torch.roll(images, shifts=shift, dims=(2, 3))
         images = images + 0.05 * torch.randn(images.shape, generator=generator)

@@ -29,6 +29,7 @@ from entpruner_sdk.data.datasets import (
     check_fits,
     fit_channels,
     load_data,
+    unit_range,
 )
 from entpruner_sdk.data.folder import FolderSubset, ImageFolder
 from entpruner_sdk.data.latents import LatentSpace, decoder_for, is_latent
@@ -182,8 +183,9 @@ class DomainFeatures:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = 512, progress: bool = False
                  ) -> torch.Tensor:
-        return torch.cat([self.classifier.features(images[i:i + batch_size]).double()
-                          for i in range(0, len(images), batch_size)])
+        """Features of images in [-1, 1], or of 8-bit ones (a folder's reference)."""
+        return torch.cat([self.classifier.features(unit_range(images[i:i + batch_size]))
+                          .double() for i in range(0, len(images), batch_size)])
 
 
 def load_reference(data: Any, size: int | None) -> tuple[ImageDataset | FolderSubset, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from entpruner_sdk.data.datasets import unit_range
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.progress import progress_bar
 
@@ -57,7 +58,8 @@ def tf_bilinear_resize(x: torch.Tensor, size: int = 299) -> torch.Tensor:
 
 
 class InceptionFeatures:
-    """Callable: images [N, C, H, W] in [-1, 1] (C = 1 or 3) -> features [N, 2048] (float64)."""
+    """Callable: images [N, C, H, W] in [-1, 1], or 8-bit (uint8), C = 1 or 3 -> features
+    [N, 2048] (float64)."""
 
     name = "inception-2015-12-05"
 
@@ -82,6 +84,7 @@ class InceptionFeatures:
         chunks = []
         for i in progress_bar(range(0, len(images), batch_size), enabled=progress,
                               desc="inception features", leave=False):
-            batch = self.preprocess(images[i:i + batch_size].float().to(self.device))
+            batch = unit_range(images[i:i + batch_size]).float().to(self.device)
+            batch = self.preprocess(batch)
             chunks.append(self.network(batch).double().cpu())
         return torch.cat(chunks)
