@@ -105,12 +105,12 @@ def main() -> None:
             folder = Path(tmp) / f"photos{count}"
             write_photos(folder, count)
             row = {"images": count, "size": size,
-                   "pixels_mb": round(count * 3 * size * size * 4 / 2**20, 1)}
+                   "pixels_mb": round(count * 3 * size * size / 2**20, 1)}  # 8-bit, as held
             for mode in MODES:
                 runs = [child(mode, folder, size, Path(tmp) / "vae") for _ in range(repeats)]
                 row[mode] = min(runs, key=lambda run: run["peak_mb"])
             rows.append(row)
-    print("| images | pixels as floats (MB) | read whole: peak MB | streamed: peak MB | "
+    print("| images | pixels, 8-bit (MB) | read whole: peak MB | streamed: peak MB | "
           "latents (MB) | streamed / whole |")
     print("|---|---|---|---|---|---|")
     for row in rows:

@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from entpruner_sdk.data.classes import default_names
-from entpruner_sdk.data.datasets import ImageDataset, check_fits, fit_channels, load_data
+from entpruner_sdk.data.datasets import (
+    ImageDataset,
+    check_fits,
+    fit_channels,
+    load_data,
+    unit_range,
+)
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import NoisedBatch, Objective, objective_for
@@ -91,7 +97,7 @@ def sample_batch(data: ImageDataset, batch_size: int, generator: torch.Generator
     with probability 1/2. Without it the generator draws nothing more, so runs repeat."""
     index = torch.randint(0, len(data), (batch_size,), generator=generator,
                           device=generator.device).cpu()
-    images = data.images[index]
+    images = unit_range(data.images[index])  # 8-bit pixels: [-1, 1]
     if hflip:  # a VAE latent mirrors with its image, so latents are flipped as they are
         flip = torch.rand(batch_size, generator=generator, device=generator.device).cpu() < 0.5
         images[flip] = images[flip].flip(-1)

@@ -4,7 +4,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data, save_npz
+from entpruner_sdk.data import (
+    DataError,
+    ImageDataset,
+    ImageFolder,
+    load_data,
+    save_npz,
+    unit_range,
+)
 
 
 def test_digits_bundled_splits_are_disjoint_and_cover_all():
@@ -128,7 +135,7 @@ def test_folder_images_are_scaled_and_centre_cropped(tmp_path):
     array[:, 6:18] = 255
     Image.fromarray(array).save(tmp_path / "wide" / "w" / "0.png")
     wide = load_data(tmp_path / "wide", image_size=6)
-    assert wide.images.shape == (1, 1, 6, 6) and torch.allclose(wide.images, torch.ones(1))
+    assert wide.images.shape == (1, 1, 6, 6) and (wide.images == 255).all()
     with pytest.raises(DataError, match="image_size=0: must be a positive"):
         load_data(tmp_path / "wide", image_size=0)
 
@@ -141,7 +148,8 @@ def test_an_image_folder_reads_one_image_per_item(tmp_path):
     assert folder.image_size == 8 and folder.labels.tolist() == whole.labels.tolist()
     for index in range(len(folder)):  # the same pixels, label by label, as the whole read
         image, label = folder[index]
-        assert torch.equal(image, whole.images[index]) and label == whole.labels[index]
+        assert torch.equal(image, unit_range(whole.images[index]))  # held as 8 bits, read in
+        assert label == whole.labels[index]                          # [-1, 1] as any item is
     # a folder of one size needs no crop; a stray size stops the read with the fix
     write_folder(tmp_path / "g", sizes=((8, 8), (8, 8), (16, 16)))
     plain = ImageFolder(tmp_path / "g")
@@ -202,7 +210,7 @@ def test_folder_images_are_read_as_a_viewer_shows_them(tmp_path):
     (tmp_path / "photos" / "a").mkdir(parents=True)
     image.save(tmp_path / "photos" / "a" / "0.png", exif=exif.tobytes())
     upright = load_data(tmp_path / "photos", image_size=8).images[0, 0]
-    assert (upright[:3] == 1).all() and (upright[-3:] == -1).all()
+    assert (upright[:3] == 255).all() and (upright[-3:] == 0).all()
     # without a crop, it is 8x16 as shown, and an image stored 8x16 is its size
     Image.fromarray(np.zeros((16, 8, 3), dtype=np.uint8)).save(tmp_path / "photos" / "a" / "1.png")
     with pytest.raises(DataError, match=r"0.png is 8x16; DiT and SiT take square images: pass"):
@@ -212,7 +220,7 @@ def test_folder_images_are_read_as_a_viewer_shows_them(tmp_path):
     (tmp_path / "deep" / "a").mkdir(parents=True)
     Image.fromarray(ramp).save(tmp_path / "deep" / "a" / "0.png")
     deep = load_data(tmp_path / "deep").images[0, 0]
-    assert torch.allclose(deep, torch.from_numpy(ramp / 32767.5 - 1).float(), atol=1 / 127.5)
+    assert torch.allclose(deep.double(), torch.from_numpy(ramp / 257), atol=0.5)
 
 
 def test_loaded_data_remembers_how_it_was_loaded(tmp_path):
@@ -236,8 +244,10 @@ def test_npz_layouts_and_errors(tmp_path):
     np.savez(tmp_path / "ok.npz", images=images, labels=np.array([0, 1, 2, 1, 0]))
     data = load_data(tmp_path / "ok.npz")
     assert data.images.shape == (5, 3, 8, 8) and data.num_classes == 3
+    assert data.images.dtype == torch.uint8  # held as stored: a quarter of the floats
+    assert torch.equal(data.images[0, :, 0, 0], torch.from_numpy(images[0, 0, 0]))
     expected = torch.from_numpy(images[0, 0, 0] / 127.5 - 1).float()
-    assert torch.allclose(data.images[0, :, 0, 0], expected)
+    assert torch.allclose(data[0][0][:, 0, 0], expected)  # an item is in [-1, 1]
     bad = np.zeros((2, 1, 8, 8), dtype=np.float32)
     bad[1, 0, 3, 3] = np.nan
     np.savez(tmp_path / "nan.npz", x=bad, y=np.array([0, 1]))
@@ -310,6 +320,34 @@ def test_torch_dataset_and_dataloader():
         assert torch.equal(data.images, images) and torch.equal(data.labels, labels)
     with pytest.raises(DataError, match="labels must be class indices"):
         load_data(TensorDataset(images, -labels - 1))
+
+
+def test_8_bit_images_are_held_as_they_are_and_used_in_unit_range():
+    from entpruner_sdk.importance.calibration import CalibrationSet
+    from entpruner_sdk.objectives import FlowMatching
+    from entpruner_sdk.training import sample_batch
+
+    pixels = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.tensor([0, 1] * 4)
+    # PILToTensor's uint8 images, which were once taken as floats of 0..255 and refused
+    eight_bit = load_data(TensorDataset(pixels, labels))
+    floats = ImageDataset(unit_range(pixels), labels, 2)
+    assert eight_bit.images.dtype == torch.uint8 and eight_bit.pixels
+    assert torch.equal(unit_range(pixels), pixels.float() / 127.5 - 1)
+    # the same digest as the floats (the caches made from them still match), the same items
+    assert eight_bit.fingerprint() == floats.fingerprint()
+    assert torch.equal(eight_bit[3][0], floats[3][0])
+    # training batches and the calibration set are the floats' (encoding: test_latents)
+    for hflip in (False, True):
+        draws = [sample_batch(data, 6, torch.Generator().manual_seed(0), torch.device("cpu"),
+                              hflip) for data in (eight_bit, floats)]
+        assert all(torch.equal(a, b) for a, b in zip(*draws))
+    objective = FlowMatching(in_channels=3)
+    calibrations = [CalibrationSet.build(data, objective, per_class=2, times=2)
+                    for data in (eight_bit, floats)]
+    assert torch.equal(calibrations[0].images, calibrations[1].images)
+    with pytest.raises(DataError, match="latents must be floats, got uint8"):
+        ImageDataset(torch.zeros(2, 4, 8, 8, dtype=torch.uint8), labels[:2], 2, pixels=False)
 
 
 def test_dataset_helpers():

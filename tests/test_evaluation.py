@@ -306,9 +306,10 @@ def test_a_folder_reference_is_held_as_8_bit_pixels_with_the_same_figures(tmp_pa
         Image.fromarray(pixels if i != 5 else pixels[..., :1].repeat(3, -1)).save(
             tmp_path / f"c{i % 2}" / f"{i}.png")
     reference, _ = load_reference(ImageFolder(tmp_path), None)
-    as_floats = load_data(tmp_path)
     assert reference.images.dtype == torch.uint8  # a quarter of the memory of floats
-    assert torch.equal(unit_range(reference.images), as_floats.images)  # bit for bit
+    held = load_data(tmp_path)
+    assert torch.equal(reference.images, held.images)
+    as_floats = ImageDataset(unit_range(held.images), held.labels, 2, held.name)
     # the same figures as against the folder read as floats: the classifier trains on the
     # same values and the features see the same images
     cache_a_quick_classifier(reference)
@@ -325,7 +326,13 @@ def test_a_folder_reference_is_held_as_8_bit_pixels_with_the_same_figures(tmp_pa
 def test_the_domain_classifier_looks_at_large_images_at_64_pixels():
     import torch.nn.functional as F
 
-    from entpruner_sdk.evaluation.classifier import MAX_SIZE, DomainClassifier, train_classifier
+    from entpruner_sdk.evaluation.classifier import (
+        MAX_SIZE,
+        DomainClassifier,
+        batch_for,
+        predict,
+        train_classifier,
+    )
 
     large = torch.rand(4, 3, 96, 96) * 2 - 1
     small = F.interpolate(large, size=(MAX_SIZE, MAX_SIZE), mode="area")
@@ -336,3 +343,11 @@ def test_the_domain_classifier_looks_at_large_images_at_64_pixels():
     trained = train_classifier(data, steps=2, batch_size=4, device=None)  # CUDA when there
     assert next(trained.parameters()).device.type == "cpu"
     assert trained(large).shape == (4, 2)
+    # large images go through in smaller batches (activations near 40 MB), to the same result
+    assert (batch_for(large), batch_for(large[..., :32, :32]), batch_for(small[..., :16, :16])
+            ) == (32, 128, 512)
+    many = large.repeat(20, 1, 1, 1)  # 80 images: 3 batches of 32
+    with torch.no_grad():
+        assert torch.allclose(DomainFeatures(trained)(many),
+                              trained.features(many).double(), atol=1e-5)
+        assert torch.equal(predict(trained, many), trained(many).argmax(1))

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from entpruner_sdk.cli import main
-from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
+from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data, unit_range
 from entpruner_sdk.data import latents as latents_module
 from entpruner_sdk.data.latents import SD_VAE_SCALE, LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.evaluate import evaluate
@@ -49,6 +49,16 @@ def test_latent_space_needs_a_local_vae_folder(tmp_path):
         LatentSpace.from_pretrained(tmp_path)
 
 
+def test_8_bit_images_encode_as_their_floats_do(tiny_vae_dir):
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    pixels = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 0, 1])
+    eight_bit = space.encode_dataset(ImageDataset(pixels, labels, 2), progress=False)
+    floats = space.encode_dataset(ImageDataset(unit_range(pixels), labels, 2), progress=False)
+    assert torch.equal(eight_bit.images, floats.images)
+
+
 def test_decoding_in_batches_and_a_decoded_dataset(tiny_vae_dir, tmp_path):
     space = LatentSpace.from_pretrained(tiny_vae_dir)
     latents = space.encode_dataset(photos16(8), progress=False)
@@ -57,9 +67,8 @@ def test_decoding_in_batches_and_a_decoded_dataset(tiny_vae_dir, tmp_path):
     decoded = space.decode_dataset(latents, cache_dir=tmp_path / "cache", progress=False,
                                    batch_size=3)
     assert decoded.pixels and decoded.name == "photos16-train-decoded"
-    levels = (decoded.images + 1) * 127.5  # 8-bit images, as real ones are, within a level
-    assert torch.allclose(levels, levels.round(), atol=1e-4)
-    assert torch.allclose(decoded.images, whole, atol=1 / 127.5)
+    assert decoded.images.dtype == torch.uint8  # 8-bit images, as real ones are
+    assert torch.allclose(unit_range(decoded.images), whole, atol=1 / 127.5)
     again = space.decode_dataset(latents, cache_dir=tmp_path / "cache", progress=False)
     assert torch.equal(again.images, decoded.images)
     from safetensors.torch import load_file, save_file

@@ -2,8 +2,8 @@
 
 from entpruner_sdk.data.bundled import BUNDLED, load_bundled
 from entpruner_sdk.data.classes import describe_classes, resolve_labels
-from entpruner_sdk.data.datasets import DataError, ImageDataset, load_data, save_npz
+from entpruner_sdk.data.datasets import DataError, ImageDataset, load_data, save_npz, unit_range
 from entpruner_sdk.data.folder import ImageFolder
 
 __all__ = ["BUNDLED", "DataError", "ImageDataset", "ImageFolder", "describe_classes",
-           "load_bundled", "load_data", "resolve_labels", "save_npz"]
+           "load_bundled", "load_data", "resolve_labels", "save_npz", "unit_range"]

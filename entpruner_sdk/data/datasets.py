@@ -1,7 +1,10 @@
 """Class-conditional image data: one in-memory dataset type and loaders for every source.
 
-All images are float32 [N, C, H, W] in [-1, 1] with int64 labels; every loader validates what
-it reads and raises ``DataError`` with the problem and the fix.
+Images are [N, C, H, W] with int64 labels, held as read: 8-bit pixels (uint8, 0..255: image
+files, an ``.npz`` of uint8) in a quarter of the memory of floats, other pixels as float32 in
+[-1, 1], VAE latents as float32. Whatever uses them takes [-1, 1] a batch at a time
+(``unit_range``; ``dataset[i]`` does it). Every loader validates what it reads and raises
+``DataError`` with the problem and the fix.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class DataError(ValueError):
 
 @dataclass
 class ImageDataset(Dataset):
-    """Images in [-1, 1] and their class labels, held in memory."""
+    """Images and their class labels, held in memory: 8-bit pixels as uint8, other pixels as
+    floats in [-1, 1], latents as floats; an item is a float image in [-1, 1] (or a latent)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -54,7 +58,7 @@ class ImageDataset(Dataset):
                 f"{self.image_size}x{self.image_size}, {self.num_classes} classes)")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+        return unit_range(self.images[index]), self.labels[index]
 
     @property
     def channels(self) -> int:
@@ -78,10 +82,11 @@ class ImageDataset(Dataset):
     def fingerprint(self) -> str:
         """Content hash, used to key caches (encoded latents, reference statistics)."""
         digest = hashlib.sha256()
-        # the buffer itself; a view that is not contiguous (gray shown as RGB) a chunk at a
-        # time, so hashing never copies it whole (same digest: sha256 streams)
+        # the images as floats in [-1, 1], so 8-bit pixels keep the digest they had as floats
+        # (and the caches made from them), a chunk at a time: never a whole copy (same digest,
+        # sha256 streams), and a view (gray shown as RGB) is hashed as it reads
         for chunk in self.images.split(256):
-            digest.update(chunk.contiguous().numpy())
+            digest.update(unit_range(chunk).contiguous().numpy())
         digest.update(self.labels.contiguous().numpy())
         return digest.hexdigest()[:16]
 
@@ -126,7 +131,7 @@ def balanced_indices(labels: torch.Tensor, count: int, seed: int = 0) -> list[in
 
 def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, source: str,
              pixels: bool = True) -> None:
-    """Check shapes, finiteness, range (for pixels) and labels; raise ``DataError``."""
+    """Check shapes, finiteness, range (for float pixels) and labels; raise ``DataError``."""
     if images.dim() != 4:
         raise DataError(f"{source}: images must be [N, C, H, W], got shape {tuple(images.shape)}")
     if len(images) == 0:
@@ -140,6 +145,27 @@ def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, sourc
             f"{source}: images are {images.shape[-2]}x{images.shape[-1]}; DiT needs square "
             "images, crop or resize them"
         )
+    if images.dtype == torch.uint8:  # 8-bit pixels: finite and in range by their type
+        if not pixels:
+            raise DataError(f"{source}: latents must be floats, got uint8; pass the VAE's "
+                            "latents as they come, or 8-bit images as pixels")
+    else:
+        _check_values(images, source, pixels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise DataError(f"{source}: labels must be integers, got {labels.dtype}")
+    if (labels < 0).any():
+        raise DataError(f"{source}: labels must be class indices 0, 1, 2, ..., found "
+                        f"{int(labels.min())}; map the classes to 0..C-1")
+    out = labels >= num_classes
+    if out.any():
+        raise DataError(
+            f"{source}: labels must lie in 0..{num_classes - 1}, found {int(labels[out][0])}; "
+            "fix the labels or pass the right num_classes"
+        )
+
+
+def _check_values(images: torch.Tensor, source: str, pixels: bool) -> None:
+    """Float images: finite, and in [-1, 1] when they are pixels."""
     low, high = (float(value) for value in torch.aminmax(images))  # NaN if any image has one
     if not (math.isfinite(low) and math.isfinite(high)):
         # find them a chunk at a time: isfinite over everything at once costs 1.5x the images
@@ -153,18 +179,7 @@ def validate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, sourc
     if pixels and (low < -1.001 or high > 1.001):
         raise DataError(
             f"{source}: pixel values span [{low:.3g}, {high:.3g}] but must lie in [-1, 1]; "
-            "pass uint8 images (scaled for you) or scale floats as x / 127.5 - 1"
-        )
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise DataError(f"{source}: labels must be integers, got {labels.dtype}")
-    if (labels < 0).any():
-        raise DataError(f"{source}: labels must be class indices 0, 1, 2, ..., found "
-                        f"{int(labels.min())}; map the classes to 0..C-1")
-    out = labels >= num_classes
-    if out.any():
-        raise DataError(
-            f"{source}: labels must lie in 0..{num_classes - 1}, found {int(labels[out][0])}; "
-            "fix the labels or pass the right num_classes"
+            "pass uint8 images (held as they are) or scale floats as x / 127.5 - 1"
         )
 
 
@@ -223,23 +238,20 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
     raise DataError(f"{held} but the model has {config.num_classes}; {fix}")
 
 
-def to_unit_range(array: np.ndarray, source: str) -> torch.Tensor:
-    """uint8 (or integer) pixels -> [-1, 1]; floats are taken as already in [-1, 1]."""
+def pixel_tensor(array: np.ndarray, source: str) -> torch.Tensor:
+    """Pixels as a dataset holds them: uint8 (0..255) as they are, floats (taken as already in
+    [-1, 1]) as float32; other integers are refused."""
     if array.dtype == np.uint8:
-        scaled = array.astype(np.float32)
-        scaled /= 127.5  # in place: a folder's pixels are the largest thing we hold
-        scaled -= 1.0
-        return torch.from_numpy(scaled)
+        return torch.from_numpy(np.ascontiguousarray(array))
     if np.issubdtype(array.dtype, np.integer):
         raise DataError(f"{source}: integer images must be uint8 (0..255), got {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def unit_range(images: torch.Tensor) -> torch.Tensor:
-    """8-bit pixels (uint8, 0..255), as a folder's reference is held, -> float32 in [-1, 1],
-    with the arithmetic of ``to_unit_range`` (bit for bit); float images are returned as they
-    are. Consumers that take either call it a batch at a time, so 8-bit images are never held
-    as floats whole."""
+    """8-bit pixels (uint8, 0..255) -> float32 in [-1, 1] (x / 127.5 - 1); float images are
+    returned as they are. Whatever takes images calls it a batch at a time, so 8-bit images
+    are never held as floats whole."""
     if images.dtype != torch.uint8:
         return images
     return images.float().div_(127.5).sub_(1.0)
@@ -291,7 +303,7 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDa
     if latents is not None:
         tensor = latent_tensor(latents, str(path))
     else:
-        tensor = to_unit_range(to_nchw(images, str(path)), str(path))
+        tensor = pixel_tensor(to_nchw(images, str(path)), str(path))
     labels_t = torch.from_numpy(np.asarray(labels)).reshape(-1)
     if not labels_t.dtype.is_floating_point:
         labels_t = labels_t.long()
@@ -322,8 +334,9 @@ def save_npz(data: ImageDataset, path: str | os.PathLike) -> Path:
 def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> ImageDataset:
     """Materialise a torch Dataset or DataLoader of (image, label) pairs.
 
-    Images with 1 or 3 channels are pixels in [-1, 1]; any other channel count is taken as
-    VAE latents (4 for DiT and SiT on ImageNet), which have no fixed range.
+    Images with 1 or 3 channels are pixels: uint8 (0..255, ``PILToTensor``'s), held as they
+    are, or floats in [-1, 1]; any other channel count is taken as VAE latents (4 for DiT and
+    SiT on ImageNet), which have no fixed range.
     """
     images, labels = [], []
     for item in data:
@@ -336,7 +349,9 @@ def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> Im
     if not images:
         raise DataError("the torch dataset is empty")
     try:
-        stacked = torch.cat(images).float()
+        stacked = torch.cat(images)
+        if stacked.dtype != torch.uint8:  # 8-bit pixels stay so; anything else as float32
+            stacked = stacked.float()
     except RuntimeError as error:
         raise DataError(f"the torch dataset mixes image sizes: {error}; resize them to one "
                         "size") from error

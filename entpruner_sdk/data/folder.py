@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from entpruner_sdk.data.classes import default_names
-from entpruner_sdk.data.datasets import DataError, ImageDataset, to_unit_range
+from entpruner_sdk.data.datasets import DataError, ImageDataset, unit_range
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # whole reads of at least this many images use reader processes by default: below it, starting
@@ -156,8 +156,8 @@ class ImageFolder(Dataset):
                 f"{self.image_size}, {self.num_classes} classes)")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = self.read(index).transpose(2, 0, 1).copy()
-        return to_unit_range(pixels, str(self.files[index])), self.labels[index]
+        pixels = torch.from_numpy(self.read(index).transpose(2, 0, 1).copy())
+        return unit_range(pixels), self.labels[index]
 
     @property
     def channels(self) -> int:
@@ -202,11 +202,11 @@ class ImageFolder(Dataset):
     def load(self, indices: Sequence[int] | None = None, workers: int | None = None
              ) -> ImageDataset:
         """The images at ``indices`` (all by default) read into an ``ImageDataset``, holding
-        one copy of their pixels; images whose three channels are all equal stay one
+        one copy of their 8-bit pixels; images whose three channels are all equal stay one
         grayscale channel. ``workers`` processes read them (None: up to 4 when there are
         enough images to repay starting them, ``PARALLEL_FROM``; 0: this process)."""
         indices = list(range(len(self)) if indices is None else indices)
-        images = to_unit_range(self.read_pixels(indices, workers), str(self.root))
+        images = torch.from_numpy(self.read_pixels(indices, workers))
         return ImageDataset(images, self.labels[indices], self.num_classes,
                             name=self.name, class_names=list(self.class_names))
 
@@ -216,17 +216,18 @@ class ImageFolder(Dataset):
         indices = list(indices)
         if workers is None:
             workers = min(4, os.cpu_count() or 1) if len(indices) >= PARALLEL_FROM else 0
-        first = self.read(indices[0])
-        pixels = np.empty((len(indices), *first.shape), dtype=np.uint8)  # filled in place
+        first = self.read(indices[0]).transpose(2, 0, 1)
+        # filled in place, channels first: the one copy of the pixels held
+        pixels = np.empty((len(indices), *first.shape), dtype=np.uint8)
         pixels[0] = first
         row = 1
         # small batches: a reader process takes whole batches, so this shares out few images
         for batch in _read_batches(_Pixels(self, indices[1:]), 8, workers, np.stack):
-            pixels[row:row + len(batch)] = batch
+            pixels[row:row + len(batch)] = batch.transpose(0, 3, 1, 2)
             row += len(batch)
-        if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all():
-            pixels = pixels[..., :1]
-        return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        if (pixels[:, 0] == pixels[:, 1]).all() and (pixels[:, 0] == pixels[:, 2]).all():
+            pixels = np.ascontiguousarray(pixels[:, :1])  # a third of the copy
+        return pixels
 
     def batches(self, batch_size: int, workers: int = 0, start: int = 0
                 ) -> Iterator[torch.Tensor]:

@@ -50,6 +50,21 @@ def network_fingerprint(network: nn.Module) -> str:
 MAX_SIZE = 64
 
 
+def downsample(images: torch.Tensor) -> torch.Tensor:
+    """Images larger than ``MAX_SIZE`` area-averaged down to it; smaller ones as they are."""
+    if max(images.shape[-2:]) > MAX_SIZE:
+        return F.interpolate(images, size=(MAX_SIZE, MAX_SIZE), mode="area")
+    return images
+
+
+def batch_for(images: torch.Tensor, batch_size: int = 512) -> int:
+    """How many images to run the classifier on at once: ``batch_size`` up to 16 x 16 pixels,
+    fewer for larger ones, so that its activations stay near 40 MB (at 64 x 64, 512 images
+    would hold over a gigabyte in each of its first layers)."""
+    side = min(max(images.shape[-2:]), MAX_SIZE)
+    return max(1, min(batch_size, batch_size * 256 // (side * side)))
+
+
 class DomainClassifier(nn.Module):
     """Three conv stages (the last pooled to 1x1) and a linear head, on images of at most
     ``MAX_SIZE`` pixels a side."""
@@ -66,9 +81,7 @@ class DomainClassifier(nn.Module):
         self.head = nn.Linear(2 * width, num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        if max(images.shape[-2:]) > MAX_SIZE:
-            images = F.interpolate(images, size=(MAX_SIZE, MAX_SIZE), mode="area")
-        return self.body(images)
+        return self.body(downsample(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
@@ -102,7 +115,8 @@ def train_classifier(data: ImageDataset, steps: int = 600, batch_size: int = 128
 @torch.no_grad()
 def predict(model: DomainClassifier, images: torch.Tensor, batch_size: int = 512
             ) -> torch.Tensor:
-    return torch.cat([model(images[i:i + batch_size]).argmax(1)
+    batch_size = batch_for(images, batch_size)
+    return torch.cat([model(unit_range(images[i:i + batch_size])).argmax(1)
                       for i in range(0, len(images), batch_size)])
 
 

@@ -34,6 +34,7 @@ from entpruner_sdk.data.datasets import (
 from entpruner_sdk.data.folder import FolderSubset, ImageFolder
 from entpruner_sdk.data.latents import LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.classifier import (
+    batch_for,
     cache_root,
     domain_classifier,
     network_fingerprint,
@@ -184,6 +185,7 @@ class DomainFeatures:
     def __call__(self, images: torch.Tensor, batch_size: int = 512, progress: bool = False
                  ) -> torch.Tensor:
         """Features of images in [-1, 1], or of 8-bit ones (a folder's reference)."""
+        batch_size = batch_for(images, batch_size)
         return torch.cat([self.classifier.features(unit_range(images[i:i + batch_size]))
                           .double() for i in range(0, len(images), batch_size)])
 

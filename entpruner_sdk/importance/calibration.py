@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from entpruner_sdk.data.datasets import ImageDataset
+from entpruner_sdk.data.datasets import ImageDataset, unit_range
 from entpruner_sdk.objectives import NoisedBatch, Objective, TimeGrid
 
 
@@ -42,8 +42,8 @@ class CalibrationSet:
         generator = torch.Generator().manual_seed(seed)
         subset = data.per_class(per_class, generator)
         noise = torch.randn(subset.images.shape, generator=generator)
-        return cls(subset.images, subset.labels, noise, objective.calibration_times(times),
-                   data.num_classes)
+        return cls(unit_range(subset.images), subset.labels, noise,
+                   objective.calibration_times(times), data.num_classes)
 
     def range_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``value_range`` on ``device`` (moved once per scoring, not once per block)."""

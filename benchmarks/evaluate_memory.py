@@ -1,0 +1,152 @@
+"""Evaluate memory: the peak resident memory of a first ``evaluate`` against a class folder,
+when its reference images are read (nothing cached from them yet), at two folder sizes, so
+the growth with the reference shows; side by side with the same images held as floats in
+[-1, 1], as evaluate held a folder's reference before it kept 8-bit pixels.
+
+    python benchmarks/evaluate_memory.py            # 600 and 1200 photos cropped to 256x256
+    python benchmarks/evaluate_memory.py --quick    # 100 and 200 photos cropped to 128x128
+
+The photos are random JPEGs of mixed sizes (``encode_memory.write_photos``). The model is a
+pixel SiT with random weights (2 blocks of width 64, patch 16), sampling 4 images in 2 steps,
+so the reference is what grows; the domain classifier is trained briefly and cached first, as
+a repeated evaluation finds it, and the reference statistics are not. Each measurement runs
+in a fresh process (``ru_maxrss``), ``--repeats`` times (3; quick: 1), the least peak kept.
+Prints a table and writes benchmarks/results/evaluate_memory.json.
+Goal: the peak grows by the reference's 8-bit pixels (3 bytes a pixel), not by their floats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from encode_memory import write_photos
+
+from entpruner_sdk.utils.files import atomic_write_text
+from entpruner_sdk.utils.timing import machine
+
+RESULTS = Path(__file__).parent / "results"
+MODES = ("8-bit", "floats")
+
+
+def tiny_model(size: int):
+    from entpruner_sdk.models import DiffusionTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    return DiffusionTransformer(TransformerConfig(
+        family="sit", depth=2, hidden_size=64, num_heads=2, patch_size=16, input_size=size,
+        in_channels=3, num_classes=4, learn_sigma=False))
+
+
+def reference(mode: str, folder: Path, size: int):
+    """What evaluate compares with: the folder (read as 8-bit pixels), or its images read and
+    held as floats."""
+    from entpruner_sdk.data import ImageDataset, ImageFolder, load_data, unit_range
+
+    if mode == "8-bit":
+        return ImageFolder(folder, image_size=size)
+    held = load_data(folder, image_size=size)
+    return ImageDataset(unit_range(held.images), held.labels, held.num_classes, held.name)
+
+
+def cache_classifier(mode: str, folder: Path, size: int) -> None:
+    """A briefly trained domain classifier, cached where ``evaluate`` looks for it."""
+    from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+    from entpruner_sdk.evaluation.evaluate import load_reference
+
+    data, _ = load_reference(reference(mode, folder, size), None)
+    save_classifier(train_classifier(data, steps=20), data,
+                    cache_root() / "classifiers" / f"{data.name}-{data.fingerprint()}")
+
+
+def measure(mode: str, folder: Path, size: int) -> dict:
+    """A first evaluation in this process: its peak memory (MB) and FD-domain."""
+    from entpruner_sdk.evaluation.evaluate import evaluate
+
+    report = evaluate(tiny_model(size), reference(mode, folder, size), samples=4, steps=2,
+                      features=("domain",), progress=False, reference_size=None)
+    return {"peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "fd_domain": report.metrics["fd_domain"]}
+
+
+def child(action: str, mode: str, folder: Path, size: int, cache: Path) -> dict:
+    """``action`` in a fresh process with its own entpruner cache."""
+    out = subprocess.run([sys.executable, __file__, "--child", action, mode, str(folder),
+                          str(size)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "ENTPRUNER_CACHE": str(cache)}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100 and 200 photos at 128x128")
+    parser.add_argument("--counts", default=None, help="folder sizes, e.g. 600,1200")
+    parser.add_argument("--size", type=int, default=None, help="crop size (256; quick: 128)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per figure (3; quick: 1)")
+    parser.add_argument("--child", nargs=4, metavar=("ACTION", "MODE", "FOLDER", "SIZE"),
+                        help=argparse.SUPPRESS)  # one step, in its own process
+    args = parser.parse_args()
+    if args.child:
+        action, mode, folder, size = args.child
+        if action == "cache":
+            cache_classifier(mode, Path(folder), int(size))
+            print("{}")
+        else:
+            print(json.dumps(measure(mode, Path(folder), int(size))))
+        return
+    counts = [int(c) for c in (args.counts or ("100,200" if args.quick else "600,1200")).split(",")]
+    size = args.size or (128 if args.quick else 256)
+    repeats = args.repeats or (1 if args.quick else 3)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in counts:
+            folder, cache = Path(tmp) / f"photos{count}", Path(tmp) / f"cache{count}"
+            write_photos(folder, count)
+            row = {"images": count, "size": size,
+                   "pixels_8bit_mb": round(count * 3 * size * size / 2**20, 1),
+                   "pixels_float_mb": round(count * 3 * size * size * 4 / 2**20, 1)}
+            for mode in MODES:
+                child("cache", mode, folder, size, cache)
+            for _ in range(repeats):  # in alternation; each a first evaluation
+                for mode in MODES:
+                    shutil.rmtree(cache / "reference", ignore_errors=True)
+                    run = child("measure", mode, folder, size, cache)
+                    if mode not in row or run["peak_mb"] < row[mode]["peak_mb"]:
+                        row[mode] = run
+            rows.append(row)
+    print(f"first evaluate against a folder, reference read whole ({size}x{size}), least peak "
+          f"of {repeats}")
+    print("| images | pixels, 8-bit (MB) | as floats (MB) | peak MB, 8-bit | peak MB, floats "
+          "| 8-bit / floats | FD-domain equal |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        eight, floats = row["8-bit"], row["floats"]
+        print(f"| {row['images']} | {row['pixels_8bit_mb']} | {row['pixels_float_mb']} | "
+              f"{eight['peak_mb']:.0f} | {floats['peak_mb']:.0f} | "
+              f"{eight['peak_mb'] / floats['peak_mb']:.2f} | "
+              f"{eight['fd_domain'] == floats['fd_domain']} |")
+    first, last = rows[0], rows[-1]
+    growth = {mode: round(last[mode]["peak_mb"] - first[mode]["peak_mb"], 1) for mode in MODES}
+    pixels = round(last["pixels_8bit_mb"] - first["pixels_8bit_mb"], 1)
+    print(f"peak growth from {first['images']} to {last['images']} images: 8-bit "
+          f"{growth['8-bit']:+.0f} MB, floats {growth['floats']:+.0f} MB; their pixels "
+          f"{pixels:+.0f} MB at 8 bits, {4 * pixels:+.0f} MB as floats")
+    name = "evaluate_memory_quick.json" if args.quick else "evaluate_memory.json"
+    atomic_write_text(RESULTS / name, json.dumps(
+        {"machine": machine(torch.device("cpu")), "repeats": repeats, "rows": rows,
+         "growth_mb": growth, "pixels_8bit_growth_mb": pixels}, indent=2))
+    print(f"written to {RESULTS / name}")
+
+
+if __name__ == "__main__":
+    main()
