@@ -34,6 +34,7 @@ from pathlib import Path
 from statistics import correlation, fmean
 
 import torch
+from compress_quality import same_classifier
 
 from entpruner_sdk.compress import compress
 from entpruner_sdk.data import load_data
@@ -56,11 +57,6 @@ GRID_KEEPS = (6, 4)  # the grid's two budgets, probed by default; --only reaches
 CALIBRATION_SEED = 123  # not a seed of the compress runs, so the probe's noise is its own
 
 
-def _same_classifier(network: str | None, other: str | None) -> bool:
-    """As ``compress_quality.same_classifier``: equal, or either unrecorded."""
-    return network == other or None in (network, other)
-
-
 def final_quality(rows: list[dict]) -> dict[tuple, dict[tuple, dict]]:
     """setting -> kept set -> {final: mean FD-domain / teacher's, runs, methods}.
 
@@ -78,7 +74,7 @@ def final_quality(rows: list[dict]) -> dict[tuple, dict[tuple, dict]]:
     def teacher_score(r: dict) -> float | None:
         candidates = teachers[(r["dataset"], r["family"], r["seed"])]
         return next((fd for network, fd in candidates
-                     if _same_classifier(network, r.get("domain_network"))), None)
+                     if same_classifier(network, r.get("domain_network"))), None)
 
     runs: dict[tuple, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
