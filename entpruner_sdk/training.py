@@ -97,11 +97,12 @@ def sample_batch(data: ImageDataset, batch_size: int, generator: torch.Generator
     with probability 1/2. Without it the generator draws nothing more, so runs repeat."""
     index = torch.randint(0, len(data), (batch_size,), generator=generator,
                           device=generator.device).cpu()
-    images = unit_range(data.images[index])  # 8-bit pixels: [-1, 1]
+    images = data.images[index]
     if hflip:  # a VAE latent mirrors with its image, so latents are flipped as they are
         flip = torch.rand(batch_size, generator=generator, device=generator.device).cpu() < 0.5
         images[flip] = images[flip].flip(-1)
-    return images.to(device), data.labels[index].to(device)
+    # 8-bit pixels go to the device as they are held (a quarter of the bytes), then to [-1, 1]
+    return unit_range(images.to(device)), data.labels[index].to(device)
 
 
 def record_data_classes(model: DiffusionTransformer, data: ImageDataset) -> None:

@@ -312,7 +312,7 @@ def test_torch_dataset_of_latents():
     assert not data.pixels and torch.equal(data.images, latents)
 
 
-def test_torch_dataset_and_dataloader():
+def test_torch_dataset_and_dataloader(tmp_path):
     images, labels = torch.rand(6, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
     dataset = TensorDataset(images, labels)
     for source in (dataset, DataLoader(dataset, batch_size=4)):
@@ -320,6 +320,13 @@ def test_torch_dataset_and_dataloader():
         assert torch.equal(data.images, images) and torch.equal(data.labels, labels)
     with pytest.raises(DataError, match="labels must be class indices"):
         load_data(TensorDataset(images, -labels - 1))
+    # torchvision's ToTensor gives [0, 1]: refused with the fix, in a torch dataset or an .npz
+    with pytest.raises(DataError, match=r"look like images in \[0, 1\].*x \* 2 - 1"):
+        load_data(TensorDataset((images + 1) / 2, labels))
+    np.savez(tmp_path / "unit.npz", images=((images + 1) / 2).numpy(), labels=labels.numpy())
+    with pytest.raises(DataError, match=r"unit.npz: float pixel values span .*look like"):
+        load_data(tmp_path / "unit.npz")
+    assert load_data(TensorDataset(torch.zeros(2, 1, 8, 8), labels[:2])).num_classes == 2
 
 
 def test_8_bit_images_are_held_as_they_are_and_used_in_unit_range():

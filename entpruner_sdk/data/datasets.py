@@ -183,6 +183,23 @@ def _check_values(images: torch.Tensor, source: str, pixels: bool) -> None:
         )
 
 
+def refuse_unit_interval(images: torch.Tensor, source: str) -> None:
+    """Float pixels that all lie in [0, 1] (and are not all 0) are almost surely torchvision's
+    ``ToTensor`` output or PIL's pixels / 255, not [-1, 1]: taken as they are, every image
+    would train and score as a washed-out grey. A whole dataset with no pixel darker than
+    mid-grey is the rare other case; both fixes keep it exact."""
+    if images.dtype == torch.uint8 or not images.is_floating_point() or images.numel() == 0:
+        return
+    low, high = (float(value) for value in torch.aminmax(images))
+    if low >= 0 and 0 < high <= 1:
+        raise DataError(
+            f"{source}: float pixel values span [{low:.3g}, {high:.3g}], so they look like "
+            "images in [0, 1] (torchvision's ToTensor, or pixels / 255), but float pixels must "
+            "lie in [-1, 1]; scale them as x * 2 - 1 (Normalize(mean=0.5, std=0.5) after "
+            "ToTensor), or pass uint8 pixels (PILToTensor), which are scaled for you"
+        )
+
+
 def fit_channels(config: Any, data: ImageDataset) -> ImageDataset:
     """``data`` as a model with this config takes it: grayscale images of the model's size as
     RGB when it takes RGB (``ImageDataset.with_channels``). Any other mismatch is left for
@@ -304,6 +321,7 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDa
         tensor = latent_tensor(latents, str(path))
     else:
         tensor = pixel_tensor(to_nchw(images, str(path)), str(path))
+        refuse_unit_interval(tensor, str(path))
     labels_t = torch.from_numpy(np.asarray(labels)).reshape(-1)
     if not labels_t.dtype.is_floating_point:
         labels_t = labels_t.long()
@@ -360,6 +378,8 @@ def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> Im
         label_tensor = label_tensor.long()
     count = num_classes if num_classes is not None else int(label_tensor.max()) + 1
     pixels = stacked.dim() != 4 or stacked.shape[1] in (1, 3)
+    if pixels:
+        refuse_unit_interval(stacked, type(data).__name__)
     return ImageDataset(stacked, label_tensor, count, name=type(data).__name__, pixels=pixels)
 
 
