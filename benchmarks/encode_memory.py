@@ -74,30 +74,46 @@ def measure(mode: str, folder: Path, size: int, vae: Path) -> dict:
             "latents_mb": round(latents.images.numel() * 4 / 2**20, 1)}
 
 
-def child(mode: str, folder: Path, size: int, vae: Path) -> dict:
-    """``measure`` in a fresh process."""
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(folder), str(size),
-                          str(vae)], capture_output=True, text=True, check=True).stdout
+def child_json(script: str, *args: object, env: dict | None = None) -> dict:
+    """``script --child args`` in a fresh process (its own peak memory): the JSON it prints
+    last."""
+    out = subprocess.run([sys.executable, script, "--child", *map(str, args)],
+                         capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def child(mode: str, folder: Path, size: int, vae: Path) -> dict:
+    """``measure`` in a fresh process."""
+    return child_json(__file__, mode, folder, size, vae)
+
+
+def folder_parser(doc: str, counts: str, child: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The options of a memory benchmark over two folder sizes (this one's, evaluate's), and
+    its hidden ``--child`` (one measurement in its own process, with ``child`` arguments)."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 and 200 photos at 128x128")
-    parser.add_argument("--counts", default=None, help="folder sizes, e.g. 400,800")
+    parser.add_argument("--counts", default=None, help=f"folder sizes, e.g. {counts}")
     parser.add_argument("--size", type=int, default=None, help="crop size (256; quick: 128)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure (3; quick: 1)")
-    parser.add_argument("--child", nargs=4, metavar=("MODE", "FOLDER", "SIZE", "VAE"),
-                        help=argparse.SUPPRESS)  # one measurement, in its own process
-    args = parser.parse_args()
+    parser.add_argument("--child", nargs=len(child), metavar=child, help=argparse.SUPPRESS)
+    return parser
+
+
+def folder_settings(args: argparse.Namespace, counts: str) -> tuple[list[int], int, int]:
+    """(folder sizes, crop size, repeats) from ``add_folder_options``' options."""
+    chosen = args.counts or ("100,200" if args.quick else counts)
+    return ([int(c) for c in chosen.split(",")], args.size or (128 if args.quick else 256),
+            args.repeats or (1 if args.quick else 3))
+
+
+def main() -> None:
+    args = folder_parser(__doc__, "400,800", ("MODE", "FOLDER", "SIZE", "VAE")).parse_args()
     if args.child:
         mode, folder, size, vae = args.child
         print(json.dumps(measure(mode, Path(folder), int(size), Path(vae))))
         return
-    counts = [int(c) for c in (args.counts or ("100,200" if args.quick else "400,800")).split(",")]
-    size = args.size or (128 if args.quick else 256)
-    repeats = args.repeats or (1 if args.quick else 3)
+    counts, size, repeats = folder_settings(args, "400,800")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_vae(Path(tmp) / "vae")
@@ -122,11 +138,15 @@ def main() -> None:
     print(f"peak growth from {first['images']} to {last['images']} images: read whole "
           f"{growth['whole']:+.0f} MB, streamed {growth['streamed']:+.0f} MB (latents "
           f"{last['streamed']['latents_mb'] - first['streamed']['latents_mb']:+.1f} MB)")
-    name = "encode_memory_quick.json" if args.quick else "encode_memory.json"
-    atomic_write_text(RESULTS / name, json.dumps(
-        {"machine": machine(torch.device("cpu")), "repeats": repeats, "rows": rows,
-         "growth_mb": growth}, indent=2))
-    print(f"written to {RESULTS / name}")
+    write_results("encode_memory", args.quick, repeats=repeats, rows=rows, growth_mb=growth)
+
+
+def write_results(name: str, quick: bool, **results: object) -> None:
+    """``results`` and the machine as benchmarks/results/NAME.json (NAME_quick.json)."""
+    path = RESULTS / f"{name}{'_quick' if quick else ''}.json"
+    atomic_write_text(path, json.dumps({"machine": machine(torch.device("cpu")), **results},
+                                       indent=2))
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":

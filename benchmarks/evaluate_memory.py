@@ -17,23 +17,16 @@ Goal: the peak grows by the reference's 8-bit pixels (3 bytes a pixel), not by t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from encode_memory import write_photos
+from encode_memory import child_json, folder_parser, folder_settings, write_photos, write_results
 
-from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import machine
-
-RESULTS = Path(__file__).parent / "results"
 MODES = ("8-bit", "floats")
 
 
@@ -79,23 +72,12 @@ def measure(mode: str, folder: Path, size: int) -> dict:
 
 def child(action: str, mode: str, folder: Path, size: int, cache: Path) -> dict:
     """``action`` in a fresh process with its own entpruner cache."""
-    out = subprocess.run([sys.executable, __file__, "--child", action, mode, str(folder),
-                          str(size)],
-                         capture_output=True, text=True, check=True,
-                         env={**os.environ, "ENTPRUNER_CACHE": str(cache)}).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return child_json(__file__, action, mode, folder, size,
+                      env={**os.environ, "ENTPRUNER_CACHE": str(cache)})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="100 and 200 photos at 128x128")
-    parser.add_argument("--counts", default=None, help="folder sizes, e.g. 600,1200")
-    parser.add_argument("--size", type=int, default=None, help="crop size (256; quick: 128)")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per figure (3; quick: 1)")
-    parser.add_argument("--child", nargs=4, metavar=("ACTION", "MODE", "FOLDER", "SIZE"),
-                        help=argparse.SUPPRESS)  # one step, in its own process
-    args = parser.parse_args()
+    args = folder_parser(__doc__, "600,1200", ("ACTION", "MODE", "FOLDER", "SIZE")).parse_args()
     if args.child:
         action, mode, folder, size = args.child
         if action == "cache":
@@ -104,9 +86,7 @@ def main() -> None:
         else:
             print(json.dumps(measure(mode, Path(folder), int(size))))
         return
-    counts = [int(c) for c in (args.counts or ("100,200" if args.quick else "600,1200")).split(",")]
-    size = args.size or (128 if args.quick else 256)
-    repeats = args.repeats or (1 if args.quick else 3)
+    counts, size, repeats = folder_settings(args, "600,1200")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for count in counts:
@@ -141,11 +121,8 @@ def main() -> None:
     print(f"peak growth from {first['images']} to {last['images']} images: 8-bit "
           f"{growth['8-bit']:+.0f} MB, floats {growth['floats']:+.0f} MB; their pixels "
           f"{pixels:+.0f} MB at 8 bits, {4 * pixels:+.0f} MB as floats")
-    name = "evaluate_memory_quick.json" if args.quick else "evaluate_memory.json"
-    atomic_write_text(RESULTS / name, json.dumps(
-        {"machine": machine(torch.device("cpu")), "repeats": repeats, "rows": rows,
-         "growth_mb": growth, "pixels_8bit_growth_mb": pixels}, indent=2))
-    print(f"written to {RESULTS / name}")
+    write_results("evaluate_memory", args.quick, repeats=repeats, rows=rows, growth_mb=growth,
+                  pixels_8bit_growth_mb=pixels)
 
 
 if __name__ == "__main__":
