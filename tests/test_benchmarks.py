@@ -22,6 +22,9 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
 def load(name: str):
+    """A benchmark script as a module, importing its sibling scripts as it does when run."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
