@@ -394,8 +394,9 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     ``num_classes`` to ``.npz`` files and torch datasets, ``image_size`` to bundled datasets
     and folders (scaled and centre-cropped), ``class_index`` to folders (the model's classes
     in order, when the folders are some of them: ``folder.read_class_index``). What was read
-    from disk remembers how
-    (``origin``), so a later process can load the same data again.
+    from disk remembers how (``origin``), so a later process can load the same data again.
+    8-bit images (files, uint8 arrays and tensors) are held as uint8 (``unit_range`` gives
+    [-1, 1]).
     """
     from entpruner_sdk.data.bundled import BUNDLED, load_bundled
     from entpruner_sdk.data.folder import ImageFolder

@@ -50,13 +50,6 @@ def network_fingerprint(network: nn.Module) -> str:
 MAX_SIZE = 64
 
 
-def downsample(images: torch.Tensor) -> torch.Tensor:
-    """Images larger than ``MAX_SIZE`` area-averaged down to it; smaller ones as they are."""
-    if max(images.shape[-2:]) > MAX_SIZE:
-        return F.interpolate(images, size=(MAX_SIZE, MAX_SIZE), mode="area")
-    return images
-
-
 def batch_for(images: torch.Tensor, batch_size: int = 512) -> int:
     """How many images to run the classifier on at once: ``batch_size`` up to 16 x 16 pixels,
     fewer for larger ones, so that its activations stay near 40 MB (at 64 x 64, 512 images
@@ -81,7 +74,9 @@ class DomainClassifier(nn.Module):
         self.head = nn.Linear(2 * width, num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(downsample(images))
+        if max(images.shape[-2:]) > MAX_SIZE:
+            images = F.interpolate(images, size=(MAX_SIZE, MAX_SIZE), mode="area")
+        return self.body(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))

@@ -84,7 +84,8 @@ class InceptionFeatures:
         chunks = []
         for i in progress_bar(range(0, len(images), batch_size), enabled=progress,
                               desc="inception features", leave=False):
-            batch = unit_range(images[i:i + batch_size]).float().to(self.device)
+            # 8-bit images go to the device as they are held, then to [-1, 1]
+            batch = unit_range(images[i:i + batch_size].to(self.device)).float()
             batch = self.preprocess(batch)
             chunks.append(self.network(batch).double().cpu())
         return torch.cat(chunks)
