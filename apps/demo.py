@@ -14,6 +14,7 @@ from entpruner_sdk.apps.pair import (
     load_pair,
     structure_facts,
 )
+from entpruner_sdk.data import eight_bit
 
 BACKENDS = ("PyTorch", "ONNX Runtime")
 DISPLAY_SIZE = 96  # small images are upscaled (nearest) so they stay visible
@@ -127,8 +128,8 @@ def _pictures(images) -> list:
     from PIL import Image
 
     pictures = []
-    for image in images.clamp(-1, 1):
-        pixels = ((image + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    for image in eight_bit(images):
+        pixels = image.permute(1, 2, 0).numpy()
         picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
         pictures.append(picture.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST))
     return pictures

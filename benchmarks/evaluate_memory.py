@@ -1,18 +1,22 @@
 """Evaluate memory: the peak resident memory of a first ``evaluate`` against a class folder,
-when its reference images are read (nothing cached from them yet), at two folder sizes, so
-the growth with the reference shows; side by side with the same images held as floats in
-[-1, 1], as evaluate held a folder's reference before it kept 8-bit pixels.
+when its reference images are read (nothing cached from them yet), with as many samples as
+reference images and fidelity to an original (whose samples are held too), at two folder
+sizes, so the growth with the images held shows. Side by side with the same reference held
+as floats in [-1, 1], and so the samples too, as evaluate held both before it kept 8-bit
+pixels.
 
     python benchmarks/evaluate_memory.py            # 600 and 1200 photos cropped to 256x256
     python benchmarks/evaluate_memory.py --quick    # 100 and 200 photos cropped to 128x128
 
-The photos are random JPEGs of mixed sizes (``encode_memory.write_photos``). The model is a
-pixel SiT with random weights (2 blocks of width 64, patch 16), sampling 4 images in 2 steps,
-so the reference is what grows; the domain classifier is trained briefly and cached first, as
-a repeated evaluation finds it, and the reference statistics are not. Each measurement runs
-in a fresh process (``ru_maxrss``), ``--repeats`` times (3; quick: 1), the least peak kept.
+The photos are random JPEGs of mixed sizes (``encode_memory.write_photos``). The original is
+a pixel SiT with random weights (2 blocks of width 64, patch 16) and the evaluated model its
+first block, each sampling in 2 steps, so the images held are what grows; the domain
+classifier is trained briefly and cached first, as a repeated evaluation finds it, and the
+reference statistics are not. Each measurement runs in a fresh process (``ru_maxrss``),
+``--repeats`` times (3; quick: 1), the least peak kept. The figures of the two modes differ
+only by the samples' rounding to 8 bits (FD-domain and PSNR are shown for both).
 Prints a table and writes benchmarks/results/evaluate_memory.json.
-Goal: the peak grows by the reference's 8-bit pixels (3 bytes a pixel), not by their floats.
+Goal: the peak grows by the images' 8-bit pixels (3 bytes a pixel), not by their floats.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ MODES = ("8-bit", "floats")
 
 
 def tiny_model(size: int):
+    """The original, two blocks with random weights."""
     from entpruner_sdk.models import DiffusionTransformer, TransformerConfig
 
     torch.manual_seed(0)
@@ -61,13 +66,18 @@ def cache_classifier(mode: str, folder: Path, size: int) -> None:
 
 
 def measure(mode: str, folder: Path, size: int) -> dict:
-    """A first evaluation in this process: its peak memory (MB) and FD-domain."""
+    """A first evaluation in this process, as many samples as reference images, with fidelity
+    to the original: its peak memory (MB), FD-domain, PSNR and how the samples were held."""
     from entpruner_sdk.evaluation.evaluate import evaluate
 
-    report = evaluate(tiny_model(size), reference(mode, folder, size), samples=4, steps=2,
-                      features=("domain",), progress=False, reference_size=None)
+    data = reference(mode, folder, size)
+    original = tiny_model(size)
+    report = evaluate(original.keep_blocks([0]), data, samples=len(data), steps=2,
+                      original=original, features=("domain",), progress=False,
+                      reference_size=None)
     return {"peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "fd_domain": report.metrics["fd_domain"]}
+            "fd_domain": report.metrics["fd_domain"], "psnr": report.fidelity["psnr"],
+            "samples_held": report.settings["samples_held"]}
 
 
 def child(action: str, mode: str, folder: Path, size: int, cache: Path) -> dict:
@@ -92,9 +102,10 @@ def main() -> None:
         for count in counts:
             folder, cache = Path(tmp) / f"photos{count}", Path(tmp) / f"cache{count}"
             write_photos(folder, count)
-            row = {"images": count, "size": size,
-                   "pixels_8bit_mb": round(count * 3 * size * size / 2**20, 1),
-                   "pixels_float_mb": round(count * 3 * size * size * 4 / 2**20, 1)}
+            held = 3 * count  # the reference, the samples and the original's samples
+            row = {"images": count, "samples": count, "size": size,
+                   "pixels_8bit_mb": round(held * 3 * size * size / 2**20, 1),
+                   "pixels_float_mb": round(held * 3 * size * size * 4 / 2**20, 1)}
             for mode in MODES:
                 child("cache", mode, folder, size, cache)
             for _ in range(repeats):  # in alternation; each a first evaluation
@@ -104,23 +115,25 @@ def main() -> None:
                     if mode not in row or run["peak_mb"] < row[mode]["peak_mb"]:
                         row[mode] = run
             rows.append(row)
-    print(f"first evaluate against a folder, reference read whole ({size}x{size}), least peak "
-          f"of {repeats}")
-    print("| images | pixels, 8-bit (MB) | as floats (MB) | peak MB, 8-bit | peak MB, floats "
-          "| 8-bit / floats | FD-domain equal |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"first evaluate against a folder, reference read whole ({size}x{size}), as many "
+          f"samples, fidelity to the original; least peak of {repeats}")
+    print("| reference images / samples | pixels held, 8-bit (MB) | as floats (MB) "
+          "| peak MB, 8-bit | peak MB, floats | 8-bit / floats | FD-domain, 8-bit / floats "
+          "| PSNR, 8-bit / floats |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         eight, floats = row["8-bit"], row["floats"]
-        print(f"| {row['images']} | {row['pixels_8bit_mb']} | {row['pixels_float_mb']} | "
-              f"{eight['peak_mb']:.0f} | {floats['peak_mb']:.0f} | "
+        print(f"| {row['images']} / {row['samples']} | {row['pixels_8bit_mb']} | "
+              f"{row['pixels_float_mb']} | {eight['peak_mb']:.0f} | {floats['peak_mb']:.0f} | "
               f"{eight['peak_mb'] / floats['peak_mb']:.2f} | "
-              f"{eight['fd_domain'] == floats['fd_domain']} |")
+              f"{eight['fd_domain']:.4f} / {floats['fd_domain']:.4f} | "
+              f"{eight['psnr']:.2f} / {floats['psnr']:.2f} |")
     first, last = rows[0], rows[-1]
     growth = {mode: round(last[mode]["peak_mb"] - first[mode]["peak_mb"], 1) for mode in MODES}
     pixels = round(last["pixels_8bit_mb"] - first["pixels_8bit_mb"], 1)
-    print(f"peak growth from {first['images']} to {last['images']} images: 8-bit "
-          f"{growth['8-bit']:+.0f} MB, floats {growth['floats']:+.0f} MB; their pixels "
-          f"{pixels:+.0f} MB at 8 bits, {4 * pixels:+.0f} MB as floats")
+    print(f"peak growth from {first['images']} to {last['images']} reference images and "
+          f"samples: 8-bit {growth['8-bit']:+.0f} MB, floats {growth['floats']:+.0f} MB; the "
+          f"pixels held {pixels:+.0f} MB at 8 bits, {4 * pixels:+.0f} MB as floats")
     write_results("evaluate_memory", args.quick, repeats=repeats, rows=rows, growth_mb=growth,
                   pixels_8bit_growth_mb=pixels)
 

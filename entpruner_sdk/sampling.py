@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from entpruner_sdk.data.datasets import eight_bit
 from entpruner_sdk.data.latents import is_latent
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -149,7 +150,7 @@ def image_grid(images: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = (
             images[i].clamp(-1, 1)
         )
-    return ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+    return eight_bit(grid).permute(1, 2, 0)
 
 
 def save_grid(images: torch.Tensor, path, rows: int | None = None, scale: int = 4) -> None:

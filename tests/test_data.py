@@ -357,6 +357,19 @@ def test_8_bit_images_are_held_as_they_are_and_used_in_unit_range():
         ImageDataset(torch.zeros(2, 4, 8, 8, dtype=torch.uint8), labels[:2], 2, pixels=False)
 
 
+def test_eight_bit_rounds_as_a_saved_image_and_inverts_unit_range():
+    from entpruner_sdk.data import eight_bit
+
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(eight_bit(unit_range(levels)), levels)  # every level comes back
+    assert eight_bit(levels) is levels
+    # rounded to the nearest level, as PIL saves x in [-1, 1]; out of range is clipped
+    x = torch.tensor([-1.5, -1.0, -0.9999, 0.0, 0.002, 0.9999, 1.0, 2.0]).reshape(1, 1, 1, 8)
+    assert eight_bit(x).flatten().tolist() == [0, 0, 0, 128, 128, 255, 255, 255]
+    assert ImageDataset(levels, torch.tensor([0]), 1).is_eight_bit
+    assert not ImageDataset(unit_range(levels), torch.tensor([0]), 1).is_eight_bit
+
+
 def test_dataset_helpers():
     data = load_data("digits")
     calib = data.per_class(3, torch.Generator().manual_seed(0))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
-from entpruner_sdk.data.datasets import balanced_indices, unit_range
+from entpruner_sdk.data.datasets import balanced_indices, eight_bit, unit_range
 from entpruner_sdk.evaluation.classifier import (
     BUNDLED_CLASSIFIERS,
     domain_classifier,
@@ -124,8 +124,7 @@ def test_inception_fid_halves_vs_distorted_and_monotone_in_noise():
     half_a, half_b = images[::2], images[1::2]
     fa, fb = extractor(half_a), extractor(half_b)
     assert fa.shape == (48, 2048)
-    eight_bit = ((half_a + 1) * 127.5).round().to(torch.uint8)  # a folder's reference
-    assert torch.allclose(extractor(eight_bit), fa, atol=1e-4)
+    assert torch.allclose(extractor(eight_bit(half_a)), fa, atol=1e-4)  # a folder's reference
     blurred = torch.nn.functional.avg_pool2d(half_b, 3, 1, 1)
     distances = [frechet_distance(FeatureStats.of(fa), FeatureStats.of(fb))]
     for level in (0.2, 0.5):
@@ -297,7 +296,7 @@ def test_the_reference_is_a_bounded_balanced_sample_of_the_data(tmp_path, monkey
         evaluate(gray, ImageFolder(tmp_path), **options)
 
 
-def test_a_folder_reference_is_held_as_8_bit_pixels_with_the_same_figures(tmp_path):
+def test_a_folder_reference_is_held_as_8_bit_pixels_and_so_are_the_samples(tmp_path):
     from PIL import Image
 
     for i in range(8):
@@ -310,17 +309,46 @@ def test_a_folder_reference_is_held_as_8_bit_pixels_with_the_same_figures(tmp_pa
     held = load_data(tmp_path)
     assert torch.equal(reference.images, held.images)
     as_floats = ImageDataset(unit_range(held.images), held.labels, 2, held.name)
-    # the same figures as against the folder read as floats: the classifier trains on the
-    # same values and the features see the same images
     cache_a_quick_classifier(reference)
     cache_a_quick_classifier(as_floats)
-    rgb = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False, in_channels=3,
-                                                      num_classes=2)))
-    options = dict(samples=4, steps=2, features=("domain",), progress=False)
-    assert (evaluate(rgb, ImageFolder(tmp_path), **options).metrics
-            == evaluate(rgb, as_floats, **options).metrics)
+    # the reference is seen as its floats would be: the features of the same images agree
     network = DomainFeatures(domain_classifier(as_floats))
     assert torch.equal(network(reference.images), network(as_floats.images))
+    original = randomized(DiffusionTransformer(tiny_config(
+        "sit", learn_sigma=False, in_channels=3, num_classes=2)))
+    model = original.keep_blocks([0, 2])
+    options = dict(samples=6, steps=2, features=("domain",), progress=False, original=original)
+    on_folder = evaluate(model, ImageFolder(tmp_path), **options)
+    on_floats = evaluate(model, as_floats, **options)
+    # the samples are held as the reference is: 8-bit against image files, each the float
+    # sample rounded as a saved image would be
+    assert on_folder.images.dtype == torch.uint8 and on_floats.images.dtype == torch.float32
+    assert on_folder.settings["samples_held"] == "uint8"
+    assert "samples held as 8-bit pixels" in on_folder.to_markdown()
+    assert "8-bit" not in on_floats.to_markdown()
+    assert torch.equal(on_folder.images, eight_bit(on_floats.images))
+    # so the figures differ only by that rounding (half a level at most): slightly
+    assert on_folder.metrics["fd_domain"] != on_floats.metrics["fd_domain"]
+    assert on_folder.metrics["fd_domain"] == pytest.approx(on_floats.metrics["fd_domain"],
+                                                           rel=0.01)
+    assert on_folder.fidelity["psnr"] == pytest.approx(on_floats.fidelity["psnr"], rel=1e-3)
+    # and the same held images give the same figures, however the reference came
+    assert evaluate(model, held, **options).metrics == on_folder.metrics
+
+
+def test_fidelity_is_measured_a_chunk_at_a_time_on_8_bit_or_float_samples():
+    from entpruner_sdk.evaluation.evaluate import _fidelity
+
+    a = torch.rand(7, 3, 8, 8) * 2 - 1
+    b = (a + 0.2 * torch.randn_like(a)).clamp(-1, 1)
+    whole = {"psnr": float(psnr(a, b).mean()), "ssim": float(ssim(a, b).mean())}
+    assert _fidelity(a, b, {}, {}, False, chunk=3) == pytest.approx(whole, rel=1e-12)
+    # 8-bit images are measured as their values in [-1, 1]
+    a8, b8 = eight_bit(a), eight_bit(b)
+    assert torch.equal(psnr(a8, b8), psnr(unit_range(a8), unit_range(b8)))
+    assert torch.equal(ssim(a8, b8), ssim(unit_range(a8), unit_range(b8)))
+    assert _fidelity(a8, b8, {}, {}, False, chunk=2)["psnr"] == pytest.approx(
+        float(psnr(unit_range(a8), unit_range(b8)).mean()), rel=1e-12)
 
 
 def test_the_domain_classifier_looks_at_large_images_at_64_pixels():

@@ -9,7 +9,14 @@ import torch
 from PIL import Image
 
 from entpruner_sdk.cli import main
-from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data, unit_range
+from entpruner_sdk.data import (
+    DataError,
+    ImageDataset,
+    ImageFolder,
+    eight_bit,
+    load_data,
+    unit_range,
+)
 from entpruner_sdk.data import latents as latents_module
 from entpruner_sdk.data.latents import SD_VAE_SCALE, LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.evaluate import evaluate
@@ -120,7 +127,9 @@ def test_evaluate_decodes_a_latent_model_against_images_or_latents(tiny_vae_dir)
     assert on_images.settings["vae"] and np.isfinite(on_images.metrics["fd_domain"])
     assert on_images.fidelity["psnr"] > 0
     on_decoded = evaluate(model, latents, vae=tiny_vae_dir, **options)
-    assert torch.equal(on_decoded.images, on_images.images)  # same noise, same decoder
+    # same noise, same decoder; against the 8-bit decoded reference, held as 8-bit pixels
+    assert on_decoded.settings["samples_held"] == "uint8"
+    assert torch.equal(on_decoded.images, eight_bit(on_images.images))
     assert on_decoded.settings["reference"] == "photos16-train-decoded"
     with pytest.raises(DataError, match="decodes this model's samples to 3x16x16 images but "
                                         "digits-train holds 1x8x8"):
@@ -138,7 +147,7 @@ def photo_folder(folder, count: int = 16):
     data = photos16(count)
     for i, (image, label) in enumerate(zip(data.images, data.labels)):
         (folder / data.class_names[label]).mkdir(parents=True, exist_ok=True)
-        pixels = ((image + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        pixels = eight_bit(image).permute(1, 2, 0).numpy()
         Image.fromarray(pixels).save(folder / data.class_names[label] / f"{i}.png")
     return data
 

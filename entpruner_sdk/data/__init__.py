@@ -2,8 +2,15 @@
 
 from entpruner_sdk.data.bundled import BUNDLED, load_bundled
 from entpruner_sdk.data.classes import describe_classes, resolve_labels
-from entpruner_sdk.data.datasets import DataError, ImageDataset, load_data, save_npz, unit_range
+from entpruner_sdk.data.datasets import (
+    DataError,
+    ImageDataset,
+    eight_bit,
+    load_data,
+    save_npz,
+    unit_range,
+)
 from entpruner_sdk.data.folder import ImageFolder
 
-__all__ = ["BUNDLED", "DataError", "ImageDataset", "ImageFolder", "describe_classes",
+__all__ = ["BUNDLED", "DataError", "ImageDataset", "ImageFolder", "describe_classes", "eight_bit",
            "load_bundled", "load_data", "resolve_labels", "save_npz", "unit_range"]

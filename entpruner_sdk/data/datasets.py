@@ -69,6 +69,11 @@ class ImageDataset(Dataset):
         return self.images.shape[-1]
 
     @property
+    def is_eight_bit(self) -> bool:
+        """Whether the images are held as 8-bit pixels (uint8)."""
+        return self.images.dtype == torch.uint8
+
+    @property
     def named(self) -> bool:
         """Whether the classes have names of their own (folders, ``class_names``), not ids."""
         return self.class_names != default_names(self.num_classes)
@@ -263,6 +268,15 @@ def pixel_tensor(array: np.ndarray, source: str) -> torch.Tensor:
     if np.issubdtype(array.dtype, np.integer):
         raise DataError(f"{source}: integer images must be uint8 (0..255), got {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def eight_bit(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> 8-bit pixels (uint8, 0..255), rounded as a saved image file
+    rounds them; the inverse of ``unit_range`` up to that rounding. 8-bit pixels are returned
+    as they are."""
+    if images.dtype == torch.uint8:
+        return images
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def unit_range(images: torch.Tensor) -> torch.Tensor:

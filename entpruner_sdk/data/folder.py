@@ -280,6 +280,7 @@ class FolderSubset:
     """
 
     pixels = True
+    is_eight_bit = True  # image files: what is read is held as uint8
 
     def __init__(self, folder: ImageFolder, indices: Sequence[int] | None = None,
                  channels: int = 3) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from entpruner_sdk.data.datasets import DataError, ImageDataset, unit_range
+from entpruner_sdk.data.datasets import DataError, ImageDataset, eight_bit, unit_range
 from entpruner_sdk.data.folder import ImageFolder
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_writer
@@ -118,7 +118,7 @@ class LatentSpace:
             images = self.decode(data.images[i:i + batch_size], batch_size=batch_size)
             if pixels is None:
                 pixels = torch.empty(len(data), *images.shape[1:], dtype=torch.uint8)
-            pixels[i:i + len(images)] = ((images + 1) * 127.5).round().clamp(0, 255)
+            pixels[i:i + len(images)] = eight_bit(images)
         if cache is not None:
             with atomic_writer(cache) as tmp:
                 save_file({"pixels": pixels}, str(tmp))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from entpruner_sdk.data.datasets import unit_range
+from entpruner_sdk.data.datasets import eight_bit, unit_range
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.progress import progress_bar
 
@@ -75,7 +75,7 @@ class InceptionFeatures:
             images = images.expand(-1, 3, -1, -1)
         if images.shape[1] != 3:
             raise ValueError(f"Inception features need 1 or 3 channels, got {images.shape[1]}")
-        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round()  # as a saved 8-bit image
+        pixels = eight_bit(images).float()  # as a saved 8-bit image
         return tf_bilinear_resize(pixels / 128.0 - 1.0)
 
     @torch.no_grad()
