@@ -61,9 +61,10 @@ def test_8_bit_images_encode_as_their_floats_do(tiny_vae_dir):
     pixels = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0),
                            dtype=torch.uint8)
     labels = torch.tensor([0, 1, 0, 1])
-    eight_bit = space.encode_dataset(ImageDataset(pixels, labels, 2), progress=False)
+    from_pixels = space.encode_dataset(ImageDataset(pixels, labels, 2), progress=False)
     floats = space.encode_dataset(ImageDataset(unit_range(pixels), labels, 2), progress=False)
-    assert torch.equal(eight_bit.images, floats.images)
+    assert torch.equal(from_pixels.images, floats.images)
+    assert torch.equal(space.encode(pixels[:, :1]), space.encode(unit_range(pixels[:, :1])))
 
 
 def test_decoding_in_batches_and_a_decoded_dataset(tiny_vae_dir, tmp_path):
@@ -163,8 +164,12 @@ def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
     assert latents.images.shape == (16, 4, 8, 8) and not latents.pixels
     assert latents.class_names == sorted(set(data.class_names))
     space = LatentSpace.from_pretrained(tiny_vae_dir)
-    whole = space.encode_dataset(load_data(folder), progress=False)
+    read = load_data(folder)
+    whole = space.encode_dataset(read, progress=False)
     assert torch.allclose(latents.images, whole.images, atol=1e-6)  # as if read whole
+    # a folder streams as the 8-bit pixels it holds, a quarter of the bytes of floats
+    first = next(ImageFolder(folder).batches(5, workers=2, start=3))
+    assert first.dtype == torch.uint8 and torch.equal(first, read.images[3:8])
     assert torch.equal(latents.labels, whole.labels)
     streamed = space.encode_dataset(ImageFolder(folder), cache_dir=tmp_path / "cache",
                                     progress=False)  # in Python, cached by the files' stats

@@ -60,11 +60,13 @@ class LatentSpace:
     @torch.no_grad()
     def encode(self, images: torch.Tensor, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images in [-1, 1] -> scaled latents (the posterior mean unless ``sample``)."""
+        """Images in [-1, 1], or 8-bit pixels -> scaled latents (the posterior mean unless
+        ``sample``)."""
         if images.shape[1] == 1:  # grayscale, as a folder of gray images loads: an RGB VAE
             images = images.expand(-1, 3, -1, -1)
+        images = unit_range(images.to(self.device))  # 8-bit pixels cross as they are held
         with autocast(self.device):
-            dist = self.vae.encode(images.to(self.device)).latent_dist
+            dist = self.vae.encode(images).latent_dist
             latents = dist.sample(generator) if sample else dist.mean
         return (latents.float() * self.scale).cpu()
 
@@ -146,7 +148,7 @@ class LatentSpace:
             partial = partial_file(cache)
         latents, done = _resume(partial, len(data))
         if isinstance(data, ImageDataset):
-            batches = (unit_range(data.images[i:i + batch_size])
+            batches = (data.images[i:i + batch_size]  # as held; ``encode`` takes 8-bit pixels
                        for i in range(done, len(data), batch_size))
         else:
             batches = data.batches(batch_size, workers, start=done)
