@@ -14,7 +14,7 @@ from entpruner_sdk.apps.pair import (
     load_pair,
     structure_facts,
 )
-from entpruner_sdk.data import eight_bit
+from entpruner_sdk.sampling import to_picture
 
 BACKENDS = ("PyTorch", "ONNX Runtime")
 DISPLAY_SIZE = 96  # small images are upscaled (nearest) so they stay visible
@@ -127,12 +127,8 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
 def _pictures(images) -> list:
     from PIL import Image
 
-    pictures = []
-    for image in eight_bit(images):
-        pixels = image.permute(1, 2, 0).numpy()
-        picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-        pictures.append(picture.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST))
-    return pictures
+    return [to_picture(image).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST)
+            for image in images]
 
 
 def _timing(side) -> str:

@@ -140,7 +140,8 @@ def sample_with(
 
 
 def image_grid(images: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-    """Tile [N, C, H, W] images in [-1, 1] into one uint8 [H', W', C] array-like tensor."""
+    """Tile [N, C, H, W] images in [-1, 1] into one [C, H', W'] image in [-1, 1], one
+    background pixel between them."""
     n, c, h, w = images.shape
     rows = rows or max(1, int(n**0.5))
     cols = -(-n // rows)
@@ -150,7 +151,16 @@ def image_grid(images: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = (
             images[i].clamp(-1, 1)
         )
-    return eight_bit(grid).permute(1, 2, 0)
+    return grid
+
+
+def to_picture(image: torch.Tensor):
+    """One [C, H, W] image in [-1, 1], or 8-bit, as a PIL image (gray for one channel),
+    rounded as ``eight_bit`` rounds."""
+    from PIL import Image
+
+    pixels = eight_bit(image).permute(1, 2, 0).numpy()
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
 def save_grid(images: torch.Tensor, path, rows: int | None = None, scale: int = 4) -> None:
@@ -159,8 +169,7 @@ def save_grid(images: torch.Tensor, path, rows: int | None = None, scale: int = 
 
     from entpruner_sdk.utils.files import atomic_writer
 
-    array = image_grid(images, rows).numpy()
-    picture = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    picture = to_picture(image_grid(images, rows))
     picture = picture.resize((picture.width * scale, picture.height * scale),
                              Image.Resampling.NEAREST)
     with atomic_writer(path) as tmp:

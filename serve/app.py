@@ -12,10 +12,12 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import numpy as np
+import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from entpruner_sdk.data.classes import resolve_labels
+from entpruner_sdk.sampling import to_picture
 from entpruner_sdk.serve.batcher import Job, MicroBatcher, Overloaded, ShuttingDown
 from entpruner_sdk.serve.metrics import ServerMetrics
 from entpruner_sdk.serve.models import ServedModel
@@ -222,12 +224,8 @@ def _encode(images: np.ndarray, output_format: str) -> dict:
 
 
 def _png(image: np.ndarray) -> str:
-    from PIL import Image
-
-    pixels = np.round((np.clip(image, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
-    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    to_picture(torch.from_numpy(image)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
