@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from entpruner_sdk.data.datasets import eight_bit, unit_range
+from entpruner_sdk.data.datasets import eight_bit
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.progress import progress_bar
 
@@ -75,7 +75,7 @@ class InceptionFeatures:
             images = images.expand(-1, 3, -1, -1)
         if images.shape[1] != 3:
             raise ValueError(f"Inception features need 1 or 3 channels, got {images.shape[1]}")
-        pixels = eight_bit(images).float()  # as a saved 8-bit image
+        pixels = eight_bit(images).float()  # as a saved 8-bit image (8-bit ones as they are)
         return tf_bilinear_resize(pixels / 128.0 - 1.0)
 
     @torch.no_grad()
@@ -84,8 +84,7 @@ class InceptionFeatures:
         chunks = []
         for i in progress_bar(range(0, len(images), batch_size), enabled=progress,
                               desc="inception features", leave=False):
-            # 8-bit images go to the device as they are held, then to [-1, 1]
-            batch = unit_range(images[i:i + batch_size].to(self.device)).float()
-            batch = self.preprocess(batch)
+            # 8-bit images go to the device as they are held; preprocess takes them as they are
+            batch = self.preprocess(images[i:i + batch_size].to(self.device))
             chunks.append(self.network(batch).double().cpu())
         return torch.cat(chunks)
