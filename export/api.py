@@ -6,7 +6,6 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from entpruner_sdk.export.parity import (
 )
 from entpruner_sdk.export.runtime import MANIFEST, load_exported
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.utils.files import atomic_write_text
+from entpruner_sdk.utils.files import atomic_write_text, staging_dir
 
 FORMATS = ("onnx", "onnx-fp16", "aoti", "tensorrt", "torch-tensorrt")
 
@@ -88,8 +87,7 @@ def export(
         raise TypeError("export(vae=...) exports the VAE itself: pass its folder or a "
                         "LatentSpace")
     metadata = export_metadata(model)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    staging = staging_dir(out_dir)
     try:
         files, extra = _write(model, staging, format, metadata, guided=guided, opset=opset,
                               exporter=exporter, precision=precision, batch=batch,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -130,6 +131,21 @@ def test_torchscript_exporter_also_matches(tmp_path):
     assert all(c.passed for c in result.parity)
     assert json.loads((tmp_path / "ts" / "export.json").read_text())["metadata"]["exporter"] == (
         "torchscript")
+
+
+def test_an_export_has_the_permissions_the_umask_gives(tmp_path):
+    """Built in a staging folder and moved into place, an export must still be readable as
+    the user's umask says (a server running as another user reads it), not 0o700."""
+    previous = os.umask(0o027)
+    try:
+        result = export(pruned("dit"), tmp_path / "shared" / "export", "onnx",
+                        exporter="torchscript", guided=False)
+    finally:
+        os.umask(previous)
+    assert result.directory.stat().st_mode & 0o777 == 0o750
+    for file in result.directory.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o640, file.name
+    assert [p.name for p in result.directory.parent.iterdir()] == ["export"]  # no staging left
 
 
 def test_parity_failure_leaves_nothing(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -158,10 +159,30 @@ def test_half_precision_storage_loads_as_float32(tmp_path, tiny_dit):
 
 
 def test_saved_files_have_ordinary_permissions(tmp_path, tiny_dit):
-    import os
-
     ep.save(tiny_dit, tmp_path / "m")
     umask = os.umask(0)
     os.umask(umask)
     for name in ("model.safetensors", "config.json"):
         assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_writes_follow_the_umask_and_leave_no_temporary_file(tmp_path, tiny_dit):
+    from entpruner_sdk.utils.files import atomic_write_text, staging_dir
+
+    previous = os.umask(0o027)
+    try:
+        ep.save(tiny_dit, tmp_path / "group")  # safetensors writes a file of its own
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.json", "{}")
+        staging = staging_dir(tmp_path / "private-dir")
+    finally:
+        os.umask(previous)
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "group" / name).stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    assert staging.stat().st_mode & 0o777 == 0o700
+    assert staging.parent == tmp_path and staging.name.startswith(".private-dir.")
+    atomic_write_text(tmp_path / "private.json", "[1]")  # replaces, keeps nothing beside it
+    assert (tmp_path / "private.json").read_text() == "[1]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [staging.name, "group",
+                                                          "private.json"]

@@ -4,28 +4,49 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 
+def _hidden_sibling(path: Path, suffix: str = "") -> Path:
+    """A new hidden name beside ``path``: on the same file system, so ``os.replace`` onto
+    ``path`` is atomic."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the same folder; on success it replaces ``path`` atomically."""
+    """Yield a temporary path in the same folder; on success it replaces ``path`` atomically.
+
+    The result has the permissions of any file the user makes: the temporary file is created
+    with mode 0o666, which the kernel trims by the umask, and that mode is set again before
+    the swap, since a writer may have replaced the file (safetensors leaves 0o600). Neither
+    ``mkstemp`` (0o600) nor reading the umask (which means setting it, racing other threads)
+    would do."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _hidden_sibling(path, ".tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = tmp.stat().st_mode & 0o777
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def staging_dir(path: str | os.PathLike) -> Path:
+    """A new empty folder beside ``path`` to build its contents in, then ``os.replace`` it
+    onto ``path``. Made with mode 0o777 less the umask, as ``mkdir`` makes folders
+    (``mkdtemp``'s are 0o700, which would leave only their owner able to read the result)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = _hidden_sibling(path)
+    staging.mkdir(mode=0o777)
+    return staging
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
