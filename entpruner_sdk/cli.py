@@ -22,6 +22,8 @@ from entpruner_sdk.importance.ced import OUTPUTS, WEIGHTINGS
 from entpruner_sdk.importance.entropy import ESTIMATORS
 from entpruner_sdk.schedule import SCHEDULES
 
+SAMPLING_DIR = "sampling-in-progress"  # evaluate's finished sample batches, under --out
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -394,6 +396,9 @@ def _add_evaluate(sub) -> None:
         entpruner evaluate --model runs/xl-d14/model --original DiT-XL-2-256x256.pt \\
             --family dit --data ./my_images --image-size 256 --vae ./sd-vae-ft-ema \\
             --reference-size 50000              # a latent model against 50k real images
+        entpruner evaluate --model runs/xl-d14/model --family dit --vae ./sd-vae-ft-ema \
+            --data VIRTUAL_imagenet256_labeled.npz --samples 50000 --steps 250 --cfg 1.5 \
+            --sampler ddpm --save-samples --out runs/fid50k   # ADM's reference batch and format
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
@@ -413,7 +418,14 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--reference-size", type=int, default=REFERENCE_SIZE,
                    help="real images to compare with, balanced over the classes (default: "
                         "%(default)s; 0: all); a folder reads only those")
-    p.add_argument("--out", default="runs/evaluation", help="writes evaluation.json and .md")
+    p.add_argument("--out", default="runs/evaluation",
+                   help="writes evaluation.json and .md; the samples made so far are kept in "
+                        f"OUT/{SAMPLING_DIR}/ until the end: after Ctrl-C or a crash, the "
+                        "same command continues from there")
+    p.add_argument("--save-samples", action="store_true",
+                   help="also write OUT/samples.npz: the samples as 8-bit images (arr_0, "
+                        "N x H x W x C) and their labels (arr_1), the format of "
+                        "guided-diffusion's samples and ADM's evaluation suite")
     _vae_option(p)
     _common(p)
 
@@ -760,6 +772,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import resolve_model
 
@@ -770,16 +783,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from entpruner_sdk.compress import as_compressed
 
         original = as_compressed(original, model)
+    if args.save_samples and is_latent(model.config) and not args.vae:
+        raise SystemExit("--save-samples writes images, and this model samples VAE latents: "
+                         "pass --vae DIR to decode them")
     data = _load_data(args, stream=True)  # a folder: only the reference images are read
     report = evaluate(model, data, reference_size=args.reference_size or None,
                       samples=args.samples, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
                       features=tuple(f.strip() for f in args.features.split(",")),
                       device=args.device, progress=not args.quiet, model_name=args.model,
-                      vae=args.vae)
+                      vae=args.vae, checkpoint_dir=Path(args.out) / SAMPLING_DIR)
     report.save(args.out)
     print(report.to_markdown())
     print(f"written to {Path(args.out) / 'evaluation.json'} and evaluation.md")
+    if args.save_samples:
+        print(f"samples written to {report.save_samples(Path(args.out) / 'samples.npz')}")
     return 0
 
 

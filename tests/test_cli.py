@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from entpruner_sdk.cli import COMMANDS, _parser, main
+from entpruner_sdk.data import load_data
 from entpruner_sdk.models import DiffusionTransformer
 from tests.conftest import randomized, tiny_config
 
@@ -159,10 +160,14 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, capsys):
           "--device", "cpu"])
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--samples", "20",
                  "--steps", "2", "--features", "domain", "--out", str(tmp_path / "eval"),
-                 "--quiet", "--device", "cpu"]) == 0
+                 "--quiet", "--device", "cpu", "--save-samples"]) == 0
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert report["settings"]["samples"] == 20 and "fd_domain" in report["metrics"]
     assert "| class_accuracy |" in capsys.readouterr().out
+    # the samples in ADM's format, and no batches left behind once the evaluation ended
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
+        "evaluation.json", "evaluation.md", "samples.npz"]
+    assert len(load_data(tmp_path / "eval" / "samples.npz")) == 20
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--features", "lpips",
                  "--samples", "4", "--out", str(tmp_path / "e2")]) == 2
     assert "unknown feature spaces" in capsys.readouterr().err

@@ -87,6 +87,9 @@ def test_result_saves_loads_and_samples(tmp_path, family, grid, model_times):
     assert {"class_accuracy", "fd_domain"} <= set(summary["quality_original"])
     assert {"class_accuracy", "fd_domain", "psnr", "ssim"} <= set(summary["quality_pruned"])
     assert "| class_accuracy |" in (tmp_path / "report.md").read_text()
+    # the figures' sample batches were kept beside the checkpoint only until they were made
+    assert (tmp_path / "checkpoint").is_dir()
+    assert not (tmp_path / "checkpoint" / "sampling").exists()
     loaded = ep.load(tmp_path / "model")
     assert loaded.kept_blocks == result.model.kept_blocks and loaded.family == family
     assert loaded.metadata["compression"]["depth_after"] == 4

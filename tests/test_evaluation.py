@@ -379,3 +379,68 @@ def test_the_domain_classifier_looks_at_large_images_at_64_pixels():
         assert torch.allclose(DomainFeatures(trained)(many),
                               trained.features(many).double(), atol=1e-5)
         assert torch.equal(predict(trained, many), trained(many).argmax(1))
+
+
+def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path, monkeypatch):
+    from entpruner_sdk.evaluation import evaluate as evaluate_module
+
+    model = randomized(DiffusionTransformer(tiny_config("dit")))
+    pruned = model.keep_blocks([0, 2, 3])
+    small = load_data("digits").per_class(4, torch.Generator().manual_seed(0))
+    settings = dict(samples=20, steps=2, batch_size=8, features=("domain",), progress=False,
+                    original=model)
+    uninterrupted = evaluate(pruned, small, **settings)
+    real_sample, calls, crash_at = evaluate_module.sample, [], [5]
+
+    def counted_sample(*args, **kwargs):  # the real sampler, interrupted at a chosen batch
+        calls.append(kwargs["seed"])
+        if len(calls) in crash_at:
+            raise KeyboardInterrupt
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "sample", counted_sample)
+    checkpoints = tmp_path / "sampling"
+    with pytest.raises(KeyboardInterrupt):  # the model's 3 batches, 1 of the original's
+        evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
+    made = {p.name.split("-")[0]: len(list(p.iterdir())) for p in checkpoints.iterdir()}
+    assert made == {"model": 3, "original": 1}
+    calls.clear()
+    crash_at.clear()
+    resumed = evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
+    assert calls == [1, 2]  # only the original's two batches still to make
+    assert torch.equal(resumed.images, uninterrupted.images)
+    assert resumed.metrics == uninterrupted.metrics and resumed.fidelity == uninterrupted.fidelity
+    assert not checkpoints.exists()  # removed once the evaluation ended
+    # other settings never take these batches: another seed samples every batch again
+    calls.clear()
+    crash_at.append(5)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
+    calls.clear()
+    crash_at.clear()
+    evaluate(pruned, small, checkpoint_dir=checkpoints, **{**settings, "seed": 1})
+    assert len(calls) == 6
+    assert sorted(p.name.split("-")[0] for p in checkpoints.iterdir()) == [
+        "model", "original"]  # the interrupted run's, left for it to continue
+
+
+def test_samples_are_saved_in_adm_format_and_read_back(tmp_path):
+    model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
+    small = load_data("digits").per_class(4, torch.Generator().manual_seed(0))
+    report = evaluate(model, small, samples=12, steps=2, features=("domain",), progress=False)
+    path = report.save_samples(tmp_path / "samples.npz")
+    with np.load(path) as archive:
+        assert sorted(archive.files) == ["arr_0", "arr_1"]
+        images, labels = archive["arr_0"], archive["arr_1"]
+    assert images.dtype == np.uint8 and images.shape == (12, 8, 8, 1)  # N, H, W, C
+    assert np.array_equal(images, eight_bit(report.images).permute(0, 2, 3, 1).numpy())
+    assert labels.tolist() == report.labels.tolist() == [i % 10 for i in range(12)]
+    back = load_data(path)
+    assert torch.equal(back.images, eight_bit(report.images)) and back.num_classes == 10
+    latent = randomized(DiffusionTransformer(tiny_config("dit", in_channels=4)))
+    latents = ImageDataset(torch.randn(8, 4, 8, 8), torch.arange(8) % 2, 2, pixels=False)
+    of_latents = evaluate(latent, latents, samples=4, steps=2, features=("domain",),
+                          progress=False)
+    with pytest.raises(DataError, match="4-channel VAE latents, not images: evaluate with vae="):
+        of_latents.save_samples(tmp_path / "latents.npz")
+    assert not (tmp_path / "latents.npz").exists()

@@ -429,7 +429,8 @@ def compress(
                 report["summary"]["data_options"] = options
         report["calibration_times"] = calibration.times.tolist()  # the per-timestep columns
     if config.report_samples > 0:  # evaluation shards its sampling over the ranks
-        figures = quality_figures(teacher, pruned, data, config, device, progress, report_vae)
+        figures = quality_figures(teacher, pruned, data, config, device, progress, report_vae,
+                                  checkpoint_dir and checkpoint_dir / "sampling")
         if report is not None:
             report["summary"].update(figures)
     result = CompressResult(pruned, distributed.broadcast(report))
@@ -440,11 +441,14 @@ def compress(
 
 
 def quality_figures(teacher, pruned, data, config: CompressConfig, device,
-                    progress: bool = False, vae: Any = None) -> dict[str, Any]:
+                    progress: bool = False, vae: Any = None,
+                    checkpoint_dir: Path | None = None) -> dict[str, Any]:
     """Evaluation of teacher and pruned model on identical noise (the family's sampler).
 
     It samples each model once, after the fine-tuning bar has finished, so it shows its own
-    bars. ``vae``: the opened ``config.report_vae`` (opened here when not given)."""
+    bars. ``vae``: the opened ``config.report_vae`` (opened here when not given).
+    ``checkpoint_dir``: where finished sample batches are kept until the figures are made,
+    so a resumed run does not sample them again."""
     from entpruner_sdk.data.latents import decoder_for
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import SAMPLING
@@ -453,7 +457,8 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
         vae = decoder_for(teacher.config, config.report_vae, device)
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,
                     samples=config.report_samples, seed=config.seed, device=device,
-                    progress=progress, vae=vae)  # the VAE opened once for both evaluations
+                    progress=progress, vae=vae,  # the VAE opened once for both evaluations
+                    checkpoint_dir=checkpoint_dir)
     original = evaluate(teacher, data, model_name="original", **sampling)
     after = evaluate(pruned, data, original=teacher, original_images=original.images,
                      model_name="pruned", **sampling)

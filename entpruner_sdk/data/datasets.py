@@ -317,7 +317,9 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDa
     """An ``.npz`` with ``images`` (or ``x``) or VAE ``latents``, and ``labels`` (or ``y``).
 
     Optional ``class_names`` (strings, one per class) name the classes, as a folder's
-    subfolders do; ``save_npz`` writes all three.
+    subfolders do; ``save_npz`` writes all three. The class-conditional sample files of
+    guided-diffusion and ADM's labelled reference batches (``arr_0`` images, ``arr_1``
+    labels; what ``EvaluationReport.save_samples`` writes) are read too.
     """
     path = Path(path)
     try:
@@ -326,11 +328,12 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDa
     except Exception as error:
         raise DataError(f"cannot read {path}: {error}; is it a valid .npz archive?") from error
     latents = arrays.get("latents")
-    images = arrays.get("images", arrays.get("x"))
-    labels = arrays.get("labels", arrays.get("y"))
+    images = _first(arrays, "images", "x", "arr_0")
+    labels = _first(arrays, "labels", "y", "arr_1")
     if (images is None and latents is None) or labels is None:
         raise DataError(f"{path} must hold arrays 'images' (or 'x', or VAE 'latents') and "
-                        f"'labels' (or 'y'); found {sorted(arrays)}")
+                        f"'labels' (or 'y'), or ADM's 'arr_0' and 'arr_1'; found "
+                        f"{sorted(arrays)}")
     if latents is not None:
         tensor = latent_tensor(latents, str(path))
     else:
@@ -351,6 +354,10 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDa
                         "or drop class_names")
     return ImageDataset(tensor, labels_t, count, name=path.stem, class_names=names,
                         pixels=latents is None)
+
+
+def _first(arrays: dict[str, np.ndarray], *keys: str) -> np.ndarray | None:
+    return next((arrays[key] for key in keys if key in arrays), None)
 
 
 def save_npz(data: ImageDataset, path: str | os.PathLike) -> Path:

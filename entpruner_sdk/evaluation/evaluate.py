@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from entpruner_sdk.data.datasets import (
@@ -34,6 +36,7 @@ from entpruner_sdk.data.datasets import (
 )
 from entpruner_sdk.data.folder import FolderSubset, ImageFolder
 from entpruner_sdk.data.latents import LatentSpace, decoder_for, is_latent
+from entpruner_sdk.evaluation.batches import SampleBatches
 from entpruner_sdk.evaluation.classifier import (
     batch_for,
     cache_root,
@@ -53,7 +56,7 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import resolve_device
-from entpruner_sdk.utils.files import atomic_write_text
+from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 from entpruner_sdk.utils.progress import progress_bar
 
 FEATURES = ("domain", "inception")
@@ -80,9 +83,10 @@ class EvaluationReport:
     # evaluation of a smaller model against this one takes them as ``original_images``
     # instead of sampling them again
     images: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    labels: torch.Tensor | None = field(default=None, repr=False, compare=False)  # theirs
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "images"}
+        return {k: v for k, v in asdict(self).items() if k not in ("images", "labels")}
 
     def to_markdown(self) -> str:
         s = self.settings
@@ -115,6 +119,22 @@ class EvaluationReport:
         atomic_write_text(directory / "evaluation.md", self.to_markdown())
         return directory
 
+    def save_samples(self, path: str | os.PathLike) -> Path:
+        """Write the samples as guided-diffusion's sampling scripts do, the input of ADM's
+        evaluation suite (FID, sFID, IS, precision and recall against its reference batches):
+        an ``.npz`` of ``arr_0``, uint8 [N, H, W, C] images, and ``arr_1``, their labels.
+        ``load_data`` reads it back."""
+        if self.images is None or self.labels is None:
+            raise ValueError("this report holds no samples (it was read from a file)")
+        if self.images.shape[1] not in (1, 3):  # the data layer's rule for pixels
+            raise DataError(f"the samples are {self.images.shape[1]}-channel VAE latents, not "
+                            "images: evaluate with vae= (--vae DIR) to decode them")
+        path = Path(path)
+        pixels = eight_bit(self.images).permute(0, 2, 3, 1).contiguous()
+        with atomic_writer(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, arr_0=pixels.numpy(), arr_1=self.labels.numpy())
+        return path
+
 
 def balanced_labels(count: int, classes: Sequence[int]) -> torch.Tensor:
     """``count`` labels cycling through ``classes`` (every class equally often, +-1)."""
@@ -123,10 +143,13 @@ def balanced_labels(count: int, classes: Sequence[int]) -> torch.Tensor:
 
 def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, batch_size: int,
              progress: bool, desc: str = "sampling", decoder: LatentSpace | None = None,
-             as_eight_bit: bool = False, **sampling: Any) -> torch.Tensor:
+             as_eight_bit: bool = False, finished: SampleBatches | None = None,
+             **sampling: Any) -> torch.Tensor:
     """Samples in batches; batch b uses seed + b, so any two models see identical noise.
     A latent model's samples are decoded to images by ``decoder`` batch by batch;
     ``as_eight_bit``: each batch is rounded to 8-bit pixels (uint8) as it is made.
+    ``finished``: each batch is written there as it is made, and one found there is loaded
+    instead of made again (an interrupted evaluation continues).
 
     Under torch.distributed, rank r samples the batches b with b % world == r and the batches
     are gathered in order: the same images as one process, in 1 / world of the time.
@@ -134,14 +157,20 @@ def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, ba
     starts = list(range(0, len(labels), batch_size))
     mine = range(distributed.rank(), len(starts), distributed.world_size())
     chunks = {}
-    for b in progress_bar(mine, enabled=progress and distributed.is_main(), desc=desc,
-                          leave=False):
-        chunks[b] = sample(model, labels[starts[b]:starts[b] + batch_size], seed=seed + b,
-                           clip_denoised=True, **sampling)
+    if finished is not None:
+        chunks = {b: batch for b in mine if (batch := finished.load(b)) is not None}
+    todo = [b for b in mine if b not in chunks]
+    for b in progress_bar(todo, enabled=progress and distributed.is_main(), desc=desc,
+                          leave=False, initial=len(chunks), total=len(mine)):
+        batch = sample(model, labels[starts[b]:starts[b] + batch_size], seed=seed + b,
+                       clip_denoised=True, **sampling)
         if decoder is not None:
-            chunks[b] = decoder.decode(chunks[b])
+            batch = decoder.decode(batch)
         if as_eight_bit:
-            chunks[b] = eight_bit(chunks[b])
+            batch = eight_bit(batch)
+        chunks[b] = batch
+        if finished is not None:
+            finished.save(b, batch)
     for other in distributed.gather_objects(chunks) if distributed.is_distributed() else []:
         chunks.update(other)
     return torch.cat([chunks[b] for b in range(len(starts))])
@@ -276,6 +305,7 @@ def evaluate(
     original_images: torch.Tensor | None = None,
     vae: LatentSpace | str | os.PathLike | None = None,
     reference_size: int | None = REFERENCE_SIZE,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
 
@@ -296,6 +326,11 @@ def evaluate(
     The samples (``report.images``) are held as the reference is: 8-bit pixels (uint8) against
     8-bit real images (a folder, a uint8 ``.npz``, decoded latents), each rounded as a saved
     image would be, else floats; ``settings["samples_held"]`` says which.
+
+    ``checkpoint_dir``: every finished batch of samples is written there, so a rerun after a
+    crash or Ctrl-C, with the same models and settings, continues from the batches already
+    made (and makes the same samples as an uninterrupted run); removed when the evaluation
+    ends.
     """
     device = resolve_device(device)
     unknown = set(features) - set(FEATURES)
@@ -326,13 +361,15 @@ def evaluate(
     # latents), so both sides are measured after the same rounding to saved pixels, as the
     # standard FID protocol does, and 10,000 samples at 256 x 256 take 1.9 GB, not 7.5
     sampling["as_eight_bit"] = data.is_eight_bit
+    finished = _Checkpoints(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
-                      desc=f"sampling {model_name}", decoder=decoder, **sampling)
+                      desc=f"sampling {model_name}", decoder=decoder,
+                      finished=finished(model, model_name), **sampling)
     seconds = time.perf_counter() - started
     classifier = domain_classifier(data, progress=progress, device=device)
     predictions = predict(classifier, images)
-    report = EvaluationReport(images=images, settings=dict(
+    report = EvaluationReport(images=images, labels=labels, settings=dict(
         model=model_name, samples=samples, sampler=sampler or "default", steps=steps,
         cfg_scale=cfg_scale, seed=seed, reference=data.name, reference_size=len(data),
         device=str(device), features=list(features), sampling_seconds=seconds,
@@ -381,10 +418,40 @@ def evaluate(
         if reference_images is None:
             reference_images = generate(original, labels, seed=seed, batch_size=batch_size,
                                         progress=progress, desc="sampling the original",
-                                        decoder=decoder, **sampling)
+                                        decoder=decoder,
+                                        finished=finished(original, "original"), **sampling)
         report.fidelity = _fidelity(images, reference_images, extractors, generated_features,
                                     progress)
+    finished.clear()
     return report
+
+
+class _Checkpoints:
+    """Where each model's finished sample batches go (nowhere without a ``checkpoint_dir``),
+    named by everything that decides the samples, so other settings never reuse them."""
+
+    def __init__(self, root, labels: torch.Tensor, seed: int, batch_size: int,
+                 sampling: dict[str, Any], decoder: LatentSpace | None) -> None:
+        self.root, self.made = root, []
+        self.settings = dict(
+            labels=hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16], seed=seed,
+            batch_size=batch_size, vae=decoder.fingerprint if decoder is not None else None,
+            **{k: v for k, v in sampling.items() if k != "device"})  # same samples anywhere
+
+    def __call__(self, model: DiffusionTransformer, name: str) -> SampleBatches | None:
+        if self.root is None:
+            return None
+        batches = SampleBatches.for_generation(
+            self.root, name, weights=network_fingerprint(model), config=model.config.to_dict(),
+            objective=model.objective, **self.settings)
+        self.made.append(batches)
+        return batches
+
+    def clear(self) -> None:
+        distributed.barrier()  # every rank has gathered its batches
+        if distributed.is_main():
+            for batches in self.made:
+                batches.clear()
 
 
 def _extractors(features, classifier, device, report) -> dict[str, Any]:
