@@ -410,6 +410,9 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
     assert calls == [1, 2]  # only the original's two batches still to make
     assert torch.equal(resumed.images, uninterrupted.images)
     assert resumed.metrics == uninterrupted.metrics and resumed.fidelity == uninterrupted.fidelity
+    assert resumed.settings["batches_resumed"] == 3 and "3 of the 3 sample batches" in (
+        resumed.notes[0])
+    assert "batches_resumed" not in uninterrupted.settings
     assert not checkpoints.exists()  # removed once the evaluation ended
     # other settings never take these batches: another seed samples every batch again
     calls.clear()

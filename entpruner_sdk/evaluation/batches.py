@@ -38,7 +38,8 @@ class SampleBatches:
         hash, the labels, seed, batch size and sampler settings), named ``name-<hash>``."""
         text = json.dumps(identity, sort_keys=True, default=str)
         key = hashlib.sha256(text.encode()).hexdigest()[:16]
-        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+        safe = safe.strip("-")[-40:] or "model"  # a path's last part: what tells runs apart
         return cls(Path(root) / f"{safe}-{key}")
 
     def _path(self, index: int) -> Path:

@@ -362,10 +362,12 @@ def evaluate(
     # standard FID protocol does, and 10,000 samples at 256 x 256 take 1.9 GB, not 7.5
     sampling["as_eight_bit"] = data.is_eight_bit
     finished = _Checkpoints(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
+    batches = finished(model, model_name)
+    resumed = batches.count() if batches is not None else 0
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
-                      desc=f"sampling {model_name}", decoder=decoder,
-                      finished=finished(model, model_name), **sampling)
+                      desc=f"sampling {model_name}", decoder=decoder, finished=batches,
+                      **sampling)
     seconds = time.perf_counter() - started
     classifier = domain_classifier(data, progress=progress, device=device)
     predictions = predict(classifier, images)
@@ -375,6 +377,11 @@ def evaluate(
         device=str(device), features=list(features), sampling_seconds=seconds,
         samples_held="uint8" if data.is_eight_bit else "float32",
         **({"vae": decoder.fingerprint} if decoder is not None else {})))
+    if resumed:
+        report.settings["batches_resumed"] = resumed
+        report.notes.append(f"{resumed} of the {-(-samples // batch_size)} sample batches were "
+                            "made before an interruption and kept on disk; sampling_seconds "
+                            "counts only this run's")
     if len(classes) < model.config.num_classes:
         report.notes.append(f"{data.name} holds {len(classes)} of the model's "
                             f"{model.config.num_classes} classes; only those were sampled")
