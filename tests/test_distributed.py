@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from entpruner_sdk.compress import compress
+from entpruner_sdk.evaluation.batches import SampleBatches
 from entpruner_sdk.evaluation.evaluate import generate
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.utils import distributed
@@ -31,8 +32,10 @@ def teacher() -> DiffusionTransformer:
 
 def run_compress(out_dir=None):
     result = compress(teacher(), "digits", 3, out_dir=out_dir, **FAST)
+    # each rank keeps the batches it made where an interrupted evaluation would find them
+    finished = SampleBatches(os.path.join(out_dir, "batches")) if out_dir else None
     images = generate(result.model, torch.arange(10) % 10, seed=1, batch_size=3,
-                      progress=False, steps=3, device="cpu")
+                      progress=False, steps=3, device="cpu", finished=finished)
     return result, images
 
 
@@ -73,6 +76,11 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             torch.testing.assert_close(got["state"][name], value, rtol=1e-3, atol=1e-4)
         # sharded evaluation sampling gathers the same images as one process
         torch.testing.assert_close(got["images"], single_images, rtol=1e-3, atol=1e-3)
+    # the two ranks' batches (0 and 2 by rank 0, 1 and 3 by rank 1) together are the images
+    finished = SampleBatches(tmp_path / "run" / "batches")
+    assert finished.count() == 4
+    torch.testing.assert_close(torch.cat([finished.load(b) for b in range(4)]),
+                               single_images, rtol=1e-3, atol=1e-3)
     # only rank 0 wrote, and what it wrote is a complete run
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["summary"]["kept_blocks"] == single.model.kept_blocks

@@ -404,13 +404,16 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
         evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
     made = {p.name.split("-")[0]: len(list(p.iterdir())) for p in checkpoints.iterdir()}
     assert made == {"model": 3, "original": 1}
+    # a damaged batch file (a disk fault) is made again rather than trusted
+    (damaged,) = checkpoints.glob("model-*/batch_00001.safetensors")
+    damaged.write_bytes(b"not a safetensors file")
     calls.clear()
     crash_at.clear()
     resumed = evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
-    assert calls == [1, 2]  # only the original's two batches still to make
+    assert calls == [1, 1, 2]  # the damaged batch, then the original's two still to make
     assert torch.equal(resumed.images, uninterrupted.images)
     assert resumed.metrics == uninterrupted.metrics and resumed.fidelity == uninterrupted.fidelity
-    assert resumed.settings["batches_resumed"] == 3 and "3 of the 3 sample batches" in (
+    assert resumed.settings["batches_resumed"] == 2 and "2 of the 3 sample batches" in (
         resumed.notes[0])
     assert "batches_resumed" not in uninterrupted.settings
     assert not checkpoints.exists()  # removed once the evaluation ended

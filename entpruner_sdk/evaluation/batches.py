@@ -30,6 +30,7 @@ class SampleBatches:
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
+        self.loaded = 0  # batches this process took from disk instead of making them
 
     @classmethod
     def for_generation(cls, root: str | os.PathLike, name: str, **identity: Any
@@ -52,10 +53,12 @@ class SampleBatches:
         if not path.exists():
             return None
         try:
-            return load_file(str(path))["samples"]
+            samples = load_file(str(path))["samples"]
         except (SafetensorError, KeyError, OSError):
             path.unlink(missing_ok=True)
             return None
+        self.loaded += 1
+        return samples
 
     def save(self, index: int, samples: torch.Tensor) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -363,12 +363,12 @@ def evaluate(
     sampling["as_eight_bit"] = data.is_eight_bit
     finished = _Checkpoints(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
     batches = finished(model, model_name)
-    resumed = batches.count() if batches is not None else 0
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
                       desc=f"sampling {model_name}", decoder=decoder, finished=batches,
                       **sampling)
     seconds = time.perf_counter() - started
+    resumed = finished.loaded_by_all(batches)
     classifier = domain_classifier(data, progress=progress, device=device)
     predictions = predict(classifier, images)
     report = EvaluationReport(images=images, labels=labels, settings=dict(
@@ -453,6 +453,13 @@ class _Checkpoints:
             objective=model.objective, **self.settings)
         self.made.append(batches)
         return batches
+
+    @staticmethod
+    def loaded_by_all(batches: SampleBatches | None) -> int:
+        """How many batches every process together took from disk."""
+        loaded = torch.tensor([batches.loaded if batches is not None else 0])
+        distributed.all_reduce_sum_([loaded])
+        return int(loaded)
 
     def clear(self) -> None:
         distributed.barrier()  # every rank has gathered its batches

@@ -1,4 +1,5 @@
-"""Multi-process helpers over ``torch.distributed`` (torchrun; NCCL on GPUs, gloo on CPUs).
+"""Multi-process helpers over ``torch.distributed`` (torchrun; NCCL for CUDA tensors, gloo for
+CPU tensors and objects).
 
 Everything degrades to a no-op in a single process, so callers write one code path.
 """
@@ -41,7 +42,9 @@ def init_from_env(device: torch.device | None = None) -> torch.device:
                            "entpruner_sdk compress ...")
     use_cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # NCCL reduces CUDA tensors only; statistics kept on the CPU (CED's float64 sums) and
+        # pickled objects go through gloo
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
@@ -54,6 +57,15 @@ def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
     if not is_distributed():
         return
     for tensor in tensors:
+        _all_reduce_sum(tensor)
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> None:
+    if dist.get_backend() == "nccl" and not tensor.is_cuda:  # a caller's NCCL-only group
+        on_gpu = tensor.cuda()
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        tensor.copy_(on_gpu)
+    else:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
@@ -62,9 +74,7 @@ def mean_across(value: float) -> float:
     if not is_distributed():
         return value
     tensor = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    _all_reduce_sum(tensor)
     return tensor.item() / dist.get_world_size()
 
 
