@@ -361,14 +361,14 @@ def evaluate(
     # latents), so both sides are measured after the same rounding to saved pixels, as the
     # standard FID protocol does, and 10,000 samples at 256 x 256 take 1.9 GB, not 7.5
     sampling["as_eight_bit"] = data.is_eight_bit
-    finished = _Checkpoints(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
-    batches = finished(model, model_name)
+    checkpoints = _Checkpoints(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
+    batches = checkpoints(model, model_name)
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
                       desc=f"sampling {model_name}", decoder=decoder, finished=batches,
                       **sampling)
     seconds = time.perf_counter() - started
-    resumed = finished.loaded_by_all(batches)
+    resumed = checkpoints.loaded_by_all(batches)
     classifier = domain_classifier(data, progress=progress, device=device)
     predictions = predict(classifier, images)
     report = EvaluationReport(images=images, labels=labels, settings=dict(
@@ -426,10 +426,10 @@ def evaluate(
             reference_images = generate(original, labels, seed=seed, batch_size=batch_size,
                                         progress=progress, desc="sampling the original",
                                         decoder=decoder,
-                                        finished=finished(original, "original"), **sampling)
+                                        finished=checkpoints(original, "original"), **sampling)
         report.fidelity = _fidelity(images, reference_images, extractors, generated_features,
                                     progress)
-    finished.clear()
+    checkpoints.clear()
     return report
 
 
