@@ -396,8 +396,8 @@ def _add_evaluate(sub) -> None:
         entpruner evaluate --model runs/xl-d14/model --original DiT-XL-2-256x256.pt \\
             --family dit --data ./my_images --image-size 256 --vae ./sd-vae-ft-ema \\
             --reference-size 50000              # a latent model against 50k real images
-        entpruner evaluate --model runs/xl-d14/model --family dit --vae ./sd-vae-ft-ema \
-            --data VIRTUAL_imagenet256_labeled.npz --samples 50000 --steps 250 --cfg 1.5 \
+        entpruner evaluate --model runs/xl-d14/model --family dit --vae ./sd-vae-ft-ema \\
+            --data VIRTUAL_imagenet256_labeled.npz --samples 50000 --steps 250 --cfg 1.5 \\
             --sampler ddpm --save-samples --out runs/fid50k   # ADM's reference batch and format
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
