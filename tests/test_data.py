@@ -248,6 +248,13 @@ def test_npz_layouts_and_errors(tmp_path):
     assert torch.equal(data.images[0, :, 0, 0], torch.from_numpy(images[0, 0, 0]))
     expected = torch.from_numpy(images[0, 0, 0] / 127.5 - 1).float()
     assert torch.allclose(data[0][0][:, 0, 0], expected)  # an item is in [-1, 1]
+    # guided-diffusion's samples and ADM's labelled reference batches: positional arrays
+    np.savez(tmp_path / "adm.npz", images, np.array([0, 1, 2, 1, 0]))
+    adm = load_data(tmp_path / "adm.npz")
+    assert torch.equal(adm.images, data.images) and torch.equal(adm.labels, data.labels)
+    np.savez(tmp_path / "unlabelled.npz", images)
+    with pytest.raises(DataError, match=r"or ADM's 'arr_0' and 'arr_1'; found \['arr_0'\]"):
+        load_data(tmp_path / "unlabelled.npz")
     bad = np.zeros((2, 1, 8, 8), dtype=np.float32)
     bad[1, 0, 3, 3] = np.nan
     np.savez(tmp_path / "nan.npz", x=bad, y=np.array([0, 1]))
