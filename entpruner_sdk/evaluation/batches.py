@@ -65,10 +65,6 @@ class SampleBatches:
         with atomic_writer(self._path(index)) as tmp:
             save_file({"samples": samples.detach().contiguous().cpu()}, str(tmp))
 
-    def count(self) -> int:
-        """How many batches are on disk."""
-        return len(list(self.directory.glob("batch_*.safetensors")))
-
     def clear(self) -> None:
         """Remove the batches, and ``root`` too when nothing else is left in it."""
         shutil.rmtree(self.directory, ignore_errors=True)
