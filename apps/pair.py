@@ -172,26 +172,29 @@ def _warm_up(pair: ModelPair) -> None:
 
 def _onnx_runtimes(pair: ModelPair, original: str, pruned_path: Path) -> dict[str, Any]:
     """ONNX Runtime sessions for both models, exported once into the entpruner cache. A
-    latent model's VAE decoder is exported with it, so the ONNX side decodes in ONNX Runtime
-    too: the whole deployed pipeline, not a PyTorch decoder behind an ONNX denoiser."""
+    latent model's VAE decoder is exported with the original, and both sides decode with that
+    one ONNX decoder, so the ONNX side runs the whole deployed pipeline in ONNX Runtime, not a
+    PyTorch decoder behind an ONNX denoiser (and the decoder is exported and checked once)."""
     from entpruner_sdk.evaluation.classifier import cache_root
     from entpruner_sdk.export import export, is_export_dir, load_exported
 
-    vae = pair.decoder.fingerprint if pair.decoder is not None else ""
     runtimes = {}
     for side, model, source in (("original", pair.original, original),
                                 ("pruned", pair.pruned, str(pruned_path))):
+        vae = pair.decoder if side == "original" else None
         path = Path(source)
         stamp = path.stat().st_mtime_ns if path.exists() else 0  # a retrained model re-exports
-        key = hashlib.sha256(f"{path.resolve()}:{stamp}:{vae}".encode()).hexdigest()[:16]
+        with_vae = vae.fingerprint if vae is not None else ""
+        key = hashlib.sha256(f"{path.resolve()}:{stamp}:{with_vae}".encode()).hexdigest()[:16]
         target = cache_root() / "exports" / f"{Path(source).name}-{key}-onnx"
         try:
             if not is_export_dir(target):
-                export(model, target, "onnx", overwrite=True, vae=pair.decoder)
+                export(model, target, "onnx", overwrite=True, vae=vae)
             runtimes[side] = load_exported(target, threads=torch.get_num_threads())
         except Exception as error:
             pair.errors.append(f"ONNX Runtime is unavailable for the {side} model: {error}")
             return {}
+    runtimes["pruned"].decoder = runtimes["original"].decoder
     return runtimes
 
 
