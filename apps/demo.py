@@ -186,7 +186,8 @@ def _plot(pair: ModelPair, name: str) -> str | None:
 
 def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress) -> str:
     from entpruner_sdk.data.folder import open_data
-    from entpruner_sdk.evaluation.evaluate import REFERENCE_SIZE, evaluate, load_reference
+    from entpruner_sdk.evaluation.evaluate import evaluate
+    from entpruner_sdk.evaluation.reference import REFERENCE_SIZE, load_reference
 
     if not pair.ready:
         raise ValueError("load an original and a pruned model first")

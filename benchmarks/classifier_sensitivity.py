@@ -38,7 +38,8 @@ from entpruner_sdk.evaluation.classifier import (
     network_fingerprint,
     train_classifier,
 )
-from entpruner_sdk.evaluation.evaluate import DomainFeatures, balanced_labels, generate
+from entpruner_sdk.evaluation.features import DomainFeatures
+from entpruner_sdk.evaluation.generation import balanced_labels, generate
 from entpruner_sdk.evaluation.metrics import FeatureStats, frechet_distance
 from entpruner_sdk.models.io import load
 from entpruner_sdk.teachers import SAMPLING, load_teacher

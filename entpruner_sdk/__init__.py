@@ -7,7 +7,8 @@ The verbs at the top: ``load`` / ``save`` models, ``train`` a teacher, ``sample`
 from entpruner_sdk.compress import Budget, BudgetError, CompressConfig, CompressResult, compress
 from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
 from entpruner_sdk.data.latents import LatentSpace
-from entpruner_sdk.evaluation.evaluate import EvaluationReport, evaluate
+from entpruner_sdk.evaluation.evaluate import evaluate
+from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models import (
     DiffusionTransformer,
     TransformerConfig,

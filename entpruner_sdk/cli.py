@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from entpruner_sdk.evaluation.evaluate import REFERENCE_SIZE
+from entpruner_sdk.evaluation.reference import REFERENCE_SIZE
 from entpruner_sdk.importance import IMPORTANCES
 from entpruner_sdk.importance.ced import OUTPUTS, WEIGHTINGS
 from entpruner_sdk.importance.entropy import ESTIMATORS

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from entpruner_sdk.compress import compress
 from entpruner_sdk.evaluation.batches import SampleBatches
-from entpruner_sdk.evaluation.evaluate import generate
+from entpruner_sdk.evaluation.generation import generate
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.utils import distributed
 from tests.conftest import free_port, randomized, tiny_config

@@ -12,12 +12,8 @@ from entpruner_sdk.evaluation.classifier import (
     domain_classifier,
     network_fingerprint,
 )
-from entpruner_sdk.evaluation.evaluate import (
-    DomainFeatures,
-    EvaluationReport,
-    evaluate,
-    load_reference,
-)
+from entpruner_sdk.evaluation.evaluate import evaluate
+from entpruner_sdk.evaluation.features import DomainFeatures
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
 from entpruner_sdk.evaluation.metrics import (
     FeatureStats,
@@ -26,6 +22,8 @@ from entpruner_sdk.evaluation.metrics import (
     per_class_diversity,
     precision_recall,
 )
+from entpruner_sdk.evaluation.reference import load_reference
+from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models import DiffusionTransformer
 from tests.conftest import cache_a_quick_classifier, randomized, tiny_config
 
@@ -196,7 +194,7 @@ def test_reference_statistics_are_cached_with_provenance(tmp_path, monkeypatch):
     import json
 
     from entpruner_sdk.evaluation.classifier import cache_root
-    from entpruner_sdk.evaluation.evaluate import reference_stats
+    from entpruner_sdk.evaluation.reference import reference_stats
 
     monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path))  # an empty cache of its own
     data = load_data("digits").per_class(5, torch.Generator().manual_seed(0))
@@ -239,7 +237,7 @@ def test_bundled_datasets_use_the_shipped_classifier(dataset, tmp_path, monkeypa
 
 def test_reference_statistics_are_kept_apart_per_network(tmp_path, monkeypatch):
     from entpruner_sdk.evaluation.classifier import train_classifier
-    from entpruner_sdk.evaluation.evaluate import reference_stats
+    from entpruner_sdk.evaluation.reference import reference_stats
 
     monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path))
     data = load_data("digits").per_class(5, torch.Generator().manual_seed(0))
@@ -382,7 +380,7 @@ def test_the_domain_classifier_looks_at_large_images_at_64_pixels():
 
 
 def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path, monkeypatch):
-    from entpruner_sdk.evaluation import evaluate as evaluate_module
+    from entpruner_sdk.evaluation import generation
 
     model = randomized(DiffusionTransformer(tiny_config("dit")))
     pruned = model.keep_blocks([0, 2, 3])
@@ -390,7 +388,7 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
     settings = dict(samples=20, steps=2, batch_size=8, features=("domain",), progress=False,
                     original=model)
     uninterrupted = evaluate(pruned, small, **settings)
-    real_sample, calls, crash_at = evaluate_module.sample, [], [5]
+    real_sample, calls, crash_at = generation.sample, [], [5]
 
     def counted_sample(*args, **kwargs):  # the real sampler, interrupted at a chosen batch
         calls.append(kwargs["seed"])
@@ -398,7 +396,7 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
             raise KeyboardInterrupt
         return real_sample(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "sample", counted_sample)
+    monkeypatch.setattr(generation, "sample", counted_sample)
     checkpoints = tmp_path / "sampling"
     with pytest.raises(KeyboardInterrupt):  # the model's 3 batches, 1 of the original's
         evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)

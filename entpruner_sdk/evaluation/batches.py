@@ -22,6 +22,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from entpruner_sdk.data.latents import LatentSpace
+from entpruner_sdk.evaluation.classifier import network_fingerprint
+from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.files import atomic_writer
 
 
@@ -70,3 +74,41 @@ class SampleBatches:
         shutil.rmtree(self.directory, ignore_errors=True)
         with contextlib.suppress(OSError):  # other generations' batches are still there
             self.directory.parent.rmdir()
+
+
+class EvaluationBatches:
+    """The batch folders of one evaluation, one per model it samples (none without a
+    ``root``), each named by everything that decides that model's samples."""
+
+    def __init__(self, root: str | os.PathLike | None, labels: torch.Tensor, seed: int,
+                 batch_size: int, sampling: dict[str, Any], decoder: LatentSpace | None
+                 ) -> None:
+        self.root, self.made = root, []
+        self.settings = dict(
+            labels=hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16], seed=seed,
+            batch_size=batch_size, vae=decoder.fingerprint if decoder is not None else None,
+            **{k: v for k, v in sampling.items() if k != "device"})  # same samples anywhere
+
+    def of(self, model: DiffusionTransformer, name: str) -> SampleBatches | None:
+        """The folder for ``model``'s samples (None: nothing is kept)."""
+        if self.root is None:
+            return None
+        batches = SampleBatches.for_generation(
+            self.root, name, weights=network_fingerprint(model), config=model.config.to_dict(),
+            objective=model.objective, **self.settings)
+        self.made.append(batches)
+        return batches
+
+    @staticmethod
+    def loaded_by_all(batches: SampleBatches | None) -> int:
+        """How many batches every process together took from disk."""
+        loaded = torch.tensor([batches.loaded if batches is not None else 0])
+        distributed.all_reduce_sum_([loaded])
+        return int(loaded)
+
+    def clear(self) -> None:
+        """Remove every folder this evaluation made, once every rank has its samples."""
+        distributed.barrier()
+        if distributed.is_main():
+            for batches in self.made:
+                batches.clear()

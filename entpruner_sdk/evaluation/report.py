@@ -1,0 +1,87 @@
+"""``EvaluationReport``: the figures of one evaluation, with the settings that made them,
+saved as JSON and Markdown; its samples can be written in ADM's ``.npz`` format."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from entpruner_sdk.data.datasets import DataError, eight_bit
+from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
+
+
+@dataclass
+class EvaluationReport:
+    """All figures of one evaluation, with the settings that produced them."""
+
+    settings: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    # the class ids sampled (those the reference data holds) and, in that order, the
+    # per-class figures
+    classes: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)  # theirs, when the data names them
+    per_class_accuracy: list[float] = field(default_factory=list)
+    per_class_diversity: list[float | None] = field(default_factory=list)
+    fidelity: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    # the evaluated samples, kept in memory only (8-bit when the reference is): a later
+    # evaluation of a smaller model against this one takes them as ``original_images``
+    # instead of sampling them again
+    images: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    labels: torch.Tensor | None = field(default=None, repr=False, compare=False)  # theirs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in ("images", "labels")}
+
+    def to_markdown(self) -> str:
+        s = self.settings
+        lines = [f"# Evaluation of {s['model']}", "",
+                 f"{s['samples']} samples, sampler {s['sampler']} x {s['steps']} steps, "
+                 f"cfg {s['cfg_scale']}, seed {s['seed']}, reference {s['reference']} "
+                 f"({s['reference_size']} images), device {s['device']}"
+                 f"{', samples held as 8-bit pixels' if s.get('samples_held') == 'uint8' else ''}"
+                 ".", "",
+                 "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in self.metrics.items()]
+        if self.fidelity:
+            lines += ["", "## Fidelity to the original (same noise and labels)", "",
+                      "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4f} |" for k, v in self.fidelity.items()]
+        lines += ["", "## Per class", "", "| class | accuracy | diversity |", "|---|---|---|"]
+        classes = self.classes or range(len(self.per_class_accuracy))
+        names = self.class_names or [""] * len(classes)
+        for c, name, acc, div in zip(classes, names, self.per_class_accuracy,
+                                     self.per_class_diversity):
+            lines.append(f"| {f'{c} {name}'.strip()} | {acc:.3f} | "
+                         f"{'-' if div is None else f'{div:.3f}'} |")
+        lines += [""] + [f"- {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / "evaluation.json", json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(directory / "evaluation.md", self.to_markdown())
+        return directory
+
+    def save_samples(self, path: str | os.PathLike) -> Path:
+        """Write the samples as guided-diffusion's sampling scripts do, the input of ADM's
+        evaluation suite (FID, sFID, IS, precision and recall against its reference batches):
+        an ``.npz`` of ``arr_0``, uint8 [N, H, W, C] images, and ``arr_1``, their labels.
+        ``load_data`` reads it back."""
+        if self.images is None or self.labels is None:
+            raise ValueError("this report holds no samples (it was read from a file)")
+        if self.images.shape[1] not in (1, 3):  # the data layer's rule for pixels
+            raise DataError(f"the samples are {self.images.shape[1]}-channel VAE latents, not "
+                            "images: evaluate with vae= (--vae DIR) to decode them")
+        path = Path(path)
+        pixels = eight_bit(self.images).permute(0, 2, 3, 1).contiguous()
+        with atomic_writer(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, arr_0=pixels.numpy(), arr_1=self.labels.numpy())
+        return path
