@@ -37,7 +37,7 @@ from statistics import fmean, stdev
 import torch
 
 from entpruner_sdk.compress import compress
-from entpruner_sdk.compress.runner import recovery_lr
+from entpruner_sdk.compress.config import recovery_lr
 from entpruner_sdk.evaluation.classifier import domain_classifier, network_fingerprint
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.teachers import SAMPLING, load_teacher

@@ -6,7 +6,7 @@ import torch
 import entpruner_sdk as ep
 from entpruner_sdk.compress import Budget, BudgetError, as_compressed, compress, resolve_depth
 from entpruner_sdk.compress import runner as compress_module
-from entpruner_sdk.compress.runner import recovery_lr
+from entpruner_sdk.compress.config import recovery_lr
 from entpruner_sdk.data import DataError, ImageDataset, load_data
 from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
 from entpruner_sdk.models import DiffusionTransformer

@@ -63,14 +63,8 @@ def build_report(teacher, pruned, data, config, budget, decisions, losses, laten
     if len(present) < teacher.config.num_classes:  # fine-tuned on a subset of its classes
         summary["data_classes"] = present
     summary["sampling_latency"] = sampling_latency(teacher, pruned, device)
-    return {"summary": summary, "settings": _settings(config),
+    return {"summary": summary, "settings": config.to_dict(),
             "decisions": [d.to_dict() for d in decisions], "losses": losses}
-
-
-def _settings(config) -> dict[str, Any]:
-    from entpruner_sdk.compress.runner import _jsonable
-
-    return _jsonable(dataclasses.asdict(config))
 
 
 def write_report(report: dict[str, Any], directory: Path) -> None:
