@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 
+from entpruner_sdk.evaluation.batches import IN_PROGRESS
 from entpruner_sdk.evaluation.reference import REFERENCE_SIZE
 from entpruner_sdk.importance import IMPORTANCES
 from entpruner_sdk.importance.ced import OUTPUTS, WEIGHTINGS
 from entpruner_sdk.importance.entropy import ESTIMATORS
 from entpruner_sdk.schedule import SCHEDULES
-
-SAMPLING_DIR = "sampling-in-progress"  # evaluate's finished sample batches, under --out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -420,7 +419,7 @@ def _add_evaluate(sub) -> None:
                         "%(default)s; 0: all); a folder reads only those")
     p.add_argument("--out", default="runs/evaluation",
                    help="writes evaluation.json and .md; the samples made so far are kept in "
-                        f"OUT/{SAMPLING_DIR}/ until the end: after Ctrl-C or a crash, the "
+                        f"OUT/{IN_PROGRESS}/ until the end: after Ctrl-C or a crash, the "
                         "same command continues from there")
     p.add_argument("--save-samples", action="store_true",
                    help="also write OUT/samples.npz: the samples as 8-bit images (arr_0, "
@@ -792,7 +791,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
                       features=tuple(f.strip() for f in args.features.split(",")),
                       device=args.device, progress=not args.quiet, model_name=args.model,
-                      vae=args.vae, checkpoint_dir=Path(args.out) / SAMPLING_DIR)
+                      vae=args.vae, checkpoint_dir=Path(args.out) / IN_PROGRESS)
     report.save(args.out)
     print(report.to_markdown())
     print(f"written to {Path(args.out) / 'evaluation.json'} and evaluation.md")

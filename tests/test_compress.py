@@ -89,12 +89,46 @@ def test_result_saves_loads_and_samples(tmp_path, family, grid, model_times):
     assert "| class_accuracy |" in (tmp_path / "report.md").read_text()
     # the figures' sample batches were kept beside the checkpoint only until they were made
     assert (tmp_path / "checkpoint").is_dir()
-    assert not (tmp_path / "checkpoint" / "sampling").exists()
+    assert not (tmp_path / "sampling-in-progress").exists()
     loaded = ep.load(tmp_path / "model")
     assert loaded.kept_blocks == result.model.kept_blocks and loaded.family == family
     assert loaded.metadata["compression"]["depth_after"] == 4
     images = sample(loaded, [0, 1], steps=3, device="cpu")
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+
+
+def test_a_crash_in_the_pruned_models_figures_keeps_the_originals_samples(tmp_path,
+                                                                        monkeypatch):
+    from entpruner_sdk.evaluation import generation
+
+    options = dict(FAST, report_samples=20)
+    real_sample, depths = generation.sample, []
+
+    def crash_at_the_pruned_model(model, *args, **kwargs):
+        depths.append(model.depth)
+        if model.depth < 6:
+            raise KeyboardInterrupt
+        return real_sample(model, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "sample", crash_at_the_pruned_model)
+    with pytest.raises(KeyboardInterrupt):
+        compress(teacher(), "digits", 4, out_dir=tmp_path, **options)
+    assert depths == [6, 4]  # the original's one batch was made, then the pruned model's failed
+    (kept,) = (tmp_path / "sampling-in-progress").iterdir()
+    assert kept.name.startswith("original-") and len(list(kept.iterdir())) == 1
+
+    def counted(model, *args, **kwargs):
+        depths.append(model.depth)
+        return real_sample(model, *args, **kwargs)
+
+    depths.clear()
+    monkeypatch.setattr(generation, "sample", counted)
+    resumed = compress(teacher(), "digits", 4, out_dir=tmp_path, resume=True, **options)
+    assert depths == [4]  # only the pruned model was sampled: the original's batch was kept
+    assert not (tmp_path / "sampling-in-progress").exists()
+    uninterrupted = compress(teacher(), "digits", 4, **options)
+    for figures in ("quality_original", "quality_pruned"):
+        assert resumed.report["summary"][figures] == uninterrupted.report["summary"][figures]
 
 
 def test_speedup_budget_reports_its_prediction_beside_the_measurement(tmp_path):

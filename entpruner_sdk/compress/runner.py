@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,7 +212,7 @@ def compress(
                          device, time.perf_counter() - wall_start)
     if config.report_samples > 0:  # evaluation shards its sampling over the ranks
         figures = quality_figures(teacher, pruned, data, config, device, progress, report_vae,
-                                  checkpoint_dir and checkpoint_dir / "sampling")
+                                  out_dir)
         if report is not None:
             report["summary"].update(figures)
     result = CompressResult(pruned, distributed.broadcast(report))
@@ -348,26 +349,33 @@ def _report(run: _Run, teacher: DiffusionTransformer, pruned: DiffusionTransform
 
 def quality_figures(teacher, pruned, data, config: CompressConfig, device,
                     progress: bool = False, vae: Any = None,
-                    checkpoint_dir: Path | None = None) -> dict[str, Any]:
+                    out_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluation of teacher and pruned model on identical noise (the family's sampler).
 
     It samples each model once, after the fine-tuning bar has finished, so it shows its own
     bars. ``vae``: the opened ``config.report_vae`` (opened here when not given).
-    ``checkpoint_dir``: where finished sample batches are kept until the figures are made,
-    so a resumed run does not sample them again."""
+    ``out_dir``: the run's; finished sample batches wait in its ``sampling-in-progress``
+    until the figures are made, so a resumed run does not sample them again. (Not under the
+    checkpoint folder: every checkpoint replaces that folder whole.)"""
     from entpruner_sdk.data.latents import decoder_for
+    from entpruner_sdk.evaluation.batches import IN_PROGRESS
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import SAMPLING
 
     if vae is None and config.report_vae:
         vae = decoder_for(teacher.config, config.report_vae, device)
+    batches = Path(out_dir) / IN_PROGRESS if out_dir is not None else None
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,
                     samples=config.report_samples, seed=config.seed, device=device,
                     progress=progress, vae=vae,  # the VAE opened once for both evaluations
-                    checkpoint_dir=checkpoint_dir)
-    original = evaluate(teacher, data, model_name="original", **sampling)
+                    checkpoint_dir=batches)
+    # the original's batches stay until the pruned model's figures are made, so a run that
+    # resumes after a crash in the second evaluation samples only what that one lacked
+    original = evaluate(teacher, data, model_name="original", keep_batches=True, **sampling)
     after = evaluate(pruned, data, original=teacher, original_images=original.images,
                      model_name="pruned", **sampling)
+    if batches is not None and distributed.is_main():  # the run's own: only the original's
+        shutil.rmtree(batches, ignore_errors=True)
     return {"quality_settings": after.settings,
             "quality_original": original.metrics,
             "quality_pruned": {**after.metrics, **after.fidelity}}

@@ -28,6 +28,10 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.files import atomic_writer
 
+# the folder, under a command's output directory, where finished batches wait (evaluate's
+# OUT/sampling-in-progress, and compress's for its report's figures)
+IN_PROGRESS = "sampling-in-progress"
+
 
 class SampleBatches:
     """The finished batches of one generation: ``batch_00012.safetensors`` per batch."""

@@ -90,6 +90,7 @@ def evaluate(
     vae: LatentSpace | str | os.PathLike | None = None,
     reference_size: int | None = REFERENCE_SIZE,
     checkpoint_dir: str | os.PathLike | None = None,
+    keep_batches: bool = False,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
 
@@ -114,7 +115,9 @@ def evaluate(
     ``checkpoint_dir``: every finished batch of samples is written there, so a rerun after a
     crash or Ctrl-C, with the same models and settings, continues from the batches already
     made (and makes the same samples as an uninterrupted run); removed when the evaluation
-    ends.
+    ends, unless ``keep_batches``: then the caller removes them, once every evaluation that a
+    rerun would repeat has ended (compress's report evaluates the original, then the pruned
+    model: a crash in the second must not cost the first its samples).
     """
     _check_request(model, features, vae, original, original_images, samples)
     device = resolve_device(device)
@@ -164,7 +167,8 @@ def evaluate(
                                        decoder=decoder, finished=kept.of(original, "original"),
                                        **sampling)
         report.fidelity = _fidelity(images, original_images, extractors, generated, progress)
-    kept.clear()
+    if not keep_batches:
+        kept.clear()
     return report
 
 
