@@ -54,6 +54,8 @@ from entpruner_sdk.utils.progress import progress_bar
 
 @dataclass
 class CompressResult:
+    """What ``compress`` returns: the pruned model and its report (``save`` writes both)."""
+
     model: DiffusionTransformer  # the pruned model (EMA weights)
     report: dict[str, Any]
 
@@ -125,7 +127,7 @@ class _Run:
         current = self.config.to_dict()
         # a setting added since the checkpoint was written counts as its default there
         defaults = jsonable({f.name: f.default for f in dataclasses.fields(self.config)
-                              if f.default is not dataclasses.MISSING})
+                             if f.default is not dataclasses.MISSING})
         if {**defaults, **meta["config"]} != current:
             raise ValueError(f"the checkpoint in {directory} was made with other settings; "
                              "resume with the same options or use a new output directory")
@@ -270,8 +272,7 @@ class _Pruner:
             importance = FrozenRanking(importance, _first_scores(run.decisions))
         proxies = ProxyBatches.build(calibration, objective, config.schedule.proxy_samples,
                                      device, config.seed)
-        # CED sums mergeable statistics, so each rank scores its own share of the calibration
-        # set
+        # CED sums mergeable statistics, so each rank scores its share of the calibration set
         if world > 1 and config.importance == "ced":
             calibration = calibration.shard(rank, world)
         return cls(Schedule(config.schedule, config.steps), importance, objective, calibration,
@@ -287,12 +288,12 @@ class _Pruner:
                                        forced=True, reason="forced at the end of training")
         if not plan.due:
             return False
-        window = run.config.schedule
-        recent = run.losses[-window.recovery_window:]
+        settings = run.config.schedule
+        recent = run.losses[-settings.recovery_window:]
         loss = sum(recent) / len(recent) if recent else None
         decision = decide(step, run.student, self.objective, self.importance, self.calibration,
                           self.proxies, self.latency, plan, self.protected,
-                          window.vote_weights, self.device, loss)
+                          settings.vote_weights, self.device, loss)
         run.student.train()
         run.decisions.append(decision)
         if not decision.removed:
