@@ -917,8 +917,16 @@ def _error_message(error: Exception) -> str:
 
 
 def _interrupted_message(args: argparse.Namespace) -> str:
-    """What an interrupted command kept: for train and compress, the checkpoint to resume."""
+    """What an interrupted command kept: for train and compress, the checkpoint to resume;
+    for encode, the latents made; for evaluate, the sample batches made."""
     message = f"entpruner {args.command}: interrupted"
+    if args.command == "evaluate":
+        folder = Path(args.out) / IN_PROGRESS
+        done = len(list(folder.glob("*/batch_*.safetensors")))
+        if done:
+            return (message + f"; {folder} holds {done} finished sample batches: run the same "
+                    "command to continue from them")
+        return message + "; no sample batch was finished yet, so running it again starts over"
     if args.command == "encode":
         from safetensors import safe_open
 

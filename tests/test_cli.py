@@ -231,3 +231,24 @@ def test_ctrl_c_says_which_checkpoint_holds_the_work(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "entpruner train: interrupted; no checkpoint was written yet, so running it again "
         "starts over")
+
+
+def test_an_interrupted_evaluation_says_what_it_kept(tmp_path, capsys, monkeypatch):
+    def interrupt(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(COMMANDS, "evaluate", interrupt)
+    command = ["evaluate", "--model", "dit-digits", "--out", str(tmp_path)]
+    assert main(command) == 130
+    assert capsys.readouterr().err.strip() == (
+        "entpruner evaluate: interrupted; no sample batch was finished yet, so running it "
+        "again starts over")
+    for model, batches in (("model-0123", 3), ("original-4567", 1)):  # what evaluate leaves
+        folder = tmp_path / "sampling-in-progress" / model
+        folder.mkdir(parents=True)
+        for b in range(batches):
+            (folder / f"batch_{b:05d}.safetensors").write_bytes(b"")
+    assert main(command) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"entpruner evaluate: interrupted; {tmp_path / 'sampling-in-progress'} holds 4 "
+        "finished sample batches: run the same command to continue from them")
