@@ -13,13 +13,9 @@ from typing import Any
 import torch
 
 from entpruner_sdk.data.latents import LatentSpace, decoder_for
+from entpruner_sdk.export.decoders import DECODER_FILE, write_decoder
 from entpruner_sdk.export.metadata import export_metadata
-from entpruner_sdk.export.parity import (
-    ParityCheck,
-    check_decoder_parity,
-    check_parity,
-    require_parity,
-)
+from entpruner_sdk.export.parity import ParityCheck, check_parity, require_parity
 from entpruner_sdk.export.runtime import MANIFEST, load_exported
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_write_text, staging_dir
@@ -63,7 +59,8 @@ def export(
 
     ``vae``: a latent model's VAE (a ``LatentSpace`` or its folder); its decoder is exported
     beside the denoiser (``vae_decoder.onnx``, fp32, parity-checked), so the export samples
-    images with ONNX Runtime alone.
+    images with ONNX Runtime alone. A decoder is exported and checked once per VAE, opset and
+    exporter, and copied from the entpruner cache after that.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -92,8 +89,13 @@ def export(
         files, extra = _write(model, staging, format, metadata, guided=guided, opset=opset,
                               exporter=exporter, precision=precision, batch=batch,
                               device=device)
+        decoder_checks = []
         if space is not None:
-            files["decoder"] = _write_decoder(space, model, staging, opset, exporter)
+            from entpruner_sdk.export.onnx_export import OPSET
+
+            decoder_checks = write_decoder(space, model.config, staging, opset=opset or OPSET,
+                                           exporter=exporter, verify=verify)
+            files["decoder"] = DECODER_FILE
             extra["vae"] = space.fingerprint
         manifest = {
             "format": format, "precision": precision, "files": files, "batch": list(batch),
@@ -105,9 +107,7 @@ def export(
         if verify:
             batches = tuple(sorted({1, 3, batch[1]}))
             runtime = load_exported(staging)
-            checks = check_parity(model, runtime, precision, batches)
-            if space is not None:
-                checks += check_decoder_parity(space, runtime.decoder, model.config)
+            checks = check_parity(model, runtime, precision, batches) + decoder_checks
             require_parity(checks, f"the {format} export")
             manifest["parity"] = [c.to_dict() for c in checks]
             atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2))
@@ -162,15 +162,6 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
 
     compile_torch_tensorrt(model, directory / "model.ep", batch=batch, precision=precision)
     return {"denoiser": "model.ep"}, {}
-
-
-def _write_decoder(space: LatentSpace, model: DiffusionTransformer, directory: Path,
-                   opset: int | None, exporter: str) -> str:
-    from entpruner_sdk.export.onnx_export import OPSET, export_vae_decoder
-
-    export_vae_decoder(space, model.config, directory / "vae_decoder.onnx",
-                       opset=opset or OPSET, exporter=exporter)
-    return "vae_decoder.onnx"
 
 
 def _resolve(model) -> DiffusionTransformer:

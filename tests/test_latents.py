@@ -350,3 +350,31 @@ def test_an_export_carries_the_vae_decoder_and_samples_images_alone(tiny_vae_dir
     assert info["export"]["files"]["decoder"] == "vae_decoder.onnx"
     with pytest.raises(DataError, match="VAE has 4 latent channels but the model takes 1"):
         export(latent_model(in_channels=1), tmp_path / "pixels", "onnx", vae=tiny_vae_dir)
+
+
+def test_a_vae_decoder_is_exported_and_checked_once(tiny_vae_dir, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from entpruner_sdk.export import export, load_exported, onnx_export
+
+    monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path / "cache"))  # this test's alone
+    first = export(latent_model(), tmp_path / "onnx", "onnx", vae=tiny_vae_dir,
+                   exporter="torchscript")
+    monkeypatch.setattr(onnx_export, "export_vae_decoder",
+                        lambda *a, **k: pytest.fail("the decoder was exported again"))
+    # another format of the same model, and a pruned one: the same decoder, from the cache
+    for name, model in (("fp16", latent_model()), ("pruned", latent_model().keep_blocks([0]))):
+        again = export(model, tmp_path / name, "onnx-fp16" if name == "fp16" else "onnx",
+                       vae=tiny_vae_dir, exporter="torchscript")
+        decoder = (tmp_path / name / "vae_decoder.onnx").read_bytes()
+        assert decoder == (tmp_path / "onnx" / "vae_decoder.onnx").read_bytes()
+        assert [c for c in again.parity if c.graph == "decoder"] == [
+            c for c in first.parity if c.graph == "decoder"]
+        runtime = load_exported(tmp_path / name)
+        latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(runtime.decoder.decode(latents),
+                                   LatentSpace.from_pretrained(tiny_vae_dir).decode(latents),
+                                   atol=1e-4, rtol=0)
+    # another opset is another graph: exported anew
+    with pytest.raises(pytest.fail.Exception, match="exported again"):
+        export(latent_model(), tmp_path / "opset", "onnx", vae=tiny_vae_dir,
+               exporter="torchscript", opset=onnx_export.OPSET - 1)
