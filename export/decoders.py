@@ -41,7 +41,7 @@ def write_decoder(space: LatentSpace, config, directory: Path, *, opset: int, ex
     for item in cached.iterdir():
         if item.name != CHECKS_FILE:
             shutil.copyfile(item, directory / item.name)
-    return [ParityCheck(**{k: v for k, v in check.items() if k != "passed"})
+    return [ParityCheck.from_dict(check)
             for check in json.loads((cached / CHECKS_FILE).read_text())]
 
 

@@ -33,6 +33,11 @@ class ParityCheck:
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 
+    @classmethod
+    def from_dict(cls, document: dict) -> ParityCheck:
+        """The inverse of ``to_dict`` (``passed`` is derived, so it is not read)."""
+        return cls(**{k: v for k, v in document.items() if k != "passed"})
+
 
 def relative_error(output: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """(max abs error, max abs error / max abs reference) in float64."""
