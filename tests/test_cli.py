@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from entpruner_sdk.cli import COMMANDS, _parser, main
+from entpruner_sdk.cli import COMMANDS, build_parser, main
 from entpruner_sdk.data import load_data
 from entpruner_sdk.models import DiffusionTransformer
 from tests.conftest import randomized, tiny_config
@@ -26,7 +26,7 @@ def test_every_command_has_help_with_examples(capsys):
 
 
 def test_every_option_says_what_it_does_and_its_default():
-    commands = next(a for a in _parser()._actions if a.choices and "compress" in a.choices)
+    commands = next(a for a in build_parser()._actions if a.choices and "compress" in a.choices)
     for name, parser in commands.choices.items():
         for action in parser._actions:
             assert action.help, f"entpruner {name} {action.option_strings}: no help text"

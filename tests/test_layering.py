@@ -93,3 +93,16 @@ def test_no_layer_imports_one_above_it():
 ])
 def test_imports_are_found_lazy_and_relative_ones_too(source, expected):
     assert imported_modules(source, "entpruner_sdk.data.datasets") == expected
+
+
+def test_every_package_is_in_the_distribution():
+    """pyproject names its packages one by one: a subpackage left out still imports from an
+    editable install, and is missing from every wheel."""
+    tomllib = pytest.importorskip("tomllib")
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join([package, *init.parent.relative_to(folder).parts])
+             for package, folder in PACKAGES.items() for init in folder.rglob("__init__.py")}
+    assert "entpruner_sdk.cli" in found
+    assert found - set(settings["packages"]) == set()
+    assert {package: str(folder.relative_to(ROOT)) for package, folder in PACKAGES.items()} \
+        == settings["package-dir"]

@@ -1,0 +1,105 @@
+"""The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``encode``, ``compress``,
+``evaluate``, ``export``, ``serve``, ``demo`` and ``quickstart`` (the main job).
+
+One module per command, each with ``add_parser(sub)`` (its options and examples) and
+``run(args)``; a command that keeps work when it is interrupted also says what, in
+``interrupted(args)``. This module builds the parser and turns errors into one line.
+Every subcommand has ``--help`` with examples; ``--quiet`` silences progress bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+
+from entpruner_sdk.cli import (
+    compress,
+    demo,
+    encode,
+    evaluate,
+    export,
+    info,
+    quickstart,
+    sample,
+    serve,
+    train,
+)
+
+# in the order --help lists them
+_MODULES = {"train": train, "sample": sample, "info": info, "encode": encode,
+            "compress": compress, "evaluate": evaluate, "export": export, "serve": serve,
+            "demo": demo, "quickstart": quickstart}
+COMMANDS = {name: module.run for name, module in _MODULES.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``entpruner`` parser with every command's options."""
+    parser = argparse.ArgumentParser(
+        prog="entpruner",
+        description="Entropy-guided depth pruning for DiT / SiT, and the tools to ship it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            examples:
+              entpruner quickstart                      # the main job on bundled data
+              entpruner info --model dit-digits
+              entpruner sample --model sit-digits --per-class 4 --out grid.png
+              entpruner train --model DiT-S/2 --data ./my_images --steps 5000 --out runs/dit
+            """),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _MODULES.values():
+        module.add_parser(sub)
+    return parser
+
+
+# The extra that installs each optional module, for the missing-module hint.
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "httpx": "serve",
+          "gradio": "app", "gradio_client": "app", "playwright": "app", "ray": "ray",
+          "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "tensorrt": "tensorrt",
+          "torch_tensorrt": "tensorrt", "diffusers": "latent"}
+
+
+def _error_message(error: Exception) -> str:
+    """The error, plus the install command when it is a missing optional dependency."""
+    name = getattr(error, "name", None) or ""
+    extra = EXTRAS.get(name.split(".")[0]) if isinstance(error, ImportError) else None
+    if extra is None:
+        return str(error)
+    return f"{error}; install it with: pip install 'entpruner-sdk[{extra}]'"
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """What an interrupted command kept, when its module says (train and compress: the
+    checkpoint to resume; encode: the latents made; evaluate: the sample batches made)."""
+    message = f"entpruner {args.command}: interrupted"
+    kept = getattr(_MODULES[args.command], "interrupted", None)
+    return message + (f"; {kept(args)}" if kept is not None else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``entpruner`` command; returns its exit status (2: an error it explained,
+    130: interrupted)."""
+    from entpruner_sdk.data import DataError
+    from entpruner_sdk.evaluation.inception import FeatureNetworkMissing
+    from entpruner_sdk.export import ParityError
+    from entpruner_sdk.models.io import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        os.environ["ENTPRUNER_QUIET"] = "1"
+    try:
+        return COMMANDS[args.command](args)
+    except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,
+            FileExistsError, FeatureNetworkMissing, ParityError, ImportError,
+            RuntimeError) as error:
+        print(f"entpruner {args.command}: error: {_error_message(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: say where the work is, not where Python was
+        print(_interrupted_message(args), file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `entpruner info --json | head`: the reader has what it wanted
+        # stdout is gone; point it at devnull so the interpreter's final flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,136 @@
+"""What several commands share: their common options, the help layout with examples, and
+reading ``--data`` as the options say."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import torch
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples printed as written; every option's help ends with its default, unless the
+    text already states it or there is none to state (a flag, or a value left unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.required or "default" in text
+                or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def command(sub, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+    """A command's parser, its description followed by its examples."""
+    return sub.add_parser(name, help=help_text, description=help_text,
+                          formatter_class=HelpFormatter,
+                          epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples), "  "))
+
+
+def common_options(p: argparse.ArgumentParser) -> None:
+    """--device and --quiet, which every command that computes takes."""
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def heads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-heads", type=int,
+                   help="attention heads of a released checkpoint whose width is not a "
+                        "published size (weights do not record it; default: the published "
+                        "table, else 64 channels per head)")
+
+
+def vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model's samples to "
+                "images", required: bool = False) -> None:
+    p.add_argument("--vae", metavar="DIR", required=required,
+                   help="local diffusers AutoencoderKL folder (sd-vae-ft-ema for DiT-XL/2 and "
+                        f"SiT-XL/2): it {does}")
+
+
+def workers_option(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="processes that read and crop a folder's images while the VAE encodes "
+                        "(default: %(default)s; 0 reads them in this process)" + note)
+
+
+def folder_options(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--image-size and --class-index: how a class folder is read."""
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="scale class-folder images so the short side is N and cut the "
+                        "centred N x N square, as DiT's and SiT's training code does" + note
+                        + "; the size of the bundled photos")
+    p.add_argument("--class-index", metavar="FILE",
+                   help="the model's classes in order, when the class folders are some of them "
+                        "(ImageNet's LOC_synset_mapping.txt, 'n01440764 tench, ...' per line, "
+                        "or imagenet_class_index.json): each folder is labelled by its line")
+
+
+def hflip_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hflip", action="store_true",
+                   help="mirror each training image left-right with probability 1/2, as DiT's "
+                        "and SiT's training does: for photos and their latents, not for "
+                        "digits or text")
+
+
+def classes_options(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--num-classes or --keep-classes: what to do with data of fewer or other classes."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--num-classes", type=int,
+                       help="data with another class count: resize the model's label embedder "
+                            "to N classes (the null class is kept)" + (f"; {note}" if note
+                                                                        else ""))
+    group.add_argument("--keep-classes", action="store_true",
+                       help="the data's labels are the model's own class ids, a subset of its "
+                            "classes (e.g. ImageNet ids for DiT-XL/2): keep its label "
+                            "embedder; sampling and evaluation use the classes the data holds")
+
+
+def read_data(args: argparse.Namespace, stream: bool = False):
+    """The --data of a command, read with --image-size and --class-index; ``stream``: a folder
+    as an ``ImageFolder``, which reads its images when they are used."""
+    from entpruner_sdk.data import load_data
+    from entpruner_sdk.data.folder import open_data
+
+    return (open_data if stream else load_data)(args.data, image_size=args.image_size,
+                                                class_index=args.class_index)
+
+
+def training_data(args: argparse.Namespace, latent: bool, config=None,
+                   device: str | torch.device | None = None):
+    """The --data of train or compress; with --vae, images for a latent model are encoded
+    first, a folder streamed, into the entpruner cache (by content and VAE: a second run or
+    --resume reads the latents back, and an interrupted encode continues). ``config``: the
+    model's, when it is known already, checked against the VAE and the images first."""
+    if not (args.vae and latent):
+        return read_data(args)
+    from entpruner_sdk.data.latents import to_latents
+    from entpruner_sdk.evaluation.classifier import cache_root
+    from entpruner_sdk.utils import distributed
+
+    # under torchrun rank 0 encodes while the others wait, then they read its cache
+    if not distributed.is_main():
+        distributed.barrier()
+    data = to_latents(read_data(args, stream=True), args.vae, cache_root() / "latents",
+                      config=config, device=device or args.device, workers=args.workers,
+                      progress=not args.quiet and distributed.is_main())
+    if distributed.is_main():
+        distributed.barrier()
+    return data
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """What an interrupted train or compress left in OUT/checkpoint, for ``--resume``."""
+    from entpruner_sdk.utils.checkpoint import META
+
+    state = Path(args.out) / "checkpoint" / META
+    try:
+        step = json.loads(state.read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return "no checkpoint was written yet, so running it again starts over"
+    return (f"{state.parent} holds step {step}: run the same command with --resume to "
+            "continue from there")

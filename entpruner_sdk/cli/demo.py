@@ -1,0 +1,45 @@
+"""``entpruner demo``: the Gradio app comparing an original and a pruned model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from entpruner_sdk.cli.common import command, common_options, vae_option
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "demo", "Gradio app: original vs pruned sampling, side by side.", """\
+        entpruner demo          # dit-digits vs runs/quickstart/dit-digits-pruned (from quickstart)
+        entpruner demo --original sit-digits --pruned runs/quickstart/sit-digits-pruned
+        entpruner demo --pruned runs/dit-d6 --onnx --port 7861   # adds ONNX Runtime
+        """)
+    from entpruner_sdk.apps.pair import DEFAULT_ORIGINAL, DEFAULT_PRUNED
+
+    p.add_argument("--original", default=DEFAULT_ORIGINAL, help="teacher name or model path")
+    p.add_argument("--pruned", default=DEFAULT_PRUNED,
+                   help="a `compress` output folder (with report.json) or a model path")
+    p.add_argument("--onnx", action="store_true",
+                   help="export both models to ONNX (cached) and offer ONNX Runtime; with "
+                        "--vae the decoder is exported and run by ONNX Runtime too")
+    p.add_argument("--data", help="data for the quick evaluation (default: the report's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--family", choices=["dit", "sit"],
+                   help="a released original checkpoint's family (default: the pruned "
+                        "model's, as its head count is)")
+    vae_option(p)
+    common_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from entpruner_sdk.apps.demo import launch
+    from entpruner_sdk.apps.pair import DEFAULT_PRUNED, MAKE_PRUNED
+
+    if args.pruned == DEFAULT_PRUNED and not Path(DEFAULT_PRUNED).exists():
+        print(f"note: no pruned model at {DEFAULT_PRUNED}; make it with:\n  {MAKE_PRUNED}\n"
+              "(the demo starts anyway and shows this in the page)", file=sys.stderr)
+    launch(args.original, args.pruned, port=args.port, host=args.host, onnx=args.onnx,
+           data=args.data, vae=args.vae, family=args.family)
+    return 0

@@ -1,0 +1,79 @@
+"""``entpruner encode``: images to VAE latents, the data of a latent model."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from entpruner_sdk.cli.common import (
+    command,
+    common_options,
+    folder_options,
+    read_data,
+    vae_option,
+    workers_option,
+)
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "encode", "Encode images to VAE latents: the data for a latent model "
+                 "(DiT-XL/2, SiT-XL/2) to train, compress and evaluate on. The latents done so "
+                 "far are kept in OUT.encoding/ (each minute): after Ctrl-C or a crash, the same "
+                 "command continues from there.", """\
+        entpruner encode --vae ./sd-vae-ft-ema --data ./my_images --out my_latents.npz
+        entpruner encode --vae ./sd-vae-ft-ema --data ./imagenet_subset --image-size 256 \\
+            --class-index LOC_synset_mapping.txt --device cuda --batch-size 64 --workers 8 \\
+            --out subset.npz       # n02099601/... folders under ImageNet's ids, streamed
+        entpruner compress --model DiT-XL-2-256x256.pt --family dit --data my_latents.npz \\
+            --budget 14 --out runs/xl-d14
+        """)
+    vae_option(p, "encodes the images", required=True)
+    p.add_argument("--data", required=True,
+                   help="bundled name, class folders or an .npz of images")
+    folder_options(p, " (256 for DiT-XL/2 and SiT-XL/2 at 256x256)")
+    p.add_argument("--out", required=True,
+                   help=".npz to write: latents, labels and class names")
+    p.add_argument("--batch-size", type=int, default=32, help="images per VAE call")
+    workers_option(p, ". A folder is read one batch at a time, so it need not fit in memory")
+    common_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from entpruner_sdk.data.datasets import save_npz
+    from entpruner_sdk.data.latents import LatentSpace
+
+    space = LatentSpace.from_pretrained(args.vae, device=args.device)
+    data = read_data(args, stream=True)  # a folder may be larger than memory
+    work = _encode_work_dir(args.out)  # holds the latents done so far until the .npz is out
+    latents = space.encode_dataset(data, cache_dir=work, batch_size=args.batch_size,
+                                   progress=not args.quiet, workers=args.workers)
+    save_npz(latents, args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"{len(latents)} images of {data.channels}x{data.image_size}x{data.image_size} -> "
+          f"{latents.channels}x{latents.image_size}x{latents.image_size} latents "
+          f"({_classes_held(latents)}) in {args.out}")
+    return 0
+
+
+def _classes_held(data) -> str:
+    held, count = len(data.classes_present), data.num_classes
+    return f"{count} classes" if held == count else f"{held} of its {count} classes"
+
+
+def _encode_work_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".encoding")
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """The latents an interrupted encode saved, which a rerun continues from."""
+    from safetensors import safe_open
+
+    partials = _encode_work_dir(args.out).glob("*.partial.safetensors")
+    for partial in sorted(partials, key=lambda path: path.stat().st_mtime, reverse=True):
+        with safe_open(str(partial), "pt") as file:  # the newest: this data's
+            done = file.get_slice("latents").get_shape()[0]
+        return (f"{partial.parent} holds the first {done} images' latents: run the same "
+                "command to continue from there")
+    return "no latents were saved yet, so running it again starts over"

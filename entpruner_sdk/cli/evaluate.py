@@ -1,0 +1,100 @@
+"""``entpruner evaluate``: a model's quality against real data, and its fidelity to an original."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from entpruner_sdk.cli.common import (
+    command,
+    common_options,
+    folder_options,
+    heads_option,
+    read_data,
+    vae_option,
+)
+from entpruner_sdk.evaluation.batches import IN_PROGRESS
+from entpruner_sdk.evaluation.reference import REFERENCE_SIZE
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "evaluate", "Score a model against real data: FID (Inception), FD-domain, "
+                 "precision/recall, class accuracy, and fidelity to an original.", """\
+        entpruner evaluate --model dit-digits --data digits --samples 1000 --steps 50 --cfg 2
+        entpruner evaluate --model runs/pruned --original dit-digits --data digits \\
+            --samples 500 --features domain --out runs/eval
+        entpruner evaluate --model runs/xl-d14/model --original DiT-XL-2-256x256.pt \\
+            --family dit --data ./my_images --image-size 256 --vae ./sd-vae-ft-ema \\
+            --reference-size 50000              # a latent model against 50k real images
+        entpruner evaluate --model runs/xl-d14/model --family dit --vae ./sd-vae-ft-ema \\
+            --data VIRTUAL_imagenet256_labeled.npz --samples 50000 --steps 250 --cfg 1.5 \\
+            --sampler ddpm --save-samples --out runs/fid50k   # ADM's reference batch and format
+        """)
+    p.add_argument("--model", required=True, help="bundled teacher name or model path")
+    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    heads_option(p)
+    p.add_argument("--original", help="also report fidelity to this model (same noise/labels)")
+    p.add_argument("--data", default="digits", help="real data to compare with")
+    folder_options(p)
+    p.add_argument("--samples", type=int, default=1000, help="generated images to score")
+    p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--cfg", type=float, default=1.0,
+                   help="classifier-free guidance scale (1 = unguided)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the noise (the labels are class-balanced)")
+    p.add_argument("--features", default="domain,inception",
+                   help="comma-separated feature spaces: domain, inception or both")
+    p.add_argument("--reference-size", type=int, default=REFERENCE_SIZE,
+                   help="real images to compare with, balanced over the classes (default: "
+                        "%(default)s; 0: all); a folder reads only those")
+    p.add_argument("--out", default="runs/evaluation",
+                   help="writes evaluation.json and .md; the samples made so far are kept in "
+                        f"OUT/{IN_PROGRESS}/ until the end: after Ctrl-C or a crash, the "
+                        "same command continues from there")
+    p.add_argument("--save-samples", action="store_true",
+                   help="also write OUT/samples.npz: the samples as 8-bit images (arr_0, "
+                        "N x H x W x C) and their labels (arr_1), the format of "
+                        "guided-diffusion's samples and ADM's evaluation suite")
+    vae_option(p)
+    common_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from entpruner_sdk.data.latents import is_latent
+    from entpruner_sdk.evaluation.evaluate import evaluate
+    from entpruner_sdk.teachers import resolve_model
+
+    model = resolve_model(args.model, args.family, num_heads=args.num_heads)
+    original = (resolve_model(args.original, args.family, num_heads=args.num_heads)
+                if args.original else None)
+    if original is not None:  # the teacher as compress used it (a resized label embedder)
+        from entpruner_sdk.compress import as_compressed
+
+        original = as_compressed(original, model)
+    if args.save_samples and is_latent(model.config) and not args.vae:
+        raise SystemExit("--save-samples writes images, and this model samples VAE latents: "
+                         "pass --vae DIR to decode them")
+    data = read_data(args, stream=True)  # a folder: only the reference images are read
+    report = evaluate(model, data, reference_size=args.reference_size or None,
+                      samples=args.samples, sampler=args.sampler,
+                      steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
+                      features=tuple(f.strip() for f in args.features.split(",")),
+                      device=args.device, progress=not args.quiet, model_name=args.model,
+                      vae=args.vae, checkpoint_dir=Path(args.out) / IN_PROGRESS)
+    report.save(args.out)
+    print(report.to_markdown())
+    print(f"written to {Path(args.out) / 'evaluation.json'} and evaluation.md")
+    if args.save_samples:
+        print(f"samples written to {report.save_samples(Path(args.out) / 'samples.npz')}")
+    return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """The finished sample batches an interrupted evaluation left, which a rerun reuses."""
+    folder = Path(args.out) / IN_PROGRESS
+    done = len(list(folder.glob("*/batch_*.safetensors")))
+    if done:
+        return (f"{folder} holds {done} finished sample batches: run the same command to "
+                "continue from them")
+    return "no sample batch was finished yet, so running it again starts over"

@@ -1,0 +1,64 @@
+"""``entpruner export``: a model as ONNX, AOTInductor or TensorRT, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+
+from entpruner_sdk.cli.common import command, common_options, heads_option, vae_option
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "export", "Export a model for deployment (ONNX, AOTInductor, TensorRT).",
+                 """\
+        entpruner export --model runs/quickstart/dit-digits-pruned --out exports/dit-onnx
+        entpruner export --model dit-digits --format onnx-fp16 --out exports/fp16 --verify
+        entpruner export --model runs/sit --format aoti --out exports/sit-aoti
+        entpruner export --model runs/dit --format tensorrt --batch 1,8,32 --out exports/trt
+        entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # run an export
+        """)
+    from entpruner_sdk.export import FORMATS
+
+    p.add_argument("--model", required=True, help="bundled teacher name or model path")
+    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    heads_option(p)
+    p.add_argument("--format", default="onnx", choices=FORMATS, help="what to export to")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    p.add_argument("--verify", action="store_true",
+                   help="print the parity table (exports are always checked unless --no-check)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check")
+    p.add_argument("--batch", default="1,8,32",
+                   help="min,opt,max batch (TensorRT profile, AOTInductor max, parity opt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
+                   help="ONNX exporter (default: torch.export-based, opset 18)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                   help="TensorRT / torch-tensorrt precision (default fp16; bf16 only for "
+                        "torch-tensorrt)")
+    p.add_argument("--no-guided", action="store_true",
+                   help="ONNX: skip the classifier-free-guidance graph")
+    vae_option(p, "is exported too (vae_decoder.onnx), so the export samples images on its "
+                   "own")
+    common_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from entpruner_sdk.export import export
+    from entpruner_sdk.export.parity import format_checks
+    from entpruner_sdk.teachers import resolve_model
+
+    try:
+        batch = tuple(int(v) for v in args.batch.split(","))
+    except ValueError as error:
+        raise ValueError(f"--batch must be min,opt,max integers, got {args.batch!r}") from error
+    model = resolve_model(args.model, args.family, num_heads=args.num_heads)
+    device = None if args.device == "auto" else args.device
+    result = export(model, args.out, args.format, verify=not args.no_check, batch=batch,
+                    overwrite=args.overwrite, guided=not args.no_guided,
+                    exporter=args.exporter, precision=args.precision, device=device,
+                    vae=args.vae)
+    if args.verify and result.parity:
+        print(format_checks(result.parity))
+    files = ", ".join(sorted(set(result.files.values())))
+    checked = "parity checked" if result.parity else "not checked"
+    print(f"{args.format} export ({checked}) -> {result.directory}: {files}")
+    return 0

@@ -1,0 +1,112 @@
+"""``entpruner info``: what a model or an export is (config, size, provenance, classes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from entpruner_sdk.cli.common import command, heads_option
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "info", "Describe a model or an export: config, parameters, FLOPs, "
+                 "provenance, classes (and an export's files, batch profile and parity).", """\
+        entpruner info --model dit-digits
+        entpruner info --model DiT-XL-2-256x256.pt --family dit --json
+        entpruner info --model exports/dit-d6     # an export directory
+        """)
+    p.add_argument("--model", required=True,
+                   help="registry name, bundled teacher name, model path, released file or "
+                        "export directory")
+    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
+    heads_option(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def model_summary(model) -> dict:
+    from entpruner_sdk.data.latents import is_latent
+    from entpruner_sdk.models import count_parameters, forward_flops
+
+    return {"family": model.family, "config": model.config.to_dict(),
+            "latent": is_latent(model.config),
+            "parameters": count_parameters(model),
+            "gflops_per_image": forward_flops(model.config) / 1e9,
+            "provenance": model.provenance, "objective": model.objective}
+
+
+def export_summary(directory: str | Path) -> dict:
+    """``model_summary`` of the model inside an export directory, from its manifest (no
+    runtime is opened), plus the export's format, files, batch profile and parity checks."""
+    from entpruner_sdk.export.metadata import config_and_objective
+    from entpruner_sdk.export.runtime import read_manifest
+    from entpruner_sdk.models import DiffusionTransformer
+
+    manifest = read_manifest(directory)
+    metadata = manifest["metadata"]
+    config, _ = config_and_objective(metadata)
+    with torch.device("meta"):  # shapes only, for the parameter count
+        model = DiffusionTransformer(config, metadata.get("provenance"),
+                                     metadata.get("objective_settings"))
+    summary = model_summary(model)
+    summary["export"] = {key: manifest.get(key) for key in
+                         ("format", "precision", "files", "batch", "created", "torch", "parity")}
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    from entpruner_sdk.export.runtime import is_export_dir
+    from entpruner_sdk.teachers import resolve_model
+
+    if is_export_dir(args.model):
+        summary = export_summary(args.model)
+    else:
+        summary = model_summary(resolve_model(args.model, args.family, num_heads=args.num_heads))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    cfg = summary["config"]
+    print(f"{summary['family'].upper()}  depth {cfg['depth']}  hidden {cfg['hidden_size']}  "
+          f"heads {cfg['num_heads']}  patch {cfg['patch_size']}  input {cfg['in_channels']}x"
+          f"{cfg['input_size']}x{cfg['input_size']}  classes {cfg['num_classes']}  "
+          f"learn_sigma {cfg['learn_sigma']}")
+    print(f"parameters {summary['parameters']:,}  forward {summary['gflops_per_image']:.4f} "
+          "GFLOPs/image")
+    print(f"kept blocks {summary['provenance']['kept_blocks']}")
+    names = summary["provenance"].get("class_names") or []
+    tuned = summary["provenance"].get("data_classes")
+
+    def listed(ids: list[int], limit: int = 20) -> str:
+        shown = ", ".join(f"{i} {names[i]}" if names else str(i) for i in ids[:limit])
+        return shown + (f", ... ({len(ids)} in all; --json lists every one)"
+                        if len(ids) > limit else "")
+
+    if names:
+        print("classes " + listed(list(range(len(names)))))
+    if tuned:
+        print("fine-tuned on classes " + listed(tuned))
+    if summary["latent"]:
+        print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
+              "demo decode them with --vae DIR")
+    if "export" in summary:
+        _print_export(summary["export"])
+    return 0
+
+
+def _print_export(export: dict) -> None:
+    files = sorted(set(export["files"].values()))
+    print(f"export: {export['format']} {export.get('precision') or ''}, files "
+          f"{', '.join(files)}, batch profile {export.get('batch')}, made with torch "
+          f"{export.get('torch')} at {export.get('created')}")
+    if "decoder" in export["files"]:
+        print("carries the VAE decoder: sample and serve need no --vae")
+    checks = export.get("parity") or []
+    if checks:
+        passed = sum(check["passed"] for check in checks)
+        worst = max(check["relative_error"] for check in checks)
+        print(f"parity with PyTorch: {passed} of {len(checks)} checks passed (largest "
+              f"relative error {worst:.2g})")
+    else:
+        print("parity with PyTorch: not checked (it was exported with --no-check)")

@@ -1,0 +1,69 @@
+"""``entpruner serve``: models behind an HTTP server (FastAPI, or Ray Serve replicas)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from entpruner_sdk.cli.common import command, common_options, heads_option, vae_option
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "serve", "Serve models over HTTP (FastAPI, micro-batching, metrics).", """\
+        entpruner serve --model dit-digits                       # http://127.0.0.1:8000/docs
+        entpruner serve --model original=dit-digits --model pruned=runs/quickstart/dit-digits-pruned
+        entpruner serve --model exports/dit-onnx --backend onnxruntime --port 8080
+        entpruner serve --model pruned=runs/x/model --max-batch 32 --max-wait-ms 20
+        ENTPRUNER_API_KEY=secret entpruner serve --model dit-digits --host 0.0.0.0
+        entpruner serve --model dit-digits --ray --replicas 4    # Ray Serve replicas
+        curl -s localhost:8000/v1/generate -H 'content-type: application/json' \\
+            -d '{"model": "pruned", "class_labels": [3, 7], "seed": 1}'
+        """)
+    from entpruner_sdk.serve.models import BACKENDS
+
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]SOURCE",
+                   help="teacher name, model dir, checkpoint or export dir (repeatable)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="what runs the models: PyTorch or an export's runtime")
+    p.add_argument("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--max-batch", type=int, default=16, help="images per batch (1 = off)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests")
+    p.add_argument("--max-queue", type=int, default=64, help="queued requests before 503")
+    p.add_argument("--max-images", type=int, default=16, help="images per request")
+    p.add_argument("--max-steps", type=int, default=250,
+                   help="most sampling steps a request may ask for")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--api-key", help="require this X-API-Key (default: $ENTPRUNER_API_KEY)")
+    p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
+    p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
+    p.add_argument("--family", choices=["dit", "sit"],
+                   help="required for released checkpoints (their keys do not say)")
+    heads_option(p)
+    vae_option(p)
+    common_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from entpruner_sdk.serve import ServerSettings, parse_model_specs, serve, serve_ray
+
+    specs = parse_model_specs(args.model)
+    settings = ServerSettings(
+        max_batch_images=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_images_per_request=args.max_images, max_steps=args.max_steps,
+        request_timeout_s=args.timeout,
+        api_key=args.api_key or os.environ.get("ENTPRUNER_API_KEY"))
+    device = None if args.device == "auto" else args.device
+    if args.ray:
+        serve_ray(specs, backend=args.backend, host=args.host, port=args.port,
+                  replicas=args.replicas, settings=settings, device=device,
+                  provider=args.provider, vae=args.vae, family=args.family,
+                  num_heads=args.num_heads)
+    else:
+        serve(specs, backend=args.backend, host=args.host, port=args.port, settings=settings,
+              device=device, provider=args.provider, vae=args.vae, family=args.family,
+              num_heads=args.num_heads,
+              log_level="warning" if args.quiet else "info")
+    return 0

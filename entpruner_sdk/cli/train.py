@@ -1,0 +1,123 @@
+"""``entpruner train``: train a DiT / SiT, or fine-tune one, on class-conditional data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from entpruner_sdk.cli.common import (
+    classes_options,
+    command,
+    common_options,
+    folder_options,
+    hflip_option,
+    resume_hint,
+    training_data,
+    vae_option,
+    workers_option,
+)
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "train", "Train or fine-tune a DiT / SiT on class-conditional data.", """\
+        entpruner train --model DiT-S/2 --data digits --steps 2000 --out runs/dit
+        entpruner train --family sit --depth 12 --hidden 96 --heads 4 --patch 2 \\
+            --data digits --steps 6000 --out runs/sit
+        entpruner train --model runs/dit/model --data ./my_folder --steps 500 --out runs/ft
+        entpruner train --model DiT-XL-2-256x256.pt --family dit --data ./my_latents.npz \\
+            --num-classes 10 --steps 2000 --out runs/xl-ft   # 10 classes instead of 1000
+        entpruner train --model DiT-XL-2-256x256.pt --family dit --data ./dogs.npz \\
+            --keep-classes --steps 2000 --out runs/xl-dogs   # labels are ImageNet ids
+        entpruner train --model DiT-XL-2-256x256.pt --family dit --data ./my_images \\
+            --image-size 256 --vae ./sd-vae-ft-ema --num-classes 10 --out runs/xl-ft
+        entpruner train ... --out runs/dit --resume    # continue an interrupted run
+        """)
+    p.add_argument("--model", help="registry name (DiT-S/2, SiT-B/4, ...), a bundled teacher, "
+                   "or a checkpoint / model directory to fine-tune")
+    p.add_argument("--family", choices=["dit", "sit"],
+                   help="model family (needed for custom sizes and released files)")
+    p.add_argument("--depth", type=int, help="custom size: number of blocks")
+    p.add_argument("--hidden", type=int, help="custom size: hidden width")
+    p.add_argument("--heads", type=int,
+                   help="custom size: attention heads (also for a released checkpoint of a "
+                        "width that is not a published size)")
+    p.add_argument("--patch", type=int, default=2, help="custom size: patch size")
+    p.add_argument("--no-learn-sigma", action="store_true",
+                   help="predict only epsilon / velocity (no learned variance channels)")
+    p.add_argument("--flow-path", choices=["linear", "gvp"], default="linear",
+                   help="SiT interpolant path")
+    p.add_argument("--data", default="digits",
+                   help="bundled name (digits, photos), class folders, or .npz")
+    folder_options(p)
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step")
+    hflip_option(p)
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument("--ema-decay", type=float, default=0.9999,
+                   help="decay of the EMA weights that are saved and sampled")
+    p.add_argument("--seed", type=int, default=0, help="seeds the data order and the noise")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="steps between resumable checkpoints")
+    classes_options(p, "a new model takes the data's count")
+    vae_option(p, "encodes image data first, for a latent model (cached: a second run or "
+                   "--resume reads the latents back); a new model is then built on latents")
+    workers_option(p)
+    p.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    common_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from entpruner_sdk.models import (
+        DiffusionTransformer,
+        TransformerConfig,
+        config_from_name,
+        resize_classes,
+    )
+    from entpruner_sdk.teachers import resolve_model
+    from entpruner_sdk.training import TrainConfig, train
+
+    registry_name = bool(args.model) and "/" in args.model and args.model.split("-")[
+        0].lower() in ("dit", "sit") and not Path(args.model).exists()
+    # a model to fine-tune is opened first, so --vae images are checked against it before the
+    # encode; a new model takes its shape from the data (with --vae: from its latents)
+    given = (resolve_model(args.model, args.family, num_heads=args.heads)
+             if args.model and not registry_name else None)
+    data = training_data(args, latent=True,
+                          config=given.config if given is not None else None)
+    shape = dict(input_size=data.image_size, in_channels=data.channels,
+                 num_classes=data.num_classes)
+    objective = {"path": args.flow_path} if args.family == "sit" or (
+        args.model or "").lower().startswith("sit-") else {}
+    if registry_name:
+        config = config_from_name(args.model, **shape, learn_sigma=not args.no_learn_sigma)
+        model = DiffusionTransformer(config, objective=objective)
+    elif given is not None:
+        model = given
+        if args.num_classes is not None and args.num_classes != model.config.num_classes:
+            model = resize_classes(model, args.num_classes)
+    else:
+        if not (args.family and args.depth and args.hidden and args.heads):
+            raise SystemExit("give --model, or --family, --depth, --hidden and --heads")
+        config = TransformerConfig(family=args.family, depth=args.depth, hidden_size=args.hidden,
+                                   num_heads=args.heads, patch_size=args.patch,
+                                   learn_sigma=not args.no_learn_sigma, **shape)
+        model = DiffusionTransformer(config, objective=objective)
+    torch.manual_seed(args.seed)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         ema_decay=args.ema_decay, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, hflip=args.hflip)
+    model.provenance.setdefault("training_command", "entpruner " + " ".join(sys.argv[1:]))
+    result = train(model, data, config, keep_classes=args.keep_classes, out_dir=args.out,
+                   resume=args.resume, device=args.device, progress=not args.quiet)
+    recent = result.losses[-50:]
+    print(f"trained {args.steps} steps; loss over the last {len(recent)} steps "
+          f"{sum(recent) / len(recent):.4f}; "
+          f"EMA model saved to {Path(args.out) / 'model'}")
+    return 0
+
+
+interrupted = resume_hint  # what an interrupted run left for --resume
