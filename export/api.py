@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from entpruner_sdk.export.metadata import export_metadata
 from entpruner_sdk.export.parity import ParityCheck, check_parity, require_parity
 from entpruner_sdk.export.runtime import MANIFEST, load_exported
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.utils.files import atomic_write_text, staging_dir
+from entpruner_sdk.utils.files import atomic_directory, atomic_write_text
 
 FORMATS = ("onnx", "onnx-fp16", "aoti", "tensorrt", "torch-tensorrt")
 
@@ -84,8 +83,7 @@ def export(
         raise TypeError("export(vae=...) exports the VAE itself: pass its folder or a "
                         "LatentSpace")
     metadata = export_metadata(model)
-    staging = staging_dir(out_dir)
-    try:
+    with atomic_directory(out_dir) as staging:
         files, extra = _write(model, staging, format, metadata, guided=guided, opset=opset,
                               exporter=exporter, precision=precision, batch=batch,
                               device=device)
@@ -111,11 +109,6 @@ def export(
             require_parity(checks, f"the {format} export")
             manifest["parity"] = [c.to_dict() for c in checks]
             atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out_dir, format, files, checks, manifest)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.classifier import cache_root
 from entpruner_sdk.export.parity import ParityCheck, check_decoder_parity, require_parity
-from entpruner_sdk.utils.files import atomic_write_text, staging_dir
+from entpruner_sdk.utils.files import atomic_directory, atomic_write_text
 
 DECODER_FILE = "vae_decoder.onnx"
 CHECKS_FILE = "parity.json"
@@ -64,13 +63,8 @@ def _fill(cached: Path, space: LatentSpace, config, opset: int, exporter: str) -
     decoder that fails its check, or an interrupted export, leaves nothing there."""
     from entpruner_sdk.export.runtime import OnnxLatentDecoder
 
-    staging = staging_dir(cached)
-    try:
+    with atomic_directory(cached) as staging:
         path = _export(space, config, staging, opset, exporter)
         checks = check_decoder_parity(space, OnnxLatentDecoder(path), config)
         require_parity(checks, "the VAE decoder's export")
         atomic_write_text(staging / CHECKS_FILE, json.dumps([c.to_dict() for c in checks]))
-        shutil.rmtree(cached, ignore_errors=True)  # a folder left without its checks
-        os.replace(staging, cached)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -158,6 +158,48 @@ def test_half_precision_storage_loads_as_float32(tmp_path, tiny_dit):
         ep.save(tiny_dit, tmp_path / "full") / "model.safetensors").stat().st_size
 
 
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    from entpruner_sdk.utils.files import atomic_directory
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "old.onnx").write_text("old")
+    with pytest.raises(RuntimeError, match="parity"), atomic_directory(target) as staging:
+        (staging / "new.onnx").write_text("new")
+        raise RuntimeError("parity check failed")  # e.g. an export that does not match
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no staging folder left
+    assert [p.name for p in target.iterdir()] == ["old.onnx"]
+    with atomic_directory(target) as staging:
+        (staging / "new.onnx").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # nor the retired one
+    assert [p.name for p in target.iterdir()] == ["new.onnx"]
+
+
+def test_a_checkpoint_save_killed_between_its_renames_keeps_the_previous_one(tmp_path,
+                                                                              monkeypatch):
+    from entpruner_sdk.utils.checkpoint import load_checkpoint, save_checkpoint
+
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, {"w": torch.ones(2)}, {"step": 1})
+    replace = os.replace
+
+    def dies_before_the_new_one_is_in(source, target):
+        if str(target) == str(folder):
+            raise OSError("killed")
+        replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", dies_before_the_new_one_is_in)
+        with pytest.raises(OSError, match="killed"):
+            save_checkpoint(folder, {"w": torch.zeros(2)}, {"step": 2})
+    assert not folder.exists()  # the previous checkpoint was moved aside, the new one not in
+    tensors, meta = load_checkpoint(folder)
+    assert meta == {"step": 1} and torch.equal(tensors["w"], torch.ones(2))
+    save_checkpoint(folder, {"w": torch.zeros(2)}, {"step": 2})
+    assert load_checkpoint(folder)[1] == {"step": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
+
+
 def test_saved_files_have_ordinary_permissions(tmp_path, tiny_dit):
     ep.save(tiny_dit, tmp_path / "m")
     umask = os.umask(0)

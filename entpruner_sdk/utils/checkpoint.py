@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from entpruner_sdk.utils.files import atomic_directory
 
 TENSORS, META = "state.safetensors", "state.json"
 
@@ -23,25 +24,23 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tenso
     """Write ``tensors`` and ``meta`` to ``directory``, replacing any previous checkpoint only
     once the new one is complete."""
     directory = Path(directory)
-    staging = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-              str(staging / TENSORS))
-    (staging / META).write_text(json.dumps(meta, indent=1))
-    retired = directory.with_name(directory.name + ".old")
-    shutil.rmtree(retired, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, retired)
-    os.replace(staging, directory)
-    shutil.rmtree(retired, ignore_errors=True)
+    with atomic_directory(directory, staging=directory.with_name(directory.name + ".tmp"),
+                          retired=_retired(directory)) as staging:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                  str(staging / TENSORS))
+        (staging / META).write_text(json.dumps(meta, indent=1))
+
+
+def _retired(directory: Path) -> Path:
+    """Where the previous checkpoint waits while the new one is moved into place."""
+    return directory.with_name(directory.name + ".old")
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     directory = Path(directory)
     if not (directory / META).exists():
         # A crash between the two renames leaves the complete previous state in ".old".
-        retired = directory.with_name(directory.name + ".old")
+        retired = _retired(directory)
         if (retired / META).exists():
             directory = retired
         else:

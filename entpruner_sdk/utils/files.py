@@ -1,9 +1,11 @@
-"""Atomic file writes: a crash mid-write never leaves a truncated file behind."""
+"""Atomic file and folder writes: a crash mid-write never leaves a truncated file, or a folder
+half old and half new, behind."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,37 @@ def staging_dir(path: str | os.PathLike) -> Path:
     staging = _hidden_sibling(path)
     staging.mkdir(mode=0o777)
     return staging
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, staging: Path | None = None,
+                     retired: Path | None = None) -> Iterator[Path]:
+    """Yield an empty folder to build ``path``'s new contents in. When the block ends without
+    an error the folder takes ``path``'s place; otherwise it is removed and ``path`` is left
+    as it was.
+
+    A folder already at ``path`` is renamed to ``retired`` first and removed once the new one
+    is in place: a folder cannot be renamed onto a folder that holds files, and between the
+    two renames a crash leaves the old contents whole under ``retired``. Both default to new
+    hidden names beside ``path``; a caller that looks for them again gives fixed ones (a
+    checkpoint reads ``retired`` back, and reuses ``staging`` so an interrupted save leaves
+    one stale copy at most)."""
+    path = Path(path)
+    if staging is None:
+        staging = staging_dir(path)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    try:
+        yield staging
+        retired = retired or _hidden_sibling(path, ".old")
+        shutil.rmtree(retired, ignore_errors=True)
+        if path.exists():
+            os.replace(path, retired)
+        os.replace(staging, path)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
