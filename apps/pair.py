@@ -175,8 +175,8 @@ def _onnx_runtimes(pair: ModelPair, original: str, pruned_path: Path) -> dict[st
     latent model's VAE decoder is exported with the original, and both sides decode with that
     one ONNX decoder, so the ONNX side runs the whole deployed pipeline in ONNX Runtime, not a
     PyTorch decoder behind an ONNX denoiser (and the decoder is exported and checked once)."""
-    from entpruner_sdk.evaluation.classifier import cache_root
     from entpruner_sdk.export import export, is_export_dir, load_exported
+    from entpruner_sdk.utils.cache import cache_root
 
     runtimes = {}
     for side, model, source in (("original", pair.original, original),

@@ -62,8 +62,9 @@ def reference(mode: str, folder: Path, size: int):
 
 def cache_classifier(mode: str, folder: Path, size: int) -> None:
     """A briefly trained domain classifier, cached where ``evaluate`` looks for it."""
-    from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+    from entpruner_sdk.evaluation.classifier import save_classifier, train_classifier
     from entpruner_sdk.evaluation.reference import load_reference
+    from entpruner_sdk.utils.cache import cache_root
 
     data, _ = load_reference(reference(mode, folder, size), None)
     save_classifier(train_classifier(data, steps=20), data,

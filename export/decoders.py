@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from entpruner_sdk.data.latents import LatentSpace
-from entpruner_sdk.evaluation.classifier import cache_root
 from entpruner_sdk.export.parity import ParityCheck, check_decoder_parity, require_parity
+from entpruner_sdk.utils.cache import cache_root
 from entpruner_sdk.utils.files import atomic_directory, atomic_write_text
 
 DECODER_FILE = "vae_decoder.onnx"

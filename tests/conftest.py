@@ -76,7 +76,8 @@ def latent_model(family: str = "dit", **overrides) -> DiffusionTransformer:
 def cache_a_quick_classifier(data) -> None:
     """Train the domain classifier for ``data`` briefly and cache it where ``evaluate`` looks,
     so the test pays 20 steps instead of the full 600 (its quality is not under test)."""
-    from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+    from entpruner_sdk.evaluation.classifier import save_classifier, train_classifier
+    from entpruner_sdk.utils.cache import cache_root
 
     folder = cache_root() / "classifiers" / f"{data.name}-{data.fingerprint()}"
     save_classifier(train_classifier(data, steps=20), data, folder)

@@ -10,12 +10,13 @@ import pytest
 from entpruner_sdk.cli import main
 from entpruner_sdk.compress import compress
 from entpruner_sdk.data import DataError, ImageDataset, load_data, resolve_labels
-from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+from entpruner_sdk.evaluation.classifier import save_classifier, train_classifier
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.evaluation.generation import balanced_labels
 from entpruner_sdk.models import DiffusionTransformer, resize_classes
 from entpruner_sdk.models.io import load, save
 from entpruner_sdk.training import TrainConfig, train
+from entpruner_sdk.utils.cache import cache_root
 from tests.conftest import randomized, tiny_config, tiny_vae
 from tests.test_compress import FAST
 

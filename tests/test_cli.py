@@ -252,3 +252,33 @@ def test_an_interrupted_evaluation_says_what_it_kept(tmp_path, capsys, monkeypat
     assert capsys.readouterr().err.strip() == (
         f"entpruner evaluate: interrupted; {tmp_path / 'sampling-in-progress'} holds 4 "
         "finished sample batches: run the same command to continue from them")
+
+
+def test_cache_lists_and_clears_its_parts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path))
+    for path, size in (("classifiers/digits-0123/classifier.safetensors", 1000),
+                       ("vae-decoders/abc/vae_decoder.onnx", 2000),
+                       ("vae-decoders/.abc.5f3e/vae_decoder.onnx", 500),  # a killed export's
+                       ("old-stuff/x.bin", 10)):  # a folder of no known kind
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(bytes(size))
+    assert main(["cache", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["root"] == str(tmp_path)
+    parts = {part["kind"]: (part["entries"], part["bytes"]) for part in listed["parts"]}
+    assert parts["classifiers"] == (1, 1000) and parts["vae-decoders"] == (1, 2500)
+    assert parts["old-stuff"] == (1, 10) and parts["latents"] == (0, 0)
+    assert main(["cache"]) == 0
+    text = capsys.readouterr().out
+    assert "vae-decoders      1 entries     2.5 kB  VAE decoders exported to ONNX" in text
+    assert text.splitlines()[-1].split() == ["total", "3.5", "kB"]
+
+    assert main(["cache", "--clear", "vae-decoders", "nonsense"]) == 2  # refused whole
+    assert "no cache named nonsense; choose from classifiers," in capsys.readouterr().err
+    assert (tmp_path / "vae-decoders").is_dir()
+    assert main(["cache", "--clear", "vae-decoders", "latents"]) == 0
+    assert capsys.readouterr().out.strip() == f"freed 2.5 kB from {tmp_path}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifiers", "old-stuff"]
+    assert main(["cache", "--clear", "all"]) == 0
+    assert capsys.readouterr().out.strip() == f"freed 1.0 kB from {tmp_path}"
+    assert list(tmp_path.iterdir()) == []

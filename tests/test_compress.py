@@ -8,10 +8,11 @@ from entpruner_sdk.compress import Budget, BudgetError, as_compressed, compress,
 from entpruner_sdk.compress import runner as compress_module
 from entpruner_sdk.compress.config import recovery_lr
 from entpruner_sdk.data import DataError, ImageDataset, load_data
-from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+from entpruner_sdk.evaluation.classifier import save_classifier, train_classifier
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.schedule import LatencyModel
+from entpruner_sdk.utils.cache import cache_root
 from entpruner_sdk.utils.checkpoint import META
 from tests.conftest import randomized, tiny_config
 

@@ -142,7 +142,8 @@ def test_the_quick_evaluation_finds_the_data_the_run_used(tmp_path):
 def test_the_quick_evaluation_loads_the_data_as_the_run_did(tmp_path):
     from entpruner_sdk.apps.demo import _data_options, _quick_evaluation
     from entpruner_sdk.data import load_data
-    from entpruner_sdk.evaluation.classifier import cache_root, save_classifier, train_classifier
+    from entpruner_sdk.evaluation.classifier import save_classifier, train_classifier
+    from entpruner_sdk.utils.cache import cache_root
 
     photos = load_data("photos", image_size=8)  # not the bundled size: the run must say so
     save_classifier(train_classifier(photos, steps=20), photos,

@@ -193,8 +193,8 @@ def test_missing_inception_network_names_the_install_command(monkeypatch):
 def test_reference_statistics_are_cached_with_provenance(tmp_path, monkeypatch):
     import json
 
-    from entpruner_sdk.evaluation.classifier import cache_root
     from entpruner_sdk.evaluation.reference import reference_stats
+    from entpruner_sdk.utils.cache import cache_root
 
     monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path))  # an empty cache of its own
     data = load_data("digits").per_class(5, torch.Generator().manual_seed(0))
@@ -223,7 +223,7 @@ def test_network_fingerprint_follows_the_weights():
 def test_bundled_datasets_use_the_shipped_classifier(dataset, tmp_path, monkeypatch):
     import json
 
-    from entpruner_sdk.evaluation.classifier import cache_root
+    from entpruner_sdk.utils.cache import cache_root
 
     monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path))  # empty: nothing may be trained
     data = load_data(dataset)

@@ -203,7 +203,7 @@ def test_cli_encode_then_sample_through_the_vae(tiny_vae_dir, tmp_path, capsys):
 
 def test_train_and_compress_encode_images_for_a_latent_model_given_its_vae(
         tiny_vae_dir, tmp_path, capsys, monkeypatch):
-    from entpruner_sdk.evaluation.classifier import cache_root
+    from entpruner_sdk.utils.cache import cache_root
 
     monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path / "cache"))  # this test's alone
     folder = tmp_path / "images"

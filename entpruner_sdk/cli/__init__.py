@@ -1,5 +1,5 @@
 """The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``encode``, ``compress``,
-``evaluate``, ``export``, ``serve``, ``demo`` and ``quickstart`` (the main job).
+``evaluate``, ``export``, ``serve``, ``demo``, ``quickstart`` (the main job) and ``cache``.
 
 One module per command, each with ``add_parser(sub)`` (its options and examples) and
 ``run(args)``; a command that keeps work when it is interrupted also says what, in
@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 from entpruner_sdk.cli import (
+    cache,
     compress,
     demo,
     encode,
@@ -30,7 +31,7 @@ from entpruner_sdk.cli import (
 # in the order --help lists them
 _MODULES = {"train": train, "sample": sample, "info": info, "encode": encode,
             "compress": compress, "evaluate": evaluate, "export": export, "serve": serve,
-            "demo": demo, "quickstart": quickstart}
+            "demo": demo, "quickstart": quickstart, "cache": cache}
 COMMANDS = {name: module.run for name, module in _MODULES.items()}
 
 

@@ -109,8 +109,8 @@ def training_data(args: argparse.Namespace, latent: bool, config=None,
     if not (args.vae and latent):
         return read_data(args)
     from entpruner_sdk.data.latents import to_latents
-    from entpruner_sdk.evaluation.classifier import cache_root
     from entpruner_sdk.utils import distributed
+    from entpruner_sdk.utils.cache import cache_root
 
     # under torchrun rank 0 encodes while the others wait, then they read its cache
     if not distributed.is_main():

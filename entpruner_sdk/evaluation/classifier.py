@@ -23,16 +23,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from entpruner_sdk.data.datasets import ImageDataset, unit_range
+from entpruner_sdk.utils.cache import cache_root
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 from entpruner_sdk.utils.progress import progress_bar
 
 # classifiers shipped for the bundled datasets, in the cache's layout (see ``domain_classifier``)
 BUNDLED_CLASSIFIERS = Path(__file__).parent / "classifiers"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ENTPRUNER_CACHE", Path.home() / ".cache" / "entpruner"))
 
 
 def network_fingerprint(network: nn.Module) -> str:

@@ -19,9 +19,9 @@ from entpruner_sdk.data.datasets import (
 )
 from entpruner_sdk.data.folder import FolderSubset, ImageFolder
 from entpruner_sdk.data.latents import LatentSpace
-from entpruner_sdk.evaluation.classifier import cache_root
 from entpruner_sdk.evaluation.metrics import FeatureStats
 from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.utils.cache import cache_root
 from entpruner_sdk.utils.files import atomic_writer
 
 # real images compared with by default: FID-10k's reference size, enough for stable statistics

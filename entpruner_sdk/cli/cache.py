@@ -1,0 +1,56 @@
+"""``entpruner cache``: what the entpruner cache holds, and clearing it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from entpruner_sdk.cli.common import command
+from entpruner_sdk.utils.cache import cache_root, cache_usage, clear_cache
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "cache", "List or clear the entpruner cache: domain classifiers, "
+                "reference features, encoded latents, exported VAE decoders, the demo's "
+                "exports. Everything in it is made again when needed (a domain classifier "
+                "is trained again from the same seed); clear it while no other entpruner "
+                "command runs.", """\
+        entpruner cache                          # each part, its entries and size
+        entpruner cache --clear vae-decoders     # free the exported VAE decoders
+        entpruner cache --clear all
+        ENTPRUNER_CACHE=/scratch/entpruner entpruner cache --json
+        """)
+    p.add_argument("--clear", nargs="+", metavar="KIND",
+                   help="delete these parts of the cache (the names the listing shows), or "
+                        "all")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.clear:
+        freed = clear_cache(args.clear)
+        print(f"freed {_size(freed)} from {cache_root()}")
+        return 0
+    usage = cache_usage()
+    if args.json:
+        print(json.dumps({"root": str(cache_root()), "parts": [
+            {"kind": u.kind, "description": u.description, "entries": u.entries,
+             "bytes": u.bytes, "path": str(u.path)} for u in usage]}, indent=2))
+        return 0
+    print(f"entpruner cache in {cache_root()} ($ENTPRUNER_CACHE moves it)")
+    width = max(len(u.kind) for u in usage)
+    for u in usage:
+        print(f"  {u.kind:<{width}}  {u.entries:>5} entries  {_size(u.bytes):>9}  "
+              f"{u.description}")
+    print(f"  {'total':<{width}}  {'':>13}  {_size(sum(u.bytes for u in usage)):>9}")
+    return 0
+
+
+def _size(count: int) -> str:
+    """Bytes in the largest unit that keeps the number at least 1 (decimal units, as du -h
+    --si and file managers show)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
