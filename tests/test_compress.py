@@ -124,9 +124,13 @@ def test_a_crash_in_the_pruned_models_figures_keeps_the_originals_samples(tmp_pa
 
     depths.clear()
     monkeypatch.setattr(generation, "sample", counted)
+    others = tmp_path / "sampling-in-progress" / "model-0123"  # an `entpruner evaluate`'s
+    others.mkdir()
+    (others / "batch_00000.safetensors").write_bytes(b"")
     resumed = compress(teacher(), "digits", 4, out_dir=tmp_path, resume=True, **options)
     assert depths == [4]  # only the pruned model was sampled: the original's batch was kept
-    assert not (tmp_path / "sampling-in-progress").exists()
+    # compress removed its own batches, and left the other evaluation's
+    assert list((tmp_path / "sampling-in-progress").iterdir()) == [others]
     uninterrupted = compress(teacher(), "digits", 4, **options)
     for figures in ("quality_original", "quality_pruned"):
         assert resumed.report["summary"][figures] == uninterrupted.report["summary"][figures]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,7 +358,7 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
     until the figures are made, so a resumed run does not sample them again. (Not under the
     checkpoint folder: every checkpoint replaces that folder whole.)"""
     from entpruner_sdk.data.latents import decoder_for
-    from entpruner_sdk.evaluation.batches import IN_PROGRESS
+    from entpruner_sdk.evaluation.batches import IN_PROGRESS, SampleBatches
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import SAMPLING
 
@@ -375,8 +374,9 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
     original = evaluate(teacher, data, model_name="original", keep_batches=True, **sampling)
     after = evaluate(pruned, data, original=teacher, original_images=original.images,
                      model_name="pruned", **sampling)
-    if batches is not None and distributed.is_main():  # the run's own: only the original's
-        shutil.rmtree(batches, ignore_errors=True)
+    if distributed.is_main():  # the pruned model's are gone; only the original's are left
+        for folder in original.kept_batches:  # not the whole folder: an `entpruner evaluate`
+            SampleBatches(folder).clear()      # sent there may have batches of its own
     return {"quality_settings": after.settings,
             "quality_original": original.metrics,
             "quality_pruned": {**after.metrics, **after.fidelity}}

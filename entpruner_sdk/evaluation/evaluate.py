@@ -115,9 +115,10 @@ def evaluate(
     ``checkpoint_dir``: every finished batch of samples is written there, so a rerun after a
     crash or Ctrl-C, with the same models and settings, continues from the batches already
     made (and makes the same samples as an uninterrupted run); removed when the evaluation
-    ends, unless ``keep_batches``: then the caller removes them, once every evaluation that a
-    rerun would repeat has ended (compress's report evaluates the original, then the pruned
-    model: a crash in the second must not cost the first its samples).
+    ends, unless ``keep_batches``: then the caller removes them (``report.kept_batches``)
+    once every evaluation that a rerun would repeat has ended (compress's report evaluates the
+    original, then the pruned model: a crash in the second must not cost the first its
+    samples).
     """
     _check_request(model, features, vae, original, original_images, samples)
     device = resolve_device(device)
@@ -167,7 +168,9 @@ def evaluate(
                                        decoder=decoder, finished=kept.of(original, "original"),
                                        **sampling)
         report.fidelity = _fidelity(images, original_images, extractors, generated, progress)
-    if not keep_batches:
+    if keep_batches:
+        report.kept_batches = [batches.directory for batches in kept.made]
+    else:
         kept.clear()
     return report
 

@@ -35,9 +35,13 @@ class EvaluationReport:
     # instead of sampling them again
     images: torch.Tensor | None = field(default=None, repr=False, compare=False)
     labels: torch.Tensor | None = field(default=None, repr=False, compare=False)  # theirs
+    # the folders of sample batches that ``evaluate(..., keep_batches=True)`` left for the
+    # caller to remove
+    kept_batches: list[Path] = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("images", "labels")}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("images", "labels", "kept_batches")}
 
     def to_markdown(self) -> str:
         s = self.settings
