@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,6 +174,47 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
         (staging / "new.onnx").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # nor the retired one
     assert [p.name for p in target.iterdir()] == ["new.onnx"]
+
+
+KILLED_WRITER = """
+import sys, time
+from entpruner_sdk.utils.files import atomic_directory
+with atomic_directory(sys.argv[1]) as staging:
+    (staging / "model.onnx").write_bytes(bytes(1000))
+    print(staging, flush=True)
+    time.sleep(60)  # killed here, as the out-of-memory killer would
+"""
+
+
+def test_what_a_killed_writer_left_is_removed_by_the_next(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from entpruner_sdk.utils.files import atomic_directory, atomic_write_text
+
+    target = tmp_path / "export"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)],
+                              stdout=subprocess.PIPE, text=True)
+    left = Path(writer.stdout.readline().strip())
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert left.parent == tmp_path and (left / "model.onnx").is_file()
+    # beside it, a live writer's folder and one from another machine on a shared disk
+    host = socket.gethostname()
+    live = tmp_path / f".export.{os.getpid()}@{host}.0123abcd"
+    remote = tmp_path / f".export.{writer.pid}@not-{host}.0123abcd"
+    live.mkdir()
+    remote.mkdir()
+    with atomic_directory(target) as staging:
+        (staging / "model.onnx").write_bytes(b"new")
+    assert not left.exists() and live.is_dir() and remote.is_dir()
+    assert (target / "model.onnx").read_bytes() == b"new"
+    stale_file = tmp_path / f".notes.txt.{writer.pid}@{host}.89abcdef.tmp"
+    stale_file.write_text("half")
+    atomic_write_text(tmp_path / "notes.txt", "whole")  # files too
+    assert not stale_file.exists()
 
 
 def test_a_checkpoint_save_killed_between_its_renames_keeps_the_previous_one(tmp_path,

@@ -4,8 +4,11 @@ half old and half new, behind."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +16,43 @@ from pathlib import Path
 
 def _hidden_sibling(path: Path, suffix: str = "") -> Path:
     """A new hidden name beside ``path``: on the same file system, so ``os.replace`` onto
-    ``path`` is atomic."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
+    ``path`` is atomic. It names the process that writes it (``.NAME.PID@HOST.RANDOM``), so
+    the next writer of ``path`` can delete what a killed one left."""
+    _remove_abandoned(path)
+    owner = f"{os.getpid()}@{socket.gethostname()}"
+    return path.with_name(f".{path.name}.{owner}.{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Delete the hidden siblings of ``path`` whose writer, a process on this machine, is gone.
+
+    A process killed with SIGKILL (by the kernel's out-of-memory killer, a job scheduler or
+    ``kill -9``) runs no cleanup, and its half-written export or checkpoint would stay
+    forever. A writer on another machine (a shared file system) or one still running, or a
+    process that took over a dead writer's PID, is left alone."""
+    host = socket.gethostname()
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        owner = _OWNER.fullmatch(sibling.name[len(path.name) + 2:])
+        if owner is None or owner["host"] != host or _running(int(owner["pid"])):
+            continue
+        if sibling.is_dir():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+
+
+# what follows ".NAME." in a hidden sibling's name; a host name may hold dots
+_OWNER = re.compile(r"(?P<pid>\d+)@(?P<host>.+)\.[0-9a-f]{8}(\.tmp|\.old)?")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 delivers nothing: it only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager
