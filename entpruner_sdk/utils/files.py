@@ -50,8 +50,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)  # signal 0 delivers nothing: it only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # it exists, and belongs to another user
+        pass
     return True
 
 
