@@ -282,3 +282,16 @@ def test_cache_lists_and_clears_its_parts(tmp_path, capsys, monkeypatch):
     assert main(["cache", "--clear", "all"]) == 0
     assert capsys.readouterr().out.strip() == f"freed 1.0 kB from {tmp_path}"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compress_dry_run_plans_without_fine_tuning(tmp_path, capsys):
+    out = tmp_path / "plan"
+    assert main(["compress", "--model", "dit-digits", "--budget", "6", "--out", str(out),
+                 "--dry-run", "--calibration-per-class", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# Compression plan: DIT, keep 6 blocks")
+    plan = json.loads((out / "plan.json").read_text())
+    assert (out / "plan.md").read_text() in printed
+    assert plan["depth_after"] == 6 and len(plan["kept_blocks"]) == 6 and plan["final"]
+    assert f"compress with these settings keeps blocks {plan['kept_blocks']}." in printed
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "plan.md"]  # nothing else

