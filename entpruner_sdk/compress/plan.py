@@ -23,6 +23,7 @@ from entpruner_sdk.compress.setup import (
     block_importance,
     measure_latency,
     prepare,
+    scored_calibration,
     target_depth,
 )
 from entpruner_sdk.models.transformer import DiffusionTransformer, count_parameters, forward_flops
@@ -91,7 +92,7 @@ def plan(model: DiffusionTransformer, data: Any, budget: Budget | int | float | 
     target = target_depth(setup, latency)
     teacher, config = setup.teacher, setup.config
     importance = block_importance(setup, target)
-    scores = importance.score(teacher, setup.objective, setup.calibration, setup.device)
+    scores = importance.score(teacher, setup.objective, scored_calibration(setup), setup.device)
     removed = importance.select(scores, teacher.depth - target, setup.protected)
     kept = [b for b in teacher.kept_blocks if b not in removed]
     removed_parameters = sum(count_parameters(teacher.blocks[teacher.kept_blocks.index(b)])

@@ -29,6 +29,7 @@ from entpruner_sdk.compress.setup import (
     block_importance,
     measure_latency,
     prepare,
+    scored_calibration,
     target_depth,
 )
 from entpruner_sdk.importance import BlockScores, CalibrationSet, Importance
@@ -232,15 +233,13 @@ class _Pruner:
 
     @classmethod
     def build(cls, run: _Run, setup: Setup, latency: LatencyModel, target: int) -> _Pruner:
-        config, calibration, world = run.config, setup.calibration, distributed.world_size()
+        config = run.config
         importance = block_importance(setup, target, _first_scores(run.decisions))
-        proxies = ProxyBatches.build(calibration, setup.objective, config.schedule.proxy_samples,
-                                     setup.device, config.seed)
-        # CED sums mergeable statistics, so each rank scores its share of the calibration set
-        if world > 1 and config.importance == "ced":
-            calibration = calibration.shard(distributed.rank(), world)
+        proxies = ProxyBatches.build(setup.calibration, setup.objective,
+                                     config.schedule.proxy_samples, setup.device, config.seed)
         return cls(Schedule(config.schedule, config.steps), importance, setup.objective,
-                   calibration, proxies, latency, target, setup.protected, setup.device)
+                   scored_calibration(setup), proxies, latency, target, setup.protected,
+                   setup.device)
 
     def step(self, run: _Run, step: int, final: bool = False) -> bool:
         """Take the decision the schedule plans at ``step`` (at the end of training, whatever

@@ -16,8 +16,13 @@ from entpruner_sdk.compress.config import CompressConfig, recovery_lr
 from entpruner_sdk.compress.decide import ProxyBatches
 from entpruner_sdk.compress.teacher import make_teacher
 from entpruner_sdk.data.datasets import ImageDataset, fit_channels, load_data
-from entpruner_sdk.importance import BlockScores, CalibrationSet, Importance, make_importance
-from entpruner_sdk.importance.frozen import FrozenRanking
+from entpruner_sdk.importance import (
+    BlockScores,
+    CalibrationSet,
+    FrozenRanking,
+    Importance,
+    make_importance,
+)
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import Objective, objective_for
 from entpruner_sdk.schedule import LatencyModel
@@ -89,3 +94,12 @@ def block_importance(setup: Setup, target: int, first: BlockScores | None = None
     if not config.schedule.rerank:
         importance = FrozenRanking(importance, first)
     return importance
+
+
+def scored_calibration(setup: Setup) -> CalibrationSet:
+    """The calibration images this process scores: CED sums mergeable statistics, so under
+    several processes each takes its share and the sums are all-reduced."""
+    world = distributed.world_size()
+    if world > 1 and setup.config.importance == "ced":
+        return setup.calibration.shard(distributed.rank(), world)
+    return setup.calibration
