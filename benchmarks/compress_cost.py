@@ -1,5 +1,5 @@
 r"""Cost of compress: CED ranking vs N full forwards, the zero-shot proxies' share of the
-compress wall time, and peak memory.
+compress wall time, peak memory, and the cost of its plan (``--dry-run``) beside the run.
 
     python benchmarks/compress_cost.py               # bundled DiT teacher, CPU
     python benchmarks/compress_cost.py --quick
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from entpruner_sdk.compress import compress
+from entpruner_sdk.compress import compress, plan
 from entpruner_sdk.data import ImageDataset, load_data
 from entpruner_sdk.importance import CED, CalibrationSet
 from entpruner_sdk.models import DiffusionTransformer, config_from_name
@@ -144,9 +144,13 @@ def main(argv=None) -> int:
         result["ced"] = ced_cost(teacher, data, device, per_class, 8, 256,
                                  forward_passes=args.forward_passes)
         steps = 100 if args.quick else 600
+        settings = dict(steps=steps, device=device, interval=max(steps // 12, 1))
+        start = time.perf_counter()  # what --dry-run costs, beside the run it plans
+        planned = plan(teacher, data, teacher.depth // 2, **settings)
+        result["plan"] = {"wall_seconds": time.perf_counter() - start,
+                          "kept_blocks": planned.kept_blocks}
         start = time.perf_counter()
-        run = compress(teacher, data, teacher.depth // 2, steps=steps, progress=False,
-                       device=device, interval=max(steps // 12, 1))
+        run = compress(teacher, data, teacher.depth // 2, progress=False, **settings)
         summary = run.report["summary"]
         result["compress"] = {"steps": steps, "wall_seconds": time.perf_counter() - start,
                               "importance_seconds": summary["importance_seconds"],
@@ -154,6 +158,9 @@ def main(argv=None) -> int:
                               "proxy_share": summary["proxy_share"],
                               "decisions": len(run.report["decisions"]),
                               "peak_memory_mb": peak_memory_mb(device)}
+        result["plan"]["share_of_compress"] = (result["plan"]["wall_seconds"]
+                                               / result["compress"]["wall_seconds"])
+        result["plan"]["same_blocks"] = planned.kept_blocks == summary["kept_blocks"]
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     ced = result.get("ced") or result.get("ced_xl")
@@ -161,6 +168,8 @@ def main(argv=None) -> int:
     if "compress" in result:
         print(f"proxies' share of compress wall time: {result['compress']['proxy_share']:.1%} "
               "(goal <= 10%)")
+        print(f"plan (--dry-run) / compress wall time: {result['plan']['share_of_compress']:.2f}"
+              f"; it named the blocks compress kept: {result['plan']['same_blocks']}")
     return 0
 
 
