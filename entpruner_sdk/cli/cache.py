@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from entpruner_sdk.cli.common import command
+from entpruner_sdk.cli import common
 from entpruner_sdk.utils.cache import cache_root, cache_usage, clear_cache
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "cache", "List or clear the entpruner cache: domain classifiers, "
-                "reference features, encoded latents, exported VAE decoders, the demo's "
-                "exports. Everything in it is made again when needed (a domain classifier "
-                "is trained again from the same seed); clear it while no other entpruner "
-                "command runs.", """\
+    p = common.command(
+        sub, "cache", "List or clear the entpruner cache: domain classifiers, reference "
+        "features, encoded latents, exported VAE decoders, the demo's exports. Everything in "
+        "it is made again when needed (a domain classifier is trained again from the same "
+        "seed); clear it while no other entpruner command runs.", """\
         entpruner cache                          # each part, its entries and size
         entpruner cache --clear vae-decoders     # free the exported VAE decoders
         entpruner cache --clear all

@@ -32,7 +32,7 @@ def command(sub, name: str, help_text: str, examples: str) -> argparse.ArgumentP
                           epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples), "  "))
 
 
-def common_options(p: argparse.ArgumentParser) -> None:
+def run_options(p: argparse.ArgumentParser) -> None:
     """--device and --quiet, which every command that computes takes."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

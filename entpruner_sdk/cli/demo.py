@@ -6,11 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from entpruner_sdk.cli.common import command, common_options, vae_option
+from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "demo", "Gradio app: original vs pruned sampling, side by side.", """\
+    p = common.command(
+        sub, "demo", "Gradio app: original vs pruned sampling, side by side.", """\
         entpruner demo          # dit-digits vs runs/quickstart/dit-digits-pruned (from quickstart)
         entpruner demo --original sit-digits --pruned runs/quickstart/sit-digits-pruned
         entpruner demo --pruned runs/dit-d6 --onnx --port 7861   # adds ONNX Runtime
@@ -29,8 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--family", choices=["dit", "sit"],
                    help="a released original checkpoint's family (default: the pruned "
                         "model's, as its head count is)")
-    vae_option(p)
-    common_options(p)
+    common.vae_option(p)
+    common.run_options(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,21 +6,15 @@ import argparse
 import shutil
 from pathlib import Path
 
-from entpruner_sdk.cli.common import (
-    command,
-    common_options,
-    folder_options,
-    read_data,
-    vae_option,
-    workers_option,
-)
+from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "encode", "Encode images to VAE latents: the data for a latent model "
-                 "(DiT-XL/2, SiT-XL/2) to train, compress and evaluate on. The latents done so "
-                 "far are kept in OUT.encoding/ (each minute): after Ctrl-C or a crash, the same "
-                 "command continues from there.", """\
+    p = common.command(
+        sub, "encode", "Encode images to VAE latents: the data for a latent model "
+        "(DiT-XL/2, SiT-XL/2) to train, compress and evaluate on. The latents done so "
+        "far are kept in OUT.encoding/ (each minute): after Ctrl-C or a crash, the same "
+        "command continues from there.", """\
         entpruner encode --vae ./sd-vae-ft-ema --data ./my_images --out my_latents.npz
         entpruner encode --vae ./sd-vae-ft-ema --data ./imagenet_subset --image-size 256 \\
             --class-index LOC_synset_mapping.txt --device cuda --batch-size 64 --workers 8 \\
@@ -28,15 +22,15 @@ def add_parser(sub) -> None:
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data my_latents.npz \\
             --budget 14 --out runs/xl-d14
         """)
-    vae_option(p, "encodes the images", required=True)
+    common.vae_option(p, "encodes the images", required=True)
     p.add_argument("--data", required=True,
                    help="bundled name, class folders or an .npz of images")
-    folder_options(p, " (256 for DiT-XL/2 and SiT-XL/2 at 256x256)")
+    common.folder_options(p, " (256 for DiT-XL/2 and SiT-XL/2 at 256x256)")
     p.add_argument("--out", required=True,
                    help=".npz to write: latents, labels and class names")
     p.add_argument("--batch-size", type=int, default=32, help="images per VAE call")
-    workers_option(p, ". A folder is read one batch at a time, so it need not fit in memory")
-    common_options(p)
+    common.workers_option(p, ". A folder is read one batch at a time, so it need not fit in memory")
+    common.run_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from entpruner_sdk.data.latents import LatentSpace
 
     space = LatentSpace.from_pretrained(args.vae, device=args.device)
-    data = read_data(args, stream=True)  # a folder may be larger than memory
+    data = common.read_data(args, stream=True)  # a folder may be larger than memory
     work = _encode_work_dir(args.out)  # holds the latents done so far until the .npz is out
     latents = space.encode_dataset(data, cache_dir=work, batch_size=args.batch_size,
                                    progress=not args.quiet, workers=args.workers)

@@ -5,21 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from entpruner_sdk.cli.common import (
-    command,
-    common_options,
-    folder_options,
-    heads_option,
-    read_data,
-    vae_option,
-)
+from entpruner_sdk.cli import common
 from entpruner_sdk.evaluation.batches import IN_PROGRESS
 from entpruner_sdk.evaluation.reference import REFERENCE_SIZE
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "evaluate", "Score a model against real data: FID (Inception), FD-domain, "
-                 "precision/recall, class accuracy, and fidelity to an original.", """\
+    p = common.command(
+        sub, "evaluate", "Score a model against real data: FID (Inception), FD-domain, "
+        "precision/recall, class accuracy, and fidelity to an original.", """\
         entpruner evaluate --model dit-digits --data digits --samples 1000 --steps 50 --cfg 2
         entpruner evaluate --model runs/pruned --original dit-digits --data digits \\
             --samples 500 --features domain --out runs/eval
@@ -32,10 +26,10 @@ def add_parser(sub) -> None:
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    heads_option(p)
+    common.heads_option(p)
     p.add_argument("--original", help="also report fidelity to this model (same noise/labels)")
     p.add_argument("--data", default="digits", help="real data to compare with")
-    folder_options(p)
+    common.folder_options(p)
     p.add_argument("--samples", type=int, default=1000, help="generated images to score")
     p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps")
@@ -56,8 +50,8 @@ def add_parser(sub) -> None:
                    help="also write OUT/samples.npz: the samples as 8-bit images (arr_0, "
                         "N x H x W x C) and their labels (arr_1), the format of "
                         "guided-diffusion's samples and ADM's evaluation suite")
-    vae_option(p)
-    common_options(p)
+    common.vae_option(p)
+    common.run_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_samples and is_latent(model.config) and not args.vae:
         raise SystemExit("--save-samples writes images, and this model samples VAE latents: "
                          "pass --vae DIR to decode them")
-    data = read_data(args, stream=True)  # a folder: only the reference images are read
+    data = common.read_data(args, stream=True)  # a folder: only the reference images are read
     report = evaluate(model, data, reference_size=args.reference_size or None,
                       samples=args.samples, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from entpruner_sdk.cli.common import command, common_options, heads_option, vae_option
+from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "export", "Export a model for deployment (ONNX, AOTInductor, TensorRT).",
-                 """\
+    p = common.command(
+        sub, "export", "Export a model for deployment (ONNX, AOTInductor, TensorRT).",
+        """\
         entpruner export --model runs/quickstart/dit-digits-pruned --out exports/dit-onnx
         entpruner export --model dit-digits --format onnx-fp16 --out exports/fp16 --verify
         entpruner export --model runs/sit --format aoti --out exports/sit-aoti
@@ -20,7 +21,7 @@ def add_parser(sub) -> None:
 
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    heads_option(p)
+    common.heads_option(p)
     p.add_argument("--format", default="onnx", choices=FORMATS, help="what to export to")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--verify", action="store_true",
@@ -36,9 +37,9 @@ def add_parser(sub) -> None:
                         "torch-tensorrt)")
     p.add_argument("--no-guided", action="store_true",
                    help="ONNX: skip the classifier-free-guidance graph")
-    vae_option(p, "is exported too (vae_decoder.onnx), so the export samples images on its "
+    common.vae_option(p, "is exported too (vae_decoder.onnx), so the export samples images on its "
                    "own")
-    common_options(p)
+    common.run_options(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
-from entpruner_sdk.cli.common import command, heads_option
+from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "info", "Describe a model or an export: config, parameters, FLOPs, "
-                 "provenance, classes (and an export's files, batch profile and parity).", """\
+    p = common.command(
+        sub, "info", "Describe a model or an export: config, parameters, FLOPs, "
+        "provenance, classes (and an export's files, batch profile and parity).", """\
         entpruner info --model dit-digits
         entpruner info --model DiT-XL-2-256x256.pt --family dit --json
         entpruner info --model exports/dit-d6     # an export directory
@@ -22,7 +23,7 @@ def add_parser(sub) -> None:
                    help="registry name, bundled teacher name, model path, released file or "
                         "export directory")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    heads_option(p)
+    common.heads_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 

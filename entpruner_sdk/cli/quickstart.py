@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from entpruner_sdk.cli.common import command, common_options
+from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "quickstart", "The main job on bundled data: sample the bundled teachers, "
-                 "compress each to half depth, evaluate both, print the comparison.", """\
+    p = common.command(
+        sub, "quickstart", "The main job on bundled data: sample the bundled teachers, "
+        "compress each to half depth, evaluate both, print the comparison.", """\
         entpruner quickstart
         entpruner quickstart --out runs/quickstart --device cuda
         """)
@@ -18,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--compress-steps", type=int, default=500,
                    help="fine-tuning steps of each compress run")
     p.add_argument("--seed", type=int, default=0, help="seeds every run and evaluation")
-    common_options(p)
+    common.run_options(p)
 
 
 def run(args: argparse.Namespace) -> int:

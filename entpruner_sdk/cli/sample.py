@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from entpruner_sdk.cli.common import command, common_options, heads_option, vae_option
+from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "sample", "Sample class-conditional images and save a PNG grid.", """\
+    p = common.command(
+        sub, "sample", "Sample class-conditional images and save a PNG grid.", """\
         entpruner sample --model dit-digits --per-class 8 --out digits.png
         entpruner sample --model runs/sit/model --labels 3,3,7 --sampler euler-maruyama \\
             --steps 100 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz
@@ -21,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True,
                    help="bundled teacher name, model path, or an export directory")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    heads_option(p)
+    common.heads_option(p)
     p.add_argument("--provider", default="cpu",
                    help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
     p.add_argument("--labels", help="comma-separated class ids or names (names for a model "
@@ -39,8 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="samples.png", help="PNG grid path")
     p.add_argument("--npz", help="also save the samples (images, decoded when --vae is given) "
                    "and labels to this .npz")
-    vae_option(p)
-    common_options(p)
+    common.vae_option(p)
+    common.run_options(p)
 
 
 def run(args: argparse.Namespace) -> int:

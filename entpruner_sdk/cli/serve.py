@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from entpruner_sdk.cli.common import command, common_options, heads_option, vae_option
+from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "serve", "Serve models over HTTP (FastAPI, micro-batching, metrics).", """\
+    p = common.command(
+        sub, "serve", "Serve models over HTTP (FastAPI, micro-batching, metrics).", """\
         entpruner serve --model dit-digits                       # http://127.0.0.1:8000/docs
         entpruner serve --model original=dit-digits --model pruned=runs/quickstart/dit-digits-pruned
         entpruner serve --model exports/dit-onnx --backend onnxruntime --port 8080
@@ -41,9 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
     p.add_argument("--family", choices=["dit", "sit"],
                    help="required for released checkpoints (their keys do not say)")
-    heads_option(p)
-    vae_option(p)
-    common_options(p)
+    common.heads_option(p)
+    common.vae_option(p)
+    common.run_options(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,21 +8,12 @@ from pathlib import Path
 
 import torch
 
-from entpruner_sdk.cli.common import (
-    classes_options,
-    command,
-    common_options,
-    folder_options,
-    hflip_option,
-    resume_hint,
-    training_data,
-    vae_option,
-    workers_option,
-)
+from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "train", "Train or fine-tune a DiT / SiT on class-conditional data.", """\
+    p = common.command(
+        sub, "train", "Train or fine-tune a DiT / SiT on class-conditional data.", """\
         entpruner train --model DiT-S/2 --data digits --steps 2000 --out runs/dit
         entpruner train --family sit --depth 12 --hidden 96 --heads 4 --patch 2 \\
             --data digits --steps 6000 --out runs/sit
@@ -51,23 +42,23 @@ def add_parser(sub) -> None:
                    help="SiT interpolant path")
     p.add_argument("--data", default="digits",
                    help="bundled name (digits, photos), class folders, or .npz")
-    folder_options(p)
+    common.folder_options(p)
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
-    hflip_option(p)
+    common.hflip_option(p)
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--ema-decay", type=float, default=0.9999,
                    help="decay of the EMA weights that are saved and sampled")
     p.add_argument("--seed", type=int, default=0, help="seeds the data order and the noise")
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="steps between resumable checkpoints")
-    classes_options(p, "a new model takes the data's count")
-    vae_option(p, "encodes image data first, for a latent model (cached: a second run or "
+    common.classes_options(p, "a new model takes the data's count")
+    common.vae_option(p, "encodes image data first, for a latent model (cached: a second run or "
                    "--resume reads the latents back); a new model is then built on latents")
-    workers_option(p)
+    common.workers_option(p)
     p.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    common_options(p)
+    common.run_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     # encode; a new model takes its shape from the data (with --vae: from its latents)
     given = (resolve_model(args.model, args.family, num_heads=args.heads)
              if args.model and not registry_name else None)
-    data = training_data(args, latent=True,
+    data = common.training_data(args, latent=True,
                           config=given.config if given is not None else None)
     shape = dict(input_size=data.image_size, in_channels=data.channels,
                  num_classes=data.num_classes)
@@ -120,4 +111,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-interrupted = resume_hint  # what an interrupted run left for --resume
+interrupted = common.resume_hint  # what an interrupted run left for --resume
