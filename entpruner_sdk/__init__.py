@@ -1,10 +1,19 @@
 """entpruner: entropy-guided depth pruning for DiT / SiT, and the tools to ship the result.
 
 The verbs at the top: ``load`` / ``save`` models, ``train`` a teacher, ``sample`` from it,
-``compress`` it to a budget on your data, and ``evaluate`` the result.
+``plan`` which blocks a compression would remove, ``compress`` it to a budget on your data,
+and ``evaluate`` the result.
 """
 
-from entpruner_sdk.compress import Budget, BudgetError, CompressConfig, CompressResult, compress
+from entpruner_sdk.compress import (
+    Budget,
+    BudgetError,
+    CompressConfig,
+    CompressPlan,
+    CompressResult,
+    compress,
+    plan,
+)
 from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.evaluate import evaluate
@@ -28,6 +37,7 @@ __all__ = [
     "BudgetError",
     "CheckpointError",
     "CompressConfig",
+    "CompressPlan",
     "CompressResult",
     "DataError",
     "DiffusionTransformer",
@@ -45,6 +55,7 @@ __all__ = [
     "load",
     "load_data",
     "load_teacher",
+    "plan",
     "sample",
     "save",
     "train",
