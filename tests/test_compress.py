@@ -374,7 +374,10 @@ def test_the_plan_names_the_blocks_compress_removes(options):
 
 
 def test_a_plan_that_ranks_again_says_the_run_may_end_elsewhere():
+    import entpruner_sdk as ep
     from entpruner_sdk.compress import plan
+
+    assert ep.plan is plan  # a verb at the top, beside ep.compress
 
     found = plan(teacher(), "digits", "1.5x", **{**PLAN, "rerank": True})
     assert not found.final and found.predicted_speedup >= 1.5
