@@ -146,6 +146,20 @@ def test_info_prints_json(tmp_path, capsys):
     assert info["provenance"]["kept_blocks"] == [0, 1]
 
 
+def test_info_says_how_a_compressed_model_was_made(tmp_path, capsys):
+    from entpruner_sdk.compress import compress
+
+    result = compress(randomized(DiffusionTransformer(tiny_config("dit", depth=4))), "digits",
+                      2, steps=4, batch_size=4, interval=2, calibration_per_class=2,
+                      calibration_times=2, proxy_samples=4, report_samples=0,
+                      progress=False, device="cpu")
+    result.save(tmp_path)
+    assert main(["info", "--model", str(tmp_path / "model")]) == 0
+    removed = sorted({0, 1, 2, 3} - set(result.model.kept_blocks))
+    assert (f"kept blocks {result.model.kept_blocks}\ncompressed to keep 2 blocks by ced "
+            f"(adaptive); removed blocks {removed}\n") in capsys.readouterr().out
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["info", "--model", str(tmp_path / "nope.pt"), "--family", "dit"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters {summary['parameters']:,}  forward {summary['gflops_per_image']:.4f} "
           "GFLOPs/image")
     print(f"kept blocks {summary['provenance']['kept_blocks']}")
+    compression = summary["provenance"].get("compression")
+    if compression:  # a compress output: how it was made, beside what it kept
+        print(f"compressed to {compression['budget']} by {compression['importance']} "
+              f"({compression['schedule']}); removed blocks {compression['removed_blocks']}")
     names = summary["provenance"].get("class_names") or []
     tuned = summary["provenance"].get("data_classes")
 
