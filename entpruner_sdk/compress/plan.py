@@ -95,6 +95,7 @@ def plan(model: DiffusionTransformer, data: Any, budget: Budget | int | float | 
     scores = importance.score(teacher, setup.objective, scored_calibration(setup), setup.device)
     removed = importance.select(scores, teacher.depth - target, setup.protected)
     kept = [b for b in teacher.kept_blocks if b not in removed]
+    parameters = count_parameters(teacher)
     removed_parameters = sum(count_parameters(teacher.blocks[teacher.kept_blocks.index(b)])
                              for b in removed)
     return CompressPlan(
@@ -102,8 +103,7 @@ def plan(model: DiffusionTransformer, data: Any, budget: Budget | int | float | 
         depth_before=teacher.depth, depth_after=target, protected=setup.protected,
         scores=[{"block": b, "score": s} for b, s in zip(scores.kept_blocks, scores.scores)],
         removed_blocks=removed, kept_blocks=kept,
-        parameters_before=count_parameters(teacher),
-        parameters_after=count_parameters(teacher) - removed_parameters,
+        parameters_before=parameters, parameters_after=parameters - removed_parameters,
         gflops_before=forward_flops(teacher.config) / 1e9,
         gflops_after=forward_flops(teacher.config.replace(depth=target)) / 1e9,
         predicted_speedup=latency.speedup(teacher.depth, target),

@@ -17,8 +17,7 @@ from pathlib import Path
 def _hidden_sibling(path: Path, suffix: str = "") -> Path:
     """A new hidden name beside ``path``: on the same file system, so ``os.replace`` onto
     ``path`` is atomic. It names the process that writes it (``.NAME.PID@HOST.RANDOM``), so
-    the next writer of ``path`` can delete what a killed one left."""
-    _remove_abandoned(path)
+    the next writer of ``path`` can delete what a killed one left (``_remove_abandoned``)."""
     owner = f"{os.getpid()}@{socket.gethostname()}"
     return path.with_name(f".{path.name}.{owner}.{uuid.uuid4().hex[:8]}{suffix}")
 
@@ -66,6 +65,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[Path]:
     would do."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(path)
     tmp = _hidden_sibling(path, ".tmp")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     mode = tmp.stat().st_mode & 0o777
@@ -84,6 +84,7 @@ def staging_dir(path: str | os.PathLike) -> Path:
     (``mkdtemp``'s are 0o700, which would leave only their owner able to read the result)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(path)
     staging = _hidden_sibling(path)
     staging.mkdir(mode=0o777)
     return staging
