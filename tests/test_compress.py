@@ -386,3 +386,60 @@ def test_a_plan_that_ranks_again_says_the_run_may_end_elsewhere():
     assert text.count("| protected |") == 2 and text.count("| removed |") == 6 - found.depth_after
     with pytest.raises(BudgetError, match="keep between 2 and 5"):
         plan(teacher(), "digits", 6, **PLAN)
+
+
+def _digit_folder(folder, count: int = 40):
+    """The first ``count`` digits written as gray PNGs in one folder per class."""
+    from PIL import Image
+
+    from entpruner_sdk.data import eight_bit
+
+    digits = load_data("digits")
+    for i in range(count):
+        label = int(digits.labels[i])
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        pixels = eight_bit(digits[i][0])[0].numpy()
+        Image.fromarray(pixels).save(folder / str(label) / f"{i:03d}.png")
+    return folder
+
+
+def test_the_report_measures_a_folder_as_evaluate_does(tmp_path):
+    from entpruner_sdk.data.folder import ImageFolder
+    from entpruner_sdk.evaluation.evaluate import evaluate
+    from entpruner_sdk.evaluation.reference import load_reference, reference_data
+    from entpruner_sdk.teachers import SAMPLING
+    from tests.conftest import cache_a_quick_classifier
+
+    folder = _digit_folder(tmp_path / "my digits")
+    original = teacher()
+    # the classifier `entpruner evaluate --data FOLDER` uses, keyed by the files: the only
+    # one there is, so a report that trained another (keyed by the pixels) would add one
+    reference, _ = load_reference(ImageFolder(folder), None)
+    cache_a_quick_classifier(reference_data(original, reference, None, False))
+    trained = sorted((cache_root() / "classifiers").iterdir())
+    result = compress(original, folder, 3, **dict(FAST, report_samples=6))
+    summary = result.report["summary"]
+    assert sorted((cache_root() / "classifiers").iterdir()) == trained
+    assert summary["quality_settings"]["reference"] == "my digits"
+    # and an evaluation of the pruned model against that folder gives the report's figures
+    again = evaluate(result.model, ImageFolder(folder), samples=6, seed=0, original=original,
+                     features=("domain",), progress=False, device="cpu",
+                     **SAMPLING[original.family])  # the report's settings: compress's seed 0
+    assert {**again.metrics, **again.fidelity} == summary["quality_pruned"]
+
+
+def test_the_report_keeps_the_held_images_when_the_folder_changed(tmp_path):
+    from entpruner_sdk.data.folder import ImageFolder
+    from entpruner_sdk.evaluation.reference import images_behind
+
+    folder = _digit_folder(tmp_path / "digits", count=12)
+    held = load_data(folder)
+    assert isinstance(images_behind(held, decoded=False), ImageFolder)
+    bundled = load_data("digits")
+    assert images_behind(bundled, decoded=False) is bundled  # not read from a folder
+    (folder / "0" / "000.png").rename(folder / "1" / "000.png")  # relabelled
+    assert images_behind(held, decoded=False) is held
+    (folder / "1" / "000.png").unlink()  # one image fewer
+    assert images_behind(held, decoded=False) is held
+    folder.rename(tmp_path / "moved")
+    assert images_behind(held, decoded=False) is held

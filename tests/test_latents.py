@@ -20,6 +20,7 @@ from entpruner_sdk.data import (
 from entpruner_sdk.data import latents as latents_module
 from entpruner_sdk.data.latents import SD_VAE_SCALE, LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.evaluate import evaluate
+from entpruner_sdk.evaluation.reference import load_reference
 from entpruner_sdk.models.io import load, save
 from entpruner_sdk.sampling import sample
 from tests.conftest import cache_a_quick_classifier, latent_model, tiny_config, tiny_vae
@@ -228,11 +229,17 @@ def test_train_and_compress_encode_images_for_a_latent_model_given_its_vae(
                  "4", "--out", str(tmp_path / "ft")]) == 0
     cached = list((cache_root() / "latents").iterdir())
     assert len(cached) == 1  # encoded once, into the cache
+    reference, _ = load_reference(ImageFolder(folder), None)
+    cache_a_quick_classifier(reference)  # the one `evaluate --data FOLDER --vae` would train
     assert main(["compress", *common, "--vae", str(tiny_vae_dir), "--budget", "2", "--steps",
                  "4", "--interval", "2", "--batch-size", "4", "--calibration-per-class", "2",
-                 "--calibration-times", "2", "--report-samples", "0",
+                 "--calibration-times", "2", "--report-samples", "4",
                  "--out", str(tmp_path / "run")]) == 0
     assert list((cache_root() / "latents").iterdir()) == cached  # read back, not encoded again
+    # the report compares the decoded samples with the real images, not with the latents'
+    # reconstructions: no latent is decoded, and no second classifier is trained
+    assert not (cache_root() / "decoded").exists()
+    assert len(list((cache_root() / "classifiers").iterdir())) == 1
     # the latents are those encode writes, and the report names the images, where the demo's
     # evaluation finds them
     assert main(["encode", "--vae", str(tiny_vae_dir), "--data", str(folder), "--out",
@@ -242,6 +249,8 @@ def test_train_and_compress_encode_images_for_a_latent_model_given_its_vae(
     assert torch.equal(encoded.images, load_data(tmp_path / "l.npz").images)
     summary = json.loads((tmp_path / "run" / "report.json").read_text())["summary"]
     assert summary["data_source"] == str(folder.resolve())
+    assert summary["quality_settings"]["reference"] == "images"
+    assert summary["quality_settings"]["samples_held"] == "uint8"
     assert load(tmp_path / "run" / "model").depth == 2
 
 

@@ -314,7 +314,8 @@ def _report(run: _Run, teacher: DiffusionTransformer, pruned: DiffusionTransform
 def quality_figures(teacher, pruned, data, config: CompressConfig, device,
                     progress: bool = False, vae: Any = None,
                     out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluation of teacher and pruned model on identical noise (the family's sampler).
+    """Evaluation of teacher and pruned model on identical noise (the family's sampler),
+    against the class folder the data was read from when there is one (``images_behind``).
 
     It samples each model once, after the fine-tuning bar has finished, so it shows its own
     bars. ``vae``: the opened ``config.report_vae`` (opened here when not given).
@@ -324,10 +325,12 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
     from entpruner_sdk.data.latents import decoder_for
     from entpruner_sdk.evaluation.batches import IN_PROGRESS, SampleBatches
     from entpruner_sdk.evaluation.evaluate import evaluate
+    from entpruner_sdk.evaluation.reference import images_behind
     from entpruner_sdk.teachers import SAMPLING
 
     if vae is None and config.report_vae:
         vae = decoder_for(teacher.config, config.report_vae, device)
+    data = images_behind(data, decoded=vae is not None)  # a class folder: as evaluate takes it
     batches = Path(out_dir) / IN_PROGRESS if out_dir is not None else None
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,
                     samples=config.report_samples, seed=config.seed, device=device,

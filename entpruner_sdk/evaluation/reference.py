@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +45,32 @@ def load_reference(data: Any, size: int | None) -> tuple[ImageDataset | FolderSu
     if size is None or len(data) <= size:
         return data, len(data)
     return data.subset(balanced_indices(data.labels, size)), len(data)
+
+
+def images_behind(data: ImageDataset, decoded: bool) -> ImageDataset | ImageFolder:
+    """The class folder ``data`` was read from, opened again (its ``origin``), to compare a
+    model trained on ``data`` with; ``data`` itself when it came from elsewhere.
+
+    ``evaluate`` takes the folder as ``entpruner evaluate --data FOLDER`` and the demo do, so
+    all three share the domain classifier and reference statistics cached for it (keyed by
+    the files, with no pixel read once they are cached), rather than train a second
+    classifier keyed by the pixels held. Latents encoded from the folder are compared through
+    it too when the samples are ``decoded`` to images: with the real images, as the standard
+    protocol does, not with the latents' VAE reconstructions, which would first have to be
+    decoded. A folder moved, emptied or changed in its files or classes since it was read
+    leaves ``data``: the images the model was trained on are still held.
+    """
+    source = (data.origin or {}).get("data")
+    if source is None or not Path(source).is_dir() or not (data.pixels or decoded):
+        return data
+    options = {key: value for key, value in data.origin.items() if key != "data"}
+    try:
+        folder = ImageFolder(source, options.get("image_size"), options.get("class_index"))
+    except DataError:
+        return data
+    same = (len(folder) == len(data) and torch.equal(folder.labels, data.labels.cpu().long())
+            and folder.class_names == list(data.class_names))
+    return folder if same else data
 
 
 def reference_data(model: DiffusionTransformer, data: ImageDataset,
