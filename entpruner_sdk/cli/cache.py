@@ -10,6 +10,7 @@ from entpruner_sdk.utils.cache import cache_root, cache_usage, clear_cache
 
 
 def add_parser(sub) -> None:
+    """The ``cache`` subcommand: list the cache's parts, or ``--clear`` one or all."""
     p = common.command(
         sub, "cache", "List or clear the entpruner cache: domain classifiers, reference "
         "features, encoded latents, exported VAE decoders, the demo's exports. Everything in "
@@ -27,6 +28,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """List each part of the cache with its size (``--json``), or delete ``--clear KIND``; 0 on
+    success."""
     if args.clear:
         freed = clear_cache(args.clear)
         print(f"freed {_size(freed)} from {cache_root()}")

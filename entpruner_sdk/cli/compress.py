@@ -16,6 +16,7 @@ from entpruner_sdk.schedule import SCHEDULES
 
 
 def add_parser(sub) -> None:
+    """The ``compress`` subcommand: model, data, budget and every ``CompressConfig`` option."""
     p = common.command(
         sub, "compress", "Prune whole blocks guided by CED while fine-tuning on your "
         "data, recover by distillation, and write the smaller model plus a report.",
@@ -127,6 +128,8 @@ def _time_grid(text: str) -> int | tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Compress ``--model`` on ``--data`` to ``--budget`` into ``--out`` (or only plan it,
+    ``--dry-run``), printing the summary; 0 on success."""
     from entpruner_sdk.compress import compress, plan
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.teachers import resolve_model

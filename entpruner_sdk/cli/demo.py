@@ -10,6 +10,7 @@ from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
+    """The ``demo`` subcommand: the two models, the port and the export option."""
     p = common.command(
         sub, "demo", "Gradio app: original vs pruned sampling, side by side.", """\
         entpruner demo          # dit-digits vs runs/quickstart/dit-digits-pruned (from quickstart)
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Launch the side-by-side Gradio app and serve it until stopped; 0 on success."""
     from entpruner_sdk.apps.demo import launch
     from entpruner_sdk.apps.pair import DEFAULT_PRUNED, MAKE_PRUNED
 

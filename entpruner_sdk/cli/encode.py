@@ -10,6 +10,7 @@ from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
+    """The ``encode`` subcommand: the VAE, the images, the output and the readers."""
     p = common.command(
         sub, "encode", "Encode images to VAE latents: the data for a latent model "
         "(DiT-XL/2, SiT-XL/2) to train, compress and evaluate on. The latents done so "
@@ -34,6 +35,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Encode ``--data`` with ``--vae`` into the ``.npz`` ``--out``, continuing an interrupted
+    encode; 0 on success."""
     from entpruner_sdk.data.datasets import save_npz
     from entpruner_sdk.data.latents import LatentSpace
 

@@ -11,6 +11,8 @@ from entpruner_sdk.evaluation.reference import REFERENCE_SIZE
 
 
 def add_parser(sub) -> None:
+    """The ``evaluate`` subcommand: the model, its reference data, the sampler and the feature
+    spaces."""
     p = common.command(
         sub, "evaluate", "Score a model against real data: FID (Inception), FD-domain, "
         "precision/recall, class accuracy, and fidelity to an original.", """\
@@ -55,6 +57,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Evaluate ``--model`` (and its fidelity to ``--original``), print the table and write the
+    report to ``--out``; 0 on success."""
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import resolve_model

@@ -8,6 +8,7 @@ from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
+    """The ``export`` subcommand: the model, the format, the batch profile and the checks."""
     p = common.command(
         sub, "export", "Export a model for deployment (ONNX, AOTInductor, TensorRT).",
         """\
@@ -43,6 +44,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Export ``--model`` in ``--format`` to ``--out``, checked against PyTorch unless
+    ``--no-check`` (``--verify`` prints the checks); 0 on success."""
     from entpruner_sdk.export import export
     from entpruner_sdk.export.parity import format_checks
     from entpruner_sdk.teachers import resolve_model

@@ -12,6 +12,7 @@ from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
+    """The ``info`` subcommand: the model or export to describe, and ``--json``."""
     p = common.command(
         sub, "info", "Describe a model or an export: config, parameters, FLOPs, "
         "provenance, classes (and an export's files, batch profile and parity).", """\
@@ -58,6 +59,7 @@ def export_summary(directory: str | Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print what ``--model`` is, as text or JSON; 0 on success."""
     from entpruner_sdk.export.runtime import is_export_dir
     from entpruner_sdk.teachers import resolve_model
 

@@ -8,6 +8,7 @@ from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
+    """The ``quickstart`` subcommand: the output folder, sample count, compress steps and seed."""
     p = common.command(
         sub, "quickstart", "The main job on bundled data: sample the bundled teachers, "
         "compress each to half depth, evaluate both, print the comparison.", """\
@@ -23,6 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the main job on the bundled data and print its comparison table; 0 on success."""
     from entpruner_sdk.quickstart import run_quickstart
 
     run_quickstart(out=args.out, samples=args.samples, compress_steps=args.compress_steps,

@@ -9,6 +9,7 @@ from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
+    """The ``sample`` subcommand: the model, the classes, the sampler and the output grid."""
     p = common.command(
         sub, "sample", "Sample class-conditional images and save a PNG grid.", """\
         entpruner sample --model dit-digits --per-class 8 --out digits.png
@@ -45,6 +46,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Sample the classes asked for and write them as a PNG grid (and an ``.npz`` with
+    ``--npz``); 0 on success."""
     import numpy as np
 
     from entpruner_sdk.data.classes import offered_classes, resolve_labels

@@ -9,6 +9,7 @@ from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
+    """The ``serve`` subcommand: the named models, the address and the batching options."""
     p = common.command(
         sub, "serve", "Serve models over HTTP (FastAPI, micro-batching, metrics).", """\
         entpruner serve --model dit-digits                       # http://127.0.0.1:8000/docs
@@ -48,6 +49,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve the models over HTTP until stopped; 0 on success."""
     from entpruner_sdk.serve import ServerSettings, parse_model_specs, serve, serve_ray
 
     specs = parse_model_specs(args.model)

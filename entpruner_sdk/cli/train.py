@@ -12,6 +12,8 @@ from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
+    """The ``train`` subcommand: a new model's shape or a model to fine-tune, the data and the
+    training settings."""
     p = common.command(
         sub, "train", "Train or fine-tune a DiT / SiT on class-conditional data.", """\
         entpruner train --model DiT-S/2 --data digits --steps 2000 --out runs/dit
@@ -62,6 +64,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train (or fine-tune, or ``--resume``) on ``--data`` and save the EMA model to ``--out``;
+    0 on success."""
     from entpruner_sdk.models import (
         DiffusionTransformer,
         TransformerConfig,
