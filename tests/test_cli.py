@@ -182,6 +182,18 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
         "evaluation.json", "evaluation.md", "samples.npz"]
     assert len(load_data(tmp_path / "eval" / "samples.npz")) == 20
+    assert "note:" not in capsys.readouterr().err
+    # batches an unfinished evaluation with other settings left in the same --out stay for
+    # its rerun, and a finished evaluation says they are there and what room they take
+    other = tmp_path / "eval" / "sampling-in-progress" / "model-0123"
+    other.mkdir(parents=True)
+    (other / "batch_00000.safetensors").write_bytes(bytes(1500))
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--samples", "4",
+                 "--steps", "2", "--features", "domain", "--out", str(tmp_path / "eval"),
+                 "--quiet", "--device", "cpu"]) == 0
+    assert (f"note: {other.parent} still holds the sample batches of 1 evaluation(s) that did "
+            "not finish, with other models or settings (1.5 kB)") in capsys.readouterr().err
+    assert [p.name for p in other.parent.iterdir()] == ["model-0123"]
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--features", "lpips",
                  "--samples", "4", "--out", str(tmp_path / "e2")]) == 2
     assert "unknown feature spaces" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     success."""
     if args.clear:
         freed = clear_cache(args.clear)
-        print(f"freed {_size(freed)} from {cache_root()}")
+        print(f"freed {common.human_size(freed)} from {cache_root()}")
         return 0
     usage = cache_usage()
     if args.json:
@@ -43,17 +43,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"entpruner cache in {cache_root()} ($ENTPRUNER_CACHE moves it)")
     width = max(len(u.kind) for u in usage)
     for u in usage:
-        print(f"  {u.kind:<{width}}  {u.entries:>5} entries  {_size(u.bytes):>9}  "
+        print(f"  {u.kind:<{width}}  {u.entries:>5} entries  {common.human_size(u.bytes):>9}  "
               f"{u.description}")
-    print(f"  {'total':<{width}}  {'':>13}  {_size(sum(u.bytes for u in usage)):>9}")
+    print(f"  {'total':<{width}}  {'':>13}  {common.human_size(sum(u.bytes for u in usage)):>9}")
     return 0
 
-
-def _size(count: int) -> str:
-    """Bytes in the largest unit that keeps the number at least 1 (decimal units, as du -h
-    --si and file managers show)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if count < 1000:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} TB"

@@ -134,3 +134,13 @@ def resume_hint(args: argparse.Namespace) -> str:
         return "no checkpoint was written yet, so running it again starts over"
     return (f"{state.parent} holds step {step}: run the same command with --resume to "
             "continue from there")
+
+
+def human_size(count: int) -> str:
+    """Bytes in the largest unit that keeps the number at least 1 (decimal units, as du -h
+    --si and file managers show)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"

@@ -11,6 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from entpruner_sdk.utils.files import tree_bytes
+
 # What each folder holds, by the folder's name; a folder of another name is reported as is.
 KINDS = {
     "classifiers": "domain classifiers, one per dataset (FD-domain, class accuracy)",
@@ -51,10 +53,8 @@ def _usage(folder: Path, kind: str) -> CacheUsage:
     """A folder's entries (hidden ones, an interrupted write's leftovers, are not counted but
     are in the size, and are deleted with the rest)."""
     entries = list(folder.iterdir()) if folder.is_dir() else []
-    files = (f for entry in entries for f in ([entry] if entry.is_file() else entry.rglob("*")))
-    size = sum(f.stat().st_size for f in files if f.is_file())
     shown = [entry for entry in entries if not entry.name.startswith(".")]
-    return CacheUsage(kind, KINDS.get(kind, ""), len(shown), size, folder)
+    return CacheUsage(kind, KINDS.get(kind, ""), len(shown), tree_bytes(folder), folder)
 
 
 def clear_cache(kinds: list[str] | tuple[str, ...], root: Path | None = None) -> int:

@@ -129,3 +129,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_writer(path) as tmp:
         tmp.write_bytes(data)
+
+
+def tree_bytes(path: str | os.PathLike) -> int:
+    """The bytes of every file under ``path`` (hidden ones too; 0 when it does not exist)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
