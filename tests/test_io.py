@@ -242,6 +242,32 @@ def test_a_checkpoint_save_killed_between_its_renames_keeps_the_previous_one(tmp
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
 
 
+def test_a_save_killed_between_its_two_files_is_refused_on_load(tmp_path, tiny_dit,
+                                                                 monkeypatch):
+    from entpruner_sdk.models import io
+
+    ep.save(tiny_dit.keep_blocks([0, 1]), tmp_path / "m")
+    other = tiny_dit.keep_blocks([2, 3])  # the same shapes: only the kept blocks tell them apart
+
+    def dies_before_the_config(*args):
+        raise OSError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "atomic_write_text", dies_before_the_config)
+        with pytest.raises(OSError, match="killed"):
+            ep.save(other, tmp_path / "m")
+    with pytest.raises(ep.CheckpointError, match="come from two different saves .* save the "
+                                                  "model again"):
+        ep.load(tmp_path / "m")
+    ep.save(other, tmp_path / "m")
+    assert ep.load(tmp_path / "m").kept_blocks == [2, 3]
+    # a directory saved before saves were named still loads
+    document = json.loads((tmp_path / "m" / "config.json").read_text())
+    del document["save"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(document))
+    assert ep.load(tmp_path / "m").kept_blocks == [2, 3]
+
+
 def test_saved_files_have_ordinary_permissions(tmp_path, tiny_dit):
     ep.save(tiny_dit, tmp_path / "m")
     umask = os.umask(0)

@@ -17,11 +17,13 @@ import json
 import math
 import os
 import re
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.models.config import (
@@ -57,11 +59,16 @@ def save(model: DiffusionTransformer, directory: str | os.PathLike,
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu()
              for k, v in model.state_dict().items()}
+    # each file is replaced whole, but not both at once: both name this save, so a save
+    # interrupted between them is refused on load rather than pair weights with another
+    # model's config (its kept blocks, its classes)
+    save_id = uuid.uuid4().hex
     with atomic_writer(directory / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
+        save_file(state, str(tmp), metadata={"format": FORMAT_NAME, "save": save_id})
     document = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
+        "save": save_id,
         "family": model.family,
         "config": model.config.to_dict(),
         "provenance": model.provenance,
@@ -241,12 +248,19 @@ def _load_ours(path: Path, document: dict[str, Any], family: str | None) -> Diff
         )
     weights = path / WEIGHTS_FILE
     try:
-        state = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as file:
+            saved_by = (file.metadata() or {}).get("save")
+            names = file.keys()  # a safe_open is not iterable
+            state = {name: file.get_tensor(name) for name in names}
     except Exception as error:
         raise CheckpointError(
             f"cannot read {weights}: {type(error).__name__}: {error}; the file is missing or "
             "corrupt, save the model again"
         ) from error
+    if saved_by and document.get("save") and saved_by != document["save"]:
+        raise CheckpointError(
+            f"{weights} and {CONFIG_FILE} in {path} come from two different saves (one was "
+            "interrupted between the two files); save the model again")
     model = DiffusionTransformer(config, document.get("provenance"), document.get("objective"))
     _strict_load(model, {k: v.float() for k, v in state.items()})
     model.metadata = document.get("metadata", {})
