@@ -99,3 +99,35 @@ def test_distributed_without_torchrun_fails_clearly(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(RuntimeError, match="needs torchrun"):
         distributed.init_from_env()
+
+
+@pytest.mark.slow
+def test_entpruner_evaluate_under_torchrun_shards_and_writes_once(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from entpruner_sdk.cli import main
+    from entpruner_sdk.models.io import save
+
+    save(teacher(), tmp_path / "model")
+    command = ["evaluate", "--model", str(tmp_path / "model"), "--samples", "12", "--steps",
+               "2", "--batch-size", "4", "--features", "domain", "--quiet", "--device", "cpu"]
+    assert main([*command, "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+         "-m", "entpruner_sdk", *command, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| class_accuracy |") == 1  # one process printed the table
+    one = json.loads((tmp_path / "one" / "evaluation.json").read_text())
+    two = json.loads((tmp_path / "two" / "evaluation.json").read_text())
+    assert two["settings"]["samples"] == 12 and two["settings"]["processes"] == 2
+    assert one["settings"]["processes"] == 1
+    # the two processes sampled the three batches between them (0 and 2, 1), and gathered
+    # one process's images
+    for name, value in one["metrics"].items():
+        assert two["metrics"][name] == pytest.approx(value, rel=1e-2, abs=1e-4), name
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "evaluation.json", "evaluation.md"]  # the batches removed once both had the samples

@@ -38,6 +38,23 @@ def run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def distributed_option(p: argparse.ArgumentParser, does: str) -> None:
+    p.add_argument("--distributed", action="store_true",
+                   help=f"{does} over the processes torchrun started (automatic when torchrun "
+                        "sets WORLD_SIZE > 1)")
+
+
+def join_processes(args: argparse.Namespace) -> str | torch.device:
+    """This process's device: under torchrun (or --distributed) it joins the process group
+    and takes its rank's device (``cuda:LOCAL_RANK`` on GPUs); else --device as given."""
+    from entpruner_sdk.utils import distributed
+
+    if not (args.distributed or distributed.launched_by_torchrun()):
+        return args.device
+    return distributed.init_from_env(None if args.device == "auto"
+                                     else torch.device(args.device))
+
+
 def heads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-heads", type=int,
                    help="attention heads of a released checkpoint whose width is not a "
@@ -113,14 +130,10 @@ def training_data(args: argparse.Namespace, latent: bool, config=None,
     from entpruner_sdk.utils.cache import cache_root
 
     # under torchrun rank 0 encodes while the others wait, then they read its cache
-    if not distributed.is_main():
-        distributed.barrier()
-    data = to_latents(read_data(args, stream=True), args.vae, cache_root() / "latents",
-                      config=config, device=device or args.device, workers=args.workers,
-                      progress=not args.quiet and distributed.is_main())
-    if distributed.is_main():
-        distributed.barrier()
-    return data
+    return distributed.main_first(lambda: to_latents(
+        read_data(args, stream=True), args.vae, cache_root() / "latents", config=config,
+        device=device or args.device, workers=args.workers,
+        progress=not args.quiet and distributed.is_main()))
 
 
 def resume_hint(args: argparse.Namespace) -> str:

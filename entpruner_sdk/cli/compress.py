@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from entpruner_sdk.cli import common
 from entpruner_sdk.importance import IMPORTANCES
 from entpruner_sdk.importance.ced import OUTPUTS, WEIGHTINGS
@@ -93,9 +91,7 @@ def add_parser(sub) -> None:
                    help="initial weight of the masked feature loss on aligned blocks "
                         "(decays to 0)")
     common.classes_options(p)
-    p.add_argument("--distributed", action="store_true",
-                   help="data-parallel over the processes torchrun started (automatic when "
-                        "torchrun sets WORLD_SIZE > 1)")
+    common.distributed_option(p, "data-parallel")
     p.add_argument("--report-samples", type=int, default=200,
                    help="samples for the report's quality figures (0 skips them)")
     p.add_argument("--report-fid", action="store_true",
@@ -135,9 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.utils import distributed
 
-    device = args.device
-    if args.distributed or distributed.launched_by_torchrun():
-        device = distributed.init_from_env(None if device == "auto" else torch.device(device))
+    device = common.join_processes(args)
     model = resolve_model(args.model, args.family, num_heads=args.num_heads)
     protect = None
     if args.protect:

@@ -40,6 +40,11 @@ def add_parser(sub) -> None:
                    help="classifier-free guidance scale (1 = unguided)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the noise (the labels are class-balanced)")
+    p.add_argument("--batch-size", type=int, default=250,
+                   help="samples drawn at a time, and the share of work under torchrun: "
+                        "lower it when a large model's batch does not fit in memory; each "
+                        "batch's noise comes from the seed and its index, so the batch size "
+                        "is part of what decides the samples")
     p.add_argument("--features", default="domain,inception",
                    help="comma-separated feature spaces: domain, inception or both")
     p.add_argument("--reference-size", type=int, default=REFERENCE_SIZE,
@@ -54,6 +59,7 @@ def add_parser(sub) -> None:
                         "N x H x W x C) and their labels (arr_1), the format of "
                         "guided-diffusion's samples and ADM's evaluation suite")
     common.vae_option(p)
+    common.distributed_option(p, "shard the sampling")
     common.run_options(p)
 
 
@@ -63,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.teachers import resolve_model
+    from entpruner_sdk.utils import distributed
 
+    device = common.join_processes(args)
     model = resolve_model(args.model, args.family, num_heads=args.num_heads)
     original = (resolve_model(args.original, args.family, num_heads=args.num_heads)
                 if args.original else None)
@@ -78,9 +86,12 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(model, data, reference_size=args.reference_size or None,
                       samples=args.samples, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
+                      batch_size=args.batch_size,
                       features=tuple(f.strip() for f in args.features.split(",")),
-                      device=args.device, progress=not args.quiet, model_name=args.model,
+                      device=device, progress=not args.quiet, model_name=args.model,
                       vae=args.vae, checkpoint_dir=Path(args.out) / IN_PROGRESS)
+    if not distributed.is_main():  # every process holds the report; one writes it
+        return 0
     report.save(args.out)
     print(report.to_markdown())
     print(f"written to {Path(args.out) / 'evaluation.json'} and evaluation.md")

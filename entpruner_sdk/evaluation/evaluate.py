@@ -43,6 +43,7 @@ from entpruner_sdk.evaluation.reference import (
 )
 from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import resolve_device
 
 FEATURES = ("domain", "inception")
@@ -124,7 +125,9 @@ def evaluate(
     device = resolve_device(device)
     data, available = load_reference(data, reference_size)
     decoder = decoder_for(model.config, vae, device) if vae is not None else None
-    data = reference_data(model, data, decoder, progress)
+    # under torchrun rank 0 makes (and caches) what the data lacks, a trained classifier or
+    # decoded latents, and the other processes then read it
+    data = distributed.main_first(lambda: reference_data(model, data, decoder, progress))
     # only the classes the data holds: samples of a class with no real images have nothing
     # to be compared with (a model of 1000 classes fine-tuned on a few of them)
     classes = data.classes_present
@@ -143,12 +146,13 @@ def evaluate(
     report = EvaluationReport(images=images, labels=labels, classes=classes, settings=dict(
         model=model_name, samples=samples, sampler=sampler or "default", steps=steps,
         cfg_scale=cfg_scale, seed=seed, reference=data.name, reference_size=len(data),
-        device=str(device), features=list(features),
+        device=str(device), processes=distributed.world_size(), features=list(features),
         sampling_seconds=time.perf_counter() - started,
         samples_held="uint8" if data.is_eight_bit else "float32",
         **({"vae": decoder.fingerprint} if decoder is not None else {})))
     _note_scope(report, model, data, available, kept.loaded_by_all(batches), batch_size)
-    classifier = domain_classifier(data, progress=progress, device=device)
+    classifier = distributed.main_first(
+        lambda: domain_classifier(data, progress=progress, device=device))
     _class_figures(report, classifier, data)
     extractors = feature_extractors(features, classifier, device, report.notes)
     # the networks behind the figures: class accuracy and FD-domain are only comparable

@@ -18,7 +18,7 @@ from entpruner_sdk.data.datasets import (
     fit_channels,
     load_data,
 )
-from entpruner_sdk.data.folder import FolderSubset, ImageFolder
+from entpruner_sdk.data.folder import FolderSubset, ImageFolder, open_data
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.metrics import FeatureStats
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -65,7 +65,7 @@ def images_behind(data: ImageDataset, decoded: bool) -> ImageDataset | ImageFold
         return data
     options = {key: value for key, value in data.origin.items() if key != "data"}
     try:
-        folder = ImageFolder(source, options.get("image_size"), options.get("class_index"))
+        folder = open_data(source, **options)
     except DataError:
         return data
     same = (len(folder) == len(data) and torch.equal(folder.labels, data.labels.cpu().long())

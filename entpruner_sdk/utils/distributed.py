@@ -7,10 +7,13 @@ Everything degrades to a no-op in a single process, so callers write one code pa
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -39,7 +42,7 @@ def init_from_env(device: torch.device | None = None) -> torch.device:
     device (``cuda:LOCAL_RANK`` on GPUs, else the CPU with gloo)."""
     if not launched_by_torchrun():
         raise RuntimeError("--distributed needs torchrun: torchrun --nproc_per_node N -m "
-                           "entpruner_sdk compress ...")
+                           "entpruner_sdk compress|evaluate ...")
     use_cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
     if not dist.is_initialized():
         # NCCL reduces CUDA tensors only; statistics kept on the CPU (CED's float64 sums) and
@@ -100,3 +103,15 @@ def gather_objects(value: Any) -> list[Any]:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def main_first(make: Callable[[], T]) -> T:
+    """``make()`` on every process, rank 0's first: what it caches (a trained classifier,
+    encoded latents) the others then read rather than make again at the same time.
+    ``make`` must not itself wait for the other processes."""
+    if not is_main():
+        barrier()
+    value = make()
+    if is_main():
+        barrier()
+    return value
