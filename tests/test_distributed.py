@@ -131,3 +131,34 @@ def test_entpruner_evaluate_under_torchrun_shards_and_writes_once(tmp_path, caps
         assert two["metrics"][name] == pytest.approx(value, rel=1e-2, abs=1e-4), name
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "evaluation.json", "evaluation.md"]  # the batches removed once both had the samples
+
+
+def _slow_rank0_worker(rank: int, world: int, port: int, out: str) -> None:
+    import datetime
+    import time
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a default group that gives up on a wait after 2 s, as NCCL's does after 10 minutes
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=2))
+    try:
+        def make():  # rank 0 makes the thing (4 s); the others find it made
+            path = os.path.join(out, "made")
+            if not os.path.exists(path):
+                time.sleep(4)
+                with open(path, "w") as file:
+                    file.write(str(rank))
+            return open(path).read()
+
+        made_by = distributed.main_first(make)
+        with open(os.path.join(out, f"rank{rank}"), "w") as file:
+            file.write(made_by)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_the_others_wait_for_rank_0_past_the_default_timeout(tmp_path):
+    mp.spawn(_slow_rank0_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["0", "0"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -105,13 +106,33 @@ def barrier() -> None:
         dist.barrier()
 
 
+# how long the other processes wait while rank 0 makes something for all (main_first)
+PATIENCE = timedelta(days=2)
+_patient_groups: dict[Any, Any] = {}
+
+
 def main_first(make: Callable[[], T]) -> T:
     """``make()`` on every process, rank 0's first: what it caches (a trained classifier,
     encoded latents) the others then read rather than make again at the same time.
-    ``make`` must not itself wait for the other processes."""
+    ``make`` must not itself wait for the other processes.
+
+    The others wait in a group of their own with a timeout of ``PATIENCE``: encoding a large
+    folder takes hours, and the default group's timeout (10 minutes for NCCL, 30 for gloo)
+    would end their wait with an error."""
+    if not is_distributed():
+        return make()
     if not is_main():
-        barrier()
+        dist.barrier(group=_patient_group())
     value = make()
     if is_main():
-        barrier()
+        dist.barrier(group=_patient_group())
     return value
+
+
+def _patient_group() -> Any:
+    """A gloo group of every process with the ``PATIENCE`` timeout, made once per process
+    group (by every process together, as ``main_first`` is called)."""
+    default = dist.group.WORLD
+    if default not in _patient_groups:
+        _patient_groups[default] = dist.new_group(backend="gloo", timeout=PATIENCE)
+    return _patient_groups[default]
