@@ -22,13 +22,14 @@ DISPLAY_SIZE = 96  # small images are upscaled (nearest) so they stay visible
 
 def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
                onnx: bool = False, data: str | None = None, vae: str | None = None,
-               family: str | None = None):
+               family: str | None = None, device: str | None = None):
     """The demo as a ``gr.Blocks`` app (call ``.launch()`` on it). ``vae``: the VAE folder
     that decodes latent models' samples (DiT-XL/2, SiT-XL/2); ``family``: for a released
-    original checkpoint (by default the pruned model's)."""
+    original checkpoint (by default the pruned model's); ``device``: where PyTorch samples
+    and evaluates (by default CUDA when present, else the CPU)."""
     import gradio as gr
 
-    state: dict[str, Any] = {"pair": load_pair(original, pruned, onnx, vae, family)}
+    state: dict[str, Any] = {"pair": load_pair(original, pruned, onnx, vae, family, device)}
     pair: ModelPair = state["pair"]
     sampling = default_sampling(pair.family)
     samplers = ["ddpm", "ddim"] if pair.family == "dit" else ["euler", "heun", "euler-maruyama"]
@@ -112,7 +113,7 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
         evaluate_button.click(on_evaluate, [samples], [evaluation], api_name="evaluate")
 
         def on_load(original, pruned):
-            state["pair"] = new = load_pair(original, pruned, onnx, vae, family)
+            state["pair"] = new = load_pair(original, pruned, onnx, vae, family, device)
             classes = new.class_choices or [("0", 0)]
             return (_status(new), _report_figures(new), structure_facts(new),
                     _plot(new, "importance.png"), _plot(new, "loss.png"), _decisions(new),
@@ -141,7 +142,7 @@ def _status(pair: ModelPair) -> str:
         return "\n\n".join(f"**Problem:** {error}" for error in pair.errors)
     a, b = pair.original, pair.pruned
     return (f"Loaded: original {a.family.upper()} with {a.depth} blocks, pruned with "
-            f"{b.depth} blocks (kept {b.kept_blocks}).")
+            f"{b.depth} blocks (kept {b.kept_blocks}); PyTorch runs on {pair.device}.")
 
 
 def _report_figures(pair: ModelPair) -> str:
@@ -198,13 +199,13 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress)
     settings = default_sampling(pair.family)
     progress(0.05, desc=f"original: sampling {samples} images")
     original = ModelThread.run(evaluate, pair.original, dataset, samples=samples,
-                               features=("domain",), device="cpu", progress=False,
+                               features=("domain",), device=pair.device, progress=False,
                                vae=pair.decoder, **settings)
     # the pruned model's fidelity compares with the original's samples just drawn
     progress(0.65, desc=f"pruned: sampling {samples} images")
     pruned = ModelThread.run(evaluate, pair.pruned, dataset, samples=samples,
                              original=pair.original, original_images=original.images,
-                             features=("domain",), device="cpu", progress=False,
+                             features=("domain",), device=pair.device, progress=False,
                              vae=pair.decoder, **settings)
     progress(1.0, desc="done")
     rows = ["| | original | pruned |", "|---|---|---|"]
@@ -242,9 +243,9 @@ def _data_name(pair: ModelPair) -> str:
 def launch(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED, *,
            port: int = 7860, host: str = "127.0.0.1", onnx: bool = False,
            data: str | None = None, share: bool = False, block: bool = True,
-           vae: str | None = None, family: str | None = None):
+           vae: str | None = None, family: str | None = None, device: str | None = None):
     """Build and start the demo server."""
-    demo = build_demo(original, pruned, onnx, data, vae, family)
+    demo = build_demo(original, pruned, onnx, data, vae, family, device)
     demo.queue(default_concurrency_limit=1)  # one model thread; requests take turns
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                 show_error=True)

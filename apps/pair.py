@@ -24,6 +24,7 @@ from entpruner_sdk.evaluation.evaluate import differences_but_depth
 from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
+from entpruner_sdk.utils.device import resolve_device
 
 DEFAULT_ORIGINAL = "dit-digits"
 DEFAULT_PRUNED = "runs/quickstart/dit-digits-pruned"
@@ -62,6 +63,7 @@ class ModelPair:
     errors: list[str] = field(default_factory=list)
     runtimes: dict[str, Any] = field(default_factory=dict)  # ONNX Runtime, when exported
     decoder: LatentSpace | None = None  # the VAE of latent models: both sides decode with it
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # PyTorch's side
 
     @property
     def ready(self) -> bool:
@@ -94,17 +96,20 @@ class ModelPair:
 
 def load_pair(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
               onnx: bool = False, vae: LatentSpace | str | None = None,
-              family: str | None = None) -> ModelPair:
+              family: str | None = None, device: str | torch.device | None = None
+              ) -> ModelPair:
     """Open both models; problems become messages in ``errors`` instead of exceptions.
     ``vae``: the VAE (or its folder) that decodes latent models' samples to images.
     ``family``: "dit" or "sit" for a released original checkpoint, whose keys do not say
-    (by default the pruned model's family)."""
-    return ModelThread.run(_load_pair, original, pruned, onnx, vae, family)
+    (by default the pruned model's family). ``device``: where PyTorch samples, decodes and
+    evaluates (None or "auto": CUDA when present, with bf16 autocast, else the CPU)."""
+    return ModelThread.run(_load_pair, original, pruned, onnx, vae, family, device)
 
 
 def _load_pair(original: str, pruned: str, onnx: bool,
-               vae: LatentSpace | str | None = None, family: str | None = None) -> ModelPair:
-    pair = ModelPair()
+               vae: LatentSpace | str | None = None, family: str | None = None,
+               device: str | torch.device | None = None) -> ModelPair:
+    pair = ModelPair(device=resolve_device(device))
     model_path, report_dir = _pruned_paths(pruned)
     pruned_error = None
     if model_path is None:
@@ -140,7 +145,7 @@ def _load_pair(original: str, pruned: str, onnx: bool,
             pair.pruned = None
     if pair.ready:
         try:
-            pair.decoder = decoder_for(pair.original.config, vae)
+            pair.decoder = decoder_for(pair.original.config, vae, pair.device)
         except Exception as error:
             pair.errors.append(f"The models cannot be shown: {error}")
             pair.pruned = None
@@ -167,7 +172,7 @@ def _pruned_paths(spec: str) -> tuple[Path | None, Path | None]:
 
 def _warm_up(pair: ModelPair) -> None:
     for model in (pair.original, pair.pruned):
-        sample(model, [0, 0], steps=2, cfg_scale=2.0, device="cpu")
+        sample(model, [0, 0], steps=2, cfg_scale=2.0, device=pair.device)
 
 
 def _onnx_runtimes(pair: ModelPair, original: str, pruned_path: Path) -> dict[str, Any]:
@@ -222,7 +227,7 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
             decoder = runtime.decoder or decoder
         else:
             images = sample(model, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                            seed=seed, device="cpu", clip_denoised=True)
+                            seed=seed, device=pair.device, clip_denoised=True)
         if decoder is not None:  # part of each side's latency: what a user waits for
             images = decoder.decode(images)
         return SideResult(images, time.perf_counter() - start)

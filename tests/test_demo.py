@@ -56,6 +56,20 @@ def test_pair_loads_report_and_samples_from_the_same_noise(models):
     torch.testing.assert_close(a.images, b.images)
 
 
+def test_the_pair_runs_where_it_is_asked_to(models, capsys):
+    from entpruner_sdk.apps.demo import _status
+    from entpruner_sdk.cli import main
+
+    pair = load_pair(*models, device="cpu")
+    assert pair.device == torch.device("cpu") and "PyTorch runs on cpu" in _status(pair)
+    assert {p.device for m in (pair.original, pair.pruned) for p in m.parameters()} == {
+        torch.device("cpu")}
+    if not torch.cuda.is_available():  # a GPU asked for and absent: said before any page
+        assert main(["demo", "--original", models[0], "--pruned", models[1], "--device",
+                     "cuda", "--port", "1"]) == 2
+        assert "no CUDA GPU is visible; use 'cpu'" in capsys.readouterr().err
+
+
 def test_a_pruned_model_with_resized_classes_pairs_with_its_original(models, tmp_path):
     from entpruner_sdk.data import ImageDataset, load_data
 

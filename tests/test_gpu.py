@@ -74,3 +74,19 @@ def test_compress_on_cuda():
                       report_samples=0, progress=False, device="cuda")
     assert result.model.depth == 2
     assert result.report["summary"]["sampling_latency"]["device"].startswith("cuda")
+
+
+def test_the_demo_samples_and_evaluates_on_the_gpu(tmp_path):
+    from entpruner_sdk.apps.demo import _quick_evaluation
+    from entpruner_sdk.apps.pair import generate_pair, load_pair
+    from entpruner_sdk.models.io import save
+
+    teacher = load_teacher("dit-digits", "cpu")
+    save(teacher.keep_blocks([0, 1, 2, 4, 10, 11]), tmp_path / "pruned")
+    pair = load_pair("dit-digits", str(tmp_path / "pruned"), device="cuda")
+    assert pair.ready and pair.device.type == "cuda"
+    assert next(pair.pruned.parameters()).device.type == "cuda"
+    left, right = generate_pair(pair, 3, seed=0, count=2, sampler="ddim", steps=5, cfg_scale=2)
+    assert left.images.shape == right.images.shape == (2, 1, 8, 8)
+    table = _quick_evaluation(pair, 20, "digits", lambda *args, **kwargs: None)
+    assert "| class_accuracy |" in table

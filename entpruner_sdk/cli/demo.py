@@ -10,12 +10,14 @@ from entpruner_sdk.cli import common
 
 
 def add_parser(sub) -> None:
-    """The ``demo`` subcommand: the two models, the port and the export option."""
+    """The ``demo`` subcommand: the two models, the address, the device and the export option."""
     p = common.command(
         sub, "demo", "Gradio app: original vs pruned sampling, side by side.", """\
         entpruner demo          # dit-digits vs runs/quickstart/dit-digits-pruned (from quickstart)
         entpruner demo --original sit-digits --pruned runs/quickstart/sit-digits-pruned
         entpruner demo --pruned runs/dit-d6 --onnx --port 7861   # adds ONNX Runtime
+        entpruner demo --original DiT-XL-2-256x256.pt --pruned runs/xl-d14 \\
+            --vae ./sd-vae-ft-ema --device cuda
         """)
     from entpruner_sdk.apps.pair import DEFAULT_ORIGINAL, DEFAULT_PRUNED
 
@@ -44,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: no pruned model at {DEFAULT_PRUNED}; make it with:\n  {MAKE_PRUNED}\n"
               "(the demo starts anyway and shows this in the page)", file=sys.stderr)
     launch(args.original, args.pruned, port=args.port, host=args.host, onnx=args.onnx,
-           data=args.data, vae=args.vae, family=args.family)
+           data=args.data, vae=args.vae, family=args.family, device=args.device)
     return 0
