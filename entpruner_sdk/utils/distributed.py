@@ -121,17 +121,18 @@ def main_first(make: Callable[[], T]) -> T:
     would end their wait with an error."""
     if not is_distributed():
         return make()
+    group = _patient_group()  # made by every process together, before any of them waits
     if not is_main():
-        dist.barrier(group=_patient_group())
+        dist.barrier(group=group)
     value = make()
     if is_main():
-        dist.barrier(group=_patient_group())
+        dist.barrier(group=group)
     return value
 
 
 def _patient_group() -> Any:
     """A gloo group of every process with the ``PATIENCE`` timeout, made once per process
-    group (by every process together, as ``main_first`` is called)."""
+    group."""
     default = dist.group.WORLD
     if default not in _patient_groups:
         _patient_groups[default] = dist.new_group(backend="gloo", timeout=PATIENCE)
