@@ -161,6 +161,8 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
         (tmp_path / "evaluation.json").read_text())).metrics == report.metrics
     with pytest.raises(TooFewSamples, match="at least 2"):
         evaluate(model, small, samples=1, progress=False)
+    with pytest.raises(ValueError, match=r"batch_size=0: at least 1 sample at a time \(--batch"):
+        evaluate(model, small, samples=4, batch_size=0, progress=False)
     # a model of more classes is sampled in the data's classes only (tests/test_class_subset.py)
     wider = evaluate(randomized(DiffusionTransformer(tiny_config("sit", num_classes=12))),
                      small, samples=4, steps=2, features=("domain",), progress=False)

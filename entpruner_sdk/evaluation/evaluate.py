@@ -121,7 +121,7 @@ def evaluate(
     original, then the pruned model: a crash in the second must not cost the first its
     samples).
     """
-    _check_request(model, features, vae, original, original_images, samples)
+    _check_request(model, features, vae, original, original_images, samples, batch_size)
     device = resolve_device(device)
     data, available = load_reference(data, reference_size)
     decoder = decoder_for(model.config, vae, device) if vae is not None else None
@@ -181,8 +181,12 @@ def evaluate(
 
 def _check_request(model: DiffusionTransformer, features: tuple[str, ...], vae: Any,
                    original: DiffusionTransformer | None,
-                   original_images: torch.Tensor | None, samples: int) -> None:
+                   original_images: torch.Tensor | None, samples: int,
+                   batch_size: int) -> None:
     """Refuse, before any sampling, what the evaluation cannot measure."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: at least 1 sample at a time "
+                         "(--batch-size N)")
     unknown = set(features) - set(FEATURES)
     if unknown:
         raise ValueError(f"unknown feature spaces {sorted(unknown)}; choose from {FEATURES}")
