@@ -58,6 +58,17 @@ class TrainConfig:
     # for photos (and their latents), wrong where direction means something (digits, text)
     hflip: bool = False
 
+    def __post_init__(self) -> None:
+        # a setting out of range fails here, before any data is loaded (an empty batch would
+        # otherwise surface as a loss that is not finite)
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr}: the learning rate must be positive")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay}: must be in [0, 1)")
+
 
 @dataclass
 class TrainResult:

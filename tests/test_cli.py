@@ -86,6 +86,23 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
 
     saved = np.load(tmp_path / "s.npz")
     assert saved["images"].shape == (2, 1, 8, 8) and saved["labels"].tolist() == [1, 2]
+    capsys.readouterr()
+    # settings out of range: one line that names them, before any work
+    assert main(["sample", "--model", str(out / "model"), "--per-class", "0",
+                 "--out", str(tmp_path / "none.png")]) == 2
+    assert "--per-class 0: at least 1 image of each class" in capsys.readouterr().err
+    assert not (tmp_path / "none.png").exists()
+    assert main(["train", "--model", "no-such-model", "--batch-size", "0",
+                 "--out", str(tmp_path / "t0")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "entpruner train: error: batch_size=0: must be at least 1")
+    # a run that diverges stops with the fix, not a traceback
+    assert main(["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads", "2",
+                 "--steps", "20", "--batch-size", "8", "--lr", "1e30", "--quiet",
+                 "--device", "cpu", "--out", str(tmp_path / "diverged")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "entpruner train: error: training loss is not finite; lower the learning rate or "
+        "check the data for NaN")
 
 
 def test_a_folder_of_mixed_sizes_trains_at_image_size(tmp_path, capsys):

@@ -97,3 +97,15 @@ def test_an_rgb_model_trains_on_gray_images():
     result = train(model, "digits", TrainConfig(steps=2, batch_size=4), device="cpu",
                    progress=False)
     assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+@pytest.mark.parametrize("setting, named", [
+    (dict(batch_size=0), "batch_size=0: must be at least 1"),
+    (dict(steps=0), "steps=0: must be at least 1"),
+    (dict(checkpoint_every=0), "checkpoint_every=0: must be at least 1"),
+    (dict(lr=0.0), "lr=0.0: the learning rate must be positive"),
+    (dict(ema_decay=1.0), r"ema_decay=1.0: must be in \[0, 1\)"),
+])
+def test_settings_out_of_range_are_refused_when_made(setting, named):
+    with pytest.raises(ValueError, match=named):
+        TrainConfig(**setting)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,
             FileExistsError, FeatureNetworkMissing, ParityError, ImportError,
-            RuntimeError) as error:
+            RuntimeError, FloatingPointError) as error:
         print(f"entpruner {args.command}: error: {_error_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: say where the work is, not where Python was

@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
                    help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
     p.add_argument("--labels", help="comma-separated class ids or names (names for a model "
                    "trained on named classes: class folders, an .npz's class_names)")
-    p.add_argument("--per-class", type=int, default=0,
+    p.add_argument("--per-class", type=int, default=None,
                    help="N images of every class (default: 4 when --labels is not given; a "
                         "model fine-tuned on a subset of its classes samples those)")
     p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         labels = resolve_labels(args.labels.split(","), model.config.num_classes,
                                 model.provenance.get("class_names", ()))
     else:
-        per_class = args.per_class or 4
+        per_class = 4 if args.per_class is None else args.per_class
+        if per_class < 1:
+            raise ValueError(f"--per-class {per_class}: at least 1 image of each class")
         labels = [c for c in offered_classes(model.provenance, model.config.num_classes)
                   for _ in range(per_class)]
     if exported is not None:

@@ -75,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.training import TrainConfig, train
 
+    # settings out of range are refused before a model is opened or data encoded
+    training = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           ema_decay=args.ema_decay, seed=args.seed,
+                           checkpoint_every=args.checkpoint_every, hflip=args.hflip)
     registry_name = bool(args.model) and "/" in args.model and args.model.split("-")[
         0].lower() in ("dit", "sit") and not Path(args.model).exists()
     # a model to fine-tune is opened first, so --vae images are checked against it before the
@@ -102,11 +106,8 @@ def run(args: argparse.Namespace) -> int:
                                    learn_sigma=not args.no_learn_sigma, **shape)
         model = DiffusionTransformer(config, objective=objective)
     torch.manual_seed(args.seed)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         ema_decay=args.ema_decay, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every, hflip=args.hflip)
     model.provenance.setdefault("training_command", "entpruner " + " ".join(sys.argv[1:]))
-    result = train(model, data, config, keep_classes=args.keep_classes, out_dir=args.out,
+    result = train(model, data, training, keep_classes=args.keep_classes, out_dir=args.out,
                    resume=args.resume, device=args.device, progress=not args.quiet)
     recent = result.losses[-50:]
     print(f"trained {args.steps} steps; loss over the last {len(recent)} steps "
