@@ -199,10 +199,21 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, truncated, or not a tensor file at all
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found:  # torch's own message offers weights_only=False, which would run the pickle
+            raise CheckpointError(
+                f"cannot read {path} safely: it holds the Python object {found.group(1)}, "
+                "and loading it would run code from the file (weights_only=True refuses it). "
+                "If you trust its source, load it yourself once and save the tensors: "
+                "torch.save(model.state_dict(), 'weights.pt')") from None
+        # torch's unpickler wraps the cause in paragraphs of advice; keep the cause
+        cause = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", str(error),
+                          re.DOTALL)
+        reason = cause.group(1) if cause else (str(error).strip().splitlines() or [""])[0]
         raise CheckpointError(
-            f"cannot read {path}: {type(error).__name__}: {error}. The file is corrupt, "
-            "truncated, or not a PyTorch/safetensors checkpoint; download or save it again"
-        ) from error
+            f"cannot read {path}: {type(error).__name__}: {reason.rstrip('.')}. The file is "
+            "corrupt, truncated, or not a PyTorch/safetensors checkpoint; download or save it "
+            "again") from error
     if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
         obj = obj["ema"]  # training checkpoint: the EMA weights are the ones to sample with
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
