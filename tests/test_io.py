@@ -159,6 +159,12 @@ def test_diffusers_directory_needs_family(tmp_path):
                                     num_embeds_ada_norm=4).save_pretrained(tmp_path / "hf")
     with pytest.raises(ep.CheckpointError, match="family"):
         ep.load(tmp_path / "hf")
+    # a download cut short is named with the fix
+    weights = tmp_path / "hf" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ep.CheckpointError, match="diffusion_pytorch_model.safetensors: .* The "
+                                                 "file is corrupt, truncated"):
+        ep.load(tmp_path / "hf", family="dit")
 
 
 def test_half_precision_storage_loads_as_float32(tmp_path, tiny_dit):

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.layers import sincos_pos_embed_2d
@@ -84,16 +83,14 @@ def reference_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def load_diffusers_dit(path: Path, document: dict[str, Any], family: str) -> DiffusionTransformer:
     """Load a diffusers ``DiTTransformer2DModel`` directory as a reference-layout model."""
-    from entpruner_sdk.models.io import CheckpointError, file_sha256
+    from entpruner_sdk.models.io import CheckpointError, file_sha256, read_state_dict
 
     weights = path / "diffusion_pytorch_model.safetensors"
-    if weights.exists():
-        state = load_file(str(weights))
-    elif (legacy := path / "diffusion_pytorch_model.bin").exists():
-        weights = legacy
-        state = torch.load(legacy, map_location="cpu", weights_only=True)
-    else:
+    if not weights.exists():
+        weights = path / "diffusion_pytorch_model.bin"
+    if not weights.exists():
         raise CheckpointError(f"{path} has no diffusion_pytorch_model.safetensors or .bin")
+    state = read_state_dict(weights)  # safely, and a corrupt file is named with the fix
     heads, head_dim = document["num_attention_heads"], document["attention_head_dim"]
     hidden, patch = heads * head_dim, document["patch_size"]
     in_channels = document["in_channels"]

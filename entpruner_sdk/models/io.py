@@ -101,7 +101,7 @@ def load(
     if path.is_dir():
         model = _load_directory(path, family, num_heads)
     else:
-        state = _read_state_dict(path)
+        state = read_state_dict(path)
         model = from_state_dict(
             state, _require_family(family, path), num_heads=num_heads,
             provenance={"source": path.name, "source_sha256": file_sha256(path)},
@@ -192,7 +192,10 @@ def _require_family(family: str | None, path: Path) -> str:
     return family
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` or ``.pt`` / ``.bin`` file, loaded safely (a training
+    checkpoint gives its EMA weights); a file that cannot be read so is a ``CheckpointError``
+    that says why."""
     try:
         if path.suffix == ".safetensors":
             obj: Any = load_file(str(path))
