@@ -209,6 +209,16 @@ def test_reference_statistics_are_cached_with_provenance(tmp_path, monkeypatch):
     assert provenance["network"] == "domain" and provenance["network_hash"]
     again, _ = reference_stats(data, extractor, "domain", progress=False)
     assert np.array_equal(again.mu, stats.mu) and features.shape == (50, 128)
+    # a cached file the disk garbled is made again, not a traceback
+    (kept,) = (cache_root() / "reference").glob("*.pt")
+    kept.write_bytes(kept.read_bytes()[:64])
+    remade, remade_features = reference_stats(data, extractor, "domain", progress=False)
+    assert np.array_equal(remade.mu, stats.mu) and torch.equal(remade_features, features)
+    assert torch.equal(torch.load(kept, weights_only=True), features)  # and cached again
+    (weights,) = (cache_root() / "classifiers").glob("*/classifier.safetensors")
+    weights.write_bytes(b"garbled")
+    retrained = domain_classifier(data)
+    assert network_fingerprint(retrained) == network_fingerprint(extractor.classifier)
 
 
 def test_network_fingerprint_follows_the_weights():

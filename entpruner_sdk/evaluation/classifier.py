@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -130,8 +131,11 @@ def domain_classifier(train_data: ImageDataset, cache_dir: str | os.PathLike | N
     for folder in (BUNDLED_CLASSIFIERS / name, cached):
         weights = folder / "classifier.safetensors"
         if weights.exists() and (folder / "classifier.json").exists():
-            model.load_state_dict(load_file(str(weights)))
-            return model.eval()
+            try:
+                model.load_state_dict(load_file(str(weights)))
+                return model.eval()
+            except (SafetensorError, RuntimeError, OSError):
+                pass  # unreadable (a disk fault: it was written atomically): trained again
     model = train_classifier(train_data, progress=progress, device=device)
     save_classifier(model, train_data, cached)
     return model.eval()

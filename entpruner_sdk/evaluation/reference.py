@@ -3,6 +3,7 @@ images for a latent model, and its feature statistics, cached per content and ne
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -104,8 +105,11 @@ def reference_stats(data: ImageDataset, extractor, name: str, progress: bool) ->
     path = folder / re.sub(r"[^A-Za-z0-9_-]", "_", key)
     features_file = path.with_suffix(".pt")
     if features_file.exists() and path.with_suffix(".json").exists():
-        features = torch.load(features_file, weights_only=True)
-        return FeatureStats.load(path), features
+        try:
+            features = torch.load(features_file, weights_only=True)
+            return FeatureStats.load(path), features
+        except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError):
+            pass  # unreadable (a disk fault: each file was written atomically): made again
     features = extractor(data.images, progress=progress)
     stats = FeatureStats.of(features, dataset=data.name, size=len(data),
                             fingerprint=data.fingerprint(), network=name,
