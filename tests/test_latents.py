@@ -48,6 +48,13 @@ def test_latent_space_encodes_scaled_and_caches(tiny_vae_dir, tmp_path):
     assert len(cached) == 1
     again = space.encode_dataset(data, cache_dir=tmp_path / "cache", progress=False)
     assert torch.equal(again.images, latents.images)
+    # a cache file the disk garbled is encoded again, and cached again
+    from safetensors.torch import load_file
+
+    cached[0].write_bytes(cached[0].read_bytes()[:100])
+    remade = space.encode_dataset(data, cache_dir=tmp_path / "cache", progress=False)
+    assert torch.equal(remade.images, latents.images)
+    assert torch.equal(load_file(str(cached[0]))["latents"], latents.images)
     decoded = space.decode(latents.images[:2])
     assert decoded.shape == (2, 3, 16, 16) and decoded.abs().max() <= 1
 
@@ -87,6 +94,9 @@ def test_decoding_in_batches_and_a_decoded_dataset(tiny_vae_dir, tmp_path):
     save_file({"images": whole.contiguous()}, str(cached))  # floats, as earlier versions cached
     older = space.decode_dataset(latents, cache_dir=tmp_path / "cache", progress=False)
     assert torch.equal(older.images, whole)
+    cached.write_bytes(b"garbled")  # a disk fault: decoded again
+    remade = space.decode_dataset(latents, cache_dir=tmp_path / "cache", progress=False)
+    assert torch.equal(remade.images, decoded.images)
     assert space.image_shape(tiny_config(input_size=8)) == (3, 16, 16)
     with pytest.raises(DataError, match=r"decodes \[N, 4, H, W\] latents, got shape"):
         space.decode(torch.zeros(1, 3, 8, 8))

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.data.datasets import DataError, ImageDataset, eight_bit, unit_range
 from entpruner_sdk.data.folder import ImageFolder
+from entpruner_sdk.utils.cache import read_kept
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_writer
 from entpruner_sdk.utils.progress import progress_bar
@@ -109,11 +110,10 @@ class LatentSpace:
         cache = None
         if cache_dir is not None:
             cache = self._cache_file(cache_dir, data)
-            if cache.exists():
-                stored = load_file(str(cache))  # "images": floats, as older versions cached
-                if "pixels" not in stored:
-                    return _image_dataset(stored["images"], data)
-                return _image_dataset(stored["pixels"], data)
+            stored = read_kept(cache, lambda path: load_file(str(path)))
+            if stored is not None:  # "images": floats, as older versions cached
+                return _image_dataset(stored["pixels"] if "pixels" in stored
+                                      else stored["images"], data)
         pixels = None
         for i in progress_bar(range(0, len(data), batch_size), enabled=progress,
                               desc="decoding", leave=False):
@@ -143,8 +143,9 @@ class LatentSpace:
         cache = partial = None
         if cache_dir is not None:
             cache = self._cache_file(cache_dir, data)
-            if cache.exists():
-                return _latent_dataset(load_file(str(cache))["latents"], data)
+            kept = read_kept(cache, lambda path: load_file(str(path))["latents"])
+            if kept is not None:
+                return _latent_dataset(kept, data)
             partial = partial_file(cache)
         latents, done = _resume(partial, len(data))
         if isinstance(data, ImageDataset):
@@ -181,9 +182,10 @@ def partial_file(cache: Path) -> Path:
 
 def _resume(partial: Path | None, count: int) -> tuple[torch.Tensor | None, int]:
     """The latents buffer and the number of images already encoded by an interrupted run."""
-    if partial is None or not partial.exists():
+    done = None if partial is None else read_kept(
+        partial, lambda path: load_file(str(path))["latents"])
+    if done is None:  # none yet, or unreadable: started over
         return None, 0
-    done = load_file(str(partial))["latents"]
     latents = torch.empty(count, *done.shape[1:])
     latents[:len(done)] = done
     return latents, len(done)

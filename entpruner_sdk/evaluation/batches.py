@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.classifier import network_fingerprint
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils import distributed
+from entpruner_sdk.utils.cache import read_kept
 from entpruner_sdk.utils.files import atomic_writer
 
 # the folder, under a command's output directory, where finished batches wait (evaluate's
@@ -57,15 +57,9 @@ class SampleBatches:
     def load(self, index: int) -> torch.Tensor | None:
         """Batch ``index`` if it was finished before, else None. An unreadable file (a disk
         fault: every file is written atomically) is removed and the batch made again."""
-        path = self._path(index)
-        if not path.exists():
-            return None
-        try:
-            samples = load_file(str(path))["samples"]
-        except (SafetensorError, KeyError, OSError):
-            path.unlink(missing_ok=True)
-            return None
-        self.loaded += 1
+        samples = read_kept(self._path(index), lambda path: load_file(str(path))["samples"])
+        if samples is not None:
+            self.loaded += 1
         return samples
 
     def save(self, index: int, samples: torch.Tensor) -> None:

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from entpruner_sdk.data.datasets import ImageDataset, unit_range
-from entpruner_sdk.utils.cache import cache_root
+from entpruner_sdk.utils.cache import cache_root, read_kept
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 from entpruner_sdk.utils.progress import progress_bar
@@ -130,12 +129,11 @@ def domain_classifier(train_data: ImageDataset, cache_dir: str | os.PathLike | N
     model = DomainClassifier(train_data.channels, train_data.num_classes)
     for folder in (BUNDLED_CLASSIFIERS / name, cached):
         weights = folder / "classifier.safetensors"
-        if weights.exists() and (folder / "classifier.json").exists():
-            try:
-                model.load_state_dict(load_file(str(weights)))
+        if (folder / "classifier.json").exists():
+            state = read_kept(weights, lambda path: load_file(str(path)))
+            if state is not None:  # else unreadable: trained again
+                model.load_state_dict(state)
                 return model.eval()
-            except (SafetensorError, RuntimeError, OSError):
-                pass  # unreadable (a disk fault: it was written atomically): trained again
     model = train_classifier(train_data, progress=progress, device=device)
     save_classifier(model, train_data, cached)
     return model.eval()

@@ -3,7 +3,6 @@ images for a latent model, and its feature statistics, cached per content and ne
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from entpruner_sdk.data.folder import FolderSubset, ImageFolder, open_data
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.metrics import FeatureStats
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.utils.cache import cache_root
+from entpruner_sdk.utils.cache import cache_root, read_kept
 from entpruner_sdk.utils.files import atomic_writer
 
 # real images compared with by default: FID-10k's reference size, enough for stable statistics
@@ -104,12 +103,11 @@ def reference_stats(data: ImageDataset, extractor, name: str, progress: bool) ->
     # "my.set", or a fingerprint with a decimal point), and two networks would share a file
     path = folder / re.sub(r"[^A-Za-z0-9_-]", "_", key)
     features_file = path.with_suffix(".pt")
-    if features_file.exists() and path.with_suffix(".json").exists():
-        try:
-            features = torch.load(features_file, weights_only=True)
-            return FeatureStats.load(path), features
-        except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError):
-            pass  # unreadable (a disk fault: each file was written atomically): made again
+    if path.with_suffix(".json").exists():
+        features = read_kept(features_file, lambda file: torch.load(file, weights_only=True))
+        statistics = read_kept(path.with_suffix(".npz"), lambda _: FeatureStats.load(path))
+        if features is not None and statistics is not None:  # else unreadable: made again
+            return statistics, features
     features = extractor(data.images, progress=progress)
     stats = FeatureStats.of(features, dataset=data.name, size=len(data),
                             fingerprint=data.fingerprint(), network=name,

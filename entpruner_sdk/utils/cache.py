@@ -6,12 +6,25 @@ Everything in it is made again on demand, so any part may be deleted (``entprune
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from safetensors import SafetensorError
 
 from entpruner_sdk.utils.files import tree_bytes
+
+T = TypeVar("T")
+
+# what reading a damaged file raises: safetensors, torch.load and numpy on bytes cut short or
+# garbled, or a file that lacks the entry asked for
+UNREADABLE = (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, OSError,
+              ValueError, KeyError)
 
 # What each folder holds, by the folder's name; a folder of another name is reported as is.
 KINDS = {
@@ -38,6 +51,20 @@ class CacheUsage:
     entries: int
     bytes: int
     path: Path
+
+
+def read_kept(path: Path, read: Callable[[Path], T]) -> T | None:
+    """``read(path)`` for work kept on disk (the cache, finished sample batches); None when the
+    file is absent or cannot be read. Such files are written atomically, so an unreadable one
+    is a disk fault: it is deleted, and the caller makes the work again."""
+    if not path.exists():
+        return None
+    try:
+        return read(path)
+    except UNREADABLE:
+        with contextlib.suppress(OSError):  # a read-only install keeps its broken file
+            path.unlink(missing_ok=True)
+        return None
 
 
 def cache_usage(root: Path | None = None) -> list[CacheUsage]:
