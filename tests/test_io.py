@@ -258,6 +258,12 @@ def test_a_checkpoint_save_killed_between_its_renames_keeps_the_previous_one(tmp
     save_checkpoint(folder, {"w": torch.zeros(2)}, {"step": 2})
     assert load_checkpoint(folder)[1] == {"step": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
+    # damaged on disk since: said, with the way out, and kept (the run's work is not ours)
+    (folder / "state.safetensors").write_bytes(b"garbled")
+    with pytest.raises(ValueError, match=f"the checkpoint in {folder} cannot be read .* "
+                                         "delete that folder to start the run over"):
+        load_checkpoint(folder)
+    assert (folder / "state.safetensors").exists()
 
 
 def test_a_save_killed_between_its_two_files_is_refused_on_load(tmp_path, tiny_dit,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from entpruner_sdk.utils.cache import UNREADABLE
 from entpruner_sdk.utils.files import atomic_directory
 
 TENSORS, META = "state.safetensors", "state.json"
@@ -45,7 +46,11 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
             directory = retired
         else:
             raise FileNotFoundError(f"no checkpoint in {directory}; nothing to resume")
-    return load_file(str(directory / TENSORS)), json.loads((directory / META).read_text())
+    try:
+        return load_file(str(directory / TENSORS)), json.loads((directory / META).read_text())
+    except UNREADABLE as error:  # written whole, so damaged on disk since: not ours to delete
+        raise ValueError(f"the checkpoint in {directory} cannot be read ({type(error).__name__}: "
+                         f"{error}); delete that folder to start the run over") from error
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim."
