@@ -3,6 +3,7 @@ same decisions and produce the same model as one process with the same seed."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
@@ -134,7 +135,6 @@ def test_entpruner_evaluate_under_torchrun_shards_and_writes_once(tmp_path, caps
 
 
 def _slow_rank0_worker(rank: int, world: int, port: int, out: str) -> None:
-    import datetime
     import time
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -162,3 +162,36 @@ def _slow_rank0_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_the_others_wait_for_rank_0_past_the_default_timeout(tmp_path):
     mp.spawn(_slow_rank0_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["0", "0"]
+
+
+def _failing_rank0_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # were rank 1 left to wait for a rank 0 that will never come, fail in 20 s, not 2 days
+    distributed.PATIENCE = datetime.timedelta(seconds=20)
+    try:
+        def make():
+            if rank == 0:
+                raise FileNotFoundError("no such folder: /data/mine")
+            return "made without rank 0"
+
+        try:
+            distributed.main_first(make)
+            outcome = "returned"
+        except Exception as error:  # noqa: BLE001 - what each rank saw is the assertion
+            outcome = f"{type(error).__name__}: {error}"
+        with open(os.path.join(out, f"rank{rank}"), "w") as file:
+            file.write(outcome)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_the_others_stop_with_rank_0s_reason_when_it_fails(tmp_path):
+    mp.spawn(_failing_rank0_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = ((tmp_path / f"rank{r}").read_text() for r in range(2))
+    assert rank0 == "FileNotFoundError: no such folder: /data/mine"
+    # rank 1 neither waits nor makes the thing itself: it stops with rank 0's reason
+    assert rank1.startswith("RuntimeError: rank 0 failed to make what the processes share")
+    assert "FileNotFoundError: no such folder: /data/mine" in rank1

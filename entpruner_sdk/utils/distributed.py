@@ -118,16 +118,31 @@ def main_first(make: Callable[[], T]) -> T:
 
     The others wait in a group of their own with a timeout of ``PATIENCE``: encoding a large
     folder takes hours, and the default group's timeout (10 minutes for NCCL, 30 for gloo)
-    would end their wait with an error."""
+    would end their wait with an error. If rank 0's ``make`` fails, it tells the others, which
+    stop with its reason rather than wait out that timeout or a launcher's teardown."""
     if not is_distributed():
         return make()
     group = _patient_group()  # made by every process together, before any of them waits
-    if not is_main():
-        dist.barrier(group=group)
-    value = make()
     if is_main():
-        dist.barrier(group=group)
-    return value
+        try:
+            value = make()
+        except BaseException as error:  # Ctrl-C too: the others must not wait for it
+            _announce(group, f"{type(error).__name__}: {error}")
+            raise
+        _announce(group, None)
+        return value
+    failure = _announce(group, None)
+    if failure is not None:
+        raise RuntimeError(f"rank 0 failed to make what the processes share ({failure}); "
+                           "its traceback is in rank 0's output")
+    return make()
+
+
+def _announce(group: Any, failure: str | None) -> str | None:
+    """Rank 0's outcome (``None`` for success, else its error) on every rank."""
+    box = [failure]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
 
 
 def _patient_group() -> Any:
