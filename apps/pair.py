@@ -180,7 +180,6 @@ def _onnx_runtimes(pair: ModelPair, original: str, pruned_path: Path) -> dict[st
     latent model's VAE decoder is exported with the original, and both sides decode with that
     one ONNX decoder, so the ONNX side runs the whole deployed pipeline in ONNX Runtime, not a
     PyTorch decoder behind an ONNX denoiser (and the decoder is exported and checked once)."""
-    from entpruner_sdk.export import export, is_export_dir, load_exported
     from entpruner_sdk.utils.cache import cache_root
 
     runtimes = {}
@@ -193,14 +192,29 @@ def _onnx_runtimes(pair: ModelPair, original: str, pruned_path: Path) -> dict[st
         key = hashlib.sha256(f"{path.resolve()}:{stamp}:{with_vae}".encode()).hexdigest()[:16]
         target = cache_root() / "exports" / f"{Path(source).name}-{key}-onnx"
         try:
-            if not is_export_dir(target):
-                export(model, target, "onnx", overwrite=True, vae=vae)
-            runtimes[side] = load_exported(target, threads=torch.get_num_threads())
+            runtimes[side] = _open_kept_export(model, target, vae)
         except Exception as error:
             pair.errors.append(f"ONNX Runtime is unavailable for the {side} model: {error}")
             return {}
     runtimes["pruned"].decoder = runtimes["original"].decoder
     return runtimes
+
+
+def _open_kept_export(model: DiffusionTransformer, target: Path, vae: Any) -> Any:
+    """The demo's export of ``model`` at ``target`` in ONNX Runtime, exported when missing.
+    A kept export that no longer opens (a file the disk damaged since) is exported again,
+    as the cache's other work is made again, rather than disable the ONNX side for good."""
+    from entpruner_sdk.export import export, is_export_dir, load_exported
+    from entpruner_sdk.utils.cache import UNREADABLE
+
+    threads = torch.get_num_threads()
+    if is_export_dir(target):
+        try:
+            return load_exported(target, threads=threads)
+        except UNREADABLE:
+            pass
+    export(model, target, "onnx", overwrite=True, vae=vae)
+    return load_exported(target, threads=threads)
 
 
 def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: str,

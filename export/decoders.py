@@ -18,7 +18,8 @@ import torch
 
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.export.parity import ParityCheck, check_decoder_parity, require_parity
-from entpruner_sdk.utils.cache import cache_root
+from entpruner_sdk.models.io import file_sha256
+from entpruner_sdk.utils.cache import cache_root, read_kept
 from entpruner_sdk.utils.files import atomic_directory, atomic_write_text
 
 DECODER_FILE = "vae_decoder.onnx"
@@ -32,16 +33,30 @@ def write_decoder(space: LatentSpace, config, directory: Path, *, opset: int, ex
     decoder was exported and checked before, else exported and, with ``verify``, checked and
     cached. Unchecked decoders are never cached."""
     cached = _cache_folder(space, config, opset, exporter)
-    if not (cached / CHECKS_FILE).exists():
+    checks = read_kept(cached / CHECKS_FILE, _read_checked)
+    if checks is None:
         if not verify:
             _export(space, config, directory, opset, exporter)
             return []
-        _fill(cached, space, config, opset, exporter)
+        checks = _fill(cached, space, config, opset, exporter)
     for item in cached.iterdir():
         if item.name != CHECKS_FILE:
             shutil.copyfile(item, directory / item.name)
-    return [ParityCheck.from_dict(check)
-            for check in json.loads((cached / CHECKS_FILE).read_text())]
+    return checks
+
+
+def _read_checked(checks_file: Path) -> list[ParityCheck]:
+    """The cached decoder's parity checks, once every file it lists is found as it was
+    written: a decoder the disk damaged since would otherwise be copied into every export and
+    fail only when one is opened. Raises ValueError where a file differs (``read_kept`` then
+    deletes the checks, and the decoder is exported again)."""
+    kept = json.loads(checks_file.read_text())
+    if not isinstance(kept, dict) or "sha256" not in kept:  # written before files were hashed
+        raise ValueError(f"{checks_file} lists no file digests")
+    for name, digest in kept["sha256"].items():
+        if file_sha256(checks_file.parent / name) != digest:
+            raise ValueError(f"the cached {name} has changed since it was checked")
+    return [ParityCheck.from_dict(check) for check in kept["checks"]]
 
 
 def _cache_folder(space: LatentSpace, config, opset: int, exporter: str) -> Path:
@@ -58,7 +73,8 @@ def _export(space: LatentSpace, config, directory: Path, opset: int, exporter: s
                               exporter=exporter)
 
 
-def _fill(cached: Path, space: LatentSpace, config, opset: int, exporter: str) -> None:
+def _fill(cached: Path, space: LatentSpace, config, opset: int, exporter: str
+          ) -> list[ParityCheck]:
     """Export and check the decoder in a staging folder, then move it into the cache: a
     decoder that fails its check, or an interrupted export, leaves nothing there."""
     from entpruner_sdk.export.runtime import OnnxLatentDecoder
@@ -67,4 +83,7 @@ def _fill(cached: Path, space: LatentSpace, config, opset: int, exporter: str) -
         path = _export(space, config, staging, opset, exporter)
         checks = check_decoder_parity(space, OnnxLatentDecoder(path), config)
         require_parity(checks, "the VAE decoder's export")
-        atomic_write_text(staging / CHECKS_FILE, json.dumps([c.to_dict() for c in checks]))
+        digests = {item.name: file_sha256(item) for item in sorted(staging.iterdir())}
+        atomic_write_text(staging / CHECKS_FILE, json.dumps(
+            {"checks": [c.to_dict() for c in checks], "sha256": digests}))
+    return checks

@@ -242,3 +242,14 @@ def test_onnx_runtime_backend_matches_pytorch(models):
     onnx_side = generate_pair(pair, 1, 4, 2, "ddim", 4, 2.0, "ONNX Runtime")
     for a, b in zip(torch_side, onnx_side):
         torch.testing.assert_close(a.images, b.images, rtol=1e-3, atol=1e-3)
+    # a kept export the disk damaged since is exported again, not an ONNX side lost for good
+    from entpruner_sdk.utils.cache import cache_root
+
+    kept = next((cache_root() / "exports").glob("teacher-*-onnx")) / "model.onnx"
+    whole = kept.read_bytes()
+    kept.write_bytes(whole[: len(whole) // 2])
+    again = load_pair(*models, onnx=True)
+    assert not again.errors and kept.stat().st_size == len(whole)
+    onnx_again = generate_pair(again, 1, 4, 2, "ddim", 4, 2.0, "ONNX Runtime")
+    for a, b in zip(onnx_side, onnx_again):
+        torch.testing.assert_close(a.images, b.images)

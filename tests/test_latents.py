@@ -397,3 +397,16 @@ def test_a_vae_decoder_is_exported_and_checked_once(tiny_vae_dir, tmp_path, monk
     with pytest.raises(pytest.fail.Exception, match="exported again"):
         export(latent_model(), tmp_path / "opset", "onnx", vae=tiny_vae_dir,
                exporter="torchscript", opset=onnx_export.OPSET - 1)
+    # a cached decoder the disk damaged is exported again, not copied into the export
+    cached = next((tmp_path / "cache" / "vae-decoders").glob("*/vae_decoder.onnx"))
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(pytest.fail.Exception, match="exported again"):
+        export(latent_model(), tmp_path / "damaged", "onnx", vae=tiny_vae_dir,
+               exporter="torchscript")
+    monkeypatch.undo()  # the exporter back, and with it the cache's folder
+    monkeypatch.setenv("ENTPRUNER_CACHE", str(tmp_path / "cache"))
+    export(latent_model(), tmp_path / "damaged", "onnx", vae=tiny_vae_dir,
+           exporter="torchscript")
+    assert load_exported(tmp_path / "damaged").decoder is not None
+    assert cached.stat().st_size == len(whole)
