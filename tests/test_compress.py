@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -437,6 +438,14 @@ def test_the_report_keeps_the_held_images_when_the_folder_changed(tmp_path):
     assert isinstance(images_behind(held, decoded=False), ImageFolder)
     bundled = load_data("digits")
     assert images_behind(bundled, decoded=False) is bundled  # not read from a folder
+    image = folder / "0" / "000.png"
+    whole, stat = image.read_bytes(), image.stat()
+    image.write_bytes(next(folder.glob("[!0]/*.png")).read_bytes())  # another digit, same name
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # written a second later
+    assert images_behind(held, decoded=False) is held
+    image.write_bytes(whole)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as it was read: the folder again
+    assert isinstance(images_behind(held, decoded=False), ImageFolder)
     (folder / "0" / "000.png").rename(folder / "1" / "000.png")  # relabelled
     assert images_behind(held, decoded=False) is held
     (folder / "1" / "000.png").unlink()  # one image fewer

@@ -43,6 +43,9 @@ class ImageDataset(Dataset):
     # how to load the same data again (``load_data`` keywords, ``data`` the bundled name or an
     # absolute path), set by ``load_data``; None for data made in memory, subsets included
     origin: dict[str, Any] | None = field(default=None, compare=False)
+    # ``ImageFolder.fingerprint`` of the class folder in ``origin``, taken as it was read: a
+    # later reader of that folder can tell whether it still holds the same files
+    folder_fingerprint: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -431,8 +434,9 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         raise DataError(f"class_index (--class-index) labels class folders; {data!r} is not a "
                         "folder: drop it, or label an .npz with the model's ids")
     if isinstance(data, ImageFolder):
+        fingerprint = data.fingerprint()  # before reading: a file changed meanwhile then shows
         dataset = data.load()
-        dataset.origin = data.origin
+        dataset.origin, dataset.folder_fingerprint = data.origin, fingerprint
         return dataset
     if isinstance(data, (Dataset, DataLoader)):
         return from_torch(data, num_classes)

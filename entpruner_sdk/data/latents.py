@@ -263,5 +263,7 @@ def _image_dataset(images: torch.Tensor, data: ImageDataset) -> ImageDataset:
 def _latent_dataset(latents: torch.Tensor, data: ImageDataset | ImageFolder) -> ImageDataset:
     """The latents of ``data``, keeping its ``origin``: a compress report then names the
     images, where the demo's evaluation finds them."""
+    folder = data.fingerprint() if isinstance(data, ImageFolder) else data.folder_fingerprint
     return ImageDataset(latents, data.labels.clone(), data.num_classes, f"{data.name}-latent",
-                        list(data.class_names), pixels=False, origin=data.origin)
+                        list(data.class_names), pixels=False, origin=data.origin,
+                        folder_fingerprint=folder)

@@ -57,20 +57,20 @@ def images_behind(data: ImageDataset, decoded: bool) -> ImageDataset | ImageFold
     classifier keyed by the pixels held. Latents encoded from the folder are compared through
     it too when the samples are ``decoded`` to images: with the real images, as the standard
     protocol does, not with the latents' VAE reconstructions, which would first have to be
-    decoded. A folder moved, emptied or changed in its files or classes since it was read
-    leaves ``data``: the images the model was trained on are still held.
+    decoded. A folder moved, emptied or changed since it was read (any file added, removed,
+    renamed or rewritten: its ``folder_fingerprint`` differs) leaves ``data``: the images the
+    model was trained on are still held.
     """
     source = (data.origin or {}).get("data")
-    if source is None or not Path(source).is_dir() or not (data.pixels or decoded):
+    if (source is None or data.folder_fingerprint is None or not Path(source).is_dir()
+            or not (data.pixels or decoded)):
         return data
     options = {key: value for key, value in data.origin.items() if key != "data"}
     try:
         folder = open_data(source, **options)
     except DataError:
         return data
-    same = (len(folder) == len(data) and torch.equal(folder.labels, data.labels.cpu().long())
-            and folder.class_names == list(data.class_names))
-    return folder if same else data
+    return folder if folder.fingerprint() == data.folder_fingerprint else data
 
 
 def reference_data(model: DiffusionTransformer, data: ImageDataset,
