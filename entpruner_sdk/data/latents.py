@@ -94,10 +94,10 @@ class LatentSpace:
         return (self.vae.config.out_channels, config.input_size * factor,
                 config.input_size * factor)
 
-    def _cache_file(self, cache_dir: str | os.PathLike,
-                    data: ImageDataset | ImageFolder) -> Path:
-        """One file per dataset content and VAE weights."""
-        return Path(cache_dir) / f"{data.name}-{data.fingerprint()}-{self.fingerprint}.safetensors"
+    def _cache_file(self, cache_dir: str | os.PathLike, data: ImageDataset | ImageFolder,
+                    fingerprint: str) -> Path:
+        """One file per dataset content (``data.fingerprint()``) and VAE weights."""
+        return Path(cache_dir) / f"{data.name}-{fingerprint}-{self.fingerprint}.safetensors"
 
     def decode_dataset(self, data: ImageDataset, cache_dir: str | os.PathLike | None = None,
                        progress: bool = True, batch_size: int = 32) -> ImageDataset:
@@ -109,7 +109,7 @@ class LatentSpace:
             return data
         cache = None
         if cache_dir is not None:
-            cache = self._cache_file(cache_dir, data)
+            cache = self._cache_file(cache_dir, data, data.fingerprint())
             stored = read_kept(cache, lambda path: load_file(str(path)))
             if stored is not None:  # "images": floats, as older versions cached
                 return _image_dataset(stored["pixels"] if "pixels" in stored
@@ -141,11 +141,15 @@ class LatentSpace:
         if checkpoint_seconds is None:
             checkpoint_seconds = CHECKPOINT_SECONDS
         cache = partial = None
+        # a folder's files as they are before any is read: the cache's key, and what the
+        # latents record of where they came from (``folder_fingerprint``)
+        folder = data.fingerprint() if isinstance(data, ImageFolder) else data.folder_fingerprint
         if cache_dir is not None:
-            cache = self._cache_file(cache_dir, data)
+            key = folder if isinstance(data, ImageFolder) else data.fingerprint()
+            cache = self._cache_file(cache_dir, data, key)
             kept = read_kept(cache, lambda path: load_file(str(path))["latents"])
             if kept is not None:
-                return _latent_dataset(kept, data)
+                return _latent_dataset(kept, data, folder)
             partial = partial_file(cache)
         latents, done = _resume(partial, len(data))
         if isinstance(data, ImageDataset):
@@ -172,7 +176,7 @@ class LatentSpace:
             with atomic_writer(cache) as tmp:
                 save_file({"latents": latents}, str(tmp))
             partial.unlink(missing_ok=True)
-        return _latent_dataset(latents, data)
+        return _latent_dataset(latents, data, folder)
 
 
 def partial_file(cache: Path) -> Path:
@@ -260,10 +264,11 @@ def _image_dataset(images: torch.Tensor, data: ImageDataset) -> ImageDataset:
                         list(data.class_names))
 
 
-def _latent_dataset(latents: torch.Tensor, data: ImageDataset | ImageFolder) -> ImageDataset:
-    """The latents of ``data``, keeping its ``origin``: a compress report then names the
-    images, where the demo's evaluation finds them."""
-    folder = data.fingerprint() if isinstance(data, ImageFolder) else data.folder_fingerprint
+def _latent_dataset(latents: torch.Tensor, data: ImageDataset | ImageFolder,
+                    folder_fingerprint: str | None) -> ImageDataset:
+    """The latents of ``data``, keeping its ``origin`` and the fingerprint of the folder it
+    was read from: a compress report then names the images, where the demo's evaluation
+    finds them."""
     return ImageDataset(latents, data.labels.clone(), data.num_classes, f"{data.name}-latent",
                         list(data.class_names), pixels=False, origin=data.origin,
-                        folder_fingerprint=folder)
+                        folder_fingerprint=folder_fingerprint)
