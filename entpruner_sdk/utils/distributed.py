@@ -6,6 +6,7 @@ Everything degrades to a no-op in a single process, so callers write one code pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -127,7 +128,8 @@ def main_first(make: Callable[[], T]) -> T:
         try:
             value = make()
         except BaseException as error:  # Ctrl-C too: the others must not wait for it
-            _announce(group, f"{type(error).__name__}: {error}")
+            with contextlib.suppress(Exception):  # they may be gone already: rank 0's error
+                _announce(group, f"{type(error).__name__}: {error}")  # is the one to show
             raise
         _announce(group, None)
         return value
