@@ -30,6 +30,7 @@ from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import NoisedBatch, Objective, objective_for
 from entpruner_sdk.utils.checkpoint import (
+    discard_checkpoint,
     load_checkpoint,
     optimizer_tensors,
     prefixed,
@@ -146,6 +147,7 @@ def train(
     objective: Objective | None = None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    keep_checkpoint: bool = True,
     device: str | torch.device | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
@@ -154,7 +156,8 @@ def train(
 
     With ``out_dir``, a checkpoint is written every ``checkpoint_every`` steps to
     ``out_dir/checkpoint`` and the final EMA model to ``out_dir/model``; ``resume=True``
-    continues from the checkpoint there.
+    continues from the checkpoint there; ``keep_checkpoint=False`` deletes it once the model
+    is saved.
 
     ``data`` must have the model's class count (resize it with ``resize_classes``), unless
     ``keep_classes`` says its labels are the model's own class ids, a subset of its classes
@@ -205,6 +208,8 @@ def train(
     if out_dir is not None:
         save(ema.model, Path(out_dir) / "model", training=dataclasses.asdict(config),
              losses=losses)
+        if not keep_checkpoint:
+            discard_checkpoint(ckpt_dir)
     return TrainResult(model.eval(), ema.model, losses)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import entpruner_sdk as ep
 from entpruner_sdk.cli import COMMANDS, build_parser, main
 from entpruner_sdk.data import load_data
 from entpruner_sdk.models import DiffusionTransformer
@@ -78,6 +79,11 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
                  "--steps", "4", "--batch-size", "8", "--out", str(out), "--quiet",
                  "--device", "cpu"]) == 0
     assert (out / "model" / "model.safetensors").exists()
+    assert (out / "checkpoint" / "state.json").exists()  # kept by default, for --resume
+    assert main(["train", "--family", "sit", "--depth", "2", "--hidden", "32", "--heads", "2",
+                 "--steps", "4", "--batch-size", "8", "--out", str(out), "--resume",
+                 "--no-keep-checkpoint", "--quiet", "--device", "cpu"]) == 0
+    assert not (out / "checkpoint").exists() and (out / "model" / "model.safetensors").exists()
     assert main(["sample", "--model", str(out / "model"), "--labels", "1,2", "--steps", "2",
                  "--out", str(tmp_path / "g.png"), "--npz", str(tmp_path / "s.npz"),
                  "--quiet", "--device", "cpu"]) == 0
@@ -224,10 +230,14 @@ def test_compress_command(tmp_path, capsys):
                  "--steps", "6", "--batch-size", "4", "--interval", "2",
                  "--calibration-per-class", "2", "--calibration-times", "2",
                  "--report-samples", "0", "--prune-fraction", "0.5", "--ced-output", "clipped",
-                 "--ced-weighting", "normalized",
+                 "--ced-weighting", "normalized", "--no-keep-checkpoint",
                  "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "depth 4 -> 2" in out and (tmp_path / "c" / "report.json").exists()
+    # the result stays, the checkpoint (and any copy a save in flight left) does not
+    assert ep.load(tmp_path / "c" / "model").depth == 2
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "importance.png", "loss.png", "model", "report.json", "report.md"]
     settings = json.loads((tmp_path / "c" / "report.json").read_text())["settings"]
     assert settings["schedule"]["prune_fraction"] == 0.5 and settings["ced_output"] == "clipped"
     assert settings["ced_weighting"] == "normalized"

@@ -55,6 +55,15 @@ def join_processes(args: argparse.Namespace) -> str | torch.device:
                                      else torch.device(args.device))
 
 
+def resume_options(p: argparse.ArgumentParser) -> None:
+    """--resume and --no-keep-checkpoint: what OUT/checkpoint is for, and whether it stays."""
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--keep-checkpoint", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep OUT/checkpoint once the run has saved its result (default), so "
+                        "--resume can remake it; --no-keep-checkpoint deletes it (several "
+                        "times the model's size)")
+
+
 def heads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-heads", type=int,
                    help="attention heads of a released checkpoint whose width is not a "

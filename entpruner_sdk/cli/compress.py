@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
             --image-size 256 --vae ./sd-vae-ft-ema --budget 14 --num-classes 10 \\
             --out runs/xl-d14        # images: encoded first (cached), report on images
         entpruner compress ... --out runs/dit-d6 --resume     # continue after an interruption
+        entpruner compress ... --out runs/dit-d6 --no-keep-checkpoint  # less disk, no resume
         entpruner compress --model dit-digits --budget 2x --out runs/plan --dry-run  # plan only
         torchrun --nproc_per_node 4 -m entpruner_sdk compress --model DiT-XL-2-256x256.pt \\
             --family dit --data ./latents.npz --budget 14 --out runs/xl-d14   # data-parallel
@@ -102,7 +103,7 @@ def add_parser(sub) -> None:
     common.workers_option(p)
     p.add_argument("--seed", type=int, default=0,
                    help="seeds calibration, data order and noise (same seed, same result)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    common.resume_options(p)
     p.add_argument("--dry-run", action="store_true",
                    help="only plan: resolve the budget, score the blocks and print which "
                         "would go and the size and speed that leaves, without fine-tuning "
@@ -154,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         found = plan(model, data, args.budget, device=device, **options)
         return _print_plan(found, args.out) if distributed.is_main() else 0
     result = compress(model, data, args.budget, device=device, out_dir=args.out,
-                      resume=args.resume, progress=not args.quiet, **options)
+                      resume=args.resume, keep_checkpoint=args.keep_checkpoint,
+                      progress=not args.quiet, **options)
     if not distributed.is_main():
         return 0
     s = result.report["summary"]

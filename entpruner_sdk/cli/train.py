@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
                    "--resume reads the latents back); a new model is then built on latents")
     common.workers_option(p)
     p.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    common.resume_options(p)
     common.run_options(p)
 
 
@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model.provenance.setdefault("training_command", "entpruner " + " ".join(sys.argv[1:]))
     result = train(model, data, training, keep_classes=args.keep_classes, out_dir=args.out,
-                   resume=args.resume, device=args.device, progress=not args.quiet)
+                   resume=args.resume, keep_checkpoint=args.keep_checkpoint,
+                   device=args.device, progress=not args.quiet)
     recent = result.losses[-50:]
     print(f"trained {args.steps} steps; loss over the last {len(recent)} steps "
           f"{sum(recent) / len(recent):.4f}; "

@@ -40,6 +40,7 @@ from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleState
 from entpruner_sdk.training import EMA, drop_labels, record_data_classes, sample_batch
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.checkpoint import (
+    discard_checkpoint,
     load_checkpoint,
     optimizer_tensors,
     prefixed,
@@ -157,12 +158,19 @@ def compress(
     device: str | torch.device | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
+    keep_checkpoint: bool = True,
     progress: bool = True,
     **options: Any,
 ) -> CompressResult:
     """Prune ``model`` to ``budget`` on ``data``; see ``CompressConfig`` for the options
     (flat keywords such as ``importance="bi"``, ``schedule="one-shot"``, ``steps=2000``,
     ``interval=50``, ``kd_weight=0.9`` are accepted too).
+
+    ``out_dir`` receives the result (``model/`` and the report) and ``checkpoint/``, written at
+    each removal, every ``checkpoint_every`` steps and at the end: ``resume=True`` continues an
+    interrupted run from it, or remakes a finished run's report. ``keep_checkpoint=False``
+    deletes it once the result is saved (it is about four times the pruned model's size), and
+    the run can no longer be resumed.
 
     Under ``torch.distributed`` (torchrun, several processes) the run is data-parallel: every
     rank draws the same global batch and trains on its slice with DistributedDataParallel,
@@ -211,6 +219,8 @@ def compress(
     result = CompressResult(pruned, distributed.broadcast(report))
     if out_dir is not None and distributed.is_main():
         result.save(out_dir)
+        if not keep_checkpoint:
+            discard_checkpoint(checkpoint_dir)
     distributed.barrier()
     return result
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,14 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tenso
 def _retired(directory: Path) -> Path:
     """Where the previous checkpoint waits while the new one is moved into place."""
     return directory.with_name(directory.name + ".old")
+
+
+def discard_checkpoint(directory: str | os.PathLike) -> None:
+    """Delete the checkpoint in ``directory`` with the copies a save in flight leaves beside it
+    (a run that will not be resumed need not keep several times its model's size on disk)."""
+    directory = Path(directory)
+    for folder in (directory, directory.with_name(directory.name + ".tmp"), _retired(directory)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
