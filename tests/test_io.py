@@ -152,6 +152,31 @@ def test_diffusers_directory_loads_with_converted_keys(tmp_path):
     assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_diffusers_dit_computes_the_reference_function(tmp_path):
+    """The converted model is diffusers' own, up to the timestep embedding: diffusers spaces its
+    frequencies over 127 (``downscale_freq_shift=1``), the reference DiT, whose weights the
+    released diffusers folders hold, over 128; with that one setting aligned the outputs agree."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    hf = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+        num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10).eval()
+    with torch.no_grad():  # adaLN-Zero starts as the identity: give every weight a value
+        for parameter in hf.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        for block in hf.transformer_blocks[1:]:  # one embedder, as converted folders hold
+            block.norm1.emb.load_state_dict(hf.transformer_blocks[0].norm1.emb.state_dict())
+    hf.save_pretrained(tmp_path / "hf")
+    model = ep.load(tmp_path / "hf", family="dit").eval()
+    for block in hf.transformer_blocks:
+        block.norm1.emb.time_proj.downscale_freq_shift = 0
+    x, y = torch.randn(4, 4, 8, 8), torch.tensor([0, 3, 9, 10])  # 10: the null class
+    t = torch.tensor([0, 10, 500, 999])
+    with torch.no_grad():
+        expected = hf(x, timestep=t, class_labels=y).sample
+        torch.testing.assert_close(model(x, t, y), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_diffusers_directory_needs_family(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,

@@ -3,6 +3,11 @@
 diffusers splits qkv into ``to_q/to_k/to_v``, names the output projection ``to_out.0`` and
 keeps a copy of the timestep / label embedders in every block (the copies are identical in
 converted checkpoints; block 0's is used, as diffusers itself does for the final layer).
+
+The loaded model computes the reference DiT, whose weights diffusers' released DiT folders
+hold. diffusers' own forward differs in one place: its timestep embedding spaces the
+frequencies over ``half - 1`` (``downscale_freq_shift=1``) where the reference uses ``half``,
+so its outputs differ from the reference's at every t > 0.
 """
 
 from __future__ import annotations
