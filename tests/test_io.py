@@ -262,7 +262,11 @@ def test_what_a_killed_writer_left_is_removed_by_the_next(tmp_path):
 
 def test_a_checkpoint_save_killed_between_its_renames_keeps_the_previous_one(tmp_path,
                                                                               monkeypatch):
-    from entpruner_sdk.utils.checkpoint import load_checkpoint, save_checkpoint
+    from entpruner_sdk.utils.checkpoint import (
+        discard_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
 
     folder = tmp_path / "checkpoint"
     save_checkpoint(folder, {"w": torch.ones(2)}, {"step": 1})
@@ -289,6 +293,14 @@ def test_a_checkpoint_save_killed_between_its_renames_keeps_the_previous_one(tmp
                                          "delete that folder to start the run over"):
         load_checkpoint(folder)
     assert (folder / "state.safetensors").exists()
+    # a run that will not be resumed deletes it, with what a killed save left beside it
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", dies_before_the_new_one_is_in)
+        with pytest.raises(OSError, match="killed"):
+            save_checkpoint(folder, {"w": torch.zeros(2)}, {"step": 3})
+    assert list(tmp_path.iterdir())
+    discard_checkpoint(folder)
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_save_killed_between_its_two_files_is_refused_on_load(tmp_path, tiny_dit,

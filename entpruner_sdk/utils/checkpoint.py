@@ -26,11 +26,16 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tenso
     """Write ``tensors`` and ``meta`` to ``directory``, replacing any previous checkpoint only
     once the new one is complete."""
     directory = Path(directory)
-    with atomic_directory(directory, staging=directory.with_name(directory.name + ".tmp"),
+    with atomic_directory(directory, staging=_staging(directory),
                           retired=_retired(directory)) as staging:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                   str(staging / TENSORS))
         (staging / META).write_text(json.dumps(meta, indent=1))
+
+
+def _staging(directory: Path) -> Path:
+    """Where a new checkpoint is built before it takes the folder's place."""
+    return directory.with_name(directory.name + ".tmp")
 
 
 def _retired(directory: Path) -> Path:
@@ -42,7 +47,7 @@ def discard_checkpoint(directory: str | os.PathLike) -> None:
     """Delete the checkpoint in ``directory`` with the copies a save in flight leaves beside it
     (a run that will not be resumed need not keep several times its model's size on disk)."""
     directory = Path(directory)
-    for folder in (directory, directory.with_name(directory.name + ".tmp"), _retired(directory)):
+    for folder in (directory, _staging(directory), _retired(directory)):
         shutil.rmtree(folder, ignore_errors=True)
 
 
