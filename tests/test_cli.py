@@ -348,3 +348,28 @@ def test_compress_dry_run_plans_without_fine_tuning(tmp_path, capsys):
     assert plan["depth_after"] == 6 and len(plan["kept_blocks"]) == 6 and plan["final"]
     assert f"compress with these settings keeps blocks {plan['kept_blocks']}." in printed
     assert sorted(p.name for p in out.iterdir()) == ["plan.json", "plan.md"]  # nothing else
+
+
+@pytest.mark.slow
+def test_the_main_job_compresses_both_teachers_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "quickstart"
+    assert main(["quickstart", "--out", str(out), "--samples", "20", "--compress-steps", "6",
+                 "--quiet", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {row["model"]: row for row in summary["rows"]}
+    assert sorted(rows) == ["dit-digits", "dit-digits-pruned", "sit-digits", "sit-digits-pruned"]
+    for name in ("dit-digits", "sit-digits"):
+        teacher, pruned = rows[name], rows[f"{name}-pruned"]
+        assert (teacher["depth"], pruned["depth"]) == (12, 6)
+        assert pruned["parameters"] < teacher["parameters"] and pruned["gflops"] < teacher["gflops"]
+        kept = pruned["extra"]["kept_blocks"]
+        assert len(kept) == 6 and ep.load(out / f"{name}-pruned" / "model").kept_blocks == kept
+        assert pruned["fidelity_psnr"] > 0
+        for row in (teacher, pruned):
+            assert 0 <= row["class_accuracy"] <= 1 and row["fd_domain"] >= 0
+            assert Path(row["grid"]).stat().st_size > 0
+    # the trained digit classifier that judges the samples reads real held-out digits well
+    assert summary["classifier_test_accuracy"] > 0.9
+    printed = capsys.readouterr().out
+    assert "teachers vs pruned on digits (20 samples each" in printed
+    assert "sit-digits-pruned" in printed
