@@ -452,3 +452,53 @@ def test_the_report_keeps_the_held_images_when_the_folder_changed(tmp_path):
     assert images_behind(held, decoded=False) is held
     folder.rename(tmp_path / "moved")
     assert images_behind(held, decoded=False) is held
+
+
+def test_the_masked_feature_loss_leaves_out_the_teachers_outliers():
+    from entpruner_sdk.compress.distill import masked_mse
+
+    teacher_states = torch.zeros(2, 50)
+    teacher_states[:, 0] = 100.0  # far outside 2 std of its sample's mean
+    off_at_outlier = teacher_states.clone()
+    off_at_outlier[:, 0] = 0.0
+    assert masked_mse(off_at_outlier, teacher_states, sigma=2.0) == 0
+    off_inside = teacher_states.clone()
+    off_inside[:, 1] = 3.0  # one of the 49 kept elements of each sample, off by 3
+    assert masked_mse(off_inside, teacher_states, sigma=2.0) == pytest.approx(9 / 49)
+
+
+def test_the_feature_loss_aligns_each_student_block_with_the_one_it_was_copied_from():
+    from entpruner_sdk.compress.distill import DistillConfig, distillation_loss
+    from entpruner_sdk.objectives import objective_for
+
+    model = teacher(depth=4).eval()
+    with torch.no_grad():  # block 1 the identity, as adaLN-Zero makes it: its gates at zero
+        model.blocks[1].adaLN_modulation[-1].weight.zero_()
+        model.blocks[1].adaLN_modulation[-1].bias.zero_()
+    objective = objective_for(model)
+    batch = objective.noise_batch(torch.randn(4, 1, 8, 8), torch.arange(4),
+                                  torch.Generator().manual_seed(0))
+
+    def parts(kept: list[int]) -> dict[str, float]:
+        student = model.keep_blocks(kept)
+        return distillation_loss(student, model, objective, batch,
+                                 DistillConfig(feature_weight=1.0), feature_weight=1.0)[1]
+
+    # without the identity block, each student block sees what its original saw: nothing to learn
+    without_identity = parts([0, 2, 3])
+    assert without_identity["feature"] < 1e-10 and without_identity["kd"] < 1e-10
+    # without block 2, blocks 3 on differ from the teacher's block 3: positions must not pair
+    # student block 2 (originally 3) with teacher block 2
+    without_block_2 = parts([0, 1, 3])
+    assert without_block_2["feature"] > 1e-3 and without_block_2["kd"] > 0
+    assert "feature" not in distillation_loss(model.keep_blocks([0, 2, 3]), model, objective,
+                                              batch, DistillConfig(), feature_weight=0.0)[1]
+
+
+def test_compress_with_the_feature_loss_reaches_the_budget():
+    result = compress(teacher(), "digits", 3, **dict(FAST, feature_weight=1.0))
+    assert result.model.depth == 3
+    assert result.report["settings"]["distill"]["feature_weight"] == 1.0
+    # the first step's loss is the same batch's, plus the feature term (once blocks are gone)
+    plain = compress(teacher(), "digits", 3, **FAST)
+    assert result.report["losses"][0] > plain.report["losses"][0]
