@@ -502,3 +502,22 @@ def test_compress_with_the_feature_loss_reaches_the_budget():
     # the first step's loss is the same batch's, plus the feature term (once blocks are gone)
     plain = compress(teacher(), "digits", 3, **FAST)
     assert result.report["losses"][0] > plain.report["losses"][0]
+
+
+def test_blocks_the_schedule_left_are_removed_when_training_ends(monkeypatch):
+    from entpruner_sdk.schedule import Schedule, SchedulePlan
+
+    # a schedule that never finds a step to remove at: the run still ends at the budget
+    monkeypatch.setattr(Schedule, "plan", lambda self, step, remaining, state: SchedulePlan(False))
+    result = compress(teacher(), "digits", 3, **FAST)
+    assert result.model.depth == 3
+    [decision] = result.report["decisions"]
+    assert decision["step"] == FAST["steps"] and len(decision["removed"]) == 3
+    assert decision["plan"]["forced"] and decision["plan"]["reason"] == (
+        "forced at the end of training")
+
+
+def test_a_diverging_run_stops_with_the_fix():
+    with pytest.raises(FloatingPointError, match="compression loss is not finite; lower the "
+                                                 "learning rate"):
+        compress(teacher(), "digits", 3, **dict(FAST, lr=1e30))
