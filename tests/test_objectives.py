@@ -66,6 +66,26 @@ def test_ddim_with_many_steps_is_close_to_ddpm(steps):
     assert abs(ddpm.std() - ddim.std()) < 0.02 and abs(ddpm.mean() - ddim.mean()) < 0.02
 
 
+def test_ddim_at_eta_1_is_ddpm_with_the_posterior_variance():
+    """DDIM's eta = 1 step is the DDPM posterior (Song et al., eq. 16): with a learned variance
+    at its lower bound, the posterior's own, both draw the same trajectory from one noise."""
+    diffusion = GaussianDiffusion(1, learn_sigma=True)
+    eps = gaussian_eps_model(diffusion)
+
+    def model(x, t, y):  # the variance output -1 selects the lower bound (learned range)
+        return torch.cat([eps(x, t, y), -torch.ones_like(x)], dim=1)
+
+    noise = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(64, dtype=torch.long)
+    ddpm, ddim = (diffusion.sample(model, noise, y, sampler=sampler, steps=20, eta=1.0,
+                                   generator=torch.Generator().manual_seed(1))
+                  for sampler in ("ddpm", "ddim"))
+    torch.testing.assert_close(ddim, ddpm, rtol=1e-4, atol=1e-4)
+    deterministic = diffusion.sample(model, noise, y, sampler="ddim", steps=20,
+                                     generator=torch.Generator().manual_seed(1))
+    assert (deterministic - ddpm).abs().max() > 0.01  # eta = 0 draws no noise
+
+
 def test_learned_range_variance_interpolates_between_the_bounds():
     diffusion = GaussianDiffusion(1, learn_sigma=True)
     t = torch.tensor([10, 500])
