@@ -9,7 +9,7 @@ import torch
 from entpruner_sdk.data.datasets import eight_bit
 from entpruner_sdk.data.latents import is_latent
 from entpruner_sdk.models.config import TransformerConfig
-from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.models.transformer import COMPILED_CACHE, DiffusionTransformer
 from entpruner_sdk.objectives import ModelFn, Objective, guided, objective_for
 from entpruner_sdk.objectives.base import SplitGenerator, normal
 from entpruner_sdk.utils.device import autocast, resolve_device
@@ -79,7 +79,7 @@ def compiled(model: DiffusionTransformer, mode: bool | str = True) -> torch.nn.M
     """``torch.compile(model)`` (``mode``: True for the default, or a torch.compile mode such
     as ``"reduce-overhead"`` for CUDA graphs), cached on the model."""
     mode = None if mode is True else mode
-    cache = model.__dict__.setdefault("_compiled", {})
+    cache = model.__dict__.setdefault(COMPILED_CACHE, {})
     if mode not in cache:
         cache[mode] = torch.compile(model, mode=mode)
     return cache[mode]

@@ -209,3 +209,18 @@ def test_sampling_rejects_unknown_labels_and_samplers(tiny_dit):
         sample(tiny_dit, [0, 10], steps=2)
     with pytest.raises(ValueError, match="ddpm, ddim"):
         sample(tiny_dit, [0], sampler="heun", steps=2)
+
+
+@pytest.mark.slow
+def test_compiled_sampling_matches_eager_and_the_model_still_copies(tiny_dit):
+    import copy
+
+    eager = sample(tiny_dit, [0, 1], steps=2)
+    compiled = sample(tiny_dit, [0, 1], steps=2, compile=True)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * eager.abs().max().item())
+    # compress's student, train's EMA and export copy the model: the compiled forward, which
+    # wraps this instance, stays behind, and the copy computes the same
+    copied = copy.deepcopy(tiny_dit)
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([10, 500]), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.equal(copied(x, t, y), tiny_dit(x, t, y))

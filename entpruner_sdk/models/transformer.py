@@ -24,6 +24,9 @@ from entpruner_sdk.models.layers import (
     sincos_pos_embed_2d,
 )
 
+# where ``sampling.compiled`` keeps a model's torch.compile'd forwards, one per mode
+COMPILED_CACHE = "_compiled"
+
 
 class DiffusionTransformer(nn.Module):
     """A DiT (diffusion, epsilon prediction) or SiT (flow, velocity prediction) backbone.
@@ -61,6 +64,14 @@ class DiffusionTransformer(nn.Module):
         self.provenance: dict[str, Any] = {"kept_blocks": list(range(config.depth))}
         self.provenance.update(provenance or {})
         self.initialize_weights()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (deepcopy, pickle) leaves out the compiled forwards cached on this instance
+        # (``sampling.compiled``): they wrap this module, not the copy, as torch's own
+        # ``Module.compile`` state is left out
+        state = super().__getstate__()
+        state.pop(COMPILED_CACHE, None)
+        return state
 
     # ------------------------------------------------------------------ construction
     def initialize_weights(self) -> None:
