@@ -211,6 +211,28 @@ def test_graceful_shutdown_finishes_accepted_requests():
     assert max(finished) > stop_requested  # some were still running when the stop came
 
 
+class FailsOnClass3(DiffusionTransformer):
+    """A model that fails for one class, as a GPU out of memory fails one large request."""
+
+    def forward(self, x, t, y, *args, **kwargs):
+        if (y == 3).any():
+            raise RuntimeError("CUDA out of memory (injected)")
+        return super().forward(x, t, y, *args, **kwargs)
+
+
+def test_a_failing_batch_fails_its_own_requests_and_the_server_serves_on():
+    model = randomized(FailsOnClass3(tiny_config("dit", num_classes=4)))
+    models = {"dit": _from_torch("dit", model, torch.device("cpu"), "tiny")}
+    with running(models, ServerSettings(warmup=False, max_steps=20)) as (url, _):
+        failed = generate(url, model="dit", class_labels=[3], steps=2)
+        assert failed.status_code == 500
+        assert "generation failed: CUDA out of memory (injected)" in failed.text
+        assert generate(url, model="dit", class_labels=[0, 1], steps=2).status_code == 200
+        text = httpx.get(url + "/metrics").text
+        assert 'status="500"' in text and 'entpruner_errors_total{reason="internal"}' in text
+        assert httpx.get(url + "/readyz").status_code == 200
+
+
 def test_api_key():
     with running(tiny_models(), ServerSettings(api_key="s3cret")) as (url, _):
         assert httpx.get(url + "/v1/models").status_code == 401
