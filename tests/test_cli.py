@@ -244,6 +244,17 @@ def test_compress_command(tmp_path, capsys):
     assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "9",
                  "--out", str(tmp_path / "d"), "--quiet"]) == 2
     assert "keep between 2 and 3" in capsys.readouterr().err
+    # --protect: block indices, or none
+    plan = ["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "2",
+            "--calibration-per-class", "2", "--calibration-times", "2", "--dry-run", "--quiet",
+            "--device", "cpu", "--out", str(tmp_path / "p")]
+    for protect, protected in (("none", []), ("1", [1]), (None, [0, 3])):
+        assert main(plan + (["--protect", protect] if protect else [])) == 0
+        assert json.loads((tmp_path / "p" / "plan.json").read_text())["protected"] == protected
+    with pytest.raises(SystemExit):
+        main([*plan, "--protect", "0,x"])
+    assert ("argument --protect: '0,x' is neither 'none' nor comma-separated block indices"
+            in capsys.readouterr().err)
 
 
 def test_ctrl_c_says_which_checkpoint_holds_the_work(tmp_path, capsys):

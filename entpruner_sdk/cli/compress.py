@@ -82,7 +82,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ced-weighting", default="mean", choices=WEIGHTINGS,
                    help="combine the timesteps by the plain mean, or give every timestep an "
                         "equal say (each normalized by its sum over the blocks)")
-    p.add_argument("--protect", help="comma-separated original block indices never removed "
+    p.add_argument("--protect", type=_protected_blocks,
+                   help="comma-separated original block indices never removed "
                    "(default: first and last); 'none' protects nothing")
     p.add_argument("--kd-weight", type=float, default=0.9,
                    help="weight of the MSE to the teacher's prediction")
@@ -112,6 +113,18 @@ def add_parser(sub) -> None:
     common.run_options(p)
 
 
+def _protected_blocks(text: str) -> tuple[int, ...]:
+    """``none`` (nothing protected) or ``0,11`` (original block indices); compress checks
+    that the blocks exist."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither 'none' nor comma-separated block indices (0,11)") from None
+
+
 def _time_grid(text: str) -> int | tuple[float, ...]:
     """``8`` (a count) or ``0.1,0.5,0.9`` (noise levels); checked fully by compress."""
     try:
@@ -134,10 +147,6 @@ def run(args: argparse.Namespace) -> int:
 
     device = common.join_processes(args)
     model = resolve_model(args.model, args.family, num_heads=args.num_heads)
-    protect = None
-    if args.protect:
-        protect = () if args.protect == "none" else tuple(
-            int(v) for v in args.protect.split(","))
     data = common.training_data(args, is_latent(model.config), model.config, device)
     options = dict(
         importance=args.importance, schedule=args.schedule, steps=args.steps,
@@ -145,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         k_max=args.k_max, prune_fraction=args.prune_fraction, rerank=args.rerank,
         calibration_per_class=args.calibration_per_class,
         calibration_times=args.calibration_times, ced_output=args.ced_output,
-        ced_estimator=args.ced_estimator, ced_weighting=args.ced_weighting, protect=protect,
+        ced_estimator=args.ced_estimator, ced_weighting=args.ced_weighting, protect=args.protect,
         kd_weight=args.kd_weight, gt_weight=args.gt_weight, feature_weight=args.feature_weight,
         num_classes=args.num_classes, keep_classes=args.keep_classes, seed=args.seed,
         report_samples=args.report_samples,
