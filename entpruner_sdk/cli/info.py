@@ -54,7 +54,8 @@ def export_summary(directory: str | Path) -> dict:
                                      metadata.get("objective_settings"))
     summary = model_summary(model)
     summary["export"] = {key: manifest.get(key) for key in
-                         ("format", "precision", "files", "batch", "created", "torch", "parity")}
+                         ("format", "precision", "files", "contents", "batch", "created",
+                          "torch", "parity")}
     return summary
 
 
@@ -103,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_export(export: dict) -> None:
-    files = sorted(set(export["files"].values()))
+    contents = export.get("contents")  # exports made before it list their graphs only
+    files = ([f"{name} ({common.human_size(size)})" for name, size in contents.items()]
+             if contents else sorted(set(export["files"].values())))
     print(f"export: {export['format']} {export.get('precision') or ''}, files "
           f"{', '.join(files)}, batch profile {export.get('batch')}, made with torch "
           f"{export.get('torch')} at {export.get('created')}")
