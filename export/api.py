@@ -120,7 +120,7 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
            ) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the format's files; returns {role: file name} and extra manifest metadata."""
     if format in ("onnx", "onnx-fp16", "tensorrt"):
-        from entpruner_sdk.export.onnx_export import OPSET, export_onnx
+        from entpruner_sdk.export.onnx_export import OPSET, export_onnx, share_external_data
 
         opset = opset or OPSET
         # TensorRT builds strongly typed from this file, so it carries the engine's precision
@@ -134,6 +134,7 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
             if guided and _has_null_class(model):
                 export_onnx(model, directory / "model_cfg.onnx", dtype=dtype, guided=True,
                             opset=opset, exporter=exporter)
+                share_external_data(directory / "model_cfg.onnx", directory / "model.onnx")
                 files["guided"] = "model_cfg.onnx"
             return files, {"opset": opset, "exporter": exporter}
         from entpruner_sdk.export.tensorrt import build_engine

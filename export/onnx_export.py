@@ -142,6 +142,50 @@ def _run_exporter(module, inputs, names, path: Path, opset: int, exporter: str,
         onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data")
 
 
+def share_external_data(graph: Path, donor: Path) -> bool:
+    """Point ``graph``'s external tensors at the byte-identical ones in ``donor``'s data file,
+    and delete ``graph``'s own data, when every one of them has its twin there; returns
+    whether it did. The guidance graph holds the denoiser's weights, and a second copy would
+    double a large export (DiT-XL/2: 2.7 GB). Twins are found by content, not by name: the
+    exporter names some tensors of each graph differently."""
+    onnx = require_onnx()
+    donor_proto = onnx.load(str(donor), load_external_data=False)
+    by_content = {digest: where for where, digest in _external_tensors(donor_proto, donor.parent)}
+    proto = onnx.load(str(graph), load_external_data=False)
+    own = list(_external_tensors(proto, graph.parent))
+    if not own or any(digest not in by_content for _, digest in own):
+        return False
+    own_files = {where[0] for where, _ in own}
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor, (_, digest) in zip(external, own):
+        location, offset, length = by_content[digest]
+        del tensor.external_data[:]
+        for key, value in (("location", location), ("offset", offset), ("length", length)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+    onnx.save(proto, str(graph))
+    for name in own_files - {by_content[digest][0] for _, digest in own}:
+        (graph.parent / name).unlink()
+    return True
+
+
+def _external_tensors(proto, folder: Path) -> Iterator[tuple[tuple[str, int, int], str]]:
+    """(location, offset, length) and the SHA-256 of the bytes of each external initializer,
+    in the graph's order."""
+    import hashlib
+
+    onnx = require_onnx()
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location, offset = info["location"], int(info.get("offset", 0))
+        with open(folder / location, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(int(info.get("length", -1)))  # no length: to the end
+        yield (location, offset, len(data)), hashlib.sha256(data).hexdigest()
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     """The entpruner metadata of an ONNX file (without loading its weights)."""
     import json

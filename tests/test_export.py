@@ -122,19 +122,32 @@ def test_large_weights_go_to_a_data_file_that_the_manifest_lists(tmp_path, monke
     # DiT-XL/2's 2.7 GB are over protobuf's 2 GB: lower the threshold to take that path here
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
     result = export(pruned("dit"), tmp_path / "big", "onnx", exporter=exporter)
+    # one copy of the weights: the guidance graph reads the denoiser's
     files = sorted(p.name for p in result.directory.iterdir())
-    assert files == ["export.json", "model.onnx", "model.onnx.data", "model_cfg.onnx",
-                     "model_cfg.onnx.data"]
-    graph = onnx.load(str(result.directory / "model.onnx"), load_external_data=False).graph
-    inline = [i for i in graph.initializer if i.data_location != onnx.TensorProto.EXTERNAL]
-    assert len(inline) < len(graph.initializer)  # only tensors under 1 kB may stay inline
-    assert all(len(i.raw_data) < 1024 for i in inline)
+    assert files == ["export.json", "model.onnx", "model.onnx.data", "model_cfg.onnx"]
+    for name in ("model.onnx", "model_cfg.onnx"):
+        graph = onnx.load(str(result.directory / name), load_external_data=False).graph
+        inline = [i for i in graph.initializer if i.data_location != onnx.TensorProto.EXTERNAL]
+        assert len(inline) < len(graph.initializer)  # only tensors under 1 kB may stay inline
+        assert all(len(i.raw_data) < 1024 for i in inline)
+        assert {entry.value for i in graph.initializer for entry in i.external_data
+                if entry.key == "location"} == {"model.onnx.data"}
+    assert {c.graph for c in result.parity} == {"denoiser", "guided"}
     assert all(c.passed for c in result.parity)  # ONNX Runtime read the weights beside it
     contents = result.manifest["contents"]
     assert sorted(contents) == files[1:] and all(
         size == (result.directory / name).stat().st_size for name, size in contents.items())
     assert main(["info", "--model", str(result.directory)]) == 0
     assert "model.onnx.data (" in capsys.readouterr().out
+    # another model's weights are not this graph's: nothing is shared, nothing is lost
+    other = export(randomized(pruned("dit"), seed=1), tmp_path / "other", "onnx", guided=False,
+                   exporter=exporter)
+    guided = result.directory / "model_cfg.onnx"
+    moved = tmp_path / "model_cfg.onnx"
+    onnx.save(onnx.load(str(guided)), str(moved), save_as_external_data=True,
+              location="own.data")
+    assert not onnx_export.share_external_data(moved, other.directory / "model.onnx")
+    assert (tmp_path / "own.data").exists()
 
 
 def test_onnx_fp16_is_half_precision_and_within_tolerance(tmp_path):
