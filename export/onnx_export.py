@@ -28,6 +28,7 @@ from entpruner_sdk.export.graphs import (
 )
 from entpruner_sdk.export.metadata import METADATA_KEY, dumps, export_metadata
 from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.utils.files import atomic_writer
 
 OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
@@ -163,7 +164,8 @@ def share_external_data(graph: Path, donor: Path) -> bool:
         for key, value in (("location", location), ("offset", offset), ("length", length)):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, str(value)
-    onnx.save(proto, str(graph))
+    with atomic_writer(graph) as tmp:  # beside it, so the data's relative location holds
+        onnx.save(proto, str(tmp))
     for name in own_files - {by_content[digest][0] for _, digest in own}:
         (graph.parent / name).unlink()
     return True
