@@ -98,7 +98,7 @@ def export(
         manifest = {
             "format": format, "precision": precision, "files": files,
             # every file a deployment must carry, with its size: the roles above name the
-            # graphs, and a model over 1 GB keeps its weights in a .data file beside each
+            # graphs, and a model over 1 GB keeps its weights in a .data file beside them
             "contents": {item.name: item.stat().st_size for item in sorted(staging.iterdir())},
             "batch": list(batch), "metadata": {**metadata, **extra}, "torch": torch.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(), "parity": [],
