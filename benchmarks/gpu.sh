@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu.sh                       # results and logs in benchmarks/results/gpu/
 #   PYTHON=/opt/torch/.venv/bin/python3 GPU_OUT=$OUT GPU_DEADLINE_S=420 bash benchmarks/gpu.sh
 #   GPU_DRY_RUN=1 GPU_OUT=/tmp/gpu-dry bash benchmarks/gpu.sh   # the same steps on CPU, tiny
-#   GPU_SKIP=sampling bash benchmarks/gpu.sh     # leave out steps: tests, ced, compress, sampling
+#   GPU_SKIP=sampling bash benchmarks/gpu.sh     # leave out steps: tests, ced, compress, memory,
+#                                                # sampling
 #
 # Needs a stock PyTorch CUDA image plus these wheels (pure Python or small):
 #   pip install numpy safetensors scikit-learn scikit-image pillow tqdm rich matplotlib pytest
@@ -15,7 +16,8 @@
 # Steps, in order: the GPU-marked tests; CED ranking time for a DiT-XL/2-shaped model (random
 # weights, 256 samples x 8 timesteps) against N full forwards (7 of the 28 timed, scaled to 28,
 # to save device time; about a minute on an H200); a short compress of the bundled
-# teacher; XL/2 28- vs 14-block sampling throughput, eager vs CUDA graphs (torch.compile
+# teacher; the memory of one XL/2 compress step at batch 32, plain, with gradient
+# checkpointing, with 4 micro-batches and with both; XL/2 28- vs 14-block sampling throughput, eager vs CUDA graphs (torch.compile
 # "reduce-overhead"; each compile takes a minute or more, so plain compile is left to a run
 # of gpu_sampling.py by hand).
 #
@@ -29,8 +31,9 @@
 # - GPU_DRY_RUN=1 runs every step on the CPU at tiny sizes (about a minute), to check the
 #   script itself before spending device time on it.
 # - Each step's output goes to its own log beside the results, and the whole run writes at
-#   most 7 small files to GPU_OUT: gpu.log, tests.log, compress_cost_xl.json,
-#   compress_report.json, compress_report.md, gpu_sampling.json, sampling.log.
+#   most 8 small files to GPU_OUT: gpu.log, tests.log, compress_cost_xl.json,
+#   compress_report.json, compress_report.md, train_memory.json, gpu_sampling.json,
+#   sampling.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -43,11 +46,13 @@ if [[ "${GPU_DRY_RUN:-0}" == 1 ]]; then
     DEVICE=cpu
     XL=(--arch DiT-S/2 --latent-size 8 --samples 64 --timesteps 2 --forward-passes 3)
     COMPRESS_STEPS=20
+    MEMORY=(--arch DiT-S/2 --latent-size 8 --batch 4 --steps 1)
     SAMPLING=(--model DiT-S/2 --batch 2 --steps 2 --repeats 1 --modes eager)
 else
     DEVICE=cuda
     XL=(--forward-passes 7)
     COMPRESS_STEPS=500
+    MEMORY=(--arch DiT-XL/2 --batch 32 --steps 2)
     SAMPLING=(--batch 32 --steps 25 --repeats 3 --modes eager,cuda-graphs)
 fi
 export ENTPRUNER_QUIET=1 PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
@@ -112,6 +117,9 @@ step compress "compress the bundled DiT teacher to 6 blocks" 150 "$WORK/compress
 for name in report.json report.md; do
     cp "$WORK/compress-dit-digits/$name" "$OUT/compress_$name" 2>/dev/null || true
 done
+step memory "XL/2 compress step memory, 4 settings" 120 "$WORK/memory.log" \
+    "$PYTHON" benchmarks/train_memory.py "${MEMORY[@]}" --device "$DEVICE" \
+        --out "$OUT/train_memory.json"
 step sampling "XL/2 sampling throughput, 28 vs 14 blocks" 150 "$OUT/sampling.log" \
     "$PYTHON" benchmarks/gpu_sampling.py "${SAMPLING[@]}" --device "$DEVICE" \
         --out "$OUT/gpu_sampling.json"

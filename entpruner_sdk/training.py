@@ -7,6 +7,7 @@ reproduces the uninterrupted one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -58,13 +59,19 @@ class TrainConfig:
     # flip each image left-right with probability 1/2, as DiT's and SiT's training does: right
     # for photos (and their latents), wrong where direction means something (digits, text)
     hflip: bool = False
+    # memory settings (the result is the same up to float rounding): every step's batch in
+    # this many micro-batches, and activations recomputed in backward instead of held
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         # a setting out of range fails here, before any data is loaded (an empty batch would
         # otherwise surface as a loss that is not finite)
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every",
+                     "gradient_accumulation"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        check_micro_batches(self.batch_size, self.gradient_accumulation)
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr}: the learning rate must be positive")
         if not 0 <= self.ema_decay < 1:
@@ -91,6 +98,48 @@ class EMA:
         decay = min(self.decay, (1 + step) / (10 + step))
         for ema_p, p in zip(self.model.parameters(), model.parameters()):
             ema_p.lerp_(p.detach(), 1 - decay)
+
+
+def check_micro_batches(batch_size: int, accumulation: int, processes: int = 1) -> None:
+    """Refuse a batch that does not split into equal micro-batches (every process's share
+    into ``accumulation`` parts), before any work."""
+    if batch_size % (processes * accumulation):
+        over = f" on each of {processes} processes" if processes > 1 else ""
+        raise ValueError(
+            f"batch_size {batch_size} does not split into {accumulation} equal micro-batches"
+            f"{over}; use a multiple of {processes * accumulation} or another "
+            "gradient_accumulation")
+
+
+def accumulate_gradients(loss_of: Callable[[NoisedBatch], torch.Tensor], batch: NoisedBatch,
+                         parts: int, module: nn.Module) -> torch.Tensor:
+    """Backpropagate the mean of ``loss_of`` over ``batch`` in ``parts`` equal micro-batches
+    (gradient accumulation: the whole batch's gradient, one micro-batch's activations in
+    memory) and return that mean, detached. ``module``: what the forward runs, whose
+    gradients a DistributedDataParallel wrapper then averages once, after the last part.
+
+    A CUDA out-of-memory error is raised again with the settings that lower the memory."""
+    losses = []
+    for i, part in enumerate(batch.split(parts)):
+        # DDP all-reduces on every backward unless told to wait; the last part syncs
+        wait = i < parts - 1 and hasattr(module, "no_sync")
+        with module.no_sync() if wait else contextlib.nullcontext():
+            try:
+                loss = loss_of(part)
+                (loss / parts).backward()
+            except torch.cuda.OutOfMemoryError as error:
+                raise torch.cuda.OutOfMemoryError(
+                    _out_of_memory(error, part.x_start.shape[0], parts)) from error
+        losses.append(loss.detach())
+    return torch.stack(losses).mean()
+
+
+def _out_of_memory(error: Exception, micro_batch: int, parts: int) -> str:
+    first = str(error).split(". ")[0]  # "CUDA out of memory"; the allocator's detail follows
+    return (f"{first} training on micro-batches of {micro_batch} images: split each step's "
+            f"batch further (gradient_accumulation={parts * 2}, --gradient-accumulation "
+            f"{parts * 2}), recompute activations in backward (gradient_checkpointing=True, "
+            "--gradient-checkpointing) or lower batch_size")
 
 
 def drop_labels(y: torch.Tensor, prob: float, null_class: int,
@@ -175,6 +224,9 @@ def train(
     if not any(p.requires_grad for p in model.parameters()):
         model.requires_grad_(True)  # an EMA copy (frozen for sampling) fine-tuned further
     ema = EMA(model, config.ema_decay)
+    # set after the EMA copy, which is only sampled; the caller's setting is back at the end
+    checkpointing, model.gradient_checkpointing = (model.gradient_checkpointing,
+                                                   config.gradient_checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -194,7 +246,8 @@ def train(
         labels = drop_labels(labels, model.config.class_dropout_prob, model.null_class,
                              generator)
         batch = objective.noise_batch(images, labels, generator)
-        loss = training_step(model, objective, batch, optimizer, config.grad_clip, device)
+        loss = training_step(model, objective, batch, optimizer, config.grad_clip, device,
+                             config.gradient_accumulation)
         ema.update(model, step)
         losses.append(loss)
         if (step + 1) % config.log_every == 0:
@@ -205,6 +258,7 @@ def train(
         done = step + 1 == config.steps
         if ckpt_dir is not None and ((step + 1) % config.checkpoint_every == 0 or done):
             _checkpoint(ckpt_dir, step + 1, model, ema, optimizer, generator, losses, config)
+    model.gradient_checkpointing = checkpointing
     if out_dir is not None:
         save(ema.model, Path(out_dir) / "model", training=dataclasses.asdict(config),
              losses=losses)
@@ -215,16 +269,20 @@ def train(
 
 def training_step(model: nn.Module, objective: Objective, batch: NoisedBatch,
                   optimizer: torch.optim.Optimizer, grad_clip: float | None,
-                  device: torch.device) -> float:
-    with autocast(device):
-        output = model(batch.x_t, batch.t, batch.y)
-    loss = objective.loss(output.float(), batch).mean()
-    if not torch.isfinite(loss):
+                  device: torch.device, accumulation: int = 1) -> float:
+    """One optimizer step on ``batch`` (in ``accumulation`` micro-batches); its mean loss."""
+
+    def loss_of(part: NoisedBatch) -> torch.Tensor:
+        with autocast(device):
+            output = model(part.x_t, part.t, part.y)
+        return objective.loss(output.float(), part).mean()
+
+    optimizer.zero_grad(set_to_none=True)
+    loss = accumulate_gradients(loss_of, batch, accumulation, model)
+    if not torch.isfinite(loss):  # checked before the step: the weights stay as they were
         raise FloatingPointError(
             "training loss is not finite; lower the learning rate or check the data for NaN"
         )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()

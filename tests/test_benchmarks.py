@@ -199,16 +199,20 @@ def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     assert report["summary"]["depth_after"] == 6
     rows = json.loads((out / "gpu_sampling.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["12 blocks", "6 blocks"]
-    assert len(list(out.iterdir())) <= 7  # what a lent machine hands back
+    memory = json.loads((out / "train_memory.json").read_text())["rows"]
+    assert [(r["micro_batch"], r["gradient_checkpointing"]) for r in memory] == [
+        (4, False), (4, True), (1, False), (1, True)]
+    assert all(r["step_mb"] > 0 and r["seconds_per_step"] > 0 for r in memory)
+    assert len(list(out.iterdir())) <= 8  # what a lent machine hands back
 
 
 def test_gpu_script_skips_the_steps_named_in_gpu_skip(tmp_path):
     env = dict(os.environ, GPU_DRY_RUN="1", GPU_OUT=str(tmp_path), PYTHON=sys.executable,
-               GPU_SKIP="tests,ced,compress,sampling")
+               GPU_SKIP="tests,ced,compress,memory,sampling")
     run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.count("skipped (GPU_SKIP)") == 4 and "status 0" in run.stdout
+    assert run.stdout.count("skipped (GPU_SKIP)") == 5 and "status 0" in run.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.log"]
 
 

@@ -224,10 +224,13 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, capsys):
 
 def test_compress_command(tmp_path, capsys):
     main(["train", "--family", "dit", "--depth", "4", "--hidden", "32", "--heads", "2",
-          "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "t"), "--quiet",
-          "--device", "cpu"])
+          "--steps", "2", "--batch-size", "4", "--gradient-accumulation", "2",
+          "--gradient-checkpointing", "--out", str(tmp_path / "t"), "--quiet", "--device", "cpu"])
+    training = ep.load(tmp_path / "t" / "model").metadata["training"]
+    assert training["gradient_accumulation"] == 2 and training["gradient_checkpointing"]
     assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "2",
                  "--steps", "6", "--batch-size", "4", "--interval", "2",
+                 "--gradient-accumulation", "4", "--gradient-checkpointing",
                  "--calibration-per-class", "2", "--calibration-times", "2",
                  "--report-samples", "0", "--prune-fraction", "0.5", "--ced-output", "clipped",
                  "--ced-weighting", "normalized", "--no-keep-checkpoint",
@@ -241,6 +244,7 @@ def test_compress_command(tmp_path, capsys):
     settings = json.loads((tmp_path / "c" / "report.json").read_text())["settings"]
     assert settings["schedule"]["prune_fraction"] == 0.5 and settings["ced_output"] == "clipped"
     assert settings["ced_weighting"] == "normalized"
+    assert settings["gradient_accumulation"] == 4 and settings["gradient_checkpointing"]
     assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "9",
                  "--out", str(tmp_path / "d"), "--quiet"]) == 2
     assert "keep between 2 and 3" in capsys.readouterr().err

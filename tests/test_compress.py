@@ -305,6 +305,31 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeyp
     assert strip(resumed.report["decisions"]) == strip(full.report["decisions"])
 
 
+def test_memory_settings_compress_to_the_same_model_and_may_change_on_resume(
+        tmp_path, monkeypatch):
+    # lr 1e-4: Adam moves a weight with a near-zero gradient by up to the rate whatever the
+    # gradient, so the micro-batches' rounding reaches the weights scaled by the rate
+    options = dict(FAST, steps=30, checkpoint_every=5, lr=1e-4)
+    memory = dict(gradient_accumulation=4, gradient_checkpointing=True)
+    plain = compress(teacher(), "digits", 3, out_dir=tmp_path / "a", **options)
+    lean = compress(teacher(), "digits", 3, **options, **memory)
+    # a run that ran out of memory resumes with the settings that fit
+    crash_at(monkeypatch, 17, teacher(), "digits", 3, out_dir=tmp_path / "b", **options)
+    resumed = compress(teacher(), "digits", 3, out_dir=tmp_path / "b", resume=True,
+                       **options, **memory)
+    for result in (lean, resumed):
+        assert result.model.kept_blocks == plain.model.kept_blocks
+        assert not result.model.gradient_checkpointing  # a training setting, not the model's
+        torch.testing.assert_close(torch.tensor(result.report["losses"]),
+                                   torch.tensor(plain.report["losses"]), rtol=1e-4, atol=1e-6)
+        for name, value in plain.model.state_dict().items():
+            torch.testing.assert_close(result.model.state_dict()[name], value, rtol=1e-3,
+                                       atol=1e-4)
+    assert lean.report["settings"]["gradient_accumulation"] == 4
+    with pytest.raises(ValueError, match="batch_size 8 does not split into 3 equal"):
+        compress(teacher(), "digits", 3, **dict(FAST, gradient_accumulation=3))
+
+
 def test_default_learning_rate_scales_with_width_and_is_recorded():
     assert recovery_lr(1152) == pytest.approx(1e-4)  # DiT-XL: DiT's own rate
     assert recovery_lr(2304) == pytest.approx(5e-5)

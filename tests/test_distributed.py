@@ -31,8 +31,8 @@ def teacher() -> DiffusionTransformer:
     return randomized(DiffusionTransformer(tiny_config("dit", depth=6)), seed=7)
 
 
-def run_compress(out_dir=None):
-    result = compress(teacher(), "digits", 3, out_dir=out_dir, **FAST)
+def run_compress(out_dir=None, **memory):
+    result = compress(teacher(), "digits", 3, out_dir=out_dir, **FAST, **memory)
     # each rank keeps the batches it made where an interrupted evaluation would find them
     finished = SampleBatches(os.path.join(out_dir, "batches")) if out_dir else None
     images = generate(result.model, torch.arange(10) % 10, seed=1, batch_size=3,
@@ -45,7 +45,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        result, images = run_compress(os.path.join(out, "run"))
+        # each rank's 4 images in micro-batches of 2, which DistributedDataParallel must
+        # not average until the last one, and recomputed activations: the same run
+        result, images = run_compress(os.path.join(out, "run"), gradient_accumulation=2,
+                                      gradient_checkpointing=True)
         torch.save({"state": result.model.state_dict(), "images": images,
                     "decisions": [(d["step"], d["chosen_k"], d["removed"])
                                   for d in result.report["decisions"]],

@@ -8,6 +8,7 @@ from entpruner_sdk.models import (
     count_parameters,
     forward_flops,
     registry_names,
+    resize_classes,
 )
 from entpruner_sdk.models.layers import sincos_pos_embed_2d, timestep_embedding
 from tests.conftest import randomized, tiny_config
@@ -130,6 +131,35 @@ def test_block_inputs_are_the_states_entering_each_block(tiny_sit):
     assert torch.allclose(tiny_sit.blocks[2](states[2], c), states[3])
     resumed = tiny_sit.head(tiny_sit.run_blocks(states[2], c, start=2), c)
     assert torch.allclose(resumed, out, atol=1e-6)
+
+
+def test_gradient_checkpointing_recomputes_blocks_and_gives_the_same_gradients(tiny_dit):
+    x, t, y = torch.randn(4, 1, 8, 8), torch.randint(0, 1000, (4,)), torch.randint(0, 10, (4,))
+    runs = [0] * tiny_dit.depth
+    for i, block in enumerate(tiny_dit.blocks):
+        block.register_forward_pre_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1))
+
+    def gradients(model):
+        model.zero_grad()
+        model(x, t, y).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients(tiny_dit.train())
+    assert runs == [1] * tiny_dit.depth
+    recomputed = gradients(tiny_dit.enable_gradient_checkpointing())
+    assert runs == [3] * tiny_dit.depth  # each block ran again in backward
+    assert plain.keys() == recomputed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(recomputed[name], grad, rtol=1e-5, atol=1e-7)
+    # sampling (no gradient) and evaluation mode run each block once, as before
+    with torch.no_grad():
+        tiny_dit(x, t, y)
+    tiny_dit.eval()(x, t, y).sum().backward()
+    assert runs == [5] * tiny_dit.depth
+    # a smaller or resized copy keeps the setting; a fresh model starts without it
+    assert tiny_dit.keep_blocks([0, 3]).gradient_checkpointing
+    assert resize_classes(tiny_dit, 3).gradient_checkpointing
+    assert not DiffusionTransformer(tiny_config()).gradient_checkpointing
 
 
 def test_input_shape_errors(tiny_dit):

@@ -4,8 +4,15 @@ import torch
 import entpruner_sdk as ep
 from entpruner_sdk.data import DataError, load_data
 from entpruner_sdk.models import DiffusionTransformer, resize_classes
-from entpruner_sdk.training import TrainConfig, drop_labels, sample_batch, train
-from tests.conftest import tiny_config
+from entpruner_sdk.objectives import objective_for
+from entpruner_sdk.training import (
+    TrainConfig,
+    accumulate_gradients,
+    drop_labels,
+    sample_batch,
+    train,
+)
+from tests.conftest import randomized, tiny_config
 
 
 def fresh(family="dit", **overrides):
@@ -63,6 +70,55 @@ def test_incompatible_data_is_refused():
     train(resized, "digits", TrainConfig(steps=1, batch_size=4), progress=False)
 
 
+def test_accumulated_gradients_are_the_whole_batchs():
+    model = randomized(fresh())
+    objective = objective_for(model)
+    batch = objective.noise_batch(torch.randn(8, 1, 8, 8), torch.arange(8),
+                                  torch.Generator().manual_seed(0))
+
+    def loss_of(part):
+        return objective.loss(model(part.x_t, part.t, part.y), part).mean()
+
+    gradients = []
+    for parts in (1, 2, 8):
+        model.zero_grad()
+        loss = accumulate_gradients(loss_of, batch, parts, model)
+        gradients.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        assert float(loss) == pytest.approx(float(loss_of(batch).detach()), rel=1e-5)
+    for other in gradients[1:]:
+        for whole, accumulated in zip(gradients[0], other):
+            torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_memory_settings_train_the_same_model():
+    config = TrainConfig(steps=4, batch_size=8, lr=1e-3)
+    plain = train(fresh(), "digits", config, progress=False)
+    for memory in (dict(gradient_accumulation=4), dict(gradient_accumulation=2,
+                                                       gradient_checkpointing=True)):
+        model = fresh()
+        saved = train(model, "digits", TrainConfig(**{**config.__dict__, **memory}),
+                      progress=False)
+        torch.testing.assert_close(torch.tensor(saved.losses), torch.tensor(plain.losses))
+        for name, value in plain.ema.state_dict().items():
+            torch.testing.assert_close(saved.ema.state_dict()[name], value, rtol=1e-4,
+                                       atol=1e-6)
+        assert not model.gradient_checkpointing  # the caller's model is left as it was
+
+
+def test_out_of_memory_names_the_settings_that_lower_it():
+    batch = objective_for(fresh()).noise_batch(torch.zeros(8, 1, 8, 8), torch.zeros(8).long())
+
+    def too_big(part):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. "
+                                          "GPU 0 has a total capacity of 23.6 GiB")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError,
+                       match=r"CUDA out of memory training on micro-batches of 4 images: split "
+                             r"each step's batch further \(gradient_accumulation=4, "
+                             r"--gradient-accumulation 4\), recompute activations"):
+        accumulate_gradients(too_big, batch, 2, fresh())
+
+
 def test_label_dropout_uses_the_null_class():
     y = torch.arange(1000) % 10
     dropped = drop_labels(y, 0.1, 10, torch.Generator().manual_seed(0))
@@ -105,6 +161,9 @@ def test_an_rgb_model_trains_on_gray_images():
     (dict(checkpoint_every=0), "checkpoint_every=0: must be at least 1"),
     (dict(lr=0.0), "lr=0.0: the learning rate must be positive"),
     (dict(ema_decay=1.0), r"ema_decay=1.0: must be in \[0, 1\)"),
+    (dict(gradient_accumulation=0), "gradient_accumulation=0: must be at least 1"),
+    (dict(batch_size=8, gradient_accumulation=3), "batch_size 8 does not split into 3 equal "
+                                                  "micro-batches; use a multiple of 3"),
 ])
 def test_settings_out_of_range_are_refused_when_made(setting, named):
     with pytest.raises(ValueError, match=named):

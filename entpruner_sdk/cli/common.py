@@ -64,6 +64,17 @@ def resume_options(p: argparse.ArgumentParser) -> None:
                         "times the model's size)")
 
 
+def memory_options(p: argparse.ArgumentParser) -> None:
+    """--gradient-accumulation and --gradient-checkpointing: a step that fits in less memory
+    and computes the same (up to float rounding)."""
+    p.add_argument("--gradient-accumulation", type=int, default=1, metavar="N",
+                   help="run each step's batch as N equal micro-batches and add their "
+                        "gradients: the same step, 1/N of the activation memory")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="hold only each block's input and recompute the block in backward: "
+                        "far less activation memory for about one more forward pass")
+
+
 def heads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-heads", type=int,
                    help="attention heads of a released checkpoint whose width is not a "

@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
             --image-size 256 --vae ./sd-vae-ft-ema --budget 14 --num-classes 10 \\
             --out runs/xl-d14        # images: encoded first (cached), report on images
         entpruner compress ... --out runs/dit-d6 --resume     # continue after an interruption
+        entpruner compress ... --batch-size 64 --gradient-accumulation 4 \\
+            --gradient-checkpointing      # the same run in less GPU memory
         entpruner compress ... --out runs/dit-d6 --no-keep-checkpoint  # less disk, no resume
         entpruner compress --model dit-digits --budget 2x --out runs/plan --dry-run  # plan only
         torchrun --nproc_per_node 4 -m entpruner_sdk compress --model DiT-XL-2-256x256.pt \\
@@ -53,6 +55,7 @@ def add_parser(sub) -> None:
                         "zero-shot proxies; one-shot: remove every block at step 0")
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per fine-tuning step")
+    common.memory_options(p)
     common.hflip_option(p)
     p.add_argument("--lr", type=float, default=None,
                    help="fine-tuning learning rate (default: 1e-4 at DiT-XL's width 1152, "
@@ -150,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
     data = common.training_data(args, is_latent(model.config), model.config, device)
     options = dict(
         importance=args.importance, schedule=args.schedule, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, hflip=args.hflip, interval=args.interval,
+        batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
+        gradient_checkpointing=args.gradient_checkpointing, lr=args.lr, hflip=args.hflip,
+        interval=args.interval,
         k_max=args.k_max, prune_fraction=args.prune_fraction, rerank=args.rerank,
         calibration_per_class=args.calibration_per_class,
         calibration_times=args.calibration_times, ced_output=args.ced_output,

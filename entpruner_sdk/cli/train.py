@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
         entpruner train --model DiT-XL-2-256x256.pt --family dit --data ./my_images \\
             --image-size 256 --vae ./sd-vae-ft-ema --num-classes 10 --out runs/xl-ft
         entpruner train ... --out runs/dit --resume    # continue an interrupted run
+        entpruner train ... --batch-size 256 --gradient-accumulation 8 \\
+            --gradient-checkpointing      # DiT's batch of 256 on one smaller GPU
         """)
     p.add_argument("--model", help="registry name (DiT-S/2, SiT-B/4, ...), a bundled teacher, "
                    "or a checkpoint / model directory to fine-tune")
@@ -47,6 +49,7 @@ def add_parser(sub) -> None:
     common.folder_options(p)
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
+    common.memory_options(p)
     common.hflip_option(p)
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--ema-decay", type=float, default=0.9999,
@@ -78,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     # settings out of range are refused before a model is opened or data encoded
     training = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            ema_decay=args.ema_decay, seed=args.seed,
-                           checkpoint_every=args.checkpoint_every, hflip=args.hflip)
+                           checkpoint_every=args.checkpoint_every, hflip=args.hflip,
+                           gradient_accumulation=args.gradient_accumulation,
+                           gradient_checkpointing=args.gradient_checkpointing)
     registry_name = bool(args.model) and "/" in args.model and args.model.split("-")[
         0].lower() in ("dit", "sit") and not Path(args.model).exists()
     # a model to fine-tune is opened first, so --vae images are checked against it before the

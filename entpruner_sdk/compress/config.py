@@ -12,6 +12,11 @@ from entpruner_sdk.compress.distill import DistillConfig
 from entpruner_sdk.importance import make_importance
 from entpruner_sdk.objectives import noise_levels
 from entpruner_sdk.schedule import ScheduleConfig
+from entpruner_sdk.training import check_micro_batches
+
+# settings that change how much memory a step takes, not what it computes: a resumed run may
+# take other values (one that ran out of memory, say)
+MEMORY_SETTINGS = ("gradient_accumulation", "gradient_checkpointing")
 
 
 @dataclass
@@ -35,6 +40,12 @@ class CompressConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
     checkpoint_every: int = 200
+    # memory settings (a resumed run may change them): each step's batch in this many
+    # micro-batches, and the student's block activations recomputed in backward instead of
+    # held. The result is the same up to float rounding (the masked feature loss, if on,
+    # counts its mask per micro-batch)
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
     num_classes: int | None = None  # resize the label embedder to this many classes
     # the data's labels are the model's own class ids (a subset of its classes, such as an
     # ImageNet subset that kept its ImageNet ids): keep the label embedder as it is
@@ -51,10 +62,12 @@ class CompressConfig:
                         weighting=self.ced_weighting)
         noise_levels(self.calibration_times)
         at_least = {"steps": 1, "batch_size": 1, "checkpoint_every": 1,
+                    "gradient_accumulation": 1,
                     "calibration_per_class": 2}  # two samples give a class its spread
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least {low}")
+        check_micro_batches(self.batch_size, self.gradient_accumulation)
         if self.keep_classes and self.num_classes is not None:
             raise ValueError(f"num_classes={self.num_classes} resizes the label embedder and "
                              "keep_classes=True keeps it as it is: pass one of them")

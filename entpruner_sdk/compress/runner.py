@@ -21,7 +21,7 @@ import torch
 
 from entpruner_sdk.compress.budget import Budget
 from entpruner_sdk.compress.checks import check_report_decoder
-from entpruner_sdk.compress.config import CompressConfig, jsonable
+from entpruner_sdk.compress.config import MEMORY_SETTINGS, CompressConfig, jsonable
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import distillation_loss
 from entpruner_sdk.compress.setup import (
@@ -37,7 +37,14 @@ from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import Objective
 from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleState
-from entpruner_sdk.training import EMA, drop_labels, record_data_classes, sample_batch
+from entpruner_sdk.training import (
+    EMA,
+    accumulate_gradients,
+    check_micro_batches,
+    drop_labels,
+    record_data_classes,
+    sample_batch,
+)
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.checkpoint import (
     discard_checkpoint,
@@ -74,9 +81,8 @@ class _Run:
 
     def __init__(self, teacher: DiffusionTransformer, config: CompressConfig) -> None:
         self.config = config
-        self.student = copy.deepcopy(teacher).train().requires_grad_(True)
-        self.student.pos_embed.requires_grad_(False)
-        self.ema = EMA(self.student, config.ema_decay)
+        self.ema = EMA(teacher, config.ema_decay)
+        self.student = self._trainable(copy.deepcopy(teacher).requires_grad_(True))
         self.optimizer = self._optimizer()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
@@ -96,6 +102,13 @@ class _Run:
         return DistributedDataParallel(
             self.student, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def _trainable(self, student: DiffusionTransformer) -> DiffusionTransformer:
+        """``student`` in training mode, its fixed position embedding frozen, recomputing
+        activations in backward when the config asks (the EMA copy, only sampled, does not)."""
+        student.train().pos_embed.requires_grad_(False)
+        student.gradient_checkpointing = self.config.gradient_checkpointing
+        return student
+
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.student.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=0.0)
@@ -103,8 +116,7 @@ class _Run:
     def remove(self, blocks: list[int]) -> None:
         """Rebuild student and EMA without ``blocks`` (original indices); fresh optimizer."""
         keep = [i for i, b in enumerate(self.student.kept_blocks) if b not in set(blocks)]
-        self.student = self.student.keep_blocks(keep).train()
-        self.student.pos_embed.requires_grad_(False)
+        self.student = self._trainable(self.student.keep_blocks(keep))
         self.ema.model = self.ema.model.keep_blocks(keep).eval().requires_grad_(False)
         self.optimizer = self._optimizer()
         self.forward = self._wrap()
@@ -128,12 +140,14 @@ class _Run:
         # a setting added since the checkpoint was written counts as its default there
         defaults = jsonable({f.name: f.default for f in dataclasses.fields(self.config)
                              if f.default is not dataclasses.MISSING})
-        if {**defaults, **meta["config"]} != current:
+        saved = {**defaults, **meta["config"]}
+        for name in MEMORY_SETTINGS:  # they change the memory a step takes, not its result
+            saved[name] = current[name]
+        if saved != current:
             raise ValueError(f"the checkpoint in {directory} was made with other settings; "
                              "resume with the same options or use a new output directory")
         positions = [teacher.kept_blocks.index(b) for b in meta["kept_blocks"]]
-        self.student = teacher.keep_blocks(positions).train()
-        self.student.pos_embed.requires_grad_(False)
+        self.student = self._trainable(teacher.keep_blocks(positions))
         self.student.load_state_dict(unprefixed("student.", tensors))
         self.ema.model = teacher.keep_blocks(positions).eval().requires_grad_(False)
         self.ema.model.load_state_dict(unprefixed("ema.", tensors))
@@ -180,10 +194,8 @@ def compress(
     wall_start = time.perf_counter()
     config = config or CompressConfig.from_options(**options)
     device = resolve_device(device)
-    world = distributed.world_size()
-    if config.batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} does not split over {world} "
-                         f"processes; use a multiple of {world}")
+    check_micro_batches(config.batch_size, config.gradient_accumulation,
+                        distributed.world_size())
     report_vae = check_report_decoder(model, config, device) if config.report_samples else None
     setup = prepare(model, data, budget, config, device)
     config, budget, protected, data = setup.config, setup.budget, setup.protected, setup.data
@@ -367,15 +379,19 @@ def _train_step(run: _Run, teacher, objective, data, step: int, device) -> float
                          run.generator)
     batch = objective.noise_batch(images, labels, run.generator)
     if distributed.is_distributed():  # every rank drew the same global batch: take a slice
-        batch = _slice(batch, distributed.rank(), distributed.world_size())
-    decay = 1 - step / max(config.steps, 1)  # the feature loss fades out over training
-    with autocast(device):
-        loss, _ = distillation_loss(run.student, teacher, objective, batch, config.distill,
-                                    config.distill.feature_weight * decay, run.forward)
-    if not torch.isfinite(loss):
-        raise FloatingPointError("compression loss is not finite; lower the learning rate")
+        batch = batch.split(distributed.world_size())[distributed.rank()]
+    # the feature loss fades out over training
+    feature_weight = config.distill.feature_weight * (1 - step / max(config.steps, 1))
+
+    def loss_of(part):
+        with autocast(device):
+            return distillation_loss(run.student, teacher, objective, part, config.distill,
+                                     feature_weight, run.forward)[0]
+
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = accumulate_gradients(loss_of, batch, config.gradient_accumulation, run.forward)
+    if not torch.isfinite(loss):  # checked before the step: the weights stay as they were
+        raise FloatingPointError("compression loss is not finite; lower the learning rate")
     torch.nn.utils.clip_grad_norm_(run.student.parameters(), 1.0)
     run.optimizer.step()
     run.ema.update(run.student, step)
@@ -390,13 +406,6 @@ def _first_scores(decisions: list[Decision]) -> BlockScores | None:
     table = decisions[0].scores
     return BlockScores("restored", [row["score"] for row in table],
                        [row["block"] for row in table])
-
-
-def _slice(batch, rank: int, world: int):
-    size = batch.x_start.shape[0] // world
-    part = slice(rank * size, (rank + 1) * size)
-    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name)[part]
-                                         for f in dataclasses.fields(batch)})
 
 
 def _decision_from_dict(document: dict[str, Any]) -> Decision:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from entpruner_sdk.models.config import TransformerConfig
@@ -63,6 +64,9 @@ class DiffusionTransformer(nn.Module):
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels)
         self.provenance: dict[str, Any] = {"kept_blocks": list(range(config.depth))}
         self.provenance.update(provenance or {})
+        # a training setting, not part of the model: recompute each block's activations
+        # during backward instead of holding them (``enable_gradient_checkpointing``)
+        self.gradient_checkpointing = False
         self.initialize_weights()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -120,6 +124,14 @@ class DiffusionTransformer(nn.Module):
         """Original index of every block of this model."""
         return list(self.provenance["kept_blocks"])
 
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> DiffusionTransformer:
+        """Keep only each block's input for backward and recompute the rest when the gradient
+        needs it: activation memory falls from all of every block's to one block's plus the
+        block inputs, for about one more forward pass of compute. Applies in training mode
+        with gradients on; sampling and export are unaffected."""
+        self.gradient_checkpointing = enabled
+        return self
+
     # ------------------------------------------------------------------ forward stages
     def embed(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor
@@ -142,8 +154,15 @@ class DiffusionTransformer(nn.Module):
         skip = set(skip_blocks)
         for index in range(start, self.depth if stop is None else stop):
             if index not in skip:
-                h = self.blocks[index](h, c)
+                h = self._block(index, h, c)
         return h
+
+    def _block(self, index: int, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        block = self.blocks[index]
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # non-reentrant: works under DDP and autocast, and with inputs that need no grad
+            return torch.utils.checkpoint.checkpoint(block, h, c, use_reentrant=False)
+        return block(h, c)
 
     def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Final layer, unpatchify, and the family's output contract."""
@@ -171,8 +190,8 @@ class DiffusionTransformer(nn.Module):
         """Output, the hidden state entering each block (plus the one leaving the last), and c."""
         h, c = self.embed(x, t, y)
         states = [h]
-        for block in self.blocks:
-            h = block(h, c)
+        for index in range(self.depth):
+            h = self._block(index, h, c)
             states.append(h)
         return self.head(h, c), states, c
 
@@ -228,6 +247,7 @@ class DiffusionTransformer(nn.Module):
             else:
                 renumbered[key] = value
         smaller.load_state_dict(renumbered, strict=True)
+        smaller.gradient_checkpointing = self.gradient_checkpointing
         return smaller.to(next(self.parameters()).device)
 
 
@@ -252,6 +272,7 @@ def resize_classes(model: DiffusionTransformer, num_classes: int) -> DiffusionTr
         rows.append(old[-1:])
     state["y_embedder.embedding_table.weight"] = torch.cat(rows)
     resized.load_state_dict(state)
+    resized.gradient_checkpointing = model.gradient_checkpointing
     resized.provenance["resized_classes"] = {"from": model.config.num_classes, "to": num_classes}
     for key in ("class_names", "data_classes"):  # they described the old classes
         resized.provenance.pop(key, None)

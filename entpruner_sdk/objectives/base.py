@@ -3,6 +3,7 @@ treat DiT and SiT alike."""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,18 @@ class NoisedBatch:
     x_t: torch.Tensor  # model input
     t: torch.Tensor  # model time (int64 0..999 for DiT, float [0, 1] for SiT)
     y: torch.Tensor
+
+    def split(self, parts: int) -> list[NoisedBatch]:
+        """``parts`` equal consecutive slices (one per process, or per micro-batch of a
+        gradient-accumulation step); the size must divide evenly, so every slice's mean loss
+        weighs the same."""
+        size, rest = divmod(self.x_start.shape[0], parts)
+        if rest or not size:
+            raise ValueError(f"a batch of {self.x_start.shape[0]} does not split into {parts} "
+                             "equal parts")
+        fields = [f.name for f in dataclasses.fields(self)]
+        return [NoisedBatch(**{name: getattr(self, name)[i * size:(i + 1) * size]
+                               for name in fields}) for i in range(parts)]
 
 
 class Objective(ABC):
