@@ -31,9 +31,7 @@ def ntk_condition_number(model: DiffusionTransformer, objective: Objective, batc
     model = model.train()
     params = _trainable(model)
     rows = []
-    for i in range(len(batch.y)):
-        one = NoisedBatch(*(v[i:i + 1] for v in (batch.x_start, batch.noise, batch.x_t,
-                                                 batch.t, batch.y)))
+    for one in batch.split(len(batch.y)):  # one sample at a time
         loss = objective.loss(model(one.x_t, one.t, one.y), one).sum()
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
