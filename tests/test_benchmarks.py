@@ -185,8 +185,8 @@ def test_a_run_at_another_learning_rate_is_a_new_run(quality):
 @pytest.mark.slow
 def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     out = tmp_path / "gpu"
-    # the lent machine's deadline (420 s): the five steps take about half of it on 2 idle
-    # cores, and a busy machine may double that
+    # the lent machine's deadline (420 s): the five steps take about 75 s on 2 idle cores,
+    # but a run beside another CPU-heavy job took 284 s before its last step
     env = dict(os.environ, GPU_DRY_RUN="1", GPU_OUT=str(out), PYTHON=sys.executable,
                GPU_DEADLINE_S="420")
     run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, capture_output=True,
