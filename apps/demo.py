@@ -14,6 +14,7 @@ from entpruner_sdk.apps.pair import (
     load_pair,
     structure_facts,
 )
+from entpruner_sdk.objectives import OBJECTIVES
 from entpruner_sdk.sampling import to_picture
 
 BACKENDS = ("PyTorch", "ONNX Runtime")
@@ -32,7 +33,7 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
     state: dict[str, Any] = {"pair": load_pair(original, pruned, onnx, vae, family, device)}
     pair: ModelPair = state["pair"]
     sampling = default_sampling(pair.family)
-    samplers = ["ddpm", "ddim"] if pair.family == "dit" else ["euler", "heun", "euler-maruyama"]
+    samplers = list(OBJECTIVES[pair.family].samplers)
     backends = list(BACKENDS) if pair.runtimes else ["PyTorch"]
 
     with gr.Blocks(title="entpruner: original vs pruned") as demo:

@@ -49,7 +49,8 @@ def sample(
     The initial noise and every per-step noise come from a CPU generator seeded with ``seed``,
     so a seed gives the same images on any device (up to the device's arithmetic). The model
     is moved to ``device`` (in place, as ``model.to``) when it is elsewhere.
-    ``sampler``: ``ddpm`` / ``ddim`` for DiT, ``euler`` / ``heun`` / ``euler-maruyama`` for SiT.
+    ``sampler``: ``ddpm`` / ``ddim`` / ``dpm-solver++`` for DiT, ``euler`` / ``heun`` /
+    ``euler-maruyama`` for SiT.
     ``compile``: ``True`` runs the denoiser through ``torch.compile``; ``"reduce-overhead"``
     also captures it in CUDA graphs (fixed shapes, the fastest on GPUs for a sampling loop);
     the compiled module is cached on the model, so the compile cost is paid once.

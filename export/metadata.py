@@ -8,7 +8,7 @@ from typing import Any
 
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.objectives import Objective, objective_from
+from entpruner_sdk.objectives import FlowMatching, GaussianDiffusion, Objective, objective_from
 
 METADATA_KEY = "entpruner"
 EXPORT_FORMAT_VERSION = 1
@@ -26,7 +26,7 @@ def objective_description(config: TransformerConfig, settings: dict[str, Any]) -
             "num_timesteps": 1000,
             "learn_sigma": config.learn_sigma,
             "time_input": "int64 timestep in 0..999",
-            "samplers": ["ddpm", "ddim"],
+            "samplers": list(GaussianDiffusion.samplers),
             **settings,
         }
     return {
@@ -34,7 +34,7 @@ def objective_description(config: TransformerConfig, settings: dict[str, Any]) -
         "prediction": "velocity",
         "path": settings.get("path", "linear"),
         "time_input": "float32 t in [0, 1] (0 = noise, 1 = data)",
-        "samplers": ["euler", "heun", "euler-maruyama"],
+        "samplers": list(FlowMatching.samplers),
         **settings,
     }
 

@@ -355,3 +355,24 @@ def test_classifier_sensitivity_pairs_within_each_classifier_and_seed(tmp_path):
     paired = "-2.5% (-10.0 to +5.0), ced-adaptive better on 1 of 2 |"
     assert f"| a | a | 1.100 | 2.200 | 2.145 | {paired}" in text
     assert f"| b | b | 1.000 | 2.000 | 1.950 | {paired}" in text
+
+
+def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
+    from tests.conftest import cache_a_quick_classifier
+
+    cache_a_quick_classifier(load_data("digits"))
+    out = tmp_path / "samplers.json"
+    load("sampler_steps").main(["--model", "dit-digits", "--data", "digits", "--samples", "20",
+                                "--steps", "8,50", "--ode-steps", "250", "--ode-samples", "16",
+                                "--out", str(out)])
+    rows = {(r["sampler"], r["steps"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {(s, n) for s in ("ddim", "dpm-solver++") for n in (8, 50)}
+    baseline = rows["ddim", 50]
+    assert baseline["fd_domain_vs_ddim50"] == 1.0 and baseline["time_vs_ddim50"] == 1.0
+    for r in rows.values():
+        assert r["samples"] == 20 and r["fd_domain"] > 0 and 0 <= r["class_accuracy"] <= 1
+    # on the trained teacher, the second-order solver is the closer one at equal steps, and
+    # more steps bring each sampler closer to the ODE's solution
+    assert rows["dpm-solver++", 8]["ode_psnr_db"] > rows["ddim", 8]["ode_psnr_db"] + 2
+    for sampler in ("ddim", "dpm-solver++"):
+        assert rows[sampler, 50]["ode_psnr_db"] > rows[sampler, 8]["ode_psnr_db"] + 5

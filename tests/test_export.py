@@ -87,7 +87,8 @@ def test_onnx_parity_at_several_batch_sizes(onnx_export):
 def test_onnx_runtime_sampling_reproduces_pytorch(onnx_export, cfg_scale):
     model, result = onnx_export
     runtime = load_exported(result.directory)
-    samplers = ["ddpm", "ddim"] if model.family == "dit" else ["heun", "euler-maruyama"]
+    samplers = ["ddpm", "ddim", "dpm-solver++"] if model.family == "dit" else ["heun",
+                                                                            "euler-maruyama"]
     for sampler in samplers:
         expected = sample(model, [0, 1, 3], sampler=sampler, steps=6, cfg_scale=cfg_scale,
                           seed=5, device="cpu")

@@ -98,6 +98,10 @@ def test_generate_png_and_array(server):
                    output_format="array").json()
     array = decode_array(raw["array"])
     assert array.shape == (1, 1, 8, 8) and np.isfinite(array).all()
+    dit = {sampler: decode_array(generate(server, model="dit", class_labels=[1], seed=4, steps=3,
+                                          sampler=sampler, output_format="array").json()["array"])
+           for sampler in ("ddim", "dpm-solver++")}
+    assert np.isfinite(dit["dpm-solver++"]).all() and not np.array_equal(*dit.values())
 
 
 def test_classes_by_name(server):

@@ -75,6 +75,15 @@ def memory_options(p: argparse.ArgumentParser) -> None:
                         "far less activation memory for about one more forward pass")
 
 
+def sampler_options(p: argparse.ArgumentParser) -> None:
+    """--sampler and --steps, the same for every command that samples."""
+    p.add_argument("--sampler",
+                   help="ddpm, ddim or dpm-solver++ for DiT (default ddim; dpm-solver++, "
+                        "second order, matches ddim's accuracy in about half the steps); "
+                        "euler, heun or euler-maruyama for SiT (default heun)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+
+
 def heads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-heads", type=int,
                    help="attention heads of a released checkpoint whose width is not a "

@@ -34,8 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default="digits", help="real data to compare with")
     common.folder_options(p)
     p.add_argument("--samples", type=int, default=1000, help="generated images to score")
-    p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    common.sampler_options(p)
     p.add_argument("--cfg", type=float, default=1.0,
                    help="classifier-free guidance scale (1 = unguided)")
     p.add_argument("--seed", type=int, default=0,

@@ -31,8 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--per-class", type=int, default=None,
                    help="N images of every class (default: 4 when --labels is not given; a "
                         "model fine-tuned on a subset of its classes samples those)")
-    p.add_argument("--sampler", help="ddpm/ddim (DiT) or euler/heun/euler-maruyama (SiT)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    common.sampler_options(p)
     p.add_argument("--cfg", type=float, default=1.0,
                    help="classifier-free guidance scale (1 = unguided)")
     p.add_argument("--reference-cfg", action="store_true",

@@ -7,6 +7,9 @@ from entpruner_sdk.objectives.diffusion import GaussianDiffusion
 from entpruner_sdk.objectives.flow import FlowMatching
 from entpruner_sdk.objectives.guidance import combine_guidance, guided
 
+# Each family's objective class: its ``samplers`` are what a model of the family can sample with.
+OBJECTIVES: dict[str, type[Objective]] = {"dit": GaussianDiffusion, "sit": FlowMatching}
+
 
 def objective_for(model) -> Objective:
     """The objective a model implies: diffusion for DiT, flow matching for SiT (with the flow
@@ -27,6 +30,7 @@ __all__ = [
     "GaussianDiffusion",
     "ModelFn",
     "NoisedBatch",
+    "OBJECTIVES",
     "Objective",
     "TimeGrid",
     "combine_guidance",

