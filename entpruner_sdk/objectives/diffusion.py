@@ -37,8 +37,9 @@ def trailing_timesteps(num_timesteps: int, count: int) -> list[int]:
 
     "Trailing" spacing (Lin et al., 2024) starts at the noisiest timestep and leaves the last
     stride to a final jump to the data, as diffusers' ``timestep_spacing="trailing"`` does.
-    DPM-Solver++ lands 3-5 dB closer to the ODE's solution this way (bundled teachers) than on
-    the respaced grid, whose short last stride to t = 0 makes its extrapolation overshoot.
+    DPM-Solver++ lands 1-8 dB closer to the ODE's solution this way (bundled teachers, 5 to 50
+    steps) than on the respaced grid, whose short last stride to t = 0 makes its extrapolation
+    overshoot.
     """
     if not 1 <= count <= num_timesteps:
         raise ValueError(f"steps must lie in 1..{num_timesteps}, got {count}")
@@ -233,14 +234,15 @@ class GaussianDiffusion(Objective):
             model_t = torch.full_like(t, self.timestep_map[timesteps[k]])
             x0 = self._x0(model_fn(x, model_t, y).float(), x, t, clip)
             if k == len(timesteps) - 1:
-                return x0
+                break  # the jump to sigma = 0 lands on x0
             h = lam[k + 1] - lam[k]
             estimate = x0 if previous_x0 is None else x0 + (x0 - previous_x0) * h / (2 * previous_h)
             # x_next = sigma_next / sigma * x - alpha_next * (exp(-h) - 1) * x0 estimate
             sigma_ratio = math.sqrt((1 - acp[k + 1]) / (1 - acp[k]))
             x = sigma_ratio * x - math.sqrt(acp[k + 1]) * math.expm1(-h) * estimate
             previous_x0, previous_h = x0, h
-        return x
+        return x0
+
 
 def _gather(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] as a float tensor broadcastable against ``like`` ([N, 1, 1, 1])."""
