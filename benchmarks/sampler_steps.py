@@ -87,7 +87,7 @@ def main(argv=None) -> int:
                         help="samples compared with the ODE reference")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--quick", action="store_true",
-                        help="dit-digits only, 200 samples, 5, 10 and 50 steps (about 2 minutes)")
+                        help="dit-digits only, 200 samples, 5, 10 and 50 steps (about 3 minutes)")
     parser.add_argument("--out", help="JSON results (default: benchmarks/results/"
                                       "sampler_steps.json, or _quick.json)")
     args = parser.parse_args(argv)
