@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     p = common.command(
         sub, "sample", "Sample class-conditional images and save a PNG grid.", """\
         entpruner sample --model dit-digits --per-class 8 --out digits.png
-        entpruner sample --model runs/dit-d6/model --sampler dpm-solver++ --steps 20 \
+        entpruner sample --model runs/dit-d6/model --sampler dpm-solver++ --steps 20 \\
             --cfg 2 --out fast.png               # about DDIM-50's quality in 20 steps
         entpruner sample --model runs/sit/model --labels 3,3,7 --sampler euler-maruyama \\
             --steps 100 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz
