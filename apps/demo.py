@@ -95,10 +95,9 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
                                             backend)
             except Exception as error:  # shown in the page, never a stack trace
                 raise gr.Error(str(error)) from None
-            ratio = left.seconds / right.seconds
             return (_pictures(left.images), _timing(left), _pictures(right.images),
-                    _timing(right), f"**speedup: {ratio:.2f}x** (pruned vs original, "
-                                    f"{backend}, {count} images, {steps} steps)")
+                    _timing(right), _speedup(left.seconds / right.seconds, state["pair"].family,
+                                             sampler, int(steps), backend, int(count)))
 
         button.click(on_generate, [label, seed, count, sampler, steps, cfg, backend],
                      [original_gallery, original_timing, pruned_gallery, pruned_timing,
@@ -136,6 +135,15 @@ def _pictures(images) -> list:
 def _timing(side) -> str:
     return (f"latency **{1e3 * side.seconds:.0f} ms** for {len(side.images)} images, "
             f"**{side.images_per_second:.1f} images/s**")
+
+
+def _speedup(ratio: float, family: str, sampler: str, steps: int, backend: str,
+             count: int) -> str:
+    # an adaptive solver may take other steps for each model, and the ratio includes that
+    adaptive = sampler in OBJECTIVES[family].adaptive_samplers
+    steps_text = f"{sampler}, adaptive, at most {steps} steps" if adaptive else f"{steps} steps"
+    return (f"**speedup: {ratio:.2f}x** (pruned vs original, {backend}, {count} images, "
+            f"{steps_text})")
 
 
 def _status(pair: ModelPair) -> str:

@@ -1,18 +1,20 @@
-"""DiT samplers at few steps: DDIM vs DPM-Solver++(2M), for quality and for how closely each
-solves the probability-flow ODE, at 5, 10, 20 and 50 steps.
+"""Samplers at few steps, for quality and for how closely each solves the probability-flow
+ODE. DiT: DDIM vs DPM-Solver++(2M); SiT: Euler vs Heun vs the reference's adaptive dopri5.
 
-    python benchmarks/sampler_steps.py               # both DiT teachers, about 14 min on 2 cores
-    python benchmarks/sampler_steps.py --quick       # dit-digits, 200 samples, 5, 10 and 50 steps
+    python benchmarks/sampler_steps.py               # the four teachers, about 30 min on 2 cores
+    python benchmarks/sampler_steps.py --quick       # dit-digits and sit-digits, 200 samples
     python benchmarks/sampler_steps.py --model runs/quickstart/dit-digits-pruned --data digits
 
-For every model, sampler and step count, from the same noise and labels (seed 0, cfg 2):
+For every model and sampler, at 5, 10, 20 and 50 steps (dopri5 chooses its own: at most 250,
+to atol 1e-6 and rtol 1e-3, the SiT reference's), from the same noise and labels (seed 0,
+cfg 2):
 - ``ODE PSNR``: PSNR (dB, on [-1, 1] images) of 64 samples against the same noise taken through
-  the ODE by 1000-step DDIM (``--ode-samples``, ``--ode-steps``); higher is a more accurate
-  solve;
+  the ODE by 1000 steps of DDIM (DiT) or Heun (SiT) (``--ode-samples``, ``--ode-steps``);
+  higher is a more accurate solve;
 - FD-domain, class accuracy, precision and recall of ``--samples`` samples against the real
   data (``entpruner_sdk.evaluation.evaluate``);
-- the sampling time, and FD-domain and time as ratios to DDIM at 50 steps (the teachers'
-  default) measured in the same run.
+- the model calls per sampling batch, the sampling time, and FD-domain and time as ratios to
+  the teachers' sampler (DDIM x 50 for DiT, Heun x 25 for SiT) measured in the same run.
 Prints a table and writes benchmarks/results/sampler_steps.json (``_quick.json`` with --quick).
 """
 
@@ -20,21 +22,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from entpruner_sdk.evaluation.evaluate import evaluate
+from entpruner_sdk.objectives import OBJECTIVES
 from entpruner_sdk.sampling import sample
-from entpruner_sdk.teachers import resolve_model
+from entpruner_sdk.teachers import DEFAULT_TEACHERS, SAMPLING, TEACHERS, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
 from entpruner_sdk.utils.timing import machine
 
 RESULTS = Path(__file__).parent / "results"
-SAMPLERS = ("ddim", "dpm-solver++")
-BASELINE = ("ddim", 50)  # the bundled DiT teachers' sampling settings
+# each family's samplers and the sampler of its ODE reference
+FAMILIES = {"dit": dict(samplers=("ddim", "dpm-solver++"), ode="ddim"),
+            "sit": dict(samplers=("euler", "heun", "dopri5"), ode="heun")}
+EVAL_BATCH = 250  # evaluate's default sampling batch
+ADAPTIVE_CAP = 250  # dopri5's most steps, as the SiT reference's --num-sampling-steps
 CFG = 2.0
 
 
@@ -44,31 +51,59 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-20))).item()
 
 
+def settings_of(family: str, steps_list) -> list[tuple[str, int | None]]:
+    """(sampler, steps) for every row: each fixed-step sampler at every step count, the
+    teachers' setting, and an adaptive sampler once (steps None)."""
+    adaptive = OBJECTIVES[family].adaptive_samplers
+    rows = [(s, None if s in adaptive else n) for s in FAMILIES[family]["samplers"]
+            for n in ([None] if s in adaptive else steps_list)]
+    default = (SAMPLING[family]["sampler"], SAMPLING[family]["steps"])
+    if default not in rows:
+        rows.append(default)
+    return sorted(rows, key=lambda row: (FAMILIES[family]["samplers"].index(row[0]), row[1] or 0))
+
+
+class CallCounter:
+    """Counts a model's forward calls (one per sampler step's model call; guidance runs the
+    conditional and unconditional halves as one batch)."""
+
+    def __init__(self, model) -> None:
+        self.calls = 0
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args) -> None:
+        self.calls += 1
+
+
 def bench_model(spec: str, data: str, steps_list, samples: int, device, ode_steps: int = 1000,
                 ode_samples: int = 64) -> list[dict]:
     model = resolve_model(spec, device=device).eval()
-    if model.config.family != "dit":
-        raise SystemExit(f"{spec} is a SiT; this benchmark compares the DiT samplers")
+    family = model.config.family
     labels = torch.arange(ode_samples) % model.config.num_classes
-    ode = sample(model, labels, sampler="ddim", steps=ode_steps, cfg_scale=CFG, seed=0,
-                 device=device)
+    ode = sample(model, labels, sampler=FAMILIES[family]["ode"], steps=ode_steps, cfg_scale=CFG,
+                 seed=0, device=device)
+    batches = math.ceil(samples / EVAL_BATCH)
     rows = []
-    for sampler in SAMPLERS:
-        for steps in steps_list:
-            images = sample(model, labels, sampler=sampler, steps=steps, cfg_scale=CFG, seed=0,
-                            device=device)
-            started = time.perf_counter()
-            report = evaluate(model, data, samples=samples, sampler=sampler, steps=steps,
-                              cfg_scale=CFG, seed=0, features=("domain",), device=device,
-                              progress=False)
-            rows.append(dict(model=spec, data=data, sampler=sampler, steps=steps, cfg_scale=CFG,
-                             samples=samples, ode_psnr_db=psnr(images, ode),
-                             sampling_s=report.settings["sampling_seconds"],
-                             evaluate_s=time.perf_counter() - started, **report.metrics))
-    baseline = next((r for r in rows if (r["sampler"], r["steps"]) == BASELINE), None)
+    for sampler, steps in settings_of(family, steps_list):
+        cap = steps or ADAPTIVE_CAP
+        images = sample(model, labels, sampler=sampler, steps=cap, cfg_scale=CFG, seed=0,
+                        device=device)
+        counter = CallCounter(model)
+        started = time.perf_counter()
+        report = evaluate(model, data, samples=samples, sampler=sampler, steps=cap,
+                          cfg_scale=CFG, seed=0, features=("domain",), batch_size=EVAL_BATCH,
+                          device=device, progress=False)
+        counter.handle.remove()
+        rows.append(dict(model=spec, data=data, family=family, sampler=sampler, steps=steps,
+                         cfg_scale=CFG, samples=samples, ode_psnr_db=psnr(images, ode),
+                         model_calls=counter.calls / batches,
+                         sampling_s=report.settings["sampling_seconds"],
+                         evaluate_s=time.perf_counter() - started, **report.metrics))
+    default = (SAMPLING[family]["sampler"], SAMPLING[family]["steps"])
+    baseline = next(r for r in rows if (r["sampler"], r["steps"]) == default)
     for r in rows:
-        r["fd_domain_vs_ddim50"] = r["fd_domain"] / baseline["fd_domain"] if baseline else None
-        r["time_vs_ddim50"] = r["sampling_s"] / baseline["sampling_s"] if baseline else None
+        r["fd_domain_vs_default"] = r["fd_domain"] / baseline["fd_domain"]
+        r["time_vs_default"] = r["sampling_s"] / baseline["sampling_s"]
     return rows
 
 
@@ -76,22 +111,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append",
-                        help="DiT to measure (repeatable, with one --data each; default: the "
-                             "bundled dit-digits and dit-photos)")
+                        help="model to measure (repeatable, with one --data each; default: the "
+                             "four bundled teachers)")
     parser.add_argument("--data", action="append", help="real data for each --model")
     parser.add_argument("--samples", type=int, default=1000, help="samples scored per row")
     parser.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts")
     parser.add_argument("--ode-steps", type=int, default=1000,
-                        help="DDIM steps of the ODE reference")
+                        help="DDIM (DiT) or Heun (SiT) steps of the ODE reference")
     parser.add_argument("--ode-samples", type=int, default=64,
                         help="samples compared with the ODE reference")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--quick", action="store_true",
-                        help="dit-digits only, 200 samples, 5, 10 and 50 steps (about 3 minutes)")
+                        help="dit-digits and sit-digits, 200 samples, 5, 10 and 50 steps "
+                             "(about 7 minutes)")
     parser.add_argument("--out", help="JSON results (default: benchmarks/results/"
                                       "sampler_steps.json, or _quick.json)")
     args = parser.parse_args(argv)
-    models = args.model or (["dit-digits"] if args.quick else ["dit-digits", "dit-photos"])
+    models = args.model or (list(DEFAULT_TEACHERS) if args.quick else list(TEACHERS))
     datas = args.data or [bundled_data(m) for m in models]
     if len(datas) != len(models):
         parser.error("give one --data for each --model")
@@ -106,8 +142,10 @@ def main(argv=None) -> int:
     print_table(rows, device)
     out = args.out or RESULTS / ("sampler_steps_quick.json" if args.quick else
                                  "sampler_steps.json")
-    document = {**machine(device), "cfg_scale": CFG, "ode_reference": f"ddim x {args.ode_steps}",
-                "rows": rows}
+    document = {**machine(device), "cfg_scale": CFG,
+                "ode_reference": {family: f"{spec['ode']} x {args.ode_steps}"
+                                  for family, spec in FAMILIES.items()},
+                "defaults": SAMPLING, "rows": rows}
     atomic_write_text(out, json.dumps(document, indent=2) + "\n")
     print(f"written to {out}")
     return 0
@@ -124,21 +162,20 @@ def print_table(rows, device) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"DiT samplers at few steps, cfg {CFG} ({device})")
-    for column in ("model", "sampler", "steps", "ODE PSNR", "FD-domain", "vs ddim x 50",
-                   "class acc", "precision", "recall", "sampling s", "time vs ddim x 50"):
+    table = Table(title=f"Samplers at few steps, cfg {CFG} ({device}); ratios to the teachers' "
+                        "sampler (DiT: ddim x 50, SiT: heun x 25)")
+    for column in ("model", "sampler", "steps", "model calls", "ODE PSNR", "FD-domain",
+                   "vs default", "class acc", "precision", "recall", "sampling s",
+                   "time vs default"):
         table.add_column(column)
-
-    def ratio(value):
-        return "-" if value is None else f"{value:.2f}x"
-
     for r in rows:
-        table.add_row(r["model"], r["sampler"], str(r["steps"]), f"{r['ode_psnr_db']:.1f} dB",
-                      f"{r['fd_domain']:.3f}", ratio(r["fd_domain_vs_ddim50"]),
+        table.add_row(r["model"], r["sampler"], str(r["steps"] or "adaptive"),
+                      f"{r['model_calls']:.0f}", f"{r['ode_psnr_db']:.1f} dB",
+                      f"{r['fd_domain']:.3f}", f"{r['fd_domain_vs_default']:.2f}x",
                       f"{100 * r['class_accuracy']:.1f}%", f"{r['precision_domain']:.3f}",
                       f"{r['recall_domain']:.3f}", f"{r['sampling_s']:.1f}",
-                      ratio(r["time_vs_ddim50"]))
-    Console(width=max(150, Console().width)).print(table)
+                      f"{r['time_vs_default']:.2f}x")
+    Console(width=max(160, Console().width)).print(table)
 
 
 if __name__ == "__main__":

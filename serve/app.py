@@ -125,7 +125,10 @@ async def _generate(state: ServerState, body: GenerateRequest) -> GenerateRespon
                                  f"{', '.join(sorted(state.models))} (see GET /v1/models)")
     request = _validated(model, body, settings, metrics)
     start = time.perf_counter()
-    job = Job(key=(name, request["sampler"], request["steps"], request["cfg_scale"]),
+    # An adaptive sampler's steps follow the whole batch: merged with other requests, one
+    # request's images would depend on theirs. Its own key runs it alone.
+    alone = object() if request["sampler"] in model.objective.adaptive_samplers else None
+    job = Job(key=(name, request["sampler"], request["steps"], request["cfg_scale"], alone),
               images=len(request["labels"]), payload=request)
     try:
         images, stats = await asyncio.wait_for(asyncio.shield(state.batcher.submit(job)),

@@ -362,17 +362,28 @@ def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
 
     cache_a_quick_classifier(load_data("digits"))
     out = tmp_path / "samplers.json"
-    load("sampler_steps").main(["--model", "dit-digits", "--data", "digits", "--samples", "20",
+    load("sampler_steps").main(["--model", "dit-digits", "--data", "digits",
+                                "--model", "sit-digits", "--data", "digits", "--samples", "20",
                                 "--steps", "8,50", "--ode-steps", "250", "--ode-samples", "16",
                                 "--out", str(out)])
-    rows = {(r["sampler"], r["steps"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {(s, n) for s in ("ddim", "dpm-solver++") for n in (8, 50)}
-    baseline = rows["ddim", 50]
-    assert baseline["fd_domain_vs_ddim50"] == 1.0 and baseline["time_vs_ddim50"] == 1.0
+    rows = {(r["model"], r["sampler"], r["steps"]): r
+            for r in json.loads(out.read_text())["rows"]}
+    dit = {(s, n): rows["dit-digits", s, n] for s in ("ddim", "dpm-solver++") for n in (8, 50)}
+    sit = {(s, n): rows["sit-digits", s, n]
+           for s, n in (("euler", 8), ("euler", 50), ("heun", 8), ("heun", 25), ("heun", 50),
+                        ("dopri5", None))}
+    assert len(rows) == len(dit) + len(sit)  # the SiT teachers' heun x 25 is added
+    for baseline in (dit["ddim", 50], sit["heun", 25]):  # the teachers' samplers
+        assert baseline["fd_domain_vs_default"] == 1.0 and baseline["time_vs_default"] == 1.0
     for r in rows.values():
         assert r["samples"] == 20 and r["fd_domain"] > 0 and 0 <= r["class_accuracy"] <= 1
-    # on the trained teacher, the second-order solver is the closer one at equal steps, and
-    # more steps bring each sampler closer to the ODE's solution
-    assert rows["dpm-solver++", 8]["ode_psnr_db"] > rows["ddim", 8]["ode_psnr_db"] + 2
-    for sampler in ("ddim", "dpm-solver++"):
-        assert rows[sampler, 50]["ode_psnr_db"] > rows[sampler, 8]["ode_psnr_db"] + 5
+    # model calls per batch: one a step, Heun two, dopri5 what its tolerances needed
+    assert dit["dpm-solver++", 8]["model_calls"] == 8 and sit["heun", 25]["model_calls"] == 50
+    assert sit["dopri5", None]["model_calls"] > 8
+    # on the trained teachers, the second-order solvers are the closer ones at equal steps,
+    # and more steps bring each sampler closer to the ODE's solution
+    assert dit["dpm-solver++", 8]["ode_psnr_db"] > dit["ddim", 8]["ode_psnr_db"] + 2
+    assert sit["heun", 50]["ode_psnr_db"] > sit["euler", 50]["ode_psnr_db"] + 5
+    for table, sampler in ((dit, "ddim"), (dit, "dpm-solver++"), (sit, "euler"), (sit, "heun")):
+        assert table[sampler, 50]["ode_psnr_db"] > table[sampler, 8]["ode_psnr_db"] + 5
+    assert sit["dopri5", None]["ode_psnr_db"] > sit["heun", 8]["ode_psnr_db"]

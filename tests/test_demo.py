@@ -189,6 +189,15 @@ def test_missing_and_incompatible_models_become_messages(models, tmp_path):
         generate_pair(missing, 0, 0, 1, "ddim", 2, 1.0)
 
 
+def test_speedup_caption_says_when_the_solver_chose_its_steps():
+    from entpruner_sdk.apps.demo import _speedup
+
+    assert _speedup(1.92, "dit", "ddim", 50, "PyTorch", 4) == (
+        "**speedup: 1.92x** (pruned vs original, PyTorch, 4 images, 50 steps)")
+    assert _speedup(1.5, "sit", "dopri5", 25, "ONNX Runtime", 1).endswith(
+        "1 images, dopri5, adaptive, at most 25 steps)")
+
+
 def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
     from gradio_client import Client
 

@@ -87,22 +87,24 @@ def test_onnx_parity_at_several_batch_sizes(onnx_export):
 def test_onnx_runtime_sampling_reproduces_pytorch(onnx_export, cfg_scale):
     model, result = onnx_export
     runtime = load_exported(result.directory)
-    samplers = ["ddpm", "ddim", "dpm-solver++"] if model.family == "dit" else ["heun",
-                                                                            "euler-maruyama"]
+    samplers = (["ddpm", "ddim", "dpm-solver++"] if model.family == "dit"
+                else ["heun", "euler-maruyama", "dopri5"])
     for sampler in samplers:
-        expected = sample(model, [0, 1, 3], sampler=sampler, steps=6, cfg_scale=cfg_scale,
+        steps = 20 if sampler == "dopri5" else 6  # dopri5's cap; it takes about 8 here
+        expected = sample(model, [0, 1, 3], sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                           seed=5, device="cpu")
-        got = runtime.sample([0, 1, 3], sampler=sampler, steps=6, cfg_scale=cfg_scale, seed=5)
+        got = runtime.sample([0, 1, 3], sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=5)
         # Float differences of ~1e-7 per call grow over the steps of a random-weight model.
         assert relative_error(got, expected)[1] < 1e-3
-        assert not torch.equal(got, runtime.sample([0, 1, 3], sampler=sampler, steps=6,
+        assert not torch.equal(got, runtime.sample([0, 1, 3], sampler=sampler, steps=steps,
                                                    cfg_scale=cfg_scale, seed=6))
 
 
 def test_guided_graph_equals_host_guidance(onnx_export):
     model, result = onnx_export
     runtime = load_exported(result.directory)
-    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 500, 999]), torch.tensor([0, 1, 2, 3])
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, y = torch.tensor([0, 10, 500, 999]), torch.tensor([0, 1, 2, 3])
     if model.family == "sit":
         t = torch.tensor([0.0, 0.1, 0.5, 1.0])
     scale = torch.tensor([1.0, 2.0, 4.0, 0.0])  # per-sample scales in one batch
@@ -111,7 +113,8 @@ def test_guided_graph_equals_host_guidance(onnx_export):
     cond, uncond = model(x, t, y), model(x, t, null)
     c = model.config.in_channels
     expected = uncond[:, :c] + scale.view(-1, 1, 1, 1) * (cond[:, :c] - uncond[:, :c])
-    torch.testing.assert_close(out[:, :c], expected, rtol=1e-4, atol=1e-4)
+    # scale 4 multiplies the graphs' float differences (a few 1e-5) by 4
+    torch.testing.assert_close(out[:, :c], expected, rtol=1e-4, atol=4e-4)
     torch.testing.assert_close(out[:, c:], cond[:, c:], rtol=1e-4, atol=1e-4)
 
 

@@ -176,6 +176,34 @@ def test_heun_beats_euler_at_equal_steps_on_a_known_flow():
     assert torch.allclose(fine, exact, atol=1e-3)
 
 
+def test_dopri5_solves_a_known_flow_to_its_tolerance_in_few_calls():
+    noise = torch.randn(512, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    exact, y = MU + S * noise, torch.zeros(512, dtype=torch.long)
+    errors, calls = {}, {}
+    counted = []
+
+    def model(x, t, y):
+        counted.append(1)
+        return gaussian_velocity_model(x, t, y)
+
+    for rtol in (1e-3, 1e-6):
+        counted.clear()
+        flow = FlowMatching(1, atol=rtol * 1e-3, rtol=rtol)  # the reference's 1e-6 / 1e-3
+        out = flow.sample(model, noise, y, sampler="dopri5", steps=100)
+        errors[rtol], calls[rtol] = (out - exact).abs().max().item(), len(counted)
+    # At the reference's tolerances: closer than Heun with as many model calls (2 a step).
+    heun = FlowMatching(1).sample(gaussian_velocity_model, noise, y, sampler="heun",
+                                  steps=calls[1e-3] // 2)
+    assert calls[1e-3] < 64 and errors[1e-3] < (heun - exact).abs().max().item()
+    assert errors[1e-6] < 1e-5 < errors[1e-3] and calls[1e-6] > calls[1e-3]
+    # steps caps its step attempts, 6 model calls each after 2 to choose the first step
+    steps = (calls[1e-3] - 2) // 6 - 1
+    with pytest.raises(RuntimeError, match=f"more than {steps} steps .* loosen the tolerances"):
+        FlowMatching(1).sample(gaussian_velocity_model, noise, y, sampler="dopri5", steps=steps)
+    with pytest.raises(ValueError, match="tolerances must be positive"):
+        FlowMatching(1, rtol=0)
+
+
 def test_euler_maruyama_sde_reaches_the_data_distribution():
     flow = FlowMatching(1)
     noise = torch.randn(4000, 1, 2, 2, generator=torch.Generator().manual_seed(0))
@@ -244,10 +272,11 @@ def test_guidance_mixes_the_prediction_and_passes_the_rest():
 
 @pytest.mark.parametrize("family,sampler", [("dit", "ddpm"), ("dit", "ddim"),
                                             ("dit", "dpm-solver++"), ("sit", "heun"),
-                                            ("sit", "euler-maruyama")])
+                                            ("sit", "euler-maruyama"), ("sit", "dopri5")])
 def test_seeded_sampling_is_reproducible(family, sampler, tiny_dit, tiny_sit):
     model = tiny_dit if family == "dit" else tiny_sit
-    kwargs = dict(sampler=sampler, steps=5, cfg_scale=2.0, device="cpu")
+    steps = 20 if sampler == "dopri5" else 5  # dopri5's cap; it takes about 8 here
+    kwargs = dict(sampler=sampler, steps=steps, cfg_scale=2.0, device="cpu")
     a = sample(model, [1, 2, 3], seed=11, **kwargs)
     b = sample(model, [1, 2, 3], seed=11, **kwargs)
     c = sample(model, [1, 2, 3], seed=12, **kwargs)

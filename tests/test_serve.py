@@ -102,6 +102,9 @@ def test_generate_png_and_array(server):
                                           sampler=sampler, output_format="array").json()["array"])
            for sampler in ("ddim", "dpm-solver++")}
     assert np.isfinite(dit["dpm-solver++"]).all() and not np.array_equal(*dit.values())
+    adaptive = decode_array(generate(server, model="sit", class_labels=[1], seed=4, steps=20,
+                                     sampler="dopri5", output_format="array").json()["array"])
+    assert np.isfinite(adaptive).all() and not np.array_equal(adaptive, array)  # vs euler x 3
 
 
 def test_classes_by_name(server):
@@ -122,24 +125,38 @@ def test_classes_by_name(server):
     assert generate(server, model="sit", class_labels=["star"]).status_code == 422
 
 
+def concurrently(url, bodies) -> list[dict]:
+    """The JSON answers to /v1/generate requests sent all at once."""
+    async def send():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*[client.post(url + "/v1/generate", json=body)
+                                          for body in bodies])
+
+    return [response.json() for response in asyncio.run(send())]
+
+
 def test_same_seed_same_images_batched_or_not(server):
     """Concurrent requests are batched together; each still gets its own seed's images."""
     body = dict(model="sit", class_labels=[1, 2], steps=4, sampler="euler-maruyama",
                 output_format="array")
     alone = {seed: decode_array(generate(server, seed=seed, **body).json()["array"])
              for seed in (1, 2, 3)}
-
-    async def together():
-        async with httpx.AsyncClient(timeout=60) as client:
-            tasks = [client.post(server + "/v1/generate", json=dict(body, seed=seed))
-                     for seed in (1, 2, 3)]
-            return await asyncio.gather(*tasks)
-
-    responses = [r.json() for r in asyncio.run(together())]
+    responses = concurrently(server, [dict(body, seed=seed) for seed in (1, 2, 3)])
     assert max(r["timing"]["batch_requests"] for r in responses) > 1  # really batched
     for seed, response in zip((1, 2, 3), responses):
         np.testing.assert_allclose(decode_array(response["array"]), alone[seed], atol=1e-4)
     assert not np.allclose(alone[1], alone[2])
+
+
+def test_adaptive_sampler_requests_run_alone(server):
+    """dopri5's steps follow the error of its whole batch, so its requests are not merged:
+    each request's images stay exactly those it gets alone."""
+    body = dict(model="sit", class_labels=[1, 2], steps=20, sampler="dopri5",
+                output_format="array")
+    alone = {seed: generate(server, seed=seed, **body).json()["array"] for seed in (1, 2, 3)}
+    responses = concurrently(server, [dict(body, seed=seed) for seed in (1, 2, 3)])
+    assert [r["timing"]["batch_requests"] for r in responses] == [1, 1, 1]
+    assert [r["array"] for r in responses] == [alone[seed] for seed in (1, 2, 3)]
 
 
 @pytest.mark.parametrize("body, status, message", [

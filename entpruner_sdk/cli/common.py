@@ -80,8 +80,11 @@ def sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler",
                    help="ddpm, ddim or dpm-solver++ for DiT (default ddim; dpm-solver++, "
                         "second order, matches ddim's accuracy in about half the steps); "
-                        "euler, heun or euler-maruyama for SiT (default heun)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+                        "euler, heun, euler-maruyama or dopri5 for SiT (default heun; "
+                        "dopri5, the SiT reference's adaptive ODE solver, picks its own "
+                        "steps)")
+    p.add_argument("--steps", type=int, default=50,
+                   help="sampling steps (not used by dopri5)")
 
 
 def heads_option(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
             --cfg 2 --out fast.png               # about DDIM-50's quality in 20 steps
         entpruner sample --model runs/sit/model --labels 3,3,7 --sampler euler-maruyama \\
             --steps 100 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz
+        entpruner sample --model SiT-XL-2-256x256.pt --family sit --labels 207 \\
+            --vae ./sd-vae-ft-ema --sampler dopri5 --steps 250 --cfg 4 \\
+            --reference-cfg --out sit-dog.png   # the SiT reference's ODE sampling
         entpruner sample --model dit-photos --labels coffee,rocket --out photos.png  # names
         entpruner sample --model DiT-XL-2-256x256.pt --family dit --labels 207 \\
             --vae ./sd-vae-ft-ema --out dog.png         # latents decoded by the VAE

@@ -66,6 +66,9 @@ class Objective(ABC):
 
     family: str
     samplers: tuple[str, ...]
+    # Samplers whose step sizes follow the error of the whole batch: an image depends, within
+    # the tolerances, on the others drawn with it.
+    adaptive_samplers: tuple[str, ...] = ()
     default_sampler: str
 
     def __init__(self, in_channels: int) -> None:

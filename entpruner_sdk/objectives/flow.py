@@ -1,5 +1,5 @@
 """SiT's flow matching: x_t = alpha_t * x1 + sigma_t * x0 (x0 noise, x1 data, t=1 is data),
-velocity prediction, and fixed-step ODE / SDE samplers."""
+velocity prediction, fixed-step ODE / SDE samplers and the reference's adaptive dopri5."""
 
 from __future__ import annotations
 
@@ -22,14 +22,21 @@ class FlowMatching(Objective):
     (alpha = sin(pi t / 2), sigma = cos(pi t / 2)) path."""
 
     family = "sit"
-    samplers = ("euler", "heun", "euler-maruyama")
+    samplers = ("euler", "heun", "euler-maruyama", "dopri5")
+    adaptive_samplers = ("dopri5",)
     default_sampler = "heun"
 
-    def __init__(self, in_channels: int, path: str = "linear") -> None:
+    def __init__(self, in_channels: int, path: str = "linear", *, atol: float = 1e-6,
+                 rtol: float = 1e-3) -> None:
+        """``atol`` / ``rtol``: the ``dopri5`` sampler's error tolerances (the SiT reference's
+        ``sample.py`` defaults)."""
         super().__init__(in_channels)
         if path not in PATHS:
             raise ValueError(f"unknown flow path {path!r}; choose one of {', '.join(PATHS)}")
+        if not (atol > 0 and rtol > 0):
+            raise ValueError(f"dopri5 tolerances must be positive, got atol={atol}, rtol={rtol}")
         self.path = path
+        self.atol, self.rtol = atol, rtol
 
     @classmethod
     def for_model(cls, config, path: str = "linear") -> FlowMatching:
@@ -93,22 +100,35 @@ class FlowMatching(Objective):
         clip_denoised: bool = False,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Integrate t: 0 -> 1 in ``steps`` uniform steps.
+        """Integrate t: 0 -> 1.
 
-        ``euler`` / ``heun``: the probability-flow ODE dx = v dt (Heun: 2 model calls a
-        step). ``euler-maruyama``: the SDE dx = (v + w/2 * score) dt + sqrt(w) dW with
-        w(t) = sigma_t, which has the same marginals; its last step adds no noise.
+        ``euler`` / ``heun``: the probability-flow ODE dx = v dt in ``steps`` uniform steps
+        (Heun: 2 model calls a step). ``euler-maruyama``: the SDE dx = (v + w/2 * score) dt +
+        sqrt(w) dW with w(t) = sigma_t, which has the same marginals, in ``steps`` steps; its
+        last step adds no noise. ``dopri5``: the ODE by adaptive Dormand-Prince 5(4), the SiT
+        reference's default, to the tolerances ``atol`` / ``rtol``. It chooses its own steps;
+        ``steps`` caps them (each takes 6 model calls), so a bound on steps bounds its cost.
+        Its step sizes follow the error of the whole batch, as in the reference, so an image
+        depends, within the tolerances, on the batch it is drawn with.
         """
         sampler = self.check_sampler(sampler)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        times = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
-        x = noise
 
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
             return self.prediction(model_fn(x, tt, y).float())
 
+        if sampler == "dopri5":
+            x = self._adaptive_ode(velocity, noise, steps, progress)
+        else:
+            x = self._fixed_steps(velocity, noise, sampler, steps, generator, progress)
+        if clip_denoised:
+            x = x.clamp(-1, 1)
+        return x
+
+    def _fixed_steps(self, velocity, x, sampler, steps, generator, progress) -> torch.Tensor:
+        times = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
         pairs = list(zip(times[:-1], times[1:]))
         for i, (t0, t1) in enumerate(progress_bar(pairs, enabled=progress,
                                                    desc=f"{sampler} sampling", leave=False)):
@@ -120,9 +140,34 @@ class FlowMatching(Objective):
                 x = x + 0.5 * h * (v + velocity(guess, t1))
             else:
                 x = self._sde_step(x, v, t0, h, generator, last=i == len(pairs) - 1)
-        if clip_denoised:
-            x = x.clamp(-1, 1)
         return x
+
+    def _adaptive_ode(self, velocity, x, max_steps, progress) -> torch.Tensor:
+        """x at t = 1 by torchdiffeq's dopri5, in at most ``max_steps`` step attempts; the bar
+        counts model calls, whose number the tolerances and the model decide."""
+        try:
+            from torchdiffeq import odeint
+        except ImportError as error:
+            raise ImportError("the dopri5 sampler needs torchdiffeq: pip install torchdiffeq"
+                              ) from error
+        # 2 calls choose the first step; each attempt makes 6 (its 7th stage is the next
+        # step's first).
+        budget, calls = 2 + 6 * max_steps, 0
+        with progress_bar(total=budget, enabled=progress, desc="dopri5 sampling",
+                          unit=" calls", leave=False) as bar:
+            def drift(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+                nonlocal calls
+                if calls == budget:
+                    raise RuntimeError(
+                        f"dopri5 needs more than {max_steps} steps ({budget} model calls) to "
+                        f"meet atol={self.atol:g}, rtol={self.rtol:g}: allow more steps, or "
+                        "loosen the tolerances (FlowMatching(..., atol=, rtol=))")
+                calls += 1
+                bar.update()
+                return velocity(x, float(t))
+
+            ends = torch.tensor([0.0, 1.0], device=x.device)
+            return odeint(drift, x, ends, method="dopri5", atol=self.atol, rtol=self.rtol)[-1]
 
     def _sde_step(self, x, v, t, h, generator, last: bool):
         tt = torch.full((x.shape[0],), t, device=x.device)
