@@ -55,7 +55,7 @@ def settings_of(family: str, steps_list) -> list[tuple[str, int | None]]:
     """(sampler, steps) for every row: each fixed-step sampler at every step count, the
     teachers' setting, and an adaptive sampler once (steps None)."""
     adaptive = OBJECTIVES[family].adaptive_samplers
-    rows = [(s, None if s in adaptive else n) for s in FAMILIES[family]["samplers"]
+    rows = [(s, n) for s in FAMILIES[family]["samplers"]
             for n in ([None] if s in adaptive else steps_list)]
     default = (SAMPLING[family]["sampler"], SAMPLING[family]["steps"])
     if default not in rows:
