@@ -1,7 +1,8 @@
 """Samplers at few steps, for quality and for how closely each solves the probability-flow
-ODE. DiT: DDIM vs DPM-Solver++(2M); SiT: Euler vs Heun vs the reference's adaptive dopri5.
+ODE. DiT: DDIM vs DPM-Solver++(2M); SiT: Euler vs Heun vs the reference's adaptive dopri5 and
+its two SDE samplers, Euler-Maruyama and Heun.
 
-    python benchmarks/sampler_steps.py               # the four teachers, about 30 min on 2 cores
+    python benchmarks/sampler_steps.py               # the four teachers, about 55 min on 2 cores
     python benchmarks/sampler_steps.py --quick       # dit-digits and sit-digits, 200 samples
     python benchmarks/sampler_steps.py --model runs/quickstart/dit-digits-pruned --data digits
 
@@ -10,7 +11,7 @@ to atol 1e-6 and rtol 1e-3, the SiT reference's), from the same noise and labels
 cfg 2):
 - ``ODE PSNR``: PSNR (dB, on [-1, 1] images) of 64 samples against the same noise taken through
   the ODE by 1000 steps of DDIM (DiT) or Heun (SiT) (``--ode-samples``, ``--ode-steps``);
-  higher is a more accurate solve;
+  higher is a more accurate solve; none for the SDE samplers, which solve another equation;
 - FD-domain, class accuracy, precision and recall of ``--samples`` samples against the real
   data (``entpruner_sdk.evaluation.evaluate``);
 - the model calls per sampling batch, the sampling time, and FD-domain and time as ratios to
@@ -34,12 +35,13 @@ from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import DEFAULT_TEACHERS, SAMPLING, TEACHERS, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import machine
+from entpruner_sdk.utils.timing import CallCounter, machine
 
 RESULTS = Path(__file__).parent / "results"
-# each family's samplers and the sampler of its ODE reference
-FAMILIES = {"dit": dict(samplers=("ddim", "dpm-solver++"), ode="ddim"),
-            "sit": dict(samplers=("euler", "heun", "dopri5"), ode="heun")}
+# each family's samplers, those of them that solve an SDE, and the sampler of its ODE reference
+FAMILIES = {"dit": dict(samplers=("ddim", "dpm-solver++"), sde=(), ode="ddim"),
+            "sit": dict(samplers=("euler", "heun", "dopri5", "euler-maruyama", "heun-sde"),
+                        sde=("euler-maruyama", "heun-sde"), ode="heun")}
 EVAL_BATCH = 250  # evaluate's default sampling batch
 ADAPTIVE_CAP = 250  # dopri5's most steps, as the SiT reference's --num-sampling-steps
 CFG = 2.0
@@ -63,18 +65,6 @@ def settings_of(family: str, steps_list) -> list[tuple[str, int | None]]:
     return sorted(rows, key=lambda row: (FAMILIES[family]["samplers"].index(row[0]), row[1] or 0))
 
 
-class CallCounter:
-    """Counts a model's forward calls (one per sampler step's model call; guidance runs the
-    conditional and unconditional halves as one batch)."""
-
-    def __init__(self, model) -> None:
-        self.calls = 0
-        self.handle = model.register_forward_pre_hook(self._count)
-
-    def _count(self, module, args) -> None:
-        self.calls += 1
-
-
 def bench_model(spec: str, data: str, steps_list, samples: int, device, ode_steps: int = 1000,
                 ode_samples: int = 64) -> list[dict]:
     model = resolve_model(spec, device=device).eval()
@@ -85,17 +75,17 @@ def bench_model(spec: str, data: str, steps_list, samples: int, device, ode_step
     batches = math.ceil(samples / EVAL_BATCH)
     rows = []
     for sampler, steps in settings_of(family, steps_list):
-        cap = steps or ADAPTIVE_CAP
-        images = sample(model, labels, sampler=sampler, steps=cap, cfg_scale=CFG, seed=0,
-                        device=device)
-        counter = CallCounter(model)
+        cap, stochastic = steps or ADAPTIVE_CAP, sampler in FAMILIES[family]["sde"]
+        ode_psnr = None if stochastic else psnr(
+            sample(model, labels, sampler=sampler, steps=cap, cfg_scale=CFG, seed=0,
+                   device=device), ode)
         started = time.perf_counter()
-        report = evaluate(model, data, samples=samples, sampler=sampler, steps=cap,
-                          cfg_scale=CFG, seed=0, features=("domain",), batch_size=EVAL_BATCH,
-                          device=device, progress=False)
-        counter.handle.remove()
+        with CallCounter(model) as counter:
+            report = evaluate(model, data, samples=samples, sampler=sampler, steps=cap,
+                              cfg_scale=CFG, seed=0, features=("domain",),
+                              batch_size=EVAL_BATCH, device=device, progress=False)
         rows.append(dict(model=spec, data=data, family=family, sampler=sampler, steps=steps,
-                         cfg_scale=CFG, samples=samples, ode_psnr_db=psnr(images, ode),
+                         cfg_scale=CFG, samples=samples, ode_psnr_db=ode_psnr,
                          model_calls=counter.calls / batches,
                          sampling_s=report.settings["sampling_seconds"],
                          evaluate_s=time.perf_counter() - started, **report.metrics))
@@ -170,7 +160,8 @@ def print_table(rows, device) -> None:
         table.add_column(column)
     for r in rows:
         table.add_row(r["model"], r["sampler"], str(r["steps"] or "adaptive"),
-                      f"{r['model_calls']:.0f}", f"{r['ode_psnr_db']:.1f} dB",
+                      f"{r['model_calls']:.0f}",
+                      "-" if r["ode_psnr_db"] is None else f"{r['ode_psnr_db']:.1f} dB",
                       f"{r['fd_domain']:.3f}", f"{r['fd_domain_vs_default']:.2f}x",
                       f"{100 * r['class_accuracy']:.1f}%", f"{r['precision_domain']:.3f}",
                       f"{r['recall_domain']:.3f}", f"{r['sampling_s']:.1f}",

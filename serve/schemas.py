@@ -19,7 +19,8 @@ class GenerateRequest(BaseModel):
     num_images: int = Field(1, ge=1, description="images per label")
     seed: int = Field(0, ge=0, lt=2**63, description="same seed, same images, batched or not")
     sampler: str | None = Field(None, description="ddpm/ddim/dpm-solver++ (DiT), "
-                                "euler/heun/euler-maruyama/dopri5 (SiT); default: the model's")
+                                "euler/heun/euler-maruyama/heun-sde/dopri5 (SiT); default: the "
+                                "model's")
     steps: int | None = Field(None, ge=1, description="sampling steps (default: the model's; "
                                  "dopri5 picks its own)")
     cfg_scale: float | None = Field(None, ge=0.0, description="guidance scale (1 = none)")

@@ -15,7 +15,7 @@ import torch
 from entpruner_sdk.data import load_data
 from entpruner_sdk.importance import CalibrationSet, make_importance
 from entpruner_sdk.models import DiffusionTransformer
-from entpruner_sdk.objectives import objective_for
+from entpruner_sdk.objectives import FlowMatching, objective_for
 from tests.conftest import randomized, tiny_config
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
@@ -371,7 +371,8 @@ def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
     dit = {(s, n): rows["dit-digits", s, n] for s in ("ddim", "dpm-solver++") for n in (8, 50)}
     sit = {(s, n): rows["sit-digits", s, n]
            for s, n in (("euler", 8), ("euler", 50), ("heun", 8), ("heun", 25), ("heun", 50),
-                        ("dopri5", None))}
+                        ("dopri5", None), ("euler-maruyama", 8), ("euler-maruyama", 50),
+                        ("heun-sde", 8), ("heun-sde", 50))}
     assert len(rows) == len(dit) + len(sit)  # the SiT teachers' heun x 25 is added
     for baseline in (dit["ddim", 50], sit["heun", 25]):  # the teachers' samplers
         assert baseline["fd_domain_vs_default"] == 1.0 and baseline["time_vs_default"] == 1.0
@@ -380,6 +381,10 @@ def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
     # model calls per batch: one a step, Heun two, dopri5 what its tolerances needed
     assert dit["dpm-solver++", 8]["model_calls"] == 8 and sit["heun", 25]["model_calls"] == 50
     assert sit["dopri5", None]["model_calls"] > 8
+    # the SDE samplers: the last step takes one call; they have no ODE PSNR
+    assert sit["euler-maruyama", 8]["model_calls"] == 8 and sit["heun-sde", 8]["model_calls"] == 15
+    assert all(sit[s, n]["ode_psnr_db"] is None for s in ("euler-maruyama", "heun-sde")
+               for n in (8, 50))
     # on the trained teachers, the second-order solvers are the closer ones at equal steps,
     # and more steps bring each sampler closer to the ODE's solution
     assert dit["dpm-solver++", 8]["ode_psnr_db"] > dit["ddim", 8]["ode_psnr_db"] + 2
@@ -387,3 +392,23 @@ def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
     for table, sampler in ((dit, "ddim"), (dit, "dpm-solver++"), (sit, "euler"), (sit, "heun")):
         assert table[sampler, 50]["ode_psnr_db"] > table[sampler, 8]["ode_psnr_db"] + 5
     assert sit["dopri5", None]["ode_psnr_db"] > sit["heun", 8]["ode_psnr_db"]
+
+
+def test_sampling_speed_times_every_sampler_with_its_model_calls(tmp_path):
+    out = tmp_path / "speed.json"
+    load("sampling_speed").main(["--original", "sit-digits", "--steps", "3", "--repeats", "1",
+                                 "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["sampler"], r["batch"]) for r in rows] == [
+        (s, b) for s in FlowMatching.samplers for b in (1, 8)]
+    expected_calls = {"euler": 3, "heun": 6, "euler-maruyama": 3, "heun-sde": 5}
+    for r in rows:
+        assert r["depth_original"] == 12 and r["depth_pruned"] == 6
+        assert r["latency_original_s"] > 0 and r["latency_pruned_s"] > 0
+        calls = (r["model_calls_original"], r["model_calls_pruned"])
+        if r["adaptive"]:  # dopri5 takes what each model needs, within its cap
+            assert r["steps"] == 250 and min(calls) > 8
+        else:
+            assert calls == (expected_calls[r["sampler"]],) * 2
+        assert r["speedup_per_call"] == pytest.approx(
+            r["speedup"] * calls[1] / calls[0])

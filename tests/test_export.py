@@ -88,7 +88,7 @@ def test_onnx_runtime_sampling_reproduces_pytorch(onnx_export, cfg_scale):
     model, result = onnx_export
     runtime = load_exported(result.directory)
     samplers = (["ddpm", "ddim", "dpm-solver++"] if model.family == "dit"
-                else ["heun", "euler-maruyama", "dopri5"])
+                else ["heun", "euler-maruyama", "heun-sde", "dopri5"])
     for sampler in samplers:
         steps = 20 if sampler == "dopri5" else 6  # dopri5's cap; it takes about 8 here
         expected = sample(model, [0, 1, 3], sampler=sampler, steps=steps, cfg_scale=cfg_scale,

@@ -204,14 +204,70 @@ def test_dopri5_solves_a_known_flow_to_its_tolerance_in_few_calls():
         FlowMatching(1, rtol=0)
 
 
-def test_euler_maruyama_sde_reaches_the_data_distribution():
+def reference_sde(model, x, sampler, steps, generator, norm=1.0, last=0.04):
+    """The SiT reference's ``sample_sde`` for the linear path, written in its own terms: drift
+    v + w * score with the score from the velocity, diffusion w = norm * sigma_t, noise
+    sqrt(2 w) dW, then the "Mean" last step."""
+    def drift(x, t):
+        v = model(x, torch.full((x.shape[0],), t), None)
+        score = (t * v - x) / ((1 - t) ** 2 + t * (1 - t))  # alpha / alpha' = t, sigma' = -1
+        return v + norm * (1 - t) * score
+
+    ts = torch.linspace(0, 1 - last, steps, dtype=torch.float64).tolist()
+    dt = ts[1] - ts[0]
+    for t in ts[:-1]:
+        dw = torch.randn(x.shape, generator=generator) * dt**0.5
+        noise = (2 * norm * (1 - t)) ** 0.5 * dw
+        if sampler == "euler-maruyama":
+            x = x + drift(x, t) * dt + noise
+        else:
+            x_hat = x + noise
+            k1 = drift(x_hat, t)
+            x = x_hat + 0.5 * dt * (k1 + drift(x_hat + dt * k1, t + dt))
+    return x + drift(x, 1 - last) * last
+
+
+@pytest.mark.parametrize("sampler", ["euler-maruyama", "heun-sde"])
+def test_sde_samplers_follow_the_reference_recurrence(sampler):
+    noise = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(64, dtype=torch.long)
+    for norm, last in [(1.0, 0.04), (0.5, 0.1)]:
+        ours = FlowMatching(1, diffusion_norm=norm, last_step_size=last).sample(
+            gaussian_velocity_model, noise, y, sampler=sampler, steps=7,
+            generator=torch.Generator().manual_seed(5))
+        theirs = reference_sde(gaussian_velocity_model, noise, sampler, 7,
+                               torch.Generator().manual_seed(5), norm, last)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_sde_without_diffusion_is_the_ode_on_its_grid():
+    # 24 steps of 0.04 to t = 0.96 and the last step of 0.04: Euler's 25 uniform steps
+    noise = torch.randn(16, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(16, dtype=torch.long)
+    sde = FlowMatching(1, diffusion_norm=0).sample(gaussian_velocity_model, noise, y,
+                                                    sampler="euler-maruyama", steps=25)
+    ode = FlowMatching(1).sample(gaussian_velocity_model, noise, y, sampler="euler", steps=25)
+    torch.testing.assert_close(sde, ode, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["euler-maruyama", "heun-sde"])
+def test_sde_samplers_reach_the_data_distribution(sampler):
     flow = FlowMatching(1)
     noise = torch.randn(4000, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     out = flow.sample(gaussian_velocity_model, noise, torch.zeros(4000).long(),
-                      sampler="euler-maruyama", steps=200,
-                      generator=torch.Generator().manual_seed(3))
+                      sampler=sampler, steps=250, generator=torch.Generator().manual_seed(3))
     assert abs(out.mean() - MU) < 0.02 and abs(out.std() - S) < 0.02
     assert not torch.allclose(out, MU + S * noise, atol=1e-2)  # it really is stochastic
+
+
+def test_sde_settings_are_checked():
+    noise, y = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        FlowMatching(1).sample(gaussian_velocity_model, noise, y, sampler="heun-sde", steps=1)
+    with pytest.raises(ValueError, match="diffusion_norm must be >= 0"):
+        FlowMatching(1, diffusion_norm=-1)
+    with pytest.raises(ValueError, match=r"last_step_size must be in \(0, 1\)"):
+        FlowMatching(1, last_step_size=0)
 
 
 @pytest.mark.parametrize("path", ["linear", "gvp"])
@@ -272,7 +328,8 @@ def test_guidance_mixes_the_prediction_and_passes_the_rest():
 
 @pytest.mark.parametrize("family,sampler", [("dit", "ddpm"), ("dit", "ddim"),
                                             ("dit", "dpm-solver++"), ("sit", "heun"),
-                                            ("sit", "euler-maruyama"), ("sit", "dopri5")])
+                                            ("sit", "euler-maruyama"), ("sit", "heun-sde"),
+                                            ("sit", "dopri5")])
 def test_seeded_sampling_is_reproducible(family, sampler, tiny_dit, tiny_sit):
     model = tiny_dit if family == "dit" else tiny_sit
     steps = 20 if sampler == "dopri5" else 5  # dopri5's cap; it takes about 8 here

@@ -164,6 +164,8 @@ def test_adaptive_sampler_requests_run_alone(server):
     (dict(class_labels=[0], steps=100), 422, "exceeds the limit of 20"),
     (dict(class_labels=[0, 1, 2], num_images=3), 422, "limit is 8 per request"),
     (dict(class_labels=[0], sampler="heun"), 422, "unknown sampler 'heun'"),
+    (dict(model="sit", class_labels=[0], sampler="heun-sde", steps=1), 422,
+     "'heun-sde' needs at least 2 steps"),
     (dict(class_labels=[0], cfg_scale=50), 422, "cfg_scale 50"),
     (dict(class_labels=[0], model="nope"), 404, "unknown model 'nope'"),
     (dict(class_labels=[]), 422, "at least 1"),

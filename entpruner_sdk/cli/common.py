@@ -80,11 +80,12 @@ def sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler",
                    help="ddpm, ddim or dpm-solver++ for DiT (default ddim; dpm-solver++, "
                         "second order, matches ddim's accuracy in about half the steps); "
-                        "euler, heun, euler-maruyama or dopri5 for SiT (default heun; "
-                        "dopri5, the SiT reference's adaptive ODE solver, picks its own "
-                        "steps)")
+                        "euler, heun, euler-maruyama, heun-sde or dopri5 for SiT (default "
+                        "heun; euler-maruyama and heun-sde are the SiT reference's SDE "
+                        "samplers, at least 2 steps; dopri5, its adaptive ODE solver, picks "
+                        "its own steps)")
     p.add_argument("--steps", type=int, default=50,
-                   help="sampling steps (not used by dopri5)")
+                   help="sampling steps (dopri5: the most it may take)")
 
 
 def heads_option(p: argparse.ArgumentParser) -> None:

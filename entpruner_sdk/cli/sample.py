@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
         entpruner sample --model runs/dit-d6/model --sampler dpm-solver++ --steps 20 \\
             --cfg 2 --out fast.png               # about DDIM-50's quality in 20 steps
         entpruner sample --model runs/sit/model --labels 3,3,7 --sampler euler-maruyama \\
-            --steps 100 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz
+            --steps 250 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz  # reference SDE
         entpruner sample --model SiT-XL-2-256x256.pt --family sit --labels 207 \\
             --vae ./sd-vae-ft-ema --sampler dopri5 --steps 250 --cfg 4 \\
             --reference-cfg --out sit-dog.png   # the SiT reference's ODE sampling

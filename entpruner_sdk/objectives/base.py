@@ -128,6 +128,10 @@ class Objective(ABC):
         noise = randn_like(x_start, generator)
         return NoisedBatch(x_start, noise, self.add_noise(x_start, noise, t), t, y)
 
+    def min_steps(self, sampler: str) -> int:
+        """The fewest ``steps`` the sampler accepts."""
+        return 1
+
     def check_sampler(self, sampler: str | None) -> str:
         sampler = sampler or self.default_sampler
         if sampler not in self.samplers:

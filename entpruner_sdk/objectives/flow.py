@@ -1,5 +1,6 @@
 """SiT's flow matching: x_t = alpha_t * x1 + sigma_t * x0 (x0 noise, x1 data, t=1 is data),
-velocity prediction, fixed-step ODE / SDE samplers and the reference's adaptive dopri5."""
+velocity prediction, and the SiT reference's samplers: fixed-step ODE, SDE and adaptive
+dopri5."""
 
 from __future__ import annotations
 
@@ -22,21 +23,32 @@ class FlowMatching(Objective):
     (alpha = sin(pi t / 2), sigma = cos(pi t / 2)) path."""
 
     family = "sit"
-    samplers = ("euler", "heun", "euler-maruyama", "dopri5")
+    samplers = ("euler", "heun", "euler-maruyama", "heun-sde", "dopri5")
     adaptive_samplers = ("dopri5",)
+    sde_samplers = ("euler-maruyama", "heun-sde")
     default_sampler = "heun"
 
     def __init__(self, in_channels: int, path: str = "linear", *, atol: float = 1e-6,
-                 rtol: float = 1e-3) -> None:
-        """``atol`` / ``rtol``: the ``dopri5`` sampler's error tolerances (the SiT reference's
-        ``sample.py`` defaults)."""
+                 rtol: float = 1e-3, diffusion_norm: float = 1.0,
+                 last_step_size: float = 0.04) -> None:
+        """``atol`` / ``rtol``: the ``dopri5`` sampler's error tolerances. ``diffusion_norm``:
+        the SDE samplers' diffusion w(t) = diffusion_norm * sigma_t; ``last_step_size``: the
+        length of their final, noiseless step. All four default to the SiT reference's
+        ``sample.py`` (for the SDE: ``--diffusion-form sigma --last-step Mean``)."""
         super().__init__(in_channels)
         if path not in PATHS:
             raise ValueError(f"unknown flow path {path!r}; choose one of {', '.join(PATHS)}")
         if not (atol > 0 and rtol > 0):
             raise ValueError(f"dopri5 tolerances must be positive, got atol={atol}, rtol={rtol}")
+        if not diffusion_norm >= 0:
+            raise ValueError(f"the SDE's diffusion_norm must be >= 0 (0 gives the ODE), got "
+                             f"{diffusion_norm}")
+        if not 0 < last_step_size < 1:
+            raise ValueError(f"the SDE's last_step_size must be in (0, 1) (the reference uses "
+                             f"0.04), got {last_step_size}")
         self.path = path
         self.atol, self.rtol = atol, rtol
+        self.diffusion_norm, self.last_step_size = diffusion_norm, last_step_size
 
     @classmethod
     def for_model(cls, config, path: str = "linear") -> FlowMatching:
@@ -88,6 +100,10 @@ class FlowMatching(Objective):
         return self._solve(self.prediction(output), x_t, t)[0]
 
     # ------------------------------------------------------------------ sampling
+    def min_steps(self, sampler: str) -> int:
+        # an SDE sampler's last step is noiseless: one more makes it stochastic at all
+        return 2 if sampler in self.sde_samplers else 1
+
     def sample(
         self,
         model_fn: ModelFn,
@@ -103,13 +119,14 @@ class FlowMatching(Objective):
         """Integrate t: 0 -> 1.
 
         ``euler`` / ``heun``: the probability-flow ODE dx = v dt in ``steps`` uniform steps
-        (Heun: 2 model calls a step). ``euler-maruyama``: the SDE dx = (v + w/2 * score) dt +
-        sqrt(w) dW with w(t) = sigma_t, which has the same marginals, in ``steps`` steps; its
-        last step adds no noise. ``dopri5``: the ODE by adaptive Dormand-Prince 5(4), the SiT
-        reference's default, to the tolerances ``atol`` / ``rtol``. It chooses its own steps;
-        ``steps`` caps them (each takes 6 model calls), so a bound on steps bounds its cost.
-        Its step sizes follow the error of the whole batch, as in the reference, so an image
-        depends, within the tolerances, on the batch it is drawn with.
+        (Heun: 2 model calls a step). ``euler-maruyama`` / ``heun-sde``: the SiT reference's
+        SDE samplers (see :meth:`_sde`); ``steps`` counts their steps as the reference's
+        ``--num-sampling-steps`` does, the last one included. ``dopri5``: the ODE by adaptive
+        Dormand-Prince 5(4), the SiT reference's default, to the tolerances ``atol`` /
+        ``rtol``. It chooses its own steps; ``steps`` caps them (each takes 6 model calls), so
+        a bound on steps bounds its cost. Its step sizes follow the error of the whole batch,
+        as in the reference, so an image depends, within the tolerances, on the batch it is
+        drawn with.
         """
         sampler = self.check_sampler(sampler)
         if steps < 1:
@@ -121,25 +138,25 @@ class FlowMatching(Objective):
 
         if sampler == "dopri5":
             x = self._adaptive_ode(velocity, noise, steps, progress)
+        elif sampler in self.sde_samplers:
+            x = self._sde(velocity, noise, sampler, steps, generator, progress)
         else:
-            x = self._fixed_steps(velocity, noise, sampler, steps, generator, progress)
+            x = self._ode_fixed_steps(velocity, noise, sampler, steps, progress)
         if clip_denoised:
             x = x.clamp(-1, 1)
         return x
 
-    def _fixed_steps(self, velocity, x, sampler, steps, generator, progress) -> torch.Tensor:
+    def _ode_fixed_steps(self, velocity, x, sampler, steps, progress) -> torch.Tensor:
         times = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
         pairs = list(zip(times[:-1], times[1:]))
-        for i, (t0, t1) in enumerate(progress_bar(pairs, enabled=progress,
-                                                   desc=f"{sampler} sampling", leave=False)):
+        for t0, t1 in progress_bar(pairs, enabled=progress, desc=f"{sampler} sampling",
+                                   leave=False):
             h, v = t1 - t0, velocity(x, t0)
             if sampler == "euler":
                 x = x + h * v
-            elif sampler == "heun":
+            else:
                 guess = x + h * v
                 x = x + 0.5 * h * (v + velocity(guess, t1))
-            else:
-                x = self._sde_step(x, v, t0, h, generator, last=i == len(pairs) - 1)
         return x
 
     def _adaptive_ode(self, velocity, x, max_steps, progress) -> torch.Tensor:
@@ -169,12 +186,37 @@ class FlowMatching(Objective):
             ends = torch.tensor([0.0, 1.0], device=x.device)
             return odeint(drift, x, ends, method="dopri5", atol=self.atol, rtol=self.rtol)[-1]
 
-    def _sde_step(self, x, v, t, h, generator, last: bool):
-        tt = torch.full((x.shape[0],), t, device=x.device)
-        _, x0_hat = self._solve(v, x, tt)
-        sigma = self.coefficients(_expand(tt, x))[1]
-        # score = -x0_hat / sigma and w = sigma, so (w / 2) * score = -x0_hat / 2 (finite).
-        x = x + h * (v - 0.5 * x0_hat)
-        if not last:
-            x = x + torch.sqrt(sigma * h) * randn_like(x, generator)
-        return x
+    def _sde(self, velocity, x, sampler, steps, generator, progress) -> torch.Tensor:
+        """The SiT reference's SDE sampler (``sample.py SDE``).
+
+        dx = (v + w * score) dt + sqrt(2 w) dW keeps the path's marginals for any diffusion
+        w >= 0; here w = diffusion_norm * sigma_t. The score of x_t = alpha x1 + sigma x0 is
+        -x0-hat / sigma, so the drift v - diffusion_norm * x0-hat stays finite. The score is
+        singular at t = 1, so ``steps - 1`` uniform steps run from t = 0 to 1 - h_last, each
+        with fresh noise, and a last noiseless Euler step of the drift, of length h_last,
+        ends at t = 1. ``euler-maruyama`` makes 1 model call a step; ``heun-sde`` adds the
+        noise first and then takes a Heun step of the drift (2 calls; the last step 1).
+        """
+        if steps < self.min_steps(sampler):
+            raise ValueError(f"the SDE samplers need at least 2 steps (one stochastic step and "
+                             f"the last, noiseless one), got {steps}")
+        end = 1.0 - self.last_step_size
+        times = torch.linspace(0.0, end, steps, dtype=torch.float64).tolist()
+        h = times[1] - times[0]
+
+        def drift(x: torch.Tensor, t: float) -> torch.Tensor:
+            v = velocity(x, t)
+            tt = torch.full((x.shape[0],), t, device=x.device)
+            return v - self.diffusion_norm * self._solve(v, x, tt)[1]
+
+        for t in progress_bar(times[:-1], enabled=progress, desc=f"{sampler} sampling",
+                              leave=False):
+            sigma = self.coefficients(torch.tensor(t, dtype=torch.float64))[1].item()
+            kick = math.sqrt(2 * self.diffusion_norm * sigma * h) * randn_like(x, generator)
+            if sampler == "euler-maruyama":
+                x = x + h * drift(x, t) + kick
+            else:
+                x = x + kick
+                slope = drift(x, t)
+                x = x + 0.5 * h * (slope + drift(x + h * slope, t + h))
+        return x + self.last_step_size * drift(x, end)

@@ -39,6 +39,24 @@ def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: in
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+class CallCounter:
+    """Counts a module's forward calls inside a ``with`` block: a sampler's model calls (one
+    a step for Euler or DDIM, two for Heun, as many as its tolerances need for dopri5)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.calls = module, 0
+
+    def __enter__(self) -> CallCounter:
+        self._handle = self.module.register_forward_pre_hook(self._count)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._handle.remove()
+
+    def _count(self, module, args) -> None:
+        self.calls += 1
+
+
 def machine(device: torch.device) -> dict[str, object]:
     """Where timings were taken, for a benchmark's JSON: device, CPU, threads, torch, GPU."""
     import platform
