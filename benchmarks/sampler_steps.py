@@ -38,10 +38,10 @@ from entpruner_sdk.utils.files import atomic_write_text
 from entpruner_sdk.utils.timing import CallCounter, machine
 
 RESULTS = Path(__file__).parent / "results"
-# each family's samplers, those of them that solve an SDE, and the sampler of its ODE reference
-FAMILIES = {"dit": dict(samplers=("ddim", "dpm-solver++"), sde=(), ode="ddim"),
+# each family's samplers and the sampler of its ODE reference
+FAMILIES = {"dit": dict(samplers=("ddim", "dpm-solver++"), ode="ddim"),
             "sit": dict(samplers=("euler", "heun", "dopri5", "euler-maruyama", "heun-sde"),
-                        sde=("euler-maruyama", "heun-sde"), ode="heun")}
+                        ode="heun")}
 EVAL_BATCH = 250  # evaluate's default sampling batch
 ADAPTIVE_CAP = 250  # dopri5's most steps, as the SiT reference's --num-sampling-steps
 CFG = 2.0
@@ -75,8 +75,8 @@ def bench_model(spec: str, data: str, steps_list, samples: int, device, ode_step
     batches = math.ceil(samples / EVAL_BATCH)
     rows = []
     for sampler, steps in settings_of(family, steps_list):
-        cap, stochastic = steps or ADAPTIVE_CAP, sampler in FAMILIES[family]["sde"]
-        ode_psnr = None if stochastic else psnr(
+        cap = steps or ADAPTIVE_CAP
+        ode_psnr = None if sampler in OBJECTIVES[family].sde_samplers else psnr(
             sample(model, labels, sampler=sampler, steps=cap, cfg_scale=CFG, seed=0,
                    device=device), ode)
         started = time.perf_counter()

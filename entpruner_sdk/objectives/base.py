@@ -69,6 +69,9 @@ class Objective(ABC):
     # Samplers whose step sizes follow the error of the whole batch: an image depends, within
     # the tolerances, on the others drawn with it.
     adaptive_samplers: tuple[str, ...] = ()
+    # Samplers of a stochastic differential equation: they do not solve the probability-flow
+    # ODE, so they do not approach its solution as their steps grow.
+    sde_samplers: tuple[str, ...] = ()
     default_sampler: str
 
     def __init__(self, in_channels: int) -> None:
