@@ -22,7 +22,7 @@ class GenerateRequest(BaseModel):
                                 "euler/heun/euler-maruyama/heun-sde/dopri5 (SiT); default: the "
                                 "model's")
     steps: int | None = Field(None, ge=1, description="sampling steps (default: the model's; "
-                                 "dopri5 picks its own)")
+                                 "dopri5: the most it may take)")
     cfg_scale: float | None = Field(None, ge=0.0, description="guidance scale (1 = none)")
     output_format: Literal["png", "array"] = Field(
         "png", description="png: base64 PNG per image; array: base64 float32 [N, C, H, W]")

@@ -197,9 +197,9 @@ class FlowMatching(Objective):
         ends at t = 1. ``euler-maruyama`` makes 1 model call a step; ``heun-sde`` adds the
         noise first and then takes a Heun step of the drift (2 calls; the last step 1).
         """
-        if steps < self.min_steps(sampler):
-            raise ValueError(f"the SDE samplers need at least 2 steps (one stochastic step and "
-                             f"the last, noiseless one), got {steps}")
+        if steps < (fewest := self.min_steps(sampler)):
+            raise ValueError(f"the SDE samplers need at least {fewest} steps (one stochastic "
+                             f"step and the last, noiseless one), got {steps}")
         end = 1.0 - self.last_step_size
         times = torch.linspace(0.0, end, steps, dtype=torch.float64).tolist()
         h = times[1] - times[0]
