@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from entpruner_sdk.export.metadata import config_and_objective
+from entpruner_sdk.objectives import Objective
 from entpruner_sdk.sampling import sample_with
 
 MANIFEST = "export.json"
@@ -67,10 +68,12 @@ class ExportedDenoiser(ABC):
     def sample(self, labels: Sequence[int] | torch.Tensor, *, sampler: str | None = None,
                steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
                clip_denoised: bool = False, noise: torch.Tensor | None = None,
-               progress: bool = False) -> torch.Tensor:
-        """Same arguments and same images as :func:`entpruner_sdk.sample` for the source model."""
+               progress: bool = False, objective: Objective | None = None) -> torch.Tensor:
+        """Same arguments and same images as :func:`entpruner_sdk.sample` for the source model
+        (``objective``: by default the export's; ``self.objective.with_sampler_settings(...)``
+        changes a SiT sampler's settings)."""
         return sample_with(
-            self, self.config, self.objective, labels, sampler=sampler, steps=steps,
+            self, self.config, objective or self.objective, labels, sampler=sampler, steps=steps,
             cfg_scale=cfg_scale, seed=seed, clip_denoised=clip_denoised, noise=noise,
             progress=progress, guided_fn=self.guided if self.has_guided_graph else None,
         )

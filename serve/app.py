@@ -23,6 +23,7 @@ from entpruner_sdk.serve.metrics import ServerMetrics
 from entpruner_sdk.serve.models import ServedModel
 from entpruner_sdk.serve.schemas import GenerateRequest, GenerateResponse
 from entpruner_sdk.serve.settings import ServerSettings
+from entpruner_sdk.utils.timing import CallCounter
 
 log = logging.getLogger("entpruner.serve")
 ModelLoader = Callable[[], dict[str, ServedModel]]
@@ -128,11 +129,12 @@ async def _generate(state: ServerState, body: GenerateRequest) -> GenerateRespon
     # An adaptive sampler's steps follow the whole batch: merged with other requests, one
     # request's images would depend on theirs. Its own key runs it alone.
     alone = object() if request["sampler"] in model.objective.adaptive_samplers else None
-    job = Job(key=(name, request["sampler"], request["steps"], request["cfg_scale"], alone),
+    job = Job(key=(name, request["sampler"], request["steps"], request["cfg_scale"],
+                   tuple(request["sampler_settings"].items()), alone),
               images=len(request["labels"]), payload=request)
     try:
-        images, stats = await asyncio.wait_for(asyncio.shield(state.batcher.submit(job)),
-                                               settings.request_timeout_s)
+        (images, model_calls), stats = await asyncio.wait_for(
+            asyncio.shield(state.batcher.submit(job)), settings.request_timeout_s)
     except Overloaded:
         metrics.requests.labels(name, "503").inc()
         metrics.errors.labels("overloaded").inc()
@@ -162,6 +164,7 @@ async def _generate(state: ServerState, body: GenerateRequest) -> GenerateRespon
     return GenerateResponse(
         model=name, class_labels=request["labels"], seed=body.seed,
         sampler=request["sampler"], steps=request["steps"], cfg_scale=request["cfg_scale"],
+        sampler_settings=request["sampler_settings"], model_calls=model_calls,
         timing=dict(queue_ms=1e3 * stats.queue_s, compute_ms=1e3 * stats.compute_s,
                     total_ms=1e3 * total, batch_images=stats.batch_images,
                     batch_requests=stats.batch_requests), **encoded)
@@ -181,9 +184,15 @@ def _validated(model: ServedModel, body: GenerateRequest, settings: ServerSettin
         ids = []
         problems.append(f"model {model.name!r}: {error}")
     labels = [label for label in ids for _ in range(body.num_images)]
+    objective = model.objective
     if sampler not in model.objective.samplers:
         problems.append(f"unknown sampler {sampler!r} for a {model.config.family.upper()} "
                         f"model; choose one of {', '.join(model.objective.samplers)}")
+    else:
+        try:
+            objective = objective.with_sampler_settings(sampler, **(body.sampler_settings or {}))
+        except ValueError as error:
+            problems.append(str(error))
     if steps > settings.max_steps:
         problems.append(f"steps {steps} exceeds the limit of {settings.max_steps}")
     elif sampler in model.objective.samplers and steps < model.objective.min_steps(sampler):
@@ -199,7 +208,8 @@ def _validated(model: ServedModel, body: GenerateRequest, settings: ServerSettin
         metrics.errors.labels("invalid").inc()
         raise HTTPException(422, "; ".join(problems))
     return dict(labels=labels, seed=body.seed, sampler=sampler, steps=steps,
-                cfg_scale=float(cfg_scale))
+                cfg_scale=float(cfg_scale), objective=objective,
+                sampler_settings=objective.settings_for(sampler))
 
 
 def _run_batch(state: ServerState, jobs: list[Job]) -> list[np.ndarray]:
@@ -208,10 +218,13 @@ def _run_batch(state: ServerState, jobs: list[Job]) -> list[np.ndarray]:
     first = jobs[0].payload
     model = state.models[jobs[0].key[0]]
     labels = [label for job in jobs for label in job.payload["labels"]]
+    counter = CallCounter()
     images = model.generate(labels, [job.payload["seed"] for job in jobs],
                             [job.images for job in jobs], sampler=first["sampler"],
-                            steps=first["steps"], cfg_scale=first["cfg_scale"])
-    return np.split(images.numpy(), np.cumsum([job.images for job in jobs])[:-1])
+                            steps=first["steps"], cfg_scale=first["cfg_scale"],
+                            objective=first["objective"], counter=counter)
+    split = np.split(images.numpy(), np.cumsum([job.images for job in jobs])[:-1])
+    return [(part, counter.calls) for part in split]
 
 
 def _warm_up(models: dict[str, ServedModel]) -> None:

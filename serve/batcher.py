@@ -1,10 +1,10 @@
 """Dynamic micro-batching: concurrent compatible requests run as one batch.
 
 Requests wait in a bounded queue. The worker takes the oldest, then for up to ``max_wait_ms``
-adds every queued request with the same key (model, sampler, steps, guidance scale; an
-adaptive sampler's request has a key of its own) that still fits in ``max_batch_images``; the
-rest keep their place for the next batch. Model calls run on one worker thread, so the event
-loop keeps answering health checks and metrics meanwhile.
+adds every queued request with the same key (model, sampler, steps, guidance scale, sampler
+settings; an adaptive sampler's request has a key of its own) that still fits in
+``max_batch_images``; the rest keep their place for the next batch. Model calls run on one
+worker thread, so the event loop keeps answering health checks and metrics meanwhile.
 """
 
 from __future__ import annotations

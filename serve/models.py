@@ -20,6 +20,7 @@ from entpruner_sdk.objectives.base import SplitGenerator
 from entpruner_sdk.sampling import GuidedFn, sample_with
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.timing import CallCounter
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -72,12 +73,18 @@ class ServedModel:
 
     @torch.no_grad()
     def generate(self, labels: list[int], seeds: list[int], counts: list[int], *,
-                 sampler: str, steps: int, cfg_scale: float) -> torch.Tensor:
-        """Images in [-1, 1] for ``labels``; slice i (``counts[i]`` images) uses ``seeds[i]``."""
+                 sampler: str, steps: int, cfg_scale: float,
+                 objective: Objective | None = None,
+                 counter: CallCounter | None = None) -> torch.Tensor:
+        """Images in [-1, 1] for ``labels``; slice i (``counts[i]`` images) uses ``seeds[i]``.
+        ``objective``: the model's own, or one with other sampler settings; ``counter``
+        counts the denoiser's calls (a guided call, both halves at once, counts one)."""
+        counter = counter or CallCounter()
         images = sample_with(
-            self.model_fn, self.config, self.objective, labels, sampler=sampler, steps=steps,
-            cfg_scale=cfg_scale, seed=SplitGenerator(seeds, counts), device=self.device,
-            clip_denoised=True, guided_fn=self.guided_fn,
+            counter.wrap(self.model_fn), self.config, objective or self.objective, labels,
+            sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+            seed=SplitGenerator(seeds, counts), device=self.device, clip_denoised=True,
+            guided_fn=counter.wrap(self.guided_fn),
         )
         return images if self.decoder is None else self.decoder.decode(images)
 

@@ -111,6 +111,37 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
         "check the data for NaN")
 
 
+def test_sample_takes_the_sit_reference_sampler_flags(tmp_path, capsys):
+    import numpy as np
+
+    from entpruner_sdk.objectives import objective_for
+    from entpruner_sdk.sampling import sample
+    from entpruner_sdk.teachers import resolve_model
+
+    model = resolve_model("sit-digits")
+    common = ["sample", "--model", "sit-digits", "--labels", "1,2", "--cfg", "2", "--quiet",
+              "--device", "cpu", "--out", str(tmp_path / "grid.png")]
+    for sampler, steps, flags, settings in (
+            ("dopri5", 250, ["--atol", "1e-2", "--rtol", "1e-2"], dict(atol=1e-2, rtol=1e-2)),
+            ("heun-sde", 5, ["--diffusion-norm", "0.5", "--last-step-size", "0.1"],
+             dict(diffusion_norm=0.5, last_step_size=0.1))):
+        npz = tmp_path / f"{sampler}.npz"
+        assert main([*common, "--sampler", sampler, "--steps", str(steps), *flags,
+                     "--npz", str(npz)]) == 0
+        got = np.load(npz)["images"]
+        run = dict(sampler=sampler, steps=steps, cfg_scale=2.0, clip_denoised=True)
+        tuned = objective_for(model).with_sampler_settings(**settings)
+        assert np.array_equal(got, sample(model, [1, 2], objective=tuned, **run).numpy())
+        assert not np.allclose(got, sample(model, [1, 2], **run).numpy(), atol=1e-3)
+    capsys.readouterr()
+    # a setting the sampler does not use is refused, not ignored
+    assert main([*common, "--atol", "1e-3"]) == 2
+    assert "atol sets only dopri5, not heun: drop it or change the sampler" in (
+        capsys.readouterr().err)
+    assert main([*common, "--model", "dit-digits", "--diffusion-norm", "0"]) == 2
+    assert "DIT sampling has no setting diffusion_norm" in capsys.readouterr().err
+
+
 def test_a_folder_of_mixed_sizes_trains_at_image_size(tmp_path, capsys):
     from tests.test_data import write_folder
 

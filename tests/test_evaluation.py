@@ -477,6 +477,33 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
         "model", "original"]  # the interrupted run's, left for it to continue
 
 
+def test_an_evaluation_states_and_keys_its_sampler_settings(tmp_path):
+    from entpruner_sdk.objectives import FlowMatching
+    from entpruner_sdk.sampling import sample
+
+    model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
+    small = load_data("digits").per_class(4, torch.Generator().manual_seed(0))
+    settings = dict(samples=8, steps=4, batch_size=8, features=("domain",), progress=False,
+                    sampler="heun-sde", checkpoint_dir=tmp_path, keep_batches=True)
+    tuned = evaluate(model, small, sampler_settings={"diffusion_norm": 0.5}, **settings)
+    assert tuned.settings["sampler_settings"] == {"diffusion_norm": 0.5, "last_step_size": 0.04}
+    assert "sampler heun-sde (diffusion_norm 0.5, last_step_size 0.04) x 4 steps" in (
+        tuned.to_markdown())
+    expected = sample(model, tuned.labels, sampler="heun-sde", steps=4, clip_denoised=True,
+                      objective=FlowMatching(1, diffusion_norm=0.5))
+    assert torch.equal(tuned.images, expected)
+    # the reference's settings: other samples, kept apart from the tuned run's batches
+    default = evaluate(model, small, **settings)
+    assert default.settings["sampler_settings"] == {"diffusion_norm": 1.0, "last_step_size": 0.04}
+    assert not torch.equal(default.images, tuned.images)
+    assert len({batches.name for batches in tmp_path.iterdir()}) == 2
+    # the ODE samplers have none to state; one that does not apply is refused before sampling
+    assert "sampler_settings" not in evaluate(model, small, **{**settings, "sampler": "heun",
+                                                               "checkpoint_dir": None}).settings
+    with pytest.raises(ValueError, match="atol sets only dopri5, not heun"):
+        evaluate(model, small, sampler_settings={"atol": 1e-3}, **{**settings, "sampler": None})
+
+
 def test_samples_are_saved_in_adm_format_and_read_back(tmp_path):
     model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
     small = load_data("digits").per_class(4, torch.Generator().manual_seed(0))

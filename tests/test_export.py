@@ -98,6 +98,14 @@ def test_onnx_runtime_sampling_reproduces_pytorch(onnx_export, cfg_scale):
         assert relative_error(got, expected)[1] < 1e-3
         assert not torch.equal(got, runtime.sample([0, 1, 3], sampler=sampler, steps=steps,
                                                    cfg_scale=cfg_scale, seed=6))
+    if model.family == "sit":  # a SiT sampler's settings reach the export's sampling
+        tuned = runtime.objective.with_sampler_settings("heun-sde", diffusion_norm=0.5,
+                                                        last_step_size=0.1)
+        run = dict(sampler="heun-sde", steps=6, cfg_scale=cfg_scale, seed=5)
+        expected = sample(model, [0, 1, 3], device="cpu", objective=tuned, **run)
+        got = runtime.sample([0, 1, 3], objective=tuned, **run)
+        assert relative_error(got, expected)[1] < 1e-3
+        assert relative_error(got, runtime.sample([0, 1, 3], **run))[1] > 1e-2
 
 
 def test_guided_graph_equals_host_guidance(onnx_export):

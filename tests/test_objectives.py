@@ -270,6 +270,38 @@ def test_sde_settings_are_checked():
         FlowMatching(1, last_step_size=0)
 
 
+def test_sampler_settings_change_only_what_is_named_and_only_where_they_apply():
+    flow = FlowMatching(1, path="gvp")
+    tuned = flow.with_sampler_settings("heun-sde", diffusion_norm=0.5)
+    assert tuned.path == "gvp" and flow.diffusion_norm == 1.0  # a new objective, same path
+    assert tuned.sampler_settings == {**flow.sampler_settings, "diffusion_norm": 0.5}
+    assert tuned.settings_for("heun-sde") == {"diffusion_norm": 0.5, "last_step_size": 0.04}
+    assert tuned.settings_for("dopri5") == {"atol": 1e-6, "rtol": 1e-3}
+    assert tuned.settings_for(None) == {} == GaussianDiffusion(1).settings_for("ddim")
+    assert flow.with_sampler_settings("heun") is flow
+    # the samples follow the new setting: no diffusion is the ODE on the SDE's grid
+    noise, y = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0)), torch.zeros(
+        4, dtype=torch.long)
+    ode = FlowMatching(1).with_sampler_settings("euler-maruyama", diffusion_norm=0.0)
+    with_noise = [ode.sample(gaussian_velocity_model, noise, y, sampler="euler-maruyama",
+                             steps=10, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    assert torch.equal(*with_noise)  # the seed drives no noise
+    assert not torch.equal(*[flow.sample(gaussian_velocity_model, noise, y,
+                                         sampler="euler-maruyama", steps=10,
+                                         generator=torch.Generator().manual_seed(s))
+                             for s in (1, 2)])
+    with pytest.raises(ValueError, match="atol sets only dopri5; diffusion_norm sets only "
+                                         "euler-maruyama and heun-sde, not heun"):
+        flow.with_sampler_settings("heun", atol=1e-3, diffusion_norm=0.5)
+    with pytest.raises(ValueError, match="no setting tolerance; it takes atol, rtol, "
+                                         "diffusion_norm, last_step_size"):
+        flow.with_sampler_settings(tolerance=1e-3)
+    with pytest.raises(ValueError, match="diffusion_norm must be >= 0"):
+        flow.with_sampler_settings(diffusion_norm=-1)
+    with pytest.raises(ValueError, match="DIT sampling has no setting atol; it takes none"):
+        GaussianDiffusion(1).with_sampler_settings(atol=1e-3)
+
+
 @pytest.mark.parametrize("path", ["linear", "gvp"])
 def test_flow_paths_velocity_and_denoised_estimate(path):
     flow = FlowMatching(1, path=path)

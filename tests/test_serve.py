@@ -89,6 +89,7 @@ def test_generate_png_and_array(server):
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["images_png"]) == 4 and body["sampler"] == "ddim"
+    assert body["model_calls"] == 3  # one a step, the guided halves in one call
     from PIL import Image
 
     picture = Image.open(io.BytesIO(base64.b64decode(body["images_png"][0])))
@@ -102,9 +103,36 @@ def test_generate_png_and_array(server):
                                           sampler=sampler, output_format="array").json()["array"])
            for sampler in ("ddim", "dpm-solver++")}
     assert np.isfinite(dit["dpm-solver++"]).all() and not np.array_equal(*dit.values())
-    adaptive = decode_array(generate(server, model="sit", class_labels=[1], seed=4, steps=20,
-                                     sampler="dopri5", output_format="array").json()["array"])
+    assert raw["model_calls"] == 3
+    solved = generate(server, model="sit", class_labels=[1], seed=4, steps=20,
+                      sampler="dopri5", output_format="array").json()
+    adaptive = decode_array(solved["array"])
     assert np.isfinite(adaptive).all() and not np.array_equal(adaptive, array)  # vs euler x 3
+    # the calls its tolerances needed: 2 to pick the first step, then 6 a step, at most 20
+    assert solved["steps"] == 20 and 8 <= solved["model_calls"] <= 6 * 20 + 2
+    assert solved["sampler_settings"] == {"atol": 1e-6, "rtol": 1e-3}
+
+
+def test_sampler_settings_reach_the_samples_and_the_response(server):
+    body = dict(model="sit", class_labels=[1, 2], seed=4, steps=6, sampler="heun-sde",
+                output_format="array")
+    default = generate(server, **body).json()
+    assert default["sampler_settings"] == {"diffusion_norm": 1.0, "last_step_size": 0.04}
+    assert default["model_calls"] == 2 * 6 - 1  # Heun steps, the last one Euler's
+    tuned = generate(server, sampler_settings={"diffusion_norm": 0.0}, **body).json()
+    assert tuned["sampler_settings"] == {"diffusion_norm": 0.0, "last_step_size": 0.04}
+    # the same seed without diffusion: the ODE on the SDE's grid, other images
+    assert not np.allclose(decode_array(tuned["array"]), decode_array(default["array"]))
+    # requests with other settings are never merged into one batch
+    responses = concurrently(server, [dict(body, sampler_settings={"diffusion_norm": norm})
+                                      for norm in (0.0, 1.0, 0.0)])
+    assert max(r["timing"]["batch_requests"] for r in responses) <= 2
+    np.testing.assert_allclose(decode_array(responses[0]["array"]),
+                               decode_array(tuned["array"]), atol=1e-4)
+    np.testing.assert_allclose(decode_array(responses[1]["array"]),
+                               decode_array(default["array"]), atol=1e-4)
+    assert generate(server, model="dit", class_labels=[1], steps=2).json()[
+        "sampler_settings"] == {}
 
 
 def test_classes_by_name(server):
@@ -166,6 +194,12 @@ def test_adaptive_sampler_requests_run_alone(server):
     (dict(class_labels=[0], sampler="heun"), 422, "unknown sampler 'heun'"),
     (dict(model="sit", class_labels=[0], sampler="heun-sde", steps=1), 422,
      "'heun-sde' needs at least 2 steps"),
+    (dict(model="sit", class_labels=[0], sampler="heun", sampler_settings={"atol": 1e-3}),
+     422, "atol sets only dopri5, not heun"),
+    (dict(model="sit", class_labels=[0], sampler="dopri5", sampler_settings={"atol": -1}),
+     422, "dopri5 tolerances must be positive"),
+    (dict(class_labels=[0], sampler_settings={"atol": 1e-3}), 422,
+     "DIT sampling has no setting atol"),
     (dict(class_labels=[0], cfg_scale=50), 422, "cfg_scale 50"),
     (dict(class_labels=[0], model="nope"), 404, "unknown model 'nope'"),
     (dict(class_labels=[]), 422, "at least 1"),

@@ -86,6 +86,23 @@ def sampler_options(p: argparse.ArgumentParser) -> None:
                         "its own steps)")
     p.add_argument("--steps", type=int, default=50,
                    help="sampling steps (dopri5: the most it may take)")
+    # the SiT reference's sample.py flags, under its names and defaults
+    p.add_argument("--atol", type=float, help="dopri5's absolute tolerance (default 1e-6)")
+    p.add_argument("--rtol", type=float, help="dopri5's relative tolerance (default 1e-3)")
+    p.add_argument("--diffusion-norm", type=float,
+                   help="the SDE samplers' diffusion, w(t) = norm * sigma_t (default 1; 0 is "
+                        "the ODE)")
+    p.add_argument("--last-step-size", type=float,
+                   help="the SDE samplers' last, noiseless step (default 0.04)")
+
+
+SAMPLER_SETTINGS = ("atol", "rtol", "diffusion_norm", "last_step_size")
+
+
+def sampler_settings(args: argparse.Namespace) -> dict[str, float]:
+    """The SiT sampler settings given on the command line, as the objective takes them."""
+    return {name: getattr(args, name) for name in SAMPLER_SETTINGS
+            if getattr(args, name) is not None}
 
 
 def heads_option(p: argparse.ArgumentParser) -> None:

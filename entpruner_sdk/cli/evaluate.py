@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
         entpruner evaluate --model runs/xl-d14/model --family dit --vae ./sd-vae-ft-ema \\
             --data VIRTUAL_imagenet256_labeled.npz --samples 50000 --steps 250 --cfg 1.5 \\
             --sampler ddpm --save-samples --out runs/fid50k   # ADM's reference batch and format
+        entpruner evaluate --model sit-digits --data digits --sampler dopri5 --steps 250 \\
+            --atol 1e-2 --rtol 1e-2 --cfg 2      # dopri5 at looser tolerances
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size,
                       features=tuple(f.strip() for f in args.features.split(",")),
                       device=device, progress=not args.quiet, model_name=args.model,
-                      vae=args.vae, checkpoint_dir=Path(args.out) / IN_PROGRESS)
+                      vae=args.vae, checkpoint_dir=Path(args.out) / IN_PROGRESS,
+                      sampler_settings=common.sampler_settings(args))
     if not distributed.is_main():  # every process holds the report; one writes it
         return 0
     report.save(args.out)

@@ -17,6 +17,10 @@ def add_parser(sub) -> None:
             --cfg 2 --out fast.png               # about DDIM-50's quality in 20 steps
         entpruner sample --model runs/sit/model --labels 3,3,7 --sampler euler-maruyama \\
             --steps 250 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz  # reference SDE
+        entpruner sample --model sit-digits --sampler heun-sde --steps 50 \\
+            --diffusion-norm 0.5 --out sde.png      # half the reference's diffusion
+        entpruner sample --model sit-digits --sampler dopri5 --steps 250 --atol 1e-2 \\
+            --rtol 1e-2 --out loose.png   # looser than the reference's 1e-6 and 1e-3
         entpruner sample --model SiT-XL-2-256x256.pt --family sit --labels 207 \\
             --vae ./sd-vae-ft-ema --sampler dopri5 --steps 250 --cfg 4 \\
             --reference-cfg --out sit-dog.png   # the SiT reference's ODE sampling
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for
+    from entpruner_sdk.objectives import objective_for
     from entpruner_sdk.sampling import sample, save_grid
     from entpruner_sdk.teachers import resolve_model
 
@@ -73,15 +78,18 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--per-class {per_class}: at least 1 image of each class")
         labels = [c for c in offered_classes(model.provenance, model.config.num_classes)
                   for _ in range(per_class)]
+    objective = exported.objective if exported is not None else objective_for(model)
+    objective = objective.with_sampler_settings(objective.check_sampler(args.sampler),
+                                                **common.sampler_settings(args))
     if exported is not None:
         images = exported.sample(labels, sampler=args.sampler, steps=args.steps,
                                  cfg_scale=args.cfg, seed=args.seed, clip_denoised=True,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, objective=objective)
     else:
         images = sample(model, labels, sampler=args.sampler, steps=args.steps,
                         cfg_scale=args.cfg, seed=args.seed, device=args.device,
                         reference_cfg=args.reference_cfg, clip_denoised=True,
-                        progress=not args.quiet)
+                        progress=not args.quiet, objective=objective)
     if decoder is not None:
         images = decoder.decode(images, progress=not args.quiet)
     rows = len(set(labels)) if not args.labels else None

@@ -43,6 +43,7 @@ from entpruner_sdk.evaluation.reference import (
 )
 from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import resolve_device
 
@@ -92,6 +93,7 @@ def evaluate(
     reference_size: int | None = REFERENCE_SIZE,
     checkpoint_dir: str | os.PathLike | None = None,
     keep_batches: bool = False,
+    sampler_settings: dict[str, float] | None = None,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
 
@@ -120,8 +122,17 @@ def evaluate(
     once every evaluation that a rerun would repeat has ended (compress's report evaluates the
     original, then the pruned model: a crash in the second must not cost the first its
     samples).
+
+    ``sampler_settings``: a SiT sampler's settings (``atol`` / ``rtol`` for dopri5,
+    ``diffusion_norm`` / ``last_step_size`` for the SDE samplers); the report states the ones
+    that govern the sampler used.
     """
     _check_request(model, features, vae, original, original_images, samples, batch_size)
+    # refused before any work when they do not apply; stated in the report and the batch key
+    objective = objective_for(model)
+    governing = (objective.with_sampler_settings(objective.check_sampler(sampler),
+                                                 **(sampler_settings or {}))
+                 .settings_for(sampler))
     device = resolve_device(device)
     data, available = load_reference(data, reference_size)
     decoder = decoder_for(model.config, vae, device) if vae is not None else None
@@ -136,7 +147,8 @@ def evaluate(
     # latents), so both sides are measured after the same rounding to saved pixels, as the
     # standard FID protocol does, and 10,000 samples at 256 x 256 take 1.9 GB, not 7.5
     sampling = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=device,
-                    as_eight_bit=data.is_eight_bit)
+                    as_eight_bit=data.is_eight_bit,
+                    **({"sampler_settings": governing} if governing else {}))
     kept = EvaluationBatches(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
     batches = kept.of(model, model_name)
     started = time.perf_counter()
@@ -145,7 +157,8 @@ def evaluate(
                       **sampling)
     report = EvaluationReport(images=images, labels=labels, classes=classes, settings=dict(
         model=model_name, samples=samples, sampler=sampler or "default", steps=steps,
-        cfg_scale=cfg_scale, seed=seed, reference=data.name, reference_size=len(data),
+        **({"sampler_settings": governing} if governing else {}), cfg_scale=cfg_scale,
+        seed=seed, reference=data.name, reference_size=len(data),
         device=str(device), processes=distributed.world_size(), features=list(features),
         sampling_seconds=time.perf_counter() - started,
         samples_held="uint8" if data.is_eight_bit else "float32",

@@ -12,6 +12,7 @@ from entpruner_sdk.data.datasets import eight_bit
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.batches import SampleBatches
 from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.progress import progress_bar
@@ -25,10 +26,11 @@ def balanced_labels(count: int, classes: Sequence[int]) -> torch.Tensor:
 def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, batch_size: int,
              progress: bool, desc: str = "sampling", decoder: LatentSpace | None = None,
              as_eight_bit: bool = False, finished: SampleBatches | None = None,
-             **sampling: Any) -> torch.Tensor:
+             sampler_settings: dict[str, float] | None = None, **sampling: Any) -> torch.Tensor:
     """Samples in batches; batch b uses seed + b, so any two models see identical noise.
     A latent model's samples are decoded to images by ``decoder`` batch by batch;
     ``as_eight_bit``: each batch is rounded to 8-bit pixels (uint8) as it is made.
+    ``sampler_settings``: SiT's (``atol``, ``diffusion_norm``...), for the model's objective.
     ``finished``: each batch is written there as it is made, and one found there is loaded
     instead of made again (an interrupted evaluation continues).
 
@@ -41,10 +43,11 @@ def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, ba
     if finished is not None:
         chunks = {b: batch for b in mine if (batch := finished.load(b)) is not None}
     todo = [b for b in mine if b not in chunks]
+    objective = objective_for(model).with_sampler_settings(**(sampler_settings or {}))
     for b in progress_bar(todo, enabled=progress and distributed.is_main(), desc=desc,
                           leave=False, initial=len(chunks), total=len(mine)):
         batch = sample(model, labels[starts[b]:starts[b] + batch_size], seed=seed + b,
-                       clip_denoised=True, **sampling)
+                       objective=objective, clip_denoised=True, **sampling)
         if decoder is not None:
             batch = decoder.decode(batch)
         if as_eight_bit:

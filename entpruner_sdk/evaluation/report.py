@@ -46,7 +46,8 @@ class EvaluationReport:
     def to_markdown(self) -> str:
         s = self.settings
         lines = [f"# Evaluation of {s['model']}", "",
-                 f"{s['samples']} samples, sampler {s['sampler']} x {s['steps']} steps, "
+                 f"{s['samples']} samples, sampler {s['sampler']}{_settings(s)} x "
+                 f"{s['steps']} steps, "
                  f"cfg {s['cfg_scale']}, seed {s['seed']}, reference {s['reference']} "
                  f"({s['reference_size']} images), device {s['device']}"
                  f"{', samples held as 8-bit pixels' if s.get('samples_held') == 'uint8' else ''}"
@@ -89,3 +90,9 @@ class EvaluationReport:
         with atomic_writer(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, arr_0=pixels.numpy(), arr_1=self.labels.numpy())
         return path
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    """" (atol 1e-06, rtol 0.001)": the sampler's own settings, when it has any."""
+    given = settings.get("sampler_settings") or {}
+    return f" ({', '.join(f'{k} {v:g}' for k, v in given.items())})" if given else ""

@@ -27,6 +27,8 @@ class FlowMatching(Objective):
     adaptive_samplers = ("dopri5",)
     sde_samplers = ("euler-maruyama", "heun-sde")
     default_sampler = "heun"
+    sampler_setting_samplers = {"atol": adaptive_samplers, "rtol": adaptive_samplers,
+                                "diffusion_norm": sde_samplers, "last_step_size": sde_samplers}
 
     def __init__(self, in_channels: int, path: str = "linear", *, atol: float = 1e-6,
                  rtol: float = 1e-3, diffusion_norm: float = 1.0,
@@ -38,6 +40,11 @@ class FlowMatching(Objective):
         super().__init__(in_channels)
         if path not in PATHS:
             raise ValueError(f"unknown flow path {path!r}; choose one of {', '.join(PATHS)}")
+        settings = dict(atol=atol, rtol=rtol, diffusion_norm=diffusion_norm,
+                        last_step_size=last_step_size)
+        bad = [f"{name}={value}" for name, value in settings.items() if not math.isfinite(value)]
+        if bad:
+            raise ValueError(f"sampler settings must be finite numbers, got {', '.join(bad)}")
         if not (atol > 0 and rtol > 0):
             raise ValueError(f"dopri5 tolerances must be positive, got atol={atol}, rtol={rtol}")
         if not diffusion_norm >= 0:
@@ -53,6 +60,9 @@ class FlowMatching(Objective):
     @classmethod
     def for_model(cls, config, path: str = "linear") -> FlowMatching:
         return cls(config.in_channels, path)
+
+    def _with_settings(self, settings: dict[str, float]) -> FlowMatching:
+        return FlowMatching(self.in_channels, self.path, **settings)
 
     # ------------------------------------------------------------------ path
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:

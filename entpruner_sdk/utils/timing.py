@@ -40,10 +40,11 @@ def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: in
 
 
 class CallCounter:
-    """Counts a module's forward calls inside a ``with`` block: a sampler's model calls (one
-    a step for Euler or DDIM, two for Heun, as many as its tolerances need for dopri5)."""
+    """Counts a sampler's model calls (one a step for Euler or DDIM, two for Heun, as many as
+    its tolerances need for dopri5): a module's forward calls inside a ``with`` block, or the
+    calls through functions it ``wrap``s (an exported denoiser, which is no module)."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: torch.nn.Module | None = None) -> None:
         self.module, self.calls = module, 0
 
     def __enter__(self) -> CallCounter:
@@ -52,6 +53,17 @@ class CallCounter:
 
     def __exit__(self, *exc_info) -> None:
         self._handle.remove()
+
+    def wrap(self, fn: Callable[..., torch.Tensor] | None) -> Callable[..., torch.Tensor] | None:
+        """``fn``, counting its calls into this counter (None stays None)."""
+        if fn is None:
+            return None
+
+        def counted(*args: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return fn(*args)
+
+        return counted
 
     def _count(self, module, args) -> None:
         self.calls += 1
