@@ -96,8 +96,8 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
             except Exception as error:  # shown in the page, never a stack trace
                 raise gr.Error(str(error)) from None
             return (_pictures(left.images), _timing(left), _pictures(right.images),
-                    _timing(right), _speedup(left.seconds / right.seconds, state["pair"].family,
-                                             sampler, int(steps), backend, int(count)))
+                    _timing(right), _speedup(left, right, state["pair"].family, sampler,
+                                             int(steps), backend))
 
         button.click(on_generate, [label, seed, count, sampler, steps, cfg, backend],
                      [original_gallery, original_timing, pruned_gallery, pruned_timing,
@@ -134,14 +134,17 @@ def _pictures(images) -> list:
 
 def _timing(side) -> str:
     return (f"latency **{1e3 * side.seconds:.0f} ms** for {len(side.images)} images, "
-            f"**{side.images_per_second:.1f} images/s**")
+            f"**{side.images_per_second:.1f} images/s**, {side.model_calls} model calls")
 
 
-def _speedup(ratio: float, family: str, sampler: str, steps: int, backend: str,
-             count: int) -> str:
+def _speedup(original, pruned, family: str, sampler: str, steps: int, backend: str) -> str:
     # an adaptive solver may take other steps for each model, and the ratio includes that
-    adaptive = sampler in OBJECTIVES[family].adaptive_samplers
-    steps_text = f"{sampler}, adaptive, at most {steps} steps" if adaptive else f"{steps} steps"
+    ratio, count = original.seconds / pruned.seconds, len(pruned.images)
+    if sampler in OBJECTIVES[family].adaptive_samplers:
+        steps_text = (f"{sampler}, adaptive, at most {steps} steps: {original.model_calls} "
+                      f"vs {pruned.model_calls} model calls")
+    else:
+        steps_text = f"{steps} steps"
     return (f"**speedup: {ratio:.2f}x** (pruned vs original, {backend}, {count} images, "
             f"{steps_text})")
 

@@ -25,6 +25,7 @@ from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.timing import CallCounter
 
 DEFAULT_ORIGINAL = "dit-digits"
 DEFAULT_PRUNED = "runs/quickstart/dit-digits-pruned"
@@ -46,6 +47,7 @@ class ModelThread:
 class SideResult:
     images: torch.Tensor
     seconds: float
+    model_calls: int  # the sampler's denoiser calls: an adaptive one picks its own
 
     @property
     def images_per_second(self) -> float:
@@ -232,19 +234,19 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
     labels = [int(label)] * int(count)
 
     def side(name: str, model: DiffusionTransformer) -> SideResult:
-        start = time.perf_counter()
+        start, counter = time.perf_counter(), CallCounter()
         decoder = pair.decoder
         if backend == "ONNX Runtime":
             runtime = pair.runtimes[name]
             images = runtime.sample(labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                    seed=seed, clip_denoised=True)
+                                    seed=seed, clip_denoised=True, counter=counter)
             decoder = runtime.decoder or decoder
         else:
             images = sample(model, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                            seed=seed, device=pair.device, clip_denoised=True)
+                            seed=seed, device=pair.device, clip_denoised=True, counter=counter)
         if decoder is not None:  # part of each side's latency: what a user waits for
             images = decoder.decode(images)
-        return SideResult(images, time.perf_counter() - start)
+        return SideResult(images, time.perf_counter() - start, counter.calls)
 
     return ModelThread.run(lambda: (side("original", pair.original),
                                     side("pruned", pair.pruned)))

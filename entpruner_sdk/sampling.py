@@ -13,6 +13,7 @@ from entpruner_sdk.models.transformer import COMPILED_CACHE, DiffusionTransforme
 from entpruner_sdk.objectives import ModelFn, Objective, guided, objective_for
 from entpruner_sdk.objectives.base import SplitGenerator, normal
 from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.timing import CallCounter
 
 # guided_fn(x_t, model_time, labels, scale [N]) -> guided output
 GuidedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,6 +44,7 @@ def sample(
     noise: torch.Tensor | None = None,
     progress: bool = False,
     compile: bool | str = False,
+    counter: CallCounter | None = None,
 ) -> torch.Tensor:
     """Generate one image per label; returns [N, C, H, W] on the CPU.
 
@@ -57,6 +59,7 @@ def sample(
     ``compile``: ``True`` runs the denoiser through ``torch.compile``; ``"reduce-overhead"``
     also captures it in CUDA graphs (fixed shapes, the fastest on GPUs for a sampling loop);
     the compiled module is cached on the model, so the compile cost is paid once.
+    ``counter`` (a :class:`CallCounter`) counts the model calls the sampler makes.
     """
     device = resolve_device(device)
     model.to(device)  # in place, as nn.Module.to: sampling runs where the caller asked
@@ -73,7 +76,7 @@ def sample(
             model_fn, model.config, objective or objective_for(model), labels,
             sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed, device=device,
             clip_denoised=clip_denoised, reference_cfg=reference_cfg, noise=noise,
-            progress=progress,
+            progress=progress, counter=counter,
         )
     finally:
         model.train(was_training)
@@ -112,6 +115,7 @@ def sample_with(
     noise: torch.Tensor | None = None,
     progress: bool = False,
     guided_fn: GuidedFn | None = None,
+    counter: CallCounter | None = None,
 ) -> torch.Tensor:
     """The sampling pipeline for any denoiser: a PyTorch model, an ONNX Runtime session, an
     AOTInductor package or a TensorRT engine, given as ``model_fn(x, t, y) -> output``.
@@ -122,7 +126,11 @@ def sample_with(
     each slice of the batch its own seed (a server's batch of requests).
     ``clip_denoised`` clips the denoised estimate to the pixel range [-1, 1] at every step; a
     latent model's samples are never clipped, since VAE latents have no fixed range.
+    ``counter`` counts the denoiser's calls: what an adaptive sampler really cost (a guided
+    call, both halves in one batch, counts one).
     """
+    if counter is not None:
+        model_fn, guided_fn = counter.wrap(model_fn), counter.wrap(guided_fn)
     device = torch.device(device)
     y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     check_labels(y, config.num_classes)

@@ -17,6 +17,7 @@ import torch
 from entpruner_sdk.export.metadata import config_and_objective
 from entpruner_sdk.objectives import Objective
 from entpruner_sdk.sampling import sample_with
+from entpruner_sdk.utils.timing import CallCounter
 
 MANIFEST = "export.json"
 
@@ -68,7 +69,8 @@ class ExportedDenoiser(ABC):
     def sample(self, labels: Sequence[int] | torch.Tensor, *, sampler: str | None = None,
                steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
                clip_denoised: bool = False, noise: torch.Tensor | None = None,
-               progress: bool = False, objective: Objective | None = None) -> torch.Tensor:
+               progress: bool = False, objective: Objective | None = None,
+               counter: CallCounter | None = None) -> torch.Tensor:
         """Same arguments and same images as :func:`entpruner_sdk.sample` for the source model
         (``objective``: by default the export's; ``self.objective.with_sampler_settings(...)``
         changes a SiT sampler's settings)."""
@@ -76,6 +78,7 @@ class ExportedDenoiser(ABC):
             self, self.config, objective or self.objective, labels, sampler=sampler, steps=steps,
             cfg_scale=cfg_scale, seed=seed, clip_denoised=clip_denoised, noise=noise,
             progress=progress, guided_fn=self.guided if self.has_guided_graph else None,
+            counter=counter,
         )
 
 

@@ -61,6 +61,8 @@ class ServedModel:
             **({"class_names": self.class_names} if self.class_names else {}),
             **({"data_classes": self.data_classes} if self.data_classes else {}),
             "samplers": list(self.objective.samplers), "defaults": self.defaults,
+            # what a request's "sampler_settings" may change, at the values it has unchanged
+            "sampler_settings": self.objective.sampler_settings,
             "device": str(self.device), "source": self.source,
         }
 
@@ -79,12 +81,10 @@ class ServedModel:
         """Images in [-1, 1] for ``labels``; slice i (``counts[i]`` images) uses ``seeds[i]``.
         ``objective``: the model's own, or one with other sampler settings; ``counter``
         counts the denoiser's calls (a guided call, both halves at once, counts one)."""
-        counter = counter or CallCounter()
         images = sample_with(
-            counter.wrap(self.model_fn), self.config, objective or self.objective, labels,
-            sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-            seed=SplitGenerator(seeds, counts), device=self.device, clip_denoised=True,
-            guided_fn=counter.wrap(self.guided_fn),
+            self.model_fn, self.config, objective or self.objective, labels, sampler=sampler,
+            steps=steps, cfg_scale=cfg_scale, seed=SplitGenerator(seeds, counts),
+            device=self.device, clip_denoised=True, guided_fn=self.guided_fn, counter=counter,
         )
         return images if self.decoder is None else self.decoder.decode(images)
 

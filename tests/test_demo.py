@@ -50,6 +50,7 @@ def test_pair_loads_report_and_samples_from_the_same_noise(models):
     left, right = generate_pair(pair, 3, seed=5, count=2, sampler="ddim", steps=3, cfg_scale=2)
     assert left.images.shape == right.images.shape == (2, 1, 8, 8)
     assert left.seconds > 0 and right.images_per_second > 0
+    assert left.model_calls == right.model_calls == 3  # one a step, guided halves in one call
     # Same seed, same noise: a "pruned" model that kept every block gives identical images.
     pair.pruned = pair.original.keep_blocks(range(pair.original.depth))
     a, b = generate_pair(pair, 3, seed=5, count=2, sampler="ddpm", steps=3, cfg_scale=2)
@@ -125,7 +126,7 @@ def test_the_onnx_side_of_a_latent_pair_decodes_in_onnx_runtime(tmp_path, monkey
     torch_side = generate_pair(pair, 3, 5, 2, "ddim", 3, 2.0, "PyTorch")
     onnx_side = generate_pair(pair, 3, 5, 2, "ddim", 3, 2.0, "ONNX Runtime")
     for a, b in zip(torch_side, onnx_side):
-        assert b.images.shape == (2, 3, 16, 16)
+        assert b.images.shape == (2, 3, 16, 16) and a.model_calls == b.model_calls == 3
         torch.testing.assert_close(a.images, b.images, rtol=1e-3, atol=1e-3)
 
 def test_a_released_original_takes_the_pruned_models_family_and_heads(tmp_path):
@@ -191,11 +192,16 @@ def test_missing_and_incompatible_models_become_messages(models, tmp_path):
 
 def test_speedup_caption_says_when_the_solver_chose_its_steps():
     from entpruner_sdk.apps.demo import _speedup
+    from entpruner_sdk.apps.pair import SideResult
 
-    assert _speedup(1.92, "dit", "ddim", 50, "PyTorch", 4) == (
+    def sides(count: int, seconds: tuple[float, float], calls: tuple[int, int]):
+        return [SideResult(torch.zeros(count, 1, 8, 8), s, c) for s, c in zip(seconds, calls)]
+
+    assert _speedup(*sides(4, (1.92, 1.0), (50, 50)), "dit", "ddim", 50, "PyTorch") == (
         "**speedup: 1.92x** (pruned vs original, PyTorch, 4 images, 50 steps)")
-    assert _speedup(1.5, "sit", "dopri5", 25, "ONNX Runtime", 1).endswith(
-        "1 images, dopri5, adaptive, at most 25 steps)")
+    assert _speedup(*sides(1, (3.0, 2.0), (62, 44)), "sit", "dopri5", 25,
+                    "ONNX Runtime").endswith(
+        "1 images, dopri5, adaptive, at most 25 steps: 62 vs 44 model calls)")
 
 
 def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
@@ -207,6 +213,7 @@ def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
     assert len(original) == 3 and len(pruned) == 3
     assert all(Path(item["image"]).is_file() for item in original + pruned)
     assert "images/s" in o_timing and "images/s" in p_timing and "speedup" in speedup
+    assert o_timing.endswith(", 5 model calls") and p_timing.endswith(", 5 model calls")
     with pytest.raises(Exception, match="12 is not in the list of choices"):
         client.predict(12, 0, 1, "ddim", 2, 1.0, "PyTorch", api_name="/generate")
     table = client.predict(20, api_name="/evaluate")

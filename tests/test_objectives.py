@@ -14,6 +14,7 @@ from entpruner_sdk.objectives import (
 )
 from entpruner_sdk.objectives.diffusion import space_timesteps, trailing_timesteps
 from entpruner_sdk.sampling import sample
+from entpruner_sdk.utils.timing import CallCounter
 
 MU, S = 0.5, 0.3
 
@@ -370,6 +371,23 @@ def test_seeded_sampling_is_reproducible(family, sampler, tiny_dit, tiny_sit):
     b = sample(model, [1, 2, 3], seed=11, **kwargs)
     c = sample(model, [1, 2, 3], seed=12, **kwargs)
     assert a.shape == (3, 1, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("family,sampler,calls", [
+    ("dit", "ddim", 5), ("dit", "dpm-solver++", 5), ("sit", "euler", 5), ("sit", "heun", 10),
+    ("sit", "euler-maruyama", 5), ("sit", "heun-sde", 9), ("sit", "dopri5", None)])
+def test_a_counter_counts_the_model_calls_a_sampler_makes(family, sampler, calls, tiny_dit,
+                                                          tiny_sit):
+    model = tiny_dit if family == "dit" else tiny_sit
+    counter = CallCounter()
+    with CallCounter(model) as forward_calls:  # the module's own forwards, for comparison
+        sample(model, [1, 2], sampler=sampler, steps=5 if calls else 20, cfg_scale=2.0,
+               counter=counter)
+    assert counter.calls == forward_calls.calls  # guided halves in one call: one each
+    if calls is None:  # dopri5: 2 to pick the first step, then 6 a step
+        assert counter.calls > 8 and (counter.calls - 2) % 6 == 0
+    else:
+        assert counter.calls == calls
 
 
 def test_sampling_rejects_unknown_labels_and_samplers(tiny_dit):

@@ -114,6 +114,10 @@ def test_generate_png_and_array(server):
 
 
 def test_sampler_settings_reach_the_samples_and_the_response(server):
+    models = {m["name"]: m for m in httpx.get(server + "/v1/models").json()["models"]}
+    assert models["dit"]["sampler_settings"] == {}
+    assert models["sit"]["sampler_settings"] == {"atol": 1e-6, "rtol": 1e-3,
+                                                 "diffusion_norm": 1.0, "last_step_size": 0.04}
     body = dict(model="sit", class_labels=[1, 2], seed=4, steps=6, sampler="heun-sde",
                 output_format="array")
     default = generate(server, **body).json()
