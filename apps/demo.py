@@ -9,6 +9,7 @@ from entpruner_sdk.apps.pair import (
     DEFAULT_PRUNED,
     ModelPair,
     ModelThread,
+    SideResult,
     default_sampling,
     generate_pair,
     load_pair,
@@ -132,12 +133,13 @@ def _pictures(images) -> list:
             for image in images]
 
 
-def _timing(side) -> str:
+def _timing(side: SideResult) -> str:
     return (f"latency **{1e3 * side.seconds:.0f} ms** for {len(side.images)} images, "
             f"**{side.images_per_second:.1f} images/s**, {side.model_calls} model calls")
 
 
-def _speedup(original, pruned, family: str, sampler: str, steps: int, backend: str) -> str:
+def _speedup(original: SideResult, pruned: SideResult, family: str, sampler: str, steps: int,
+             backend: str) -> str:
     # an adaptive solver may take other steps for each model, and the ratio includes that
     ratio, count = original.seconds / pruned.seconds, len(pruned.images)
     if sampler in OBJECTIVES[family].adaptive_samplers:

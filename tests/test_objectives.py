@@ -271,6 +271,28 @@ def test_sde_settings_are_checked():
         FlowMatching(1, last_step_size=0)
 
 
+@pytest.mark.parametrize("ours,theirs", [("euler", "euler"), ("heun", "heun2")])
+def test_fixed_step_odes_are_the_reference_ode_on_its_grid(ours, theirs):
+    """The reference's ``sample.py ODE --sampling-method euler|heun2 --num-sampling-steps N``
+    runs torchdiffeq's fixed-grid solver on linspace(0, 1, N): N - 1 steps, ours at
+    ``steps=N - 1``."""
+    from torchdiffeq import odeint
+
+    noise = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(4, dtype=torch.long)
+    num_sampling_steps = 8
+
+    def drift(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return gaussian_velocity_model(x, torch.ones(len(x)) * t, y)
+
+    reference = odeint(drift, noise, torch.linspace(0, 1, num_sampling_steps), method=theirs)[-1]
+    got = FlowMatching(1).sample(gaussian_velocity_model, noise, y, sampler=ours,
+                                 steps=num_sampling_steps - 1)
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, FlowMatching(1).sample(  # one step more is another grid
+        gaussian_velocity_model, noise, y, sampler=ours, steps=num_sampling_steps), atol=1e-5)
+
+
 def test_sampler_settings_change_only_what_is_named_and_only_where_they_apply():
     flow = FlowMatching(1, path="gvp")
     tuned = flow.with_sampler_settings("heun-sde", diffusion_norm=0.5)

@@ -188,7 +188,8 @@ class FlowMatching(Objective):
                     raise RuntimeError(
                         f"dopri5 needs more than {max_steps} steps ({budget} model calls) to "
                         f"meet atol={self.atol:g}, rtol={self.rtol:g}: allow more steps, or "
-                        "loosen the tolerances (FlowMatching(..., atol=, rtol=))")
+                        "loosen the tolerances (--atol / --rtol, or "
+                        "with_sampler_settings(atol=, rtol=))")
                 calls += 1
                 bar.update()
                 return velocity(x, float(t))
