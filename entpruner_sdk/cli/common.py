@@ -96,12 +96,12 @@ def sampler_options(p: argparse.ArgumentParser) -> None:
                    help="the SDE samplers' last, noiseless step (default 0.04)")
 
 
-SAMPLER_SETTINGS = ("atol", "rtol", "diffusion_norm", "last_step_size")
-
-
 def sampler_settings(args: argparse.Namespace) -> dict[str, float]:
-    """The SiT sampler settings given on the command line, as the objective takes them."""
-    return {name: getattr(args, name) for name in SAMPLER_SETTINGS
+    """The SiT sampler settings given on the command line, as the objective takes them
+    (each flag is its setting's name: --diffusion-norm, diffusion_norm)."""
+    from entpruner_sdk.objectives import FlowMatching
+
+    return {name: getattr(args, name) for name in FlowMatching.sampler_setting_samplers
             if getattr(args, name) is not None}
 
 
