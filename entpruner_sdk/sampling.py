@@ -53,9 +53,10 @@ def sample(
     is moved to ``device`` (in place, as ``model.to``) when it is elsewhere.
     ``sampler``: ``ddpm`` / ``ddim`` / ``dpm-solver++`` for DiT, ``euler`` / ``heun`` /
     ``euler-maruyama`` / ``heun-sde`` / ``dopri5`` for SiT. The SDE samplers are the SiT
-    reference's (``objective=FlowMatching(..., diffusion_norm=, last_step_size=)`` sets their
-    diffusion and last step); ``dopri5`` is adaptive: ``steps`` caps its steps and its
-    tolerances are the objective's, ``objective=FlowMatching(..., atol=, rtol=)``.
+    reference's (``objective=FlowMatching(..., diffusion_form=, diffusion_norm=, last_step=,
+    last_step_size=)`` sets their diffusion and last step); ``dopri5`` is adaptive:
+    ``steps`` caps its steps and its tolerances are the objective's,
+    ``objective=FlowMatching(..., atol=, rtol=)``.
     ``compile``: ``True`` runs the denoiser through ``torch.compile``; ``"reduce-overhead"``
     also captures it in CUDA graphs (fixed shapes, the fastest on GPUs for a sampling loop);
     the compiled module is cached on the model, so the compile cost is paid once.

@@ -24,10 +24,11 @@ class GenerateRequest(BaseModel):
     steps: int | None = Field(None, ge=1, description="sampling steps (default: the model's; "
                                  "dopri5: the most it may take)")
     cfg_scale: float | None = Field(None, ge=0.0, description="guidance scale (1 = none)")
-    sampler_settings: dict[str, float] | None = Field(
+    sampler_settings: dict[str, float | str | None] | None = Field(
         None, description="a SiT sampler's settings, named as the SiT reference's sample.py "
-                          "flags: atol and rtol (dopri5), diffusion_norm and last_step_size "
-                          "(euler-maruyama, heun-sde); default: the reference's")
+                          "flags: atol and rtol (dopri5); diffusion_form, diffusion_norm, "
+                          "last_step (null: none) and last_step_size (euler-maruyama, "
+                          "heun-sde); default: the reference's")
     output_format: Literal["png", "array"] = Field(
         "png", description="png: base64 PNG per image; array: base64 float32 [N, C, H, W]")
 
@@ -54,7 +55,7 @@ class GenerateResponse(BaseModel):
     sampler: str
     steps: int
     cfg_scale: float
-    sampler_settings: dict[str, float] = Field(
+    sampler_settings: dict[str, float | str] = Field(
         ..., description="the settings that governed the sampler (none for DiT's or SiT's "
                          "fixed-step ODE samplers)")
     model_calls: int = Field(..., description="denoiser calls the sampler made for the batch "

@@ -124,7 +124,10 @@ def test_sample_takes_the_sit_reference_sampler_flags(tmp_path, capsys):
     for sampler, steps, flags, settings in (
             ("dopri5", 250, ["--atol", "1e-2", "--rtol", "1e-2"], dict(atol=1e-2, rtol=1e-2)),
             ("heun-sde", 5, ["--diffusion-norm", "0.5", "--last-step-size", "0.1"],
-             dict(diffusion_norm=0.5, last_step_size=0.1))):
+             dict(diffusion_norm=0.5, last_step_size=0.1)),
+            # the reference's spelling, and its --last-step None
+            ("euler-maruyama", 5, ["--diffusion-form", "SBDM", "--last-step", "None"],
+             dict(diffusion_form="SBDM", last_step=None))):
         npz = tmp_path / f"{sampler}.npz"
         assert main([*common, "--sampler", sampler, "--steps", str(steps), *flags,
                      "--npz", str(npz)]) == 0
@@ -140,6 +143,12 @@ def test_sample_takes_the_sit_reference_sampler_flags(tmp_path, capsys):
         capsys.readouterr().err)
     assert main([*common, "--model", "dit-digits", "--diffusion-norm", "0"]) == 2
     assert "DIT sampling has no setting diffusion_norm" in capsys.readouterr().err
+    assert main([*common, "--sampler", "heun-sde", "--last-step", "None",
+                 "--last-step-size", "0.1"]) == 2
+    assert "last_step None takes none: drop one of them" in capsys.readouterr().err
+    assert main([*common, "--sampler", "heun-sde", "--diffusion-form", "vp"]) == 2
+    assert "unknown SDE diffusion_form 'vp'; choose one of constant, SBDM" in (
+        capsys.readouterr().err)
 
 
 def test_a_folder_of_mixed_sizes_trains_at_image_size(tmp_path, capsys):

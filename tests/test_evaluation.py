@@ -485,16 +485,21 @@ def test_an_evaluation_states_and_keys_its_sampler_settings(tmp_path):
     small = load_data("digits").per_class(4, torch.Generator().manual_seed(0))
     settings = dict(samples=8, steps=4, batch_size=8, features=("domain",), progress=False,
                     sampler="heun-sde", checkpoint_dir=tmp_path, keep_batches=True)
-    tuned = evaluate(model, small, sampler_settings={"diffusion_norm": 0.5}, **settings)
-    assert tuned.settings["sampler_settings"] == {"diffusion_norm": 0.5, "last_step_size": 0.04}
-    assert "sampler heun-sde (diffusion_norm 0.5, last_step_size 0.04) x 4 steps" in (
-        tuned.to_markdown())
+    tuned = evaluate(model, small, sampler_settings={"diffusion_norm": 0.5,
+                                                     "last_step": "tweedie"}, **settings)
+    assert tuned.settings["sampler_settings"] == {"diffusion_form": "sigma",
+                                                  "diffusion_norm": 0.5, "last_step": "Tweedie",
+                                                  "last_step_size": 0.04}
+    assert ("sampler heun-sde (diffusion_form sigma, diffusion_norm 0.5, last_step Tweedie, "
+            "last_step_size 0.04) x 4 steps") in tuned.to_markdown()
     expected = sample(model, tuned.labels, sampler="heun-sde", steps=4, clip_denoised=True,
-                      objective=FlowMatching(1, diffusion_norm=0.5))
+                      objective=FlowMatching(1, diffusion_norm=0.5, last_step="Tweedie"))
     assert torch.equal(tuned.images, expected)
     # the reference's settings: other samples, kept apart from the tuned run's batches
     default = evaluate(model, small, **settings)
-    assert default.settings["sampler_settings"] == {"diffusion_norm": 1.0, "last_step_size": 0.04}
+    assert default.settings["sampler_settings"] == {"diffusion_form": "sigma",
+                                                    "diffusion_norm": 1.0, "last_step": "Mean",
+                                                    "last_step_size": 0.04}
     assert not torch.equal(default.images, tuned.images)
     assert len({batches.name for batches in tmp_path.iterdir()}) == 2
     # the ODE samplers have none to state; one that does not apply is refused before sampling

@@ -1,6 +1,8 @@
 """Objectives and samplers checked against data whose exact answers are known: for Gaussian
 data N(mu, s^2) the optimal epsilon / velocity predictors are closed-form."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -205,27 +207,48 @@ def test_dopri5_solves_a_known_flow_to_its_tolerance_in_few_calls():
         FlowMatching(1, rtol=0)
 
 
-def reference_sde(model, x, sampler, steps, generator, norm=1.0, last=0.04):
-    """The SiT reference's ``sample_sde`` for the linear path, written in its own terms: drift
-    v + w * score with the score from the velocity, diffusion w = norm * sigma_t, noise
-    sqrt(2 w) dW, then the "Mean" last step."""
-    def drift(x, t):
+def reference_sde(model, x, sampler, steps, generator, form="sigma", norm=1.0, last="Mean",
+                  size=0.04):
+    """The SiT reference's ``sample_sde`` for the linear path, written in its own terms: the
+    score from the velocity, the diffusion in ``compute_diffusion``'s forms, the interval of
+    ``check_interval`` (sample_eps 1e-3), noise sqrt(2 w) dW and its four last steps."""
+    def score(x, t):
         v = model(x, torch.full((x.shape[0],), t), None)
-        score = (t * v - x) / ((1 - t) ** 2 + t * (1 - t))  # alpha / alpha' = t, sigma' = -1
-        return v + norm * (1 - t) * score
+        return (t * v - x) / ((1 - t) ** 2 + t * (1 - t))  # alpha / alpha' = t, sigma' = -1
 
-    ts = torch.linspace(0, 1 - last, steps, dtype=torch.float64).tolist()
+    def diffusion(t):
+        return {"constant": lambda: norm, "SBDM": lambda: norm * ((1 - t) ** 2 / t + (1 - t)),
+                "sigma": lambda: norm * (1 - t), "linear": lambda: norm * (1 - t),
+                "decreasing": lambda: 0.25 * (norm * math.cos(math.pi * t) + 1) ** 2,
+                "increasing-decreasing": lambda: norm * math.sin(math.pi * t) ** 2}[form]()
+
+    def velocity(x, t):
+        return model(x, torch.full((x.shape[0],), t), None)
+
+    def drift(x, t):
+        return velocity(x, t) + diffusion(t) * score(x, t)
+
+    size = 0.0 if last is None else size
+    t0 = 1e-3 if form == "SBDM" else 0.0
+    t1 = 1 - 1e-3 if size == 0 else 1 - size
+    ts = torch.linspace(t0, t1, steps, dtype=torch.float64).tolist()
     dt = ts[1] - ts[0]
     for t in ts[:-1]:
         dw = torch.randn(x.shape, generator=generator) * dt**0.5
-        noise = (2 * norm * (1 - t)) ** 0.5 * dw
+        noise = (2 * diffusion(t)) ** 0.5 * dw
         if sampler == "euler-maruyama":
             x = x + drift(x, t) * dt + noise
         else:
             x_hat = x + noise
             k1 = drift(x_hat, t)
             x = x_hat + 0.5 * dt * (k1 + drift(x_hat + dt * k1, t + dt))
-    return x + drift(x, 1 - last) * last
+    if last == "Mean":
+        return x + drift(x, t1) * size
+    if last == "Euler":
+        return x + velocity(x, t1) * size
+    if last == "Tweedie":  # alpha = t, sigma = 1 - t
+        return x / t1 + (1 - t1) ** 2 / t1 * score(x, t1)
+    return x
 
 
 @pytest.mark.parametrize("sampler", ["euler-maruyama", "heun-sde"])
@@ -237,8 +260,37 @@ def test_sde_samplers_follow_the_reference_recurrence(sampler):
             gaussian_velocity_model, noise, y, sampler=sampler, steps=7,
             generator=torch.Generator().manual_seed(5))
         theirs = reference_sde(gaussian_velocity_model, noise, sampler, 7,
-                               torch.Generator().manual_seed(5), norm, last)
+                               torch.Generator().manual_seed(5), norm=norm, size=last)
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["constant", "SBDM", "sigma", "linear", "decreasing",
+                                  "increasing-decreasing"])
+@pytest.mark.parametrize("last", ["Mean", "Tweedie", "Euler", None])
+def test_every_reference_diffusion_form_and_last_step(form, last):
+    """``sample.py SDE --diffusion-form F --last-step L``: each pair gives the reference's
+    samples, and each form and each last step gives other samples than the default."""
+    noise = torch.randn(32, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(32, dtype=torch.long)
+    flow = FlowMatching(1).with_sampler_settings("heun-sde", diffusion_form=form.upper(),
+                                                 diffusion_norm=0.8, last_step=last)
+    assert (flow.diffusion_form, flow.last_step) == (form, last or "None")  # any case
+    for sampler in ("euler-maruyama", "heun-sde"):
+        ours = flow.sample(gaussian_velocity_model, noise, y, sampler=sampler, steps=12,
+                           generator=torch.Generator().manual_seed(5))
+        theirs = reference_sde(gaussian_velocity_model, noise, sampler, 12,
+                               torch.Generator().manual_seed(5), form, 0.8, last)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    default = FlowMatching(1, diffusion_norm=0.8).sample(
+        gaussian_velocity_model, noise, y, sampler="heun-sde", steps=12,
+        generator=torch.Generator().manual_seed(5))
+    if (form, last) not in {("sigma", "Mean"), ("linear", "Mean")}:  # linear is sigma here
+        assert not torch.allclose(ours, default, atol=1e-3)
+    # the model calls: one a step (two for heun-sde), and the last step's unless it is None
+    counter = CallCounter()
+    flow.sample(counter.wrap(gaussian_velocity_model), noise, y, sampler="euler-maruyama",
+                steps=12, generator=torch.Generator().manual_seed(5))
+    assert counter.calls == 11 + (last is not None)
 
 
 def test_sde_without_diffusion_is_the_ode_on_its_grid():
@@ -298,7 +350,13 @@ def test_sampler_settings_change_only_what_is_named_and_only_where_they_apply():
     tuned = flow.with_sampler_settings("heun-sde", diffusion_norm=0.5)
     assert tuned.path == "gvp" and flow.diffusion_norm == 1.0  # a new objective, same path
     assert tuned.sampler_settings == {**flow.sampler_settings, "diffusion_norm": 0.5}
-    assert tuned.settings_for("heun-sde") == {"diffusion_norm": 0.5, "last_step_size": 0.04}
+    assert tuned.settings_for("heun-sde") == {"diffusion_form": "sigma", "diffusion_norm": 0.5,
+                                              "last_step": "Mean", "last_step_size": 0.04}
+    # without a last step its size governs nothing, so it is neither stated nor taken
+    assert "last_step_size" not in tuned.with_sampler_settings(
+        "heun-sde", last_step=None).settings_for("heun-sde")
+    with pytest.raises(ValueError, match="last_step None takes none: drop one"):
+        flow.with_sampler_settings("heun-sde", last_step="none", last_step_size=0.1)
     assert tuned.settings_for("dopri5") == {"atol": 1e-6, "rtol": 1e-3}
     assert tuned.settings_for(None) == {} == GaussianDiffusion(1).settings_for("ddim")
     assert flow.with_sampler_settings("heun") is flow
@@ -317,10 +375,19 @@ def test_sampler_settings_change_only_what_is_named_and_only_where_they_apply():
                                          "euler-maruyama and heun-sde, not heun"):
         flow.with_sampler_settings("heun", atol=1e-3, diffusion_norm=0.5)
     with pytest.raises(ValueError, match="no setting tolerance; it takes atol, rtol, "
-                                         "diffusion_norm, last_step_size"):
+                                         "diffusion_form, diffusion_norm, last_step, "
+                                         "last_step_size"):
         flow.with_sampler_settings(tolerance=1e-3)
     with pytest.raises(ValueError, match="diffusion_norm must be >= 0"):
         flow.with_sampler_settings(diffusion_norm=-1)
+    with pytest.raises(ValueError, match="unknown SDE diffusion_form 'vp'; choose one of "
+                                         "constant, SBDM, sigma, linear, decreasing"):
+        flow.with_sampler_settings(diffusion_form="vp")
+    with pytest.raises(ValueError, match="unknown SDE last_step 'Heun'; choose one of Mean, "
+                                         "Tweedie, Euler, None"):
+        flow.with_sampler_settings(last_step="Heun")
+    with pytest.raises(ValueError, match="must be finite numbers, got atol='1e-3'"):
+        flow.with_sampler_settings("dopri5", atol="1e-3")
     with pytest.raises(ValueError, match="DIT sampling has no setting atol; it takes none"):
         GaussianDiffusion(1).with_sampler_settings(atol=1e-3)
 

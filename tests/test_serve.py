@@ -116,15 +116,23 @@ def test_generate_png_and_array(server):
 def test_sampler_settings_reach_the_samples_and_the_response(server):
     models = {m["name"]: m for m in httpx.get(server + "/v1/models").json()["models"]}
     assert models["dit"]["sampler_settings"] == {}
-    assert models["sit"]["sampler_settings"] == {"atol": 1e-6, "rtol": 1e-3,
-                                                 "diffusion_norm": 1.0, "last_step_size": 0.04}
+    sde_defaults = {"diffusion_form": "sigma", "diffusion_norm": 1.0, "last_step": "Mean",
+                    "last_step_size": 0.04}
+    assert models["sit"]["sampler_settings"] == {"atol": 1e-6, "rtol": 1e-3, **sde_defaults}
     body = dict(model="sit", class_labels=[1, 2], seed=4, steps=6, sampler="heun-sde",
                 output_format="array")
     default = generate(server, **body).json()
-    assert default["sampler_settings"] == {"diffusion_norm": 1.0, "last_step_size": 0.04}
+    assert default["sampler_settings"] == sde_defaults
     assert default["model_calls"] == 2 * 6 - 1  # Heun steps, the last one Euler's
     tuned = generate(server, sampler_settings={"diffusion_norm": 0.0}, **body).json()
-    assert tuned["sampler_settings"] == {"diffusion_norm": 0.0, "last_step_size": 0.04}
+    assert tuned["sampler_settings"] == {**sde_defaults, "diffusion_norm": 0.0}
+    # the reference's forms and last steps by name; JSON null is its --last-step None
+    named = generate(server, sampler_settings={"diffusion_form": "constant", "last_step": None},
+                     **body).json()
+    assert named["sampler_settings"] == {"diffusion_form": "constant", "diffusion_norm": 1.0,
+                                         "last_step": "None"}
+    assert named["model_calls"] == 2 * (6 - 1)  # no last step, no last call
+    assert not np.allclose(decode_array(named["array"]), decode_array(default["array"]))
     # the same seed without diffusion: the ODE on the SDE's grid, other images
     assert not np.allclose(decode_array(tuned["array"]), decode_array(default["array"]))
     # requests with other settings are never merged into one batch
@@ -204,6 +212,11 @@ def test_adaptive_sampler_requests_run_alone(server):
      422, "dopri5 tolerances must be positive"),
     (dict(class_labels=[0], sampler_settings={"atol": 1e-3}), 422,
      "DIT sampling has no setting atol"),
+    (dict(model="sit", class_labels=[0], sampler="heun-sde",
+          sampler_settings={"last_step": "Heun"}), 422,
+     "unknown SDE last_step 'Heun'; choose one of Mean, Tweedie, Euler, None"),
+    (dict(model="sit", class_labels=[0], sampler="dopri5", sampler_settings={"atol": "tight"}),
+     422, "sampler settings must be finite numbers, got atol='tight'"),
     (dict(class_labels=[0], cfg_scale=50), 422, "cfg_scale 50"),
     (dict(class_labels=[0], model="nope"), 404, "unknown model 'nope'"),
     (dict(class_labels=[]), 422, "at least 1"),

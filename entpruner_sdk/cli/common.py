@@ -89,14 +89,21 @@ def sampler_options(p: argparse.ArgumentParser) -> None:
     # the SiT reference's sample.py flags, under its names and defaults
     p.add_argument("--atol", type=float, help="dopri5's absolute tolerance (default 1e-6)")
     p.add_argument("--rtol", type=float, help="dopri5's relative tolerance (default 1e-3)")
+    p.add_argument("--diffusion-form", metavar="FORM",
+                   help="the SDE samplers' diffusion w(t): constant, SBDM, sigma, linear, "
+                        "decreasing or increasing-decreasing (default sigma, w = norm * "
+                        "sigma_t)")
     p.add_argument("--diffusion-norm", type=float,
-                   help="the SDE samplers' diffusion, w(t) = norm * sigma_t (default 1; 0 is "
-                        "the ODE)")
+                   help="the SDE samplers' diffusion scale (default 1; 0 is the ODE)")
+    p.add_argument("--last-step", metavar="STEP",
+                   help="the SDE samplers' last, noiseless step: Mean (of the SDE's drift), "
+                        "Euler (of the ODE's), Tweedie (the denoised estimate) or None "
+                        "(default Mean)")
     p.add_argument("--last-step-size", type=float,
-                   help="the SDE samplers' last, noiseless step (default 0.04)")
+                   help="the length of the SDE samplers' last step (default 0.04)")
 
 
-def sampler_settings(args: argparse.Namespace) -> dict[str, float]:
+def sampler_settings(args: argparse.Namespace) -> dict[str, float | str]:
     """The SiT sampler settings given on the command line, as the objective takes them
     (each flag is its setting's name: --diffusion-norm, diffusion_norm)."""
     from entpruner_sdk.objectives import FlowMatching

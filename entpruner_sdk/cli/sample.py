@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
             --steps 250 --cfg 2.0 --seed 1 --out sit.png --npz sit.npz  # reference SDE
         entpruner sample --model sit-digits --sampler heun-sde --steps 50 \\
             --diffusion-norm 0.5 --out sde.png      # half the reference's diffusion
+        entpruner sample --model sit-digits --sampler euler-maruyama --steps 250 \\
+            --diffusion-form SBDM --last-step Tweedie --out sbdm.png  # reference SDE flags
         entpruner sample --model sit-digits --sampler dopri5 --steps 250 --atol 1e-2 \\
             --rtol 1e-2 --out loose.png   # looser than the reference's 1e-6 and 1e-3
         entpruner sample --model SiT-XL-2-256x256.pt --family sit --labels 207 \\

@@ -123,9 +123,9 @@ def evaluate(
     original, then the pruned model: a crash in the second must not cost the first its
     samples).
 
-    ``sampler_settings``: a SiT sampler's settings (``atol`` / ``rtol`` for dopri5,
-    ``diffusion_norm`` / ``last_step_size`` for the SDE samplers); the report states the ones
-    that govern the sampler used.
+    ``sampler_settings``: a SiT sampler's settings (``atol`` / ``rtol`` for dopri5;
+    ``diffusion_form``, ``diffusion_norm``, ``last_step`` / ``last_step_size`` for the SDE
+    samplers); the report states the ones that govern the sampler used.
     """
     _check_request(model, features, vae, original, original_images, samples, batch_size)
     # refused before any work when they do not apply; stated in the report and the batch key

@@ -95,4 +95,6 @@ class EvaluationReport:
 def _settings(settings: dict[str, Any]) -> str:
     """" (atol 1e-06, rtol 0.001)": the sampler's own settings, when it has any."""
     given = settings.get("sampler_settings") or {}
-    return f" ({', '.join(f'{k} {v:g}' for k, v in given.items())})" if given else ""
+    shown = (f"{name} {value:g}" if isinstance(value, float | int) else f"{name} {value}"
+             for name, value in given.items())
+    return f" ({', '.join(shown)})" if given else ""

@@ -74,7 +74,8 @@ class Objective(ABC):
     sde_samplers: tuple[str, ...] = ()
     default_sampler: str
     # The sampler settings this family's objective takes as keyword arguments, each with the
-    # samplers it governs: plain numbers, so a CLI flag, a report or a cache key carries them.
+    # samplers it governs: plain numbers or names, so a CLI flag, a report or a cache key
+    # carries them.
     sampler_setting_samplers: dict[str, tuple[str, ...]] = {}
 
     def __init__(self, in_channels: int) -> None:
@@ -135,28 +136,29 @@ class Objective(ABC):
         return NoisedBatch(x_start, noise, self.add_noise(x_start, noise, t), t, y)
 
     @property
-    def sampler_settings(self) -> dict[str, float]:
+    def sampler_settings(self) -> dict[str, float | str]:
         """The current value of every sampler setting (none for DiT)."""
         return {name: getattr(self, name) for name in self.sampler_setting_samplers}
 
-    def settings_for(self, sampler: str | None) -> dict[str, float]:
+    def settings_for(self, sampler: str | None) -> dict[str, float | str]:
         """The settings that govern ``sampler`` (None: the default), with their values: what a
         report must state beside the sampler's name."""
         sampler = self.check_sampler(sampler)
         return {name: value for name, value in self.sampler_settings.items()
                 if sampler in self.sampler_setting_samplers[name]}
 
-    def with_sampler_settings(self, sampler: str | None = None, **settings: float) -> Objective:
-        """This objective with ``settings`` changed (SiT: ``atol`` and ``rtol`` for dopri5,
-        ``diffusion_norm`` and ``last_step_size`` for the SDE samplers), checked as the
-        constructor checks them. With ``sampler``, a setting that does not govern it is refused
-        rather than silently ignored."""
+    def with_sampler_settings(self, sampler: str | None = None, **settings: float | str
+                              ) -> Objective:
+        """This objective with ``settings`` changed (SiT: ``atol`` and ``rtol`` for dopri5;
+        ``diffusion_form``, ``diffusion_norm``, ``last_step`` and ``last_step_size`` for the
+        SDE samplers), checked as the constructor checks them. With ``sampler``, a setting that
+        does not govern it is refused rather than silently ignored."""
         governs = self.sampler_setting_samplers
         unknown = sorted(set(settings) - set(governs))
         if unknown:
             takes = (", ".join(governs) if governs else
-                     "none (atol and rtol set SiT's dopri5, diffusion_norm and last_step_size "
-                     "its SDE samplers)")
+                     "none (atol and rtol set SiT's dopri5; diffusion_form, diffusion_norm, "
+                     "last_step and last_step_size its SDE samplers)")
             raise ValueError(f"{self.family.upper()} sampling has no setting "
                              f"{', '.join(unknown)}; it takes {takes}")
         if sampler is not None:
@@ -170,7 +172,7 @@ class Objective(ABC):
             return self
         return self._with_settings({**self.sampler_settings, **settings})
 
-    def _with_settings(self, settings: dict[str, float]) -> Objective:
+    def _with_settings(self, settings: dict[str, float | str]) -> Objective:
         raise NotImplementedError  # only reached by a family that has settings
 
     def min_steps(self, sampler: str) -> int:

@@ -12,10 +12,26 @@ from entpruner_sdk.objectives.base import ModelFn, NoisedBatch, Objective, randn
 from entpruner_sdk.utils.progress import progress_bar
 
 PATHS = ("linear", "gvp")
+# The SiT reference's SDE choices (``sample.py SDE --diffusion-form / --last-step``), spelled as
+# there and matched without regard to case.
+DIFFUSION_FORMS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
+LAST_STEPS = ("Mean", "Tweedie", "Euler", "None")
+# The reference's --sample-eps: where the SBDM diffusion, infinite at t = 0, starts its grid, and
+# where an SDE without a last step stops short of t = 1, where the score is singular.
+SAMPLE_EPS = 1e-3
 
 
 def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.float().reshape(-1, *([1] * (like.dim() - 1))).to(like.device)
+
+
+def _choice(value: str | None, choices: tuple[str, ...], what: str) -> str:
+    """``value`` in its reference spelling; None is the reference's ``--last-step None``."""
+    spelled = {choice.lower(): choice for choice in choices}
+    name = "None" if value is None else value
+    if not isinstance(name, str) or name.lower() not in spelled:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return spelled[name.lower()]
 
 
 class FlowMatching(Objective):
@@ -27,22 +43,30 @@ class FlowMatching(Objective):
     adaptive_samplers = ("dopri5",)
     sde_samplers = ("euler-maruyama", "heun-sde")
     default_sampler = "heun"
-    sampler_setting_samplers = {"atol": adaptive_samplers, "rtol": adaptive_samplers,
-                                "diffusion_norm": sde_samplers, "last_step_size": sde_samplers}
+    sampler_setting_samplers = {
+        "atol": adaptive_samplers, "rtol": adaptive_samplers,
+        "diffusion_form": sde_samplers, "diffusion_norm": sde_samplers,
+        "last_step": sde_samplers, "last_step_size": sde_samplers,
+    }
 
     def __init__(self, in_channels: int, path: str = "linear", *, atol: float = 1e-6,
-                 rtol: float = 1e-3, diffusion_norm: float = 1.0,
-                 last_step_size: float = 0.04) -> None:
-        """``atol`` / ``rtol``: the ``dopri5`` sampler's error tolerances. ``diffusion_norm``:
-        the SDE samplers' diffusion w(t) = diffusion_norm * sigma_t; ``last_step_size``: the
-        length of their final, noiseless step. All four default to the SiT reference's
-        ``sample.py`` (for the SDE: ``--diffusion-form sigma --last-step Mean``)."""
+                 rtol: float = 1e-3, diffusion_form: str = "sigma", diffusion_norm: float = 1.0,
+                 last_step: str | None = "Mean", last_step_size: float = 0.04) -> None:
+        """``atol`` / ``rtol``: the ``dopri5`` sampler's error tolerances. The SDE samplers'
+        diffusion w(t) has the form ``diffusion_form`` scaled by ``diffusion_norm`` (``sigma``:
+        w = diffusion_norm * sigma_t); they end with the step ``last_step`` (``Mean``: an
+        Euler step of the SDE's drift without noise, ``Euler``: of the ODE's velocity,
+        ``Tweedie``: the denoised estimate, ``None``: none) from t = 1 - ``last_step_size``.
+        All default to the SiT reference's ``sample.py`` (1e-6, 1e-3, ``sigma``, 1, ``Mean``,
+        0.04), and the names of forms and steps are its own."""
         super().__init__(in_channels)
         if path not in PATHS:
             raise ValueError(f"unknown flow path {path!r}; choose one of {', '.join(PATHS)}")
-        settings = dict(atol=atol, rtol=rtol, diffusion_norm=diffusion_norm,
-                        last_step_size=last_step_size)
-        bad = [f"{name}={value}" for name, value in settings.items() if not math.isfinite(value)]
+        numbers = dict(atol=atol, rtol=rtol, diffusion_norm=diffusion_norm,
+                       last_step_size=last_step_size)
+        bad = [f"{name}={value!r}" for name, value in numbers.items()
+               if isinstance(value, bool) or not isinstance(value, (int, float))
+               or not math.isfinite(value)]
         if bad:
             raise ValueError(f"sampler settings must be finite numbers, got {', '.join(bad)}")
         if not (atol > 0 and rtol > 0):
@@ -54,15 +78,32 @@ class FlowMatching(Objective):
             raise ValueError(f"the SDE's last_step_size must be in (0, 1) (the reference uses "
                              f"0.04), got {last_step_size}")
         self.path = path
-        self.atol, self.rtol = atol, rtol
-        self.diffusion_norm, self.last_step_size = diffusion_norm, last_step_size
+        self.atol, self.rtol = float(atol), float(rtol)
+        self.diffusion_form = _choice(diffusion_form, DIFFUSION_FORMS, "SDE diffusion_form")
+        self.diffusion_norm = float(diffusion_norm)
+        self.last_step = _choice(last_step, LAST_STEPS, "SDE last_step")
+        self.last_step_size = float(last_step_size)
 
     @classmethod
     def for_model(cls, config, path: str = "linear") -> FlowMatching:
         return cls(config.in_channels, path)
 
-    def _with_settings(self, settings: dict[str, float]) -> FlowMatching:
+    def _with_settings(self, settings: dict[str, float | str]) -> FlowMatching:
         return FlowMatching(self.in_channels, self.path, **settings)
+
+    def with_sampler_settings(self, sampler: str | None = None, **settings: float | str
+                              ) -> FlowMatching:
+        tuned = super().with_sampler_settings(sampler, **settings)
+        if "last_step_size" in settings and tuned.last_step == "None":
+            raise ValueError("last_step_size sets the length of the SDE's last step, and "
+                             "last_step None takes none: drop one of them")
+        return tuned
+
+    def settings_for(self, sampler: str | None) -> dict[str, float | str]:
+        settings = super().settings_for(sampler)
+        if self.last_step == "None":  # no last step: its size changes nothing
+            settings.pop("last_step_size", None)
+        return settings
 
     # ------------------------------------------------------------------ path
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -201,33 +242,72 @@ class FlowMatching(Objective):
         """The SiT reference's SDE sampler (``sample.py SDE``).
 
         dx = (v + w * score) dt + sqrt(2 w) dW keeps the path's marginals for any diffusion
-        w >= 0; here w = diffusion_norm * sigma_t. The score of x_t = alpha x1 + sigma x0 is
-        -x0-hat / sigma, so the drift v - diffusion_norm * x0-hat stays finite. The score is
-        singular at t = 1, so ``steps - 1`` uniform steps run from t = 0 to 1 - h_last, each
-        with fresh noise, and a last noiseless Euler step of the drift, of length h_last,
-        ends at t = 1. ``euler-maruyama`` makes 1 model call a step; ``heun-sde`` adds the
-        noise first and then takes a Heun step of the drift (2 calls; the last step 1).
+        w(t) >= 0 (see :meth:`diffusion`). The score of x_t = alpha x1 + sigma x0 is
+        -x0-hat / sigma, so the drift is v - (w / sigma) x0-hat. The score is singular at
+        t = 1, so ``steps - 1`` uniform steps, each with fresh noise, run from t = 0 (SBDM:
+        ``SAMPLE_EPS``, where its w is finite) to 1 - ``last_step_size``, and the last step
+        (:meth:`_last_step`) ends at t = 1; without one (``None``) they stop at 1 -
+        ``SAMPLE_EPS``. ``euler-maruyama`` makes 1 model call a step; ``heun-sde`` adds the
+        noise first and then takes a Heun step of the drift (2 calls).
         """
         if steps < (fewest := self.min_steps(sampler)):
             raise ValueError(f"the SDE samplers need at least {fewest} steps (one stochastic "
                              f"step and the last, noiseless one), got {steps}")
-        end = 1.0 - self.last_step_size
-        times = torch.linspace(0.0, end, steps, dtype=torch.float64).tolist()
+        start = SAMPLE_EPS if self.diffusion_form == "SBDM" else 0.0
+        end = 1.0 - (SAMPLE_EPS if self.last_step == "None" else self.last_step_size)
+        times = torch.linspace(start, end, steps, dtype=torch.float64).tolist()
         h = times[1] - times[0]
 
         def drift(x: torch.Tensor, t: float) -> torch.Tensor:
             v = velocity(x, t)
             tt = torch.full((x.shape[0],), t, device=x.device)
-            return v - self.diffusion_norm * self._solve(v, x, tt)[1]
+            return v - self._score_weight(t) * self._solve(v, x, tt)[1]
 
         for t in progress_bar(times[:-1], enabled=progress, desc=f"{sampler} sampling",
                               leave=False):
-            sigma = self.coefficients(torch.tensor(t, dtype=torch.float64))[1].item()
-            kick = math.sqrt(2 * self.diffusion_norm * sigma * h) * randn_like(x, generator)
+            kick = math.sqrt(2 * self.diffusion(t) * h) * randn_like(x, generator)
             if sampler == "euler-maruyama":
                 x = x + h * drift(x, t) + kick
             else:
                 x = x + kick
                 slope = drift(x, t)
                 x = x + 0.5 * h * (slope + drift(x + h * slope, t + h))
-        return x + self.last_step_size * drift(x, end)
+        return self._last_step(velocity, drift, x, end)
+
+    def _last_step(self, velocity, drift, x: torch.Tensor, t: float) -> torch.Tensor:
+        """From t to 1 without noise: ``Mean`` steps along the SDE's drift, ``Euler`` along
+        the ODE's velocity, ``Tweedie`` jumps to the data estimate x1-hat, ``None`` stays."""
+        if self.last_step == "None":
+            return x
+        if self.last_step == "Mean":
+            return x + self.last_step_size * drift(x, t)
+        v = velocity(x, t)
+        if self.last_step == "Euler":
+            return x + self.last_step_size * v
+        return self._solve(v, x, torch.full((x.shape[0],), t, device=x.device))[0]  # Tweedie
+
+    def diffusion(self, t: float) -> float:
+        """The SDE's diffusion w(t) in the reference's ``diffusion_form``, scaled by
+        ``diffusion_norm`` (``decreasing`` takes the norm inside, as the reference does)."""
+        alpha, sigma, d_alpha, d_sigma = (
+            c.item() for c in self.coefficients(torch.tensor(t, dtype=torch.float64)))
+        norm, form = self.diffusion_norm, self.diffusion_form
+        if form == "constant":
+            return norm
+        if form == "SBDM":  # the score model's SDE: the coefficient of the score in v
+            return norm * (d_alpha / alpha * sigma**2 - sigma * d_sigma)
+        if form == "sigma":
+            return norm * sigma
+        if form == "linear":
+            return norm * (1 - t)
+        if form == "decreasing":
+            return 0.25 * (norm * math.cos(math.pi * t) + 1) ** 2
+        return norm * math.sin(math.pi * t) ** 2  # increasing-decreasing
+
+    def _score_weight(self, t: float) -> float:
+        """w / sigma, the weight of -x0-hat in the drift; exact for the default form, where
+        it is the norm at every t."""
+        if self.diffusion_form == "sigma":
+            return self.diffusion_norm
+        sigma = self.coefficients(torch.tensor(t, dtype=torch.float64))[1].item()
+        return self.diffusion(t) / sigma
