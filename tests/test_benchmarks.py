@@ -357,6 +357,37 @@ def test_classifier_sensitivity_pairs_within_each_classifier_and_seed(tmp_path):
     assert f"| b | b | 1.000 | 2.000 | 1.950 | {paired}" in text
 
 
+def test_sde_forms_runs_every_reference_form_and_last_step(tmp_path):
+    from tests.conftest import cache_a_quick_classifier
+
+    cache_a_quick_classifier(load_data("digits"))
+    out = tmp_path / "forms.json"
+    load("sde_forms").main(["--model", "sit-digits", "--data", "digits", "--samples", "20",
+                            "--steps", "8", "--out", str(out)])
+    document = json.loads(out.read_text())
+    assert document["baseline"] == "heun x 25"
+    rows = {(r["diffusion_form"], r["last_step"]): r for r in document["rows"]}
+    forms = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
+    assert set(rows) == {(form, "Mean") for form in forms} | {
+        ("sigma", step) for step in ("Tweedie", "Euler", "None")}
+    for r in rows.values():
+        assert r["samples"] == 20 and r["steps"] == 8 and r["sampler"] == "euler-maruyama"
+        assert r["fd_domain"] > 0 and r["fd_domain_vs_default"] > 0
+        # the settings that governed the sampler: no last step, no last step size
+        assert r.get("last_step_size") == (None if r["last_step"] == "None" else 0.04)
+    # on the linear path sigma_t = 1 - t, so the forms sigma and linear are one diffusion, and
+    # from t = 0.96 an Euler step of 0.04 lands on the denoised estimate: Tweedie's
+    assert rows["sigma", "Mean"]["fd_domain"] == pytest.approx(
+        rows["linear", "Mean"]["fd_domain"], rel=1e-4)
+    assert rows["sigma", "Euler"]["fd_domain"] == pytest.approx(
+        rows["sigma", "Tweedie"]["fd_domain"], rel=1e-3)
+    assert rows["sigma", "Mean"]["fd_domain"] != rows["sigma", "Euler"]["fd_domain"]
+    # a DiT has no SDE forms to try
+    with pytest.raises(SystemExit, match="DIT model; the SDE forms are SiT's"):
+        load("sde_forms").main(["--model", "dit-digits", "--data", "digits", "--samples", "20",
+                                "--steps", "8", "--out", str(out)])
+
+
 def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
     from tests.conftest import cache_a_quick_classifier
 
