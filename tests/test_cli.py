@@ -237,10 +237,14 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, capsys):
           "--device", "cpu"])
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--samples", "20",
                  "--steps", "2", "--features", "domain", "--out", str(tmp_path / "eval"),
-                 "--quiet", "--device", "cpu", "--save-samples"]) == 0
+                 "--quiet", "--device", "cpu", "--save-samples", "--likelihood", "4",
+                 "--likelihood-steps", "10"]) == 0
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert report["settings"]["samples"] == 20 and "fd_domain" in report["metrics"]
-    assert "| class_accuracy |" in capsys.readouterr().out
+    assert report["likelihood"]["images"] == 4 and report["likelihood"]["bits_per_dim"][
+        "mean"] > 0 and "variational bound over 10 timesteps" in report["likelihood"]["method"]
+    printed = capsys.readouterr().out
+    assert "| class_accuracy |" in printed and "| this model |" in printed
     # the samples in ADM's format, and no batches left behind once the evaluation ended
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
         "evaluation.json", "evaluation.md", "samples.npz"]

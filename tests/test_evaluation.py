@@ -492,6 +492,7 @@ def test_an_evaluation_states_and_keys_its_sampler_settings(tmp_path):
                                                   "last_step_size": 0.04}
     assert ("sampler heun-sde (diffusion_form sigma, diffusion_norm 0.5, last_step Tweedie, "
             "last_step_size 0.04) x 4 steps") in tuned.to_markdown()
+    assert tuned.likelihood == {} and "Likelihood" not in tuned.to_markdown()  # not asked
     expected = sample(model, tuned.labels, sampler="heun-sde", steps=4, clip_denoised=True,
                       objective=FlowMatching(1, diffusion_norm=0.5, last_step="Tweedie"))
     assert torch.equal(tuned.images, expected)
@@ -529,3 +530,44 @@ def test_samples_are_saved_in_adm_format_and_read_back(tmp_path):
     with pytest.raises(DataError, match="4-channel VAE latents, not images: evaluate with vae="):
         of_latents.save_samples(tmp_path / "latents.npz")
     assert not (tmp_path / "latents.npz").exists()
+
+
+@pytest.mark.parametrize("family", ["sit", "dit"])
+def test_likelihood_of_real_images_paired_with_the_original(family):
+    """Bits per dimension of real images: finite, independent of the batch size, and paired
+    with the original's (same images, same noise), so a model against itself differs by 0."""
+    from entpruner_sdk.evaluation.likelihood import bits_per_dim, likelihood_images
+
+    model = randomized(DiffusionTransformer(tiny_config(family, depth=2)))
+    other = randomized(DiffusionTransformer(tiny_config(family, depth=2)), seed=1)
+    digits = load_data("digits")
+    images = likelihood_images(digits, 6, seed=0)
+    assert sorted(images.labels.tolist()) == list(range(6))  # one of each class, then more
+    steps = 4 if family == "sit" else 20
+    whole = bits_per_dim(model, images, steps=steps)
+    assert whole.shape == (6,) and torch.isfinite(whole).all() and whole.min() > 0
+    torch.testing.assert_close(bits_per_dim(model, images, steps=steps, batch_size=4), whole,
+                               rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(bits_per_dim(model, images, steps=steps, seed=1), whole)
+    assert not torch.allclose(bits_per_dim(other, images, steps=steps), whole)
+
+    small = digits.per_class(4, torch.Generator().manual_seed(0))
+    settings = dict(samples=8, steps=2, batch_size=8, features=("domain",), progress=False,
+                    likelihood=6, likelihood_steps=steps)
+    report = evaluate(model, small, original=model, **settings)
+    figures = report.likelihood
+    assert figures["images"] == 6
+    assert ("probability-flow ODE, Heun x 4" if family == "sit" else
+            "variational bound over 20 timesteps") in figures["method"]
+    assert figures["bits_per_dim"]["mean"] == pytest.approx(
+        figures["original_bits_per_dim"]["mean"])
+    assert figures["difference"] == {"mean": 0.0, "sem": 0.0}  # paired: the same noise
+    markdown = report.to_markdown()
+    assert "## Likelihood of 6 real images (bits per dimension, lower is better)" in markdown
+    assert "| difference (paired) | +0.0000 +- 0.0000 |" in markdown
+    with pytest.raises(ValueError, match="likelihood=-1: the number of real images"):
+        evaluate(model, small, **{**settings, "likelihood": -1})
+    latent = DiffusionTransformer(tiny_config(family, in_channels=4, input_size=4))
+    with pytest.raises(DataError, match="likelihood is of 8-bit images, and this model takes "
+                                        "VAE latents"):
+        evaluate(latent, small, **settings)

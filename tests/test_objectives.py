@@ -499,3 +499,57 @@ def test_compiled_sampling_matches_eager_and_the_model_still_copies(tiny_dit):
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([10, 500]), torch.tensor([0, 1])
     with torch.no_grad():
         assert torch.equal(copied(x, t, y), tiny_dit(x, t, y))
+
+
+def gaussian_bits_per_dim(x: torch.Tensor, mu: float = MU, s: float = S) -> torch.Tensor:
+    """The exact -log2 density per dimension of N(mu, s^2) data, plus the 8-bit bin width's
+    log2(127.5): what a perfect model's likelihood must give."""
+    log_density = -0.5 * ((x - mu) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
+    return -log_density.flatten(1).sum(1) / (x[0].numel() * math.log(2)) + math.log2(127.5)
+
+
+def gaussian_images(n: int) -> torch.Tensor:
+    """Images of N(MU, S^2) pixels that lie in [-1, 1], as 8-bit data does."""
+    x = MU + S * torch.randn(4 * n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    return x[(x.flatten(1).abs() < 1).all(1)][:n]
+
+
+def test_ode_likelihood_is_the_exact_density_for_the_exact_velocity():
+    x = gaussian_images(32)
+    y = torch.zeros(len(x), dtype=torch.long)
+    exact = gaussian_bits_per_dim(x)
+
+    def bits(model, steps):
+        return FlowMatching(1).bits_per_dim(model, x, y, steps=steps,
+                                            generator=torch.Generator().manual_seed(1))
+
+    assert (bits(gaussian_velocity_model, 50) - exact).abs().max() < 5e-3
+    assert (bits(gaussian_velocity_model, 10) - exact).abs().max() > 1e-2  # coarser steps
+    # the exact velocity of N(MU + 0.1, S^2): that density, a worse one for this data
+    def shifted(x, t, y):
+        return gaussian_velocity_model(x - 0.1 * t.view(-1, 1, 1, 1), t, y) + 0.1
+
+    wrong = bits(shifted, 50)
+    assert (wrong - gaussian_bits_per_dim(x, MU + 0.1)).abs().max() < 5e-3
+    assert wrong.mean() > exact.mean() + 0.05
+
+
+def test_variational_bound_bounds_the_exact_likelihood():
+    """The DiT reference's bound, for the exact epsilon of Gaussian data: above the density's
+    bits per dimension, within the bound's gap, and above that for a worse model."""
+    x = gaussian_images(32)
+    y = torch.zeros(len(x), dtype=torch.long)
+    diffusion = GaussianDiffusion(1, learn_sigma=False)
+    exact = gaussian_bits_per_dim(x).mean()
+    exact_eps = gaussian_eps_model(diffusion)
+
+    def bound(model, steps=None):
+        return diffusion.bits_per_dim(model, x, y, steps=steps,
+                                      generator=torch.Generator().manual_seed(1)).mean()
+
+    full = bound(exact_eps)
+    assert exact < full < exact + 0.4
+    assert bound(lambda x, t, y: 1.2 * exact_eps(x, t, y)) > full + 0.05
+    # 100 respaced steps: another chain's bound, still above the density (with this fixed
+    # variance, not looser than the full chain's: the gap is the variance's, not the steps')
+    assert exact < bound(exact_eps, steps=100) < exact + 0.4

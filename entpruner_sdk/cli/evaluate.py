@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
             --sampler ddpm --save-samples --out runs/fid50k   # ADM's reference batch and format
         entpruner evaluate --model sit-digits --data digits --sampler dopri5 --steps 250 \\
             --atol 1e-2 --rtol 1e-2 --cfg 2      # dopri5 at looser tolerances
+        entpruner evaluate --model runs/sit-pruned --original sit-digits --data digits \\
+            --features domain --likelihood 200   # + bits per dimension of 200 real images
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
@@ -55,6 +57,13 @@ def add_parser(sub) -> None:
                    help="writes evaluation.json and .md; the samples made so far are kept in "
                         f"OUT/{IN_PROGRESS}/ until the end: after Ctrl-C or a crash, the "
                         "same command continues from there")
+    p.add_argument("--likelihood", type=int, default=0, metavar="N",
+                   help="also measure the bits per dimension of N real images of --data (and "
+                        "under --original, on the same images with the same noise): SiT by "
+                        "its ODE, DiT by its variational bound; pixel models only")
+    p.add_argument("--likelihood-steps", type=int, metavar="STEPS",
+                   help="SiT's ODE steps (default 50) or DiT's bound's timesteps (default "
+                        "1000; fewer give a looser bound)")
     p.add_argument("--save-samples", action="store_true",
                    help="also write OUT/samples.npz: the samples as 8-bit images (arr_0, "
                         "N x H x W x C) and their labels (arr_1), the format of "
@@ -91,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                       features=tuple(f.strip() for f in args.features.split(",")),
                       device=device, progress=not args.quiet, model_name=args.model,
                       vae=args.vae, checkpoint_dir=Path(args.out) / IN_PROGRESS,
-                      sampler_settings=common.sampler_settings(args))
+                      sampler_settings=common.sampler_settings(args),
+                      likelihood=args.likelihood, likelihood_steps=args.likelihood_steps)
     if not distributed.is_main():  # every process holds the report; one writes it
         return 0
     report.save(args.out)

@@ -28,6 +28,13 @@ from entpruner_sdk.evaluation.classifier import domain_classifier, network_finge
 from entpruner_sdk.evaluation.features import DomainFeatures, feature_extractors, sharded_features
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
 from entpruner_sdk.evaluation.generation import balanced_labels, generate
+from entpruner_sdk.evaluation.likelihood import (
+    bits_per_dim,
+    check_pixel_model,
+    likelihood_images,
+    likelihood_method,
+    summary,
+)
 from entpruner_sdk.evaluation.metrics import (
     FeatureStats,
     TooFewSamples,
@@ -93,7 +100,9 @@ def evaluate(
     reference_size: int | None = REFERENCE_SIZE,
     checkpoint_dir: str | os.PathLike | None = None,
     keep_batches: bool = False,
-    sampler_settings: dict[str, float] | None = None,
+    sampler_settings: dict[str, float | str] | None = None,
+    likelihood: int = 0,
+    likelihood_steps: int | None = None,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
 
@@ -126,8 +135,14 @@ def evaluate(
     ``sampler_settings``: a SiT sampler's settings (``atol`` / ``rtol`` for dopri5;
     ``diffusion_form``, ``diffusion_norm``, ``last_step`` / ``last_step_size`` for the SDE
     samplers); the report states the ones that govern the sampler used.
+
+    ``likelihood``: also measure the bits per dimension of that many real images of ``data``
+    (class-balanced, chosen by ``seed``) under the model, and under ``original`` on the same
+    images with the same noise, with their paired difference (``report.likelihood``).
+    ``likelihood_steps``: SiT's ODE steps (50), DiT's bound's timesteps (1000).
     """
-    _check_request(model, features, vae, original, original_images, samples, batch_size)
+    _check_request(model, features, vae, original, original_images, samples, batch_size,
+                   likelihood)
     # refused before any work when they do not apply; stated in the report and the batch key
     objective = objective_for(model)
     governing = (objective.with_sampler_settings(objective.check_sampler(sampler),
@@ -185,6 +200,9 @@ def evaluate(
                                        decoder=decoder, finished=kept.of(original, "original"),
                                        **sampling)
         report.fidelity = _fidelity(images, original_images, extractors, generated, progress)
+    if likelihood:
+        report.likelihood = _likelihood(model, original, data, likelihood, likelihood_steps,
+                                        seed, device, progress)
     if keep_batches:
         report.kept_batches = [batches.directory for batches in kept.made]
     else:
@@ -195,11 +213,16 @@ def evaluate(
 def _check_request(model: DiffusionTransformer, features: tuple[str, ...], vae: Any,
                    original: DiffusionTransformer | None,
                    original_images: torch.Tensor | None, samples: int,
-                   batch_size: int) -> None:
+                   batch_size: int, likelihood: int = 0) -> None:
     """Refuse, before any sampling, what the evaluation cannot measure."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: at least 1 sample at a time "
                          "(--batch-size N)")
+    if likelihood < 0:
+        raise ValueError(f"likelihood={likelihood}: the number of real images to measure, "
+                         "0 for none")
+    if likelihood:
+        check_pixel_model(model)
     unknown = set(features) - set(FEATURES)
     if unknown:
         raise ValueError(f"unknown feature spaces {sorted(unknown)}; choose from {FEATURES}")
@@ -216,6 +239,23 @@ def _check_request(model: DiffusionTransformer, features: tuple[str, ...], vae: 
     if samples < 2:
         raise TooFewSamples(f"samples={samples}: at least 2 are needed for a covariance "
                             "(and a few hundred for a stable FID)")
+
+
+def _likelihood(model: DiffusionTransformer, original: DiffusionTransformer | None, data,
+                count: int, steps: int | None, seed: int, device: torch.device,
+                progress: bool) -> dict[str, Any]:
+    """Bits per dimension of ``count`` real images under the model and the original, on the
+    same images with the same noise, so their difference is paired image by image."""
+    images = likelihood_images(data, count, seed)
+    measure = dict(seed=seed, steps=steps, device=device, progress=progress)
+    ours = bits_per_dim(model, images, **measure)
+    result = {"images": len(images), "method": likelihood_method(model, steps),
+              "bits_per_dim": summary(ours)}
+    if original is not None:
+        theirs = bits_per_dim(original, images, **measure)
+        result["original_bits_per_dim"] = summary(theirs)
+        result["difference"] = summary(ours - theirs)
+    return result
 
 
 def _note_scope(report: EvaluationReport, model: DiffusionTransformer, data,

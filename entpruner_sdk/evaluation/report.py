@@ -29,6 +29,10 @@ class EvaluationReport:
     per_class_accuracy: list[float] = field(default_factory=list)
     per_class_diversity: list[float | None] = field(default_factory=list)
     fidelity: dict[str, float] = field(default_factory=dict)
+    # bits per dimension of real images (``evaluate(..., likelihood=N)``): their count, the
+    # method, the model's mean and standard error, and with an original its figures and the
+    # paired difference
+    likelihood: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # the evaluated samples, kept in memory only (8-bit when the reference is): a later
     # evaluation of a smaller model against this one takes them as ``original_images``
@@ -58,6 +62,7 @@ class EvaluationReport:
             lines += ["", "## Fidelity to the original (same noise and labels)", "",
                       "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4f} |" for k, v in self.fidelity.items()]
+        lines += _likelihood_lines(self.likelihood)
         lines += ["", "## Per class", "", "| class | accuracy | diversity |", "|---|---|---|"]
         classes = self.classes or range(len(self.per_class_accuracy))
         names = self.class_names or [""] * len(classes)
@@ -90,6 +95,23 @@ class EvaluationReport:
         with atomic_writer(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, arr_0=pixels.numpy(), arr_1=self.labels.numpy())
         return path
+
+
+def _likelihood_lines(likelihood: dict[str, Any]) -> list[str]:
+    """The likelihood section: each model's bits per dimension and the paired difference."""
+    if not likelihood:
+        return []
+    rows = [("this model", "bits_per_dim"), ("original", "original_bits_per_dim"),
+            ("difference (paired)", "difference")]
+    lines = ["", f"## Likelihood of {likelihood['images']} real images (bits per dimension, "
+                 "lower is better)", "", f"{likelihood['method']}.", "",
+             "| | bits per dimension |", "|---|---|"]
+    for name, key in rows:
+        if key in likelihood:
+            figure = likelihood[key]
+            sign = "+" if key == "difference" else ""
+            lines.append(f"| {name} | {figure['mean']:{sign}.4f} +- {figure['sem']:.4f} |")
+    return lines
 
 
 def _settings(settings: dict[str, Any]) -> str:

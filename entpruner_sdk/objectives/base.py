@@ -4,6 +4,7 @@ treat DiT and SiT alike."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,6 +123,13 @@ class Objective(ABC):
     ) -> torch.Tensor:
         """Integrate from ``noise`` to data. ``generator`` drives any per-step noise."""
 
+    @abstractmethod
+    def bits_per_dim(self, model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, *,
+                     generator: torch.Generator | SplitGenerator | None = None,
+                     progress: bool = False) -> torch.Tensor:
+        """The model's negative log-likelihood of each image ``x`` (in [-1, 1], 8-bit data)
+        in bits per dimension [N], as its family's reference computes it, unguided."""
+
     def prediction(self, output: torch.Tensor) -> torch.Tensor:
         """The raw prediction (epsilon or velocity): the first ``in_channels`` channels."""
         return output[:, : self.in_channels]
@@ -187,6 +195,11 @@ class Objective(ABC):
                 f"{', '.join(self.samplers)}"
             )
         return sampler
+
+
+# 8-bit pixels scaled to [-1, 1] (x / 127.5 - 1) lie 2 / 255 apart: a density p(x) gives each
+# pixel value a probability of about p(x) * 2 / 255 per dimension
+BIN_BITS = math.log2(127.5)
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | SplitGenerator | None

@@ -12,7 +12,13 @@ import math
 import numpy as np
 import torch
 
-from entpruner_sdk.objectives.base import ModelFn, NoisedBatch, Objective, randn_like
+from entpruner_sdk.objectives.base import (
+    ModelFn,
+    NoisedBatch,
+    Objective,
+    SplitGenerator,
+    randn_like,
+)
 from entpruner_sdk.utils.progress import progress_bar
 
 
@@ -154,16 +160,43 @@ class GaussianDiffusion(Objective):
         frozen = torch.cat([eps.detach(), output[:, self.in_channels:]], dim=1)
         return mse + self._vb_terms(frozen, batch)
 
-    def _vb_terms(self, output: torch.Tensor, batch: NoisedBatch) -> torch.Tensor:
+    def _vb_terms(self, output: torch.Tensor, batch: NoisedBatch, clip: bool = False
+                  ) -> torch.Tensor:
+        """The bound's term at each sample's timestep in bits per dimension: KL(q(x_{t-1} |
+        x_t, x_0) || p(x_{t-1} | x_t)), or at t = 0 the discretized decoder's NLL."""
         t, x_t, x_start = batch.t, batch.x_t, batch.x_start
         true_mean = self.posterior_mean(x_start, x_t, t)
         true_log_var = _gather(self.posterior_log_variance_clipped, t, x_t)
         log_var = self.log_variance(output, t)
-        mean = self.posterior_mean(self.denoised(output, x_t, t), x_t, t)
+        mean = self.posterior_mean(self._x0(output, x_t, t, clip), x_t, t)
         kl = normal_kl(true_mean, true_log_var, mean, log_var).mean(dim=(1, 2, 3)) / math.log(2)
         nll = -discretized_gaussian_log_likelihood(x_start, mean, 0.5 * log_var)
         nll = nll.mean(dim=(1, 2, 3)) / math.log(2)
         return torch.where(t == 0, nll, kl)
+
+    # ------------------------------------------------------------------ likelihood
+    def bits_per_dim(self, model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, *,
+                     generator: torch.Generator | SplitGenerator | None = None,
+                     progress: bool = False, steps: int | None = None) -> torch.Tensor:
+        """The variational bound of the DiT (ADM) reference's ``calc_bpd_loop``, in bits per
+        dimension: the prior's KL, KL(q(x_T | x_0) || N(0, I)), plus one term a timestep
+        (:meth:`_vb_terms`, x0-hat clipped to [-1, 1] as there). One model call a timestep:
+        all 1000, or the ``steps`` of a respaced schedule, whose bound is looser."""
+        spaced = self.respace(steps) if steps else self
+        n, last = x.shape[0], spaced.num_timesteps - 1
+        noisiest = torch.full((n,), last, device=x.device, dtype=torch.long)
+        prior_mean = _gather(np.sqrt(spaced.alphas_cumprod), noisiest, x) * x
+        prior_log_var = _gather(np.log(1.0 - spaced.alphas_cumprod), noisiest, x)
+        zero = torch.zeros_like(x)
+        total = normal_kl(prior_mean, prior_log_var, zero, zero).mean(dim=(1, 2, 3)) / math.log(2)
+        for i in progress_bar(range(last, -1, -1), enabled=progress, desc="variational bound",
+                              leave=False):
+            t = torch.full((n,), i, device=x.device, dtype=torch.long)
+            noise = randn_like(x, generator)
+            x_t = spaced.add_noise(x, noise, t)
+            output = model_fn(x_t, torch.full_like(t, spaced.timestep_map[i]), y).float()
+            total = total + spaced._vb_terms(output, NoisedBatch(x, noise, x_t, t, y), clip=True)
+        return total
 
     # ------------------------------------------------------------------ sampling
     def sample(
