@@ -104,10 +104,7 @@ def bench_model(spec: str, data: str, steps_list, samples: int, device, ode_step
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append",
-                        help="model to measure (repeatable, with one --data each; default: the "
-                             "four bundled teachers)")
-    parser.add_argument("--data", action="append", help="real data for each --model")
+    add_model_options(parser, "the four bundled teachers")
     parser.add_argument("--samples", type=int, default=1000, help="samples scored per row")
     parser.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts")
     parser.add_argument("--ode-steps", type=int, default=1000,
@@ -121,16 +118,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="JSON results (default: benchmarks/results/"
                                       "sampler_steps.json, or _quick.json)")
     args = parser.parse_args(argv)
-    models = args.model or (list(DEFAULT_TEACHERS) if args.quick else list(TEACHERS))
-    datas = args.data or [bundled_data(m) for m in models]
-    if len(datas) != len(models):
-        parser.error("give one --data for each --model")
+    pairs = models_and_data(parser, args,
+                            list(DEFAULT_TEACHERS) if args.quick else list(TEACHERS))
     if args.quick:
         args.samples, args.steps = 200, "5,10,50"
     steps_list = [int(s) for s in args.steps.split(",")]
     device = resolve_device(args.device)
     rows = []
-    for spec, data in zip(models, datas):
+    for spec, data in pairs:
         rows += bench_model(spec, data, steps_list, args.samples, device, args.ode_steps,
                             args.ode_samples)
     print_table(rows, device)
@@ -143,6 +138,24 @@ def main(argv=None) -> int:
     atomic_write_text(out, json.dumps(document, indent=2) + "\n")
     print(f"written to {out}")
     return 0
+
+
+def add_model_options(parser: argparse.ArgumentParser, default: str) -> None:
+    """--model (repeatable) and one --data for each."""
+    parser.add_argument("--model", action="append",
+                        help=f"model to measure (repeatable, with one --data each; default: "
+                             f"{default})")
+    parser.add_argument("--data", action="append", help="real data for each --model")
+
+
+def models_and_data(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                    default: list[str]) -> list[tuple[str, str]]:
+    """(model, data) pairs: the given ones, or ``default`` with their bundled data."""
+    models = args.model or default
+    datas = args.data or [bundled_data(m) for m in models]
+    if len(datas) != len(models):
+        parser.error("give one --data for each --model")
+    return list(zip(models, datas))
 
 
 def bundled_data(spec: str) -> str:

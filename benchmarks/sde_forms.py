@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sampler_steps import CFG, EVAL_BATCH, bundled_data
+from sampler_steps import CFG, EVAL_BATCH, add_model_options, models_and_data
 
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
@@ -70,10 +70,7 @@ def bench_model(spec: str, data: str, sampler: str, steps: int, samples: int, de
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append",
-                        help="SiT model to measure (repeatable, with one --data each; default: "
-                             "the two bundled SiT teachers)")
-    parser.add_argument("--data", action="append", help="real data for each --model")
+    add_model_options(parser, "the two bundled SiT teachers")
     parser.add_argument("--sampler", default="euler-maruyama",
                         choices=FlowMatching.sde_samplers, help="the SDE sampler")
     parser.add_argument("--steps", type=int, default=50, help="SDE steps, the last included")
@@ -84,15 +81,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="JSON results (default: benchmarks/results/"
                                       "sde_forms.json, or _quick.json)")
     args = parser.parse_args(argv)
-    models = args.model or (["sit-digits"] if args.quick else ["sit-digits", "sit-photos"])
-    datas = args.data or [bundled_data(m) for m in models]
-    if len(datas) != len(models):
-        parser.error("give one --data for each --model")
+    pairs = models_and_data(parser, args,
+                            ["sit-digits"] if args.quick else ["sit-digits", "sit-photos"])
     if args.quick:
         args.samples = 200
     device = resolve_device(args.device)
     rows = []
-    for spec, data in zip(models, datas):
+    for spec, data in pairs:
         rows += bench_model(spec, data, args.sampler, args.steps, args.samples, device)
     print_table(rows, device)
     out = args.out or RESULTS / ("sde_forms_quick.json" if args.quick else "sde_forms.json")

@@ -63,7 +63,8 @@ def add_parser(sub) -> None:
                         "its ODE, DiT by its variational bound; pixel models only")
     p.add_argument("--likelihood-steps", type=int, metavar="STEPS",
                    help="SiT's ODE steps (default 50) or DiT's bound's timesteps (default "
-                        "1000; fewer give a looser bound)")
+                        "1000; fewer: a respaced chain's bound, comparable only at equal "
+                        "steps)")
     p.add_argument("--save-samples", action="store_true",
                    help="also write OUT/samples.npz: the samples as 8-bit images (arr_0, "
                         "N x H x W x C) and their labels (arr_1), the format of "

@@ -53,7 +53,7 @@ def bits_per_dim(model: DiffusionTransformer, images: ImageDataset, *, seed: int
     two models measured with one seed see the same noise. The model runs in float32 even on
     CUDA: bf16 would round the ODE's divergence and the bound's small KL terms.
     ``steps``: SiT's ODE steps (default 50); DiT's timesteps (default all 1000; fewer take a
-    respaced chain's looser bound).
+    respaced chain's bound, comparable only with the same count's).
     """
     check_pixel_model(model)
     device = resolve_device(device)

@@ -181,7 +181,8 @@ class GaussianDiffusion(Objective):
         """The variational bound of the DiT (ADM) reference's ``calc_bpd_loop``, in bits per
         dimension: the prior's KL, KL(q(x_T | x_0) || N(0, I)), plus one term a timestep
         (:meth:`_vb_terms`, x0-hat clipped to [-1, 1] as there). One model call a timestep:
-        all 1000, or the ``steps`` of a respaced schedule, whose bound is looser."""
+        all 1000, or the ``steps`` of a respaced schedule: that chain's bound, which compares
+        only with bounds over as many steps."""
         spaced = self.respace(steps) if steps else self
         n, last = x.shape[0], spaced.num_timesteps - 1
         noisiest = torch.full((n,), last, device=x.device, dtype=torch.long)
