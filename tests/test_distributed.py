@@ -115,7 +115,8 @@ def test_entpruner_evaluate_under_torchrun_shards_and_writes_once(tmp_path, caps
 
     save(teacher(), tmp_path / "model")
     command = ["evaluate", "--model", str(tmp_path / "model"), "--samples", "12", "--steps",
-               "2", "--batch-size", "4", "--features", "domain", "--quiet", "--device", "cpu"]
+               "2", "--batch-size", "4", "--features", "domain", "--quiet", "--device", "cpu",
+               "--likelihood", "5", "--likelihood-steps", "10"]
     assert main([*command, "--out", str(tmp_path / "one")]) == 0
     capsys.readouterr()
     done = subprocess.run(
@@ -133,6 +134,12 @@ def test_entpruner_evaluate_under_torchrun_shards_and_writes_once(tmp_path, caps
     # one process's images
     for name, value in one["metrics"].items():
         assert two["metrics"][name] == pytest.approx(value, rel=1e-2, abs=1e-4), name
+    # the likelihood's five images shared 2 + 3: each image's noise follows its index, so
+    # the figures are one process's, up to the rounding of other batch shapes
+    assert two["likelihood"]["images"] == 5
+    for name in ("mean", "sem"):
+        assert two["likelihood"]["bits_per_dim"][name] == pytest.approx(
+            one["likelihood"]["bits_per_dim"][name], rel=1e-4), name
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "evaluation.json", "evaluation.md"]  # the batches removed once both had the samples
 
@@ -198,3 +205,44 @@ def test_the_others_stop_with_rank_0s_reason_when_it_fails(tmp_path):
     # rank 1 neither waits nor makes the thing itself: it stops with rank 0's reason
     assert rank1.startswith("RuntimeError: rank 0 failed to make what the processes share")
     assert "FileNotFoundError: no such folder: /data/mine" in rank1
+
+
+def _likelihood_images():
+    from entpruner_sdk.data import load_data
+    from entpruner_sdk.evaluation.likelihood import likelihood_images
+
+    return likelihood_images(load_data("digits"), 5, seed=0)
+
+
+def _likelihood_worker(rank: int, world: int, port: int, out: str) -> None:
+    from entpruner_sdk.evaluation.likelihood import bits_per_dim
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = randomized(DiffusionTransformer(tiny_config("sit", depth=2)), seed=5)
+        seen = []  # the images this rank's model took, over all its calls
+        model.register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
+        bits = bits_per_dim(model, _likelihood_images(), steps=3, batch_size=2)
+        torch.save({"bits": bits, "seen": sum(seen)}, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_likelihood_is_shared_between_processes_and_equals_one_process(tmp_path):
+    from entpruner_sdk.evaluation.likelihood import bits_per_dim
+
+    torch.set_num_threads(1)
+    model = randomized(DiffusionTransformer(tiny_config("sit", depth=2)), seed=5)
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
+    single = bits_per_dim(model, _likelihood_images(), steps=3, batch_size=2)
+    mp.spawn(_likelihood_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for got in ranks:  # every process returns all five figures, one process's
+        torch.testing.assert_close(got["bits"], single, rtol=1e-4, atol=1e-4)
+    # the five images were shared 2 + 3, each measured once (Heun x 3: 6 calls an image)
+    assert [got["seen"] for got in ranks] == [2 * sum(seen) // 5, 3 * sum(seen) // 5]

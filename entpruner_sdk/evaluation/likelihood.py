@@ -13,6 +13,7 @@ from entpruner_sdk.data.latents import is_latent
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.objectives.base import SplitGenerator
+from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.progress import progress_bar
 
@@ -54,27 +55,34 @@ def bits_per_dim(model: DiffusionTransformer, images: ImageDataset, *, seed: int
     CUDA: bf16 would round the ODE's divergence and the bound's small KL terms.
     ``steps``: SiT's ODE steps (default 50); DiT's timesteps (default all 1000; fewer take a
     respaced chain's bound, comparable only with the same count's).
+    Under torchrun the processes share the images and each returns all the figures.
     """
     check_pixel_model(model)
     device = resolve_device(device)
+    # under torchrun each process measures a contiguous share of the images and all gather
+    # the whole: an image's noise follows its index, so the figures are one process's
+    world, rank = distributed.world_size(), distributed.rank()
+    share = range(len(images) * rank // world, len(images) * (rank + 1) // world)
     objective = objective_for(model)
     options = {"steps": steps} if steps else {}
     was_training = model.training
     model.to(device).eval()
-    results = []
+    results = [torch.empty(0)]
     try:
-        starts = range(0, len(images), batch_size)
-        for start in progress_bar(starts, enabled=progress, desc="likelihood", leave=False):
-            x = unit_range(images.images[start:start + batch_size]).to(device)
-            y = images.labels[start:start + batch_size].to(device)
-            noise = SplitGenerator([image_seed(seed, start + i) for i in range(len(x))],
+        starts = range(share.start, share.stop, batch_size)
+        for start in progress_bar(starts, enabled=progress and distributed.is_main(),
+                                  desc="likelihood", leave=False):
+            stop = min(start + batch_size, share.stop)
+            x = unit_range(images.images[start:stop]).to(device)
+            y = images.labels[start:stop].to(device)
+            noise = SplitGenerator([image_seed(seed, i) for i in range(start, stop)],
                                    [1] * len(x))
             with torch.no_grad():
                 results.append(objective.bits_per_dim(model, x, y, generator=noise,
                                                       **options).cpu())
     finally:
         model.train(was_training)
-    bits = torch.cat(results)
+    bits = torch.cat(distributed.gather_objects(torch.cat(results)))
     if not torch.isfinite(bits).all():
         raise FloatingPointError("the likelihood is not finite for some images: the model "
                                  "gives NaN or infinite outputs on real data")
