@@ -223,6 +223,7 @@ def _run_batch(state: ServerState, jobs: list[Job]) -> list[np.ndarray]:
                             [job.images for job in jobs], sampler=first["sampler"],
                             steps=first["steps"], cfg_scale=first["cfg_scale"],
                             objective=first["objective"], counter=counter)
+    state.metrics.model_calls.labels(jobs[0].key[0]).inc(counter.calls)
     split = np.split(images.numpy(), np.cumsum([job.images for job in jobs])[:-1])
     return [(part, counter.calls) for part in split]
 

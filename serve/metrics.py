@@ -26,6 +26,10 @@ class ServerMetrics:
                                  registry=self.registry)
         self.images = Counter("entpruner_images_generated", "images returned", ["model"],
                               registry=self.registry)
+        # what the batches cost: a guided call (both halves in one batch) counts once, and
+        # an adaptive sampler's calls follow its batch, not its steps
+        self.model_calls = Counter("entpruner_model_calls", "denoiser calls the samplers made",
+                                   ["model"], registry=self.registry)
 
     def observe_batch(self, images: int, requests: int) -> None:
         self.batch_images.observe(images)

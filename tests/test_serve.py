@@ -229,9 +229,18 @@ def test_bad_requests_get_clear_4xx(server, body, status, message):
     assert message in response.text
 
 
+def model_calls_counted(url: str, model: str) -> float:
+    line = f'entpruner_model_calls_total{{model="{model}"}} '
+    text = httpx.get(url + "/metrics").text
+    return sum(float(row[len(line):]) for row in text.splitlines() if row.startswith(line))
+
+
 def test_metrics_in_prometheus_format(server):
-    generate(server, model="dit", class_labels=[1], steps=2)
+    before = model_calls_counted(server, "dit")
+    calls = generate(server, model="dit", class_labels=[1], steps=2).json()["model_calls"]
     generate(server, model="dit", class_labels=[99], steps=2)
+    # the refused request made none, the warm-up's are not counted
+    assert model_calls_counted(server, "dit") - before == calls == 2
     text = httpx.get(server + "/metrics").text
     assert 'entpruner_requests_total{model="dit",status="200"}' in text
     assert 'entpruner_requests_total{model="dit",status="422"}' in text
