@@ -207,6 +207,23 @@ def test_dopri5_solves_a_known_flow_to_its_tolerance_in_few_calls():
         FlowMatching(1, rtol=0)
 
 
+def test_dopri5_progress_follows_t_to_1_and_counts_the_model_calls(monkeypatch, capsys):
+    monkeypatch.delenv("ENTPRUNER_QUIET")
+    noise = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    counted = []
+
+    def model(x, t, y):
+        counted.append(1)
+        return gaussian_velocity_model(x, t, y)
+
+    FlowMatching(1).sample(model, noise, torch.zeros(8, dtype=torch.long), sampler="dopri5",
+                           steps=100, progress=True)
+    shown = capsys.readouterr().err
+    # not the cap's 602 calls: the bar ends at t = 1 with the calls the solver made
+    assert "| t 1.000/1 [" in shown and f", {len(counted)} model calls]" in shown
+    assert len(counted) < 100 and "/602" not in shown
+
+
 def reference_sde(model, x, sampler, steps, generator, form="sigma", norm=1.0, last="Mean",
                   size=0.04):
     """The SiT reference's ``sample_sde`` for the linear path, written in its own terms: the

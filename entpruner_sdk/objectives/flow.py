@@ -258,8 +258,8 @@ class FlowMatching(Objective):
         return x
 
     def _adaptive_ode(self, velocity, x, max_steps, progress) -> torch.Tensor:
-        """x at t = 1 by torchdiffeq's dopri5, in at most ``max_steps`` step attempts; the bar
-        counts model calls, whose number the tolerances and the model decide."""
+        """x at t = 1 by torchdiffeq's dopri5, in at most ``max_steps`` step attempts. The bar
+        follows t, since the model calls' count is the solver's to decide."""
         try:
             from torchdiffeq import odeint
         except ImportError as error:
@@ -268,8 +268,8 @@ class FlowMatching(Objective):
         # 2 calls choose the first step; each attempt makes 6 (its 7th stage is the next
         # step's first).
         budget, calls = 2 + 6 * max_steps, 0
-        with progress_bar(total=budget, enabled=progress, desc="dopri5 sampling",
-                          unit=" calls", leave=False) as bar:
+        with progress_bar(total=1, enabled=progress, desc="dopri5 sampling", leave=False,
+                          bar_format="{l_bar}{bar}| t {n:.3f}/1 [{elapsed}{postfix}]") as bar:
             def drift(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
                 nonlocal calls
                 if calls == budget:
@@ -279,7 +279,10 @@ class FlowMatching(Objective):
                         "loosen the tolerances (--atol / --rtol, or "
                         "with_sampler_settings(atol=, rtol=))")
                 calls += 1
-                bar.update()
+                # the furthest t asked for: a rejected step's stages may reach past the next
+                # accepted one's, and the last step past 1 (torchdiffeq interpolates back)
+                bar.n = min(max(bar.n, float(t)), 1.0)
+                bar.set_postfix_str(f"{calls} model calls")
                 return velocity(x, float(t))
 
             ends = torch.tensor([0.0, 1.0], device=x.device)
