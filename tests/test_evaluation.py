@@ -536,7 +536,11 @@ def test_samples_are_saved_in_adm_format_and_read_back(tmp_path):
 def test_likelihood_of_real_images_paired_with_the_original(family):
     """Bits per dimension of real images: finite, independent of the batch size, and paired
     with the original's (same images, same noise), so a model against itself differs by 0."""
-    from entpruner_sdk.evaluation.likelihood import bits_per_dim, likelihood_images
+    from entpruner_sdk.evaluation.likelihood import (
+        bits_per_dim,
+        likelihood_images,
+        likelihood_method,
+    )
 
     model = randomized(DiffusionTransformer(tiny_config(family, depth=2)))
     other = randomized(DiffusionTransformer(tiny_config(family, depth=2)), seed=1)
@@ -562,6 +566,8 @@ def test_likelihood_of_real_images_paired_with_the_original(family):
     assert figures["bits_per_dim"]["mean"] == pytest.approx(
         figures["original_bits_per_dim"]["mean"])
     assert figures["difference"] == {"mean": 0.0, "sem": 0.0}  # paired: the same noise
+    # the report names the objectives' own defaults when no steps are given
+    assert ("Heun x 50," if family == "sit" else "over 1000 timesteps") in likelihood_method(model)
     markdown = report.to_markdown()
     assert "## Likelihood of 6 real images (bits per dimension, lower is better)" in markdown
     assert "| difference (paired) | +0.0000 +- 0.0000 |" in markdown

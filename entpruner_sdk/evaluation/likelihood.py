@@ -20,11 +20,11 @@ from entpruner_sdk.utils.progress import progress_bar
 
 def likelihood_method(model: DiffusionTransformer, steps: int | None = None) -> str:
     """How :func:`bits_per_dim` measures this model's family, for a report."""
+    steps = objective_for(model).likelihood_steps(steps)
     if model.config.family == "sit":
-        return (f"probability-flow ODE, Heun x {steps or 50}, one Hutchinson probe per image "
+        return (f"probability-flow ODE, Heun x {steps}, one Hutchinson probe per image "
                 "(the SiT reference's likelihood)")
-    return (f"variational bound over {steps or 1000} timesteps (the DiT reference's "
-            "calc_bpd_loop)")
+    return f"variational bound over {steps} timesteps (the DiT reference's calc_bpd_loop)"
 
 
 def check_pixel_model(model: DiffusionTransformer) -> None:

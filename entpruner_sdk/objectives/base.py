@@ -130,6 +130,10 @@ class Objective(ABC):
         """The model's negative log-likelihood of each image ``x`` (in [-1, 1], 8-bit data)
         in bits per dimension [N], as its family's reference computes it, unguided."""
 
+    @abstractmethod
+    def likelihood_steps(self, steps: int | None = None) -> int:
+        """The steps :meth:`bits_per_dim` takes when asked for ``steps`` (None: its default)."""
+
     def prediction(self, output: torch.Tensor) -> torch.Tensor:
         """The raw prediction (epsilon or velocity): the first ``in_channels`` channels."""
         return output[:, : self.in_channels]

@@ -175,6 +175,9 @@ class GaussianDiffusion(Objective):
         return torch.where(t == 0, nll, kl)
 
     # ------------------------------------------------------------------ likelihood
+    def likelihood_steps(self, steps: int | None = None) -> int:
+        return steps or self.num_timesteps
+
     def bits_per_dim(self, model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, *,
                      generator: torch.Generator | SplitGenerator | None = None,
                      progress: bool = False, steps: int | None = None) -> torch.Tensor:

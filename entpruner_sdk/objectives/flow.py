@@ -161,13 +161,14 @@ class FlowMatching(Objective):
     # ------------------------------------------------------------------ likelihood
     def bits_per_dim(self, model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, *,
                      generator: torch.Generator | SplitGenerator | None = None,
-                     progress: bool = False, steps: int = 50) -> torch.Tensor:
+                     progress: bool = False, steps: int | None = None) -> torch.Tensor:
         """The SiT reference's likelihood (``sample.py ODE --likelihood``), in bits per
         dimension: each image taken back to noise z along the probability-flow ODE, and
         log p(x) = log N(z; 0, I) - the integral over t of div v, the divergence estimated
         by Hutchinson's trace with a Rademacher probe.
 
-        Heun's method in ``steps`` uniform steps (2 model calls and 2 backward passes each).
+        Heun's method in ``steps`` uniform steps (default 50; 2 model calls and 2 backward
+        passes each).
         One probe per image for the whole path, drawn from ``generator``: the reference draws
         one per call, which hands its adaptive solver a noisy field. No dequantization noise
         is added, as there.
@@ -183,6 +184,7 @@ class FlowMatching(Objective):
                 (grad,) = torch.autograd.grad((v * probe).sum(), x)
             return v.detach(), (grad * probe).flatten(1).sum(1)
 
+        steps = self.likelihood_steps(steps)
         times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
         change = torch.zeros(x.shape[0], device=x.device)  # the integral of div v from t = 1
         for t0, t1 in progress_bar(list(zip(times[:-1], times[1:])), enabled=progress,
@@ -196,6 +198,9 @@ class FlowMatching(Objective):
         prior = -0.5 * (x.flatten(1) ** 2).sum(1) - 0.5 * dims * math.log(2 * math.pi)
         log_p = prior + change  # the integral from 1 down to 0 is minus the one from 0 to 1
         return -log_p / (dims * math.log(2)) + BIN_BITS
+
+    def likelihood_steps(self, steps: int | None = None) -> int:
+        return steps or 50
 
     # ------------------------------------------------------------------ sampling
     def min_steps(self, sampler: str) -> int:
