@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from entpruner_sdk.apps.pair import (
@@ -12,13 +13,18 @@ from entpruner_sdk.apps.pair import (
     SideResult,
     default_sampling,
     generate_pair,
+    governed_settings,
     load_pair,
     structure_facts,
 )
-from entpruner_sdk.objectives import OBJECTIVES
+from entpruner_sdk.objectives import OBJECTIVES, objective_for
+from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
 from entpruner_sdk.sampling import to_picture
 
 BACKENDS = ("PyTorch", "ONNX Runtime")
+# the demo's SiT sampler fields, in their order on the page and in the API
+SETTING_NAMES = ("diffusion_form", "diffusion_norm", "last_step", "last_step_size", "atol",
+                 "rtol")
 DISPLAY_SIZE = 96  # small images are upscaled (nearest) so they stay visible
 
 
@@ -55,6 +61,21 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
                 cfg = gr.Slider(1.0, 10.0, value=sampling["cfg_scale"], step=0.5,
                                 label="cfg scale")
                 backend = gr.Radio(backends, value="PyTorch", label="backend")
+            # the SiT reference's sample.py flags, at its defaults; each sampler takes its own
+            reference = FlowMatching(1)
+            with gr.Accordion("SiT sampler settings", open=False, visible=pair.family == "sit",
+                              elem_id="sit-settings") as sit_settings, gr.Row():
+                diffusion_form = gr.Dropdown(list(DIFFUSION_FORMS), value=reference.diffusion_form,
+                                             label="diffusion form (SDE)")
+                diffusion_norm = gr.Number(reference.diffusion_norm, minimum=0,
+                                           label="diffusion norm (SDE)")
+                last_step = gr.Dropdown(list(LAST_STEPS), value=reference.last_step,
+                                        label="last step (SDE)")
+                last_step_size = gr.Number(reference.last_step_size,
+                                           label="last step size (SDE)")
+                atol = gr.Number(reference.atol, label="atol (dopri5)")
+                rtol = gr.Number(reference.rtol, label="rtol (dopri5)")
+            settings = [diffusion_form, diffusion_norm, last_step, last_step_size, atol, rtol]
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Row():
                 with gr.Column():
@@ -89,18 +110,26 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
                 pruned_path = gr.Textbox(pruned, label="pruned (compress output or model)")
             load_button = gr.Button("Load", elem_id="load")
 
-        def on_generate(label, seed, count, sampler, steps, cfg, backend):
+        def on_generate(label, seed, count, sampler, steps, cfg, backend, *values):
+            pair = state["pair"]
             try:
-                left, right = generate_pair(state["pair"], int(label), int(seed or 0),
-                                            int(count), sampler, int(steps), float(cfg),
-                                            backend)
+                chosen = (governed_settings(objective_for(pair.original), sampler,
+                                            dict(zip(SETTING_NAMES, values)))
+                          if pair.ready else {})
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    left, right = generate_pair(pair, int(label), int(seed or 0), int(count),
+                                                sampler, int(steps), float(cfg), backend,
+                                                sampler_settings=chosen)
             except Exception as error:  # shown in the page, never a stack trace
                 raise gr.Error(str(error)) from None
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                gr.Warning(message)  # an unstable SDE setting, say: the page tells why
             return (_pictures(left.images), _timing(left), _pictures(right.images),
-                    _timing(right), _speedup(left, right, state["pair"].family, sampler,
-                                             int(steps), backend))
+                    _timing(right), _speedup(left, right, pair.family, sampler, int(steps),
+                                             backend, chosen))
 
-        button.click(on_generate, [label, seed, count, sampler, steps, cfg, backend],
+        button.click(on_generate, [label, seed, count, sampler, steps, cfg, backend, *settings],
                      [original_gallery, original_timing, pruned_gallery, pruned_timing,
                       speedup], api_name="generate")
 
@@ -116,13 +145,20 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
         def on_load(original, pruned):
             state["pair"] = new = load_pair(original, pruned, onnx, vae, family, device)
             classes = new.class_choices or [("0", 0)]
+            # another family brings its own samplers and defaults
+            defaults = default_sampling(new.family)
             return (_status(new), _report_figures(new), structure_facts(new),
                     _plot(new, "importance.png"), _plot(new, "loss.png"), _decisions(new),
-                    gr.Dropdown(choices=classes, value=classes[0][1]))
+                    gr.Dropdown(choices=classes, value=classes[0][1]),
+                    gr.Dropdown(choices=list(OBJECTIVES[new.family].samplers),
+                                value=defaults["sampler"]),
+                    defaults["steps"], defaults["cfg_scale"],
+                    gr.Accordion(visible=new.family == "sit"))
 
         load_button.click(on_load, [original_path, pruned_path],
                           [status, report_figures, facts, importance_plot, timeline_plot,
-                           decisions, label], api_name="load")
+                           decisions, label, sampler, steps, cfg, sit_settings],
+                          api_name="load")
     return demo
 
 
@@ -139,7 +175,7 @@ def _timing(side: SideResult) -> str:
 
 
 def _speedup(original: SideResult, pruned: SideResult, family: str, sampler: str, steps: int,
-             backend: str) -> str:
+             backend: str, settings: dict[str, Any] | None = None) -> str:
     # an adaptive solver may take other steps for each model, and the ratio includes that
     ratio, count = original.seconds / pruned.seconds, len(pruned.images)
     if sampler in OBJECTIVES[family].adaptive_samplers:
@@ -147,6 +183,8 @@ def _speedup(original: SideResult, pruned: SideResult, family: str, sampler: str
                       f"vs {pruned.model_calls} model calls")
     else:
         steps_text = f"{steps} steps"
+    if settings:
+        steps_text += ", " + ", ".join(f"{name} {value}" for name, value in settings.items())
     return (f"**speedup: {ratio:.2f}x** (pruned vs original, {backend}, {count} images, "
             f"{steps_text})")
 

@@ -22,6 +22,7 @@ from entpruner_sdk.data.classes import offered_classes
 from entpruner_sdk.data.latents import LatentSpace, decoder_for
 from entpruner_sdk.evaluation.evaluate import differences_but_depth
 from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
+from entpruner_sdk.objectives import Objective, objective_for
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import resolve_device
@@ -220,10 +221,12 @@ def _open_kept_export(model: DiffusionTransformer, target: Path, vae: Any) -> An
 
 
 def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: str,
-                  steps: int, cfg_scale: float, backend: str = "PyTorch"
+                  steps: int, cfg_scale: float, backend: str = "PyTorch",
+                  sampler_settings: dict[str, Any] | None = None
                   ) -> tuple[SideResult, SideResult]:
     """Sample ``count`` images of ``label`` from both models with the same seed (so the same
-    starting noise), timing each side."""
+    starting noise), timing each side. ``sampler_settings``: a SiT sampler's settings
+    (:func:`governed_settings` keeps those the sampler uses), the same for both sides."""
     if not pair.ready:
         raise ValueError("load an original and a pruned model first")
     if not 0 <= label < pair.num_classes:
@@ -236,14 +239,19 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
     def side(name: str, model: DiffusionTransformer) -> SideResult:
         start, counter = time.perf_counter(), CallCounter()
         decoder = pair.decoder
-        if backend == "ONNX Runtime":
-            runtime = pair.runtimes[name]
+        runtime = pair.runtimes.get(name) if backend == "ONNX Runtime" else None
+        objective = (runtime.objective if runtime else objective_for(model))
+        if sampler_settings:  # checked as the CLI and the server check them
+            objective = objective.with_sampler_settings(sampler, **sampler_settings)
+        if runtime is not None:
             images = runtime.sample(labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                    seed=seed, clip_denoised=True, counter=counter)
+                                    seed=seed, clip_denoised=True, objective=objective,
+                                    counter=counter)
             decoder = runtime.decoder or decoder
         else:
             images = sample(model, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                            seed=seed, device=pair.device, clip_denoised=True, counter=counter)
+                            seed=seed, device=pair.device, clip_denoised=True,
+                            objective=objective, counter=counter)
         if decoder is not None:  # part of each side's latency: what a user waits for
             images = decoder.decode(images)
         return SideResult(images, time.perf_counter() - start, counter.calls)
@@ -272,6 +280,18 @@ def structure_facts(pair: ModelPair) -> list[list[str]]:
 
 def default_sampling(family: str) -> dict[str, Any]:
     return dict(SAMPLING[family])
+
+
+def governed_settings(objective: Objective, sampler: str, settings: dict[str, Any]
+                      ) -> dict[str, Any]:
+    """Of ``settings`` (the demo's fields, all of them), those that ``sampler`` uses; no last
+    step's size without a last step."""
+    governs = objective.sampler_setting_samplers
+    kept = {name: value for name, value in settings.items()
+            if sampler in governs.get(name, ())}
+    if str(kept.get("last_step")) == "None":
+        kept.pop("last_step_size", None)
+    return kept
 
 
 def _fmt(value: float) -> str:

@@ -269,3 +269,111 @@ def test_onnx_runtime_backend_matches_pytorch(models):
     onnx_again = generate_pair(again, 1, 4, 2, "ddim", 4, 2.0, "ONNX Runtime")
     for a, b in zip(onnx_side, onnx_again):
         torch.testing.assert_close(a.images, b.images)
+
+
+@pytest.fixture(scope="module")
+def sit_models(tmp_path_factory):
+    """A tiny SiT original and a 'pruned' model that keeps half its blocks."""
+    root = tmp_path_factory.mktemp("sit-demo")
+    teacher = randomized(DiffusionTransformer(tiny_config("sit", depth=4)), seed=3)
+    save(teacher, root / "teacher")
+    save(teacher.keep_blocks([0, 3]), root / "pruned")
+    return str(root / "teacher"), str(root / "pruned")
+
+
+def test_sit_sampler_settings_reach_both_sides(sit_models):
+    from entpruner_sdk.apps.pair import governed_settings
+    from entpruner_sdk.objectives import objective_for
+    from entpruner_sdk.sampling import sample
+
+    pair = load_pair(*sit_models)
+    objective = objective_for(pair.original)
+    every = dict(diffusion_form="SBDM", diffusion_norm=0.5, last_step="None",
+                 last_step_size=0.04, atol=1e-4, rtol=1e-2)
+    # each sampler takes its own; no last step's size without a last step
+    assert governed_settings(objective, "heun", every) == {}
+    assert governed_settings(objective, "dopri5", every) == {"atol": 1e-4, "rtol": 1e-2}
+    assert governed_settings(objective, "euler-maruyama", every) == {
+        "diffusion_form": "SBDM", "diffusion_norm": 0.5, "last_step": "None"}
+    chosen = {"diffusion_form": "SBDM", "last_step": "Tweedie"}
+    left, right = generate_pair(pair, 2, 4, 2, "euler-maruyama", 6, 2.0,
+                                sampler_settings=chosen)
+    for side, model in ((left, pair.original), (right, pair.pruned)):
+        expected = sample(model, [2, 2], sampler="euler-maruyama", steps=6, cfg_scale=2.0,
+                          seed=4, clip_denoised=True, device="cpu",
+                          objective=objective.with_sampler_settings("euler-maruyama", **chosen))
+        torch.testing.assert_close(side.images, expected)
+    default, _ = generate_pair(pair, 2, 4, 2, "euler-maruyama", 6, 2.0)
+    assert not torch.allclose(default.images, left.images)
+    assert left.model_calls == 6  # 5 noisy steps and Tweedie's
+    with pytest.raises(ValueError, match="the SDE's diffusion_norm must be >= 0"):
+        generate_pair(pair, 2, 4, 1, "euler-maruyama", 6, 2.0,
+                      sampler_settings={"diffusion_norm": -1.0})
+
+
+def test_api_takes_the_sit_sampler_settings(sit_models, models):
+    from gradio_client import Client
+
+    from entpruner_sdk.apps.demo import launch
+
+    port = free_port()
+    demo = launch(*sit_models, port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        *_, speedup = client.predict(1, 0, 2, "heun-sde", 6, 2.0, "PyTorch", "SBDM", 1.0,
+                                     "Tweedie", 0.04, 1e-6, 1e-3, api_name="/generate")
+        assert speedup.endswith("6 steps, diffusion_form SBDM, diffusion_norm 1.0, last_step "
+                                "Tweedie, last_step_size 0.04)")
+        *_, speedup = client.predict(1, 0, 2, "heun", 6, 2.0, "PyTorch", "SBDM", 1.0,
+                                     "Tweedie", 0.04, 1e-6, 1e-3, api_name="/generate")
+        assert speedup.endswith("6 steps)")  # heun takes none of them
+        with pytest.raises(Exception, match="last_step_size must be in \\(0, 1\\)"):
+            client.predict(1, 0, 1, "euler-maruyama", 6, 2.0, "PyTorch", "sigma", 1.0, "Mean",
+                           2.0, 1e-6, 1e-3, api_name="/generate")
+        # loading a DiT pair brings DiT's samplers, defaults, and no SiT settings
+        client.predict(*models, api_name="/load")
+        *_, speedup = client.predict(1, 0, 1, "ddim", 3, 2.0, "PyTorch", api_name="/generate")
+        assert speedup.endswith("3 steps)")
+    finally:
+        demo.close()
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium "
+                    "(apt-get install -y chromium)")
+def test_browser_shows_an_unstable_sit_setting_and_why(sit_models):
+    """The SiT settings are on the page, and an unstable choice (Heun-SDE at 5 steps) still
+    samples, with a warning that says why and what mends it."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from entpruner_sdk.apps.demo import launch
+
+    port = free_port()
+    demo = launch(*sit_models, port=port, block=False)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--disable-quic"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+                page.get_by_text("Loaded: original SIT").wait_for(timeout=30_000)
+                page.get_by_text("SiT sampler settings").click()
+                assert page.get_by_label("last step size (SDE)").input_value() == "0.04"
+                page.get_by_label("sampler", exact=True).click()
+                page.get_by_role("option", name="heun-sde", exact=True).click()
+                steps = page.get_by_label("number input for steps")
+                steps.fill("5")
+                steps.press("Enter")
+                page.locator("#generate").click()
+                warning = page.get_by_text("heun-sde x 5 with diffusion_form sigma").first
+                warning.wait_for(timeout=60_000)
+                assert "take more than 5 steps" in warning.inner_text()
+                page.locator("#pruned-gallery img").first.wait_for(timeout=60_000)
+                assert "last_step Mean" in page.locator("#speedup").inner_text()
+                page.screenshot(path=str(ARTIFACTS / "demo-sit-settings.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        demo.close()
