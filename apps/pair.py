@@ -240,7 +240,7 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
         start, counter = time.perf_counter(), CallCounter()
         decoder = pair.decoder
         runtime = pair.runtimes.get(name) if backend == "ONNX Runtime" else None
-        objective = (runtime.objective if runtime else objective_for(model))
+        objective = runtime.objective if runtime else objective_for(model)
         if sampler_settings:  # checked as the CLI and the server check them
             objective = objective.with_sampler_settings(sampler, **sampler_settings)
         if runtime is not None:
