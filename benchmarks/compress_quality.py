@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import weakref
 from pathlib import Path
 from statistics import fmean, stdev
 
@@ -40,6 +41,7 @@ from entpruner_sdk.compress import compress
 from entpruner_sdk.compress.config import recovery_lr
 from entpruner_sdk.evaluation.classifier import domain_classifier, network_fingerprint
 from entpruner_sdk.evaluation.evaluate import evaluate
+from entpruner_sdk.evaluation.likelihood import bits_per_dim, likelihood_images
 from entpruner_sdk.teachers import SAMPLING, load_teacher
 from entpruner_sdk.utils.files import atomic_write_text
 
@@ -125,14 +127,27 @@ def settings(quick: bool) -> dict:
                 fid_keep=0.5, fidelity=False)
 
 
+# each model's bits per dimension by image count: fixed images and noise, so one measurement
+_BITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def score(model, data, family_sampling, config, original=None, seed=0,
           fid: bool = False) -> dict:
     """Domain metrics on ``config["samples"]`` images (+ fidelity to ``original``), and
-    standard FID on ``config["fid_samples"]`` images when ``fid``."""
+    standard FID on ``config["fid_samples"]`` images when ``fid``. With ``config["likelihood"]``
+    also the bits per dimension of that many real images, the same images and noise for every
+    model and seed (seed 0), so any two runs compare image by image."""
     report = evaluate(model, data, samples=config["samples"], features=("domain",),
                       original=original, progress=False, seed=1000 * seed, **family_sampling)
     metrics = {**report.metrics, **{f"fidelity_{k}": v for k, v in report.fidelity.items()},
                "domain_network": report.settings["feature_networks"]["domain"]}
+    if config.get("likelihood"):
+        count = config["likelihood"]
+        measured = _BITS.setdefault(model, {})
+        if count not in measured:  # the teacher, scored again for each seed, is measured once
+            images = likelihood_images(data, count, seed=0)
+            measured[count] = bits_per_dim(model, images).mean().item()
+        metrics.update(bits_per_dim=measured[count], likelihood_images=count)
     if fid:
         samples = config.get("fid_samples", config["samples"])
         inception = evaluate(model, data, samples=samples, features=("inception",),
@@ -260,7 +275,8 @@ def table(rows: list[dict], config: dict) -> str:
     """One line per (dataset, family, keep, method): the mean over seeds, +- the standard
     deviation when there are several."""
     rows = _rate_labelled(rows)
-    metrics = ["fid", "fd_domain", "precision_domain", "recall_domain", "class_accuracy"]
+    metrics = ["fid", "fd_domain", "precision_domain", "recall_domain", "class_accuracy",
+               "bits_per_dim"]
     present = [m for m in metrics if any(m in r for r in rows)]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -439,6 +455,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fidelity", action="store_true",
                         help="also score fidelity to the teacher (PSNR/SSIM; samples the "
                              "teacher once per run)")
+    parser.add_argument("--likelihood", type=int, metavar="N",
+                        help="also measure each model's bits per dimension on N real images "
+                             "(evaluate --likelihood's method, at its default steps)")
     parser.add_argument("--tag", help="results go to compress_quality_TAG.json / .md")
     parser.add_argument("--save-models", type=Path, metavar="DIR",
                         help="keep every pruned model (and its report) under DIR")
@@ -448,7 +467,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = settings(args.quick)
     config.update({k: v for k, v in (("steps", args.steps), ("samples", args.samples),
-                                     ("lr", args.lr)) if v is not None})
+                                     ("lr", args.lr), ("likelihood", args.likelihood))
+                   if v is not None})
     if args.no_fid:
         config["inception"] = False
     if args.fidelity:
@@ -474,7 +494,8 @@ def main(argv=None) -> int:
         rows = run_grid(grid, methods, config, results, args.seeds, args.random_draws,
                         args.save_models)
     text = table(rows, config)
-    for summary in (paired_table(rows), shortfall_table(rows)):
+    for summary in (paired_table(rows), paired_table(rows, metric="bits_per_dim"),
+                    shortfall_table(rows)):
         if summary:
             text += "\n" + summary
     atomic_write_text(RESULTS / f"compress_quality{suffix}.md", text)

@@ -443,3 +443,25 @@ def test_sampling_speed_times_every_sampler_with_its_model_calls(tmp_path):
             assert calls == (expected_calls[r["sampler"]],) * 2
         assert r["speedup_per_call"] == pytest.approx(
             r["speedup"] * calls[1] / calls[0])
+
+
+def test_quality_scores_bits_per_dim_once_per_model_on_fixed_images(quality):
+    from entpruner_sdk.evaluation.likelihood import bits_per_dim, likelihood_images
+
+    model = randomized(DiffusionTransformer(tiny_config("dit", depth=2)))
+    digits = load_data("digits")
+    config = dict(samples=8, likelihood=3)
+    sampling = dict(sampler="ddim", steps=2, cfg_scale=1.0)
+    first = quality.score(model, digits, sampling, config, seed=0)
+    again = quality.score(model, digits, sampling, config, seed=1)  # other evaluation noise
+    expected = bits_per_dim(model, likelihood_images(digits, 3, seed=0)).mean().item()
+    assert first["bits_per_dim"] == again["bits_per_dim"] == pytest.approx(expected)
+    assert first["likelihood_images"] == 3 and first["fd_domain"] != again["fd_domain"]
+    assert "bits_per_dim" not in quality.score(model, digits, sampling, dict(samples=8))
+    rows = [{**row(m, s, 1.0), "bits_per_dim": bits + s / 100}
+            for m, bits in (("ced-adaptive", 4.0), ("bi", 4.04)) for s in (0, 1)]
+    assert "| digits | dit | 6 | bi | 1.000 +- 0.000 | 4.045 +- 0.007 | - |" in \
+        quality.table(rows, dict(steps=600, samples=500))
+    lines = quality.paired_table(rows, metric="bits_per_dim").splitlines()
+    assert "(bits_per_dim, lower is better)" in lines[0]
+    assert lines[-1].startswith("| digits / dit keep 6 | bi | +1.0% ")
