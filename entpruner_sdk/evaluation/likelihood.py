@@ -63,30 +63,37 @@ def bits_per_dim(model: DiffusionTransformer, images: ImageDataset, *, seed: int
     # the whole: an image's noise follows its index, so the figures are one process's
     world, rank = distributed.world_size(), distributed.rank()
     share = range(len(images) * rank // world, len(images) * (rank + 1) // world)
-    objective = objective_for(model)
-    options = {"steps": steps} if steps else {}
     was_training = model.training
     model.to(device).eval()
-    results = [torch.empty(0)]
     try:
-        starts = range(share.start, share.stop, batch_size)
-        for start in progress_bar(starts, enabled=progress and distributed.is_main(),
-                                  desc="likelihood", leave=False):
-            stop = min(start + batch_size, share.stop)
-            x = unit_range(images.images[start:stop]).to(device)
-            y = images.labels[start:stop].to(device)
-            noise = SplitGenerator([image_seed(seed, i) for i in range(start, stop)],
-                                   [1] * len(x))
-            with torch.no_grad():
-                results.append(objective.bits_per_dim(model, x, y, generator=noise,
-                                                      **options).cpu())
+        mine = _measure(model, images, share, seed, batch_size, steps, device,
+                        progress and distributed.is_main())
     finally:
         model.train(was_training)
-    bits = torch.cat(distributed.gather_objects(torch.cat(results)))
+    bits = torch.cat(distributed.gather_objects(mine))
     if not torch.isfinite(bits).all():
         raise FloatingPointError("the likelihood is not finite for some images: the model "
                                  "gives NaN or infinite outputs on real data")
     return bits
+
+
+def _measure(model: DiffusionTransformer, images: ImageDataset, share: range, seed: int,
+             batch_size: int, steps: int | None, device: torch.device, progress: bool
+             ) -> torch.Tensor:
+    """The bits per dimension of the images ``share`` indexes, a batch at a time."""
+    objective = objective_for(model)
+    options = {"steps": steps} if steps else {}
+    results = [torch.empty(0)]
+    starts = range(share.start, share.stop, batch_size)
+    for start in progress_bar(starts, enabled=progress, desc="likelihood", leave=False):
+        stop = min(start + batch_size, share.stop)
+        x = unit_range(images.images[start:stop]).to(device)
+        y = images.labels[start:stop].to(device)
+        noise = SplitGenerator([image_seed(seed, i) for i in range(start, stop)], [1] * len(x))
+        with torch.no_grad():
+            results.append(objective.bits_per_dim(model, x, y, generator=noise,
+                                                  **options).cpu())
+    return torch.cat(results)
 
 
 def image_seed(seed: int, index: int) -> int:
