@@ -17,6 +17,7 @@ from entpruner_sdk.apps.pair import (
     load_pair,
     structure_facts,
 )
+from entpruner_sdk.compress.report import spread
 from entpruner_sdk.objectives import OBJECTIVES, objective_for
 from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
 from entpruner_sdk.sampling import to_picture
@@ -210,7 +211,7 @@ def _report_figures(pair: ModelPair) -> str:
     latency = s.get("sampling_latency")
     if latency:
         lines.append(f"| measured sampling speedup ({latency['device']}, batch "
-                     f"{latency['batch']}) | {latency['speedup']:.2f}x |")
+                     f"{latency['batch']}) | {latency['speedup']:.2f}x{spread(latency)} |")
     for key, value in sorted(s.items()):
         if key.startswith(("fd_", "fid", "class_accuracy", "precision", "recall", "psnr",
                            "ssim")) and isinstance(value, (int, float)):

@@ -1,5 +1,6 @@
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -281,6 +282,7 @@ def test_compress_command(tmp_path, capsys):
                  "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "depth 4 -> 2" in out and (tmp_path / "c" / "report.json").exists()
+    assert re.search(r"sampling speedup [\d.]+x \([\d.]+-[\d.]+ over 5 rounds\) on cpu", out)
     # the result stays, the checkpoint (and any copy a save in flight left) does not
     assert ep.load(tmp_path / "c" / "model").depth == 2
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [

@@ -80,7 +80,12 @@ def test_result_saves_loads_and_samples(tmp_path, family, grid, model_times):
     assert summary["depth_before"] == 6 and summary["depth_after"] == 4
     assert summary["parameters_after"] < summary["parameters_before"]
     assert summary["gflops_after"] < summary["gflops_before"]
-    assert summary["sampling_latency"]["pruned_s"] > 0 and len(report["losses"]) == 24
+    latency = summary["sampling_latency"]
+    assert latency["pruned_s"] > 0 and len(report["losses"]) == 24
+    # the ratio of the medians lies within the rounds' own ratios, which the report shows
+    low, high = latency["speedup_range"]
+    assert latency["rounds"] == 5 and low <= latency["speedup"] <= high
+    assert latency["speedup"] == pytest.approx(latency["original_s"] / latency["pruned_s"])
     assert all("scores" in d and "candidates" in d for d in report["decisions"])
     # the CED table per block and per timestep, at every decision (the default ranks once)
     assert report["calibration_times"] == pytest.approx(model_times)
@@ -88,6 +93,8 @@ def test_result_saves_loads_and_samples(tmp_path, family, grid, model_times):
                for d in report["decisions"] for row in d["scores"])
     markdown = (tmp_path / "report.md").read_text()
     assert "| depth | 6 | 4 |" in markdown
+    assert (f"| {latency['speedup']:.2f}x ({low:.2f}-{high:.2f} over 5 rounds) |"
+            in markdown)
     assert f"per timestep (t = {', '.join(f'{t:g}' for t in model_times)})" in markdown
     assert {"class_accuracy", "fd_domain"} <= set(summary["quality_original"])
     assert {"class_accuracy", "fd_domain", "psnr", "ssim"} <= set(summary["quality_pruned"])

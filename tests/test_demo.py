@@ -47,6 +47,14 @@ def test_pair_loads_report_and_samples_from_the_same_noise(models):
     pair = load_pair(*models)
     assert pair.ready and not pair.errors
     assert pair.pruned.depth == 2 and pair.report["summary"]["depth_after"] == 2
+    from entpruner_sdk.apps.demo import _report_figures
+    from entpruner_sdk.compress.report import spread
+
+    latency = pair.report["summary"]["sampling_latency"]
+    assert (f"| measured sampling speedup (cpu, batch 8) | {latency['speedup']:.2f}x"
+            f"{spread(latency)} |") in _report_figures(pair)
+    assert spread(latency).endswith(" over 5 rounds)")
+    assert spread({"speedup": 1.8}) == ""  # a report written before the rounds were kept
     left, right = generate_pair(pair, 3, seed=5, count=2, sampler="ddim", steps=3, cfg_scale=2)
     assert left.images.shape == right.images.shape == (2, 1, 8, 8)
     assert left.seconds > 0 and right.images_per_second > 0

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     """Compress ``--model`` on ``--data`` to ``--budget`` into ``--out`` (or only plan it,
     ``--dry-run``), printing the summary; 0 on success."""
     from entpruner_sdk.compress import compress, plan
+    from entpruner_sdk.compress.report import spread
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.utils import distributed
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"kept blocks {s['kept_blocks']}; removed {s['removed_blocks']}")
     asked = (f" (budget {s['target_speedup']:g}x; latency model {s['predicted_speedup']:.2f}x)"
              if "target_speedup" in s else "")
-    print(f"sampling speedup {lat['speedup']:.2f}x on {lat['device']}{asked}; "
+    print(f"sampling speedup {lat['speedup']:.2f}x{spread(lat)} on {lat['device']}{asked}; "
           f"model and report in {args.out}")
     return 0
 

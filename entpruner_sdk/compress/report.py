@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +14,29 @@ from entpruner_sdk.data.latents import is_latent
 from entpruner_sdk.models.transformer import DiffusionTransformer, count_parameters, forward_flops
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
-from entpruner_sdk.utils.timing import interleaved_medians
+from entpruner_sdk.utils.timing import interleaved_times
 
 
 def sampling_latency(original: DiffusionTransformer, pruned: DiffusionTransformer,
                      device: torch.device, batch: int = 8, steps: int = 10,
-                     repeats: int = 3) -> dict[str, Any]:
-    """Seconds per sampling call of both models, measured side by side."""
+                     repeats: int = 5) -> dict[str, Any]:
+    """Seconds per sampling call of both models, measured side by side.
+
+    The speedup is the ratio of the medians. Beside it, the lowest and highest ratio of one
+    round (one call of each model, back to back) show how much the machine's load moved it:
+    the median's ratio always lies between them."""
     labels = torch.arange(batch) % original.config.num_classes
 
     def run(model):
         return sample(model, labels, steps=steps, device=device)
 
-    times = interleaved_medians({"original": lambda: run(original),
-                                 "pruned": lambda: run(pruned)}, repeats=repeats)
+    times = interleaved_times({"original": lambda: run(original),
+                               "pruned": lambda: run(pruned)}, repeats=repeats)
+    original_s, pruned_s = (statistics.median(times[side]) for side in ("original", "pruned"))
+    rounds = [a / b for a, b in zip(times["original"], times["pruned"], strict=True)]
     return {"device": str(device), "batch": batch, "steps": steps,
-            "original_s": times["original"], "pruned_s": times["pruned"],
-            "speedup": times["original"] / times["pruned"]}
+            "original_s": original_s, "pruned_s": pruned_s, "speedup": original_s / pruned_s,
+            "rounds": repeats, "speedup_range": [min(rounds), max(rounds)]}
 
 
 def build_report(teacher, pruned, data, config, budget, decisions, losses, latency, protected,
@@ -75,6 +82,15 @@ def write_report(report: dict[str, Any], directory: Path) -> None:
     plot_scores(report, directory / "importance.png")
 
 
+def spread(latency: dict[str, Any]) -> str:
+    """The lowest and highest ratio of one round, as " (1.70-1.86 over 5 rounds)"; empty for
+    a report written before they were recorded."""
+    if "speedup_range" not in latency:
+        return ""
+    low, high = latency["speedup_range"]
+    return f" ({low:.2f}-{high:.2f} over {latency['rounds']} rounds)"
+
+
 def _speedup_note(s: dict[str, Any]) -> list[str]:
     """For a speedup budget: the prediction it was resolved with, against the measurement."""
     target, predicted = s.get("target_speedup"), s.get("predicted_speedup")
@@ -108,7 +124,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lat = s["sampling_latency"]
     lines.append(f"| sampling latency ({lat['device']}, batch {lat['batch']}, {lat['steps']} "
                  f"steps) | {lat['original_s'] * 1e3:.0f} ms | {lat['pruned_s'] * 1e3:.0f} ms | "
-                 f"{lat['speedup']:.2f}x |")
+                 f"{lat['speedup']:.2f}x{spread(lat)} |")
     lines += _speedup_note(s)
     if "quality_pruned" in s:
         q = s["quality_settings"]

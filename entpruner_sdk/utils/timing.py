@@ -26,9 +26,10 @@ def time_once(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int = 5,
-                        warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each candidate, timed in alternation."""
+def interleaved_times(candidates: dict[str, Callable[[], object]], repeats: int = 5,
+                      warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call of each candidate, timed in alternation: round i of every
+    candidate ran under much the same load, so their ratios can be taken round by round."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -36,7 +37,14 @@ def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: in
     for _ in range(repeats):
         for name, fn in candidates.items():
             samples[name].append(time_once(fn))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int = 5,
+                        warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each candidate, timed in alternation."""
+    times = interleaved_times(candidates, repeats, warmup)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 class CallCounter:
