@@ -203,10 +203,11 @@ def run_grid(grid, methods, config, results_path: Path, seeds: int = 1,
                 seconds = time.perf_counter() - start
                 if models_dir is not None:
                     result.save(models_dir / f"{dataset}-{family}-k{keep}-{method}-s{seed}")
+                latency = result.report["summary"]["sampling_latency"]
                 rows.append(dict(
                     **run, seconds=seconds, steps=config["steps"],
                     kept_blocks=result.model.kept_blocks, lr=result.report["settings"]["lr"],
-                    speedup=result.report["summary"]["sampling_latency"]["speedup"],
+                    speedup=latency["speedup"], speedup_range=latency["speedup_range"],
                     **score(result.model, data, sampling, config,
                             original=teacher if config["fidelity"] else None, seed=seed,
                             fid=fid)))

@@ -277,12 +277,18 @@ def test_compress_command(tmp_path, capsys):
                  "--steps", "6", "--batch-size", "4", "--interval", "2",
                  "--gradient-accumulation", "4", "--gradient-checkpointing",
                  "--calibration-per-class", "2", "--calibration-times", "2",
-                 "--report-samples", "0", "--prune-fraction", "0.5", "--ced-output", "clipped",
+                 "--report-samples", "0", "--report-likelihood", "2",
+                 "--prune-fraction", "0.5", "--ced-output", "clipped",
                  "--ced-weighting", "normalized", "--no-keep-checkpoint",
                  "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "depth 4 -> 2" in out and (tmp_path / "c" / "report.json").exists()
     assert re.search(r"sampling speedup [\d.]+x \([\d.]+-[\d.]+ over 5 rounds\) on cpu", out)
+    likelihood = json.loads((tmp_path / "c" / "report.json").read_text())["summary"]["likelihood"]
+    assert (f"bits per dimension of 2 real images: "
+            f"{likelihood['original_bits_per_dim']['mean']:.4f} -> "
+            f"{likelihood['bits_per_dim']['mean']:.4f} (paired difference "
+            f"{likelihood['difference']['mean']:+.4f} +- ") in out
     # the result stays, the checkpoint (and any copy a save in flight left) does not
     assert ep.load(tmp_path / "c" / "model").depth == 2
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [

@@ -11,12 +11,13 @@ from entpruner_sdk.compress import setup as compress_setup
 from entpruner_sdk.compress.config import recovery_lr
 from entpruner_sdk.data import DataError, ImageDataset, load_data
 from entpruner_sdk.evaluation.classifier import save_classifier, train_classifier
+from entpruner_sdk.evaluation.likelihood import bits_per_dim, likelihood_images
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.schedule import LatencyModel
 from entpruner_sdk.utils.cache import cache_root
 from entpruner_sdk.utils.checkpoint import META
-from tests.conftest import randomized, tiny_config
+from tests.conftest import latent_model, randomized, tiny_config
 
 FAST = dict(steps=24, batch_size=8, interval=6, calibration_per_class=2, calibration_times=2,
             proxy_samples=4, report_samples=0, progress=False, device="cpu")
@@ -270,11 +271,34 @@ def test_fewer_classes_than_the_model_need_the_option_before_any_work(tmp_path):
                          r"\[0, 1, 2, 3, 4, 5\]"),
     # settings only the final evaluation uses fail before the training, not after it
     ("report_samples", 1, "report_samples=1: the quality figures need at least 2"),
-    ("report_features", ("domain", "fid"), r"unknown report_features \['fid'\]")])
+    ("report_features", ("domain", "fid"), r"unknown report_features \['fid'\]"),
+    ("report_likelihood", -1, "report_likelihood=-1: the number of real images")])
 def test_bad_settings_fail_before_any_work(monkeypatch, option, value, named):
     monkeypatch.setattr(compress_setup, "load_data", lambda *a: pytest.fail("data was loaded"))
     with pytest.raises(ValueError, match=named):
         compress(teacher(), "digits", 3, **{**FAST, "report_samples": 8, option: value})
+
+
+def test_report_likelihood_of_real_images_is_paired_with_the_original(tmp_path):
+    original = teacher("sit", depth=4)
+    result = compress(original, "digits", 2, out_dir=tmp_path,
+                      **dict(FAST, report_likelihood=6))
+    likelihood = result.report["summary"]["likelihood"]
+    # the same images and noise as evaluate's: the training data's, chosen by the run's seed
+    images = likelihood_images(load_data("digits"), 6, seed=0)
+    pruned, unpruned = bits_per_dim(result.model, images), bits_per_dim(original, images)
+    assert likelihood["images"] == 6 and "Heun x 50" in likelihood["method"]
+    assert likelihood["bits_per_dim"]["mean"] == pytest.approx(pruned.mean().item())
+    assert likelihood["original_bits_per_dim"]["mean"] == pytest.approx(unpruned.mean().item())
+    assert likelihood["difference"]["mean"] == pytest.approx((pruned - unpruned).mean().item())
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Likelihood of 6 real images (bits per dimension, lower is better)" in markdown
+    figure = likelihood["bits_per_dim"]
+    assert f"| pruned | {figure['mean']:.4f} +- {figure['sem']:.4f} |" in markdown
+    # a latent model is refused before any work: VAE latents have no 8-bit bins
+    with pytest.raises(DataError, match="report_likelihood=6: the likelihood is of 8-bit "
+                                        "images, and this model takes VAE latents"):
+        compress(latent_model(), "nothing-loaded", 2, **dict(FAST, report_likelihood=6))
 
 
 def test_standard_fid_without_its_extra_fails_before_any_work(monkeypatch):

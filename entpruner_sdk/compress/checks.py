@@ -41,6 +41,17 @@ def check_report_decoder(model: DiffusionTransformer, config: CompressConfig,
     return None
 
 
+def check_report_likelihood(model: DiffusionTransformer, config: CompressConfig) -> None:
+    """Fail before any training when the report's likelihood cannot be measured: it is of
+    8-bit images, which a latent model does not take."""
+    from entpruner_sdk.data.latents import is_latent
+
+    if config.report_likelihood and is_latent(model.config):
+        raise DataError(f"report_likelihood={config.report_likelihood}: the likelihood is of "
+                        "8-bit images, and this model takes VAE latents: leave it at 0 "
+                        "(--report-likelihood 0)")
+
+
 def check_data(model: DiffusionTransformer, data: ImageDataset, num_classes: int | None,
                keep_classes: bool = False) -> None:
     """Fail before any work unless the run can train on ``data``.

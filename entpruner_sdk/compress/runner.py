@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from entpruner_sdk.compress.budget import Budget
-from entpruner_sdk.compress.checks import check_report_decoder
+from entpruner_sdk.compress.checks import check_report_decoder, check_report_likelihood
 from entpruner_sdk.compress.config import MEMORY_SETTINGS, CompressConfig, jsonable
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import distillation_loss
@@ -197,6 +197,7 @@ def compress(
     check_micro_batches(config.batch_size, config.gradient_accumulation,
                         distributed.world_size())
     report_vae = check_report_decoder(model, config, device) if config.report_samples else None
+    check_report_likelihood(model, config)
     setup = prepare(model, data, budget, config, device)
     config, budget, protected, data = setup.config, setup.budget, setup.protected, setup.data
     teacher, calibration = setup.teacher, setup.calibration
@@ -228,6 +229,13 @@ def compress(
                                   out_dir)
         if report is not None:
             report["summary"].update(figures)
+    if config.report_likelihood > 0:  # every rank measures its share of the images
+        from entpruner_sdk.evaluation.likelihood import paired_likelihood
+
+        likelihood = paired_likelihood(pruned, teacher, data, config.report_likelihood,
+                                       seed=config.seed, device=device, progress=progress)
+        if report is not None:
+            report["summary"]["likelihood"] = likelihood
     result = CompressResult(pruned, distributed.broadcast(report))
     if out_dir is not None and distributed.is_main():
         result.save(out_dir)

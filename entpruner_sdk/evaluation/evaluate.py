@@ -28,13 +28,7 @@ from entpruner_sdk.evaluation.classifier import domain_classifier, network_finge
 from entpruner_sdk.evaluation.features import DomainFeatures, feature_extractors, sharded_features
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
 from entpruner_sdk.evaluation.generation import balanced_labels, generate
-from entpruner_sdk.evaluation.likelihood import (
-    bits_per_dim,
-    check_pixel_model,
-    likelihood_images,
-    likelihood_method,
-    summary,
-)
+from entpruner_sdk.evaluation.likelihood import check_pixel_model, paired_likelihood
 from entpruner_sdk.evaluation.metrics import (
     FeatureStats,
     TooFewSamples,
@@ -201,8 +195,9 @@ def evaluate(
                                        **sampling)
         report.fidelity = _fidelity(images, original_images, extractors, generated, progress)
     if likelihood:
-        report.likelihood = _likelihood(model, original, data, likelihood, likelihood_steps,
-                                        seed, device, progress)
+        report.likelihood = paired_likelihood(model, original, data, likelihood,
+                                              steps=likelihood_steps, seed=seed, device=device,
+                                              progress=progress)
     if keep_batches:
         report.kept_batches = [batches.directory for batches in kept.made]
     else:
@@ -239,23 +234,6 @@ def _check_request(model: DiffusionTransformer, features: tuple[str, ...], vae: 
     if samples < 2:
         raise TooFewSamples(f"samples={samples}: at least 2 are needed for a covariance "
                             "(and a few hundred for a stable FID)")
-
-
-def _likelihood(model: DiffusionTransformer, original: DiffusionTransformer | None, data,
-                count: int, steps: int | None, seed: int, device: torch.device,
-                progress: bool) -> dict[str, Any]:
-    """Bits per dimension of ``count`` real images under the model and the original, on the
-    same images with the same noise, so their difference is paired image by image."""
-    images = likelihood_images(data, count, seed)
-    measure = dict(seed=seed, steps=steps, device=device, progress=progress)
-    ours = bits_per_dim(model, images, **measure)
-    result = {"images": len(images), "method": likelihood_method(model, steps),
-              "bits_per_dim": summary(ours)}
-    if original is not None:
-        theirs = bits_per_dim(original, images, **measure)
-        result["original_bits_per_dim"] = summary(theirs)
-        result["difference"] = summary(ours - theirs)
-    return result
 
 
 def _note_scope(report: EvaluationReport, model: DiffusionTransformer, data,

@@ -5,6 +5,7 @@ same noise for an original and its pruned model, so the two compare image by ima
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -94,6 +95,25 @@ def _measure(model: DiffusionTransformer, images: ImageDataset, share: range, se
             results.append(objective.bits_per_dim(model, x, y, generator=noise,
                                                   **options).cpu())
     return torch.cat(results)
+
+
+def paired_likelihood(model: DiffusionTransformer, original: DiffusionTransformer | None,
+                      data: ImageDataset, count: int, *, steps: int | None = None,
+                      seed: int = 0, device: str | torch.device | None = None,
+                      progress: bool = False) -> dict[str, Any]:
+    """Bits per dimension of ``count`` real images of ``data`` (:func:`likelihood_images`)
+    under ``model``, and under ``original`` on the same images with the same noise, so their
+    difference is paired image by image: each a mean and its standard error."""
+    images = likelihood_images(data, count, seed)
+    measure = dict(seed=seed, steps=steps, device=device, progress=progress)
+    ours = bits_per_dim(model, images, **measure)
+    result = {"images": len(images), "method": likelihood_method(model, steps),
+              "bits_per_dim": summary(ours)}
+    if original is not None:
+        theirs = bits_per_dim(original, images, **measure)
+        result["original_bits_per_dim"] = summary(theirs)
+        result["difference"] = summary(ours - theirs)
+    return result
 
 
 def image_seed(seed: int, index: int) -> int:

@@ -62,7 +62,7 @@ class EvaluationReport:
             lines += ["", "## Fidelity to the original (same noise and labels)", "",
                       "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4f} |" for k, v in self.fidelity.items()]
-        lines += _likelihood_lines(self.likelihood)
+        lines += likelihood_lines(self.likelihood)
         lines += ["", "## Per class", "", "| class | accuracy | diversity |", "|---|---|---|"]
         classes = self.classes or range(len(self.per_class_accuracy))
         names = self.class_names or [""] * len(classes)
@@ -97,11 +97,13 @@ class EvaluationReport:
         return path
 
 
-def _likelihood_lines(likelihood: dict[str, Any]) -> list[str]:
-    """The likelihood section: each model's bits per dimension and the paired difference."""
+def likelihood_lines(likelihood: dict[str, Any], model_name: str = "this model"
+                     ) -> list[str]:
+    """The likelihood section (Markdown): each model's bits per dimension and the paired
+    difference, as :func:`~entpruner_sdk.evaluation.likelihood.paired_likelihood` gives them."""
     if not likelihood:
         return []
-    rows = [("this model", "bits_per_dim"), ("original", "original_bits_per_dim"),
+    rows = [(model_name, "bits_per_dim"), ("original", "original_bits_per_dim"),
             ("difference (paired)", "difference")]
     lines = ["", f"## Likelihood of {likelihood['images']} real images (bits per dimension, "
                  "lower is better)", "", f"{likelihood['method']}.", "",
