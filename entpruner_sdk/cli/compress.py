@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         """\
         entpruner compress --model dit-digits --data digits --budget 6 --out runs/dit-d6
         entpruner compress --model sit-digits --budget 0.5 --steps 2000 --out runs/sit-half
-        entpruner compress --model sit-digits --budget 6 --out runs/sit-d6 \
+        entpruner compress --model sit-digits --budget 6 --out runs/sit-d6 \\
             --report-likelihood 100   # + bits per dimension of 100 digits, paired
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data ./my_latents.npz \\
             --budget 2x --device cuda --out runs/xl --num-classes 10
