@@ -212,11 +212,27 @@ def _report_figures(pair: ModelPair) -> str:
     if latency:
         lines.append(f"| measured sampling speedup ({latency['device']}, batch "
                      f"{latency['batch']}) | {latency['speedup']:.2f}x{spread(latency)} |")
-    for key, value in sorted(s.items()):
-        if key.startswith(("fd_", "fid", "class_accuracy", "precision", "recall", "psnr",
-                           "ssim")) and isinstance(value, (int, float)):
-            lines.append(f"| {key} | {value:.4g} |")
-    return "\n".join(lines)
+    return "\n".join(lines + _quality_rows(s))
+
+
+def _quality_rows(s: dict[str, Any]) -> list[str]:
+    """The report's quality figures and likelihood, original -> pruned (fidelity to the
+    original, such as PSNR, has the pruned side only)."""
+    rows = []
+    if "quality_pruned" in s:
+        q = s["quality_settings"]
+        rows.append(f"| quality measured with | {q['samples']} samples, {q['sampler']} x "
+                    f"{q['steps']}, cfg {q['cfg_scale']} |")
+        for key, value in s["quality_pruned"].items():
+            before = s["quality_original"].get(key)
+            shown = f"{value:.4g}" if before is None else f"{before:.4g} -> {value:.4g}"
+            rows.append(f"| {key} | {shown} |")
+    if "likelihood" in s:
+        lik = s["likelihood"]
+        rows.append(f"| bits per dimension of {lik['images']} real images (lower is better) | "
+                    f"{lik['original_bits_per_dim']['mean']:.4f} -> "
+                    f"{lik['bits_per_dim']['mean']:.4f} |")
+    return rows
 
 
 def _decisions(pair: ModelPair) -> str:

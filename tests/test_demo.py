@@ -29,7 +29,9 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=4)))
     save(teacher, root / "teacher")
-    compress(teacher, "digits", 2, **FAST).save(root / "pruned")
+    # with the report's quality figures and likelihood, which the Generate tab shows
+    compress(teacher, "digits", 2, **dict(FAST, report_samples=8, report_likelihood=2)
+             ).save(root / "pruned")
     return str(root / "teacher"), str(root / "pruned")
 
 
@@ -54,6 +56,16 @@ def test_pair_loads_report_and_samples_from_the_same_noise(models):
     assert (f"| measured sampling speedup (cpu, batch 8) | {latency['speedup']:.2f}x"
             f"{spread(latency)} |") in _report_figures(pair)
     assert spread(latency).endswith(" over 5 rounds)")
+    summary, figures = pair.report["summary"], _report_figures(pair)
+    original, pruned = summary["quality_original"], summary["quality_pruned"]
+    assert (f"| fd_domain | {original['fd_domain']:.4g} -> {pruned['fd_domain']:.4g} |"
+            in figures)
+    assert f"| psnr | {pruned['psnr']:.4g} |" in figures  # fidelity: the pruned side only
+    assert "| quality measured with | 8 samples, ddim x 50, cfg 2.0 |" in figures
+    lik = summary["likelihood"]
+    assert (f"| bits per dimension of 2 real images (lower is better) | "
+            f"{lik['original_bits_per_dim']['mean']:.4f} -> {lik['bits_per_dim']['mean']:.4f} |"
+            in figures)
     assert spread({"speedup": 1.8}) == ""  # a report written before the rounds were kept
     left, right = generate_pair(pair, 3, seed=5, count=2, sampler="ddim", steps=3, cfg_scale=2)
     assert left.images.shape == right.images.shape == (2, 1, 8, 8)
