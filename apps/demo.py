@@ -27,6 +27,8 @@ BACKENDS = ("PyTorch", "ONNX Runtime")
 SETTING_NAMES = ("diffusion_form", "diffusion_norm", "last_step", "last_step_size", "atol",
                  "rtol")
 DISPLAY_SIZE = 96  # small images are upscaled (nearest) so they stay visible
+# lossless: Gradio's default (WebP) is lossy, and would blur the very samples being compared
+GALLERY_FORMAT = "png"
 
 
 def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
@@ -82,12 +84,13 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
                 with gr.Column():
                     gr.Markdown("### original")
                     original_gallery = gr.Gallery(label="original", columns=4, height=260,
+                                                  format=GALLERY_FORMAT,
                                                   elem_id="original-gallery")
                     original_timing = gr.Markdown(elem_id="original-timing")
                 with gr.Column():
                     gr.Markdown("### pruned")
                     pruned_gallery = gr.Gallery(label="pruned", columns=4, height=260,
-                                                elem_id="pruned-gallery")
+                                                format=GALLERY_FORMAT, elem_id="pruned-gallery")
                     pruned_timing = gr.Markdown(elem_id="pruned-timing")
             speedup = gr.Markdown(elem_id="speedup")
         with gr.Tab("Quality"):
@@ -100,9 +103,10 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
             facts = gr.Dataframe(structure_facts(pair),
                                  headers=["", "original", "pruned", "ratio"], label="structure")
             with gr.Row():
-                importance_plot = gr.Image(_plot(pair, "importance.png"),
+                # the plots carry their own titles, which a label badge would cover
+                importance_plot = gr.Image(_plot(pair, "importance.png"), show_label=False,
                                            label="CED per block (removed blocks marked)")
-                timeline_plot = gr.Image(_plot(pair, "loss.png"),
+                timeline_plot = gr.Image(_plot(pair, "loss.png"), show_label=False,
                                          label="pruning timeline: loss and removal events")
             decisions = gr.Markdown(_decisions(pair))
         with gr.Accordion("Models", open=bool(pair.errors)):
@@ -225,7 +229,7 @@ def _quality_rows(s: dict[str, Any]) -> list[str]:
                     f"{q['steps']}, cfg {q['cfg_scale']} |")
         for key, value in s["quality_pruned"].items():
             before = s["quality_original"].get(key)
-            shown = f"{value:.4g}" if before is None else f"{before:.4g} -> {value:.4g}"
+            shown = f"{value:.4f}" if before is None else f"{before:.4f} -> {value:.4f}"
             rows.append(f"| {key} | {shown} |")
     if "likelihood" in s:
         lik = s["likelihood"]

@@ -441,6 +441,8 @@ def test_a_plan_that_ranks_again_says_the_run_may_end_elsewhere():
     text = found.to_markdown()
     assert "it ranks again as it goes (ced), so it may keep other blocks" in text
     assert text.count("| protected |") == 2 and text.count("| removed |") == 6 - found.depth_after
+    first = found.scores[0]  # to 4 decimals, as report.md states the scores
+    assert f"| {first['block']} | {first['score']:.4f} | protected |" in text
     with pytest.raises(BudgetError, match="keep between 2 and 5"):
         plan(teacher(), "digits", 6, **PLAN)
 

@@ -7,8 +7,10 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from entpruner_sdk.apps.pair import generate_pair, load_pair
 from entpruner_sdk.compress import compress
@@ -58,9 +60,12 @@ def test_pair_loads_report_and_samples_from_the_same_noise(models):
             f"{spread(latency)} |") in figures
     assert spread(latency).endswith(" over 5 rounds)")
     original, pruned = summary["quality_original"], summary["quality_pruned"]
-    assert (f"| fd_domain | {original['fd_domain']:.4g} -> {pruned['fd_domain']:.4g} |"
+    # to 4 decimals, as report.md: a perfect accuracy reads 1.0000 -> 1.0000, not 1 -> 1
+    assert (f"| fd_domain | {original['fd_domain']:.4f} -> {pruned['fd_domain']:.4f} |"
             in figures)
-    assert f"| psnr | {pruned['psnr']:.4g} |" in figures  # fidelity: the pruned side only
+    assert (f"| class_accuracy | {original['class_accuracy']:.4f} -> "
+            f"{pruned['class_accuracy']:.4f} |" in figures)
+    assert f"| psnr | {pruned['psnr']:.4f} |" in figures  # fidelity: the pruned side only
     assert "| quality measured with | 8 samples, ddim x 50, cfg 2.0 |" in figures
     lik = summary["likelihood"]
     assert (f"| bits per dimension of 2 real images (lower is better) | "
@@ -231,7 +236,16 @@ def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
     original, o_timing, pruned, p_timing, speedup = client.predict(
         2, 7, 3, "ddim", 5, 2.0, "PyTorch", api_name="/generate")
     assert len(original) == 3 and len(pruned) == 3
-    assert all(Path(item["image"]).is_file() for item in original + pruned)
+    # the galleries show the samples themselves, losslessly: Gradio's default WebP would blur
+    # the differences the page is for
+    from entpruner_sdk.apps.demo import _pictures
+
+    left, right = generate_pair(load_pair(*models), 2, seed=7, count=3, sampler="ddim",
+                                steps=5, cfg_scale=2.0)
+    for shown, side in ((original, left), (pruned, right)):
+        assert [Path(item["image"]).suffix for item in shown] == [".png"] * 3
+        for item, picture in zip(shown, _pictures(side.images), strict=True):
+            assert np.array_equal(np.asarray(Image.open(item["image"])), np.asarray(picture))
     assert "images/s" in o_timing and "images/s" in p_timing and "speedup" in speedup
     assert o_timing.endswith(", 5 model calls") and p_timing.endswith(", 5 model calls")
     with pytest.raises(Exception, match="12 is not in the list of choices"):

@@ -508,6 +508,10 @@ def test_an_evaluation_states_and_keys_its_sampler_settings(tmp_path):
                                                                "checkpoint_dir": None}).settings
     with pytest.raises(ValueError, match="atol sets only dopri5, not heun"):
         evaluate(model, small, sampler_settings={"atol": 1e-3}, **{**settings, "sampler": None})
+    # no sampler asked: the report names the family's default, not "default"
+    unnamed = evaluate(model, small, **{**settings, "sampler": None, "checkpoint_dir": None})
+    assert unnamed.settings["sampler"] == "heun" and "sampler heun x 4 steps" in \
+        unnamed.to_markdown()
 
 
 def test_samples_are_saved_in_adm_format_and_read_back(tmp_path):

@@ -64,7 +64,7 @@ class CompressPlan:
             block = row["block"]
             role = ("protected" if block in self.protected
                     else "removed" if block in self.removed_blocks else "kept")
-            lines.append(f"| {block} | {row['score']:.4g} | {role} |")
+            lines.append(f"| {block} | {row['score']:.4f} | {role} |")
         lines += ["", "| | before | after | ratio |", "|---|---|---|---|",
                   f"| depth | {self.depth_before} | {self.depth_after} | |",
                   f"| parameters | {self.parameters_before:,} | {self.parameters_after:,} | "

@@ -139,7 +139,8 @@ def evaluate(
                    likelihood)
     # refused before any work when they do not apply; stated in the report and the batch key
     objective = objective_for(model)
-    governing = (objective.with_sampler_settings(objective.check_sampler(sampler),
+    sampler_used = objective.check_sampler(sampler)  # the family's default named, for reports
+    governing = (objective.with_sampler_settings(sampler_used,
                                                  **(sampler_settings or {}))
                  .settings_for(sampler))
     device = resolve_device(device)
@@ -165,7 +166,7 @@ def evaluate(
                       desc=f"sampling {model_name}", decoder=decoder, finished=batches,
                       **sampling)
     report = EvaluationReport(images=images, labels=labels, classes=classes, settings=dict(
-        model=model_name, samples=samples, sampler=sampler or "default", steps=steps,
+        model=model_name, samples=samples, sampler=sampler_used, steps=steps,
         **({"sampler_settings": governing} if governing else {}), cfg_scale=cfg_scale,
         seed=seed, reference=data.name, reference_size=len(data),
         device=str(device), processes=distributed.world_size(), features=list(features),
