@@ -258,9 +258,13 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, capsys):
     (other / "batch_00000.safetensors").write_bytes(bytes(1500))
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--samples", "4",
                  "--steps", "2", "--features", "domain", "--out", str(tmp_path / "eval"),
-                 "--quiet", "--device", "cpu"]) == 0
+                 "--quiet", "--device", "cpu", "--original", str(tmp_path / "model")]) == 0
+    printed = capsys.readouterr()
     assert (f"note: {other.parent} still holds the sample batches of 1 evaluation(s) that did "
-            "not finish, with other models or settings (1.5 kB)") in capsys.readouterr().err
+            "not finish, with other models or settings (1.5 kB)") in printed.err
+    # with --original, its figures beside the model's (here the model itself: ratio 1)
+    assert "| metric | original | this model | ratio to original |" in printed.out
+    assert "| 1.000x |" in printed.out.split("| fd_domain |")[1].splitlines()[0]
     assert [p.name for p in other.parent.iterdir()] == ["model-0123"]
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--features", "lpips",
                  "--samples", "4", "--out", str(tmp_path / "e2")]) == 2

@@ -152,13 +152,23 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     reused = evaluate(pruned, small, samples=20, steps=2, original=model,
                       original_images=of_original.images, features=("domain",), progress=False)
     assert reused.fidelity == report.fidelity
+    # beside the model's figures, the original's: those of its own evaluation, exactly
+    assert report.original_metrics == reused.original_metrics == of_original.metrics
+    assert of_original.original_metrics == {}
+    fd = report.metrics["fd_domain"], report.original_metrics["fd_domain"]
+    assert (f"| fd_domain | {fd[1]:.4f} | {fd[0]:.4f} | {fd[0] / fd[1]:.3f}x |"
+            in report.to_markdown())
+    assert "| metric | original | this model | ratio to original |" in report.to_markdown()
+    assert "| metric | value |" in of_original.to_markdown().split("## ")[0]
     with pytest.raises(ValueError, match="original_images are the original's samples"):
         evaluate(pruned, small, samples=20, original_images=of_original.images, progress=False)
     report.save(tmp_path)
     assert "fd_domain" in (tmp_path / "evaluation.md").read_text()
     assert "images" not in __import__("json").loads((tmp_path / "evaluation.json").read_text())
-    assert EvaluationReport(**__import__("json").loads(
-        (tmp_path / "evaluation.json").read_text())).metrics == report.metrics
+    read_back = EvaluationReport(**__import__("json").loads(
+        (tmp_path / "evaluation.json").read_text()))
+    assert (read_back.metrics, read_back.original_metrics) == (report.metrics,
+                                                              report.original_metrics)
     with pytest.raises(TooFewSamples, match="at least 2"):
         evaluate(model, small, samples=1, progress=False)
     with pytest.raises(ValueError, match=r"batch_size=0: at least 1 sample at a time \(--batch"):
@@ -389,12 +399,12 @@ def test_fidelity_is_measured_a_chunk_at_a_time_on_8_bit_or_float_samples():
     a = torch.rand(7, 3, 8, 8) * 2 - 1
     b = (a + 0.2 * torch.randn_like(a)).clamp(-1, 1)
     whole = {"psnr": float(psnr(a, b).mean()), "ssim": float(ssim(a, b).mean())}
-    assert _fidelity(a, b, {}, {}, False, chunk=3) == pytest.approx(whole, rel=1e-12)
+    assert _fidelity(a, b, {}, {}, chunk=3) == pytest.approx(whole, rel=1e-12)
     # 8-bit images are measured as their values in [-1, 1]
     a8, b8 = eight_bit(a), eight_bit(b)
     assert torch.equal(psnr(a8, b8), psnr(unit_range(a8), unit_range(b8)))
     assert torch.equal(ssim(a8, b8), ssim(unit_range(a8), unit_range(b8)))
-    assert _fidelity(a8, b8, {}, {}, False, chunk=2)["psnr"] == pytest.approx(
+    assert _fidelity(a8, b8, {}, {}, chunk=2)["psnr"] == pytest.approx(
         float(psnr(unit_range(a8), unit_range(b8)).mean()), rel=1e-12)
 
 

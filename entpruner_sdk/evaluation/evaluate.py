@@ -5,7 +5,8 @@
   (fast; reported under that name, never as FID);
 - precision / recall (k-NN manifolds) in each feature space;
 - class accuracy (overall and per class) and per-class diversity;
-- with ``original``: fidelity to it on identical noise and labels (PSNR, SSIM, Inception and
+- with ``original``: the same figures of the original's samples, drawn from identical noise and
+  labels, side by side with the model's; and fidelity to them (PSNR, SSIM, Inception and
   domain feature cosine distance).
 
 The steps live beside it: ``reference`` (the real data), ``generation`` (the samples),
@@ -176,14 +177,16 @@ def evaluate(
     _note_scope(report, model, data, available, kept.loaded_by_all(batches), batch_size)
     classifier = distributed.main_first(
         lambda: domain_classifier(data, progress=progress, device=device))
-    _class_figures(report, classifier, data)
+    report.metrics["class_accuracy"] = _class_figures(report, classifier, data)
     extractors = feature_extractors(features, classifier, device, report.notes)
     # the networks behind the figures: class accuracy and FD-domain are only comparable
     # between reports that name the same domain classifier
     report.settings["feature_networks"] = {
         "domain": network_fingerprint(classifier),
         **{name: extractor.fingerprint for name, extractor in extractors.items()}}
-    generated = _distribution_figures(report, data, extractors, progress)
+    figures, generated = _distribution_figures(report.images, data, extractors, progress,
+                                               report.notes)
+    report.metrics.update(figures)
     domain = generated.get("domain")
     if domain is None:
         domain = DomainFeatures(classifier)(images)
@@ -194,7 +197,14 @@ def evaluate(
                                        progress=progress, desc="sampling the original",
                                        decoder=decoder, finished=kept.of(original, "original"),
                                        **sampling)
-        report.fidelity = _fidelity(images, original_images, extractors, generated, progress)
+        # the original's figures from its samples, measured as the model's were: the
+        # comparison a user makes, at the cost of its samples' features, which fidelity needs
+        # anyway
+        figures, of_original = _distribution_figures(original_images, data, extractors,
+                                                     progress)
+        report.original_metrics = {"class_accuracy": _accuracy(classifier, original_images,
+                                                               labels), **figures}
+        report.fidelity = _fidelity(images, original_images, generated, of_original)
     if likelihood:
         report.likelihood = paired_likelihood(model, original, data, likelihood,
                                               steps=likelihood_steps, seed=seed, device=device,
@@ -255,47 +265,53 @@ def _note_scope(report: EvaluationReport, model: DiffusionTransformer, data,
                             "--reference-size)")
 
 
-def _class_figures(report: EvaluationReport, classifier, data) -> None:
-    """Class accuracy, overall and per class, by the dataset's own classifier."""
+def _class_figures(report: EvaluationReport, classifier, data) -> float:
+    """Class accuracy by the dataset's own classifier: the per-class figures go into the
+    report, the overall one is returned."""
     labels, classes = report.labels, report.classes
     predictions = predict(classifier, report.images)
     if data.named:
         report.class_names = [data.class_names[c] for c in classes]
-    report.metrics["class_accuracy"] = float((predictions == labels).double().mean())
     report.per_class_accuracy = [
         float((predictions[labels == c] == c).double().mean()) if (labels == c).any() else 0.0
         for c in classes]
+    return float((predictions == labels).double().mean())
 
 
-def _distribution_figures(report: EvaluationReport, data, extractors: dict[str, Any],
-                          progress: bool) -> dict[str, torch.Tensor]:
-    """The Fréchet distance and precision / recall against the reference in each feature
-    space; returns the samples' features, which fidelity and diversity reuse."""
-    generated = {}
+def _accuracy(classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predict(classifier, images) == labels).double().mean())
+
+
+def _distribution_figures(images: torch.Tensor, data, extractors: dict[str, Any],
+                          progress: bool, notes: list[str] | None = None
+                          ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The Fréchet distance and precision / recall of ``images`` against the reference in
+    each feature space, and the images' features, which fidelity and diversity reuse.
+    ``notes`` takes what a reader must know about the figures."""
+    figures, generated = {}, {}
     for name, extractor in extractors.items():
         real_stats, real_features = reference_stats(data, extractor, name, progress)
-        fake = sharded_features(extractor, report.images, progress)
+        fake = sharded_features(extractor, images, progress)
         generated[name] = fake
         distance = "fid" if name == "inception" else "fd_domain"
-        report.metrics[distance] = frechet_distance(FeatureStats.of(fake), real_stats)
-        precision, recall = precision_recall(real_features, fake)
-        report.metrics[f"precision_{name}"] = precision
-        report.metrics[f"recall_{name}"] = recall
-        if len(fake) <= fake.shape[1]:
-            report.notes.append(f"{name}: {len(fake)} samples for {fake.shape[1]}-d features; "
-                                "the covariance is rank-deficient and the distance is biased "
-                                "upward, compare only figures with equal sample counts")
-    return generated
+        figures[distance] = frechet_distance(FeatureStats.of(fake), real_stats)
+        figures[f"precision_{name}"], figures[f"recall_{name}"] = precision_recall(
+            real_features, fake)
+        if notes is not None and len(fake) <= fake.shape[1]:
+            notes.append(f"{name}: {len(fake)} samples for {fake.shape[1]}-d features; "
+                         "the covariance is rank-deficient and the distance is biased "
+                         "upward, compare only figures with equal sample counts")
+    return figures, generated
 
 
-def _fidelity(images, reference, extractors, generated_features, progress,
-              chunk: int = 256) -> dict[str, float]:
+def _fidelity(images, reference, features: dict[str, torch.Tensor],
+              reference_features: dict[str, torch.Tensor], chunk: int = 256
+              ) -> dict[str, float]:
     # pair by pair, a chunk at a time: 8-bit samples are never held as floats whole
     pairs = list(zip(images.split(chunk), reference.split(chunk)))
     out = {"psnr": float(torch.cat([psnr(a, b) for a, b in pairs]).mean()),
            "ssim": float(torch.cat([ssim(a, b) for a, b in pairs]).mean())}
-    for name, extractor in extractors.items():
-        distance = feature_cosine_distance(generated_features[name],
-                                           extractor(reference, progress=progress))
+    for name, ours in features.items():
+        distance = feature_cosine_distance(ours, reference_features[name])
         out[f"{name}_cosine_distance"] = float(distance.mean())
     return out

@@ -22,6 +22,8 @@ class EvaluationReport:
 
     settings: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
+    # with an original: the same figures of its samples, from the same noise and labels
+    original_metrics: dict[str, float] = field(default_factory=dict)
     # the class ids sampled (those the reference data holds) and, in that order, the
     # per-class figures
     classes: list[int] = field(default_factory=list)
@@ -55,9 +57,8 @@ class EvaluationReport:
                  f"cfg {s['cfg_scale']}, seed {s['seed']}, reference {s['reference']} "
                  f"({s['reference_size']} images), device {s['device']}"
                  f"{', samples held as 8-bit pixels' if s.get('samples_held') == 'uint8' else ''}"
-                 ".", "",
-                 "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in self.metrics.items()]
+                 ".", ""]
+        lines += self._metrics_table()
         if self.fidelity:
             lines += ["", "## Fidelity to the original (same noise and labels)", "",
                       "| metric | value |", "|---|---|"]
@@ -72,6 +73,19 @@ class EvaluationReport:
                          f"{'-' if div is None else f'{div:.3f}'} |")
         lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
+
+    def _metrics_table(self) -> list[str]:
+        if not self.original_metrics:
+            return ["| metric | value |", "|---|---|"] + [
+                f"| {k} | {v:.4f} |" for k, v in self.metrics.items()]
+        # side by side, with the ratio that says how far the model moved from its original
+        lines = ["| metric | original | this model | ratio to original |", "|---|---|---|---|"]
+        for key, value in self.metrics.items():
+            before = self.original_metrics.get(key)
+            ratio = f"{value / before:.3f}x" if before else "-"
+            shown = "-" if before is None else f"{before:.4f}"
+            lines.append(f"| {key} | {shown} | {value:.4f} | {ratio} |")
+        return lines
 
     def save(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
