@@ -281,14 +281,20 @@ def test_compress_command(tmp_path, capsys):
                  "--steps", "6", "--batch-size", "4", "--interval", "2",
                  "--gradient-accumulation", "4", "--gradient-checkpointing",
                  "--calibration-per-class", "2", "--calibration-times", "2",
-                 "--report-samples", "0", "--report-likelihood", "2",
+                 "--report-samples", "8", "--report-likelihood", "2",
                  "--prune-fraction", "0.5", "--ced-output", "clipped",
                  "--ced-weighting", "normalized", "--no-keep-checkpoint",
                  "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "depth 4 -> 2" in out and (tmp_path / "c" / "report.json").exists()
     assert re.search(r"sampling speedup [\d.]+x \([\d.]+-[\d.]+ over 5 rounds\) on cpu", out)
-    likelihood = json.loads((tmp_path / "c" / "report.json").read_text())["summary"]["likelihood"]
+    summary = json.loads((tmp_path / "c" / "report.json").read_text())["summary"]
+    before, after = summary["quality_original"], summary["quality_pruned"]
+    assert (f"quality of 8 samples (ddim x 50, cfg 2.0): class accuracy "
+            f"{before['class_accuracy']:.4f} -> {after['class_accuracy']:.4f}, FD-domain "
+            f"{before['fd_domain']:.4f} -> {after['fd_domain']:.4f}, PSNR to the original "
+            f"{after['psnr']:.2f} dB") in out
+    likelihood = summary["likelihood"]
     assert (f"bits per dimension of 2 real images: "
             f"{likelihood['original_bits_per_dim']['mean']:.4f} -> "
             f"{likelihood['bits_per_dim']['mean']:.4f} (paired difference "
