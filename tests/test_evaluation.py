@@ -91,6 +91,8 @@ def test_psnr_ssim_and_cosine_distance():
     assert torch.allclose(feature_cosine_distance(f, 2 * f), torch.zeros(4, dtype=torch.float64),
                           atol=1e-12)
     assert torch.allclose(feature_cosine_distance(f, -f), 2 * torch.ones(4, dtype=torch.float64))
+    many = torch.randn(1000, 128, generator=torch.Generator().manual_seed(0))
+    assert (feature_cosine_distance(many, many) >= 0).all()  # never below 0 by rounding
 
 
 def test_domain_fd_grows_monotonically_with_noise():

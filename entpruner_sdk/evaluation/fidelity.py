@@ -30,5 +30,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Ten
 
 
 def feature_cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1 - cosine similarity between paired feature vectors."""
-    return 1 - F.cosine_similarity(a.double(), b.double(), dim=1)
+    """1 - cosine similarity between paired feature vectors, in [0, 2]."""
+    # rounding can put the similarity of parallel vectors a hair above 1: a model compared
+    # with itself must read 0, not -0.0000
+    return (1 - F.cosine_similarity(a.double(), b.double(), dim=1)).clamp(0, 2)
