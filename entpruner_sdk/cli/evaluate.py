@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
     common.heads_option(p)
-    p.add_argument("--original", help="also report fidelity to this model (same noise/labels)")
+    p.add_argument("--original", help="also sample this model from the same noise and labels: "
+                   "its figures beside the model's, and the model's fidelity to it")
     p.add_argument("--data", default="digits", help="real data to compare with")
     common.folder_options(p)
     p.add_argument("--samples", type=int, default=1000, help="generated images to score")
