@@ -220,8 +220,15 @@ def test_info_says_how_a_compressed_model_was_made(tmp_path, capsys):
     result.save(tmp_path)
     assert main(["info", "--model", str(tmp_path / "model")]) == 0
     removed = sorted({0, 1, 2, 3} - set(result.model.kept_blocks))
+    printed = capsys.readouterr().out
     assert (f"kept blocks {result.model.kept_blocks}\ncompressed to keep 2 blocks by ced "
-            f"(adaptive); removed blocks {removed}\n") in capsys.readouterr().out
+            f"(adaptive) on digits-train in 4 fine-tuning steps; removed blocks {removed}\n"
+            "sampling speedup ") in printed
+    latency = result.report["summary"]["sampling_latency"]
+    assert f"sampling speedup {latency['speedup']:.2f}x (" in printed
+    assert "quality of" not in printed  # report_samples=0: no figures to show
+    assert main(["info", "--model", str(tmp_path / "model"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["compression"]["steps"] == 4
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
@@ -294,6 +301,9 @@ def test_compress_command(tmp_path, capsys):
             f"{before['class_accuracy']:.4f} -> {after['class_accuracy']:.4f}, FD-domain "
             f"{before['fd_domain']:.4f} -> {after['fd_domain']:.4f}, PSNR to the original "
             f"{after['psnr']:.2f} dB") in out
+    quality = next(line for line in out.splitlines() if line.startswith("quality of"))
+    assert main(["info", "--model", str(tmp_path / "c")]) == 0  # kept with the model
+    assert quality in capsys.readouterr().out
     likelihood = summary["likelihood"]
     assert (f"bits per dimension of 2 real images: "
             f"{likelihood['original_bits_per_dim']['mean']:.4f} -> "

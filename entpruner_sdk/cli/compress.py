@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     """Compress ``--model`` on ``--data`` to ``--budget`` into ``--out`` (or only plan it,
     ``--dry-run``), printing the summary; 0 on success."""
     from entpruner_sdk.compress import compress, plan
-    from entpruner_sdk.compress.report import spread
+    from entpruner_sdk.compress.report import quality_line, spread
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.utils import distributed
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     asked = (f" (budget {s['target_speedup']:g}x; latency model {s['predicted_speedup']:.2f}x)"
              if "target_speedup" in s else "")
     if "quality_pruned" in s:
-        print(_quality_line(s))
+        print(quality_line(s))
     if "likelihood" in s:
         lik = s["likelihood"]
         print(f"bits per dimension of {lik['images']} real images: "
@@ -199,19 +199,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"sampling speedup {lat['speedup']:.2f}x{spread(lat)} on {lat['device']}{asked}; "
           f"model and report in {args.out}")
     return 0
-
-
-def _quality_line(summary: dict) -> str:
-    """The report's headline quality figures, original -> pruned, on one line."""
-    q, before, after = (summary["quality_settings"], summary["quality_original"],
-                        summary["quality_pruned"])
-    names = {"class_accuracy": "class accuracy", "fd_domain": "FD-domain", "fid": "FID"}
-    figures = [f"{name} {before[key]:.4f} -> {after[key]:.4f}" for key, name in names.items()
-               if key in after and key in before]
-    if "psnr" in after:  # fidelity: the pruned model's samples against the original's
-        figures.append(f"PSNR to the original {after['psnr']:.2f} dB")
-    return (f"quality of {q['samples']} samples ({q['sampler']} x {q['steps']}, cfg "
-            f"{q['cfg_scale']}): {', '.join(figures)}")
 
 
 def _print_plan(found, out: str) -> int:

@@ -15,8 +15,10 @@ def add_parser(sub) -> None:
     """The ``info`` subcommand: the model or export to describe, and ``--json``."""
     p = common.command(
         sub, "info", "Describe a model or an export: config, parameters, FLOPs, "
-        "provenance, classes (and an export's files, batch profile and parity).", """\
+        "provenance, classes (a compressed model's data, steps, measured speedup and quality; "
+        "an export's files, batch profile and parity).", """\
         entpruner info --model dit-digits
+        entpruner info --model runs/dit-d6        # a compress output: how it was made
         entpruner info --model DiT-XL-2-256x256.pt --family dit --json
         entpruner info --model exports/dit-d6     # an export directory
         """)
@@ -36,7 +38,10 @@ def model_summary(model) -> dict:
             "latent": is_latent(model.config),
             "parameters": count_parameters(model),
             "gflops_per_image": forward_flops(model.config) / 1e9,
-            "provenance": model.provenance, "objective": model.objective}
+            "provenance": model.provenance, "objective": model.objective,
+            # a compress output's model keeps its report's summary: data, steps, figures
+            **({"compression": model.metadata["compression"]}
+               if "compression" in getattr(model, "metadata", {}) else {})}
 
 
 def export_summary(directory: str | Path) -> dict:
@@ -81,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"kept blocks {summary['provenance']['kept_blocks']}")
     compression = summary["provenance"].get("compression")
     if compression:  # a compress output: how it was made, beside what it kept
-        print(f"compressed to {compression['budget']} by {compression['importance']} "
-              f"({compression['schedule']}); removed blocks {compression['removed_blocks']}")
+        _print_compression(compression, summary.get("compression") or {})
     names = summary["provenance"].get("class_names") or []
     tuned = summary["provenance"].get("data_classes")
 
@@ -101,6 +105,23 @@ def run(args: argparse.Namespace) -> int:
     if "export" in summary:
         _print_export(summary["export"])
     return 0
+
+
+def _print_compression(made: dict, report: dict) -> None:
+    """How a compressed model was made (its provenance) and, when it was saved with its
+    report's summary, on what data and how it measured against its original."""
+    from entpruner_sdk.compress.report import quality_line, spread
+
+    where = (f" on {report['data']} in {report['steps']} fine-tuning steps"
+             if "data" in report and "steps" in report else "")
+    print(f"compressed to {made['budget']} by {made['importance']} ({made['schedule']})"
+          f"{where}; removed blocks {made['removed_blocks']}")
+    latency = report.get("sampling_latency")
+    if latency:
+        print(f"sampling speedup {latency['speedup']:.2f}x{spread(latency)} on "
+              f"{latency['device']} (batch {latency['batch']}), measured by compress")
+    if "quality_pruned" in report:
+        print(quality_line(report))
 
 
 def _print_export(export: dict) -> None:

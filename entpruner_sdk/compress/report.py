@@ -92,6 +92,20 @@ def spread(latency: dict[str, Any]) -> str:
     return f" ({low:.2f}-{high:.2f} over {latency['rounds']} rounds)"
 
 
+def quality_line(summary: dict[str, Any]) -> str:
+    """The report's headline quality figures, original -> pruned, on one line (the CLI's
+    summary and ``entpruner info``)."""
+    q, before, after = (summary["quality_settings"], summary["quality_original"],
+                        summary["quality_pruned"])
+    names = {"class_accuracy": "class accuracy", "fd_domain": "FD-domain", "fid": "FID"}
+    figures = [f"{name} {before[key]:.4f} -> {after[key]:.4f}" for key, name in names.items()
+               if key in after and key in before]
+    if "psnr" in after:  # fidelity: the pruned model's samples against the original's
+        figures.append(f"PSNR to the original {after['psnr']:.2f} dB")
+    return (f"quality of {q['samples']} samples ({q['sampler']} x {q['steps']}, cfg "
+            f"{q['cfg_scale']}): {', '.join(figures)}")
+
+
 def _speedup_note(s: dict[str, Any]) -> list[str]:
     """For a speedup budget: the prediction it was resolved with, against the measurement."""
     target, predicted = s.get("target_speedup"), s.get("predicted_speedup")
