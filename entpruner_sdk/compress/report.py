@@ -211,8 +211,11 @@ def plot_losses(report: dict[str, Any], path: Path) -> None:
     for d in report["decisions"]:
         if d["removed"]:
             ax.axvline(d["step"], color="tab:red", ls="--", lw=0.8)
-            ax.annotate(f"-{d['removed']}", (d["step"], ax.get_ylim()[1]), fontsize=7,
-                        rotation=90, va="top", ha="right", color="tab:red")
+            # pinned to the top of the axes, a little inside, so the frame never cuts it
+            ax.annotate(f"removed {', '.join(map(str, d['removed']))}", (d["step"], 1),
+                        xycoords=("data", "axes fraction"), xytext=(-2, -4),
+                        textcoords="offset points", fontsize=7, rotation=90, va="top",
+                        ha="right", color="tab:red")
     ax.set(xlabel="step", ylabel="loss", title="Training loss with block removals")
     _save(fig, path)
 
