@@ -102,9 +102,11 @@ def evaluate(
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
 
     ``features`` picks the feature spaces: ``"domain"`` (fast) and/or ``"inception"`` (standard
-    FID; needs the ``fid`` extra). ``original``: also report fidelity to that model;
-    ``original_images``: its samples from an evaluation with the same samples, seed and
-    sampler (that report's ``images``), so they are not drawn a second time.
+    FID; needs the ``fid`` extra). ``original``: also sample that model from the same noise
+    and labels, and report its figures (``report.original_metrics``, equal to its own
+    evaluation's ``metrics``) and the model's fidelity to it; ``original_images``: its samples
+    from an evaluation with the same samples, seed and sampler (that report's ``images``), so
+    they are not drawn a second time.
 
     ``vae``: for a latent model (DiT-XL/2, SiT-XL/2), the VAE (a ``LatentSpace`` or its
     folder) that decodes the samples, so every figure is measured on images; ``data`` may then
