@@ -41,7 +41,7 @@ def model_summary(model) -> dict:
             "provenance": model.provenance, "objective": model.objective,
             # a compress output's model keeps its report's summary: data, steps, figures
             **({"compression": model.metadata["compression"]}
-               if "compression" in getattr(model, "metadata", {}) else {})}
+               if "compression" in model.metadata else {})}
 
 
 def export_summary(directory: str | Path) -> dict:

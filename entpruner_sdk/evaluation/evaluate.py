@@ -179,7 +179,7 @@ def evaluate(
     _note_scope(report, model, data, available, kept.loaded_by_all(batches), batch_size)
     classifier = distributed.main_first(
         lambda: domain_classifier(data, progress=progress, device=device))
-    report.metrics["class_accuracy"] = _class_figures(report, classifier, data)
+    _class_figures(report, classifier, data)
     extractors = feature_extractors(features, classifier, device, report.notes)
     # the networks behind the figures: class accuracy and FD-domain are only comparable
     # between reports that name the same domain classifier
@@ -204,8 +204,8 @@ def evaluate(
         # anyway
         figures, of_original = _distribution_figures(original_images, data, extractors,
                                                      progress)
-        report.original_metrics = {"class_accuracy": _accuracy(classifier, original_images,
-                                                               labels), **figures}
+        report.original_metrics = {
+            "class_accuracy": _accuracy(predict(classifier, original_images), labels), **figures}
         report.fidelity = _fidelity(images, original_images, generated, of_original)
     if likelihood:
         report.likelihood = paired_likelihood(model, original, data, likelihood,
@@ -267,21 +267,20 @@ def _note_scope(report: EvaluationReport, model: DiffusionTransformer, data,
                             "--reference-size)")
 
 
-def _class_figures(report: EvaluationReport, classifier, data) -> float:
-    """Class accuracy by the dataset's own classifier: the per-class figures go into the
-    report, the overall one is returned."""
+def _class_figures(report: EvaluationReport, classifier, data) -> None:
+    """Class accuracy, overall and per class, by the dataset's own classifier."""
     labels, classes = report.labels, report.classes
     predictions = predict(classifier, report.images)
     if data.named:
         report.class_names = [data.class_names[c] for c in classes]
+    report.metrics["class_accuracy"] = _accuracy(predictions, labels)
     report.per_class_accuracy = [
         float((predictions[labels == c] == c).double().mean()) if (labels == c).any() else 0.0
         for c in classes]
+
+
+def _accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predictions == labels).double().mean())
-
-
-def _accuracy(classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((predict(classifier, images) == labels).double().mean())
 
 
 def _distribution_figures(images: torch.Tensor, data, extractors: dict[str, Any],
