@@ -156,7 +156,12 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     assert reused.fidelity == report.fidelity
     # beside the model's figures, the original's: those of its own evaluation, exactly
     assert report.original_metrics == reused.original_metrics == of_original.metrics
-    assert of_original.original_metrics == {}
+    assert report.original_per_class_accuracy == of_original.per_class_accuracy
+    assert of_original.original_metrics == {} and of_original.original_per_class_accuracy == []
+    first = (f"| 0 | {of_original.per_class_accuracy[0]:.3f} | "
+             f"{report.per_class_accuracy[0]:.3f} | {report.per_class_diversity[0]:.3f} |")
+    assert "| class | original accuracy | accuracy | diversity |" in report.to_markdown()
+    assert first in report.to_markdown()
     fd = report.metrics["fd_domain"], report.original_metrics["fd_domain"]
     assert (f"| fd_domain | {fd[1]:.4f} | {fd[0]:.4f} | {fd[0] / fd[1]:.3f}x |"
             in report.to_markdown())

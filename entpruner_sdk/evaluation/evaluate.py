@@ -204,8 +204,10 @@ def evaluate(
         # anyway
         figures, of_original = _distribution_figures(original_images, data, extractors,
                                                      progress)
-        report.original_metrics = {
-            "class_accuracy": _accuracy(predict(classifier, original_images), labels), **figures}
+        predictions = predict(classifier, original_images)
+        report.original_metrics = {"class_accuracy": _accuracy(predictions, labels), **figures}
+        # which classes the model lost or kept, beside its own per-class figures
+        report.original_per_class_accuracy = _per_class_accuracy(predictions, labels, classes)
         report.fidelity = _fidelity(images, original_images, generated, of_original)
     if likelihood:
         report.likelihood = paired_likelihood(model, original, data, likelihood,
@@ -274,13 +276,17 @@ def _class_figures(report: EvaluationReport, classifier, data) -> None:
     if data.named:
         report.class_names = [data.class_names[c] for c in classes]
     report.metrics["class_accuracy"] = _accuracy(predictions, labels)
-    report.per_class_accuracy = [
-        float((predictions[labels == c] == c).double().mean()) if (labels == c).any() else 0.0
-        for c in classes]
+    report.per_class_accuracy = _per_class_accuracy(predictions, labels, classes)
 
 
 def _accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predictions == labels).double().mean())
+
+
+def _per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor,
+                        classes: list[int]) -> list[float]:
+    return [float((predictions[labels == c] == c).double().mean()) if (labels == c).any()
+            else 0.0 for c in classes]
 
 
 def _distribution_figures(images: torch.Tensor, data, extractors: dict[str, Any],

@@ -29,6 +29,7 @@ class EvaluationReport:
     classes: list[int] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)  # theirs, when the data names them
     per_class_accuracy: list[float] = field(default_factory=list)
+    original_per_class_accuracy: list[float] = field(default_factory=list)  # with an original
     per_class_diversity: list[float | None] = field(default_factory=list)
     fidelity: dict[str, float] = field(default_factory=dict)
     # bits per dimension of real images (``evaluate(..., likelihood=N)``): their count, the
@@ -64,15 +65,24 @@ class EvaluationReport:
                       "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4f} |" for k, v in self.fidelity.items()]
         lines += likelihood_lines(self.likelihood)
-        lines += ["", "## Per class", "", "| class | accuracy | diversity |", "|---|---|---|"]
-        classes = self.classes or range(len(self.per_class_accuracy))
-        names = self.class_names or [""] * len(classes)
-        for c, name, acc, div in zip(classes, names, self.per_class_accuracy,
-                                     self.per_class_diversity):
-            lines.append(f"| {f'{c} {name}'.strip()} | {acc:.3f} | "
-                         f"{'-' if div is None else f'{div:.3f}'} |")
+        lines += self._per_class_table()
         lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
+
+    def _per_class_table(self) -> list[str]:
+        classes = self.classes or range(len(self.per_class_accuracy))
+        names = self.class_names or [""] * len(classes)
+        # with an original, its accuracy first: which classes the model lost or kept
+        before = self.original_per_class_accuracy or [None] * len(classes)
+        beside = bool(self.original_per_class_accuracy)
+        lines = ["", "## Per class", "",
+                 f"| class |{' original accuracy |' if beside else ''} accuracy | diversity |",
+                 "|---|---|---|---|" if beside else "|---|---|---|"]
+        for c, name, old, acc, div in zip(classes, names, before, self.per_class_accuracy,
+                                          self.per_class_diversity):
+            lines.append(f"| {f'{c} {name}'.strip()} |{f' {old:.3f} |' if beside else ''} "
+                         f"{acc:.3f} | {'-' if div is None else f'{div:.3f}'} |")
+        return lines
 
     def _metrics_table(self) -> list[str]:
         if not self.original_metrics:
