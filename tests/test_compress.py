@@ -110,25 +110,25 @@ def test_result_saves_loads_and_samples(tmp_path, family, grid, model_times):
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
 
 
-def test_a_crash_in_the_pruned_models_figures_keeps_the_originals_samples(tmp_path,
-                                                                        monkeypatch):
+def test_a_crash_in_the_report_figures_keeps_the_samples_already_made(tmp_path,
+                                                                       monkeypatch):
     from entpruner_sdk.evaluation import generation
 
     options = dict(FAST, report_samples=20)
     real_sample, depths = generation.sample, []
 
-    def crash_at_the_pruned_model(model, *args, **kwargs):
+    def crash_at_the_original(model, *args, **kwargs):
         depths.append(model.depth)
-        if model.depth < 6:
+        if model.depth == 6:
             raise KeyboardInterrupt
         return real_sample(model, *args, **kwargs)
 
-    monkeypatch.setattr(generation, "sample", crash_at_the_pruned_model)
+    monkeypatch.setattr(generation, "sample", crash_at_the_original)
     with pytest.raises(KeyboardInterrupt):
         compress(teacher(), "digits", 4, out_dir=tmp_path, **options)
-    assert depths == [6, 4]  # the original's one batch was made, then the pruned model's failed
+    assert depths == [4, 6]  # the pruned model's one batch was made, then the original's failed
     (kept,) = (tmp_path / "sampling-in-progress").iterdir()
-    assert kept.name.startswith("original-") and len(list(kept.iterdir())) == 1
+    assert kept.name.startswith("pruned-") and len(list(kept.iterdir())) == 1
 
     def counted(model, *args, **kwargs):
         depths.append(model.depth)
@@ -140,7 +140,7 @@ def test_a_crash_in_the_pruned_models_figures_keeps_the_originals_samples(tmp_pa
     others.mkdir()
     (others / "batch_00000.safetensors").write_bytes(b"")
     resumed = compress(teacher(), "digits", 4, out_dir=tmp_path, resume=True, **options)
-    assert depths == [4]  # only the pruned model was sampled: the original's batch was kept
+    assert depths == [6]  # only the original was sampled: the pruned model's batch was kept
     # compress removed its own batches, and left the other evaluation's
     assert list((tmp_path / "sampling-in-progress").iterdir()) == [others]
     uninterrupted = compress(teacher(), "digits", 4, **options)

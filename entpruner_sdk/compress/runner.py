@@ -344,8 +344,9 @@ def _report(run: _Run, teacher: DiffusionTransformer, pruned: DiffusionTransform
 def quality_figures(teacher, pruned, data, config: CompressConfig, device,
                     progress: bool = False, vae: Any = None,
                     out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluation of teacher and pruned model on identical noise (the family's sampler),
-    against the class folder the data was read from when there is one (``images_behind``).
+    """One evaluation of the pruned model beside its teacher on identical noise (the
+    family's sampler), against the class folder the data was read from when there is one
+    (``images_behind``).
 
     It samples each model once, after the fine-tuning bar has finished, so it shows its own
     bars. ``vae``: the opened ``config.report_vae`` (opened here when not given).
@@ -353,7 +354,7 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
     until the figures are made, so a resumed run does not sample them again. (Not under the
     checkpoint folder: every checkpoint replaces that folder whole.)"""
     from entpruner_sdk.data.latents import decoder_for
-    from entpruner_sdk.evaluation.batches import IN_PROGRESS, SampleBatches
+    from entpruner_sdk.evaluation.batches import IN_PROGRESS
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.evaluation.reference import images_behind
     from entpruner_sdk.teachers import SAMPLING
@@ -364,18 +365,14 @@ def quality_figures(teacher, pruned, data, config: CompressConfig, device,
     batches = Path(out_dir) / IN_PROGRESS if out_dir is not None else None
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,
                     samples=config.report_samples, seed=config.seed, device=device,
-                    progress=progress, vae=vae,  # the VAE opened once for both evaluations
+                    progress=progress, vae=vae,  # opened once, for both models
                     checkpoint_dir=batches)
-    # the original's batches stay until the pruned model's figures are made, so a run that
-    # resumes after a crash in the second evaluation samples only what that one lacked
-    original = evaluate(teacher, data, model_name="original", keep_batches=True, **sampling)
-    after = evaluate(pruned, data, original=teacher, original_images=original.images,
-                     model_name="pruned", **sampling)
-    if distributed.is_main():  # the pruned model's are gone; only the original's are left
-        for folder in original.kept_batches:  # not the whole folder: an `entpruner evaluate`
-            SampleBatches(folder).clear()      # sent there may have batches of its own
+    # one evaluation measures both models, each once; every finished batch of either stays
+    # on disk until the figures are made, so a run that resumes after a crash samples only
+    # what it lacked
+    after = evaluate(pruned, data, original=teacher, model_name="pruned", **sampling)
     return {"quality_settings": after.settings,
-            "quality_original": original.metrics,
+            "quality_original": after.original_metrics,
             "quality_pruned": {**after.metrics, **after.fidelity}}
 
 

@@ -125,9 +125,9 @@ def evaluate(
     crash or Ctrl-C, with the same models and settings, continues from the batches already
     made (and makes the same samples as an uninterrupted run); removed when the evaluation
     ends, unless ``keep_batches``: then the caller removes them (``report.kept_batches``)
-    once every evaluation that a rerun would repeat has ended (compress's report evaluates the
-    original, then the pruned model: a crash in the second must not cost the first its
-    samples).
+    once every evaluation that a rerun would repeat has ended (a caller that evaluates one
+    model, then another against its samples: a crash in the second must not cost the first
+    its samples).
 
     ``sampler_settings``: a SiT sampler's settings (``atol`` / ``rtol`` for dopri5;
     ``diffusion_form``, ``diffusion_norm``, ``last_step`` / ``last_step_size`` for the SDE
