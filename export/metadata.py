@@ -61,6 +61,10 @@ def export_metadata(model: DiffusionTransformer) -> dict[str, Any]:
         },
         "outputs": {"out": f"float32 [N, {out_channels}, {config.input_size}, "
                            f"{config.input_size}]"},
+        # a compressed model's report summary (data, steps, speedup, quality) travels with it,
+        # so an export says how it was made without the compress output beside it
+        **({"compression": _json_safe(model.metadata["compression"])}
+           if "compression" in model.metadata else {}),
     }
 
 

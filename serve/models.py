@@ -42,6 +42,8 @@ class ServedModel:
     # the classes it was fine-tuned on when a subset of its own (provenance "data_classes")
     data_classes: list[int] | None = None
     class_names: list[str] = field(default_factory=list)  # requests may name classes
+    # a compressed model's report summary: its data, steps, measured speedup and quality
+    compression: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         with torch.device("meta"):  # shapes only: no memory, no compute
@@ -64,6 +66,7 @@ class ServedModel:
             # what a request's "sampler_settings" may change, at the values it has unchanged
             "sampler_settings": self.objective.sampler_settings,
             "device": str(self.device), "source": self.source,
+            **({"compression": self.compression} if self.compression else {}),
         }
 
     @property
@@ -145,6 +148,7 @@ def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
 
     return ServedModel(name, "torch", model.config, objective_for(model), model_fn,
                        device=device, kept_blocks=model.kept_blocks, source=source,
+                       compression=model.metadata.get("compression"),
                        **_classes(model.provenance))
 
 
@@ -153,4 +157,5 @@ def _from_runtime(name: str, runtime, source: str) -> ServedModel:
     return ServedModel(name, runtime.backend, runtime.config, runtime.objective, runtime,
                        guided, kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
                        source=str(source), decoder=runtime.decoder,
+                       compression=runtime.metadata.get("compression"),
                        **_classes(runtime.provenance))

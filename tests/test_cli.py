@@ -229,6 +229,15 @@ def test_info_says_how_a_compressed_model_was_made(tmp_path, capsys):
     assert "quality of" not in printed  # report_samples=0: no figures to show
     assert main(["info", "--model", str(tmp_path / "model"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["compression"]["steps"] == 4
+    # its export carries the same summary: info of the export says how it was made too
+    assert main(["export", "--model", str(tmp_path / "model"), "--format", "onnx",
+                 "--out", str(tmp_path / "onnx"), "--no-check", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "onnx")]) == 0
+    from_export = capsys.readouterr().out
+    assert from_export.startswith(printed.split("\nexport:")[0]) and "export: onnx" in from_export
+    assert main(["info", "--model", str(tmp_path / "onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["compression"] == result.report["summary"]
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):

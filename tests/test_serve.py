@@ -77,7 +77,7 @@ def test_health_ready_models_and_openapi(server):
     models = {m["name"]: m for m in httpx.get(server + "/v1/models").json()["models"]}
     assert models["sit"]["depth"] == 2 and models["sit"]["kept_blocks"] == [0, 3]
     assert models["dit"]["family"] == "dit" and models["dit"]["backend"] == "torch"
-    assert models["dit"]["parameters"] > 0
+    assert models["dit"]["parameters"] > 0 and "compression" not in models["dit"]
     schema = httpx.get(server + "/openapi.json").json()
     assert "/v1/generate" in schema["paths"] and "GenerateRequest" in schema["components"][
         "schemas"]
@@ -338,11 +338,13 @@ def test_exposure_warning_and_model_specs():
 def test_onnxruntime_backend_serves_the_same_images(tmp_path):
     pytest.importorskip("onnxruntime")
     from entpruner_sdk.export import export
-    from entpruner_sdk.models.io import save
+    from entpruner_sdk.models.io import load, save
 
     model = randomized(DiffusionTransformer(tiny_config("dit", num_classes=4)))
-    save(model, tmp_path / "model")
-    export(model, tmp_path / "onnx", "onnx", exporter="torchscript")
+    # as compress saves a model: its report's summary beside the weights, kept by the export
+    made = {"budget": "keep 4 blocks", "sampling_latency": {"speedup": 1.5}}
+    save(model, tmp_path / "model", compression=made)
+    export(load(tmp_path / "model"), tmp_path / "onnx", "onnx", exporter="torchscript")
     models = {"torch": load_served_model("torch", str(tmp_path / "model"), "torch", "cpu"),
               "onnx": load_served_model("onnx", str(tmp_path / "onnx"), "onnxruntime")}
     assert models["onnx"].backend == "onnxruntime"
@@ -353,6 +355,7 @@ def test_onnxruntime_backend_serves_the_same_images(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-3)
         info = {m["name"]: m for m in httpx.get(url + "/v1/models").json()["models"]}
         assert info["onnx"]["backend"] == "onnxruntime"
+        assert info["onnx"]["compression"] == info["torch"]["compression"] == made
 
 
 def test_a_latent_model_is_served_as_images_through_its_vae(tmp_path):

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p = common.command(
         sub, "info", "Describe a model or an export: config, parameters, FLOPs, "
         "provenance, classes (a compressed model's data, steps, measured speedup and quality; "
-        "an export's files, batch profile and parity).", """\
+        "an export's files, batch profile and parity, and how its model was made).", """\
         entpruner info --model dit-digits
         entpruner info --model runs/dit-d6        # a compress output: how it was made
         entpruner info --model DiT-XL-2-256x256.pt --family dit --json
@@ -57,6 +57,7 @@ def export_summary(directory: str | Path) -> dict:
     with torch.device("meta"):  # shapes only, for the parameter count
         model = DiffusionTransformer(config, metadata.get("provenance"),
                                      metadata.get("objective_settings"))
+    model.metadata = {key: metadata[key] for key in ("compression",) if key in metadata}
     summary = model_summary(model)
     summary["export"] = {key: manifest.get(key) for key in
                          ("format", "precision", "files", "contents", "batch", "created",
