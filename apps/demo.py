@@ -29,15 +29,20 @@ SETTING_NAMES = ("diffusion_form", "diffusion_norm", "last_step", "last_step_siz
 DISPLAY_SIZE = 96  # small images are upscaled (nearest) so they stay visible
 # lossless: Gradio's default (WebP) is lossy, and would blur the very samples being compared
 GALLERY_FORMAT = "png"
+# Gradio gives a gallery at least 450 px of height (55% of the window at most), so four
+# samples in a row sat above an empty half. The galleries take their images' height instead.
+DEMO_CSS = """#original-gallery .grid-wrap, #pruned-gallery .grid-wrap {
+  min-height: 0; max-height: none; overflow-y: visible; }"""
 
 
 def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
                onnx: bool = False, data: str | None = None, vae: str | None = None,
                family: str | None = None, device: str | None = None):
-    """The demo as a ``gr.Blocks`` app (call ``.launch()`` on it). ``vae``: the VAE folder
-    that decodes latent models' samples (DiT-XL/2, SiT-XL/2); ``family``: for a released
-    original checkpoint (by default the pruned model's); ``device``: where PyTorch samples
-    and evaluates (by default CUDA when present, else the CPU)."""
+    """The demo as a ``gr.Blocks`` app (call ``.launch(css=DEMO_CSS)`` on it, as ``launch``
+    does). ``vae``: the VAE folder that decodes latent models' samples (DiT-XL/2, SiT-XL/2);
+    ``family``: for a released original checkpoint (by default the pruned model's);
+    ``device``: where PyTorch samples and evaluates (by default CUDA when present, else the
+    CPU)."""
     import gradio as gr
 
     state: dict[str, Any] = {"pair": load_pair(original, pruned, onnx, vae, family, device)}
@@ -83,14 +88,15 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
             with gr.Row():
                 with gr.Column():
                     gr.Markdown("### original")
-                    original_gallery = gr.Gallery(label="original", columns=4, height=260,
-                                                  format=GALLERY_FORMAT,
+                    original_gallery = gr.Gallery(label="original", columns=4, height="auto",
+                                                  format=GALLERY_FORMAT, show_label=False,
                                                   elem_id="original-gallery")
                     original_timing = gr.Markdown(elem_id="original-timing")
                 with gr.Column():
                     gr.Markdown("### pruned")
-                    pruned_gallery = gr.Gallery(label="pruned", columns=4, height=260,
-                                                format=GALLERY_FORMAT, elem_id="pruned-gallery")
+                    pruned_gallery = gr.Gallery(label="pruned", columns=4, height="auto",
+                                                format=GALLERY_FORMAT, show_label=False,
+                                                elem_id="pruned-gallery")
                     pruned_timing = gr.Markdown(elem_id="pruned-timing")
             speedup = gr.Markdown(elem_id="speedup")
         with gr.Tab("Quality"):
@@ -321,7 +327,7 @@ def launch(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED, *,
     demo = build_demo(original, pruned, onnx, data, vae, family, device)
     demo.queue(default_concurrency_limit=1)  # one model thread; requests take turns
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                show_error=True)
+                show_error=True, css=DEMO_CSS)
     return demo
 
 

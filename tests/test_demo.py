@@ -276,6 +276,11 @@ def test_browser_end_to_end(running_demo):
                 page.locator(f"#{side}-gallery img").first.wait_for(timeout=60_000)
                 assert page.locator(f"#{side}-gallery img").count() >= 4
                 assert "images/s" in page.locator(f"#{side}-timing").inner_text()
+                # the gallery is as tall as its images (one row of 4 here), with no empty half
+                # below them nor a scroll bar: DEMO_CSS, which launch passes to Gradio
+                gallery, grid = (page.locator(f"#{side}-gallery {part}").first.bounding_box()
+                                 for part in (".grid-wrap", ".grid-container"))
+                assert grid["height"] > 50 and gallery["height"] < grid["height"] + 40
             assert "speedup" in page.locator("#speedup").inner_text()
             page.screenshot(path=str(ARTIFACTS / "demo-generate.png"), full_page=True)
         finally:
