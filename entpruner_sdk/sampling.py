@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -12,6 +13,7 @@ from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import COMPILED_CACHE, DiffusionTransformer
 from entpruner_sdk.objectives import ModelFn, Objective, guided, objective_for
 from entpruner_sdk.objectives.base import SplitGenerator, normal
+from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.timing import CallCounter
 
@@ -30,7 +32,7 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
 
 @torch.no_grad()
 def sample(
-    model: DiffusionTransformer,
+    model: DiffusionTransformer | str | os.PathLike,
     labels: Sequence[int] | torch.Tensor,
     *,
     sampler: str | None = None,
@@ -46,7 +48,8 @@ def sample(
     compile: bool | str = False,
     counter: CallCounter | None = None,
 ) -> torch.Tensor:
-    """Generate one image per label; returns [N, C, H, W] on the CPU.
+    """Generate one image per label from ``model`` (a model, or a bundled teacher's name or
+    a saved model's path); returns [N, C, H, W] on the CPU.
 
     The initial noise and every per-step noise come from a CPU generator seeded with ``seed``,
     so a seed gives the same images on any device (up to the device's arithmetic). The model
@@ -63,6 +66,7 @@ def sample(
     ``counter`` (a :class:`CallCounter`) counts the model calls the sampler makes.
     """
     device = resolve_device(device)
+    model = as_model(model)
     model.to(device)  # in place, as nn.Module.to: sampling runs where the caller asked
     denoiser = compiled(model, compile) if compile else model
 

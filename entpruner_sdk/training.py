@@ -30,6 +30,7 @@ from entpruner_sdk.data.datasets import (
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import NoisedBatch, Objective, objective_for
+from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.checkpoint import (
     discard_checkpoint,
     load_checkpoint,
@@ -188,7 +189,7 @@ def record_data_classes(model: DiffusionTransformer, data: ImageDataset) -> None
 
 
 def train(
-    model: DiffusionTransformer,
+    model: DiffusionTransformer | str | os.PathLike,
     data: Any,
     config: TrainConfig | None = None,
     *,
@@ -201,7 +202,8 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``data`` with its family's objective.
+    """Train ``model`` (a model, or a bundled teacher's name or a saved model's path) on
+    ``data`` with its family's objective.
 
     With ``out_dir``, a checkpoint is written every ``checkpoint_every`` steps to
     ``out_dir/checkpoint`` and the final EMA model to ``out_dir/model``; ``resume=True``
@@ -214,6 +216,7 @@ def train(
     """
     config = config or TrainConfig()
     device = resolve_device(device)
+    model = as_model(model)
     data = fit_channels(model.config, load_data(data))
     # equal class counts unless told otherwise: data with fewer classes is more likely new
     # classes that would silently take over the embeddings of the model's first ones

@@ -17,6 +17,7 @@ from entpruner_sdk.export.metadata import export_metadata
 from entpruner_sdk.export.parity import ParityCheck, check_parity, require_parity
 from entpruner_sdk.export.runtime import MANIFEST, load_exported
 from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.files import atomic_directory, atomic_write_text
 
 FORMATS = ("onnx", "onnx-fp16", "aoti", "tensorrt", "torch-tensorrt")
@@ -63,7 +64,7 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    model = _resolve(model)
+    model = as_model(model)
     _check_batch(batch)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -159,14 +160,6 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
 
     compile_torch_tensorrt(model, directory / "model.ep", batch=batch, precision=precision)
     return {"denoiser": "model.ep"}, {}
-
-
-def _resolve(model) -> DiffusionTransformer:
-    if isinstance(model, DiffusionTransformer):
-        return model
-    from entpruner_sdk.teachers import resolve_model
-
-    return resolve_model(str(model))
 
 
 def _has_null_class(model: DiffusionTransformer) -> bool:

@@ -7,6 +7,7 @@ from entpruner_sdk.data import load_data
 from entpruner_sdk.evaluation.classifier import class_accuracy, domain_classifier
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import DEFAULT_TEACHERS, SAMPLING, load_teacher
+from tests.conftest import randomized, tiny_config
 
 
 @pytest.mark.parametrize("name", DEFAULT_TEACHERS)
@@ -33,3 +34,45 @@ def test_photos_teachers_fit_the_photos_data(name):
     teacher = load_teacher(name)
     assert teacher.depth == 12 and teacher.pos_embed.dtype == torch.float32
     check_fits(teacher.config, load_data("photos"), exact_classes=True)
+
+
+def test_every_verb_takes_a_model_by_name_or_path_and_refuses_other_modules(tmp_path):
+    from entpruner_sdk import DiffusionTransformer, TrainConfig, compress, evaluate, plan, train
+    from entpruner_sdk.export import export
+    from entpruner_sdk.models.io import from_state_dict, save
+
+    teacher = load_teacher("sit-digits")
+    labels = [3, 7]
+    by_object = sample(teacher, labels, steps=2, seed=5)
+    assert torch.equal(sample("sit-digits", labels, steps=2, seed=5), by_object)
+    save(teacher, tmp_path / "model")
+    assert torch.equal(sample(tmp_path / "model", labels, steps=2, seed=5), by_object)
+    options = dict(calibration_per_class=2, calibration_times=2, proxy_samples=4)
+    assert plan("sit-digits", "digits", 6, **options).removed_blocks == plan(
+        teacher, "digits", 6, **options).removed_blocks
+    report = evaluate(str(tmp_path / "model"), "digits", samples=10, steps=2,
+                      features=("domain",), original="sit-digits", progress=False)
+    assert report.original_metrics == report.metrics  # the same model on the same noise
+    assert export("sit-digits", tmp_path / "onnx", "onnx", verify=False,
+                  exporter="torchscript").files
+    tuned = train(tmp_path / "model", "digits", TrainConfig(steps=1, batch_size=4),
+                  progress=False, device="cpu").model
+    assert tuned.depth == teacher.depth and not torch.equal(
+        tuned.final_layer.linear.weight, teacher.final_layer.linear.weight)
+    tiny = tmp_path / "tiny"
+    save(randomized(DiffusionTransformer(tiny_config("sit", depth=4))), tiny)
+    assert compress(tiny, "digits", 2, steps=2, batch_size=4, interval=1,
+                    calibration_per_class=2, calibration_times=2, proxy_samples=4,
+                    report_samples=0, progress=False, device="cpu").model.depth == 2
+    # a module of another class: the way to convert it, before any work
+    with pytest.raises(TypeError, match=r"model is a Linear, not an entpruner "
+                                        r"DiffusionTransformer.*from_state_dict"):
+        compress(torch.nn.Linear(2, 2), "digits", 6)
+    with pytest.raises(TypeError, match="original is a Sequential.*from_state_dict"):
+        evaluate(teacher, "digits", samples=10, original=torch.nn.Sequential())
+    with pytest.raises(TypeError, match="must be a DiffusionTransformer, a bundled teacher "
+                                        "name or a path to a model; got a value of type int"):
+        sample(12, labels)
+    # the conversion it names works on a model in the reference layout
+    converted = from_state_dict(teacher.state_dict(), "sit", num_heads=4)
+    assert torch.equal(sample(converted, labels, steps=2, seed=5), by_object)

@@ -12,6 +12,7 @@ DiT-XL/2 this takes minutes on a GPU, where the run takes hours.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from entpruner_sdk.compress.setup import (
     target_depth,
 )
 from entpruner_sdk.models.transformer import DiffusionTransformer, count_parameters, forward_flops
+from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.device import resolve_device
 
 
@@ -81,12 +83,13 @@ class CompressPlan:
         return "\n".join(lines) + "\n"
 
 
-def plan(model: DiffusionTransformer, data: Any, budget: Budget | int | float | str, *,
-         config: CompressConfig | None = None, device: str | torch.device | None = None,
-         **options: Any) -> CompressPlan:
+def plan(model: DiffusionTransformer | str | os.PathLike, data: Any,
+         budget: Budget | int | float | str, *, config: CompressConfig | None = None,
+         device: str | torch.device | None = None, **options: Any) -> CompressPlan:
     """What ``compress(model, data, budget, ...)`` with the same options would remove, from
     the same checks, calibration set and first scoring, without any fine-tuning."""
     config = config or CompressConfig.from_options(**options)
+    model = as_model(model)
     setup = prepare(model, data, budget, config, resolve_device(device))
     latency = measure_latency(setup)
     target = target_depth(setup, latency)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import Objective
 from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleState
+from entpruner_sdk.teachers import as_model
 from entpruner_sdk.training import (
     EMA,
     accumulate_gradients,
@@ -164,7 +166,7 @@ class _Run:
 
 
 def compress(
-    model: DiffusionTransformer,
+    model: DiffusionTransformer | str | os.PathLike,
     data: Any,
     budget: Budget | int | float | str,
     *,
@@ -176,7 +178,8 @@ def compress(
     progress: bool = True,
     **options: Any,
 ) -> CompressResult:
-    """Prune ``model`` to ``budget`` on ``data``; see ``CompressConfig`` for the options
+    """Prune ``model`` (a model, or a bundled teacher's name or a saved model's path) to
+    ``budget`` on ``data``; see ``CompressConfig`` for the options
     (flat keywords such as ``importance="bi"``, ``schedule="one-shot"``, ``steps=2000``,
     ``interval=50``, ``kd_weight=0.9`` are accepted too).
 
@@ -192,6 +195,7 @@ def compress(
     come from rank 0, so every rank takes the same decisions; only rank 0 writes files.
     """
     wall_start = time.perf_counter()
+    model = as_model(model)
     config = config or CompressConfig.from_options(**options)
     device = resolve_device(device)
     check_micro_batches(config.batch_size, config.gradient_accumulation,

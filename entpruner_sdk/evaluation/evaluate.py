@@ -46,6 +46,7 @@ from entpruner_sdk.evaluation.reference import (
 from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
+from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import resolve_device
 
@@ -76,7 +77,7 @@ def check_same_but_depth(original: DiffusionTransformer, model: DiffusionTransfo
 
 
 def evaluate(
-    model: DiffusionTransformer,
+    model: DiffusionTransformer | str | os.PathLike,
     data: Any,
     *,
     samples: int = 1000,
@@ -84,7 +85,7 @@ def evaluate(
     steps: int = 50,
     cfg_scale: float = 1.0,
     seed: int = 0,
-    original: DiffusionTransformer | None = None,
+    original: DiffusionTransformer | str | os.PathLike | None = None,
     features: tuple[str, ...] = FEATURES,
     batch_size: int = 250,
     device: str | torch.device | None = None,
@@ -100,6 +101,7 @@ def evaluate(
     likelihood_steps: int | None = None,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
+    ``model`` and ``original``: models, or bundled teachers' names or saved models' paths.
 
     ``features`` picks the feature spaces: ``"domain"`` (fast) and/or ``"inception"`` (standard
     FID; needs the ``fid`` extra). ``original``: also sample that model from the same noise
@@ -138,6 +140,8 @@ def evaluate(
     images with the same noise, with their paired difference (``report.likelihood``).
     ``likelihood_steps``: SiT's ODE steps (50), DiT's bound's timesteps (1000).
     """
+    model = as_model(model)
+    original = as_model(original, "original") if original is not None else None
     _check_request(model, features, vae, original, original_images, samples, batch_size,
                    likelihood)
     # refused before any work when they do not apply; stated in the report and the batch key

@@ -7,6 +7,7 @@ seed that produced it. ``SAMPLING`` holds the sampler settings each is evaluated
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -52,3 +53,25 @@ def resolve_model(spec: str, family: str | None = None, device: str | torch.devi
             Path(spec) / "config.json").is_file():
         spec = str(Path(spec) / "model")
     return load(spec, family, device=device, num_heads=num_heads)
+
+
+def as_model(model: DiffusionTransformer | str | os.PathLike, role: str = "model"
+             ) -> DiffusionTransformer:
+    """What every verb takes as a model: a ``DiffusionTransformer`` as it is, or a name or
+    path ``resolve_model`` reads (a bundled teacher, a saved model, a compress output, one of
+    our checkpoints). Anything else is refused with the way to convert it; ``role`` names the
+    argument in that message."""
+    if isinstance(model, DiffusionTransformer):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return resolve_model(os.fspath(model))
+    kind = type(model).__name__
+    if isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"{role} is a {kind}, not an entpruner DiffusionTransformer; a DiT or SiT in the "
+            "reference layout (the DiT or SiT repository's models.py) converts with "
+            "entpruner_sdk.models.io.from_state_dict(module.state_dict(), 'dit' or 'sit', "
+            "num_heads=its head count), and a saved file loads with "
+            "entpruner_sdk.load(path, family=...)")
+    raise TypeError(f"{role} must be a DiffusionTransformer, a bundled teacher name or a "
+                    f"path to a model; got a value of type {kind}")
