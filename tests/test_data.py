@@ -277,6 +277,36 @@ def test_npz_layouts_and_errors(tmp_path):
         load_data(tmp_path / "corrupt.npz")
 
 
+def test_arrays_in_memory_are_read_as_an_npz_is(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 1, 0, 2])
+    np.savez(tmp_path / "same.npz", images=images, labels=labels)
+    stored = load_data(tmp_path / "same.npz")
+    for held in [(images, labels), [torch.from_numpy(images), torch.from_numpy(labels)],
+                 {"images": images, "labels": labels}, {"x": images, "y": labels.tolist()}]:
+        data = load_data(held)
+        assert data.name == "arrays" and data.origin is None and data.num_classes == 3
+        assert torch.equal(data.images, stored.images) and torch.equal(data.labels,
+                                                                       stored.labels)
+    named = load_data({"images": images, "labels": labels, "class_names": ["a", "b", "c"]},
+                      num_classes=5)
+    assert named.num_classes == 5 and named.class_names[:3] == ["a", "b", "c"]
+    latents = load_data({"latents": np.zeros((2, 4, 4, 4), np.float32), "labels": [0, 1]})
+    assert not latents.pixels and latents.images.shape == (2, 4, 4, 4)
+    # each mistake named with its fix
+    with pytest.raises(DataError, match=r"of shape \(6, 8, 8, 3\)\) has no labels; pass "
+                                        r"\(images, labels\)"):
+        load_data(images)
+    with pytest.raises(DataError, match="data of type int is not one entpruner reads"):
+        load_data(3)
+    with pytest.raises(DataError, match="look like images in \\[0, 1\\]"):
+        load_data((images / 255.0, labels))
+    with pytest.raises(DataError, match="the arrays must hold arrays 'images'"):
+        load_data({"pixels": images, "labels": labels})
+    with pytest.raises(DataError, match="arrays are used as they are; image_size"):
+        load_data((images, labels), image_size=16)
+
+
 def test_latents_npz_round_trip_with_class_names(tmp_path):
     rng = np.random.default_rng(0)
     latents = (rng.standard_normal((6, 4, 8, 8)) * 3).astype(np.float32)  # beyond [-1, 1]

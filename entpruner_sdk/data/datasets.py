@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -330,18 +330,28 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDa
             arrays = {key: archive[key] for key in archive.files}
     except Exception as error:
         raise DataError(f"cannot read {path}: {error}; is it a valid .npz archive?") from error
+    return from_arrays(arrays, num_classes, name=path.stem, source=str(path))
+
+
+def from_arrays(arrays: Mapping[str, Any], num_classes: int | None = None, *,
+                name: str = "arrays", source: str = "the arrays") -> ImageDataset:
+    """Data held in memory, under the keys an ``.npz`` uses (``load_npz``): ``images`` (or
+    ``x``, or VAE ``latents``) and ``labels`` (or ``y``), optional ``class_names``; numpy
+    arrays or CPU tensors. Images are uint8 (0..255) or floats in [-1, 1], as
+    [N, H, W], [N, H, W, C] or [N, C, H, W]."""
+    arrays = {key: _numpy(value) for key, value in arrays.items()}
     latents = arrays.get("latents")
     images = _first(arrays, "images", "x", "arr_0")
     labels = _first(arrays, "labels", "y", "arr_1")
     if (images is None and latents is None) or labels is None:
-        raise DataError(f"{path} must hold arrays 'images' (or 'x', or VAE 'latents') and "
+        raise DataError(f"{source} must hold arrays 'images' (or 'x', or VAE 'latents') and "
                         f"'labels' (or 'y'), or ADM's 'arr_0' and 'arr_1'; found "
                         f"{sorted(arrays)}")
     if latents is not None:
-        tensor = latent_tensor(latents, str(path))
+        tensor = latent_tensor(latents, source)
     else:
-        tensor = pixel_tensor(to_nchw(images, str(path)), str(path))
-        refuse_unit_interval(tensor, str(path))
+        tensor = pixel_tensor(to_nchw(images, source), source)
+        refuse_unit_interval(tensor, source)
     labels_t = torch.from_numpy(np.asarray(labels)).reshape(-1)
     if not labels_t.dtype.is_floating_point:
         labels_t = labels_t.long()
@@ -352,11 +362,17 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDa
         # one name per class held, in label order: a subset under a larger model's ids
         names = [dict(zip(present, names)).get(c, str(c)) for c in range(count)]
     if names and len(names) != count:
-        raise DataError(f"{path}: {len(names)} class_names for {count} classes; give one name "
-                        f"per class, or one per class held ({len(present)}, in label order), "
-                        "or drop class_names")
-    return ImageDataset(tensor, labels_t, count, name=path.stem, class_names=names,
+        raise DataError(f"{source}: {len(names)} class_names for {count} classes; give one "
+                        f"name per class, or one per class held ({len(present)}, in label "
+                        "order), or drop class_names")
+    return ImageDataset(tensor, labels_t, count, name=name, class_names=names,
                         pixels=latents is None)
+
+
+def _numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 def _first(arrays: dict[str, np.ndarray], *keys: str) -> np.ndarray | None:
@@ -413,7 +429,8 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     """Turn any supported source into an ``ImageDataset``.
 
     ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
-    per class (or an ``ImageFolder``), an ``.npz`` file, a torch ``Dataset`` / ``DataLoader``
+    per class (or an ``ImageFolder``), an ``.npz`` file, ``(images, labels)`` arrays or a dict
+    of arrays under the ``.npz`` keys (``from_arrays``), a torch ``Dataset`` / ``DataLoader``
     of (image, label), or an ``ImageDataset``. ``split`` applies to bundled datasets,
     ``num_classes`` to ``.npz`` files and torch datasets, ``image_size`` to bundled datasets
     and folders (scaled and centre-cropped), ``class_index`` to folders (the model's classes
@@ -444,6 +461,8 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         dataset = load_bundled(data, split=split, image_size=image_size)
         return _remember(dataset, data, split=split if split != "train" else None,
                          image_size=image_size)
+    if not isinstance(data, (str, os.PathLike)):
+        return _in_memory(data, num_classes, image_size)
     path = Path(data)
     if not path.exists():
         raise DataError(f"data {str(data)!r} is neither a bundled dataset "
@@ -458,6 +477,26 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         return _remember(load_npz(path, num_classes), str(path.resolve()),
                          num_classes=num_classes)
     raise DataError(f"unsupported data file {path}; use an .npz or a folder of class folders")
+
+
+def _in_memory(data: Any, num_classes: int | None, image_size: int | None) -> ImageDataset:
+    """``(images, labels)`` or a dict of arrays under ``.npz`` keys (``from_arrays``)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        data = {"images": data[0], "labels": data[1]}
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        raise DataError(f"an array of images ({type(data).__name__} of shape "
+                        f"{tuple(data.shape)}) has no labels; pass (images, labels), with one "
+                        "class id per image")
+    if not isinstance(data, Mapping):
+        raise DataError(
+            f"data of type {type(data).__name__} is not one entpruner reads; pass a bundled "
+            "dataset name (digits, photos), a folder of class folders, an .npz file, "
+            "(images, labels) arrays or a dict of them, or a torch Dataset or DataLoader of "
+            "(image, label) pairs")
+    if image_size is not None:
+        raise DataError("arrays are used as they are; image_size (--image-size) resizes class "
+                        "folders and the bundled photos: drop it, or resize the images first")
+    return from_arrays(data, num_classes)
 
 
 def _remember(dataset: ImageDataset, data: str, **options: Any) -> ImageDataset:
