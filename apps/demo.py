@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from entpruner_sdk.apps.pair import (
     DEFAULT_ORIGINAL,
@@ -22,6 +22,9 @@ from entpruner_sdk.objectives import OBJECTIVES, objective_for
 from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
 from entpruner_sdk.sampling import to_picture
 
+if TYPE_CHECKING:  # Gradio is imported when the demo is built
+    import gradio as gr
+
 BACKENDS = ("PyTorch", "ONNX Runtime")
 # the demo's SiT sampler fields, in their order on the page and in the API
 SETTING_NAMES = ("diffusion_form", "diffusion_norm", "last_step", "last_step_size", "atol",
@@ -37,7 +40,7 @@ DEMO_CSS = """#original-gallery .grid-wrap, #pruned-gallery .grid-wrap {
 
 def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
                onnx: bool = False, data: str | None = None, vae: str | None = None,
-               family: str | None = None, device: str | None = None):
+               family: str | None = None, device: str | None = None) -> gr.Blocks:
     """The demo as a ``gr.Blocks`` app (call ``.launch(css=DEMO_CSS)`` on it, as ``launch``
     does). ``vae``: the VAE folder that decodes latent models' samples (DiT-XL/2, SiT-XL/2);
     ``family``: for a released original checkpoint (by default the pruned model's);
@@ -322,8 +325,10 @@ def _data_name(pair: ModelPair) -> str:
 def launch(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED, *,
            port: int = 7860, host: str = "127.0.0.1", onnx: bool = False,
            data: str | None = None, share: bool = False, block: bool = True,
-           vae: str | None = None, family: str | None = None, device: str | None = None):
-    """Build and start the demo server."""
+           vae: str | None = None, family: str | None = None, device: str | None = None
+           ) -> gr.Blocks:
+    """Build and start the demo server on ``host:port``; ``block=False`` returns at once
+    with the app running (``.close()`` stops it)."""
     demo = build_demo(original, pruned, onnx, data, vae, family, device)
     demo.queue(default_concurrency_limit=1)  # one model thread; requests take turns
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,18 +41,22 @@ class ModelThread:
     _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="entpruner-demo-model")
 
     @classmethod
-    def run(cls, fn, *args, **kwargs):
+    def run(cls, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on the model thread; its result (or its exception)."""
         return cls._executor.submit(fn, *args, **kwargs).result()
 
 
 @dataclass
 class SideResult:
+    """One side of a comparison: its images, the seconds they took and the model calls."""
+
     images: torch.Tensor
     seconds: float
     model_calls: int  # the sampler's denoiser calls: an adaptive one picks its own
 
     @property
     def images_per_second(self) -> float:
+        """Throughput of this side."""
         return len(self.images) / self.seconds
 
 
@@ -70,15 +75,18 @@ class ModelPair:
 
     @property
     def ready(self) -> bool:
+        """Whether both models are loaded."""
         return self.original is not None and self.pruned is not None
 
     @property
     def family(self) -> str:
+        """The pair's family (``"dit"`` until a model is loaded)."""
         model = self.original or self.pruned
         return model.config.family if model is not None else "dit"
 
     @property
     def num_classes(self) -> int:
+        """The classes the pair samples (0 until a model is loaded)."""
         model = self.original or self.pruned
         return model.config.num_classes if model is not None else 0
 
@@ -279,6 +287,7 @@ def structure_facts(pair: ModelPair) -> list[list[str]]:
 
 
 def default_sampling(family: str) -> dict[str, Any]:
+    """The family's sampler, steps and cfg scale: the bundled teachers' settings."""
     return dict(SAMPLING[family])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from entpruner_sdk.objectives.base import SplitGenerator, normal
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.timing import CallCounter
+
+if TYPE_CHECKING:  # PIL is imported where pictures are made
+    from PIL import Image
 
 # guided_fn(x_t, model_time, labels, scale [N]) -> guided output
 GuidedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -171,7 +175,7 @@ def image_grid(images: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     return grid
 
 
-def to_picture(image: torch.Tensor):
+def to_picture(image: torch.Tensor) -> Image.Image:
     """One [C, H, W] image in [-1, 1], or 8-bit, as a PIL image (gray for one channel),
     rounded as ``eight_bit`` rounds."""
     from PIL import Image
@@ -180,7 +184,8 @@ def to_picture(image: torch.Tensor):
     return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
-def save_grid(images: torch.Tensor, path, rows: int | None = None, scale: int = 4) -> None:
+def save_grid(images: torch.Tensor, path: str | os.PathLike, rows: int | None = None,
+              scale: int = 4) -> None:
     """Write a PNG grid (nearest-neighbour upscaled so small images stay visible)."""
     from PIL import Image
 

@@ -81,6 +81,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What ``train`` returns: the last step's weights, their EMA and the loss curve."""
+
     model: DiffusionTransformer  # the raw weights after the last step
     ema: DiffusionTransformer  # the EMA weights: sample and evaluate with these
     losses: list[float] = field(default_factory=list)  # one per step

@@ -20,6 +20,9 @@ class ParityError(RuntimeError):
 
 @dataclass
 class ParityCheck:
+    """One comparison of an exported graph with PyTorch at one batch size: the largest
+    absolute error, that error relative to the largest reference output, and the bound."""
+
     graph: str
     batch: int
     max_abs_error: float
@@ -28,9 +31,11 @@ class ParityCheck:
 
     @property
     def passed(self) -> bool:
+        """Whether the relative error is within the tolerance."""
         return self.relative_error <= self.tolerance
 
     def to_dict(self) -> dict:
+        """The check as JSON data, ``passed`` included (the manifest's ``parity``)."""
         return {**asdict(self), "passed": self.passed}
 
     @classmethod
@@ -80,6 +85,7 @@ def check_decoder_parity(space, decoder, config, batches: tuple[int, ...] = (1, 
 
 
 def require_parity(checks: list[ParityCheck], what: str) -> None:
+    """Raise ``ParityError``, naming each failed check and the ways out, unless all pass."""
     failed = [c for c in checks if not c.passed]
     if failed:
         lines = ", ".join(f"{c.graph} batch {c.batch}: {c.relative_error:.2e} > {c.tolerance:.0e}"
@@ -92,6 +98,7 @@ def require_parity(checks: list[ParityCheck], what: str) -> None:
 
 
 def format_checks(checks: list[ParityCheck]) -> str:
+    """The checks as the table ``export --verify`` prints."""
     rows = ["graph     batch  max abs error  relative error  tolerance  ok"]
     rows += [f"{c.graph:<9} {c.batch:>5}  {c.max_abs_error:13.2e}  {c.relative_error:14.2e}  "
              f"{c.tolerance:9.0e}  {'yes' if c.passed else 'NO'}" for c in checks]

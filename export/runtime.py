@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from entpruner_sdk.export.metadata import config_and_objective
+from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives import Objective
 from entpruner_sdk.sampling import sample_with
 from entpruner_sdk.utils.timing import CallCounter
@@ -42,6 +43,7 @@ class ExportedDenoiser(ABC):
 
     @property
     def family(self) -> str:
+        """``"dit"`` or ``"sit"``."""
         return self.config.family
 
     @property
@@ -51,6 +53,7 @@ class ExportedDenoiser(ABC):
 
     @property
     def time_dtype(self) -> torch.dtype:
+        """The graph's time input: int64 timesteps for DiT, float32 t for SiT."""
         return torch.long if self.config.family == "dit" else torch.float32
 
     @abstractmethod
@@ -64,6 +67,7 @@ class ExportedDenoiser(ABC):
 
     @property
     def has_guided_graph(self) -> bool:
+        """Whether the export holds the guidance graph (one call per guided step)."""
         return False
 
     def sample(self, labels: Sequence[int] | torch.Tensor, *, sampler: str | None = None,
@@ -153,7 +157,8 @@ class OnnxLatentDecoder:
         self.session = ort.InferenceSession(str(path), options,
                                             providers=_providers(ort, provider))
 
-    def image_shape(self, config) -> tuple[int, int, int]:
+    def image_shape(self, config: TransformerConfig) -> tuple[int, int, int]:
+        """(channels, height, width) of the images it decodes (the export recorded them)."""
         channels, height, width = self.metadata["image_shape"]
         return int(channels), int(height), int(width)
 
@@ -198,6 +203,7 @@ class AotiDenoiser(ExportedDenoiser):
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The export's manifest, ``export.json``; a clear error when it is missing or corrupt."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(
@@ -246,6 +252,7 @@ def _open_denoiser(directory: Path, manifest: dict[str, Any], provider: str,
 
 
 def is_export_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an export directory (it holds ``export.json``)."""
     return (Path(path) / MANIFEST).is_file()
 
 

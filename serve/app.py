@@ -292,7 +292,7 @@ class BodyLimit:
 
 
 class BodyTooLarge(Exception):
-    pass
+    """A request body over ``max_body_bytes``, stopped while it is read."""
 
 
 async def _too_large(limit: int, scope, receive, send) -> None:

@@ -28,6 +28,9 @@ class ShuttingDown(Exception):
 
 @dataclass
 class Job:
+    """One request in the queue: jobs with equal ``key`` (model and sampler settings) may
+    share a batch of up to ``max_batch_images`` images."""
+
     key: Hashable
     images: int
     payload: Any
@@ -69,6 +72,7 @@ class MicroBatcher:
 
     @property
     def depth(self) -> int:
+        """Jobs waiting (the ``/metrics`` queue depth)."""
         return len(self.queue)
 
     async def run_in_worker(self, fn: Callable[[], Any]) -> Any:
@@ -78,6 +82,7 @@ class MicroBatcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def start(self) -> None:
+        """Start the batching loop on the running event loop (the app's startup)."""
         self._wakeup = asyncio.Event()
         self._worker = asyncio.get_running_loop().create_task(self._loop())
 

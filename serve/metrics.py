@@ -9,6 +9,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class ServerMetrics:
+    """The server's Prometheus metrics, in a registry of its own (``/metrics``)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("entpruner_requests", "generate requests by model and status",
@@ -32,5 +34,6 @@ class ServerMetrics:
                                    ["model"], registry=self.registry)
 
     def observe_batch(self, images: int, requests: int) -> None:
+        """Record one batch run: its images and the requests merged into it."""
         self.batch_images.observe(images)
         self.batch_requests.observe(requests)

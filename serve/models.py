@@ -51,9 +51,11 @@ class ServedModel:
 
     @property
     def defaults(self) -> dict[str, Any]:
+        """The sampler, steps and cfg scale a request gets when it names none."""
         return dict(SAMPLING[self.config.family])
 
     def info(self) -> dict[str, Any]:
+        """The model as ``/v1/models`` lists it."""
         return {
             "name": self.name, "family": self.config.family, "backend": self.backend,
             "depth": self.config.depth, "parameters": self.parameters,

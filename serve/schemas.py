@@ -34,6 +34,8 @@ class GenerateRequest(BaseModel):
 
 
 class Timing(BaseModel):
+    """Where a request's time went: waiting for its batch, computing it, in all."""
+
     queue_ms: float
     compute_ms: float
     total_ms: float
@@ -42,6 +44,9 @@ class Timing(BaseModel):
 
 
 class ArrayPayload(BaseModel):
+    """The images as one raw array ([N, C, H, W] float32 in [-1, 1]), for
+    ``output_format="array"``."""
+
     shape: list[int]
     dtype: Literal["float32"] = "float32"
     range: list[float] = [-1.0, 1.0]
@@ -49,6 +54,8 @@ class ArrayPayload(BaseModel):
 
 
 class GenerateResponse(BaseModel):
+    """The images of a ``/v1/generate`` request, with every setting that made them."""
+
     model: str
     class_labels: list[int] = Field(..., description="class id of each image")
     seed: int

@@ -21,6 +21,10 @@ class BudgetError(ValueError):
 
 @dataclass(frozen=True)
 class Budget:
+    """What a compression must reach, one of three: ``depth`` blocks kept, ``flops`` (the
+    share of the original's forward FLOPs kept, in (0, 1)), or a measured sampling
+    ``speedup`` on ``device`` (by default the device compress runs on)."""
+
     depth: int | None = None
     flops: float | None = None
     speedup: float | None = None
@@ -61,6 +65,7 @@ class Budget:
             raise BudgetError(_unreadable(value)) from None
 
     def describe(self) -> str:
+        """The budget in words, as reports print it (``keep 6 blocks``)."""
         if self.depth is not None:
             return f"keep {self.depth} blocks"
         if self.flops is not None:
@@ -111,4 +116,5 @@ def resolve_depth(budget: Budget, model: DiffusionTransformer, protected_count: 
 
 
 def budget_device(budget: Budget, default: torch.device) -> torch.device:
+    """Where a speedup budget is measured: its own device, else ``default``."""
     return torch.device(budget.device) if budget.device else default

@@ -16,6 +16,9 @@ from entpruner_sdk.schedule import LatencyModel, SchedulePlan, ntk_condition_num
 
 @dataclass
 class Candidate:
+    """One option at a decision: remove the ``k`` least important blocks (``removed``),
+    with its measured latency, zero-shot proxies and rank vote (lower votes win)."""
+
     k: int
     removed: list[int]
     depth: int
@@ -27,6 +30,9 @@ class Candidate:
 
 @dataclass
 class Decision:
+    """One decision point as the report logs it: the step, the loss, what the schedule
+    allowed (``plan``), the importance scores, every candidate and the one chosen."""
+
     step: int
     loss: float | None
     plan: dict[str, Any]
@@ -38,6 +44,7 @@ class Decision:
     proxy_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The decision as plain JSON data."""
         return asdict(self)
 
 
@@ -51,6 +58,8 @@ class ProxyBatches:
     @classmethod
     def build(cls, calibration: CalibrationSet, objective: Objective, samples: int,
               device: torch.device, seed: int) -> ProxyBatches:
+        """``samples`` noised images for the NTK and two batches for ZiCo, drawn from
+        ``calibration`` with ``seed``."""
         generator = torch.Generator().manual_seed(seed + 1)
 
         def draw(count: int) -> NoisedBatch:

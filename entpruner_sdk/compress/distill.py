@@ -19,6 +19,9 @@ from entpruner_sdk.objectives import NoisedBatch, Objective
 
 @dataclass
 class DistillConfig:
+    """The recovery loss's weights: the teacher's prediction (``kd_weight``), the ground
+    truth (``gt_weight``) and the optional masked feature loss on aligned blocks."""
+
     kd_weight: float = 0.9
     gt_weight: float = 0.1
     # optional masked feature loss; off by default: at weight 1 it was level, within 1%

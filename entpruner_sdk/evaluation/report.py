@@ -47,10 +47,13 @@ class EvaluationReport:
     kept_batches: list[Path] = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every figure and setting as plain JSON data (the samples are left out)."""
         return {k: v for k, v in asdict(self).items()
                 if k not in ("images", "labels", "kept_batches")}
 
     def to_markdown(self) -> str:
+        """The report for people: settings, the metrics table (beside the original's when
+        there is one), fidelity, likelihood and the figures per class."""
         s = self.settings
         lines = [f"# Evaluation of {s['model']}", "",
                  f"{s['samples']} samples, sampler {s['sampler']}{_settings(s)} x "
@@ -98,6 +101,7 @@ class EvaluationReport:
         return lines
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``evaluation.json`` and ``evaluation.md`` into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / "evaluation.json", json.dumps(self.to_dict(), indent=2))

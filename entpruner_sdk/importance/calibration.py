@@ -18,6 +18,9 @@ from entpruner_sdk.objectives import NoisedBatch, Objective, TimeGrid
 
 @dataclass
 class CalibrationSet:
+    """Clean images, their labels, fixed noise and a timestep grid: ``build`` draws it from
+    the data, and every score of one run is computed on it."""
+
     images: torch.Tensor  # [N, C, H, W] clean data
     labels: torch.Tensor  # [N]
     noise: torch.Tensor  # [N, C, H, W], fixed

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from entpruner_sdk.models.config import TransformerConfig
+from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives.base import ModelFn, NoisedBatch, Objective, TimeGrid, noise_levels
 from entpruner_sdk.objectives.diffusion import GaussianDiffusion
 from entpruner_sdk.objectives.flow import FlowMatching
@@ -11,13 +15,14 @@ from entpruner_sdk.objectives.guidance import combine_guidance, guided
 OBJECTIVES: dict[str, type[Objective]] = {"dit": GaussianDiffusion, "sit": FlowMatching}
 
 
-def objective_for(model) -> Objective:
+def objective_for(model: DiffusionTransformer) -> Objective:
     """The objective a model implies: diffusion for DiT, flow matching for SiT (with the flow
     path recorded in ``model.objective``, linear by default)."""
     return objective_from(model.config, model.objective)
 
 
-def objective_from(config, settings: dict | None = None) -> Objective:
+def objective_from(config: TransformerConfig, settings: dict[str, Any] | None = None
+                   ) -> Objective:
     """The objective for a config and its recorded settings, without the model itself (an
     exported graph carries exactly these two in its metadata)."""
     if config.family == "dit":

@@ -192,6 +192,8 @@ class Objective(ABC):
         return 1
 
     def check_sampler(self, sampler: str | None) -> str:
+        """``sampler`` (None: the family's default) if this family has it, else a
+        ``ValueError`` that lists the ones it has."""
         sampler = sampler or self.default_sampler
         if sampler not in self.samplers:
             raise ValueError(

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 
+from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives.base import (
     ModelFn,
     NoisedBatch,
@@ -94,7 +95,8 @@ class GaussianDiffusion(Objective):
         )
 
     @classmethod
-    def for_model(cls, config) -> GaussianDiffusion:
+    def for_model(cls, config: TransformerConfig) -> GaussianDiffusion:
+        """The process a DiT with ``config`` was trained with (DiT's: linear betas)."""
         return cls(config.in_channels, learn_sigma=config.learn_sigma)
 
     def respace(self, steps: int) -> GaussianDiffusion:

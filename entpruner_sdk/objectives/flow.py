@@ -9,6 +9,7 @@ import warnings
 
 import torch
 
+from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives.base import (
     BIN_BITS,
     ModelFn,
@@ -102,7 +103,8 @@ class FlowMatching(Objective):
         self.last_step_size = float(last_step_size)
 
     @classmethod
-    def for_model(cls, config, path: str = "linear") -> FlowMatching:
+    def for_model(cls, config: TransformerConfig, path: str = "linear") -> FlowMatching:
+        """The flow a SiT with ``config`` was trained on, along ``path``."""
         return cls(config.in_channels, path)
 
     def _with_settings(self, settings: dict[str, float | str]) -> FlowMatching:

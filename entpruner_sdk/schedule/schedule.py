@@ -16,6 +16,8 @@ SCHEDULES = ("adaptive", "one-shot")
 
 @dataclass
 class ScheduleConfig:
+    """The schedule's settings (plain data; compress takes them as flat options)."""
+
     kind: str = "adaptive"  # "adaptive" or "one-shot"
     interval: int = 50  # steps between decision points
     k_max: int = 2  # most blocks removed at one decision
@@ -53,18 +55,25 @@ class SchedulePlan:
 
 @dataclass
 class ScheduleState:
+    """What the schedule reads from the run: the loss per step and the last removal."""
+
     losses: list[float] = field(default_factory=list)
     last_removal_step: int | None = None
     pre_removal_loss: float | None = None
 
 
 class Schedule:
+    """Decides at each step whether blocks may go now and how many (``plan``); usable
+    alone, with any importance and any training loop that fills a ``ScheduleState``."""
+
     def __init__(self, config: ScheduleConfig, total_steps: int) -> None:
         self.config = config
         self.total_steps = total_steps
         self.deadline = int(config.prune_fraction * total_steps)
 
     def decision_points(self) -> list[int]:
+        """The steps at which removals may happen: every ``interval`` steps up to the
+        deadline (``prune_fraction`` of the steps), or step 0 alone for one-shot."""
         if self.config.kind == "one-shot":
             return [0]
         return list(range(0, self.deadline + 1, self.config.interval))
@@ -86,6 +95,8 @@ class Schedule:
                             "forced by the deadline" if forced else "")
 
     def recovered(self, state: ScheduleState) -> bool:
+        """Whether the mean loss of the last ``recovery_window`` steps since the last
+        removal is back within ``recovery_tolerance`` of the loss before it."""
         if state.last_removal_step is None or state.pre_removal_loss is None:
             return True
         window = state.losses[state.last_removal_step:][-self.config.recovery_window:]
