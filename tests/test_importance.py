@@ -126,6 +126,8 @@ def test_block_influence_is_zero_for_an_identity_block():
     assert scores.scores[3] == pytest.approx(0.0, abs=1e-6)
     assert min(scores.scores) == scores.scores[3]
     assert BlockInfluence().select(scores, 1, protected=[0, 4]) == [3]
+    # used alone, a criterion takes its device by name, as every other compute path does
+    assert BlockInfluence().score(model, objective, calibration, "cpu").scores == scores.scores
 
 
 def test_selection_respects_protection_and_the_baselines():

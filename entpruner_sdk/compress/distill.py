@@ -40,11 +40,16 @@ def masked_mse(student: torch.Tensor, teacher: torch.Tensor, sigma: float) -> to
 
 
 def distillation_loss(student: DiffusionTransformer, teacher: DiffusionTransformer,
-                      objective: Objective, batch: NoisedBatch, config: DistillConfig,
-                      feature_weight: float, student_forward: torch.nn.Module | None = None
+                      objective: Objective, batch: NoisedBatch,
+                      config: DistillConfig | None = None, feature_weight: float | None = None,
+                      student_forward: torch.nn.Module | None = None
                       ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The total loss and its parts, for one batch. ``student_forward`` is the module to call
-    for the student's forward (its DistributedDataParallel wrapper in multi-process runs)."""
+    """The total loss and its parts, for one batch. ``feature_weight``: the feature loss's
+    weight at this step (compress fades ``config.feature_weight`` out over training; None
+    takes it as it is). ``student_forward`` is the module to call for the student's forward
+    (its DistributedDataParallel wrapper in multi-process runs)."""
+    config = config or DistillConfig()
+    feature_weight = config.feature_weight if feature_weight is None else feature_weight
     forward = student_forward or student
     with torch.no_grad():
         if feature_weight > 0:

@@ -24,7 +24,13 @@ class BlockScores:
     per_timestep: list[list[float]] | None = None  # [block][timestep]
     details: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # the dataclass default would print every timestep's detail
+        shown = ", ".join(f"{block}: {score:.4f}" for block, score in
+                          zip(self.kept_blocks, self.scores))
+        return f"BlockScores({self.method}; block: score {{{shown}}})"
+
     def as_table(self) -> list[dict[str, Any]]:
+        """One row per block: its original index, score and per-timestep scores."""
         rows = []
         for i, (block, score) in enumerate(zip(self.kept_blocks, self.scores)):
             row: dict[str, Any] = {"block": block, "score": score}
@@ -41,8 +47,10 @@ class Importance(ABC):
 
     @abstractmethod
     def score(self, model: DiffusionTransformer, objective: Objective,
-              calibration: CalibrationSet, device: torch.device) -> BlockScores:
-        """Score every block of ``model`` on the calibration set."""
+              calibration: CalibrationSet, device: str | torch.device | None = None
+              ) -> BlockScores:
+        """Score every block of ``model`` on the calibration set, on ``device`` (None: CUDA
+        when present, else the CPU)."""
 
     def select(self, scores: BlockScores, count: int, protected: Collection[int] = ()
                ) -> list[int]:

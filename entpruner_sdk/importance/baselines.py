@@ -11,7 +11,7 @@ from entpruner_sdk.importance.base import BlockScores, Importance, removable
 from entpruner_sdk.importance.calibration import CalibrationSet
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import Objective
-from entpruner_sdk.utils.device import autocast
+from entpruner_sdk.utils.device import autocast, resolve_device
 
 
 class BlockInfluence(Importance):
@@ -25,7 +25,9 @@ class BlockInfluence(Importance):
 
     @torch.no_grad()
     def score(self, model: DiffusionTransformer, objective: Objective,
-              calibration: CalibrationSet, device: torch.device) -> BlockScores:
+              calibration: CalibrationSet, device: str | torch.device | None = None
+              ) -> BlockScores:
+        device = resolve_device(device)
         model = model.eval()
         totals = torch.zeros(model.depth, dtype=torch.float64)
         count = 0
@@ -48,7 +50,7 @@ class RandomImportance(Importance):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def score(self, model, objective, calibration, device) -> BlockScores:
+    def score(self, model, objective, calibration, device=None) -> BlockScores:
         generator = torch.Generator().manual_seed(self.seed + model.depth)
         return BlockScores(self.name, torch.rand(model.depth, generator=generator).tolist(),
                            model.kept_blocks)
@@ -74,7 +76,7 @@ class UniformImportance(Importance):
         self.initial_blocks = None if initial_blocks is None else list(initial_blocks)
         self.target_depth = target_depth
 
-    def score(self, model, objective, calibration, device) -> BlockScores:
+    def score(self, model, objective, calibration, device=None) -> BlockScores:
         return BlockScores(self.name, [0.0] * model.depth, model.kept_blocks)
 
     def select(self, scores: BlockScores, count: int, protected: Collection[int] = ()

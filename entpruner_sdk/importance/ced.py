@@ -22,7 +22,7 @@ from entpruner_sdk.importance.calibration import CalibrationSet
 from entpruner_sdk.importance.entropy import ESTIMATORS, EntropyAccumulator
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import FlowMatching, NoisedBatch, Objective
-from entpruner_sdk.utils.device import autocast
+from entpruner_sdk.utils.device import autocast, resolve_device
 
 OUTPUTS = ("prediction", "denoised", "clipped", "sampler")
 WEIGHTINGS = ("mean", "normalized")
@@ -67,7 +67,9 @@ class CED(Importance):
 
     @torch.no_grad()
     def score(self, model: DiffusionTransformer, objective: Objective,
-              calibration: CalibrationSet, device: torch.device) -> BlockScores:
+              calibration: CalibrationSet, device: str | torch.device | None = None
+              ) -> BlockScores:
+        device = resolve_device(device)
         model = model.eval()
         if self.output == "sampler":
             full, dropped = self._sampler_statistics(model, objective, calibration, device)

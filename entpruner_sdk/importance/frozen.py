@@ -27,7 +27,8 @@ class FrozenRanking(Importance):
         self.first = first
 
     def score(self, model: DiffusionTransformer, objective: Objective,
-              calibration: CalibrationSet, device: torch.device) -> BlockScores:
+              calibration: CalibrationSet, device: str | torch.device | None = None
+              ) -> BlockScores:
         if self.first is None:
             self.first = self.inner.score(model, objective, calibration, device)
         row_of = {block: i for i, block in enumerate(self.first.kept_blocks)}

@@ -38,7 +38,8 @@ class RankVote(Importance):
         self.name = "+".join(c.name for c in self.criteria)
 
     def score(self, model: DiffusionTransformer, objective: Objective,
-              calibration: CalibrationSet, device: torch.device) -> BlockScores:
+              calibration: CalibrationSet, device: str | torch.device | None = None
+              ) -> BlockScores:
         each = [c.score(model, objective, calibration, device) for c in self.criteria]
         voters = [i for i, b in enumerate(model.kept_blocks) if b not in self.protected]
         votes = vote([[s.scores[i] for i in voters] for s in each])

@@ -1,0 +1,29 @@
+"""The README's code runs as written."""
+
+import re
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_code(heading: str) -> str:
+    """The first Python block after ``heading`` in the README."""
+    section = README.read_text().split(heading, 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_layers_run(capsys):
+    import entpruner_sdk as ep
+
+    names: dict = {}
+    exec(compile(readme_code("### Each layer alone"), "README.md", "exec"), names)
+    assert "SchedulePlan(due=True, k_min=0, k_max=2" in capsys.readouterr().out
+    # what the README says of it: the criterion's choice is the one compress plans
+    assert names["drop"] == ep.plan("dit-digits", "digits", 6).removed_blocks
+    student = names["student"]
+    assert student.depth == 6 and student.kept_blocks == sorted(
+        set(range(12)) - set(names["drop"]))
+    assert torch.isfinite(names["loss"]) and set(names["parts"]) == {"kd", "gt"}
+    assert all(p.grad is not None for p in student.blocks.parameters())
