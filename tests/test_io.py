@@ -76,6 +76,11 @@ def test_save_load_round_trip_is_exact(tmp_path, tiny_sit):
     assert document["family"] == "sit" and document["provenance"]["kept_blocks"] == [0, 2]
     x, t, y = torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([1, 2])
     assert torch.equal(loaded(x, t, y), pruned(x, t, y))
+    # a compress output folder holds the model as model/, beside its report: either loads
+    ep.save(pruned, tmp_path / "run" / "model")
+    assert same_weights(ep.load(tmp_path / "run"), pruned)
+    with pytest.raises(ep.CheckpointError, match="has no config.json"):
+        ep.load(tmp_path)  # neither
 
 
 def test_family_of_our_directory_is_checked(tmp_path, tiny_dit):

@@ -1,7 +1,8 @@
 """Loading and saving DiT / SiT weights.
 
 ``load`` accepts, and tells apart:
-- our own saved directory (``config.json`` with ``"format": "entpruner"`` + safetensors);
+- our own saved directory (``config.json`` with ``"format": "entpruner"`` + safetensors), or
+  a compress output holding one as ``model/``;
 - a diffusers ``DiTTransformer2DModel`` directory (keys converted to the reference layout);
 - a released plain state dict (``.pt`` / ``.pth`` / ``.safetensors``);
 - a training checkpoint ``{"model", "ema", "opt", "args"}`` (the EMA weights are used).
@@ -236,6 +237,8 @@ def _strict_load(model: DiffusionTransformer, state: dict[str, torch.Tensor]) ->
 
 
 def _load_directory(path: Path, family: str | None, num_heads: int | None) -> DiffusionTransformer:
+    if not (path / CONFIG_FILE).exists() and (path / "model" / CONFIG_FILE).exists():
+        path = path / "model"  # a compress output: the model beside its report
     config_path = path / CONFIG_FILE
     if not config_path.exists():
         raise CheckpointError(f"{path} has no {CONFIG_FILE}; is it a saved model directory?")

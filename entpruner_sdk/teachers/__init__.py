@@ -44,14 +44,11 @@ def load_teacher(name: str = "dit-digits", device: str | torch.device = "cpu"
 
 def resolve_model(spec: str, family: str | None = None, device: str | torch.device = "cpu",
                   num_heads: int | None = None) -> DiffusionTransformer:
-    """A bundled teacher name, any path ``load`` accepts, or a ``compress`` output folder
-    (its ``model/`` subfolder is loaded). ``family`` and ``num_heads``: for released files,
-    whose weights do not record them."""
+    """A bundled teacher name, or any path ``load`` accepts (a ``compress`` output folder
+    included). ``family`` and ``num_heads``: for released files, whose weights do not record
+    them."""
     if spec in TEACHERS:
         return load_teacher(spec, device)
-    if (Path(spec) / "model" / "config.json").is_file() and not (
-            Path(spec) / "config.json").is_file():
-        spec = str(Path(spec) / "model")
     return load(spec, family, device=device, num_heads=num_heads)
 
 

@@ -28,8 +28,8 @@ def enable_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-def autocast(device: torch.device, enabled: bool = True) -> AbstractContextManager:
+def autocast(device: str | torch.device, enabled: bool = True) -> AbstractContextManager:
     """bf16 autocast on CUDA. On CPU it stays fp32: bf16 there is emulated and ~6x slower."""
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if enabled and torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
