@@ -226,6 +226,8 @@ def test_info_says_how_a_compressed_model_was_made(tmp_path, capsys):
             "sampling speedup ") in printed
     latency = result.report["summary"]["sampling_latency"]
     assert f"sampling speedup {latency['speedup']:.2f}x (" in printed
+    assert repr(result) == (f"CompressResult(DIT 4 -> 2 blocks, kept {result.model.kept_blocks}, "
+                            f"keep 2 blocks by ced, sampling speedup {latency['speedup']:.2f}x)")
     assert "quality of" not in printed  # report_samples=0: no figures to show
     assert main(["info", "--model", str(tmp_path / "model"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["compression"]["steps"] == 4

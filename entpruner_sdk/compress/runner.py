@@ -68,6 +68,14 @@ class CompressResult:
     model: DiffusionTransformer  # the pruned model (EMA weights)
     report: dict[str, Any]
 
+    def __repr__(self) -> str:  # the default would print every layer and the whole report
+        summary = self.report["summary"]
+        latency = summary.get("sampling_latency")
+        speedup = f", sampling speedup {latency['speedup']:.2f}x" if latency else ""
+        return (f"CompressResult({summary['family'].upper()} {summary['depth_before']} -> "
+                f"{summary['depth_after']} blocks, kept {summary['kept_blocks']}, "
+                f"{summary['budget']} by {summary['importance']}{speedup})")
+
     def save(self, directory: str | Path) -> Path:
         """The pruned model (loadable with ``entpruner_sdk.load``) plus the report files."""
         from entpruner_sdk.compress.report import write_report
