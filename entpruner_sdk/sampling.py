@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from entpruner_sdk.data.classes import resolve_labels
 from entpruner_sdk.data.datasets import eight_bit
 from entpruner_sdk.data.latents import is_latent
 from entpruner_sdk.models.config import TransformerConfig
@@ -25,6 +26,15 @@ if TYPE_CHECKING:  # PIL is imported where pictures are made
 GuidedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def class_ids(labels: Sequence[int | str] | torch.Tensor, num_classes: int,
+              class_names: Sequence[str] = ()) -> Sequence[int] | torch.Tensor:
+    """``labels`` as class ids: a tensor or ids as they are; names (``"coffee"``) looked up
+    in ``class_names``, as the CLI and the server do (``resolve_labels``)."""
+    if isinstance(labels, torch.Tensor) or not any(isinstance(x, str) for x in labels):
+        return labels
+    return resolve_labels(labels, num_classes, class_names)
+
+
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
@@ -37,7 +47,7 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
 @torch.no_grad()
 def sample(
     model: DiffusionTransformer | str | os.PathLike,
-    labels: Sequence[int] | torch.Tensor,
+    labels: Sequence[int | str] | torch.Tensor,
     *,
     sampler: str | None = None,
     steps: int = 50,
@@ -53,7 +63,8 @@ def sample(
     counter: CallCounter | None = None,
 ) -> torch.Tensor:
     """Generate one image per label from ``model`` (a model, or a bundled teacher's name or
-    a saved model's path); returns [N, C, H, W] on the CPU.
+    a saved model's path); returns [N, C, H, W] on the CPU. A label is a class id or, when
+    the model knows its classes' names, a name.
 
     The initial noise and every per-step noise come from a CPU generator seeded with ``seed``,
     so a seed gives the same images on any device (up to the device's arithmetic). The model
@@ -81,6 +92,8 @@ def sample(
     was_training = model.training
     model.eval()
     try:
+        labels = class_ids(labels, model.config.num_classes,
+                           model.provenance.get("class_names", ()))
         return sample_with(
             model_fn, model.config, objective or objective_for(model), labels,
             sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed, device=device,

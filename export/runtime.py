@@ -17,7 +17,7 @@ import torch
 from entpruner_sdk.export.metadata import config_and_objective
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives import Objective
-from entpruner_sdk.sampling import sample_with
+from entpruner_sdk.sampling import class_ids, sample_with
 from entpruner_sdk.utils.timing import CallCounter
 
 MANIFEST = "export.json"
@@ -70,7 +70,7 @@ class ExportedDenoiser(ABC):
         """Whether the export holds the guidance graph (one call per guided step)."""
         return False
 
-    def sample(self, labels: Sequence[int] | torch.Tensor, *, sampler: str | None = None,
+    def sample(self, labels: Sequence[int | str] | torch.Tensor, *, sampler: str | None = None,
                steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
                clip_denoised: bool = False, noise: torch.Tensor | None = None,
                progress: bool = False, objective: Objective | None = None,
@@ -78,6 +78,8 @@ class ExportedDenoiser(ABC):
         """Same arguments and same images as :func:`entpruner_sdk.sample` for the source model
         (``objective``: by default the export's; ``self.objective.with_sampler_settings(...)``
         changes a SiT sampler's settings)."""
+        labels = class_ids(labels, self.config.num_classes,
+                           self.provenance.get("class_names", ()))
         return sample_with(
             self, self.config, objective or self.objective, labels, sampler=sampler, steps=steps,
             cfg_scale=cfg_scale, seed=seed, clip_denoised=clip_denoised, noise=noise,

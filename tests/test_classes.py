@@ -146,6 +146,26 @@ def test_labels_resolve_from_ids_and_names():
             resolve_labels([bad], 3)  # no names: ids only
 
 
+def test_sample_and_an_export_take_class_names_in_python(tmp_path):
+    import torch
+
+    from entpruner_sdk.export import export, load_exported
+    from entpruner_sdk.sampling import sample
+
+    model = randomized(DiffusionTransformer(tiny_config("dit", num_classes=3),
+                                            provenance={"class_names": ["cat", "dog", "cow"]}))
+    by_id = sample(model, [2, 0], steps=2, seed=1)
+    assert torch.equal(sample(model, ["cow", "cat"], steps=2, seed=1), by_id)
+    assert torch.equal(sample(model, ["cow", 0], steps=2, seed=1), by_id)
+    with pytest.raises(ValueError, match=r"unknown class label 'emu': the classes are 0..2 "
+                                         r"\(0 cat, 1 dog, 2 cow\)"):
+        sample(model, ["emu"], steps=2)
+    runtime = load_exported(export(model, tmp_path / "onnx", "onnx", verify=False,
+                                   exporter="torchscript").directory)
+    assert torch.equal(runtime.sample(["cow", "cat"], steps=2, seed=1),
+                       runtime.sample([2, 0], steps=2, seed=1))
+
+
 def test_training_records_the_data_class_names_and_resizing_drops_them():
     photos = load_data("photos", image_size=8)
     model = randomized(DiffusionTransformer(tiny_config("dit", num_classes=8, in_channels=3)))
