@@ -64,11 +64,14 @@ def as_model(model: DiffusionTransformer | str | os.PathLike, role: str = "model
         return resolve_model(os.fspath(model))
     kind = type(model).__name__
     if isinstance(model, torch.nn.Module):
-        raise TypeError(
-            f"{role} is a {kind}, not an entpruner DiffusionTransformer; a DiT or SiT in the "
-            "reference layout (the DiT or SiT repository's models.py) converts with "
-            "entpruner_sdk.models.io.from_state_dict(module.state_dict(), 'dit' or 'sit', "
-            "num_heads=its head count), and a saved file loads with "
-            "entpruner_sdk.load(path, family=...)")
+        if kind == "DiTTransformer2DModel":  # diffusers': its folder is what load reads
+            fix = ("save it with module.save_pretrained(folder) and load the folder with "
+                   "entpruner_sdk.load(folder, family='dit')")
+        else:
+            fix = ("a DiT or SiT in the reference layout (the DiT or SiT repository's "
+                   "models.py) converts with entpruner_sdk.models.io.from_state_dict("
+                   "module.state_dict(), 'dit' or 'sit', num_heads=its head count), and a "
+                   "saved file loads with entpruner_sdk.load(path, family=...)")
+        raise TypeError(f"{role} is a {kind}, not an entpruner DiffusionTransformer; {fix}")
     raise TypeError(f"{role} must be a DiffusionTransformer, a bundled teacher name or a "
                     f"path to a model; got a value of type {kind}")
