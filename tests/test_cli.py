@@ -228,6 +228,15 @@ def test_info_says_how_a_compressed_model_was_made(tmp_path, capsys):
     assert f"sampling speedup {latency['speedup']:.2f}x (" in printed
     assert repr(result) == (f"CompressResult(DIT 4 -> 2 blocks, kept {result.model.kept_blocks}, "
                             f"keep 2 blocks by ced, sampling speedup {latency['speedup']:.2f}x)")
+    # the saved result reads back whole: the same report and the same weights
+    from entpruner_sdk import CompressResult
+
+    loaded = CompressResult.load(tmp_path)
+    assert loaded.report == json.loads(json.dumps(result.report)) and repr(loaded) == repr(result)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
+                                                 result.model.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="is not a compress output"):
+        CompressResult.load(tmp_path / "model")
     assert "quality of" not in printed  # report_samples=0: no figures to show
     assert main(["info", "--model", str(tmp_path / "model"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["compression"]["steps"] == 4

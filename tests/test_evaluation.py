@@ -172,10 +172,14 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     report.save(tmp_path)
     assert "fd_domain" in (tmp_path / "evaluation.md").read_text()
     assert "images" not in __import__("json").loads((tmp_path / "evaluation.json").read_text())
-    read_back = EvaluationReport(**__import__("json").loads(
-        (tmp_path / "evaluation.json").read_text()))
-    assert (read_back.metrics, read_back.original_metrics) == (report.metrics,
-                                                              report.original_metrics)
+    read_back = EvaluationReport.load(tmp_path)  # equality leaves out the samples
+    assert read_back == report and read_back.images is None
+    assert EvaluationReport.load(tmp_path / "evaluation.json") == report
+    (tmp_path / "bad.json").write_text('{"metrics": {}}')
+    with pytest.raises(ValueError, match="bad.json is not an evaluation report"):
+        EvaluationReport.load(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="entpruner evaluate --out DIR"):
+        EvaluationReport.load(tmp_path / "nothing")
     with pytest.raises(TooFewSamples, match="at least 2"):
         evaluate(model, small, samples=1, progress=False)
     with pytest.raises(ValueError, match=r"batch_size=0: at least 1 sample at a time \(--batch"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from entpruner_sdk.compress.setup import (
     target_depth,
 )
 from entpruner_sdk.importance import BlockScores, CalibrationSet, Importance
-from entpruner_sdk.models.io import save
+from entpruner_sdk.models.io import load, save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import Objective
 from entpruner_sdk.schedule import LatencyModel, Schedule, ScheduleState
@@ -63,7 +64,8 @@ from entpruner_sdk.utils.progress import progress_bar
 
 @dataclass
 class CompressResult:
-    """What ``compress`` returns: the pruned model and its report (``save`` writes both)."""
+    """What ``compress`` returns: the pruned model and its report (``save`` writes both,
+    ``load`` reads them back)."""
 
     model: DiffusionTransformer  # the pruned model (EMA weights)
     report: dict[str, Any]
@@ -84,6 +86,20 @@ class CompressResult:
         save(self.model, directory / "model", compression=self.report["summary"])
         write_report(self.report, directory)
         return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> CompressResult:
+        """The result ``save`` (or ``entpruner compress --out``) wrote to ``directory``."""
+        path = Path(directory) / "report.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a compress output (no report.json); "
+                                    "its model alone loads with entpruner_sdk.load")
+        try:
+            report = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is corrupt ({error}); compress with --resume (resume=True) "
+                             "writes it again while the run's checkpoint/ is there") from error
+        return cls(load(Path(directory) / "model", device=device), report)
 
 
 class _Run:

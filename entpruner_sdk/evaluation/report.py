@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,22 @@ class EvaluationReport:
             shown = "-" if before is None else f"{before:.4f}"
             lines.append(f"| {key} | {shown} | {value:.4f} | {ratio} |")
         return lines
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EvaluationReport:
+        """The report ``save`` (or ``entpruner evaluate --out``) wrote: its folder or its
+        ``evaluation.json`` (the samples are not saved with it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "evaluation.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; `entpruner evaluate --out DIR` "
+                                    "(report.save(DIR)) writes it")
+        try:
+            document = json.loads(path.read_text())
+            return cls(**{f.name: document[f.name] for f in fields(cls) if f.name in document})
+        except (json.JSONDecodeError, TypeError) as error:
+            raise ValueError(f"{path} is not an evaluation report ({error})") from error
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``evaluation.json`` and ``evaluation.md`` into ``directory``."""
