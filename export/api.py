@@ -33,6 +33,14 @@ class ExportResult:
     parity: list[ParityCheck] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # the default would print the whole manifest
+        checks = (f"parity {sum(c.passed for c in self.parity)} of {len(self.parity)} checks "
+                  f"passed, largest relative error "
+                  f"{max(c.relative_error for c in self.parity):.1e}" if self.parity
+                  else "parity not checked")
+        return (f"ExportResult({self.format} in {self.directory}: "
+                f"{', '.join(sorted(set(self.files.values())))}; {checks})")
+
 
 def export(
     model: DiffusionTransformer | str | os.PathLike,

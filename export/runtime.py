@@ -41,6 +41,11 @@ class ExportedDenoiser(ABC):
         self.metadata = metadata
         self.config, self.objective = config_and_objective(metadata)
 
+    def __repr__(self) -> str:
+        guided = ", guidance graph" if self.has_guided_graph else ""
+        return (f"{type(self).__name__}({self.family.upper()} depth {self.config.depth}, "
+                f"kept blocks {self.metadata.get('kept_blocks')}, {self.backend}{guided})")
+
     @property
     def family(self) -> str:
         """``"dit"`` or ``"sit"``."""

@@ -74,7 +74,13 @@ def test_onnx_parity_at_several_batch_sizes(onnx_export):
     assert {c.batch for c in result.parity} == {1, 3, 8}
     assert {c.graph for c in result.parity} == {"denoiser", "guided"}
     assert all(c.relative_error < 1e-4 for c in result.parity)
+    worst = max(c.relative_error for c in result.parity)
+    assert repr(result) == (f"ExportResult(onnx in {result.directory}: model.onnx, "
+                            f"model_cfg.onnx; parity 6 of 6 checks passed, largest relative "
+                            f"error {worst:.1e})")
     runtime = load_exported(result.directory)
+    assert repr(runtime) == (f"OnnxRuntimeDenoiser({model.family.upper()} depth 3, kept blocks "
+                             "[0, 2, 3], onnxruntime, guidance graph)")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(13, 1, 8, 8, generator=g)  # a batch size never seen at export time
     t = (torch.randint(0, 1000, (13,), generator=g) if model.family == "dit"
