@@ -428,6 +428,9 @@ def test_the_plan_names_the_blocks_compress_removes(options):
     summary = result.report["summary"]
     for figure in ("parameters_before", "parameters_after", "gflops_before", "gflops_after"):
         assert found.to_dict()[figure] == pytest.approx(summary[figure]), figure
+    assert repr(found) == (f"CompressPlan(DIT 6 -> 3 blocks, keep 3 blocks by "
+                           f"{found.importance}: removes {found.removed_blocks}, predicted "
+                           f"forward speedup {found.predicted_speedup:.2f}x)")
 
 
 def test_a_plan_that_ranks_again_says_the_run_may_end_elsewhere():

@@ -54,10 +54,17 @@ class CompressPlan:
     latency_device: str
     final: bool  # whether the run ends with exactly these blocks
 
+    def __repr__(self) -> str:  # the default would print every block's score
+        return (f"CompressPlan({self.family.upper()} {self.depth_before} -> {self.depth_after} "
+                f"blocks, {self.budget} by {self.importance}: removes {self.removed_blocks}, "
+                f"predicted forward speedup {self.predicted_speedup:.2f}x)")
+
     def to_dict(self) -> dict[str, Any]:
+        """The plan as plain JSON data (``plan.json``)."""
         return asdict(self)
 
     def to_markdown(self) -> str:
+        """The plan for people (``plan.md``): each block's score and what goes."""
         lines = [f"# Compression plan: {self.family.upper()}, {self.budget}", "",
                  f"{self.importance} ranks the {self.depth_before} blocks; "
                  f"{len(self.removed_blocks)} go, {self.depth_after} stay.", "",
