@@ -46,6 +46,12 @@ class EvaluationReport:
     # caller to remove
     kept_batches: list[Path] = field(default_factory=list, repr=False, compare=False)
 
+    def __repr__(self) -> str:  # the figures, not every per-class list
+        s = self.settings
+        figures = ", ".join(f"{key} {value:.4f}" for key, value in self.metrics.items())
+        return (f"EvaluationReport({s['model']}, {s['samples']} samples, {s['sampler']} x "
+                f"{s['steps']}, cfg {s['cfg_scale']}: {figures})")
+
     def to_dict(self) -> dict[str, Any]:
         """Every figure and setting as plain JSON data (the samples are left out)."""
         return {k: v for k, v in asdict(self).items()
