@@ -87,6 +87,11 @@ class TrainResult:
     ema: DiffusionTransformer  # the EMA weights: sample and evaluate with these
     losses: list[float] = field(default_factory=list)  # one per step
 
+    def __repr__(self) -> str:  # the default would print both models' every layer
+        last = f", last loss {self.losses[-1]:.4f}" if self.losses else ""
+        return (f"TrainResult({self.model.family.upper()} depth {self.model.depth}, "
+                f"{len(self.losses)} steps{last}; .model, .ema)")
+
 
 class EMA:
     """Exponential moving average of a model's weights, with a warm-up so short runs work:

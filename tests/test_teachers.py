@@ -55,8 +55,11 @@ def test_every_verb_takes_a_model_by_name_or_path_and_refuses_other_modules(tmp_
     assert report.original_metrics == report.metrics  # the same model on the same noise
     assert export("sit-digits", tmp_path / "onnx", "onnx", verify=False,
                   exporter="torchscript").files
-    tuned = train(tmp_path / "model", "digits", TrainConfig(steps=1, batch_size=4),
-                  progress=False, device="cpu").model
+    trained = train(tmp_path / "model", "digits", TrainConfig(steps=1, batch_size=4),
+                    progress=False, device="cpu")
+    assert repr(trained) == (f"TrainResult(SIT depth 12, 1 steps, last loss "
+                             f"{trained.losses[0]:.4f}; .model, .ema)")
+    tuned = trained.model
     assert tuned.depth == teacher.depth and not torch.equal(
         tuned.final_layer.linear.weight, teacher.final_layer.linear.weight)
     tiny = tmp_path / "tiny"
