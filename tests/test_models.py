@@ -174,6 +174,9 @@ def test_keep_blocks_validates_indices(tiny_dit):
         tiny_dit.keep_blocks([0, 4])
     with pytest.raises(ValueError, match="at least one"):
         tiny_dit.keep_blocks([])
+    # print shows what it is above the module tree
+    assert str(tiny_dit.keep_blocks([1, 3])).splitlines()[1].strip() == (
+        "DIT, depth 2 (kept blocks [1, 3]), hidden 32, heads 2, patch 2, input 1x8x8, classes 10")
 
 
 def test_flops_scale_with_depth():

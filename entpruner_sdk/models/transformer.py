@@ -109,15 +109,24 @@ class DiffusionTransformer(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def family(self) -> str:
+        """``"dit"`` (diffusion, epsilon prediction) or ``"sit"`` (flow, velocity)."""
         return self.config.family
 
     @property
     def depth(self) -> int:
+        """The number of transformer blocks it has now."""
         return len(self.blocks)
 
     @property
     def null_class(self) -> int:
+        """The label of the unconditional class, which classifier-free guidance uses."""
         return self.y_embedder.null_class
+
+    def extra_repr(self) -> str:  # heads the module tree that print shows
+        c = self.config
+        return (f"{c.family.upper()}, depth {self.depth} (kept blocks {self.kept_blocks}), "
+                f"hidden {c.hidden_size}, heads {c.num_heads}, patch {c.patch_size}, input "
+                f"{c.in_channels}x{c.input_size}x{c.input_size}, classes {c.num_classes}")
 
     @property
     def kept_blocks(self) -> list[int]:
