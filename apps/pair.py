@@ -8,7 +8,6 @@ slower.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from entpruner_sdk.compress import as_compressed
+from entpruner_sdk.compress.report import read_report
 from entpruner_sdk.data.classes import offered_classes
 from entpruner_sdk.data.latents import LatentSpace, decoder_for
 from entpruner_sdk.evaluation.evaluate import differences_but_depth
@@ -144,7 +144,7 @@ def _load_pair(original: str, pruned: str, onnx: bool,
         pair.errors.append(pruned_error)
     if report_dir is not None:
         pair.report_dir = report_dir
-        pair.report = json.loads((report_dir / "report.json").read_text())
+        pair.report = read_report(report_dir)
     if pair.ready:
         # a run with num_classes= resized its teacher's label embedder: compare with that
         pair.original = as_compressed(pair.original, pair.pruned)

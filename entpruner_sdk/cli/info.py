@@ -57,7 +57,8 @@ def export_summary(directory: str | Path) -> dict:
     with torch.device("meta"):  # shapes only, for the parameter count
         model = DiffusionTransformer(config, metadata.get("provenance"),
                                      metadata.get("objective_settings"))
-    model.metadata = {key: metadata[key] for key in ("compression",) if key in metadata}
+    if "compression" in metadata:  # a compressed model's report summary travels with it
+        model.metadata["compression"] = metadata["compression"]
     summary = model_summary(model)
     summary["export"] = {key: manifest.get(key) for key in
                          ("format", "precision", "files", "contents", "batch", "created",

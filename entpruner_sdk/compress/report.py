@@ -83,6 +83,20 @@ def write_report(report: dict[str, Any], directory: Path) -> None:
     plot_scores(report, directory / "importance.png")
 
 
+def read_report(directory: str | Path) -> dict[str, Any]:
+    """The report ``write_report`` wrote to ``directory``, with the fix when it is missing or
+    corrupt."""
+    path = Path(directory) / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a compress output (no report.json); "
+                                "its model alone loads with entpruner_sdk.load")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is corrupt ({error}); compress with --resume (resume=True) "
+                         "writes it again while the run's checkpoint/ is there") from error
+
+
 def spread(latency: dict[str, Any]) -> str:
     """The lowest and highest ratio of one round, as " (1.70-1.86 over 5 rounds)"; empty for
     a report written before they were recorded."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -90,15 +89,9 @@ class CompressResult:
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> CompressResult:
         """The result ``save`` (or ``entpruner compress --out``) wrote to ``directory``."""
-        path = Path(directory) / "report.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} is not a compress output (no report.json); "
-                                    "its model alone loads with entpruner_sdk.load")
-        try:
-            report = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is corrupt ({error}); compress with --resume (resume=True) "
-                             "writes it again while the run's checkpoint/ is there") from error
+        from entpruner_sdk.compress.report import read_report
+
+        report = read_report(directory)
         return cls(load(Path(directory) / "model", device=device), report)
 
 
