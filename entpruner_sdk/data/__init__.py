@@ -6,6 +6,7 @@ from entpruner_sdk.data.datasets import (
     DataError,
     ImageDataset,
     eight_bit,
+    from_arrays,
     load_data,
     save_npz,
     unit_range,
@@ -13,4 +14,4 @@ from entpruner_sdk.data.datasets import (
 from entpruner_sdk.data.folder import ImageFolder
 
 __all__ = ["BUNDLED", "DataError", "ImageDataset", "ImageFolder", "describe_classes", "eight_bit",
-           "load_bundled", "load_data", "resolve_labels", "save_npz", "unit_range"]
+           "from_arrays", "load_bundled", "load_data", "resolve_labels", "save_npz", "unit_range"]
