@@ -279,20 +279,16 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress)
                                           **({} if data else _data_options(pair))),
                                 REFERENCE_SIZE)
     settings = default_sampling(pair.family)
-    progress(0.05, desc=f"original: sampling {samples} images")
-    original = ModelThread.run(evaluate, pair.original, dataset, samples=samples,
-                               features=("domain",), device=pair.device, progress=False,
-                               vae=pair.decoder, **settings)
-    # the pruned model's fidelity compares with the original's samples just drawn
-    progress(0.65, desc=f"pruned: sampling {samples} images")
+    progress(0.05, desc=f"sampling {samples} images from each model, from the same noise")
+    # one evaluation: the original's figures come from the samples its fidelity needs
     pruned = ModelThread.run(evaluate, pair.pruned, dataset, samples=samples,
-                             original=pair.original, original_images=original.images,
-                             features=("domain",), device=pair.device, progress=False,
-                             vae=pair.decoder, **settings)
+                             original=pair.original, features=("domain",), device=pair.device,
+                             progress=False, vae=pair.decoder, model_name="pruned", **settings)
     progress(1.0, desc="done")
     rows = ["| | original | pruned |", "|---|---|---|"]
     for key in ("fd_domain", "class_accuracy", "precision_domain", "recall_domain"):
-        rows.append(f"| {key} | {original.metrics[key]:.4f} | {pruned.metrics[key]:.4f} |")
+        rows.append(f"| {key} | {pruned.original_metrics[key]:.4f} | "
+                    f"{pruned.metrics[key]:.4f} |")
     for key, value in pruned.fidelity.items():
         rows.append(f"| fidelity to original: {key} | | {value:.4f} |")
     return (f"### Quick evaluation on `{data or _data_name(pair)}` ({samples} samples, "
