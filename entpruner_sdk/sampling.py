@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -197,15 +198,34 @@ def to_picture(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
+def image_format(path: str | os.PathLike) -> str:
+    """The Pillow format a file name's suffix names (``.png`` -> ``"PNG"``, ``.jpg`` ->
+    ``"JPEG"``); PNG when it has none. An unknown suffix, or one Pillow only reads, is refused
+    before any sampling, so no work is lost to a typo in ``--out``."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "PNG"
+    Image.init()  # registers every plugin's extensions
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"cannot write an image grid to {path}: Pillow writes no {suffix} "
+                         "files; use .png (lossless), .jpg or .webp")
+    return fmt
+
+
 def save_grid(images: torch.Tensor, path: str | os.PathLike, rows: int | None = None,
               scale: int = 4) -> None:
-    """Write a PNG grid (nearest-neighbour upscaled so small images stay visible)."""
+    """Write the images as one grid (nearest-neighbour upscaled so small images stay visible),
+    in the format the file's suffix names (PNG without one; see ``image_format``)."""
     from PIL import Image
 
     from entpruner_sdk.utils.files import atomic_writer
 
+    fmt = image_format(path)
     picture = to_picture(image_grid(images, rows))
     picture = picture.resize((picture.width * scale, picture.height * scale),
                              Image.Resampling.NEAREST)
     with atomic_writer(path) as tmp:
-        picture.save(tmp, format="PNG")
+        picture.save(tmp, format=fmt)

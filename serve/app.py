@@ -7,16 +7,21 @@ import base64
 import hmac
 import io
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from entpruner_sdk.data.classes import resolve_labels
+from entpruner_sdk.objectives import StepLimitExceeded
 from entpruner_sdk.sampling import to_picture
 from entpruner_sdk.serve.batcher import Job, MicroBatcher, Overloaded, ShuttingDown
 from entpruner_sdk.serve.metrics import ServerMetrics
@@ -83,6 +88,13 @@ def create_app(models: dict[str, ServedModel] | ModelLoader,
                   description="Class-conditional sampling from (pruned) DiT / SiT models.")
     app.state.entpruner = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input back, and JSON has no NaN or Infinity:
+        # a request that sent one would get a 500 instead of its 422
+        return JSONResponse({"detail": _finite(jsonable_encoder(error.errors()))},
+                            status_code=422)
 
     @app.post("/v1/generate", response_model=GenerateResponse,
               responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}, 504: {}})
@@ -151,6 +163,13 @@ async def _generate(state: ServerState, body: GenerateRequest) -> GenerateRespon
         metrics.errors.labels("timeout").inc()
         raise HTTPException(504, f"request took longer than {settings.request_timeout_s} s; "
                                  "ask for fewer images or steps") from None
+    except StepLimitExceeded as error:  # the request's steps and tolerances, not a fault
+        metrics.requests.labels(name, "422").inc()
+        metrics.errors.labels("invalid").inc()
+        raise HTTPException(422, f"dopri5 needs more than {error.max_steps} steps to meet "
+                                 f"atol={error.atol:g}, rtol={error.rtol:g} for these images: "
+                                 f"ask for more steps (at most {settings.max_steps}) or looser "
+                                 "sampler_settings atol / rtol") from None
     except Exception as error:
         log.exception("generation failed")
         metrics.requests.labels(name, "500").inc()
@@ -168,6 +187,17 @@ async def _generate(state: ServerState, body: GenerateRequest) -> GenerateRespon
         timing=dict(queue_ms=1e3 * stats.queue_s, compute_ms=1e3 * stats.compute_s,
                     total_ms=1e3 * total, batch_images=stats.batch_images,
                     batch_requests=stats.batch_requests), **encoded)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity spelt as a string, as JSON can carry it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _validated(model: ServedModel, body: GenerateRequest, settings: ServerSettings,

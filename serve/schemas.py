@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class GenerateRequest(BaseModel):
@@ -13,7 +13,8 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="model name (default: the first served model)")
-    class_labels: list[int | str] = Field(
+    # strict: JSON true is not class 1, nor 1.0 class 1
+    class_labels: list[StrictInt | str] = Field(
         ..., min_length=1, description="class of each image: an id, or a name for a model "
                                        "that records its classes' names (GET /v1/models)")
     num_images: int = Field(1, ge=1, description="images per label")
@@ -23,7 +24,8 @@ class GenerateRequest(BaseModel):
                                 "model's")
     steps: int | None = Field(None, ge=1, description="sampling steps (default: the model's; "
                                  "dopri5: the most it may take)")
-    cfg_scale: float | None = Field(None, ge=0.0, description="guidance scale (1 = none)")
+    cfg_scale: float | None = Field(None, ge=0.0, allow_inf_nan=False,
+                                    description="guidance scale (1 = none)")
     sampler_settings: dict[str, float | str | None] | None = Field(
         None, description="a SiT sampler's settings, named as the SiT reference's sample.py "
                           "flags: atol and rtol (dopri5); diffusion_form, diffusion_norm, "

@@ -99,6 +99,18 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
                  "--out", str(tmp_path / "none.png")]) == 2
     assert "--per-class 0: at least 1 image of each class" in capsys.readouterr().err
     assert not (tmp_path / "none.png").exists()
+    # the grid's suffix picks its format; one Pillow cannot write is refused before sampling
+    assert main(["sample", "--model", str(out / "model"), "--labels", "1", "--steps", "2",
+                 "--out", str(tmp_path / "g.jpg"), "--quiet", "--device", "cpu"]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "g.jpg") as grid:
+        assert grid.format == "JPEG"
+    assert capsys.readouterr().out.strip() == f"1 sample -> {tmp_path / 'g.jpg'}"
+    assert main(["sample", "--model", str(out / "model"), "--out", str(tmp_path / "g.xyz")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"entpruner sample: error: cannot write an image grid to {tmp_path / 'g.xyz'}: Pillow "
+        "writes no .xyz files; use .png (lossless), .jpg or .webp")
     assert main(["train", "--model", "no-such-model", "--batch-size", "0",
                  "--out", str(tmp_path / "t0")]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -12,6 +12,7 @@ from entpruner_sdk.objectives import (
     FlowMatching,
     GaussianDiffusion,
     NoisedBatch,
+    StepLimitExceeded,
     guided,
     noise_levels,
 )
@@ -202,7 +203,7 @@ def test_dopri5_solves_a_known_flow_to_its_tolerance_in_few_calls():
     assert errors[1e-6] < 1e-5 < errors[1e-3] and calls[1e-6] > calls[1e-3]
     # steps caps its step attempts, 6 model calls each after 2 to choose the first step
     steps = (calls[1e-3] - 2) // 6 - 1
-    with pytest.raises(RuntimeError, match=f"more than {steps} steps .* loosen the tolerances"):
+    with pytest.raises(StepLimitExceeded, match=f"more than {steps} steps .* loosen the"):
         FlowMatching(1).sample(gaussian_velocity_model, noise, y, sampler="dopri5", steps=steps)
     with pytest.raises(ValueError, match="tolerances must be positive"):
         FlowMatching(1, rtol=0)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import json
 import threading
 import time
 
@@ -68,7 +69,9 @@ def server():
 
 
 def generate(url, **body):
-    return httpx.post(url + "/v1/generate", json=body, timeout=60)
+    # json.dumps as Python's own clients send it: NaN passes as the bare token NaN
+    return httpx.post(url + "/v1/generate", content=json.dumps(body), timeout=60,
+                      headers={"content-type": "application/json"})
 
 
 def test_health_ready_models_and_openapi(server):
@@ -218,6 +221,14 @@ def test_adaptive_sampler_requests_run_alone(server):
     (dict(model="sit", class_labels=[0], sampler="dopri5", sampler_settings={"atol": "tight"}),
      422, "sampler settings must be finite numbers, got atol='tight'"),
     (dict(class_labels=[0], cfg_scale=50), 422, "cfg_scale 50"),
+    # JSON's NaN, as Python's json writes it: a 422 that echoes it as a string, not a 500
+    (dict(class_labels=[0], cfg_scale=float("nan")), 422, "Input should be a finite number"),
+    (dict(class_labels=[0], seed=float("nan")), 422, '"input":"nan"'),
+    (dict(class_labels=[True]), 422, "Input should be a valid integer"),
+    # the step cap the request chose, met before its tolerances: its own error, not a 500
+    (dict(model="sit", class_labels=[0], sampler="dopri5", steps=1), 422,
+     "dopri5 needs more than 1 steps to meet atol=1e-06, rtol=0.001 for these images: ask "
+     "for more steps (at most 20) or looser sampler_settings atol / rtol"),
     (dict(class_labels=[0], model="nope"), 404, "unknown model 'nope'"),
     (dict(class_labels=[]), 422, "at least 1"),
     (dict(class_labels=[0], colour="red"), 422, "Extra inputs"),
@@ -407,8 +418,9 @@ def test_a_model_that_does_not_load_stops_the_server_with_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     errors = [line for line in run.stderr.splitlines() if "ERROR" in line or "error" in line]
-    assert errors == [f"entpruner serve: error: {tmp_path / 'nowhere'} does not exist; pass a "
-                      "checkpoint file or a model directory"]
+    assert errors == [f"entpruner serve: error: {tmp_path / 'nowhere'} is neither a bundled "
+                      "teacher (dit-digits, sit-digits, dit-photos, sit-photos) nor an existing "
+                      "file or folder; pass a checkpoint file or a model directory"]
     assert "Traceback" not in run.stderr
 
 

@@ -36,6 +36,18 @@ def test_photos_teachers_fit_the_photos_data(name):
     check_fits(teacher.config, load_data("photos"), exact_classes=True)
 
 
+def test_a_misspelt_teacher_name_is_answered_with_the_names(tmp_path):
+    from entpruner_sdk.models.io import CheckpointError
+
+    with pytest.raises(CheckpointError) as raised:
+        sample("dit-digts", [1], steps=1)
+    assert str(raised.value) == (
+        "dit-digts is neither a bundled teacher (dit-digits, sit-digits, dit-photos, "
+        "sit-photos) nor an existing file or folder; did you mean dit-digits?")
+    with pytest.raises(CheckpointError, match="folder; pass a checkpoint file or a model dir"):
+        sample(str(tmp_path / "runs" / "model"), [1], steps=1)
+
+
 def test_every_verb_takes_a_model_by_name_or_path_and_refuses_other_modules(tmp_path):
     from entpruner_sdk import DiffusionTransformer, TrainConfig, compress, evaluate, plan, train
     from entpruner_sdk.export import export

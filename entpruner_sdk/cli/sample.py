@@ -1,4 +1,4 @@
-"""``entpruner sample``: class-conditional samples as a PNG grid, from a model or an export."""
+"""``entpruner sample``: class-conditional samples as an image grid, from a model or an export."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from entpruner_sdk.cli import common
 def add_parser(sub) -> None:
     """The ``sample`` subcommand: the model, the classes, the sampler and the output grid."""
     p = common.command(
-        sub, "sample", "Sample class-conditional images and save a PNG grid.", """\
+        sub, "sample", "Sample class-conditional images and save an image grid (PNG, JPEG).",
+        """\
         entpruner sample --model dit-digits --per-class 8 --out digits.png
         entpruner sample --model runs/dit-d6/model --sampler dpm-solver++ --steps 20 \\
             --cfg 2 --out fast.png               # about DDIM-50's quality in 20 steps
@@ -48,7 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--reference-cfg", action="store_true",
                    help="guide only the first 3 channels, like the reference code")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial noise")
-    p.add_argument("--out", default="samples.png", help="PNG grid path")
+    p.add_argument("--out", default="samples.png",
+                   help="grid image path; its suffix picks the format (.png, .jpg, .webp)")
     p.add_argument("--npz", help="also save the samples (images, decoded when --vae is given) "
                    "and labels to this .npz")
     common.vae_option(p)
@@ -56,16 +58,17 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Sample the classes asked for and write them as a PNG grid (and an ``.npz`` with
+    """Sample the classes asked for and write them as an image grid (and an ``.npz`` with
     ``--npz``); 0 on success."""
     import numpy as np
 
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for
     from entpruner_sdk.objectives import objective_for
-    from entpruner_sdk.sampling import sample, save_grid
+    from entpruner_sdk.sampling import image_format, sample, save_grid
     from entpruner_sdk.teachers import resolve_model
 
+    image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
     exported = _exported(args.model, args.provider)
     model = exported or resolve_model(args.model, args.family, num_heads=args.num_heads)
     # an export of a latent model may carry its VAE decoder; --vae takes precedence
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     save_grid(images, args.out, rows=rows)
     if args.npz:
         np.savez(args.npz, images=images.numpy(), labels=np.array(labels))
-    print(f"{len(labels)} samples -> {args.out}")
+    print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} -> {args.out}")
     return 0
 
 

@@ -8,7 +8,7 @@ from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives.base import ModelFn, NoisedBatch, Objective, TimeGrid, noise_levels
 from entpruner_sdk.objectives.diffusion import GaussianDiffusion
-from entpruner_sdk.objectives.flow import FlowMatching
+from entpruner_sdk.objectives.flow import FlowMatching, StepLimitExceeded
 from entpruner_sdk.objectives.guidance import combine_guidance, guided
 
 # Each family's objective class: its ``samplers`` are what a model of the family can sample with.
@@ -37,6 +37,7 @@ __all__ = [
     "NoisedBatch",
     "OBJECTIVES",
     "Objective",
+    "StepLimitExceeded",
     "TimeGrid",
     "combine_guidance",
     "guided",

@@ -52,6 +52,18 @@ def _choice(value: str | None, choices: tuple[str, ...], what: str) -> str:
     return spelled[name.lower()]
 
 
+class StepLimitExceeded(RuntimeError):
+    """dopri5 met its step cap before its tolerances: the caller's settings, not a fault, so
+    the server answers it as a bad request (422) and the CLI as a usage error."""
+
+    def __init__(self, max_steps: int, model_calls: int, atol: float, rtol: float) -> None:
+        self.max_steps, self.model_calls, self.atol, self.rtol = max_steps, model_calls, atol, rtol
+        super().__init__(
+            f"dopri5 needs more than {max_steps} steps ({model_calls} model calls) to meet "
+            f"atol={atol:g}, rtol={rtol:g}: allow more steps, or loosen the tolerances "
+            "(--atol / --rtol, or with_sampler_settings(atol=, rtol=))")
+
+
 class FlowMatching(Objective):
     """Interpolant objective of SiT with a linear (alpha = t, sigma = 1 - t) or GVP
     (alpha = sin(pi t / 2), sigma = cos(pi t / 2)) path."""
@@ -289,11 +301,7 @@ class FlowMatching(Objective):
             def drift(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
                 nonlocal calls
                 if calls == budget:
-                    raise RuntimeError(
-                        f"dopri5 needs more than {max_steps} steps ({budget} model calls) to "
-                        f"meet atol={self.atol:g}, rtol={self.rtol:g}: allow more steps, or "
-                        "loosen the tolerances (--atol / --rtol, or "
-                        "with_sampler_settings(atol=, rtol=))")
+                    raise StepLimitExceeded(max_steps, budget, self.atol, self.rtol)
                 calls += 1
                 # the furthest t asked for: a rejected step's stages may reach past the next
                 # accepted one's, and the last step past 1 (torchdiffeq interpolates back)

@@ -7,12 +7,13 @@ seed that produced it. ``SAMPLING`` holds the sampler settings each is evaluated
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
 import torch
 
-from entpruner_sdk.models.io import load
+from entpruner_sdk.models.io import CheckpointError, load
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
 TEACHERS = ("dit-digits", "sit-digits", "dit-photos", "sit-photos")
@@ -49,6 +50,12 @@ def resolve_model(spec: str, family: str | None = None, device: str | torch.devi
     them."""
     if spec in TEACHERS:
         return load_teacher(spec, device)
+    if not Path(spec).exists():
+        close = difflib.get_close_matches(spec, TEACHERS, n=1)
+        raise CheckpointError(
+            f"{spec} is neither a bundled teacher ({', '.join(TEACHERS)}) nor an existing file "
+            "or folder" + (f"; did you mean {close[0]}?" if close else
+                           "; pass a checkpoint file or a model directory"))
     return load(spec, family, device=device, num_heads=num_heads)
 
 
