@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -25,6 +25,42 @@ if TYPE_CHECKING:  # PIL is imported where pictures are made
 
 # guided_fn(x_t, model_time, labels, scale [N]) -> guided output
 GuidedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@runtime_checkable
+class RuntimeDenoiser(Protocol):
+    """A denoiser another runtime runs (an export's ONNX Runtime session, AOTInductor package
+    or TensorRT engine: ``entpruner_sdk.export.load_exported`` opens one) that samples through
+    this module's pipeline. ``sample`` and ``evaluate`` take one where they take a model, so
+    an export is measured exactly as the model it was made from."""
+
+    config: TransformerConfig
+    objective: Objective
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The exported model's provenance (kept blocks, classes, compression)."""
+
+    @property
+    def fingerprint(self) -> str:
+        """Names these exact graphs and weights (what a resumed evaluation keys its batches
+        by)."""
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """What runs it: the format, the precision and the backend (reports state it)."""
+
+    def sample(self, labels: Sequence[int | str] | torch.Tensor, *, sampler: str | None = None,
+               steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
+               clip_denoised: bool = False, noise: torch.Tensor | None = None,
+               progress: bool = False, objective: Objective | None = None,
+               counter: CallCounter | None = None) -> torch.Tensor:
+        """The images :func:`sample` gives for the model it was made from."""
+
+
+def objective_of(model: DiffusionTransformer | RuntimeDenoiser) -> Objective:
+    """The objective a model, or an export of one, samples with."""
+    return model.objective if isinstance(model, RuntimeDenoiser) else objective_for(model)
 
 
 def class_ids(labels: Sequence[int | str] | torch.Tensor, num_classes: int,
@@ -47,7 +83,7 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
 
 @torch.no_grad()
 def sample(
-    model: DiffusionTransformer | str | os.PathLike,
+    model: DiffusionTransformer | RuntimeDenoiser | str | os.PathLike,
     labels: Sequence[int | str] | torch.Tensor,
     *,
     sampler: str | None = None,
@@ -80,7 +116,16 @@ def sample(
     also captures it in CUDA graphs (fixed shapes, the fastest on GPUs for a sampling loop);
     the compiled module is cached on the model, so the compile cost is paid once.
     ``counter`` (a :class:`CallCounter`) counts the model calls the sampler makes.
+    An export (a :class:`RuntimeDenoiser`) samples where its runtime was opened; ``device``,
+    ``compile`` and ``reference_cfg`` are for PyTorch models.
     """
+    if isinstance(model, RuntimeDenoiser):
+        if compile or reference_cfg:
+            raise ValueError("compile and reference_cfg apply to a PyTorch model, not an "
+                             "export: its graphs are fixed when it is exported")
+        return model.sample(labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                            seed=seed, clip_denoised=clip_denoised, noise=noise,
+                            progress=progress, objective=objective, counter=counter)
     device = resolve_device(device)
     model = as_model(model)
     model.to(device)  # in place, as nn.Module.to: sampling runs where the caller asked

@@ -4,10 +4,11 @@ an export reproduces the PyTorch samples for the same seed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,15 @@ class ExportedDenoiser(ABC):
     backend: str
     # a latent model's exported VAE decoder, when the export carries one (export(vae=...))
     decoder: OnnxLatentDecoder | None = None
+    # the most images one call may hold (a TensorRT profile's max); larger batches are split
+    max_batch: int | None = None
 
-    def __init__(self, metadata: dict[str, Any]) -> None:
+    def __init__(self, metadata: dict[str, Any], paths: Sequence[str | os.PathLike] = ()
+                 ) -> None:
         self.metadata = metadata
         self.config, self.objective = config_and_objective(metadata)
+        self.paths = [Path(path) for path in paths if path]  # the graph files it runs
+        self.manifest: dict[str, Any] | None = None  # export.json, when opened from a folder
 
     def __repr__(self) -> str:
         guided = ", guidance graph" if self.has_guided_graph else ""
@@ -55,6 +61,23 @@ class ExportedDenoiser(ABC):
     def provenance(self) -> dict[str, Any]:
         """The exported model's provenance (kept blocks, compression, data classes)."""
         return self.metadata.get("provenance", {})
+
+    @property
+    def fingerprint(self) -> str:
+        """Names these exact graphs: the manifest (or metadata) and each file's size and
+        modification time, so a re-export with other weights or precision differs."""
+        files = [(path.name, path.stat().st_size, path.stat().st_mtime_ns)
+                 for path in self.paths]
+        text = json.dumps([self.manifest or self.metadata, self.backend, files],
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """What runs this export: its format and precision (from the manifest) and backend."""
+        manifest = self.manifest or {}
+        return {"format": manifest.get("format", self.backend),
+                "precision": manifest.get("precision"), "backend": self.backend}
 
     @property
     def time_dtype(self) -> torch.dtype:
@@ -86,11 +109,37 @@ class ExportedDenoiser(ABC):
         labels = class_ids(labels, self.config.num_classes,
                            self.provenance.get("class_names", ()))
         return sample_with(
-            self, self.config, objective or self.objective, labels, sampler=sampler, steps=steps,
-            cfg_scale=cfg_scale, seed=seed, clip_denoised=clip_denoised, noise=noise,
-            progress=progress, guided_fn=self.guided if self.has_guided_graph else None,
-            counter=counter,
+            self.model_fn, self.config, objective or self.objective, labels, sampler=sampler,
+            steps=steps, cfg_scale=cfg_scale, seed=seed, clip_denoised=clip_denoised,
+            noise=noise, progress=progress, guided_fn=self.guided_fn, counter=counter,
         )
+
+    @property
+    def model_fn(self) -> Callable[..., torch.Tensor]:
+        """``model_fn(x, t, y)`` for :func:`entpruner_sdk.sampling.sample_with`, any batch."""
+        return self._split(self)
+
+    @property
+    def guided_fn(self) -> Callable[..., torch.Tensor] | None:
+        """``guided_fn(x, t, y, scale)`` from the guidance graph, any batch; None without
+        one."""
+        return self._split(self.guided) if self.has_guided_graph else None
+
+    def _split(self, run: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``run`` over slices of at most ``max_batch`` images: an engine built for batches
+        up to 32 still samples 250 at a time (an evaluation's batch, a guided batch doubled).
+        Every input is batch-first, so the slices' outputs join in order."""
+        if self.max_batch is None:
+            return run
+
+        def split(*inputs: torch.Tensor) -> torch.Tensor:
+            size = self.max_batch
+            if len(inputs[0]) <= size:
+                return run(*inputs)
+            return torch.cat([run(*(tensor[i:i + size] for tensor in inputs))
+                              for i in range(0, len(inputs[0]), size)])
+
+        return split
 
 
 class OnnxRuntimeDenoiser(ExportedDenoiser):
@@ -104,7 +153,7 @@ class OnnxRuntimeDenoiser(ExportedDenoiser):
         from entpruner_sdk.export.onnx_export import read_metadata
 
         ort = _require_onnxruntime()
-        super().__init__(read_metadata(path))
+        super().__init__(read_metadata(path), (path, guided_path))
         self.providers = _providers(ort, provider)
         options = ort.SessionOptions()
         if threads:
@@ -122,6 +171,10 @@ class OnnxRuntimeDenoiser(ExportedDenoiser):
     @property
     def has_guided_graph(self) -> bool:
         return self.guided_session is not None
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        return {**super().runtime, "providers": self.providers}
 
     def __call__(self, x, t, y):
         return self._run(self.session, {"x": x, "t": t, "y": y})
@@ -185,7 +238,7 @@ class AotiDenoiser(ExportedDenoiser):
 
     def __init__(self, path: str | os.PathLike, metadata: dict[str, Any],
                  guided_path: str | os.PathLike | None = None) -> None:
-        super().__init__(metadata)
+        super().__init__(metadata, (path, guided_path))
         self.runner = torch._inductor.aoti_load_package(str(path))
         self.guided_runner = (torch._inductor.aoti_load_package(str(guided_path))
                               if guided_path else None)
@@ -229,6 +282,9 @@ def load_exported(directory: str | os.PathLike, provider: str = "cpu",
     directory = Path(directory)
     manifest = read_manifest(directory)
     runtime = _open_denoiser(directory, manifest, provider, threads)
+    runtime.manifest = manifest
+    if manifest["format"] in ("tensorrt", "torch-tensorrt"):  # built for this batch range
+        runtime.max_batch = int(manifest["batch"][2])
     decoder = manifest["files"].get("decoder")
     if decoder:  # ONNX Runtime decodes, whatever runs the denoiser
         runtime.decoder = OnnxLatentDecoder(directory / decoder, provider, threads)

@@ -121,7 +121,8 @@ class TensorRTDenoiser(ExportedDenoiser):
                 f"but this is {here['gpu']} with TensorRT {here['tensorrt']}; rebuild it "
                 "with `entpruner export --format tensorrt`"
             )
-        super().__init__(metadata or sidecar["metadata"])
+        super().__init__(metadata or sidecar["metadata"], (path,))
+        self.max_batch = int(sidecar["batch"][2])  # the profile's max: larger calls are split
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
             path.read_bytes())
         self.context = self.engine.create_execution_context()
@@ -181,7 +182,7 @@ class TorchTensorRTDenoiser(ExportedDenoiser):
 
     def __init__(self, path: str | os.PathLike, metadata: dict[str, Any]) -> None:
         require_torch_tensorrt()
-        super().__init__(metadata)
+        super().__init__(metadata, (path,))
         self.module = torch.export.load(str(path)).module()
 
     def __call__(self, x, t, y):

@@ -155,9 +155,9 @@ def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
 
 
 def _from_runtime(name: str, runtime, source: str) -> ServedModel:
-    guided = runtime.guided if runtime.has_guided_graph else None
-    return ServedModel(name, runtime.backend, runtime.config, runtime.objective, runtime,
-                       guided, kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
+    return ServedModel(name, runtime.backend, runtime.config, runtime.objective,
+                       runtime.model_fn, runtime.guided_fn,
+                       kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
                        source=str(source), decoder=runtime.decoder,
                        compression=runtime.metadata.get("compression"),
                        **_classes(runtime.provenance))

@@ -265,7 +265,7 @@ def test_info_says_how_a_compressed_model_was_made(tmp_path, capsys):
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["info", "--model", str(tmp_path / "nope.pt"), "--family", "dit"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "nor an existing file or folder" in capsys.readouterr().err
     assert main(["train", "--model", "DiT-S/2", "--data", str(tmp_path / "x"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "neither a bundled dataset" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from entpruner_sdk.export import (
 from entpruner_sdk.export import parity as parity_module
 from entpruner_sdk.export.parity import relative_error
 from entpruner_sdk.models import DiffusionTransformer
-from entpruner_sdk.models.io import save
+from entpruner_sdk.models.io import CheckpointError, save
 from entpruner_sdk.sampling import sample
 from tests.conftest import randomized, tiny_config
 
@@ -337,3 +337,88 @@ def test_cli_export_verify_then_sample(tmp_path, capsys):
     assert main(["sample", "--model", str(out), "--labels", "0,1", "--steps", "3", "--cfg", "2",
                  "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
+    # evaluate takes the export too, beside the model it was made from
+    import numpy as np
+
+    from entpruner_sdk.data import load_data
+    from tests.conftest import cache_a_quick_classifier
+
+    digits = load_data("digits")
+    first = (digits.labels < 4).numpy()  # the model's 4 classes
+    np.savez(tmp_path / "four.npz", images=digits.images.numpy()[first][:40],
+             labels=digits.labels.numpy()[first][:40])
+    cache_a_quick_classifier(load_data(tmp_path / "four.npz"))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--original", str(model_dir), "--data",
+                 str(tmp_path / "four.npz"), "--samples", "8", "--steps", "2", "--cfg", "2",
+                 "--features", "domain", "--quiet", "--out", str(tmp_path / "eval")]) == 0
+    assert "This model: the onnx export (fp32), run by onnxruntime" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert saved["settings"]["runtime"]["backend"] == "onnxruntime"
+    assert saved["fidelity"]["psnr"] > 40
+
+
+def test_an_export_is_sampled_and_evaluated_as_its_model_is(onnx_export, tmp_path):
+    """``sample`` and ``evaluate`` take an opened export where they take a model: what a
+    deployment's precision and runtime cost in quality, measured from the model's own noise."""
+    import entpruner_sdk as ep
+    from entpruner_sdk.data import load_data
+    from tests.conftest import cache_a_quick_classifier
+
+    model, result = onnx_export
+    runtime = load_exported(result.directory)
+    run = dict(steps=3, cfg_scale=2.0, seed=4)
+    assert torch.equal(ep.sample(runtime, [0, 3], **run), runtime.sample([0, 3], **run))
+    with pytest.raises(ValueError, match="compile and reference_cfg apply to a PyTorch model"):
+        ep.sample(runtime, [0], compile=True)
+    digits = load_data("digits").per_class(4, torch.Generator().manual_seed(0))
+    first = digits.labels < 4  # the model's 4 classes
+    four = load_data((digits.images[first], digits.labels[first]))
+    cache_a_quick_classifier(four)
+    evaluation = dict(samples=16, batch_size=8, features=("domain",), progress=False, **run)
+    report = ep.evaluate(runtime, four, original=model, **evaluation)
+    assert report.settings["runtime"] == {"format": "onnx", "precision": "fp32",
+                                          "backend": "onnxruntime",
+                                          "providers": ["CPUExecutionProvider"]}
+    assert "This model: the onnx export (fp32), run by onnxruntime" in report.to_markdown()
+    # the same noise: the export's samples are the model's, to float error and 8-bit rounding
+    assert report.fidelity["psnr"] > 40
+    of_model = ep.evaluate(model, four, **evaluation)
+    assert report.original_metrics == of_model.metrics and "runtime" not in of_model.settings
+    assert report.metrics["class_accuracy"] == of_model.metrics["class_accuracy"]
+    # the export can be the original too: its column is then the export's own figures
+    reverse = ep.evaluate(model, four, original=runtime, **evaluation)
+    assert reverse.original_metrics == report.metrics
+    assert reverse.settings["original_runtime"]["format"] == "onnx"
+    # by its path, evaluate (below the export layer) says how to open it
+    with pytest.raises(CheckpointError, match="is an export, not a saved model: sample, "
+                       r"evaluate and serve take it as it is \(in Python, opened with "
+                       r"entpruner_sdk.export.load_exported\(path\)\)"):
+        ep.evaluate(result.directory, four, **evaluation)
+    with pytest.raises(ValueError, match="the likelihood needs the PyTorch model"):
+        ep.evaluate(runtime, four, likelihood=4, **evaluation)
+    # a resumed evaluation keys its batches by the export: stable when reopened, and another
+    # export of the same model (another precision) is another key
+    assert load_exported(result.directory).fingerprint == runtime.fingerprint
+    fp16 = export(model, tmp_path / "fp16", "onnx-fp16", verify=False)
+    assert load_exported(fp16.directory).fingerprint != runtime.fingerprint
+
+
+def test_an_engine_splits_batches_beyond_its_profile(onnx_export, monkeypatch):
+    """A TensorRT engine takes at most its profile's max batch: larger calls (an evaluation's
+    250 samples, a guided batch doubled) are split, with the same images."""
+    model, result = onnx_export
+    runtime = load_exported(result.directory)
+    whole = runtime.sample([0, 1, 2, 3, 1], steps=3, cfg_scale=2.0, seed=2)
+    sizes = []
+    run = runtime._run
+
+    def recorded(session, feeds):
+        sizes.append(len(feeds["x"]))
+        return run(session, feeds)
+
+    monkeypatch.setattr(runtime, "_run", recorded)
+    runtime.max_batch = 2
+    split = runtime.sample([0, 1, 2, 3, 1], steps=3, cfg_scale=2.0, seed=2)
+    assert sizes and sizes == [2, 2, 1] * (len(sizes) // 3)  # each guided call of 5, split
+    torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-5)

@@ -112,6 +112,19 @@ def sampler_settings(args: argparse.Namespace) -> dict[str, float | str]:
             if getattr(args, name) is not None}
 
 
+def provider_option(p: argparse.ArgumentParser) -> None:
+    """``--provider``: what runs an ONNX export's graphs."""
+    p.add_argument("--provider", default="cpu",
+                   help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
+
+
+def open_export(path: str, provider: str):
+    """An export directory opened with its runtime, or None for anything else."""
+    from entpruner_sdk.export import is_export_dir, load_exported
+
+    return load_exported(path, provider=provider) if is_export_dir(path) else None
+
+
 def heads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-heads", type=int,
                    help="attention heads of a released checkpoint whose width is not a "

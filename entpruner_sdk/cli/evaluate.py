@@ -30,12 +30,16 @@ def add_parser(sub) -> None:
             --atol 1e-2 --rtol 1e-2 --cfg 2      # dopri5 at looser tolerances
         entpruner evaluate --model runs/sit-pruned --original sit-digits --data digits \\
             --features domain --likelihood 200   # + bits per dimension of 200 real images
+        entpruner evaluate --model exports/dit-fp16 --original runs/dit-d6/model \\
+            --data digits --cfg 2 --features domain  # what the fp16 export costs in quality
         """)
-    p.add_argument("--model", required=True, help="bundled teacher name or model path")
+    p.add_argument("--model", required=True,
+                   help="bundled teacher name, model path, or an export directory")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
     common.heads_option(p)
-    p.add_argument("--original", help="also sample this model from the same noise and labels: "
-                   "its figures beside the model's, and the model's fidelity to it")
+    p.add_argument("--original", help="also sample this model (or export) from the same noise "
+                   "and labels: its figures beside the model's, and the model's fidelity to it")
+    common.provider_option(p)
     p.add_argument("--data", default="digits", help="real data to compare with")
     common.folder_options(p)
     p.add_argument("--samples", type=int, default=1000, help="generated images to score")
@@ -80,18 +84,25 @@ def run(args: argparse.Namespace) -> int:
     report to ``--out``; 0 on success."""
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.evaluation.evaluate import evaluate
+    from entpruner_sdk.models.transformer import DiffusionTransformer
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.utils import distributed
 
     device = common.join_processes(args)
-    model = resolve_model(args.model, args.family, num_heads=args.num_heads)
-    original = (resolve_model(args.original, args.family, num_heads=args.num_heads)
-                if args.original else None)
-    if original is not None:  # the teacher as compress used it (a resized label embedder)
-        from entpruner_sdk.compress import as_compressed
+
+    def opened(spec: str):  # an export with its runtime, else a model
+        return (common.open_export(spec, args.provider)
+                or resolve_model(spec, args.family, num_heads=args.num_heads))
+
+    model = opened(args.model)
+    original = opened(args.original) if args.original else None
+    if isinstance(original, DiffusionTransformer):  # the teacher as compress used it (a
+        from entpruner_sdk.compress import as_compressed  # resized label embedder)
 
         original = as_compressed(original, model)
-    if args.save_samples and is_latent(model.config) and not args.vae:
+    # an export of a latent model may carry its VAE decoder; --vae takes precedence
+    vae = args.vae or getattr(model, "decoder", None)
+    if args.save_samples and is_latent(model.config) and not vae:
         raise SystemExit("--save-samples writes images, and this model samples VAE latents: "
                          "pass --vae DIR to decode them")
     data = common.read_data(args, stream=True)  # a folder: only the reference images are read
@@ -101,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size,
                       features=tuple(f.strip() for f in args.features.split(",")),
                       device=device, progress=not args.quiet, model_name=args.model,
-                      vae=args.vae, checkpoint_dir=Path(args.out) / IN_PROGRESS,
+                      vae=vae, checkpoint_dir=Path(args.out) / IN_PROGRESS,
                       sampler_settings=common.sampler_settings(args),
                       likelihood=args.likelihood, likelihood_steps=args.likelihood_steps)
     if not distributed.is_main():  # every process holds the report; one writes it

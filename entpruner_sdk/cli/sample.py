@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from entpruner_sdk.cli import common
 
@@ -36,8 +35,7 @@ def add_parser(sub) -> None:
                    help="bundled teacher name, model path, or an export directory")
     p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
     common.heads_option(p)
-    p.add_argument("--provider", default="cpu",
-                   help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
+    common.provider_option(p)
     p.add_argument("--labels", help="comma-separated class ids or names (names for a model "
                    "trained on named classes: class folders, an .npz's class_names)")
     p.add_argument("--per-class", type=int, default=None,
@@ -64,12 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for
-    from entpruner_sdk.objectives import objective_for
-    from entpruner_sdk.sampling import image_format, sample, save_grid
+    from entpruner_sdk.sampling import image_format, objective_of, sample, save_grid
     from entpruner_sdk.teachers import resolve_model
 
     image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
-    exported = _exported(args.model, args.provider)
+    exported = common.open_export(args.model, args.provider)
     model = exported or resolve_model(args.model, args.family, num_heads=args.num_heads)
     # an export of a latent model may carry its VAE decoder; --vae takes precedence
     vae = args.vae or (exported.decoder if exported is not None else None)
@@ -83,18 +80,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--per-class {per_class}: at least 1 image of each class")
         labels = [c for c in offered_classes(model.provenance, model.config.num_classes)
                   for _ in range(per_class)]
-    objective = exported.objective if exported is not None else objective_for(model)
+    objective = objective_of(model)
     objective = objective.with_sampler_settings(objective.check_sampler(args.sampler),
                                                 **common.sampler_settings(args))
-    if exported is not None:
-        images = exported.sample(labels, sampler=args.sampler, steps=args.steps,
-                                 cfg_scale=args.cfg, seed=args.seed, clip_denoised=True,
-                                 progress=not args.quiet, objective=objective)
-    else:
-        images = sample(model, labels, sampler=args.sampler, steps=args.steps,
-                        cfg_scale=args.cfg, seed=args.seed, device=args.device,
-                        reference_cfg=args.reference_cfg, clip_denoised=True,
-                        progress=not args.quiet, objective=objective)
+    images = sample(model, labels, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
+                    seed=args.seed, device=args.device, reference_cfg=args.reference_cfg,
+                    clip_denoised=True, progress=not args.quiet, objective=objective)
     if decoder is not None:
         images = decoder.decode(images, progress=not args.quiet)
     rows = len(set(labels)) if not args.labels else None
@@ -103,12 +94,3 @@ def run(args: argparse.Namespace) -> int:
         np.savez(args.npz, images=images.numpy(), labels=np.array(labels))
     print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} -> {args.out}")
     return 0
-
-
-def _exported(path: str, provider: str):
-    """An export directory opened with its runtime, or None for anything else."""
-    if not Path(path).is_dir() or not (Path(path) / "export.json").is_file():
-        return None
-    from entpruner_sdk.export import load_exported
-
-    return load_exported(path, provider=provider)

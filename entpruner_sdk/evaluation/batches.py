@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.classifier import network_fingerprint
 from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.sampling import RuntimeDenoiser
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.cache import read_kept
 from entpruner_sdk.utils.files import atomic_writer
@@ -87,13 +88,19 @@ class EvaluationBatches:
             batch_size=batch_size, vae=decoder.fingerprint if decoder is not None else None,
             **{k: v for k, v in sampling.items() if k != "device"})  # same samples anywhere
 
-    def of(self, model: DiffusionTransformer, name: str) -> SampleBatches | None:
-        """The folder for ``model``'s samples (None: nothing is kept)."""
+    def of(self, model: DiffusionTransformer | RuntimeDenoiser, name: str
+           ) -> SampleBatches | None:
+        """The folder for ``model``'s samples (None: nothing is kept). An export is named by
+        its own fingerprint, which covers its metadata (the objective's settings among
+        them)."""
         if self.root is None:
             return None
+        exported = isinstance(model, RuntimeDenoiser)
         batches = SampleBatches.for_generation(
-            self.root, name, weights=network_fingerprint(model), config=model.config.to_dict(),
-            objective=model.objective, **self.settings)
+            self.root, name,
+            weights=model.fingerprint if exported else network_fingerprint(model),
+            config=model.config.to_dict(), objective=None if exported else model.objective,
+            **self.settings)
         self.made.append(batches)
         return batches
 

@@ -45,7 +45,7 @@ from entpruner_sdk.evaluation.reference import (
 )
 from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.objectives import objective_for
+from entpruner_sdk.sampling import RuntimeDenoiser, objective_of
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import resolve_device
@@ -77,7 +77,7 @@ def check_same_but_depth(original: DiffusionTransformer, model: DiffusionTransfo
 
 
 def evaluate(
-    model: DiffusionTransformer | str | os.PathLike,
+    model: DiffusionTransformer | RuntimeDenoiser | str | os.PathLike,
     data: Any,
     *,
     samples: int = 1000,
@@ -85,7 +85,7 @@ def evaluate(
     steps: int = 50,
     cfg_scale: float = 1.0,
     seed: int = 0,
-    original: DiffusionTransformer | str | os.PathLike | None = None,
+    original: DiffusionTransformer | RuntimeDenoiser | str | os.PathLike | None = None,
     features: tuple[str, ...] = FEATURES,
     batch_size: int = 250,
     device: str | torch.device | None = None,
@@ -101,7 +101,11 @@ def evaluate(
     likelihood_steps: int | None = None,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
-    ``model`` and ``original``: models, or bundled teachers' names or saved models' paths.
+    ``model`` and ``original``: models, or bundled teachers' names or saved models' paths, or
+    exports opened with ``entpruner_sdk.export.load_exported``: an export is measured as its
+    model is, from the same noise, so ``evaluate(export, data, original=model)`` says what the
+    export's precision and runtime cost in quality (the report's ``settings["runtime"]``
+    names them).
 
     ``features`` picks the feature spaces: ``"domain"`` (fast) and/or ``"inception"`` (standard
     FID; needs the ``fid`` extra). ``original``: also sample that model from the same noise
@@ -140,12 +144,12 @@ def evaluate(
     images with the same noise, with their paired difference (``report.likelihood``).
     ``likelihood_steps``: SiT's ODE steps (50), DiT's bound's timesteps (1000).
     """
-    model = as_model(model)
-    original = as_model(original, "original") if original is not None else None
+    model = sampled_model(model)
+    original = sampled_model(original, "original") if original is not None else None
     _check_request(model, features, vae, original, original_images, samples, batch_size,
                    likelihood)
     # refused before any work when they do not apply; stated in the report and the batch key
-    objective = objective_for(model)
+    objective = objective_of(model)
     sampler_used = objective.check_sampler(sampler)  # the family's default named, for reports
     governing = (objective.with_sampler_settings(sampler_used,
                                                  **(sampler_settings or {}))
@@ -179,7 +183,8 @@ def evaluate(
         device=str(device), processes=distributed.world_size(), features=list(features),
         sampling_seconds=time.perf_counter() - started,
         samples_held="uint8" if data.is_eight_bit else "float32",
-        **({"vae": decoder.fingerprint} if decoder is not None else {})))
+        **({"vae": decoder.fingerprint} if decoder is not None else {}),
+        **_runtimes(model, original)))
     _note_scope(report, model, data, available, kept.loaded_by_all(batches), batch_size)
     classifier = distributed.main_first(
         lambda: domain_classifier(data, progress=progress, device=device))
@@ -224,8 +229,22 @@ def evaluate(
     return report
 
 
-def _check_request(model: DiffusionTransformer, features: tuple[str, ...], vae: Any,
-                   original: DiffusionTransformer | None,
+def sampled_model(model: DiffusionTransformer | RuntimeDenoiser | str | os.PathLike,
+                  role: str = "model") -> DiffusionTransformer | RuntimeDenoiser:
+    """What ``evaluate`` samples: a model as every verb takes it (``as_model``), or an export
+    opened by its runtime (``entpruner_sdk.export.load_exported``) as it is."""
+    return model if isinstance(model, RuntimeDenoiser) else as_model(model, role)
+
+
+def _runtimes(model, original) -> dict[str, Any]:
+    """The report's word on what ran an export: its format, precision and backend."""
+    return {key: sampled.runtime for key, sampled in (("runtime", model),
+                                                       ("original_runtime", original))
+            if isinstance(sampled, RuntimeDenoiser)}
+
+
+def _check_request(model: DiffusionTransformer | RuntimeDenoiser, features: tuple[str, ...],
+                   vae: Any, original: DiffusionTransformer | RuntimeDenoiser | None,
                    original_images: torch.Tensor | None, samples: int,
                    batch_size: int, likelihood: int = 0) -> None:
     """Refuse, before any sampling, what the evaluation cannot measure."""
@@ -236,6 +255,11 @@ def _check_request(model: DiffusionTransformer, features: tuple[str, ...], vae: 
         raise ValueError(f"likelihood={likelihood}: the number of real images to measure, "
                          "0 for none")
     if likelihood:
+        if any(isinstance(m, RuntimeDenoiser) for m in (model, original)):
+            raise ValueError("the likelihood needs the PyTorch model (SiT's ODE differentiates "
+                             "it; DiT's bound reads its variance output): evaluate the model "
+                             "the export was made from with likelihood=, and the export "
+                             "without")
         check_pixel_model(model)
     unknown = set(features) - set(FEATURES)
     if unknown:

@@ -12,8 +12,7 @@ from entpruner_sdk.data.datasets import eight_bit
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.batches import SampleBatches
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.objectives import objective_for
-from entpruner_sdk.sampling import sample
+from entpruner_sdk.sampling import RuntimeDenoiser, objective_of, sample
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.progress import progress_bar
 
@@ -23,8 +22,9 @@ def balanced_labels(count: int, classes: Sequence[int]) -> torch.Tensor:
     return torch.as_tensor(list(classes), dtype=torch.long)[torch.arange(count) % len(classes)]
 
 
-def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, batch_size: int,
-             progress: bool, desc: str = "sampling", decoder: LatentSpace | None = None,
+def generate(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor, *,
+             seed: int, batch_size: int, progress: bool, desc: str = "sampling",
+             decoder: LatentSpace | None = None,
              as_eight_bit: bool = False, finished: SampleBatches | None = None,
              sampler_settings: dict[str, float] | None = None, **sampling: Any) -> torch.Tensor:
     """Samples in batches; batch b uses seed + b, so any two models see identical noise.
@@ -43,7 +43,7 @@ def generate(model: DiffusionTransformer, labels: torch.Tensor, *, seed: int, ba
     if finished is not None:
         chunks = {b: batch for b in mine if (batch := finished.load(b)) is not None}
     todo = [b for b in mine if b not in chunks]
-    objective = objective_for(model).with_sampler_settings(**(sampler_settings or {}))
+    objective = objective_of(model).with_sampler_settings(**(sampler_settings or {}))
     for b in progress_bar(todo, enabled=progress and distributed.is_main(), desc=desc,
                           leave=False, initial=len(chunks), total=len(mine)):
         batch = sample(model, labels[starts[b]:starts[b] + batch_size], seed=seed + b,

@@ -68,6 +68,7 @@ class EvaluationReport:
                  f"({s['reference_size']} images), device {s['device']}"
                  f"{', samples held as 8-bit pixels' if s.get('samples_held') == 'uint8' else ''}"
                  ".", ""]
+        lines += _runtime_lines(s)
         lines += self._metrics_table()
         if self.fidelity:
             lines += ["", "## Fidelity to the original (same noise and labels)", "",
@@ -172,3 +173,17 @@ def _settings(settings: dict[str, Any]) -> str:
     shown = (f"{name} {value:g}" if isinstance(value, float | int) else f"{name} {value}"
              for name, value in given.items())
     return f" ({', '.join(shown)})" if given else ""
+
+
+def _runtime_lines(settings: dict[str, Any]) -> list[str]:
+    """Which side of the comparison is an export, and what ran it."""
+    said = []
+    for key, who in (("runtime", "This model"), ("original_runtime", "The original")):
+        runtime = settings.get(key)
+        if runtime:
+            precision = f" ({runtime['precision']})" if runtime.get("precision") else ""
+            providers = (f" on {', '.join(runtime['providers'])}"
+                         if runtime.get("providers") else "")
+            said.append(f"{who}: the {runtime['format']} export{precision}, run by "
+                        f"{runtime['backend']}{providers}.")
+    return [" ".join(said), ""] if said else []

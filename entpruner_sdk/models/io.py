@@ -241,6 +241,11 @@ def _load_directory(path: Path, family: str | None, num_heads: int | None) -> Di
         path = path / "model"  # a compress output: the model beside its report
     config_path = path / CONFIG_FILE
     if not config_path.exists():
+        if (path / "export.json").is_file():  # below export: named by its file alone
+            raise CheckpointError(
+                f"{path} is an export, not a saved model: sample, evaluate and serve take it "
+                "as it is (in Python, opened with entpruner_sdk.export.load_exported(path)); "
+                "train, compress and export need the model it was made from")
         raise CheckpointError(f"{path} has no {CONFIG_FILE}; is it a saved model directory?")
     try:
         document = json.loads(config_path.read_text())
