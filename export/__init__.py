@@ -14,6 +14,7 @@ from entpruner_sdk.export.runtime import (
     AotiDenoiser,
     ExportedDenoiser,
     OnnxRuntimeDenoiser,
+    damaged_files,
     is_export_dir,
     load_exported,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ParityCheck",
     "ParityError",
     "check_parity",
+    "damaged_files",
     "export",
     "export_metadata",
     "is_export_dir",

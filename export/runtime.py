@@ -276,11 +276,32 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is corrupt ({error}); re-run `entpruner export`") from error
 
 
+def damaged_files(directory: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
+    """What differs from the files the export wrote (``contents``: each file and its size):
+    one line per missing or resized file, none for an intact export (or one made before
+    ``contents`` was recorded). A copy cut short or a weight file left behind shows here,
+    before a runtime reads it."""
+    problems = []
+    for name, size in (manifest.get("contents") or {}).items():
+        path = Path(directory) / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{name} is {path.stat().st_size:,} bytes on disk but was "
+                            f"written as {size:,}")
+    return problems
+
+
 def load_exported(directory: str | os.PathLike, provider: str = "cpu",
                   threads: int | None = None) -> ExportedDenoiser:
-    """Open an export directory written by :func:`entpruner_sdk.export.export`."""
+    """Open an export directory written by :func:`entpruner_sdk.export.export`; a file
+    missing or of another size than the export wrote is refused (``damaged_files``)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    problems = damaged_files(directory, manifest)
+    if problems:
+        raise ValueError(f"the export in {directory} is incomplete or altered: "
+                         f"{'; '.join(problems)}. Copy the whole folder again, or export again")
     runtime = _open_denoiser(directory, manifest, provider, threads)
     runtime.manifest = manifest
     if manifest["format"] in ("tensorrt", "torch-tensorrt"):  # built for this batch range

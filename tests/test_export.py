@@ -422,3 +422,30 @@ def test_an_engine_splits_batches_beyond_its_profile(onnx_export, monkeypatch):
     split = runtime.sample([0, 1, 2, 3, 1], steps=3, cfg_scale=2.0, seed=2)
     assert sizes and sizes == [2, 2, 1] * (len(sizes) // 3)  # each guided call of 5, split
     torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_a_cut_short_or_incomplete_copy_of_an_export_is_named_before_it_runs(onnx_export,
+                                                                            tmp_path, capsys):
+    import shutil
+
+    _, result = onnx_export
+    copy = tmp_path / "copy"
+    shutil.copytree(result.directory, copy)
+    assert load_exported(copy).config is not None and main(["info", "--model", str(copy)]) == 0
+    size = (copy / "model.onnx").stat().st_size
+    with open(copy / "model.onnx", "r+b") as graph:
+        graph.truncate(1000)  # a copy cut short
+    (copy / "model_cfg.onnx").unlink()
+    damage = (f"model.onnx is 1,000 bytes on disk but was written as {size:,}; "
+              "model_cfg.onnx is missing")
+    with pytest.raises(ValueError) as raised:
+        load_exported(copy)
+    assert str(raised.value) == (f"the export in {copy} is incomplete or altered: {damage}. "
+                                 "Copy the whole folder again, or export again")
+    capsys.readouterr()
+    assert main(["info", "--model", str(copy)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"entpruner info: error: this export is incomplete or altered: {damage}. Copy the "
+        "whole folder again, or export again")
+    assert main(["info", "--model", str(copy), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["export"]["damaged"] == damage.split("; ")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ def export_summary(directory: str | Path) -> dict:
     """``model_summary`` of the model inside an export directory, from its manifest (no
     runtime is opened), plus the export's format, files, batch profile and parity checks."""
     from entpruner_sdk.export.metadata import config_and_objective
-    from entpruner_sdk.export.runtime import read_manifest
+    from entpruner_sdk.export.runtime import damaged_files, read_manifest
     from entpruner_sdk.models import DiffusionTransformer
 
     manifest = read_manifest(directory)
@@ -63,6 +64,7 @@ def export_summary(directory: str | Path) -> dict:
     summary["export"] = {key: manifest.get(key) for key in
                          ("format", "precision", "files", "contents", "batch", "created",
                           "torch", "parity")}
+    summary["export"]["damaged"] = damaged_files(directory, manifest)
     return summary
 
 
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         summary = model_summary(resolve_model(args.model, args.family, num_heads=args.num_heads))
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
+        return 2 if summary.get("export", {}).get("damaged") else 0
     cfg = summary["config"]
     print(f"{summary['family'].upper()}  depth {cfg['depth']}  hidden {cfg['hidden_size']}  "
           f"heads {cfg['num_heads']}  patch {cfg['patch_size']}  input {cfg['in_channels']}x"
@@ -106,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
               "demo decode them with --vae DIR")
     if "export" in summary:
         _print_export(summary["export"])
+        if summary["export"]["damaged"]:  # said last, where it is seen, and as a failure
+            print(f"entpruner info: error: this export is incomplete or altered: "
+                  f"{'; '.join(summary['export']['damaged'])}. Copy the whole folder again, "
+                  "or export again", file=sys.stderr)
+            return 2
     return 0
 
 
