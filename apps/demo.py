@@ -198,7 +198,10 @@ def _speedup(original: SideResult, pruned: SideResult, family: str, sampler: str
     else:
         steps_text = f"{steps} steps"
     if settings:
-        steps_text += ", " + ", ".join(f"{name} {value}" for name, value in settings.items())
+        # numbers as the CLI prints them, whether Gradio handed over 1 or 1.0
+        steps_text += ", " + ", ".join(
+            f"{name} {value:g}" if isinstance(value, (int, float)) else f"{name} {value}"
+            for name, value in settings.items())
     return (f"**speedup: {ratio:.2f}x** (pruned vs original, {backend}, {count} images, "
             f"{steps_text})")
 

@@ -23,8 +23,8 @@ from entpruner_sdk.data.classes import offered_classes
 from entpruner_sdk.data.latents import LatentSpace, decoder_for
 from entpruner_sdk.evaluation.evaluate import differences_but_depth
 from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
-from entpruner_sdk.objectives import Objective, objective_for
-from entpruner_sdk.sampling import sample
+from entpruner_sdk.objectives import Objective
+from entpruner_sdk.sampling import objective_of, sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.timing import CallCounter
@@ -248,18 +248,14 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
         start, counter = time.perf_counter(), CallCounter()
         decoder = pair.decoder
         runtime = pair.runtimes.get(name) if backend == "ONNX Runtime" else None
-        objective = runtime.objective if runtime else objective_for(model)
+        objective = objective_of(runtime or model)
         if sampler_settings:  # checked as the CLI and the server check them
             objective = objective.with_sampler_settings(sampler, **sampler_settings)
+        images = sample(runtime or model, labels, sampler=sampler, steps=steps,
+                        cfg_scale=cfg_scale, seed=seed, device=pair.device, clip_denoised=True,
+                        objective=objective, counter=counter)
         if runtime is not None:
-            images = runtime.sample(labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                    seed=seed, clip_denoised=True, objective=objective,
-                                    counter=counter)
             decoder = runtime.decoder or decoder
-        else:
-            images = sample(model, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                            seed=seed, device=pair.device, clip_denoised=True,
-                            objective=objective, counter=counter)
         if decoder is not None:  # part of each side's latency: what a user waits for
             images = decoder.decode(images)
         return SideResult(images, time.perf_counter() - start, counter.calls)

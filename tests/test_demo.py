@@ -369,7 +369,7 @@ def test_api_takes_the_sit_sampler_settings(sit_models, models):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         *_, speedup = client.predict(1, 0, 2, "heun-sde", 6, 2.0, "PyTorch", "SBDM", 1.0,
                                      "Tweedie", 0.04, 1e-6, 1e-3, api_name="/generate")
-        assert speedup.endswith("6 steps, diffusion_form SBDM, diffusion_norm 1.0, last_step "
+        assert speedup.endswith("6 steps, diffusion_form SBDM, diffusion_norm 1, last_step "
                                 "Tweedie, last_step_size 0.04)")
         *_, speedup = client.predict(1, 0, 2, "heun", 6, 2.0, "PyTorch", "SBDM", 1.0,
                                      "Tweedie", 0.04, 1e-6, 1e-3, api_name="/generate")
