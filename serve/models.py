@@ -44,6 +44,8 @@ class ServedModel:
     class_names: list[str] = field(default_factory=list)  # requests may name classes
     # a compressed model's report summary: its data, steps, measured speedup and quality
     compression: dict[str, Any] | None = None
+    # an export's format, precision and backend (what ops ask of a server: fp16 or fp32?)
+    export: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         with torch.device("meta"):  # shapes only: no memory, no compute
@@ -69,6 +71,7 @@ class ServedModel:
             "sampler_settings": self.objective.sampler_settings,
             "device": str(self.device), "source": self.source,
             **({"compression": self.compression} if self.compression else {}),
+            **({"export": self.export} if self.export else {}),
         }
 
     @property
@@ -160,4 +163,4 @@ def _from_runtime(name: str, runtime, source: str) -> ServedModel:
                        kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
                        source=str(source), decoder=runtime.decoder,
                        compression=runtime.metadata.get("compression"),
-                       **_classes(runtime.provenance))
+                       export=runtime.runtime, **_classes(runtime.provenance))

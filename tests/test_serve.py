@@ -367,6 +367,11 @@ def test_onnxruntime_backend_serves_the_same_images(tmp_path):
         info = {m["name"]: m for m in httpx.get(url + "/v1/models").json()["models"]}
         assert info["onnx"]["backend"] == "onnxruntime"
         assert info["onnx"]["compression"] == info["torch"]["compression"] == made
+        # what runs each: an export says its format and precision, a PyTorch model nothing
+        assert info["onnx"]["export"] == {"format": "onnx", "precision": "fp32",
+                                          "backend": "onnxruntime",
+                                          "providers": ["CPUExecutionProvider"]}
+        assert "export" not in info["torch"]
 
 
 def test_a_latent_model_is_served_as_images_through_its_vae(tmp_path):
