@@ -107,6 +107,12 @@ def test_corrupt_and_foreign_files_give_clear_errors(tmp_path, tiny_dit):
         ep.load(foreign, family="dit")
     with pytest.raises(ep.CheckpointError, match="does not exist"):
         ep.load(tmp_path / "missing.pt", family="dit")
+    # a folder of ours that is not a model says what it is and what to pass
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "evaluation.json").write_text("{}")
+    with pytest.raises(ep.CheckpointError, match="holds an evaluation report, not a model: "
+                       "read evaluation.md"):
+        ep.load(tmp_path / "eval")
     truncated = dict(tiny_dit.state_dict())
     truncated.pop("blocks.1.mlp.fc2.bias")
     torch.save(truncated, tmp_path / "truncated.pt")

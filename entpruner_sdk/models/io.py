@@ -246,6 +246,11 @@ def _load_directory(path: Path, family: str | None, num_heads: int | None) -> Di
                 f"{path} is an export, not a saved model: sample, evaluate and serve take it "
                 "as it is (in Python, opened with entpruner_sdk.export.load_exported(path)); "
                 "train, compress and export need the model it was made from")
+        if (path / "evaluation.json").is_file():
+            raise CheckpointError(
+                f"{path} holds an evaluation report, not a model: read evaluation.md, or load "
+                "it with entpruner_sdk.EvaluationReport.load(path); pass the model it "
+                "evaluated instead")
         raise CheckpointError(f"{path} has no {CONFIG_FILE}; is it a saved model directory?")
     try:
         document = json.loads(config_path.read_text())
