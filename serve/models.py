@@ -122,8 +122,14 @@ def _load_served_model(name: str, source: str, backend: str, device: str | torch
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if is_export_dir(source):
+    if is_export_dir(source):  # its own runtime runs it; another one asked for is refused
         runtime = load_exported(source, provider=provider or "cpu")
+        if backend != "torch" and not runtime.backend.endswith(backend):
+            raise ValueError(
+                f"{source} holds the {runtime.runtime['format']} export, run by {runtime.backend}, "
+                f"not {backend}: drop --backend to serve it as it is, or serve a "
+                f"{backend} export (entpruner export --format "
+                f"{'onnx' if backend == 'onnxruntime' else backend}) or the model itself")
         return _from_runtime(name, runtime, source)
     model = resolve_model(source, family, num_heads=num_heads)
     if backend == "torch":

@@ -359,6 +359,10 @@ def test_onnxruntime_backend_serves_the_same_images(tmp_path):
     models = {"torch": load_served_model("torch", str(tmp_path / "model"), "torch", "cpu"),
               "onnx": load_served_model("onnx", str(tmp_path / "onnx"), "onnxruntime")}
     assert models["onnx"].backend == "onnxruntime"
+    # an export runs on its own runtime: asking for another one is refused, not ignored
+    with pytest.raises(ValueError, match=f"{tmp_path / 'onnx'} holds the onnx export, run by "
+                       "onnxruntime, not tensorrt: drop --backend"):
+        load_served_model("x", str(tmp_path / "onnx"), "tensorrt")
     with running(models, ServerSettings()) as (url, _):
         body = dict(class_labels=[1, 2], steps=5, seed=3, output_format="array", cfg_scale=2.0)
         a = decode_array(generate(url, model="torch", **body).json()["array"])
