@@ -28,7 +28,7 @@ import torch
 
 from entpruner_sdk.export import export, load_exported
 from entpruner_sdk.export.graphs import example_inputs
-from entpruner_sdk.sampling import sample_with
+from entpruner_sdk.sampling import objective_of, sample_with
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
@@ -62,14 +62,14 @@ def runtimes(model, label: str, device: torch.device, workdir: Path, backends) -
         model.to(device)
         runtime = load_exported(workdir / f"{label}-onnx", threads=torch.get_num_threads())
         print(f"  {label}: ONNX export + check {time.perf_counter() - start:.0f} s")
-        out["onnxruntime"] = (runtime, runtime.guided)
+        out["onnxruntime"] = (runtime.model_fn, runtime.guided_fn)
     if "aoti" in backends:
         start = time.perf_counter()
         export(model.cpu(), workdir / f"{label}-aoti", "aoti", overwrite=True, batch=(1, 8, 64),
                device=device)
         model.to(device)
         runtime = load_exported(workdir / f"{label}-aoti")
-        out["aoti"] = (runtime, runtime.guided)
+        out["aoti"] = (runtime.model_fn, runtime.guided_fn)
         print(f"  {label}: AOTInductor compile + check {time.perf_counter() - start:.0f} s")
     return out
 
@@ -109,12 +109,6 @@ def bench(original, pruned, device, backends, steps, repeats, workdir):
                              call_speedup=base_call / per_call[(label, backend)],
                              sample_speedup=base_full / whole[(label, backend)]))
     return rows
-
-
-def objective_of(model):
-    from entpruner_sdk.objectives import objective_for
-
-    return objective_for(model)
 
 
 def main(argv=None) -> int:

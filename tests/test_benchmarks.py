@@ -465,3 +465,21 @@ def test_quality_scores_bits_per_dim_once_per_model_on_fixed_images(quality):
     lines = quality.paired_table(rows, metric="bits_per_dim").splitlines()
     assert "(bits_per_dim, lower is better)" in lines[0]
     assert lines[-1].startswith("| digits / dit keep 6 | bi | +1.0% ")
+
+
+def test_export_quality_measures_each_export_beside_its_model(tmp_path):
+    out = tmp_path / "quality.json"
+    load("export_quality").main(["--model", "dit-digits", "--formats", "onnx,onnx-fp16",
+                                 "--samples", "8", "--steps", "2", "--out", str(out)])
+    document = json.loads(out.read_text())
+    rows = {r["format"]: r for r in document["rows"]}
+    assert list(rows) == ["pytorch", "onnx", "onnx-fp16"]
+    assert [rows[f]["precision"] for f in rows] == ["fp32", "fp32", "fp16"]
+    assert rows["pytorch"]["fd_domain_vs_model"] == 1.0
+    assert rows["pytorch"]["psnr_to_model_db"] is None
+    # from the model's own noise: fp32 differs by float error, fp16 by more, both small
+    assert rows["onnx"]["psnr_to_model_db"] > 90 > rows["onnx-fp16"]["psnr_to_model_db"] > 30
+    assert rows["onnx"]["fd_domain_vs_model"] == pytest.approx(1.0, abs=1e-4)
+    assert document["met"] == all(r["meets_goal"] for r in rows.values())
+    with pytest.raises(SystemExit):
+        load("export_quality").main(["--formats", "onnnx", "--out", str(out)])
