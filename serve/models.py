@@ -127,8 +127,8 @@ def _load_served_model(name: str, source: str, backend: str, device: str | torch
         if backend != "torch" and not runtime.backend.endswith(backend):
             raise ValueError(
                 f"{source} holds the {runtime.runtime['format']} export, run by {runtime.backend}, "
-                f"not {backend}: drop --backend to serve it as it is, or serve a "
-                f"{backend} export (entpruner export --format "
+                f"not {backend}: drop --backend to serve it as it is, or serve an export for "
+                f"{backend} (entpruner export --format "
                 f"{'onnx' if backend == 'onnxruntime' else backend}) or the model itself")
         return _from_runtime(name, runtime, source)
     model = resolve_model(source, family, num_heads=num_heads)

@@ -256,10 +256,9 @@ def _check_request(model: DiffusionTransformer | RuntimeDenoiser, features: tupl
                          "0 for none")
     if likelihood:
         if any(isinstance(m, RuntimeDenoiser) for m in (model, original)):
-            raise ValueError("the likelihood needs the PyTorch model (SiT's ODE differentiates "
-                             "it; DiT's bound reads its variance output): evaluate the model "
-                             "the export was made from with likelihood=, and the export "
-                             "without")
+            raise ValueError("the likelihood needs the PyTorch model (SiT's ODE likelihood "
+                             "differentiates it): evaluate the model the export was made from "
+                             "with likelihood=, and the export without")
         check_pixel_model(model)
     unknown = set(features) - set(FEATURES)
     if unknown:
