@@ -22,6 +22,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from benchmark_table import print_table
+
 from entpruner_sdk.data import load_data
 from entpruner_sdk.evaluation import evaluate
 from entpruner_sdk.export import FORMATS, export, load_exported
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.model or ["dit-digits", "sit-digits"]:
             rows += measure(name, data, formats, Path(workdir), **run)
-    print_table(rows, args)
+    print_rows(rows, args)
     document = {**machine(device), "data": args.data, "samples": args.samples,
                 "steps": args.steps, "cfg_scale": args.cfg, "seed": args.seed,
                 "goal": f"every export's FD-domain within {GOAL:.0%} of its model's",
@@ -104,23 +106,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def print_table(rows: list[dict], args) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"export quality: {args.samples} samples, {args.steps} steps, cfg "
-                        f"{args.cfg:g}, {args.data}; exports beside their model's samples")
-    for column in ("model", "format", "precision", "class accuracy", "FD-domain",
-                   "vs model", "precision / recall", "PSNR to model"):
-        table.add_column(column)
-    for r in rows:
+def print_rows(rows: list[dict], args) -> None:
+    def cells(r: dict) -> list[str]:
         psnr = r["psnr_to_model_db"]
-        table.add_row(Path(r["model"]).name, r["format"], r["precision"],
-                      f"{r['class_accuracy']:.3f}", f"{r['fd_domain']:.4f}",
-                      f"{r['fd_domain_vs_model']:.4f}x",
-                      f"{r['precision_domain']:.3f} / {r['recall_domain']:.3f}",
-                      "-" if psnr is None else f"{psnr:.1f} dB")
-    Console(width=max(120, Console().width)).print(table)
+        return [Path(r["model"]).name, r["format"], r["precision"],
+                f"{r['class_accuracy']:.3f}", f"{r['fd_domain']:.4f}",
+                f"{r['fd_domain_vs_model']:.4f}x",
+                f"{r['precision_domain']:.3f} / {r['recall_domain']:.3f}",
+                "-" if psnr is None else f"{psnr:.1f} dB"]
+
+    print_table(f"export quality: {args.samples} samples, {args.steps} steps, cfg {args.cfg:g}, "
+                f"{args.data}; exports beside their model's samples",
+                ("model", "format", "precision", "class accuracy", "FD-domain", "vs model",
+                 "precision / recall", "PSNR to model"), map(cells, rows))
 
 
 if __name__ == "__main__":

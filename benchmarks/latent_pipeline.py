@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+from benchmark_table import print_table
 
 from entpruner_sdk.data.latents import LatentSpace, decoder_for
 from entpruner_sdk.models import DiffusionTransformer, config_from_name
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     decoder = decoder_for(config, args.vae or sd_vae(device), device)
     rows = [bench(original, pruned, decoder, device, int(b), args.steps, args.repeats)
             for b in args.batch.split(",")]
-    print_table(rows, args.model, device)
+    print_rows(rows, args.model, device)
     document = {**machine(device), "model": args.model,
                 "vae": args.vae or "random sd-vae-ft-ema architecture", "rows": rows}
     atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
@@ -94,22 +95,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def print_table(rows, model: str, device) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{model} on 4x32x32 latents + VAE decode, original vs half depth "
-                        f"({device})")
-    for column in ("batch", "depth", "sample orig ms", "sample pruned ms", "decode ms",
-                   "sampling speedup", "end-to-end speedup", "decode share (pruned)"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(f"{r['batch']} (ddim x {r['steps']})",
-                      f"{r['depth_original']}->{r['depth_pruned']}",
-                      f"{1e3 * r['sample_original_s']:.0f}", f"{1e3 * r['sample_pruned_s']:.0f}",
-                      f"{1e3 * r['decode_s']:.0f}", f"{r['sample_speedup']:.2f}x",
-                      f"{r['end_to_end_speedup']:.2f}x", f"{100 * r['decode_share_pruned']:.0f}%")
-    Console(width=max(140, Console().width)).print(table)
+def print_rows(rows, model: str, device) -> None:
+    print_table(f"{model} on 4x32x32 latents + VAE decode, original vs half depth ({device})",
+                ("batch", "depth", "sample orig ms", "sample pruned ms", "decode ms",
+                 "sampling speedup", "end-to-end speedup", "decode share (pruned)"),
+                ([f"{r['batch']} (ddim x {r['steps']})",
+                  f"{r['depth_original']}->{r['depth_pruned']}",
+                  f"{1e3 * r['sample_original_s']:.0f}", f"{1e3 * r['sample_pruned_s']:.0f}",
+                  f"{1e3 * r['decode_s']:.0f}", f"{r['sample_speedup']:.2f}x",
+                  f"{r['end_to_end_speedup']:.2f}x", f"{100 * r['decode_share_pruned']:.0f}%"]
+                 for r in rows), width=140)
 
 
 if __name__ == "__main__":
