@@ -35,7 +35,6 @@ from entpruner_sdk.data import load_data
 from entpruner_sdk.evaluation.classifier import (
     DomainClassifier,
     domain_classifier,
-    network_fingerprint,
     train_classifier,
 )
 from entpruner_sdk.evaluation.features import DomainFeatures
@@ -43,6 +42,7 @@ from entpruner_sdk.evaluation.generation import balanced_labels, generate
 from entpruner_sdk.evaluation.metrics import FeatureStats, frechet_distance
 from entpruner_sdk.models.io import load
 from entpruner_sdk.teachers import SAMPLING, load_teacher
+from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.files import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"

@@ -39,10 +39,11 @@ import torch
 
 from entpruner_sdk.compress import compress
 from entpruner_sdk.compress.config import recovery_lr
-from entpruner_sdk.evaluation.classifier import domain_classifier, network_fingerprint
+from entpruner_sdk.evaluation.classifier import domain_classifier
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.evaluation.likelihood import bits_per_dim, likelihood_images
 from entpruner_sdk.teachers import SAMPLING, load_teacher
+from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.files import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"

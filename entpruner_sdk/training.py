@@ -32,16 +32,25 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import NoisedBatch, Objective, objective_for
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.checkpoint import (
+    check_same_run,
     discard_checkpoint,
     load_checkpoint,
     optimizer_tensors,
     prefixed,
+    refuse_to_overwrite,
     restore_optimizer,
     save_checkpoint,
     unprefixed,
 )
 from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.progress import progress_bar
+
+# settings a resumed run may change: how long it runs (train longer by resuming with more
+# steps; nothing depends on the total), how often it saves and logs, and how much memory a step
+# takes. Any other change would train another model than the checkpoint's
+RESUMABLE_SETTINGS = ("steps", "checkpoint_every", "log_every", "gradient_accumulation",
+                      "gradient_checkpointing")
 
 
 @dataclass
@@ -174,6 +183,22 @@ def sample_batch(data: ImageDataset, batch_size: int, generator: torch.Generator
     return unit_range(images.to(device)), data.labels[index].to(device)
 
 
+def model_identity(model: DiffusionTransformer) -> str:
+    """A model in words with a hash of its weights: the teacher a resumed compress run must
+    distil from again (``check_same_run``)."""
+    parameters = sum(p.numel() for p in model.parameters())
+    return (f"{model.family.upper()} of depth {model.depth} ({parameters:,} parameters, "
+            f"weights {network_fingerprint(model)})")
+
+
+def data_identity(data: ImageDataset) -> str:
+    """A dataset in words with a hash of its contents: the data a resumed run must go on
+    training with (``check_same_run``)."""
+    kind = "images" if data.pixels else "latents"
+    return (f"{data.name} ({len(data)} {kind}, {data.num_classes} classes, content "
+            f"{data.fingerprint()})")
+
+
 def record_data_classes(model: DiffusionTransformer, data: ImageDataset) -> None:
     """Note in ``model.provenance`` what it learned of the data it was just trained on:
     ``class_names``, the data's names over the model's (sampling, the server and the demo then
@@ -223,12 +248,20 @@ def train(
     """
     config = config or TrainConfig()
     device = resolve_device(device)
+    ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    if resume and ckpt_dir is None:
+        raise ValueError("resume=True needs out_dir, where the checkpoint lives")
+    if not resume and ckpt_dir is not None:
+        refuse_to_overwrite(ckpt_dir)
     model = as_model(model)
     data = fit_channels(model.config, load_data(data))
     # equal class counts unless told otherwise: data with fewer classes is more likely new
     # classes that would silently take over the embeddings of the model's first ones
     check_fits(model.config, data, exact_classes=not keep_classes, resizable=True)
     record_data_classes(model, data)
+    # the model is not among them: a resumed run takes every weight from the checkpoint, so
+    # only its shape must match (a new model's random start may differ, and does no harm)
+    inputs = {"data": data_identity(data)} if ckpt_dir is not None else {}
     objective = objective or objective_for(model)
     model = model.to(device).train()
     if not any(p.requires_grad for p in model.parameters()):
@@ -242,11 +275,8 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     start = 0
-    ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
     if resume:
-        if ckpt_dir is None:
-            raise ValueError("resume=True needs out_dir, where the checkpoint lives")
-        start, losses = _restore(ckpt_dir, model, ema, optimizer, generator)
+        start, losses = _restore(ckpt_dir, model, ema, optimizer, generator, config, inputs)
 
     bar = progress_bar(range(start, config.steps), enabled=progress, desc="training",
                        initial=start, total=config.steps)
@@ -267,7 +297,8 @@ def train(
             on_step(step + 1, loss)
         done = step + 1 == config.steps
         if ckpt_dir is not None and ((step + 1) % config.checkpoint_every == 0 or done):
-            _checkpoint(ckpt_dir, step + 1, model, ema, optimizer, generator, losses, config)
+            _checkpoint(ckpt_dir, step + 1, model, ema, optimizer, generator, losses, config,
+                        inputs)
     model.gradient_checkpointing = checkpointing
     if out_dir is not None:
         save(ema.model, Path(out_dir) / "model", training=dataclasses.asdict(config),
@@ -299,22 +330,32 @@ def training_step(model: nn.Module, objective: Objective, batch: NoisedBatch,
     return loss.detach().item()
 
 
-def _checkpoint(directory, step, model, ema, optimizer, generator, losses, config) -> None:
+def _checkpoint(directory, step, model, ema, optimizer, generator, losses, config,
+                inputs) -> None:
     opt_tensors, param_groups = optimizer_tensors(optimizer)
     tensors = {**prefixed("model.", model.state_dict()), **prefixed("ema.", ema.model.state_dict()),
                **opt_tensors, "rng": generator.get_state()}
     meta = {"step": step, "losses": losses, "param_groups": param_groups,
-            "train_config": dataclasses.asdict(config), "model_config": model.config.to_dict()}
+            "train_config": dataclasses.asdict(config), "model_config": model.config.to_dict(),
+            "inputs": inputs}
     save_checkpoint(directory, tensors, meta)
 
 
-def _restore(directory, model, ema, optimizer, generator) -> tuple[int, list[float]]:
+def _restore(directory, model, ema, optimizer, generator, config, inputs
+             ) -> tuple[int, list[float]]:
     tensors, meta = load_checkpoint(directory)
     if meta["model_config"] != model.config.to_dict():
         raise ValueError(
             f"the checkpoint in {directory} is for {meta['model_config']}, not this model's "
             f"config; resume with the same model or start a new output directory"
         )
+    current = dataclasses.asdict(config)
+    saved = {**meta["train_config"], **{name: current[name] for name in RESUMABLE_SETTINGS}}
+    check_same_run(directory, {**meta.get("inputs", {}), "settings": saved},
+                   {**inputs, "settings": current})
+    if meta["step"] > config.steps:
+        raise ValueError(f"the checkpoint in {directory} is at step {meta['step']}, past "
+                         f"steps={config.steps}; resume with at least {meta['step']} steps")
     model.load_state_dict(unprefixed("model.", tensors))
     ema.model.load_state_dict(unprefixed("ema.", tensors))
     restore_optimizer(optimizer, tensors, meta["param_groups"])

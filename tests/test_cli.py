@@ -37,6 +37,29 @@ def test_every_option_says_what_it_does_and_its_default():
     assert "(default: 0.9)" in commands.choices["compress"].format_help()  # --kd-weight
 
 
+def test_compress_and_train_options_default_to_their_configs():
+    from entpruner_sdk.compress import CompressConfig
+    from entpruner_sdk.training import TrainConfig
+
+    def flat(config) -> dict:
+        settings = {}
+        for name, value in vars(config).items():
+            settings.update(flat(value) if hasattr(value, "__dataclass_fields__")
+                            else {name: value})
+        return settings
+
+    for command, config in (("compress", CompressConfig()), ("train", TrainConfig())):
+        args = build_parser().parse_args([command, "--model", "m", "--budget", "2", "--out",
+                                          "o"] if command == "compress"
+                                         else [command, "--model", "m", "--out", "o"])
+        shared = {name: value for name, value in flat(config).items() if name in vars(args)}
+        assert len(shared) >= 9  # the options that share a setting's name and meaning
+        for name, value in shared.items():
+            option = vars(args)[name]
+            assert option == value or (isinstance(value, tuple) and tuple(option) == value), (
+                command, name, option, value)
+
+
 def test_every_benchmark_option_has_help():
     """The benchmark scripts' ``--help`` documents every option too (read from the source)."""
     for script in sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py")):
@@ -122,6 +145,18 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "entpruner train: error: training loss is not finite; lower the learning rate or "
         "check the data for NaN")
+
+
+def test_a_new_model_trained_twice_with_one_seed_is_the_same_model(tmp_path):
+    from safetensors.torch import load_file
+
+    runs = [tmp_path / name for name in ("a", "b")]
+    for out in runs:
+        assert main(["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads",
+                     "2", "--steps", "2", "--batch-size", "4", "--out", str(out), "--quiet",
+                     "--device", "cpu", "--no-keep-checkpoint"]) == 0
+    a, b = (load_file(out / "model" / "model.safetensors") for out in runs)
+    assert all(torch.equal(a[name], b[name]) for name in a)
 
 
 def test_sample_takes_the_sit_reference_sampler_flags(tmp_path, capsys):

@@ -373,19 +373,56 @@ def test_default_learning_rate_scales_with_width_and_is_recorded():
                     ).report["settings"]["lr"] == 3e-4
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     compress(teacher(), "digits", 3, out_dir=tmp_path, **FAST)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"settings\.lr was 0\.002, now 0\.001"):
+        compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True, **dict(FAST, lr=1e-3))
+    with pytest.raises(ValueError, match=r"settings\.schedule\.interval was 6, now 12"):
         compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True,
-                 **dict(FAST, lr=1e-3))
+                 **dict(FAST, interval=12))
     # a checkpoint written before a setting existed holds its default
     state = tmp_path / "checkpoint" / META
     meta = json.loads(state.read_text())
     del meta["config"]["hflip"]
     state.write_text(json.dumps(meta))
     compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True, **FAST)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="settings.hflip was false, now true"):
         compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True, **dict(FAST, hflip=True))
+
+
+def test_resume_refuses_another_model_data_or_budget_and_names_it(tmp_path):
+    digits = load_data("digits")
+    compress(teacher(), digits, 3, out_dir=tmp_path, **FAST)
+    fewer = digits.subset(range(len(digits) - 1))  # one image gone from the user's folder
+    with pytest.raises(ValueError, match=rf"data was digits-train \({len(digits)} images.*"
+                                         rf"now digits-train \({len(digits) - 1} images"):
+        compress(teacher(), fewer, 3, out_dir=tmp_path, resume=True, **FAST)
+    with pytest.raises(ValueError, match="budget was keep 3 blocks, now keep 4 blocks"):
+        compress(teacher(), digits, 4, out_dir=tmp_path, resume=True, **FAST)
+    state = tmp_path / "checkpoint" / META
+    meta = json.loads(state.read_text())
+    state.write_text(json.dumps({k: v for k, v in meta.items() if k != "inputs"}))
+    with pytest.raises(ValueError, match="prunes to 3 blocks, the budget 'keep 4 blocks' to 4"):
+        compress(teacher(), digits, 4, out_dir=tmp_path, resume=True, **FAST)  # written before
+    state.write_text(json.dumps(meta))  # checkpoints named their inputs
+    other = randomized(DiffusionTransformer(tiny_config("dit", depth=6)), seed=1)
+    with pytest.raises(ValueError, match="model was DIT of depth 6.*weights"):
+        compress(other, digits, 3, out_dir=tmp_path, resume=True, **FAST)
+    # the same inputs resume; the report's settings may change (a finished run's report
+    # remade with quality figures), as may how often the run is saved
+    again = compress(teacher(), digits, 3, out_dir=tmp_path, resume=True,
+                     **dict(FAST, report_samples=10, checkpoint_every=7))
+    assert "class_accuracy" in json.dumps(again.report["summary"])
+
+
+def test_a_new_run_never_replaces_an_earlier_runs_checkpoint(tmp_path, monkeypatch):
+    crash_at(monkeypatch, 17, teacher(), "digits", 3, out_dir=tmp_path, **dict(
+        FAST, checkpoint_every=5))
+    before = (tmp_path / "checkpoint" / META).read_text()
+    with pytest.raises(FileExistsError, match=r"holds the checkpoint of an earlier run "
+                                              r"\(step 15\).*--resume"):
+        compress(teacher(), "digits", 3, out_dir=tmp_path, **FAST)
+    assert (tmp_path / "checkpoint" / META).read_text() == before
 
 
 def test_rerank_scores_the_current_student_at_each_decision():

@@ -10,7 +10,6 @@ from entpruner_sdk.data.datasets import balanced_indices, eight_bit, unit_range
 from entpruner_sdk.evaluation.classifier import (
     BUNDLED_CLASSIFIERS,
     domain_classifier,
-    network_fingerprint,
 )
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.evaluation.features import DomainFeatures
@@ -25,6 +24,7 @@ from entpruner_sdk.evaluation.metrics import (
 from entpruner_sdk.evaluation.reference import load_reference
 from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models import DiffusionTransformer
+from entpruner_sdk.utils.digest import network_fingerprint
 from tests.conftest import cache_a_quick_classifier, randomized, tiny_config
 
 

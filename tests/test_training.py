@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -54,6 +56,34 @@ def test_resume_needs_a_matching_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="same model"):
         train(fresh(depth=3), "digits", TrainConfig(steps=4, batch_size=4), out_dir=tmp_path,
               resume=True, progress=False)
+
+
+def test_resume_refuses_other_data_or_settings_and_a_new_run_keeps_the_checkpoint(tmp_path):
+    config = TrainConfig(steps=4, batch_size=4, checkpoint_every=2)
+    digits = load_data("digits")
+    train(fresh(), digits, config, out_dir=tmp_path, progress=False)
+    saved = (tmp_path / "checkpoint" / "state.json").read_text()
+    # the same command without --resume would replace the run's checkpoint: refused
+    with pytest.raises(FileExistsError, match=r"earlier run \(step 4\).*--resume"):
+        train(fresh(), digits, config, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint" / "state.json").read_text() == saved
+    with pytest.raises(ValueError, match=r"data was digits-train \(1537 images.*now "
+                                         r"digits-train \(1536 images"):
+        train(fresh(), digits.subset(range(1536)), config, out_dir=tmp_path, resume=True,
+              progress=False)
+    with pytest.raises(ValueError, match="settings.lr was 0.0001, now 0.001"):
+        train(fresh(), digits, TrainConfig(**{**config.__dict__, "lr": 1e-3}),
+              out_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="at step 4, past steps=3"):
+        train(fresh(), digits, TrainConfig(**{**config.__dict__, "steps": 3}),
+              out_dir=tmp_path, resume=True, progress=False)
+    # a new model's random start may differ: every weight comes from the checkpoint
+    longer = TrainConfig(**{**config.__dict__, "steps": 6})
+    shutil.copytree(tmp_path / "checkpoint", tmp_path / "copy" / "checkpoint")
+    a = train(fresh(), digits, longer, out_dir=tmp_path, resume=True, progress=False)
+    b = train(randomized(fresh()), digits, longer, out_dir=tmp_path / "copy", resume=True,
+              progress=False)
+    assert a.losses == b.losses
 
 
 def test_incompatible_data_is_refused():

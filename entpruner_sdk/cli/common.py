@@ -4,7 +4,6 @@ reading ``--data`` as the options say."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import textwrap
 from pathlib import Path
@@ -57,7 +56,10 @@ def join_processes(args: argparse.Namespace) -> str | torch.device:
 
 def resume_options(p: argparse.ArgumentParser) -> None:
     """--resume and --no-keep-checkpoint: what OUT/checkpoint is for, and whether it stays."""
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint, with the model, data and settings it "
+                        "was made with (a difference is refused and named); without it, a run "
+                        "whose OUT holds a checkpoint is refused rather than replacing it")
     p.add_argument("--keep-checkpoint", action=argparse.BooleanOptionalAction, default=True,
                    help="keep OUT/checkpoint once the run has saved its result (default), so "
                         "--resume can remake it; --no-keep-checkpoint deletes it (several "
@@ -208,14 +210,13 @@ def training_data(args: argparse.Namespace, latent: bool, config=None,
 
 def resume_hint(args: argparse.Namespace) -> str:
     """What an interrupted train or compress left in OUT/checkpoint, for ``--resume``."""
-    from entpruner_sdk.utils.checkpoint import META
+    from entpruner_sdk.utils.checkpoint import saved_step
 
-    state = Path(args.out) / "checkpoint" / META
-    try:
-        step = json.loads(state.read_text())["step"]
-    except (OSError, ValueError, KeyError):
+    checkpoint = Path(args.out) / "checkpoint"
+    step = saved_step(checkpoint)
+    if step is None or step < 0:
         return "no checkpoint was written yet, so running it again starts over"
-    return (f"{state.parent} holds step {step}: run the same command with --resume to "
+    return (f"{checkpoint} holds step {step}: run the same command with --resume to "
             "continue from there")
 
 

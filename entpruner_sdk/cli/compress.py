@@ -113,6 +113,8 @@ def add_parser(sub) -> None:
     common.workers_option(p)
     p.add_argument("--seed", type=int, default=0,
                    help="seeds calibration, data order and noise (same seed, same result)")
+    p.add_argument("--checkpoint-every", type=int, default=200, metavar="N",
+                   help="steps between resumable checkpoints, beside the one at each removal")
     common.resume_options(p)
     p.add_argument("--dry-run", action="store_true",
                    help="only plan: resolve the budget, score the blocks and print which "
@@ -169,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         ced_estimator=args.ced_estimator, ced_weighting=args.ced_weighting, protect=args.protect,
         kd_weight=args.kd_weight, gt_weight=args.gt_weight, feature_weight=args.feature_weight,
         num_classes=args.num_classes, keep_classes=args.keep_classes, seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
         report_samples=args.report_samples, report_likelihood=args.report_likelihood,
         report_features=("domain", "inception") if args.report_fid else ("domain",),
         report_vae=args.vae)

@@ -54,7 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--ema-decay", type=float, default=0.9999,
                    help="decay of the EMA weights that are saved and sampled")
-    p.add_argument("--seed", type=int, default=0, help="seeds the data order and the noise")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds a new model's initial weights, the data order and the noise")
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="steps between resumable checkpoints")
     common.classes_options(p, "a new model takes the data's count")
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                  num_classes=data.num_classes)
     objective = {"path": args.flow_path} if args.family == "sit" or (
         args.model or "").lower().startswith("sit-") else {}
+    torch.manual_seed(args.seed)  # a new model's initial weights: same seed, same model
     if registry_name:
         config = config_from_name(args.model, **shape, learn_sigma=not args.no_learn_sigma)
         model = DiffusionTransformer(config, objective=objective)
@@ -110,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
                                    num_heads=args.heads, patch_size=args.patch,
                                    learn_sigma=not args.no_learn_sigma, **shape)
         model = DiffusionTransformer(config, objective=objective)
-    torch.manual_seed(args.seed)
     model.provenance.setdefault("training_command", "entpruner " + " ".join(sys.argv[1:]))
     result = train(model, data, training, keep_classes=args.keep_classes, out_dir=args.out,
                    resume=args.resume, keep_checkpoint=args.keep_checkpoint,

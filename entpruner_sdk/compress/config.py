@@ -14,9 +14,12 @@ from entpruner_sdk.objectives import noise_levels
 from entpruner_sdk.schedule import ScheduleConfig
 from entpruner_sdk.training import check_micro_batches
 
-# settings that change how much memory a step takes, not what it computes: a resumed run may
-# take other values (one that ran out of memory, say)
-MEMORY_SETTINGS = ("gradient_accumulation", "gradient_checkpointing")
+# settings a resumed run may change: they change how much memory a step takes (for a run that
+# ran out of memory, say), how often it is saved, or what the report measures once training is
+# done (a finished run resumed to remake its report with more samples or with FID), never the
+# model it trains
+RESUMABLE_SETTINGS = ("gradient_accumulation", "gradient_checkpointing", "checkpoint_every",
+                      "report_samples", "report_features", "report_likelihood", "report_vae")
 
 
 @dataclass

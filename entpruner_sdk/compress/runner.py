@@ -22,7 +22,7 @@ import torch
 
 from entpruner_sdk.compress.budget import Budget
 from entpruner_sdk.compress.checks import check_report_decoder, check_report_likelihood
-from entpruner_sdk.compress.config import MEMORY_SETTINGS, CompressConfig, jsonable
+from entpruner_sdk.compress.config import RESUMABLE_SETTINGS, CompressConfig, jsonable
 from entpruner_sdk.compress.decide import Decision, ProxyBatches, decide
 from entpruner_sdk.compress.distill import distillation_loss
 from entpruner_sdk.compress.setup import (
@@ -43,16 +43,20 @@ from entpruner_sdk.training import (
     EMA,
     accumulate_gradients,
     check_micro_batches,
+    data_identity,
     drop_labels,
+    model_identity,
     record_data_classes,
     sample_batch,
 )
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.checkpoint import (
+    check_same_run,
     discard_checkpoint,
     load_checkpoint,
     optimizer_tensors,
     prefixed,
+    refuse_to_overwrite,
     restore_optimizer,
     save_checkpoint,
     unprefixed,
@@ -98,8 +102,10 @@ class CompressResult:
 class _Run:
     """The mutable state of one compression run (student, EMA, optimizer, logs)."""
 
-    def __init__(self, teacher: DiffusionTransformer, config: CompressConfig) -> None:
+    def __init__(self, teacher: DiffusionTransformer, config: CompressConfig,
+                 inputs: dict[str, str]) -> None:
         self.config = config
+        self.inputs = inputs  # the model, data and budget, which a resumed run must share
         self.ema = EMA(teacher, config.ema_decay)
         self.student = self._trainable(copy.deepcopy(teacher).requires_grad_(True))
         self.optimizer = self._optimizer()
@@ -150,7 +156,7 @@ class _Run:
                 "param_groups": groups, "latency": dataclasses.asdict(latency),
                 "target_depth": target, "last_removal_step": self.state.last_removal_step,
                 "pre_removal_loss": self.state.pre_removal_loss,
-                "config": self.config.to_dict()}
+                "config": self.config.to_dict(), "inputs": self.inputs}
         save_checkpoint(directory, tensors, meta)
 
     def restore(self, directory: Path, teacher: DiffusionTransformer) -> tuple[LatencyModel, int]:
@@ -160,11 +166,10 @@ class _Run:
         defaults = jsonable({f.name: f.default for f in dataclasses.fields(self.config)
                              if f.default is not dataclasses.MISSING})
         saved = {**defaults, **meta["config"]}
-        for name in MEMORY_SETTINGS:  # they change the memory a step takes, not its result
+        for name in RESUMABLE_SETTINGS:
             saved[name] = current[name]
-        if saved != current:
-            raise ValueError(f"the checkpoint in {directory} was made with other settings; "
-                             "resume with the same options or use a new output directory")
+        check_same_run(directory, {**meta.get("inputs", {}), "settings": saved},
+                       {**self.inputs, "settings": current})
         positions = [teacher.kept_blocks.index(b) for b in meta["kept_blocks"]]
         self.student = self._trainable(teacher.keep_blocks(positions))
         self.student.load_state_dict(unprefixed("student.", tensors))
@@ -217,17 +222,24 @@ def compress(
     device = resolve_device(device)
     check_micro_batches(config.batch_size, config.gradient_accumulation,
                         distributed.world_size())
+    checkpoint_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs out_dir, where the checkpoint lives")
+    if not resume and checkpoint_dir is not None:
+        refuse_to_overwrite(checkpoint_dir)
     report_vae = check_report_decoder(model, config, device) if config.report_samples else None
     check_report_likelihood(model, config)
     setup = prepare(model, data, budget, config, device)
     config, budget, protected, data = setup.config, setup.budget, setup.protected, setup.data
     teacher, calibration = setup.teacher, setup.calibration
-    run = _Run(teacher, config)
-    checkpoint_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    run = _Run(teacher, config, {"model": model_identity(model), "data": data_identity(data),
+                                 "budget": budget.describe()})
     if resume:
-        if checkpoint_dir is None:
-            raise ValueError("resume=True needs out_dir, where the checkpoint lives")
         latency, target = run.restore(checkpoint_dir, teacher)
+        if target_depth(setup, latency) != target:  # a checkpoint too old to name its budget
+            raise ValueError(f"the checkpoint in {checkpoint_dir} prunes to {target} blocks, "
+                             f"the budget {budget.describe()!r} to "
+                             f"{target_depth(setup, latency)}; resume with its budget")
     else:
         latency = measure_latency(setup)
         target = target_depth(setup, latency)

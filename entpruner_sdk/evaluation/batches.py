@@ -22,11 +22,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.data.latents import LatentSpace
-from entpruner_sdk.evaluation.classifier import network_fingerprint
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.sampling import RuntimeDenoiser
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.cache import read_kept
+from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.files import atomic_writer
 
 # the folder, under a command's output directory, where finished batches wait (evaluate's

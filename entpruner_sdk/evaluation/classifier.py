@@ -12,7 +12,6 @@ networks are never compared.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,21 +24,12 @@ from torch import nn
 from entpruner_sdk.data.datasets import ImageDataset, unit_range
 from entpruner_sdk.utils.cache import cache_root, read_kept
 from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 from entpruner_sdk.utils.progress import progress_bar
 
 # classifiers shipped for the bundled datasets, in the cache's layout (see ``domain_classifier``)
 BUNDLED_CLASSIFIERS = Path(__file__).parent / "classifiers"
-
-
-def network_fingerprint(network: nn.Module) -> str:
-    """The first 16 hex digits of the SHA-256 of a network's weights (names and bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in network.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
 
 # the largest images the classifier looks at; larger ones are area-averaged down to this. It
 # judges class and domain, not fine detail (Inception FID does that), and at DiT-XL/2's

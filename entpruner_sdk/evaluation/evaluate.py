@@ -25,7 +25,7 @@ import torch
 from entpruner_sdk.data.datasets import DataError
 from entpruner_sdk.data.latents import LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.batches import EvaluationBatches
-from entpruner_sdk.evaluation.classifier import domain_classifier, network_fingerprint, predict
+from entpruner_sdk.evaluation.classifier import domain_classifier, predict
 from entpruner_sdk.evaluation.features import DomainFeatures, feature_extractors, sharded_features
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
 from entpruner_sdk.evaluation.generation import balanced_labels, generate
@@ -49,6 +49,7 @@ from entpruner_sdk.sampling import RuntimeDenoiser, objective_of
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.digest import network_fingerprint
 
 FEATURES = ("domain", "inception")
 

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from entpruner_sdk.data.datasets import unit_range
-from entpruner_sdk.evaluation.classifier import batch_for, network_fingerprint
+from entpruner_sdk.evaluation.classifier import batch_for
 from entpruner_sdk.utils import distributed
+from entpruner_sdk.utils.digest import network_fingerprint
 
 
 class DomainFeatures:

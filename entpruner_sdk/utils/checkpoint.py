@@ -67,6 +67,64 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
                          f"{error}); delete that folder to start the run over") from error
 
 
+def saved_step(directory: str | os.PathLike) -> int | None:
+    """The step of the checkpoint in ``directory`` (or of the complete one a crash between
+    the two renames left aside), None when there is none."""
+    directory = Path(directory)
+    for folder in (directory, _retired(directory)):
+        if (folder / META).exists():
+            try:
+                return int(json.loads((folder / META).read_text())["step"])
+            except (*UNREADABLE, TypeError):
+                return -1  # there, though unreadable: still not a new run's to replace
+    return None
+
+
+def refuse_to_overwrite(directory: str | os.PathLike) -> None:
+    """Refuse to start a run whose checkpoints would replace an earlier run's in
+    ``directory``: forgetting ``--resume`` after an interruption must not cost the hours of
+    work the checkpoint holds."""
+    step = saved_step(directory)
+    if step is None:
+        return
+    at = f" (step {step})" if step >= 0 else ""
+    raise FileExistsError(
+        f"{directory} holds the checkpoint of an earlier run{at}, which a new run would "
+        "replace; continue that run with --resume (resume=True), or start over in another "
+        f"output directory or after deleting {directory}")
+
+
+def check_same_run(directory: str | os.PathLike, saved: dict[str, Any],
+                   current: dict[str, Any]) -> None:
+    """Refuse to resume from the checkpoint in ``directory`` when anything that decides the
+    run's result (``current``: the model, data, budget, settings) differs from what it was
+    made with (``saved``), naming each difference. A name the checkpoint does not record (one
+    added since it was written) is not compared."""
+    then, now = _flat(saved), _flat(current)
+    changed = [f"{name} was {_shown(then[name])}, now {_shown(now[name])}"
+               for name in now if name in then and then[name] != now[name]]
+    if changed:
+        raise ValueError(
+            f"the checkpoint in {directory} belongs to another run: {'; '.join(changed)}. "
+            "Resume with what it was made with, or start over in another output directory")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one level of dotted names (``schedule.interval``), so a difference
+    names the setting itself; lists and tuples compare alike, as JSON keeps them."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim."
                       ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Flatten an optimizer's state into named tensors plus its JSON-able param groups."""
