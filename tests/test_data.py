@@ -124,6 +124,48 @@ def test_folder_errors(tmp_path):
         load_data(tmp_path / "broken")
 
 
+def test_a_whole_read_names_every_unreadable_image_at_once(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    write_folder(tmp_path, per_class=12)
+    good = (tmp_path / "a" / "0.png").read_bytes()
+    (tmp_path / "a" / "3.png").write_bytes(b"")  # an interrupted download
+    (tmp_path / "b" / "5.png").write_bytes(good[:60])  # truncated
+    (tmp_path / "b" / "11.png").write_bytes(b"<html>404</html>")  # a saved error page
+    # too large for Pillow's guard against decompression bombs (a traceback before)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    PILImage.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a" / "big.png")
+    for workers in (0, 2):  # also when reader processes met them
+        with pytest.raises(DataError) as error:
+            ImageFolder(tmp_path, image_size=8).load(workers=workers)
+        lines = str(error.value).splitlines()
+        assert lines[0] == f"4 of the 25 images read from {tmp_path} cannot be read:"
+        assert [line.split(": ")[0].strip() for line in lines[1:5]] == [
+            str(tmp_path / "a" / "3.png"), str(tmp_path / "a" / "big.png"),
+            str(tmp_path / "b" / "11.png"), str(tmp_path / "b" / "5.png")]
+        assert "exceeds limit of 200 pixels" in lines[2] and "scale it down" in lines[2]
+        assert lines[-1] == "delete or replace them"
+
+
+def test_class_folders_count_their_subfolders_and_refuse_to_be_empty(tmp_path):
+    write_folder(tmp_path)
+    # images kept in batches below a class folder belong to it, as torchvision's ImageFolder
+    # (which DiT's training reads data with) takes them; hidden folders are not images
+    (tmp_path / "b" / "batch2").mkdir()
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(tmp_path / "b" / "batch2" / "x.png")
+    (tmp_path / "b" / ".thumbnails").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "b" / ".thumbnails" / "t.png")
+    data = load_data(tmp_path)
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert (data.images[-1] == 7).all()  # batch2/x.png sorts after b's own images
+    # an empty class folder would be a class that is trained and sampled as noise
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("to do")
+    with pytest.raises(DataError, match=r"the class folders c hold no images .*add their "
+                                        r"images, or move the empty folders out"):
+        load_data(tmp_path)
+
+
 def test_folder_images_are_scaled_and_centre_cropped(tmp_path):
     write_folder(tmp_path / "mixed", sizes=((8, 8), (16, 12), (9, 30)))
     data = load_data(tmp_path / "mixed", image_size=6)

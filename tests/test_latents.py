@@ -288,8 +288,8 @@ def test_an_interrupted_encode_continues_where_it_stopped(tiny_vae_dir, tmp_path
     monkeypatch.setattr(latents_module, "CHECKPOINT_SECONDS", 0.0)  # after every batch
     assert main(command) == 130 and not out.exists()
     assert capsys.readouterr().err.strip() == (
-        f"entpruner encode: interrupted; {out}.encoding holds the first 6 images' latents: run "
-        "the same command to continue from there")
+        f"entpruner encode: interrupted; {out}.encoding holds 6 images' latents: run the same "
+        "command to continue from there")
     reads.clear()
     assert main(command) == 0
     assert sorted(set(reads)) == list(range(6, 10))  # the first 6 were not read again
@@ -297,6 +297,46 @@ def test_an_interrupted_encode_continues_where_it_stopped(tiny_vae_dir, tmp_path
     whole = LatentSpace.from_pretrained(tiny_vae_dir).encode_dataset(
         ImageFolder(folder), batch_size=3, progress=False)
     assert torch.equal(load_data(out).images, whole.images)  # as if never interrupted
+
+
+def test_an_encode_names_every_bad_image_and_then_encodes_only_what_changed(
+        tiny_vae_dir, tmp_path, monkeypatch):
+    folder, cache = tmp_path / "images", tmp_path / "cache"
+    for i in range(10):
+        (folder / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"c{i % 2}" / f"{i}.png")
+    good = {name: (folder / name).read_bytes() for name in ("c0/2.png", "c1/7.png")}
+    (folder / "c0" / "2.png").write_bytes(b"")  # downloads that failed
+    (folder / "c1" / "7.png").write_bytes(good["c1/7.png"][:50])
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    reads, read = [], ImageFolder.read
+
+    def counted(self, index):
+        reads.append(self.files[index].relative_to(folder).as_posix())
+        return read(self, index)
+
+    monkeypatch.setattr(ImageFolder, "read", counted)
+    with pytest.raises(DataError, match=r"(?s)2 of the 10 images read from .*c0/2\.png: .*"
+                                        r"c1/7\.png: .*delete or replace them"):
+        space.encode_dataset(ImageFolder(folder), cache, batch_size=3, progress=False)
+    # mended: only they are encoded; the 8 others' latents were kept
+    for name, content in good.items():
+        (folder / name).write_bytes(content)
+    reads.clear()
+    mended = space.encode_dataset(ImageFolder(folder), cache, batch_size=3, progress=False)
+    assert sorted(reads) == ["c0/2.png", "c1/7.png"]
+    whole = space.encode_dataset(ImageFolder(folder), batch_size=3, progress=False)
+    torch.testing.assert_close(mended.images, whole.images)  # as if nothing had been wrong
+    # images added later: only they are encoded, the rest come from the finished encode
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "c1" / "10.png")
+    reads.clear()
+    grown = space.encode_dataset(ImageFolder(folder), cache, batch_size=3, progress=False)
+    assert reads == ["c1/10.png"]
+    whole = space.encode_dataset(ImageFolder(folder), batch_size=3, progress=False)
+    torch.testing.assert_close(grown.images, whole.images)
+    assert len(grown) == 11
+    assert not list(cache.glob("*.partial.safetensors"))  # spent, once finished
 
 
 def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_path,

@@ -70,7 +70,11 @@ def interrupted(args: argparse.Namespace) -> str:
     partials = _encode_work_dir(args.out).glob("*.partial.safetensors")
     for partial in sorted(partials, key=lambda path: path.stat().st_mtime, reverse=True):
         with safe_open(str(partial), "pt") as file:  # the newest: this data's
-            done = file.get_slice("latents").get_shape()[0]
-        return (f"{partial.parent} holds the first {done} images' latents: run the same "
-                "command to continue from there")
+            if "keys" in file.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                done = int((file.get_tensor("keys") != 0).sum())
+                which = f"{done} images' latents"
+            else:
+                done = file.get_slice("latents").get_shape()[0]
+                which = f"the first {done} images' latents"
+        return f"{partial.parent} holds {which}: run the same command to continue from there"
     return "no latents were saved yet, so running it again starts over"

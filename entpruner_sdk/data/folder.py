@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from entpruner_sdk.data.classes import default_names
 from entpruner_sdk.data.datasets import DataError, ImageDataset, unit_range
+
+
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded (empty, truncated, not an image at all)."""
+
+    def __init__(self, file: Path, reason: str) -> None:
+        super().__init__(f"cannot read image {file}: {reason}; delete or replace it")
+        self.file, self.reason = file, reason
+
+    def __reduce__(self) -> tuple:  # it crosses from a reader process to the caller
+        return type(self), (self.file, self.reason)
+
+
+# a whole read lists at most this many unreadable files in its error (all are counted)
+LISTED_UNREADABLE = 20
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # whole reads of at least this many images use reader processes by default: below it, starting
@@ -49,6 +65,18 @@ def _visible(path: Path) -> bool:
     """Not a hidden entry nor the resource forks an archive made on a Mac carries (``.x``,
     ``._x.jpg``, ``.ipynb_checkpoints``, ``__MACOSX``), which are neither classes nor images."""
     return not path.name.startswith(".") and path.name != "__MACOSX"
+
+
+def class_images(folder: Path) -> list[Path]:
+    """The images anywhere under one class folder, its subfolders included, as torchvision's
+    ``ImageFolder`` (which DiT's and SiT's training code reads data with) finds them: sorted
+    by path, symbolic links followed, hidden entries skipped."""
+    files = []
+    for parent, subfolders, names in os.walk(folder, followlinks=True):
+        subfolders[:] = [name for name in subfolders if _visible(Path(name))]
+        files += [Path(parent) / name for name in names
+                  if Path(name).suffix.lower() in IMAGE_SUFFIXES and _visible(Path(name))]
+    return sorted(files)
 
 
 def to_rgb(image, file: Path):
@@ -128,14 +156,19 @@ class ImageFolder(Dataset):
                             "name the folders as the index does, or use the model's index")
         self.files: list[Path] = []
         labels: list[int] = []
+        empty = []
         for folder in folders:
-            files = sorted(f for f in folder.iterdir()
-                           if f.suffix.lower() in IMAGE_SUFFIXES and _visible(f))
+            files = class_images(folder)
             self.files += files
             labels += [position[folder.name]] * len(files)
+            empty += [] if files else [folder.name]
         if not self.files:
             raise DataError(f"{self.root} contains no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+        if empty:  # a class with no images would be trained and sampled as noise
+            raise DataError(f"{self.root}: the class folders {', '.join(empty[:8])} hold no "
+                            f"images ({', '.join(sorted(IMAGE_SUFFIXES))}); add their images, "
+                            "or move the empty folders out of it")
         self.labels = torch.tensor(labels)
         self.num_classes = len(keys)
         self.class_index = class_index
@@ -188,8 +221,7 @@ class ImageFolder(Dataset):
                 # upright as a viewer shows it: cameras store the rotation in EXIF
                 image = to_rgb(ImageOps.exif_transpose(image), file)
             except OSError as error:  # truncated files fail only when the pixels are read
-                raise DataError(f"cannot read image {file}: {error}; delete or replace it"
-                                ) from error
+                raise UnreadableImage(file, str(error)) from error
             if self.crop_size is not None:
                 image = center_crop(image, self.crop_size)
             elif image.size != self._first_size:
@@ -216,37 +248,68 @@ class ImageFolder(Dataset):
         indices = list(indices)
         if workers is None:
             workers = min(4, os.cpu_count() or 1) if len(indices) >= PARALLEL_FROM else 0
-        first = self.read(indices[0]).transpose(2, 0, 1)
-        # filled in place, channels first: the one copy of the pixels held
-        pixels = np.empty((len(indices), *first.shape), dtype=np.uint8)
-        pixels[0] = first
-        row = 1
+        pixels, row, unreadable = None, 0, []
         # small batches: a reader process takes whole batches, so this shares out few images
-        for batch in _read_batches(_Pixels(self, indices[1:]), 8, workers, np.stack):
-            pixels[row:row + len(batch)] = batch.transpose(0, 3, 1, 2)
+        for batch in _read_batches(_Pixels(self, indices), 8, workers, np.stack,
+                                   every_unreadable=True):
+            if isinstance(batch, Unreadable):
+                unreadable += batch.errors
+            elif not unreadable:  # after the first bad file the rest are only checked
+                if pixels is None:  # filled in place, channels first: the one copy held
+                    pixels = np.empty((len(indices), 3, *batch.shape[1:3]), dtype=np.uint8)
+                pixels[row:row + len(batch)] = batch.transpose(0, 3, 1, 2)
             row += len(batch)
+        if unreadable:
+            raise all_unreadable(unreadable, len(indices), self.root)
         if (pixels[:, 0] == pixels[:, 1]).all() and (pixels[:, 0] == pixels[:, 2]).all():
             pixels = np.ascontiguousarray(pixels[:, :1])  # a third of the copy
         return pixels
 
-    def batches(self, batch_size: int, workers: int = 0, start: int = 0
-                ) -> Iterator[torch.Tensor]:
-        """The images from ``start`` on as 8-bit pixels (uint8 [B, 3, H, W]; ``unit_range``
-        gives [-1, 1]), ``batch_size`` at a time, read by ``workers`` processes
-        (``_read_batches``): a quarter of the bytes of floats to pass on and to copy to a
-        device."""
-        return _read_batches(_Pixels(self, range(start, len(self))), batch_size, workers,
-                             _stack_channels_first)
+    def batches(self, batch_size: int, workers: int = 0, start: int = 0,
+                indices: Sequence[int] | None = None) -> Iterator[torch.Tensor | Unreadable]:
+        """The images from ``start`` on (or at ``indices``) as 8-bit pixels (uint8
+        [B, 3, H, W]; ``unit_range`` gives [-1, 1]), ``batch_size`` at a time, read by
+        ``workers`` processes (``_read_batches``): a quarter of the bytes of floats to pass on
+        and to copy to a device. A batch with unreadable images comes back as ``Unreadable``
+        (``readable`` sorts it out) and the reading goes on, so one pass finds them all."""
+        items = _Pixels(self, range(start, len(self)) if indices is None else indices)
+        return _read_batches(items, batch_size, workers, _stack_channels_first,
+                             every_unreadable=True)
+
+    def readable(self, indices: Sequence[int]
+                 ) -> tuple[torch.Tensor | None, list[int], list[UnreadableImage]]:
+        """The images at ``indices`` that can be read, as ``batches`` gives them, with their
+        indices, and the errors of the others: a batch that came back ``Unreadable``, read
+        again image by image in this process (rare: only batches with a bad file)."""
+        images, kept, errors = [], [], []
+        for index in indices:
+            try:
+                images.append(self.read(index))
+                kept.append(index)
+            except UnreadableImage as error:
+                errors.append(error)
+        return (_stack_channels_first(images) if images else None), kept, errors
 
     def fingerprint(self) -> str:
         """A hash of the file list, sizes and modification times and the crop size: keys the
         caches of encoded latents without reading any pixels."""
         digest = hashlib.sha256(f"{self.crop_size}".encode())
+        for entry in self._entries():
+            digest.update(f"{entry}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def file_keys(self) -> torch.Tensor:
+        """One int64 per image, a hash of its path, label, size, modification time and the
+        crop size (never 0): what an encode's latents are kept under, file by file, so a
+        changed folder reuses those of the files it still holds unchanged."""
+        keys = [int.from_bytes(hashlib.sha256(f"{self.crop_size}|{entry}".encode()).digest()[:8],
+                               "little", signed=True) or 1 for entry in self._entries()]
+        return torch.tensor(keys, dtype=torch.int64)
+
+    def _entries(self) -> Iterator[str]:
         for file, label in zip(self.files, self.labels.tolist()):
             stat = file.stat()
-            digest.update(f"{file.relative_to(self.root)}|{label}|{stat.st_size}|"
-                          f"{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()[:16]
+            yield f"{file.relative_to(self.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}"
 
     @classmethod
     def _shown_size(cls, file: Path) -> tuple[int, int]:
@@ -264,8 +327,9 @@ class ImageFolder(Dataset):
         try:
             return Image.open(file)
         except (UnidentifiedImageError, OSError) as error:
-            raise DataError(f"cannot read image {file}: {error}; delete or replace it"
-                            ) from error
+            raise UnreadableImage(file, str(error)) from error
+        except Image.DecompressionBombError as error:  # Pillow's guard against huge images
+            raise UnreadableImage(file, f"{error} (scale it down first)") from error
 
 
 class FolderSubset:
@@ -370,6 +434,18 @@ class _Pixels(Dataset):
         return self.folder.read(self.indices[item])
 
 
+def all_unreadable(errors: list[UnreadableImage], count: int, root: Path) -> DataError:
+    """One error for every unreadable image a whole read met: a folder of thousands of
+    downloaded images is mended in one go, not one failed run per bad file."""
+    if len(errors) == 1:
+        return errors[0]
+    listed = [f"  {error.file}: {error.reason}" for error in errors[:LISTED_UNREADABLE]]
+    if len(errors) > LISTED_UNREADABLE:
+        listed.append(f"  ... and {len(errors) - LISTED_UNREADABLE} more")
+    return DataError(f"{len(errors)} of the {count} images read from {root} cannot be read:\n"
+                     + "\n".join(listed) + "\ndelete or replace them")
+
+
 class _ErrorsAsItems(Dataset):
     """A dataset whose unreadable items come back as their ``DataError`` (see ``_collate``)."""
 
@@ -390,23 +466,38 @@ def _stack_channels_first(items: list) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.stack(items).transpose(0, 3, 1, 2)))
 
 
+@dataclass
+class Unreadable:
+    """A batch whose items include images that cannot be used: their errors, in order."""
+
+    errors: list[DataError]
+    size: int  # the batch's items, readable or not
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def _collate(stack: Callable[[list], Any], items: list) -> Any:
-    """A batch of items made by ``stack``, or the first item's error, which reaches the caller
-    intact."""
+    """A batch of items made by ``stack``, or its errors, which reach the caller intact."""
     errors = [item for item in items if isinstance(item, DataError)]
-    return errors[0] if errors else stack(items)
+    return Unreadable(errors, len(items)) if errors else stack(items)
 
 
 def _read_batches(items: Dataset, batch_size: int, workers: int,
-                  stack: Callable[[list], Any]) -> Iterator[Any]:
+                  stack: Callable[[list], Any], every_unreadable: bool = False
+                  ) -> Iterator[Any]:
     """``items`` in order, ``batch_size`` at a time, read by ``workers`` processes. An
-    unreadable image raises its ``DataError`` here, in the caller's process, rather than as a
-    reader process's traceback."""
+    unusable image raises its ``DataError`` here, in the caller's process, rather than as a
+    reader process's traceback; with ``every_unreadable``, a batch with unreadable images
+    (``UnreadableImage``) comes back as ``Unreadable`` and the reading goes on, so the caller
+    can name them all."""
     loader = DataLoader(_ErrorsAsItems(items), batch_size, num_workers=workers,
                         collate_fn=partial(_collate, stack))
     for batch in loader:
-        if isinstance(batch, DataError):
-            raise batch
+        if isinstance(batch, Unreadable):
+            other = [e for e in batch.errors if not isinstance(e, UnreadableImage)]
+            if other or not every_unreadable:
+                raise (other or batch.errors)[0]
         yield batch
 
 

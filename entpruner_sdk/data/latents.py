@@ -7,6 +7,7 @@ hash and the VAE's weight hash.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import time
@@ -17,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.data.datasets import DataError, ImageDataset, eight_bit, unit_range
-from entpruner_sdk.data.folder import ImageFolder
+from entpruner_sdk.data.folder import ImageFolder, Unreadable, all_unreadable
 from entpruner_sdk.utils.cache import read_kept
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_writer
@@ -137,20 +138,42 @@ class LatentSpace:
         is held at a time, so a folder larger than memory encodes. With a cache, the latents
         done so far are saved every ``checkpoint_seconds`` (``CHECKPOINT_SECONDS``), and an
         interrupted encode (Ctrl-C, a crash) continues from there when run again on the same
-        data."""
+        data. A folder's latents are kept file by file (``ImageFolder.file_keys``): its
+        unreadable images are all named at the end, with the rest encoded, and once they are
+        mended, or when images are added, the encode reuses every latent it has for a file
+        it still holds unchanged, and encodes only the others."""
         if checkpoint_seconds is None:
             checkpoint_seconds = CHECKPOINT_SECONDS
-        cache = partial = None
         # a folder's files as they are before any is read: the cache's key, and what the
         # latents record of where they came from (``folder_fingerprint``)
         folder = data.fingerprint() if isinstance(data, ImageFolder) else data.folder_fingerprint
-        if cache_dir is not None:
-            key = folder if isinstance(data, ImageFolder) else data.fingerprint()
-            cache = self._cache_file(cache_dir, data, key)
-            kept = read_kept(cache, lambda path: load_file(str(path))["latents"])
-            if kept is not None:
-                return _latent_dataset(kept, data, folder)
-            partial = partial_file(cache)
+        if cache_dir is None:
+            return _latent_dataset(self._encode_images(data, batch_size, workers, progress),
+                                   data, folder)
+        cache = self._cache_file(cache_dir, data, folder if isinstance(data, ImageFolder)
+                                 else data.fingerprint())
+        kept = read_kept(cache, lambda path: load_file(str(path))["latents"])
+        if kept is not None:
+            return _latent_dataset(kept, data, folder)
+        if isinstance(data, ImageFolder):
+            latents, keys, spent = self._encode_folder(data, cache, batch_size, workers,
+                                                       progress, checkpoint_seconds)
+            with atomic_writer(cache) as tmp:
+                save_file({"latents": latents, "keys": keys}, str(tmp))
+            for partial in spent:
+                partial.unlink(missing_ok=True)
+        else:
+            latents = self._encode_images(data, batch_size, workers, progress,
+                                          partial_file(cache), checkpoint_seconds)
+            with atomic_writer(cache) as tmp:
+                save_file({"latents": latents}, str(tmp))
+            partial_file(cache).unlink(missing_ok=True)
+        return _latent_dataset(latents, data, folder)
+
+    def _encode_images(self, data: ImageDataset | ImageFolder, batch_size: int, workers: int,
+                       progress: bool, partial: Path | None = None,
+                       checkpoint_seconds: float = CHECKPOINT_SECONDS) -> torch.Tensor:
+        """Every image in order, continuing the latents ``partial`` holds (the first ones)."""
         latents, done = _resume(partial, len(data))
         if isinstance(data, ImageDataset):
             batches = (data.images[i:i + batch_size]  # as held; ``encode`` takes 8-bit pixels
@@ -162,6 +185,8 @@ class LatentSpace:
                               desc="encoding", initial=done // batch_size,
                               total=-(-len(data) // batch_size))
         for start, images in zip(starts, batches):
+            if isinstance(images, Unreadable):  # no cache to keep the rest in: stop here
+                raise images.errors[0]
             encoded = self.encode(images)
             if latents is None:  # filled in place: no second copy of the latents
                 latents = torch.empty(len(data), *encoded.shape[1:])
@@ -172,16 +197,96 @@ class LatentSpace:
                 with atomic_writer(partial) as tmp:
                     save_file({"latents": latents[:end].contiguous()}, str(tmp))
                 saved = time.monotonic()
-        if cache is not None:
-            with atomic_writer(cache) as tmp:
-                save_file({"latents": latents}, str(tmp))
-            partial.unlink(missing_ok=True)
-        return _latent_dataset(latents, data, folder)
+        return latents
+
+    def _encode_folder(self, folder: ImageFolder, cache: Path, batch_size: int, workers: int,
+                       progress: bool, checkpoint_seconds: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
+        """A folder's latents and file keys, and the unfinished encodes they used: latents
+        kept for its files (by this run before an interruption, or by an encode of an earlier
+        state of the folder) reused, the others encoded. Unreadable images are skipped, and
+        named together at the end, after the others' latents are kept (in
+        ``partial_file(cache)``) for the next run."""
+        keys = folder.file_keys()
+        latents, done, used = _kept_latents(cache, folder.name, self.fingerprint, keys)
+        todo = torch.nonzero(~done).flatten().tolist()
+        partial, saved, unreadable, position = partial_file(cache), time.monotonic(), [], 0
+        bar = progress_bar(total=len(keys), initial=int(done.sum()), enabled=progress,
+                           desc="encoding", unit="image")
+        for images in folder.batches(batch_size, workers, indices=todo):
+            rows = todo[position:position + len(images)]
+            position += len(rows)
+            bar.update(len(rows))
+            if isinstance(images, Unreadable):
+                images, rows, errors = folder.readable(rows)
+                unreadable += errors
+                if not rows:
+                    continue
+            encoded = self.encode(images)
+            if latents is None:  # filled in place: no second copy of the latents
+                latents = torch.zeros(len(keys), *encoded.shape[1:])
+            latents[rows], done[rows] = encoded, True
+            if time.monotonic() - saved >= checkpoint_seconds and position < len(todo):
+                _keep_partial(partial, latents, keys, done)
+                saved = time.monotonic()
+        bar.close()
+        if unreadable:
+            if latents is not None:
+                _keep_partial(partial, latents, keys, done)
+            raise all_unreadable(unreadable, len(keys), folder.root)
+        return latents, keys, [partial, *used]
 
 
 def partial_file(cache: Path) -> Path:
     """Where an unfinished encode keeps the latents it has done (next to the cache file)."""
     return cache.with_name(cache.name.replace(".safetensors", ".partial.safetensors"))
+
+
+def _keep_partial(partial: Path, latents: torch.Tensor, keys: torch.Tensor,
+                  done: torch.Tensor) -> None:
+    """The latents of a folder's encode so far, each row under its file's key (0: not yet)."""
+    with atomic_writer(partial) as tmp:
+        save_file({"latents": latents, "keys": torch.where(done, keys, 0)}, str(tmp))
+
+
+def _partials(cache: Path, name: str, vae: str) -> list[Path]:
+    """The unfinished encodes of folders named ``name`` with this VAE, this one's first."""
+    own = partial_file(cache)
+    others = cache.parent.glob(f"{glob.escape(name)}-*-{vae}.partial.safetensors")
+    return [own, *sorted(path for path in others if path != own)]
+
+
+def _kept_latents(cache: Path, name: str, vae: str, keys: torch.Tensor
+                  ) -> tuple[torch.Tensor | None, torch.Tensor, list[Path]]:
+    """The latents already made for the files ``keys`` name, wherever the cache keeps them
+    (this encode's partial; finished or unfinished encodes of an earlier state of a folder of
+    this name, with this VAE), which files they cover, and the unfinished encodes they came
+    from (spent once this one is finished)."""
+    latents, done, used = None, torch.zeros(len(keys), dtype=torch.bool), []
+    own = partial_file(cache)
+    finished = sorted(cache.parent.glob(f"{glob.escape(name)}-*-{vae}.safetensors"))
+    for path in [*_partials(cache, name, vae), *finished]:
+        if done.all():
+            break
+        stored = read_kept(path, lambda file: load_file(str(file)))
+        if stored is None:
+            continue
+        if "keys" in stored:
+            row_of = {key: row for row, key in enumerate(stored["keys"].tolist()) if key}
+        elif path == own:  # written before keys were kept: the first files, in order
+            row_of = dict(zip(keys[:len(stored["latents"])].tolist(), range(len(keys))))
+        else:
+            continue
+        wanted = [(i, row_of[key]) for i, key in enumerate(keys.tolist())
+                  if not done[i] and key in row_of]
+        if not wanted:
+            continue
+        if latents is None:
+            latents = torch.zeros(len(keys), *stored["latents"].shape[1:])
+        mine, theirs = (torch.tensor(column) for column in zip(*wanted))
+        latents[mine], done[mine] = stored["latents"][theirs], True
+        used += [path] if path.name.endswith(".partial.safetensors") else []
+    return latents, done, used
 
 
 def _resume(partial: Path | None, count: int) -> tuple[torch.Tensor | None, int]:
