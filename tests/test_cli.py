@@ -116,6 +116,15 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
 
     saved = np.load(tmp_path / "s.npz")
     assert saved["images"].shape == (2, 1, 8, 8) and saved["labels"].tolist() == [1, 2]
+    # N of each label listed, a row per class (--per-class was ignored with --labels)
+    assert main(["sample", "--model", str(out / "model"), "--labels", "1,2", "--per-class",
+                 "3", "--steps", "2", "--out", str(tmp_path / "rows.png"), "--npz",
+                 str(tmp_path / "rows.npz"), "--quiet", "--device", "cpu"]) == 0
+    assert np.load(tmp_path / "rows.npz")["labels"].tolist() == [1, 1, 1, 2, 2, 2]
+    from PIL import Image
+
+    with Image.open(tmp_path / "rows.png") as grid:
+        assert grid.width > 1.4 * grid.height  # 2 rows of 3
     capsys.readouterr()
     # settings out of range: one line that names them, before any work
     assert main(["sample", "--model", str(out / "model"), "--per-class", "0",
@@ -125,8 +134,6 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
     # the grid's suffix picks its format; one Pillow cannot write is refused before sampling
     assert main(["sample", "--model", str(out / "model"), "--labels", "1", "--steps", "2",
                  "--out", str(tmp_path / "g.jpg"), "--quiet", "--device", "cpu"]) == 0
-    from PIL import Image
-
     with Image.open(tmp_path / "g.jpg") as grid:
         assert grid.format == "JPEG"
     assert capsys.readouterr().out.strip() == f"1 sample -> {tmp_path / 'g.jpg'}"

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
             --vae ./sd-vae-ft-ema --sampler dopri5 --steps 250 --cfg 4 \\
             --reference-cfg --out sit-dog.png   # the SiT reference's ODE sampling
         entpruner sample --model dit-photos --labels coffee,rocket --out photos.png  # names
+        entpruner sample --model dit-photos --labels coffee,rocket --per-class 4 \\
+            --out two-rows.png                  # 4 of each, a row per class
         entpruner sample --model DiT-XL-2-256x256.pt --family dit --labels 207 \\
             --vae ./sd-vae-ft-ema --out dog.png         # latents decoded by the VAE
         entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # ONNX Runtime
@@ -39,8 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", help="comma-separated class ids or names (names for a model "
                    "trained on named classes: class folders, an .npz's class_names)")
     p.add_argument("--per-class", type=int, default=None,
-                   help="N images of every class (default: 4 when --labels is not given; a "
-                        "model fine-tuned on a subset of its classes samples those)")
+                   help="N images of every class (default 4; a model fine-tuned on a subset "
+                        "of its classes samples those), or with --labels of every label "
+                        "listed (default 1), each class on a row of the grid")
     common.sampler_options(p)
     p.add_argument("--cfg", type=float, default=1.0,
                    help="classifier-free guidance scale (1 = unguided)")
@@ -71,15 +74,13 @@ def run(args: argparse.Namespace) -> int:
     # an export of a latent model may carry its VAE decoder; --vae takes precedence
     vae = args.vae or (exported.decoder if exported is not None else None)
     decoder = decoder_for(model.config, vae, args.device)
-    if args.labels:
-        labels = resolve_labels(args.labels.split(","), model.config.num_classes,
-                                model.provenance.get("class_names", ()))
-    else:
-        per_class = 4 if args.per_class is None else args.per_class
-        if per_class < 1:
-            raise ValueError(f"--per-class {per_class}: at least 1 image of each class")
-        labels = [c for c in offered_classes(model.provenance, model.config.num_classes)
-                  for _ in range(per_class)]
+    per_class = args.per_class if args.per_class is not None else 1 if args.labels else 4
+    if per_class < 1:
+        raise ValueError(f"--per-class {per_class}: at least 1 image of each class")
+    classes = (resolve_labels(args.labels.split(","), model.config.num_classes,
+                              model.provenance.get("class_names", ()))
+               if args.labels else offered_classes(model.provenance, model.config.num_classes))
+    labels = [c for c in classes for _ in range(per_class)]
     objective = objective_of(model)
     objective = objective.with_sampler_settings(objective.check_sampler(args.sampler),
                                                 **common.sampler_settings(args))
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                     clip_denoised=True, progress=not args.quiet, objective=objective)
     if decoder is not None:
         images = decoder.decode(images, progress=not args.quiet)
-    rows = len(set(labels)) if not args.labels else None
+    # a row per class asked for N of each; labels listed one by one fill a square grid
+    rows = len(classes) if args.per_class is not None or not args.labels else None
     save_grid(images, args.out, rows=rows)
     if args.npz:
         np.savez(args.npz, images=images.numpy(), labels=np.array(labels))
