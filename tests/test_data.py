@@ -40,8 +40,10 @@ def test_unknown_bundled_options():
         load_data("digits", split="validation")
     with pytest.raises(DataError, match="8x8"):
         load_data("digits", image_size=16)
-    with pytest.raises(DataError, match="neither a bundled dataset"):
+    with pytest.raises(DataError, match=r"neither a bundled dataset .* folder$"):
         load_data("no-such-data")
+    with pytest.raises(DataError, match="nor an existing file or folder; did you mean digits?"):
+        load_data("digitz")
 
 
 def write_folder(root, sizes=((8, 8),), classes=("a", "b"), per_class=3, gray=False):

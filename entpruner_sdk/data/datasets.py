@@ -9,6 +9,7 @@ files, an ``.npz`` of uint8) in a quarter of the memory of floats, other pixels 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import os
@@ -465,8 +466,10 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         return _in_memory(data, num_classes, image_size)
     path = Path(data)
     if not path.exists():
+        close = difflib.get_close_matches(str(data), BUNDLED, n=1)
         raise DataError(f"data {str(data)!r} is neither a bundled dataset "
-                        f"({', '.join(BUNDLED)}) nor an existing file or folder")
+                        f"({', '.join(BUNDLED)}) nor an existing file or folder"
+                        + (f"; did you mean {close[0]}?" if close else ""))
     if path.is_dir():
         return load_data(ImageFolder(path, image_size, class_index))
     if path.suffix == ".npz":
