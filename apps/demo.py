@@ -6,7 +6,6 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from entpruner_sdk.apps.pair import (
-    DEFAULT_ORIGINAL,
     DEFAULT_PRUNED,
     ModelPair,
     ModelThread,
@@ -38,11 +37,12 @@ DEMO_CSS = """#original-gallery .grid-wrap, #pruned-gallery .grid-wrap {
   min-height: 0; max-height: none; overflow-y: visible; }"""
 
 
-def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
+def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                onnx: bool = False, data: str | None = None, vae: str | None = None,
                family: str | None = None, device: str | None = None) -> gr.Blocks:
     """The demo as a ``gr.Blocks`` app (call ``.launch(css=DEMO_CSS)`` on it, as ``launch``
-    does). ``vae``: the VAE folder that decodes latent models' samples (DiT-XL/2, SiT-XL/2);
+    does). ``original``: by default the model the pruned one was compressed from (``load_pair``).
+    ``vae``: the VAE folder that decodes latent models' samples (DiT-XL/2, SiT-XL/2);
     ``family``: for a released original checkpoint (by default the pruned model's);
     ``device``: where PyTorch samples and evaluates (by default CUDA when present, else the
     CPU)."""
@@ -120,7 +120,9 @@ def build_demo(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
             decisions = gr.Markdown(_decisions(pair))
         with gr.Accordion("Models", open=bool(pair.errors)):
             with gr.Row():
-                original_path = gr.Textbox(original, label="original (teacher name or path)")
+                original_path = gr.Textbox(pair.original_source or original,
+                                           label="original (teacher name or path; empty: "
+                                                 "the one the pruned model was made from)")
                 pruned_path = gr.Textbox(pruned, label="pruned (compress output or model)")
             load_button = gr.Button("Load", elem_id="load")
 
@@ -321,7 +323,7 @@ def _data_name(pair: ModelPair) -> str:
     return "digits" if pair.original.config.input_size == 8 else "photos"
 
 
-def launch(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED, *,
+def launch(original: str | None = None, pruned: str = DEFAULT_PRUNED, *,
            port: int = 7860, host: str = "127.0.0.1", onnx: bool = False,
            data: str | None = None, share: bool = False, block: bool = True,
            vae: str | None = None, family: str | None = None, device: str | None = None

@@ -26,6 +26,7 @@ from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward
 from entpruner_sdk.objectives import Objective
 from entpruner_sdk.sampling import objective_of, sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
+from entpruner_sdk.training import model_identity
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.timing import CallCounter
 
@@ -69,6 +70,7 @@ class ModelPair:
     report: dict[str, Any] | None = None
     report_dir: Path | None = None
     errors: list[str] = field(default_factory=list)
+    original_source: str | None = None  # the original's name or path, as it was loaded
     runtimes: dict[str, Any] = field(default_factory=dict)  # ONNX Runtime, when exported
     decoder: LatentSpace | None = None  # the VAE of latent models: both sides decode with it
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # PyTorch's side
@@ -105,11 +107,14 @@ class ModelPair:
         return [(f"{c} {names[c]}" if names else str(c), c) for c in self.classes]
 
 
-def load_pair(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
+def load_pair(original: str | None = None, pruned: str = DEFAULT_PRUNED,
               onnx: bool = False, vae: LatentSpace | str | None = None,
               family: str | None = None, device: str | torch.device | None = None
               ) -> ModelPair:
     """Open both models; problems become messages in ``errors`` instead of exceptions.
+    ``original``: a teacher name or path; by default the model the pruned one was compressed
+    from, as it records (``DEFAULT_ORIGINAL`` for one that does not). An original given that
+    is not the recorded one is noted among ``errors``.
     ``vae``: the VAE (or its folder) that decodes latent models' samples to images.
     ``family``: "dit" or "sit" for a released original checkpoint, whose keys do not say
     (by default the pruned model's family). ``device``: where PyTorch samples, decodes and
@@ -117,7 +122,7 @@ def load_pair(original: str = DEFAULT_ORIGINAL, pruned: str = DEFAULT_PRUNED,
     return ModelThread.run(_load_pair, original, pruned, onnx, vae, family, device)
 
 
-def _load_pair(original: str, pruned: str, onnx: bool,
+def _load_pair(original: str | None, pruned: str, onnx: bool,
                vae: LatentSpace | str | None = None, family: str | None = None,
                device: str | torch.device | None = None) -> ModelPair:
     pair = ModelPair(device=resolve_device(device))
@@ -136,10 +141,20 @@ def _load_pair(original: str, pruned: str, onnx: bool,
     made_from = pair.pruned.config if pair.pruned is not None else None
     family = family or (made_from.family if made_from else None)
     heads = made_from.num_heads if made_from else None
+    recorded = _recorded_original(pair.pruned)
+    chosen = original or recorded.get("source") or DEFAULT_ORIGINAL
+    pair.original_source = chosen
     try:
-        pair.original = resolve_model(original, family, num_heads=heads).eval()
+        pair.original = resolve_model(chosen, family, num_heads=heads).eval()
     except Exception as error:
-        pair.errors.append(f"Original model {original!r} could not be loaded: {error}")
+        told = "" if original else " (the model the pruned one records as its original)"
+        pair.errors.append(f"Original model {chosen!r}{told} could not be loaded: {error}")
+    if original and pair.original is not None and recorded.get("model") not in (
+            None, model_identity(pair.original)):
+        pair.errors.append(
+            f"Original model {original!r} is not the one the pruned model was compressed "
+            f"from ({recorded.get('source') or 'a model made in memory'}: "
+            f"{recorded['model']}); the comparison is with other weights.")
     if pruned_error:
         pair.errors.append(pruned_error)
     if report_dir is not None:
@@ -163,8 +178,16 @@ def _load_pair(original: str, pruned: str, onnx: bool,
     if pair.ready:
         _warm_up(pair)
         if onnx:
-            pair.runtimes = _onnx_runtimes(pair, original, model_path)
+            pair.runtimes = _onnx_runtimes(pair, chosen, model_path)
     return pair
+
+
+def _recorded_original(pruned: DiffusionTransformer | None) -> dict[str, Any]:
+    """What compress recorded of a pruned model's original (its source and weights), empty
+    for a model made before it did so, or not by compress."""
+    if pruned is None:
+        return {}
+    return pruned.provenance.get("compression", {}).get("original") or {}
 
 
 def _pruned_paths(spec: str) -> tuple[Path | None, Path | None]:

@@ -305,6 +305,25 @@ def test_info_says_how_a_compressed_model_was_made(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["compression"] == result.report["summary"]
 
 
+def test_a_compressed_model_records_its_original(tmp_path, capsys):
+    from entpruner_sdk.models.io import save
+    from entpruner_sdk.training import model_identity
+
+    teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=4)))
+    save(teacher, tmp_path / "teacher")
+    assert main(["compress", "--model", str(tmp_path / "teacher"), "--budget", "2", "--steps",
+                 "4", "--interval", "2", "--batch-size", "4", "--calibration-per-class", "2",
+                 "--calibration-times", "2", "--report-samples", "0", "--out",
+                 str(tmp_path / "run"), "--quiet", "--device", "cpu"]) == 0
+    made = ep.load(tmp_path / "run" / "model").provenance["compression"]["original"]
+    assert made == {"source": str((tmp_path / "teacher").resolve()),
+                    "model": model_identity(teacher)}
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "run" / "model")]) == 0
+    assert f"compressed from {made['source']} to keep 2 blocks by ced" in capsys.readouterr().out
+    assert ep.load_teacher("dit-digits").loaded_from == "dit-digits"  # a teacher, by name
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["info", "--model", str(tmp_path / "nope.pt"), "--family", "dit"]) == 2
     assert "nor an existing file or folder" in capsys.readouterr().err

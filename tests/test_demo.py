@@ -166,6 +166,28 @@ def test_a_released_original_takes_the_pruned_models_family_and_heads(tmp_path):
     assert "do not match (original vs pruned: family dit vs sit" in wrong.errors[0]
 
 
+def test_the_original_defaults_to_the_one_the_pruned_model_was_made_from(tmp_path):
+    teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=4)))
+    save(teacher, tmp_path / "teacher")
+    compress(str(tmp_path / "teacher"), "digits", 2, **FAST).save(tmp_path / "pruned")
+    pair = load_pair(None, str(tmp_path / "pruned"))
+    assert pair.ready and not pair.errors
+    assert pair.original_source == str((tmp_path / "teacher").resolve())
+    # another original of the same shape is compared, with a note that it is another model
+    save(randomized(DiffusionTransformer(tiny_config("dit", depth=4)), seed=1),
+         tmp_path / "other")
+    noted = load_pair(str(tmp_path / "other"), str(tmp_path / "pruned"))
+    assert noted.ready and len(noted.errors) == 1
+    assert noted.errors[0].startswith(f"Original model {str(tmp_path / 'other')!r} is not the "
+                                      "one the pruned model was compressed from")
+    # the recorded original moved away: said so
+    shutil.move(tmp_path / "teacher", tmp_path / "moved")
+    gone = load_pair(None, str(tmp_path / "pruned"))
+    assert not gone.ready
+    assert "(the model the pruned one records as its original) could not be loaded" in (
+        gone.errors[0])
+
+
 def test_the_quick_evaluation_finds_the_data_the_run_used(tmp_path):
     from entpruner_sdk.apps.demo import _data_name
     from entpruner_sdk.data import load_data, save_npz

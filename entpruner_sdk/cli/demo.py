@@ -14,14 +14,17 @@ def add_parser(sub) -> None:
     p = common.command(
         sub, "demo", "Gradio app: original vs pruned sampling, side by side.", """\
         entpruner demo          # dit-digits vs runs/quickstart/dit-digits-pruned (from quickstart)
-        entpruner demo --original sit-digits --pruned runs/quickstart/sit-digits-pruned
+        entpruner demo --pruned runs/quickstart/sit-digits-pruned   # vs sit-digits, its original
         entpruner demo --pruned runs/dit-d6 --onnx --port 7861   # adds ONNX Runtime
         entpruner demo --original DiT-XL-2-256x256.pt --pruned runs/xl-d14 \\
             --vae ./sd-vae-ft-ema --device cuda
         """)
     from entpruner_sdk.apps.pair import DEFAULT_ORIGINAL, DEFAULT_PRUNED
 
-    p.add_argument("--original", default=DEFAULT_ORIGINAL, help="teacher name or model path")
+    p.add_argument("--original",
+                   help="teacher name or model path (default: the model the pruned one was "
+                        f"compressed from, as it records; {DEFAULT_ORIGINAL} for one that "
+                        "does not)")
     p.add_argument("--pruned", default=DEFAULT_PRUNED,
                    help="a `compress` output folder (with report.json) or a model path")
     p.add_argument("--onnx", action="store_true",

@@ -123,8 +123,10 @@ def _print_compression(made: dict, report: dict) -> None:
 
     where = (f" on {report['data']} in {report['steps']} fine-tuning steps"
              if "data" in report and "steps" in report else "")
-    print(f"compressed to {made['budget']} by {made['importance']} ({made['schedule']})"
-          f"{where}; removed blocks {made['removed_blocks']}")
+    source = (made.get("original") or {}).get("source")  # runs before it did not record it
+    print(f"compressed{f' from {source}' if source else ''} to {made['budget']} by "
+          f"{made['importance']} ({made['schedule']}){where}; removed blocks "
+          f"{made['removed_blocks']}")
     latency = report.get("sampling_latency")
     if latency:
         print(f"sampling speedup {latency['speedup']:.2f}x{spread(latency)} on "

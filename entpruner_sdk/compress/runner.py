@@ -251,7 +251,10 @@ def compress(
     pruned.provenance["compression"] = {
         "importance": config.importance, "schedule": config.schedule.kind,
         "removed_blocks": sorted(set(teacher.kept_blocks) - set(pruned.kept_blocks)),
-        "budget": budget.describe()}
+        "budget": budget.describe(),
+        # what it was made from, so the demo can compare with it unasked: where it was read
+        # (None for a model made in memory) and its weights' hash
+        "original": {"source": model.loaded_from, "model": run.inputs["model"]}}
     record_data_classes(pruned, data)
     report = None
     if distributed.is_main():

@@ -107,6 +107,7 @@ def load(
             state, _require_family(family, path), num_heads=num_heads,
             provenance={"source": path.name, "source_sha256": file_sha256(path)},
         )
+    model.loaded_from = str(path.resolve())
     return model.to(device)
 
 

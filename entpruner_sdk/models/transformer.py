@@ -64,6 +64,9 @@ class DiffusionTransformer(nn.Module):
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels)
         self.provenance: dict[str, Any] = {"kept_blocks": list(range(config.depth))}
         self.provenance.update(provenance or {})
+        # where ``load`` read the model from (a bundled teacher's name or an absolute path), so
+        # a compress run can record its original; not saved with the model
+        self.loaded_from: str | None = None
         # a training setting, not part of the model: recompute each block's activations
         # during backward instead of holding them (``enable_gradient_checkpointing``)
         self.gradient_checkpointing = False

@@ -40,7 +40,9 @@ def load_teacher(name: str = "dit-digits", device: str | torch.device = "cpu"
             f"the bundled teacher {name} is missing from {path}; reinstall entpruner-sdk or "
             f"train it with the command in docs/teachers.md"
         )
-    return load(path, device=device)
+    teacher = load(path, device=device)
+    teacher.loaded_from = name  # by name: the same teacher on any machine
+    return teacher
 
 
 def resolve_model(spec: str, family: str | None = None, device: str | torch.device = "cpu",
