@@ -324,6 +324,32 @@ def test_a_compressed_model_records_its_original(tmp_path, capsys):
     assert ep.load_teacher("dit-digits").loaded_from == "dit-digits"  # a teacher, by name
 
 
+def test_a_full_disk_is_one_line_that_says_what_was_kept(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from entpruner_sdk.compress import runner
+
+    real, saves = runner.save_checkpoint, []
+
+    def disk_fills_up(directory, tensors, meta):
+        saves.append(meta["step"])
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+        real(directory, tensors, meta)
+
+    monkeypatch.setattr(runner, "save_checkpoint", disk_fills_up)
+    out = tmp_path / "run"
+    assert main(["compress", "--model", "dit-digits", "--budget", "10", "--steps", "6",
+                 "--interval", "2", "--batch-size", "4", "--calibration-per-class", "2",
+                 "--calibration-times", "2", "--checkpoint-every", "2", "--report-samples",
+                 "0", "--out", str(out), "--quiet", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"entpruner compress: error: [Errno 28] No space left on device: "
+                            f"'{out / 'checkpoint'}'; {out / 'checkpoint'} holds step "
+                            f"{saves[0]}: run the same command with --resume")
+    assert "Traceback" not in error
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["info", "--model", str(tmp_path / "nope.pt"), "--family", "dit"]) == 2
     assert "nor an existing file or folder" in capsys.readouterr().err

@@ -104,3 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         # stdout is gone; point it at devnull so the interpreter's final flush stays quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as error:  # a full disk, a lost mount: the system's words, and what was kept
+        kept = getattr(_MODULES[args.command], "interrupted", None)
+        print(f"entpruner {args.command}: error: {error}"
+              + (f"; {kept(args)}" if kept is not None else ""), file=sys.stderr)
+        return 2
