@@ -168,6 +168,25 @@ def test_class_folders_count_their_subfolders_and_refuse_to_be_empty(tmp_path):
         load_data(tmp_path)
 
 
+def test_data_of_another_size_is_refused_with_the_fix_for_its_kind(tmp_path):
+    from entpruner_sdk.data import from_arrays
+    from entpruner_sdk.data.datasets import check_fits
+    from tests.conftest import tiny_config
+
+    model = tiny_config(in_channels=3, input_size=8, num_classes=2)
+    write_folder(tmp_path / "big", sizes=((12, 12),))
+    folder = load_data(tmp_path / "big")
+    with pytest.raises(DataError, match=r"takes 3x8x8 inputs but big holds 3x12x12; scale and "
+                                        r"centre-crop the images to 8x8: --image-size 8"):
+        check_fits(model, folder)
+    arrays = from_arrays({"images": folder.images.numpy(), "labels": folder.labels.numpy()})
+    with pytest.raises(DataError, match="holds 3x12x12; resize the images to 8x8$"):
+        check_fits(model, arrays)
+    latents = ImageDataset(torch.zeros(2, 4, 8, 8), torch.tensor([0, 1]), 2, pixels=False)
+    with pytest.raises(DataError, match="these are VAE latents and the model takes images"):
+        check_fits(model, latents)
+
+
 def test_folder_images_are_scaled_and_centre_cropped(tmp_path):
     write_folder(tmp_path / "mixed", sizes=((8, 8), (16, 12), (9, 30)))
     data = load_data(tmp_path / "mixed", image_size=6)

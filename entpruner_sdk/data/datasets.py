@@ -233,11 +233,7 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
         raise DataError(
             f"the model takes {config.in_channels}x{config.input_size}x{config.input_size} "
             f"inputs but {data.name} holds {data.channels}x{data.image_size}x{data.image_size}; "
-            "use data of the model's size and channels (images for a latent model: pass its "
-            "VAE, --vae DIR on train and compress, which encode them first, or encode them "
-            "once with entpruner encode --vae DIR --data ... --out latents.npz; in Python "
-            "entpruner_sdk.data.latents.to_latents(images, vae))"
-        )
+            + _shape_fix(config, data))
     n = data.num_classes
     if n <= config.num_classes and not (exact_classes and n != config.num_classes):
         return
@@ -262,6 +258,26 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
     else:
         fix = f"{resize}, or, {keep}"
     raise DataError(f"{held} but the model has {config.num_classes}; {fix}")
+
+
+def _shape_fix(config: Any, data: ImageDataset) -> str:
+    """What to do about data of another shape than the model takes: crop a class folder's
+    images to the model's size, or encode images for a latent model."""
+    size = config.input_size
+    if data.pixels and config.in_channels in (1, 3) and data.channels in (1, 3):
+        source = (data.origin or {}).get("data")
+        folder = source is not None and Path(source).is_dir()
+        if data.channels == config.in_channels or data.channels == 1:
+            return (f"scale and centre-crop the images to {size}x{size}: --image-size {size} "
+                    f"(image_size={size}) for a class folder" if folder else
+                    f"resize the images to {size}x{size}")
+        return "the model takes gray images: convert them to one channel"
+    if not data.pixels and config.in_channels in (1, 3):
+        return "these are VAE latents and the model takes images: use the images themselves"
+    return ("use data of the model's size and channels (images for a latent model: pass its "
+            "VAE, --vae DIR on train and compress, which encode them first, or encode them "
+            "once with entpruner encode --vae DIR --data ... --out latents.npz; in Python "
+            "entpruner_sdk.data.latents.to_latents(images, vae))")
 
 
 def pixel_tensor(array: np.ndarray, source: str) -> torch.Tensor:
