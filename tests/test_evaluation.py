@@ -193,7 +193,7 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     wider = evaluate(randomized(DiffusionTransformer(tiny_config("sit", num_classes=12))),
                      small, samples=4, steps=2, features=("domain",), progress=False)
     assert wider.classes == list(range(10)) and "10 of the model's 12" in wider.notes[0]
-    with pytest.raises(DataError, match="model's size and channels"):
+    with pytest.raises(DataError, match="holds 3x8x8; the model takes gray images: convert"):
         evaluate(model, load_data("photos", image_size=8), samples=4, progress=False)
     # more classes in the data: the data is the wrong one, resizing is not the fix here
     with pytest.raises(DataError, match="has 10 classes but the model has 4; compare the model "
