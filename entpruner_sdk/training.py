@@ -33,11 +33,11 @@ from entpruner_sdk.objectives import NoisedBatch, Objective, objective_for
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.checkpoint import (
     check_same_run,
+    checkpoint_folder,
     discard_checkpoint,
     load_checkpoint,
     optimizer_tensors,
     prefixed,
-    refuse_to_overwrite,
     restore_optimizer,
     save_checkpoint,
     unprefixed,
@@ -248,11 +248,7 @@ def train(
     """
     config = config or TrainConfig()
     device = resolve_device(device)
-    ckpt_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
-    if resume and ckpt_dir is None:
-        raise ValueError("resume=True needs out_dir, where the checkpoint lives")
-    if not resume and ckpt_dir is not None:
-        refuse_to_overwrite(ckpt_dir)
+    ckpt_dir = checkpoint_folder(out_dir, resume)
     model = as_model(model)
     data = fit_channels(model.config, load_data(data))
     # equal class counts unless told otherwise: data with fewer classes is more likely new

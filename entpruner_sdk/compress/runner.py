@@ -52,11 +52,11 @@ from entpruner_sdk.training import (
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.checkpoint import (
     check_same_run,
+    checkpoint_folder,
     discard_checkpoint,
     load_checkpoint,
     optimizer_tensors,
     prefixed,
-    refuse_to_overwrite,
     restore_optimizer,
     save_checkpoint,
     unprefixed,
@@ -222,11 +222,7 @@ def compress(
     device = resolve_device(device)
     check_micro_batches(config.batch_size, config.gradient_accumulation,
                         distributed.world_size())
-    checkpoint_dir = Path(out_dir) / "checkpoint" if out_dir is not None else None
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs out_dir, where the checkpoint lives")
-    if not resume and checkpoint_dir is not None:
-        refuse_to_overwrite(checkpoint_dir)
+    checkpoint_dir = checkpoint_folder(out_dir, resume)
     report_vae = check_report_decoder(model, config, device) if config.report_samples else None
     check_report_likelihood(model, config)
     setup = prepare(model, data, budget, config, device)

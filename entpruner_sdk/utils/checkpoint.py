@@ -80,6 +80,20 @@ def saved_step(directory: str | os.PathLike) -> int | None:
     return None
 
 
+def checkpoint_folder(out_dir: str | os.PathLike | None, resume: bool) -> Path | None:
+    """``out_dir/checkpoint``, where a run keeps its checkpoints (None without ``out_dir``),
+    checked for how the run starts: a resume needs it, and a new run may not replace an
+    earlier run's (``refuse_to_overwrite``)."""
+    if out_dir is None:
+        if resume:
+            raise ValueError("resume=True needs out_dir, where the checkpoint lives")
+        return None
+    directory = Path(out_dir) / "checkpoint"
+    if not resume:
+        refuse_to_overwrite(directory)
+    return directory
+
+
 def refuse_to_overwrite(directory: str | os.PathLike) -> None:
     """Refuse to start a run whose checkpoints would replace an earlier run's in
     ``directory``: forgetting ``--resume`` after an interruption must not cost the hours of
