@@ -239,8 +239,10 @@ def train(
 
     With ``out_dir``, a checkpoint is written every ``checkpoint_every`` steps to
     ``out_dir/checkpoint`` and the final EMA model to ``out_dir/model``; ``resume=True``
-    continues from the checkpoint there; ``keep_checkpoint=False`` deletes it once the model
-    is saved.
+    continues from the checkpoint there, given the data and settings it was made with
+    (``RESUMABLE_SETTINGS`` may change: resume with more steps to train longer), and without it
+    a run whose ``out_dir`` holds a checkpoint is refused; ``keep_checkpoint=False`` deletes
+    it once the model is saved.
 
     ``data`` must have the model's class count (resize it with ``resize_classes``), unless
     ``keep_classes`` says its labels are the model's own class ids, a subset of its classes

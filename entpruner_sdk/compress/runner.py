@@ -207,9 +207,11 @@ def compress(
 
     ``out_dir`` receives the result (``model/`` and the report) and ``checkpoint/``, written at
     each removal, every ``checkpoint_every`` steps and at the end: ``resume=True`` continues an
-    interrupted run from it, or remakes a finished run's report. ``keep_checkpoint=False``
-    deletes it once the result is saved (it is about four times the pruned model's size), and
-    the run can no longer be resumed.
+    interrupted run from it, or remakes a finished run's report, given the model, data, budget
+    and settings it was made with (a difference is refused and named; ``RESUMABLE_SETTINGS``
+    may change). Without ``resume``, a run whose ``out_dir`` holds a checkpoint is refused.
+    ``keep_checkpoint=False`` deletes it once the result is saved (it is about four times the
+    pruned model's size), and the run can no longer be resumed.
 
     Under ``torch.distributed`` (torchrun, several processes) the run is data-parallel: every
     rank draws the same global batch and trains on its slice with DistributedDataParallel,
