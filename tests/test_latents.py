@@ -265,8 +265,9 @@ def test_train_and_compress_encode_images_for_a_latent_model_given_its_vae(
     assert load(tmp_path / "run" / "model").depth == 2
 
 
+@pytest.mark.parametrize("save_every", [0.0, 3600.0])  # after every batch; only at Ctrl-C
 def test_an_interrupted_encode_continues_where_it_stopped(tiny_vae_dir, tmp_path, capsys,
-                                                           monkeypatch):
+                                                           monkeypatch, save_every):
     folder = tmp_path / "images"
     for i in range(10):
         (folder / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
@@ -285,7 +286,7 @@ def test_an_interrupted_encode_continues_where_it_stopped(tiny_vae_dir, tmp_path
     out = tmp_path / "latents.npz"
     command = ["encode", "--vae", str(tiny_vae_dir), "--data", str(folder), "--out", str(out),
                "--workers", "0", "--batch-size", "3", "--quiet"]
-    monkeypatch.setattr(latents_module, "CHECKPOINT_SECONDS", 0.0)  # after every batch
+    monkeypatch.setattr(latents_module, "CHECKPOINT_SECONDS", save_every)
     assert main(command) == 130 and not out.exists()
     assert capsys.readouterr().err.strip() == (
         f"entpruner encode: interrupted; {out}.encoding holds 6 images' latents: run the same "

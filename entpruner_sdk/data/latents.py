@@ -213,22 +213,27 @@ class LatentSpace:
         partial, saved, unreadable, position = partial_file(cache), time.monotonic(), [], 0
         bar = progress_bar(total=len(keys), initial=int(done.sum()), enabled=progress,
                            desc="encoding", unit="image")
-        for images in folder.batches(batch_size, workers, indices=todo):
-            rows = todo[position:position + len(images)]
-            position += len(rows)
-            bar.update(len(rows))
-            if isinstance(images, Unreadable):
-                images, rows, errors = folder.readable(rows)
-                unreadable += errors
-                if not rows:
-                    continue
-            encoded = self.encode(images)
-            if latents is None:  # filled in place: no second copy of the latents
-                latents = torch.zeros(len(keys), *encoded.shape[1:])
-            latents[rows], done[rows] = encoded, True
-            if time.monotonic() - saved >= checkpoint_seconds and position < len(todo):
+        try:
+            for images in folder.batches(batch_size, workers, indices=todo):
+                rows = todo[position:position + len(images)]
+                position += len(rows)
+                bar.update(len(rows))
+                if isinstance(images, Unreadable):
+                    images, rows, errors = folder.readable(rows)
+                    unreadable += errors
+                    if not rows:
+                        continue
+                encoded = self.encode(images)
+                if latents is None:  # filled in place: no second copy of the latents
+                    latents = torch.zeros(len(keys), *encoded.shape[1:])
+                latents[rows], done[rows] = encoded, True  # a row counts once it is whole
+                if time.monotonic() - saved >= checkpoint_seconds and position < len(todo):
+                    _keep_partial(partial, latents, keys, done)
+                    saved = time.monotonic()
+        except KeyboardInterrupt:  # Ctrl-C: keep every latent made, not only the last save's
+            if latents is not None:
                 _keep_partial(partial, latents, keys, done)
-                saved = time.monotonic()
+            raise
         bar.close()
         if unreadable:
             if latents is not None:
