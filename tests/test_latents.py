@@ -340,6 +340,26 @@ def test_an_encode_names_every_bad_image_and_then_encodes_only_what_changed(
     assert not list(cache.glob("*.partial.safetensors"))  # spent, once finished
 
 
+def test_an_encode_continues_a_partial_from_before_keys_were_kept(tiny_vae_dir, tmp_path,
+                                                                  monkeypatch):
+    from safetensors.torch import save_file
+
+    folder, cache = tmp_path / "images", tmp_path / "cache"
+    photo_folder(folder)
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    whole = space.encode_dataset(ImageFolder(folder), batch_size=4, progress=False)
+    opened = ImageFolder(folder)
+    partial = latents_module.partial_file(space._cache_file(cache, opened, opened.fingerprint()))
+    cache.mkdir()
+    save_file({"latents": whole.images[:6].contiguous()}, str(partial))  # the first 6, as then
+    reads, read = [], ImageFolder.read
+    monkeypatch.setattr(ImageFolder, "read", lambda self, i: reads.append(i) or read(self, i))
+    resumed = space.encode_dataset(opened, cache, batch_size=4, progress=False)
+    assert sorted(reads) == list(range(6, len(whole)))
+    torch.testing.assert_close(resumed.images, whole.images)
+    assert not partial.exists()
+
+
 def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_path,
                                                            monkeypatch):
     from entpruner_sdk.compress import compress

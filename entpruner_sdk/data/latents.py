@@ -273,25 +273,36 @@ def _kept_latents(cache: Path, name: str, vae: str, keys: torch.Tensor
     for path in [*_partials(cache, name, vae), *finished]:
         if done.all():
             break
-        stored = read_kept(path, lambda file: load_file(str(file)))
-        if stored is None:
+        # the keys alone first: the latents are read only when some match
+        stored_keys = read_kept(path, lambda file: _row_keys(file, keys if file == own else None))
+        if stored_keys is None:
             continue
-        if "keys" in stored:
-            row_of = {key: row for row, key in enumerate(stored["keys"].tolist()) if key}
-        elif path == own:  # written before keys were kept: the first files, in order
-            row_of = dict(zip(keys[:len(stored["latents"])].tolist(), range(len(keys))))
-        else:
-            continue
+        row_of = {key: row for row, key in enumerate(stored_keys.tolist()) if key}
         wanted = [(i, row_of[key]) for i, key in enumerate(keys.tolist())
                   if not done[i] and key in row_of]
-        if not wanted:
+        stored = read_kept(path, lambda file: load_file(str(file))["latents"]) if wanted else None
+        if stored is None:
             continue
         if latents is None:
-            latents = torch.zeros(len(keys), *stored["latents"].shape[1:])
+            latents = torch.zeros(len(keys), *stored.shape[1:])
         mine, theirs = (torch.tensor(column) for column in zip(*wanted))
-        latents[mine], done[mine] = stored["latents"][theirs], True
+        latents[mine], done[mine] = stored[theirs], True
         used += [path] if path.name.endswith(".partial.safetensors") else []
     return latents, done, used
+
+
+def _row_keys(path: Path, own_keys: torch.Tensor | None) -> torch.Tensor | None:
+    """The file keys a latents file keeps its rows under, read without its latents. A partial
+    written before keys were kept holds this encode's first files in order: given their keys
+    (``own_keys``), those; None for any other file without keys."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as file:
+        if "keys" in file.keys():  # noqa: SIM118 (safe_open has no __contains__)
+            return file.get_tensor("keys")
+        if own_keys is not None:
+            return own_keys[:file.get_slice("latents").get_shape()[0]]
+    return None
 
 
 def _resume(partial: Path | None, count: int) -> tuple[torch.Tensor | None, int]:
