@@ -25,9 +25,10 @@ from entpruner_sdk.models import (
     count_parameters,
     forward_flops,
 )
-from entpruner_sdk.models.io import CheckpointError, load, save
+from entpruner_sdk.models.io import CheckpointError, save
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import load_teacher
+from entpruner_sdk.teachers import resolve_model as load  # a teacher's name or any model path
 from entpruner_sdk.training import TrainConfig, train
 
 __version__ = "0.1.0"

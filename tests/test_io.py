@@ -105,8 +105,12 @@ def test_corrupt_and_foreign_files_give_clear_errors(tmp_path, tiny_dit):
     torch.save({"conv1.weight": torch.zeros(3)}, foreign)
     with pytest.raises(ep.CheckpointError, match="not a DiT/SiT state dict"):
         ep.load(foreign, family="dit")
-    with pytest.raises(ep.CheckpointError, match="does not exist"):
+    with pytest.raises(ep.CheckpointError, match="nor an existing file or folder; pass a"):
         ep.load(tmp_path / "missing.pt", family="dit")
+    # a bundled teacher by name, as every verb takes it; a misspelt one is answered
+    assert ep.load("sit-digits").loaded_from == "sit-digits"
+    with pytest.raises(ep.CheckpointError, match="did you mean sit-digits?"):
+        ep.load("sit-digit")
     # a folder of ours that is not a model says what it is and what to pass
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "evaluation.json").write_text("{}")

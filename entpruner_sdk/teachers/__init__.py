@@ -45,11 +45,13 @@ def load_teacher(name: str = "dit-digits", device: str | torch.device = "cpu"
     return teacher
 
 
-def resolve_model(spec: str, family: str | None = None, device: str | torch.device = "cpu",
-                  num_heads: int | None = None) -> DiffusionTransformer:
-    """A bundled teacher name, or any path ``load`` accepts (a ``compress`` output folder
-    included). ``family`` and ``num_heads``: for released files, whose weights do not record
-    them."""
+def resolve_model(spec: str | os.PathLike, family: str | None = None,
+                  device: str | torch.device = "cpu", num_heads: int | None = None
+                  ) -> DiffusionTransformer:
+    """A bundled teacher name, or any path ``models.io.load`` accepts (a ``compress`` output
+    folder included): ``entpruner_sdk.load``. ``family`` and ``num_heads``: for released
+    files, whose weights do not record them."""
+    spec = os.fspath(spec)
     if spec in TEACHERS:
         return load_teacher(spec, device)
     if not Path(spec).exists():
