@@ -347,10 +347,9 @@ def _restore(directory, model, ema, optimizer, generator, config, inputs
             f"the checkpoint in {directory} is for {meta['model_config']}, not this model's "
             f"config; resume with the same model or start a new output directory"
         )
-    current = dataclasses.asdict(config)
-    saved = {**meta["train_config"], **{name: current[name] for name in RESUMABLE_SETTINGS}}
-    check_same_run(directory, {**meta.get("inputs", {}), "settings": saved},
-                   {**inputs, "settings": current})
+    check_same_run(directory, {**meta.get("inputs", {}), "settings": meta["train_config"]},
+                   {**inputs, "settings": dataclasses.asdict(config)},
+                   may_change=[f"settings.{name}" for name in RESUMABLE_SETTINGS])
     if meta["step"] > config.steps:
         raise ValueError(f"the checkpoint in {directory} is at step {meta['step']}, past "
                          f"steps={config.steps}; resume with at least {meta['step']} steps")

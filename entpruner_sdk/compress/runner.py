@@ -165,11 +165,10 @@ class _Run:
         # a setting added since the checkpoint was written counts as its default there
         defaults = jsonable({f.name: f.default for f in dataclasses.fields(self.config)
                              if f.default is not dataclasses.MISSING})
-        saved = {**defaults, **meta["config"]}
-        for name in RESUMABLE_SETTINGS:
-            saved[name] = current[name]
-        check_same_run(directory, {**meta.get("inputs", {}), "settings": saved},
-                       {**self.inputs, "settings": current})
+        check_same_run(directory, {**meta.get("inputs", {}),
+                                   "settings": {**defaults, **meta["config"]}},
+                       {**self.inputs, "settings": current},
+                       may_change=[f"settings.{name}" for name in RESUMABLE_SETTINGS])
         positions = [teacher.kept_blocks.index(b) for b in meta["kept_blocks"]]
         self.student = self._trainable(teacher.keep_blocks(positions))
         self.student.load_state_dict(unprefixed("student.", tensors))
@@ -230,14 +229,19 @@ def compress(
     setup = prepare(model, data, budget, config, device)
     config, budget, protected, data = setup.config, setup.budget, setup.protected, setup.data
     teacher, calibration = setup.teacher, setup.calibration
-    run = _Run(teacher, config, {"model": model_identity(model), "data": data_identity(data),
-                                 "budget": budget.describe()})
+    # the teacher's identity goes into the pruned model's provenance; the data is hashed only
+    # for a checkpoint, which a resume must match
+    inputs = {"model": model_identity(model), "budget": budget.describe()}
+    if checkpoint_dir is not None:
+        inputs["data"] = data_identity(data)
+    run = _Run(teacher, config, inputs)
     if resume:
         latency, target = run.restore(checkpoint_dir, teacher)
-        if target_depth(setup, latency) != target:  # a checkpoint too old to name its budget
+        asked = target_depth(setup, latency)
+        if asked != target:  # a checkpoint too old to name its budget
             raise ValueError(f"the checkpoint in {checkpoint_dir} prunes to {target} blocks, "
-                             f"the budget {budget.describe()!r} to "
-                             f"{target_depth(setup, latency)}; resume with its budget")
+                             f"the budget {budget.describe()!r} to {asked}; resume with its "
+                             "budget")
     else:
         latency = measure_latency(setup)
         target = target_depth(setup, latency)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +110,16 @@ def refuse_to_overwrite(directory: str | os.PathLike) -> None:
 
 
 def check_same_run(directory: str | os.PathLike, saved: dict[str, Any],
-                   current: dict[str, Any]) -> None:
+                   current: dict[str, Any], may_change: Iterable[str] = ()) -> None:
     """Refuse to resume from the checkpoint in ``directory`` when anything that decides the
     run's result (``current``: the model, data, budget, settings) differs from what it was
-    made with (``saved``), naming each difference. A name the checkpoint does not record (one
-    added since it was written) is not compared."""
+    made with (``saved``), naming each difference. ``may_change``: dotted names a resumed run
+    may set otherwise (``settings.steps``). A name the checkpoint does not record (one added
+    since it was written) is not compared."""
     then, now = _flat(saved), _flat(current)
     changed = [f"{name} was {_shown(then[name])}, now {_shown(now[name])}"
-               for name in now if name in then and then[name] != now[name]]
+               for name in now if name in then and then[name] != now[name]
+               and name not in set(may_change)]
     if changed:
         raise ValueError(
             f"the checkpoint in {directory} belongs to another run: {'; '.join(changed)}. "
