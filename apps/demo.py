@@ -9,6 +9,7 @@ from entpruner_sdk.apps.pair import (
     DEFAULT_PRUNED,
     ModelPair,
     ModelThread,
+    PairShelf,
     SideResult,
     default_sampling,
     generate_pair,
@@ -45,16 +46,22 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
     ``vae``: the VAE folder that decodes latent models' samples (DiT-XL/2, SiT-XL/2);
     ``family``: for a released original checkpoint (by default the pruned model's);
     ``device``: where PyTorch samples and evaluates (by default CUDA when present, else the
-    CPU)."""
+    CPU). ``data``: the quick evaluation's data for ``pruned``; another pruned model loaded
+    from the page evaluates on its own report's data. A viewer's Load changes only that
+    viewer's page."""
     import gradio as gr
 
-    state: dict[str, Any] = {"pair": load_pair(original, pruned, onnx, vae, family, device)}
-    pair: ModelPair = state["pair"]
+    shelf = PairShelf(lambda original, pruned: load_pair(original, pruned, onnx, vae, family,
+                                                         device))
+    launched = PairShelf.key(original, pruned)
+    pair = shelf.get(launched)
     sampling = default_sampling(pair.family)
     samplers = list(OBJECTIVES[pair.family].samplers)
     backends = list(BACKENDS) if pair.runtimes else ["PyTorch"]
 
     with gr.Blocks(title="entpruner: original vs pruned") as demo:
+        # this page's pair, by its key on the shelf: a new page starts with the launched one
+        shown = gr.State(launched)
         gr.Markdown("# entpruner: original vs pruned\n"
                     "Both models sample from the same noise (same seed). Timings are measured "
                     "on this machine, one side after the other.")
@@ -126,9 +133,9 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                 pruned_path = gr.Textbox(pruned, label="pruned (compress output or model)")
             load_button = gr.Button("Load", elem_id="load")
 
-        def on_generate(label, seed, count, sampler, steps, cfg, backend, *values):
-            pair = state["pair"]
+        def on_generate(key, label, seed, count, sampler, steps, cfg, backend, *values):
             try:
+                pair = shelf.get(tuple(key))
                 chosen = (governed_settings(objective_for(pair.original), sampler,
                                             dict(zip(SETTING_NAMES, values)))
                           if pair.ready else {})
@@ -145,35 +152,41 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                     _timing(right), _speedup(left, right, pair.family, sampler, int(steps),
                                              backend, chosen))
 
-        button.click(on_generate, [label, seed, count, sampler, steps, cfg, backend, *settings],
+        button.click(on_generate,
+                     [shown, label, seed, count, sampler, steps, cfg, backend, *settings],
                      [original_gallery, original_timing, pruned_gallery, pruned_timing,
                       speedup], api_name="generate")
 
         # Gradio finds the progress tracker through this default argument.
-        def on_evaluate(samples, progress=gr.Progress()):  # noqa: B008
+        def on_evaluate(key, samples, progress=gr.Progress()):  # noqa: B008
+            key = tuple(key)
             try:
-                return _quick_evaluation(state["pair"], int(samples), data, progress)
+                return _quick_evaluation(shelf.get(key), int(samples),
+                                         data if key[1] == launched[1] else None, progress)
             except Exception as error:
                 raise gr.Error(str(error)) from None
 
-        evaluate_button.click(on_evaluate, [samples], [evaluation], api_name="evaluate")
+        evaluate_button.click(on_evaluate, [shown, samples], [evaluation],
+                              api_name="evaluate")
 
         def on_load(original, pruned):
-            state["pair"] = new = load_pair(original, pruned, onnx, vae, family, device)
+            key = PairShelf.key(original, pruned)
+            new = shelf.get(key, reload=True)
             classes = new.class_choices or [("0", 0)]
             # another family brings its own samplers and defaults
             defaults = default_sampling(new.family)
-            return (_status(new), _report_figures(new), structure_facts(new),
+            return (key, _status(new), _report_figures(new), structure_facts(new),
                     _plot(new, "importance.png"), _plot(new, "loss.png"), _decisions(new),
                     gr.Dropdown(choices=classes, value=classes[0][1]),
                     gr.Dropdown(choices=list(OBJECTIVES[new.family].samplers),
                                 value=defaults["sampler"]),
                     defaults["steps"], defaults["cfg_scale"],
-                    gr.Accordion(visible=new.family == "sit"))
+                    gr.Accordion(visible=new.family == "sit"),
+                    new.original_source or original)  # empty: shows the recorded one
 
         load_button.click(on_load, [original_path, pruned_path],
-                          [status, report_figures, facts, importance_plot, timeline_plot,
-                           decisions, label, sampler, steps, cfg, sit_settings],
+                          [shown, status, report_figures, facts, importance_plot, timeline_plot,
+                           decisions, label, sampler, steps, cfg, sit_settings, original_path],
                           api_name="load")
     return demo
 
@@ -211,9 +224,11 @@ def _speedup(original: SideResult, pruned: SideResult, family: str, sampler: str
 def _status(pair: ModelPair) -> str:
     if pair.errors:
         return "\n\n".join(f"**Problem:** {error}" for error in pair.errors)
+    # named, since each viewer may load another pair from the page
     a, b = pair.original, pair.pruned
-    return (f"Loaded: original {a.family.upper()} with {a.depth} blocks, pruned with "
-            f"{b.depth} blocks (kept {b.kept_blocks}); PyTorch runs on {pair.device}.")
+    return (f"Loaded: original {a.family.upper()} with {a.depth} blocks "
+            f"(`{pair.original_source}`), pruned with {b.depth} blocks, kept {b.kept_blocks} "
+            f"(`{pair.pruned_source}`); PyTorch runs on {pair.device}.")
 
 
 def _report_figures(pair: ModelPair) -> str:

@@ -8,7 +8,9 @@ slower.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,6 +73,7 @@ class ModelPair:
     report_dir: Path | None = None
     errors: list[str] = field(default_factory=list)
     original_source: str | None = None  # the original's name or path, as it was loaded
+    pruned_source: str | None = None  # the pruned model's folder or path, as it was given
     runtimes: dict[str, Any] = field(default_factory=dict)  # ONNX Runtime, when exported
     decoder: LatentSpace | None = None  # the VAE of latent models: both sides decode with it
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # PyTorch's side
@@ -122,10 +125,50 @@ def load_pair(original: str | None = None, pruned: str = DEFAULT_PRUNED,
     return ModelThread.run(_load_pair, original, pruned, onnx, vae, family, device)
 
 
+PairKey = tuple[str, str]  # (original as given, "" for the recorded one; pruned)
+
+
+class PairShelf:
+    """The pairs a demo has loaded, shared by its viewers and keyed by what each was loaded
+    from. Each viewer's page holds its own key, so one viewer's Load never changes the models
+    behind another viewer's page. Beyond ``capacity`` pairs the least recently used one is
+    dropped (a pair of XL/2 models holds GBs of weights) and loaded again when a page that
+    still shows it asks for it."""
+
+    def __init__(self, load: Callable[[str | None, str], ModelPair], capacity: int = 2):
+        if capacity < 1:
+            raise ValueError(f"a demo keeps at least one pair loaded, not {capacity}")
+        self._load, self._capacity = load, capacity
+        self._pairs: OrderedDict[PairKey, ModelPair] = OrderedDict()
+        self._lock = threading.Lock()  # the UI framework calls from a pool of threads
+
+    @staticmethod
+    def key(original: str | None, pruned: str) -> PairKey:
+        """The key of the pair loaded from ``original`` (None or "": the recorded one) and
+        ``pruned``."""
+        return (str(original or ""), str(pruned))
+
+    def get(self, key: PairKey, reload: bool = False) -> ModelPair:
+        """The pair under ``key``, loaded when it is not kept (or, with ``reload``, in any
+        case: a model compressed again into the same folder is read afresh)."""
+        with self._lock:
+            pair = None if reload else self._pairs.get(key)
+            if pair is None:
+                pair = self._load(key[0] or None, key[1])
+            self._pairs[key] = pair
+            self._pairs.move_to_end(key)
+            while len(self._pairs) > self._capacity:
+                self._pairs.popitem(last=False)
+            return pair
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+
 def _load_pair(original: str | None, pruned: str, onnx: bool,
                vae: LatentSpace | str | None = None, family: str | None = None,
                device: str | torch.device | None = None) -> ModelPair:
-    pair = ModelPair(device=resolve_device(device))
+    pair = ModelPair(device=resolve_device(device), pruned_source=str(pruned))
     model_path, report_dir = _pruned_paths(pruned)
     pruned_error = None
     if model_path is None:

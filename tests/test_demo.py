@@ -299,7 +299,8 @@ def test_browser_end_to_end(running_demo):
             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(running_demo, wait_until="networkidle")
+            # not "networkidle": a page with session state keeps a heartbeat request open
+            page.goto(running_demo, wait_until="load")
             page.get_by_text("Loaded: original").wait_for(timeout=30_000)
             page.locator("#generate").click()
             for side in ("original", "pruned"):
@@ -407,6 +408,56 @@ def test_api_takes_the_sit_sampler_settings(sit_models, models):
         demo.close()
 
 
+def test_each_viewer_keeps_the_pair_its_page_shows(models, sit_models):
+    """One viewer's Load changed the models behind every open page (and behind pages opened
+    later, which still showed the launched pair): a DiT page then sampled a SiT pair."""
+    from gradio_client import Client
+
+    from entpruner_sdk.apps.demo import launch
+
+    port = free_port()
+    demo = launch(*models, port=port, block=False)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        presenter, viewer = Client(url, verbose=False), Client(url, verbose=False)
+        status, *_ = presenter.predict(*sit_models, api_name="/load")
+        assert status.startswith("Loaded: original SIT")
+        assert f"(`{sit_models[0]}`)" in status and f"(`{sit_models[1]}`)" in status
+        *_, speedup = presenter.predict(1, 0, 1, "heun", 3, 2.0, "PyTorch",
+                                        api_name="/generate")
+        assert speedup.endswith("3 steps)")
+        # the viewer's page, and one opened after the load, still sample the DiT pair
+        for client in (viewer, Client(url, verbose=False)):
+            original, *_, speedup = client.predict(1, 0, 1, "ddim", 3, 2.0, "PyTorch",
+                                                   api_name="/generate")
+            assert len(original) == 1 and speedup.endswith("3 steps)")
+            with pytest.raises(Exception, match="heun"):  # not among the DiT pair's samplers
+                client.predict(1, 0, 1, "heun", 3, 2.0, "PyTorch", api_name="/generate")
+    finally:
+        demo.close()
+
+
+def test_the_shelf_keeps_its_capacity_and_loads_a_dropped_pair_again():
+    from entpruner_sdk.apps.pair import ModelPair, PairShelf
+
+    loads = []
+
+    def load(original, pruned):
+        loads.append((original, pruned))
+        return ModelPair(original_source=original)
+
+    shelf = PairShelf(load, capacity=2)
+    first = shelf.get(PairShelf.key(None, "a"))
+    assert shelf.get(("", "a")) is first and loads == [(None, "a")]
+    shelf.get(PairShelf.key("t", "b"))
+    shelf.get(PairShelf.key("t", "c"))  # drops ("", "a"), the least recently used
+    assert len(shelf) == 2 and shelf.get(("", "a")) is not first
+    assert loads[-1] == (None, "a") and len(loads) == 4
+    assert shelf.get(("t", "c"), reload=True) is not None and len(loads) == 5
+    with pytest.raises(ValueError, match="at least one pair"):
+        PairShelf(load, capacity=0)
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium "
                     "(apt-get install -y chromium)")
 def test_browser_shows_an_unstable_sit_setting_and_why(sit_models):
@@ -426,7 +477,7 @@ def test_browser_shows_an_unstable_sit_setting_and_why(sit_models):
                 "--disable-quic"])
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+                page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
                 page.get_by_text("Loaded: original SIT").wait_for(timeout=30_000)
                 page.get_by_text("SiT sampler settings").click()
                 assert page.get_by_label("last step size (SDE)").input_value() == "0.04"
