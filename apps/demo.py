@@ -29,7 +29,10 @@ BACKENDS = ("PyTorch", "ONNX Runtime")
 # the demo's SiT sampler fields, in their order on the page and in the API
 SETTING_NAMES = ("diffusion_form", "diffusion_norm", "last_step", "last_step_size", "atol",
                  "rtol")
-DISPLAY_SIZE = 96  # small images are upscaled (nearest) so they stay visible
+# small images are upscaled (nearest, by a whole factor) so they stay visible; larger ones,
+# such as DiT-XL/2's 256 x 256, are shown at their own size, since shrinking them would hide
+# the very differences the page is for
+DISPLAY_SIZE = 96
 # lossless: Gradio's default (WebP) is lossy, and would blur the very samples being compared
 GALLERY_FORMAT = "png"
 # Gradio gives a gallery at least 450 px of height (55% of the window at most), so four
@@ -194,8 +197,12 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
 def _pictures(images) -> list:
     from PIL import Image
 
-    return [to_picture(image).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST)
-            for image in images]
+    pictures = [to_picture(image) for image in images]
+    factor = max(1, DISPLAY_SIZE // max(images.shape[-2:]))
+    if factor == 1:
+        return pictures
+    return [picture.resize((picture.width * factor, picture.height * factor),
+                           Image.Resampling.NEAREST) for picture in pictures]
 
 
 def _timing(side: SideResult) -> str:

@@ -269,6 +269,7 @@ def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
     # the galleries show the samples themselves, losslessly: Gradio's default WebP would blur
     # the differences the page is for
     from entpruner_sdk.apps.demo import _pictures
+    from entpruner_sdk.sampling import to_picture
 
     left, right = generate_pair(load_pair(*models), 2, seed=7, count=3, sampler="ddim",
                                 steps=5, cfg_scale=2.0)
@@ -277,6 +278,13 @@ def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
         for item, picture in zip(shown, _pictures(side.images), strict=True):
             assert np.array_equal(np.asarray(Image.open(item["image"])), np.asarray(picture))
     assert "images/s" in o_timing and "images/s" in p_timing and "speedup" in speedup
+    # 8 x 8 digits are upscaled by a whole factor, and a 256 x 256 image (DiT-XL/2's) is
+    # shown at its own size: shrunk to the small images' size it lost most of its pixels
+    assert Image.open(original[0]["image"]).size == (96, 96)
+    large = torch.rand(1, 3, 256, 256) * 2 - 1
+    assert _pictures(large)[0].size == (256, 256)
+    assert np.array_equal(np.asarray(_pictures(large)[0]),
+                          np.asarray(to_picture(large[0])))
     assert o_timing.endswith(", 5 model calls") and p_timing.endswith(", 5 model calls")
     with pytest.raises(Exception, match="12 is not in the list of choices"):
         client.predict(12, 0, 1, "ddim", 2, 1.0, "PyTorch", api_name="/generate")
