@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from entpruner_sdk.apps.pair import (
@@ -43,7 +44,8 @@ DEMO_CSS = """#original-gallery .grid-wrap, #pruned-gallery .grid-wrap {
 
 def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                onnx: bool = False, data: str | None = None, vae: str | None = None,
-               family: str | None = None, device: str | None = None) -> gr.Blocks:
+               family: str | None = None, device: str | None = None,
+               notify: Callable[[str], None] | None = None) -> gr.Blocks:
     """The demo as a ``gr.Blocks`` app (call ``.launch(css=DEMO_CSS)`` on it, as ``launch``
     does). ``original``: by default the model the pruned one was compressed from (``load_pair``).
     ``vae``: the VAE folder that decodes latent models' samples (DiT-XL/2, SiT-XL/2);
@@ -51,13 +53,21 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
     ``device``: where PyTorch samples and evaluates (by default CUDA when present, else the
     CPU). ``data``: the quick evaluation's data for ``pruned``; another pruned model loaded
     from the page evaluates on its own report's data. A viewer's Load changes only that
-    viewer's page."""
+    viewer's page. ``notify``, when given, is told what the start is doing and each problem
+    the page will show (those begin with "problem: "), for a console that would otherwise
+    only say that the server runs."""
     import gradio as gr
+
+    notify = notify or (lambda message: None)
+    notify(f"loading {pruned} and {original or 'the original it records'}"
+           + (", and exporting both to ONNX (the first time; kept in the cache)" if onnx else ""))
 
     shelf = PairShelf(lambda original, pruned: load_pair(original, pruned, onnx, vae, family,
                                                          device))
     launched = PairShelf.key(original, pruned)
     pair = shelf.get(launched)
+    for error in pair.errors:  # the page starts all the same: another pair can be loaded there
+        notify(f"problem: {error}")
     sampling = default_sampling(pair.family)
     samplers = list(OBJECTIVES[pair.family].samplers)
     backends = list(BACKENDS) if pair.runtimes else ["PyTorch"]
@@ -348,11 +358,11 @@ def _data_name(pair: ModelPair) -> str:
 def launch(original: str | None = None, pruned: str = DEFAULT_PRUNED, *,
            port: int = 7860, host: str = "127.0.0.1", onnx: bool = False,
            data: str | None = None, share: bool = False, block: bool = True,
-           vae: str | None = None, family: str | None = None, device: str | None = None
-           ) -> gr.Blocks:
+           vae: str | None = None, family: str | None = None, device: str | None = None,
+           notify: Callable[[str], None] | None = None) -> gr.Blocks:
     """Build and start the demo server on ``host:port``; ``block=False`` returns at once
-    with the app running (``.close()`` stops it)."""
-    demo = build_demo(original, pruned, onnx, data, vae, family, device)
+    with the app running (``.close()`` stops it). ``notify``: as for :func:`build_demo`."""
+    demo = build_demo(original, pruned, onnx, data, vae, family, device, notify)
     demo.queue(default_concurrency_limit=1)  # one model thread; requests take turns
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                 show_error=True, css=DEMO_CSS)

@@ -445,6 +445,35 @@ def test_each_viewer_keeps_the_pair_its_page_shows(models, sit_models):
         demo.close()
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_command_says_what_it_loads_and_each_problem_the_page_shows(tmp_path, quiet):
+    """A console said only that the server ran, while the page held a problem."""
+    import subprocess
+    import sys
+    import threading
+
+    port = free_port()
+    command = [sys.executable, "-m", "entpruner_sdk", "demo", "--pruned",
+               str(tmp_path / "nowhere"), "--port", str(port)] + (["--quiet"] if quiet else [])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines, deadline = [], threading.Timer(120, process.kill)  # a hung start ends the read
+    deadline.start()
+    try:
+        for line in process.stdout:  # until the server runs; the problems come before
+            lines.append(line)
+            if "Running on" in line:
+                break
+    finally:
+        deadline.cancel()
+        process.kill()
+        process.wait()
+    said = "".join(lines)
+    assert "Running on local URL" in said
+    assert f"entpruner demo: problem: No pruned model at '{tmp_path / 'nowhere'}'" in said
+    assert ("entpruner demo: loading" in said) is not quiet
+
+
 def test_the_shelf_keeps_its_capacity_and_loads_a_dropped_pair_again():
     from entpruner_sdk.apps.pair import ModelPair, PairShelf
 

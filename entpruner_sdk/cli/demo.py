@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
     if args.pruned == DEFAULT_PRUNED and not Path(DEFAULT_PRUNED).exists():
         print(f"note: no pruned model at {DEFAULT_PRUNED}; make it with:\n  {MAKE_PRUNED}\n"
               "(the demo starts anyway and shows this in the page)", file=sys.stderr)
+    def notify(message: str) -> None:  # --quiet keeps the problems, which the page shows too
+        if not args.quiet or message.startswith("problem: "):
+            print(f"entpruner demo: {message}", file=sys.stderr)
+
     launch(args.original, args.pruned, port=args.port, host=args.host, onnx=args.onnx,
-           data=args.data, vae=args.vae, family=args.family, device=args.device)
+           data=args.data, vae=args.vae, family=args.family, device=args.device,
+           notify=notify)
     return 0
