@@ -59,6 +59,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", samples: int = 300,
                    compress_steps: int = 500, seed: int = 0,
                    device: str | torch.device | None = None, progress: bool = True
                    ) -> list[Row]:
+    """The main job on the bundled digits: compress each bundled teacher to half its depth,
+    evaluate teacher and pruned model on the same noise, and return a row per model."""
     device = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +104,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", samples: int = 300,
 
 
 def print_summary(rows: list[Row], real_accuracy: float, samples: int, out: Path) -> None:
+    """Print the quickstart's rows as a table, with the real test images' class accuracy."""
     from rich.console import Console
     from rich.table import Table
 

@@ -73,6 +73,7 @@ def class_ids(labels: Sequence[int | str] | torch.Tensor, num_classes: int,
 
 
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Refuse a class label outside ``0..num_classes - 1``, naming it."""
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         raise ValueError(

@@ -85,4 +85,5 @@ def example_inputs(model: DiffusionTransformer, batch: int = 2, guided: bool = F
 
 
 def input_names(guided: bool) -> list[str]:
+    """The exported graph's inputs: with in-graph guidance, the cfg scale too."""
     return ["x", "t", "y", "cfg_scale"] if guided else ["x", "t", "y"]

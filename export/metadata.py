@@ -81,6 +81,7 @@ def config_and_objective(metadata: dict[str, Any]) -> tuple[TransformerConfig, O
 
 
 def dumps(metadata: dict[str, Any]) -> str:
+    """The metadata as JSON with sorted keys, so equal metadata gives equal bytes."""
     return json.dumps(metadata, sort_keys=True)
 
 

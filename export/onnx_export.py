@@ -37,6 +37,7 @@ EXTERNAL_DATA_BYTES = 1 << 30
 
 
 def require_onnx():
+    """The ``onnx`` module, or an ImportError naming the extra to install."""
     try:
         import onnx
     except ImportError as error:

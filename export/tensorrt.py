@@ -27,6 +27,7 @@ INPUTS = ("x", "t", "y")
 
 
 def require_tensorrt():
+    """The ``tensorrt`` module, or an error that says what is missing: a GPU or the package."""
     if not torch.cuda.is_available():
         raise RuntimeError("TensorRT needs an NVIDIA GPU with CUDA; none is visible here. "
                            "Use --format onnx or aoti on this machine.")
@@ -41,6 +42,7 @@ def require_tensorrt():
 
 
 def require_torch_tensorrt():
+    """The ``torch_tensorrt`` module, or an error that says what is missing."""
     require_tensorrt()
     try:
         import torch_tensorrt
@@ -53,6 +55,7 @@ def require_torch_tensorrt():
 
 
 def input_shapes(config, batch: int) -> dict[str, tuple[int, ...]]:
+    """The denoiser's input shapes at ``batch`` images."""
     return {"x": (batch, config.in_channels, config.input_size, config.input_size),
             "t": (batch,), "y": (batch,)}
 

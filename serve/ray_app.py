@@ -10,6 +10,7 @@ from entpruner_sdk.serve.settings import ServerSettings
 
 
 def require_ray():
+    """Ray and Ray Serve, or an ImportError naming the extra to install."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
@@ -38,6 +39,9 @@ def build_deployment(loader, settings: ServerSettings, replicas: int):
 
 def run_ray(loader, settings: ServerSettings, *, host: str, port: int, replicas: int,
             blocking: bool = True, num_cpus: int | None = None):
+    """Run the server as a Ray Serve deployment of ``replicas`` on ``host:port`` (in a
+    running Ray cluster, or a local one started here); ``blocking`` serves until Ctrl-C, else
+    the deployment's handle is returned at once."""
     ray, serve = require_ray()
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True,

@@ -38,6 +38,7 @@ def run_options(p: argparse.ArgumentParser) -> None:
 
 
 def distributed_option(p: argparse.ArgumentParser, does: str) -> None:
+    """--distributed: run ``does`` over torchrun's processes."""
     p.add_argument("--distributed", action="store_true",
                    help=f"{does} over the processes torchrun started (automatic when torchrun "
                         "sets WORLD_SIZE > 1)")
@@ -128,6 +129,7 @@ def open_export(path: str, provider: str):
 
 
 def heads_option(p: argparse.ArgumentParser) -> None:
+    """--num-heads, for a released checkpoint of a width the published table lacks."""
     p.add_argument("--num-heads", type=int,
                    help="attention heads of a released checkpoint whose width is not a "
                         "published size (weights do not record it; default: the published "
@@ -136,12 +138,14 @@ def heads_option(p: argparse.ArgumentParser) -> None:
 
 def vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model's samples to "
                 "images", required: bool = False) -> None:
+    """--vae DIR: the diffusers VAE folder of a latent model; the help says what it ``does``."""
     p.add_argument("--vae", metavar="DIR", required=required,
                    help="local diffusers AutoencoderKL folder (sd-vae-ft-ema for DiT-XL/2 and "
                         f"SiT-XL/2): it {does}")
 
 
 def workers_option(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--workers: the reader processes that read and crop a folder's images."""
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="processes that read and crop a folder's images while the VAE encodes "
                         "(default: %(default)s; 0 reads them in this process)" + note)
@@ -160,6 +164,7 @@ def folder_options(p: argparse.ArgumentParser, note: str = "") -> None:
 
 
 def hflip_option(p: argparse.ArgumentParser) -> None:
+    """--hflip: mirror training images at random, as DiT's and SiT's training does."""
     p.add_argument("--hflip", action="store_true",
                    help="mirror each training image left-right with probability 1/2, as DiT's "
                         "and SiT's training does: for photos and their latents, not for "

@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
 
 
 def model_summary(model) -> dict:
+    """A model's family, config, size and provenance as plain data (``info --json``)."""
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.models import count_parameters, forward_flops
 

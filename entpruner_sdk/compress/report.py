@@ -42,6 +42,8 @@ def sampling_latency(original: DiffusionTransformer, pruned: DiffusionTransforme
 
 def build_report(teacher, pruned, data, config, budget, decisions, losses, latency, protected,
                  device, wall_seconds: float, evaluate_samples: int = 0) -> dict[str, Any]:
+    """The report of one compress run as plain data: ``summary`` (sizes before and after, removed
+    blocks, costs, quality), the decision log with each decision's scores, and the losses."""
     removed = sorted(set(teacher.kept_blocks) - set(pruned.kept_blocks))
     importance_s = sum(d.importance_seconds for d in decisions)
     proxy_s = sum(d.proxy_seconds for d in decisions)
@@ -76,6 +78,8 @@ def build_report(teacher, pruned, data, config, budget, decisions, losses, laten
 
 
 def write_report(report: dict[str, Any], directory: Path) -> None:
+    """Write ``report.json``, ``report.md`` and the two plots into ``directory``; the texts
+    atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(directory / "report.md", to_markdown(report))
@@ -137,6 +141,8 @@ def _speedup_note(s: dict[str, Any]) -> list[str]:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: sizes before and after, kept blocks, costs, quality and the
+    decision log."""
     s = report["summary"]
     lines = [
         f"# Compression report: {s['family'].upper()} on {s['data']}", "",
@@ -214,6 +220,7 @@ def _figure():
 
 
 def plot_losses(report: dict[str, Any], path: Path) -> None:
+    """The training loss over the steps (smoothed), with each removal marked, as a PNG."""
     plt = _figure()
     losses = report["losses"]
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -235,6 +242,7 @@ def plot_losses(report: dict[str, Any], path: Path) -> None:
 
 
 def plot_scores(report: dict[str, Any], path: Path) -> None:
+    """Each block's score at the first decision, the removed blocks in red, as a PNG."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     if report["decisions"]:

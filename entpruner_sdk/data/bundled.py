@@ -23,6 +23,8 @@ PHOTO_CLASSES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field"
 
 
 def load_bundled(name: str, split: str = "train", image_size: int | None = None) -> ImageDataset:
+    """A bundled dataset (``digits`` or ``photos``) by name and split; ``image_size`` resizes
+    the photos (the digits are 8 x 8 only)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if name == "digits":

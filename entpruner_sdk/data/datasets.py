@@ -66,10 +66,12 @@ class ImageDataset(Dataset):
 
     @property
     def channels(self) -> int:
+        """Channels per image (3 for RGB, 4 for SD-VAE latents)."""
         return self.images.shape[1]
 
     @property
     def image_size(self) -> int:
+        """Side of the square images, in pixels or latent cells."""
         return self.images.shape[-1]
 
     @property
@@ -109,6 +111,7 @@ class ImageDataset(Dataset):
         return replace(self, images=self.images.expand(-1, 3, -1, -1))
 
     def subset(self, indices: Iterable[int]) -> ImageDataset:
+        """The images at ``indices`` (a copy), with the same classes and name."""
         index = torch.as_tensor(list(indices), dtype=torch.long)
         return ImageDataset(self.images[index], self.labels[index], self.num_classes,
                             self.name, list(self.class_names), self.pixels)

@@ -194,6 +194,7 @@ class ImageFolder(Dataset):
 
     @property
     def channels(self) -> int:
+        """Always 3: every image is read as RGB."""
         return 3
 
     @property
@@ -207,6 +208,7 @@ class ImageFolder(Dataset):
 
     @property
     def image_size(self) -> int:
+        """The crop size, or the first image's side when the folder is not cropped."""
         return self.crop_size or self._first_size[0]
 
     def read(self, index: int) -> np.ndarray:
@@ -367,10 +369,12 @@ class FolderSubset:
 
     @property
     def named(self) -> bool:
+        """Whether the classes have names of their own, as ``ImageDataset.named``."""
         return self.class_names != default_names(self.num_classes)
 
     @property
     def classes_present(self) -> list[int]:
+        """The class ids that have at least one image, ascending."""
         return torch.unique(self.labels).tolist()
 
     def subset(self, indices: Sequence[int]) -> FolderSubset:

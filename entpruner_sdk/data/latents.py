@@ -87,6 +87,7 @@ class LatentSpace:
 
     @property
     def latent_channels(self) -> int:
+        """Channels of the VAE's latents (4 for SD-VAE)."""
         return int(self.vae.config.latent_channels)
 
     def image_shape(self, config) -> tuple[int, int, int]:
@@ -373,6 +374,7 @@ def to_latents(data: ImageDataset | ImageFolder, vae: LatentSpace | str | os.Pat
 
 
 def check_latents(latents: torch.Tensor, vae: torch.nn.Module) -> None:
+    """Refuse latents that are not ``[N, C, H, W]`` with the VAE's latent channels."""
     expected = getattr(getattr(vae, "config", None), "latent_channels", None)
     if latents.dim() != 4 or (expected is not None and latents.shape[1] != expected):
         raise DataError(f"the VAE decodes [N, {expected}, H, W] latents, got shape "

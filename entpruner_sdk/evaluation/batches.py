@@ -64,6 +64,7 @@ class SampleBatches:
         return samples
 
     def save(self, index: int, samples: torch.Tensor) -> None:
+        """Keep batch ``index``'s samples on disk, atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
         with atomic_writer(self._path(index)) as tmp:
             save_file({"samples": samples.detach().contiguous().cpu()}, str(tmp))

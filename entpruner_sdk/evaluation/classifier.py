@@ -61,6 +61,8 @@ class DomainClassifier(nn.Module):
         self.head = nn.Linear(2 * width, num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (FD-domain's space); larger images are first shrunk to
+        ``MAX_SIZE``."""
         if max(images.shape[-2:]) > MAX_SIZE:
             images = F.interpolate(images, size=(MAX_SIZE, MAX_SIZE), mode="area")
         return self.body(images)
@@ -97,6 +99,7 @@ def train_classifier(data: ImageDataset, steps: int = 600, batch_size: int = 128
 @torch.no_grad()
 def predict(model: DomainClassifier, images: torch.Tensor, batch_size: int = 512
             ) -> torch.Tensor:
+    """The domain classifier's class for each image (in [-1, 1] or 8-bit), a batch at a time."""
     batch_size = batch_for(images, batch_size)
     return torch.cat([model(unit_range(images[i:i + batch_size])).argmax(1)
                       for i in range(0, len(images), batch_size)])

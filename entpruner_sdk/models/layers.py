@@ -96,6 +96,7 @@ class LabelEmbedder(nn.Module):
 
     @property
     def null_class(self) -> int:
+        """The extra label that stands for no class (classifier-free guidance)."""
         return self.num_classes
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:

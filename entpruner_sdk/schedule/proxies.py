@@ -94,6 +94,7 @@ class LatencyModel:
         return cls(max(times["one"] - per_block, 0.0), per_block)
 
     def speedup(self, depth_from: int, depth_to: int) -> float:
+        """Predicted speedup of a forward at ``depth_to`` blocks over one at ``depth_from``."""
         return self(depth_from) / self(depth_to)
 
 

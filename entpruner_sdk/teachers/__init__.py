@@ -26,6 +26,7 @@ ROOT = Path(__file__).parent
 
 
 def teacher_path(name: str) -> Path:
+    """The folder of the bundled teacher ``name``; refuses an unknown name, listing the teachers."""
     if name not in TEACHERS:
         raise ValueError(f"unknown teacher {name!r}; bundled teachers: {', '.join(TEACHERS)}")
     return ROOT / name

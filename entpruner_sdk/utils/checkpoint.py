@@ -53,6 +53,8 @@ def discard_checkpoint(directory: str | os.PathLike) -> None:
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint folder's tensors and metadata; after a crash between the two renames of a
+    save, the complete previous checkpoint kept aside."""
     directory = Path(directory)
     if not (directory / META).exists():
         # A crash between the two renames leaves the complete previous state in ".old".
@@ -155,6 +157,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim."
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                       param_groups: list[dict[str, Any]], prefix: str = "optim.") -> None:
+    """Load an optimizer's state from the checkpoint tensors saved under ``prefix``."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix):
@@ -164,8 +167,10 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors with ``prefix`` before each name, for one flat checkpoint file."""
     return {f"{prefix}{k}": v for k, v in tensors.items()}
 
 
 def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors saved under ``prefix``, with it taken off their names."""
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -19,14 +19,17 @@ T = TypeVar("T")
 
 
 def is_distributed() -> bool:
+    """Whether this process is one of several in a process group."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
+    """This process's rank (0 in a single process)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """The number of processes (1 in a single process)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
@@ -36,6 +39,7 @@ def is_main() -> bool:
 
 
 def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -103,6 +107,7 @@ def gather_objects(value: Any) -> list[Any]:
 
 
 def barrier() -> None:
+    """Wait for every process (nothing in a single process)."""
     if is_distributed():
         dist.barrier()
 

@@ -122,11 +122,13 @@ def atomic_directory(path: str | os.PathLike, *, staging: Path | None = None,
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one."""
     with atomic_writer(path) as tmp:
         tmp.write_text(text)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one."""
     with atomic_writer(path) as tmp:
         tmp.write_bytes(data)
 

@@ -12,6 +12,7 @@ T = TypeVar("T")
 
 
 def quiet() -> bool:
+    """Whether ``ENTPRUNER_QUIET`` silences every progress bar."""
     return os.environ.get("ENTPRUNER_QUIET", "") not in ("", "0")
 
 

@@ -19,6 +19,7 @@ def _synchronize() -> None:
 
 
 def time_once(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes, with the GPU's queued work waited for on both sides."""
     _synchronize()
     start = time.perf_counter()
     fn()
