@@ -18,6 +18,7 @@ import torch
 
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.export.parity import ParityCheck, check_decoder_parity, require_parity
+from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.io import file_sha256
 from entpruner_sdk.utils.cache import cache_root, read_kept
 from entpruner_sdk.utils.files import atomic_directory, atomic_write_text
@@ -26,8 +27,8 @@ DECODER_FILE = "vae_decoder.onnx"
 CHECKS_FILE = "parity.json"
 
 
-def write_decoder(space: LatentSpace, config, directory: Path, *, opset: int, exporter: str,
-                  verify: bool = True) -> list[ParityCheck]:
+def write_decoder(space: LatentSpace, config: TransformerConfig, directory: Path, *,
+                  opset: int, exporter: str, verify: bool = True) -> list[ParityCheck]:
     """Put the decoder for ``config``'s latents in ``directory`` (``vae_decoder.onnx`` and
     any external data beside it) and return its parity checks: from the cache when this
     decoder was exported and checked before, else exported and, with ``verify``, checked and

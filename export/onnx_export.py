@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -27,6 +28,7 @@ from entpruner_sdk.export.graphs import (
     input_names,
 )
 from entpruner_sdk.export.metadata import METADATA_KEY, dumps, export_metadata
+from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_writer
 
@@ -36,7 +38,7 @@ EXPORTERS = ("dynamo", "torchscript")
 EXTERNAL_DATA_BYTES = 1 << 30
 
 
-def require_onnx():
+def require_onnx() -> ModuleType:
     """The ``onnx`` module, or an ImportError naming the extra to install."""
     try:
         import onnx
@@ -69,7 +71,7 @@ def export_onnx(
                           input_names(guided), Path(path), metadata, opset, exporter)
 
 
-def export_vae_decoder(space: LatentSpace, config, path: str | os.PathLike, *,
+def export_vae_decoder(space: LatentSpace, config: TransformerConfig, path: str | os.PathLike, *,
                        opset: int = OPSET, exporter: str = "dynamo") -> Path:
     """Export the VAE decoder of a latent model (``config``): scaled latents [N, C, h, w] ->
     images [N, 3, H, W] in [-1, 1], fp32, dynamic batch, with its metadata (scale, shapes and

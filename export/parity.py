@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
+from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.export.graphs import GuidedDenoiser, example_inputs, example_latents
 from entpruner_sdk.export.runtime import ExportedDenoiser
+from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
 # Relative error allowed per precision: max |export - torch| / max |torch|.
@@ -72,7 +75,8 @@ def check_parity(model: DiffusionTransformer, runtime: ExportedDenoiser,
 
 
 @torch.no_grad()
-def check_decoder_parity(space, decoder, config, batches: tuple[int, ...] = (1, 3),
+def check_decoder_parity(space: LatentSpace, decoder: Any, config: TransformerConfig,
+                         batches: tuple[int, ...] = (1, 3),
                          seed: int = 0) -> list[ParityCheck]:
     """Compare an exported VAE decoder with the PyTorch VAE (``space``, a ``LatentSpace``)
     on random latents; both run in fp32."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 from entpruner_sdk.export.runtime import ExportedDenoiser
+from entpruner_sdk.models.config import TransformerConfig
+from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_write_bytes, atomic_write_text
 
 # Engines are built strongly typed from an ONNX already in the target precision (TensorRT 11
@@ -26,7 +29,7 @@ PRECISIONS = ("fp32", "fp16")
 INPUTS = ("x", "t", "y")
 
 
-def require_tensorrt():
+def require_tensorrt() -> ModuleType:
     """The ``tensorrt`` module, or an error that says what is missing: a GPU or the package."""
     if not torch.cuda.is_available():
         raise RuntimeError("TensorRT needs an NVIDIA GPU with CUDA; none is visible here. "
@@ -41,7 +44,7 @@ def require_tensorrt():
     return tensorrt
 
 
-def require_torch_tensorrt():
+def require_torch_tensorrt() -> ModuleType:
     """The ``torch_tensorrt`` module, or an error that says what is missing."""
     require_tensorrt()
     try:
@@ -54,13 +57,14 @@ def require_torch_tensorrt():
     return torch_tensorrt
 
 
-def input_shapes(config, batch: int) -> dict[str, tuple[int, ...]]:
+def input_shapes(config: TransformerConfig, batch: int) -> dict[str, tuple[int, ...]]:
     """The denoiser's input shapes at ``batch`` images."""
     return {"x": (batch, config.in_channels, config.input_size, config.input_size),
             "t": (batch,), "y": (batch,)}
 
 
-def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, config,
+def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
+                 config: TransformerConfig,
                  metadata: dict[str, Any], *, batch: tuple[int, int, int] = (1, 8, 32),
                  precision: str = "fp16", timing_cache: str | os.PathLike | None = None,
                  workspace_gib: float = 4.0) -> Path:
@@ -146,7 +150,8 @@ class TensorRTDenoiser(ExportedDenoiser):
         return out.to(x.device)
 
 
-def compile_torch_tensorrt(model, path: str | os.PathLike, *, batch=(1, 8, 32),
+def compile_torch_tensorrt(model: DiffusionTransformer, path: str | os.PathLike, *,
+                           batch: tuple[int, int, int] = (1, 8, 32),
                            precision: str = "fp16") -> Path:
     """``torch.export`` the denoiser in ``precision`` (fp32 inputs and outputs, cast inside),
     compile it with Torch-TensorRT following those types, and save the program."""

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import os
 import time
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from entpruner_sdk.serve.settings import ServerSettings
 
+if TYPE_CHECKING:  # the app needs FastAPI, imported when a deployment is built
+    from entpruner_sdk.serve.app import ModelLoader
 
-def require_ray():
+
+def require_ray() -> tuple[ModuleType, ModuleType]:
     """Ray and Ray Serve, or an ImportError naming the extra to install."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
@@ -21,7 +26,7 @@ def require_ray():
     return ray, serve
 
 
-def build_deployment(loader, settings: ServerSettings, replicas: int):
+def build_deployment(loader: ModelLoader, settings: ServerSettings, replicas: int) -> Any:
     """A bound Ray Serve application of ``replicas`` copies of the entpruner app."""
     _, serve = require_ray()
     from entpruner_sdk.serve.app import create_app
@@ -37,8 +42,8 @@ def build_deployment(loader, settings: ServerSettings, replicas: int):
     return EntprunerReplica.bind()
 
 
-def run_ray(loader, settings: ServerSettings, *, host: str, port: int, replicas: int,
-            blocking: bool = True, num_cpus: int | None = None):
+def run_ray(loader: ModelLoader, settings: ServerSettings, *, host: str, port: int, replicas: int,
+            blocking: bool = True, num_cpus: int | None = None) -> Any:
     """Run the server as a Ray Serve deployment of ``replicas`` on ``host:port`` (in a
     running Ray cluster, or a local one started here); ``blocking`` serves until Ctrl-C, else
     the deployment's handle is returned at once."""

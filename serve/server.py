@@ -6,8 +6,13 @@ import ipaddress
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from entpruner_sdk.serve.settings import ServerSettings
+
+if TYPE_CHECKING:  # FastAPI and the models are imported when the server starts
+    from entpruner_sdk.serve.app import ModelLoader
+    from entpruner_sdk.serve.models import ServedModel
 
 
 def parse_model_specs(specs: list[str]) -> dict[str, str]:
@@ -30,12 +35,12 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
 
 def model_loader(specs: dict[str, str], backend: str, device: str | None = None,
                  provider: str | None = None, vae: str | None = None,
-                 family: str | None = None, num_heads: int | None = None):
+                 family: str | None = None, num_heads: int | None = None) -> ModelLoader:
     """A function that opens every model (run at startup, in whichever process serves);
     ``vae``: the folder of the VAE that decodes the latent models' samples (opened once);
     ``family`` and ``num_heads``: for released checkpoints, whose weights do not say."""
 
-    def load():
+    def load() -> dict[str, ServedModel]:
         from entpruner_sdk.data.latents import LatentSpace
         from entpruner_sdk.serve.models import load_served_model
 
@@ -88,7 +93,7 @@ def serve_ray(specs: dict[str, str], *, backend: str = "torch", host: str = "127
               port: int = 8000, replicas: int = 2, settings: ServerSettings | None = None,
               device: str | None = None, provider: str | None = None,
               blocking: bool = True, vae: str | None = None, family: str | None = None,
-              num_heads: int | None = None):
+              num_heads: int | None = None) -> Any:
     """The same app as a Ray Serve deployment with ``replicas`` replicas (each loads the
     models and batches its own requests). Joins the running Ray cluster, or starts a local
     one."""

@@ -9,7 +9,7 @@ from entpruner_sdk.cli import common
 from entpruner_sdk.utils.cache import cache_root, cache_usage, clear_cache
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``cache`` subcommand: list the cache's parts, or ``--clear`` one or all."""
     p = common.command(
         sub, "cache", "List or clear the entpruner cache: domain classifiers, reference "

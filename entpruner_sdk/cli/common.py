@@ -7,8 +7,15 @@ import argparse
 import os
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # the command modules import the layers lazily
+    from entpruner_sdk.data import ImageDataset
+    from entpruner_sdk.data.folder import ImageFolder
+    from entpruner_sdk.models import TransformerConfig
+    from entpruner_sdk.sampling import RuntimeDenoiser
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -24,7 +31,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)".lstrip()
 
 
-def command(sub, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+def command(sub: argparse._SubParsersAction, name: str, help_text: str, examples: str
+            ) -> argparse.ArgumentParser:
     """A command's parser, its description followed by its examples."""
     return sub.add_parser(name, help=help_text, description=help_text,
                           formatter_class=HelpFormatter,
@@ -121,7 +129,7 @@ def provider_option(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
 
 
-def open_export(path: str, provider: str):
+def open_export(path: str, provider: str) -> RuntimeDenoiser | None:
     """An export directory opened with its runtime, or None for anything else."""
     from entpruner_sdk.export import is_export_dir, load_exported
 
@@ -184,7 +192,7 @@ def classes_options(p: argparse.ArgumentParser, note: str = "") -> None:
                             "embedder; sampling and evaluation use the classes the data holds")
 
 
-def read_data(args: argparse.Namespace, stream: bool = False):
+def read_data(args: argparse.Namespace, stream: bool = False) -> ImageDataset | ImageFolder:
     """The --data of a command, read with --image-size and --class-index; ``stream``: a folder
     as an ``ImageFolder``, which reads its images when they are used."""
     from entpruner_sdk.data import load_data
@@ -194,8 +202,9 @@ def read_data(args: argparse.Namespace, stream: bool = False):
                                                 class_index=args.class_index)
 
 
-def training_data(args: argparse.Namespace, latent: bool, config=None,
-                   device: str | torch.device | None = None):
+def training_data(args: argparse.Namespace, latent: bool,
+                  config: TransformerConfig | None = None,
+                  device: str | torch.device | None = None) -> ImageDataset:
     """The --data of train or compress; with --vae, images for a latent model are encoded
     first, a folder streamed, into the entpruner cache (by content and VAE: a second run or
     --resume reads the latents back, and an interrupted encode continues). ``config``: the

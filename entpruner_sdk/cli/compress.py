@@ -13,7 +13,7 @@ from entpruner_sdk.importance.entropy import ESTIMATORS
 from entpruner_sdk.schedule import SCHEDULES
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``compress`` subcommand: model, data, budget and every ``CompressConfig`` option."""
     p = common.command(
         sub, "compress", "Prune whole blocks guided by CED while fine-tuning on your "

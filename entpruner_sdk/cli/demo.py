@@ -9,7 +9,7 @@ from pathlib import Path
 from entpruner_sdk.cli import common
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``demo`` subcommand: the two models, the address, the device and the export option."""
     p = common.command(
         sub, "demo", "Gradio app: original vs pruned sampling, side by side.", """\

@@ -9,7 +9,7 @@ from pathlib import Path
 from entpruner_sdk.cli import common
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``encode`` subcommand: the VAE, the images, the output and the readers."""
     p = common.command(
         sub, "encode", "Encode images to VAE latents: the data for a latent model "

@@ -11,7 +11,7 @@ from entpruner_sdk.evaluation.batches import IN_PROGRESS
 from entpruner_sdk.evaluation.reference import REFERENCE_SIZE
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``evaluate`` subcommand: the model, its reference data, the sampler and the feature
     spaces."""
     p = common.command(

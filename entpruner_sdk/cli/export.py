@@ -7,7 +7,7 @@ import argparse
 from entpruner_sdk.cli import common
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``export`` subcommand: the model, the format, the batch profile and the checks."""
     p = common.command(
         sub, "export", "Export a model for deployment (ONNX, AOTInductor, TensorRT).",

@@ -6,13 +6,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from entpruner_sdk.cli import common
 
+if TYPE_CHECKING:  # imported when the command runs
+    from entpruner_sdk.models import DiffusionTransformer
 
-def add_parser(sub) -> None:
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``info`` subcommand: the model or export to describe, and ``--json``."""
     p = common.command(
         sub, "info", "Describe a model or an export: config, parameters, FLOPs, "
@@ -31,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def model_summary(model) -> dict:
+def model_summary(model: DiffusionTransformer) -> dict:
     """A model's family, config, size and provenance as plain data (``info --json``)."""
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.models import count_parameters, forward_flops

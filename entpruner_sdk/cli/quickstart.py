@@ -7,7 +7,7 @@ import argparse
 from entpruner_sdk.cli import common
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``quickstart`` subcommand: the output folder, sample count, compress steps and seed."""
     p = common.command(
         sub, "quickstart", "The main job on bundled data: sample the bundled teachers, "

@@ -7,7 +7,7 @@ import argparse
 from entpruner_sdk.cli import common
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``sample`` subcommand: the model, the classes, the sampler and the output grid."""
     p = common.command(
         sub, "sample", "Sample class-conditional images and save an image grid (PNG, JPEG).",

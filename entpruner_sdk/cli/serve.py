@@ -8,7 +8,7 @@ import os
 from entpruner_sdk.cli import common
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``serve`` subcommand: the named models, the address and the batching options."""
     p = common.command(
         sub, "serve", "Serve models over HTTP (FastAPI, micro-batching, metrics).", """\

@@ -11,7 +11,7 @@ import torch
 from entpruner_sdk.cli import common
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``train`` subcommand: a new model's shape or a model to fine-tune, the data and the
     training settings."""
     p = common.command(

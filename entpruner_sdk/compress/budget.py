@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from entpruner_sdk.models.transformer import DiffusionTransformer, forward_flops
+from entpruner_sdk.schedule import LatencyModel
 
 
 class BudgetError(ValueError):
@@ -80,7 +81,7 @@ def _unreadable(value: object) -> str:
 
 
 def resolve_depth(budget: Budget, model: DiffusionTransformer, protected_count: int,
-                  latency=None) -> int:
+                  latency: LatencyModel | None = None) -> int:
     """The depth to prune to; raises ``BudgetError`` with the feasible range if impossible.
 
     ``latency``: a ``LatencyModel`` (needed for speedup budgets).

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,13 @@ from entpruner_sdk.models.transformer import DiffusionTransformer, count_paramet
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 from entpruner_sdk.utils.timing import interleaved_times
+
+if TYPE_CHECKING:  # the runner imports this module, and these from it
+    from entpruner_sdk.compress.budget import Budget
+    from entpruner_sdk.compress.config import CompressConfig
+    from entpruner_sdk.compress.decide import Decision
+    from entpruner_sdk.data import ImageDataset
+    from entpruner_sdk.schedule import LatencyModel
 
 
 def sampling_latency(original: DiffusionTransformer, pruned: DiffusionTransformer,
@@ -40,8 +47,11 @@ def sampling_latency(original: DiffusionTransformer, pruned: DiffusionTransforme
             "rounds": repeats, "speedup_range": [min(rounds), max(rounds)]}
 
 
-def build_report(teacher, pruned, data, config, budget, decisions, losses, latency, protected,
-                 device, wall_seconds: float, evaluate_samples: int = 0) -> dict[str, Any]:
+def build_report(teacher: DiffusionTransformer, pruned: DiffusionTransformer,
+                 data: ImageDataset, config: CompressConfig, budget: Budget,
+                 decisions: list[Decision], losses: list[float], latency: LatencyModel,
+                 protected: list[int], device: torch.device, wall_seconds: float
+                 ) -> dict[str, Any]:
     """The report of one compress run as plain data: ``summary`` (sizes before and after, removed
     blocks, costs, quality), the decision log with each decision's scores, and the losses."""
     removed = sorted(set(teacher.kept_blocks) - set(pruned.kept_blocks))

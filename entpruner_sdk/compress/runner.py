@@ -33,6 +33,7 @@ from entpruner_sdk.compress.setup import (
     scored_calibration,
     target_depth,
 )
+from entpruner_sdk.data import ImageDataset
 from entpruner_sdk.importance import BlockScores, CalibrationSet, Importance
 from entpruner_sdk.models.io import load, save
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -379,7 +380,8 @@ def _report(run: _Run, teacher: DiffusionTransformer, pruned: DiffusionTransform
     return report
 
 
-def quality_figures(teacher, pruned, data, config: CompressConfig, device,
+def quality_figures(teacher: DiffusionTransformer, pruned: DiffusionTransformer,
+                    data: ImageDataset, config: CompressConfig, device: torch.device,
                     progress: bool = False, vae: Any = None,
                     out_dir: str | Path | None = None) -> dict[str, Any]:
     """One evaluation of the pruned model beside its teacher on identical noise (the

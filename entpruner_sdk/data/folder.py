@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from entpruner_sdk.data.classes import default_names
 from entpruner_sdk.data.datasets import DataError, ImageDataset, unit_range
+
+if TYPE_CHECKING:  # Pillow is imported where images are read
+    import PIL.Image
 
 
 class UnreadableImage(DataError):
@@ -45,7 +48,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 PARALLEL_FROM = 256
 
 
-def center_crop(image, size: int):
+def center_crop(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     """``image`` (PIL) scaled so its short side is ``size``, then the centred square cut out:
     the preprocessing of the DiT and ADM reference training code, so fine-tuning data looks
     like what the released models saw (halve with a box filter while the short side is at
@@ -79,7 +82,7 @@ def class_images(folder: Path) -> list[Path]:
     return sorted(files)
 
 
-def to_rgb(image, file: Path):
+def to_rgb(image: PIL.Image.Image, file: Path) -> PIL.Image.Image:
     """``image`` (PIL) as 8-bit RGB. 16-bit grayscale (PNG, TIFF) is scaled to 8 bits: PIL's
     own conversion clips it at 255, which would turn most of the picture white."""
     from PIL import Image

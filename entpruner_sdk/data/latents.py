@@ -12,7 +12,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,6 +23,14 @@ from entpruner_sdk.utils.cache import read_kept
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_writer
 from entpruner_sdk.utils.progress import progress_bar
+
+
+class ModelInputs(Protocol):
+    """What this layer reads of a model's config (a ``TransformerConfig``: data sits below
+    the models' layer, so it names only the two fields)."""
+
+    in_channels: int
+    input_size: int
 
 SD_VAE_SCALE = 0.18215
 CHECKPOINT_SECONDS = 60.0  # how often a cached encode saves the latents done so far
@@ -90,7 +98,7 @@ class LatentSpace:
         """Channels of the VAE's latents (4 for SD-VAE)."""
         return int(self.vae.config.latent_channels)
 
-    def image_shape(self, config) -> tuple[int, int, int]:
+    def image_shape(self, config: ModelInputs) -> tuple[int, int, int]:
         """(channels, height, width) of the images this VAE decodes a model's samples to."""
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return (self.vae.config.out_channels, config.input_size * factor,
@@ -317,13 +325,13 @@ def _resume(partial: Path | None, count: int) -> tuple[torch.Tensor | None, int]
     return latents, len(done)
 
 
-def is_latent(config) -> bool:
+def is_latent(config: ModelInputs) -> bool:
     """A model config whose inputs are VAE latents: any channel count but 1 or 3 (released
     DiT and SiT models take 4). Their samples need a VAE to become images."""
     return config.in_channels not in (1, 3)
 
 
-def decoder_for(config, vae: LatentSpace | str | os.PathLike | Any | None,
+def decoder_for(config: ModelInputs, vae: LatentSpace | str | os.PathLike | Any | None,
                 device: str | torch.device | None = "cpu") -> LatentSpace | Any | None:
     """The decoder that turns a model's samples into images: ``vae`` opened (a folder) or as
     given (a ``LatentSpace``, or an export's ONNX decoder, which has the same ``decode`` and
@@ -347,7 +355,8 @@ def decoder_for(config, vae: LatentSpace | str | os.PathLike | Any | None,
 
 
 def to_latents(data: ImageDataset | ImageFolder, vae: LatentSpace | str | os.PathLike,
-               cache_dir: str | os.PathLike | None = None, *, config: Any = None,
+               cache_dir: str | os.PathLike | None = None, *,
+               config: ModelInputs | None = None,
                device: str | torch.device | None = "cpu", workers: int = 0,
                progress: bool = True) -> ImageDataset:
     """Images (in memory, or an ``ImageFolder``, streamed by ``workers`` reader processes)

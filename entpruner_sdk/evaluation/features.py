@@ -3,20 +3,23 @@ layer (FD-domain) and Inception (FID), and feature extraction shared over the ra
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import torch
 
 from entpruner_sdk.data.datasets import unit_range
-from entpruner_sdk.evaluation.classifier import batch_for
+from entpruner_sdk.evaluation.classifier import DomainClassifier, batch_for
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.digest import network_fingerprint
+
+# images (in [-1, 1] or 8-bit), progress= -> [N, D] features; each has a ``fingerprint``
+FeatureExtractor = Callable[..., torch.Tensor]
 
 
 class DomainFeatures:
     """The dataset classifier's penultimate layer as a feature extractor."""
 
-    def __init__(self, classifier) -> None:
+    def __init__(self, classifier: DomainClassifier) -> None:
         self.classifier = classifier
         self.fingerprint = network_fingerprint(classifier)
 
@@ -29,13 +32,14 @@ class DomainFeatures:
                           .double() for i in range(0, len(images), batch_size)])
 
 
-def feature_extractors(features: tuple[str, ...], classifier, device, notes: list[str]
-                       ) -> dict[str, Any]:
+def feature_extractors(features: tuple[str, ...], classifier: DomainClassifier,
+                       device: str | torch.device, notes: list[str]
+                       ) -> dict[str, FeatureExtractor]:
     """The extractors ``features`` names. Without the ``fid`` extra, Inception is skipped
     with a line in ``notes``, unless it is the only one asked for."""
     from entpruner_sdk.evaluation.inception import FeatureNetworkMissing, InceptionFeatures
 
-    extractors: dict[str, Any] = {}
+    extractors: dict[str, FeatureExtractor] = {}
     if "domain" in features:
         extractors["domain"] = DomainFeatures(classifier)
     if "inception" in features:
@@ -48,7 +52,8 @@ def feature_extractors(features: tuple[str, ...], classifier, device, notes: lis
     return extractors
 
 
-def sharded_features(extractor, images: torch.Tensor, progress: bool) -> torch.Tensor:
+def sharded_features(extractor: FeatureExtractor, images: torch.Tensor, progress: bool
+                     ) -> torch.Tensor:
     """Feature extraction split over the ranks (contiguous shares), gathered in order."""
     if not distributed.is_distributed():
         return extractor(images, progress=progress)

@@ -20,6 +20,7 @@ from entpruner_sdk.data.datasets import (
 )
 from entpruner_sdk.data.folder import FolderSubset, ImageFolder, open_data
 from entpruner_sdk.data.latents import LatentSpace
+from entpruner_sdk.evaluation.features import FeatureExtractor
 from entpruner_sdk.evaluation.metrics import FeatureStats
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.cache import cache_root, read_kept
@@ -94,8 +95,8 @@ def reference_data(model: DiffusionTransformer, data: ImageDataset,
     return data
 
 
-def reference_stats(data: ImageDataset, extractor, name: str, progress: bool) -> tuple[
-        FeatureStats, torch.Tensor]:
+def reference_stats(data: ImageDataset, extractor: FeatureExtractor, name: str,
+                    progress: bool) -> tuple[FeatureStats, torch.Tensor]:
     """Features of the real data, cached per dataset content and feature network."""
     folder = cache_root() / "reference"
     key = f"{data.name}-{data.fingerprint()}-{name}-{extractor.fingerprint}"

@@ -4,6 +4,7 @@ rank vote of CED and Block Influence."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from entpruner_sdk.importance.base import BlockScores, Importance
 from entpruner_sdk.importance.baselines import BlockInfluence, RandomImportance, UniformImportance
@@ -17,7 +18,7 @@ IMPORTANCES = ("ced", "bi", "random", "uniform", "ced+bi")
 
 def make_importance(name: str | Importance, seed: int = 0,
                     plan: tuple[list[int], int] | None = None, protected: Collection[int] = (),
-                    **options) -> Importance:
+                    **options: Any) -> Importance:
     """An importance criterion by name. ``plan`` = (the blocks being compressed, the target
     depth) lets uniform plan its final set, so progressive removal ends at it; ``options`` go
     to CED (output, estimator, weighting, batch_size, reduce). ``ced+bi`` is a rank vote of CED

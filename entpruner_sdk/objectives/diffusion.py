@@ -289,7 +289,8 @@ def _gather(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Te
     return out.reshape(-1, *([1] * (like.dim() - 1))).to(like.device)
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor,
+              logvar2: torch.Tensor) -> torch.Tensor:
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
                   + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
@@ -299,7 +300,8 @@ def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-def discretized_gaussian_log_likelihood(x, means, log_scales) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor,
+                                        log_scales: torch.Tensor) -> torch.Tensor:
     """Log-likelihood of data in [-1, 1] quantised to 256 bins under a Gaussian."""
     centered = x - means
     inv_stdv = torch.exp(-log_scales)

@@ -16,6 +16,7 @@ def quiet() -> bool:
     return os.environ.get("ENTPRUNER_QUIET", "") not in ("", "0")
 
 
-def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, **kwargs: Any):
+def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, **kwargs: Any
+                 ) -> tqdm:
     """A tqdm bar, disabled when ``enabled`` is false or the environment asks for quiet."""
     return tqdm(iterable, disable=not enabled or quiet(), dynamic_ncols=True, **kwargs)
