@@ -43,3 +43,23 @@ def test_every_public_function_and_class_has_a_docstring():
                         and not node.name.startswith("_") and ast.get_docstring(node) is None):
                     missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert not missing, "public names without a docstring:\n" + "\n".join(missing)
+
+
+def test_every_public_function_is_annotated():
+    """Module-level functions: each parameter and the return (methods follow their class)."""
+    unannotated = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.parse(path.read_text()).body:
+                if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+                    continue
+                a = node.args
+                params = a.posonlyargs + a.args + a.kwonlyargs + [
+                    p for p in (a.vararg, a.kwarg) if p is not None]
+                missing = [p.arg for p in params if p.annotation is None]
+                if node.returns is None:
+                    missing.append("return")
+                if missing:
+                    unannotated.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: "
+                                       + ", ".join(missing))
+    assert not unannotated, "public functions not annotated:\n" + "\n".join(unannotated)
