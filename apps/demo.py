@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -183,6 +184,7 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                               api_name="evaluate")
 
         def on_load(original, pruned):
+            original, pruned = _typed_path(original), _typed_path(pruned)
             key = PairShelf.key(original, pruned)
             new = shelf.get(key, reload=True)
             classes = new.class_choices or [("0", 0)]
@@ -202,6 +204,15 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                            decisions, label, sampler, steps, cfg, sit_settings, original_path],
                           api_name="load")
     return demo
+
+
+def _typed_path(text: str | None) -> str:
+    """A path as typed or pasted into a box, as a shell would read it: surrounding spaces
+    and quotes dropped (a path copied from a terminal or a file manager), ``~`` expanded."""
+    text = (text or "").strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    return os.path.expanduser(text) if text.startswith("~") else text
 
 
 def _pictures(images) -> list:

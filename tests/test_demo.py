@@ -292,8 +292,9 @@ def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
     assert "fd_domain" in table and "fidelity to original: psnr" in table
     status, *_ = client.predict(models[0], str(tmp_path / "nowhere"), api_name="/load")
     assert "No pruned model" in status and "Traceback" not in status
-    status, *_ = client.predict(*models, api_name="/load")
-    assert status.startswith("Loaded")
+    # a path pasted with the quotes and spaces a terminal or file manager copies with it
+    status, *_ = client.predict(f" '{models[0]}' ", f'"{models[1]}"\n', api_name="/load")
+    assert status.startswith("Loaded") and f"(`{models[1]}`)" in status
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium "
