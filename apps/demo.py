@@ -23,6 +23,7 @@ from entpruner_sdk.compress.report import spread
 from entpruner_sdk.objectives import OBJECTIVES, objective_for
 from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
 from entpruner_sdk.sampling import to_picture
+from entpruner_sdk.utils.network import is_loopback
 
 if TYPE_CHECKING:  # Gradio is imported when the demo is built
     import gradio as gr
@@ -370,14 +371,27 @@ def launch(original: str | None = None, pruned: str = DEFAULT_PRUNED, *,
            port: int = 7860, host: str = "127.0.0.1", onnx: bool = False,
            data: str | None = None, share: bool = False, block: bool = True,
            vae: str | None = None, family: str | None = None, device: str | None = None,
-           notify: Callable[[str], None] | None = None) -> gr.Blocks:
+           notify: Callable[[str], None] | None = None,
+           auth: tuple[str, str] | None = None) -> gr.Blocks:
     """Build and start the demo server on ``host:port``; ``block=False`` returns at once
-    with the app running (``.close()`` stops it). ``notify``: as for :func:`build_demo`."""
+    with the app running (``.close()`` stops it). ``notify``: as for :func:`build_demo`.
+    ``auth``: (user, password) that the page asks for; a demo other machines can reach
+    without one is warned about, since its Models panel opens any model path here."""
+    check_exposure(host, auth)
     demo = build_demo(original, pruned, onnx, data, vae, family, device, notify)
     demo.queue(default_concurrency_limit=1)  # one model thread; requests take turns
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                show_error=True, css=DEMO_CSS)
+                show_error=True, css=DEMO_CSS, auth=auth)
     return demo
 
 
-__all__ = ["build_demo", "launch"]
+def check_exposure(host: str, auth: tuple[str, str] | None) -> None:
+    """Warn when other machines can reach the demo without a password."""
+    if auth is None and not is_loopback(host):
+        warnings.warn(f"the demo on {host} asks for no password: anyone who can reach this "
+                      "address can sample on this machine and open any model path on it from "
+                      "the Models panel; set --auth USER:PASSWORD or ENTPRUNER_DEMO_AUTH "
+                      "(auth= in Python)", stacklevel=2)
+
+
+__all__ = ["build_demo", "check_exposure", "launch"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from entpruner_sdk.serve.settings import ServerSettings
+from entpruner_sdk.utils.network import is_loopback
 
 if TYPE_CHECKING:  # FastAPI and the models are imported when the server starts
     from entpruner_sdk.serve.app import ModelLoader
@@ -54,11 +54,7 @@ def model_loader(specs: dict[str, str], backend: str, device: str | None = None,
 
 def check_exposure(host: str, settings: ServerSettings) -> None:
     """Warn when the API is reachable from other machines without a key."""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and settings.api_key is None:
+    if not is_loopback(host) and settings.api_key is None:
         warnings.warn(f"serving on {host} without an API key: anyone who can reach this "
                       "address can use the server; set --api-key or ENTPRUNER_API_KEY",
                       stacklevel=2)

@@ -241,6 +241,20 @@ def test_train_fine_tunes_on_another_class_count_with_the_option(tmp_path, capsy
     assert "classes 3" in capsys.readouterr().out
 
 
+def test_the_projects_warnings_are_one_line_naming_the_command(tmp_path, capsys):
+    """Python's form named our file and line and echoed a line of our source."""
+    import warnings
+
+    before = warnings.showwarning
+    assert main(["sample", "--model", "sit-digits", "--labels", "1", "--sampler", "heun-sde",
+                 "--steps", "5", "--quiet", "--device", "cpu",
+                 "--out", str(tmp_path / "grid.png")]) == 0
+    err = capsys.readouterr().err
+    assert "entpruner sample: warning: heun-sde x 5 with diffusion_form sigma" in err
+    assert "RuntimeWarning" not in err and ".py:" not in err
+    assert warnings.showwarning is before  # put back for whatever runs next in the process
+
+
 def test_released_checkpoints_take_family_and_head_count(tmp_path, capsys):
     model = randomized(DiffusionTransformer(tiny_config("sit", hidden_size=64, num_heads=2)))
     torch.save(model.state_dict(), tmp_path / "released.pt")

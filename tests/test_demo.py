@@ -475,6 +475,39 @@ def test_the_command_says_what_it_loads_and_each_problem_the_page_shows(tmp_path
     assert ("entpruner demo: loading" in said) is not quiet
 
 
+def test_a_demo_open_to_the_network_asks_for_a_password_or_warns(models):
+    """Other machines could sample and open any model path here from the Models panel."""
+    import warnings
+
+    from gradio_client import Client
+
+    from entpruner_sdk.apps.demo import check_exposure, launch
+    from entpruner_sdk.cli.demo import _user_and_password
+
+    with pytest.warns(UserWarning, match="the demo on 0.0.0.0 asks for no password"):
+        check_exposure("0.0.0.0", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_exposure("0.0.0.0", ("team", "s3cret"))
+        check_exposure("127.0.0.1", None)
+    assert _user_and_password("team:s3:cret") == ("team", "s3:cret")
+    with pytest.raises(ValueError, match="takes USER:PASSWORD, both non-empty"):
+        _user_and_password("team")
+    port = free_port()
+    demo = launch(*models, port=port, block=False, auth=("team", "s3cret"))
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        from gradio_client.exceptions import AuthenticationError
+
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
+            Client(url, verbose=False)
+        client = Client(url, auth=("team", "s3cret"), verbose=False)
+        original, *_ = client.predict(1, 0, 1, "ddim", 2, 1.0, "PyTorch", api_name="/generate")
+        assert len(original) == 1
+    finally:
+        demo.close()
+
+
 def test_the_shelf_keeps_its_capacity_and_loads_a_dropped_pair_again():
     from entpruner_sdk.apps.pair import ModelPair, PairShelf
 

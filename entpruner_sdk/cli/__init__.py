@@ -3,16 +3,21 @@
 
 One module per command, each with ``add_parser(sub)`` (its options and examples) and
 ``run(args)``; a command that keeps work when it is interrupted also says what, in
-``interrupted(args)``. This module builds the parser and turns errors into one line.
+``interrupted(args)``. This module builds the parser and turns errors, and the project's
+own warnings, into one line each.
 Every subcommand has ``--help`` with examples; ``--quiet`` silences progress bars.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import os
 import sys
 import textwrap
+import warnings
+from collections.abc import Iterator
 
 from entpruner_sdk.cli import (
     cache,
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         os.environ["ENTPRUNER_QUIET"] = "1"
     try:
-        return COMMANDS[args.command](args)
+        with _warnings_as_lines(args.command):
+            return COMMANDS[args.command](args)
     except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,
             FileExistsError, FeatureNetworkMissing, ParityError, ImportError,
             RuntimeError, FloatingPointError) as error:
@@ -109,3 +115,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"entpruner {args.command}: error: {error}"
               + (f"; {kept(args)}" if kept is not None else ""), file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """The project's own warnings (an unstable sampler setting, a head count assumed, a
+    server open to the network) as ``entpruner CMD: warning: ...``, without Python's file,
+    line and source; other libraries' warnings keep Python's form, which names their source."""
+    ours = tuple(location for name in ("entpruner_sdk", "entpruner_sdk.export",
+                                       "entpruner_sdk.serve", "entpruner_sdk.apps")
+                 for location in importlib.util.find_spec(name).submodule_search_locations)
+    python_form = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(ours):
+            print(f"entpruner {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            python_form(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = python_form

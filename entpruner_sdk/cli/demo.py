@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from entpruner_sdk.cli import common
+
+AUTH_VARIABLE = "ENTPRUNER_DEMO_AUTH"  # an environment variable keeps it out of shell history
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner demo          # dit-digits vs runs/quickstart/dit-digits-pruned (from quickstart)
         entpruner demo --pruned runs/quickstart/sit-digits-pruned   # vs sit-digits, its original
         entpruner demo --pruned runs/dit-d6 --onnx --port 7861   # adds ONNX Runtime
+        ENTPRUNER_DEMO_AUTH=team:s3cret entpruner demo --host 0.0.0.0   # the team's machines
         entpruner demo --original DiT-XL-2-256x256.pt --pruned runs/xl-d14 \\
             --vae ./sd-vae-ft-ema --device cuda
         """)
@@ -33,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data for the quick evaluation (default: the report's)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--auth", metavar="USER:PASSWORD", default=os.environ.get(AUTH_VARIABLE),
+                   help=f"the user and password the page asks for (default: ${AUTH_VARIABLE}, "
+                        "else none); set it when --host lets other machines in")
     p.add_argument("--family", choices=["dit", "sit"],
                    help="a released original checkpoint's family (default: the pruned "
                         "model's, as its head count is)")
@@ -54,5 +61,14 @@ def run(args: argparse.Namespace) -> int:
 
     launch(args.original, args.pruned, port=args.port, host=args.host, onnx=args.onnx,
            data=args.data, vae=args.vae, family=args.family, device=args.device,
-           notify=notify)
+           notify=notify, auth=_user_and_password(args.auth))
     return 0
+
+
+def _user_and_password(auth: str | None) -> tuple[str, str] | None:
+    if auth is None:
+        return None
+    user, colon, password = auth.partition(":")
+    if not (user and colon and password):
+        raise ValueError(f"--auth (or ${AUTH_VARIABLE}) takes USER:PASSWORD, both non-empty")
+    return user, password
