@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from entpruner_sdk.apps.pair import (
     ModelThread,
     PairShelf,
     SideResult,
+    Stopped,
     default_sampling,
     generate_pair,
     governed_settings,
@@ -109,7 +111,9 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                 atol = gr.Number(reference.atol, label="atol (dopri5)")
                 rtol = gr.Number(reference.rtol, label="rtol (dopri5)")
             settings = [diffusion_form, diffusion_norm, last_step, last_step_size, atol, rtol]
-            button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Row():
+                button = gr.Button("Generate", variant="primary", elem_id="generate", scale=4)
+                stop_button = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
             with gr.Row():
                 with gr.Column():
                     gr.Markdown("### original")
@@ -148,7 +152,13 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                 pruned_path = gr.Textbox(pruned, label="pruned (compress output or model)")
             load_button = gr.Button("Load", elem_id="load")
 
-        def on_generate(key, label, seed, count, sampler, steps, cfg, backend, *values):
+        # each page's Stop, which its running Generate checks at every model call
+        stops: dict[str, threading.Event] = {}
+
+        def on_generate(request: gr.Request, key, label, seed, count, sampler, steps, cfg,
+                        backend, *values):
+            stop = stops.setdefault(request.session_hash, threading.Event())
+            stop.clear()
             try:
                 pair = shelf.get(tuple(key))
                 chosen = (governed_settings(objective_for(pair.original), sampler,
@@ -158,7 +168,10 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                     warnings.simplefilter("always")
                     left, right = generate_pair(pair, int(label), int(seed or 0), int(count),
                                                 sampler, int(steps), float(cfg), backend,
-                                                sampler_settings=chosen)
+                                                sampler_settings=chosen, stop=stop)
+            except Stopped as stopped:  # the galleries keep what they showed
+                gr.Info(f"Generate {stopped}.")
+                return (gr.skip(),) * 5
             except Exception as error:  # shown in the page, never a stack trace
                 raise gr.Error(str(error)) from None
             for message in dict.fromkeys(str(w.message) for w in caught):
@@ -171,6 +184,16 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                      [shown, label, seed, count, sampler, steps, cfg, backend, *settings],
                      [original_gallery, original_timing, pruned_gallery, pruned_timing,
                       speedup], api_name="generate")
+
+        def on_stop(request: gr.Request):
+            if request.session_hash in stops:
+                stops[request.session_hash].set()
+
+        # this module's annotations are strings (``from __future__``) naming Gradio, which is
+        # imported here only; Gradio hands a handler the page's request by its type
+        for handler in (on_generate, on_stop):
+            handler.__annotations__["request"] = gr.Request
+        stop_button.click(on_stop, None, None, queue=False, api_name="stop")
 
         # Gradio finds the progress tracker through this default argument.
         def on_evaluate(key, samples, progress=gr.Progress()):  # noqa: B008

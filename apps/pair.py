@@ -38,6 +38,26 @@ MAKE_PRUNED = ("python -m entpruner_sdk quickstart   # about 3 minutes on 2 CPU 
                "writes runs/quickstart/dit-digits-pruned")
 
 
+class Stopped(Exception):
+    """Sampling stopped from the page before it finished."""
+
+
+class StoppableCounter(CallCounter):
+    """Counts model calls and stops the sampler at the next call once ``stop`` is set: a
+    page's Stop ends a slow request (250 steps of 16 images on a CPU, say) without waiting for
+    it, and frees the one model thread for the next."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def count_call(self) -> None:
+        """Count the call, or raise :class:`Stopped` when the page asked to stop."""
+        if self.stop.is_set():
+            raise Stopped(f"stopped after {self.calls} model calls")
+        super().count_call()
+
+
 class ModelThread:
     """A single worker thread for every model call of the process."""
 
@@ -296,11 +316,12 @@ def _open_kept_export(model: DiffusionTransformer, target: Path, vae: Any) -> An
 
 def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: str,
                   steps: int, cfg_scale: float, backend: str = "PyTorch",
-                  sampler_settings: dict[str, Any] | None = None
-                  ) -> tuple[SideResult, SideResult]:
+                  sampler_settings: dict[str, Any] | None = None,
+                  stop: threading.Event | None = None) -> tuple[SideResult, SideResult]:
     """Sample ``count`` images of ``label`` from both models with the same seed (so the same
     starting noise), timing each side. ``sampler_settings``: a SiT sampler's settings
-    (:func:`governed_settings` keeps those the sampler uses), the same for both sides."""
+    (:func:`governed_settings` keeps those the sampler uses), the same for both sides.
+    ``stop``: once set, the sampling raises :class:`Stopped` at its next model call."""
     if not pair.ready:
         raise ValueError("load an original and a pruned model first")
     if not 0 <= label < pair.num_classes:
@@ -311,7 +332,8 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
     labels = [int(label)] * int(count)
 
     def side(name: str, model: DiffusionTransformer) -> SideResult:
-        start, counter = time.perf_counter(), CallCounter()
+        start = time.perf_counter()
+        counter = StoppableCounter(stop) if stop is not None else CallCounter()
         decoder = pair.decoder
         runtime = pair.runtimes.get(name) if backend == "ONNX Runtime" else None
         objective = objective_of(runtime or model)

@@ -508,6 +508,44 @@ def test_a_demo_open_to_the_network_asks_for_a_password_or_warns(models):
         demo.close()
 
 
+def test_stop_ends_a_slow_generate_and_frees_the_model_thread(tmp_path):
+    """A slow request (16 images at 250 steps) held the one model thread until it ended."""
+    import threading
+    import time
+
+    from gradio_client import Client
+
+    from entpruner_sdk.apps.demo import launch
+    from entpruner_sdk.apps.pair import Stopped
+    from entpruner_sdk.teachers import resolve_model
+
+    teacher = resolve_model("sit-digits")  # large enough that 250 steps take seconds here
+    save(teacher.keep_blocks([0, 5, 11]), tmp_path / "pruned")
+    pair = load_pair("sit-digits", str(tmp_path / "pruned"))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped, match="stopped after 0 model calls"):
+        generate_pair(pair, 1, 0, 2, "heun", 25, 2.0, stop=stop)
+    port = free_port()
+    demo = launch("sit-digits", str(tmp_path / "pruned"), port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        settings = ("sigma", 1.0, "Mean", 0.04, 1e-6, 1e-3)
+        job = client.submit(1, 0, 16, "heun", 250, 2.0, "PyTorch", *settings,
+                            api_name="/generate")
+        while job.status().code.name != "PROCESSING" and not job.done():
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the sampling
+        client.predict(api_name="/stop")
+        assert all(output == {"__type__": "update"} for output in job.result())  # kept
+        # the page's next Generate runs to the end
+        original, *_, speedup = client.predict(1, 0, 2, "heun", 3, 2.0, "PyTorch", *settings,
+                                               api_name="/generate")
+        assert len(original) == 2 and speedup.endswith("3 steps)")
+    finally:
+        demo.close()
+
+
 def test_the_shelf_keeps_its_capacity_and_loads_a_dropped_pair_again():
     from entpruner_sdk.apps.pair import ModelPair, PairShelf
 

@@ -69,13 +69,17 @@ class CallCounter:
             return None
 
         def counted(*args: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
+            self.count_call()
             return fn(*args)
 
         return counted
 
-    def _count(self, module, args) -> None:
+    def count_call(self) -> None:
+        """One model call, counted before it runs (a subclass may refuse it by raising)."""
         self.calls += 1
+
+    def _count(self, module, args) -> None:
+        self.count_call()
 
 
 def machine(device: torch.device) -> dict[str, object]:
