@@ -140,7 +140,7 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
             with gr.Row():
                 # the plots carry their own titles, which a label badge would cover
                 importance_plot = gr.Image(_plot(pair, "importance.png"), show_label=False,
-                                           label="CED per block (removed blocks marked)")
+                                           label="importance per block (removed blocks marked)")
                 timeline_plot = gr.Image(_plot(pair, "loss.png"), show_label=False,
                                          label="pruning timeline: loss and removal events")
             decisions = gr.Markdown(_decisions(pair))
