@@ -30,6 +30,7 @@ from entpruner_sdk.sampling import objective_of, sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.training import model_identity
 from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.timing import CallCounter
 
 DEFAULT_ORIGINAL = "dit-digits"
@@ -283,11 +284,11 @@ def _onnx_runtimes(pair: ModelPair, original: str, pruned_path: Path) -> dict[st
     for side, model, source in (("original", pair.original, original),
                                 ("pruned", pair.pruned, str(pruned_path))):
         vae = pair.decoder if side == "original" else None
-        path = Path(source)
-        stamp = path.stat().st_mtime_ns if path.exists() else 0  # a retrained model re-exports
+        # keyed by the weights, not the path: a model retrained in place, or a bundled
+        # teacher after an upgrade, is exported again, and a copy elsewhere is not
         with_vae = vae.fingerprint if vae is not None else ""
-        key = hashlib.sha256(f"{path.resolve()}:{stamp}:{with_vae}".encode()).hexdigest()[:16]
-        target = cache_root() / "exports" / f"{Path(source).name}-{key}-onnx"
+        key = hashlib.sha256(f"{network_fingerprint(model)}:{with_vae}".encode()).hexdigest()
+        target = cache_root() / "exports" / f"{Path(source).name}-{key[:16]}-onnx"
         try:
             runtimes[side] = _open_kept_export(model, target, vae)
         except Exception as error:

@@ -329,7 +329,7 @@ def test_browser_end_to_end(running_demo):
 
 
 @pytest.mark.slow
-def test_onnx_runtime_backend_matches_pytorch(models):
+def test_onnx_runtime_backend_matches_pytorch(models, tmp_path):
     pytest.importorskip("onnxruntime")
     pair = load_pair(*models, onnx=True)
     assert not pair.errors and set(pair.runtimes) == {"original", "pruned"}
@@ -348,6 +348,20 @@ def test_onnx_runtime_backend_matches_pytorch(models):
     onnx_again = generate_pair(again, 1, 4, 2, "ddim", 4, 2.0, "ONNX Runtime")
     for a, b in zip(onnx_side, onnx_again):
         torch.testing.assert_close(a.images, b.images)
+    # a model retrained in place is exported again, even where its folder's time stayed
+    # the same (the key was the path and that time: the old weights' export was reused)
+    shutil.copytree(models[0], tmp_path / "teacher2")
+    first = load_pair(str(tmp_path / "teacher2"), models[1], onnx=True)
+    stamp = (tmp_path / "teacher2").stat().st_mtime_ns
+    retrained = randomized(DiffusionTransformer(tiny_config("dit", depth=4)), seed=11)
+    save(retrained, tmp_path / "teacher2")
+    os.utime(tmp_path / "teacher2", ns=(stamp, stamp))
+    second = load_pair(str(tmp_path / "teacher2"), models[1], onnx=True)
+    assert second.runtimes["original"].fingerprint != first.runtimes["original"].fingerprint
+    torch_side, onnx_side = (generate_pair(second, 1, 4, 2, "ddim", 4, 2.0, backend)
+                             for backend in ("PyTorch", "ONNX Runtime"))
+    torch.testing.assert_close(torch_side[0].images, onnx_side[0].images, rtol=1e-3,
+                               atol=1e-3)
 
 
 @pytest.fixture(scope="module")
