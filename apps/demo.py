@@ -6,12 +6,14 @@ import os
 import threading
 import warnings
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from entpruner_sdk.apps.pair import (
     DEFAULT_PRUNED,
     ModelPair,
     ModelThread,
+    PairKey,
     PairShelf,
     SideResult,
     Stopped,
@@ -72,10 +74,6 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
     pair = shelf.get(launched)
     for error in pair.errors:  # the page starts all the same: another pair can be loaded there
         notify(f"problem: {error}")
-    sampling = default_sampling(pair.family)
-    samplers = list(OBJECTIVES[pair.family].samplers)
-    backends = list(BACKENDS) if pair.runtimes else ["PyTorch"]
-
     with gr.Blocks(title="entpruner: original vs pruned") as demo:
         # this page's pair, by its key on the shelf: a new page starts with the launched one
         shown = gr.State(launched)
@@ -84,150 +82,191 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                     "on this machine, one side after the other.")
         status = gr.Markdown(_status(pair), elem_id="status")
         with gr.Tab("Generate"):
-            with gr.Row():
-                classes = pair.class_choices or [("0", 0)]
-                label = gr.Dropdown(choices=classes, value=classes[0][1], label="class",
-                                    elem_id="class")
-                seed = gr.Number(value=0, precision=0, label="seed", minimum=0)
-                count = gr.Slider(1, 16, value=4, step=1, label="number of images")
-            with gr.Row():
-                sampler = gr.Dropdown(samplers, value=sampling["sampler"], label="sampler")
-                steps = gr.Slider(1, 250, value=sampling["steps"], step=1, label="steps")
-                cfg = gr.Slider(1.0, 10.0, value=sampling["cfg_scale"], step=0.5,
-                                label="cfg scale")
-                backend = gr.Radio(backends, value="PyTorch", label="backend")
-            # the SiT reference's sample.py flags, at its defaults; each sampler takes its own
-            reference = FlowMatching(1)
-            with gr.Accordion("SiT sampler settings", open=False, visible=pair.family == "sit",
-                              elem_id="sit-settings") as sit_settings, gr.Row():
-                diffusion_form = gr.Dropdown(list(DIFFUSION_FORMS), value=reference.diffusion_form,
-                                             label="diffusion form (SDE)")
-                diffusion_norm = gr.Number(reference.diffusion_norm, minimum=0,
-                                           label="diffusion norm (SDE)")
-                last_step = gr.Dropdown(list(LAST_STEPS), value=reference.last_step,
-                                        label="last step (SDE)")
-                last_step_size = gr.Number(reference.last_step_size,
-                                           label="last step size (SDE)")
-                atol = gr.Number(reference.atol, label="atol (dopri5)")
-                rtol = gr.Number(reference.rtol, label="rtol (dopri5)")
-            settings = [diffusion_form, diffusion_norm, last_step, last_step_size, atol, rtol]
-            with gr.Row():
-                button = gr.Button("Generate", variant="primary", elem_id="generate", scale=4)
-                stop_button = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
-            with gr.Row():
-                with gr.Column():
-                    gr.Markdown("### original")
-                    original_gallery = gr.Gallery(label="original", columns=4, height="auto",
-                                                  format=GALLERY_FORMAT, show_label=False,
-                                                  elem_id="original-gallery")
-                    original_timing = gr.Markdown(elem_id="original-timing")
-                with gr.Column():
-                    gr.Markdown("### pruned")
-                    pruned_gallery = gr.Gallery(label="pruned", columns=4, height="auto",
-                                                format=GALLERY_FORMAT, show_label=False,
-                                                elem_id="pruned-gallery")
-                    pruned_timing = gr.Markdown(elem_id="pruned-timing")
-            speedup = gr.Markdown(elem_id="speedup")
+            generate = _generate_tab(gr, pair)
         with gr.Tab("Quality"):
-            report_figures = gr.Markdown(_report_figures(pair))
-            samples = gr.Slider(20, 500, value=100, step=10, label="samples for the quick "
-                                "evaluation")
-            evaluate_button = gr.Button("Run quick evaluation", elem_id="evaluate")
-            evaluation = gr.Markdown(elem_id="evaluation")
+            quality = _quality_tab(gr, pair)
         with gr.Tab("Structure"):
-            facts = gr.Dataframe(structure_facts(pair),
-                                 headers=["", "original", "pruned", "ratio"], label="structure")
-            with gr.Row():
-                # the plots carry their own titles, which a label badge would cover
-                importance_plot = gr.Image(_plot(pair, "importance.png"), show_label=False,
-                                           label="importance per block (removed blocks marked)")
-                timeline_plot = gr.Image(_plot(pair, "loss.png"), show_label=False,
-                                         label="pruning timeline: loss and removal events")
-            decisions = gr.Markdown(_decisions(pair))
+            structure = _structure_tab(gr, pair)
         with gr.Accordion("Models", open=bool(pair.errors)):
-            with gr.Row():
-                original_path = gr.Textbox(pair.original_source or original,
-                                           label="original (teacher name or path; empty: "
-                                                 "the one the pruned model was made from)")
-                pruned_path = gr.Textbox(pruned, label="pruned (compress output or model)")
-            load_button = gr.Button("Load", elem_id="load")
-
-        # each page's Stop, which its running Generate checks at every model call
-        stops: dict[str, threading.Event] = {}
-
-        def on_generate(request: gr.Request, key, label, seed, count, sampler, steps, cfg,
-                        backend, *values):
-            stop = stops.setdefault(request.session_hash, threading.Event())
-            stop.clear()
-            try:
-                pair = shelf.get(tuple(key))
-                chosen = (governed_settings(objective_for(pair.original), sampler,
-                                            dict(zip(SETTING_NAMES, values)))
-                          if pair.ready else {})
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    left, right = generate_pair(pair, int(label), int(seed or 0), int(count),
-                                                sampler, int(steps), float(cfg), backend,
-                                                sampler_settings=chosen, stop=stop)
-            except Stopped as stopped:  # the galleries keep what they showed
-                gr.Info(f"Generate {stopped}.")
-                return (gr.skip(),) * 5
-            except Exception as error:  # shown in the page, never a stack trace
-                raise gr.Error(str(error)) from None
-            for message in dict.fromkeys(str(w.message) for w in caught):
-                gr.Warning(message)  # an unstable SDE setting, say: the page tells why
-            return (_pictures(left.images), _timing(left), _pictures(right.images),
-                    _timing(right), _speedup(left, right, pair.family, sampler, int(steps),
-                                             backend, chosen))
-
-        button.click(on_generate,
-                     [shown, label, seed, count, sampler, steps, cfg, backend, *settings],
-                     [original_gallery, original_timing, pruned_gallery, pruned_timing,
-                      speedup], api_name="generate")
-
-        def on_stop(request: gr.Request):
-            if request.session_hash in stops:
-                stops[request.session_hash].set()
-
-        # this module's annotations are strings (``from __future__``) naming Gradio, which is
-        # imported here only; Gradio hands a handler the page's request by its type
-        for handler in (on_generate, on_stop):
-            handler.__annotations__["request"] = gr.Request
-        stop_button.click(on_stop, None, None, queue=False, api_name="stop")
-
-        # Gradio finds the progress tracker through this default argument.
-        def on_evaluate(key, samples, progress=gr.Progress()):  # noqa: B008
-            key = tuple(key)
-            try:
-                return _quick_evaluation(shelf.get(key), int(samples),
-                                         data if key[1] == launched[1] else None, progress)
-            except Exception as error:
-                raise gr.Error(str(error)) from None
-
-        evaluate_button.click(on_evaluate, [shown, samples], [evaluation],
-                              api_name="evaluate")
-
-        def on_load(original, pruned):
-            original, pruned = _typed_path(original), _typed_path(pruned)
-            key = PairShelf.key(original, pruned)
-            new = shelf.get(key, reload=True)
-            classes = new.class_choices or [("0", 0)]
-            # another family brings its own samplers and defaults
-            defaults = default_sampling(new.family)
-            return (key, _status(new), _report_figures(new), structure_facts(new),
-                    _plot(new, "importance.png"), _plot(new, "loss.png"), _decisions(new),
-                    gr.Dropdown(choices=classes, value=classes[0][1]),
-                    gr.Dropdown(choices=list(OBJECTIVES[new.family].samplers),
-                                value=defaults["sampler"]),
-                    defaults["steps"], defaults["cfg_scale"],
-                    gr.Accordion(visible=new.family == "sit"),
-                    new.original_source or original)  # empty: shows the recorded one
-
-        load_button.click(on_load, [original_path, pruned_path],
-                          [shown, status, report_figures, facts, importance_plot, timeline_plot,
-                           decisions, label, sampler, steps, cfg, sit_settings, original_path],
-                          api_name="load")
+            models = _models_panel(gr, pair, original, pruned)
+        _on_generate(gr, shelf, shown, generate)
+        # the quick evaluation of another pruned model than the launched one uses its report's
+        _on_evaluate(gr, shelf, shown, quality,
+                     lambda key: data if key[1] == launched[1] else None)
+        _on_load(gr, shelf, shown, status, generate, quality, structure, models)
     return demo
+
+
+def _generate_tab(gr: Any, pair: ModelPair) -> SimpleNamespace:
+    """The Generate tab's fields, buttons and the two galleries with their timings."""
+    sampling = default_sampling(pair.family)
+    backends = list(BACKENDS) if pair.runtimes else ["PyTorch"]
+    tab = SimpleNamespace()
+    with gr.Row():
+        classes = pair.class_choices or [("0", 0)]
+        tab.label = gr.Dropdown(choices=classes, value=classes[0][1], label="class",
+                                elem_id="class")
+        tab.seed = gr.Number(value=0, precision=0, label="seed", minimum=0)
+        tab.count = gr.Slider(1, 16, value=4, step=1, label="number of images")
+    with gr.Row():
+        tab.sampler = gr.Dropdown(list(OBJECTIVES[pair.family].samplers),
+                                  value=sampling["sampler"], label="sampler")
+        tab.steps = gr.Slider(1, 250, value=sampling["steps"], step=1, label="steps")
+        tab.cfg = gr.Slider(1.0, 10.0, value=sampling["cfg_scale"], step=0.5, label="cfg scale")
+        tab.backend = gr.Radio(backends, value="PyTorch", label="backend")
+    # the SiT reference's sample.py flags, at its defaults; each sampler takes its own
+    reference = FlowMatching(1)
+    with gr.Accordion("SiT sampler settings", open=False, visible=pair.family == "sit",
+                      elem_id="sit-settings") as tab.sit_settings, gr.Row():
+        tab.settings = [
+            gr.Dropdown(list(DIFFUSION_FORMS), value=reference.diffusion_form,
+                        label="diffusion form (SDE)"),
+            gr.Number(reference.diffusion_norm, minimum=0, label="diffusion norm (SDE)"),
+            gr.Dropdown(list(LAST_STEPS), value=reference.last_step, label="last step (SDE)"),
+            gr.Number(reference.last_step_size, label="last step size (SDE)"),
+            gr.Number(reference.atol, label="atol (dopri5)"),
+            gr.Number(reference.rtol, label="rtol (dopri5)"),
+        ]  # in SETTING_NAMES' order
+    with gr.Row():
+        tab.button = gr.Button("Generate", variant="primary", elem_id="generate", scale=4)
+        tab.stop_button = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
+    with gr.Row():
+        for side in ("original", "pruned"):
+            with gr.Column():
+                gr.Markdown(f"### {side}")
+                setattr(tab, f"{side}_gallery", gr.Gallery(
+                    label=side, columns=4, height="auto", format=GALLERY_FORMAT,
+                    show_label=False, elem_id=f"{side}-gallery"))
+                setattr(tab, f"{side}_timing", gr.Markdown(elem_id=f"{side}-timing"))
+    tab.speedup = gr.Markdown(elem_id="speedup")
+    return tab
+
+
+def _quality_tab(gr: Any, pair: ModelPair) -> SimpleNamespace:
+    """The Quality tab: the report's figures and the quick evaluation."""
+    tab = SimpleNamespace()
+    tab.report_figures = gr.Markdown(_report_figures(pair))
+    tab.samples = gr.Slider(20, 500, value=100, step=10,
+                            label="samples for the quick evaluation")
+    tab.button = gr.Button("Run quick evaluation", elem_id="evaluate")
+    tab.evaluation = gr.Markdown(elem_id="evaluation")
+    return tab
+
+
+def _structure_tab(gr: Any, pair: ModelPair) -> SimpleNamespace:
+    """The Structure tab: sizes before and after, the two plots and the removals."""
+    tab = SimpleNamespace()
+    tab.facts = gr.Dataframe(structure_facts(pair), headers=["", "original", "pruned", "ratio"],
+                             label="structure")
+    with gr.Row():
+        # the plots carry their own titles, which a label badge would cover
+        tab.importance_plot = gr.Image(_plot(pair, "importance.png"), show_label=False,
+                                       label="importance per block (removed blocks marked)")
+        tab.timeline_plot = gr.Image(_plot(pair, "loss.png"), show_label=False,
+                                     label="pruning timeline: loss and removal events")
+    tab.decisions = gr.Markdown(_decisions(pair))
+    return tab
+
+
+def _models_panel(gr: Any, pair: ModelPair, original: str | None, pruned: str
+                  ) -> SimpleNamespace:
+    """The two model boxes and Load."""
+    panel = SimpleNamespace()
+    with gr.Row():
+        panel.original_path = gr.Textbox(pair.original_source or original,
+                                         label="original (teacher name or path; empty: the "
+                                               "one the pruned model was made from)")
+        panel.pruned_path = gr.Textbox(pruned, label="pruned (compress output or model)")
+    panel.button = gr.Button("Load", elem_id="load")
+    return panel
+
+
+def _on_generate(gr: Any, shelf: PairShelf, shown: Any, tab: SimpleNamespace) -> None:
+    """Generate samples the page's pair on both sides; Stop ends it at the next model call."""
+    stops: dict[str, threading.Event] = {}  # each page's, by its session
+
+    def on_generate(request: gr.Request, key, label, seed, count, sampler, steps, cfg,
+                    backend, *values):
+        stop = stops.setdefault(request.session_hash, threading.Event())
+        stop.clear()
+        try:
+            pair = shelf.get(tuple(key))
+            chosen = (governed_settings(objective_for(pair.original), sampler,
+                                        dict(zip(SETTING_NAMES, values)))
+                      if pair.ready else {})
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                left, right = generate_pair(pair, int(label), int(seed or 0), int(count),
+                                            sampler, int(steps), float(cfg), backend,
+                                            sampler_settings=chosen, stop=stop)
+        except Stopped as stopped:  # the galleries keep what they showed
+            gr.Info(f"Generate {stopped}.")
+            return (gr.skip(),) * 5
+        except Exception as error:  # shown in the page, never a stack trace
+            raise gr.Error(str(error)) from None
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            gr.Warning(message)  # an unstable SDE setting, say: the page tells why
+        return (_pictures(left.images), _timing(left), _pictures(right.images),
+                _timing(right), _speedup(left, right, pair.family, sampler, int(steps),
+                                         backend, chosen))
+
+    def on_stop(request: gr.Request):
+        if request.session_hash in stops:
+            stops[request.session_hash].set()
+
+    # this module's annotations are strings (``from __future__``) naming Gradio, which is
+    # imported with the demo only; Gradio hands a handler the page's request by its type
+    for handler in (on_generate, on_stop):
+        handler.__annotations__["request"] = gr.Request
+    tab.button.click(on_generate, [shown, tab.label, tab.seed, tab.count, tab.sampler,
+                                   tab.steps, tab.cfg, tab.backend, *tab.settings],
+                     [tab.original_gallery, tab.original_timing, tab.pruned_gallery,
+                      tab.pruned_timing, tab.speedup], api_name="generate")
+    tab.stop_button.click(on_stop, None, None, queue=False, api_name="stop")
+
+
+def _on_evaluate(gr: Any, shelf: PairShelf, shown: Any, tab: SimpleNamespace,
+                 data_for: Callable[[PairKey], str | None]) -> None:
+    """The quick evaluation of the page's pair, on ``data_for(key)`` (None: the report's)."""
+
+    # Gradio finds the progress tracker through this default argument.
+    def on_evaluate(key, samples, progress=gr.Progress()):  # noqa: B008
+        key = tuple(key)
+        try:
+            return _quick_evaluation(shelf.get(key), int(samples), data_for(key), progress)
+        except Exception as error:
+            raise gr.Error(str(error)) from None
+
+    tab.button.click(on_evaluate, [shown, tab.samples], [tab.evaluation], api_name="evaluate")
+
+
+def _on_load(gr: Any, shelf: PairShelf, shown: Any, status: Any, generate: SimpleNamespace,
+             quality: SimpleNamespace, structure: SimpleNamespace, models: SimpleNamespace
+             ) -> None:
+    """Load puts another pair on this page only: its status, tabs, classes and samplers."""
+
+    def on_load(original, pruned):
+        original, pruned = _typed_path(original), _typed_path(pruned)
+        key = PairShelf.key(original, pruned)
+        new = shelf.get(key, reload=True)
+        classes = new.class_choices or [("0", 0)]
+        # another family brings its own samplers and defaults
+        defaults = default_sampling(new.family)
+        return (key, _status(new), _report_figures(new), structure_facts(new),
+                _plot(new, "importance.png"), _plot(new, "loss.png"), _decisions(new),
+                gr.Dropdown(choices=classes, value=classes[0][1]),
+                gr.Dropdown(choices=list(OBJECTIVES[new.family].samplers),
+                            value=defaults["sampler"]),
+                defaults["steps"], defaults["cfg_scale"],
+                gr.Accordion(visible=new.family == "sit"),
+                new.original_source or original)  # empty: shows the recorded one
+
+    models.button.click(
+        on_load, [models.original_path, models.pruned_path],
+        [shown, status, quality.report_figures, structure.facts, structure.importance_plot,
+         structure.timeline_plot, structure.decisions, generate.label, generate.sampler,
+         generate.steps, generate.cfg, generate.sit_settings, models.original_path],
+        api_name="load")
 
 
 def _typed_path(text: str | None) -> str:
