@@ -325,16 +325,27 @@ def test_a_compressed_model_records_its_original(tmp_path, capsys):
 
     teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=4)))
     save(teacher, tmp_path / "teacher")
-    assert main(["compress", "--model", str(tmp_path / "teacher"), "--budget", "2", "--steps",
-                 "4", "--interval", "2", "--batch-size", "4", "--calibration-per-class", "2",
-                 "--calibration-times", "2", "--report-samples", "0", "--out",
-                 str(tmp_path / "run"), "--quiet", "--device", "cpu"]) == 0
+    quick = ["--steps", "4", "--interval", "2", "--batch-size", "4", "--calibration-per-class",
+             "2", "--calibration-times", "2", "--report-samples", "0", "--quiet", "--device",
+             "cpu"]
+    assert main(["compress", "--model", str(tmp_path / "teacher"), "--budget", "3", *quick,
+                 "--out", str(tmp_path / "run")]) == 0
     made = ep.load(tmp_path / "run" / "model").provenance["compression"]["original"]
     assert made == {"source": str((tmp_path / "teacher").resolve()),
                     "model": model_identity(teacher)}
     capsys.readouterr()
     assert main(["info", "--model", str(tmp_path / "run" / "model")]) == 0
-    assert f"compressed from {made['source']} to keep 2 blocks by ced" in capsys.readouterr().out
+    assert f"compressed from {made['source']} to keep 3 blocks by ced" in capsys.readouterr().out
+    # compressed again, it keeps its lineage: each compression back to the first
+    assert main(["compress", "--model", str(tmp_path / "run"), "--budget", "2", *quick,
+                 "--importance", "bi", "--out", str(tmp_path / "again")]) == 0
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "again")]) == 0
+    said = capsys.readouterr().out
+    assert (f"compressed from {(tmp_path / 'run').resolve()} to keep 2 blocks by bi" in said
+            and f"  before that: compressed from {made['source']} to keep 3 blocks by ced"
+            in said)
+    assert ep.load(tmp_path / "again").kept_blocks == [0, 3]  # the teacher's indices
     assert ep.load_teacher("dit-digits").loaded_from == "dit-digits"  # a teacher, by name
 
 

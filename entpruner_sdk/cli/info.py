@@ -132,6 +132,13 @@ def _print_compression(made: dict, report: dict) -> None:
     print(f"compressed{f' from {source}' if source else ''} to {made['budget']} by "
           f"{made['importance']} ({made['schedule']}){where}; removed blocks "
           f"{made['removed_blocks']}")
+    earlier = made.get("earlier")
+    while earlier:  # a model compressed again: each compression before, latest first
+        source = (earlier.get("original") or {}).get("source")
+        print(f"  before that: compressed{f' from {source}' if source else ''} to "
+              f"{earlier['budget']} by {earlier['importance']} ({earlier['schedule']}); "
+              f"removed blocks {earlier['removed_blocks']}")
+        earlier = earlier.get("earlier")
     latency = report.get("sampling_latency")
     if latency:
         print(f"sampling speedup {latency['speedup']:.2f}x{spread(latency)} on "

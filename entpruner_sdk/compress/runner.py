@@ -257,7 +257,10 @@ def compress(
         "budget": budget.describe(),
         # what it was made from, so the demo can compare with it unasked: where it was read
         # (None for a model made in memory) and its weights' hash
-        "original": {"source": model.loaded_from, "model": run.inputs["model"]}}
+        "original": {"source": model.loaded_from, "model": run.inputs["model"]},
+        # a model compressed again keeps how it was made before: its lineage to the first
+        **({"earlier": model.provenance["compression"]}
+           if "compression" in model.provenance else {})}
     record_data_classes(pruned, data)
     report = None
     if distributed.is_main():
