@@ -112,8 +112,19 @@ def test_open_data_opens_a_folder_and_loads_the_rest(tmp_path):
 
 def test_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no class subfolders"):
+    with pytest.raises(DataError, match="no class subfolders") as caught:
         load_data(tmp_path / "empty")
+    assert "directly" not in str(caught.value)
+    # unlabelled images, all at the top: how to make them one class
+    write_folder(tmp_path / "flat", sizes=((8, 8),))
+    for image in (tmp_path / "flat").rglob("*.png"):
+        image.rename(tmp_path / "flat" / f"{image.parent.name}-{image.name}")
+    for folder in [p for p in (tmp_path / "flat").iterdir() if p.is_dir()]:
+        folder.rmdir()
+    loose = len(list((tmp_path / "flat").glob("*.png")))
+    with pytest.raises(DataError, match=f"it holds {loose} images directly: images without "
+                                        "classes go in one subfolder"):
+        load_data(tmp_path / "flat")
     (tmp_path / "noimages" / "cls").mkdir(parents=True)
     with pytest.raises(DataError, match="contains no images"):
         load_data(tmp_path / "noimages")

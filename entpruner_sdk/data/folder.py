@@ -145,8 +145,16 @@ class ImageFolder(Dataset):
         self.root = Path(path)
         folders = sorted(p for p in self.root.iterdir() if p.is_dir() and _visible(p))
         if not folders:
+            loose = sum(p.suffix.lower() in IMAGE_SUFFIXES and _visible(p)
+                        for p in self.root.iterdir())
+            # images without classes (faces, say) are one class: a subfolder of their own
+            unlabelled = (f"; it holds {loose} images directly: images without classes go "
+                          "in one subfolder (e.g. data/all/*.png), which makes one class "
+                          "(--num-classes 1 fits a class-conditional model to it)"
+                          if loose else "")
             raise DataError(f"{self.root} has no class subfolders; put the images of each "
-                            "class in its own subfolder (e.g. data/cat/*.png, data/dog/*.png)")
+                            "class in its own subfolder (e.g. data/cat/*.png, data/dog/*.png)"
+                            + unlabelled)
         if class_index is None:
             keys = self.class_names = [folder.name for folder in folders]
         else:
