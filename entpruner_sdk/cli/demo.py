@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pruned == DEFAULT_PRUNED and not Path(DEFAULT_PRUNED).exists():
         print(f"note: no pruned model at {DEFAULT_PRUNED}; make it with:\n  {MAKE_PRUNED}\n"
               "(the demo starts anyway and shows this in the page)", file=sys.stderr)
+
     def notify(message: str) -> None:  # --quiet keeps the problems, which the page shows too
         if not args.quiet or message.startswith("problem: "):
             print(f"entpruner demo: {message}", file=sys.stderr)
