@@ -40,6 +40,7 @@ SETTING_NAMES = ("diffusion_form", "diffusion_norm", "last_step", "last_step_siz
 # such as DiT-XL/2's 256 x 256, are shown at their own size, since shrinking them would hide
 # the very differences the page is for
 DISPLAY_SIZE = 96
+QUICK_BATCHES = 5  # the quick evaluation samples each model in this many batches
 # lossless: Gradio's default (WebP) is lossy, and would blur the very samples being compared
 GALLERY_FORMAT = "png"
 # Gradio gives a gallery at least 450 px of height (55% of the window at most), so four
@@ -89,10 +90,12 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
             structure = _structure_tab(gr, pair)
         with gr.Accordion("Models", open=bool(pair.errors)):
             models = _models_panel(gr, pair, original, pruned)
-        _on_generate(gr, shelf, shown, generate)
+        # each page's Stop, which its running Generate or evaluation checks as it goes
+        stops: dict[str, threading.Event] = {}
+        _on_generate(gr, shelf, shown, generate, stops)
         # the quick evaluation of another pruned model than the launched one uses its report's
         _on_evaluate(gr, shelf, shown, quality,
-                     lambda key: data if key[1] == launched[1] else None)
+                     lambda key: data if key[1] == launched[1] else None, stops)
         _on_load(gr, shelf, shown, status, generate, quality, structure, models)
     return demo
 
@@ -148,7 +151,9 @@ def _quality_tab(gr: Any, pair: ModelPair) -> SimpleNamespace:
     tab.report_figures = gr.Markdown(_report_figures(pair))
     tab.samples = gr.Slider(20, 500, value=100, step=10,
                             label="samples for the quick evaluation")
-    tab.button = gr.Button("Run quick evaluation", elem_id="evaluate")
+    with gr.Row():
+        tab.button = gr.Button("Run quick evaluation", elem_id="evaluate", scale=4)
+        tab.stop_button = gr.Button("Stop", variant="stop", elem_id="stop-evaluation", scale=1)
     tab.evaluation = gr.Markdown(elem_id="evaluation")
     return tab
 
@@ -181,14 +186,38 @@ def _models_panel(gr: Any, pair: ModelPair, original: str | None, pruned: str
     return panel
 
 
-def _on_generate(gr: Any, shelf: PairShelf, shown: Any, tab: SimpleNamespace) -> None:
+def _stop_flag(stops: dict[str, threading.Event], request: Any) -> threading.Event:
+    """The page's stop flag, cleared: set by its Stop while the work it starts runs."""
+    stop = stops.setdefault(request.session_hash, threading.Event())
+    stop.clear()
+    return stop
+
+
+def _stop_button(gr: Any, button: Any, stops: dict[str, threading.Event], api_name: str
+                 ) -> None:
+    """``button`` sets the page's stop flag, at once (outside the queue)."""
+
+    def on_stop(request: gr.Request):
+        if request.session_hash in stops:
+            stops[request.session_hash].set()
+
+    _hand_request(gr, on_stop)
+    button.click(on_stop, None, None, queue=False, api_name=api_name)
+
+
+def _hand_request(gr: Any, handler: Callable) -> None:
+    # this module's annotations are strings (``from __future__``) naming Gradio, which is
+    # imported with the demo only; Gradio hands a handler the page's request by its type
+    handler.__annotations__["request"] = gr.Request
+
+
+def _on_generate(gr: Any, shelf: PairShelf, shown: Any, tab: SimpleNamespace,
+                 stops: dict[str, threading.Event]) -> None:
     """Generate samples the page's pair on both sides; Stop ends it at the next model call."""
-    stops: dict[str, threading.Event] = {}  # each page's, by its session
 
     def on_generate(request: gr.Request, key, label, seed, count, sampler, steps, cfg,
                     backend, *values):
-        stop = stops.setdefault(request.session_hash, threading.Event())
-        stop.clear()
+        stop = _stop_flag(stops, request)
         try:
             pair = shelf.get(tuple(key))
             chosen = (governed_settings(objective_for(pair.original), sampler,
@@ -210,34 +239,35 @@ def _on_generate(gr: Any, shelf: PairShelf, shown: Any, tab: SimpleNamespace) ->
                 _timing(right), _speedup(left, right, pair.family, sampler, int(steps),
                                          backend, chosen))
 
-    def on_stop(request: gr.Request):
-        if request.session_hash in stops:
-            stops[request.session_hash].set()
-
-    # this module's annotations are strings (``from __future__``) naming Gradio, which is
-    # imported with the demo only; Gradio hands a handler the page's request by its type
-    for handler in (on_generate, on_stop):
-        handler.__annotations__["request"] = gr.Request
+    _hand_request(gr, on_generate)
     tab.button.click(on_generate, [shown, tab.label, tab.seed, tab.count, tab.sampler,
                                    tab.steps, tab.cfg, tab.backend, *tab.settings],
                      [tab.original_gallery, tab.original_timing, tab.pruned_gallery,
                       tab.pruned_timing, tab.speedup], api_name="generate")
-    tab.stop_button.click(on_stop, None, None, queue=False, api_name="stop")
+    _stop_button(gr, tab.stop_button, stops, "stop")
 
 
 def _on_evaluate(gr: Any, shelf: PairShelf, shown: Any, tab: SimpleNamespace,
-                 data_for: Callable[[PairKey], str | None]) -> None:
-    """The quick evaluation of the page's pair, on ``data_for(key)`` (None: the report's)."""
+                 data_for: Callable[[PairKey], str | None],
+                 stops: dict[str, threading.Event]) -> None:
+    """The quick evaluation of the page's pair, on ``data_for(key)`` (None: the report's);
+    Stop ends it after the batch it is sampling."""
 
     # Gradio finds the progress tracker through this default argument.
-    def on_evaluate(key, samples, progress=gr.Progress()):  # noqa: B008
-        key = tuple(key)
+    def on_evaluate(request: gr.Request, key, samples, progress=gr.Progress()):  # noqa: B008
+        stop, key = _stop_flag(stops, request), tuple(key)
         try:
-            return _quick_evaluation(shelf.get(key), int(samples), data_for(key), progress)
+            return _quick_evaluation(shelf.get(key), int(samples), data_for(key), progress,
+                                     stop)
+        except Stopped as stopped:  # the last figures stay
+            gr.Info(f"The quick evaluation {stopped}.")
+            return gr.skip()
         except Exception as error:
             raise gr.Error(str(error)) from None
 
+    _hand_request(gr, on_evaluate)
     tab.button.click(on_evaluate, [shown, tab.samples], [tab.evaluation], api_name="evaluate")
+    _stop_button(gr, tab.stop_button, stops, "stop_evaluation")
 
 
 def _on_load(gr: Any, shelf: PairShelf, shown: Any, status: Any, generate: SimpleNamespace,
@@ -378,7 +408,8 @@ def _plot(pair: ModelPair, name: str) -> str | None:
     return str(pair.report_dir / name)
 
 
-def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress) -> str:
+def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress: Any,
+                      stop: threading.Event | None = None) -> str:
     from entpruner_sdk.data.folder import open_data
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.evaluation.reference import REFERENCE_SIZE, load_reference
@@ -390,11 +421,22 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress)
                                           **({} if data else _data_options(pair))),
                                 REFERENCE_SIZE)
     settings = default_sampling(pair.family)
-    progress(0.05, desc=f"sampling {samples} images from each model, from the same noise")
-    # one evaluation: the original's figures come from the samples its fidelity needs
+    progress(0.02, desc=f"sampling {samples} images from each model, from the same noise")
+
+    def on_batch(side: str, done: int, total: int) -> None:
+        if stop is not None and stop.is_set():
+            raise Stopped(f"stopped after {done} of {total} batches of the {side} model")
+        # the pruned model samples first, then the original: half of the bar each
+        progress(0.02 + 0.9 * (done / total + (side == "original")) / 2,
+                 desc=f"sampling the {side} model: batch {done} of {total}")
+
+    # one evaluation: the original's figures come from the samples its fidelity needs; five
+    # batches a model, so the bar moves and Stop takes effect between them
     pruned = ModelThread.run(evaluate, pair.pruned, dataset, samples=samples,
                              original=pair.original, features=("domain",), device=pair.device,
-                             progress=False, vae=pair.decoder, model_name="pruned", **settings)
+                             progress=False, vae=pair.decoder, model_name="pruned",
+                             batch_size=-(-samples // QUICK_BATCHES), on_batch=on_batch,
+                             **settings)
     progress(1.0, desc="done")
     rows = ["| | original | pruned |", "|---|---|---|"]
     for key in ("fd_domain", "class_accuracy", "precision_domain", "recall_domain"):

@@ -560,6 +560,31 @@ def test_stop_ends_a_slow_generate_and_frees_the_model_thread(tmp_path):
         demo.close()
 
 
+def test_the_quick_evaluation_shows_its_batches_and_stops_between_them(models):
+    """Its bar sat at 5% until both models had sampled, and nothing could stop it."""
+    import threading
+
+    from entpruner_sdk.apps.demo import _quick_evaluation
+    from entpruner_sdk.apps.pair import Stopped
+
+    pair, stop, shown = load_pair(*models), threading.Event(), []
+
+    def progress(fraction: float, desc: str = "") -> None:
+        shown.append((fraction, desc))
+        if desc == "sampling the original model: batch 2 of 5":
+            stop.set()  # as the page's Stop would, while batch 3 samples
+
+    with pytest.raises(Stopped, match="stopped after 3 of 5 batches of the original model"):
+        _quick_evaluation(pair, 20, None, progress, stop)
+    descriptions = [desc for _, desc in shown[1:]]
+    assert descriptions == [f"sampling the pruned model: batch {b} of 5" for b in range(1, 6)] + [
+        f"sampling the original model: batch {b} of 5" for b in (1, 2)]
+    fractions = [fraction for fraction, _ in shown]
+    assert fractions == sorted(fractions) and fractions[5] == pytest.approx(0.47)
+    table = _quick_evaluation(pair, 20, None, lambda *args, **kwargs: None, threading.Event())
+    assert "| fd_domain |" in table
+
+
 def test_the_shelf_keeps_its_capacity_and_loads_a_dropped_pair_again():
     from entpruner_sdk.apps.pair import ModelPair, PairShelf
 

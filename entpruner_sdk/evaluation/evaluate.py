@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 import torch
@@ -100,6 +102,7 @@ def evaluate(
     sampler_settings: dict[str, float | str] | None = None,
     likelihood: int = 0,
     likelihood_steps: int | None = None,
+    on_batch: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
     ``model`` and ``original``: models, or bundled teachers' names or saved models' paths, or
@@ -144,6 +147,10 @@ def evaluate(
     (class-balanced, chosen by ``seed``) under the model, and under ``original`` on the same
     images with the same noise, with their paired difference (``report.likelihood``).
     ``likelihood_steps``: SiT's ODE steps (50), DiT's bound's timesteps (1000).
+
+    ``on_batch``: called after each batch of samples with whose they are (``model_name`` or
+    ``"original"``), the batches made and their count, for a progress display; what it raises
+    ends the evaluation (a page's Stop), keeping the batches made in ``checkpoint_dir``.
     """
     model = sampled_model(model)
     original = sampled_model(original, "original") if original is not None else None
@@ -176,7 +183,7 @@ def evaluate(
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
                       desc=f"sampling {model_name}", decoder=decoder, finished=batches,
-                      **sampling)
+                      on_batch=on_batch and partial(on_batch, model_name), **sampling)
     report = EvaluationReport(images=images, labels=labels, classes=classes, settings=dict(
         model=model_name, samples=samples, sampler=sampler_used, steps=steps,
         **({"sampler_settings": governing} if governing else {}), cfg_scale=cfg_scale,
@@ -208,6 +215,7 @@ def evaluate(
             original_images = generate(original, labels, seed=seed, batch_size=batch_size,
                                        progress=progress, desc="sampling the original",
                                        decoder=decoder, finished=kept.of(original, "original"),
+                                       on_batch=on_batch and partial(on_batch, "original"),
                                        **sampling)
         # the original's figures from its samples, measured as the model's were: the
         # comparison a user makes, at the cost of its samples' features, which fidelity needs

@@ -3,7 +3,7 @@ ranks, kept on disk as they finish so an interrupted evaluation continues."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,13 +26,16 @@ def generate(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor
              seed: int, batch_size: int, progress: bool, desc: str = "sampling",
              decoder: LatentSpace | None = None,
              as_eight_bit: bool = False, finished: SampleBatches | None = None,
-             sampler_settings: dict[str, float] | None = None, **sampling: Any) -> torch.Tensor:
+             sampler_settings: dict[str, float] | None = None,
+             on_batch: Callable[[int, int], None] | None = None, **sampling: Any) -> torch.Tensor:
     """Samples in batches; batch b uses seed + b, so any two models see identical noise.
     A latent model's samples are decoded to images by ``decoder`` batch by batch;
     ``as_eight_bit``: each batch is rounded to 8-bit pixels (uint8) as it is made.
     ``sampler_settings``: SiT's (``atol``, ``diffusion_norm``...), for the model's objective.
     ``finished``: each batch is written there as it is made, and one found there is loaded
-    instead of made again (an interrupted evaluation continues).
+    instead of made again (an interrupted evaluation continues). ``on_batch``: called after
+    each batch is made with this process's batches done and in all; what it raises ends the
+    sampling (a page's Stop), the batches in ``finished`` kept.
 
     Under torch.distributed, rank r samples the batches b with b % world == r and the batches
     are gathered in order: the same images as one process, in 1 / world of the time.
@@ -55,6 +58,8 @@ def generate(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor
         chunks[b] = batch
         if finished is not None:
             finished.save(b, batch)
+        if on_batch is not None:
+            on_batch(len(chunks), len(mine))
     for other in distributed.gather_objects(chunks) if distributed.is_distributed() else []:
         chunks.update(other)
     return torch.cat([chunks[b] for b in range(len(starts))])
