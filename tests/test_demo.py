@@ -219,12 +219,14 @@ def test_the_quick_evaluation_loads_the_data_as_the_run_did(tmp_path):
     assert _data_options(pair) == {"image_size": 8}
     table = _quick_evaluation(pair, 4, None, lambda *args, **kwargs: None)
     assert "Quick evaluation on `photos`" in table and "| fd_domain |" in table
-    # the original's column is the original's own evaluation with the same settings
+    # the original's column is the original's own evaluation with the same settings (and
+    # batches: each batch's noise has its own seed)
+    from entpruner_sdk.apps.demo import QUICK_BATCHES
     from entpruner_sdk.apps.pair import default_sampling
     from entpruner_sdk.evaluation.evaluate import evaluate
 
     own = evaluate(pair.original, photos, samples=4, features=("domain",), progress=False,
-                   **default_sampling("dit")).metrics
+                   batch_size=-(-4 // QUICK_BATCHES), **default_sampling("dit")).metrics
     assert f"| fd_domain | {own['fd_domain']:.4f} |" in table
     assert f"| recall_domain | {own['recall_domain']:.4f} |" in table
 
