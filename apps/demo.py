@@ -41,6 +41,8 @@ SETTING_NAMES = ("diffusion_form", "diffusion_norm", "last_step", "last_step_siz
 # the very differences the page is for
 DISPLAY_SIZE = 96
 QUICK_BATCHES = 5  # the quick evaluation samples each model in this many batches
+NO_EVALUATION = ("*No quick evaluation yet: it samples both models from the same noise and "
+                 "compares them with the data.*")
 # lossless: Gradio's default (WebP) is lossy, and would blur the very samples being compared
 GALLERY_FORMAT = "png"
 # Gradio gives a gallery at least 450 px of height (55% of the window at most), so four
@@ -154,7 +156,9 @@ def _quality_tab(gr: Any, pair: ModelPair) -> SimpleNamespace:
     with gr.Row():
         tab.button = gr.Button("Run quick evaluation", elem_id="evaluate", scale=4)
         tab.stop_button = gr.Button("Stop", variant="stop", elem_id="stop-evaluation", scale=1)
-    tab.evaluation = gr.Markdown(elem_id="evaluation")
+    # some text from the start: Gradio shows the running evaluation's bar over this field,
+    # and an empty one has no height to show it in
+    tab.evaluation = gr.Markdown(NO_EVALUATION, elem_id="evaluation", min_height=80)
     return tab
 
 
@@ -289,13 +293,17 @@ def _on_load(gr: Any, shelf: PairShelf, shown: Any, status: Any, generate: Simpl
                             value=defaults["sampler"]),
                 defaults["steps"], defaults["cfg_scale"],
                 gr.Accordion(visible=new.family == "sit"),
-                new.original_source or original)  # empty: shows the recorded one
+                new.original_source or original,  # empty: shows the recorded one
+                # what the page showed of the pair before is not this pair's
+                [], "", [], "", "", NO_EVALUATION)
 
     models.button.click(
         on_load, [models.original_path, models.pruned_path],
         [shown, status, quality.report_figures, structure.facts, structure.importance_plot,
          structure.timeline_plot, structure.decisions, generate.label, generate.sampler,
-         generate.steps, generate.cfg, generate.sit_settings, models.original_path],
+         generate.steps, generate.cfg, generate.sit_settings, models.original_path,
+         generate.original_gallery, generate.original_timing, generate.pruned_gallery,
+         generate.pruned_timing, generate.speedup, quality.evaluation],
         api_name="load")
 
 

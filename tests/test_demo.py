@@ -295,8 +295,12 @@ def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
     status, *_ = client.predict(models[0], str(tmp_path / "nowhere"), api_name="/load")
     assert "No pruned model" in status and "Traceback" not in status
     # a path pasted with the quotes and spaces a terminal or file manager copies with it
-    status, *_ = client.predict(f" '{models[0]}' ", f'"{models[1]}"\n', api_name="/load")
+    status, *shown = client.predict(f" '{models[0]}' ", f'"{models[1]}"\n', api_name="/load")
     assert status.startswith("Loaded") and f"(`{models[1]}`)" in status
+    # the samples and figures of the pair shown before are cleared, not left beside this one
+    from entpruner_sdk.apps.demo import NO_EVALUATION
+
+    assert shown[-6:] == [[], "", [], "", "", NO_EVALUATION]
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium "
