@@ -53,6 +53,68 @@ def test_training_checkpoint_uses_the_ema_weights(tmp_path, tiny_sit):
     assert same_weights(loaded, tiny_sit) and not same_weights(loaded, raw)
 
 
+def reference_checkpoint(path, weights, **args):
+    """A checkpoint as the DiT and SiT repositories' train.py writes it: the raw and EMA
+    weights, the optimizer and the run's argparse.Namespace."""
+    import argparse
+
+    raw = randomized(DiffusionTransformer(weights.config), seed=7)
+    optimizer = torch.optim.AdamW(raw.parameters(), lr=1e-4)
+    raw(torch.randn(2, weights.config.in_channels, 8, 8), torch.rand(2),
+        torch.tensor([1, 2])).square().mean().backward()
+    optimizer.step()  # an optimizer state with tensors in it, as after any step
+    namespace = argparse.Namespace(
+        data_path="/data/train", results_dir="results", image_size=256, epochs=1400,
+        global_batch_size=256, global_seed=0, vae="ema", num_workers=4, log_every=100,
+        ckpt_every=50_000, **args)
+    torch.save({"model": raw.state_dict(), "ema": weights.state_dict(),
+                "opt": optimizer.state_dict(), "args": namespace}, path)
+    return path
+
+
+def test_a_reference_train_py_checkpoint_loads_with_what_its_args_say(tmp_path, tiny_sit,
+                                                                      capsys):
+    from entpruner_sdk.cli import main
+
+    sit_args = dict(model="SiT-tiny", num_classes=10, path_type="GVP", prediction="velocity",
+                    loss_weight=None, train_eps=None, sample_eps=None)
+    path = reference_checkpoint(tmp_path / "0050000.pt", tiny_sit, **sit_args)
+    loaded = ep.load(path, num_heads=2)  # the args name the family
+    assert same_weights(loaded, tiny_sit) and loaded.family == "sit"
+    assert loaded.objective == {"path": "gvp"}  # sampled as a linear path, it would be noise
+    trained = loaded.provenance["trained_with"]
+    assert trained["model"] == "SiT-tiny" and trained["vae"] == "ema"
+    assert "data_path" not in trained  # where the run kept its files is not the model's
+    assert main(["info", "--model", str(path), "--num-heads", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert "flow path gvp" in shown
+    assert "trained by train.py as SiT-tiny, 256 px images, 10 classes, path GVP" in shown
+    # what a family given by hand contradicts, and what this package cannot run, is refused
+    with pytest.raises(ep.CheckpointError, match=r"a SIT by its training args \(SiT-tiny\) "
+                                                 r"but family='dit' was given"):
+        ep.load(path, family="dit", num_heads=2)
+    for setting, refused in (({"path_type": "VP"}, "SiT's VP path; entpruner implements the "
+                                                   "Linear and GVP paths only"),
+                             ({"prediction": "noise"}, "predicts the noise")):
+        other = reference_checkpoint(tmp_path / "other.pt", tiny_sit, **{**sit_args,
+                                                                         **setting})
+        with pytest.raises(ep.CheckpointError, match=refused):
+            ep.load(other, num_heads=2)
+    # a model trained without label dropout has no null row; the table alone misreads it
+    plain = randomized(DiffusionTransformer(tiny_config("dit", class_dropout_prob=0.0)))
+    path = reference_checkpoint(tmp_path / "dit.pt", plain, model="DiT-tiny", num_classes=10)
+    loaded = ep.load(path, num_heads=2)
+    assert loaded.config == plain.config and same_weights(loaded, plain)
+    # arguments holding an object of another kind are still refused, with the EMA's way out
+    import pathlib
+
+    torch.save({"ema": tiny_sit.state_dict(), "args": {"data": pathlib.PurePosixPath("/d")}},
+               tmp_path / "odd.pt")
+    with pytest.raises(ep.CheckpointError, match=r"PurePosixPath.*torch.save\(checkpoint"
+                                                 r"\['ema'\], 'weights.pt'\)"):
+        ep.load(tmp_path / "odd.pt", family="sit")
+
+
 def test_released_safetensors_and_inferred_config(tmp_path):
     model = randomized(DiffusionTransformer(tiny_config("dit", learn_sigma=False, depth=3,
                                                         num_classes=7, input_size=16,
@@ -138,7 +200,9 @@ def test_pickled_objects_are_not_loaded(tmp_path):
         f"cannot read {tmp_path / 'evil.pt'} safely: it holds the Python object "
         f"{Arbitrary.__module__}.Arbitrary, and loading it would run code from the file "
         "(weights_only=True refuses it). If you trust its source, load it yourself once and "
-        "save the tensors: torch.save(model.state_dict(), 'weights.pt')")
+        "save its tensors: for a training checkpoint the EMA weights, "
+        "torch.save(checkpoint['ema'], 'weights.pt'), else "
+        "torch.save(model.state_dict(), 'weights.pt')")
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(ep.CheckpointError) as refused:
         ep.load(tmp_path / "text.pt", family="dit")

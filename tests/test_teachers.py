@@ -5,8 +5,9 @@ import torch
 
 from entpruner_sdk.data import load_data
 from entpruner_sdk.evaluation.classifier import class_accuracy, domain_classifier
+from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.sampling import sample
-from entpruner_sdk.teachers import DEFAULT_TEACHERS, SAMPLING, load_teacher
+from entpruner_sdk.teachers import DEFAULT_TEACHERS, SAMPLING, as_model, load_teacher
 from tests.conftest import randomized, tiny_config
 
 
@@ -91,3 +92,40 @@ def test_every_verb_takes_a_model_by_name_or_path_and_refuses_other_modules(tmp_
     # the conversion it names works on a model in the reference layout
     converted = from_state_dict(teacher.state_dict(), "sit", num_heads=4)
     assert torch.equal(sample(converted, labels, steps=2, seed=5), by_object)
+
+
+def reference_module(kind: str, model):
+    """A module built as the reference models.py builds its model: a class named DiT or SiT
+    holding the same submodules, ``num_heads`` as an attribute and ``pos_embed`` as a frozen
+    parameter (that file is not a package, so it is rebuilt here from its layout)."""
+    module = type(kind, (torch.nn.Module,), {})()
+    for name, child in model.named_children():
+        module.add_module(name, child)
+    module.pos_embed = torch.nn.Parameter(model.pos_embed.detach().clone(), requires_grad=False)
+    module.num_heads = model.config.num_heads
+    return module
+
+
+def test_a_reference_dit_or_sit_module_is_taken_as_it_is():
+    from entpruner_sdk import plan
+
+    teacher = load_teacher("sit-digits")
+    labels = [3, 7]
+    module = reference_module("SiT", teacher)
+    assert torch.equal(sample(module, labels, steps=2, seed=5),
+                       sample(teacher, labels, steps=2, seed=5))
+    wrapped = torch.nn.Module()  # DistributedDataParallel keeps the model as .module
+    wrapped.module = module
+    options = dict(calibration_per_class=2, calibration_times=2, proxy_samples=4)
+    assert plan(wrapped, "digits", 6, **options).removed_blocks == plan(
+        teacher, "digits", 6, **options).removed_blocks
+    # the class names the family: the same weights as a DiT are a DiT
+    assert as_model(reference_module("DiT", teacher)).family == "dit"
+    # a reference module built without label dropout has no null row, and is read so
+    plain = randomized(DiffusionTransformer(tiny_config("dit", class_dropout_prob=0.0)))
+    assert as_model(reference_module("DiT", plain)).config == plain.config
+    # a module of that name without the reference layout is still refused
+    other = type("DiT", (torch.nn.Module,), {})()
+    other.num_heads = 4
+    with pytest.raises(TypeError, match="model is a DiT, not an entpruner"):
+        as_model(other)

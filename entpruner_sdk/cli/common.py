@@ -136,6 +136,14 @@ def open_export(path: str, provider: str) -> RuntimeDenoiser | None:
     return load_exported(path, provider=provider) if is_export_dir(path) else None
 
 
+def released_options(p: argparse.ArgumentParser) -> None:
+    """--family and --num-heads: what a released weights file does not record."""
+    p.add_argument("--family", choices=["dit", "sit"],
+                   help="required for a released weights file, whose keys are the same for "
+                        "both (a train.py checkpoint's args name it)")
+    heads_option(p)
+
+
 def heads_option(p: argparse.ArgumentParser) -> None:
     """--num-heads, for a released checkpoint of a width the published table lacks."""
     p.add_argument("--num-heads", type=int,

@@ -39,8 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             --family dit --data ./latents.npz --budget 14 --out runs/xl-d14   # data-parallel
         """)
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
-    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    common.heads_option(p)
+    common.released_options(p)
     p.add_argument("--data", default="digits",
                    help="downstream data: bundled name, class folders or .npz")
     common.folder_options(p)

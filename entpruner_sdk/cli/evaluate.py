@@ -35,8 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         """)
     p.add_argument("--model", required=True,
                    help="bundled teacher name, model path, or an export directory")
-    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    common.heads_option(p)
+    common.released_options(p)
     p.add_argument("--original", help="also sample this model (or export) from the same noise "
                    "and labels: its figures beside the model's, and the model's fidelity to it")
     common.provider_option(p)

@@ -25,13 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner info --model dit-digits
         entpruner info --model runs/dit-d6        # a compress output: how it was made
         entpruner info --model DiT-XL-2-256x256.pt --family dit --json
+        entpruner info --model results/000-SiT-B-2/checkpoints/0400000.pt  # from train.py
         entpruner info --model exports/dit-d6     # an export directory
         """)
     p.add_argument("--model", required=True,
                    help="registry name, bundled teacher name, model path, released file or "
                         "export directory")
-    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    common.heads_option(p)
+    common.released_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -89,10 +89,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"{summary['family'].upper()}  depth {cfg['depth']}  hidden {cfg['hidden_size']}  "
           f"heads {cfg['num_heads']}  patch {cfg['patch_size']}  input {cfg['in_channels']}x"
           f"{cfg['input_size']}x{cfg['input_size']}  classes {cfg['num_classes']}  "
-          f"learn_sigma {cfg['learn_sigma']}")
+          f"learn_sigma {cfg['learn_sigma']}"
+          + (f"  flow path {summary['objective'].get('path', 'linear')}"
+             if summary["family"] == "sit" else ""))
     print(f"parameters {summary['parameters']:,}  forward {summary['gflops_per_image']:.4f} "
           "GFLOPs/image")
     print(f"kept blocks {summary['provenance']['kept_blocks']}")
+    trained = summary["provenance"].get("trained_with")
+    if trained:  # the args of the reference train.py run that made the weights
+        print("trained by train.py as " + _training_line(trained))
     compression = summary["provenance"].get("compression")
     if compression:  # a compress output: how it was made, beside what it kept
         _print_compression(compression, summary.get("compression") or {})
@@ -109,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
     if tuned:
         print("fine-tuned on classes " + listed(tuned))
     if summary["latent"]:
+        vae = (trained or {}).get("vae")
         print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
-              "demo decode them with --vae DIR")
+              "demo decode them with --vae DIR"
+              + (f" (it was trained with sd-vae-ft-{vae})" if vae in ("ema", "mse") else ""))
     if "export" in summary:
         _print_export(summary["export"])
         if summary["export"]["damaged"]:  # said last, where it is seen, and as a failure
@@ -119,6 +126,15 @@ def run(args: argparse.Namespace) -> int:
                   "or export again", file=sys.stderr)
             return 2
     return 0
+
+
+def _training_line(args: dict) -> str:
+    """The reference train.py settings that say what the weights are, as one line."""
+    named = {"model": "{}", "image_size": "{} px images", "num_classes": "{} classes",
+             "path_type": "path {}", "prediction": "{} prediction", "epochs": "{} epochs",
+             "global_batch_size": "batch {}"}
+    return ", ".join(form.format(args[key]) for key, form in named.items()
+                     if args.get(key) is not None)
 
 
 def _print_compression(made: dict, report: dict) -> None:
@@ -151,8 +167,11 @@ def _print_export(export: dict) -> None:
     contents = export.get("contents")  # exports made before it list their graphs only
     files = ([f"{name} ({common.human_size(size)})" for name, size in contents.items()]
              if contents else sorted(set(export["files"].values())))
+    # the batch range an engine or package was built for; other formats take any batch
+    profile = (f", batch profile {export.get('batch')}"
+               if export["format"] in ("aoti", "tensorrt", "torch-tensorrt") else "")
     print(f"export: {export['format']} {export.get('precision') or ''}, files "
-          f"{', '.join(files)}, batch profile {export.get('batch')}, made with torch "
+          f"{', '.join(files)}{profile}, made with torch "
           f"{export.get('torch')} at {export.get('created')}")
     if "decoder" in export["files"]:
         print("carries the VAE decoder: sample and serve need no --vae")

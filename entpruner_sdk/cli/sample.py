@@ -35,8 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         """)
     p.add_argument("--model", required=True,
                    help="bundled teacher name, model path, or an export directory")
-    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    common.heads_option(p)
+    common.released_options(p)
     common.provider_option(p)
     p.add_argument("--labels", help="comma-separated class ids or names (names for a model "
                    "trained on named classes: class folders, an .npz's class_names)")

@@ -41,9 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="require this X-API-Key (default: $ENTPRUNER_API_KEY)")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
-    p.add_argument("--family", choices=["dit", "sit"],
-                   help="required for released checkpoints (their keys do not say)")
-    common.heads_option(p)
+    common.released_options(p)
     common.vae_option(p)
     common.run_options(p)
 

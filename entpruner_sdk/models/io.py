@@ -5,10 +5,12 @@
   a compress output holding one as ``model/``;
 - a diffusers ``DiTTransformer2DModel`` directory (keys converted to the reference layout);
 - a released plain state dict (``.pt`` / ``.pth`` / ``.safetensors``);
-- a training checkpoint ``{"model", "ema", "opt", "args"}`` (the EMA weights are used).
+- a training checkpoint ``{"model", "ema", "opt", "args"}`` of the DiT or SiT repository's
+  ``train.py`` (the EMA weights are used; ``models.reference`` reads its args).
 
 Released files do not say whether they are DiT or SiT (their keys are identical), so they need
-``family``; everything else about the architecture is inferred from tensor shapes.
+``family``; a training checkpoint's args name it. Everything else about the architecture is
+inferred from tensor shapes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from entpruner_sdk.models.config import (
     default_num_heads,
     published_num_heads,
 )
+from entpruner_sdk.models.reference import TrainingArgs, config_with_args, namespace_allowed
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 
@@ -102,11 +105,7 @@ def load(
     if path.is_dir():
         model = _load_directory(path, family, num_heads)
     else:
-        state = read_state_dict(path)
-        model = from_state_dict(
-            state, _require_family(family, path), num_heads=num_heads,
-            provenance={"source": path.name, "source_sha256": file_sha256(path)},
-        )
+        model = _load_file(path, family, num_heads)
     model.loaded_from = str(path.resolve())
     return model.to(device)
 
@@ -119,8 +118,14 @@ def from_state_dict(
     provenance: dict[str, Any] | None = None,
 ) -> DiffusionTransformer:
     """Build a model from a state dict in the reference layout, inferring its config."""
-    config = infer_config(state, family, num_heads=num_heads)
-    model = DiffusionTransformer(config, provenance)
+    return build(state, infer_config(state, family, num_heads=num_heads), provenance)
+
+
+def build(state: dict[str, torch.Tensor], config: TransformerConfig,
+          provenance: dict[str, Any] | None = None, objective: dict[str, Any] | None = None
+          ) -> DiffusionTransformer:
+    """A model of ``config`` holding ``state`` (strictly: every key, every shape)."""
+    model = DiffusionTransformer(config, provenance, objective)
     _strict_load(model, state)
     return model
 
@@ -129,23 +134,13 @@ def infer_config(
     state: dict[str, torch.Tensor], family: str, *, num_heads: int | None = None
 ) -> TransformerConfig:
     """Depth, width, patch, input size, classes and learn_sigma from tensor shapes."""
-    required = ("x_embedder.proj.weight", "pos_embed", "y_embedder.embedding_table.weight",
-                "final_layer.linear.weight")
-    missing = [key for key in required if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"not a DiT/SiT state dict: missing {missing}. Expected the reference layout "
-            "(keys such as 'x_embedder.proj.weight', 'blocks.0.attn.qkv.weight'); for a "
-            "diffusers model pass its directory instead"
-        )
+    _require_layout(state)
     hidden, in_channels, patch, _ = state["x_embedder.proj.weight"].shape
     tokens = state["pos_embed"].shape[1]
     side = math.isqrt(tokens)
     if side * side != tokens:
         raise CheckpointError(f"pos_embed has {tokens} tokens, which is not a square grid")
-    depth = 1 + max(
-        (int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1
-    )
+    depth = _depth(state)
     out_channels = state["final_layer.linear.weight"].shape[0] // (patch * patch)
     if out_channels not in (in_channels, 2 * in_channels):
         raise CheckpointError(
@@ -199,34 +194,96 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` or ``.pt`` / ``.bin`` file, loaded safely (a training
     checkpoint gives its EMA weights); a file that cannot be read so is a ``CheckpointError``
     that says why."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], TrainingArgs | None]:
+    """``read_state_dict``, with the args a training checkpoint recorded (None without)."""
     try:
         if path.suffix == ".safetensors":
             obj: Any = load_file(str(path))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with namespace_allowed():  # the reference train.py's args
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, truncated, or not a tensor file at all
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if found:  # torch's own message offers weights_only=False, which would run the pickle
-            raise CheckpointError(
-                f"cannot read {path} safely: it holds the Python object {found.group(1)}, "
-                "and loading it would run code from the file (weights_only=True refuses it). "
-                "If you trust its source, load it yourself once and save the tensors: "
-                "torch.save(model.state_dict(), 'weights.pt')") from None
-        # torch's unpickler wraps the cause in paragraphs of advice; keep the cause
-        cause = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", str(error),
-                          re.DOTALL)
-        reason = cause.group(1) if cause else (str(error).strip().splitlines() or [""])[0]
-        raise CheckpointError(
-            f"cannot read {path}: {type(error).__name__}: {reason.rstrip('.')}. The file is "
-            "corrupt, truncated, or not a PyTorch/safetensors checkpoint; download or save it "
-            "again") from error
+        if _foreign_object(error):  # torch's own message offers to run the pickle: drop it
+            raise _unreadable(path, error) from None
+        raise _unreadable(path, error) from error
+    args = None
     if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
+        args = TrainingArgs.read(obj.get("args"))
         obj = obj["ema"]  # training checkpoint: the EMA weights are the ones to sample with
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        args = TrainingArgs.read(obj.get("args"))
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}, args
+
+
+def _foreign_object(error: Exception) -> str | None:
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return found.group(1) if found else None
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    foreign = _foreign_object(error)
+    if foreign:  # torch's own message offers weights_only=False, which would run the pickle
+        return CheckpointError(
+            f"cannot read {path} safely: it holds the Python object {foreign}, and loading "
+            "it would run code from the file (weights_only=True refuses it). If you trust its "
+            "source, load it yourself once and save its tensors: for a training checkpoint "
+            "the EMA weights, torch.save(checkpoint['ema'], 'weights.pt'), else "
+            "torch.save(model.state_dict(), 'weights.pt')")
+    # torch's unpickler wraps the cause in paragraphs of advice; keep the cause
+    cause = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", str(error),
+                      re.DOTALL)
+    reason = cause.group(1) if cause else (str(error).strip().splitlines() or [""])[0]
+    return CheckpointError(
+        f"cannot read {path}: {type(error).__name__}: {reason.rstrip('.')}. The file is "
+        "corrupt, truncated, or not a PyTorch/safetensors checkpoint; download or save it "
+        "again")
+
+
+def _load_file(path: Path, family: str | None, num_heads: int | None) -> DiffusionTransformer:
+    """A released weights file or a training checkpoint, whose args settle what the weights
+    cannot: the family, SiT's flow path and a missing null class."""
+    state, args = read_checkpoint(path)
+    named = args.family if args else None
+    if family and named and family != named:
+        raise CheckpointError(
+            f"{path.name} is a {named.upper()} by its training args ({args.model_name}) but "
+            f"family={family!r} was given; drop the family or pass {named!r}")
+    family = _require_family(family or named, path)
+    config = infer_config(state, family, num_heads=num_heads)
+    config = config_with_args(config, args,
+                              state["y_embedder.embedding_table.weight"].shape[0])
+    provenance: dict[str, Any] = {"source": path.name, "source_sha256": file_sha256(path)}
+    if args and args.values:
+        provenance["trained_with"] = args.values
+    try:
+        objective = args.objective(family) if args else {}
+    except ValueError as error:
+        raise CheckpointError(f"{path.name}: {error}") from None
+    return build(state, config, provenance, objective)
+
+
+def _require_layout(state: dict[str, torch.Tensor]) -> None:
+    required = ("x_embedder.proj.weight", "pos_embed", "y_embedder.embedding_table.weight",
+                "final_layer.linear.weight")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"not a DiT/SiT state dict: missing {missing}. Expected the reference layout "
+            "(keys such as 'x_embedder.proj.weight', 'blocks.0.attn.qkv.weight'); for a "
+            "diffusers model pass its directory instead"
+        )
+
+
+def _depth(state: dict[str, torch.Tensor]) -> int:
+    return 1 + max(
+        (int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1
+    )
 
 
 def _strict_load(model: DiffusionTransformer, state: dict[str, torch.Tensor]) -> None:

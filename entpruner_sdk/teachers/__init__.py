@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from entpruner_sdk.models.io import CheckpointError, load
+from entpruner_sdk.models.reference import from_reference_module, is_reference_module
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
 TEACHERS = ("dit-digits", "sit-digits", "dit-photos", "sit-photos")
@@ -66,7 +67,8 @@ def resolve_model(spec: str | os.PathLike, family: str | None = None,
 
 def as_model(model: DiffusionTransformer | str | os.PathLike, role: str = "model"
              ) -> DiffusionTransformer:
-    """What every verb takes as a model: a ``DiffusionTransformer`` as it is, or a name or
+    """What every verb takes as a model: a ``DiffusionTransformer`` as it is, a ``DiT`` or
+    ``SiT`` module of the reference ``models.py`` (converted, weights copied), or a name or
     path ``resolve_model`` reads (a bundled teacher, a saved model, a compress output, one of
     our checkpoints). Anything else is refused with the way to convert it; ``role`` names the
     argument in that message."""
@@ -74,16 +76,19 @@ def as_model(model: DiffusionTransformer | str | os.PathLike, role: str = "model
         return model
     if isinstance(model, (str, os.PathLike)):
         return resolve_model(os.fspath(model))
+    if is_reference_module(model):
+        return from_reference_module(model)
     kind = type(model).__name__
     if isinstance(model, torch.nn.Module):
         if kind == "DiTTransformer2DModel":  # diffusers': its folder is what load reads
             fix = ("save it with module.save_pretrained(folder) and load the folder with "
                    "entpruner_sdk.load(folder, family='dit')")
         else:
-            fix = ("a DiT or SiT in the reference layout (the DiT or SiT repository's "
-                   "models.py) converts with entpruner_sdk.models.io.from_state_dict("
-                   "module.state_dict(), 'dit' or 'sit', num_heads=its head count), and a "
-                   "saved file loads with entpruner_sdk.load(path, family=...)")
+            fix = ("the DiT and SiT classes of the reference models.py are taken as they "
+                   "are; another module in their layout converts with "
+                   "entpruner_sdk.models.io.from_state_dict(module.state_dict(), 'dit' or "
+                   "'sit', num_heads=its head count), and a saved file loads with "
+                   "entpruner_sdk.load(path, family=...)")
         raise TypeError(f"{role} is a {kind}, not an entpruner DiffusionTransformer; {fix}")
     raise TypeError(f"{role} must be a DiffusionTransformer, a bundled teacher name or a "
                     f"path to a model; got a value of type {kind}")
