@@ -20,7 +20,7 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.files import atomic_directory, atomic_write_text
 
-FORMATS = ("onnx", "onnx-fp16", "aoti", "tensorrt", "torch-tensorrt")
+FORMATS = ("onnx", "onnx-fp16", "aoti", "tensorrt", "torch-tensorrt", "reference")
 
 
 @dataclass
@@ -59,7 +59,9 @@ def export(
 ) -> ExportResult:
     """Export ``model`` (a model, a saved directory, a checkpoint or a bundled teacher name)
     to ``out_dir`` in ``format``: ``onnx`` / ``onnx-fp16`` (denoiser + guidance graph),
-    ``aoti`` (AOTInductor .pt2), ``tensorrt`` (engine from the ONNX), ``torch-tensorrt``.
+    ``aoti`` (AOTInductor .pt2), ``tensorrt`` (engine from the ONNX), ``torch-tensorrt``,
+    ``reference`` (a state dict and constructor arguments for the DiT / SiT repository's own
+    ``models.py``, run here in PyTorch).
 
     With ``verify`` (the default) the export is run on random inputs at batch sizes 1, 3 and
     ``batch``'s opt value and compared with PyTorch; a mismatch raises ``ParityError`` and
@@ -80,6 +82,9 @@ def export(
                               "(overwrite=True) to replace it or choose another --out")
     precision = precision or {"onnx-fp16": "fp16", "tensorrt": "fp16",
                               "torch-tensorrt": "fp16"}.get(format, "fp32")
+    if format == "reference" and precision != "fp32":
+        raise ValueError(f"a reference export holds fp32 weights, as the released checkpoints "
+                         f"do, not {precision}; the reference code casts them when it loads")
     if format == "tensorrt":
         from entpruner_sdk.export.tensorrt import PRECISIONS
 
@@ -153,6 +158,10 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
                      timing_cache=directory / "timing.cache")
         files.update(denoiser="model.engine", sidecar="model.json", timing_cache="timing.cache")
         return files, {"opset": opset}
+    if format == "reference":
+        from entpruner_sdk.export.reference import write_reference
+
+        return write_reference(model, directory), {}
     if format == "aoti":
         from entpruner_sdk.export.aoti import export_aoti
 

@@ -324,6 +324,11 @@ def _open_denoiser(directory: Path, manifest: dict[str, Any], provider: str,
         guided = files.get("guided")
         return AotiDenoiser(directory / files["denoiser"], manifest["metadata"],
                             directory / guided if guided else None)
+    if fmt == "reference":
+        from entpruner_sdk.export.reference import ReferenceDenoiser
+
+        return ReferenceDenoiser(directory, manifest["metadata"],
+                                 "cuda" if provider in ("cuda", "tensorrt") else "cpu")
     if fmt == "tensorrt":
         from entpruner_sdk.export.tensorrt import TensorRTDenoiser
 

@@ -319,6 +319,51 @@ def test_aoti_package_runs_without_model_code(tmp_path):
     assert relative_error(got, expected)[1] < 1e-3
 
 
+@pytest.mark.parametrize("family", ["dit", "sit"])
+def test_a_reference_export_is_what_the_reference_code_loads(tmp_path, family):
+    from entpruner_sdk.export.reference import registry_name, write_reference
+    from entpruner_sdk.models.config import config_from_name
+    from entpruner_sdk.models.io import from_state_dict
+
+    model = pruned(family)
+    result = export(model, tmp_path / "ref", "reference")
+    assert result.files == {"denoiser": "model.pt", "kwargs": "model_kwargs.json",
+                            "readme": "README.md"}
+    # a plain state dict, as the released checkpoints are: blocks renumbered, tensors only
+    state = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    kwargs = json.loads((tmp_path / "ref" / "model_kwargs.json").read_text())
+    # the constructor's arguments: every field but the family, which is the class
+    assert kwargs == {k: v for k, v in model.config.to_dict().items() if k != "family"}
+    # the file loads as a released one, and the export samples as the model does
+    again = from_state_dict(state, family, num_heads=kwargs["num_heads"])
+    assert again.config == model.config
+    runtime = load_exported(tmp_path / "ref")
+    assert [c.relative_error for c in result.parity] == [0.0] * 3
+    assert torch.equal(runtime.sample([1, 2], steps=3, cfg_scale=2.0, seed=4),
+                       sample(model, [1, 2], steps=3, cfg_scale=2.0, seed=4, device="cpu"))
+    readme = (tmp_path / "ref" / "README.md").read_text()
+    kind = {"dit": "DiT", "sit": "SiT"}[family]
+    assert f"from models import {kind}" in readme and "blocks [0, 2, 3]" in readme
+    assert (f"{kind}_models['{kind}-W32-D3/2'] = lambda **kw: {kind}(depth=3, hidden_size=32,"
+            f" patch_size=2, num_heads=2, **kw)") in readme
+    assert ("It predicts the velocity on the GVP path." in readme) == (family == "sit")
+    # a latent model gets sample.py's command line, with its image size
+    latent = randomized(DiffusionTransformer(tiny_config(family, in_channels=4)))
+    (tmp_path / "latent").mkdir()
+    write_reference(latent, tmp_path / "latent")
+    mode, flow = ("ODE ", " --path-type Linear") if family == "sit" else ("", "")
+    assert (f"python sample.py {mode}--model {kind}-W32-D4/2 --ckpt model.pt --image-size 64 "
+            f"--num-classes 10{flow}") in (tmp_path / "latent" / "README.md").read_text()
+    # an XL width keeps the usual name of a pruned XL, which reads back as the same shape
+    xl = config_from_name("DiT-XL/2", depth=14)
+    assert registry_name(xl) == "DiT-D14/2" and config_from_name("DiT-D14/2") == xl
+    assert registry_name(config_from_name("SiT-B/2", depth=6)) == "SiT-B-D6/2"
+    with pytest.raises(ValueError, match="fp32 weights, as the released checkpoints do"):
+        export(model, tmp_path / "half", "reference", precision="fp16")
+
+
 def test_metadata_describes_the_objective():
     meta = export_metadata(pruned("dit"))
     assert meta["objective"]["num_timesteps"] == 1000 and meta["inputs"]["t"] == "int64 [N]"

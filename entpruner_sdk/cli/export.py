@@ -16,13 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner export --model dit-digits --format onnx-fp16 --out exports/fp16 --verify
         entpruner export --model runs/sit --format aoti --out exports/sit-aoti
         entpruner export --model runs/dit --format tensorrt --batch 1,8,32 --out exports/trt
+        entpruner export --model runs/sit --format reference --out exports/sit-ref  # SiT repo
         entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # run an export
         """)
     from entpruner_sdk.export import FORMATS
 
     p.add_argument("--model", required=True, help="bundled teacher name or model path")
-    p.add_argument("--family", choices=["dit", "sit"], help="required for released files")
-    common.heads_option(p)
+    common.released_options(p)
     p.add_argument("--format", default="onnx", choices=FORMATS, help="what to export to")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--verify", action="store_true",
