@@ -200,16 +200,18 @@ def _load_pair(original: str | None, pruned: str, onnx: bool,
             pair.pruned = resolve_model(str(model_path)).eval()
         except Exception as error:  # any load failure is shown to the user, not raised
             pruned_error = f"Pruned model {pruned!r} could not be loaded: {error}"
-    # a released original records neither its family nor its head count; the pruned model
-    # made from it records both
+    # a released original records neither its family, its head count nor a SiT's flow path;
+    # the pruned model made from it records all three
     made_from = pair.pruned.config if pair.pruned is not None else None
     family = family or (made_from.family if made_from else None)
     heads = made_from.num_heads if made_from else None
+    path = (pair.pruned.objective.get("path", "linear")
+            if made_from and made_from.family == family == "sit" else None)
     recorded = _recorded_original(pair.pruned)
     chosen = original or recorded.get("source") or DEFAULT_ORIGINAL
     pair.original_source = chosen
     try:
-        pair.original = resolve_model(chosen, family, num_heads=heads).eval()
+        pair.original = resolve_model(chosen, family, num_heads=heads, flow_path=path).eval()
     except Exception as error:
         told = "" if original else " (the model the pruned one records as its original)"
         pair.errors.append(f"Original model {chosen!r}{told} could not be loaded: {error}")

@@ -101,14 +101,16 @@ def load_served_model(name: str, source: str, backend: str = "torch",
                       device: str | torch.device | None = None,
                       provider: str | None = None,
                       vae: LatentSpace | str | None = None,
-                      family: str | None = None, num_heads: int | None = None) -> ServedModel:
+                      family: str | None = None, num_heads: int | None = None,
+                      flow_path: str | None = None) -> ServedModel:
     """Open ``source`` (teacher name, model directory or checkpoint, or an export directory)
     for ``backend``. A plain model asked for ONNX Runtime or TensorRT is exported first (into a
     temporary directory, parity-checked). A latent model needs ``vae`` (a ``LatentSpace`` or
     its folder), which decodes its samples to images; ``family`` ("dit" or "sit") is needed
     for a released checkpoint, whose keys do not say (``num_heads`` too, for a width that is
-    not a published size)."""
-    served = _load_served_model(name, source, backend, device, provider, family, num_heads)
+    not a published size, and ``flow_path`` for a SiT trained on the GVP path)."""
+    served = _load_served_model(name, source, backend, device, provider,
+                                dict(family=family, num_heads=num_heads, flow_path=flow_path))
     # --vae, else the decoder an export of a latent model carries
     served.decoder = decoder_for(served.config, vae if vae is not None else served.decoder,
                                  device)
@@ -116,8 +118,7 @@ def load_served_model(name: str, source: str, backend: str = "torch",
 
 
 def _load_served_model(name: str, source: str, backend: str, device: str | torch.device | None,
-                       provider: str | None, family: str | None,
-                       num_heads: int | None) -> ServedModel:
+                       provider: str | None, released: dict[str, Any]) -> ServedModel:
     from entpruner_sdk.export import is_export_dir, load_exported
 
     if backend not in BACKENDS:
@@ -131,7 +132,7 @@ def _load_served_model(name: str, source: str, backend: str, device: str | torch
                 f"{backend} (entpruner export --format "
                 f"{'onnx' if backend == 'onnxruntime' else backend}) or the model itself")
         return _from_runtime(name, runtime, source)
-    model = resolve_model(source, family, num_heads=num_heads)
+    model = resolve_model(source, **released)
     if backend == "torch":
         return _from_torch(name, model, resolve_device(device), source)
     from entpruner_sdk.export import export

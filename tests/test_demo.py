@@ -154,14 +154,21 @@ def test_the_onnx_side_of_a_latent_pair_decodes_in_onnx_runtime(tmp_path, monkey
         assert b.images.shape == (2, 3, 16, 16) and a.model_calls == b.model_calls == 3
         torch.testing.assert_close(a.images, b.images, rtol=1e-3, atol=1e-3)
 
-def test_a_released_original_takes_the_pruned_models_family_and_heads(tmp_path):
+def test_a_released_original_takes_the_pruned_models_family_heads_and_path(tmp_path):
     # a released-style .pt (a plain state dict) does not say whether it is a DiT or a SiT,
-    # nor, at a width that is not a published size, how many heads it has (64 -> 1 assumed)
+    # nor, at a width that is not a published size, how many heads it has (64 -> 1 assumed),
+    # nor a SiT's flow path (linear assumed)
     teacher = randomized(DiffusionTransformer(tiny_config("sit", hidden_size=64, num_heads=2)))
+    teacher.objective = {"path": "gvp"}
     torch.save(teacher.state_dict(), tmp_path / "released.pt")
     save(teacher.keep_blocks([0, 3]), tmp_path / "pruned")
     pair = load_pair(str(tmp_path / "released.pt"), str(tmp_path / "pruned"))
     assert pair.ready and not pair.errors and pair.original.config == teacher.config
+    assert pair.original.objective == {"path": "gvp"}
+    # an original that records another path is another model
+    save(DiffusionTransformer(teacher.config), tmp_path / "linear")
+    other = load_pair(str(tmp_path / "linear"), str(tmp_path / "pruned"))
+    assert "trained on the linear path, not gvp" in other.errors[0]
     wrong = load_pair(str(tmp_path / "released.pt"), str(tmp_path / "pruned"), family="dit")
     assert "do not match (original vs pruned: family dit vs sit" in wrong.errors[0]
 

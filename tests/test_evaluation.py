@@ -1,6 +1,8 @@
 """The evaluation figures are trustworthy: known answers, agreement with torchmetrics, and
 FID that behaves as FID should on real images."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -204,6 +206,11 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"differ in more than depth \(original vs evaluated: "
                                          r"num_classes 12 vs 10\)"):
         evaluate(pruned, small, samples=4, original=other, progress=False)
+    # the same weights on another flow path are sampled as another model
+    gvp = copy.deepcopy(pruned)
+    gvp.objective = {"path": "gvp"}
+    with pytest.raises(ValueError, match=r"original vs evaluated: flow path linear vs gvp"):
+        evaluate(gvp, small, samples=4, original=model, progress=False)
 
 
 @pytest.mark.slow

@@ -105,6 +105,20 @@ def test_a_reference_train_py_checkpoint_loads_with_what_its_args_say(tmp_path, 
     path = reference_checkpoint(tmp_path / "dit.pt", plain, model="DiT-tiny", num_classes=10)
     loaded = ep.load(path, num_heads=2)
     assert loaded.config == plain.config and same_weights(loaded, plain)
+    # a released file records no flow path: flow_path= gives it; what a file records is kept
+    torch.save(tiny_sit.state_dict(), tmp_path / "released.pt")
+    assert ep.load(tmp_path / "released.pt", "sit", num_heads=2).objective == {}  # linear
+    assert ep.load(tmp_path / "released.pt", "sit", num_heads=2,
+                   flow_path="gvp").objective == {"path": "gvp"}
+    for source, family, path, refused in (
+            (tmp_path / "0050000.pt", None, "linear", "trained on the gvp path, not linear"),
+            (tmp_path / "dit.pt", None, "gvp", "holds a DiT, which has no flow path"),
+            (tmp_path / "released.pt", "sit", "vp", "unknown flow path 'vp'")):
+        with pytest.raises(ep.CheckpointError, match=refused):
+            ep.load(source, family, num_heads=2, flow_path=path)
+    assert main(["info", "--model", str(tmp_path / "released.pt"), "--family", "sit",
+                 "--num-heads", "2", "--flow-path", "gvp"]) == 0
+    assert "flow path gvp" in capsys.readouterr().out
     # arguments holding an object of another kind are still refused, with the EMA's way out
     import pathlib
 

@@ -14,7 +14,7 @@ import torch
 if TYPE_CHECKING:  # the command modules import the layers lazily
     from entpruner_sdk.data import ImageDataset
     from entpruner_sdk.data.folder import ImageFolder
-    from entpruner_sdk.models import TransformerConfig
+    from entpruner_sdk.models import DiffusionTransformer, TransformerConfig
     from entpruner_sdk.sampling import RuntimeDenoiser
 
 
@@ -142,6 +142,18 @@ def released_options(p: argparse.ArgumentParser) -> None:
                    help="required for a released weights file, whose keys are the same for "
                         "both (a train.py checkpoint's args name it)")
     heads_option(p)
+    p.add_argument("--flow-path", choices=["linear", "gvp"],
+                   help="the path a released SiT file was trained on (default: linear, as "
+                        "the released SiT-XL/2; a train.py checkpoint's args name it)")
+
+
+def released_model(args: argparse.Namespace, spec: str | None = None,
+                   device: str | torch.device = "cpu") -> DiffusionTransformer:
+    """``spec`` (default ``--model``) read with the ``released_options``."""
+    from entpruner_sdk.teachers import resolve_model
+
+    return resolve_model(spec or args.model, args.family, device=device,
+                         num_heads=args.num_heads, flow_path=args.flow_path)
 
 
 def heads_option(p: argparse.ArgumentParser) -> None:

@@ -153,11 +153,10 @@ def run(args: argparse.Namespace) -> int:
     from entpruner_sdk.compress import compress, plan
     from entpruner_sdk.compress.report import quality_line, spread
     from entpruner_sdk.data.latents import is_latent
-    from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.utils import distributed
 
     device = common.join_processes(args)
-    model = resolve_model(args.model, args.family, num_heads=args.num_heads)
+    model = common.released_model(args)
     data = common.training_data(args, is_latent(model.config), model.config, device)
     options = dict(
         importance=args.importance, schedule=args.schedule, steps=args.steps,

@@ -84,14 +84,13 @@ def run(args: argparse.Namespace) -> int:
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.models.transformer import DiffusionTransformer
-    from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.utils import distributed
 
     device = common.join_processes(args)
 
     def opened(spec: str):  # an export with its runtime, else a model
         return (common.open_export(spec, args.provider)
-                or resolve_model(spec, args.family, num_heads=args.num_heads))
+                or common.released_model(args, spec))
 
     model = opened(args.model)
     original = opened(args.original) if args.original else None

@@ -48,13 +48,12 @@ def run(args: argparse.Namespace) -> int:
     ``--no-check`` (``--verify`` prints the checks); 0 on success."""
     from entpruner_sdk.export import export
     from entpruner_sdk.export.parity import format_checks
-    from entpruner_sdk.teachers import resolve_model
 
     try:
         batch = tuple(int(v) for v in args.batch.split(","))
     except ValueError as error:
         raise ValueError(f"--batch must be min,opt,max integers, got {args.batch!r}") from error
-    model = resolve_model(args.model, args.family, num_heads=args.num_heads)
+    model = common.released_model(args)
     device = None if args.device == "auto" else args.device
     result = export(model, args.out, args.format, verify=not args.no_check, batch=batch,
                     overwrite=args.overwrite, guided=not args.no_guided,

@@ -76,12 +76,11 @@ def export_summary(directory: str | Path) -> dict:
 def run(args: argparse.Namespace) -> int:
     """Print what ``--model`` is, as text or JSON; 0 on success."""
     from entpruner_sdk.export.runtime import is_export_dir
-    from entpruner_sdk.teachers import resolve_model
 
     if is_export_dir(args.model):
         summary = export_summary(args.model)
     else:
-        summary = model_summary(resolve_model(args.model, args.family, num_heads=args.num_heads))
+        summary = model_summary(common.released_model(args))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 2 if summary.get("export", {}).get("damaged") else 0

@@ -65,11 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for
     from entpruner_sdk.sampling import image_format, objective_of, sample, save_grid
-    from entpruner_sdk.teachers import resolve_model
 
     image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
     exported = common.open_export(args.model, args.provider)
-    model = exported or resolve_model(args.model, args.family, num_heads=args.num_heads)
+    model = exported or common.released_model(args)
     # an export of a latent model may carry its VAE decoder; --vae takes precedence
     vae = args.vae or (exported.decoder if exported is not None else None)
     decoder = decoder_for(model.config, vae, args.device)

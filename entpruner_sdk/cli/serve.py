@@ -61,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
         serve_ray(specs, backend=args.backend, host=args.host, port=args.port,
                   replicas=args.replicas, settings=settings, device=device,
                   provider=args.provider, vae=args.vae, family=args.family,
-                  num_heads=args.num_heads)
+                  num_heads=args.num_heads, flow_path=args.flow_path)
     else:
         serve(specs, backend=args.backend, host=args.host, port=args.port, settings=settings,
               device=device, provider=args.provider, vae=args.vae, family=args.family,
-              num_heads=args.num_heads,
+              num_heads=args.num_heads, flow_path=args.flow_path,
               log_level="warning" if args.quiet else "info")
     return 0

@@ -58,10 +58,16 @@ FEATURES = ("domain", "inception")
 
 def differences_but_depth(original: DiffusionTransformer,
                           model: DiffusionTransformer) -> list[str]:
-    """The config fields, other than depth, in which two models differ ("num_heads 16 vs 4")."""
+    """The config fields, other than depth, in which two models differ ("num_heads 16 vs 4"),
+    and SiT's flow path ("flow path linear vs gvp"): the same weights on another path are
+    sampled as another model."""
     ours, theirs = asdict(model.config), asdict(original.config)
-    return [f"{key} {theirs[key]} vs {ours[key]}" for key in ours
-            if key != "depth" and ours[key] != theirs[key]]
+    differ = [f"{key} {theirs[key]} vs {ours[key]}" for key in ours
+              if key != "depth" and ours[key] != theirs[key]]
+    paths = [m.objective.get("path", "linear") for m in (original, model)]
+    if model.family == original.family == "sit" and paths[0] != paths[1]:
+        differ.append(f"flow path {paths[0]} vs {paths[1]}")
+    return differ
 
 
 def check_same_but_depth(original: DiffusionTransformer, model: DiffusionTransformer) -> None:

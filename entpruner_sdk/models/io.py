@@ -35,7 +35,12 @@ from entpruner_sdk.models.config import (
     default_num_heads,
     published_num_heads,
 )
-from entpruner_sdk.models.reference import TrainingArgs, config_with_args, namespace_allowed
+from entpruner_sdk.models.reference import (
+    FLOW_PATHS,
+    TrainingArgs,
+    config_with_args,
+    namespace_allowed,
+)
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 
@@ -89,13 +94,16 @@ def load(
     family: str | None = None,
     *,
     num_heads: int | None = None,
+    flow_path: str | None = None,
     device: str | torch.device = "cpu",
 ) -> DiffusionTransformer:
     """Load a DiT or SiT from any supported file or directory (see the module docstring).
 
     ``family`` ("dit" or "sit") is required for released files and diffusers directories and
     checked against the metadata of our own. ``num_heads`` overrides the head count, which
-    weight shapes cannot reveal (the published table is used otherwise).
+    weight shapes cannot reveal (the published table is used otherwise). ``flow_path``
+    ("linear", the default, or "gvp") is the path a released SiT file was trained on; our own
+    files and training checkpoints record it, and a different one given is refused.
     """
     path = Path(path)
     if family is not None and family not in FAMILIES:
@@ -105,7 +113,8 @@ def load(
     if path.is_dir():
         model = _load_directory(path, family, num_heads)
     else:
-        model = _load_file(path, family, num_heads)
+        model = _load_file(path, family, num_heads, flow_path)
+    check_flow_path(model, flow_path, path)
     model.loaded_from = str(path.resolve())
     return model.to(device)
 
@@ -245,7 +254,8 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
         "again")
 
 
-def _load_file(path: Path, family: str | None, num_heads: int | None) -> DiffusionTransformer:
+def _load_file(path: Path, family: str | None, num_heads: int | None,
+               flow_path: str | None) -> DiffusionTransformer:
     """A released weights file or a training checkpoint, whose args settle what the weights
     cannot: the family, SiT's flow path and a missing null class."""
     state, args = read_checkpoint(path)
@@ -265,7 +275,27 @@ def _load_file(path: Path, family: str | None, num_heads: int | None) -> Diffusi
         objective = args.objective(family) if args else {}
     except ValueError as error:
         raise CheckpointError(f"{path.name}: {error}") from None
+    if not objective and flow_path and family == "sit":  # a released file records no path
+        objective = {"path": flow_path}
     return build(state, config, provenance, objective)
+
+
+def check_flow_path(model: DiffusionTransformer, flow_path: str | None,
+                    source: str | os.PathLike) -> None:
+    """Refuse a ``flow_path`` that ``model`` (read from ``source``) contradicts: one it does
+    not record, or any for a DiT."""
+    if flow_path is None:
+        return
+    if flow_path not in FLOW_PATHS:
+        raise CheckpointError(f"unknown flow path {flow_path!r}; choose one of "
+                              f"{', '.join(FLOW_PATHS)}")
+    if model.family != "sit":
+        raise CheckpointError(f"{source} holds a DiT, which has no flow path; drop flow_path "
+                              "(--flow-path), which is for SiT")
+    recorded = model.objective.get("path", "linear")
+    if recorded != flow_path:
+        raise CheckpointError(f"{source} records that it was trained on the {recorded} path, "
+                              f"not {flow_path}; drop flow_path (--flow-path)")
 
 
 def _require_layout(state: dict[str, torch.Tensor]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from entpruner_sdk.models.io import CheckpointError, load
+from entpruner_sdk.models.io import CheckpointError, check_flow_path, load
 from entpruner_sdk.models.reference import from_reference_module, is_reference_module
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
@@ -48,21 +48,23 @@ def load_teacher(name: str = "dit-digits", device: str | torch.device = "cpu"
 
 
 def resolve_model(spec: str | os.PathLike, family: str | None = None,
-                  device: str | torch.device = "cpu", num_heads: int | None = None
-                  ) -> DiffusionTransformer:
+                  device: str | torch.device = "cpu", num_heads: int | None = None,
+                  flow_path: str | None = None) -> DiffusionTransformer:
     """A bundled teacher name, or any path ``models.io.load`` accepts (a ``compress`` output
-    folder included): ``entpruner_sdk.load``. ``family`` and ``num_heads``: for released
-    files, whose weights do not record them."""
+    folder included): ``entpruner_sdk.load``. ``family``, ``num_heads`` and ``flow_path``:
+    for released files, whose weights do not record them."""
     spec = os.fspath(spec)
     if spec in TEACHERS:
-        return load_teacher(spec, device)
+        teacher = load_teacher(spec, device)
+        check_flow_path(teacher, flow_path, spec)
+        return teacher
     if not Path(spec).exists():
         close = difflib.get_close_matches(spec, TEACHERS, n=1)
         raise CheckpointError(
             f"{spec} is neither a bundled teacher ({', '.join(TEACHERS)}) nor an existing file "
             "or folder" + (f"; did you mean {close[0]}?" if close else
                            "; pass a checkpoint file or a model directory"))
-    return load(spec, family, device=device, num_heads=num_heads)
+    return load(spec, family, device=device, num_heads=num_heads, flow_path=flow_path)
 
 
 def as_model(model: DiffusionTransformer | str | os.PathLike, role: str = "model"
