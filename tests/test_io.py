@@ -129,6 +129,16 @@ def test_a_reference_train_py_checkpoint_loads_with_what_its_args_say(tmp_path, 
         ep.load(tmp_path / "odd.pt", family="sit")
 
 
+def test_a_file_in_torchs_old_format_loads_though_it_cannot_be_mapped(tmp_path, tiny_dit):
+    # files are mapped, so a training checkpoint's optimizer state is never read; the format
+    # of torch before 1.6 cannot be, and is read whole
+    torch.save(tiny_dit.state_dict(), tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(RuntimeError, match="mmap can only be used"):
+        torch.load(tmp_path / "legacy.pt", mmap=True, weights_only=True)
+    assert same_weights(ep.load(tmp_path / "legacy.pt", "dit", num_heads=2), tiny_dit)
+
+
 def test_released_safetensors_and_inferred_config(tmp_path):
     model = randomized(DiffusionTransformer(tiny_config("dit", learn_sigma=False, depth=3,
                                                         num_classes=7, input_size=16,
