@@ -108,6 +108,14 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
                  "--steps", "4", "--batch-size", "8", "--out", str(out), "--resume",
                  "--no-keep-checkpoint", "--quiet", "--device", "cpu"]) == 0
     assert not (out / "checkpoint").exists() and (out / "model" / "model.safetensors").exists()
+    # a released SiT file fine-tuned on the path it was trained on, which the file cannot say
+    import entpruner_sdk as ep
+
+    torch.save(ep.load(out / "model").state_dict(), tmp_path / "released.pt")
+    assert main(["train", "--model", str(tmp_path / "released.pt"), "--family", "sit",
+                 "--num-heads", "2", "--flow-path", "gvp", "--steps", "1", "--batch-size", "8",
+                 "--out", str(tmp_path / "gvp"), "--quiet", "--device", "cpu"]) == 0
+    assert ep.load(tmp_path / "gvp").objective == {"path": "gvp"}
     assert main(["sample", "--model", str(out / "model"), "--labels", "1,2", "--steps", "2",
                  "--out", str(tmp_path / "g.png"), "--npz", str(tmp_path / "s.npz"),
                  "--quiet", "--device", "cpu"]) == 0

@@ -36,14 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="model family (needed for custom sizes and released files)")
     p.add_argument("--depth", type=int, help="custom size: number of blocks")
     p.add_argument("--hidden", type=int, help="custom size: hidden width")
-    p.add_argument("--heads", type=int,
+    p.add_argument("--heads", "--num-heads", type=int, dest="heads",
                    help="custom size: attention heads (also for a released checkpoint of a "
-                        "width that is not a published size)")
+                        "width that is not a published size, as --num-heads elsewhere)")
     p.add_argument("--patch", type=int, default=2, help="custom size: patch size")
     p.add_argument("--no-learn-sigma", action="store_true",
                    help="predict only epsilon / velocity (no learned variance channels)")
-    p.add_argument("--flow-path", choices=["linear", "gvp"], default="linear",
-                   help="SiT interpolant path")
+    p.add_argument("--flow-path", choices=["linear", "gvp"],
+                   help="SiT interpolant path: of a new model (default: linear), or the one a "
+                        "released SiT file was trained on")
     p.add_argument("--data", default="digits",
                    help="bundled name (digits, photos), class folders, or .npz")
     common.folder_options(p)
@@ -89,13 +90,14 @@ def run(args: argparse.Namespace) -> int:
         0].lower() in ("dit", "sit") and not Path(args.model).exists()
     # a model to fine-tune is opened first, so --vae images are checked against it before the
     # encode; a new model takes its shape from the data (with --vae: from its latents)
-    given = (resolve_model(args.model, args.family, num_heads=args.heads)
+    given = (resolve_model(args.model, args.family, num_heads=args.heads,
+                           flow_path=args.flow_path)
              if args.model and not registry_name else None)
     data = common.training_data(args, latent=True,
                           config=given.config if given is not None else None)
     shape = dict(input_size=data.image_size, in_channels=data.channels,
                  num_classes=data.num_classes)
-    objective = {"path": args.flow_path} if args.family == "sit" or (
+    objective = {"path": args.flow_path or "linear"} if args.family == "sit" or (
         args.model or "").lower().startswith("sit-") else {}
     torch.manual_seed(args.seed)  # a new model's initial weights: same seed, same model
     if registry_name:
