@@ -105,6 +105,9 @@ def _readme(model: DiffusionTransformer) -> str:
                   f"python sample.py {mode}--model {name} --ckpt {WEIGHTS} --image-size "
                   f"{config.input_size * 8} --num-classes {config.num_classes}{flow}",
                   "```", ""]
+        if config.num_classes != 1000:  # its labels are ImageNet's
+            lines += [f"`sample.py` draws the ImageNet classes in its `class_labels` list; set "
+                      f"it to classes of this model, 0..{config.num_classes - 1}.", ""]
     if config.family == "sit":
         path = model.objective.get("path", "linear")
         lines += [f"It predicts the velocity on the {PATH_TYPES[path]} path.", ""]

@@ -356,6 +356,8 @@ def test_a_reference_export_is_what_the_reference_code_loads(tmp_path, family):
     mode, flow = ("ODE ", " --path-type Linear") if family == "sit" else ("", "")
     assert (f"python sample.py {mode}--model {kind}-W32-D4/2 --ckpt model.pt --image-size 64 "
             f"--num-classes 10{flow}") in (tmp_path / "latent" / "README.md").read_text()
+    assert "set it to classes of this model, 0..9" in (tmp_path / "latent" / "README.md"
+                                                        ).read_text()
     # an XL width keeps the usual name of a pruned XL, which reads back as the same shape
     xl = config_from_name("DiT-XL/2", depth=14)
     assert registry_name(xl) == "DiT-D14/2" and config_from_name("DiT-D14/2") == xl
