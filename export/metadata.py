@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from entpruner_sdk.models.config import TransformerConfig
+from entpruner_sdk.models.io import check_format_version
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import FlowMatching, GaussianDiffusion, Objective, objective_from
 
@@ -70,6 +71,8 @@ def export_metadata(model: DiffusionTransformer) -> dict[str, Any]:
 
 def config_and_objective(metadata: dict[str, Any]) -> tuple[TransformerConfig, Objective]:
     """Rebuild the config and the objective from stored metadata."""
+    check_format_version(metadata.get("format_version", 1), EXPORT_FORMAT_VERSION,
+                         "this export was")
     try:
         config = TransformerConfig.from_dict(metadata["config"])
     except (KeyError, TypeError, ValueError) as error:

@@ -366,6 +366,16 @@ def test_a_reference_export_is_what_the_reference_code_loads(tmp_path, family):
         export(model, tmp_path / "half", "reference", precision="fp16")
 
 
+def test_an_export_of_a_newer_format_is_refused_with_the_upgrade(tmp_path):
+    export(pruned("sit"), tmp_path / "ref", "reference")
+    manifest = json.loads((tmp_path / "ref" / "export.json").read_text())
+    manifest["metadata"]["format_version"] += 1
+    (tmp_path / "ref" / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"this export was saved by a newer entpruner-sdk "
+                                         r"\(format 2; .*\): upgrade it"):
+        load_exported(tmp_path / "ref")
+
+
 def test_metadata_describes_the_objective():
     meta = export_metadata(pruned("dit"))
     assert meta["objective"]["num_timesteps"] == 1000 and meta["inputs"]["t"] == "int64 [N]"

@@ -139,6 +139,19 @@ def test_a_file_in_torchs_old_format_loads_though_it_cannot_be_mapped(tmp_path, 
     assert same_weights(ep.load(tmp_path / "legacy.pt", "dit", num_heads=2), tiny_dit)
 
 
+def test_a_model_of_a_newer_format_is_refused_with_the_upgrade(tmp_path, tiny_sit):
+    ep.save(tiny_sit, tmp_path / "m")
+    document = json.loads((tmp_path / "m" / "config.json").read_text())
+    # a later version's model, with a field this one does not know
+    document["format_version"] += 1
+    document["config"]["qk_norm"] = True
+    (tmp_path / "m" / "config.json").write_text(json.dumps(document))
+    with pytest.raises(ep.CheckpointError, match=r"holds a model saved by a newer "
+                                                 r"entpruner-sdk \(format 2; version .* reads "
+                                                 r"format 1 and older\): upgrade it"):
+        ep.load(tmp_path / "m")
+
+
 def test_released_safetensors_and_inferred_config(tmp_path):
     model = randomized(DiffusionTransformer(tiny_config("dit", learn_sigma=False, depth=3,
                                                         num_classes=7, input_size=16,

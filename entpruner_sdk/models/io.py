@@ -179,6 +179,17 @@ def infer_config(
     )
 
 
+def check_format_version(found: Any, readable: int, what: str) -> None:
+    """Refuse a file of a newer format than this version reads, naming the upgrade: read as
+    the old format, it could load and then run as another model than it is."""
+    if isinstance(found, int) and found > readable:
+        from entpruner_sdk import __version__
+
+        raise CheckpointError(
+            f"{what} saved by a newer entpruner-sdk (format {found}; version {__version__} "
+            f"reads format {readable} and older): upgrade it, pip install -U entpruner-sdk")
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """The SHA-256 of a file, read a chunk at a time."""
     digest = hashlib.sha256()
@@ -372,6 +383,8 @@ def _load_directory(path: Path, family: str | None, num_heads: int | None) -> Di
 
 
 def _load_ours(path: Path, document: dict[str, Any], family: str | None) -> DiffusionTransformer:
+    check_format_version(document.get("format_version", 1), FORMAT_VERSION,
+                         f"{path} holds a model")
     config = TransformerConfig.from_dict(document["config"])
     if family is not None and family != config.family:
         raise CheckpointError(
