@@ -152,6 +152,21 @@ def test_a_model_of_a_newer_format_is_refused_with_the_upgrade(tmp_path, tiny_si
         ep.load(tmp_path / "m")
 
 
+def test_a_released_file_under_its_own_name_needs_no_family(tmp_path):
+    from entpruner_sdk.models.config import config_from_name
+
+    # the released files' names (SiT-XL-2-256x256.pt) state the family and the architecture;
+    # S/8 at 64 px stands in for XL/2 at 256 px, which is 2.7 GB
+    model = DiffusionTransformer(config_from_name("SiT-S/8", input_size=8))
+    torch.save(model.state_dict(), tmp_path / "SiT-S-8-64x64.pt")
+    assert ep.load(tmp_path / "SiT-S-8-64x64.pt").family == "sit"
+    # a name whose architecture is not the weights' says nothing: the family is asked for
+    (tmp_path / "SiT-S-8-64x64.pt").rename(tmp_path / "SiT-B-8-64x64.pt")
+    with pytest.raises(ep.CheckpointError, match="does not record whether it is a DiT or a SiT"):
+        ep.load(tmp_path / "SiT-B-8-64x64.pt")
+    assert ep.load(tmp_path / "SiT-B-8-64x64.pt", "dit").family == "dit"
+
+
 def test_released_safetensors_and_inferred_config(tmp_path):
     model = randomized(DiffusionTransformer(tiny_config("dit", learn_sigma=False, depth=3,
                                                         num_classes=7, input_size=16,

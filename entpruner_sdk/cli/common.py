@@ -140,7 +140,8 @@ def released_options(p: argparse.ArgumentParser) -> None:
     """--family and --num-heads: what a released weights file does not record."""
     p.add_argument("--family", choices=["dit", "sit"],
                    help="required for a released weights file, whose keys are the same for "
-                        "both (a train.py checkpoint's args name it)")
+                        "both (the release's own name, DiT-XL-2-256x256.pt, and a train.py "
+                        "checkpoint's args say it)")
     heads_option(p)
     p.add_argument("--flow-path", choices=["linear", "gvp"],
                    help="the path a released SiT file was trained on (default: linear, as "

@@ -9,8 +9,9 @@
   ``train.py`` (the EMA weights are used; ``models.reference`` reads its args).
 
 Released files do not say whether they are DiT or SiT (their keys are identical), so they need
-``family``; a training checkpoint's args name it. Everything else about the architecture is
-inferred from tensor shapes.
+``family``, unless they keep the release's own name (``SiT-XL-2-256x256.pt``, read only when
+the weights have the shape it names); a training checkpoint's args name it. Everything else
+about the architecture is inferred from tensor shapes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from entpruner_sdk.models.reference import (
     FLOW_PATHS,
     TrainingArgs,
     config_with_args,
+    family_from_release_name,
     namespace_allowed,
 )
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -204,7 +206,8 @@ def _require_family(family: str | None, path: Path) -> str:
     if family is None:
         raise CheckpointError(
             f"{path.name} is a released-style checkpoint, which does not record whether it is "
-            "a DiT or a SiT (their keys are identical); pass family='dit' or family='sit' "
+            "a DiT or a SiT (their keys are identical), nor has the name of a release of its "
+            "shape (DiT-XL-2-256x256.pt); pass family='dit' or family='sit' "
             "(CLI: --family dit|sit)"
         )
     return family
@@ -290,6 +293,8 @@ def _load_file(path: Path, family: str | None, num_heads: int | None,
         raise CheckpointError(
             f"{path.name} is a {named.upper()} by its training args ({args.model_name}) but "
             f"family={family!r} was given; drop the family or pass {named!r}")
+    if not (family or named):  # a released file under its own name says it there
+        named = family_from_release_name(path.name, infer_config(state, "dit", num_heads=1))
     family = _require_family(family or named, path)
     config = infer_config(state, family, num_heads=num_heads)
     config = config_with_args(config, args,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from entpruner_sdk.models.config import TransformerConfig
+from entpruner_sdk.models.config import SIZES, TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
 # SiT's ``--path-type`` and our flow paths; VP is the reference's third, not implemented here.
@@ -113,6 +113,25 @@ class TrainingArgs:
         warnings.warn(f"the checkpoint's args record {recorded} classes but its label table "
                       f"has {table_rows} rows; the table is followed", stacklevel=5)
         return None
+
+
+# The released files' names: DiT-XL-2-256x256.pt, DiT-XL-2-512x512.pt, SiT-XL-2-256x256.pt.
+_RELEASE_NAME = re.compile(r"^(DiT|SiT)-(XL|L|B|S)-(\d+)-(\d+)(?:x\d+)?\.pt$")
+
+
+def family_from_release_name(name: str, config: TransformerConfig) -> str | None:
+    """The family a released file's name states, when the rest of the name (size, patch,
+    resolution) is what its weights are: a file so named and so shaped is that release.
+    None for any other name or shape, which then needs ``family=``."""
+    found = _RELEASE_NAME.match(name)
+    if not found:
+        return None
+    family, size, patch, resolution = found.groups()
+    depth, hidden, _ = SIZES[size]
+    named = (depth, hidden, int(patch), int(resolution) // 8, 4)  # on SD-VAE latents
+    shape = (config.depth, config.hidden_size, config.patch_size, config.input_size,
+             config.in_channels)
+    return family.lower() if named == shape else None
 
 
 def from_reference_module(module: torch.nn.Module) -> DiffusionTransformer:
