@@ -251,16 +251,8 @@ def compress(
                checkpoint_dir if distributed.is_main() else None)
 
     pruned = run.ema.model.eval()
-    pruned.provenance["compression"] = {
-        "importance": config.importance, "schedule": config.schedule.kind,
-        "removed_blocks": sorted(set(teacher.kept_blocks) - set(pruned.kept_blocks)),
-        "budget": budget.describe(),
-        # what it was made from, so the demo can compare with it unasked: where it was read
-        # (None for a model made in memory) and its weights' hash
-        "original": {"source": model.loaded_from, "model": run.inputs["model"]},
-        # a model compressed again keeps how it was made before: its lineage to the first
-        **({"earlier": model.provenance["compression"]}
-           if "compression" in model.provenance else {})}
+    pruned.provenance["compression"] = _compression_record(model, teacher, pruned, config,
+                                                           budget, run.inputs["model"])
     record_data_classes(pruned, data)
     report = None
     if distributed.is_main():
@@ -285,6 +277,22 @@ def compress(
             discard_checkpoint(checkpoint_dir)
     distributed.barrier()
     return result
+
+
+def _compression_record(model: DiffusionTransformer, teacher: DiffusionTransformer,
+                        pruned: DiffusionTransformer, config: CompressConfig, budget: Budget,
+                        identity: str) -> dict[str, Any]:
+    """How ``pruned`` was made from ``model``: ``provenance["compression"]``."""
+    return {
+        "importance": config.importance, "schedule": config.schedule.kind,
+        "removed_blocks": sorted(set(teacher.kept_blocks) - set(pruned.kept_blocks)),
+        "budget": budget.describe(),
+        # what it was made from, so the demo can compare with it unasked: where it was read
+        # (None for a model made in memory) and its weights' hash
+        "original": {"source": model.loaded_from, "model": identity},
+        # a model compressed again keeps how it was made before: its lineage to the first
+        **({"earlier": model.provenance["compression"]}
+           if "compression" in model.provenance else {})}
 
 
 @dataclass

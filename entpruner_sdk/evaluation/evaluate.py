@@ -202,20 +202,8 @@ def evaluate(
     _note_scope(report, model, data, available, kept.loaded_by_all(batches), batch_size)
     classifier = distributed.main_first(
         lambda: domain_classifier(data, progress=progress, device=device))
-    _class_figures(report, classifier, data)
     extractors = feature_extractors(features, classifier, device, report.notes)
-    # the networks behind the figures: class accuracy and FD-domain are only comparable
-    # between reports that name the same domain classifier
-    report.settings["feature_networks"] = {
-        "domain": network_fingerprint(classifier),
-        **{name: extractor.fingerprint for name, extractor in extractors.items()}}
-    figures, generated = _distribution_figures(report.images, data, extractors, progress,
-                                               report.notes)
-    report.metrics.update(figures)
-    domain = generated.get("domain")
-    if domain is None:
-        domain = DomainFeatures(classifier)(images)
-    report.per_class_diversity = per_class_diversity(domain, labels, classes)
+    generated = _model_figures(report, data, classifier, extractors, progress)
     if original is not None:
         if original_images is None:
             original_images = generate(original, labels, seed=seed, batch_size=batch_size,
@@ -223,16 +211,8 @@ def evaluate(
                                        decoder=decoder, finished=kept.of(original, "original"),
                                        on_batch=on_batch and partial(on_batch, "original"),
                                        **sampling)
-        # the original's figures from its samples, measured as the model's were: the
-        # comparison a user makes, at the cost of its samples' features, which fidelity needs
-        # anyway
-        figures, of_original = _distribution_figures(original_images, data, extractors,
-                                                     progress)
-        predictions = predict(classifier, original_images)
-        report.original_metrics = {"class_accuracy": _accuracy(predictions, labels), **figures}
-        # which classes the model lost or kept, beside its own per-class figures
-        report.original_per_class_accuracy = _per_class_accuracy(predictions, labels, classes)
-        report.fidelity = _fidelity(images, original_images, generated, of_original)
+        _original_figures(report, original_images, generated, data, classifier, extractors,
+                          progress)
     if likelihood:
         report.likelihood = paired_likelihood(model, original, data, likelihood,
                                               steps=likelihood_steps, seed=seed, device=device,
@@ -319,6 +299,42 @@ def _class_figures(report: EvaluationReport, classifier, data) -> None:
         report.class_names = [data.class_names[c] for c in classes]
     report.metrics["class_accuracy"] = _accuracy(predictions, labels)
     report.per_class_accuracy = _per_class_accuracy(predictions, labels, classes)
+
+
+def _model_figures(report: EvaluationReport, data, classifier, extractors: dict[str, Any],
+                   progress: bool) -> dict[str, torch.Tensor]:
+    """The model's figures against ``data``: class accuracy, each feature space's distances
+    and the per-class diversity. Returns the samples' features, which fidelity reuses."""
+    _class_figures(report, classifier, data)
+    # the networks behind the figures: class accuracy and FD-domain are only comparable
+    # between reports that name the same domain classifier
+    report.settings["feature_networks"] = {
+        "domain": network_fingerprint(classifier),
+        **{name: extractor.fingerprint for name, extractor in extractors.items()}}
+    figures, generated = _distribution_figures(report.images, data, extractors, progress,
+                                               report.notes)
+    report.metrics.update(figures)
+    domain = generated.get("domain")
+    if domain is None:
+        domain = DomainFeatures(classifier)(report.images)
+    report.per_class_diversity = per_class_diversity(domain, report.labels, report.classes)
+    return generated
+
+
+def _original_figures(report: EvaluationReport, original_images: torch.Tensor,
+                      generated: dict[str, torch.Tensor], data, classifier,
+                      extractors: dict[str, Any], progress: bool) -> None:
+    """The original's figures from its samples, measured as the model's were (the comparison
+    a user makes, at the cost of its samples' features, which fidelity needs anyway), and the
+    model's fidelity to it."""
+    figures, of_original = _distribution_figures(original_images, data, extractors, progress)
+    labels = report.labels
+    predictions = predict(classifier, original_images)
+    report.original_metrics = {"class_accuracy": _accuracy(predictions, labels), **figures}
+    # which classes the model lost or kept, beside its own per-class figures
+    report.original_per_class_accuracy = _per_class_accuracy(predictions, labels,
+                                                             report.classes)
+    report.fidelity = _fidelity(report.images, original_images, generated, of_original)
 
 
 def _accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
