@@ -23,6 +23,7 @@ import os
 import re
 import uuid
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -185,11 +186,13 @@ def check_format_version(found: Any, readable: int, what: str) -> None:
     """Refuse a file of a newer format than this version reads, naming the upgrade: read as
     the old format, it could load and then run as another model than it is."""
     if isinstance(found, int) and found > readable:
-        from entpruner_sdk import __version__
-
+        try:  # the package's own __init__ sits above this layer: ask the installation
+            version = f"version {metadata.version('entpruner-sdk')}"
+        except metadata.PackageNotFoundError:  # run from a source tree on PYTHONPATH
+            version = "this version"
         raise CheckpointError(
-            f"{what} saved by a newer entpruner-sdk (format {found}; version {__version__} "
-            f"reads format {readable} and older): upgrade it, pip install -U entpruner-sdk")
+            f"{what} saved by a newer entpruner-sdk (format {found}; {version} reads format "
+            f"{readable} and older): upgrade it, pip install -U entpruner-sdk")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
