@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from entpruner_sdk.compress.config import recovery_lr
 from entpruner_sdk.data import DataError, ImageDataset, load_data
 from entpruner_sdk.evaluation.classifier import save_classifier, train_classifier
 from entpruner_sdk.evaluation.likelihood import bits_per_dim, likelihood_images
+from entpruner_sdk.importance import CED, BlockScores, Importance
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.schedule import LatencyModel
@@ -619,3 +623,80 @@ def test_a_diverging_run_stops_with_the_fix():
     with pytest.raises(FloatingPointError, match="compression loss is not finite; lower the "
                                                  "learning rate"):
         compress(teacher(), "digits", 3, **dict(FAST, lr=1e30))
+
+
+class WeightNorm(Importance):
+    """A criterion of a user's own: the size of each block's output projections."""
+
+    name = "weight-norm"
+
+    def score(self, model, objective, calibration, device=None):
+        scores = [float(block.attn.proj.weight.detach().norm()
+                        + block.mlp.fc2.weight.detach().norm()) for block in model.blocks]
+        return BlockScores(self.name, scores, list(model.kept_blocks))
+
+
+def test_a_criterion_of_your_own_runs_resumes_and_is_named_in_the_report(tmp_path):
+    from entpruner_sdk.importance import registry
+
+    teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=6)))
+    out = tmp_path / "run"
+    # with an out_dir: the settings go into checkpoints and the report as data, by name
+    result = compress(teacher, "digits", 3, importance=WeightNorm(), out_dir=out, **FAST)
+    drop = WeightNorm().select(WeightNorm().score(teacher, None, None), 3, protected=[0, 5])
+    assert sorted(set(range(6)) - set(drop)) == result.model.kept_blocks
+    assert result.report["settings"]["importance"] == "weight-norm"
+    assert json.loads((out / "report.json").read_text())["settings"]["importance"] == (
+        "weight-norm")
+    assert ep.load(out).provenance["compression"]["importance"] == "weight-norm"
+    markdown = (out / "report.md").read_text()  # one score a block: no per-timestep column
+    assert "| block | score |\n|---|---|\n| 0 |" in markdown and "per timestep" not in markdown
+    # a resume finds the criterion by name again: in a process that registers it
+    again = compress(teacher, "digits", 3, importance=WeightNorm(), out_dir=out, resume=True,
+                     **FAST)
+    assert again.model.kept_blocks == result.model.kept_blocks
+    registry._registered.pop("weight-norm")  # as in a new process
+    with pytest.raises(ValueError, match=r"unknown importance 'weight-norm'; choose one of "
+                                         r"ced, bi, random, uniform, ced\+bi, or add yours"):
+        compress(teacher, "digits", 3, importance="weight-norm", out_dir=out, resume=True,
+                 **FAST)
+    # registered by a factory, it is a name like the built-in ones, for plan too
+    registry.register_importance("weight-norm", WeightNorm)
+    assert "weight-norm" in registry.available_importances()
+    assert ep.plan(teacher, "digits", 3, importance="weight-norm", **PLAN).kept_blocks == (
+        result.model.kept_blocks)
+    # what cannot be a criterion of its own is refused by name
+    with pytest.raises(ValueError, match="'bi' is a built-in criterion"):
+        registry.register_importance("bi", WeightNorm)
+    with pytest.raises(ValueError, match=r"importance=CED\(\.\.\.\) is named 'ced', a built-in "
+                                         r"criterion: pass importance='ced' with its settings"):
+        compress(teacher, "digits", 3, importance=CED(), **FAST)
+    registry.register_importance("not-one", lambda: torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="the criterion 'not-one' made a Linear, not an"):
+        compress(teacher, "digits", 3, importance="not-one", **FAST)
+    for name in ("weight-norm", "not-one"):
+        registry._registered.pop(name)
+
+
+def test_an_installed_package_adds_its_criterion_to_the_command_line(tmp_path):
+    # a package declares it under the entry-point group; its metadata is all Python reads
+    (tmp_path / "norm_criterion.py").write_text(
+        "from tests.test_compress import WeightNorm\n")
+    info = tmp_path / "norm_criterion-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: norm-criterion\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[entpruner_sdk.importance]\nweight-norm = norm_criterion:WeightNorm\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path.cwd())])}
+    run = subprocess.run(
+        [sys.executable, "-m", "entpruner_sdk", "compress", "--model", "dit-digits", "--budget",
+         "6", "--importance", "weight-norm", "--dry-run", "--out", str(tmp_path / "plan"),
+         "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert plan["importance"] == "weight-norm"
+    expected = ep.plan("dit-digits", "digits", 6, importance=WeightNorm())
+    assert plan["kept_blocks"] == expected.kept_blocks
+    from entpruner_sdk.importance import registry
+
+    registry._registered.pop("weight-norm")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from entpruner_sdk.cli import common
-from entpruner_sdk.importance import IMPORTANCES
+from entpruner_sdk.importance import available_importances
 from entpruner_sdk.importance.ced import OUTPUTS, WEIGHTINGS
 from entpruner_sdk.importance.entropy import ESTIMATORS
 from entpruner_sdk.schedule import SCHEDULES
@@ -46,11 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", required=True,
                    help="blocks to keep (6), FLOPs share to keep (0.5 or 50%%) or speedup (2x)")
     p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
-    p.add_argument("--importance", default="ced", choices=list(IMPORTANCES),
+    p.add_argument("--importance", default="ced", choices=available_importances(),
                    help="how blocks are ranked for removal (default ced: on the bundled "
                         "benchmark at 2400 steps it falls least short of the best method "
                         "on the mean, though bi and others win some settings; "
-                        "ced+bi is a rank vote of the two; docs/benchmarks.md)")
+                        "ced+bi is a rank vote of the two; docs/benchmarks.md); an installed "
+                        "package adds its own under the 'entpruner_sdk.importance' entry "
+                        "points")
     p.add_argument("--schedule", default="adaptive", choices=SCHEDULES,
                    help="adaptive: remove progressively at decision points chosen by the "
                         "zero-shot proxies; one-shot: remove every block at step 0")

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from entpruner_sdk.compress.distill import DistillConfig
-from entpruner_sdk.importance import make_importance
+from entpruner_sdk.importance import Importance, make_importance
+from entpruner_sdk.importance.registry import register_object
 from entpruner_sdk.objectives import noise_levels
 from entpruner_sdk.schedule import ScheduleConfig
 from entpruner_sdk.training import check_micro_batches
@@ -26,6 +27,8 @@ RESUMABLE_SETTINGS = ("gradient_accumulation", "gradient_checkpointing", "checkp
 class CompressConfig:
     """Every setting of a compression run (plain data; stored in the report)."""
 
+    # a criterion's name: built in, or your own (an Importance object given here is
+    # registered under its name, see importance.registry)
     importance: str = "ced"
     ced_output: str = "denoised"
     ced_estimator: str = "sample"
@@ -62,6 +65,9 @@ class CompressConfig:
     report_vae: str | None = None
 
     def __post_init__(self) -> None:
+        # a criterion of your own, given as an object, is run by name: the settings stay data
+        if isinstance(self.importance, Importance):
+            self.importance = register_object(self.importance)
         # an unknown importance or CED option, or a setting out of range, fails here, before
         # any data is loaded
         make_importance(self.importance, output=self.ced_output, estimator=self.ced_estimator,

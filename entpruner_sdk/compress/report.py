@@ -208,16 +208,23 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {d['step']} | {loss} | {d['plan']['k_min']}..{d['plan']['k_max']} | "
                      f"{votes} | {d['chosen_k']} | {d['removed']} |")
     if report["decisions"]:
-        first = report["decisions"][0]
-        times = report.get("calibration_times")
-        per_t_header = "per timestep" + (f" (t = {', '.join(f'{t:g}' for t in times)})"
-                                         if times else "")
         lines += ["", "## Block scores at the first decision", "",
-                  f"| block | score | {per_t_header} |", "|---|---|---|"]
-        for row in first["scores"]:
-            per_t = ", ".join(f"{v:.4f}" for v in row.get("per_timestep", []))
-            lines.append(f"| {row['block']} | {row['score']:.4f} | {per_t} |")
+                  *_scores_table(report["decisions"][0]["scores"],
+                                 report.get("calibration_times"))]
     return "\n".join(lines) + "\n"
+
+
+def _scores_table(scores: list[dict[str, Any]], times: list[float] | None) -> list[str]:
+    """One row per block; a column of per-timestep scores for criteria that have them (CED),
+    none for those that score a block once (BI, or a criterion of your own)."""
+    if not any(row.get("per_timestep") for row in scores):
+        return ["| block | score |", "|---|---|",
+                *(f"| {row['block']} | {row['score']:.4f} |" for row in scores)]
+    header = "per timestep" + (f" (t = {', '.join(f'{t:g}' for t in times)})" if times else "")
+    return [f"| block | score | {header} |", "|---|---|---|",
+            *(f"| {row['block']} | {row['score']:.4f} | "
+              f"{', '.join(f'{v:.4f}' for v in row.get('per_timestep', []))} |"
+              for row in scores)]
 
 
 def _figure():

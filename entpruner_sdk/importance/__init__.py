@@ -11,9 +11,15 @@ from entpruner_sdk.importance.baselines import BlockInfluence, RandomImportance,
 from entpruner_sdk.importance.calibration import CalibrationSet
 from entpruner_sdk.importance.ced import CED, naive_ced
 from entpruner_sdk.importance.frozen import FrozenRanking
+from entpruner_sdk.importance.registry import (
+    BUILT_IN,
+    available_importances,
+    custom_importance,
+    register_importance,
+)
 from entpruner_sdk.importance.vote import RankVote
 
-IMPORTANCES = ("ced", "bi", "random", "uniform", "ced+bi")
+IMPORTANCES = BUILT_IN  # the built-in criteria's names; ``available_importances`` adds yours
 
 
 def make_importance(name: str | Importance, seed: int = 0,
@@ -23,7 +29,8 @@ def make_importance(name: str | Importance, seed: int = 0,
     depth) lets uniform plan its final set, so progressive removal ends at it; ``options`` go
     to CED (output, estimator, weighting, batch_size, reduce). ``ced+bi`` is a rank vote of CED
     and Block Influence (``RankVote``) among the blocks not ``protected``; both score the whole
-    calibration set, so its CED takes no ``reduce``."""
+    calibration set, so its CED takes no ``reduce``. Any other name is a criterion of your own
+    (``registry``: registered in this process, or declared by an installed package)."""
     if isinstance(name, Importance):
         return name
     factories = {"ced": lambda: CED(**options), "bi": BlockInfluence,
@@ -31,11 +38,18 @@ def make_importance(name: str | Importance, seed: int = 0,
                  "uniform": lambda: UniformImportance(*(plan or (None, None))),
                  "ced+bi": lambda: RankVote([CED(**{**options, "reduce": None}),
                                              BlockInfluence()], protected)}
-    if name not in factories:
-        raise ValueError(f"unknown importance {name!r}; choose one of {', '.join(IMPORTANCES)}")
-    return factories[name]()
+    if name in factories:
+        return factories[name]()
+    custom = custom_importance(name)
+    if custom is None:
+        raise ValueError(
+            f"unknown importance {name!r}; choose one of {', '.join(available_importances())}, "
+            "or add yours: pass the object (importance=MyCriterion()), register it "
+            "(entpruner_sdk.importance.register_importance), or declare it in a package's "
+            "'entpruner_sdk.importance' entry points")
+    return custom
 
 
 __all__ = ["CED", "IMPORTANCES", "BlockInfluence", "BlockScores", "CalibrationSet", "FrozenRanking",
-           "Importance", "RandomImportance", "RankVote", "UniformImportance", "make_importance",
-           "naive_ced"]
+           "Importance", "RandomImportance", "RankVote", "UniformImportance",
+           "available_importances", "make_importance", "naive_ced", "register_importance"]
