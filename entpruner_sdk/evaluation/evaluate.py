@@ -56,21 +56,23 @@ from entpruner_sdk.utils.digest import network_fingerprint
 FEATURES = ("domain", "inception")
 
 
-def differences_but_depth(original: DiffusionTransformer,
-                          model: DiffusionTransformer) -> list[str]:
+def differences_but_depth(original: DiffusionTransformer | RuntimeDenoiser,
+                          model: DiffusionTransformer | RuntimeDenoiser) -> list[str]:
     """The config fields, other than depth, in which two models differ ("num_heads 16 vs 4"),
     and SiT's flow path ("flow path linear vs gvp"): the same weights on another path are
     sampled as another model."""
     ours, theirs = asdict(model.config), asdict(original.config)
     differ = [f"{key} {theirs[key]} vs {ours[key]}" for key in ours
               if key != "depth" and ours[key] != theirs[key]]
-    paths = [m.objective.get("path", "linear") for m in (original, model)]
+    # a model's objective settings, or an export's objective: the path is asked of either
+    paths = [getattr(objective_of(m), "path", None) for m in (original, model)]
     if model.family == original.family == "sit" and paths[0] != paths[1]:
         differ.append(f"flow path {paths[0]} vs {paths[1]}")
     return differ
 
 
-def check_same_but_depth(original: DiffusionTransformer, model: DiffusionTransformer) -> None:
+def check_same_but_depth(original: DiffusionTransformer | RuntimeDenoiser,
+                         model: DiffusionTransformer | RuntimeDenoiser) -> None:
     """Fidelity compares two models on identical inputs: only their depth may differ."""
     differ = differences_but_depth(original, model)
     if not differ:
