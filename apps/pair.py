@@ -205,13 +205,14 @@ def _load_pair(original: str | None, pruned: str, onnx: bool,
     made_from = pair.pruned.config if pair.pruned is not None else None
     family = family or (made_from.family if made_from else None)
     heads = made_from.num_heads if made_from else None
-    path = (pair.pruned.objective.get("path", "linear")
+    flow_path = (pair.pruned.objective.get("path", "linear")
             if made_from and made_from.family == family == "sit" else None)
     recorded = _recorded_original(pair.pruned)
     chosen = original or recorded.get("source") or DEFAULT_ORIGINAL
     pair.original_source = chosen
     try:
-        pair.original = resolve_model(chosen, family, num_heads=heads, flow_path=path).eval()
+        pair.original = resolve_model(chosen, family, num_heads=heads,
+                                      flow_path=flow_path).eval()
     except Exception as error:
         told = "" if original else " (the model the pruned one records as its original)"
         pair.errors.append(f"Original model {chosen!r}{told} could not be loaded: {error}")

@@ -24,15 +24,13 @@ import torch
 
 from entpruner_sdk.export.runtime import ExportedDenoiser
 from entpruner_sdk.models.config import SIZES, TransformerConfig
-from entpruner_sdk.models.reference import REFERENCE_CLASSES
+from entpruner_sdk.models.reference import PATH_TYPES, REFERENCE_CLASSES
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 
 WEIGHTS = "model.pt"
 KWARGS = "model_kwargs.json"
 README = "README.md"
-# SiT's sample.py spells our flow paths as its --path-type choices
-PATH_TYPES = {"linear": "Linear", "gvp": "GVP"}
 CLASS_NAMES = {family: name for name, family in REFERENCE_CLASSES.items()}  # dit -> DiT
 
 

@@ -392,6 +392,14 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True, **FAST)
     with pytest.raises(ValueError, match="settings.hflip was false, now true"):
         compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True, **dict(FAST, hflip=True))
+    # one a later version wrote is named as such, not read as this version's
+    meta = json.loads(state.read_text())
+    assert meta["checkpoint_format"] == 1
+    state.write_text(json.dumps({**meta, "checkpoint_format": 2}))
+    with pytest.raises(ValueError, match=r"checkpoint in .* was saved by a newer entpruner-sdk "
+                                         r"\(format 2; .*\): upgrade it, .*, or delete that "
+                                         r"folder to start the run over"):
+        compress(teacher(), "digits", 3, out_dir=tmp_path, resume=True, **FAST)
 
 
 def test_resume_refuses_another_model_data_or_budget_and_names_it(tmp_path):

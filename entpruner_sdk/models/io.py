@@ -23,7 +23,6 @@ import os
 import re
 import uuid
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from entpruner_sdk.models.reference import (
 )
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
+from entpruner_sdk.utils.versions import newer_format
 
 FORMAT_NAME = "entpruner"
 FORMAT_VERSION = 1
@@ -185,14 +185,9 @@ def infer_config(
 def check_format_version(found: Any, readable: int, what: str) -> None:
     """Refuse a file of a newer format than this version reads, naming the upgrade: read as
     the old format, it could load and then run as another model than it is."""
-    if isinstance(found, int) and found > readable:
-        try:  # the package's own __init__ sits above this layer: ask the installation
-            version = f"version {metadata.version('entpruner-sdk')}"
-        except metadata.PackageNotFoundError:  # run from a source tree on PYTHONPATH
-            version = "this version"
-        raise CheckpointError(
-            f"{what} saved by a newer entpruner-sdk (format {found}; {version} reads format "
-            f"{readable} and older): upgrade it, pip install -U entpruner-sdk")
+    message = newer_format(found, readable, what)
+    if message:
+        raise CheckpointError(message)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -22,8 +22,9 @@ import torch
 from entpruner_sdk.models.config import SIZES, TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
 
-# SiT's ``--path-type`` and our flow paths; VP is the reference's third, not implemented here.
-FLOW_PATHS = {"linear": "linear", "gvp": "gvp"}
+# Our flow paths, as SiT's ``--path-type`` spells them; VP, its third, is not implemented here.
+PATH_TYPES = {"linear": "Linear", "gvp": "GVP"}
+FLOW_PATHS = tuple(PATH_TYPES)
 REFERENCE_CLASSES = {"DiT": "dit", "SiT": "sit"}
 # The reference's own registry names ("DiT-XL/2") and a user's additions ("SiT-tiny").
 _FAMILY_PREFIX = re.compile(r"^(DiT|SiT)-", re.IGNORECASE)
@@ -98,7 +99,7 @@ class TrainingArgs:
                 f"the checkpoint's SiT predicts the {prediction} (--prediction {prediction}); "
                 "entpruner's flow objective is velocity prediction, the reference default, "
                 "so it cannot sample or fine-tune these weights")
-        return {"path": FLOW_PATHS[path.lower()]}
+        return {"path": path.lower()}
 
     def classes(self, table_rows: int) -> tuple[int, float] | None:
         """``(num_classes, class_dropout_prob)`` when the recorded class count tells whether

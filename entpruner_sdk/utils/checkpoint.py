@@ -18,8 +18,12 @@ from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.utils.cache import UNREADABLE
 from entpruner_sdk.utils.files import atomic_directory
+from entpruner_sdk.utils.versions import newer_format
 
 TENSORS, META = "state.safetensors", "state.json"
+# the layout of a checkpoint folder, kept in its metadata under FORMAT_KEY; a newer one is
+# refused on resume rather than read as this one
+FORMAT_VERSION, FORMAT_KEY = 1, "checkpoint_format"
 
 
 def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tensor],
@@ -31,7 +35,7 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tenso
                           retired=_retired(directory)) as staging:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                   str(staging / TENSORS))
-        (staging / META).write_text(json.dumps(meta, indent=1))
+        (staging / META).write_text(json.dumps({**meta, FORMAT_KEY: FORMAT_VERSION}, indent=1))
 
 
 def _staging(directory: Path) -> Path:
@@ -64,10 +68,16 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         else:
             raise FileNotFoundError(f"no checkpoint in {directory}; nothing to resume")
     try:
-        return load_file(str(directory / TENSORS)), json.loads((directory / META).read_text())
+        tensors, meta = load_file(str(directory / TENSORS)), json.loads(
+            (directory / META).read_text())
     except UNREADABLE as error:  # written whole, so damaged on disk since: not ours to delete
         raise ValueError(f"the checkpoint in {directory} cannot be read ({type(error).__name__}: "
                          f"{error}); delete that folder to start the run over") from error
+    newer = newer_format(meta.pop(FORMAT_KEY, 1), FORMAT_VERSION,
+                         f"the checkpoint in {directory} was")
+    if newer:
+        raise ValueError(f"{newer}, or delete that folder to start the run over")
+    return tensors, meta
 
 
 def saved_step(directory: str | os.PathLike) -> int | None:
