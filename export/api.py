@@ -52,7 +52,7 @@ def export(
     overwrite: bool = False,
     guided: bool = True,
     opset: int | None = None,
-    exporter: str = "dynamo",
+    exporter: str | None = None,
     precision: str | None = None,
     device: str | torch.device | None = None,
     vae: LatentSpace | str | os.PathLike | None = None,
@@ -71,6 +71,9 @@ def export(
     beside the denoiser (``vae_decoder.onnx``, fp32, parity-checked), so the export samples
     images with ONNX Runtime alone. A decoder is exported and checked once per VAE, opset and
     exporter, and copied from the entpruner cache after that.
+
+    ``exporter`` (ONNX graphs): ``dynamo`` or ``torchscript``; None takes dynamo where this
+    torch (2.5+) and onnxscript run it, and the tracer where not. The manifest records it.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -93,6 +96,10 @@ def export(
                              f"(strongly typed from the ONNX), not {precision}; use "
                              "--format torch-tensorrt for bf16")
     space = decoder_for(model.config, vae) if vae is not None else None
+    if format in ("onnx", "onnx-fp16", "tensorrt") or space is not None:  # writes ONNX
+        from entpruner_sdk.export.onnx_export import resolve_exporter
+
+        exporter = resolve_exporter(exporter)
     if space is not None and not isinstance(space, LatentSpace):
         raise TypeError("export(vae=...) exports the VAE itself: pass its folder or a "
                         "LatentSpace")
@@ -130,7 +137,7 @@ def export(
 
 
 def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
-           opset: int | None, exporter: str, precision: str, batch, device
+           opset: int | None, exporter: str | None, precision: str, batch, device
            ) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the format's files; returns {role: file name} and extra manifest metadata."""
     if format in ("onnx", "onnx-fp16", "tensorrt"):
@@ -163,7 +170,7 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
 
         return write_reference(model, directory), {}
     if format == "aoti":
-        from entpruner_sdk.export.aoti import export_aoti
+        from entpruner_sdk.export.aoti import build_target, export_aoti
 
         target = torch.device(device or "cpu")
         export_aoti(model, directory / "model.pt2", max_batch=max(batch[2], 2), device=target)
@@ -172,7 +179,7 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
             export_aoti(model, directory / "model_cfg.pt2", max_batch=max(batch[2], 2),
                         device=target, guided=True)
             files["guided"] = "model_cfg.pt2"
-        return files, {"device": str(target)}
+        return files, build_target(target)  # what the machine code runs on
     from entpruner_sdk.export.tensorrt import compile_torch_tensorrt
 
     compile_torch_tensorrt(model, directory / "model.ep", batch=batch, precision=precision)

@@ -2,12 +2,15 @@
 
 The exporter is torch's ``torch.export``-based one (``dynamo=True``, the default since torch
 2.9), at opset 18; ``exporter="torchscript"`` selects the older tracer, which is faster to run
-and exports this model equally well (both are parity-checked the same way).
+and exports this model equally well (both are parity-checked the same way). Left unset, the
+exporter is dynamo where torch has it (2.5 and later) and onnxscript, which it writes with, is
+installed, and the tracer otherwise, so torch 2.4 exports too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import tempfile
@@ -31,6 +34,7 @@ from entpruner_sdk.export.metadata import METADATA_KEY, dumps, export_metadata
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.utils.files import atomic_writer
+from entpruner_sdk.utils.versions import require_torch
 
 OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
@@ -49,6 +53,38 @@ def require_onnx() -> ModuleType:
     return onnx
 
 
+def resolve_exporter(exporter: str | None = None) -> str:
+    """The exporter to run: ``exporter`` when this installation can run it (else an error
+    that says what is missing), or with None the dynamo exporter where it can run and the
+    TorchScript tracer where it cannot."""
+    if exporter is None:
+        return "dynamo" if _has_dynamo_exporter() and _has_onnxscript() else "torchscript"
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    if exporter == "dynamo":
+        if not _has_dynamo_exporter():
+            require_torch("2.5", "the dynamo ONNX exporter (torch.onnx.export(dynamo=True))",
+                          "export with the TorchScript tracer: --exporter torchscript")
+        if not _has_onnxscript():
+            raise ImportError("the dynamo ONNX exporter writes its graphs with onnxscript, "
+                              "which is not installed: pip install 'entpruner-sdk[onnx]' (or "
+                              "onnxscript), or export with --exporter torchscript")
+    return exporter
+
+
+def _has_dynamo_exporter() -> bool:
+    # torch.onnx.export gained dynamo= in torch 2.5; before it, the tracer is all it runs
+    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+
+
+def _has_onnxscript() -> bool:
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def export_onnx(
     model: DiffusionTransformer,
     path: str | os.PathLike,
@@ -56,13 +92,15 @@ def export_onnx(
     dtype: torch.dtype = torch.float32,
     guided: bool = False,
     opset: int = OPSET,
-    exporter: str = "dynamo",
+    exporter: str | None = None,
 ) -> Path:
-    """Export ``model`` (or its guidance graph) to ``path`` with a dynamic batch dimension.
+    """Export ``model`` (or its guidance graph) to ``path`` with a dynamic batch dimension;
+    ``exporter``: ``dynamo``, ``torchscript`` or None (:func:`resolve_exporter`).
 
     The file carries :func:`export_metadata` under the ``entpruner`` metadata key and passes
     ``onnx.checker``. Written to a temporary name first, so a failed export leaves nothing.
     """
+    exporter = resolve_exporter(exporter)
     module = (GuidedDenoiser if guided else Denoiser)(model, dtype)
     metadata = {**export_metadata(model), "graph": "guided" if guided else "denoiser",
                 "precision": str(dtype).removeprefix("torch."), "opset": opset,
@@ -72,10 +110,11 @@ def export_onnx(
 
 
 def export_vae_decoder(space: LatentSpace, config: TransformerConfig, path: str | os.PathLike, *,
-                       opset: int = OPSET, exporter: str = "dynamo") -> Path:
+                       opset: int = OPSET, exporter: str | None = None) -> Path:
     """Export the VAE decoder of a latent model (``config``): scaled latents [N, C, h, w] ->
     images [N, 3, H, W] in [-1, 1], fp32, dynamic batch, with its metadata (scale, shapes and
     the VAE's fingerprint) in the file."""
+    exporter = resolve_exporter(exporter)
     module = LatentDecoder(space.vae, space.scale)
     metadata = {"graph": "vae_decoder", "scale": space.scale, "vae": space.fingerprint,
                 "latent_shape": [config.in_channels, config.input_size, config.input_size],
@@ -91,8 +130,6 @@ def _export_module(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], na
     """Export ``module`` with a dynamic batch, add ``metadata``, pass the ONNX checker; written
     to a temporary name first, so a failed export leaves nothing."""
     onnx = require_onnx()
-    if exporter not in EXPORTERS:
-        raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as tmp:
@@ -138,8 +175,10 @@ def _run_exporter(module, inputs, names, path: Path, opset: int, exporter: str,
         program.save(str(path), external_data=large)
         return
     dynamic = {name: {0: "batch"} for name in [*names, "out"]}
+    # where torch has both exporters (2.5+), dynamo=False asks for the tracer by name
+    tracer = {"dynamo": False} if _has_dynamo_exporter() else {}
     torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["out"],
-                      dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+                      dynamic_axes=dynamic, opset_version=opset, **tracer)
     if large:
         onnx = require_onnx()
         proto = onnx.load(str(path))

@@ -20,6 +20,7 @@ from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives import Objective
 from entpruner_sdk.sampling import class_ids, sample_with
 from entpruner_sdk.utils.timing import CallCounter
+from entpruner_sdk.utils.versions import torch_release
 
 MANIFEST = "export.json"
 
@@ -237,11 +238,31 @@ class AotiDenoiser(ExportedDenoiser):
     backend = "aoti"
 
     def __init__(self, path: str | os.PathLike, metadata: dict[str, Any],
-                 guided_path: str | os.PathLike | None = None) -> None:
+                 guided_path: str | os.PathLike | None = None,
+                 built_with: str | None = None) -> None:
+        """``metadata`` holds the export's build target (``aoti.build_target``) and
+        ``built_with`` the torch that compiled it (the manifest's ``torch``)."""
+        from entpruner_sdk.export.aoti import require_aoti, target_mismatch
+
+        require_aoti()
+        redo = ("Export the model again on this machine (entpruner export MODEL --format aoti), "
+                "or ship its ONNX export, which runs anywhere")
+        problem = target_mismatch(metadata)
+        if problem:
+            raise RuntimeError(f"cannot run the AOTInductor package {path} here: {problem}. "
+                               f"{redo}")
         super().__init__(metadata, (path, guided_path))
-        self.runner = torch._inductor.aoti_load_package(str(path))
-        self.guided_runner = (torch._inductor.aoti_load_package(str(guided_path))
-                              if guided_path else None)
+        try:
+            self.runner = torch._inductor.aoti_load_package(str(path))
+            self.guided_runner = (torch._inductor.aoti_load_package(str(guided_path))
+                                  if guided_path else None)
+        except Exception as error:  # noqa: BLE001 - said again with the likely cause
+            if built_with is None or torch_release(built_with) == torch_release():
+                raise
+            raise RuntimeError(
+                f"cannot load the AOTInductor package {path}: it was compiled by torch "
+                f"{built_with}, and this is torch {torch.__version__} ({error}). {redo}"
+            ) from error
         self.device = torch.device(metadata.get("device", "cpu"))
 
     @property
@@ -323,7 +344,7 @@ def _open_denoiser(directory: Path, manifest: dict[str, Any], provider: str,
     if fmt == "aoti":
         guided = files.get("guided")
         return AotiDenoiser(directory / files["denoiser"], manifest["metadata"],
-                            directory / guided if guided else None)
+                            directory / guided if guided else None, manifest.get("torch"))
     if fmt == "reference":
         from entpruner_sdk.export.reference import ReferenceDenoiser
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
+import re
 
 import pytest
 import torch
@@ -187,6 +189,65 @@ def test_torchscript_exporter_also_matches(tmp_path):
         "torchscript")
 
 
+def test_torch_before_2_5_exports_onnx_with_the_tracer_it_has(tmp_path, monkeypatch):
+    """pyproject allows torch 2.4, whose torch.onnx.export has no dynamo= (added in 2.5)
+    and rejects the keyword: its signature is put in front of the real exporter here."""
+    import sys
+
+    from entpruner_sdk.export.onnx_export import resolve_exporter
+
+    tracer = torch.onnx.export
+
+    def export_of_torch_2_4(model, args, f, export_params=True, verbose=False, training=None,
+                            input_names=None, output_names=None, operator_export_type=None,
+                            opset_version=None, do_constant_folding=True, dynamic_axes=None):
+        return tracer(model, args, f, input_names=input_names, output_names=output_names,
+                      opset_version=opset_version, dynamic_axes=dynamic_axes, dynamo=False)
+
+    monkeypatch.setattr(torch.onnx, "export", export_of_torch_2_4)
+    monkeypatch.setattr(torch, "__version__", "2.4.1")
+    model = pruned("dit")
+    result = export(model, tmp_path / "onnx", "onnx")
+    assert result.manifest["metadata"]["exporter"] == "torchscript"
+    assert result.parity and all(c.passed for c in result.parity)
+    with pytest.raises(RuntimeError, match=r"dynamo ONNX exporter .*needs torch 2\.5 or later, "
+                                           r"and this is torch 2\.4\.1.*--exporter torchscript"):
+        export(model, tmp_path / "dynamo", "onnx", exporter="dynamo")
+    assert not (tmp_path / "dynamo").exists()
+    monkeypatch.undo()
+    assert resolve_exporter() == "dynamo"  # the dynamo exporter where it runs
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if it were not installed
+    assert resolve_exporter() == "torchscript"
+    with pytest.raises(ImportError, match="onnxscript, which is not installed"):
+        resolve_exporter("dynamo")
+
+
+def test_aoti_packages_name_the_torch_they_need(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    with pytest.raises(RuntimeError, match=r"AOTInductor .*needs torch 2\.6 or later, "
+                                           r"and this is torch 2\.5\.1.*--format onnx"):
+        export(pruned("dit"), tmp_path / "aoti", "aoti")
+    assert not (tmp_path / "aoti").exists()
+
+
+def test_an_aoti_package_built_for_another_machine_is_refused_with_the_way_out():
+    import platform
+
+    from entpruner_sdk.export.aoti import build_target, target_mismatch
+
+    here = build_target("cpu")
+    assert here["device"] == "cpu" and here["machine"] == platform.machine()
+    assert target_mismatch(here) is None and target_mismatch({"device": "cpu"}) is None
+    other = {**here, "machine": "riscv64"}
+    assert target_mismatch(other) == (f"it was compiled for riscv64 processors, and this one "
+                                      f"is {platform.machine()}")
+    assert "instructions, which this processor lacks" in target_mismatch(
+        {**here, "cpu_isa": "avx10.2"})  # no processor here has it
+    if not torch.cuda.is_available():
+        assert target_mismatch({**here, "device": "cuda:0", "cuda_capability": "9.0"}) == (
+            "it was compiled for a CUDA GPU, and this machine has none visible")
+
+
 def test_an_export_has_the_permissions_the_umask_gives(tmp_path):
     """Built in a staging folder and moved into place, an export must still be readable as
     the user's umask says (a server running as another user reads it), not 0o700."""
@@ -300,7 +361,7 @@ def test_tensorrt_engine_matches_pytorch(tmp_path):
 
 
 @pytest.mark.slow
-def test_aoti_package_runs_without_model_code(tmp_path):
+def test_aoti_package_runs_without_model_code(tmp_path, capsys):
     model = pruned("dit")
     result = export(model, tmp_path / "aoti", "aoti", batch=(1, 4, 16))
     assert result.files == {"denoiser": "model.pt2", "guided": "model_cfg.pt2"}
@@ -317,6 +378,30 @@ def test_aoti_package_runs_without_model_code(tmp_path):
     got = runtime.sample([1, 2], steps=5, cfg_scale=2.0, seed=3)
     expected = sample(model, [1, 2], steps=5, cfg_scale=2.0, seed=3, device="cpu")
     assert relative_error(got, expected)[1] < 1e-3
+    # the machine code's target is recorded, shown, and checked where the package is opened
+    from entpruner_sdk.export.aoti import build_target
+
+    manifest_path = tmp_path / "aoti" / "export.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert build_target("cpu").items() <= manifest["metadata"].items()
+    assert main(["info", "--model", str(tmp_path / "aoti")]) == 0
+    assert f"compiled for cpu ({platform.machine()}" in capsys.readouterr().out
+    manifest["metadata"]["machine"] = "riscv64"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(RuntimeError, match=r"model\.pt2 here: it was compiled for riscv64 "
+                                           r"processors.*--format aoti.*ONNX export"):
+        load_exported(tmp_path / "aoti")
+    # a package that torch cannot open, from another torch: both versions are named
+    manifest["metadata"]["machine"] = platform.machine()
+    manifest["torch"] = "2.6.0"
+    manifest_path.write_text(json.dumps(manifest))
+    package = tmp_path / "aoti" / "model.pt2"
+    data = bytearray(package.read_bytes())
+    data[-200:] = bytes(200)  # the zip's directory, same size: the file check passes
+    package.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match=r"compiled by torch 2\.6\.0, and this is torch "
+                                           + re.escape(torch.__version__)):
+        load_exported(tmp_path / "aoti")
 
 
 @pytest.mark.parametrize("family", ["dit", "sit"])

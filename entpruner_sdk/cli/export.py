@@ -31,8 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", default="1,8,32",
                    help="min,opt,max batch (TensorRT profile, AOTInductor max, parity opt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
-                   help="ONNX exporter (default: torch.export-based, opset 18)")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"],
+                   help="ONNX exporter (default: dynamo, the torch.export-based one, where "
+                        "torch 2.5+ and onnxscript run it; the TorchScript tracer otherwise)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
                    help="TensorRT / torch-tensorrt precision (default fp16; bf16 only for "
                         "torch-tensorrt)")

@@ -70,6 +70,11 @@ def export_summary(directory: str | Path) -> dict:
                          ("format", "precision", "files", "contents", "batch", "created",
                           "torch", "parity")}
     summary["export"]["damaged"] = damaged_files(directory, manifest)
+    if manifest["format"] == "aoti":  # machine code: what it was compiled for
+        from entpruner_sdk.export.aoti import TARGET_KEYS
+
+        summary["export"]["target"] = {key: metadata[key] for key in TARGET_KEYS
+                                       if key in metadata}
     return summary
 
 
@@ -162,6 +167,18 @@ def _print_compression(made: dict, report: dict) -> None:
         print(quality_line(report))
 
 
+def _aoti_target_line(target: dict) -> str:
+    """Where an AOTInductor package's machine code runs: its device, processor and vector
+    instructions or compute capability (exports before these records name the device only)."""
+    device = target.get("device", "cpu")
+    capability = target.get("cuda_capability")
+    details = [target.get("machine"), target.get("cpu_isa"),
+               capability and f"compute capability {capability}"]
+    where = ", ".join(detail for detail in details if detail)
+    return (f"compiled for {device}{f' ({where})' if where else ''}: it runs on machines "
+            "that have these, with the torch that made it")
+
+
 def _print_export(export: dict) -> None:
     contents = export.get("contents")  # exports made before it list their graphs only
     files = ([f"{name} ({common.human_size(size)})" for name, size in contents.items()]
@@ -172,6 +189,8 @@ def _print_export(export: dict) -> None:
     print(f"export: {export['format']} {export.get('precision') or ''}, files "
           f"{', '.join(files)}{profile}, made with torch "
           f"{export.get('torch')} at {export.get('created')}")
+    if export["format"] == "aoti":
+        print(_aoti_target_line(export.get("target", {})))
     if "decoder" in export["files"]:
         print("carries the VAE decoder: sample and serve need no --vae")
     checks = export.get("parity") or []
