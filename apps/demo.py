@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import warnings
@@ -55,10 +56,10 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
                onnx: bool = False, data: str | None = None, vae: str | None = None,
                family: str | None = None, device: str | None = None,
                notify: Callable[[str], None] | None = None) -> gr.Blocks:
-    """The demo as a ``gr.Blocks`` app (call ``.launch(css=DEMO_CSS)`` on it, as ``launch``
-    does). ``original``: by default the model the pruned one was compressed from (``load_pair``).
-    ``vae``: the VAE folder that decodes latent models' samples (DiT-XL/2, SiT-XL/2);
-    ``family``: for a released original checkpoint (by default the pruned model's);
+    """The demo as a ``gr.Blocks`` app (call ``.launch(**launch_styling())`` on it, as
+    ``launch`` does). ``original``: by default the model the pruned one was compressed from
+    (``load_pair``). ``vae``: the VAE folder that decodes latent models' samples (DiT-XL/2,
+    SiT-XL/2); ``family``: for a released original checkpoint (by default the pruned model's);
     ``device``: where PyTorch samples and evaluates (by default CUDA when present, else the
     CPU). ``data``: the quick evaluation's data for ``pruned``; another pruned model loaded
     from the page evaluates on its own report's data. A viewer's Load changes only that
@@ -77,7 +78,8 @@ def build_demo(original: str | None = None, pruned: str = DEFAULT_PRUNED,
     pair = shelf.get(launched)
     for error in pair.errors:  # the page starts all the same: another pair can be loaded there
         notify(f"problem: {error}")
-    with gr.Blocks(title="entpruner: original vs pruned") as demo:
+    styling = {} if _styled_at_launch() else {"css": DEMO_CSS}  # Gradio 5 styles the Blocks
+    with gr.Blocks(title="entpruner: original vs pruned", **styling) as demo:
         # this page's pair, by its key on the shelf: a new page starts with the launched one
         shown = gr.State(launched)
         gr.Markdown("# entpruner: original vs pruned\n"
@@ -493,8 +495,21 @@ def launch(original: str | None = None, pruned: str = DEFAULT_PRUNED, *,
     demo = build_demo(original, pruned, onnx, data, vae, family, device, notify)
     demo.queue(default_concurrency_limit=1)  # one model thread; requests take turns
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                show_error=True, css=DEMO_CSS, auth=auth)
+                show_error=True, auth=auth, **launch_styling())
     return demo
+
+
+def launch_styling() -> dict[str, str]:
+    """The demo's styling as ``launch`` takes it: Gradio 6 moved ``css`` from ``gr.Blocks``
+    to ``launch``, and Gradio 5 (which the app extra allows) has it in ``gr.Blocks`` only,
+    where :func:`build_demo` puts it."""
+    return {"css": DEMO_CSS} if _styled_at_launch() else {}
+
+
+def _styled_at_launch() -> bool:
+    import gradio as gr
+
+    return "css" in inspect.signature(gr.Blocks.launch).parameters
 
 
 def check_exposure(host: str, auth: tuple[str, str] | None) -> None:
