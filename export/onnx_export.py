@@ -73,8 +73,9 @@ def resolve_exporter(exporter: str | None = None) -> str:
 
 
 def _has_dynamo_exporter() -> bool:
-    # torch.onnx.export gained dynamo= in torch 2.5; before it, the tracer is all it runs
-    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+    # the torch.export-based exporter came in torch 2.5 with dynamic_shapes=; 2.4's dynamo=True
+    # ran the older dynamo_export, which takes neither those shapes nor opset 18 as we ask
+    return "dynamic_shapes" in inspect.signature(torch.onnx.export).parameters
 
 
 def _has_onnxscript() -> bool:
@@ -175,10 +176,8 @@ def _run_exporter(module, inputs, names, path: Path, opset: int, exporter: str,
         program.save(str(path), external_data=large)
         return
     dynamic = {name: {0: "batch"} for name in [*names, "out"]}
-    # where torch has both exporters (2.5+), dynamo=False asks for the tracer by name
-    tracer = {"dynamo": False} if _has_dynamo_exporter() else {}
     torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["out"],
-                      dynamic_axes=dynamic, opset_version=opset, **tracer)
+                      dynamic_axes=dynamic, opset_version=opset, dynamo=False)
     if large:
         onnx = require_onnx()
         proto = onnx.load(str(path))

@@ -46,6 +46,15 @@ def tiny_sit() -> DiffusionTransformer:
     return randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=True)))
 
 
+def needs_torch(version: str) -> pytest.MarkDecorator:
+    """Skip a test of a feature that needs torch ``version`` or later where torch is older
+    (the package itself runs on torch 2.4: ONNX's dynamo exporter needs 2.5, AOTInductor 2.6)."""
+    from entpruner_sdk.utils.versions import torch_release
+
+    return pytest.mark.skipif(torch_release() < torch_release(version),
+                              reason=f"needs torch {version} or later")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

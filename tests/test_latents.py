@@ -65,6 +65,24 @@ def test_latent_space_needs_a_local_vae_folder(tmp_path):
         LatentSpace.from_pretrained(tmp_path)
 
 
+def test_a_diffusers_that_does_not_import_with_this_torch_is_named(tmp_path, monkeypatch):
+    """diffusers 0.40 to 0.42 fail at import on torch 2.4 (measured: a RuntimeError from its
+    lazy import, an AttributeError for torch.accelerator); such a module stands in here."""
+    import sys
+    import types
+
+    class BuiltForANewerTorch(types.ModuleType):
+        def __getattr__(self, name):
+            raise RuntimeError("Failed to import diffusers.models.autoencoders.autoencoder_kl "
+                               "because of the following error: infer_schema(func): ...")
+
+    monkeypatch.setitem(sys.modules, "diffusers", BuiltForANewerTorch("diffusers"))
+    with pytest.raises(ImportError, match=r"the installed diffusers does not import with torch "
+                                          r".*RuntimeError: Failed to import.*diffusers 0\.35 "
+                                          r"runs on torch 2\.4\), or upgrade torch"):
+        LatentSpace.from_pretrained(tmp_path)
+
+
 def test_8_bit_images_encode_as_their_floats_do(tiny_vae_dir):
     space = LatentSpace.from_pretrained(tiny_vae_dir)
     pixels = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0),

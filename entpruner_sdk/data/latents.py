@@ -55,6 +55,14 @@ class LatentSpace:
         except ImportError as error:
             raise ImportError("latent space needs diffusers: pip install 'entpruner-sdk[latent]'"
                               ) from error
+        except Exception as error:  # noqa: BLE001 - a diffusers built for a newer torch
+            # diffusers 0.40 to 0.42 fail at import on torch 2.4 (torch.accelerator, custom-op
+            # annotations) although they declare no torch floor; 0.35 imports and runs there
+            raise ImportError(
+                f"the installed diffusers does not import with torch {torch.__version__} "
+                f"({type(error).__name__}: {str(error)[:200]}): install a diffusers release "
+                "made for this torch (diffusers 0.35 runs on torch 2.4), or upgrade torch"
+            ) from error
         path = Path(path)
         if not (path / "config.json").exists():
             raise DataError(f"{path} is not a diffusers AutoencoderKL folder (no config.json); "
