@@ -256,7 +256,7 @@ class AotiDenoiser(ExportedDenoiser):
             self.runner = torch._inductor.aoti_load_package(str(path))
             self.guided_runner = (torch._inductor.aoti_load_package(str(guided_path))
                                   if guided_path else None)
-        except Exception as error:  # noqa: BLE001 - said again with the likely cause
+        except Exception as error:  # said again below, with the likely cause
             if built_with is None or torch_release(built_with) == torch_release():
                 raise
             raise RuntimeError(

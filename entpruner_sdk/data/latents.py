@@ -55,7 +55,7 @@ class LatentSpace:
         except ImportError as error:
             raise ImportError("latent space needs diffusers: pip install 'entpruner-sdk[latent]'"
                               ) from error
-        except Exception as error:  # noqa: BLE001 - a diffusers built for a newer torch
+        except Exception as error:  # a diffusers built for a newer torch than this
             # diffusers 0.40 to 0.42 fail at import on torch 2.4 (torch.accelerator, custom-op
             # annotations) although they declare no torch floor; 0.35 imports and runs there
             raise ImportError(
