@@ -28,6 +28,7 @@ from entpruner_sdk.compress.report import spread
 from entpruner_sdk.objectives import OBJECTIVES, objective_for
 from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
 from entpruner_sdk.sampling import to_picture
+from entpruner_sdk.utils.device import arithmetic
 from entpruner_sdk.utils.network import is_loopback
 
 if TYPE_CHECKING:  # Gradio is imported when the demo is built
@@ -359,7 +360,8 @@ def _status(pair: ModelPair) -> str:
     a, b = pair.original, pair.pruned
     return (f"Loaded: original {a.family.upper()} with {a.depth} blocks "
             f"(`{pair.original_source}`), pruned with {b.depth} blocks, kept {b.kept_blocks} "
-            f"(`{pair.pruned_source}`); PyTorch runs on {pair.device}.")
+            f"(`{pair.pruned_source}`); PyTorch runs on {pair.device} in "
+            f"{arithmetic(pair.device)}.")
 
 
 def _report_figures(pair: ModelPair) -> str:
@@ -374,7 +376,8 @@ def _report_figures(pair: ModelPair) -> str:
              f"| depth | {s.get('depth_before')} -> {s.get('depth_after')} |"]
     latency = s.get("sampling_latency")
     if latency:
-        lines.append(f"| measured sampling speedup ({latency['device']}, batch "
+        how = f", {latency['arithmetic']}" if "arithmetic" in latency else ""
+        lines.append(f"| measured sampling speedup ({latency['device']}{how}, batch "
                      f"{latency['batch']}) | {latency['speedup']:.2f}x{spread(latency)} |")
     return "\n".join(lines + _quality_rows(s))
 

@@ -40,7 +40,8 @@ def measure(name: str, data, formats: list[str], workdir: Path, **run) -> list[d
     """The model's figures, then each export's beside them, all from the same noise."""
     model = resolve_model(name).eval()
     own = evaluate(model, data, model_name=name, **run)
-    rows = [row(name, "pytorch", "fp32", own.metrics)]
+    # PyTorch computes as the policy says: bf16 autocast on a GPU by default
+    rows = [row(name, "pytorch", own.settings["arithmetic"], own.metrics)]
     for fmt in formats:
         exported = export(model, workdir / f"{Path(name).name}-{fmt}", fmt, overwrite=True)
         runtime = load_exported(exported.directory)

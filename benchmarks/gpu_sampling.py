@@ -24,7 +24,7 @@ import torch
 
 from entpruner_sdk.models import DiffusionTransformer, config_from_name
 from entpruner_sdk.sampling import compiled, sample
-from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.device import arithmetic, autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
 from entpruner_sdk.utils.timing import interleaved_medians
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                  sample_speedup=base_sample / per_sample[(name, mode)])
             for (name, mode) in calls]
     card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"{card}, torch {torch.__version__}, {args.model}, bf16 autocast on CUDA, batch "
+    print(f"{card}, torch {torch.__version__}, {args.model}, {arithmetic(device)}, batch "
           f"{args.batch} (denoiser call {call_batch}), DDIM x {args.steps}, cfg 1.5; "
           f"ratios against {base[0]} {base[1]}")
     print(f"{'model':<10} {'mode':<12} {'call ms':>8} {'img/s (call)':>13} {'sample s':>9} "
@@ -101,6 +101,7 @@ def main(argv=None) -> int:
               f"{r['denoiser_images_per_s']:13.0f} {r['sample_s']:9.3f} {r['images_per_s']:7.1f} "
               f"{r['call_speedup']:7.2f} {r['sample_speedup']:8.2f}")
     atomic_write_text(args.out, json.dumps({"gpu": card, "device": str(device),
+                                            "arithmetic": arithmetic(device),
                                             "model": args.model, "torch": torch.__version__,
                                             "rows": rows}, indent=2))
     print(f"written to {args.out}")

@@ -42,7 +42,7 @@ from entpruner_sdk.utils.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
-from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.device import arithmetic, autocast, resolve_device
 from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.progress import progress_bar
 
@@ -300,8 +300,10 @@ def train(
                         inputs)
     model.gradient_checkpointing = checkpointing
     if out_dir is not None:
-        save(ema.model, Path(out_dir) / "model", training=dataclasses.asdict(config),
-             losses=losses)
+        # where and how it trained: bf16 autocast on a GPU by default ($ENTPRUNER_AUTOCAST)
+        save(ema.model, Path(out_dir) / "model", training={
+            **dataclasses.asdict(config), "device": str(device),
+            "arithmetic": arithmetic(device)}, losses=losses)
         if not keep_checkpoint:
             discard_checkpoint(ckpt_dir)
     return TrainResult(model.eval(), ema.model, losses)

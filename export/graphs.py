@@ -16,12 +16,23 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import combine_guidance
 
 
+def cpu_reference(model: DiffusionTransformer) -> DiffusionTransformer:
+    """``model`` as exports are traced from and compared with: fp32, on the CPU, in eval mode
+    (a training model drops labels). A copy unless it is so already, so the caller's model
+    stays where and as it was: on its GPU, in bf16, training."""
+    weights = next(model.parameters())
+    if weights.device.type == "cpu" and weights.dtype == torch.float32 and not model.training:
+        return model
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+
+
 class Denoiser(nn.Module):
-    """(x, t, y) -> raw model output, with the weights in ``dtype``."""
+    """(x, t, y) -> raw model output, with the weights in ``dtype``, on the CPU (a copy: the
+    ONNX graph is the same whatever device traced it, and its inputs are made on the CPU)."""
 
     def __init__(self, model: DiffusionTransformer, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.model = copy.deepcopy(model).eval().to(dtype)
+        self.model = copy.deepcopy(cpu_reference(model)).to(dtype)
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,13 @@ from entpruner_sdk.objectives import ModelFn, Objective, objective_for
 from entpruner_sdk.objectives.base import SplitGenerator
 from entpruner_sdk.sampling import GuidedFn, sample_with
 from entpruner_sdk.teachers import SAMPLING, resolve_model
-from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.device import (
+    arithmetic,
+    autocast,
+    autocast_mode,
+    mixed_precision,
+    resolve_device,
+)
 from entpruner_sdk.utils.timing import CallCounter
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -46,6 +52,8 @@ class ServedModel:
     compression: dict[str, Any] | None = None
     # an export's format, precision and backend (what ops ask of a server: fp16 or fp32?)
     export: dict[str, Any] | None = None
+    # a PyTorch model's: "bf16 autocast" on a GPU by default, else "fp32" ($ENTPRUNER_AUTOCAST)
+    arithmetic: str | None = None
 
     def __post_init__(self) -> None:
         with torch.device("meta"):  # shapes only: no memory, no compute
@@ -70,6 +78,7 @@ class ServedModel:
             # what a request's "sampler_settings" may change, at the values it has unchanged
             "sampler_settings": self.objective.sampler_settings,
             "device": str(self.device), "source": self.source,
+            **({"arithmetic": self.arithmetic} if self.arithmetic else {}),
             **({"compression": self.compression} if self.compression else {}),
             **({"export": self.export} if self.export else {}),
         }
@@ -153,13 +162,16 @@ def _classes(provenance: dict[str, Any]) -> dict[str, Any]:
 def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
                 source: str) -> ServedModel:
     model = model.eval().to(device)
+    # the policy in force at load, kept for every request whichever thread serves it
+    mode = autocast_mode()
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(device):
+        with mixed_precision(mode), autocast(device):
             return model(x, t, y).float()
 
     return ServedModel(name, "torch", model.config, objective_for(model), model_fn,
                        device=device, kept_blocks=model.kept_blocks, source=source,
+                       arithmetic=arithmetic(device),
                        compression=model.metadata.get("compression"),
                        **_classes(model.provenance))
 

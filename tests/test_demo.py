@@ -56,7 +56,7 @@ def test_pair_loads_report_and_samples_from_the_same_noise(models):
 
     summary, figures = pair.report["summary"], _report_figures(pair)
     latency = summary["sampling_latency"]
-    assert (f"| measured sampling speedup (cpu, batch 8) | {latency['speedup']:.2f}x"
+    assert (f"| measured sampling speedup (cpu, fp32, batch 8) | {latency['speedup']:.2f}x"
             f"{spread(latency)} |") in figures
     assert spread(latency).endswith(" over 5 rounds)")
     original, pruned = summary["quality_original"], summary["quality_pruned"]
@@ -87,7 +87,7 @@ def test_the_pair_runs_where_it_is_asked_to(models, capsys):
     from entpruner_sdk.cli import main
 
     pair = load_pair(*models, device="cpu")
-    assert pair.device == torch.device("cpu") and "PyTorch runs on cpu" in _status(pair)
+    assert pair.device == torch.device("cpu") and "PyTorch runs on cpu in fp32." in _status(pair)
     assert {p.device for m in (pair.original, pair.pruned) for p in m.parameters()} == {
         torch.device("cpu")}
     if not torch.cuda.is_available():  # a GPU asked for and absent: said before any page

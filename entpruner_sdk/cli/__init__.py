@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
               entpruner info --model dit-digits
               entpruner sample --model sit-digits --per-class 4 --out grid.png
               entpruner train --model DiT-S/2 --data ./my_images --steps 5000 --out runs/dit
+              ENTPRUNER_AUTOCAST=off entpruner sample --model dit-digits --device cuda
+
+            environment:
+              ENTPRUNER_AUTOCAST  how PyTorch models compute: auto (the default: bf16 autocast
+                                  on a CUDA GPU that has bf16, fp32 elsewhere), bf16 (on every
+                                  device, the CPU included) or off (fp32 everywhere)
+              ENTPRUNER_CACHE     the cache's folder (see `entpruner cache`)
+              ENTPRUNER_QUIET     1: no progress bars (as --quiet)
             """),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -91,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     from entpruner_sdk.evaluation.inception import FeatureNetworkMissing
     from entpruner_sdk.export import ParityError
     from entpruner_sdk.models.io import CheckpointError
+    from entpruner_sdk.utils.device import autocast_mode
 
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):
         os.environ["ENTPRUNER_QUIET"] = "1"
     try:
+        autocast_mode()  # a mistyped $ENTPRUNER_AUTOCAST stops here, not after the loading
         with _warnings_as_lines(args.command):
             return COMMANDS[args.command](args)
     except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,

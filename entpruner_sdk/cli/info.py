@@ -161,8 +161,10 @@ def _print_compression(made: dict, report: dict) -> None:
         earlier = earlier.get("earlier")
     latency = report.get("sampling_latency")
     if latency:
+        arithmetic = f" in {latency['arithmetic']}" if "arithmetic" in latency else ""
         print(f"sampling speedup {latency['speedup']:.2f}x{spread(latency)} on "
-              f"{latency['device']} (batch {latency['batch']}), measured by compress")
+              f"{latency['device']}{arithmetic} (batch {latency['batch']}), measured by "
+              "compress")
     if "quality_pruned" in report:
         print(quality_line(report))
 

@@ -52,6 +52,7 @@ class CompressPlan:
     gflops_after: float
     predicted_speedup: float  # by the latency model: a forward pass, on latency_device
     latency_device: str
+    latency_arithmetic: str  # "bf16 autocast" on a GPU by default, as it samples there
     final: bool  # whether the run ends with exactly these blocks
 
     def __repr__(self) -> str:  # the default would print every block's score
@@ -80,7 +81,8 @@ class CompressPlan:
                   f"{self.parameters_before / self.parameters_after:.2f}x |",
                   f"| GFLOPs / image | {self.gflops_before:.4f} | {self.gflops_after:.4f} | "
                   f"{self.gflops_before / self.gflops_after:.2f}x |",
-                  f"| forward latency (latency model, {self.latency_device}) | | | "
+                  f"| forward latency (latency model, {self.latency_device}, "
+                  f"{self.latency_arithmetic}) | | | "
                   f"{self.predicted_speedup:.2f}x faster |", ""]
         lines.append(f"compress with these settings keeps blocks {self.kept_blocks}."
                      if self.final else
@@ -118,4 +120,5 @@ def plan(model: DiffusionTransformer | str | os.PathLike, data: Any,
         gflops_after=forward_flops(teacher.config.replace(depth=target)) / 1e9,
         predicted_speedup=latency.speedup(teacher.depth, target),
         latency_device=str(budget_device(setup.budget, setup.device)),
+        latency_arithmetic=latency.arithmetic,
         final=not config.schedule.rerank and config.importance != "ced+bi")

@@ -14,6 +14,7 @@ from entpruner_sdk.data.latents import is_latent
 from entpruner_sdk.evaluation.report import likelihood_lines
 from entpruner_sdk.models.transformer import DiffusionTransformer, count_parameters, forward_flops
 from entpruner_sdk.sampling import sample
+from entpruner_sdk.utils.device import arithmetic
 from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
 from entpruner_sdk.utils.timing import interleaved_times
 
@@ -42,7 +43,8 @@ def sampling_latency(original: DiffusionTransformer, pruned: DiffusionTransforme
                                "pruned": lambda: run(pruned)}, repeats=repeats)
     original_s, pruned_s = (statistics.median(times[side]) for side in ("original", "pruned"))
     rounds = [a / b for a, b in zip(times["original"], times["pruned"], strict=True)]
-    return {"device": str(device), "batch": batch, "steps": steps,
+    return {"device": str(device), "arithmetic": arithmetic(device), "batch": batch,
+            "steps": steps,
             "original_s": original_s, "pruned_s": pruned_s, "speedup": original_s / pruned_s,
             "rounds": repeats, "speedup_range": [min(rounds), max(rounds)]}
 
@@ -67,6 +69,8 @@ def build_report(teacher: DiffusionTransformer, pruned: DiffusionTransformer,
         "kept_blocks": pruned.kept_blocks, "removed_blocks": removed,
         "protected_blocks": protected, "importance": config.importance,
         "schedule": config.schedule.kind, "steps": config.steps,
+        # where and how the run computed: bf16 autocast on a GPU by default ($ENTPRUNER_AUTOCAST)
+        "device": str(device), "arithmetic": arithmetic(device),
         "wall_seconds": wall_seconds, "importance_seconds": importance_s,
         "proxy_seconds": proxy_s, "proxy_share": proxy_s / max(wall_seconds, 1e-9),
         "latency_model": dataclasses.asdict(latency),
@@ -150,6 +154,11 @@ def _speedup_note(s: dict[str, Any]) -> list[str]:
     return ["", note]
 
 
+def _where(s: dict[str, Any]) -> str:
+    """" on cuda:0 in bf16 autocast"; empty for a report written before they were recorded."""
+    return f" on {s['device']} in {s['arithmetic']}" if "arithmetic" in s else ""
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: sizes before and after, kept blocks, costs, quality and the
     decision log."""
@@ -157,7 +166,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Compression report: {s['family'].upper()} on {s['data']}", "",
         f"Budget: {s['budget']}. Importance: {s['importance']}, schedule: {s['schedule']}, "
-        f"{s['steps']} fine-tuning steps, {s['wall_seconds']:.0f} s wall time.", "",
+        f"{s['steps']} fine-tuning steps{_where(s)}, {s['wall_seconds']:.0f} s wall time.", "",
         "| | before | after | ratio |", "|---|---|---|---|",
         f"| depth | {s['depth_before']} | {s['depth_after']} | "
         f"{s['depth_before'] / s['depth_after']:.2f}x |",
@@ -167,7 +176,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{s['gflops_before'] / s['gflops_after']:.2f}x |",
     ]
     lat = s["sampling_latency"]
-    lines.append(f"| sampling latency ({lat['device']}, batch {lat['batch']}, {lat['steps']} "
+    arithmetic_used = f", {lat['arithmetic']}" if "arithmetic" in lat else ""
+    lines.append(f"| sampling latency ({lat['device']}{arithmetic_used}, batch {lat['batch']}, "
+                 f"{lat['steps']} "
                  f"steps) | {lat['original_s'] * 1e3:.0f} ms | {lat['pruned_s'] * 1e3:.0f} ms | "
                  f"{lat['speedup']:.2f}x{spread(lat)} |")
     lines += _speedup_note(s)

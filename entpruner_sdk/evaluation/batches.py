@@ -26,6 +26,7 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.sampling import RuntimeDenoiser
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.cache import read_kept
+from entpruner_sdk.utils.device import arithmetic
 from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.files import atomic_writer
 
@@ -88,12 +89,14 @@ class EvaluationBatches:
             labels=hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16], seed=seed,
             batch_size=batch_size, vae=decoder.fingerprint if decoder is not None else None,
             **{k: v for k, v in sampling.items() if k != "device"})  # same samples anywhere
+        # ...in the same arithmetic: a rerun in fp32 does not take batches made in bf16
+        self.arithmetic = arithmetic(sampling["device"])
 
     def of(self, model: DiffusionTransformer | RuntimeDenoiser, name: str
            ) -> SampleBatches | None:
         """The folder for ``model``'s samples (None: nothing is kept). An export is named by
         its own fingerprint, which covers its metadata (the objective's settings among
-        them)."""
+        them), and runs in its own precision."""
         if self.root is None:
             return None
         exported = isinstance(model, RuntimeDenoiser)
@@ -101,7 +104,7 @@ class EvaluationBatches:
             self.root, name,
             weights=model.fingerprint if exported else network_fingerprint(model),
             config=model.config.to_dict(), objective=None if exported else model.objective,
-            **self.settings)
+            **({} if exported else {"arithmetic": self.arithmetic}), **self.settings)
         self.made.append(batches)
         return batches
 

@@ -50,7 +50,7 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.sampling import RuntimeDenoiser, objective_of
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils import distributed
-from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.device import arithmetic, resolve_device
 from entpruner_sdk.utils.digest import network_fingerprint
 
 FEATURES = ("domain", "inception")
@@ -200,7 +200,7 @@ def evaluate(
         sampling_seconds=time.perf_counter() - started,
         samples_held="uint8" if data.is_eight_bit else "float32",
         **({"vae": decoder.fingerprint} if decoder is not None else {}),
-        **_runtimes(model, original)))
+        **_arithmetic(model, original, device), **_runtimes(model, original)))
     _note_scope(report, model, data, available, kept.loaded_by_all(batches), batch_size)
     classifier = distributed.main_first(
         lambda: domain_classifier(data, progress=progress, device=device))
@@ -231,6 +231,15 @@ def sampled_model(model: DiffusionTransformer | RuntimeDenoiser | str | os.PathL
     """What ``evaluate`` samples: a model as every verb takes it (``as_model``), or an export
     opened by its runtime (``entpruner_sdk.export.load_exported``) as it is."""
     return model if isinstance(model, RuntimeDenoiser) else as_model(model, role)
+
+
+def _arithmetic(model, original, device: torch.device) -> dict[str, str]:
+    """How the PyTorch models sampled computed: bf16 autocast on a GPU by default
+    (``$ENTPRUNER_AUTOCAST``); an export's runtime states its own precision."""
+    sampled = [m for m in (model, original) if m is not None]
+    if all(isinstance(m, RuntimeDenoiser) for m in sampled):
+        return {}
+    return {"arithmetic": arithmetic(device)}
 
 
 def _runtimes(model, original) -> dict[str, Any]:

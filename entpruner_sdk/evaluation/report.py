@@ -66,6 +66,7 @@ class EvaluationReport:
                  f"{s['steps']} steps, "
                  f"cfg {s['cfg_scale']}, seed {s['seed']}, reference {s['reference']} "
                  f"({s['reference_size']} images), device {s['device']}"
+                 f"{' in ' + s['arithmetic'] if s.get('arithmetic') else ''}"
                  f"{', samples held as 8-bit pixels' if s.get('samples_held') == 'uint8' else ''}"
                  ".", ""]
         lines += _runtime_lines(s)

@@ -17,6 +17,7 @@ import torch
 
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import NoisedBatch, Objective
+from entpruner_sdk.utils.device import arithmetic, autocast
 from entpruner_sdk.utils.ranking import rank
 from entpruner_sdk.utils.timing import interleaved_medians
 
@@ -69,10 +70,13 @@ def zico(model: DiffusionTransformer, objective: Objective, batches: list[Noised
 
 @dataclass
 class LatencyModel:
-    """Forward latency as a + b * depth, measured on the device the model runs on."""
+    """Forward latency as a + b * depth, measured on the device the model runs on, in the
+    arithmetic it samples with there (``arithmetic``: bf16 autocast on a GPU by default, where
+    blocks take a smaller share of the time than in fp32)."""
 
     intercept: float
     per_block: float
+    arithmetic: str = "fp32"  # what models measured before it was recorded ran in
 
     def __call__(self, depth: int) -> float:
         return self.intercept + self.per_block * depth
@@ -84,14 +88,17 @@ class LatencyModel:
         small = model.keep_blocks([0]).eval()
         model = model.eval()
 
+        device = batch.x_t.device
+
         @torch.no_grad()
         def run(m):
-            return m(batch.x_t, batch.t, batch.y)
+            with autocast(device):
+                return m(batch.x_t, batch.t, batch.y)
 
         times = interleaved_medians({"full": lambda: run(model), "one": lambda: run(small)},
                                     repeats=repeats)
         per_block = max(times["full"] - times["one"], 1e-9) / max(model.depth - 1, 1)
-        return cls(max(times["one"] - per_block, 0.0), per_block)
+        return cls(max(times["one"] - per_block, 0.0), per_block, arithmetic(device))
 
     def speedup(self, depth_from: int, depth_to: int) -> float:
         """Predicted speedup of a forward at ``depth_to`` blocks over one at ``depth_from``."""

@@ -1,11 +1,34 @@
-"""Device selection and mixed precision: CUDA + bf16 autocast when available, fp32 on CPU."""
+"""Device selection and mixed precision.
+
+Every compute path runs its model under ``autocast(device)``. What that does is one policy for
+the process, set by ``$ENTPRUNER_AUTOCAST`` (or, for a block of code, ``mixed_precision``):
+
+- ``auto`` (the default): bf16 autocast on a CUDA GPU that has bf16 (Ampere and newer), with
+  TF32 for the fp32 matmuls left outside it; fp32 elsewhere, since on a CPU without bf16
+  instructions bf16 is emulated and about 6x slower.
+- ``bf16``: bf16 autocast on every device, the CPU included: fast on CPUs with AMX, and the way
+  to run the GPU's arithmetic on a machine without a GPU (the tests do).
+- ``off``: fp32 everywhere, and TF32 is not turned on: for results that agree across machines,
+  or to see what bf16 costs.
+
+``arithmetic(device)`` names the outcome for reports ("bf16 autocast" or "fp32").
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 
 import torch
+
+AUTOCAST_ENV = "ENTPRUNER_AUTOCAST"
+AUTOCAST_MODES = ("auto", "bf16", "off")
+# set by mixed_precision(); a context variable, so it holds in the thread (or asyncio task)
+# that set it and leaves the others to $ENTPRUNER_AUTOCAST
+_chosen_mode: ContextVar[str | None] = ContextVar("entpruner_autocast", default=None)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -17,7 +40,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was requested but no CUDA GPU is visible; "
                                "use 'cpu'")
-        enable_tf32()
+        if autocast_mode() != "off":
+            enable_tf32()
     return device
 
 
@@ -28,8 +52,61 @@ def enable_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
+def autocast_mode() -> str:
+    """The mixed-precision policy in force: ``mixed_precision``'s, else ``$ENTPRUNER_AUTOCAST``,
+    else ``"auto"``."""
+    chosen = _chosen_mode.get()
+    if chosen is not None:
+        return chosen
+    value = os.environ.get(AUTOCAST_ENV, "")
+    return _checked_mode(value.strip().lower() or "auto", f"{AUTOCAST_ENV}={value!r}")
+
+
+@contextlib.contextmanager
+def mixed_precision(mode: str) -> Iterator[None]:
+    """Run the enclosed code under ``mode`` (``"auto"``, ``"bf16"`` or ``"off"``), whatever
+    ``$ENTPRUNER_AUTOCAST`` says; e.g. ``with mixed_precision("off"): sample(model, ...)``."""
+    token = _chosen_mode.set(_checked_mode(mode, f"mixed_precision({mode!r})"))
+    try:
+        yield
+    finally:
+        _chosen_mode.reset(token)
+
+
+def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+    """The dtype models autocast to on ``device`` under the policy in force; None: fp32."""
+    device = torch.device(device)
+    mode = autocast_mode()
+    if mode == "off":
+        return None
+    has_bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if mode == "bf16":
+        if not has_bf16:
+            raise RuntimeError(
+                f"{AUTOCAST_ENV}=bf16, but this GPU ({torch.cuda.get_device_name(device)}) "
+                "has no bf16: unset it (auto runs fp32 on this GPU) or set it to off")
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" and has_bf16 else None
+
+
 def autocast(device: str | torch.device, enabled: bool = True) -> AbstractContextManager:
-    """bf16 autocast on CUDA. On CPU it stays fp32: bf16 there is emulated and ~6x slower."""
-    if enabled and torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The policy's autocast on ``device`` (bf16 on CUDA by default), or nothing: fp32."""
+    dtype = autocast_dtype(device) if enabled else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def arithmetic(device: str | torch.device) -> str:
+    """How a PyTorch model computes on ``device`` under the policy in force, as reports state
+    it: ``"bf16 autocast"`` or ``"fp32"``."""
+    return "bf16 autocast" if autocast_dtype(device) is not None else "fp32"
+
+
+def _checked_mode(mode: str, where: str) -> str:
+    if mode not in AUTOCAST_MODES:
+        raise ValueError(
+            f"{where} names no mixed-precision mode: use auto (bf16 autocast "
+            "on a CUDA GPU that has bf16, fp32 elsewhere), bf16 (bf16 autocast on every "
+            "device, the CPU included) or off (fp32 everywhere)")
+    return mode

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from entpruner_sdk.utils.device import arithmetic
+
 
 def _synchronize() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -83,9 +85,11 @@ class CallCounter:
 
 
 def machine(device: torch.device) -> dict[str, object]:
-    """Where timings were taken, for a benchmark's JSON: device, CPU, threads, torch, GPU."""
+    """Where timings were taken, for a benchmark's JSON: device, the arithmetic PyTorch models
+    ran in there, CPU, threads, torch, GPU."""
     import platform
 
-    return {"device": str(device), "cpu": platform.processor() or platform.machine(),
+    return {"device": str(device), "arithmetic": arithmetic(device),
+            "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
