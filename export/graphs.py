@@ -62,7 +62,8 @@ class LatentDecoder(nn.Module):
 
     def __init__(self, vae: nn.Module, scale: float) -> None:
         super().__init__()
-        self.vae = copy.deepcopy(vae).eval().float()
+        # on the CPU, as Denoiser: a VAE opened on a GPU would not trace against CPU latents
+        self.vae = copy.deepcopy(vae).to(device="cpu", dtype=torch.float32).eval()
         self.scale = scale
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:

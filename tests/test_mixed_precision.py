@@ -110,7 +110,7 @@ def test_every_sampler_runs_in_bf16_and_returns_fp32_images_near_fp32s(family, s
     for sampler in samplers:
         # dopri5's steps are a ceiling: bf16's rounding costs it more (98 calls, not 74)
         run = dict(sampler=sampler, steps=200 if sampler == "dopri5" else 6, cfg_scale=2.0,
-                   seed=1, progress=False)
+                   seed=1, progress=False, device="cpu")  # on a GPU machine too
         exact = sample(net, [0, 1, 2, 3], **run)
         with mixed_precision("bf16"):
             rounded = sample(net, [0, 1, 2, 3], **run)
@@ -178,7 +178,7 @@ def test_an_evaluation_states_its_arithmetic_and_keeps_its_batches_apart(tmp_pat
     data = load_data("digits").per_class(4, torch.Generator().manual_seed(0))
     cache_a_quick_classifier(data)
     settings = dict(samples=10, steps=2, batch_size=10, features=("domain",), progress=False,
-                    checkpoint_dir=tmp_path / "batches", keep_batches=True)
+                    checkpoint_dir=tmp_path / "batches", keep_batches=True, device="cpu")
     exact = evaluate("dit-digits", data, **settings)
     with mixed_precision("bf16"):
         rounded = evaluate("dit-digits", data, **settings)
