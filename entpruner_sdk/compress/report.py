@@ -44,8 +44,8 @@ def sampling_latency(original: DiffusionTransformer, pruned: DiffusionTransforme
     original_s, pruned_s = (statistics.median(times[side]) for side in ("original", "pruned"))
     rounds = [a / b for a, b in zip(times["original"], times["pruned"], strict=True)]
     return {"device": str(device), "arithmetic": arithmetic(device), "batch": batch,
-            "steps": steps,
-            "original_s": original_s, "pruned_s": pruned_s, "speedup": original_s / pruned_s,
+            "steps": steps, "original_s": original_s, "pruned_s": pruned_s,
+            "speedup": original_s / pruned_s,
             "rounds": repeats, "speedup_range": [min(rounds), max(rounds)]}
 
 
@@ -155,7 +155,8 @@ def _speedup_note(s: dict[str, Any]) -> list[str]:
 
 
 def _where(s: dict[str, Any]) -> str:
-    """" on cuda:0 in bf16 autocast"; empty for a report written before they were recorded."""
+    """Where and how the run computed, as ' on cuda:0 in bf16 autocast'; empty for a report
+    written before they were recorded."""
     return f" on {s['device']} in {s['arithmetic']}" if "arithmetic" in s else ""
 
 
@@ -178,8 +179,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lat = s["sampling_latency"]
     arithmetic_used = f", {lat['arithmetic']}" if "arithmetic" in lat else ""
     lines.append(f"| sampling latency ({lat['device']}{arithmetic_used}, batch {lat['batch']}, "
-                 f"{lat['steps']} "
-                 f"steps) | {lat['original_s'] * 1e3:.0f} ms | {lat['pruned_s'] * 1e3:.0f} ms | "
+                 f"{lat['steps']} steps) | {lat['original_s'] * 1e3:.0f} ms | "
+                 f"{lat['pruned_s'] * 1e3:.0f} ms | "
                  f"{lat['speedup']:.2f}x{spread(lat)} |")
     lines += _speedup_note(s)
     if "quality_pruned" in s:
