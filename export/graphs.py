@@ -32,7 +32,8 @@ class Denoiser(nn.Module):
 
     def __init__(self, model: DiffusionTransformer, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.model = copy.deepcopy(cpu_reference(model)).to(dtype)
+        reference = cpu_reference(model)  # already a copy unless the model was so itself
+        self.model = (copy.deepcopy(model) if reference is model else reference).to(dtype)
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
