@@ -33,6 +33,13 @@ from entpruner_sdk.utils.device import (
 from tests.conftest import cache_a_quick_classifier, latent_model, randomized, tiny_config, tiny_vae
 
 
+@pytest.fixture(autouse=True)
+def _default_policy(monkeypatch):
+    """Each test starts from the default policy, whatever the shell running the suite set
+    (``ENTPRUNER_AUTOCAST=bf16 pytest`` runs every other test in bf16)."""
+    monkeypatch.delenv(AUTOCAST_ENV, raising=False)
+
+
 @pytest.fixture
 def bf16(monkeypatch):
     """The GPU's arithmetic, on the CPU."""
@@ -63,7 +70,6 @@ def linear_output_dtype() -> torch.dtype:
 
 
 def test_the_policy_comes_from_the_environment_and_a_block_may_set_its_own(monkeypatch):
-    monkeypatch.delenv(AUTOCAST_ENV, raising=False)
     assert arithmetic("cpu") == "fp32" and linear_output_dtype() == torch.float32  # auto
     monkeypatch.setenv(AUTOCAST_ENV, " BF16 ")  # as a shell may leave it
     assert arithmetic("cpu") == "bf16 autocast" and linear_output_dtype() == torch.bfloat16
