@@ -5,9 +5,11 @@ the process, set by ``$ENTPRUNER_AUTOCAST`` (or, for a block of code, ``mixed_pr
 
 - ``auto`` (the default): bf16 autocast on a CUDA GPU that has bf16 (Ampere and newer), with
   TF32 for the fp32 matmuls left outside it; fp32 elsewhere, since on a CPU without bf16
-  instructions bf16 is emulated and about 6x slower.
-- ``bf16``: bf16 autocast on every device, the CPU included: fast on CPUs with AMX, and the way
-  to run the GPU's arithmetic on a machine without a GPU (the tests do).
+  instructions bf16 is emulated: sampling ran 4.5x to 4.8x slower on this project's CPUs
+  (``benchmarks/mixed_precision.py``).
+- ``bf16``: bf16 autocast on every device, the CPU included: for CPUs with bf16 instructions
+  (AMX, AVX512-BF16; not measured here), and the way to run the GPU's arithmetic on a machine
+  without a GPU (the tests do).
 - ``off``: fp32 everywhere, and TF32 is not turned on: for results that agree across machines,
   or to see what bf16 costs.
 
