@@ -5,7 +5,7 @@
 #   PYTHON=/opt/torch/.venv/bin/python3 GPU_OUT=$OUT GPU_DEADLINE_S=420 bash benchmarks/gpu.sh
 #   GPU_DRY_RUN=1 GPU_OUT=/tmp/gpu-dry bash benchmarks/gpu.sh   # the same steps on CPU, tiny
 #   GPU_SKIP=sampling bash benchmarks/gpu.sh     # leave out steps: tests, ced, compress, memory,
-#                                                # sampling
+#                                                # sampling, precision
 #
 # Needs a stock PyTorch CUDA image plus these wheels (pure Python or small):
 #   pip install numpy safetensors scikit-learn scikit-image pillow tqdm rich matplotlib pytest
@@ -19,7 +19,8 @@
 # teacher; the memory of one XL/2 compress step at batch 32, plain, with gradient
 # checkpointing, with 4 micro-batches and with both; XL/2 28- vs 14-block sampling throughput, eager vs CUDA graphs (torch.compile
 # "reduce-overhead"; each compile takes a minute or more, so plain compile is left to a run
-# of gpu_sampling.py by hand).
+# of gpu_sampling.py by hand); last, bf16 autocast against fp32 on the bundled DiT teacher,
+# sample quality and the speed ratio (mixed_precision.py).
 #
 # Built for a lent machine with a hard wall-clock limit, where a run that overruns returns
 # nothing:
@@ -33,7 +34,8 @@
 # - Each step's output goes to its own log beside the results, and the whole run writes at
 #   most 8 small files to GPU_OUT: gpu.log, tests.log, compress_cost_xl.json,
 #   compress_report.json, compress_report.md, train_memory.json, gpu_sampling.json,
-#   sampling.log.
+#   mixed_precision.json (each step's whole log stays in a temporary folder; its last 25
+#   lines are in gpu.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -48,12 +50,14 @@ if [[ "${GPU_DRY_RUN:-0}" == 1 ]]; then
     COMPRESS_STEPS=20
     MEMORY=(--arch DiT-S/2 --latent-size 8 --batch 4 --steps 1)
     SAMPLING=(--model DiT-S/2 --batch 2 --steps 2 --repeats 1 --modes eager)
+    PRECISION=(--samples 8 --steps 2 --batch 2 --repeats 1)
 else
     DEVICE=cuda
     XL=(--forward-passes 7)
     COMPRESS_STEPS=500
     MEMORY=(--arch DiT-XL/2 --batch 32 --steps 2)
     SAMPLING=(--batch 32 --steps 25 --repeats 3 --modes eager,cuda-graphs)
+    PRECISION=(--samples 500 --steps 50 --batch 64 --repeats 5)
 fi
 export ENTPRUNER_QUIET=1 PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 exec > >(tee -a "$OUT/gpu.log") 2>&1
@@ -120,8 +124,11 @@ done
 step memory "XL/2 compress step memory, 4 settings" 120 "$WORK/memory.log" \
     "$PYTHON" benchmarks/train_memory.py "${MEMORY[@]}" --device "$DEVICE" \
         --out "$OUT/train_memory.json"
-step sampling "XL/2 sampling throughput, 28 vs 14 blocks" 150 "$OUT/sampling.log" \
+step sampling "XL/2 sampling throughput, 28 vs 14 blocks" 150 "$WORK/sampling.log" \
     "$PYTHON" benchmarks/gpu_sampling.py "${SAMPLING[@]}" --device "$DEVICE" \
         --out "$OUT/gpu_sampling.json"
+step precision "bf16 autocast vs fp32, the bundled DiT teacher" 90 "$WORK/precision.log" \
+    "$PYTHON" benchmarks/mixed_precision.py --model dit-digits "${PRECISION[@]}" \
+        --device "$DEVICE" --out "$OUT/mixed_precision.json"
 echo "=== done in $SECONDS s, status $status ==="
 exit $status

@@ -185,7 +185,7 @@ def test_a_run_at_another_learning_rate_is_a_new_run(quality):
 @pytest.mark.slow
 def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     out = tmp_path / "gpu"
-    # the lent machine's deadline (420 s): the five steps take about 75 s on 2 idle cores,
+    # the lent machine's deadline (420 s): the six steps take about 85 s on 2 idle cores,
     # but a run beside another CPU-heavy job took 284 s before its last step
     env = dict(os.environ, GPU_DRY_RUN="1", GPU_OUT=str(out), PYTHON=sys.executable,
                GPU_DEADLINE_S="420")
@@ -205,16 +205,18 @@ def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     assert [(r["micro_batch"], r["gradient_checkpointing"]) for r in memory] == [
         (4, False), (4, True), (1, False), (1, True)]
     assert all(r["step_mb"] > 0 and r["seconds_per_step"] > 0 for r in memory)
+    precision = json.loads((out / "mixed_precision.json").read_text())["rows"]
+    assert [r["arithmetic"] for r in precision] == ["fp32", "bf16 autocast"]
     assert len(list(out.iterdir())) <= 8  # what a lent machine hands back
 
 
 def test_gpu_script_skips_the_steps_named_in_gpu_skip(tmp_path):
     env = dict(os.environ, GPU_DRY_RUN="1", GPU_OUT=str(tmp_path), PYTHON=sys.executable,
-               GPU_SKIP="tests,ced,compress,memory,sampling")
+               GPU_SKIP="tests,ced,compress,memory,sampling,precision")
     run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.count("skipped (GPU_SKIP)") == 5 and "status 0" in run.stdout
+    assert run.stdout.count("skipped (GPU_SKIP)") == 6 and "status 0" in run.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.log"]
 
 
