@@ -18,18 +18,16 @@ Goal: every export's FD-domain within 1% of its model's.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from benchmark_table import print_table
+from benchmark_table import print_table, write_results
 
 from entpruner_sdk.data import load_data
 from entpruner_sdk.evaluation import evaluate
 from entpruner_sdk.export import FORMATS, export, load_exported
 from entpruner_sdk.teachers import resolve_model
 from entpruner_sdk.utils.device import resolve_device
-from entpruner_sdk.utils.files import atomic_write_text
 from entpruner_sdk.utils.timing import machine
 
 RESULTS = Path(__file__).parent / "results"
@@ -101,9 +99,7 @@ def main(argv=None) -> int:
                 "steps": args.steps, "cfg_scale": args.cfg, "seed": args.seed,
                 "goal": f"every export's FD-domain within {GOAL:.0%} of its model's",
                 "met": all(r["meets_goal"] for r in rows), "rows": rows}
-    atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
-    print(f"goal ({document['goal']}): {'met' if document['met'] else 'NOT met'}")
-    print(f"written to {args.out}")
+    write_results(args.out, document)
     return 0
 
 

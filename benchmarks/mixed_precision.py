@@ -17,18 +17,16 @@ GPUs with bf16 tensor cores and slower on CPUs without bf16 instructions.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from benchmark_table import print_table
+from benchmark_table import print_table, write_results
 
 from entpruner_sdk.data import load_data
 from entpruner_sdk.evaluation import evaluate
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import resolve_model
 from entpruner_sdk.utils.device import mixed_precision, resolve_device
-from entpruner_sdk.utils.files import atomic_write_text
 from entpruner_sdk.utils.timing import interleaved_medians, machine
 
 RESULTS = Path(__file__).parent / "results"
@@ -111,9 +109,7 @@ def main(argv=None) -> int:
                 "cfg_scale": args.cfg, "seed": args.seed, "batch": args.batch,
                 "goal": f"bf16's FD-domain within {GOAL:.0%} of fp32's",
                 "met": all(r["meets_goal"] for r in rows), "rows": rows}
-    atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
-    print(f"goal ({document['goal']}): {'met' if document['met'] else 'NOT met'}")
-    print(f"written to {args.out}")
+    write_results(args.out, document)
     return 0
 
 
