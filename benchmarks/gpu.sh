@@ -19,8 +19,8 @@
 # teacher; the memory of one XL/2 compress step at batch 32, plain, with gradient
 # checkpointing, with 4 micro-batches and with both; XL/2 28- vs 14-block sampling throughput, eager vs CUDA graphs (torch.compile
 # "reduce-overhead"; each compile takes a minute or more, so plain compile is left to a run
-# of gpu_sampling.py by hand); last, bf16 autocast against fp32 on the bundled DiT teacher,
-# sample quality and the speed ratio (mixed_precision.py).
+# of gpu_sampling.py by hand); last, bf16 and fp16 autocast against fp32 on the bundled DiT
+# teacher, sample quality and the speed ratios (mixed_precision.py).
 #
 # Built for a lent machine with a hard wall-clock limit, where a run that overruns returns
 # nothing:
@@ -127,7 +127,7 @@ step memory "XL/2 compress step memory, 4 settings" 120 "$WORK/memory.log" \
 step sampling "XL/2 sampling throughput, 28 vs 14 blocks" 150 "$WORK/sampling.log" \
     "$PYTHON" benchmarks/gpu_sampling.py "${SAMPLING[@]}" --device "$DEVICE" \
         --out "$OUT/gpu_sampling.json"
-step precision "bf16 autocast vs fp32, the bundled DiT teacher" 90 "$WORK/precision.log" \
+step precision "bf16 and fp16 autocast vs fp32, the bundled DiT teacher" 90 "$WORK/precision.log" \
     "$PYTHON" benchmarks/mixed_precision.py --model dit-digits "${PRECISION[@]}" \
         --device "$DEVICE" --out "$OUT/mixed_precision.json"
 echo "=== done in $SECONDS s, status $status ==="

@@ -1,17 +1,18 @@
-"""Mixed precision: what bf16 autocast does to sampling speed and sample quality against fp32,
-side by side on one device.
+"""Mixed precision: what bf16 and fp16 autocast do to sampling speed and sample quality
+against fp32, side by side on one device.
 
     python benchmarks/mixed_precision.py                   # both digits teachers, CPU, 500 samples
     python benchmarks/mixed_precision.py --device cuda     # a GPU, where bf16 is the default
     python benchmarks/mixed_precision.py --quick           # 100 samples, 10 steps
 
-Each model samples the same labels from the same noise in fp32 (``ENTPRUNER_AUTOCAST=off``)
-and in bf16 autocast (``ENTPRUNER_AUTOCAST=bf16``). Both are evaluated against the data
-(FD-domain, class accuracy), the bf16 samples beside the fp32 ones (PSNR), and one sampling
-call of each is timed in alternation, so the speed ratio is taken under the same load. Prints a
-table and writes benchmarks/results/mixed_precision.json.
-Goal: bf16's FD-domain within 2% of fp32's. Speed is the device's to say: bf16 is faster on
-GPUs with bf16 tensor cores and slower on CPUs without bf16 instructions.
+Each model samples the same labels from the same noise in fp32 (``ENTPRUNER_AUTOCAST=off``),
+in bf16 autocast (``ENTPRUNER_AUTOCAST=bf16``) and in fp16 autocast (``ENTPRUNER_AUTOCAST=
+fp16``, for GPUs without bf16). Each is evaluated against the data (FD-domain, class
+accuracy), the rounded samples beside the fp32 ones (PSNR), and one sampling call of each is
+timed in alternation, so the speed ratios are taken under the same load. Prints a table and
+writes benchmarks/results/mixed_precision.json.
+Goal: bf16's and fp16's FD-domain within 2% of fp32's. Speed is the device's to say: both are
+faster on GPUs with tensor cores for them and slower on CPUs without their instructions.
 """
 
 from __future__ import annotations
@@ -30,25 +31,29 @@ from entpruner_sdk.utils.device import mixed_precision, resolve_device
 from entpruner_sdk.utils.timing import interleaved_medians, machine
 
 RESULTS = Path(__file__).parent / "results"
-GOAL = 0.02  # bf16's FD-domain within 2% of fp32's
-MODES = {"fp32": "off", "bf16 autocast": "bf16"}  # the row's arithmetic -> the policy
+GOAL = 0.02  # bf16's and fp16's FD-domain within 2% of fp32's
+# the row's arithmetic -> the policy; fp32 first, the others are measured against it
+MODES = {"fp32": "off", "bf16 autocast": "bf16", "fp16 autocast": "fp16"}
 
 
 def measure(name: str, data, device: torch.device, batch: int, repeats: int, **run
             ) -> list[dict]:
-    """fp32's figures, then bf16's beside them, from the same noise; and one call of each
-    timed in alternation."""
+    """fp32's figures, then bf16's and fp16's beside them, from the same noise; and one call
+    of each timed in alternation."""
     model = resolve_model(name).eval()
     with mixed_precision("off"):
         exact = evaluate(model, data, model_name=name, device=device, **run)
-    with mixed_precision("bf16"):
-        rounded = evaluate(model, data, model_name=f"{name} bf16", device=device,
-                           original=model, original_images=exact.images, **run)
+    reports = {"fp32": exact}
+    for arithmetic, policy in list(MODES.items())[1:]:
+        with mixed_precision(policy):
+            reports[arithmetic] = evaluate(model, data, model_name=f"{name} {policy}",
+                                           device=device, original=model,
+                                           original_images=exact.images, **run)
     seconds = call_seconds(model, device, batch, repeats, run["steps"], run["cfg_scale"])
     return [{**row(name, arithmetic, report.metrics, exact.metrics, seconds,
-                   report.fidelity.get("psnr") if report is rounded else None),
+                   report.fidelity.get("psnr") if report is not exact else None),
              "sampler": report.settings["sampler"]}
-            for arithmetic, report in (("fp32", exact), ("bf16 autocast", rounded))]
+            for arithmetic, report in reports.items()]
 
 
 def call_seconds(model, device: torch.device, batch: int, repeats: int, steps: int,
@@ -107,7 +112,7 @@ def main(argv=None) -> int:
     document = {**{k: v for k, v in machine(device).items() if k != "arithmetic"},
                 "data": args.data, "samples": args.samples, "steps": args.steps,
                 "cfg_scale": args.cfg, "seed": args.seed, "batch": args.batch,
-                "goal": f"bf16's FD-domain within {GOAL:.0%} of fp32's",
+                "goal": f"bf16's and fp16's FD-domain within {GOAL:.0%} of fp32's",
                 "met": all(r["meets_goal"] for r in rows), "rows": rows}
     write_results(args.out, document)
     return 0
@@ -122,8 +127,8 @@ def print_rows(rows: list[dict], args, device: torch.device) -> None:
                 f"{r['speedup_vs_fp32']:.2f}x"]
 
     print_table(f"mixed precision on {device}: {args.samples} samples, {args.steps} steps, cfg "
-                f"{args.cfg:g}, {args.data}; bf16 beside fp32 from the same noise; one call of "
-                f"{args.batch} images timed",
+                f"{args.cfg:g}, {args.data}; bf16 and fp16 beside fp32 from the same noise; "
+                f"one call of {args.batch} images timed",
                 ("model", "arithmetic", "class accuracy", "FD-domain", "vs fp32",
                  "PSNR to fp32", "call", "speed vs fp32"), map(cells, rows))
 

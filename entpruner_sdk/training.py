@@ -39,10 +39,17 @@ from entpruner_sdk.utils.checkpoint import (
     optimizer_tensors,
     prefixed,
     restore_optimizer,
+    restore_scaler,
     save_checkpoint,
     unprefixed,
 )
-from entpruner_sdk.utils.device import arithmetic, autocast, resolve_device
+from entpruner_sdk.utils.device import (
+    AUTOCAST_ENV,
+    arithmetic,
+    autocast,
+    gradient_scaler,
+    resolve_device,
+)
 from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.progress import progress_bar
 
@@ -95,6 +102,8 @@ class TrainResult:
     model: DiffusionTransformer  # the raw weights after the last step
     ema: DiffusionTransformer  # the EMA weights: sample and evaluate with these
     losses: list[float] = field(default_factory=list)  # one per step
+    # fp16 autocast only: steps whose gradients overflowed, skipped by the loss scaler
+    skipped_steps: int = 0
 
     def __repr__(self) -> str:  # the default would print both models' every layer
         last = f", last loss {self.losses[-1]:.4f}" if self.losses else ""
@@ -130,11 +139,14 @@ def check_micro_batches(batch_size: int, accumulation: int, processes: int = 1) 
 
 
 def accumulate_gradients(loss_of: Callable[[NoisedBatch], torch.Tensor], batch: NoisedBatch,
-                         parts: int, module: nn.Module) -> torch.Tensor:
+                         parts: int, module: nn.Module,
+                         scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """Backpropagate the mean of ``loss_of`` over ``batch`` in ``parts`` equal micro-batches
     (gradient accumulation: the whole batch's gradient, one micro-batch's activations in
     memory) and return that mean, detached. ``module``: what the forward runs, whose
     gradients a DistributedDataParallel wrapper then averages once, after the last part.
+    ``scaler``: fp16's loss scaler (``gradient_scaler``); the gradients are then scaled up
+    by it until ``optimizer_step`` unscales them.
 
     A CUDA out-of-memory error is raised again with the settings that lower the memory."""
     losses = []
@@ -144,12 +156,33 @@ def accumulate_gradients(loss_of: Callable[[NoisedBatch], torch.Tensor], batch: 
         with module.no_sync() if wait else contextlib.nullcontext():
             try:
                 loss = loss_of(part)
-                (loss / parts).backward()
+                scaled = loss / parts
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             except torch.cuda.OutOfMemoryError as error:
                 raise torch.cuda.OutOfMemoryError(
                     _out_of_memory(error, part.x_start.shape[0], parts)) from error
         losses.append(loss.detach())
     return torch.stack(losses).mean()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, grad_clip: float | None,
+                   scaler: torch.amp.GradScaler | None = None) -> bool:
+    """Clip the gradients to norm ``grad_clip`` (None: no clipping) and step; returns whether
+    the weights moved. Under fp16 the ``scaler`` first unscales the gradients; when they
+    overflowed it skips the step and halves its scale, and the weights stay as they were."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if scaler is None or not scaler.is_enabled():
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+        optimizer.step()
+        return True
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale  # it lowers the scale only after an overflow
 
 
 def _out_of_memory(error: Exception, micro_batch: int, parts: int) -> str:
@@ -271,11 +304,13 @@ def train(
                                                    config.gradient_checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
+    scaler = gradient_scaler(device)  # fp16 only: scales the loss so gradients do not underflow
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
-    start = 0
+    start = skipped = 0
     if resume:
-        start, losses = _restore(ckpt_dir, model, ema, optimizer, generator, config, inputs)
+        start, losses, skipped = _restore(ckpt_dir, model, ema, optimizer, scaler, generator,
+                                          config, inputs)
 
     bar = progress_bar(range(start, config.steps), enabled=progress, desc="training",
                        initial=start, total=config.steps)
@@ -285,8 +320,9 @@ def train(
         labels = drop_labels(labels, model.config.class_dropout_prob, model.null_class,
                              generator)
         batch = objective.noise_batch(images, labels, generator)
-        loss = training_step(model, objective, batch, optimizer, config.grad_clip, device,
-                             config.gradient_accumulation)
+        loss, stepped = training_step(model, objective, batch, optimizer, config.grad_clip,
+                                      device, config.gradient_accumulation, scaler)
+        skipped += not stepped
         ema.update(model, step)
         losses.append(loss)
         if (step + 1) % config.log_every == 0:
@@ -296,23 +332,26 @@ def train(
             on_step(step + 1, loss)
         done = step + 1 == config.steps
         if ckpt_dir is not None and ((step + 1) % config.checkpoint_every == 0 or done):
-            _checkpoint(ckpt_dir, step + 1, model, ema, optimizer, generator, losses, config,
-                        inputs)
+            _checkpoint(ckpt_dir, step + 1, model, ema, optimizer, scaler, generator, losses,
+                        skipped, config, inputs)
     model.gradient_checkpointing = checkpointing
     if out_dir is not None:
         # where and how it trained: bf16 autocast on a GPU by default ($ENTPRUNER_AUTOCAST)
         save(ema.model, Path(out_dir) / "model", training={
             **dataclasses.asdict(config), "device": str(device),
-            "arithmetic": arithmetic(device)}, losses=losses)
+            "arithmetic": arithmetic(device),
+            **({"skipped_steps": skipped} if scaler.is_enabled() else {})}, losses=losses)
         if not keep_checkpoint:
             discard_checkpoint(ckpt_dir)
-    return TrainResult(model.eval(), ema.model, losses)
+    return TrainResult(model.eval(), ema.model, losses, skipped)
 
 
 def training_step(model: nn.Module, objective: Objective, batch: NoisedBatch,
                   optimizer: torch.optim.Optimizer, grad_clip: float | None,
-                  device: torch.device, accumulation: int = 1) -> float:
-    """One optimizer step on ``batch`` (in ``accumulation`` micro-batches); its mean loss."""
+                  device: torch.device, accumulation: int = 1,
+                  scaler: torch.amp.GradScaler | None = None) -> tuple[float, bool]:
+    """One optimizer step on ``batch`` (in ``accumulation`` micro-batches): its mean loss,
+    and whether the weights moved (fp16's ``scaler`` skips a step that overflowed)."""
 
     def loss_of(part: NoisedBatch) -> torch.Tensor:
         with autocast(device):
@@ -320,30 +359,37 @@ def training_step(model: nn.Module, objective: Objective, batch: NoisedBatch,
         return objective.loss(output.float(), part).mean()
 
     optimizer.zero_grad(set_to_none=True)
-    loss = accumulate_gradients(loss_of, batch, accumulation, model)
+    loss = accumulate_gradients(loss_of, batch, accumulation, model, scaler)
     if not torch.isfinite(loss):  # checked before the step: the weights stay as they were
         raise FloatingPointError(
-            "training loss is not finite; lower the learning rate or check the data for NaN"
-        )
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss.detach().item()
+            f"training loss is not finite; lower the learning rate or check the data for NaN"
+            f"{non_finite_hint(device)}")
+    return loss.detach().item(), optimizer_step(optimizer, grad_clip, scaler)
 
 
-def _checkpoint(directory, step, model, ema, optimizer, generator, losses, config,
-                inputs) -> None:
+def non_finite_hint(device: torch.device) -> str:
+    """What a loss that is not finite may also mean under fp16 autocast: the forward pass
+    overflowed fp16's range (65504), which no loss scaling mends."""
+    if arithmetic(device) != "fp16 autocast":
+        return ""
+    return (f"; under fp16 autocast the forward pass may have overflowed: run with "
+            f"{AUTOCAST_ENV}=bf16 where the device has bf16, or off")
+
+
+def _checkpoint(directory, step, model, ema, optimizer, scaler, generator, losses, skipped,
+                config, inputs) -> None:
     opt_tensors, param_groups = optimizer_tensors(optimizer)
     tensors = {**prefixed("model.", model.state_dict()), **prefixed("ema.", ema.model.state_dict()),
                **opt_tensors, "rng": generator.get_state()}
     meta = {"step": step, "losses": losses, "param_groups": param_groups,
+            "grad_scaler": scaler.state_dict(), "skipped_steps": skipped,
             "train_config": dataclasses.asdict(config), "model_config": model.config.to_dict(),
             "inputs": inputs}
     save_checkpoint(directory, tensors, meta)
 
 
-def _restore(directory, model, ema, optimizer, generator, config, inputs
-             ) -> tuple[int, list[float]]:
+def _restore(directory, model, ema, optimizer, scaler, generator, config, inputs
+             ) -> tuple[int, list[float], int]:
     tensors, meta = load_checkpoint(directory)
     if meta["model_config"] != model.config.to_dict():
         raise ValueError(
@@ -359,6 +405,7 @@ def _restore(directory, model, ema, optimizer, generator, config, inputs
     model.load_state_dict(unprefixed("model.", tensors))
     ema.model.load_state_dict(unprefixed("ema.", tensors))
     restore_optimizer(optimizer, tensors, meta["param_groups"])
+    restore_scaler(scaler, meta)
     generator.set_state(tensors["rng"])
-    return int(meta["step"]), list(meta["losses"])
+    return int(meta["step"]), list(meta["losses"]), int(meta.get("skipped_steps", 0))
 

@@ -206,7 +206,7 @@ def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
         (4, False), (4, True), (1, False), (1, True)]
     assert all(r["step_mb"] > 0 and r["seconds_per_step"] > 0 for r in memory)
     precision = json.loads((out / "mixed_precision.json").read_text())["rows"]
-    assert [r["arithmetic"] for r in precision] == ["fp32", "bf16 autocast"]
+    assert [r["arithmetic"] for r in precision] == ["fp32", "bf16 autocast", "fp16 autocast"]
     assert len(list(out.iterdir())) <= 8  # what a lent machine hands back
 
 
@@ -487,18 +487,22 @@ def test_export_quality_measures_each_export_beside_its_model(tmp_path):
         load("export_quality").main(["--formats", "onnnx", "--out", str(out)])
 
 
-def test_mixed_precision_measures_bf16_beside_fp32_from_the_same_noise(tmp_path, monkeypatch):
+def test_mixed_precision_measures_bf16_and_fp16_beside_fp32_from_the_same_noise(
+        tmp_path, monkeypatch):
     monkeypatch.delenv("ENTPRUNER_AUTOCAST", raising=False)
     out = tmp_path / "mixed.json"
     load("mixed_precision").main(["--model", "dit-digits", "--samples", "8", "--steps", "10",
                                   "--batch", "2", "--repeats", "1", "--out", str(out)])
     document = json.loads(out.read_text())
-    fp32, bf16 = document["rows"]
-    assert (fp32["arithmetic"], bf16["arithmetic"]) == ("fp32", "bf16 autocast")
+    fp32, bf16, fp16 = document["rows"]
+    assert [r["arithmetic"] for r in document["rows"]] == ["fp32", "bf16 autocast",
+                                                           "fp16 autocast"]
     assert fp32["fd_domain_vs_fp32"] == 1.0 and fp32["speedup_vs_fp32"] == 1.0
     assert fp32["psnr_to_fp32_db"] is None
-    # the same noise: bf16 moves the images a little (52.8 dB at 100 samples), no more
-    assert 30 < bf16["psnr_to_fp32_db"] < float("inf")
-    assert bf16["call_s"] > 0 and bf16["speedup_vs_fp32"] > 0
+    # the same noise: bf16 moves the images a little (52.8 dB at 100 samples), fp16 with its
+    # 3 more mantissa bits less still
+    assert 30 < bf16["psnr_to_fp32_db"] < fp16["psnr_to_fp32_db"] < float("inf")
+    for rounded in (bf16, fp16):
+        assert rounded["call_s"] > 0 and rounded["speedup_vs_fp32"] > 0
     assert document["met"] == all(r["meets_goal"] for r in document["rows"])
     assert "arithmetic" not in document  # the rows say it, each its own

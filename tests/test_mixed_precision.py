@@ -3,12 +3,15 @@
 On a GPU every compute path runs under bf16 autocast; CI has no GPU, so the tests elsewhere
 see fp32 only. ``ENTPRUNER_AUTOCAST=bf16`` puts the CPU under the same bf16 autocast, so these
 tests meet what the GPU meets: bf16 activations where fp32 ones were, fp32 weights beside
-them, and what each report says of it.
+them, and what each report says of it. ``ENTPRUNER_AUTOCAST=fp16`` does the same for the
+arithmetic of GPUs without bf16 (V100, T4), with its loss scaling.
 """
 
 from __future__ import annotations
 
+import re
 import threading
+import warnings
 
 import pytest
 import torch
@@ -22,15 +25,19 @@ from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.schedule import LatencyModel
 from entpruner_sdk.teachers import load_teacher
-from entpruner_sdk.training import TrainConfig, train
+from entpruner_sdk.training import TrainConfig, optimizer_step, train
+from entpruner_sdk.utils.checkpoint import load_checkpoint
 from entpruner_sdk.utils.device import (
     AUTOCAST_ENV,
     arithmetic,
     autocast,
     autocast_dtype,
+    gradient_scaler,
     mixed_precision,
+    resolve_device,
 )
 from tests.conftest import cache_a_quick_classifier, latent_model, randomized, tiny_config, tiny_vae
+from tests.test_compress import FAST, crash_at
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +51,12 @@ def _default_policy(monkeypatch):
 def bf16(monkeypatch):
     """The GPU's arithmetic, on the CPU."""
     monkeypatch.setenv(AUTOCAST_ENV, "bf16")
+
+
+@pytest.fixture
+def fp16(monkeypatch):
+    """The arithmetic of a GPU without bf16 (V100, T4), on the CPU."""
+    monkeypatch.setenv(AUTOCAST_ENV, "fp16")
 
 
 def tiny(family: str = "dit", depth: int = 4) -> DiffusionTransformer:
@@ -79,9 +92,9 @@ def test_the_policy_comes_from_the_environment_and_a_block_may_set_its_own(monke
             assert autocast_dtype("cpu") == torch.bfloat16
         assert autocast_dtype("cpu") is None
     assert arithmetic("cpu") == "bf16 autocast"  # the environment's again
-    monkeypatch.setenv(AUTOCAST_ENV, "fp16")
-    with pytest.raises(ValueError, match=r"ENTPRUNER_AUTOCAST='fp16' names no mixed-precision "
-                                         r"mode: use auto .*, bf16 .* or off"):
+    monkeypatch.setenv(AUTOCAST_ENV, "fp8")
+    with pytest.raises(ValueError, match=r"ENTPRUNER_AUTOCAST='fp8' names no mixed-precision "
+                                         r"mode: use auto .*, bf16 .*, fp16 .* or off"):
         arithmetic("cpu")
     with pytest.raises(ValueError, match=r"mixed_precision\('half'\) names no"), \
             mixed_precision("half"):
@@ -95,14 +108,40 @@ def test_bf16_on_a_gpu_without_bf16_is_refused_with_the_way_out(monkeypatch):
     assert arithmetic("cuda") == "fp32"  # auto: fp32 where the GPU has no bf16
     monkeypatch.setenv(AUTOCAST_ENV, "bf16")
     with pytest.raises(RuntimeError, match=r"ENTPRUNER_AUTOCAST=bf16, but this GPU \(Tesla T4\) "
-                                           r"has no bf16: unset it .* or set it to off"):
+                                           r"has no bf16: set it to fp16 .*, unset it .* or "
+                                           r"set it to off"):
         autocast("cuda")
+    monkeypatch.setenv(AUTOCAST_ENV, "fp16")  # what its tensor cores take
+    assert (autocast_dtype("cuda"), arithmetic("cuda")) == (torch.float16, "fp16 autocast")
+
+
+def test_auto_on_a_gpu_without_bf16_says_once_that_fp16_would_use_its_tensor_cores(
+        monkeypatch):
+    from entpruner_sdk.utils import device as device_module
+
+    # a V100 seen by a process without one: torch's queries are stood in for, nothing else
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(device_module, "enable_tf32", lambda: None)  # a global flag
+    device_module._suggest_fp16.cache_clear()
+    with pytest.warns(UserWarning, match=r"Tesla V100-SXM2-16GB has no bf16, so PyTorch models "
+                                         r"run in fp32 on it; ENTPRUNER_AUTOCAST=fp16 runs "
+                                         r"them in fp16 autocast"):
+        assert resolve_device("cuda").type == "cuda"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_device("cuda")  # said once
+        device_module._suggest_fp16.cache_clear()
+        for mode in ("fp16", "off"):  # a policy chosen: nothing to suggest
+            with mixed_precision(mode):
+                resolve_device("cuda")
 
 
 def test_a_mistyped_policy_stops_a_command_before_any_work(monkeypatch, capsys):
-    monkeypatch.setenv(AUTOCAST_ENV, "fp16")
+    monkeypatch.setenv(AUTOCAST_ENV, "half")
     assert main(["sample", "--model", "dit-digits", "--out", "never.png"]) == 2
-    assert "entpruner sample: error: ENTPRUNER_AUTOCAST='fp16' names no mixed-precision mode" in (
+    assert "entpruner sample: error: ENTPRUNER_AUTOCAST='half' names no mixed-precision mode" in (
         capsys.readouterr().err)
 
 
@@ -237,3 +276,110 @@ def test_a_served_model_keeps_the_arithmetic_it_was_loaded_with():
     thread.join()
     assert images["out"].dtype == torch.float32 and torch.isfinite(images["out"]).all()
     assert not torch.equal(images["out"], exact.generate(**request))  # in bf16 nonetheless
+
+
+def test_fp16_autocasts_every_device_and_only_it_scales_the_loss(monkeypatch):
+    monkeypatch.setenv(AUTOCAST_ENV, "fp16")
+    assert arithmetic("cpu") == "fp16 autocast" and linear_output_dtype() == torch.float16
+    assert gradient_scaler("cpu").is_enabled()
+    for mode in ("auto", "bf16", "off"):  # bf16 has fp32's exponent range: nothing to scale
+        with mixed_precision(mode):
+            assert not gradient_scaler("cpu").is_enabled(), mode
+
+
+def test_an_fp16_step_whose_gradients_overflowed_is_skipped_and_the_scale_lowered(fp16):
+    layer = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scaler = gradient_scaler("cpu")
+    before = layer.weight.detach().clone()
+    # 1e36 times the initial scale of 2^16 is past fp32's range: the gradients are inf
+    scaler.scale(layer(torch.ones(2, 4)).sum() * 1e36).backward()
+    assert not optimizer_step(optimizer, grad_clip=1.0, scaler=scaler)
+    assert torch.equal(layer.weight, before) and scaler.get_scale() == 2.0 ** 15
+    optimizer.zero_grad()
+    scaler.scale(layer(torch.ones(2, 4)).sum()).backward()
+    assert optimizer_step(optimizer, grad_clip=1.0, scaler=scaler)
+    assert not torch.equal(layer.weight, before)
+    # unscaled before clipping: the step is lr times a gradient of norm at most grad_clip
+    assert (layer.weight - before).norm() <= 0.1 * 1.0 + 1e-6
+
+
+@pytest.mark.parametrize(("family", "sampler"), [("dit", "ddim"), ("sit", "heun")])
+def test_sampling_in_fp16_lands_closer_to_fp32_than_bf16_does(family, sampler):
+    net = load_teacher(f"{family}-digits", "cpu")
+    run = dict(sampler=sampler, steps=6, cfg_scale=2.0, seed=1, progress=False, device="cpu")
+    exact = sample(net, [0, 1, 2, 3], **run)
+    errors = {}
+    for mode in ("bf16", "fp16"):
+        with mixed_precision(mode):
+            rounded = sample(net, [0, 1, 2, 3], **run)
+        assert rounded.dtype == torch.float32 and torch.isfinite(rounded).all(), mode
+        errors[mode] = relative_error(rounded, exact)
+    # fp16 keeps 10 mantissa bits to bf16's 7: where nothing overflows it rounds less
+    assert 0 < errors["fp16"] < errors["bf16"] / 2, errors
+
+
+def test_training_in_fp16_resumes_with_the_loss_scale_it_had(fp16, tmp_path):
+    import entpruner_sdk as ep
+
+    config = TrainConfig(steps=8, batch_size=8, checkpoint_every=4, log_every=2)
+    full = train(tiny(), "digits", config, out_dir=tmp_path / "a", progress=False, device="cpu")
+    # a random net's first gradients overflow the initial scale of 2^16: steps are skipped
+    # and the scale halves until they fit
+    assert 0 < full.skipped_steps < 8
+    _, meta = load_checkpoint(tmp_path / "a" / "checkpoint")
+    assert meta["grad_scaler"]["scale"] == 2.0 ** (16 - full.skipped_steps)
+    train(tiny(), "digits", TrainConfig(**{**config.__dict__, "steps": 4}),
+          out_dir=tmp_path / "b", progress=False, device="cpu")
+    resumed = train(tiny(), "digits", config, out_dir=tmp_path / "b", resume=True,
+                    progress=False, device="cpu")
+    # restarted at 2^16, the resumed run would skip steps the uninterrupted one took
+    assert resumed.losses == full.losses and resumed.skipped_steps == full.skipped_steps
+    a, b = full.ema.state_dict(), resumed.ema.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert {p.dtype for p in resumed.ema.parameters()} == {torch.float32}
+    training = ep.load(tmp_path / "b" / "model").metadata["training"]
+    assert (training["arithmetic"], training["skipped_steps"]) == (
+        "fp16 autocast", full.skipped_steps)
+
+
+def test_the_train_command_says_how_many_fp16_steps_it_skipped(fp16, tmp_path, capsys):
+    from entpruner_sdk.models.io import save
+
+    save(tiny(), tmp_path / "random")
+    assert main(["train", "--model", str(tmp_path / "random"), "--steps", "6", "--batch-size",
+                 "8", "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu"]) == 0
+    assert re.search(r"trained 6 steps \([1-5] skipped: their fp16 gradients overflowed\); "
+                     r"loss over", capsys.readouterr().out)
+
+
+def test_compress_in_fp16_reports_its_skipped_steps_and_resumes_exactly(fp16, tmp_path,
+                                                                       monkeypatch):
+    options = dict(FAST, steps=16, checkpoint_every=4)
+    full = compress(tiny(depth=6), "digits", 3, out_dir=tmp_path / "a", **options)
+    summary = full.report["summary"]
+    assert summary["arithmetic"] == "fp16 autocast" and 0 < summary["skipped_steps"] < 16
+    assert (f"16 fine-tuning steps on cpu in fp16 autocast ({summary['skipped_steps']} "
+            "skipped: their fp16 gradients overflowed)") in (tmp_path / "a" / "report.md"
+                                                              ).read_text()
+    assert {p.dtype for p in full.model.parameters()} == {torch.float32}
+    crash_at(monkeypatch, 10, tiny(depth=6), "digits", 3, out_dir=tmp_path / "b", **options)
+    resumed = compress(tiny(depth=6), "digits", 3, out_dir=tmp_path / "b", resume=True,
+                       **options)
+    assert resumed.report["losses"] == full.report["losses"]
+    assert resumed.report["summary"]["skipped_steps"] == summary["skipped_steps"]
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_forward_pass_that_overflows_fp16_is_named_as_such(fp16):
+    net = tiny()
+    with torch.no_grad():  # outputs past fp16's largest number (65504); squared, past fp32's
+        net.final_layer.linear.bias.fill_(1e20)
+    with pytest.raises(FloatingPointError, match=r"not finite; .* under fp16 autocast the "
+                                                 r"forward pass may have overflowed: run with "
+                                                 r"ENTPRUNER_AUTOCAST=bf16 .*, or off"):
+        train(net, "digits", TrainConfig(steps=1, batch_size=4), progress=False, device="cpu")
+    with mixed_precision("off"), pytest.raises(FloatingPointError) as error:  # fp32: not said
+        train(net, "digits", TrainConfig(steps=1, batch_size=4), progress=False, device="cpu")
+    assert "fp16" not in str(error.value)

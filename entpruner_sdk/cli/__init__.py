@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
             environment:
               ENTPRUNER_AUTOCAST  how PyTorch models compute: auto (the default: bf16 autocast
                                   on a CUDA GPU that has bf16, fp32 elsewhere), bf16 (on every
-                                  device, the CPU included) or off (fp32 everywhere)
+                                  device, the CPU included), fp16 (fp16 autocast with loss
+                                  scaling: GPUs without bf16, e.g. V100, T4) or off (fp32)
               ENTPRUNER_CACHE     the cache's folder (see `entpruner cache`)
               ENTPRUNER_QUIET     1: no progress bars (as --quiet)
             """),

@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
                    resume=args.resume, keep_checkpoint=args.keep_checkpoint,
                    device=args.device, progress=not args.quiet)
     recent = result.losses[-50:]
-    print(f"trained {args.steps} steps; loss over the last {len(recent)} steps "
+    skipped = (f" ({result.skipped_steps} skipped: their fp16 gradients overflowed)"
+               if result.skipped_steps else "")
+    print(f"trained {args.steps} steps{skipped}; loss over the last {len(recent)} steps "
           f"{sum(recent) / len(recent):.4f}; "
           f"EMA model saved to {Path(args.out) / 'model'}")
     return 0

@@ -155,9 +155,13 @@ def _speedup_note(s: dict[str, Any]) -> list[str]:
 
 
 def _where(s: dict[str, Any]) -> str:
-    """Where and how the run computed, as ' on cuda:0 in bf16 autocast'; empty for a report
-    written before they were recorded."""
-    return f" on {s['device']} in {s['arithmetic']}" if "arithmetic" in s else ""
+    """Where and how the run computed, as ' on cuda:0 in bf16 autocast' (in fp16, with the
+    steps its loss scaler skipped); empty for a report written before they were recorded."""
+    if "arithmetic" not in s:
+        return ""
+    skipped = (f" ({s['skipped_steps']} skipped: their fp16 gradients overflowed)"
+               if "skipped_steps" in s else "")
+    return f" on {s['device']} in {s['arithmetic']}{skipped}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -47,6 +47,8 @@ from entpruner_sdk.training import (
     data_identity,
     drop_labels,
     model_identity,
+    non_finite_hint,
+    optimizer_step,
     record_data_classes,
     sample_batch,
 )
@@ -59,10 +61,11 @@ from entpruner_sdk.utils.checkpoint import (
     optimizer_tensors,
     prefixed,
     restore_optimizer,
+    restore_scaler,
     save_checkpoint,
     unprefixed,
 )
-from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.device import autocast, gradient_scaler, resolve_device
 from entpruner_sdk.utils.progress import progress_bar
 
 
@@ -104,12 +107,16 @@ class _Run:
     """The mutable state of one compression run (student, EMA, optimizer, logs)."""
 
     def __init__(self, teacher: DiffusionTransformer, config: CompressConfig,
-                 inputs: dict[str, str]) -> None:
+                 inputs: dict[str, str], device: torch.device) -> None:
         self.config = config
         self.inputs = inputs  # the model, data and budget, which a resumed run must share
         self.ema = EMA(teacher, config.ema_decay)
         self.student = self._trainable(copy.deepcopy(teacher).requires_grad_(True))
         self.optimizer = self._optimizer()
+        # fp16 only: scales the loss so gradients do not underflow; its scale outlives the
+        # optimizers that removals replace, since it follows the loss, not the weights
+        self.scaler = gradient_scaler(device)
+        self.skipped = 0  # steps the scaler skipped (overflowed gradients)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.losses: list[float] = []
@@ -154,7 +161,8 @@ class _Run:
                    "rng": self.generator.get_state()}
         meta = {"step": self.step, "kept_blocks": self.student.kept_blocks,
                 "losses": self.losses, "decisions": [d.to_dict() for d in self.decisions],
-                "param_groups": groups, "latency": dataclasses.asdict(latency),
+                "param_groups": groups, "grad_scaler": self.scaler.state_dict(),
+                "skipped_steps": self.skipped, "latency": dataclasses.asdict(latency),
                 "target_depth": target, "last_removal_step": self.state.last_removal_step,
                 "pre_removal_loss": self.state.pre_removal_loss,
                 "config": self.config.to_dict(), "inputs": self.inputs}
@@ -178,6 +186,8 @@ class _Run:
         self.optimizer = self._optimizer()
         self.forward = self._wrap()
         restore_optimizer(self.optimizer, tensors, meta["param_groups"])
+        restore_scaler(self.scaler, meta)
+        self.skipped = meta.get("skipped_steps", 0)
         self.generator.set_state(tensors["rng"])
         self.step = meta["step"]
         self.losses[:] = meta["losses"]
@@ -235,7 +245,7 @@ def compress(
     inputs = {"model": model_identity(model), "budget": budget.describe()}
     if checkpoint_dir is not None:
         inputs["data"] = data_identity(data)
-    run = _Run(teacher, config, inputs)
+    run = _Run(teacher, config, inputs, device)
     if resume:
         latency, target = run.restore(checkpoint_dir, teacher)
         asked = target_depth(setup, latency)
@@ -382,6 +392,8 @@ def _report(run: _Run, teacher: DiffusionTransformer, pruned: DiffusionTransform
     report = build_report(teacher, pruned, data, run.config, budget, run.decisions, run.losses,
                           latency, protected, device, wall_seconds)
     report["summary"]["processes"] = distributed.world_size()
+    if run.scaler.is_enabled():
+        report["summary"]["skipped_steps"] = run.skipped
     if data.origin is not None:  # where a demo or a later evaluation finds the same data
         report["summary"]["data_source"] = data.origin["data"]
         options = {k: v for k, v in data.origin.items() if k != "data"}
@@ -445,11 +457,12 @@ def _train_step(run: _Run, teacher, objective, data, step: int, device) -> float
                                      feature_weight, run.forward)[0]
 
     run.optimizer.zero_grad(set_to_none=True)
-    loss = accumulate_gradients(loss_of, batch, config.gradient_accumulation, run.forward)
+    loss = accumulate_gradients(loss_of, batch, config.gradient_accumulation, run.forward,
+                                run.scaler)
     if not torch.isfinite(loss):  # checked before the step: the weights stay as they were
-        raise FloatingPointError("compression loss is not finite; lower the learning rate")
-    torch.nn.utils.clip_grad_norm_(run.student.parameters(), 1.0)
-    run.optimizer.step()
+        raise FloatingPointError("compression loss is not finite; lower the learning rate"
+                                 f"{non_finite_hint(device)}")
+    run.skipped += not optimizer_step(run.optimizer, 1.0, run.scaler)
     run.ema.update(run.student, step)
     # the global batch's loss (equal slices), so the recovery gate sees the same on every rank
     return distributed.mean_across(loss.detach().item())

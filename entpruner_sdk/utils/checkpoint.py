@@ -176,6 +176,15 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
+def restore_scaler(scaler: torch.amp.GradScaler, meta: dict[str, Any]) -> None:
+    """Load fp16's loss scale from a checkpoint's ``meta["grad_scaler"]``. A checkpoint
+    written in another arithmetic (or before the scale was saved) has none: the scaler then
+    starts from its initial scale, and finds its level again within a few steps."""
+    state = meta.get("grad_scaler") or {}
+    if scaler.is_enabled() and state:
+        scaler.load_state_dict(state)
+
+
 def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors with ``prefix`` before each name, for one flat checkpoint file."""
     return {f"{prefix}{k}": v for k, v in tensors.items()}

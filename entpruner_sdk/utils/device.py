@@ -10,16 +10,24 @@ the process, set by ``$ENTPRUNER_AUTOCAST`` (or, for a block of code, ``mixed_pr
 - ``bf16``: bf16 autocast on every device, the CPU included: for CPUs with bf16 instructions
   (AMX, AVX512-BF16; not measured here), and the way to run the GPU's arithmetic on a machine
   without a GPU (the tests do).
+- ``fp16``: fp16 autocast on every device: for GPUs without bf16 (V100, T4, whose tensor cores
+  take fp16), where ``auto`` runs fp32. fp16 keeps 10 mantissa bits to bf16's 7 but only 5
+  exponent bits, so gradients can underflow: training scales its loss (``gradient_scaler``)
+  and skips the steps whose gradients overflow, as ``torch.amp`` prescribes. On a CPU it is
+  emulated (slow), for tests.
 - ``off``: fp32 everywhere, and TF32 is not turned on: for results that agree across machines,
   or to see what bf16 costs.
 
-``arithmetic(device)`` names the outcome for reports ("bf16 autocast" or "fp32").
+``arithmetic(device)`` names the outcome for reports ("bf16 autocast", "fp16 autocast" or
+"fp32").
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
@@ -27,10 +35,11 @@ from contextvars import ContextVar
 import torch
 
 AUTOCAST_ENV = "ENTPRUNER_AUTOCAST"
-AUTOCAST_MODES = ("auto", "bf16", "off")
+AUTOCAST_MODES = ("auto", "bf16", "fp16", "off")
 # set by mixed_precision(); a context variable, so it holds in the thread (or asyncio task)
 # that set it and leaves the others to $ENTPRUNER_AUTOCAST
 _chosen_mode: ContextVar[str | None] = ContextVar("entpruner_autocast", default=None)
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # as reports name them
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -44,7 +53,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
                                "use 'cpu'")
         if autocast_mode() != "off":
             enable_tf32()
+        if autocast_mode() == "auto" and not torch.cuda.is_bf16_supported():
+            _suggest_fp16(torch.cuda.get_device_name(device))
     return device
+
+
+@functools.cache  # once per GPU model and process, not at every call
+def _suggest_fp16(gpu: str) -> None:
+    warnings.warn(f"{gpu} has no bf16, so PyTorch models run in fp32 on it; "
+                  f"{AUTOCAST_ENV}=fp16 runs them in fp16 autocast on its tensor cores "
+                  f"(loss-scaled in training), {AUTOCAST_ENV}=off keeps fp32 without this "
+                  "note", stacklevel=3)
 
 
 def enable_tf32() -> None:
@@ -66,8 +85,8 @@ def autocast_mode() -> str:
 
 @contextlib.contextmanager
 def mixed_precision(mode: str) -> Iterator[None]:
-    """Run the enclosed code under ``mode`` (``"auto"``, ``"bf16"`` or ``"off"``), whatever
-    ``$ENTPRUNER_AUTOCAST`` says; e.g. ``with mixed_precision("off"): sample(model, ...)``."""
+    """Run the enclosed code under ``mode`` (``"auto"``, ``"bf16"``, ``"fp16"`` or ``"off"``),
+    whatever ``$ENTPRUNER_AUTOCAST`` says; e.g. ``with mixed_precision("off"): sample(...)``."""
     token = _chosen_mode.set(_checked_mode(mode, f"mixed_precision({mode!r})"))
     try:
         yield
@@ -81,12 +100,15 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     mode = autocast_mode()
     if mode == "off":
         return None
+    if mode == "fp16":
+        return torch.float16
     has_bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()
     if mode == "bf16":
         if not has_bf16:
             raise RuntimeError(
                 f"{AUTOCAST_ENV}=bf16, but this GPU ({torch.cuda.get_device_name(device)}) "
-                "has no bf16: unset it (auto runs fp32 on this GPU) or set it to off")
+                "has no bf16: set it to fp16 (its tensor cores take fp16), unset it (auto runs "
+                "fp32 on this GPU) or set it to off")
         return torch.bfloat16
     return torch.bfloat16 if device.type == "cuda" and has_bf16 else None
 
@@ -101,8 +123,18 @@ def autocast(device: str | torch.device, enabled: bool = True) -> AbstractContex
 
 def arithmetic(device: str | torch.device) -> str:
     """How a PyTorch model computes on ``device`` under the policy in force, as reports state
-    it: ``"bf16 autocast"`` or ``"fp32"``."""
-    return "bf16 autocast" if autocast_dtype(device) is not None else "fp32"
+    it: ``"bf16 autocast"``, ``"fp16 autocast"`` or ``"fp32"``."""
+    dtype = autocast_dtype(device)
+    return "fp32" if dtype is None else f"{_DTYPE_NAMES[dtype]} autocast"
+
+
+def gradient_scaler(device: str | torch.device) -> torch.amp.GradScaler:
+    """The loss scaler a training loop on ``device`` needs under the policy in force: enabled
+    for fp16 autocast, whose gradients would underflow unscaled (bf16 has fp32's exponent
+    range and needs none); disabled, and then a no-op, otherwise."""
+    device = torch.device(device)
+    return torch.amp.GradScaler(device.type,
+                                enabled=autocast_dtype(device) is torch.float16)
 
 
 def _checked_mode(mode: str, where: str) -> str:
@@ -110,5 +142,6 @@ def _checked_mode(mode: str, where: str) -> str:
         raise ValueError(
             f"{where} names no mixed-precision mode: use auto (bf16 autocast "
             "on a CUDA GPU that has bf16, fp32 elsewhere), bf16 (bf16 autocast on every "
-            "device, the CPU included) or off (fp32 everywhere)")
+            "device, the CPU included), fp16 (fp16 autocast on every device, for GPUs "
+            "without bf16) or off (fp32 everywhere)")
     return mode
