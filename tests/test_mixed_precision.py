@@ -32,6 +32,8 @@ from entpruner_sdk.utils.device import (
     arithmetic,
     autocast,
     autocast_dtype,
+    enable_tf32,
+    exact_fp32,
     gradient_scaler,
     mixed_precision,
     resolve_device,
@@ -136,6 +138,44 @@ def test_auto_on_a_gpu_without_bf16_says_once_that_fp16_would_use_its_tensor_cor
         for mode in ("fp16", "off"):  # a policy chosen: nothing to suggest
             with mixed_precision(mode):
                 resolve_device("cuda")
+
+
+@pytest.fixture
+def tf32():
+    """TF32's two process-wide switches, read; as they were after the test."""
+    def switches() -> tuple[bool, bool]:
+        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    saved = switches()
+    yield switches
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_off_runs_true_fp32_on_cuda_where_another_policy_turned_tf32_on(tf32):
+    # no GPU needed: TF32 is a switch of torch's, set the same way in a CPU build
+    enable_tf32()  # what resolve_device("cuda") does under auto
+    with mixed_precision("off"), autocast("cuda"):
+        assert tf32() == (False, False)
+    assert tf32() == (True, True)  # back as it was
+    with exact_fp32("cpu"):
+        assert tf32() == (True, True)  # nothing to do off CUDA
+    # a block in another thread that outlasts this one keeps TF32 off until it ends
+    entered, release = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        with exact_fp32("cuda"):
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    entered.wait(10)
+    with mixed_precision("off"), autocast("cuda"):
+        pass
+    assert tf32() == (False, False)
+    release.set()
+    thread.join()
+    assert tf32() == (True, True)
 
 
 def test_a_mistyped_policy_stops_a_command_before_any_work(monkeypatch, capsys):

@@ -15,7 +15,7 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.objectives.base import SplitGenerator
 from entpruner_sdk.utils import distributed
-from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.device import exact_fp32, resolve_device
 from entpruner_sdk.utils.progress import progress_bar
 
 
@@ -52,8 +52,9 @@ def bits_per_dim(model: DiffusionTransformer, images: ImageDataset, *, seed: int
 
     Image i draws its noise (DiT's per-timestep noise, SiT's Hutchinson probe) from its own
     generator, seeded by ``seed`` and i, so the figures do not depend on ``batch_size``, and
-    two models measured with one seed see the same noise. The model runs in float32 even on
-    CUDA: bf16 would round the ODE's divergence and the bound's small KL terms.
+    two models measured with one seed see the same noise. The model runs in true float32
+    even on CUDA (no bf16 autocast, no TF32): bf16 would round the ODE's divergence and the
+    bound's small KL terms.
     ``steps``: SiT's ODE steps (default 50); DiT's timesteps (default all 1000; fewer take a
     respaced chain's bound, comparable only with the same count's).
     Under torchrun the processes share the images and each returns all the figures.
@@ -67,8 +68,9 @@ def bits_per_dim(model: DiffusionTransformer, images: ImageDataset, *, seed: int
     was_training = model.training
     model.to(device).eval()
     try:
-        mine = _measure(model, images, share, seed, batch_size, steps, device,
-                        progress and distributed.is_main())
+        with exact_fp32(device):
+            mine = _measure(model, images, share, seed, batch_size, steps, device,
+                            progress and distributed.is_main())
     finally:
         model.train(was_training)
     bits = torch.cat(distributed.gather_objects(mine))

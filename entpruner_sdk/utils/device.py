@@ -15,8 +15,8 @@ the process, set by ``$ENTPRUNER_AUTOCAST`` (or, for a block of code, ``mixed_pr
   exponent bits, so gradients can underflow: training scales its loss (``gradient_scaler``)
   and skips the steps whose gradients overflow, as ``torch.amp`` prescribes. On a CPU it is
   emulated (slow), for tests.
-- ``off``: fp32 everywhere, and TF32 is not turned on: for results that agree across machines,
-  or to see what bf16 costs.
+- ``off``: fp32 everywhere, TF32 off (``exact_fp32``) even where another policy turned it on:
+  for results that agree across machines, or to see what bf16 costs.
 
 ``arithmetic(device)`` names the outcome for reports ("bf16 autocast", "fp16 autocast" or
 "fp32").
@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -69,8 +70,51 @@ def _suggest_fp16(gpu: str) -> None:
 def enable_tf32() -> None:
     """TF32 tensor cores for the fp32 matmuls and convolutions left outside bf16 autocast
     (Ampere and newer); a no-op elsewhere."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    _set_tf32(True, True)
+
+
+def _set_tf32(matmul: bool, convolution: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = convolution
+
+
+class _ExactBlocks:
+    """The blocks running in true fp32 on CUDA, across threads. TF32 is one switch for the
+    whole process, so it is off while any such block runs (another thread's fp32 matmuls
+    then lose TF32 too: slower, not wrong) and back as it was when the last one ends."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.before = (False, False)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self.lock:
+            if self.running == 0:
+                self.before = (torch.backends.cuda.matmul.allow_tf32,
+                               torch.backends.cudnn.allow_tf32)
+                _set_tf32(False, False)
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running -= 1
+                if self.running == 0:
+                    _set_tf32(*self.before)
+
+
+_exact_blocks = _ExactBlocks()
+
+
+def exact_fp32(device: str | torch.device) -> AbstractContextManager:
+    """Compute the enclosed block in true fp32 on ``device``: on CUDA, TF32 (10-bit mantissa
+    inputs to fp32 matmuls, which ``resolve_device`` turns on) is off until it ends; nothing
+    to do elsewhere. The ``off`` policy's autocast is this, and the likelihood runs in it."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    return _exact_blocks.held()
 
 
 def autocast_mode() -> str:
@@ -114,11 +158,12 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
 
 
 def autocast(device: str | torch.device, enabled: bool = True) -> AbstractContextManager:
-    """The policy's autocast on ``device`` (bf16 on CUDA by default), or nothing: fp32."""
+    """The policy's autocast on ``device`` (bf16 on CUDA by default), or fp32: true fp32
+    (``exact_fp32``) under ``off``, else as the device computes it."""
     dtype = autocast_dtype(device) if enabled else None
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
+    if dtype is not None:
+        return torch.autocast(torch.device(device).type, dtype=dtype)
+    return exact_fp32(device) if autocast_mode() == "off" else contextlib.nullcontext()
 
 
 def arithmetic(device: str | torch.device) -> str:
