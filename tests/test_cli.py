@@ -612,3 +612,60 @@ def test_the_main_job_compresses_both_teachers_and_prints_the_table(tmp_path, ca
     printed = capsys.readouterr().out
     assert "teachers vs pruned on digits (20 samples each" in printed
     assert "sit-digits-pruned" in printed
+
+
+def test_env_says_what_this_machine_offers(capsys, monkeypatch):
+    import importlib.util
+    from importlib import metadata
+
+    monkeypatch.delenv("ENTPRUNER_AUTOCAST", raising=False)
+    assert main(["env", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["entpruner_sdk"] == metadata.version("entpruner-sdk")
+    assert found["torch"]["version"] == torch.__version__
+    assert found["policy"] == {"variable": "ENTPRUNER_AUTOCAST", "value": None, "mode": "auto"}
+    assert found["devices"][0]["device"] == "cpu" and found["devices"][0]["arithmetic"] == "fp32"
+    assert len(found["devices"]) == 1 + torch.cuda.device_count()
+    assert {p["name"] for p in found["core"]} >= {"torch", "numpy", "safetensors"}
+    assert all(p["ok"] for p in found["core"])  # this environment runs the suite
+    # every extra pyproject declares is described, and "installed" is what imports here
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = {e["extra"]: e for e in found["extras"]}
+    assert set(extras) == set(declared["project"]["optional-dependencies"]) - {"all"}
+    for extra, module in (("onnx", "onnxscript"), ("tensorrt", "tensorrt"),
+                          ("serve", "fastapi"), ("latent", "diffusers")):
+        assert extras[extra]["installed"] == (importlib.util.find_spec(module) is not None)
+
+    monkeypatch.setenv("ENTPRUNER_AUTOCAST", "bf16")
+    assert main(["env"]) == 0
+    text = capsys.readouterr().out
+    assert "devices (ENTPRUNER_AUTOCAST=bf16: bf16)" in text
+    assert re.search(r"^  cpu     .*: bf16 autocast$", text, re.MULTILINE)
+    assert f"core requirements: {len(found['core'])}, all met" in text
+    assert "extras (pip install 'entpruner-sdk[NAME]'):" in text
+    assert re.search(r"^  tensorrt  (installed|missing  )  TensorRT engines", text, re.MULTILINE)
+
+
+def test_env_names_a_missing_or_too_old_package_and_a_source_tree(monkeypatch):
+    from packaging.requirements import Requirement
+
+    from entpruner_sdk.cli.env import _package, describe
+    from entpruner_sdk.utils import environment
+
+    old = environment.requirement_status(Requirement("numpy>=999"))
+    assert (old["version"], old["ok"]) == (np_version(), False)
+    assert _package(old) == f"numpy {np_version()} (needs >=999)"
+    missing = environment.requirement_status(Requirement("no-such-entpruner-package>=1"))
+    assert _package(missing) == "no-such-entpruner-package missing (>=1)"
+    # run from a source tree on PYTHONPATH, the package has no metadata to read extras from
+    monkeypatch.setattr(environment, "DISTRIBUTION", "entpruner-sdk-not-installed")
+    lines = describe(environment.environment())
+    assert lines[0].startswith("entpruner-sdk not installed (a source tree): pip install -e .")
+    assert "extras: unknown without the package's metadata (pip install -e .)" in lines
+
+
+def np_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("numpy")

@@ -76,6 +76,23 @@ def test_compress_on_cuda():
     assert result.report["summary"]["sampling_latency"]["device"].startswith("cuda")
 
 
+def test_fp16_trains_with_cudas_loss_scaler_and_compresses_on_cuda(tmp_path, monkeypatch):
+    from entpruner_sdk.training import TrainConfig, train
+
+    monkeypatch.setenv("ENTPRUNER_AUTOCAST", "fp16")  # a V100's or T4's arithmetic
+    trained = train(model(), "digits", TrainConfig(steps=8, batch_size=8), progress=False,
+                    device="cuda")
+    assert 0 < trained.skipped_steps < 8  # the random net's first gradients overflow 2^16
+    assert all(torch.isfinite(p).all() for p in trained.ema.parameters())
+    result = compress(model(), "digits", 2, steps=12, batch_size=8, interval=4,
+                      calibration_per_class=2, calibration_times=2, proxy_samples=4,
+                      report_samples=0, progress=False, device="cuda")
+    summary = result.report["summary"]
+    assert result.model.depth == 2 and summary["arithmetic"] == "fp16 autocast"
+    assert summary["sampling_latency"]["arithmetic"] == "fp16 autocast"
+    assert 0 <= summary["skipped_steps"] < 12
+
+
 def test_the_demo_samples_and_evaluates_on_the_gpu(tmp_path):
     from entpruner_sdk.apps.demo import _quick_evaluation
     from entpruner_sdk.apps.pair import generate_pair, load_pair

@@ -1,5 +1,6 @@
 """The ``entpruner`` command line: ``train``, ``sample``, ``info``, ``encode``, ``compress``,
-``evaluate``, ``export``, ``serve``, ``demo``, ``quickstart`` (the main job) and ``cache``.
+``evaluate``, ``export``, ``serve``, ``demo``, ``quickstart`` (the main job), ``cache`` and
+``env``.
 
 One module per command, each with ``add_parser(sub)`` (its options and examples) and
 ``run(args)``; a command that keeps work when it is interrupted also says what, in
@@ -24,6 +25,7 @@ from entpruner_sdk.cli import (
     compress,
     demo,
     encode,
+    env,
     evaluate,
     export,
     info,
@@ -36,7 +38,7 @@ from entpruner_sdk.cli import (
 # in the order --help lists them
 _MODULES = {"train": train, "sample": sample, "info": info, "encode": encode,
             "compress": compress, "evaluate": evaluate, "export": export, "serve": serve,
-            "demo": demo, "quickstart": quickstart, "cache": cache}
+            "demo": demo, "quickstart": quickstart, "cache": cache, "env": env}
 COMMANDS = {name: module.run for name, module in _MODULES.items()}
 
 
