@@ -8,7 +8,7 @@
 #                                                # sampling, precision
 #
 # Needs a stock PyTorch CUDA image plus these wheels (pure Python or small):
-#   pip install numpy safetensors scikit-learn scikit-image pillow tqdm rich matplotlib pytest
+#   pip install numpy safetensors scikit-learn scikit-image pillow tqdm rich matplotlib packaging pytest
 # and the package itself. PYTHONPATH alone cannot find it: setuptools' package-dir maps export/,
 # serve/ and apps/ to entpruner_sdk.export, .serve and .apps. So when those are not found, the
 # script installs the checkout editable (no deps, no index) into PYTHON's environment.
@@ -86,7 +86,8 @@ import importlib.util, os, sys
 print(sys.executable, sys.version.split()[0])
 import torch
 missing = [m for m in ("numpy", "safetensors", "sklearn", "skimage", "PIL", "tqdm", "rich",
-                       "matplotlib", "pytest") if importlib.util.find_spec(m) is None]
+                       "matplotlib", "packaging", "pytest")
+           if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"missing modules: {missing}; see the pip line at the top of benchmarks/gpu.sh")
 if os.environ.get("GPU_DRY_RUN") == "1":
@@ -108,6 +109,8 @@ if ! (cd / && "$PYTHON" -c "$FOUND" 2>/dev/null); then
         || { echo "!!! the subpackages are still not found"; exit 1; }
 fi
 timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+# versions, the card, its bf16 and the arithmetic each step runs in, the extras: with the figures
+timeout --kill-after=5 60 "$PYTHON" -m entpruner_sdk env || echo "!!! entpruner env failed"
 
 step tests "GPU-marked tests" 120 "$OUT/tests.log" \
     "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_export.py

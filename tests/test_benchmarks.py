@@ -194,6 +194,7 @@ def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     log = (out / "gpu.log").read_text()
     assert "!!!" not in log and "status 0" in log  # no step failed or was skipped
+    assert "core requirements:" in log and "devices (ENTPRUNER_AUTOCAST" in log  # entpruner env
     cost = json.loads((out / "compress_cost_xl.json").read_text())["ced_xl"]
     assert cost["blocks"] == 12 and cost["samples"] == 64 and cost["ced_seconds"] > 0
     assert cost["full_forward_passes_timed"] == 3  # the dry run times 3 of 12 and scales

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 from entpruner_sdk.cli import common
-from entpruner_sdk.utils.environment import environment
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the environment (``--json``: as JSON); 0, since it only reports."""
+    from entpruner_sdk.utils.environment import environment
+
     found = environment()
     if args.json:
         print(json.dumps(found, indent=2))
