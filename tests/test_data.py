@@ -12,6 +12,7 @@ from entpruner_sdk.data import (
     save_npz,
     unit_range,
 )
+from entpruner_sdk.data.folder import class_images
 
 
 def test_digits_bundled_splits_are_disjoint_and_cover_all():
@@ -177,6 +178,26 @@ def test_class_folders_count_their_subfolders_and_refuse_to_be_empty(tmp_path):
     with pytest.raises(DataError, match=r"the class folders c hold no images .*add their "
                                         r"images, or move the empty folders out"):
         load_data(tmp_path)
+
+
+@pytest.mark.timeout(60)  # before, the two loops below never finished (2^40 paths)
+def test_links_are_followed_as_torchvision_does_except_round_a_loop(tmp_path):
+    write_folder(tmp_path / "data")
+    images = tmp_path / "data" / "b"
+    (images / "self").symlink_to(images, target_is_directory=True)  # a loop
+    (images / "nested").mkdir()
+    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(images / "nested" / "n.png")
+    (images / "nested" / "back").symlink_to(images, target_is_directory=True)  # a loop, deeper
+    # a folder elsewhere, linked twice: followed both times, as torchvision follows links
+    (tmp_path / "more").mkdir()
+    Image.fromarray(np.full((8, 8, 3), 5, np.uint8)).save(tmp_path / "more" / "m.png")
+    (images / "more").symlink_to(tmp_path / "more", target_is_directory=True)
+    (images / "nested" / "more").symlink_to(tmp_path / "more", target_is_directory=True)
+    found = [p.relative_to(images).as_posix() for p in class_images(images)]
+    own = [p.name for p in sorted(images.glob("*.png"))]
+    assert found == sorted([*own, "more/m.png", "nested/more/m.png", "nested/n.png"])
+    data = load_data(tmp_path / "data")
+    assert data.labels.tolist().count(1) == len(found)
 
 
 def test_data_of_another_size_is_refused_with_the_fix_for_its_kind(tmp_path):

@@ -73,13 +73,33 @@ def _visible(path: Path) -> bool:
 def class_images(folder: Path) -> list[Path]:
     """The images anywhere under one class folder, its subfolders included, as torchvision's
     ``ImageFolder`` (which DiT's and SiT's training code reads data with) finds them: sorted
-    by path, symbolic links followed, hidden entries skipped."""
+    by path, symbolic links followed, hidden entries skipped; except that a link back to a
+    folder it is inside is not followed (torchvision follows it until the system's limit of
+    40 links, reading each image again at every turn, and two such links never finish)."""
     files = []
+    above = {os.fspath(folder): {_identity(folder)}}  # each folder's own and its parents'
     for parent, subfolders, names in os.walk(folder, followlinks=True):
-        subfolders[:] = [name for name in subfolders if _visible(Path(name))]
+        chain = above.pop(parent)
+        kept = []
+        for name in filter(lambda name: _visible(Path(name)), subfolders):
+            path = os.path.join(parent, name)
+            try:
+                identity = _identity(path)
+            except OSError:  # gone since it was listed: as os.walk skips what it cannot read
+                continue
+            if identity not in chain:  # a folder it is inside: a loop
+                above[path] = chain | {identity}
+                kept.append(name)
+        subfolders[:] = kept
         files += [Path(parent) / name for name in names
                   if Path(name).suffix.lower() in IMAGE_SUFFIXES and _visible(Path(name))]
     return sorted(files)
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int]:
+    """The folder a path leads to, links followed: (device, inode)."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
 
 
 def to_rgb(image: PIL.Image.Image, file: Path) -> PIL.Image.Image:
