@@ -27,7 +27,7 @@ from entpruner_sdk.data import load_data
 from entpruner_sdk.evaluation import evaluate
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import resolve_model
-from entpruner_sdk.utils.device import mixed_precision, resolve_device
+from entpruner_sdk.utils.device import autocast_dtype, mixed_precision, resolve_device
 from entpruner_sdk.utils.timing import interleaved_medians, machine
 
 RESULTS = Path(__file__).parent / "results"
@@ -36,28 +36,43 @@ GOAL = 0.02  # bf16's and fp16's FD-domain within 2% of fp32's
 MODES = {"fp32": "off", "bf16 autocast": "bf16", "fp16 autocast": "fp16"}
 
 
-def measure(name: str, data, device: torch.device, batch: int, repeats: int, **run
-            ) -> list[dict]:
-    """fp32's figures, then bf16's and fp16's beside them, from the same noise; and one call
-    of each timed in alternation."""
+def modes_on(device: torch.device) -> dict[str, str]:
+    """The arithmetics ``device`` runs (a GPU without bf16 refuses it), each with its policy."""
+    usable = {}
+    for arithmetic, policy in MODES.items():
+        with mixed_precision(policy):
+            try:
+                autocast_dtype(device)
+            except RuntimeError as refused:
+                print(f"{arithmetic} left out: {refused}")
+                continue
+        usable[arithmetic] = policy
+    return usable
+
+
+def measure(name: str, data, device: torch.device, modes: dict[str, str], batch: int,
+            repeats: int, **run) -> list[dict]:
+    """fp32's figures, then those of the other ``modes`` beside them, from the same noise;
+    and one call of each timed in alternation."""
     model = resolve_model(name).eval()
     with mixed_precision("off"):
         exact = evaluate(model, data, model_name=name, device=device, **run)
     reports = {"fp32": exact}
-    for arithmetic, policy in list(MODES.items())[1:]:
+    for arithmetic, policy in list(modes.items())[1:]:
         with mixed_precision(policy):
             reports[arithmetic] = evaluate(model, data, model_name=f"{name} {policy}",
                                            device=device, original=model,
                                            original_images=exact.images, **run)
-    seconds = call_seconds(model, device, batch, repeats, run["steps"], run["cfg_scale"])
+    seconds = call_seconds(model, device, modes, batch, repeats, run["steps"],
+                           run["cfg_scale"])
     return [{**row(name, arithmetic, report.metrics, exact.metrics, seconds,
                    report.fidelity.get("psnr") if report is not exact else None),
              "sampler": report.settings["sampler"]}
             for arithmetic, report in reports.items()]
 
 
-def call_seconds(model, device: torch.device, batch: int, repeats: int, steps: int,
-                 cfg_scale: float) -> dict[str, float]:
+def call_seconds(model, device: torch.device, modes: dict[str, str], batch: int,
+                 repeats: int, steps: int, cfg_scale: float) -> dict[str, float]:
     """Median seconds of one sampling call (``batch`` images) in each arithmetic."""
     labels = torch.arange(batch) % model.config.num_classes
 
@@ -69,7 +84,7 @@ def call_seconds(model, device: torch.device, batch: int, repeats: int, steps: i
         return call
 
     return interleaved_medians({arithmetic: in_mode(policy)
-                                for arithmetic, policy in MODES.items()}, repeats=repeats)
+                                for arithmetic, policy in modes.items()}, repeats=repeats)
 
 
 def row(model: str, arithmetic: str, metrics: dict, fp32: dict, seconds: dict[str, float],
@@ -105,9 +120,10 @@ def main(argv=None) -> int:
     data = load_data(args.data)
     run = dict(samples=args.samples, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
                features=("domain",), progress=False)
+    modes = modes_on(device)
     rows = []
     for name in args.model or ["dit-digits", "sit-digits"]:
-        rows += measure(name, data, device, args.batch, args.repeats, **run)
+        rows += measure(name, data, device, modes, args.batch, args.repeats, **run)
     print_rows(rows, args, device)
     document = {**{k: v for k, v in machine(device).items() if k != "arithmetic"},
                 "data": args.data, "samples": args.samples, "steps": args.steps,

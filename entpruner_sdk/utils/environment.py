@@ -40,7 +40,8 @@ STANDS_IN = {"onnxruntime": "onnxruntime-gpu"}
 
 def environment() -> dict[str, Any]:
     """Versions, devices, the policy, the core requirements and each extra, as plain data."""
-    return {"entpruner_sdk": _own_version(), "python": platform.python_version(),
+    requirements = _requirements()
+    return {"entpruner_sdk": _installed(DISTRIBUTION), "python": platform.python_version(),
             "executable": sys.executable,  # whose packages these are
             "platform": f"{platform.system()} {platform.machine()}",
             "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
@@ -48,7 +49,8 @@ def environment() -> dict[str, Any]:
                       "threads": torch.get_num_threads()},
             "policy": {"variable": AUTOCAST_ENV, "value": os.environ.get(AUTOCAST_ENV),
                        "mode": autocast_mode()},
-            "devices": devices(), "core": core_requirements(), "extras": extras(),
+            "devices": devices(), "core": core_requirements(requirements),
+            "extras": extras(requirements),
             "onnxruntime_providers": _onnxruntime_providers(), "cache": str(cache_root())}
 
 
@@ -69,16 +71,22 @@ def devices() -> list[dict[str, Any]]:
     return found
 
 
-def core_requirements() -> list[dict[str, Any]]:
-    """Each requirement every install has, with the version found."""
-    return [requirement_status(r) for r in _requirements() if r.marker is None]
+def core_requirements(requirements: list[Requirement] | None = None) -> list[dict[str, Any]]:
+    """Each requirement every install has (of ``requirements``, default: the installed
+    package's), with the version found."""
+    if requirements is None:
+        requirements = _requirements()
+    return [requirement_status(r) for r in requirements if r.marker is None]
 
 
-def extras() -> list[dict[str, Any]]:
-    """Each extra: what it adds, whether all of it is installed, and each of its packages."""
+def extras(requirements: list[Requirement] | None = None) -> list[dict[str, Any]]:
+    """Each extra: what it adds, whether all of it is installed, and each of its packages
+    (of ``requirements``, default: the installed package's)."""
+    if requirements is None:
+        requirements = _requirements()
     listed = []
     for extra, adds in EXTRA_FEATURES.items():
-        packages = [requirement_status(r) for r in _requirements()
+        packages = [requirement_status(r) for r in requirements
                     if r.marker is not None and r.marker.evaluate({"extra": extra})]
         listed.append({"extra": extra, "adds": adds, "packages": packages,
                        "installed": bool(packages) and all(p["ok"] for p in packages)})
@@ -109,10 +117,6 @@ def _installed(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _own_version() -> str | None:
-    return _installed(DISTRIBUTION)
 
 
 def _arithmetic(device: str) -> str:
