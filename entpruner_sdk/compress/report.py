@@ -159,9 +159,16 @@ def _where(s: dict[str, Any]) -> str:
     steps its loss scaler skipped); empty for a report written before they were recorded."""
     if "arithmetic" not in s:
         return ""
-    skipped = (f" ({s['skipped_steps']} skipped: their fp16 gradients overflowed)"
-               if "skipped_steps" in s else "")
-    return f" on {s['device']} in {s['arithmetic']}{skipped}"
+    return f" on {s['device']} in {s['arithmetic']}{_skipped(s.get('skipped_steps'))}"
+
+
+def _skipped(count: int | None) -> str:
+    """What fp16's loss scaler did (None: it did not run)."""
+    if count is None:
+        return ""
+    if count == 0:
+        return " (loss-scaled, no step skipped)"
+    return f" ({count} skipped: their fp16 gradients overflowed)"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
