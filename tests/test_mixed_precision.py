@@ -383,14 +383,32 @@ def test_training_in_fp16_resumes_with_the_loss_scale_it_had(fp16, tmp_path):
         "fp16 autocast", full.skipped_steps)
 
 
-def test_the_train_command_says_how_many_fp16_steps_it_skipped(fp16, tmp_path, capsys):
+def test_a_commands_mixed_precision_overrides_the_environment_for_its_run(
+        bf16, tmp_path, capsys):
+    import os
+
+    import entpruner_sdk as ep
     from entpruner_sdk.models.io import save
 
     save(tiny(), tmp_path / "random")
-    assert main(["train", "--model", str(tmp_path / "random"), "--steps", "6", "--batch-size",
-                 "8", "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu"]) == 0
+    train_command = ["train", "--model", str(tmp_path / "random"), "--steps", "6",
+                     "--batch-size", "8", "--quiet", "--device", "cpu"]
+    assert main([*train_command, "--out", str(tmp_path / "fp16"),
+                 "--mixed-precision", "fp16"]) == 0
+    # the command says what fp16's loss scaler skipped: the random net's first steps
     assert re.search(r"trained 6 steps \([1-5] skipped: their fp16 gradients overflowed\); "
                      r"loss over", capsys.readouterr().out)
+    assert os.environ[AUTOCAST_ENV] == "bf16"  # the caller's setting, back after the command
+    assert main([*train_command, "--out", str(tmp_path / "off"), "--mixed-precision",
+                 "off"]) == 0
+    assert main([*train_command, "--out", str(tmp_path / "env")]) == 0  # the environment's
+    made = {run: ep.load(tmp_path / run / "model").metadata["training"]["arithmetic"]
+            for run in ("fp16", "off", "env")}
+    assert made == {"fp16": "fp16 autocast", "off": "fp32", "env": "bf16 autocast"}
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main([*train_command, "--out", str(tmp_path / "x"), "--mixed-precision", "fp8"])
+    assert re.search(r"--mixed-precision: invalid choice: 'fp8' \(choose from '?auto'?, "
+                     r"'?bf16'?, '?fp16'?, '?off'?\)", capsys.readouterr().err)
 
 
 def test_compress_in_fp16_reports_its_skipped_steps_and_resumes_exactly(fp16, tmp_path,

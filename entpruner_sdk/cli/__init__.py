@@ -54,13 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
               entpruner info --model dit-digits
               entpruner sample --model sit-digits --per-class 4 --out grid.png
               entpruner train --model DiT-S/2 --data ./my_images --steps 5000 --out runs/dit
-              ENTPRUNER_AUTOCAST=off entpruner sample --model dit-digits --device cuda
+              entpruner sample --model dit-digits --device cuda --mixed-precision off
 
             environment:
               ENTPRUNER_AUTOCAST  how PyTorch models compute: auto (the default: bf16 autocast
                                   on a CUDA GPU that has bf16, fp32 elsewhere), bf16 (on every
                                   device, the CPU included), fp16 (fp16 autocast with loss
-                                  scaling: GPUs without bf16, e.g. V100, T4) or off (fp32)
+                                  scaling: GPUs without bf16, e.g. V100, T4) or off (fp32);
+                                  a command's --mixed-precision overrides it
               ENTPRUNER_CACHE     the cache's folder (see `entpruner cache`)
               ENTPRUNER_QUIET     1: no progress bars (as --quiet)
             """),
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         os.environ["ENTPRUNER_QUIET"] = "1"
     try:
-        autocast_mode()  # a mistyped $ENTPRUNER_AUTOCAST stops here, not after the loading
-        with _warnings_as_lines(args.command):
+        with _policy(getattr(args, "mixed_precision", None)), \
+                _warnings_as_lines(args.command):
+            autocast_mode()  # a mistyped $ENTPRUNER_AUTOCAST stops here, not after the loading
             return COMMANDS[args.command](args)
     except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,
             FileExistsError, FeatureNetworkMissing, ParityError, ImportError,
@@ -128,6 +130,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"entpruner {args.command}: error: {error}"
               + (f"; {kept(args)}" if kept is not None else ""), file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _policy(mode: str | None) -> Iterator[None]:
+    """``--mixed-precision``, as ``$ENTPRUNER_AUTOCAST`` for the command's duration: the
+    variable, not a context of this thread, so the threads and processes it starts (a
+    server's workers, the demo's handlers) compute as it does. None: the environment's."""
+    from entpruner_sdk.utils.device import AUTOCAST_ENV
+
+    if mode is None:
+        yield
+        return
+    before = os.environ.get(AUTOCAST_ENV)
+    os.environ[AUTOCAST_ENV] = mode
+    try:
+        yield
+    finally:  # a caller of main() in Python keeps its own setting
+        if before is None:
+            os.environ.pop(AUTOCAST_ENV, None)
+        else:
+            os.environ[AUTOCAST_ENV] = before
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from entpruner_sdk.utils.device import AUTOCAST_MODES
+
 if TYPE_CHECKING:  # the command modules import the layers lazily
     from entpruner_sdk.data import ImageDataset
     from entpruner_sdk.data.folder import ImageFolder
@@ -39,10 +41,17 @@ def command(sub: argparse._SubParsersAction, name: str, help_text: str, examples
                           epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples), "  "))
 
 
-def run_options(p: argparse.ArgumentParser) -> None:
-    """--device and --quiet, which every command that computes takes."""
+def run_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    """--device and --quiet, which every command that computes takes, and --mixed-precision
+    where PyTorch models compute under the policy (not export, which checks in fp32)."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if precision:
+        p.add_argument("--mixed-precision", choices=AUTOCAST_MODES,
+                       help="how PyTorch models compute: auto (bf16 autocast on a CUDA GPU "
+                            "that has bf16, fp32 elsewhere), bf16, fp16 (loss-scaled "
+                            "training; GPUs without bf16) or off (fp32); default: "
+                            "$ENTPRUNER_AUTOCAST, else auto")
 
 
 def distributed_option(p: argparse.ArgumentParser, does: str) -> None:

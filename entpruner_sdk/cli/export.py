@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="ONNX: skip the classifier-free-guidance graph")
     common.vae_option(p, "is exported too (vae_decoder.onnx), so the export samples images on its "
                    "own")
-    common.run_options(p)
+    common.run_options(p, precision=False)  # traced from, and checked against, fp32
 
 
 def run(args: argparse.Namespace) -> int:
