@@ -13,6 +13,9 @@ import torch
 
 from entpruner_sdk.utils.device import AUTOCAST_MODES
 
+# where the shared options go: a command's parser or one of its argument groups
+Options = argparse._ActionsContainer
+
 if TYPE_CHECKING:  # the command modules import the layers lazily
     from entpruner_sdk.data import ImageDataset
     from entpruner_sdk.data.folder import ImageFolder
@@ -41,7 +44,7 @@ def command(sub: argparse._SubParsersAction, name: str, help_text: str, examples
                           epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples), "  "))
 
 
-def run_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
+def run_options(p: Options, precision: bool = True) -> None:
     """--device and --quiet, which every command that computes takes, and --mixed-precision
     where PyTorch models compute under the policy (not export, which checks in fp32)."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -54,7 +57,7 @@ def run_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
                             "$ENTPRUNER_AUTOCAST, else auto")
 
 
-def distributed_option(p: argparse.ArgumentParser, does: str) -> None:
+def distributed_option(p: Options, does: str) -> None:
     """--distributed: run ``does`` over torchrun's processes."""
     p.add_argument("--distributed", action="store_true",
                    help=f"{does} over the processes torchrun started (automatic when torchrun "
@@ -72,7 +75,7 @@ def join_processes(args: argparse.Namespace) -> str | torch.device:
                                      else torch.device(args.device))
 
 
-def resume_options(p: argparse.ArgumentParser) -> None:
+def resume_options(p: Options) -> None:
     """--resume and --no-keep-checkpoint: what OUT/checkpoint is for, and whether it stays."""
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint, with the model, data and settings it "
@@ -84,7 +87,7 @@ def resume_options(p: argparse.ArgumentParser) -> None:
                         "times the model's size)")
 
 
-def memory_options(p: argparse.ArgumentParser) -> None:
+def memory_options(p: Options) -> None:
     """--gradient-accumulation and --gradient-checkpointing: a step that fits in less memory
     and computes the same (up to float rounding)."""
     p.add_argument("--gradient-accumulation", type=int, default=1, metavar="N",
@@ -95,7 +98,7 @@ def memory_options(p: argparse.ArgumentParser) -> None:
                         "far less activation memory for about one more forward pass")
 
 
-def sampler_options(p: argparse.ArgumentParser) -> None:
+def sampler_options(p: Options) -> None:
     """--sampler and --steps, the same for every command that samples."""
     p.add_argument("--sampler",
                    help="ddpm, ddim or dpm-solver++ for DiT (default ddim; dpm-solver++, "
@@ -132,7 +135,7 @@ def sampler_settings(args: argparse.Namespace) -> dict[str, float | str]:
             if getattr(args, name) is not None}
 
 
-def provider_option(p: argparse.ArgumentParser) -> None:
+def provider_option(p: Options) -> None:
     """``--provider``: what runs an ONNX export's graphs."""
     p.add_argument("--provider", default="cpu",
                    help="ONNX Runtime provider for an ONNX export: cpu, cuda or tensorrt")
@@ -145,7 +148,7 @@ def open_export(path: str, provider: str) -> RuntimeDenoiser | None:
     return load_exported(path, provider=provider) if is_export_dir(path) else None
 
 
-def released_options(p: argparse.ArgumentParser) -> None:
+def released_options(p: Options) -> None:
     """--family and --num-heads: what a released weights file does not record."""
     p.add_argument("--family", choices=["dit", "sit"],
                    help="required for a released weights file, whose keys are the same for "
@@ -166,7 +169,7 @@ def released_model(args: argparse.Namespace, spec: str | None = None,
                          num_heads=args.num_heads, flow_path=args.flow_path)
 
 
-def heads_option(p: argparse.ArgumentParser) -> None:
+def heads_option(p: Options) -> None:
     """--num-heads, for a released checkpoint of a width the published table lacks."""
     p.add_argument("--num-heads", type=int,
                    help="attention heads of a released checkpoint whose width is not a "
@@ -174,7 +177,7 @@ def heads_option(p: argparse.ArgumentParser) -> None:
                         "table, else 64 channels per head)")
 
 
-def vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model's samples to "
+def vae_option(p: Options, does: str = "decodes a latent model's samples to "
                 "images", required: bool = False) -> None:
     """--vae DIR: the diffusers VAE folder of a latent model; the help says what it ``does``."""
     p.add_argument("--vae", metavar="DIR", required=required,
@@ -182,14 +185,14 @@ def vae_option(p: argparse.ArgumentParser, does: str = "decodes a latent model's
                         f"SiT-XL/2): it {does}")
 
 
-def workers_option(p: argparse.ArgumentParser, note: str = "") -> None:
+def workers_option(p: Options, note: str = "") -> None:
     """--workers: the reader processes that read and crop a folder's images."""
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="processes that read and crop a folder's images while the VAE encodes "
                         "(default: %(default)s; 0 reads them in this process)" + note)
 
 
-def folder_options(p: argparse.ArgumentParser, note: str = "") -> None:
+def folder_options(p: Options, note: str = "") -> None:
     """--image-size and --class-index: how a class folder is read."""
     p.add_argument("--image-size", type=int, metavar="N",
                    help="scale class-folder images so the short side is N and cut the "
@@ -201,7 +204,7 @@ def folder_options(p: argparse.ArgumentParser, note: str = "") -> None:
                         "or imagenet_class_index.json): each folder is labelled by its line")
 
 
-def hflip_option(p: argparse.ArgumentParser) -> None:
+def hflip_option(p: Options) -> None:
     """--hflip: mirror training images at random, as DiT's and SiT's training does."""
     p.add_argument("--hflip", action="store_true",
                    help="mirror each training image left-right with probability 1/2, as DiT's "
@@ -209,7 +212,7 @@ def hflip_option(p: argparse.ArgumentParser) -> None:
                         "digits or text")
 
 
-def classes_options(p: argparse.ArgumentParser, note: str = "") -> None:
+def classes_options(p: Options, note: str = "") -> None:
     """--num-classes or --keep-classes: what to do with data of fewer or other classes."""
     group = p.add_mutually_exclusive_group()
     group.add_argument("--num-classes", type=int,

@@ -38,91 +38,115 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         torchrun --nproc_per_node 4 -m entpruner_sdk compress --model DiT-XL-2-256x256.pt \\
             --family dit --data ./latents.npz --budget 14 --out runs/xl-d14   # data-parallel
         """)
-    p.add_argument("--model", required=True, help="bundled teacher name or model path")
-    common.released_options(p)
-    p.add_argument("--data", default="digits",
+    _model_and_data(p.add_argument_group("model and data"))
+    _budget_and_schedule(p.add_argument_group("budget and schedule"))
+    _importance(p.add_argument_group("importance: how blocks are ranked"))
+    _fine_tuning(p.add_argument_group("fine-tuning and distillation"))
+    _report(p.add_argument_group("report"))
+    _run(p.add_argument_group("run"))
+
+
+def _model_and_data(g: common.Options) -> None:
+    g.add_argument("--model", required=True, help="bundled teacher name or model path")
+    common.released_options(g)
+    g.add_argument("--data", default="digits",
                    help="downstream data: bundled name, class folders or .npz")
-    common.folder_options(p)
-    p.add_argument("--budget", required=True,
+    common.folder_options(g)
+    common.classes_options(g)
+    common.vae_option(g, "encodes image data for a latent model first (cached: a second run or "
+                      "--resume reads the latents back) and decodes its samples for the "
+                      "report's quality figures (without it they are measured in latent space)")
+    common.workers_option(g)
+
+
+def _budget_and_schedule(g: common.Options) -> None:
+    g.add_argument("--budget", required=True,
                    help="blocks to keep (6), FLOPs share to keep (0.5 or 50%%) or speedup (2x)")
-    p.add_argument("--out", required=True, help="output directory (model/, report, plots)")
-    p.add_argument("--importance", default="ced", choices=available_importances(),
+    g.add_argument("--schedule", default="adaptive", choices=SCHEDULES,
+                   help="adaptive: remove progressively at decision points chosen by the "
+                        "zero-shot proxies; one-shot: remove every block at step 0")
+    g.add_argument("--interval", type=int, default=50, help="steps between decision points")
+    g.add_argument("--k-max", type=int, default=2, help="most blocks removed per decision")
+    g.add_argument("--prune-fraction", type=float, default=0.25,
+                   help="every removal happens within this share of the steps")
+    g.add_argument("--protect", type=_protected_blocks,
+                   help="comma-separated original block indices never removed "
+                   "(default: first and last); 'none' protects nothing")
+
+
+def _importance(g: common.Options) -> None:
+    g.add_argument("--importance", default="ced", choices=available_importances(),
                    help="how blocks are ranked for removal (default ced: on the bundled "
                         "benchmark at 2400 steps it falls least short of the best method "
                         "on the mean, though bi and others win some settings; "
                         "ced+bi is a rank vote of the two; docs/benchmarks.md); an installed "
                         "package adds its own under the 'entpruner_sdk.importance' entry "
                         "points")
-    p.add_argument("--schedule", default="adaptive", choices=SCHEDULES,
-                   help="adaptive: remove progressively at decision points chosen by the "
-                        "zero-shot proxies; one-shot: remove every block at step 0")
-    p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps")
-    p.add_argument("--batch-size", type=int, default=64, help="images per fine-tuning step")
-    common.memory_options(p)
-    common.hflip_option(p)
-    p.add_argument("--lr", type=float, default=None,
-                   help="fine-tuning learning rate (default: 1e-4 at DiT-XL's width 1152, "
-                        "scaled by 1/width, at most 2e-3)")
-    p.add_argument("--interval", type=int, default=50, help="steps between decision points")
-    p.add_argument("--k-max", type=int, default=2, help="most blocks removed per decision")
-    p.add_argument("--prune-fraction", type=float, default=0.25,
-                   help="every removal happens within this share of the steps")
-    p.add_argument("--rerank", action="store_true",
+    g.add_argument("--rerank", action="store_true",
                    help="recompute the importance on the current student at every decision "
                         "(default: rank once on the teacher and remove in that order; the "
                         "schedule decides when and how many either way)")
-    p.add_argument("--calibration-per-class", type=int, default=16,
+    g.add_argument("--calibration-per-class", type=int, default=16,
                    help="CED calibration images of every class")
-    p.add_argument("--calibration-times", type=_time_grid, default=8, metavar="N|LEVELS",
+    g.add_argument("--calibration-times", type=_time_grid, default=8, metavar="N|LEVELS",
                    help="CED's timestep grid: N timesteps spread over the whole schedule, or "
                         "comma-separated noise levels (0 = clean, 1 = pure noise), e.g. "
                         "0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--ced-output", default="denoised",
+    g.add_argument("--ced-output", default="denoised",
                    choices=OUTPUTS,
                    help="what CED measures the entropy of: the raw prediction, the denoised "
                         "estimate, that estimate clipped to the data's range, or a short "
                         "sampler run")
-    p.add_argument("--ced-estimator", default="sample", choices=ESTIMATORS,
+    g.add_argument("--ced-estimator", default="sample", choices=ESTIMATORS,
                    help="Gaussian entropy from one sigma per sample, or per class and "
                         "dimension across samples")
-    p.add_argument("--ced-weighting", default="mean", choices=WEIGHTINGS,
+    g.add_argument("--ced-weighting", default="mean", choices=WEIGHTINGS,
                    help="combine the timesteps by the plain mean, or give every timestep an "
                         "equal say (each normalized by its sum over the blocks)")
-    p.add_argument("--protect", type=_protected_blocks,
-                   help="comma-separated original block indices never removed "
-                   "(default: first and last); 'none' protects nothing")
-    p.add_argument("--kd-weight", type=float, default=0.9,
+
+
+def _fine_tuning(g: common.Options) -> None:
+    g.add_argument("--steps", type=int, default=1000, help="fine-tuning steps")
+    g.add_argument("--batch-size", type=int, default=64, help="images per fine-tuning step")
+    g.add_argument("--lr", type=float, default=None,
+                   help="fine-tuning learning rate (default: 1e-4 at DiT-XL's width 1152, "
+                        "scaled by 1/width, at most 2e-3)")
+    common.memory_options(g)
+    common.hflip_option(g)
+    g.add_argument("--kd-weight", type=float, default=0.9,
                    help="weight of the MSE to the teacher's prediction")
-    p.add_argument("--gt-weight", type=float, default=0.1,
+    g.add_argument("--gt-weight", type=float, default=0.1,
                    help="weight of the ordinary diffusion / flow loss")
-    p.add_argument("--feature-weight", type=float, default=0.0,
+    g.add_argument("--feature-weight", type=float, default=0.0,
                    help="initial weight of the masked feature loss on aligned blocks "
                         "(decays to 0)")
-    common.classes_options(p)
-    common.distributed_option(p, "data-parallel")
-    p.add_argument("--report-samples", type=int, default=200,
+
+
+def _report(g: common.Options) -> None:
+    g.add_argument("--report-samples", type=int, default=200,
                    help="samples for the report's quality figures (0 skips them)")
-    p.add_argument("--report-likelihood", type=int, default=0, metavar="N",
+    g.add_argument("--report-likelihood", type=int, default=0, metavar="N",
                    help="also report the bits per dimension of N real training images under "
                         "the original and the pruned model, paired (pixel models; DiT's bound "
                         "costs 1000 model calls an image, SiT's ODE 100)")
-    p.add_argument("--report-fid", action="store_true",
+    g.add_argument("--report-fid", action="store_true",
                    help="also report standard FID (Inception; needs the fid extra)")
-    common.vae_option(p, "encodes image data for a latent model first (cached: a second run or "
-                   "--resume reads the latents back) and decodes its samples for the report's "
-                   "quality figures (without it they are measured in latent space)")
-    common.workers_option(p)
-    p.add_argument("--seed", type=int, default=0,
+
+
+def _run(g: common.Options) -> None:
+    g.add_argument("--out", required=True, help="output directory (model/, report, plots)")
+    g.add_argument("--seed", type=int, default=0,
                    help="seeds calibration, data order and noise (same seed, same result)")
-    p.add_argument("--checkpoint-every", type=int, default=200, metavar="N",
+    g.add_argument("--checkpoint-every", type=int, default=200, metavar="N",
                    help="steps between resumable checkpoints, beside the one at each removal")
-    common.resume_options(p)
-    p.add_argument("--dry-run", action="store_true",
+    common.resume_options(g)
+    g.add_argument("--dry-run", action="store_true",
                    help="only plan: resolve the budget, score the blocks and print which "
                         "would go and the size and speed that leaves, without fine-tuning "
                         "(the bundled DiT: 8 s, where a 600-step run takes 154 s); writes "
                         "OUT/plan.md and plan.json")
-    common.run_options(p)
+    common.distributed_option(g, "data-parallel")
+    common.run_options(g)
 
 
 def _protected_blocks(text: str) -> tuple[int, ...]:

@@ -33,49 +33,65 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner evaluate --model exports/dit-fp16 --original runs/dit-d6/model \\
             --data digits --cfg 2 --features domain  # what the fp16 export costs in quality
         """)
-    p.add_argument("--model", required=True,
+    _models(p.add_argument_group("models"))
+    _sampling(p.add_argument_group("sampling"))
+    _reference(p.add_argument_group("real data and figures"))
+    _run(p.add_argument_group("run"))
+
+
+def _models(g: common.Options) -> None:
+    g.add_argument("--model", required=True,
                    help="bundled teacher name, model path, or an export directory")
-    common.released_options(p)
-    p.add_argument("--original", help="also sample this model (or export) from the same noise "
+    common.released_options(g)
+    g.add_argument("--original", help="also sample this model (or export) from the same noise "
                    "and labels: its figures beside the model's, and the model's fidelity to it")
-    common.provider_option(p)
-    p.add_argument("--data", default="digits", help="real data to compare with")
-    common.folder_options(p)
-    p.add_argument("--samples", type=int, default=1000, help="generated images to score")
-    common.sampler_options(p)
-    p.add_argument("--cfg", type=float, default=1.0,
+    common.provider_option(g)
+    common.vae_option(g)
+
+
+def _sampling(g: common.Options) -> None:
+    g.add_argument("--samples", type=int, default=1000, help="generated images to score")
+    common.sampler_options(g)
+    g.add_argument("--cfg", type=float, default=1.0,
                    help="classifier-free guidance scale (1 = unguided)")
-    p.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=int, default=0,
                    help="seeds the noise (the labels are class-balanced)")
-    p.add_argument("--batch-size", type=int, default=250,
+    g.add_argument("--batch-size", type=int, default=250,
                    help="samples drawn at a time, and the share of work under torchrun: "
                         "lower it when a large model's batch does not fit in memory; each "
                         "batch's noise comes from the seed and its index, so the batch size "
                         "is part of what decides the samples")
-    p.add_argument("--features", default="domain,inception",
+
+
+def _reference(g: common.Options) -> None:
+    g.add_argument("--data", default="digits", help="real data to compare with")
+    common.folder_options(g)
+    g.add_argument("--features", default="domain,inception",
                    help="comma-separated feature spaces: domain, inception or both")
-    p.add_argument("--reference-size", type=int, default=REFERENCE_SIZE,
+    g.add_argument("--reference-size", type=int, default=REFERENCE_SIZE,
                    help="real images to compare with, balanced over the classes (default: "
                         "%(default)s; 0: all); a folder reads only those")
-    p.add_argument("--out", default="runs/evaluation",
-                   help="writes evaluation.json and .md; the samples made so far are kept in "
-                        f"OUT/{IN_PROGRESS}/ until the end: after Ctrl-C or a crash, the "
-                        "same command continues from there")
-    p.add_argument("--likelihood", type=int, default=0, metavar="N",
+    g.add_argument("--likelihood", type=int, default=0, metavar="N",
                    help="also measure the bits per dimension of N real images of --data (and "
                         "under --original, on the same images with the same noise): SiT by "
                         "its ODE, DiT by its variational bound; pixel models only")
-    p.add_argument("--likelihood-steps", type=int, metavar="STEPS",
+    g.add_argument("--likelihood-steps", type=int, metavar="STEPS",
                    help="SiT's ODE steps (default 50) or DiT's bound's timesteps (default "
                         "1000; fewer: a respaced chain's bound, comparable only at equal "
                         "steps)")
-    p.add_argument("--save-samples", action="store_true",
+
+
+def _run(g: common.Options) -> None:
+    g.add_argument("--out", default="runs/evaluation",
+                   help="writes evaluation.json and .md; the samples made so far are kept in "
+                        f"OUT/{IN_PROGRESS}/ until the end: after Ctrl-C or a crash, the "
+                        "same command continues from there")
+    g.add_argument("--save-samples", action="store_true",
                    help="also write OUT/samples.npz: the samples as 8-bit images (arr_0, "
                         "N x H x W x C) and their labels (arr_1), the format of "
                         "guided-diffusion's samples and ADM's evaluation suite")
-    common.vae_option(p)
-    common.distributed_option(p, "shard the sampling")
-    common.run_options(p)
+    common.distributed_option(g, "shard the sampling")
+    common.run_options(g)
 
 
 def run(args: argparse.Namespace) -> int:

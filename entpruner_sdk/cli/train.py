@@ -30,42 +30,58 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner train ... --batch-size 256 --gradient-accumulation 8 \\
             --gradient-checkpointing      # DiT's batch of 256 on one smaller GPU
         """)
-    p.add_argument("--model", help="registry name (DiT-S/2, SiT-B/4, ...), a bundled teacher, "
+    _model(p.add_argument_group("model: one to fine-tune, or a new one's shape"))
+    _data(p.add_argument_group("data"))
+    _training(p.add_argument_group("training"))
+    _run(p.add_argument_group("run"))
+
+
+def _model(g: common.Options) -> None:
+    g.add_argument("--model", help="registry name (DiT-S/2, SiT-B/4, ...), a bundled teacher, "
                    "or a checkpoint / model directory to fine-tune")
-    p.add_argument("--family", choices=["dit", "sit"],
+    g.add_argument("--family", choices=["dit", "sit"],
                    help="model family (needed for custom sizes and released files)")
-    p.add_argument("--depth", type=int, help="custom size: number of blocks")
-    p.add_argument("--hidden", type=int, help="custom size: hidden width")
-    p.add_argument("--heads", "--num-heads", type=int, dest="heads",
+    g.add_argument("--depth", type=int, help="custom size: number of blocks")
+    g.add_argument("--hidden", type=int, help="custom size: hidden width")
+    g.add_argument("--heads", "--num-heads", type=int, dest="heads",
                    help="custom size: attention heads (also for a released checkpoint of a "
                         "width that is not a published size, as --num-heads elsewhere)")
-    p.add_argument("--patch", type=int, default=2, help="custom size: patch size")
-    p.add_argument("--no-learn-sigma", action="store_true",
+    g.add_argument("--patch", type=int, default=2, help="custom size: patch size")
+    g.add_argument("--no-learn-sigma", action="store_true",
                    help="predict only epsilon / velocity (no learned variance channels)")
-    p.add_argument("--flow-path", choices=["linear", "gvp"],
+    g.add_argument("--flow-path", choices=["linear", "gvp"],
                    help="SiT interpolant path: of a new model (default: linear), or the one a "
                         "released SiT file was trained on")
-    p.add_argument("--data", default="digits",
+
+
+def _data(g: common.Options) -> None:
+    g.add_argument("--data", default="digits",
                    help="bundled name (digits, photos), class folders, or .npz")
-    common.folder_options(p)
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step")
-    common.memory_options(p)
-    common.hflip_option(p)
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
-    p.add_argument("--ema-decay", type=float, default=0.9999,
+    common.folder_options(g)
+    common.classes_options(g, "a new model takes the data's count")
+    common.vae_option(g, "encodes image data first, for a latent model (cached: a second run or "
+                      "--resume reads the latents back); a new model is then built on latents")
+    common.workers_option(g)
+
+
+def _training(g: common.Options) -> None:
+    g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=64, help="images per step")
+    common.memory_options(g)
+    common.hflip_option(g)
+    g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    g.add_argument("--ema-decay", type=float, default=0.9999,
                    help="decay of the EMA weights that are saved and sampled")
-    p.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=int, default=0,
                    help="seeds a new model's initial weights, the data order and the noise")
-    p.add_argument("--checkpoint-every", type=int, default=500,
+
+
+def _run(g: common.Options) -> None:
+    g.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
+    g.add_argument("--checkpoint-every", type=int, default=500,
                    help="steps between resumable checkpoints")
-    common.classes_options(p, "a new model takes the data's count")
-    common.vae_option(p, "encodes image data first, for a latent model (cached: a second run or "
-                   "--resume reads the latents back); a new model is then built on latents")
-    common.workers_option(p)
-    p.add_argument("--out", required=True, help="output directory (checkpoint/, model/)")
-    common.resume_options(p)
-    common.run_options(p)
+    common.resume_options(g)
+    common.run_options(g)
 
 
 def run(args: argparse.Namespace) -> int:
