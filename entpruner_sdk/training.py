@@ -42,11 +42,13 @@ from entpruner_sdk.utils.checkpoint import (
     restore_scaler,
     save_checkpoint,
     unprefixed,
+    warn_if_computed_otherwise,
 )
 from entpruner_sdk.utils.device import (
     AUTOCAST_ENV,
     arithmetic,
     autocast,
+    computed_on,
     gradient_scaler,
     resolve_device,
 )
@@ -310,7 +312,7 @@ def train(
     start = skipped = 0
     if resume:
         start, losses, skipped = _restore(ckpt_dir, model, ema, optimizer, scaler, generator,
-                                          config, inputs)
+                                          config, inputs, computed_on(device))
 
     bar = progress_bar(range(start, config.steps), enabled=progress, desc="training",
                        initial=start, total=config.steps)
@@ -333,7 +335,7 @@ def train(
         done = step + 1 == config.steps
         if ckpt_dir is not None and ((step + 1) % config.checkpoint_every == 0 or done):
             _checkpoint(ckpt_dir, step + 1, model, ema, optimizer, scaler, generator, losses,
-                        skipped, config, inputs)
+                        skipped, config, inputs, computed_on(device))
     model.gradient_checkpointing = checkpointing
     if out_dir is not None:
         # where and how it trained: bf16 autocast on a GPU by default ($ENTPRUNER_AUTOCAST)
@@ -377,18 +379,18 @@ def non_finite_hint(device: torch.device) -> str:
 
 
 def _checkpoint(directory, step, model, ema, optimizer, scaler, generator, losses, skipped,
-                config, inputs) -> None:
+                config, inputs, computed) -> None:
     opt_tensors, param_groups = optimizer_tensors(optimizer)
     tensors = {**prefixed("model.", model.state_dict()), **prefixed("ema.", ema.model.state_dict()),
                **opt_tensors, "rng": generator.get_state()}
     meta = {"step": step, "losses": losses, "param_groups": param_groups,
             "grad_scaler": scaler.state_dict(), "skipped_steps": skipped,
-            "train_config": dataclasses.asdict(config), "model_config": model.config.to_dict(),
-            "inputs": inputs}
+            "computed_on": computed, "train_config": dataclasses.asdict(config),
+            "model_config": model.config.to_dict(), "inputs": inputs}
     save_checkpoint(directory, tensors, meta)
 
 
-def _restore(directory, model, ema, optimizer, scaler, generator, config, inputs
+def _restore(directory, model, ema, optimizer, scaler, generator, config, inputs, computed
              ) -> tuple[int, list[float], int]:
     tensors, meta = load_checkpoint(directory)
     if meta["model_config"] != model.config.to_dict():
@@ -402,6 +404,7 @@ def _restore(directory, model, ema, optimizer, scaler, generator, config, inputs
     if meta["step"] > config.steps:
         raise ValueError(f"the checkpoint in {directory} is at step {meta['step']}, past "
                          f"steps={config.steps}; resume with at least {meta['step']} steps")
+    warn_if_computed_otherwise(directory, meta, computed)
     model.load_state_dict(unprefixed("model.", tensors))
     ema.model.load_state_dict(unprefixed("ema.", tensors))
     restore_optimizer(optimizer, tensors, meta["param_groups"])

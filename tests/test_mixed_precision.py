@@ -441,3 +441,28 @@ def test_a_forward_pass_that_overflows_fp16_is_named_as_such(fp16):
     with mixed_precision("off"), pytest.raises(FloatingPointError) as error:  # fp32: not said
         train(net, "digits", TrainConfig(steps=1, batch_size=4), progress=False, device="cpu")
     assert "fp16" not in str(error.value)
+
+
+def test_a_resume_in_another_arithmetic_says_it_will_not_end_as_an_uninterrupted_run(
+        tmp_path):
+    config = TrainConfig(steps=2, batch_size=4, checkpoint_every=2)
+    longer = TrainConfig(**{**config.__dict__, "steps": 4})
+    for run in ("same", "other"):
+        train(tiny(), "digits", config, out_dir=tmp_path / run, progress=False, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same device and arithmetic: nothing to say
+        train(tiny(), "digits", longer, out_dir=tmp_path / "same", resume=True, progress=False,
+              device="cpu")
+    with mixed_precision("bf16"), pytest.warns(
+            UserWarning, match=r"the checkpoint in .*other.*checkpoint was made on cpu in fp32, "
+                               r"and the run continues on cpu in bf16 autocast: it will not end "
+                               r"exactly as an uninterrupted run would"):
+        train(tiny(), "digits", longer, out_dir=tmp_path / "other", resume=True,
+              progress=False, device="cpu")
+    options = dict(FAST, steps=8, checkpoint_every=4, interval=4)
+    compress(tiny(depth=6), "digits", 4, out_dir=tmp_path / "compress", **options)
+    with mixed_precision("fp16"), pytest.warns(UserWarning, match=r"made on cpu in fp32, and "
+                                                                   r"the run continues on cpu "
+                                                                   r"in fp16 autocast"):
+        compress(tiny(depth=6), "digits", 4, out_dir=tmp_path / "compress", resume=True,
+                 **options)

@@ -64,8 +64,9 @@ from entpruner_sdk.utils.checkpoint import (
     restore_scaler,
     save_checkpoint,
     unprefixed,
+    warn_if_computed_otherwise,
 )
-from entpruner_sdk.utils.device import autocast, gradient_scaler, resolve_device
+from entpruner_sdk.utils.device import autocast, computed_on, gradient_scaler, resolve_device
 from entpruner_sdk.utils.progress import progress_bar
 
 
@@ -117,6 +118,7 @@ class _Run:
         # optimizers that removals replace, since it follows the loss, not the weights
         self.scaler = gradient_scaler(device)
         self.skipped = 0  # steps the scaler skipped (overflowed gradients)
+        self.computed_on = computed_on(device)  # recorded in checkpoints
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.losses: list[float] = []
@@ -162,7 +164,8 @@ class _Run:
         meta = {"step": self.step, "kept_blocks": self.student.kept_blocks,
                 "losses": self.losses, "decisions": [d.to_dict() for d in self.decisions],
                 "param_groups": groups, "grad_scaler": self.scaler.state_dict(),
-                "skipped_steps": self.skipped, "latency": dataclasses.asdict(latency),
+                "skipped_steps": self.skipped, "computed_on": self.computed_on,
+                "latency": dataclasses.asdict(latency),
                 "target_depth": target, "last_removal_step": self.state.last_removal_step,
                 "pre_removal_loss": self.state.pre_removal_loss,
                 "config": self.config.to_dict(), "inputs": self.inputs}
@@ -178,6 +181,7 @@ class _Run:
                                    "settings": {**defaults, **meta["config"]}},
                        {**self.inputs, "settings": current},
                        may_change=[f"settings.{name}" for name in RESUMABLE_SETTINGS])
+        warn_if_computed_otherwise(directory, meta, self.computed_on)
         positions = [teacher.kept_blocks.index(b) for b in meta["kept_blocks"]]
         self.student = self._trainable(teacher.keep_blocks(positions))
         self.student.load_state_dict(unprefixed("student.", tensors))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,21 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
             index, name = key[len(prefix):].split(".", 1)
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def warn_if_computed_otherwise(directory: str | os.PathLike, meta: dict[str, Any],
+                               now: dict[str, str]) -> None:
+    """Say when a resumed run computes on another kind of device or in another arithmetic
+    than its checkpoint was made with (``meta["computed_on"]``; ``now``: ``computed_on``). It
+    may: the GPU is gone, or bf16 is wanted from here on. But the run will not then end
+    exactly as an uninterrupted one, which a resume otherwise does."""
+    then = meta.get("computed_on")
+    if then is None or then == now:  # written before it was recorded, or the same
+        return
+    warnings.warn(f"the checkpoint in {directory} was made on {then['device']} in "
+                  f"{then['arithmetic']}, and the run continues on {now['device']} in "
+                  f"{now['arithmetic']}: it will not end exactly as an uninterrupted run "
+                  "would, since the two round differently", stacklevel=3)
 
 
 def restore_scaler(scaler: torch.amp.GradScaler, meta: dict[str, Any]) -> None:

@@ -173,6 +173,12 @@ def arithmetic(device: str | torch.device) -> str:
     return "fp32" if dtype is None else f"{_DTYPE_NAMES[dtype]} autocast"
 
 
+def computed_on(device: str | torch.device) -> dict[str, str]:
+    """Where and how a run computes, as its checkpoints record it: the device's type (one
+    GPU's kernels round as another's) and the arithmetic."""
+    return {"device": torch.device(device).type, "arithmetic": arithmetic(device)}
+
+
 def gradient_scaler(device: str | torch.device) -> torch.amp.GradScaler:
     """The loss scaler a training loop on ``device`` needs under the policy in force: enabled
     for fp16 autocast, whose gradients would underflow unscaled (bf16 has fp32's exponent
