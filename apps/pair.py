@@ -22,7 +22,7 @@ import torch
 from entpruner_sdk.compress import as_compressed
 from entpruner_sdk.compress.report import read_report
 from entpruner_sdk.data.classes import offered_classes
-from entpruner_sdk.data.latents import LatentSpace, decoder_for
+from entpruner_sdk.data.latents import LatentSpace, decoder_for, trained_vae
 from entpruner_sdk.evaluation.evaluate import differences_but_depth
 from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
 from entpruner_sdk.objectives import Objective
@@ -238,7 +238,8 @@ def _load_pair(original: str | None, pruned: str, onnx: bool,
             pair.pruned = None
     if pair.ready:
         try:
-            pair.decoder = decoder_for(pair.original.config, vae, pair.device)
+            pair.decoder = decoder_for(pair.original.config, vae, pair.device,
+                                       trained_with=trained_vae(pair.original.provenance))
         except Exception as error:
             pair.errors.append(f"The models cannot be shown: {error}")
             pair.pruned = None

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from entpruner_sdk.data.latents import LatentSpace, decoder_for
+from entpruner_sdk.data.latents import LatentSpace, decoder_for, trained_vae
 from entpruner_sdk.models import DiffusionTransformer, count_parameters
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives import ModelFn, Objective, objective_for
@@ -54,6 +54,7 @@ class ServedModel:
     export: dict[str, Any] | None = None
     # a PyTorch model's: "bf16 autocast" on a GPU by default, else "fp32" ($ENTPRUNER_AUTOCAST)
     arithmetic: str | None = None
+    trained_vae: str | None = None  # the VAE its train.py run encoded with, when recorded
 
     def __post_init__(self) -> None:
         with torch.device("meta"):  # shapes only: no memory, no compute
@@ -122,7 +123,7 @@ def load_served_model(name: str, source: str, backend: str = "torch",
                                 dict(family=family, num_heads=num_heads, flow_path=flow_path))
     # --vae, else the decoder an export of a latent model carries
     served.decoder = decoder_for(served.config, vae if vae is not None else served.decoder,
-                                 device)
+                                 device, trained_with=served.trained_vae)
     return served
 
 
@@ -154,9 +155,10 @@ def _load_served_model(name: str, source: str, backend: str, device: str | torch
     return _from_runtime(name, runtime, source)
 
 
-def _classes(provenance: dict[str, Any]) -> dict[str, Any]:
+def _from_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
     return dict(data_classes=provenance.get("data_classes"),
-                class_names=list(provenance.get("class_names", [])))
+                class_names=list(provenance.get("class_names", [])),
+                trained_vae=trained_vae(provenance))
 
 
 def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
@@ -173,7 +175,7 @@ def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
                        device=device, kept_blocks=model.kept_blocks, source=source,
                        arithmetic=arithmetic(device),
                        compression=model.metadata.get("compression"),
-                       **_classes(model.provenance))
+                       **_from_provenance(model.provenance))
 
 
 def _from_runtime(name: str, runtime, source: str) -> ServedModel:
@@ -182,4 +184,4 @@ def _from_runtime(name: str, runtime, source: str) -> ServedModel:
                        kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
                        source=str(source), decoder=runtime.decoder,
                        compression=runtime.metadata.get("compression"),
-                       export=runtime.runtime, **_classes(runtime.provenance))
+                       export=runtime.runtime, **_from_provenance(runtime.provenance))

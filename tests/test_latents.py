@@ -132,6 +132,28 @@ def test_a_latent_model_needs_its_vae_and_only_a_matching_one(tiny_vae_dir):
         decoder_for(tiny_config(in_channels=8), tiny_vae_dir)
 
 
+def test_a_missing_vae_is_named_when_the_train_py_run_recorded_it(tmp_path, capsys):
+    from entpruner_sdk.serve.models import load_served_model
+
+    model = latent_model()
+    # what loading a reference train.py checkpoint keeps of its args (tests/test_io.py)
+    model.provenance["trained_with"] = {"model": "DiT-tiny", "vae": "mse"}
+    save(model, tmp_path / "model")
+    named = r"pass the VAE that encoded its data .*: a local diffusers AutoencoderKL folder, " \
+            r"sd-vae-ft-mse, which its train.py run encoded with\)"
+    assert main(["sample", "--model", str(tmp_path / "model"), "--out",
+                 str(tmp_path / "grid.png"), "--quiet"]) == 2
+    assert re.search(named, capsys.readouterr().err)
+    with pytest.raises(DataError, match=named):
+        load_served_model("m", str(tmp_path / "model"), device="cpu")
+    assert main(["info", "--model", str(tmp_path / "model")]) == 0
+    assert "decode them with --vae DIR (it was trained with sd-vae-ft-mse)" in (
+        capsys.readouterr().out)
+    # a model that does not say gets the released models' VAE named, as before
+    with pytest.raises(DataError, match=r"sd-vae-ft-ema for DiT-XL/2 and SiT-XL/2\)"):
+        decoder_for(latent_model().config, None)
+
+
 def test_latent_samples_are_never_clipped_to_the_pixel_range():
     model = latent_model()
     clipped = sample(model, [0, 1], steps=4, seed=0, clip_denoised=True)

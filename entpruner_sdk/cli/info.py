@@ -80,6 +80,7 @@ def export_summary(directory: str | Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Print what ``--model`` is, as text or JSON; 0 on success."""
+    from entpruner_sdk.data.latents import trained_vae
     from entpruner_sdk.export.runtime import is_export_dir
 
     if is_export_dir(args.model):
@@ -118,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
     if tuned:
         print("fine-tuned on classes " + listed(tuned))
     if summary["latent"]:
-        vae = (trained or {}).get("vae")
+        vae = trained_vae(summary["provenance"])
         print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
               "demo decode them with --vae DIR"
-              + (f" (it was trained with sd-vae-ft-{vae})" if vae in ("ema", "mse") else ""))
+              + (f" (it was trained with {vae})" if vae else ""))
     if "export" in summary:
         _print_export(summary["export"])
         if summary["export"]["damaged"]:  # said last, where it is seen, and as a failure

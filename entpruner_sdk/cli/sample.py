@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
-    from entpruner_sdk.data.latents import decoder_for
+    from entpruner_sdk.data.latents import decoder_for, trained_vae
     from entpruner_sdk.sampling import image_format, objective_of, sample, save_grid
 
     image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     model = exported or common.released_model(args)
     # an export of a latent model may carry its VAE decoder; --vae takes precedence
     vae = args.vae or (exported.decoder if exported is not None else None)
-    decoder = decoder_for(model.config, vae, args.device)
+    decoder = decoder_for(model.config, vae, args.device,
+                          trained_with=trained_vae(model.provenance))
     per_class = args.per_class if args.per_class is not None else 1 if args.labels else 4
     if per_class < 1:
         raise ValueError(f"--per-class {per_class}: at least 1 image of each class")

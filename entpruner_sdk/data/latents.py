@@ -339,19 +339,31 @@ def is_latent(config: ModelInputs) -> bool:
     return config.in_channels not in (1, 3)
 
 
+def trained_vae(provenance: dict[str, Any]) -> str | None:
+    """The VAE the reference ``train.py`` run of a model encoded its data with, as the
+    checkpoint's args record it (``--vae ema`` or ``mse``: ``sd-vae-ft-ema`` or
+    ``sd-vae-ft-mse``); None when they do not say."""
+    vae = (provenance.get("trained_with") or {}).get("vae")
+    return f"sd-vae-ft-{vae}" if vae in ("ema", "mse") else None
+
+
 def decoder_for(config: ModelInputs, vae: LatentSpace | str | os.PathLike | Any | None,
-                device: str | torch.device | None = "cpu") -> LatentSpace | Any | None:
+                device: str | torch.device | None = "cpu", *,
+                trained_with: str | None = None) -> LatentSpace | Any | None:
     """The decoder that turns a model's samples into images: ``vae`` opened (a folder) or as
     given (a ``LatentSpace``, or an export's ONNX decoder, which has the same ``decode`` and
     ``image_shape``), None for a pixel model without one; a latent model without one stops
-    here with the fix, before anything is sampled."""
+    here with the fix, before anything is sampled, naming the VAE it was ``trained_with``
+    (``trained_vae`` of its provenance) when that is known."""
     if vae is None:
         if is_latent(config):
+            which = (f"{trained_with}, which its train.py run encoded with" if trained_with
+                     else "sd-vae-ft-ema for DiT-XL/2 and SiT-XL/2")
             raise DataError(
                 f"this model samples {config.in_channels}x{config.input_size}x"
                 f"{config.input_size} VAE latents, not images: pass the VAE that encoded its "
                 "data (vae= in Python, --vae DIR on the command line: a local diffusers "
-                "AutoencoderKL folder, sd-vae-ft-ema for DiT-XL/2 and SiT-XL/2)")
+                f"AutoencoderKL folder, {which})")
         return None
     opened = isinstance(vae, (str, os.PathLike))
     space = LatentSpace.from_pretrained(vae, device=device) if opened else vae
