@@ -310,9 +310,10 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     start = skipped = 0
+    computed = computed_on(device)  # recorded in each checkpoint
     if resume:
         start, losses, skipped = _restore(ckpt_dir, model, ema, optimizer, scaler, generator,
-                                          config, inputs, computed_on(device))
+                                          config, inputs, computed)
 
     bar = progress_bar(range(start, config.steps), enabled=progress, desc="training",
                        initial=start, total=config.steps)
@@ -335,7 +336,7 @@ def train(
         done = step + 1 == config.steps
         if ckpt_dir is not None and ((step + 1) % config.checkpoint_every == 0 or done):
             _checkpoint(ckpt_dir, step + 1, model, ema, optimizer, scaler, generator, losses,
-                        skipped, config, inputs, computed_on(device))
+                        skipped, config, inputs, computed)
     model.gradient_checkpointing = checkpointing
     if out_dir is not None:
         # where and how it trained: bf16 autocast on a GPU by default ($ENTPRUNER_AUTOCAST)

@@ -177,8 +177,8 @@ def heads_option(p: Options) -> None:
                         "table, else 64 channels per head)")
 
 
-def vae_option(p: Options, does: str = "decodes a latent model's samples to "
-                "images", required: bool = False) -> None:
+def vae_option(p: Options, does: str = "decodes a latent model's samples to images",
+               required: bool = False) -> None:
     """--vae DIR: the diffusers VAE folder of a latent model; the help says what it ``does``."""
     p.add_argument("--vae", metavar="DIR", required=required,
                    help="local diffusers AutoencoderKL folder (sd-vae-ft-ema for DiT-XL/2 and "

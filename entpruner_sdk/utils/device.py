@@ -174,8 +174,9 @@ def arithmetic(device: str | torch.device) -> str:
 
 
 def computed_on(device: str | torch.device) -> dict[str, str]:
-    """Where and how a run computes, as its checkpoints record it: the device's type (one
-    GPU's kernels round as another's) and the arithmetic."""
+    """Where and how a run computes, as its checkpoints record it: the device's type (a GPU's
+    kernels round otherwise than a CPU's; which GPU of a machine is not recorded) and the
+    arithmetic."""
     return {"device": torch.device(device).type, "arithmetic": arithmetic(device)}
 
 
