@@ -118,11 +118,13 @@ def test_a_pruned_model_with_resized_classes_pairs_with_its_original(models, tmp
 
 def test_latent_models_are_shown_through_their_vae(tmp_path):
     teacher = latent_model()
+    teacher.provenance["trained_with"] = {"vae": "mse"}  # a reference train.py run's args
     save(teacher, tmp_path / "teacher")
     save(teacher.keep_blocks([0, 3]), tmp_path / "pruned")
     paths = str(tmp_path / "teacher"), str(tmp_path / "pruned")
     without = load_pair(*paths)
     assert not without.ready and "--vae DIR" in without.errors[0]
+    assert "sd-vae-ft-mse, which its train.py run encoded with" in without.errors[0]
     pair = load_pair(*paths, vae=str(tiny_vae(tmp_path / "vae")))
     assert pair.ready and not pair.errors
     left, right = generate_pair(pair, 3, seed=5, count=2, sampler="ddim", steps=3, cfg_scale=2)
