@@ -112,7 +112,7 @@ timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,
 # versions, the card, its bf16 and the arithmetic each step runs in, the extras: with the figures
 timeout --kill-after=5 60 "$PYTHON" -m entpruner_sdk env || echo "!!! entpruner env failed"
 
-step tests "GPU-marked tests" 120 "$OUT/tests.log" \
+step tests "GPU-marked tests" 180 "$OUT/tests.log" \
     "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_export.py
 step ced "CED ranking, DiT-XL/2 shape, 256 x 8" 150 "$WORK/cost.log" \
     "$PYTHON" benchmarks/compress_cost.py --xl "${XL[@]}" --device "$DEVICE" \
