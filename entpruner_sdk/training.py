@@ -161,8 +161,10 @@ def accumulate_gradients(loss_of: Callable[[NoisedBatch], torch.Tensor], batch: 
                 scaled = loss / parts
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             except torch.cuda.OutOfMemoryError as error:
-                raise torch.cuda.OutOfMemoryError(
-                    _out_of_memory(error, part.x_start.shape[0], parts)) from error
+                checkpointing = getattr(getattr(module, "module", module),  # DDP wraps it
+                                        "gradient_checkpointing", False)
+                raise torch.cuda.OutOfMemoryError(_out_of_memory(
+                    error, part.x_start.shape[0], parts, checkpointing)) from error
         losses.append(loss.detach())
     return torch.stack(losses).mean()
 
@@ -187,12 +189,18 @@ def optimizer_step(optimizer: torch.optim.Optimizer, grad_clip: float | None,
     return scaler.get_scale() >= scale  # it lowers the scale only after an overflow
 
 
-def _out_of_memory(error: Exception, micro_batch: int, parts: int) -> str:
+def _out_of_memory(error: Exception, micro_batch: int, parts: int,
+                   checkpointing: bool) -> str:
     first = str(error).split(". ")[0]  # "CUDA out of memory"; the allocator's detail follows
-    return (f"{first} training on micro-batches of {micro_batch} images: split each step's "
-            f"batch further (gradient_accumulation={parts * 2}, --gradient-accumulation "
-            f"{parts * 2}), recompute activations in backward (gradient_checkpointing=True, "
-            "--gradient-checkpointing) or lower batch_size")
+    split = (f"split each step's batch further (gradient_accumulation={parts * 2}, "
+             f"--gradient-accumulation {parts * 2})")
+    # Checkpointing first: on an H200 an XL/2 step at batch 32 added 0.38x the memory for
+    # 1.2x the time with it, 0.51x for 2.65x with 4 micro-batches, on which a GPU idles
+    # (docs/benchmarks.md, "GPU")
+    recompute = ("recompute activations in backward (gradient_checkpointing=True, "
+                 "--gradient-checkpointing; about 1.2x the time), ")
+    return (f"{first} training on micro-batches of {micro_batch} images: "
+            f"{'' if checkpointing else recompute}{split} or lower batch_size")
 
 
 def drop_labels(y: torch.Tensor, prob: float, null_class: int,

@@ -92,7 +92,8 @@ def memory_options(p: Options) -> None:
     and computes the same (up to float rounding)."""
     p.add_argument("--gradient-accumulation", type=int, default=1, metavar="N",
                    help="run each step's batch as N equal micro-batches and add their "
-                        "gradients: the same step, 1/N of the activation memory")
+                        "gradients: the same step, 1/N of the activation memory (on a GPU, "
+                        "small micro-batches are slow: try --gradient-checkpointing first)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="hold only each block's input and recompute the block in backward: "
                         "far less activation memory for about one more forward pass")
