@@ -37,6 +37,18 @@ def test_every_option_says_what_it_does_and_its_default():
     assert "(default: 0.9)" in commands.choices["compress"].format_help()  # --kd-weight
 
 
+def test_the_long_commands_group_their_options_and_end_with_the_run_group():
+    commands = next(a for a in build_parser()._actions if a.choices and "compress" in a.choices)
+    for name in ("compress", "evaluate", "train", "sample", "serve"):
+        groups = [g for g in commands.choices[name]._action_groups if g._group_actions]
+        loose = [a.option_strings for g in groups if g.title == "options"
+                 for a in g._group_actions if a.dest != "help"]
+        assert not loose, f"entpruner {name}: options outside a group: {loose}"
+        assert len(groups) >= 4, name  # help's own group, then three or more of the command's
+        run = {a.dest for a in groups[-1]._group_actions}
+        assert groups[-1].title == "run" and {"device", "quiet", "mixed_precision"} <= run, name
+
+
 def test_compress_and_train_options_default_to_their_configs():
     from entpruner_sdk.compress import CompressConfig
     from entpruner_sdk.training import TrainConfig

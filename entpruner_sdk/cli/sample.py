@@ -33,28 +33,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             --vae ./sd-vae-ft-ema --out dog.png         # latents decoded by the VAE
         entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # ONNX Runtime
         """)
-    p.add_argument("--model", required=True,
+    _model(p.add_argument_group("model"))
+    _classes(p.add_argument_group("classes"))
+    _sampling(p.add_argument_group("sampling"))
+    _output(p.add_argument_group("output"))
+    common.run_options(p.add_argument_group("run"))
+
+
+def _model(g: common.Options) -> None:
+    g.add_argument("--model", required=True,
                    help="bundled teacher name, model path, or an export directory")
-    common.released_options(p)
-    common.provider_option(p)
-    p.add_argument("--labels", help="comma-separated class ids or names (names for a model "
+    common.released_options(g)
+    common.provider_option(g)
+
+
+def _classes(g: common.Options) -> None:
+    g.add_argument("--labels", help="comma-separated class ids or names (names for a model "
                    "trained on named classes: class folders, an .npz's class_names)")
-    p.add_argument("--per-class", type=int, default=None,
+    g.add_argument("--per-class", type=int, default=None,
                    help="N images of every class (default 4; a model fine-tuned on a subset "
                         "of its classes samples those), or with --labels of every label "
                         "listed (default 1), each class on a row of the grid")
-    common.sampler_options(p)
-    p.add_argument("--cfg", type=float, default=1.0,
+
+
+def _sampling(g: common.Options) -> None:
+    common.sampler_options(g)
+    g.add_argument("--cfg", type=float, default=1.0,
                    help="classifier-free guidance scale (1 = unguided)")
-    p.add_argument("--reference-cfg", action="store_true",
+    g.add_argument("--reference-cfg", action="store_true",
                    help="guide only the first 3 channels, like the reference code")
-    p.add_argument("--seed", type=int, default=0, help="seeds the initial noise")
-    p.add_argument("--out", default="samples.png",
+    g.add_argument("--seed", type=int, default=0, help="seeds the initial noise")
+
+
+def _output(g: common.Options) -> None:
+    g.add_argument("--out", default="samples.png",
                    help="grid image path; its suffix picks the format (.png, .jpg, .webp)")
-    p.add_argument("--npz", help="also save the samples (images, decoded when --vae is given) "
+    g.add_argument("--npz", help="also save the samples (images, decoded when --vae is given) "
                    "and labels to this .npz")
-    common.vae_option(p)
-    common.run_options(p)
+    common.vae_option(g)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,29 +21,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         curl -s localhost:8000/v1/generate -H 'content-type: application/json' \\
             -d '{"model": "pruned", "class_labels": [3, 7], "seed": 1}'
         """)
+    _models(p.add_argument_group("models"))
+    _address(p.add_argument_group("address and access"))
+    _limits(p.add_argument_group("batching and limits"))
+    _ray(p.add_argument_group("Ray Serve"))
+    common.run_options(p.add_argument_group("run"))
+
+
+def _models(g: common.Options) -> None:
     from entpruner_sdk.serve.models import BACKENDS
 
-    p.add_argument("--model", action="append", required=True, metavar="[NAME=]SOURCE",
+    g.add_argument("--model", action="append", required=True, metavar="[NAME=]SOURCE",
                    help="teacher name, model dir, checkpoint or export dir (repeatable)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS,
+    g.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="what runs the models: PyTorch or an export's runtime")
-    p.add_argument("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--max-batch", type=int, default=16, help="images per batch (1 = off)")
-    p.add_argument("--max-wait-ms", type=float, default=10.0,
+    g.add_argument("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt")
+    common.released_options(g)
+    common.vae_option(g)
+
+
+def _address(g: common.Options) -> None:
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    g.add_argument("--port", type=int, default=8000, help="port to listen on")
+    g.add_argument("--api-key", help="require this X-API-Key (default: $ENTPRUNER_API_KEY)")
+
+
+def _limits(g: common.Options) -> None:
+    g.add_argument("--max-batch", type=int, default=16, help="images per batch (1 = off)")
+    g.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="how long a batch waits for more requests")
-    p.add_argument("--max-queue", type=int, default=64, help="queued requests before 503")
-    p.add_argument("--max-images", type=int, default=16, help="images per request")
-    p.add_argument("--max-steps", type=int, default=250,
+    g.add_argument("--max-queue", type=int, default=64, help="queued requests before 503")
+    g.add_argument("--max-images", type=int, default=16, help="images per request")
+    g.add_argument("--max-steps", type=int, default=250,
                    help="most sampling steps a request may ask for")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--api-key", help="require this X-API-Key (default: $ENTPRUNER_API_KEY)")
-    p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
-    p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
-    common.released_options(p)
-    common.vae_option(p)
-    common.run_options(p)
+    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+
+
+def _ray(g: common.Options) -> None:
+    g.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
+    g.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
 
 
 def run(args: argparse.Namespace) -> int:
