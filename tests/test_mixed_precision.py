@@ -9,6 +9,8 @@ arithmetic of GPUs without bf16 (V100, T4), with its loss scaling.
 
 from __future__ import annotations
 
+import json
+import platform
 import re
 import threading
 import warnings
@@ -32,6 +34,7 @@ from entpruner_sdk.utils.device import (
     arithmetic,
     autocast,
     autocast_dtype,
+    computed_on,
     enable_tf32,
     exact_fp32,
     gradient_scaler,
@@ -441,6 +444,30 @@ def test_a_forward_pass_that_overflows_fp16_is_named_as_such(fp16):
     with mixed_precision("off"), pytest.raises(FloatingPointError) as error:  # fp32: not said
         train(net, "digits", TrainConfig(steps=1, batch_size=4), progress=False, device="cpu")
     assert "fp16" not in str(error.value)
+
+
+def test_a_resume_on_another_processor_names_both_and_an_older_checkpoint_is_taken_as_is(
+        tmp_path):
+    config = TrainConfig(steps=2, batch_size=4, checkpoint_every=2)
+    longer = TrainConfig(**{**config.__dict__, "steps": 3})
+    here = computed_on("cpu")
+    assert here["processor"].startswith(platform.machine())  # "x86_64 AVX2", say
+    for run, then in (("moved", {**here, "processor": "aarch64 SVE"}),
+                      ("older", {"device": "cpu", "arithmetic": here["arithmetic"]})):
+        train(tiny(), "digits", config, out_dir=tmp_path / run, progress=False, device="cpu")
+        state = next((tmp_path / run).rglob("state.json"))
+        meta = json.loads(state.read_text())
+        assert meta["computed_on"] == here
+        state.write_text(json.dumps({**meta, "computed_on": then}))
+    with pytest.warns(UserWarning, match=rf"was made on cpu \(aarch64 SVE\) in fp32, and the "
+                                         rf"run continues on cpu \({here['processor']}\) in "
+                                         rf"fp32: it will not end exactly"):
+        train(tiny(), "digits", longer, out_dir=tmp_path / "moved", resume=True,
+              progress=False, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no processor recorded: nothing known to differ
+        train(tiny(), "digits", longer, out_dir=tmp_path / "older", resume=True,
+              progress=False, device="cpu")
 
 
 def test_a_resume_in_another_arithmetic_says_it_will_not_end_as_an_uninterrupted_run(

@@ -179,15 +179,24 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 def warn_if_computed_otherwise(directory: str | os.PathLike, meta: dict[str, Any],
                                now: dict[str, str]) -> None:
-    """Say when a resumed run computes on another kind of device or in another arithmetic
-    than its checkpoint was made with (``meta["computed_on"]``; ``now``: ``computed_on``). It
-    may: the GPU is gone, or bf16 is wanted from here on. But the run will not then end
-    exactly as an uninterrupted one, which a resume otherwise does."""
+    """Say when a resumed run computes on another kind of device, another processor or in
+    another arithmetic than its checkpoint was made with (``meta["computed_on"]``; ``now``:
+    ``computed_on``). It may: the GPU is gone, the job moved to another machine, or bf16 is
+    wanted from here on. But the run will not then end exactly as an uninterrupted one,
+    which a resume otherwise does."""
     then = meta.get("computed_on")
-    if then is None or then == now:  # written before it was recorded, or the same
+    if then is None:  # written before it was recorded
         return
-    warnings.warn(f"the checkpoint in {directory} was made on {then['device']} in "
-                  f"{then['arithmetic']}, and the run continues on {now['device']} in "
+    shared = then.keys() & now.keys()  # a checkpoint of an earlier version names no processor
+    if all(then[key] == now[key] for key in shared):
+        return
+
+    def where(computed: dict[str, str]) -> str:
+        named = "processor" in shared and then["processor"] != now["processor"]
+        return computed["device"] + (f" ({computed['processor']})" if named else "")
+
+    warnings.warn(f"the checkpoint in {directory} was made on {where(then)} in "
+                  f"{then['arithmetic']}, and the run continues on {where(now)} in "
                   f"{now['arithmetic']}: it will not end exactly as an uninterrupted run "
                   "would, since the two round differently", stacklevel=3)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import threading
 import warnings
 from collections.abc import Iterator
@@ -174,10 +175,24 @@ def arithmetic(device: str | torch.device) -> str:
 
 
 def computed_on(device: str | torch.device) -> dict[str, str]:
-    """Where and how a run computes, as its checkpoints record it: the device's type (a GPU's
-    kernels round otherwise than a CPU's; which GPU of a machine is not recorded) and the
-    arithmetic."""
-    return {"device": torch.device(device).type, "arithmetic": arithmetic(device)}
+    """Where and how a run computes, as its checkpoints record it: the device's type, its
+    processor (``processor_name``) and the arithmetic. Which GPU of a machine is not recorded:
+    two of the same model round alike."""
+    device = torch.device(device)
+    return {"device": device.type, "processor": processor_name(device),
+            "arithmetic": arithmetic(device)}
+
+
+def processor_name(device: str | torch.device) -> str:
+    """What decides how ``device``'s kernels round: a GPU's model (cuBLAS and cuDNN pick their
+    kernels per architecture), a CPU's architecture and the vector instructions PyTorch's CPU
+    kernels were dispatched to (AVX2, AVX512: they sum in different orders)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+    return device.type
 
 
 def gradient_scaler(device: str | torch.device) -> torch.amp.GradScaler:
