@@ -63,8 +63,12 @@ def resolve_exporter(exporter: str | None = None) -> str:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     if exporter == "dynamo":
         if not _has_dynamo_exporter():
+            instead = "export with the TorchScript tracer: --exporter torchscript"
             require_torch("2.5", "the dynamo ONNX exporter (torch.onnx.export(dynamo=True))",
-                          "export with the TorchScript tracer: --exporter torchscript")
+                          instead)
+            # a torch of 2.5 or later whose export takes no dynamic_shapes (a vendor's build)
+            raise RuntimeError(f"this torch ({torch.__version__}) has no torch.onnx.export("
+                               f"dynamic_shapes=...), which the dynamo exporter needs: {instead}")
         if not _has_onnxscript():
             raise ImportError("the dynamo ONNX exporter writes its graphs with onnxscript, "
                               "which is not installed: pip install 'entpruner-sdk[onnx]' (or "

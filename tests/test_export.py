@@ -223,6 +223,11 @@ def test_torch_before_2_5_exports_onnx_with_the_tracer_it_has(tmp_path, monkeypa
                                            r"and this is torch 2\.4\.1.*--exporter torchscript"):
         export(model, tmp_path / "dynamo", "onnx", exporter="dynamo")
     assert not (tmp_path / "dynamo").exists()
+    monkeypatch.setattr(torch, "__version__", "2.5.0+vendor")  # new enough, yet without it
+    with pytest.raises(RuntimeError, match=r"this torch \(2\.5\.0\+vendor\) has no torch\.onnx"
+                                           r"\.export\(dynamic_shapes=\.\.\.\).*--exporter "
+                                           r"torchscript"):
+        resolve_exporter("dynamo")
     monkeypatch.undo()
     # the dynamo exporter where it runs
     assert resolve_exporter() == ("dynamo" if torch_release() >= (2, 5) else "torchscript")
