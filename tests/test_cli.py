@@ -630,6 +630,8 @@ def test_env_says_what_this_machine_offers(capsys, monkeypatch):
     import importlib.util
     from importlib import metadata
 
+    from entpruner_sdk.utils.device import computed_on
+
     monkeypatch.delenv("ENTPRUNER_AUTOCAST", raising=False)
     assert main(["env", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
@@ -637,6 +639,8 @@ def test_env_says_what_this_machine_offers(capsys, monkeypatch):
     assert found["torch"]["version"] == torch.__version__
     assert found["policy"] == {"variable": "ENTPRUNER_AUTOCAST", "value": None, "mode": "auto"}
     assert found["devices"][0]["device"] == "cpu" and found["devices"][0]["arithmetic"] == "fp32"
+    # the CPU named as the checkpoints made on it record it ("x86_64 AVX2", say)
+    assert found["devices"][0]["name"] == computed_on("cpu")["processor"]
     assert len(found["devices"]) == 1 + torch.cuda.device_count()
     assert {p["name"] for p in found["core"]} >= {"torch", "numpy", "safetensors"}
     assert all(p["ok"] for p in found["core"])  # this environment runs the suite

@@ -19,7 +19,7 @@ import torch
 from packaging.requirements import Requirement
 
 from entpruner_sdk.utils.cache import cache_root
-from entpruner_sdk.utils.device import AUTOCAST_ENV, arithmetic, autocast_mode
+from entpruner_sdk.utils.device import AUTOCAST_ENV, arithmetic, autocast_mode, processor_name
 
 DISTRIBUTION = "entpruner-sdk"
 # what each extra adds; "all" installs the others
@@ -57,8 +57,8 @@ def environment() -> dict[str, Any]:
 def devices() -> list[dict[str, Any]]:
     """The CPU and each visible CUDA GPU, with what PyTorch models compute in there under the
     policy in force (a policy the device refuses says why)."""
-    found = [{"device": "cpu", "name": platform.processor() or platform.machine(),
-              "arithmetic": _arithmetic("cpu")}]
+    # named as a checkpoint records where it was made (computed_on)
+    found = [{"device": "cpu", "name": processor_name("cpu"), "arithmetic": _arithmetic("cpu")}]
     for index in range(torch.cuda.device_count()):
         properties = torch.cuda.get_device_properties(index)
         with torch.cuda.device(index):  # bf16 support is asked of the current device
