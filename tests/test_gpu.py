@@ -107,3 +107,33 @@ def test_the_demo_samples_and_evaluates_on_the_gpu(tmp_path):
     assert left.images.shape == right.images.shape == (2, 1, 8, 8)
     table = _quick_evaluation(pair, 20, "digits", lambda *args, **kwargs: None)
     assert "| class_accuracy |" in table
+
+
+def test_the_server_samples_on_the_gpu_batched_as_alone_and_as_the_cpu():
+    pytest.importorskip("uvicorn")
+    import httpx
+
+    from entpruner_sdk.serve import ServerSettings, decode_array
+    from entpruner_sdk.serve.models import load_served_model
+    from tests.test_serve import concurrently, generate, running
+
+    def images(answer: dict) -> torch.Tensor:
+        return torch.tensor(decode_array(answer["array"]))
+
+    models = {name: load_served_model(name, "dit-digits", device=device)
+              for name, device in (("gpu", "cuda"), ("cpu", "cpu"))}
+    body = dict(class_labels=[1, 7], steps=10, cfg_scale=2.0, output_format="array")
+    with running(models, ServerSettings(max_batch_images=8, max_wait_ms=50)) as (url, _):
+        listed = {m["name"]: m for m in httpx.get(url + "/v1/models").json()["models"]}
+        assert listed["gpu"]["device"].startswith("cuda")
+        assert listed["gpu"]["arithmetic"] == "bf16 autocast"
+        alone = {seed: images(generate(url, model="gpu", seed=seed, **body).json())
+                 for seed in (1, 2, 3)}
+        batched = concurrently(url, [dict(body, model="gpu", seed=seed) for seed in (1, 2, 3)])
+        on_cpu = images(generate(url, model="cpu", seed=1, **body).json())
+    assert max(r["timing"]["batch_requests"] for r in batched) > 1  # really batched
+    for seed, answer in zip((1, 2, 3), batched):
+        # another batch size picks other bf16 kernels: close, not equal
+        assert relative_error(images(answer), alone[seed]) < 0.05, seed
+    assert relative_error(alone[1], on_cpu) < 0.1  # bf16 on the GPU, fp32 on the CPU
+    assert relative_error(alone[1], alone[2]) > 0.1  # and the seeds still differ
