@@ -140,6 +140,28 @@ def test_dpm_solver_is_diffusers_multistep_solver_on_trailing_timesteps():
         torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
 
 
+def test_ddpm_and_ddim_need_two_steps_where_dpm_solver_takes_one():
+    """One respaced step is t = 0 alone (the reference's spacing), where the reference fails on
+    an index: a clear error instead; DPM-Solver++'s one step starts at the noisiest timestep."""
+    diffusion = GaussianDiffusion(1, learn_sigma=False)
+    model = gaussian_eps_model(diffusion)
+    noise = torch.randn(2000, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(len(noise), dtype=torch.long)
+    for sampler in ("ddpm", "ddim"):
+        assert diffusion.min_steps(sampler) == 2
+        with pytest.raises(ValueError, match=rf"{sampler} needs at least 2 steps: one would be "
+                                             r"taken at t = 0 .*dpm-solver\+\+ takes 1 step"):
+            diffusion.sample(model, noise, y, sampler=sampler, steps=1)
+        two = diffusion.sample(model, noise, y, sampler=sampler, steps=2,
+                               generator=torch.Generator().manual_seed(1))
+        assert torch.isfinite(two).all()
+    one = diffusion.sample(model, noise, y, sampler="dpm-solver++", steps=1)
+    assert diffusion.min_steps("dpm-solver++") == 1
+    assert abs(one.mean() - MU) < 0.05  # the exact model's one jump lands on the data's mean
+    with pytest.raises(ValueError, match="a respaced schedule needs at least 2 timesteps"):
+        diffusion.bits_per_dim(model, noise[:4], y[:4], steps=1)
+
+
 def test_learned_range_variance_interpolates_between_the_bounds():
     diffusion = GaussianDiffusion(1, learn_sigma=True)
     t = torch.tensor([10, 500])

@@ -209,6 +209,7 @@ def test_adaptive_sampler_requests_run_alone(server):
     (dict(class_labels=[0], sampler="heun"), 422, "unknown sampler 'heun'"),
     (dict(model="sit", class_labels=[0], sampler="heun-sde", steps=1), 422,
      "'heun-sde' needs at least 2 steps"),
+    (dict(class_labels=[0], sampler="ddim", steps=1), 422, "'ddim' needs at least 2 steps"),
     (dict(model="sit", class_labels=[0], sampler="heun", sampler_settings={"atol": 1e-3}),
      422, "atol sets only dopri5, not heun"),
     (dict(model="sit", class_labels=[0], sampler="dopri5", sampler_settings={"atol": -1}),

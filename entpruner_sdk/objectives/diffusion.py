@@ -101,6 +101,9 @@ class GaussianDiffusion(Objective):
 
     def respace(self, steps: int) -> GaussianDiffusion:
         """The same process restricted to ``steps`` timesteps (new betas from alpha-bar)."""
+        if steps == 1:  # the reference fails here on an index
+            raise ValueError("a respaced schedule needs at least 2 timesteps: 1 would be t = 0 "
+                             "alone (the reference's spacing), where nothing is left to denoise")
         keep = space_timesteps(self.num_timesteps, steps)
         betas, last = [], 1.0
         for i in keep:
@@ -205,6 +208,11 @@ class GaussianDiffusion(Objective):
         return total
 
     # ------------------------------------------------------------------ sampling
+    def min_steps(self, sampler: str) -> int:
+        # DDPM's and DDIM's respaced grid of one step is t = 0 alone; DPM-Solver++'s trailing
+        # grid starts at the noisiest timestep
+        return 1 if sampler == "dpm-solver++" else 2
+
     def sample(
         self,
         model_fn: ModelFn,
@@ -224,6 +232,10 @@ class GaussianDiffusion(Objective):
         sampler = self.check_sampler(sampler)
         if sampler == "dpm-solver++":
             return self._sample_dpm_solver(model_fn, noise, y, steps, clip_denoised, progress)
+        if steps < (fewest := self.min_steps(sampler)):
+            raise ValueError(f"{sampler} needs at least {fewest} steps: one would be taken at "
+                             "t = 0 (the reference's respacing), where nothing is left to "
+                             "denoise; dpm-solver++ takes 1 step, from the noisiest timestep")
         spaced = self.respace(steps)
         x = noise
         indices = range(spaced.num_timesteps - 1, -1, -1)
