@@ -53,7 +53,7 @@ if [[ "${GPU_DRY_RUN:-0}" == 1 ]]; then
     XL=(--arch DiT-S/2 --latent-size 8 --samples 64 --timesteps 2 --forward-passes 3)
     COMPRESS_STEPS=20
     MEMORY=(--arch DiT-S/2 --latent-size 8 --batch 4 --steps 1)
-    SAMPLING=(--model DiT-S/2 --batch 2 --steps 2 --repeats 1 --modes eager)
+    SAMPLING=(--model DiT-S/2 --latent-size 8 --batch 2 --steps 2 --repeats 1 --modes eager)
     PRECISION=(--samples 8 --steps 2 --batch 2 --repeats 1)
 else
     DEVICE=cuda

@@ -185,8 +185,8 @@ def test_a_run_at_another_learning_rate_is_a_new_run(quality):
 @pytest.mark.slow
 def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     out = tmp_path / "gpu"
-    # the lent machine's deadline (420 s): the six steps take about 85 s on 2 idle cores,
-    # but a run beside another CPU-heavy job took 284 s before its last step
+    # under the lent machine's deadline (540 s by default): the six steps take about 85 s on
+    # 2 idle cores, but a run beside another CPU-heavy job took 284 s before its last step
     env = dict(os.environ, GPU_DRY_RUN="1", GPU_OUT=str(out), PYTHON=sys.executable,
                GPU_DEADLINE_S="420")
     run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, capture_output=True,
@@ -209,6 +209,25 @@ def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     precision = json.loads((out / "mixed_precision.json").read_text())["rows"]
     assert [r["arithmetic"] for r in precision] == ["fp32", "bf16 autocast", "fp16 autocast"]
     assert len(list(out.iterdir())) <= 8  # what a lent machine hands back
+
+
+def test_gpu_sampling_times_arithmetics_side_by_side_against_the_first(tmp_path, capsys):
+    out = tmp_path / "sampling.json"
+    load("gpu_sampling").main(["--device", "cpu", "--model", "DiT-S/2", "--latent-size", "4",
+                               "--batch", "1", "--steps", "2", "--repeats", "1", "--modes",
+                               "eager", "--arithmetics", "off,bf16", "--out", str(out)])
+    found = json.loads(out.read_text())
+    assert found["arithmetics"] == ["fp32", "bf16 autocast"]
+    assert [(r["arithmetic"], r["model"]) for r in found["rows"]] == [
+        ("fp32", "12 blocks"), ("fp32", "6 blocks"), ("bf16 autocast", "12 blocks"),
+        ("bf16 autocast", "6 blocks")]
+    first = found["rows"][0]
+    assert first["call_speedup"] == first["sample_speedup"] == 1.0
+    assert all(r["call_ms"] > 0 and r["sample_speedup"] > 0 for r in found["rows"])
+    assert "ratios against 12 blocks eager in fp32" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        load("gpu_sampling").main(["--device", "cpu", "--arithmetics", "tf32"])
+    assert "unknown arithmetics ['tf32']; choose from" in capsys.readouterr().err
 
 
 def test_gpu_script_skips_the_steps_named_in_gpu_skip(tmp_path):
