@@ -9,12 +9,12 @@
 #
 # Needs a stock PyTorch CUDA image plus these wheels (pure Python or small):
 #   pip install numpy safetensors scikit-learn scikit-image pillow tqdm rich matplotlib packaging pytest
-# The server's GPU test runs where FastAPI and uvicorn import, and is skipped elsewhere (on the
-# lent H200, carried as wheels: fastapi starlette uvicorn pydantic pydantic-core
-# annotated-types typing-inspection opentelemetry-api importlib-metadata, about 3 MB).
 # and the package itself. PYTHONPATH alone cannot find it: setuptools' package-dir maps export/,
 # serve/ and apps/ to entpruner_sdk.export, .serve and .apps. So when those are not found, the
 # script installs the checkout editable (no deps, no index) into PYTHON's environment.
+# The server's GPU test runs where FastAPI and uvicorn import, and is skipped elsewhere (on the
+# lent H200, carried as wheels: fastapi starlette uvicorn pydantic pydantic-core
+# annotated-types typing-inspection opentelemetry-api importlib-metadata, about 3 MB).
 #
 # Steps, in order: the GPU-marked tests; CED ranking time for a DiT-XL/2-shaped model (random
 # weights, 256 samples x 8 timesteps) against N full forwards (7 of the 28 timed, scaled to 28,

@@ -191,9 +191,10 @@ def warn_if_computed_otherwise(directory: str | os.PathLike, meta: dict[str, Any
     if all(then[key] == now[key] for key in shared):
         return
 
+    moved = "processor" in shared and then["processor"] != now["processor"]
+
     def where(computed: dict[str, str]) -> str:
-        named = "processor" in shared and then["processor"] != now["processor"]
-        return computed["device"] + (f" ({computed['processor']})" if named else "")
+        return computed["device"] + (f" ({computed['processor']})" if moved else "")
 
     warnings.warn(f"the checkpoint in {directory} was made on {where(then)} in "
                   f"{then['arithmetic']}, and the run continues on {where(now)} in "
