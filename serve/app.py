@@ -225,9 +225,11 @@ def _validated(model: ServedModel, body: GenerateRequest, settings: ServerSettin
             problems.append(str(error))
     if steps > settings.max_steps:
         problems.append(f"steps {steps} exceeds the limit of {settings.max_steps}")
-    elif sampler in model.objective.samplers and steps < model.objective.min_steps(sampler):
-        problems.append(f"sampler {sampler!r} needs at least "
-                        f"{model.objective.min_steps(sampler)} steps, got {steps}")
+    elif sampler in model.objective.samplers:
+        try:
+            model.objective.check_steps(sampler, steps)
+        except ValueError as error:
+            problems.append(str(error))
     if len(labels) > settings.max_images_per_request:
         problems.append(f"{len(labels)} images requested (labels x num_images); the limit is "
                         f"{settings.max_images_per_request} per request")

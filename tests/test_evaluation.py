@@ -547,6 +547,21 @@ def test_an_evaluation_states_and_keys_its_sampler_settings(tmp_path):
         unnamed.to_markdown()
 
 
+def test_too_few_steps_are_refused_before_the_data_is_read(tmp_path):
+    model = randomized(DiffusionTransformer(tiny_config("dit")))
+    missing = tmp_path / "no-such-folder"  # read only after the checks: never reached
+    with pytest.raises(ValueError, match=r"sampler 'ddim' needs at least 2 steps, got 1: one "
+                                         r"would be taken at t = 0"):
+        evaluate(model, missing, samples=4, steps=1, progress=False)
+    with pytest.raises(ValueError, match="a respaced schedule needs at least 2 timesteps"):
+        evaluate(model, missing, samples=4, steps=2, likelihood=4, likelihood_steps=1,
+                 progress=False)
+    sit = randomized(DiffusionTransformer(tiny_config("sit")))
+    with pytest.raises(ValueError, match=r"sampler 'euler-maruyama' needs at least 2 steps, "
+                                         r"got 1: one stochastic step and the last, noiseless"):
+        evaluate(sit, missing, samples=4, steps=1, sampler="euler-maruyama", progress=False)
+
+
 def test_samples_are_saved_in_adm_format_and_read_back(tmp_path):
     model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
     small = load_data("digits").per_class(4, torch.Generator().manual_seed(0))

@@ -149,8 +149,9 @@ def test_ddpm_and_ddim_need_two_steps_where_dpm_solver_takes_one():
     y = torch.zeros(len(noise), dtype=torch.long)
     for sampler in ("ddpm", "ddim"):
         assert diffusion.min_steps(sampler) == 2
-        with pytest.raises(ValueError, match=rf"{sampler} needs at least 2 steps: one would be "
-                                             r"taken at t = 0 .*dpm-solver\+\+ takes 1 step"):
+        with pytest.raises(ValueError, match=rf"sampler '{sampler}' needs at least 2 steps, got "
+                                             r"1: one would be taken at t = 0 .*dpm-solver\+\+ "
+                                             r"takes 1 step"):
             diffusion.sample(model, noise, y, sampler=sampler, steps=1)
         two = diffusion.sample(model, noise, y, sampler=sampler, steps=2,
                                generator=torch.Generator().manual_seed(1))
@@ -160,6 +161,9 @@ def test_ddpm_and_ddim_need_two_steps_where_dpm_solver_takes_one():
     assert abs(one.mean() - MU) < 0.05  # the exact model's one jump lands on the data's mean
     with pytest.raises(ValueError, match="a respaced schedule needs at least 2 timesteps"):
         diffusion.bits_per_dim(model, noise[:4], y[:4], steps=1)
+    with pytest.raises(ValueError, match=r"sampler 'dpm-solver\+\+' needs at least 1 step, "
+                                         r"got 0$"):
+        diffusion.sample(model, noise, y, sampler="dpm-solver++", steps=0)
 
 
 def test_learned_range_variance_interpolates_between_the_bounds():

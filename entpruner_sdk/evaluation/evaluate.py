@@ -167,6 +167,9 @@ def evaluate(
     # refused before any work when they do not apply; stated in the report and the batch key
     objective = objective_of(model)
     sampler_used = objective.check_sampler(sampler)  # the family's default named, for reports
+    objective.check_steps(sampler_used, steps)
+    if likelihood:
+        objective.likelihood_steps(likelihood_steps)  # a DiT's bound of 1 timestep is refused
     governing = (objective.with_sampler_settings(sampler_used,
                                                  **(sampler_settings or {}))
                  .settings_for(sampler))

@@ -191,6 +191,20 @@ class Objective(ABC):
         """The fewest ``steps`` the sampler accepts."""
         return 1
 
+    def check_steps(self, sampler: str | None, steps: int) -> None:
+        """A ``ValueError`` that says why when ``sampler`` (None: the family's default) takes
+        more than ``steps``: what sampling, an evaluation or a server request asks for is
+        refused before any work."""
+        sampler = self.check_sampler(sampler)
+        if steps < (fewest := self.min_steps(sampler)):
+            why = self._why_min_steps(sampler)
+            raise ValueError(f"sampler {sampler!r} needs at least {fewest} "
+                             f"step{'s' if fewest > 1 else ''}, got {steps}"
+                             + (f": {why}" if why else ""))
+
+    def _why_min_steps(self, sampler: str) -> str:
+        return ""  # a family whose samplers need more than one step says why
+
     def check_sampler(self, sampler: str | None) -> str:
         """``sampler`` (None: the family's default) if this family has it, else a
         ``ValueError`` that lists the ones it has."""

@@ -39,6 +39,12 @@ def space_timesteps(num_timesteps: int, count: int) -> list[int]:
     return sorted({round(i * stride) for i in range(count)})
 
 
+def _check_respacing(steps: int) -> None:
+    if steps == 1:  # the reference fails on an index building that process
+        raise ValueError("a respaced schedule needs at least 2 timesteps: 1 would be t = 0 "
+                         "alone (the reference's spacing), where nothing is left to denoise")
+
+
 def trailing_timesteps(num_timesteps: int, count: int) -> list[int]:
     """``count`` timesteps from the last down to one stride above 0, in sampling order.
 
@@ -101,9 +107,7 @@ class GaussianDiffusion(Objective):
 
     def respace(self, steps: int) -> GaussianDiffusion:
         """The same process restricted to ``steps`` timesteps (new betas from alpha-bar)."""
-        if steps == 1:  # the reference fails here on an index
-            raise ValueError("a respaced schedule needs at least 2 timesteps: 1 would be t = 0 "
-                             "alone (the reference's spacing), where nothing is left to denoise")
+        _check_respacing(steps)
         keep = space_timesteps(self.num_timesteps, steps)
         betas, last = [], 1.0
         for i in keep:
@@ -181,7 +185,9 @@ class GaussianDiffusion(Objective):
 
     # ------------------------------------------------------------------ likelihood
     def likelihood_steps(self, steps: int | None = None) -> int:
-        return steps or self.num_timesteps
+        steps = steps or self.num_timesteps
+        _check_respacing(steps)
+        return steps
 
     def bits_per_dim(self, model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, *,
                      generator: torch.Generator | SplitGenerator | None = None,
@@ -213,6 +219,12 @@ class GaussianDiffusion(Objective):
         # grid starts at the noisiest timestep
         return 1 if sampler == "dpm-solver++" else 2
 
+    def _why_min_steps(self, sampler: str) -> str:
+        if sampler == "dpm-solver++":
+            return ""
+        return ("one would be taken at t = 0 (the reference's respacing), where nothing is "
+                "left to denoise; dpm-solver++ takes 1 step, from the noisiest timestep")
+
     def sample(
         self,
         model_fn: ModelFn,
@@ -230,12 +242,9 @@ class GaussianDiffusion(Objective):
         ``steps`` respaced timesteps, or DPM-Solver++(2M) (deterministic, second order) over
         ``steps`` trailing timesteps."""
         sampler = self.check_sampler(sampler)
+        self.check_steps(sampler, steps)
         if sampler == "dpm-solver++":
             return self._sample_dpm_solver(model_fn, noise, y, steps, clip_denoised, progress)
-        if steps < (fewest := self.min_steps(sampler)):
-            raise ValueError(f"{sampler} needs at least {fewest} steps: one would be taken at "
-                             "t = 0 (the reference's respacing), where nothing is left to "
-                             "denoise; dpm-solver++ takes 1 step, from the noisiest timestep")
         spaced = self.respace(steps)
         x = noise
         indices = range(spaced.num_timesteps - 1, -1, -1)

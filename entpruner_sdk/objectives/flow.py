@@ -230,6 +230,11 @@ class FlowMatching(Objective):
         # an SDE sampler's last step is noiseless: one more makes it stochastic at all
         return 2 if sampler in self.sde_samplers else 1
 
+    def _why_min_steps(self, sampler: str) -> str:
+        if sampler not in self.sde_samplers:
+            return ""
+        return "one stochastic step and the last, noiseless one"
+
     def sample(
         self,
         model_fn: ModelFn,
@@ -255,8 +260,7 @@ class FlowMatching(Objective):
         drawn with.
         """
         sampler = self.check_sampler(sampler)
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
+        self.check_steps(sampler, steps)
 
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
@@ -324,9 +328,6 @@ class FlowMatching(Objective):
         ``SAMPLE_EPS``. ``euler-maruyama`` makes 1 model call a step; ``heun-sde`` adds the
         noise first and then takes a Heun step of the drift (2 calls).
         """
-        if steps < (fewest := self.min_steps(sampler)):
-            raise ValueError(f"the SDE samplers need at least {fewest} steps (one stochastic "
-                             f"step and the last, noiseless one), got {steps}")
         start = SAMPLE_EPS if self.diffusion_form == "SBDM" else 0.0
         end = 1.0 - (SAMPLE_EPS if self.last_step == "None" else self.last_step_size)
         times = torch.linspace(start, end, steps, dtype=torch.float64).tolist()
