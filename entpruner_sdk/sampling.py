@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,6 +71,14 @@ def class_ids(labels: Sequence[int | str] | torch.Tensor, num_classes: int,
     if isinstance(labels, torch.Tensor) or not any(isinstance(x, str) for x in labels):
         return labels
     return resolve_labels(labels, num_classes, class_names)
+
+
+def check_cfg_scale(cfg_scale: float) -> None:
+    """Refuse a guidance scale that is negative or not finite, as the server does: 1 is
+    unguided, 0 the unconditional model, above 1 guided."""
+    if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale} (1 = "
+                         "unguided, 0 = the unconditional model, 4 = the DiT paper's figures)")
 
 
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:
@@ -203,6 +212,7 @@ def sample_with(
     device = torch.device(device)
     y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     check_labels(y, config.num_classes)
+    check_cfg_scale(cfg_scale)
     generator = (seed if isinstance(seed, SplitGenerator)
                  else torch.Generator().manual_seed(seed))
     if noise is None:

@@ -151,6 +151,11 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
                  "--out", str(tmp_path / "none.png")]) == 2
     assert "--per-class 0: at least 1 image of each class" in capsys.readouterr().err
     assert not (tmp_path / "none.png").exists()
+    # an empty --labels (a script's unset variable) is no request for every class
+    assert main(["sample", "--model", str(out / "model"), "--labels", " ",
+                 "--out", str(tmp_path / "none.png")]) == 2
+    assert "--labels is empty: name class ids or names" in capsys.readouterr().err
+    assert not (tmp_path / "none.png").exists()
     # the grid's suffix picks its format; one Pillow cannot write is refused before sampling
     assert main(["sample", "--model", str(out / "model"), "--labels", "1", "--steps", "2",
                  "--out", str(tmp_path / "g.jpg"), "--quiet", "--device", "cpu"]) == 0

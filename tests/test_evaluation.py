@@ -547,7 +547,8 @@ def test_an_evaluation_states_and_keys_its_sampler_settings(tmp_path):
         unnamed.to_markdown()
 
 
-def test_too_few_steps_are_refused_before_the_data_is_read(tmp_path):
+def test_too_few_steps_and_a_negative_guidance_scale_are_refused_before_the_data_is_read(
+        tmp_path):
     model = randomized(DiffusionTransformer(tiny_config("dit")))
     missing = tmp_path / "no-such-folder"  # read only after the checks: never reached
     with pytest.raises(ValueError, match=r"sampler 'ddim' needs at least 2 steps, got 1: one "
@@ -556,6 +557,8 @@ def test_too_few_steps_are_refused_before_the_data_is_read(tmp_path):
     with pytest.raises(ValueError, match="a respaced schedule needs at least 2 timesteps"):
         evaluate(model, missing, samples=4, steps=2, likelihood=4, likelihood_steps=1,
                  progress=False)
+    with pytest.raises(ValueError, match="cfg_scale must be a finite number >= 0, got -2"):
+        evaluate(model, missing, samples=4, steps=2, cfg_scale=-2.0, progress=False)
     sit = randomized(DiffusionTransformer(tiny_config("sit")))
     with pytest.raises(ValueError, match=r"sampler 'euler-maruyama' needs at least 2 steps, "
                                          r"got 1: one stochastic step and the last, noiseless"):

@@ -563,11 +563,19 @@ def test_a_counter_counts_the_model_calls_a_sampler_makes(family, sampler, calls
         assert counter.calls == calls
 
 
-def test_sampling_rejects_unknown_labels_and_samplers(tiny_dit):
+def test_sampling_rejects_unknown_labels_samplers_and_guidance_scales(tiny_dit):
     with pytest.raises(ValueError, match="unknown class label 10"):
         sample(tiny_dit, [0, 10], steps=2)
     with pytest.raises(ValueError, match="ddpm, ddim"):
         sample(tiny_dit, [0], sampler="heun", steps=2)
+    for scale in (-1.0, float("nan"), float("inf")):  # refused as the server refuses them
+        with pytest.raises(ValueError, match=rf"cfg_scale must be a finite number >= 0, got "
+                                             rf"{scale}"):
+            sample(tiny_dit, [0], steps=2, cfg_scale=scale)
+    # 0 is the unconditional model: DDIM's images no longer depend on the label
+    unconditional = sample(tiny_dit, [0], steps=2, cfg_scale=0.0, seed=3)
+    assert torch.equal(unconditional, sample(tiny_dit, [1], steps=2, cfg_scale=0.0, seed=3))
+    assert not torch.equal(unconditional, sample(tiny_dit, [0], steps=2, seed=3))
 
 
 @pytest.mark.slow

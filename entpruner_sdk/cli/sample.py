@@ -59,7 +59,7 @@ def _classes(g: common.Options) -> None:
 def _sampling(g: common.Options) -> None:
     common.sampler_options(g)
     g.add_argument("--cfg", type=float, default=1.0,
-                   help="classifier-free guidance scale (1 = unguided)")
+                   help="classifier-free guidance scale, >= 0 (1 = unguided, 0 = unconditional)")
     g.add_argument("--reference-cfg", action="store_true",
                    help="guide only the first 3 channels, like the reference code")
     g.add_argument("--seed", type=int, default=0, help="seeds the initial noise")
@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     vae = args.vae or (exported.decoder if exported is not None else None)
     decoder = decoder_for(model.config, vae, args.device,
                           trained_with=trained_vae(model.provenance))
+    if args.labels is not None and not args.labels.strip():
+        raise ValueError("--labels is empty: name class ids or names (--labels 3,7), or leave "
+                         "it out for every class")
     per_class = args.per_class if args.per_class is not None else 1 if args.labels else 4
     if per_class < 1:
         raise ValueError(f"--per-class {per_class}: at least 1 image of each class")

@@ -47,7 +47,7 @@ from entpruner_sdk.evaluation.reference import (
 )
 from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.sampling import RuntimeDenoiser, objective_of
+from entpruner_sdk.sampling import RuntimeDenoiser, check_cfg_scale, objective_of
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import arithmetic, resolve_device
@@ -168,6 +168,7 @@ def evaluate(
     objective = objective_of(model)
     sampler_used = objective.check_sampler(sampler)  # the family's default named, for reports
     objective.check_steps(sampler_used, steps)
+    check_cfg_scale(cfg_scale)
     if likelihood:
         objective.likelihood_steps(likelihood_steps)  # a DiT's bound of 1 timestep is refused
     governing = (objective.with_sampler_settings(sampler_used,
