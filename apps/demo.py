@@ -29,7 +29,7 @@ from entpruner_sdk.objectives import OBJECTIVES, objective_for
 from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
 from entpruner_sdk.sampling import to_picture
 from entpruner_sdk.utils.device import arithmetic
-from entpruner_sdk.utils.network import is_loopback
+from entpruner_sdk.utils.network import check_address, is_loopback
 
 if TYPE_CHECKING:  # Gradio is imported when the demo is built
     import gradio as gr
@@ -494,6 +494,7 @@ def launch(original: str | None = None, pruned: str = DEFAULT_PRUNED, *,
     with the app running (``.close()`` stops it). ``notify``: as for :func:`build_demo`.
     ``auth``: (user, password) that the page asks for; a demo other machines can reach
     without one is warned about, since its Models panel opens any model path here."""
+    check_address(host, port)  # before the models load, not after
     check_exposure(host, auth)
     demo = build_demo(original, pruned, onnx, data, vae, family, device, notify)
     demo.queue(default_concurrency_limit=1)  # one model thread; requests take turns

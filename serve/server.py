@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from entpruner_sdk.serve.settings import ServerSettings
-from entpruner_sdk.utils.network import is_loopback
+from entpruner_sdk.utils.network import check_address, check_port, is_loopback
 
 if TYPE_CHECKING:  # FastAPI and the models are imported when the server starts
     from entpruner_sdk.serve.app import ModelLoader
@@ -75,6 +75,7 @@ def serve(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0
     from entpruner_sdk.serve.app import create_app
 
     settings = settings or ServerSettings(api_key=os.environ.get("ENTPRUNER_API_KEY"))
+    check_address(host, port)
     check_exposure(host, settings)
     app = create_app(model_loader(specs, backend, device, provider, vae, family, num_heads,
                                   flow_path), settings)
@@ -99,6 +100,7 @@ def serve_ray(specs: dict[str, str], *, backend: str = "torch", host: str = "127
     from entpruner_sdk.serve.ray_app import run_ray
 
     settings = settings or ServerSettings(api_key=os.environ.get("ENTPRUNER_API_KEY"))
+    check_port(port)  # not bound here: Ray's proxy binds it, perhaps on another node
     check_exposure(host, settings)
     loader = model_loader(specs, backend, device, provider, vae, family, num_heads, flow_path)
     return run_ray(loader, settings, host=host, port=port, replicas=replicas,

@@ -537,6 +537,22 @@ def test_a_demo_open_to_the_network_asks_for_a_password_or_warns(models):
         demo.close()
 
 
+def test_the_demo_refuses_a_taken_port_before_loading_its_models(tmp_path):
+    import socket
+
+    from entpruner_sdk.apps.demo import launch
+
+    nowhere = str(tmp_path / "nowhere")  # would load as an error panel: never reached
+    with pytest.raises(ValueError, match=r"port 70000 is not a TCP port"):
+        launch(nowhere, nowhere, port=70000, block=False)
+    with socket.socket() as holder:  # a server started earlier on the same port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{port}: "):
+            launch(nowhere, nowhere, port=port, block=False)
+
+
 def test_stop_ends_a_slow_generate_and_frees_the_model_thread(tmp_path):
     """A slow request (16 images at 250 steps) held the one model thread until it ended."""
     import threading

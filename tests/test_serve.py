@@ -434,6 +434,25 @@ def test_a_model_that_does_not_load_stops_the_server_with_one_line(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+def test_a_port_taken_or_out_of_range_is_refused_before_any_model_loads(tmp_path):
+    import socket
+
+    from entpruner_sdk.serve import serve
+
+    nowhere = {"x": str(tmp_path / "nowhere")}  # would fail to load: never reached
+    with pytest.raises(ValueError, match=r"port 70000 is not a TCP port: use 1 to 65535"):
+        serve(nowhere, port=70000)
+    with socket.socket() as holder:  # another server on the port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .*; choose "
+                                          r"another --port, or stop what holds it"):
+            serve(nowhere, port=port)
+    with pytest.raises(OSError, match=r"--host must be an address of this machine"):
+        serve(nowhere, host="no-such-host.invalid", port=free_port())
+
+
 @pytest.mark.slow
 def test_ray_serve_replicas_answer(tmp_path):
     pytest.importorskip("ray")
