@@ -18,7 +18,7 @@ from entpruner_sdk.export.parity import ParityCheck, check_parity, require_parit
 from entpruner_sdk.export.runtime import MANIFEST, load_exported
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.teachers import as_model
-from entpruner_sdk.utils.files import atomic_directory, atomic_write_text
+from entpruner_sdk.utils.files import atomic_directory, atomic_write_text, check_output_path
 
 FORMATS = ("onnx", "onnx-fp16", "aoti", "tensorrt", "torch-tensorrt", "reference")
 
@@ -80,6 +80,7 @@ def export(
     model = as_model(model)
     _check_batch(batch)
     out_dir = Path(out_dir)
+    check_output_path(out_dir, folder=True)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite "
                               "(overwrite=True) to replace it or choose another --out")

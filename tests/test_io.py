@@ -492,3 +492,27 @@ def test_atomic_writes_follow_the_umask_and_leave_no_temporary_file(tmp_path, ti
     assert (tmp_path / "private.json").read_text() == "[1]"
     assert sorted(p.name for p in tmp_path.iterdir()) == [staging.name, "group",
                                                           "private.json"]
+
+
+def test_an_output_path_that_cannot_be_made_is_refused_before_the_work(tmp_path, capsys):
+    from entpruner_sdk.cli import main
+    from entpruner_sdk.compress import compress
+    from entpruner_sdk.utils.files import check_output_path
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    check_output_path(tmp_path / "new" / "deeper", folder=True)  # made as it is written
+    check_output_path(tmp_path / "new" / "grid.png", folder=False)
+    with pytest.raises(ValueError, match=r"a-file is a file, where a folder is to be written"):
+        check_output_path(blocker, folder=True)
+    with pytest.raises(ValueError, match=r"is a folder, where a file is to be written"):
+        check_output_path(tmp_path, folder=False)
+    with pytest.raises(ValueError, match=r"cannot write .*a-file/x/y\.npz: .*a-file is a file, "
+                                         r"not a folder"):
+        check_output_path(blocker / "x" / "y.npz", folder=False)
+    # the commands meet it first: no sampling, no fine-tuning before the error
+    assert main(["sample", "--model", "dit-digits", "--out", str(blocker / "g.png")]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a-file is a file, where a folder is to be written"):
+        compress("dit-digits", "digits", 6, out_dir=blocker)  # before calibration
+    assert blocker.read_text() == "in the way"

@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     encode; 0 on success."""
     from entpruner_sdk.data.datasets import save_npz
     from entpruner_sdk.data.latents import LatentSpace
+    from entpruner_sdk.utils.files import check_output_path
 
+    check_output_path(args.out, folder=False)  # not after an hour of encoding
     space = LatentSpace.from_pretrained(args.vae, device=args.device)
     data = common.read_data(args, stream=True)  # a folder may be larger than memory
     work = _encode_work_dir(args.out)  # holds the latents done so far until the .npz is out

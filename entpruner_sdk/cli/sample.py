@@ -81,8 +81,12 @@ def run(args: argparse.Namespace) -> int:
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for, trained_vae
     from entpruner_sdk.sampling import image_format, objective_of, sample, save_grid
+    from entpruner_sdk.utils.files import check_output_path
 
     image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
+    for path in (args.out, args.npz):
+        if path:
+            check_output_path(path, folder=False)
     exported = common.open_export(args.model, args.provider)
     model = exported or common.released_model(args)
     # an export of a latent model may carry its VAE decoder; --vae takes precedence

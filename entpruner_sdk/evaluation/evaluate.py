@@ -52,6 +52,7 @@ from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import arithmetic, resolve_device
 from entpruner_sdk.utils.digest import network_fingerprint
+from entpruner_sdk.utils.files import check_output_path
 
 FEATURES = ("domain", "inception")
 
@@ -169,6 +170,8 @@ def evaluate(
     sampler_used = objective.check_sampler(sampler)  # the family's default named, for reports
     objective.check_steps(sampler_used, steps)
     check_cfg_scale(cfg_scale)
+    if checkpoint_dir is not None:
+        check_output_path(checkpoint_dir, folder=True)
     if likelihood:
         objective.likelihood_steps(likelihood_steps)  # a DiT's bound of 1 timestep is refused
     governing = (objective.with_sampler_settings(sampler_used,

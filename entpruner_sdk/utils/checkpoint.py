@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.utils.cache import UNREADABLE
-from entpruner_sdk.utils.files import atomic_directory
+from entpruner_sdk.utils.files import atomic_directory, check_output_path
 from entpruner_sdk.utils.versions import newer_format
 
 TENSORS, META = "state.safetensors", "state.json"
@@ -102,6 +102,7 @@ def checkpoint_folder(out_dir: str | os.PathLike | None, resume: bool) -> Path |
         if resume:
             raise ValueError("resume=True needs out_dir, where the checkpoint lives")
         return None
+    check_output_path(out_dir, folder=True)
     directory = Path(out_dir) / "checkpoint"
     if not resume:
         refuse_to_overwrite(directory)

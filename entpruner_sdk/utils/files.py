@@ -54,6 +54,23 @@ def _running(pid: int) -> bool:
     return True
 
 
+def check_output_path(path: str | os.PathLike, *, folder: bool) -> None:
+    """Refuse, before the work that would fill it, an output ``path`` that cannot be made: a
+    file where a folder is written (``folder``) or the reverse, or a file on the way to it.
+    Otherwise the first write, minutes or hours in, would fail with the system's terse
+    "Not a directory"."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind, written = ("a folder", "a file") if path.is_dir() else ("a file", "a folder")
+        raise ValueError(f"{path} is {kind}, where {written} is to be written: choose another "
+                         "path, or move it away")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot write {path}: {ancestor} is a file, not a folder")
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the same folder; on success it replaces ``path`` atomically.
