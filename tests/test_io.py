@@ -513,6 +513,9 @@ def test_an_output_path_that_cannot_be_made_is_refused_before_the_work(tmp_path,
     # the commands meet it first: no sampling, no fine-tuning before the error
     assert main(["sample", "--model", "dit-digits", "--out", str(blocker / "g.png")]) == 2
     assert "a-file is a file, not a folder" in capsys.readouterr().err
+    assert main(["compress", "--model", "dit-digits", "--budget", "6", "--dry-run", "--out",
+                 str(blocker)]) == 2  # a plan is written there too
+    assert "a-file is a file, where a folder is to be written" in capsys.readouterr().err
     with pytest.raises(ValueError, match="a-file is a file, where a folder is to be written"):
         compress("dit-digits", "digits", 6, out_dir=blocker)  # before calibration
     assert blocker.read_text() == "in the way"

@@ -180,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
     from entpruner_sdk.compress.report import quality_line, spread
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.utils import distributed
+    from entpruner_sdk.utils.files import check_output_path
 
+    check_output_path(args.out, folder=True)  # before the data is read or encoded
     device = common.join_processes(args)
     model = common.released_model(args)
     data = common.training_data(args, is_latent(model.config), model.config, device)

@@ -95,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from entpruner_sdk.teachers import resolve_model
     from entpruner_sdk.training import TrainConfig, train
+    from entpruner_sdk.utils.files import check_output_path
 
-    # settings out of range are refused before a model is opened or data encoded
+    # settings out of range, and an --out that cannot be made, are refused before a model is
+    # opened or data encoded
+    check_output_path(args.out, folder=True)
     training = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            ema_decay=args.ema_decay, seed=args.seed,
                            checkpoint_every=args.checkpoint_every, hflip=args.hflip,
