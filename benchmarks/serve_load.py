@@ -5,6 +5,7 @@ long phase and samples the server's resident memory.
     python benchmarks/serve_load.py                         # 16 clients, 20 s per phase
     python benchmarks/serve_load.py --quick                 # 8 clients, 8 s per phase
     python benchmarks/serve_load.py --soak 300 --clients 32 # 5-minute soak, memory curve
+    python benchmarks/serve_load.py --device cuda --clients 64 --max-batch 64  # on a GPU
 
 Each client sends one-image requests (random class, its own seeds) back to back; the server
 runs `entpruner serve` in its own process. Prints a table, writes
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from entpruner_sdk.utils.device import processor_name
 from entpruner_sdk.utils.files import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,10 +41,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, max_batch: int, max_queue: int) -> subprocess.Popen:
+def start_server(model: str, port: int, max_batch: int, max_queue: int,
+                 device: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "entpruner_sdk", "serve", "--model", model, "--port",
                str(port), "--max-batch", str(max_batch), "--max-wait-ms", "10",
-               "--max-queue", str(max_queue), "--device", "cpu", "--quiet"]
+               "--max-queue", str(max_queue), "--device", device, "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -113,9 +116,10 @@ async def load(url: str, clients: int, seconds: float, steps: int | None, classe
     }
 
 
-def phase(model, max_batch, clients, seconds, steps, memory=None) -> dict:
+def phase(model, max_batch, clients, seconds, steps, device, memory=None) -> dict:
     port = free_port()
-    server = start_server(model, port, max_batch, max_queue=max(64, 2 * clients))
+    server = start_server(model, port, max_batch, max_queue=max(64, 2 * clients),
+                          device=device)
     try:
         url = f"http://127.0.0.1:{port}"
         classes = httpx.get(url + "/v1/models").json()["models"][0]["num_classes"]
@@ -147,6 +151,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--max-batch", type=int, default=16, help="batch size when batching")
+    parser.add_argument("--device", default="cpu",
+                        help="where the server samples: cpu (the default) or cuda")
     parser.add_argument("--quick", action="store_true", help="8 clients, 8 s per phase")
     parser.add_argument("--soak", type=float, help="one batched phase of this many seconds")
     parser.add_argument("--out", help="JSON results (default: results/serve_load.json, "
@@ -157,7 +163,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("ENTPRUNER_QUIET", "1")
     if args.soak:
         memory: list = []
-        result = phase(args.model, args.max_batch, args.clients, args.soak, args.steps, memory)
+        result = phase(args.model, args.max_batch, args.clients, args.soak, args.steps,
+                       args.device, memory)
         rss = [m for _, m in memory]
         third = max(1, len(rss) // 3)
         result["memory_mb"] = memory
@@ -168,22 +175,25 @@ def main(argv=None) -> int:
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         print(f"written to {out}")
         return 0
-    rows = [phase(args.model, 1, args.clients, args.seconds, args.steps),
-            phase(args.model, args.max_batch, args.clients, args.seconds, args.steps)]
+    rows = [phase(args.model, batch, args.clients, args.seconds, args.steps, args.device)
+            for batch in (1, args.max_batch)]
     ratio = rows[1]["throughput_images_per_s"] / rows[0]["throughput_images_per_s"]
-    print_table(rows, ratio)
+    processor = processor_name(args.device)
+    print_table(rows, ratio, processor)
     out = args.out or str(RESULTS / "serve_load.json")
     atomic_write_text(out, json.dumps({"model": args.model, "steps": args.steps,
+                                       "device": args.device, "processor": processor,
                                        "batching_speedup": ratio, "rows": rows}, indent=2))
     print(f"written to {out}")
     return 0
 
 
-def print_table(rows, ratio) -> None:
+def print_table(rows, ratio, processor: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"serve load test (batching throughput gain {ratio:.2f}x)")
+    table = Table(title=f"serve load test on {processor} "
+                        f"(batching throughput gain {ratio:.2f}x)")
     for column in ("batching", "clients", "images/s", "p50 ms", "p99 ms", "errors",
                    "mean batch", "server RSS MB"):
         table.add_column(column)

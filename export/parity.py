@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from entpruner_sdk.export.graphs import (
 from entpruner_sdk.export.runtime import ExportedDenoiser
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.utils.device import mixed_precision
+from entpruner_sdk.utils.device import exact_fp32, mixed_precision
 
 # Relative error allowed per precision: max |export - torch| / max |torch|.
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 2e-2}
@@ -69,14 +70,31 @@ def check_parity(model: DiffusionTransformer, runtime: ExportedDenoiser,
     reference = cpu_reference(model)
     guided_reference = GuidedDenoiser(reference) if runtime.has_guided_graph else None
     checks = []
-    for i, batch in enumerate(batches):
-        x, t, y = example_inputs(reference, batch, seed=seed + i)
-        worst, rel = relative_error(runtime(x, t, y), reference(x, t, y))
-        checks.append(ParityCheck("denoiser", batch, worst, rel, TOLERANCE[precision]))
-        if guided_reference is not None:
-            inputs = example_inputs(reference, batch, guided=True, seed=seed + 100 + i)
-            worst, rel = relative_error(runtime.guided(*inputs), guided_reference(*inputs))
-            checks.append(ParityCheck("guided", batch, worst, rel, TOLERANCE[precision]))
+    with _exact_on_gpu():
+        for i, batch in enumerate(batches):
+            checks += _check_batch(runtime, reference, guided_reference, batch, precision,
+                                   seed + i, seed + 100 + i)
+    return checks
+
+
+def _exact_on_gpu():
+    """TF32 off while an export is compared (and back after): ``resolve_device`` turns it on
+    for the process, a GPU runtime built on PyTorch (AOTInductor) can read that switch, and
+    TF32 rounds matmul inputs to 10 mantissa bits (2^-11, five times the fp32 bound)."""
+    return exact_fp32("cuda") if torch.cuda.is_available() else contextlib.nullcontext()
+
+
+def _check_batch(runtime: ExportedDenoiser, reference: DiffusionTransformer,
+                 guided_reference: GuidedDenoiser | None, batch: int, precision: str,
+                 seed: int, guided_seed: int) -> list[ParityCheck]:
+    """The denoiser's check (and the guidance graph's) at one batch size."""
+    x, t, y = example_inputs(reference, batch, seed=seed)
+    worst, rel = relative_error(runtime(x, t, y), reference(x, t, y))
+    checks = [ParityCheck("denoiser", batch, worst, rel, TOLERANCE[precision])]
+    if guided_reference is not None:
+        inputs = example_inputs(reference, batch, guided=True, seed=guided_seed)
+        worst, rel = relative_error(runtime.guided(*inputs), guided_reference(*inputs))
+        checks.append(ParityCheck("guided", batch, worst, rel, TOLERANCE[precision]))
     return checks
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.sampling import compiled, sample
 from entpruner_sdk.teachers import load_teacher
 from entpruner_sdk.utils.device import autocast
+from entpruner_sdk.utils.versions import torch_release
 from tests.conftest import randomized, tiny_config
 
 pytestmark = [pytest.mark.gpu,
@@ -75,6 +78,57 @@ def test_compress_on_cuda():
     assert result.model.depth == 2
     assert result.report["summary"]["sampling_latency"]["device"].startswith("cuda")
 
+
+
+@pytest.fixture(scope="module")
+def compressed_on_cuda():
+    """What compress returns on a GPU: the pruned model still on it, and TF32 on for the
+    process (resolve_device turns it on), as a user's session goes on to export."""
+    result = compress(model(), "digits", 2, steps=8, batch_size=8, interval=4,
+                      calibration_per_class=2, calibration_times=2, proxy_samples=4,
+                      report_samples=0, progress=False, device="cuda")
+    assert next(result.model.parameters()).device.type == "cuda"
+    assert torch.backends.cuda.matmul.allow_tf32
+    return result.model
+
+
+def test_a_model_compressed_on_cuda_exports_to_onnx_as_on_the_cpu(compressed_on_cuda, tmp_path):
+    from entpruner_sdk.export import export, load_exported
+    from entpruner_sdk.export.graphs import cpu_reference
+
+    pruned = compressed_on_cuda
+    result = export(pruned, tmp_path / "onnx", "onnx")  # traced from a CPU copy
+    assert result.parity and all(check.passed for check in result.parity)
+    assert next(pruned.parameters()).device.type == "cuda"  # the caller's model stays put
+    images = load_exported(tmp_path / "onnx").sample([0, 1], steps=4, cfg_scale=2.0, seed=1)
+    expected = sample(cpu_reference(pruned), [0, 1], steps=4, cfg_scale=2.0, seed=1,
+                      device="cpu")
+    assert relative_error(images, expected) < 1e-4
+
+
+def test_a_model_compressed_on_cuda_exports_to_aoti_for_the_gpu(compressed_on_cuda, tmp_path):
+    """AOTInductor machine code for the GPU, checked at the fp32 bound although the process
+    runs with TF32 on, and sampling as the PyTorch model does."""
+    if torch_release() < torch_release("2.6"):
+        pytest.skip("AOTInductor packages need torch 2.6")
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("building an AOTInductor package needs a C++ compiler")
+    from entpruner_sdk.export import export, load_exported
+    from entpruner_sdk.export.aoti import build_target
+    from entpruner_sdk.export.graphs import cpu_reference
+
+    pruned = compressed_on_cuda
+    result = export(pruned, tmp_path / "aoti", "aoti", device="cuda", batch=(1, 4, 16))
+    assert {check.graph for check in result.parity} == {"denoiser", "guided"}
+    assert all(check.passed for check in result.parity)
+    assert build_target("cuda").items() <= result.manifest["metadata"].items()
+    assert torch.backends.cuda.matmul.allow_tf32  # back as it was after the exact check
+    runtime = load_exported(tmp_path / "aoti")
+    assert runtime.device.type == "cuda"
+    images = runtime.sample([0, 1], steps=4, cfg_scale=2.0, seed=1)
+    expected = sample(cpu_reference(pruned), [0, 1], steps=4, cfg_scale=2.0, seed=1,
+                      device="cpu")
+    assert relative_error(images, expected) < 5e-2  # TF32 on while it samples: not exact
 
 def test_fp16_trains_with_cudas_loss_scaler_and_compresses_on_cuda(tmp_path, monkeypatch):
     from entpruner_sdk.training import TrainConfig, train
