@@ -519,3 +519,39 @@ def test_an_output_path_that_cannot_be_made_is_refused_before_the_work(tmp_path,
     with pytest.raises(ValueError, match="a-file is a file, where a folder is to be written"):
         compress("dit-digits", "digits", 6, out_dir=blocker)  # before calibration
     assert blocker.read_text() == "in the way"
+
+
+def refuses_new_files(folder: Path) -> bool:
+    try:
+        os.close(os.open(folder / ".entpruner-test-probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    os.unlink(folder / ".entpruner-test-probe")
+    return False
+
+
+def test_an_output_folder_this_process_may_not_write_in_is_refused_before_the_work(
+        tmp_path, capsys):
+    from entpruner_sdk.cli import main
+    from entpruner_sdk.utils.files import check_output_path
+
+    # sysfs refuses new files even to root, who passes any mode bits; elsewhere a folder
+    # without write permission stands in for it
+    if refuses_new_files(Path("/sys")):
+        closed = Path("/sys")
+    elif os.geteuid() != 0:
+        closed = tmp_path / "read-only"
+        closed.mkdir(mode=0o555)
+    else:
+        pytest.skip("no folder here that refuses root a new file")
+    with pytest.raises(ValueError, match=rf"cannot write {closed}/run: this process may not "
+                                         rf"write in {closed} \(Permission denied\); choose"):
+        check_output_path(closed / "run", folder=True)
+    with pytest.raises(ValueError, match="may not write in"):
+        check_output_path(closed / "grid.png", folder=False)
+    assert main(["sample", "--model", "dit-digits", "--out", str(closed / "g.png")]) == 2
+    assert f"may not write in {closed}" in capsys.readouterr().err
+    check_output_path(tmp_path / "run", folder=True)  # writable: no probe file left behind
+    assert list(tmp_path.iterdir()) == ([closed] if closed.parent == tmp_path else [])

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,9 +57,10 @@ def _running(pid: int) -> bool:
 
 def check_output_path(path: str | os.PathLike, *, folder: bool) -> None:
     """Refuse, before the work that would fill it, an output ``path`` that cannot be made: a
-    file where a folder is written (``folder``) or the reverse, or a file on the way to it.
-    Otherwise the first write, minutes or hours in, would fail with the system's terse
-    "Not a directory"."""
+    file where a folder is written (``folder``) or the reverse, a file on the way to it, or a
+    folder this process may not write in (tried, not judged from the mode bits: root passes
+    those, and a read-only mount or a sysfs does not). Otherwise the first write, minutes or
+    hours in, would fail with the system's terse "Not a directory" or "Permission denied"."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         kind, written = ("a folder", "a file") if path.is_dir() else ("a file", "a folder")
@@ -69,6 +71,18 @@ def check_output_path(path: str | os.PathLike, *, folder: bool) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise ValueError(f"cannot write {path}: {ancestor} is a file, not a folder")
+    _check_writable(path if folder and path.is_dir() else ancestor, path)
+
+
+def _check_writable(folder: Path, path: Path) -> None:
+    """Make and remove a file in ``folder``, where writing ``path`` starts."""
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".entpruner-write-check-")
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: this process may not write in {folder} "
+                         f"({error.strerror}); choose another path, or one you own") from error
+    os.close(descriptor)
+    os.unlink(probe)
 
 
 @contextlib.contextmanager
