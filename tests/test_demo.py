@@ -537,10 +537,12 @@ def test_a_demo_open_to_the_network_asks_for_a_password_or_warns(models):
         demo.close()
 
 
-def test_the_demo_refuses_a_taken_port_before_loading_its_models(tmp_path):
+def test_the_demo_refuses_a_taken_port_before_loading_its_models(tmp_path, monkeypatch,
+                                                                 capsys):
     import socket
 
     from entpruner_sdk.apps.demo import launch
+    from entpruner_sdk.cli import main
 
     nowhere = str(tmp_path / "nowhere")  # would load as an error panel: never reached
     with pytest.raises(ValueError, match=r"port 70000 is not a TCP port"):
@@ -551,6 +553,12 @@ def test_the_demo_refuses_a_taken_port_before_loading_its_models(tmp_path):
         port = holder.getsockname()[1]
         with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{port}: "):
             launch(nowhere, nowhere, port=port, block=False)
+        # the command says so alone, without first promising that the demo starts anyway
+        monkeypatch.chdir(tmp_path)  # no runs/quickstart model here: the note's case
+        assert main(["demo", "--port", str(port)]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"entpruner demo: error: cannot listen on 127.0.0.1:{port}: Address already in "
+            "use; choose another --port, or stop what holds it"]
 
 
 def test_stop_ends_a_slow_generate_and_frees_the_model_thread(tmp_path):

@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     """Launch the side-by-side Gradio app and serve it until stopped; 0 on success."""
     from entpruner_sdk.apps.demo import launch
     from entpruner_sdk.apps.pair import DEFAULT_PRUNED, MAKE_PRUNED
+    from entpruner_sdk.utils.network import check_address
 
+    check_address(args.host, args.port)  # else the note below says the demo starts anyway
     if args.pruned == DEFAULT_PRUNED and not Path(DEFAULT_PRUNED).exists():
         print(f"note: no pruned model at {DEFAULT_PRUNED}; make it with:\n  {MAKE_PRUNED}\n"
               "(the demo starts anyway and shows this in the page)", file=sys.stderr)
