@@ -5,16 +5,16 @@
 #   PYTHON=/opt/torch/.venv/bin/python3 GPU_OUT=$OUT GPU_DEADLINE_S=570 bash benchmarks/gpu.sh
 #   GPU_DRY_RUN=1 GPU_OUT=/tmp/gpu-dry bash benchmarks/gpu.sh   # the same steps on CPU, tiny
 #   GPU_SKIP=sampling bash benchmarks/gpu.sh     # leave out steps: tests, ced, compress, memory,
-#                                                # sampling, precision
+#                                                # sampling, precision, serve
 #
 # Needs a stock PyTorch CUDA image plus these wheels (pure Python or small):
 #   pip install numpy safetensors scikit-learn scikit-image pillow tqdm rich matplotlib packaging pytest
 # and the package itself. PYTHONPATH alone cannot find it: setuptools' package-dir maps export/,
 # serve/ and apps/ to entpruner_sdk.export, .serve and .apps. So when those are not found, the
 # script installs the checkout editable (no deps, no index) into PYTHON's environment.
-# The server's GPU test runs where FastAPI and uvicorn import, and is skipped elsewhere (on the
-# lent H200, carried as wheels: fastapi starlette uvicorn pydantic pydantic-core
-# annotated-types typing-inspection opentelemetry-api importlib-metadata, about 3 MB).
+# The server's GPU test and the serve step run where FastAPI and uvicorn import, and are
+# skipped elsewhere (on the lent H200, carried as wheels: fastapi starlette uvicorn pydantic
+# pydantic-core annotated-types typing-inspection opentelemetry-api importlib-metadata, 3 MB).
 #
 # Steps, in order: the GPU-marked tests; CED ranking time for a DiT-XL/2-shaped model (random
 # weights, 256 samples x 8 timesteps) against N full forwards (7 of the 28 timed, scaled to 28,
@@ -23,7 +23,8 @@
 # checkpointing, with 4 micro-batches and with both; XL/2 28- vs 14-block sampling throughput, eager vs CUDA graphs (torch.compile
 # "reduce-overhead"; each compile takes a minute or more, so plain compile is left to a run
 # of gpu_sampling.py by hand); last, bf16 and fp16 autocast against fp32 on the bundled DiT
-# teacher, sample quality and the speed ratios (mixed_precision.py).
+# teacher, sample quality and the speed ratios (mixed_precision.py); last, the server's load test
+# on the GPU, 16 clients with batching off and on (serve_load.py).
 #
 # Built for a lent machine with a hard wall-clock limit, where a run that overruns returns
 # nothing:
@@ -37,9 +38,9 @@
 # - GPU_DRY_RUN=1 runs every step on the CPU at tiny sizes (about a minute), to check the
 #   script itself before spending device time on it.
 # - Each step's output goes to its own log beside the results, and the whole run writes at
-#   most 8 small files to GPU_OUT: gpu.log, tests.log, compress_cost_xl.json,
+#   most 9 small files to GPU_OUT: gpu.log, tests.log, compress_cost_xl.json,
 #   compress_report.json, compress_report.md, train_memory.json, gpu_sampling.json,
-#   mixed_precision.json (each step's whole log stays in a temporary folder; its last 25
+#   mixed_precision.json, serve_load.json (each step's whole log stays in a temporary folder; its last 25
 #   lines are in gpu.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,7 @@ if [[ "${GPU_DRY_RUN:-0}" == 1 ]]; then
     MEMORY=(--arch DiT-S/2 --latent-size 8 --batch 4 --steps 1)
     SAMPLING=(--model DiT-S/2 --latent-size 8 --batch 2 --steps 2 --repeats 1 --modes eager)
     PRECISION=(--samples 8 --steps 2 --batch 2 --repeats 1)
+    SERVE=(--clients 2 --seconds 2 --max-batch 2 --steps 2)
 else
     DEVICE=cuda
     XL=(--forward-passes 7)
@@ -63,6 +65,7 @@ else
     MEMORY=(--arch DiT-XL/2 --batch 32 --steps 2)
     SAMPLING=(--batch 32 --steps 25 --repeats 3 --modes eager,cuda-graphs)
     PRECISION=(--samples 500 --steps 50 --batch 64 --repeats 5)
+    SERVE=(--clients 16 --seconds 10 --max-batch 16)
 fi
 export ENTPRUNER_QUIET=1 PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 exec > >(tee -a "$OUT/gpu.log") 2>&1
@@ -138,5 +141,12 @@ step sampling "XL/2 sampling throughput, 28 vs 14 blocks" 150 "$WORK/sampling.lo
 step precision "bf16 and fp16 autocast vs fp32, the bundled DiT teacher" 90 "$WORK/precision.log" \
     "$PYTHON" benchmarks/mixed_precision.py --model dit-digits "${PRECISION[@]}" \
         --device "$DEVICE" --out "$OUT/mixed_precision.json"
+if "$PYTHON" -c "import fastapi, uvicorn, httpx" 2>/dev/null; then
+    step serve "the server on the $DEVICE, 16 clients, batching off and on" 100 "$WORK/serve.log" \
+        "$PYTHON" benchmarks/serve_load.py "${SERVE[@]}" --device "$DEVICE" \
+            --out "$OUT/serve_load.json"
+else
+    echo "--- the server's load test skipped: FastAPI, uvicorn or httpx does not import"
+fi
 echo "=== done in $SECONDS s, status $status ==="
 exit $status
