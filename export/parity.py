@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -70,18 +69,14 @@ def check_parity(model: DiffusionTransformer, runtime: ExportedDenoiser,
     reference = cpu_reference(model)
     guided_reference = GuidedDenoiser(reference) if runtime.has_guided_graph else None
     checks = []
-    with _exact_on_gpu():
+    # TF32 off while comparing (and back after): resolve_device turns it on for the process, a
+    # GPU runtime built on PyTorch (AOTInductor) can read that switch, and TF32 rounds matmul
+    # inputs to 10 mantissa bits (2^-11, five times the fp32 bound)
+    with exact_fp32("cuda" if torch.cuda.is_available() else "cpu"):
         for i, batch in enumerate(batches):
             checks += _check_batch(runtime, reference, guided_reference, batch, precision,
                                    seed + i, seed + 100 + i)
     return checks
-
-
-def _exact_on_gpu():
-    """TF32 off while an export is compared (and back after): ``resolve_device`` turns it on
-    for the process, a GPU runtime built on PyTorch (AOTInductor) can read that switch, and
-    TF32 rounds matmul inputs to 10 mantissa bits (2^-11, five times the fp32 bound)."""
-    return exact_fp32("cuda") if torch.cuda.is_available() else contextlib.nullcontext()
 
 
 def _check_batch(runtime: ExportedDenoiser, reference: DiffusionTransformer,
