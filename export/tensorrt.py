@@ -90,6 +90,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
                                          int(workspace_gib * (1 << 30)))
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # the builder may run fp32 matmuls in TF32 unless told not to (a default that holds in
+        # strongly typed networks too): 10-bit inputs, five times the fp32 parity bound
+        builder_config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     low, opt, high = (input_shapes(config, b) for b in batch)
     for name in INPUTS:

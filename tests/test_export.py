@@ -377,6 +377,15 @@ def test_tensorrt_engine_matches_pytorch(tmp_path):
                                rtol=5e-2, atol=5e-2)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_an_fp32_tensorrt_engine_computes_in_fp32_not_tf32(tmp_path):
+    pytest.importorskip("tensorrt")
+    result = export(pruned("dit"), tmp_path / "trt", "tensorrt", precision="fp32",
+                    batch=(1, 4, 16))
+    assert all(c.tolerance == 1e-4 and c.passed for c in result.parity)
+
+
 @pytest.mark.slow
 @needs_torch("2.6")
 def test_aoti_package_runs_without_model_code(tmp_path, capsys):
