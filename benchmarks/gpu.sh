@@ -67,7 +67,9 @@ else
     PRECISION=(--samples 500 --steps 50 --batch 64 --repeats 5)
     SERVE=(--clients 16 --seconds 10 --max-batch 16)
 fi
-export ENTPRUNER_QUIET=1 PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+# PYTHONFAULTHANDLER: a crash in compiled code (a segmentation fault) prints the Python stack
+export ENTPRUNER_QUIET=1 PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 \
+    PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 exec > >(tee -a "$OUT/gpu.log") 2>&1
 status=0
 
