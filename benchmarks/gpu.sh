@@ -144,7 +144,7 @@ step precision "bf16 and fp16 autocast vs fp32, the bundled DiT teacher" 90 "$WO
     "$PYTHON" benchmarks/mixed_precision.py --model dit-digits "${PRECISION[@]}" \
         --device "$DEVICE" --out "$OUT/mixed_precision.json"
 if "$PYTHON" -c "import fastapi, uvicorn, httpx" 2>/dev/null; then
-    step serve "the server on the $DEVICE, 16 clients, batching off and on" 100 "$WORK/serve.log" \
+    step serve "the server's load test on the $DEVICE, batching off and on" 100 "$WORK/serve.log" \
         "$PYTHON" benchmarks/serve_load.py "${SERVE[@]}" --device "$DEVICE" \
             --out "$OUT/serve_load.json"
 else
