@@ -24,18 +24,19 @@
 # "reduce-overhead"; each compile takes a minute or more, so plain compile is left to a run
 # of gpu_sampling.py by hand); last, bf16 and fp16 autocast against fp32 on the bundled DiT
 # teacher, sample quality and the speed ratios (mixed_precision.py); last, the server's load test
-# on the GPU, 16 clients with batching off and on (serve_load.py).
+# on the GPU, 16 clients with batching off, on, and on with CUDA graphs (serve_load.py
+# --compile reduce-overhead; the dry run compiles without them, as a CPU can).
 #
 # Built for a lent machine with a hard wall-clock limit, where a run that overruns returns
 # nothing:
 # - PYTHON names the interpreter outright. Never link it elsewhere: a venv's python found
 #   through a symlink outside the venv loses the venv and its torch.
-# - GPU_DEADLINE_S (default 570; all steps take about 590 s on an H200, the tests 230 of them,
-#   more than one call may run, so leave two out there: GPU_SKIP=ced,sampling) bounds the whole
-#   script. Each step gets the smaller of its own limit and the time left, and is skipped
+# - GPU_DEADLINE_S (default 570) bounds the whole script. All steps took about 11 minutes on
+#   an H200, before the serve step's compiled phase (a few minutes more), and one call runs
+#   10 at most: leave steps out, e.g. GPU_SKIP=ced,sampling,memory. Each step gets the smaller of its own limit and the time left, and is skipped
 #   when less than 20 s is left. So no outer timeout and no pipe are needed, and no step
 #   outlives the script.
-# - GPU_DRY_RUN=1 runs every step on the CPU at tiny sizes (about a minute), to check the
+# - GPU_DRY_RUN=1 runs every step on the CPU at tiny sizes (about two minutes), to check the
 #   script itself before spending device time on it.
 # - Each step's output goes to its own log beside the results, and the whole run writes at
 #   most 9 small files to GPU_OUT: gpu.log, tests.log, compress_cost_xl.json,
@@ -57,7 +58,7 @@ if [[ "${GPU_DRY_RUN:-0}" == 1 ]]; then
     MEMORY=(--arch DiT-S/2 --latent-size 8 --batch 4 --steps 1)
     SAMPLING=(--model DiT-S/2 --latent-size 8 --batch 2 --steps 2 --repeats 1 --modes eager)
     PRECISION=(--samples 8 --steps 2 --batch 2 --repeats 1)
-    SERVE=(--clients 2 --seconds 2 --max-batch 2 --steps 2)
+    SERVE=(--clients 2 --seconds 2 --max-batch 2 --steps 2 --compile default)
 else
     DEVICE=cuda
     XL=(--forward-passes 7)
@@ -65,7 +66,7 @@ else
     MEMORY=(--arch DiT-XL/2 --batch 32 --steps 2)
     SAMPLING=(--batch 32 --steps 25 --repeats 3 --modes eager,cuda-graphs)
     PRECISION=(--samples 500 --steps 50 --batch 64 --repeats 5)
-    SERVE=(--clients 16 --seconds 10 --max-batch 16)
+    SERVE=(--clients 16 --seconds 10 --max-batch 16 --compile reduce-overhead)
 fi
 # PYTHONFAULTHANDLER: a crash in compiled code (a segmentation fault) prints the Python stack
 export ENTPRUNER_QUIET=1 PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 \
@@ -144,7 +145,8 @@ step precision "bf16 and fp16 autocast vs fp32, the bundled DiT teacher" 90 "$WO
     "$PYTHON" benchmarks/mixed_precision.py --model dit-digits "${PRECISION[@]}" \
         --device "$DEVICE" --out "$OUT/mixed_precision.json"
 if "$PYTHON" -c "import fastapi, uvicorn, httpx" 2>/dev/null; then
-    step serve "the server's load test on the $DEVICE, batching off and on" 100 "$WORK/serve.log" \
+    step serve "the server's load test on the $DEVICE, batching off, on, on compiled" 240 \
+        "$WORK/serve.log" \
         "$PYTHON" benchmarks/serve_load.py "${SERVE[@]}" --device "$DEVICE" \
             --out "$OUT/serve_load.json"
 else

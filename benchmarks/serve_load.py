@@ -1,16 +1,20 @@
 """Load test of the real server on 127.0.0.1: N concurrent clients for T seconds, with dynamic
-batching on and off in one run; throughput, p50 / p99 latency and errors. ``--soak`` runs one
-long phase and samples the server's resident memory.
+batching on and off in one run (and, with ``--compile``, batching on with the model compiled);
+throughput, p50 / p99 latency and errors. ``--soak`` runs one long phase and samples the
+server's resident memory.
 
     python benchmarks/serve_load.py                         # 16 clients, 20 s per phase
     python benchmarks/serve_load.py --quick                 # 8 clients, 8 s per phase
     python benchmarks/serve_load.py --soak 300 --clients 32 # 5-minute soak, memory curve
     python benchmarks/serve_load.py --device cuda --clients 64 --max-batch 64  # on a GPU
+    python benchmarks/serve_load.py --compile default       # + a phase compiled (CPU)
+    python benchmarks/serve_load.py --device cuda --compile reduce-overhead  # CUDA graphs
 
 Each client sends one-image requests (random class, its own seeds) back to back; the server
 runs `entpruner serve` in its own process. Prints a table, writes
 benchmarks/results/serve_load.json (or serve_soak.json). Goal: batching >= 3x throughput at
-16 clients with 0 failed valid requests; memory flat over the soak.
+16 clients with 0 failed valid requests; memory flat over the soak. A compiled server is
+ready once it has compiled every batch size, so its phase, like the others, times no compile.
 """
 
 from __future__ import annotations
@@ -42,12 +46,14 @@ def free_port() -> int:
 
 
 def start_server(model: str, port: int, max_batch: int, max_queue: int,
-                 device: str) -> subprocess.Popen:
+                 device: str, compile: str | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "entpruner_sdk", "serve", "--model", model, "--port",
                str(port), "--max-batch", str(max_batch), "--max-wait-ms", "10",
-               "--max-queue", str(max_queue), "--device", device, "--quiet"]
+               "--max-queue", str(max_queue), "--device", device, "--quiet",
+               *(["--compile", compile] if compile else [])]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    ready_within = 600 if compile else 120  # a compile for each batch size comes first
+    deadline = time.time() + ready_within
     while time.time() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")
@@ -58,7 +64,7 @@ def start_server(model: str, port: int, max_batch: int, max_queue: int,
             pass
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError("server did not become ready in 120 s")
+    raise RuntimeError(f"server did not become ready in {ready_within} s")
 
 
 def rss_mb(pid: int) -> float:
@@ -116,10 +122,13 @@ async def load(url: str, clients: int, seconds: float, steps: int | None, classe
     }
 
 
-def phase(model, max_batch, clients, seconds, steps, device, memory=None) -> dict:
+def phase(model, max_batch, clients, seconds, steps, device, memory=None,
+          compile=None) -> dict:
     port = free_port()
+    started = time.perf_counter()
     server = start_server(model, port, max_batch, max_queue=max(64, 2 * clients),
-                          device=device)
+                          device=device, compile=compile)
+    ready_s = time.perf_counter() - started
     try:
         url = f"http://127.0.0.1:{port}"
         classes = httpx.get(url + "/v1/models").json()["models"][0]["num_classes"]
@@ -130,7 +139,8 @@ def phase(model, max_batch, clients, seconds, steps, device, memory=None) -> dic
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return {"batching": max_batch > 1, "max_batch": max_batch, **result}
+    return {"batching": max_batch > 1, "max_batch": max_batch, "compile": compile,
+            "ready_s": round(ready_s, 1), **result}
 
 
 def _mean_batch(metrics: str) -> float | None:
@@ -153,6 +163,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch", type=int, default=16, help="batch size when batching")
     parser.add_argument("--device", default="cpu",
                         help="where the server samples: cpu (the default) or cuda")
+    parser.add_argument("--compile", choices=("default", "reduce-overhead", "max-autotune"),
+                        help="add a phase with batching on and the model compiled in this "
+                             "torch.compile mode")
     parser.add_argument("--quick", action="store_true", help="8 clients, 8 s per phase")
     parser.add_argument("--soak", type=float, help="one batched phase of this many seconds")
     parser.add_argument("--out", help="JSON results (default: results/serve_load.json, "
@@ -175,35 +188,44 @@ def main(argv=None) -> int:
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         print(f"written to {out}")
         return 0
-    rows = [phase(args.model, batch, args.clients, args.seconds, args.steps, args.device)
-            for batch in (1, args.max_batch)]
-    ratio = rows[1]["throughput_images_per_s"] / rows[0]["throughput_images_per_s"]
+    phases = [(1, None), (args.max_batch, None)]
+    if args.compile:
+        phases.append((args.max_batch, args.compile))
+    rows = [phase(args.model, batch, args.clients, args.seconds, args.steps, args.device,
+                  compile=compile) for batch, compile in phases]
+    throughput = [r["throughput_images_per_s"] for r in rows]
+    ratio = throughput[1] / throughput[0]
+    compile_ratio = throughput[2] / throughput[1] if args.compile else None
     processor = processor_name(args.device)
-    print_table(rows, ratio, processor)
+    print_table(rows, ratio, processor, compile_ratio)
     out = args.out or str(RESULTS / "serve_load.json")
     atomic_write_text(out, json.dumps({"model": args.model, "steps": args.steps,
                                        "device": args.device, "processor": processor,
-                                       "batching_speedup": ratio, "rows": rows}, indent=2))
+                                       "batching_speedup": ratio,
+                                       "compile_speedup": compile_ratio, "rows": rows},
+                                      indent=2))
     print(f"written to {out}")
     return 0
 
 
-def print_table(rows, ratio, processor: str) -> None:
+def print_table(rows, ratio, processor: str, compile_ratio: float | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"serve load test on {processor} "
-                        f"(batching throughput gain {ratio:.2f}x)")
-    for column in ("batching", "clients", "images/s", "p50 ms", "p99 ms", "errors",
-                   "mean batch", "server RSS MB"):
+    gains = f"batching throughput gain {ratio:.2f}x" + (
+        f", compiled vs eager {compile_ratio:.2f}x" if compile_ratio else "")
+    table = Table(title=f"serve load test on {processor} ({gains})")
+    for column in ("batching", "model", "clients", "images/s", "p50 ms", "p99 ms", "errors",
+                   "mean batch", "server RSS MB", "ready s"):
         table.add_column(column)
     for r in rows:
         table.add_row(f"on (max {r['max_batch']})" if r["batching"] else "off",
+                      f"compiled ({r['compile']})" if r["compile"] else "eager",
                       str(r["clients"]), f"{r['throughput_images_per_s']:.1f}",
                       f"{1e3 * r['p50_s']:.0f}" if r["p50_s"] else "-",
                       f"{1e3 * r['p99_s']:.0f}" if r["p99_s"] else "-", str(r["errors"]),
                       f"{r['mean_batch_images']:.1f}" if r["mean_batch_images"] else "-",
-                      f"{r['server_rss_mb']:.0f}")
+                      f"{r['server_rss_mb']:.0f}", f"{r['ready_s']:.0f}")
     Console(width=max(120, Console().width)).print(table)
 
 

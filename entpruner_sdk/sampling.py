@@ -143,7 +143,10 @@ def sample(
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast(device):
-            return denoiser(x, t, y).float()
+            out = denoiser(x, t, y).float()
+        # a CUDA graph replays into the buffers it returned before, and Heun keeps one output
+        # while it makes the next call; in fp32, .float() copies nothing
+        return out.clone() if compile else out
 
     was_training = model.training
     model.eval()

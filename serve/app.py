@@ -25,7 +25,7 @@ from entpruner_sdk.objectives import StepLimitExceeded
 from entpruner_sdk.sampling import to_picture
 from entpruner_sdk.serve.batcher import Job, MicroBatcher, Overloaded, ShuttingDown
 from entpruner_sdk.serve.metrics import ServerMetrics
-from entpruner_sdk.serve.models import ServedModel
+from entpruner_sdk.serve.models import ServedModel, batch_buckets
 from entpruner_sdk.serve.schemas import GenerateRequest, GenerateResponse
 from entpruner_sdk.serve.settings import ServerSettings
 from entpruner_sdk.utils.timing import CallCounter
@@ -78,7 +78,8 @@ def create_app(models: dict[str, ServedModel] | ModelLoader,
             await state.batcher.drain()
             raise
         if settings.warmup:
-            await state.batcher.run_in_worker(lambda: _warm_up(state.models))
+            await state.batcher.run_in_worker(
+                lambda: _warm_up(state.models, settings.max_batch_images))
         state.ready = True
         yield
         state.ready = False  # readiness fails first, so balancers stop sending work
@@ -260,8 +261,14 @@ def _run_batch(state: ServerState, jobs: list[Job]) -> list[np.ndarray]:
     return [(part, counter.calls) for part in split]
 
 
-def _warm_up(models: dict[str, ServedModel]) -> None:
+def _warm_up(models: dict[str, ServedModel], max_batch_images: int) -> None:
     for model in models.values():
+        if model.compile:
+            log.info("compiling %s (torch.compile %s) for batches of %s rows", model.name,
+                     model.compile, ", ".join(map(str, batch_buckets(max_batch_images))))
+            started = time.perf_counter()
+            model.warm_up(max_batch_images)
+            log.info("%s compiled in %.0f s", model.name, time.perf_counter() - started)
         defaults = model.defaults
         model.generate([0], [0], [1], sampler=defaults["sampler"], steps=2,
                        cfg_scale=defaults["cfg_scale"])

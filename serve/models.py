@@ -17,7 +17,7 @@ from entpruner_sdk.models import DiffusionTransformer, count_parameters
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives import ModelFn, Objective, objective_for
 from entpruner_sdk.objectives.base import SplitGenerator
-from entpruner_sdk.sampling import GuidedFn, sample_with
+from entpruner_sdk.sampling import GuidedFn, compiled, sample_with
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import (
     arithmetic,
@@ -29,6 +29,8 @@ from entpruner_sdk.utils.device import (
 from entpruner_sdk.utils.timing import CallCounter
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+# torch.compile modes a PyTorch model may be served in ("reduce-overhead": CUDA graphs)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -55,6 +57,7 @@ class ServedModel:
     # a PyTorch model's: "bf16 autocast" on a GPU by default, else "fp32" ($ENTPRUNER_AUTOCAST)
     arithmetic: str | None = None
     trained_vae: str | None = None  # the VAE its train.py run encoded with, when recorded
+    compile: str | None = None  # the torch.compile mode of a compiled PyTorch model
 
     def __post_init__(self) -> None:
         with torch.device("meta"):  # shapes only: no memory, no compute
@@ -80,6 +83,7 @@ class ServedModel:
             "sampler_settings": self.objective.sampler_settings,
             "device": str(self.device), "source": self.source,
             **({"arithmetic": self.arithmetic} if self.arithmetic else {}),
+            **({"compile": self.compile} if self.compile else {}),
             **({"compression": self.compression} if self.compression else {}),
             **({"export": self.export} if self.export else {}),
         }
@@ -106,21 +110,69 @@ class ServedModel:
         )
         return images if self.decoder is None else self.decoder.decode(images)
 
+    def warm_up(self, max_batch_images: int) -> list[int]:
+        """Compile a compiled model for every batch size a server of ``max_batch_images``
+        can call it with, so no request pays for a compile; returns those sizes (none for a
+        model that is not compiled). Each size is sampled as a request is (the inputs' dtypes
+        are part of what a compiled graph is built for), for two steps: CUDA graphs run a
+        new shape once before they record it."""
+        if self.compile is None:
+            return []
+        sizes = batch_buckets(max_batch_images)
+        for rows in sizes:  # unguided: one row an image
+            self.generate([0] * rows, [0], [rows], sampler=self.defaults["sampler"], steps=2,
+                          cfg_scale=1.0)
+        return sizes
+
+
+def bucket(rows: int) -> int:
+    """The batch a compiled denoiser runs ``rows`` at: the next power of two."""
+    return 1 << (rows - 1).bit_length()
+
+
+def batch_buckets(max_batch_images: int) -> list[int]:
+    """Every bucket a server's denoiser calls fall in: up to ``max_batch_images`` images a
+    batch, twice that in a guided call (the conditional and unconditional halves at once)."""
+    return sorted({bucket(rows) for rows in range(1, 2 * max_batch_images + 1)})
+
+
+def padded_to_buckets(model_fn: ModelFn) -> ModelFn:
+    """``model_fn`` called at bucket sizes only. A compiled graph is built (and, in
+    "reduce-overhead" mode, a CUDA graph recorded) for each batch shape it meets; a server's
+    batches take any size, so rows are repeated up to the bucket and cut off after. Rows do
+    not interact in the model, so the padding changes nothing for the real ones. The output
+    is a copy: a CUDA graph replays into the same buffers, and a sampler such as Heun keeps
+    one output while it makes the next call."""
+
+    def call(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        index = torch.arange(bucket(rows), device=x.device).clamp(max=rows - 1)
+        return model_fn(x[index], t[index], y[index])[:rows].clone()
+
+    return call
+
 
 def load_served_model(name: str, source: str, backend: str = "torch",
                       device: str | torch.device | None = None,
                       provider: str | None = None,
                       vae: LatentSpace | str | None = None,
                       family: str | None = None, num_heads: int | None = None,
-                      flow_path: str | None = None) -> ServedModel:
+                      flow_path: str | None = None,
+                      compile: str | None = None) -> ServedModel:
     """Open ``source`` (teacher name, model directory or checkpoint, or an export directory)
     for ``backend``. A plain model asked for ONNX Runtime or TensorRT is exported first (into a
     temporary directory, parity-checked). A latent model needs ``vae`` (a ``LatentSpace`` or
     its folder), which decodes its samples to images; ``family`` ("dit" or "sit") is needed
     for a released checkpoint, whose keys do not say (``num_heads`` too, for a width that is
-    not a published size, and ``flow_path`` for a SiT trained on the GVP path)."""
+    not a published size, and ``flow_path`` for a SiT trained on the GVP path).
+    ``compile``: a mode of :data:`COMPILE_MODES` runs a PyTorch model through
+    ``torch.compile`` at bucketed batch sizes (:meth:`ServedModel.warm_up` compiles them)."""
+    if compile is not None and compile not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {compile!r}; choose one of "
+                         f"{', '.join(COMPILE_MODES)}")
     served = _load_served_model(name, source, backend, device, provider,
-                                dict(family=family, num_heads=num_heads, flow_path=flow_path))
+                                dict(family=family, num_heads=num_heads, flow_path=flow_path),
+                                compile)
     # --vae, else the decoder an export of a latent model carries
     served.decoder = decoder_for(served.config, vae if vae is not None else served.decoder,
                                  device, trained_with=served.trained_vae)
@@ -128,11 +180,16 @@ def load_served_model(name: str, source: str, backend: str = "torch",
 
 
 def _load_served_model(name: str, source: str, backend: str, device: str | torch.device | None,
-                       provider: str | None, released: dict[str, Any]) -> ServedModel:
+                       provider: str | None, released: dict[str, Any],
+                       compile: str | None) -> ServedModel:
     from entpruner_sdk.export import is_export_dir, load_exported
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if compile is not None and (backend != "torch" or is_export_dir(source)):
+        raise ValueError(f"{source}: compile applies to a PyTorch model served by PyTorch, "
+                         "not to an export, whose graph was fixed when it was exported: drop "
+                         "--compile, or serve the model itself with --backend torch")
     if is_export_dir(source):  # its own runtime runs it; another one asked for is refused
         runtime = load_exported(source, provider=provider or "cpu")
         if backend != "torch" and not runtime.backend.endswith(backend):
@@ -144,7 +201,7 @@ def _load_served_model(name: str, source: str, backend: str, device: str | torch
         return _from_runtime(name, runtime, source)
     model = resolve_model(source, **released)
     if backend == "torch":
-        return _from_torch(name, model, resolve_device(device), source)
+        return _from_torch(name, model, resolve_device(device), source, compile)
     from entpruner_sdk.export import export
 
     workdir = Path(tempfile.mkdtemp(prefix=f"entpruner-serve-{name}-"))
@@ -162,16 +219,18 @@ def _from_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
-                source: str) -> ServedModel:
+                source: str, compile: str | None = None) -> ServedModel:
     model = model.eval().to(device)
     # the policy in force at load, kept for every request whichever thread serves it
     mode = autocast_mode()
+    denoiser = compiled(model, True if compile == "default" else compile) if compile else model
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with mixed_precision(mode), autocast(device):
-            return model(x, t, y).float()
+            return denoiser(x, t, y).float()
 
-    return ServedModel(name, "torch", model.config, objective_for(model), model_fn,
+    return ServedModel(name, "torch", model.config, objective_for(model),
+                       padded_to_buckets(model_fn) if compile else model_fn, compile=compile,
                        device=device, kept_blocks=model.kept_blocks, source=source,
                        arithmetic=arithmetic(device),
                        compression=model.metadata.get("compression"),

@@ -36,11 +36,11 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
 def model_loader(specs: dict[str, str], backend: str, device: str | None = None,
                  provider: str | None = None, vae: str | None = None,
                  family: str | None = None, num_heads: int | None = None,
-                 flow_path: str | None = None) -> ModelLoader:
+                 flow_path: str | None = None, compile: str | None = None) -> ModelLoader:
     """A function that opens every model (run at startup, in whichever process serves);
     ``vae``: the folder of the VAE that decodes the latent models' samples (opened once);
     ``family``, ``num_heads`` and ``flow_path``: for released checkpoints, whose weights do
-    not say."""
+    not say; ``compile``: the torch.compile mode of PyTorch models (None: eager)."""
 
     def load() -> dict[str, ServedModel]:
         from entpruner_sdk.data.latents import LatentSpace
@@ -48,7 +48,7 @@ def model_loader(specs: dict[str, str], backend: str, device: str | None = None,
 
         decoder = LatentSpace.from_pretrained(vae, device=device) if vae else None
         return {name: load_served_model(name, source, backend, device, provider, decoder,
-                                        family, num_heads, flow_path)
+                                        family, num_heads, flow_path, compile)
                 for name, source in specs.items()}
 
     return load
@@ -66,10 +66,12 @@ def serve(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0
           port: int = 8000, settings: ServerSettings | None = None, device: str | None = None,
           provider: str | None = None, log_level: str = "info", vae: str | None = None,
           family: str | None = None, num_heads: int | None = None,
-          flow_path: str | None = None) -> None:
+          flow_path: str | None = None, compile: str | None = None) -> None:
     """Serve ``specs`` ({name: source}) with uvicorn until interrupted (SIGINT / SIGTERM
     finish the accepted requests first). ``vae``: the VAE folder for latent models;
-    ``family``, ``num_heads`` and ``flow_path``: for released checkpoints."""
+    ``family``, ``num_heads`` and ``flow_path``: for released checkpoints; ``compile``: a
+    torch.compile mode for PyTorch models, compiled for every batch size before the server
+    is ready."""
     import uvicorn
 
     from entpruner_sdk.serve.app import create_app
@@ -78,7 +80,7 @@ def serve(specs: dict[str, str], *, backend: str = "torch", host: str = "127.0.0
     check_address(host, port)
     check_exposure(host, settings)
     app = create_app(model_loader(specs, backend, device, provider, vae, family, num_heads,
-                                  flow_path), settings)
+                                  flow_path, compile), settings)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level,
                     timeout_graceful_shutdown=int(settings.request_timeout_s))
@@ -93,7 +95,8 @@ def serve_ray(specs: dict[str, str], *, backend: str = "torch", host: str = "127
               port: int = 8000, replicas: int = 2, settings: ServerSettings | None = None,
               device: str | None = None, provider: str | None = None,
               blocking: bool = True, vae: str | None = None, family: str | None = None,
-              num_heads: int | None = None, flow_path: str | None = None) -> Any:
+              num_heads: int | None = None, flow_path: str | None = None,
+              compile: str | None = None) -> Any:
     """The same app as a Ray Serve deployment with ``replicas`` replicas (each loads the
     models and batches its own requests). Joins the running Ray cluster, or starts a local
     one."""
@@ -102,6 +105,7 @@ def serve_ray(specs: dict[str, str], *, backend: str = "torch", host: str = "127
     settings = settings or ServerSettings(api_key=os.environ.get("ENTPRUNER_API_KEY"))
     check_port(port)  # not bound here: Ray's proxy binds it, perhaps on another node
     check_exposure(host, settings)
-    loader = model_loader(specs, backend, device, provider, vae, family, num_heads, flow_path)
+    loader = model_loader(specs, backend, device, provider, vae, family, num_heads, flow_path,
+                          compile)
     return run_ray(loader, settings, host=host, port=port, replicas=replicas,
                    blocking=blocking)

@@ -14,7 +14,7 @@ from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.sampling import compiled, sample
 from entpruner_sdk.teachers import load_teacher
-from entpruner_sdk.utils.device import autocast
+from entpruner_sdk.utils.device import autocast, mixed_precision
 from entpruner_sdk.utils.versions import torch_release
 from tests.conftest import randomized, tiny_config
 
@@ -58,6 +58,26 @@ def test_compiled_and_cuda_graph_sampling_match_eager():
         assert relative_error(call, eager_call) < 0.02, mode  # one call: bf16 rounding only
         out = sample(net, [0, 1], steps=4, seed=2, device="cuda", compile=mode)
         assert relative_error(out, eager) < 0.05, mode
+
+
+def test_cuda_graphs_keep_every_output_a_sampler_holds():
+    """Heun keeps one output while it makes the next call, and a CUDA graph replays into the
+    buffers it returned before. In bf16 the output's .float() is a copy; in fp32 nothing
+    copies it on the way out, so sample and the server copy it themselves."""
+    from entpruner_sdk.serve.models import load_served_model
+
+    net = load_teacher("sit-digits", "cuda")
+    with mixed_precision("off"):
+        eager = sample(net, [0, 1], sampler="heun", steps=6, seed=3, device="cuda")
+        graphs = sample(net, [0, 1], sampler="heun", steps=6, seed=3, device="cuda",
+                        compile="reduce-overhead")
+        served = {mode: load_served_model(str(mode), "sit-digits", device="cuda", compile=mode)
+                  for mode in (None, "reduce-overhead")}
+        assert served["reduce-overhead"].warm_up(2) == [1, 2, 4]
+        images = {mode: m.generate([0, 1, 2], [3], [3], sampler="heun", steps=6, cfg_scale=1.0)
+                  for mode, m in served.items()}
+    assert relative_error(graphs, eager) < 1e-3
+    assert relative_error(images["reduce-overhead"], images[None]) < 1e-3
 
 
 def test_ced_on_cuda_equals_cpu_ranking():

@@ -17,7 +17,12 @@ import torch
 
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.serve import ServerSettings, create_app, decode_array, parse_model_specs
-from entpruner_sdk.serve.models import _from_torch, load_served_model
+from entpruner_sdk.serve.models import (
+    _from_torch,
+    batch_buckets,
+    load_served_model,
+    padded_to_buckets,
+)
 from entpruner_sdk.serve.server import check_exposure
 from tests.conftest import free_port, latent_model, randomized, tiny_config, tiny_vae
 
@@ -377,6 +382,67 @@ def test_onnxruntime_backend_serves_the_same_images(tmp_path):
                                           "backend": "onnxruntime",
                                           "providers": ["CPUExecutionProvider"]}
         assert "export" not in info["torch"]
+    with pytest.raises(ValueError, match="compile applies to a PyTorch model served by "
+                       "PyTorch, not to an export"):
+        load_served_model("x", str(tmp_path / "onnx"), compile="default")
+
+
+def test_padding_to_buckets_calls_the_model_at_powers_of_two_only():
+    seen = []
+
+    def model_fn(x, t, y):
+        seen.append(x.shape[0])
+        return x * t[:, None, None, None] + y[:, None, None, None]
+
+    padded = padded_to_buckets(model_fn)
+    for rows in range(1, 10):
+        x, t, y = torch.randn(rows, 1, 2, 2), torch.rand(rows), torch.arange(rows)
+        out = padded(x, t, y)
+        torch.testing.assert_close(out, model_fn(x, t, y), rtol=0, atol=0)
+        assert out.shape[0] == rows
+    assert seen[::2] == [1, 2, 4, 4, 8, 8, 8, 8, 16]  # the padded calls, between the plain ones
+    # a copy: a CUDA graph replays into the buffer it returned last time
+    kept = torch.zeros(2, 1, 2, 2)
+    assert padded_to_buckets(lambda x, t, y: kept)(*(torch.zeros(2),) * 3).data_ptr() != (
+        kept.data_ptr())
+    # a server of batches of up to 3 images calls with up to 6 rows (guided), so up to 8
+    assert batch_buckets(3) == [1, 2, 4, 8] and batch_buckets(1) == [1, 2]
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'; choose one of default"):
+        load_served_model("x", "dit-digits", compile="fast")
+
+
+@pytest.mark.slow
+def test_a_compiled_model_is_compiled_before_ready_and_serves_what_eager_does():
+    from torch._dynamo.utils import counters
+
+    model = randomized(DiffusionTransformer(tiny_config("dit", num_classes=4)))
+    models = {"eager": _from_torch("eager", model, torch.device("cpu"), "tiny"),
+              "compiled": _from_torch("compiled", model, torch.device("cpu"), "tiny",
+                                      compile="default")}
+    rows, padded = [], models["compiled"].model_fn
+    models["compiled"].model_fn = lambda x, t, y: rows.append(x.shape[0]) or padded(x, t, y)
+    settings = ServerSettings(max_batch_images=4, max_images_per_request=4, max_steps=20)
+    before = counters["stats"]["unique_graphs"]
+    with running(models, settings) as (url, _):
+        info = {m["name"]: m for m in httpx.get(url + "/v1/models").json()["models"]}
+        assert info["compiled"]["compile"] == "default" and "compile" not in info["eager"]
+        # before /readyz said ready, the warm-up compiled for every batch size: up to 4
+        # images, 8 rows guided
+        assert sorted(set(rows)) == [1, 2, 4, 8]
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs > before
+        # one image unguided (1 row), three guided (6 rows, run at 8), and a batch of both
+        bodies = [dict(class_labels=[1], cfg_scale=1.0, seed=5),
+                  dict(class_labels=[0, 2, 3], cfg_scale=2.0, seed=6)]
+        for body in bodies:
+            body.update(steps=3, output_format="array")
+            eager, compiled = (decode_array(generate(url, model=name, **body).json()["array"])
+                               for name in ("eager", "compiled"))
+            np.testing.assert_allclose(compiled, eager, atol=1e-4)
+        batched = concurrently(url, [dict(bodies[1], model="compiled", class_labels=[0, 2],
+                                          seed=seed) for seed in (7, 8)])
+        assert max(r["timing"]["batch_images"] for r in batched) == 4  # 8 rows, guided
+        assert counters["stats"]["unique_graphs"] == graphs  # no request paid for a compile
 
 
 def test_a_latent_model_is_served_as_images_through_its_vae(tmp_path):

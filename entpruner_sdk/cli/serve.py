@@ -16,6 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner serve --model original=dit-digits --model pruned=runs/quickstart/dit-digits-pruned
         entpruner serve --model exports/dit-onnx --backend onnxruntime --port 8080
         entpruner serve --model pruned=runs/x/model --max-batch 32 --max-wait-ms 20
+        entpruner serve --model pruned=runs/x/model --device cuda --compile reduce-overhead
         ENTPRUNER_API_KEY=secret entpruner serve --model dit-digits --host 0.0.0.0
         entpruner serve --model dit-digits --ray --replicas 4    # Ray Serve replicas
         curl -s localhost:8000/v1/generate -H 'content-type: application/json' \\
@@ -29,13 +30,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _models(g: common.Options) -> None:
-    from entpruner_sdk.serve.models import BACKENDS
+    from entpruner_sdk.serve.models import BACKENDS, COMPILE_MODES
 
     g.add_argument("--model", action="append", required=True, metavar="[NAME=]SOURCE",
                    help="teacher name, model dir, checkpoint or export dir (repeatable)")
     g.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="what runs the models: PyTorch or an export's runtime")
     g.add_argument("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt")
+    g.add_argument("--compile", choices=COMPILE_MODES,
+                   help="run PyTorch models through torch.compile in this mode "
+                        "(reduce-overhead: CUDA graphs on a GPU), compiled for every batch "
+                        "size before the server is ready (default: eager)")
     common.released_options(g)
     common.vae_option(g)
 
@@ -77,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
         serve_ray(specs, backend=args.backend, host=args.host, port=args.port,
                   replicas=args.replicas, settings=settings, device=device,
                   provider=args.provider, vae=args.vae, family=args.family,
-                  num_heads=args.num_heads, flow_path=args.flow_path)
+                  num_heads=args.num_heads, flow_path=args.flow_path, compile=args.compile)
     else:
         serve(specs, backend=args.backend, host=args.host, port=args.port, settings=settings,
               device=device, provider=args.provider, vae=args.vae, family=args.family,
-              num_heads=args.num_heads, flow_path=args.flow_path,
+              num_heads=args.num_heads, flow_path=args.flow_path, compile=args.compile,
               log_level="warning" if args.quiet else "info")
     return 0
