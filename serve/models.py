@@ -99,16 +99,17 @@ class ServedModel:
     def generate(self, labels: list[int], seeds: list[int], counts: list[int], *,
                  sampler: str, steps: int, cfg_scale: float,
                  objective: Objective | None = None,
-                 counter: CallCounter | None = None) -> torch.Tensor:
+                 counter: CallCounter | None = None, decode: bool = True) -> torch.Tensor:
         """Images in [-1, 1] for ``labels``; slice i (``counts[i]`` images) uses ``seeds[i]``.
         ``objective``: the model's own, or one with other sampler settings; ``counter``
-        counts the denoiser's calls (a guided call, both halves at once, counts one)."""
+        counts the denoiser's calls (a guided call, both halves at once, counts one);
+        ``decode=False`` leaves a latent model's samples as latents."""
         images = sample_with(
             self.model_fn, self.config, objective or self.objective, labels, sampler=sampler,
             steps=steps, cfg_scale=cfg_scale, seed=SplitGenerator(seeds, counts),
             device=self.device, clip_denoised=True, guided_fn=self.guided_fn, counter=counter,
         )
-        return images if self.decoder is None else self.decoder.decode(images)
+        return images if self.decoder is None or not decode else self.decoder.decode(images)
 
     def warm_up(self, max_batch_images: int) -> list[int]:
         """Compile a compiled model for every batch size a server of ``max_batch_images``
@@ -119,9 +120,9 @@ class ServedModel:
         if self.compile is None:
             return []
         sizes = batch_buckets(max_batch_images)
-        for rows in sizes:  # unguided: one row an image
+        for rows in sizes:  # unguided: one row an image; the VAE is not compiled
             self.generate([0] * rows, [0], [rows], sampler=self.defaults["sampler"], steps=2,
-                          cfg_scale=1.0)
+                          cfg_scale=1.0, decode=False)
         return sizes
 
 

@@ -472,6 +472,10 @@ def test_a_latent_model_is_served_as_images_through_its_vae(tmp_path):
     assert latents.shape == (2, 4, 8, 8)
     decoded = LatentSpace.from_pretrained(vae).decode(latents)
     np.testing.assert_allclose(array, decoded.numpy(), atol=1e-5)
+    # what a compiled model's warm-up asks for: the latents, left undecoded
+    undecoded = served.generate([1, 2], [3], [2], sampler="ddim", steps=3, cfg_scale=2.0,
+                                decode=False)
+    torch.testing.assert_close(undecoded, latents)
 
 
 def test_a_released_checkpoint_is_served_with_its_family(tmp_path):
