@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from entpruner_sdk.serve.models import COMPILE_MODES
 from entpruner_sdk.utils.device import processor_name
 from entpruner_sdk.utils.files import atomic_write_text
 
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch", type=int, default=16, help="batch size when batching")
     parser.add_argument("--device", default="cpu",
                         help="where the server samples: cpu (the default) or cuda")
-    parser.add_argument("--compile", choices=("default", "reduce-overhead", "max-autotune"),
+    parser.add_argument("--compile", choices=COMPILE_MODES,
                         help="add a phase with batching on and the model compiled in this "
                              "torch.compile mode")
     parser.add_argument("--quick", action="store_true", help="8 clients, 8 s per phase")

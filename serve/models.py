@@ -224,7 +224,7 @@ def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
     model = model.eval().to(device)
     # the policy in force at load, kept for every request whichever thread serves it
     mode = autocast_mode()
-    denoiser = compiled(model, True if compile == "default" else compile) if compile else model
+    denoiser = compiled(model, compile) if compile else model
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with mixed_precision(mode), autocast(device):
