@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from entpruner_sdk.serve.models import COMPILE_MODES
+from entpruner_sdk.sampling import COMPILE_MODES
 from entpruner_sdk.utils.device import processor_name
 from entpruner_sdk.utils.files import atomic_write_text
 

@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # PIL is imported where pictures are made
 # guided_fn(x_t, model_time, labels, scale [N]) -> guided output
 GuidedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
+# the torch.compile modes that sampling, the server and evaluate offer ("default";
+# "reduce-overhead" and "max-autotune" capture CUDA graphs on a GPU)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
 
 @runtime_checkable
 class RuntimeDenoiser(Protocol):
@@ -161,6 +165,13 @@ def sample(
         )
     finally:
         model.train(was_training)
+
+
+def check_compile_mode(mode: str | None) -> None:
+    """Refuse a torch.compile mode the package does not offer (None: not compiled)."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; choose one of "
+                         f"{', '.join(COMPILE_MODES)}")
 
 
 def compiled(model: DiffusionTransformer, mode: bool | str = True) -> torch.nn.Module:

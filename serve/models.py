@@ -17,7 +17,7 @@ from entpruner_sdk.models import DiffusionTransformer, count_parameters
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives import ModelFn, Objective, objective_for
 from entpruner_sdk.objectives.base import SplitGenerator
-from entpruner_sdk.sampling import GuidedFn, compiled, sample_with
+from entpruner_sdk.sampling import GuidedFn, check_compile_mode, compiled, sample_with
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import (
     arithmetic,
@@ -29,8 +29,6 @@ from entpruner_sdk.utils.device import (
 from entpruner_sdk.utils.timing import CallCounter
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-# torch.compile modes a PyTorch model may be served in ("reduce-overhead": CUDA graphs)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -166,11 +164,9 @@ def load_served_model(name: str, source: str, backend: str = "torch",
     its folder), which decodes its samples to images; ``family`` ("dit" or "sit") is needed
     for a released checkpoint, whose keys do not say (``num_heads`` too, for a width that is
     not a published size, and ``flow_path`` for a SiT trained on the GVP path).
-    ``compile``: a mode of :data:`COMPILE_MODES` runs a PyTorch model through
+    ``compile``: a mode of ``sampling.COMPILE_MODES`` runs a PyTorch model through
     ``torch.compile`` at bucketed batch sizes (:meth:`ServedModel.warm_up` compiles them)."""
-    if compile is not None and compile not in COMPILE_MODES:
-        raise ValueError(f"unknown compile mode {compile!r}; choose one of "
-                         f"{', '.join(COMPILE_MODES)}")
+    check_compile_mode(compile)
     served = _load_served_model(name, source, backend, device, provider,
                                 dict(family=family, num_heads=num_heads, flow_path=flow_path),
                                 compile)

@@ -138,6 +138,26 @@ def test_inception_fid_halves_vs_distorted_and_monotone_in_noise():
     assert distances == sorted(distances) and distances[1] > 1.5 * distances[0]
 
 
+@pytest.mark.slow
+def test_evaluate_samples_compiled_as_eager_and_says_so(tmp_path):
+    model = randomized(DiffusionTransformer(tiny_config("dit", depth=2)))
+    small = load_data("digits").per_class(4, torch.Generator().manual_seed(0))
+    cache_a_quick_classifier(small)
+    # 12 samples in batches of 8: the last batch is smaller, another batch shape to compile
+    run = dict(samples=12, steps=2, batch_size=8, features=("domain",), progress=False)
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'; choose one of default"):
+        evaluate(model, small, compile="fast", **run)
+    kept = tmp_path / "kept"
+    eager = evaluate(model, small, checkpoint_dir=kept, keep_batches=True, **run)
+    compiled = evaluate(model, small, compile="default", **run)
+    assert compiled.settings["compile"] == "default" and "compile" not in eager.settings
+    # 8-bit samples: float error may move a pixel across a rounding step, no further
+    assert (compiled.images.int() - eager.images.int()).abs().max() <= 1
+    # batches kept by an eager run serve a compiled one: the same samples, to float error
+    resumed = evaluate(model, small, compile="default", checkpoint_dir=kept, **run)
+    assert torch.equal(resumed.images, eager.images)
+
+
 def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
     pruned = model.keep_blocks([0, 3])

@@ -566,6 +566,8 @@ def test_an_export_is_sampled_and_evaluated_as_its_model_is(onnx_export, tmp_pat
         ep.evaluate(result.directory, four, **evaluation)
     with pytest.raises(ValueError, match="the likelihood needs the PyTorch model"):
         ep.evaluate(runtime, four, likelihood=4, **evaluation)
+    with pytest.raises(ValueError, match="compile applies to PyTorch models, and an export's"):
+        ep.evaluate(model, four, original=runtime, compile="default", **evaluation)
     # a resumed evaluation keys its batches by the export: stable when reopened, and another
     # export of the same model (another precision) is another key
     assert load_exported(result.directory).fingerprint == runtime.fingerprint

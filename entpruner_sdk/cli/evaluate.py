@@ -9,6 +9,7 @@ from pathlib import Path
 from entpruner_sdk.cli import common
 from entpruner_sdk.evaluation.batches import IN_PROGRESS
 from entpruner_sdk.evaluation.reference import REFERENCE_SIZE
+from entpruner_sdk.sampling import COMPILE_MODES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner evaluate --model runs/xl-d14/model --family dit --vae ./sd-vae-ft-ema \\
             --data VIRTUAL_imagenet256_labeled.npz --samples 50000 --steps 250 --cfg 1.5 \\
             --sampler ddpm --save-samples --out runs/fid50k   # ADM's reference batch and format
+        entpruner evaluate --model runs/xl-d14/model --family dit --vae ./sd-vae-ft-ema \\
+            --data ./my_images --image-size 256 --samples 10000 --device cuda \\
+            --compile reduce-overhead             # sampled with CUDA graphs
         entpruner evaluate --model sit-digits --data digits --sampler dopri5 --steps 250 \\
             --atol 1e-2 --rtol 1e-2 --cfg 2      # dopri5 at looser tolerances
         entpruner evaluate --model runs/sit-pruned --original sit-digits --data digits \\
@@ -61,6 +65,9 @@ def _sampling(g: common.Options) -> None:
                         "lower it when a large model's batch does not fit in memory; each "
                         "batch's noise comes from the seed and its index, so the batch size "
                         "is part of what decides the samples")
+    g.add_argument("--compile", choices=COMPILE_MODES,
+                   help="sample PyTorch models through torch.compile in this mode "
+                        "(reduce-overhead: CUDA graphs on a GPU; default: eager)")
 
 
 def _reference(g: common.Options) -> None:
@@ -128,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
                       device=device, progress=not args.quiet, model_name=args.model,
                       vae=vae, checkpoint_dir=Path(args.out) / IN_PROGRESS,
                       sampler_settings=common.sampler_settings(args),
-                      likelihood=args.likelihood, likelihood_steps=args.likelihood_steps)
+                      likelihood=args.likelihood, likelihood_steps=args.likelihood_steps,
+                      compile=args.compile)
     if not distributed.is_main():  # every process holds the report; one writes it
         return 0
     report.save(args.out)

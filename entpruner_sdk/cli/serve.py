@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _models(g: common.Options) -> None:
-    from entpruner_sdk.serve.models import BACKENDS, COMPILE_MODES
+    from entpruner_sdk.sampling import COMPILE_MODES
+    from entpruner_sdk.serve.models import BACKENDS
 
     g.add_argument("--model", action="append", required=True, metavar="[NAME=]SOURCE",
                    help="teacher name, model dir, checkpoint or export dir (repeatable)")

@@ -47,7 +47,12 @@ from entpruner_sdk.evaluation.reference import (
 )
 from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.sampling import RuntimeDenoiser, check_cfg_scale, objective_of
+from entpruner_sdk.sampling import (
+    RuntimeDenoiser,
+    check_cfg_scale,
+    check_compile_mode,
+    objective_of,
+)
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import arithmetic, resolve_device
@@ -112,6 +117,7 @@ def evaluate(
     likelihood: int = 0,
     likelihood_steps: int | None = None,
     on_batch: Callable[[str, int, int], None] | None = None,
+    compile: str | None = None,
 ) -> EvaluationReport:
     """Sample ``samples`` class-balanced images from ``model`` and compare them with ``data``.
     ``model`` and ``original``: models, or bundled teachers' names or saved models' paths, or
@@ -160,11 +166,18 @@ def evaluate(
     ``on_batch``: called after each batch of samples with whose they are (``model_name`` or
     ``"original"``), the batches made and their count, for a progress display; what it raises
     ends the evaluation (a page's Stop), keeping the batches made in ``checkpoint_dir``.
+
+    ``compile``: sample the PyTorch models through ``torch.compile`` in this mode (one of
+    ``sampling.COMPILE_MODES``; ``"reduce-overhead"``: CUDA graphs), compiled once for the
+    batch size (and once more for a smaller last batch). Kept batches of an evaluation made
+    without it serve one made with it, and the other way round: the samples differ by float
+    error only.
     """
     model = sampled_model(model)
     original = sampled_model(original, "original") if original is not None else None
     _check_request(model, features, vae, original, original_images, samples, batch_size,
                    likelihood)
+    _check_compile(compile, model, original)
     # refused before any work when they do not apply; stated in the report and the batch key
     objective = objective_of(model)
     sampler_used = objective.check_sampler(sampler)  # the family's default named, for reports
@@ -198,7 +211,8 @@ def evaluate(
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
                       desc=f"sampling {model_name}", decoder=decoder, finished=batches,
-                      on_batch=on_batch and partial(on_batch, model_name), **sampling)
+                      on_batch=on_batch and partial(on_batch, model_name), compile=compile,
+                      **sampling)
     report = EvaluationReport(images=images, labels=labels, classes=classes, settings=dict(
         model=model_name, samples=samples, sampler=sampler_used, steps=steps,
         **({"sampler_settings": governing} if governing else {}), cfg_scale=cfg_scale,
@@ -206,6 +220,7 @@ def evaluate(
         device=str(device), processes=distributed.world_size(), features=list(features),
         sampling_seconds=time.perf_counter() - started,
         samples_held="uint8" if data.is_eight_bit else "float32",
+        **({"compile": compile} if compile else {}),
         **({"vae": decoder.fingerprint} if decoder is not None else {}),
         **_arithmetic(model, original, device), **_runtimes(model, original)))
     _note_scope(report, model, data, available, kept.loaded_by_all(batches), batch_size)
@@ -219,7 +234,7 @@ def evaluate(
                                        progress=progress, desc="sampling the original",
                                        decoder=decoder, finished=kept.of(original, "original"),
                                        on_batch=on_batch and partial(on_batch, "original"),
-                                       **sampling)
+                                       compile=compile, **sampling)
         _original_figures(report, original_images, generated, data, classifier, extractors,
                           progress)
     if likelihood:
@@ -254,6 +269,16 @@ def _runtimes(model, original) -> dict[str, Any]:
     return {key: sampled.runtime for key, sampled in (("runtime", model),
                                                        ("original_runtime", original))
             if isinstance(sampled, RuntimeDenoiser)}
+
+
+def _check_compile(mode: str | None, *models: DiffusionTransformer | RuntimeDenoiser | None
+                   ) -> None:
+    """A compile mode is one on offer, and every model sampled is a PyTorch model."""
+    check_compile_mode(mode)
+    if mode is not None and any(isinstance(m, RuntimeDenoiser) for m in models):
+        raise ValueError("compile applies to PyTorch models, and an export's graphs were fixed "
+                         "when it was exported: drop compile= (--compile), or evaluate the "
+                         "model the export was made from")
 
 
 def _check_request(model: DiffusionTransformer | RuntimeDenoiser, features: tuple[str, ...],
