@@ -2,6 +2,7 @@
 FID that behaves as FID should on real images."""
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -149,13 +150,39 @@ def test_evaluate_samples_compiled_as_eager_and_says_so(tmp_path):
         evaluate(model, small, compile="fast", **run)
     kept = tmp_path / "kept"
     eager = evaluate(model, small, checkpoint_dir=kept, keep_batches=True, **run)
-    compiled = evaluate(model, small, compile="default", **run)
+    from torch._dynamo.utils import counters
+
+    graphs = []  # the compiled graphs at each batch's end: the batch sizes were compiled first
+    compiled = evaluate(model, small, compile="default", **run,
+                        on_batch=lambda *_: graphs.append(counters["stats"]["unique_graphs"]))
     assert compiled.settings["compile"] == "default" and "compile" not in eager.settings
+    assert compiled.settings["compile_seconds"] > 0 and len(graphs) == 2
+    assert graphs[0] == graphs[1]  # the smaller last batch compiled nothing while timed
+    assert re.search(r"Sampling the model took [\d.]+ s, after [\d.]+ s compiling "
+                     r"\(torch.compile default\)", compiled.to_markdown())
     # 8-bit samples: float error may move a pixel across a rounding step, no further
     assert (compiled.images.int() - eager.images.int()).abs().max() <= 1
     # batches kept by an eager run serve a compiled one: the same samples, to float error
     resumed = evaluate(model, small, compile="default", checkpoint_dir=kept, **run)
     assert torch.equal(resumed.images, eager.images)
+
+
+@pytest.mark.slow
+def test_an_adaptive_sampler_is_compiled_for_by_a_fixed_step_one():
+    from torch._dynamo.utils import counters
+
+    from entpruner_sdk.evaluation.generation import compile_for_batches
+    from entpruner_sdk.sampling import sample
+
+    model = randomized(DiffusionTransformer(tiny_config("sit", depth=2)))
+    labels = torch.arange(6) % 10
+    # dopri5 capped at two steps would stop; the warm-up takes heun, whose inputs are alike
+    seconds = compile_for_batches(model, labels, batch_size=6, compile="default",
+                                  sampler="dopri5", cfg_scale=2.0, sampler_settings={
+                                      "atol": 1e-2, "rtol": 1e-2})
+    graphs = counters["stats"]["unique_graphs"]
+    sample(model, labels, sampler="dopri5", steps=100, cfg_scale=2.0, compile="default")
+    assert seconds > 0 and counters["stats"]["unique_graphs"] == graphs
 
 
 def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):

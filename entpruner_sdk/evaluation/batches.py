@@ -56,6 +56,10 @@ class SampleBatches:
     def _path(self, index: int) -> Path:
         return self.directory / f"batch_{index:05d}.safetensors"
 
+    def has(self, index: int) -> bool:
+        """Whether batch ``index`` was finished before (its file is there)."""
+        return self._path(index).is_file()
+
     def load(self, index: int) -> torch.Tensor | None:
         """Batch ``index`` if it was finished before, else None. An unreadable file (a disk
         fault: every file is written atomically) is removed and the batch made again."""

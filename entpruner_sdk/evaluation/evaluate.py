@@ -30,7 +30,7 @@ from entpruner_sdk.evaluation.batches import EvaluationBatches
 from entpruner_sdk.evaluation.classifier import domain_classifier, predict
 from entpruner_sdk.evaluation.features import DomainFeatures, feature_extractors, sharded_features
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
-from entpruner_sdk.evaluation.generation import balanced_labels, generate
+from entpruner_sdk.evaluation.generation import balanced_labels, compile_for_batches, generate
 from entpruner_sdk.evaluation.likelihood import check_pixel_model, paired_likelihood
 from entpruner_sdk.evaluation.metrics import (
     FeatureStats,
@@ -168,10 +168,11 @@ def evaluate(
     ends the evaluation (a page's Stop), keeping the batches made in ``checkpoint_dir``.
 
     ``compile``: sample the PyTorch models through ``torch.compile`` in this mode (one of
-    ``sampling.COMPILE_MODES``; ``"reduce-overhead"``: CUDA graphs), compiled once for the
-    batch size (and once more for a smaller last batch). Kept batches of an evaluation made
-    without it serve one made with it, and the other way round: the samples differ by float
-    error only.
+    ``sampling.COMPILE_MODES``; ``"reduce-overhead"``: CUDA graphs), compiled for the batch
+    size (and a smaller last batch) before the timed sampling, so ``settings`` holds
+    ``compile_seconds``, what compiling took, apart from ``sampling_seconds``. Kept batches of
+    an evaluation made without it serve one made with it, and the other way round: the
+    samples differ by float error only.
     """
     model = sampled_model(model)
     original = sampled_model(original, "original") if original is not None else None
@@ -208,6 +209,10 @@ def evaluate(
                     **({"sampler_settings": governing} if governing else {}))
     kept = EvaluationBatches(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
     batches = kept.of(model, model_name)
+    # compiled first, so sampling_seconds is the compiled model's steady speed
+    compile_seconds = compile_for_batches(model, labels, batch_size=batch_size,
+                                          compile=compile, finished=batches,
+                                          **sampling) if compile else None
     started = time.perf_counter()
     images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
                       desc=f"sampling {model_name}", decoder=decoder, finished=batches,
@@ -220,7 +225,7 @@ def evaluate(
         device=str(device), processes=distributed.world_size(), features=list(features),
         sampling_seconds=time.perf_counter() - started,
         samples_held="uint8" if data.is_eight_bit else "float32",
-        **({"compile": compile} if compile else {}),
+        **({"compile": compile, "compile_seconds": compile_seconds} if compile else {}),
         **({"vae": decoder.fingerprint} if decoder is not None else {}),
         **_arithmetic(model, original, device), **_runtimes(model, original)))
     _note_scope(report, model, data, available, kept.loaded_by_all(batches), batch_size)

@@ -3,6 +3,7 @@ ranks, kept on disk as they finish so an interrupted evaluation continues."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,8 +41,7 @@ def generate(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor
     Under torch.distributed, rank r samples the batches b with b % world == r and the batches
     are gathered in order: the same images as one process, in 1 / world of the time.
     """
-    starts = list(range(0, len(labels), batch_size))
-    mine = range(distributed.rank(), len(starts), distributed.world_size())
+    starts, mine = _batches(labels, batch_size)
     chunks = {}
     if finished is not None:
         chunks = {b: batch for b in mine if (batch := finished.load(b)) is not None}
@@ -63,3 +63,36 @@ def generate(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor
     for other in distributed.gather_objects(chunks) if distributed.is_distributed() else []:
         chunks.update(other)
     return torch.cat([chunks[b] for b in range(len(starts))])
+
+
+def compile_for_batches(model: DiffusionTransformer, labels: torch.Tensor, *, batch_size: int,
+                        compile: str, finished: SampleBatches | None = None,
+                        sampler: str | None = None, cfg_scale: float = 1.0,
+                        sampler_settings: dict[str, float] | None = None,
+                        device: torch.device | str | None = None, **_: Any) -> float:
+    """Compile ``model`` for every batch :func:`generate` will make of ``labels`` (those not
+    in ``finished``), so the sampling timed after it pays for no compile; returns the
+    seconds it took. Each size is sampled as generate samples it, guidance included (a
+    guided call holds two rows an image; a graph is built for its inputs' dtypes too), for
+    the fewest steps its sampler takes, at least two: CUDA graphs run a new shape once
+    before they record it. An adaptive sampler (dopri5) warms up with the family's fixed-step
+    default, which calls the model with the same inputs, since a cap of two steps would stop
+    it. ``**_``: generate's other settings, which change no graph."""
+    started = time.perf_counter()
+    starts, mine = _batches(labels, batch_size)
+    done = set() if finished is None else {b for b in mine if finished.has(b)}
+    sizes = {len(labels[starts[b]:starts[b] + batch_size]) for b in mine if b not in done}
+    objective = objective_of(model).with_sampler_settings(**(sampler_settings or {}))
+    if objective.check_sampler(sampler) in objective.adaptive_samplers:
+        sampler = objective.default_sampler
+    steps = max(2, objective.min_steps(objective.check_sampler(sampler)))
+    for size in sorted(sizes, reverse=True):
+        sample(model, labels[:size], sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+               objective=objective, device=device, clip_denoised=True, compile=compile)
+    return time.perf_counter() - started
+
+
+def _batches(labels: torch.Tensor, batch_size: int) -> tuple[list[int], range]:
+    """Where each batch starts, and the batches this process makes (b % world == rank)."""
+    starts = list(range(0, len(labels), batch_size))
+    return starts, range(distributed.rank(), len(starts), distributed.world_size())

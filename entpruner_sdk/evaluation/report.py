@@ -69,6 +69,7 @@ class EvaluationReport:
                  f"{' in ' + s['arithmetic'] if s.get('arithmetic') else ''}"
                  f"{', samples held as 8-bit pixels' if s.get('samples_held') == 'uint8' else ''}"
                  ".", ""]
+        lines += _timing_lines(s)
         lines += _runtime_lines(s)
         lines += self._metrics_table()
         if self.fidelity:
@@ -174,6 +175,15 @@ def _settings(settings: dict[str, Any]) -> str:
     shown = (f"{name} {value:g}" if isinstance(value, float | int) else f"{name} {value}"
              for name, value in given.items())
     return f" ({', '.join(shown)})" if given else ""
+
+
+def _timing_lines(settings: dict[str, Any]) -> list[str]:
+    """How long the model's sampling took, and its compile apart from it."""
+    if "sampling_seconds" not in settings:  # a report written before it was recorded
+        return []
+    compiled = (f", after {settings['compile_seconds']:.1f} s compiling (torch.compile "
+                f"{settings['compile']})" if settings.get("compile") else "")
+    return [f"Sampling the model took {settings['sampling_seconds']:.1f} s{compiled}.", ""]
 
 
 def _runtime_lines(settings: dict[str, Any]) -> list[str]:
