@@ -158,8 +158,8 @@ def test_evaluate_samples_compiled_as_eager_and_says_so(tmp_path):
     assert compiled.settings["compile"] == "default" and "compile" not in eager.settings
     assert compiled.settings["compile_seconds"] > 0 and len(graphs) == 2
     assert graphs[0] == graphs[1]  # the smaller last batch compiled nothing while timed
-    assert re.search(r"Sampling the model took [\d.]+ s, after [\d.]+ s compiling "
-                     r"\(torch.compile default\)", compiled.to_markdown())
+    assert re.search(r"Sampling took [\d.]+ s \(after [\d.]+ s compiling\) for the model "
+                     r"\(torch.compile default\)\.", compiled.to_markdown())
     # 8-bit samples: float error may move a pixel across a rounding step, no further
     assert (compiled.images.int() - eager.images.int()).abs().max() <= 1
     # batches kept by an eager run serve a compiled one: the same samples, to float error
@@ -204,6 +204,14 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     reused = evaluate(pruned, small, samples=20, steps=2, original=model,
                       original_images=of_original.images, features=("domain",), progress=False)
     assert reused.fidelity == report.fidelity
+    # the original's sampling timed beside the model's, from the same noise; none when its
+    # samples were handed on
+    timing = report.settings
+    assert timing["sampling_speedup"] == pytest.approx(
+        timing["original_sampling_seconds"] / timing["sampling_seconds"])
+    assert re.search(r"Sampling took [\d.]+ s for the model, [\d.]+ s for the original: "
+                     r"[\d.]+x as fast\.", report.to_markdown())
+    assert "original_sampling_seconds" not in reused.settings
     # beside the model's figures, the original's: those of its own evaluation, exactly
     assert report.original_metrics == reused.original_metrics == of_original.metrics
     assert report.original_per_class_accuracy == of_original.per_class_accuracy
@@ -544,6 +552,11 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
     assert resumed.settings["batches_resumed"] == 2 and "2 of the 3 sample batches" in (
         resumed.notes[0])
     assert "batches_resumed" not in uninterrupted.settings
+    # times of different work make no ratio: the resumed run gives the two times, no speedup
+    assert "sampling_speedup" in uninterrupted.settings
+    assert "original_sampling_seconds" in resumed.settings
+    assert "sampling_speedup" not in resumed.settings and any(
+        "no sampling speedup is given" in note for note in resumed.notes)
     assert not checkpoints.exists()  # removed once the evaluation ended
     # other settings never take these batches: another seed samples every batch again
     calls.clear()

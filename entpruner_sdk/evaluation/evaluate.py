@@ -208,38 +208,29 @@ def evaluate(
                     as_eight_bit=data.is_eight_bit,
                     **({"sampler_settings": governing} if governing else {}))
     kept = EvaluationBatches(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
-    batches = kept.of(model, model_name)
-    # compiled first, so sampling_seconds is the compiled model's steady speed
-    compile_seconds = compile_for_batches(model, labels, batch_size=batch_size,
-                                          compile=compile, finished=batches,
-                                          **sampling) if compile else None
-    started = time.perf_counter()
-    images = generate(model, labels, seed=seed, batch_size=batch_size, progress=progress,
-                      desc=f"sampling {model_name}", decoder=decoder, finished=batches,
-                      on_batch=on_batch and partial(on_batch, model_name), compile=compile,
-                      **sampling)
+    run = dict(seed=seed, batch_size=batch_size, progress=progress, decoder=decoder,
+               compile=compile, **sampling)
+    images, resumed, timing = _timed_samples(model, model_name, f"sampling {model_name}", kept,
+                                             labels, on_batch, run)
     report = EvaluationReport(images=images, labels=labels, classes=classes, settings=dict(
         model=model_name, samples=samples, sampler=sampler_used, steps=steps,
         **({"sampler_settings": governing} if governing else {}), cfg_scale=cfg_scale,
         seed=seed, reference=data.name, reference_size=len(data),
         device=str(device), processes=distributed.world_size(), features=list(features),
-        sampling_seconds=time.perf_counter() - started,
-        samples_held="uint8" if data.is_eight_bit else "float32",
-        **({"compile": compile, "compile_seconds": compile_seconds} if compile else {}),
+        **timing, samples_held="uint8" if data.is_eight_bit else "float32",
+        **({"compile": compile} if compile else {}),
         **({"vae": decoder.fingerprint} if decoder is not None else {}),
         **_arithmetic(model, original, device), **_runtimes(model, original)))
-    _note_scope(report, model, data, available, kept.loaded_by_all(batches), batch_size)
+    _note_scope(report, model, data, available, resumed, batch_size)
     classifier = distributed.main_first(
         lambda: domain_classifier(data, progress=progress, device=device))
     extractors = feature_extractors(features, classifier, device, report.notes)
     generated = _model_figures(report, data, classifier, extractors, progress)
     if original is not None:
         if original_images is None:
-            original_images = generate(original, labels, seed=seed, batch_size=batch_size,
-                                       progress=progress, desc="sampling the original",
-                                       decoder=decoder, finished=kept.of(original, "original"),
-                                       on_batch=on_batch and partial(on_batch, "original"),
-                                       compile=compile, **sampling)
+            original_images, original_resumed, original_timing = _timed_samples(
+                original, "original", "sampling the original", kept, labels, on_batch, run)
+            _note_speedup(report, original_timing, resumed + original_resumed)
         _original_figures(report, original_images, generated, data, classifier, extractors,
                           progress)
     if likelihood:
@@ -251,6 +242,39 @@ def evaluate(
     else:
         kept.clear()
     return report
+
+
+def _timed_samples(model: DiffusionTransformer | RuntimeDenoiser, name: str, desc: str,
+                   kept: EvaluationBatches, labels: torch.Tensor,
+                   on_batch: Callable[[str, int, int], None] | None, run: dict[str, Any]
+                   ) -> tuple[torch.Tensor, int, dict[str, float]]:
+    """``model``'s samples, how many of their batches an interrupted run had kept, and how
+    long the rest took (``sampling_seconds``): compiled first when ``run["compile"]`` is set,
+    so that is the compiled model's steady speed, and ``compile_seconds`` the compile's."""
+    finished = kept.of(model, name)
+    timing = {}
+    if run["compile"]:
+        timing["compile_seconds"] = compile_for_batches(model, labels, finished=finished, **run)
+    started = time.perf_counter()
+    images = generate(model, labels, desc=desc, finished=finished,
+                      on_batch=on_batch and partial(on_batch, name), **run)
+    timing["sampling_seconds"] = time.perf_counter() - started
+    return images, kept.loaded_by_all(finished), timing
+
+
+def _note_speedup(report: EvaluationReport, original_timing: dict[str, float],
+                  resumed: int) -> None:
+    """The original's sampling time beside the model's, and the model's speedup when both
+    sampled every batch in this run: the same samples, noise and settings, one after the
+    other on the same device."""
+    settings = report.settings
+    settings.update({f"original_{key}": value for key, value in original_timing.items()})
+    if resumed:
+        report.notes.append("no sampling speedup is given: some batches of samples were made "
+                            "before an interruption, so the two times cover different work")
+    elif settings["sampling_seconds"] > 0:
+        settings["sampling_speedup"] = (settings["original_sampling_seconds"]
+                                        / settings["sampling_seconds"])
 
 
 def sampled_model(model: DiffusionTransformer | RuntimeDenoiser | str | os.PathLike,
