@@ -457,6 +457,10 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress:
                     f"{pruned.metrics[key]:.4f} |")
     for key, value in pruned.fidelity.items():
         rows.append(f"| fidelity to original: {key} | | {value:.4f} |")
+    timing = pruned.settings  # both sampled in this evaluation, one after the other
+    rows.append(f"| sampling seconds | {timing['original_sampling_seconds']:.2f} | "
+                f"{timing['sampling_seconds']:.2f} ({timing['sampling_speedup']:.2f}x as "
+                "fast) |")
     return (f"### Quick evaluation on `{data or _data_name(pair)}` ({samples} samples, "
             f"{settings['sampler']} x {settings['steps']}, cfg {settings['cfg_scale']})\n\n"
             + "\n".join(rows) + "\n\nFD-domain is a Fréchet distance in the features of a "
