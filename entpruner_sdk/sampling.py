@@ -286,14 +286,18 @@ def image_format(path: str | os.PathLike) -> str:
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, rows: int | None = None,
-              scale: int = 4) -> None:
-    """Write the images as one grid (nearest-neighbour upscaled so small images stay visible),
-    in the format the file's suffix names (PNG without one; see ``image_format``)."""
+              scale: int | None = None) -> None:
+    """Write the images as one grid, in the format the file's suffix names (PNG without one;
+    see ``image_format``). ``scale``: a nearest-neighbour upscale, so small images stay
+    visible; by default 4x up to 32 pixels, 2x up to 64, none above (a 256-pixel sample
+    is seen as it is, and a grid of many is not 16 times the pixels)."""
     from PIL import Image
 
     from entpruner_sdk.utils.files import atomic_writer
 
     fmt = image_format(path)
+    if scale is None:
+        scale = max(1, min(4, 128 // images.shape[-1]))
     picture = to_picture(image_grid(images, rows))
     picture = picture.resize((picture.width * scale, picture.height * scale),
                              Image.Resampling.NEAREST)

@@ -231,6 +231,46 @@ def test_sample_takes_the_sit_reference_sampler_flags(tmp_path, capsys):
         capsys.readouterr().err)
 
 
+def test_sample_makes_many_images_a_batch_at_a_time(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from entpruner_sdk.sampling import sample
+
+    # three images two at a time: batch b seeded SEED + b; the --npz name kept as given
+    npz = tmp_path / "samples"
+    assert main(["sample", "--model", "dit-digits", "--labels", "1,2,3", "--steps", "2",
+                 "--seed", "5", "--batch-size", "2", "--out", str(tmp_path / "g.png"),
+                 "--npz", str(npz), "--quiet", "--device", "cpu"]) == 0
+    run = dict(steps=2, clip_denoised=True, device="cpu")
+    expected = torch.cat([sample("dit-digits", [1, 2], seed=5, **run),
+                          sample("dit-digits", [3], seed=6, **run)])
+    assert np.array_equal(np.load(npz)["images"], expected.numpy())
+    # one batch is sample() with the seed itself, as before batches existed
+    assert main(["sample", "--model", "dit-digits", "--labels", "1,2,3", "--steps", "2",
+                 "--seed", "5", "--out", str(tmp_path / "one.png"), "--npz",
+                 str(tmp_path / "one.npz"), "--quiet", "--device", "cpu"]) == 0
+    assert np.array_equal(np.load(tmp_path / "one.npz")["images"],
+                          sample("dit-digits", [1, 2, 3], seed=5, **run).numpy())
+    with Image.open(tmp_path / "one.png") as grid:  # 8-pixel digits shown 4x: 4 * (3 * 9 + 1)
+        assert grid.size == (112, 40)
+    capsys.readouterr()
+    assert main(["sample", "--model", "dit-digits", "--batch-size", "0",
+                 "--out", str(tmp_path / "none.png")]) == 2
+    assert "--batch-size 0: at least 1 image at a time" in capsys.readouterr().err
+
+
+def test_a_grid_shows_large_samples_as_they_are_and_small_ones_larger(tmp_path):
+    from PIL import Image
+
+    from entpruner_sdk.sampling import save_grid
+
+    for size, shown in ((8, 4 * 8), (64, 2 * 64), (256, 256)):
+        save_grid(torch.zeros(1, 3, size, size), tmp_path / f"{size}.png")
+        with Image.open(tmp_path / f"{size}.png") as grid:  # one pixel of border each side
+            assert grid.size == (shown + 2 * shown // size, shown + 2 * shown // size)
+
+
 def test_a_folder_of_mixed_sizes_trains_at_image_size(tmp_path, capsys):
     from tests.test_data import write_folder
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from entpruner_sdk.cli import common
+
+# evaluate's default too: many images (--per-class N of a 1000-class model, for an --npz) must
+# not be one batch of the denoiser
+BATCH_SIZE = 250
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner sample --model DiT-XL-2-256x256.pt --family dit --labels 207 \\
             --vae ./sd-vae-ft-ema --out dog.png         # latents decoded by the VAE
         entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # ONNX Runtime
+        entpruner sample --model runs/xl-d14 --per-class 10 --vae ./sd-vae-ft-ema \\
+            --batch-size 100 --out xl.jpg --npz xl.npz   # 10,000 images, 100 at a time
         """)
     _model(p.add_argument_group("model"))
     _classes(p.add_argument_group("classes"))
@@ -63,6 +71,10 @@ def _sampling(g: common.Options) -> None:
     g.add_argument("--reference-cfg", action="store_true",
                    help="guide only the first 3 channels, like the reference code")
     g.add_argument("--seed", type=int, default=0, help="seeds the initial noise")
+    g.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="images sampled at a time; batch b is seeded SEED + b, as evaluate's "
+                        "batches are, so up to this many images are one batch seeded SEED "
+                        f"(default {BATCH_SIZE})")
 
 
 def _output(g: common.Options) -> None:
@@ -80,10 +92,12 @@ def run(args: argparse.Namespace) -> int:
 
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for, trained_vae
-    from entpruner_sdk.sampling import image_format, objective_of, sample, save_grid
-    from entpruner_sdk.utils.files import check_output_path
+    from entpruner_sdk.sampling import image_format, objective_of, save_grid
+    from entpruner_sdk.utils.files import atomic_writer, check_output_path
 
     image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: at least 1 image at a time")
     for path in (args.out, args.npz):
         if path:
             check_output_path(path, folder=False)
@@ -106,15 +120,36 @@ def run(args: argparse.Namespace) -> int:
     objective = objective_of(model)
     objective = objective.with_sampler_settings(objective.check_sampler(args.sampler),
                                                 **common.sampler_settings(args))
-    images = sample(model, labels, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
-                    seed=args.seed, device=args.device, reference_cfg=args.reference_cfg,
-                    clip_denoised=True, progress=not args.quiet, objective=objective)
-    if decoder is not None:
-        images = decoder.decode(images, progress=not args.quiet)
+    images = _batched_samples(model, labels, objective, decoder, args)
     # a row per class asked for N of each; labels listed one by one fill a square grid
     rows = len(classes) if args.per_class is not None or not args.labels else None
     save_grid(images, args.out, rows=rows)
-    if args.npz:
-        np.savez(args.npz, images=images.numpy(), labels=np.array(labels))
+    if args.npz:  # the name as given: np.savez would add .npz to a name without it
+        with atomic_writer(args.npz) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, images=images.numpy(), labels=np.array(labels))
     print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} -> {args.out}")
     return 0
+
+
+def _batched_samples(model, labels: list[int], objective, decoder,
+                     args: argparse.Namespace) -> torch.Tensor:
+    """The images for ``labels``, ``--batch-size`` at a time, each batch decoded as it is
+    made (a latent model's): batch b is seeded ``--seed`` + b, so one batch is exactly
+    ``sample(..., seed=--seed)``. Progress: the steps of a single batch, else the batches."""
+    from entpruner_sdk.sampling import sample
+    from entpruner_sdk.utils.progress import progress_bar
+
+    starts = range(0, len(labels), args.batch_size)
+    single = len(starts) == 1
+    batches = []
+    for b, start in enumerate(progress_bar(starts, enabled=not (args.quiet or single),
+                                           desc="sampling batches")):
+        images = sample(model, labels[start:start + args.batch_size], sampler=args.sampler,
+                        steps=args.steps, cfg_scale=args.cfg, seed=args.seed + b,
+                        device=args.device, reference_cfg=args.reference_cfg,
+                        clip_denoised=True, progress=single and not args.quiet,
+                        objective=objective)
+        if decoder is not None:
+            images = decoder.decode(images, progress=single and not args.quiet)
+        batches.append(images)
+    return torch.cat(batches)
