@@ -260,6 +260,23 @@ def test_sample_makes_many_images_a_batch_at_a_time(tmp_path, capsys):
     assert "--batch-size 0: at least 1 image at a time" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_sample_compiled_makes_the_eager_samples(tmp_path):
+    import numpy as np
+
+    from entpruner_sdk.models.io import save
+
+    model = save(randomized(DiffusionTransformer(tiny_config("sit", depth=2))), tmp_path / "m")
+    run = ["sample", "--model", str(model), "--labels", "1,2,3", "--steps", "3", "--cfg", "2",
+           "--batch-size", "2", "--sampler", "heun", "--quiet", "--device", "cpu"]
+    for name, flags in (("eager", []), ("compiled", ["--compile", "default"])):
+        assert main([*run, *flags, "--out", str(tmp_path / f"{name}.png"),
+                     "--npz", str(tmp_path / f"{name}.npz")]) == 0
+    eager, compiled = (np.load(tmp_path / f"{name}.npz")["images"]
+                       for name in ("eager", "compiled"))
+    assert np.allclose(compiled, eager, atol=1e-4)
+
+
 def test_a_grid_shows_large_samples_as_they_are_and_small_ones_larger(tmp_path):
     from PIL import Image
 

@@ -506,6 +506,10 @@ def test_cli_export_verify_then_sample(tmp_path, capsys):
     assert main(["sample", "--model", str(out), "--labels", "0,1", "--steps", "3", "--cfg", "2",
                  "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["sample", "--model", str(out), "--compile", "default",
+                 "--out", str(tmp_path / "compiled.png")]) == 2
+    assert "--compile applies to PyTorch models" in capsys.readouterr().err
     # evaluate takes the export too, beside the model it was made from
     import numpy as np
 

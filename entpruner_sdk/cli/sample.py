@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from entpruner_sdk.cli import common
+from entpruner_sdk.sampling import COMPILE_MODES
 
 # evaluate's default too: many images (--per-class N of a 1000-class model, for an --npz) must
 # not be one batch of the denoiser
@@ -40,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # ONNX Runtime
         entpruner sample --model runs/xl-d14 --per-class 10 --vae ./sd-vae-ft-ema \\
             --batch-size 100 --out xl.jpg --npz xl.npz   # 10,000 images, 100 at a time
+        entpruner sample --model runs/xl-d14 --per-class 10 --vae ./sd-vae-ft-ema \\
+            --device cuda --compile reduce-overhead --npz xl.npz   # with CUDA graphs
         """)
     _model(p.add_argument_group("model"))
     _classes(p.add_argument_group("classes"))
@@ -71,6 +74,10 @@ def _sampling(g: common.Options) -> None:
     g.add_argument("--reference-cfg", action="store_true",
                    help="guide only the first 3 channels, like the reference code")
     g.add_argument("--seed", type=int, default=0, help="seeds the initial noise")
+    g.add_argument("--compile", choices=COMPILE_MODES,
+                   help="sample a PyTorch model through torch.compile in this mode "
+                        "(reduce-overhead: CUDA graphs on a GPU), compiled once per batch "
+                        "size: it pays back over many batches (default: eager)")
     g.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="images sampled at a time; batch b is seeded SEED + b, as evaluate's "
                         "batches are, so up to this many images are one batch seeded SEED "
@@ -102,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         if path:
             check_output_path(path, folder=False)
     exported = common.open_export(args.model, args.provider)
+    if exported is not None and args.compile:
+        raise ValueError("--compile applies to PyTorch models, and an export's graphs were "
+                         "fixed when it was exported: drop --compile, or sample the model the "
+                         "export was made from")
     model = exported or common.released_model(args)
     # an export of a latent model may carry its VAE decoder; --vae takes precedence
     vae = args.vae or (exported.decoder if exported is not None else None)
@@ -148,7 +159,7 @@ def _batched_samples(model, labels: list[int], objective, decoder,
                         steps=args.steps, cfg_scale=args.cfg, seed=args.seed + b,
                         device=args.device, reference_cfg=args.reference_cfg,
                         clip_denoised=True, progress=single and not args.quiet,
-                        objective=objective)
+                        objective=objective, compile=args.compile or False)
         if decoder is not None:
             images = decoder.decode(images, progress=single and not args.quiet)
         batches.append(images)
