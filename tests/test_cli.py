@@ -255,9 +255,19 @@ def test_sample_makes_many_images_a_batch_at_a_time(tmp_path, capsys):
     with Image.open(tmp_path / "one.png") as grid:  # 8-pixel digits shown 4x: 4 * (3 * 9 + 1)
         assert grid.size == (112, 40)
     capsys.readouterr()
-    assert main(["sample", "--model", "dit-digits", "--batch-size", "0",
-                 "--out", str(tmp_path / "none.png")]) == 2
-    assert "--batch-size 0: at least 1 image at a time" in capsys.readouterr().err
+    # the grid previews at most --grid-max images, in whole rows of a class; the .npz has all
+    assert main(["sample", "--model", "dit-digits", "--labels", "1,2,3", "--per-class", "2",
+                 "--steps", "2", "--grid-max", "5", "--out", str(tmp_path / "cut.png"), "--npz",
+                 str(tmp_path / "all.npz"), "--quiet", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip().endswith(
+        f"(the grid shows the first 4; all are in {tmp_path / 'all.npz'})")
+    assert len(np.load(tmp_path / "all.npz")["images"]) == 6
+    with Image.open(tmp_path / "cut.png") as grid:  # 2 rows of 2
+        assert grid.size == (4 * (2 * 9 + 1), 4 * (2 * 9 + 1))
+    for flag in ("--batch-size", "--grid-max"):
+        assert main(["sample", "--model", "dit-digits", flag, "0",
+                     "--out", str(tmp_path / "none.png")]) == 2
+        assert f"{flag} 0: at least 1 image" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from entpruner_sdk.sampling import COMPILE_MODES
 # evaluate's default too: many images (--per-class N of a 1000-class model, for an --npz) must
 # not be one batch of the denoiser
 BATCH_SIZE = 250
+GRID_MAX = 1024  # images in the grid, a preview of many samples
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -89,6 +90,9 @@ def _output(g: common.Options) -> None:
                    help="grid image path; its suffix picks the format (.png, .jpg, .webp)")
     g.add_argument("--npz", help="also save the samples (images, decoded when --vae is given) "
                    "and labels to this .npz")
+    g.add_argument("--grid-max", type=int, default=GRID_MAX,
+                   help="the grid shows at most this many images, the first, in whole rows; "
+                        f"--npz keeps them all (default {GRID_MAX})")
     common.vae_option(g)
 
 
@@ -105,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: at least 1 image at a time")
+    if args.grid_max < 1:
+        raise ValueError(f"--grid-max {args.grid_max}: at least 1 image in the grid")
     for path in (args.out, args.npz):
         if path:
             check_output_path(path, folder=False)
@@ -132,14 +138,29 @@ def run(args: argparse.Namespace) -> int:
     objective = objective.with_sampler_settings(objective.check_sampler(args.sampler),
                                                 **common.sampler_settings(args))
     images = _batched_samples(model, labels, objective, decoder, args)
-    # a row per class asked for N of each; labels listed one by one fill a square grid
-    rows = len(classes) if args.per_class is not None or not args.labels else None
-    save_grid(images, args.out, rows=rows)
-    if args.npz:  # the name as given: np.savez would add .npz to a name without it
+    if args.npz:  # first, so the samples are kept whatever happens to the grid; the name as
+        # given (np.savez would add .npz to a name without it)
         with atomic_writer(args.npz) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, images=images.numpy(), labels=np.array(labels))
-    print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} -> {args.out}")
+    # a row per class asked for N of each; labels listed one by one fill a square grid
+    per_row = per_class if args.per_class is not None or not args.labels else None
+    shown = _grid_count(len(images), per_row, args.grid_max)
+    save_grid(images[:shown], args.out,
+              rows=shown // per_row if per_row and shown >= per_row else None)
+    cut = "" if shown == len(images) else (
+        f" (the grid shows the first {shown}; " + (f"all are in {args.npz})" if args.npz else
+                                                   "--npz F keeps them all)"))
+    print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} -> {args.out}{cut}")
     return 0
+
+
+def _grid_count(count: int, per_row: int | None, most: int) -> int:
+    """How many of ``count`` images the grid shows: all, or at most ``most``, whole rows of
+    ``per_row`` where a row holds a class (a grid of 10,000 samples at 256 pixels would be
+    8 GB to build and a poster to look at, where a preview is wanted)."""
+    if count <= most:
+        return count
+    return most // per_row * per_row if per_row and per_row <= most else most
 
 
 def _batched_samples(model, labels: list[int], objective, decoder,
