@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 import torch
 
 from entpruner_sdk.cli import common
 from entpruner_sdk.sampling import COMPILE_MODES
+
+if TYPE_CHECKING:
+    from entpruner_sdk.data.latents import LatentSpace
+    from entpruner_sdk.models.transformer import DiffusionTransformer
+    from entpruner_sdk.objectives import Objective
+    from entpruner_sdk.sampling import RuntimeDenoiser
 
 # evaluate's default too: many images (--per-class N of a 1000-class model, for an --npz) must
 # not be one batch of the denoiser
@@ -163,7 +170,8 @@ def _grid_count(count: int, per_row: int | None, most: int) -> int:
     return most // per_row * per_row if per_row and per_row <= most else most
 
 
-def _batched_samples(model, labels: list[int], objective, decoder,
+def _batched_samples(model: DiffusionTransformer | RuntimeDenoiser, labels: list[int],
+                     objective: Objective, decoder: LatentSpace | None,
                      args: argparse.Namespace) -> torch.Tensor:
     """The images for ``labels``, ``--batch-size`` at a time, each batch decoded as it is
     made (a latent model's): batch b is seeded ``--seed`` + b, so one batch is exactly
