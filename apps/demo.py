@@ -458,7 +458,8 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress:
     for key, value in pruned.fidelity.items():
         rows.append(f"| fidelity to original: {key} | | {value:.4f} |")
     timing = pruned.settings  # both sampled in this evaluation, one after the other
-    rows.append(f"| sampling seconds | {timing['original_sampling_seconds']:.2f} | "
+    rows.append(f"| sampling seconds, one after the other | "
+                f"{timing['original_sampling_seconds']:.2f} | "
                 f"{timing['sampling_seconds']:.2f} ({timing['sampling_speedup']:.2f}x as "
                 "fast) |")
     return (f"### Quick evaluation on `{data or _data_name(pair)}` ({samples} samples, "

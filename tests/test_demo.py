@@ -239,7 +239,8 @@ def test_the_quick_evaluation_loads_the_data_as_the_run_did(tmp_path):
                    batch_size=-(-4 // QUICK_BATCHES), **default_sampling("dit")).metrics
     assert f"| fd_domain | {own['fd_domain']:.4f} |" in table
     assert f"| recall_domain | {own['recall_domain']:.4f} |" in table
-    assert re.search(r"\| sampling seconds \| [\d.]+ \| [\d.]+ \([\d.]+x as fast\) \|", table)
+    assert re.search(r"\| sampling seconds, one after the other \| [\d.]+ \| [\d.]+ "
+                     r"\([\d.]+x as fast\) \|", table)
 
 
 def test_missing_and_incompatible_models_become_messages(models, tmp_path):

@@ -30,7 +30,7 @@ from entpruner_sdk.evaluation.batches import EvaluationBatches
 from entpruner_sdk.evaluation.classifier import domain_classifier, predict
 from entpruner_sdk.evaluation.features import DomainFeatures, feature_extractors, sharded_features
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
-from entpruner_sdk.evaluation.generation import balanced_labels, compile_for_batches, generate
+from entpruner_sdk.evaluation.generation import balanced_labels, generate, warm_up_for_batches
 from entpruner_sdk.evaluation.likelihood import check_pixel_model, paired_likelihood
 from entpruner_sdk.evaluation.metrics import (
     FeatureStats,
@@ -249,12 +249,13 @@ def _timed_samples(model: DiffusionTransformer | RuntimeDenoiser, name: str, des
                    on_batch: Callable[[str, int, int], None] | None, run: dict[str, Any]
                    ) -> tuple[torch.Tensor, int, dict[str, float]]:
     """``model``'s samples, how many of their batches an interrupted run had kept, and how
-    long the rest took (``sampling_seconds``): compiled first when ``run["compile"]`` is set,
-    so that is the compiled model's steady speed, and ``compile_seconds`` the compile's."""
+    long the rest took (``sampling_seconds``), at the model's steady speed: each batch size
+    is sampled once before the clock starts, which compiles a compiled model
+    (``compile_seconds``, with ``run["compile"]``) and spares the first batch an eager
+    model's first-call costs."""
     finished = kept.of(model, name)
-    timing = {}
-    if run["compile"]:
-        timing["compile_seconds"] = compile_for_batches(model, labels, finished=finished, **run)
+    warm_up = warm_up_for_batches(model, labels, finished=finished, **run)
+    timing = {"compile_seconds": warm_up} if run["compile"] else {}
     started = time.perf_counter()
     images = generate(model, labels, desc=desc, finished=finished,
                       on_batch=on_batch and partial(on_batch, name), **run)

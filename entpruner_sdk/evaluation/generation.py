@@ -65,19 +65,21 @@ def generate(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor
     return torch.cat([chunks[b] for b in range(len(starts))])
 
 
-def compile_for_batches(model: DiffusionTransformer, labels: torch.Tensor, *, batch_size: int,
-                        compile: str, finished: SampleBatches | None = None,
-                        sampler: str | None = None, cfg_scale: float = 1.0,
-                        sampler_settings: dict[str, float] | None = None,
+def warm_up_for_batches(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor,
+                        *, batch_size: int, compile: str | None = None,
+                        finished: SampleBatches | None = None, sampler: str | None = None,
+                        cfg_scale: float = 1.0, sampler_settings: dict[str, float] | None = None,
                         device: torch.device | str | None = None, **_: Any) -> float:
-    """Compile ``model`` for every batch :func:`generate` will make of ``labels`` (those not
-    in ``finished``), so the sampling timed after it pays for no compile; returns the
-    seconds it took. Each size is sampled as generate samples it, guidance included (a
-    guided call holds two rows an image; a graph is built for its inputs' dtypes too), for
-    the fewest steps its sampler takes, at least two: CUDA graphs run a new shape once
-    before they record it. An adaptive sampler (dopri5) warms up with the family's fixed-step
-    default, which calls the model with the same inputs, since a cap of two steps would stop
-    it. ``**_``: generate's other settings, which change no graph."""
+    """Sample every batch size :func:`generate` will make of ``labels`` (those not in
+    ``finished``) once, so the sampling timed after it runs at its steady speed: a compiled
+    model (``compile``) compiles, and records its CUDA graphs, an eager one or an export's
+    runtime settles its kernels and memory. Returns the seconds it took. Each size is sampled
+    as generate samples it, guidance included (a guided call holds two rows an image; a graph
+    is built for its inputs' dtypes too), for the fewest steps its sampler takes, at least
+    two: CUDA graphs run a new shape once before they record it. An adaptive sampler (dopri5)
+    warms up with the family's fixed-step default, which calls the model with the same inputs,
+    since a cap of two steps would stop it. ``**_``: generate's other settings, which change
+    no graph."""
     started = time.perf_counter()
     starts, mine = _batches(labels, batch_size)
     done = set() if finished is None else {b for b in mine if finished.has(b)}
@@ -88,7 +90,8 @@ def compile_for_batches(model: DiffusionTransformer, labels: torch.Tensor, *, ba
     steps = max(2, objective.min_steps(objective.check_sampler(sampler)))
     for size in sorted(sizes, reverse=True):
         sample(model, labels[:size], sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-               objective=objective, device=device, clip_denoised=True, compile=compile)
+               objective=objective, device=device, clip_denoised=True,
+               **({"compile": compile} if compile else {}))
     return time.perf_counter() - started
 
 

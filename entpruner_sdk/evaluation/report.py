@@ -179,7 +179,7 @@ def _settings(settings: dict[str, Any]) -> str:
 
 def _timing_lines(settings: dict[str, Any]) -> list[str]:
     """How long the model's sampling took, and the original's beside it, each compile apart:
-    "Sampling took 12.0 s for the model, 20.0 s for the original: 1.67x as fast."."""
+    "Sampling took 12.0 s for the model, 20.0 s for the original: 1.67x as fast, ..."."""
     if "sampling_seconds" not in settings:  # a report written before it was recorded
         return []
 
@@ -192,7 +192,9 @@ def _timing_lines(settings: dict[str, Any]) -> list[str]:
     if "original_sampling_seconds" in settings:
         line += f", {took('original_')} for the original"
     if "sampling_speedup" in settings:
-        line += f": {settings['sampling_speedup']:.2f}x as fast"
+        line += (f": {settings['sampling_speedup']:.2f}x as fast, timed one after the other (a "
+                 "few percent either way is noise; benchmarks/sampling_speed.py times models "
+                 "side by side)")
     compiled = f" (torch.compile {settings['compile']})" if settings.get("compile") else ""
     return [f"{line}{compiled}.", ""]
 
