@@ -85,9 +85,10 @@ def warm_up_for_batches(model: DiffusionTransformer | RuntimeDenoiser, labels: t
     done = set() if finished is None else {b for b in mine if finished.has(b)}
     sizes = {len(labels[starts[b]:starts[b] + batch_size]) for b in mine if b not in done}
     objective = objective_of(model).with_sampler_settings(**(sampler_settings or {}))
-    if objective.check_sampler(sampler) in objective.adaptive_samplers:
+    sampler = objective.check_sampler(sampler)
+    if sampler in objective.adaptive_samplers:
         sampler = objective.default_sampler
-    steps = max(2, objective.min_steps(objective.check_sampler(sampler)))
+    steps = max(2, objective.min_steps(sampler))
     for size in sorted(sizes, reverse=True):
         sample(model, labels[:size], sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                objective=objective, device=device, clip_denoised=True,
