@@ -19,6 +19,7 @@ from entpruner_sdk.objectives import ModelFn, Objective, guided, objective_for
 from entpruner_sdk.objectives.base import SplitGenerator, normal
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.device import autocast, resolve_device
+from entpruner_sdk.utils.progress import progress_bar
 from entpruner_sdk.utils.timing import CallCounter
 
 if TYPE_CHECKING:  # PIL is imported where pictures are made
@@ -112,6 +113,7 @@ def sample(
     progress: bool = False,
     compile: bool | str = False,
     counter: CallCounter | None = None,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Generate one image per label from ``model`` (a model, or a bundled teacher's name or
     a saved model's path); returns [N, C, H, W] on the CPU. A label is a class id or, when
@@ -130,9 +132,21 @@ def sample(
     also captures it in CUDA graphs (fixed shapes, the fastest on GPUs for a sampling loop);
     the compiled module is cached on the model, so the compile cost is paid once.
     ``counter`` (a :class:`CallCounter`) counts the model calls the sampler makes.
+    ``batch_size``: sample that many images at a time, batch b seeded ``seed + b`` as
+    ``evaluate``'s batches are (None: all at once, seeded ``seed``; so do as many or fewer).
     An export (a :class:`RuntimeDenoiser`) samples where its runtime was opened; ``device``,
     ``compile`` and ``reference_cfg`` are for PyTorch models.
     """
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: at least 1 image at a time")
+        if len(labels) > batch_size:
+            model = model if isinstance(model, RuntimeDenoiser) else as_model(model)
+            return _in_batches(model, labels, batch_size, seed=seed, noise=noise,
+                               progress=progress, sampler=sampler, steps=steps,
+                               cfg_scale=cfg_scale, objective=objective, device=device,
+                               clip_denoised=clip_denoised, reference_cfg=reference_cfg,
+                               compile=compile, counter=counter)
     if isinstance(model, RuntimeDenoiser):
         if compile or reference_cfg:
             raise ValueError("compile and reference_cfg apply to a PyTorch model, not an "
@@ -165,6 +179,19 @@ def sample(
         )
     finally:
         model.train(was_training)
+
+
+def _in_batches(model: DiffusionTransformer | RuntimeDenoiser,
+                labels: Sequence[int | str] | torch.Tensor, batch_size: int, *, seed: int,
+                noise: torch.Tensor | None, progress: bool, **settings: Any) -> torch.Tensor:
+    """:func:`sample` ``batch_size`` labels at a time, batch b seeded ``seed + b`` (and given
+    its rows of ``noise``); ``progress`` follows the batches."""
+    starts = range(0, len(labels), batch_size)
+    return torch.cat([
+        sample(model, labels[start:start + batch_size], seed=seed + b,
+               noise=None if noise is None else noise[start:start + batch_size], **settings)
+        for b, start in enumerate(progress_bar(starts, enabled=progress,
+                                               desc="sampling batches"))])
 
 
 def check_compile_mode(mode: str | None) -> None:

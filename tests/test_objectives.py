@@ -546,6 +546,24 @@ def test_seeded_sampling_is_reproducible(family, sampler, tiny_dit, tiny_sit):
     assert a.shape == (3, 1, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_sampling_in_batches_seeds_batch_b_with_seed_plus_b(tiny_sit):
+    run = dict(sampler="euler-maruyama", steps=4, cfg_scale=2.0, device="cpu")  # noisy steps
+    batched = sample(tiny_sit, [1, 2, 3, 4, 5], seed=7, batch_size=2, **run)
+    assert torch.equal(batched, torch.cat([sample(tiny_sit, [1, 2], seed=7, **run),
+                                           sample(tiny_sit, [3, 4], seed=8, **run),
+                                           sample(tiny_sit, [5], seed=9, **run)]))
+    # as many labels as a batch, or fewer: the one call seeded with seed, as without batches
+    assert torch.equal(sample(tiny_sit, [1, 2], seed=7, batch_size=2, **run),
+                       sample(tiny_sit, [1, 2], seed=7, **run))
+    # noise given: each batch takes its own rows of it
+    noise, ode = torch.randn(3, 1, 8, 8), dict(sampler="euler", steps=3)
+    assert torch.equal(sample(tiny_sit, [1, 2, 3], noise=noise, batch_size=2, **ode),
+                       torch.cat([sample(tiny_sit, [1, 2], noise=noise[:2], **ode),
+                                  sample(tiny_sit, [3], noise=noise[2:], **ode)]))
+    with pytest.raises(ValueError, match="batch_size=0: at least 1 image at a time"):
+        sample(tiny_sit, [1], batch_size=0)
+
+
 @pytest.mark.parametrize("family,sampler,calls", [
     ("dit", "ddim", 5), ("dit", "dpm-solver++", 5), ("sit", "euler", 5), ("sit", "heun", 10),
     ("sit", "euler-maruyama", 5), ("sit", "heun-sde", 9), ("sit", "dopri5", None)])

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
-
-import torch
 
 from entpruner_sdk.cli import common
 from entpruner_sdk.sampling import COMPILE_MODES
-
-if TYPE_CHECKING:
-    from entpruner_sdk.data.latents import LatentSpace
-    from entpruner_sdk.models.transformer import DiffusionTransformer
-    from entpruner_sdk.objectives import Objective
-    from entpruner_sdk.sampling import RuntimeDenoiser
 
 # evaluate's default too: many images (--per-class N of a 1000-class model, for an --npz) must
 # not be one batch of the denoiser
@@ -110,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for, trained_vae
-    from entpruner_sdk.sampling import image_format, objective_of, save_grid
+    from entpruner_sdk.sampling import image_format, objective_of, sample, save_grid
     from entpruner_sdk.utils.files import atomic_writer, check_output_path
 
     image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
@@ -144,7 +135,12 @@ def run(args: argparse.Namespace) -> int:
     objective = objective_of(model)
     objective = objective.with_sampler_settings(objective.check_sampler(args.sampler),
                                                 **common.sampler_settings(args))
-    images = _batched_samples(model, labels, objective, decoder, args)
+    images = sample(model, labels, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
+                    seed=args.seed, device=args.device, reference_cfg=args.reference_cfg,
+                    clip_denoised=True, progress=not args.quiet, objective=objective,
+                    compile=args.compile or False, batch_size=args.batch_size)
+    if decoder is not None:
+        images = decoder.decode(images, progress=not args.quiet)
     if args.npz:  # first, so the samples are kept whatever happens to the grid; the name as
         # given (np.savez would add .npz to a name without it)
         with atomic_writer(args.npz) as tmp, open(tmp, "wb") as handle:
@@ -168,28 +164,3 @@ def _grid_count(count: int, per_row: int | None, most: int) -> int:
     if count <= most:
         return count
     return most // per_row * per_row if per_row and per_row <= most else most
-
-
-def _batched_samples(model: DiffusionTransformer | RuntimeDenoiser, labels: list[int],
-                     objective: Objective, decoder: LatentSpace | None,
-                     args: argparse.Namespace) -> torch.Tensor:
-    """The images for ``labels``, ``--batch-size`` at a time, each batch decoded as it is
-    made (a latent model's): batch b is seeded ``--seed`` + b, so one batch is exactly
-    ``sample(..., seed=--seed)``. Progress: the steps of a single batch, else the batches."""
-    from entpruner_sdk.sampling import sample
-    from entpruner_sdk.utils.progress import progress_bar
-
-    starts = range(0, len(labels), args.batch_size)
-    single = len(starts) == 1
-    batches = []
-    for b, start in enumerate(progress_bar(starts, enabled=not (args.quiet or single),
-                                           desc="sampling batches")):
-        images = sample(model, labels[start:start + args.batch_size], sampler=args.sampler,
-                        steps=args.steps, cfg_scale=args.cfg, seed=args.seed + b,
-                        device=args.device, reference_cfg=args.reference_cfg,
-                        clip_denoised=True, progress=single and not args.quiet,
-                        objective=objective, compile=args.compile or False)
-        if decoder is not None:
-            images = decoder.decode(images, progress=single and not args.quiet)
-        batches.append(images)
-    return torch.cat(batches)
