@@ -35,7 +35,7 @@ from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import DEFAULT_TEACHERS, SAMPLING, TEACHERS, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import CallCounter, machine
+from entpruner_sdk.utils.timing import machine
 
 RESULTS = Path(__file__).parent / "results"
 # each family's samplers and the sampler of its ODE reference
@@ -85,13 +85,12 @@ def bench_model(spec: str, data: str, steps_list, samples: int, device, ode_step
             sample(model, labels, sampler=sampler, steps=cap, cfg_scale=CFG, seed=0,
                    device=device), ode)
         started = time.perf_counter()
-        with CallCounter(model) as counter:
-            report = evaluate(model, data, samples=samples, sampler=sampler, steps=cap,
-                              cfg_scale=CFG, seed=0, features=("domain",),
-                              batch_size=EVAL_BATCH, device=device, progress=False)
+        report = evaluate(model, data, samples=samples, sampler=sampler, steps=cap,
+                          cfg_scale=CFG, seed=0, features=("domain",),
+                          batch_size=EVAL_BATCH, device=device, progress=False)
         rows.append(dict(model=spec, data=data, family=family, sampler=sampler, steps=steps,
                          cfg_scale=CFG, samples=samples, ode_psnr_db=ode_psnr,
-                         model_calls=counter.calls / batches,
+                         model_calls=report.settings["model_calls"] / batches,
                          sampling_s=report.settings["sampling_seconds"],
                          evaluate_s=time.perf_counter() - started, **report.metrics))
     baseline = next(r for r in rows if (r["sampler"], r["steps"]) == teachers_setting(family))

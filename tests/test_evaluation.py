@@ -212,6 +212,8 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     assert re.search(r"Sampling took [\d.]+ s for the model, [\d.]+ s for the original: "
                      r"[\d.]+x as fast, timed one after the other", report.to_markdown())
     assert "original_sampling_seconds" not in reused.settings
+    # the calls of the batches, not of the warm-up before them: one batch of Heun x 2 each
+    assert timing["model_calls"] == timing["original_model_calls"] == 4
     # beside the model's figures, the original's: those of its own evaluation, exactly
     assert report.original_metrics == reused.original_metrics == of_original.metrics
     assert report.original_per_class_accuracy == of_original.per_class_accuracy

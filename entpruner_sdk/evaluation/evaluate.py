@@ -58,6 +58,7 @@ from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.device import arithmetic, resolve_device
 from entpruner_sdk.utils.digest import network_fingerprint
 from entpruner_sdk.utils.files import check_output_path
+from entpruner_sdk.utils.timing import CallCounter
 
 FEATURES = ("domain", "inception")
 
@@ -252,14 +253,19 @@ def _timed_samples(model: DiffusionTransformer | RuntimeDenoiser, name: str, des
     long the rest took (``sampling_seconds``), at the model's steady speed: each batch size
     is sampled once before the clock starts, which compiles a compiled model
     (``compile_seconds``, with ``run["compile"]``) and spares the first batch an eager
-    model's first-call costs."""
+    model's first-call costs. ``model_calls``: the denoiser calls of the batches made (a
+    guided call, both halves at once, counts one), what an adaptive sampler really cost."""
     finished = kept.of(model, name)
     warm_up = warm_up_for_batches(model, labels, finished=finished, **run)
     timing = {"compile_seconds": warm_up} if run["compile"] else {}
+    counter = CallCounter()
     started = time.perf_counter()
-    images = generate(model, labels, desc=desc, finished=finished,
+    images = generate(model, labels, desc=desc, finished=finished, counter=counter,
                       on_batch=on_batch and partial(on_batch, name), **run)
     timing["sampling_seconds"] = time.perf_counter() - started
+    calls = torch.tensor([counter.calls])  # every process's batches
+    distributed.all_reduce_sum_([calls])
+    timing["model_calls"] = int(calls)
     return images, kept.loaded_by_all(finished), timing
 
 
