@@ -189,8 +189,11 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False)))
     pruned = model.keep_blocks([0, 3])
     small = load_data("digits").per_class(6, torch.Generator().manual_seed(0))
+    batches = []
     report = evaluate(pruned, small, samples=20, steps=2, original=model,
-                      features=("domain",), progress=False, model_name="pruned")
+                      features=("domain",), progress=False, model_name="pruned",
+                      on_batch=lambda *made: batches.append(made))
+    assert batches == [("pruned", 1, 1), ("original", 1, 1)]  # whose batch, done, in all
     assert set(report.metrics) == {"class_accuracy", "fd_domain", "precision_domain",
                                    "recall_domain"}
     assert 0 <= report.metrics["class_accuracy"] <= 1 and len(report.per_class_accuracy) == 10
@@ -209,8 +212,10 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     timing = report.settings
     assert timing["sampling_speedup"] == pytest.approx(
         timing["original_sampling_seconds"] / timing["sampling_seconds"])
+    low, high = timing["sampling_speedup_range"]
+    assert low == high == pytest.approx(timing["sampling_speedup"])  # one batch each
     assert re.search(r"Sampling took [\d.]+ s for the model, [\d.]+ s for the original: "
-                     r"[\d.]+x as fast, timed one after the other", report.to_markdown())
+                     r"[\d.]+x as fast, one batch of each timed in turn", report.to_markdown())
     assert "original_sampling_seconds" not in reused.settings
     # the calls of the batches, not of the warm-up before them: one batch of Heun x 2 each
     assert timing["model_calls"] == timing["original_model_calls"] == 4
@@ -519,6 +524,21 @@ def test_the_domain_classifier_looks_at_large_images_at_64_pixels():
         assert torch.equal(predict(trained, many), trained(many).argmax(1))
 
 
+def test_the_speedup_is_the_median_batch_so_a_burst_of_load_moves_it_little():
+    from entpruner_sdk.evaluation.evaluate import _speedup
+
+    # the model's last batch ran while something else took the machine: 5x its time
+    timing = {}
+    notes = _speedup({0: 1.0, 1: 1.1, 2: 5.0}, {0: 2.0, 1: 2.1, 2: 2.0}, 3, timing)
+    assert timing["sampling_speedup"] == pytest.approx(2.1 / 1.1)  # the ratio of sums: 0.86
+    assert timing["sampling_speedup_range"] == pytest.approx([0.4, 2.0])
+    assert timing["sampling_speedup_batches"] == 3 and notes == []
+    # batches made before an interruption have no time: the pairs left, or none
+    assert "2 of the 3 batches" in _speedup({1: 1.0, 2: 1.0}, {0: 2.0, 1: 3.0, 2: 2.0}, 3, {})[0]
+    timing = {}
+    assert "no sampling speedup" in _speedup({0: 1.0}, {1: 1.0}, 2, timing)[0] and not timing
+
+
 def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path, monkeypatch):
     from entpruner_sdk.evaluation import generation
 
@@ -540,31 +560,34 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
 
     monkeypatch.setattr(generation, "sample", counted_sample)
     checkpoints = tmp_path / "sampling"
-    with pytest.raises(KeyboardInterrupt):  # the model's 3 batches, 1 of the original's
+    with pytest.raises(KeyboardInterrupt):  # in the model's third batch
         evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
+    # the two models sample batch by batch in turn (batch b seeded b), so their times compare
+    assert calls == [0, 0, 1, 1, 2]
     made = {p.name.split("-")[0]: len(list(p.iterdir())) for p in checkpoints.iterdir()}
-    assert made == {"model": 3, "original": 1}
+    assert made == {"model": 2, "original": 2}
     # a damaged batch file (a disk fault) is made again rather than trusted
     (damaged,) = checkpoints.glob("model-*/batch_00001.safetensors")
     damaged.write_bytes(b"not a safetensors file")
     calls.clear()
     crash_at.clear()
     resumed = evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
-    assert calls == [1, 1, 2]  # the damaged batch, then the original's two still to make
+    assert calls == [1, 2, 2]  # the damaged batch, then the last batch of each
     assert torch.equal(resumed.images, uninterrupted.images)
     assert resumed.metrics == uninterrupted.metrics and resumed.fidelity == uninterrupted.fidelity
-    assert resumed.settings["batches_resumed"] == 2 and "2 of the 3 sample batches" in (
+    assert resumed.settings["batches_resumed"] == 1 and "1 of the 3 sample batches" in (
         resumed.notes[0])
     assert "batches_resumed" not in uninterrupted.settings
-    # times of different work make no ratio: the resumed run gives the two times, no speedup
-    assert "sampling_speedup" in uninterrupted.settings
-    assert "original_sampling_seconds" in resumed.settings
-    assert "sampling_speedup" not in resumed.settings and any(
-        "no sampling speedup is given" in note for note in resumed.notes)
+    # the speedup compares the batches both models made in this run: batch 2 alone
+    assert uninterrupted.settings["sampling_speedup_batches"] == 3
+    assert re.search(r"as fast, the median of 3 batches timed in turn \([\d.]+x-[\d.]+x\)",
+                     uninterrupted.to_markdown())
+    assert resumed.settings["sampling_speedup_batches"] == 1
+    assert "timed over the 1 of the 3 batches both models made" in resumed.notes[1]
     assert not checkpoints.exists()  # removed once the evaluation ended
     # other settings never take these batches: another seed samples every batch again
     calls.clear()
-    crash_at.append(5)
+    crash_at.append(6)  # in the original's last batch
     with pytest.raises(KeyboardInterrupt):
         evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
     calls.clear()
@@ -573,6 +596,12 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
     assert len(calls) == 6
     assert sorted(p.name.split("-")[0] for p in checkpoints.iterdir()) == [
         "model", "original"]  # the interrupted run's, left for it to continue
+    # which continues with the original's last batch: no batch of both, no speedup
+    calls.clear()
+    finished = evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
+    assert calls == [2] and "original_sampling_seconds" in finished.settings
+    assert "sampling_speedup" not in finished.settings and any(
+        "no sampling speedup is given" in note for note in finished.notes)
 
 
 def test_an_evaluation_states_and_keys_its_sampler_settings(tmp_path):

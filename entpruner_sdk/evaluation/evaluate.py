@@ -16,10 +16,9 @@ The steps live beside it: ``reference`` (the real data), ``generation`` (the sam
 from __future__ import annotations
 
 import os
-import time
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict
-from functools import partial
 from typing import Any
 
 import torch
@@ -30,7 +29,11 @@ from entpruner_sdk.evaluation.batches import EvaluationBatches
 from entpruner_sdk.evaluation.classifier import domain_classifier, predict
 from entpruner_sdk.evaluation.features import DomainFeatures, feature_extractors, sharded_features
 from entpruner_sdk.evaluation.fidelity import feature_cosine_distance, psnr, ssim
-from entpruner_sdk.evaluation.generation import balanced_labels, generate, warm_up_for_batches
+from entpruner_sdk.evaluation.generation import (
+    balanced_labels,
+    generate_side_by_side,
+    warm_up_for_batches,
+)
 from entpruner_sdk.evaluation.likelihood import check_pixel_model, paired_likelihood
 from entpruner_sdk.evaluation.metrics import (
     FeatureStats,
@@ -129,10 +132,11 @@ def evaluate(
 
     ``features`` picks the feature spaces: ``"domain"`` (fast) and/or ``"inception"`` (standard
     FID; needs the ``fid`` extra). ``original``: also sample that model from the same noise
-    and labels, and report its figures (``report.original_metrics``, equal to its own
-    evaluation's ``metrics``) and the model's fidelity to it; ``original_images``: its samples
-    from an evaluation with the same samples, seed and sampler (that report's ``images``), so
-    they are not drawn a second time.
+    and labels, batch by batch in turn with the model so that ``settings["sampling_speedup"]``
+    compares their times side by side, and report its figures (``report.original_metrics``,
+    equal to its own evaluation's ``metrics``) and the model's fidelity to it;
+    ``original_images``: its samples from an evaluation with the same samples, seed and
+    sampler (that report's ``images``), so they are not drawn a second time.
 
     ``vae``: for a latent model (DiT-XL/2, SiT-XL/2), the VAE (a ``LatentSpace`` or its
     folder) that decodes the samples, so every figure is measured on images; ``data`` may then
@@ -211,9 +215,12 @@ def evaluate(
     kept = EvaluationBatches(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
     run = dict(seed=seed, batch_size=batch_size, progress=progress, decoder=decoder,
                compile=compile, **sampling)
-    images, resumed, timing = _timed_samples(model, model_name, f"sampling {model_name}", kept,
-                                             labels, on_batch, run)
-    report = EvaluationReport(images=images, labels=labels, classes=classes, settings=dict(
+    # the original sampled with the model, batch by batch in turn, so their times compare
+    sampled = {"model": model, **({"original": original}
+                                  if original is not None and original_images is None else {})}
+    images, resumed, timing, notes = _timed_samples(sampled, model_name, kept, labels, on_batch,
+                                                    run)
+    report = EvaluationReport(images=images["model"], labels=labels, classes=classes, settings=dict(
         model=model_name, samples=samples, sampler=sampler_used, steps=steps,
         **({"sampler_settings": governing} if governing else {}), cfg_scale=cfg_scale,
         seed=seed, reference=data.name, reference_size=len(data),
@@ -222,18 +229,15 @@ def evaluate(
         **({"compile": compile} if compile else {}),
         **({"vae": decoder.fingerprint} if decoder is not None else {}),
         **_arithmetic(model, original, device), **_runtimes(model, original)))
-    _note_scope(report, model, data, available, resumed, batch_size)
+    _note_scope(report, model, data, available, resumed["model"], batch_size)
+    report.notes += notes
     classifier = distributed.main_first(
         lambda: domain_classifier(data, progress=progress, device=device))
     extractors = feature_extractors(features, classifier, device, report.notes)
     generated = _model_figures(report, data, classifier, extractors, progress)
     if original is not None:
-        if original_images is None:
-            original_images, original_resumed, original_timing = _timed_samples(
-                original, "original", "sampling the original", kept, labels, on_batch, run)
-            _note_speedup(report, original_timing, resumed + original_resumed)
-        _original_figures(report, original_images, generated, data, classifier, extractors,
-                          progress)
+        _original_figures(report, images.get("original", original_images), generated, data,
+                          classifier, extractors, progress)
     if likelihood:
         report.likelihood = paired_likelihood(model, original, data, likelihood,
                                               steps=likelihood_steps, seed=seed, device=device,
@@ -245,43 +249,68 @@ def evaluate(
     return report
 
 
-def _timed_samples(model: DiffusionTransformer | RuntimeDenoiser, name: str, desc: str,
-                   kept: EvaluationBatches, labels: torch.Tensor,
+def _timed_samples(models: dict[str, DiffusionTransformer | RuntimeDenoiser],
+                   model_name: str, kept: EvaluationBatches, labels: torch.Tensor,
                    on_batch: Callable[[str, int, int], None] | None, run: dict[str, Any]
-                   ) -> tuple[torch.Tensor, int, dict[str, float]]:
-    """``model``'s samples, how many of their batches an interrupted run had kept, and how
-    long the rest took (``sampling_seconds``), at the model's steady speed: each batch size
-    is sampled once before the clock starts, which compiles a compiled model
-    (``compile_seconds``, with ``run["compile"]``) and spares the first batch an eager
-    model's first-call costs. ``model_calls``: the denoiser calls of the batches made (a
-    guided call, both halves at once, counts one), what an adaptive sampler really cost."""
-    finished = kept.of(model, name)
-    warm_up = warm_up_for_batches(model, labels, finished=finished, **run)
-    timing = {"compile_seconds": warm_up} if run["compile"] else {}
-    counter = CallCounter()
-    started = time.perf_counter()
-    images = generate(model, labels, desc=desc, finished=finished, counter=counter,
-                      on_batch=on_batch and partial(on_batch, name), **run)
-    timing["sampling_seconds"] = time.perf_counter() - started
-    calls = torch.tensor([counter.calls])  # every process's batches
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, Any],
+                              list[str]]:
+    """The samples of the ``"model"`` (named ``model_name``) and of the ``"original"`` when
+    it is given, made batch by batch in turn; how many of each one's batches an interrupted
+    run had kept; their timing settings; and the notes a reader needs about them.
+
+    Each model runs at its steady speed: each batch size is sampled once before the clock
+    starts, which compiles a compiled model (``compile_seconds``, with ``run["compile"]``)
+    and spares the first batch an eager model's first-call costs. Then ``sampling_seconds``,
+    what its batches of this run took, and ``model_calls``, their denoiser calls (a guided
+    call, both halves at once, counts one): what an adaptive sampler really cost. The
+    original's keys are prefixed ``original_``; with it, the model's speedup (see
+    :func:`_speedup`)."""
+    names = {"model": model_name, "original": "original"}
+    finished = {role: kept.of(model, names[role]) for role, model in models.items()}
+    compile_seconds = {role: warm_up_for_batches(model, labels, finished=finished[role], **run)
+                       for role, model in models.items()}
+    counters = {role: CallCounter() for role in models}
+    sampled = generate_side_by_side(
+        models, labels, desc="sampling " + " and ".join(names[role] for role in models),
+        finished=finished, counters=counters,
+        on_batch=on_batch and (lambda role, done, total: on_batch(names[role], done, total)),
+        **run)
+    calls = torch.tensor([counters[role].calls for role in models])  # every process's
     distributed.all_reduce_sum_([calls])
-    timing["model_calls"] = int(calls)
-    return images, kept.loaded_by_all(finished), timing
+    timing: dict[str, Any] = {}
+    for (role, of_model), model_calls in zip(sampled.items(), calls.tolist(), strict=True):
+        prefix = "original_" if role == "original" else ""
+        if run["compile"]:
+            timing[f"{prefix}compile_seconds"] = compile_seconds[role]
+        timing[f"{prefix}sampling_seconds"] = of_model.seconds
+        timing[f"{prefix}model_calls"] = int(model_calls)
+    notes = []
+    if "original" in sampled:
+        notes = _speedup(sampled["model"].batch_seconds, sampled["original"].batch_seconds,
+                         -(-len(labels) // run["batch_size"]), timing)
+    return ({role: of_model.images for role, of_model in sampled.items()},
+            {role: kept.loaded_by_all(finished[role]) for role in models}, timing, notes)
 
 
-def _note_speedup(report: EvaluationReport, original_timing: dict[str, float],
-                  resumed: int) -> None:
-    """The original's sampling time beside the model's, and the model's speedup when both
-    sampled every batch in this run: the same samples, noise and settings, one after the
-    other on the same device."""
-    settings = report.settings
-    settings.update({f"original_{key}": value for key, value in original_timing.items()})
-    if resumed:
-        report.notes.append("no sampling speedup is given: some batches of samples were made "
-                            "before an interruption, so the two times cover different work")
-    elif settings["sampling_seconds"] > 0:
-        settings["sampling_speedup"] = (settings["original_sampling_seconds"]
-                                        / settings["sampling_seconds"])
+def _speedup(seconds: dict[int, float], original_seconds: dict[int, float], batches: int,
+             timing: dict[str, Any]) -> list[str]:
+    """The model's speedup, into ``timing``: the median, over the batches both made in this
+    run, of the batch's ratio of the original's seconds to the model's (each pair made one
+    after the other, so under much the same load; a burst of load that hits one pair moves
+    the median little), with the lowest and highest ratio; and the notes on what it covers.
+    Batches an interrupted run kept have no time, and a pair with one of them is left out."""
+    pairs = [b for b in sorted(set(seconds) & set(original_seconds)) if seconds[b] > 0]
+    if not pairs:
+        return ["no sampling speedup is given: no batch was made by both models in this run "
+                "(the others were made before an interruption)"]
+    ratios = [original_seconds[b] / seconds[b] for b in pairs]
+    timing.update(sampling_speedup=statistics.median(ratios),
+                  sampling_speedup_range=[min(ratios), max(ratios)],
+                  sampling_speedup_batches=len(pairs))
+    if len(pairs) < batches:
+        return [f"the sampling speedup is timed over the {len(pairs)} of the {batches} batches "
+                "both models made in this run (the others were made before an interruption)"]
+    return []
 
 
 def sampled_model(model: DiffusionTransformer | RuntimeDenoiser | str | os.PathLike,

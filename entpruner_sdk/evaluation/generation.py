@@ -1,10 +1,13 @@
 """Sampling for an evaluation: class-balanced labels and seeded batches, shared over the
-ranks, kept on disk as they finish so an interrupted evaluation continues."""
+ranks, kept on disk as they finish so an interrupted evaluation continues, and made for two
+models in turn, each batch timed, so their times compare side by side."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,6 +19,7 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.sampling import RuntimeDenoiser, objective_of, sample
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.progress import progress_bar
+from entpruner_sdk.utils.timing import CallCounter, timed
 
 
 def balanced_labels(count: int, classes: Sequence[int]) -> torch.Tensor:
@@ -23,46 +27,115 @@ def balanced_labels(count: int, classes: Sequence[int]) -> torch.Tensor:
     return torch.as_tensor(list(classes), dtype=torch.long)[torch.arange(count) % len(classes)]
 
 
-def generate(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor, *,
-             seed: int, batch_size: int, progress: bool, desc: str = "sampling",
-             decoder: LatentSpace | None = None,
-             as_eight_bit: bool = False, finished: SampleBatches | None = None,
-             sampler_settings: dict[str, float] | None = None,
-             on_batch: Callable[[int, int], None] | None = None, **sampling: Any) -> torch.Tensor:
-    """Samples in batches; batch b uses seed + b, so any two models see identical noise.
+@dataclass
+class Sampled:
+    """One model's samples from :func:`generate_side_by_side`, and the seconds each batch it
+    made in this run took, by batch index, every process's (a batch loaded from ``finished``
+    has none)."""
+
+    images: torch.Tensor
+    batch_seconds: dict[int, float]
+
+    @property
+    def seconds(self) -> float:
+        """How long its sampling took: the longest of the processes' times (rank r makes the
+        batches b with b % world == r), the whole of them in one process."""
+        world = distributed.world_size()
+        return max(sum(s for b, s in self.batch_seconds.items() if b % world == rank)
+                   for rank in range(world))
+
+
+def generate_side_by_side(
+        models: dict[str, DiffusionTransformer | RuntimeDenoiser], labels: torch.Tensor, *,
+        seed: int, batch_size: int, progress: bool, desc: str = "sampling",
+        decoder: LatentSpace | None = None, as_eight_bit: bool = False,
+        finished: dict[str, SampleBatches | None] | None = None,
+        counters: dict[str, CallCounter] | None = None,
+        sampler_settings: dict[str, float] | None = None,
+        on_batch: Callable[[str, int, int], None] | None = None,
+        **sampling: Any) -> dict[str, Sampled]:
+    """Samples of each of ``models``, by name, in batches made in turn: batch 0 of each model,
+    then batch 1 of each in the reverse order, and so on. Batch b uses seed + b for every
+    model, so they all see identical noise, and each batch is timed: the models' batches b ran
+    under much the same load, so the ratio of their times measures the models side by side.
+
     A latent model's samples are decoded to images by ``decoder`` batch by batch;
     ``as_eight_bit``: each batch is rounded to 8-bit pixels (uint8) as it is made.
-    ``sampler_settings``: SiT's (``atol``, ``diffusion_norm``...), for the model's objective.
-    ``finished``: each batch is written there as it is made, and one found there is loaded
-    instead of made again (an interrupted evaluation continues). ``on_batch``: called after
-    each batch is made with this process's batches done and in all; what it raises ends the
-    sampling (a page's Stop), the batches in ``finished`` kept.
+    ``sampler_settings``: SiT's (``atol``, ``diffusion_norm``...), for each model's objective.
+    ``finished``: a model's batches are written there as they are made, and one found there is
+    loaded instead of made again (an interrupted evaluation continues). ``counters``: count a
+    model's denoiser calls. ``on_batch``: called after each batch made with the model's name,
+    this process's batches of it done and in all; what it raises ends the sampling (a page's
+    Stop), the batches in ``finished`` kept.
 
     Under torch.distributed, rank r samples the batches b with b % world == r and the batches
     are gathered in order: the same images as one process, in 1 / world of the time.
     """
     starts, mine = _batches(labels, batch_size)
-    chunks = {}
-    if finished is not None:
-        chunks = {b: batch for b in mine if (batch := finished.load(b)) is not None}
-    todo = [b for b in mine if b not in chunks]
-    objective = objective_of(model).with_sampler_settings(**(sampler_settings or {}))
+    finished, counters = finished or {}, counters or {}
+    chunks = {name: _kept_batches(finished.get(name), mine) for name in models}
+    seconds: dict[str, dict[int, float]] = {name: {} for name in models}
+    objectives = {name: objective_of(model).with_sampler_settings(**(sampler_settings or {}))
+                  for name, model in models.items()}
+    todo = [b for b in mine if any(b not in made for made in chunks.values())]
     for b in progress_bar(todo, enabled=progress and distributed.is_main(), desc=desc,
-                          leave=False, initial=len(chunks), total=len(mine)):
-        batch = sample(model, labels[starts[b]:starts[b] + batch_size], seed=seed + b,
-                       objective=objective, clip_denoised=True, **sampling)
-        if decoder is not None:
-            batch = decoder.decode(batch)
-        if as_eight_bit:
-            batch = eight_bit(batch)
-        chunks[b] = batch
-        if finished is not None:
-            finished.save(b, batch)
-        if on_batch is not None:
-            on_batch(len(chunks), len(mine))
-    for other in distributed.gather_objects(chunks) if distributed.is_distributed() else []:
-        chunks.update(other)
-    return torch.cat([chunks[b] for b in range(len(starts))])
+                          leave=False, initial=len(mine) - len(todo), total=len(mine)):
+        # in turn, the order reversed every other batch (A B, B A, ...): a model that gains
+        # from going first, or second, gains in half the pairs and loses in the others
+        for name in list(models)[::-1 if b % 2 else 1]:
+            if b in chunks[name]:
+                continue
+            model = models[name]
+            make = partial(_make_batch, model, labels[starts[b]:starts[b] + batch_size],
+                           seed + b, objectives[name], decoder, as_eight_bit,
+                           counter=counters.get(name), **sampling)
+            chunks[name][b], seconds[name][b] = timed(make)
+            if finished.get(name) is not None:
+                finished[name].save(b, chunks[name][b])
+            if on_batch is not None:
+                on_batch(name, len(chunks[name]), len(mine))
+    for other_chunks, other_seconds in (distributed.gather_objects((chunks, seconds))
+                                        if distributed.is_distributed() else []):
+        for name in models:
+            chunks[name].update(other_chunks[name])
+            seconds[name].update(other_seconds[name])
+    return {name: Sampled(torch.cat([chunks[name][b] for b in range(len(starts))]),
+                          seconds[name]) for name in models}
+
+
+def generate(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor, *,
+             seed: int, batch_size: int, progress: bool, desc: str = "sampling",
+             finished: SampleBatches | None = None,
+             on_batch: Callable[[int, int], None] | None = None, **sampling: Any) -> torch.Tensor:
+    """One model's samples in batches, as :func:`generate_side_by_side` makes them (batch b
+    seeded seed + b, so any two models see identical noise; the same ``decoder``,
+    ``as_eight_bit``, ``sampler_settings`` and torch.distributed sharding). ``finished``: its
+    batches kept on disk; ``on_batch``: called with its batches done and in all;
+    ``**sampling``: ``sample``'s settings (``counter`` included)."""
+    counter = {"model": sampling.pop("counter")} if "counter" in sampling else None
+    sampled = generate_side_by_side(
+        {"model": model}, labels, seed=seed, batch_size=batch_size, progress=progress,
+        desc=desc, finished={"model": finished}, counters=counter,
+        on_batch=on_batch and (lambda _, done, total: on_batch(done, total)), **sampling)
+    return sampled["model"].images
+
+
+def _kept_batches(finished: SampleBatches | None, mine: range) -> dict[int, torch.Tensor]:
+    """The batches of this process that an interrupted run kept in ``finished``."""
+    if finished is None:
+        return {}
+    return {b: batch for b in mine if (batch := finished.load(b)) is not None}
+
+
+def _make_batch(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor, seed: int,
+                objective: Any, decoder: LatentSpace | None, as_eight_bit: bool,
+                **sampling: Any) -> torch.Tensor:
+    """One batch of samples, decoded to images and rounded to 8 bits where asked."""
+    batch = sample(model, labels, seed=seed, objective=objective, clip_denoised=True,
+                   **sampling)
+    if decoder is not None:
+        batch = decoder.decode(batch)
+    return eight_bit(batch) if as_eight_bit else batch
 
 
 def warm_up_for_batches(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor,

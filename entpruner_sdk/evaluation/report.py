@@ -192,11 +192,21 @@ def _timing_lines(settings: dict[str, Any]) -> list[str]:
     if "original_sampling_seconds" in settings:
         line += f", {took('original_')} for the original"
     if "sampling_speedup" in settings:
-        line += (f": {settings['sampling_speedup']:.2f}x as fast, timed one after the other (a "
-                 "few percent either way is noise; benchmarks/sampling_speed.py times models "
-                 "side by side)")
+        line += f": {settings['sampling_speedup']:.2f}x as fast, " + _speedup_basis(settings)
     compiled = f" (torch.compile {settings['compile']})" if settings.get("compile") else ""
     return [f"{line}{compiled}.", ""]
+
+
+def _speedup_basis(settings: dict[str, Any]) -> str:
+    """How the speedup was timed: "the median of 4 batches timed in turn (0.95x-1.05x)", or,
+    in a report written before that, one model after the other."""
+    if "sampling_speedup_range" not in settings:
+        return "timed one after the other"
+    low, high = settings["sampling_speedup_range"]
+    count = settings["sampling_speedup_batches"]
+    if count == 1:
+        return "one batch of each timed in turn"
+    return f"the median of {count} batches timed in turn ({low:.2f}x-{high:.2f}x)"
 
 
 def _runtime_lines(settings: dict[str, Any]) -> list[str]:

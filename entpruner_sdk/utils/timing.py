@@ -9,10 +9,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from entpruner_sdk.utils.device import arithmetic
+
+T = TypeVar("T")
 
 
 def _synchronize() -> None:
@@ -20,13 +23,19 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def time_once(fn: Callable[[], object]) -> float:
-    """Seconds one call of ``fn`` takes, with the GPU's queued work waited for on both sides."""
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """What one call of ``fn`` returns, and the seconds it took, with the GPU's queued work
+    waited for on both sides."""
     _synchronize()
     start = time.perf_counter()
-    fn()
+    result = fn()
     _synchronize()
-    return time.perf_counter() - start
+    return result, time.perf_counter() - start
+
+
+def time_once(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes, with the GPU's queued work waited for on both sides."""
+    return timed(fn)[1]
 
 
 def interleaved_times(candidates: dict[str, Callable[[], object]], repeats: int = 5,
