@@ -116,7 +116,8 @@ def test_entpruner_evaluate_under_torchrun_shards_and_writes_once(tmp_path, caps
     save(teacher(), tmp_path / "model")
     command = ["evaluate", "--model", str(tmp_path / "model"), "--samples", "12", "--steps",
                "2", "--batch-size", "4", "--features", "domain", "--quiet", "--device", "cpu",
-               "--likelihood", "5", "--likelihood-steps", "10"]
+               "--likelihood", "5", "--likelihood-steps", "10",
+               "--original", str(tmp_path / "model")]
     assert main([*command, "--out", str(tmp_path / "one")]) == 0
     capsys.readouterr()
     done = subprocess.run(
@@ -134,6 +135,11 @@ def test_entpruner_evaluate_under_torchrun_shards_and_writes_once(tmp_path, caps
     # one process's images
     for name, value in one["metrics"].items():
         assert two["metrics"][name] == pytest.approx(value, rel=1e-2, abs=1e-4), name
+    # the original sampled beside the model, each batch timed where it was made, and the
+    # speedup taken over the batches of both processes
+    assert two["original_metrics"] == pytest.approx(one["original_metrics"], rel=1e-2, abs=1e-4)
+    assert two["settings"]["sampling_speedup_batches"] == 3
+    assert two["settings"]["model_calls"] == two["settings"]["original_model_calls"] == 6
     # the likelihood's five images shared 2 + 3: each image's noise follows its index, so
     # the figures are one process's, up to the rounding of other batch shapes
     assert two["likelihood"]["images"] == 5
