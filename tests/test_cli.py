@@ -687,7 +687,9 @@ def test_the_main_job_compresses_both_teachers_and_prints_the_table(tmp_path, ca
         assert pruned["parameters"] < teacher["parameters"] and pruned["gflops"] < teacher["gflops"]
         kept = pruned["extra"]["kept_blocks"]
         assert len(kept) == 6 and ep.load(out / f"{name}-pruned" / "model").kept_blocks == kept
-        assert pruned["fidelity_psnr"] > 0
+        assert pruned["fidelity_psnr"] > 0 and teacher["fidelity_psnr"] is None
+        # both sampled in one evaluation, batch by batch in turn: the speedup of their batches
+        assert teacher["sample_seconds"] > 0 and pruned["extra"]["sampling_speedup"] > 0
         for row in (teacher, pruned):
             assert 0 <= row["class_accuracy"] <= 1 and row["fd_domain"] >= 0
             assert Path(row["grid"]).stat().st_size > 0
@@ -695,7 +697,7 @@ def test_the_main_job_compresses_both_teachers_and_prints_the_table(tmp_path, ca
     assert summary["classifier_test_accuracy"] > 0.9
     printed = capsys.readouterr().out
     assert "teachers vs pruned on digits (20 samples each" in printed
-    assert "sit-digits-pruned" in printed
+    assert "sit-digits-pruned" in printed and "sampled batch by batch in turn" in printed
 
 
 def test_env_says_what_this_machine_offers(capsys, monkeypatch):
