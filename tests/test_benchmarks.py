@@ -131,6 +131,29 @@ def test_extra_seeds_for_some_methods_are_compared_on_the_seeds_all_ran(quality)
     assert "| digits | dit | 6 | bi | 2 | 0.900 +- 0.000 | - |" in text
 
 
+def test_ced_cost_times_the_ranking_and_the_forwards_in_alternation(monkeypatch):
+    cost = load("compress_cost")
+    model = randomized(DiffusionTransformer(tiny_config("dit", depth=4))).eval()
+    order, real_score, real_forwards = [], cost.CED.score, cost.full_forwards
+
+    def score(self, *args, **kwargs):  # which of the two ran, in what order
+        order.append("ced")
+        return real_score(self, *args, **kwargs)
+
+    def forwards(*args):
+        order.append("naive")
+        return real_forwards(*args)
+
+    monkeypatch.setattr(cost.CED, "score", score)
+    monkeypatch.setattr(cost, "full_forwards", forwards)
+    found = cost.ced_cost(model, load_data("digits"), torch.device("cpu"), per_class=2,
+                          times=2, batch_size=8, forward_passes=2, rounds=3)
+    assert order == ["ced"] + ["ced", "naive"] * 3  # the warm-up, then three rounds
+    low, high = found["ratio_range"]
+    assert found["rounds"] == 3 and low <= found["ratio"] <= high
+    assert found["full_forward_passes_timed"] == 2 and found["ced_seconds"] > 0
+
+
 def test_ced_removal_orders_single_pass_and_greedy():
     rankings = load("ced_rankings")
     model = randomized(DiffusionTransformer(tiny_config("dit", depth=5)))
