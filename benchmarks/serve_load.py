@@ -10,8 +10,11 @@ server's resident memory.
     python benchmarks/serve_load.py --compile default       # + a phase compiled (CPU)
     python benchmarks/serve_load.py --device cuda --compile reduce-overhead  # CUDA graphs
 
-Each client sends one-image requests (random class, its own seeds) back to back; the server
-runs `entpruner serve` in its own process. Prints a table, writes
+Each client sends one-image requests (random class, its own seeds) back to back; each phase's
+server runs `entpruner serve` in its own process. The servers start first, then take their load
+in turn: ``--rounds`` slices of each phase's seconds, the order reversed every other round, so
+a change in the machine's load hits every phase alike; the gains are the median round's
+ratio, with the lowest and highest. Prints a table, writes
 benchmarks/results/serve_load.json (or serve_soak.json). Goal: batching >= 3x throughput at
 16 clients with 0 failed valid requests; memory flat over the soak. A compiled server is
 ready once it has compiled every batch size, so its phase, like the others, times no compile.
@@ -111,11 +114,20 @@ async def load(url: str, clients: int, seconds: float, steps: int | None, classe
     if memory is not None:
         tasks.append(sample_memory())
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
-    latencies.sort()
+    return {"seconds": time.perf_counter() - started, "images": images,
+            "latencies": latencies, "errors": errors}
+
+
+def summary(clients: int, slices: list[dict]) -> dict:
+    """One phase's figures over its slices of load: throughput over their summed time,
+    latency percentiles over all their requests."""
+    seconds = sum(s["seconds"] for s in slices)
+    images = sum(s["images"] for s in slices)
+    latencies = sorted(t for s in slices for t in s["latencies"])
+    errors = [e for s in slices for e in s["errors"]]
     return {
-        "clients": clients, "seconds": elapsed, "images": images,
-        "throughput_images_per_s": images / elapsed, "errors": len(errors),
+        "clients": clients, "seconds": seconds, "images": images,
+        "throughput_images_per_s": images / seconds, "errors": len(errors),
         "error_kinds": sorted(set(errors)),
         "p50_s": statistics.median(latencies) if latencies else None,
         "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
@@ -123,25 +135,62 @@ async def load(url: str, clients: int, seconds: float, steps: int | None, classe
     }
 
 
-def phase(model, max_batch, clients, seconds, steps, device, memory=None,
-          compile=None) -> dict:
-    port = free_port()
-    started = time.perf_counter()
-    server = start_server(model, port, max_batch, max_queue=max(64, 2 * clients),
-                          device=device, compile=compile)
-    ready_s = time.perf_counter() - started
-    try:
-        url = f"http://127.0.0.1:{port}"
-        classes = httpx.get(url + "/v1/models").json()["models"][0]["num_classes"]
-        result = asyncio.run(load(url, clients, seconds, steps, classes, memory, server.pid))
-        result["server_rss_mb"] = rss_mb(server.pid)
-        metrics = httpx.get(url + "/metrics").text
-        result["mean_batch_images"] = _mean_batch(metrics)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-    return {"batching": max_batch > 1, "max_batch": max_batch, "compile": compile,
-            "ready_s": round(ready_s, 1), **result}
+class Server:
+    """One ``entpruner serve`` process, started and ready, and what it reports."""
+
+    def __init__(self, model: str, max_batch: int, clients: int, device: str,
+                 compile: str | None = None) -> None:
+        self.max_batch, self.compile, self.port = max_batch, compile, free_port()
+        started = time.perf_counter()
+        self.process = start_server(model, self.port, max_batch,
+                                    max_queue=max(64, 2 * clients), device=device,
+                                    compile=compile)
+        self.ready_s = time.perf_counter() - started
+        self.url = f"http://127.0.0.1:{self.port}"
+        try:
+            models = httpx.get(self.url + "/v1/models").json()["models"]
+        except BaseException:
+            self.stop()
+            raise
+        self.classes = models[0]["num_classes"]
+
+    def load(self, clients: int, seconds: float, steps: int | None,
+             memory: list | None = None) -> dict:
+        return asyncio.run(load(self.url, clients, seconds, steps, self.classes, memory,
+                                self.process.pid))
+
+    def row(self, clients: int, slices: list[dict]) -> dict:
+        """The phase's row: its load's figures, and the server's memory and mean batch."""
+        return {"batching": self.max_batch > 1, "max_batch": self.max_batch,
+                "compile": self.compile, "ready_s": round(self.ready_s, 1),
+                **summary(clients, slices), "server_rss_mb": rss_mb(self.process.pid),
+                "mean_batch_images": _mean_batch(httpx.get(self.url + "/metrics").text)}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def side_by_side(servers: list[Server], clients: int, seconds: float, steps: int | None,
+                 rounds: int) -> tuple[list[dict], list[list[float]]]:
+    """Each server's row, from ``rounds`` slices of ``seconds / rounds`` of load, the servers
+    loaded in turn, the order reversed every other round: a change in the machine's load
+    hits every phase alike. Also each round's throughput of each server."""
+    slices: list[list[dict]] = [[] for _ in servers]
+    for r in range(rounds):
+        order = list(range(len(servers)))[::-1 if r % 2 else 1]
+        for i in order:
+            slices[i].append(servers[i].load(clients, seconds / rounds, steps))
+    per_round = [[s["images"] / s["seconds"] for s in of_server] for of_server in slices]
+    return ([server.row(clients, of_server) for server, of_server in zip(servers, slices,
+                                                                           strict=True)],
+            per_round)
+
+
+def round_ratio(over: list[float], under: list[float]) -> dict:
+    """The median of the rounds' throughput ratios, with the lowest and highest."""
+    ratios = [a / b for a, b in zip(over, under, strict=True)]
+    return {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)]}
 
 
 def _mean_batch(metrics: str) -> float | None:
@@ -167,18 +216,28 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", choices=COMPILE_MODES,
                         help="add a phase with batching on and the model compiled in this "
                              "torch.compile mode")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each phase's seconds are split into this many slices, the phases "
+                             "loaded in turn slice by slice; the gains are the median round's "
+                             "(default 3)")
     parser.add_argument("--quick", action="store_true", help="8 clients, 8 s per phase")
     parser.add_argument("--soak", type=float, help="one batched phase of this many seconds")
     parser.add_argument("--out", help="JSON results (default: results/serve_load.json, "
                         "or serve_soak.json with --soak)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.quick:
         args.clients, args.seconds = 8, 8.0
     os.environ.setdefault("ENTPRUNER_QUIET", "1")
     if args.soak:
         memory: list = []
-        result = phase(args.model, args.max_batch, args.clients, args.soak, args.steps,
-                       args.device, memory)
+        server = Server(args.model, args.max_batch, args.clients, args.device)
+        try:
+            result = server.row(args.clients, [server.load(args.clients, args.soak, args.steps,
+                                                           memory)])
+        finally:
+            server.stop()
         rss = [m for _, m in memory]
         third = max(1, len(rss) // 3)
         result["memory_mb"] = memory
@@ -192,30 +251,43 @@ def main(argv=None) -> int:
     phases = [(1, None), (args.max_batch, None)]
     if args.compile:
         phases.append((args.max_batch, args.compile))
-    rows = [phase(args.model, batch, args.clients, args.seconds, args.steps, args.device,
-                  compile=compile) for batch, compile in phases]
-    throughput = [r["throughput_images_per_s"] for r in rows]
-    ratio = throughput[1] / throughput[0]
-    compile_ratio = throughput[2] / throughput[1] if args.compile else None
+    servers: list[Server] = []
+    try:  # every server ready first, then loaded in turn
+        for batch, compile in phases:
+            servers.append(Server(args.model, batch, args.clients, args.device, compile))
+        rows, per_round = side_by_side(servers, args.clients, args.seconds, args.steps,
+                                       args.rounds)
+    finally:
+        for server in servers:
+            server.stop()
+    batching = round_ratio(per_round[1], per_round[0])
+    compiled = round_ratio(per_round[2], per_round[1]) if args.compile else None
     processor = processor_name(args.device)
-    print_table(rows, ratio, processor, compile_ratio)
+    print_table(rows, batching, processor, compiled, args.rounds)
     out = args.out or str(RESULTS / "serve_load.json")
-    atomic_write_text(out, json.dumps({"model": args.model, "steps": args.steps,
-                                       "device": args.device, "processor": processor,
-                                       "batching_speedup": ratio,
-                                       "compile_speedup": compile_ratio, "rows": rows},
-                                      indent=2))
+    atomic_write_text(out, json.dumps({
+        "model": args.model, "steps": args.steps, "device": args.device,
+        "processor": processor, "rounds": args.rounds,
+        "batching_speedup": batching["median"], "batching_speedup_range": batching["range"],
+        "compile_speedup": compiled and compiled["median"],
+        "compile_speedup_range": compiled and compiled["range"], "rows": rows}, indent=2))
     print(f"written to {out}")
     return 0
 
 
-def print_table(rows, ratio, processor: str, compile_ratio: float | None = None) -> None:
+def print_table(rows, batching: dict, processor: str, compiled: dict | None,
+                rounds: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    gains = f"batching throughput gain {ratio:.2f}x" + (
-        f", compiled vs eager {compile_ratio:.2f}x" if compile_ratio else "")
-    table = Table(title=f"serve load test on {processor} ({gains})")
+    def gain(ratio: dict) -> str:
+        low, high = ratio["range"]
+        return f"{ratio['median']:.2f}x ({low:.2f}-{high:.2f})"
+
+    gains = f"batching throughput gain {gain(batching)}" + (
+        f", compiled vs eager {gain(compiled)}" if compiled else "")
+    table = Table(title=f"serve load test on {processor}, the phases loaded in turn over "
+                  f"{rounds} rounds (the median round's {gains})")
     for column in ("batching", "model", "clients", "images/s", "p50 ms", "p99 ms", "errors",
                    "mean batch", "server RSS MB", "ready s"):
         table.add_column(column)
