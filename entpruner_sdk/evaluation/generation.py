@@ -1,6 +1,6 @@
 """Sampling for an evaluation: class-balanced labels and seeded batches, shared over the
-ranks, kept on disk as they finish so an interrupted evaluation continues, and made for two
-models in turn, each batch timed, so their times compare side by side."""
+ranks, kept on disk as they finish so an interrupted evaluation continues, and made for
+several models in turn, each batch timed, so their times compare side by side."""
 
 from __future__ import annotations
 
@@ -80,13 +80,12 @@ def generate_side_by_side(
     todo = [b for b in mine if any(b not in made for made in chunks.values())]
     for b in progress_bar(todo, enabled=progress and distributed.is_main(), desc=desc,
                           leave=False, initial=len(mine) - len(todo), total=len(mine)):
-        # in turn, the order reversed every other batch (A B, B A, ...): a model that gains
-        # from going first, or second, gains in half the pairs and loses in the others
-        for name in list(models)[::-1 if b % 2 else 1]:
+        # in turn, the order reversed every other batch of this process (A B, B A, ...): a
+        # model that gains from going first, or second, gains in half the pairs only
+        for name in list(models)[::-1 if b // distributed.world_size() % 2 else 1]:
             if b in chunks[name]:
                 continue
-            model = models[name]
-            make = partial(_make_batch, model, labels[starts[b]:starts[b] + batch_size],
+            make = partial(_make_batch, models[name], labels[starts[b]:starts[b] + batch_size],
                            seed + b, objectives[name], decoder, as_eight_bit,
                            counter=counters.get(name), **sampling)
             chunks[name][b], seconds[name][b] = timed(make)
