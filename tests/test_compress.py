@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,9 @@ def test_result_saves_loads_and_samples(tmp_path, family, grid, model_times):
     assert {"class_accuracy", "fd_domain"} <= set(summary["quality_original"])
     assert {"class_accuracy", "fd_domain", "psnr", "ssim"} <= set(summary["quality_pruned"])
     assert "| class_accuracy |" in (tmp_path / "report.md").read_text()
+    # the quality samples' timing too: both models sampled batch by batch in turn
+    assert re.search(r"Sampling took [\d.]+ s for the pruned model, [\d.]+ s for the "
+                     r"original: [\d.]+x as fast, ", markdown)
     # the figures' sample batches were kept beside the checkpoint only until they were made
     assert (tmp_path / "checkpoint").is_dir()
     assert not (tmp_path / "sampling-in-progress").exists()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from entpruner_sdk.data.latents import is_latent
-from entpruner_sdk.evaluation.report import likelihood_lines
+from entpruner_sdk.evaluation.report import likelihood_lines, timing_lines
 from entpruner_sdk.models.transformer import DiffusionTransformer, count_parameters, forward_flops
 from entpruner_sdk.sampling import sample
 from entpruner_sdk.utils.device import arithmetic
@@ -207,6 +207,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             before = s["quality_original"].get(key)
             lines.append(f"| {key} | {'-' if before is None else f'{before:.4f}'} | "
                          f"{value:.4f} |")
+        # the quality samples' own timing, at the quality sampler's steps and batch size
+        lines += ["", *timing_lines(q, "the pruned model")]
     lines += likelihood_lines(s.get("likelihood", {}), "pruned")
     lines += ["", f"Kept blocks (original indices): {s['kept_blocks']}",
               f"Removed blocks: {s['removed_blocks']} (protected: {s['protected_blocks']})", ""]

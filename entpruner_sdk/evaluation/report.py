@@ -69,7 +69,7 @@ class EvaluationReport:
                  f"{' in ' + s['arithmetic'] if s.get('arithmetic') else ''}"
                  f"{', samples held as 8-bit pixels' if s.get('samples_held') == 'uint8' else ''}"
                  ".", ""]
-        lines += _timing_lines(s)
+        lines += timing_lines(s)
         lines += _runtime_lines(s)
         lines += self._metrics_table()
         if self.fidelity:
@@ -177,9 +177,10 @@ def _settings(settings: dict[str, Any]) -> str:
     return f" ({', '.join(shown)})" if given else ""
 
 
-def _timing_lines(settings: dict[str, Any]) -> list[str]:
-    """How long the model's sampling took, and the original's beside it, each compile apart:
-    "Sampling took 12.0 s for the model, 20.0 s for the original: 1.67x as fast, ..."."""
+def timing_lines(settings: dict[str, Any], model: str = "the model") -> list[str]:
+    """How long the sampling of ``model`` took, and the original's beside it, each compile
+    apart, from an evaluation's ``settings``: "Sampling took 12.0 s for the model, 20.0 s for
+    the original: 1.67x as fast, ..."."""
     if "sampling_seconds" not in settings:  # a report written before it was recorded
         return []
 
@@ -188,7 +189,7 @@ def _timing_lines(settings: dict[str, Any]) -> list[str]:
         return (f"{settings[f'{prefix}sampling_seconds']:.1f} s"
                 + (f" (after {compiled:.1f} s compiling)" if compiled is not None else ""))
 
-    line = f"Sampling took {took('')} for the model"
+    line = f"Sampling took {took('')} for {model}"
     if "original_sampling_seconds" in settings:
         line += f", {took('original_')} for the original"
     if "sampling_speedup" in settings:
