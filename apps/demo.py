@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from entpruner_sdk.apps.pair import (
+    DEFAULT_COUNT,
     DEFAULT_PRUNED,
     ModelPair,
     ModelThread,
@@ -115,7 +116,7 @@ def _generate_tab(gr: Any, pair: ModelPair) -> SimpleNamespace:
         tab.label = gr.Dropdown(choices=classes, value=classes[0][1], label="class",
                                 elem_id="class")
         tab.seed = gr.Number(value=0, precision=0, label="seed", minimum=0)
-        tab.count = gr.Slider(1, 16, value=4, step=1, label="number of images")
+        tab.count = gr.Slider(1, 16, value=DEFAULT_COUNT, step=1, label="number of images")
     with gr.Row():
         tab.sampler = gr.Dropdown(list(OBJECTIVES[pair.family].samplers),
                                   value=sampling["sampler"], label="sampler")

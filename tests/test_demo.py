@@ -48,8 +48,20 @@ def running_demo(models):
     demo.close()
 
 
-def test_pair_loads_report_and_samples_from_the_same_noise(models):
+def test_pair_loads_report_and_samples_from_the_same_noise(models, monkeypatch):
+    from entpruner_sdk.apps import pair as pair_module
+
     pair = load_pair(*models)
+    # a shape both sides have not sampled is sampled once before the timing, each shape once:
+    # the page's default, when loading; a guided call of 2 images, at the first Generate below
+    warmed, real_warm_up = [], pair_module.warm_up_for_batches
+
+    def warm_up(model, labels, **settings):
+        warmed.append((model.depth, len(labels), settings["cfg_scale"]))
+        return real_warm_up(model, labels, **settings)
+
+    monkeypatch.setattr(pair_module, "warm_up_for_batches", warm_up)
+    assert pair.warmed == {(pair_module.DEFAULT_COUNT, True, "PyTorch")}
     assert pair.ready and not pair.errors
     assert pair.pruned.depth == 2 and pair.report["summary"]["depth_after"] == 2
     from entpruner_sdk.apps.demo import _report_figures
@@ -77,6 +89,9 @@ def test_pair_loads_report_and_samples_from_the_same_noise(models):
     assert left.images.shape == right.images.shape == (2, 1, 8, 8)
     assert left.seconds > 0 and right.images_per_second > 0
     assert left.model_calls == right.model_calls == 3  # one a step, guided halves in one call
+    assert warmed == [(4, 2, 2), (2, 2, 2)]  # the original, then the pruned model: 2 images
+    generate_pair(pair, 1, seed=0, count=2, sampler="ddim", steps=2, cfg_scale=4)
+    assert len(warmed) == 2  # another guidance scale, the same shape: no warm-up
     # Same seed, same noise: a "pruned" model that kept every block gives identical images.
     pair.pruned = pair.original.keep_blocks(range(pair.original.depth))
     a, b = generate_pair(pair, 3, seed=5, count=2, sampler="ddpm", steps=3, cfg_scale=2)
