@@ -48,7 +48,8 @@ def _models(g: common.Options) -> None:
                    help="bundled teacher name, model path, or an export directory")
     common.released_options(g)
     g.add_argument("--original", help="also sample this model (or export) from the same noise "
-                   "and labels: its figures beside the model's, and the model's fidelity to it")
+                   "and labels, batch by batch in turn with the model: its figures beside the "
+                   "model's, the model's fidelity to it, and its speedup over it")
     common.provider_option(g)
     common.vae_option(g)
 
