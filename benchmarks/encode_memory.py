@@ -87,13 +87,16 @@ def child(mode: str, folder: Path, size: int, vae: Path) -> dict:
     return child_json(__file__, mode, folder, size, vae)
 
 
-def folder_parser(doc: str, counts: str, child: tuple[str, ...]) -> argparse.ArgumentParser:
-    """The options of a memory benchmark over two folder sizes (this one's, evaluate's), and
-    its hidden ``--child`` (one measurement in its own process, with ``child`` arguments)."""
+def folder_parser(doc: str, counts: str, child: tuple[str, ...],
+                  items: str = "photos") -> argparse.ArgumentParser:
+    """The options of a memory benchmark over two counts of ``items`` (this one's folder
+    sizes, evaluate's, sample's), and its hidden ``--child`` (one measurement in its own
+    process, with ``child`` arguments)."""
     parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="100 and 200 photos at 128x128")
-    parser.add_argument("--counts", default=None, help=f"folder sizes, e.g. {counts}")
+    parser.add_argument("--quick", action="store_true", help=f"100 and 200 {items} at 128x128")
+    parser.add_argument("--counts", default=None,
+                        help=f"how many {items}, e.g. {counts} (the default)")
     parser.add_argument("--size", type=int, default=None, help="crop size (256; quick: 128)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure (3; quick: 1)")
     parser.add_argument("--child", nargs=len(child), metavar=child, help=argparse.SUPPRESS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -133,20 +133,17 @@ def sample(
     the compiled module is cached on the model, so the compile cost is paid once.
     ``counter`` (a :class:`CallCounter`) counts the model calls the sampler makes.
     ``batch_size``: sample that many images at a time, batch b seeded ``seed + b`` as
-    ``evaluate``'s batches are (None: all at once, seeded ``seed``; so do as many or fewer).
+    ``evaluate``'s batches are (None: all at once, seeded ``seed``; so do as many or fewer);
+    :func:`sample_batches` yields the same batches one at a time, as they are made.
     An export (a :class:`RuntimeDenoiser`) samples where its runtime was opened; ``device``,
     ``compile`` and ``reference_cfg`` are for PyTorch models.
     """
-    if batch_size is not None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: at least 1 image at a time")
-        if len(labels) > batch_size:
-            model = model if isinstance(model, RuntimeDenoiser) else as_model(model)
-            return _in_batches(model, labels, batch_size, seed=seed, noise=noise,
-                               progress=progress, sampler=sampler, steps=steps,
-                               cfg_scale=cfg_scale, objective=objective, device=device,
-                               clip_denoised=clip_denoised, reference_cfg=reference_cfg,
-                               compile=compile, counter=counter)
+    if batch_size is not None and (batch_size < 1 or len(labels) > batch_size):
+        return torch.cat(list(sample_batches(
+            model, labels, batch_size, seed=seed, noise=noise, progress=progress,
+            sampler=sampler, steps=steps, cfg_scale=cfg_scale, objective=objective,
+            device=device, clip_denoised=clip_denoised, reference_cfg=reference_cfg,
+            compile=compile, counter=counter)))
     if isinstance(model, RuntimeDenoiser):
         if compile or reference_cfg:
             raise ValueError("compile and reference_cfg apply to a PyTorch model, not an "
@@ -181,17 +178,30 @@ def sample(
         model.train(was_training)
 
 
-def _in_batches(model: DiffusionTransformer | RuntimeDenoiser,
-                labels: Sequence[int | str] | torch.Tensor, batch_size: int, *, seed: int,
-                noise: torch.Tensor | None, progress: bool, **settings: Any) -> torch.Tensor:
-    """:func:`sample` ``batch_size`` labels at a time, batch b seeded ``seed + b`` (and given
-    its rows of ``noise``); ``progress`` follows the batches."""
+def sample_batches(model: DiffusionTransformer | RuntimeDenoiser | str | os.PathLike,
+                   labels: Sequence[int | str] | torch.Tensor, batch_size: int, *,
+                   seed: int = 0, noise: torch.Tensor | None = None, progress: bool = False,
+                   **settings: Any) -> Iterator[torch.Tensor]:
+    """:func:`sample` ``batch_size`` labels at a time, each batch yielded as it is made:
+    batch b is seeded ``seed + b`` (and given its rows of ``noise``), as ``evaluate``'s
+    batches are, so ``torch.cat`` of them is ``sample(..., batch_size=batch_size)``. What
+    takes them a batch at a time (``entpruner sample --npz``) never holds every sample.
+    ``settings`` are :func:`sample`'s; ``progress`` follows the batches, or a lone batch's
+    steps."""
+    if batch_size < 1:  # here, not at the first batch: a generator would wait until then
+        raise ValueError(f"batch_size={batch_size}: at least 1 image at a time")
+    model = model if isinstance(model, RuntimeDenoiser) else as_model(model)
     starts = range(0, len(labels), batch_size)
-    return torch.cat([
-        sample(model, labels[start:start + batch_size], seed=seed + b,
-               noise=None if noise is None else noise[start:start + batch_size], **settings)
-        for b, start in enumerate(progress_bar(starts, enabled=progress,
-                                               desc="sampling batches"))])
+    several = len(starts) > 1
+
+    def batches() -> Iterator[torch.Tensor]:
+        for b, start in enumerate(progress_bar(starts, enabled=progress and several,
+                                               desc="sampling batches")):
+            yield sample(model, labels[start:start + batch_size], seed=seed + b,
+                         noise=None if noise is None else noise[start:start + batch_size],
+                         progress=progress and not several, **settings)
+
+    return batches()
 
 
 def check_compile_mode(mode: str | None) -> None:
@@ -272,16 +282,18 @@ def sample_with(
 
 
 def image_grid(images: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-    """Tile [N, C, H, W] images in [-1, 1] into one [C, H', W'] image in [-1, 1], one
-    background pixel between them."""
+    """Tile [N, C, H, W] images into one [C, H', W'] image, one background pixel between
+    them: floats in [-1, 1] give floats, 8-bit pixels (a quarter of the memory, for a large
+    preview) give 8-bit pixels."""
     n, c, h, w = images.shape
     rows = rows or max(1, int(n**0.5))
     cols = -(-n // rows)
-    grid = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), -1.0)
+    eight = images.dtype == torch.uint8
+    grid = images.new_full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), 0 if eight else -1)
     for i in range(n):
         r, q = divmod(i, cols)
         grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = (
-            images[i].clamp(-1, 1)
+            images[i] if eight else images[i].clamp(-1, 1)
         )
     return grid
 

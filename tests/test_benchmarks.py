@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -435,6 +436,23 @@ def test_sde_forms_runs_every_reference_form_and_last_step(tmp_path):
     with pytest.raises(SystemExit, match="DIT model; the SDE forms are SiT's"):
         load("sde_forms").main(["--model", "dit-digits", "--data", "digits", "--samples", "20",
                                 "--steps", "8", "--out", str(out)])
+
+
+def test_sample_memory_compares_the_same_samples_written_two_ways(tmp_path):
+    from entpruner_sdk import save
+
+    bench = load("sample_memory")
+    model = save(load("evaluate_memory").tiny_model(16), tmp_path / "model")
+    for mode in bench.MODES:  # 12 samples, 250 a batch: one batch, the grid's 16 of 12
+        (tmp_path / mode).mkdir()
+        run = bench.measure(mode, model, 12, tmp_path / mode)
+        assert run["samples"] == 12 and run["peak_mb"] > 0
+    assert bench.same_samples(tmp_path)
+    with np.load(tmp_path / "whole" / "samples.npz") as floats:  # a changed pixel is seen
+        changed = dict(floats)
+    changed["images"][0, 0, 0, 0] = -changed["images"][0, 0, 0, 0] or 1
+    np.savez(tmp_path / "whole" / "samples.npz", **changed)
+    assert not bench.same_samples(tmp_path)
 
 
 def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -555,3 +556,38 @@ def test_an_output_folder_this_process_may_not_write_in_is_refused_before_the_wo
     assert f"may not write in {closed}" in capsys.readouterr().err
     check_output_path(tmp_path / "run", folder=True)  # writable: no probe file left behind
     assert list(tmp_path.iterdir()) == ([closed] if closed.parent == tmp_path else [])
+
+
+def test_an_npz_is_written_a_part_at_a_time_and_reads_as_np_savez_writes_it(tmp_path):
+    import numpy as np
+
+    from entpruner_sdk.data.datasets import load_npz
+    from entpruner_sdk.utils.npz import Chunks, save_npz_streamed
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)  # 48 KiB a part of 4
+    on_disk = []
+
+    def parts():
+        for start in range(0, 10, 4):
+            on_disk.append(sum(f.stat().st_size for f in tmp_path.iterdir()))
+            yield images[start:start + 4]
+
+    path = save_npz_streamed(tmp_path / "samples", {  # the name kept as given
+        "arr_0": Chunks(10, parts()), "arr_1": np.arange(10)})
+    # each part reached the file before the next was asked for: none waited in memory
+    assert on_disk[0] < 4096 and all(b - a >= 4 * 64 * 64 * 3 for a, b in
+                                     zip(on_disk, on_disk[1:]))
+    with np.load(path) as saved:
+        assert saved.files == ["arr_0", "arr_1"]
+        assert np.array_equal(saved["arr_0"], images)
+        assert saved["arr_1"].tolist() == list(range(10))
+    assert load_npz(path).labels.tolist() == list(range(10))  # ADM's keys, read back
+    # rows that do not add up, or a part unlike the first, leave no file and nothing beside it
+    for chunks, message in ((Chunks(11, [images]), "10 rows given of the 11 announced"),
+                            (Chunks(9, [images]), "more than the 9 rows announced"),
+                            (Chunks(12, [images, images[:2, :32]]),
+                             "a part of uint8 (32, 64, 3) after parts of uint8 (64, 64, 3)")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            save_npz_streamed(tmp_path / "bad.npz", {"arr_0": chunks})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"]

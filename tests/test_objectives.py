@@ -564,6 +564,22 @@ def test_sampling_in_batches_seeds_batch_b_with_seed_plus_b(tiny_sit):
         sample(tiny_sit, [1], batch_size=0)
 
 
+def test_sample_batches_makes_each_batch_only_when_it_is_asked_for(tiny_sit):
+    from entpruner_sdk.sampling import sample_batches
+
+    run = dict(sampler="euler", steps=3, device="cpu")
+    with CallCounter(tiny_sit) as calls:
+        batches = sample_batches(tiny_sit, [1, 2, 3, 4, 5], 2, seed=7, **run)
+        first = next(batches)
+        assert calls.calls == 3  # the first batch's three steps, not the others'
+        rest = list(batches)
+    assert calls.calls == 9 and [len(b) for b in [first, *rest]] == [2, 2, 1]
+    assert torch.equal(torch.cat([first, *rest]),
+                       sample(tiny_sit, [1, 2, 3, 4, 5], seed=7, batch_size=2, **run))
+    with pytest.raises(ValueError, match="batch_size=0: at least 1 image at a time"):
+        sample_batches(tiny_sit, [1], 0)  # at the call, before any batch is asked for
+
+
 @pytest.mark.parametrize("family,sampler,calls", [
     ("dit", "ddim", 5), ("dit", "dpm-solver++", 5), ("sit", "euler", 5), ("sit", "heun", 10),
     ("sit", "euler-maruyama", 5), ("sit", "heun-sde", 9), ("sit", "dopri5", None)])

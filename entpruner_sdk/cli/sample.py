@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from typing import Any
+
+import torch
 
 from entpruner_sdk.cli import common
 from entpruner_sdk.sampling import COMPILE_MODES
@@ -86,8 +90,10 @@ def _sampling(g: common.Options) -> None:
 def _output(g: common.Options) -> None:
     g.add_argument("--out", default="samples.png",
                    help="grid image path; its suffix picks the format (.png, .jpg, .webp)")
-    g.add_argument("--npz", help="also save the samples (images, decoded when --vae is given) "
-                   "and labels to this .npz")
+    g.add_argument("--npz", help="also save every sample to this .npz as evaluate "
+                   "--save-samples and guided-diffusion's scripts do (ADM's evaluation suite "
+                   "reads it): arr_0, 8-bit images [N, H, W, C], decoded when the model "
+                   "samples latents; arr_1, their labels. Written a batch at a time")
     g.add_argument("--grid-max", type=int, default=GRID_MAX,
                    help="the grid shows at most this many images, the first, in whole rows; "
                         f"--npz keeps them all (default {GRID_MAX})")
@@ -101,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
 
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for, trained_vae
-    from entpruner_sdk.sampling import image_format, objective_of, sample, save_grid
-    from entpruner_sdk.utils.files import atomic_writer, check_output_path
+    from entpruner_sdk.sampling import image_format, objective_of, sample_batches, save_grid
+    from entpruner_sdk.utils.files import check_output_path
+    from entpruner_sdk.utils.npz import Chunks, save_npz_streamed
 
     image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
     if args.batch_size < 1:
@@ -135,26 +142,50 @@ def run(args: argparse.Namespace) -> int:
     objective = objective_of(model)
     objective = objective.with_sampler_settings(objective.check_sampler(args.sampler),
                                                 **common.sampler_settings(args))
-    images = sample(model, labels, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
-                    seed=args.seed, device=args.device, reference_cfg=args.reference_cfg,
-                    clip_denoised=True, progress=not args.quiet, objective=objective,
-                    compile=args.compile or False, batch_size=args.batch_size)
-    if decoder is not None:
-        images = decoder.decode(images, progress=not args.quiet)
-    if args.npz:  # first, so the samples are kept whatever happens to the grid; the name as
-        # given (np.savez would add .npz to a name without it)
-        with atomic_writer(args.npz) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, images=images.numpy(), labels=np.array(labels))
+    batches = sample_batches(
+        model, labels, args.batch_size, sampler=args.sampler, steps=args.steps,
+        cfg_scale=args.cfg, seed=args.seed, device=args.device,
+        reference_cfg=args.reference_cfg, clip_denoised=True, progress=not args.quiet,
+        objective=objective, compile=args.compile or False)
     # a row per class asked for N of each; labels listed one by one fill a square grid
     per_row = per_class if args.per_class is not None or not args.labels else None
-    shown = _grid_count(len(images), per_row, args.grid_max)
-    save_grid(images[:shown], args.out,
-              rows=shown // per_row if per_row and shown >= per_row else None)
-    cut = "" if shown == len(images) else (
+    shown = _grid_count(len(labels), per_row, args.grid_max)
+    preview: list[torch.Tensor] = []  # the grid's images, kept from the batches as they pass
+    pixels = _eight_bit_batches(batches, decoder, preview, shown,
+                                progress=not args.quiet and len(labels) <= args.batch_size)
+    if args.npz:  # first, so the samples are kept whatever happens to the grid; each batch
+        # is written as it comes, so many samples need not fit in memory
+        save_npz_streamed(args.npz, {"arr_0": Chunks(len(labels), (
+            batch.permute(0, 2, 3, 1).numpy() for batch in pixels)),
+            "arr_1": np.array(labels, dtype=np.int64)})
+    else:
+        for _ in pixels:
+            pass
+    grid = torch.cat(preview)
+    save_grid(grid, args.out, rows=shown // per_row if per_row and shown >= per_row else None)
+    cut = "" if shown == len(labels) else (
         f" (the grid shows the first {shown}; " + (f"all are in {args.npz})" if args.npz else
                                                    "--npz F keeps them all)"))
     print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} -> {args.out}{cut}")
     return 0
+
+
+def _eight_bit_batches(batches: Iterator[torch.Tensor], decoder: Any,
+                       preview: list[torch.Tensor], shown: int, *,
+                       progress: bool) -> Iterator[torch.Tensor]:
+    """Each batch of samples decoded (a latent model's) and rounded to 8-bit pixels, as a
+    saved image rounds them; the first ``shown`` images are also copied into ``preview``."""
+    from entpruner_sdk.data.datasets import eight_bit
+
+    kept = 0
+    for batch in batches:
+        if decoder is not None:
+            batch = decoder.decode(batch, progress=progress)
+        batch = eight_bit(batch)
+        if kept < shown:  # a copy: a slice would keep the whole batch alive
+            preview.append(batch[:shown - kept].clone())
+            kept += len(preview[-1])
+        yield batch
 
 
 def _grid_count(count: int, per_row: int | None, most: int) -> int:

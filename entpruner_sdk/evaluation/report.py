@@ -9,11 +9,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from entpruner_sdk.data.datasets import DataError, eight_bit
-from entpruner_sdk.utils.files import atomic_write_text, atomic_writer
+from entpruner_sdk.utils.files import atomic_write_text
+from entpruner_sdk.utils.npz import Chunks, save_npz_streamed
 
 
 @dataclass
@@ -143,11 +143,11 @@ class EvaluationReport:
         if self.images.shape[1] not in (1, 3):  # the data layer's rule for pixels
             raise DataError(f"the samples are {self.images.shape[1]}-channel VAE latents, not "
                             "images: evaluate with vae= (--vae DIR) to decode them")
-        path = Path(path)
-        pixels = eight_bit(self.images).permute(0, 2, 3, 1).contiguous()
-        with atomic_writer(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, arr_0=pixels.numpy(), arr_1=self.labels.numpy())
-        return path
+        # a chunk at a time: no second copy of every sample in ADM's [N, H, W, C] order
+        pixels = (eight_bit(self.images[i:i + 256]).permute(0, 2, 3, 1).numpy()
+                  for i in range(0, len(self.images), 256))
+        return save_npz_streamed(path, {"arr_0": Chunks(len(self.images), pixels),
+                                        "arr_1": self.labels.numpy()})
 
 
 def likelihood_lines(likelihood: dict[str, Any], model_name: str = "this model"
