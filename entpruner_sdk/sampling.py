@@ -195,13 +195,24 @@ def sample_batches(model: DiffusionTransformer | RuntimeDenoiser | str | os.Path
     several = len(starts) > 1
 
     def batches() -> Iterator[torch.Tensor]:
-        for b, start in enumerate(progress_bar(starts, enabled=progress and several,
-                                               desc="sampling batches")):
-            yield sample(model, labels[start:start + batch_size], seed=seed + b,
-                         noise=None if noise is None else noise[start:start + batch_size],
-                         progress=progress and not several, **settings)
+        for b in progress_bar(range(len(starts)), enabled=progress and several,
+                              desc="sampling batches"):
+            yield sample_batch_at(model, labels, batch_size, b, seed=seed, noise=noise,
+                               progress=progress and not several, **settings)
 
     return batches()
+
+
+def sample_batch_at(model: DiffusionTransformer | RuntimeDenoiser | str | os.PathLike,
+                    labels: Sequence[int | str] | torch.Tensor, batch_size: int, index: int,
+                    *, seed: int = 0, noise: torch.Tensor | None = None,
+                    **settings: Any) -> torch.Tensor:
+    """Batch ``index`` of :func:`sample_batches` alone: ``labels``' rows ``index *
+    batch_size`` onwards (and those of ``noise``), seeded ``seed + index``; what a run
+    that kept its other batches (``entpruner sample --npz``, resumed) still has to make."""
+    rows = slice(index * batch_size, (index + 1) * batch_size)
+    return sample(model, labels[rows], seed=seed + index,
+                  noise=None if noise is None else noise[rows], **settings)
 
 
 def check_compile_mode(mode: str | None) -> None:

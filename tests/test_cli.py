@@ -280,6 +280,66 @@ def test_sample_makes_many_images_a_batch_at_a_time(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_an_interrupted_sample_npz_continues_from_its_finished_batches(tmp_path, capsys,
+                                                                       monkeypatch):
+    import numpy as np
+
+    from entpruner_sdk import sampling
+
+    def command(npz, *flags):
+        return ["sample", "--model", "sit-digits", "--labels", "1,2,3,4,5", "--steps", "2",
+                "--sampler", "euler-maruyama", "--batch-size", "2", "--out",
+                str(tmp_path / "g.png"), "--quiet", "--device", "cpu", *flags,
+                *(["--npz", str(tmp_path / npz)] if npz else [])]
+
+    assert main(command("whole.npz")) == 0
+    real, made, crash_at = sampling.sample_batch_at, [], [3]
+
+    def interrupted(model, labels, batch_size, index, **settings):  # the real one, stopped
+        made.append(index)
+        if len(made) in crash_at:
+            raise KeyboardInterrupt
+        return real(model, labels, batch_size, index, **settings)
+
+    monkeypatch.setattr(sampling, "sample_batch_at", interrupted)
+    capsys.readouterr()
+    assert main(command("resumed.npz")) == 130  # in the last of three batches
+    kept = tmp_path / "sampling-in-progress"
+    assert capsys.readouterr().err.strip() == (
+        f"entpruner sample: interrupted; {kept} holds 2 finished sample batches: run the same "
+        "command to continue from them")
+    assert not (tmp_path / "resumed.npz").exists()
+    # other settings never take them: another seed makes every batch, and leaves them alone
+    made.clear()
+    crash_at.clear()
+    assert main(command("other.npz", "--seed", "1")) == 0 and made == [0, 1, 2]
+    assert re.fullmatch(
+        rf"note: {re.escape(str(kept))} still holds the sample batches of 1 sample --npz run\(s\) "
+        r"that did not finish, with other models or settings \([\d.]+ k?B\): the command that "
+        r"started one continues from them; delete the folder if none will run again",
+        capsys.readouterr().err.strip())
+    with np.load(tmp_path / "whole.npz") as whole, np.load(tmp_path / "other.npz") as other:
+        assert not np.array_equal(whole["arr_0"], other["arr_0"])
+    (damaged,) = kept.glob("resumed-npz-*/batch_00001.safetensors")
+    damaged.write_bytes(b"not a safetensors file")  # a disk fault: made again, not trusted
+    made.clear()
+    capsys.readouterr()
+    assert main(command("resumed.npz")) == 0
+    assert made == [1, 2]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "1 of the 3 batches were those an interrupted run had finished")
+    with np.load(tmp_path / "whole.npz") as whole, np.load(tmp_path / "resumed.npz") as resumed:
+        assert np.array_equal(whole["arr_0"], resumed["arr_0"])  # noisy steps: seeds matter
+        assert whole["arr_1"].tolist() == resumed["arr_1"].tolist() == [1, 2, 3, 4, 5]
+    assert not kept.exists()  # gone once the file is written
+    # a grid alone keeps nothing, and says so
+    crash_at.append(len(made) + 1)
+    assert main(command(None)) == 130
+    assert capsys.readouterr().err.strip() == (
+        "entpruner sample: interrupted; a grid alone keeps nothing; with --npz F the finished "
+        "batches are kept")
+
+
 def test_sample_compiled_makes_the_eager_samples(tmp_path):
     import numpy as np
 

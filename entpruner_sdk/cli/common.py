@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -266,6 +267,22 @@ def resume_hint(args: argparse.Namespace) -> str:
         return "no checkpoint was written yet, so running it again starts over"
     return (f"{checkpoint} holds step {step}: run the same command with --resume to "
             "continue from there")
+
+
+def note_unfinished_runs(folder: Path, run: str) -> None:
+    """Say on stderr what runs of another model or settings that did not finish (of a
+    ``run``: "evaluation", "sample --npz") left in ``folder``, the finished run's own batches
+    being gone: kept for a rerun of those, and taking room until then, which a
+    50,000-sample FID run makes gigabytes."""
+    from entpruner_sdk.utils.files import tree_bytes
+
+    unfinished = ([p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+                  if folder.is_dir() else [])
+    if unfinished:
+        print(f"note: {folder} still holds the sample batches of {len(unfinished)} {run}(s) "
+              f"that did not finish, with other models or settings "
+              f"({human_size(tree_bytes(folder))}): the command that started one continues "
+              "from them; delete the folder if none will run again", file=sys.stderr)
 
 
 def human_size(count: int) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from entpruner_sdk.cli import common
@@ -145,27 +144,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"written to {Path(args.out) / 'evaluation.json'} and evaluation.md")
     if args.save_samples:
         print(f"samples written to {report.save_samples(Path(args.out) / 'samples.npz')}")
-    left = left_behind(Path(args.out) / IN_PROGRESS)
-    if left:
-        print(f"note: {left}", file=sys.stderr)
+    common.note_unfinished_runs(Path(args.out) / IN_PROGRESS, "evaluation")
     return 0
-
-
-def left_behind(folder: Path) -> str | None:
-    """What evaluations that did not finish, of other models or settings, left in ``folder``
-    (this one's batches are gone once it ends): kept for a rerun of those, and taking room
-    until then, which a 50,000-sample FID evaluation makes gigabytes."""
-    from entpruner_sdk.utils.files import tree_bytes
-
-    if not folder.is_dir():
-        return None
-    unfinished = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if not unfinished:
-        return None
-    size = common.human_size(tree_bytes(folder))
-    return (f"{folder} still holds the sample batches of {len(unfinished)} evaluation(s) that "
-            f"did not finish, with other models or settings ({size}): the command that "
-            "started one continues from them; delete the folder if none will run again")
 
 
 def interrupted(args: argparse.Namespace) -> str:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from entpruner_sdk.cli import common
+from entpruner_sdk.evaluation.batches import IN_PROGRESS
 from entpruner_sdk.sampling import COMPILE_MODES
+
+if TYPE_CHECKING:
+    from entpruner_sdk.evaluation.batches import SampleBatches
 
 # evaluate's default too: many images (--per-class N of a 1000-class model, for an --npz) must
 # not be one batch of the denoiser
@@ -93,7 +98,9 @@ def _output(g: common.Options) -> None:
     g.add_argument("--npz", help="also save every sample to this .npz as evaluate "
                    "--save-samples and guided-diffusion's scripts do (ADM's evaluation suite "
                    "reads it): arr_0, 8-bit images [N, H, W, C], decoded when the model "
-                   "samples latents; arr_1, their labels. Written a batch at a time")
+                   "samples latents; arr_1, their labels. Written a batch at a time; the "
+                   f"finished batches wait in {IN_PROGRESS}/ beside it until it is written, "
+                   "so after Ctrl-C or a crash the same command continues from them")
     g.add_argument("--grid-max", type=int, default=GRID_MAX,
                    help="the grid shows at most this many images, the first, in whole rows; "
                         f"--npz keeps them all (default {GRID_MAX})")
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     from entpruner_sdk.data.classes import offered_classes, resolve_labels
     from entpruner_sdk.data.latents import decoder_for, trained_vae
-    from entpruner_sdk.sampling import image_format, objective_of, sample_batches, save_grid
+    from entpruner_sdk.sampling import image_format, objective_of, save_grid
     from entpruner_sdk.utils.files import check_output_path
     from entpruner_sdk.utils.npz import Chunks, save_npz_streamed
 
@@ -140,52 +147,100 @@ def run(args: argparse.Namespace) -> int:
                if args.labels else offered_classes(model.provenance, model.config.num_classes))
     labels = [c for c in classes for _ in range(per_class)]
     objective = objective_of(model)
-    objective = objective.with_sampler_settings(objective.check_sampler(args.sampler),
-                                                **common.sampler_settings(args))
-    batches = sample_batches(
-        model, labels, args.batch_size, sampler=args.sampler, steps=args.steps,
-        cfg_scale=args.cfg, seed=args.seed, device=args.device,
-        reference_cfg=args.reference_cfg, clip_denoised=True, progress=not args.quiet,
-        objective=objective, compile=args.compile or False)
+    sampler = objective.check_sampler(args.sampler)
+    objective = objective.with_sampler_settings(sampler, **common.sampler_settings(args))
+    settings = dict(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
+                    seed=args.seed, device=args.device, reference_cfg=args.reference_cfg,
+                    clip_denoised=True, objective=objective, compile=args.compile or False)
+    kept = _kept_batches(args, model, labels, decoder, objective.settings_for(sampler),
+                         sampler) if args.npz else None
     # a row per class asked for N of each; labels listed one by one fill a square grid
     per_row = per_class if args.per_class is not None or not args.labels else None
     shown = _grid_count(len(labels), per_row, args.grid_max)
     preview: list[torch.Tensor] = []  # the grid's images, kept from the batches as they pass
-    pixels = _eight_bit_batches(batches, decoder, preview, shown,
-                                progress=not args.quiet and len(labels) <= args.batch_size)
+    pixels = _pixel_batches(model, labels, args.batch_size, settings, decoder, kept,
+                            preview, shown, progress=not args.quiet)
     if args.npz:  # first, so the samples are kept whatever happens to the grid; each batch
         # is written as it comes, so many samples need not fit in memory
         save_npz_streamed(args.npz, {"arr_0": Chunks(len(labels), (
             batch.permute(0, 2, 3, 1).numpy() for batch in pixels)),
             "arr_1": np.array(labels, dtype=np.int64)})
+        kept.clear()
+        common.note_unfinished_runs(_in_progress(args), "sample --npz run")
     else:
         for _ in pixels:
             pass
-    grid = torch.cat(preview)
-    save_grid(grid, args.out, rows=shown // per_row if per_row and shown >= per_row else None)
+    save_grid(torch.cat(preview), args.out,
+              rows=shown // per_row if per_row and shown >= per_row else None)
     cut = "" if shown == len(labels) else (
         f" (the grid shows the first {shown}; " + (f"all are in {args.npz})" if args.npz else
                                                    "--npz F keeps them all)"))
     print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} -> {args.out}{cut}")
+    if kept is not None and kept.loaded:
+        print(f"{kept.loaded} of the {-(-len(labels) // args.batch_size)} batches were those "
+              "an interrupted run had finished")
     return 0
 
 
-def _eight_bit_batches(batches: Iterator[torch.Tensor], decoder: Any,
-                       preview: list[torch.Tensor], shown: int, *,
-                       progress: bool) -> Iterator[torch.Tensor]:
-    """Each batch of samples decoded (a latent model's) and rounded to 8-bit pixels, as a
-    saved image rounds them; the first ``shown`` images are also copied into ``preview``."""
-    from entpruner_sdk.data.datasets import eight_bit
+def _kept_batches(args: argparse.Namespace, model: Any, labels: list[int], decoder: Any,
+                  governing: dict[str, Any], sampler: str) -> SampleBatches:
+    """Where ``--npz``'s finished batches wait, as 8-bit pixels, until the file is written:
+    beside it, named by everything that decides the samples (evaluate's rule), so the same
+    command continues after Ctrl-C or a crash and other settings never take them."""
+    from entpruner_sdk.evaluation.batches import EvaluationBatches
+    from entpruner_sdk.utils.device import resolve_device
 
-    kept = 0
-    for batch in batches:
-        if decoder is not None:
-            batch = decoder.decode(batch, progress=progress)
-        batch = eight_bit(batch)
-        if kept < shown:  # a copy: a slice would keep the whole batch alive
-            preview.append(batch[:shown - kept].clone())
-            kept += len(preview[-1])
+    sampling = dict(sampler=sampler, steps=args.steps, cfg_scale=args.cfg,
+                    device=resolve_device(args.device), as_eight_bit=True,
+                    reference_cfg=args.reference_cfg,
+                    **({"sampler_settings": governing} if governing else {}))
+    return EvaluationBatches(_in_progress(args), torch.tensor(labels), args.seed,
+                             args.batch_size, sampling, decoder).of(model, Path(args.npz).name)
+
+
+def _pixel_batches(model: Any, labels: list[int], batch_size: int, settings: dict[str, Any],
+                   decoder: Any, kept: SampleBatches | None, preview: list[torch.Tensor],
+                   shown: int, *, progress: bool) -> Iterator[torch.Tensor]:
+    """Each batch as 8-bit pixels: taken from ``kept``, or sampled (``sample_batch_at``),
+    decoded (a latent model's), rounded as a saved image rounds and kept; the first
+    ``shown`` images are also copied into ``preview``."""
+    from entpruner_sdk.data.datasets import eight_bit
+    from entpruner_sdk.sampling import sample_batch_at
+    from entpruner_sdk.utils.progress import progress_bar
+
+    count = -(-len(labels) // batch_size)
+    alone = progress and count == 1  # one batch shows its steps; several, the batches
+    made = 0
+    for b in progress_bar(range(count), enabled=progress and count > 1,
+                          desc="sampling batches"):
+        batch = kept.load(b) if kept is not None else None
+        if batch is None:
+            batch = sample_batch_at(model, labels, batch_size, b, progress=alone, **settings)
+            if decoder is not None:
+                batch = decoder.decode(batch, progress=alone)
+            batch = eight_bit(batch)
+            if kept is not None:
+                kept.save(b, batch)
+        if made < shown:  # a copy: a slice would keep the whole batch alive
+            preview.append(batch[:shown - made].clone())
+            made += len(preview[-1])
         yield batch
+
+
+def _in_progress(args: argparse.Namespace) -> Path:
+    """The folder beside ``--npz`` where its finished batches wait."""
+    return Path(args.npz).parent / IN_PROGRESS
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted ``sample`` kept: with ``--npz``, its finished batches."""
+    if not args.npz:
+        return "a grid alone keeps nothing; with --npz F the finished batches are kept"
+    done = len(list(_in_progress(args).glob("*/batch_*.safetensors")))
+    if done:
+        return (f"{_in_progress(args)} holds {done} finished sample batches: run the same "
+                "command to continue from them")
+    return "no sample batch was finished yet, so running it again starts over"
 
 
 def _grid_count(count: int, per_row: int | None, most: int) -> int:
