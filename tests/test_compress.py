@@ -123,17 +123,15 @@ def test_a_crash_in_the_report_figures_keeps_the_samples_already_made(tmp_path,
     from entpruner_sdk.evaluation import generation
 
     options = dict(FAST, report_samples=20)
-    real_sample, depths = generation.sample, []
+    real_batch, depths = generation.sample_batch_at, []
 
-    def crash_at_the_original(model, *args, **kwargs):
-        if "seed" not in kwargs:  # a warm-up's two steps, before a model's batches are timed
-            return real_sample(model, *args, **kwargs)
+    def crash_at_the_original(model, *args, **kwargs):  # a batch (warm-ups call sample)
         depths.append(model.depth)
         if model.depth == 6:
             raise KeyboardInterrupt
-        return real_sample(model, *args, **kwargs)
+        return real_batch(model, *args, **kwargs)
 
-    monkeypatch.setattr(generation, "sample", crash_at_the_original)
+    monkeypatch.setattr(generation, "sample_batch_at", crash_at_the_original)
     with pytest.raises(KeyboardInterrupt):
         compress(teacher(), "digits", 4, out_dir=tmp_path, **options)
     assert depths == [4, 6]  # the pruned model's one batch was made, then the original's failed
@@ -141,12 +139,11 @@ def test_a_crash_in_the_report_figures_keeps_the_samples_already_made(tmp_path,
     assert kept.name.startswith("pruned-") and len(list(kept.iterdir())) == 1
 
     def counted(model, *args, **kwargs):
-        if "seed" in kwargs:  # a batch, not a warm-up
-            depths.append(model.depth)
-        return real_sample(model, *args, **kwargs)
+        depths.append(model.depth)
+        return real_batch(model, *args, **kwargs)
 
     depths.clear()
-    monkeypatch.setattr(generation, "sample", counted)
+    monkeypatch.setattr(generation, "sample_batch_at", counted)
     others = tmp_path / "sampling-in-progress" / "model-0123"  # an `entpruner evaluate`'s
     others.mkdir()
     (others / "batch_00000.safetensors").write_bytes(b"")

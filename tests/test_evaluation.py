@@ -548,17 +548,15 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
     settings = dict(samples=20, steps=2, batch_size=8, features=("domain",), progress=False,
                     original=model)
     uninterrupted = evaluate(pruned, small, **settings)
-    real_sample, calls, crash_at = generation.sample, [], [5]
+    real_batch, calls, crash_at = generation.sample_batch_at, [], [5]
 
-    def counted_sample(*args, **kwargs):  # the real sampler, interrupted at a chosen batch
-        if "seed" not in kwargs:  # a warm-up's two steps, before a model's batches are timed
-            return real_sample(*args, **kwargs)
-        calls.append(kwargs["seed"])
+    def counted_batch(model, labels, batch_size, index, **kwargs):  # the real one, interrupted
+        calls.append(index)  # at a chosen batch (a warm-up's two steps go through sample)
         if len(calls) in crash_at:
             raise KeyboardInterrupt
-        return real_sample(*args, **kwargs)
+        return real_batch(model, labels, batch_size, index, **kwargs)
 
-    monkeypatch.setattr(generation, "sample", counted_sample)
+    monkeypatch.setattr(generation, "sample_batch_at", counted_batch)
     checkpoints = tmp_path / "sampling"
     with pytest.raises(KeyboardInterrupt):  # in the model's third batch
         evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)

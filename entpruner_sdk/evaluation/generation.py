@@ -16,7 +16,7 @@ from entpruner_sdk.data.datasets import eight_bit
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.batches import SampleBatches
 from entpruner_sdk.models.transformer import DiffusionTransformer
-from entpruner_sdk.sampling import RuntimeDenoiser, objective_of, sample
+from entpruner_sdk.sampling import RuntimeDenoiser, objective_of, sample, sample_batch_at
 from entpruner_sdk.utils import distributed
 from entpruner_sdk.utils.progress import progress_bar
 from entpruner_sdk.utils.timing import CallCounter, timed
@@ -85,8 +85,8 @@ def generate_side_by_side(
         for name in list(models)[::-1 if b // distributed.world_size() % 2 else 1]:
             if b in chunks[name]:
                 continue
-            make = partial(_make_batch, models[name], labels[starts[b]:starts[b] + batch_size],
-                           seed + b, objectives[name], decoder, as_eight_bit,
+            make = partial(_make_batch, models[name], labels, batch_size, b, seed,
+                           objectives[name], decoder, as_eight_bit,
                            counter=counters.get(name), **sampling)
             chunks[name][b], seconds[name][b] = timed(make)
             if finished.get(name) is not None:
@@ -126,12 +126,14 @@ def _kept_batches(finished: SampleBatches | None, mine: range) -> dict[int, torc
     return {b: batch for b in mine if (batch := finished.load(b)) is not None}
 
 
-def _make_batch(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor, seed: int,
-                objective: Any, decoder: LatentSpace | None, as_eight_bit: bool,
+def _make_batch(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor,
+                batch_size: int, index: int, seed: int, objective: Any,
+                decoder: LatentSpace | None, as_eight_bit: bool,
                 **sampling: Any) -> torch.Tensor:
-    """One batch of samples, decoded to images and rounded to 8 bits where asked."""
-    batch = sample(model, labels, seed=seed, objective=objective, clip_denoised=True,
-                   **sampling)
+    """Batch ``index`` of samples (``sample_batch_at``'s, seeded seed + index), decoded to
+    images and rounded to 8 bits where asked."""
+    batch = sample_batch_at(model, labels, batch_size, index, seed=seed, objective=objective,
+                            clip_denoised=True, **sampling)
     if decoder is not None:
         batch = decoder.decode(batch)
     return eight_bit(batch) if as_eight_bit else batch
