@@ -150,6 +150,46 @@ def test_entpruner_evaluate_under_torchrun_shards_and_writes_once(tmp_path, caps
         "evaluation.json", "evaluation.md"]  # the batches removed once both had the samples
 
 
+@pytest.mark.slow
+def test_entpruner_sample_under_torchrun_shares_the_batches_and_writes_once(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from entpruner_sdk.cli import main
+
+    command = ["sample", "--model", "sit-digits", "--labels", "1,2,3,4,5", "--steps", "3",
+               "--sampler", "euler-maruyama", "--batch-size", "2", "--quiet", "--device", "cpu"]
+    assert main([*command, "--npz", str(tmp_path / "one.npz"),
+                 "--out", str(tmp_path / "one.png")]) == 0
+    capsys.readouterr()
+
+    def torchrun(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+             "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+             "-m", "entpruner_sdk", *command, "--out", str(tmp_path / "two.png"), *flags],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    done = torchrun("--npz", str(tmp_path / "two.npz"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("5 samples ->") == 1  # one process wrote the files
+    with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "two.npz") as two:
+        # batches 0 and 2 made by rank 0, batch 1 by rank 1, each seeded as in one process
+        # (noisy steps: another seed would differ everywhere); up to a pixel level of float
+        # rounding under another thread count
+        difference = np.abs(one["arr_0"].astype(int) - two["arr_0"])
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+        assert one["arr_1"].tolist() == two["arr_1"].tolist() == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "one.npz", "one.png", "two.npz", "two.png"]  # the kept batches removed
+    refused = torchrun()  # a grid alone is one process's work
+    assert refused.returncode != 0
+    assert "under torchrun, sample writes its samples with --npz F" in refused.stderr
+
+
 def _slow_rank0_worker(rank: int, world: int, port: int, out: str) -> None:
     import time
 

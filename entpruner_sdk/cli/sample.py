@@ -12,6 +12,7 @@ import torch
 from entpruner_sdk.cli import common
 from entpruner_sdk.evaluation.batches import IN_PROGRESS
 from entpruner_sdk.sampling import COMPILE_MODES
+from entpruner_sdk.utils.progress import progress_bar
 
 if TYPE_CHECKING:
     from entpruner_sdk.evaluation.batches import SampleBatches
@@ -51,12 +52,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             --batch-size 100 --out xl.jpg --npz xl.npz   # 10,000 images, 100 at a time
         entpruner sample --model runs/xl-d14 --per-class 10 --vae ./sd-vae-ft-ema \\
             --device cuda --compile reduce-overhead --npz xl.npz   # with CUDA graphs
+        torchrun --nproc_per_node 8 -m entpruner_sdk sample --model runs/xl-d14 \\
+            --per-class 50 --vae ./sd-vae-ft-ema --npz xl-50k.npz --out xl.jpg  # 8 GPUs
         """)
     _model(p.add_argument_group("model"))
     _classes(p.add_argument_group("classes"))
     _sampling(p.add_argument_group("sampling"))
     _output(p.add_argument_group("output"))
-    common.run_options(p.add_argument_group("run"))
+    run_group = p.add_argument_group("run")
+    common.distributed_option(run_group, "shard the batches (with --npz)")
+    common.run_options(run_group)
 
 
 def _model(g: common.Options) -> None:
@@ -109,23 +114,19 @@ def _output(g: common.Options) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Sample the classes asked for and write them as an image grid (and an ``.npz`` with
-    ``--npz``); 0 on success."""
-    import numpy as np
-
-    from entpruner_sdk.data.classes import offered_classes, resolve_labels
+    ``--npz``); 0 on success. Under torchrun each process makes its share of the batches
+    (batch b on rank b % world) and the first writes the files."""
     from entpruner_sdk.data.latents import decoder_for, trained_vae
-    from entpruner_sdk.sampling import image_format, objective_of, save_grid
-    from entpruner_sdk.utils.files import check_output_path
-    from entpruner_sdk.utils.npz import Chunks, save_npz_streamed
+    from entpruner_sdk.evaluation.batches import EvaluationBatches
+    from entpruner_sdk.sampling import image_format, objective_of
+    from entpruner_sdk.utils import distributed
 
     image_format(args.out)  # a suffix Pillow cannot write fails now, not after sampling
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: at least 1 image at a time")
-    if args.grid_max < 1:
-        raise ValueError(f"--grid-max {args.grid_max}: at least 1 image in the grid")
-    for path in (args.out, args.npz):
-        if path:
-            check_output_path(path, folder=False)
+    _check_counts(args)
+    device = common.join_processes(args)
+    if distributed.is_distributed() and not args.npz:
+        raise ValueError("under torchrun, sample writes its samples with --npz F (a grid alone "
+                         "is a preview: sample it in one process)")
     exported = common.open_export(args.model, args.provider)
     if exported is not None and args.compile:
         raise ValueError("--compile applies to PyTorch models, and an export's graphs were "
@@ -134,8 +135,51 @@ def run(args: argparse.Namespace) -> int:
     model = exported or common.released_model(args)
     # an export of a latent model may carry its VAE decoder; --vae takes precedence
     vae = args.vae or (exported.decoder if exported is not None else None)
-    decoder = decoder_for(model.config, vae, args.device,
+    decoder = decoder_for(model.config, vae, device,
                           trained_with=trained_vae(model.provenance))
+    labels, per_row = _labels(args, model)
+    objective = objective_of(model)
+    sampler = objective.check_sampler(args.sampler)
+    objective = objective.with_sampler_settings(sampler, **common.sampler_settings(args))
+    settings = dict(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
+                    seed=args.seed, device=device, reference_cfg=args.reference_cfg,
+                    clip_denoised=True, objective=objective, compile=args.compile or False)
+    kept = _kept_batches(args, model, labels, decoder, objective.settings_for(sampler),
+                         sampler, device) if args.npz else None
+    made = _BatchMaker(model, labels, args.batch_size, settings, decoder, kept,
+                       progress=not args.quiet and distributed.is_main())
+    resumed = None
+    if distributed.is_distributed():  # this process's share into the folder, then rank 0
+        made.finish(distributed.rank(), distributed.world_size())  # writes them all
+        resumed = EvaluationBatches.loaded_by_all(kept)  # every process is done past here
+        if not distributed.is_main():
+            return 0
+    _write(args, made, labels, per_row)
+    resumed = kept.loaded if resumed is None and kept is not None else resumed
+    if resumed:
+        print(f"{resumed} of the {made.count} batches were those an interrupted run had "
+              "finished")
+    return 0
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse counts below one and an output that cannot be written, before any work."""
+    from entpruner_sdk.utils.files import check_output_path
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: at least 1 image at a time")
+    if args.grid_max < 1:
+        raise ValueError(f"--grid-max {args.grid_max}: at least 1 image in the grid")
+    for path in (args.out, args.npz):
+        if path:
+            check_output_path(path, folder=False)
+
+
+def _labels(args: argparse.Namespace, model: Any) -> tuple[list[int], int | None]:
+    """The label of every sample, and the grid's row length: a row per class asked for N of
+    each (``--per-class``, or every class); labels listed one by one fill a square grid."""
+    from entpruner_sdk.data.classes import offered_classes, resolve_labels
+
     if args.labels is not None and not args.labels.strip():
         raise ValueError("--labels is empty: name class ids or names (--labels 3,7), or leave "
                          "it out for every class")
@@ -145,27 +189,27 @@ def run(args: argparse.Namespace) -> int:
     classes = (resolve_labels(args.labels.split(","), model.config.num_classes,
                               model.provenance.get("class_names", ()))
                if args.labels else offered_classes(model.provenance, model.config.num_classes))
-    labels = [c for c in classes for _ in range(per_class)]
-    objective = objective_of(model)
-    sampler = objective.check_sampler(args.sampler)
-    objective = objective.with_sampler_settings(sampler, **common.sampler_settings(args))
-    settings = dict(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
-                    seed=args.seed, device=args.device, reference_cfg=args.reference_cfg,
-                    clip_denoised=True, objective=objective, compile=args.compile or False)
-    kept = _kept_batches(args, model, labels, decoder, objective.settings_for(sampler),
-                         sampler) if args.npz else None
-    # a row per class asked for N of each; labels listed one by one fill a square grid
     per_row = per_class if args.per_class is not None or not args.labels else None
+    return [c for c in classes for _ in range(per_class)], per_row
+
+
+def _write(args: argparse.Namespace, made: _BatchMaker, labels: list[int],
+           per_row: int | None) -> None:
+    """The ``.npz`` first, so the samples are kept whatever happens to the grid, each batch
+    written as it comes (many samples need not fit in memory); then the grid of the first."""
+    import numpy as np
+
+    from entpruner_sdk.sampling import save_grid
+    from entpruner_sdk.utils.npz import Chunks, save_npz_streamed
+
     shown = _grid_count(len(labels), per_row, args.grid_max)
     preview: list[torch.Tensor] = []  # the grid's images, kept from the batches as they pass
-    pixels = _pixel_batches(model, labels, args.batch_size, settings, decoder, kept,
-                            preview, shown, progress=not args.quiet)
-    if args.npz:  # first, so the samples are kept whatever happens to the grid; each batch
-        # is written as it comes, so many samples need not fit in memory
+    pixels = made.batches(preview, shown)
+    if args.npz:
         save_npz_streamed(args.npz, {"arr_0": Chunks(len(labels), (
             batch.permute(0, 2, 3, 1).numpy() for batch in pixels)),
             "arr_1": np.array(labels, dtype=np.int64)})
-        kept.clear()
+        made.kept.clear()
         common.note_unfinished_runs(_in_progress(args), "sample --npz run")
     else:
         for _ in pixels:
@@ -176,14 +220,11 @@ def run(args: argparse.Namespace) -> int:
         f" (the grid shows the first {shown}; " + (f"all are in {args.npz})" if args.npz else
                                                    "--npz F keeps them all)"))
     print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} -> {args.out}{cut}")
-    if kept is not None and kept.loaded:
-        print(f"{kept.loaded} of the {-(-len(labels) // args.batch_size)} batches were those "
-              "an interrupted run had finished")
-    return 0
 
 
 def _kept_batches(args: argparse.Namespace, model: Any, labels: list[int], decoder: Any,
-                  governing: dict[str, Any], sampler: str) -> SampleBatches:
+                  governing: dict[str, Any], sampler: str,
+                  device: str | torch.device) -> SampleBatches:
     """Where ``--npz``'s finished batches wait, as 8-bit pixels, until the file is written:
     beside it, named by everything that decides the samples (evaluate's rule), so the same
     command continues after Ctrl-C or a crash and other settings never take them."""
@@ -191,40 +232,60 @@ def _kept_batches(args: argparse.Namespace, model: Any, labels: list[int], decod
     from entpruner_sdk.utils.device import resolve_device
 
     sampling = dict(sampler=sampler, steps=args.steps, cfg_scale=args.cfg,
-                    device=resolve_device(args.device), as_eight_bit=True,
+                    device=resolve_device(device), as_eight_bit=True,
                     reference_cfg=args.reference_cfg,
                     **({"sampler_settings": governing} if governing else {}))
     return EvaluationBatches(_in_progress(args), torch.tensor(labels), args.seed,
                              args.batch_size, sampling, decoder).of(model, Path(args.npz).name)
 
 
-def _pixel_batches(model: Any, labels: list[int], batch_size: int, settings: dict[str, Any],
-                   decoder: Any, kept: SampleBatches | None, preview: list[torch.Tensor],
-                   shown: int, *, progress: bool) -> Iterator[torch.Tensor]:
-    """Each batch as 8-bit pixels: taken from ``kept``, or sampled (``sample_batch_at``),
-    decoded (a latent model's), rounded as a saved image rounds and kept; the first
-    ``shown`` images are also copied into ``preview``."""
-    from entpruner_sdk.data.datasets import eight_bit
-    from entpruner_sdk.sampling import sample_batch_at
-    from entpruner_sdk.utils.progress import progress_bar
+class _BatchMaker:
+    """The batches of samples as 8-bit pixels: taken from ``kept`` (an interrupted run's), or
+    sampled (``sample_batch_at``), decoded (a latent model's), rounded as a saved image rounds
+    and kept there."""
 
-    count = -(-len(labels) // batch_size)
-    alone = progress and count == 1  # one batch shows its steps; several, the batches
-    made = 0
-    for b in progress_bar(range(count), enabled=progress and count > 1,
-                          desc="sampling batches"):
-        batch = kept.load(b) if kept is not None else None
+    def __init__(self, model: Any, labels: list[int], batch_size: int,
+                 settings: dict[str, Any], decoder: Any, kept: SampleBatches | None, *,
+                 progress: bool) -> None:
+        self.model, self.labels, self.batch_size = model, labels, batch_size
+        self.settings, self.decoder, self.kept = settings, decoder, kept
+        self.count = -(-len(labels) // batch_size)
+        self.progress = progress
+
+    def batches(self, preview: list[torch.Tensor], shown: int) -> Iterator[torch.Tensor]:
+        """Every batch in order; the first ``shown`` images are also copied into
+        ``preview`` (a copy: a slice would keep the whole batch alive)."""
+        for b in self._indices(range(self.count)):
+            batch = self._batch(b)
+            held = sum(len(images) for images in preview)
+            if held < shown:
+                preview.append(batch[:shown - held].clone())
+            yield batch
+
+    def finish(self, rank: int, world: int) -> None:
+        """Make and keep the batches b with b % world == rank that are not kept yet."""
+        for b in self._indices(range(rank, self.count, world)):
+            self._batch(b)
+
+    def _indices(self, indices: range) -> Iterator[int]:
+        return progress_bar(indices, enabled=self.progress and self.count > 1,
+                            desc="sampling batches")
+
+    def _batch(self, b: int) -> torch.Tensor:
+        from entpruner_sdk.data.datasets import eight_bit
+        from entpruner_sdk.sampling import sample_batch_at
+
+        batch = self.kept.load(b) if self.kept is not None else None
         if batch is None:
-            batch = sample_batch_at(model, labels, batch_size, b, progress=alone, **settings)
-            if decoder is not None:
-                batch = decoder.decode(batch, progress=alone)
+            alone = self.progress and self.count == 1  # one batch shows its steps
+            batch = sample_batch_at(self.model, self.labels, self.batch_size, b,
+                                    progress=alone, **self.settings)
+            if self.decoder is not None:
+                batch = self.decoder.decode(batch, progress=alone)
             batch = eight_bit(batch)
-            if kept is not None:
-                kept.save(b, batch)
-        if made < shown:  # a copy: a slice would keep the whole batch alive
-            preview.append(batch[:shown - made].clone())
-            made += len(preview[-1])
-        yield batch
+            if self.kept is not None:
+                self.kept.save(b, batch)
+        return batch
 
 
 def _in_progress(args: argparse.Namespace) -> Path:
