@@ -350,8 +350,9 @@ def _speedup(original: SideResult, pruned: SideResult, family: str, sampler: str
         steps_text += ", " + ", ".join(
             f"{name} {value:g}" if isinstance(value, (int, float)) else f"{name} {value}"
             for name, value in settings.items())
+    first = "the original" if original.sampled_first else "the pruned model"
     return (f"**speedup: {ratio:.2f}x** (pruned vs original, {backend}, {count} images, "
-            f"{steps_text})")
+            f"{steps_text}; {first} sampled first, the order alternating click by click)")
 
 
 def _status(pair: ModelPair) -> str:

@@ -79,6 +79,7 @@ class SideResult:
     images: torch.Tensor
     seconds: float
     model_calls: int  # the sampler's denoiser calls: an adaptive one picks its own
+    sampled_first: bool = False  # of the two sides of one comparison
 
     @property
     def images_per_second(self) -> float:
@@ -102,6 +103,7 @@ class ModelPair:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # PyTorch's side
     # the shapes both sides have sampled since loading: (images, guided, backend)
     warmed: set[tuple[int, bool, str]] = field(default_factory=set)
+    comparisons: int = 0  # generate_pair's, which alternate the side that samples first
 
     @property
     def ready(self) -> bool:
@@ -372,11 +374,18 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
             decoder = runtime.decoder or decoder
         if decoder is not None:  # part of each side's latency: what a user waits for
             images = decoder.decode(images)
-        return SideResult(images, time.perf_counter() - start, counter.calls)
+        return SideResult(images, time.perf_counter() - start, counter.calls,
+                          sampled_first=name == order[0])
+
+    # the side that samples first alternates from one comparison to the next, so a bias of
+    # going first (or second) on a busy machine falls on each side in half the clicks
+    order = ("original", "pruned")[::-1 if pair.comparisons % 2 else 1]
+    pair.comparisons += 1
 
     def both() -> tuple[SideResult, SideResult]:
         warm_up_sides(pair, len(labels), cfg_scale, sampler, backend)
-        return side("original", pair.original), side("pruned", pair.pruned)
+        made = {name: side(name, getattr(pair, name)) for name in order}
+        return made["original"], made["pruned"]
 
     return ModelThread.run(both)
 

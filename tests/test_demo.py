@@ -90,8 +90,18 @@ def test_pair_loads_report_and_samples_from_the_same_noise(models, monkeypatch):
     assert left.seconds > 0 and right.images_per_second > 0
     assert left.model_calls == right.model_calls == 3  # one a step, guided halves in one call
     assert warmed == [(4, 2, 2), (2, 2, 2)]  # the original, then the pruned model: 2 images
-    generate_pair(pair, 1, seed=0, count=2, sampler="ddim", steps=2, cfg_scale=4)
+    # the side that samples first alternates click by click: seen by the models' own calls
+    first_calls = []
+    hooks = [model.register_forward_pre_hook(lambda *_, name=name: first_calls.append(name))
+             for name, model in (("original", pair.original), ("pruned", pair.pruned))]
+    try:
+        again = generate_pair(pair, 1, seed=0, count=2, sampler="ddim", steps=2, cfg_scale=4)
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert len(warmed) == 2  # another guidance scale, the same shape: no warm-up
+    assert left.sampled_first and not right.sampled_first  # the first click: the original
+    assert first_calls[0] == "pruned" and again[1].sampled_first and not again[0].sampled_first
     # Same seed, same noise: a "pruned" model that kept every block gives identical images.
     pair.pruned = pair.original.keep_blocks(range(pair.original.depth))
     a, b = generate_pair(pair, 3, seed=5, count=2, sampler="ddpm", steps=3, cfg_scale=2)
@@ -278,14 +288,18 @@ def test_speedup_caption_says_when_the_solver_chose_its_steps():
     from entpruner_sdk.apps.demo import _speedup
     from entpruner_sdk.apps.pair import SideResult
 
-    def sides(count: int, seconds: tuple[float, float], calls: tuple[int, int]):
-        return [SideResult(torch.zeros(count, 1, 8, 8), s, c) for s, c in zip(seconds, calls)]
+    def sides(count: int, seconds: tuple[float, float], calls: tuple[int, int],
+              original_first: bool = True):
+        return [SideResult(torch.zeros(count, 1, 8, 8), s, c, first)
+                for s, c, first in zip(seconds, calls, (original_first, not original_first))]
 
     assert _speedup(*sides(4, (1.92, 1.0), (50, 50)), "dit", "ddim", 50, "PyTorch") == (
-        "**speedup: 1.92x** (pruned vs original, PyTorch, 4 images, 50 steps)")
-    assert _speedup(*sides(1, (3.0, 2.0), (62, 44)), "sit", "dopri5", 25,
-                    "ONNX Runtime").endswith(
-        "1 images, dopri5, adaptive, at most 25 steps: 62 vs 44 model calls)")
+        "**speedup: 1.92x** (pruned vs original, PyTorch, 4 images, 50 steps; the original "
+        "sampled first, the order alternating click by click)")
+    assert _speedup(*sides(1, (3.0, 2.0), (62, 44), original_first=False), "sit", "dopri5",
+                    25, "ONNX Runtime").endswith(
+        "1 images, dopri5, adaptive, at most 25 steps: 62 vs 44 model calls; the pruned model "
+        "sampled first, the order alternating click by click)")
 
 
 def test_api_generate_evaluate_and_load(running_demo, models, tmp_path):
@@ -448,18 +462,18 @@ def test_api_takes_the_sit_sampler_settings(sit_models, models):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         *_, speedup = client.predict(1, 0, 2, "heun-sde", 6, 2.0, "PyTorch", "SBDM", 1.0,
                                      "Tweedie", 0.04, 1e-6, 1e-3, api_name="/generate")
-        assert speedup.endswith("6 steps, diffusion_form SBDM, diffusion_norm 1, last_step "
-                                "Tweedie, last_step_size 0.04)")
+        assert ("6 steps, diffusion_form SBDM, diffusion_norm 1, last_step Tweedie, "
+                "last_step_size 0.04; ") in speedup
         *_, speedup = client.predict(1, 0, 2, "heun", 6, 2.0, "PyTorch", "SBDM", 1.0,
                                      "Tweedie", 0.04, 1e-6, 1e-3, api_name="/generate")
-        assert speedup.endswith("6 steps)")  # heun takes none of them
+        assert "6 steps; " in speedup  # heun takes none of them
         with pytest.raises(Exception, match="last_step_size must be in \\(0, 1\\)"):
             client.predict(1, 0, 1, "euler-maruyama", 6, 2.0, "PyTorch", "sigma", 1.0, "Mean",
                            2.0, 1e-6, 1e-3, api_name="/generate")
         # loading a DiT pair brings DiT's samplers, defaults, and no SiT settings
         client.predict(*models, api_name="/load")
         *_, speedup = client.predict(1, 0, 1, "ddim", 3, 2.0, "PyTorch", api_name="/generate")
-        assert speedup.endswith("3 steps)")
+        assert "3 steps; " in speedup
     finally:
         demo.close()
 
@@ -481,12 +495,12 @@ def test_each_viewer_keeps_the_pair_its_page_shows(models, sit_models):
         assert f"(`{sit_models[0]}`)" in status and f"(`{sit_models[1]}`)" in status
         *_, speedup = presenter.predict(1, 0, 1, "heun", 3, 2.0, "PyTorch",
                                         api_name="/generate")
-        assert speedup.endswith("3 steps)")
+        assert "3 steps; " in speedup
         # the viewer's page, and one opened after the load, still sample the DiT pair
         for client in (viewer, Client(url, verbose=False)):
             original, *_, speedup = client.predict(1, 0, 1, "ddim", 3, 2.0, "PyTorch",
                                                    api_name="/generate")
-            assert len(original) == 1 and speedup.endswith("3 steps)")
+            assert len(original) == 1 and "3 steps; " in speedup
             with pytest.raises(Exception, match="heun"):  # not among the DiT pair's samplers
                 client.predict(1, 0, 1, "heun", 3, 2.0, "PyTorch", api_name="/generate")
     finally:
@@ -612,7 +626,7 @@ def test_stop_ends_a_slow_generate_and_frees_the_model_thread(tmp_path):
         # the page's next Generate runs to the end
         original, *_, speedup = client.predict(1, 0, 2, "heun", 3, 2.0, "PyTorch", *settings,
                                                api_name="/generate")
-        assert len(original) == 2 and speedup.endswith("3 steps)")
+        assert len(original) == 2 and "3 steps; " in speedup
     finally:
         demo.close()
 
