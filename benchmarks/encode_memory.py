@@ -87,6 +87,18 @@ def child(mode: str, folder: Path, size: int, vae: Path) -> dict:
     return child_json(__file__, mode, folder, size, vae)
 
 
+def keep_least_peak(row: dict, mode: str, run: dict) -> None:
+    """``row[mode]``: the run of least peak memory so far (the allocator's noise only adds)."""
+    if mode not in row or run["peak_mb"] < row[mode]["peak_mb"]:
+        row[mode] = run
+
+
+def peak_growth(rows: list[dict], modes: tuple[str, ...]) -> dict[str, float]:
+    """Each mode's growth of the peak (MB) from the first row to the last."""
+    return {mode: round(rows[-1][mode]["peak_mb"] - rows[0][mode]["peak_mb"], 1)
+            for mode in modes}
+
+
 def folder_parser(doc: str, counts: str, child: tuple[str, ...],
                   items: str = "photos") -> argparse.ArgumentParser:
     """The options of a memory benchmark over two counts of ``items`` (this one's folder
@@ -137,7 +149,7 @@ def main() -> None:
         print(f"| {row['images']} at {size}x{size} | {row['pixels_mb']} | {whole:.0f} | "
               f"{streamed:.0f} | {row['streamed']['latents_mb']} | {streamed / whole:.2f} |")
     first, last = rows[0], rows[-1]
-    growth = {mode: round(last[mode]["peak_mb"] - first[mode]["peak_mb"], 1) for mode in MODES}
+    growth = peak_growth(rows, MODES)
     print(f"peak growth from {first['images']} to {last['images']} images: read whole "
           f"{growth['whole']:+.0f} MB, streamed {growth['streamed']:+.0f} MB (latents "
           f"{last['streamed']['latents_mb'] - first['streamed']['latents_mb']:+.1f} MB)")

@@ -29,7 +29,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from encode_memory import child_json, folder_parser, folder_settings, write_photos, write_results
+from encode_memory import (
+    child_json,
+    folder_parser,
+    folder_settings,
+    keep_least_peak,
+    peak_growth,
+    write_photos,
+    write_results,
+)
 
 MODES = ("8-bit", "floats")
 
@@ -122,9 +130,7 @@ def main() -> None:
             for _ in range(repeats):  # in alternation; each a first evaluation
                 for mode in MODES:
                     shutil.rmtree(cache / "reference", ignore_errors=True)
-                    run = child("measure", mode, folder, size, cache)
-                    if mode not in row or run["peak_mb"] < row[mode]["peak_mb"]:
-                        row[mode] = run
+                    keep_least_peak(row, mode, child("measure", mode, folder, size, cache))
             rows.append(row)
     print(f"first evaluate against a folder, reference read whole ({size}x{size}), as many "
           f"samples, fidelity to the original; least peak of {repeats}")
@@ -140,7 +146,7 @@ def main() -> None:
               f"{eight['fd_domain']:.4f} | {change(eight, floats, 'fd_domain'):.1e} | "
               f"{change(eight, floats, 'psnr'):.1e} |")
     first, last = rows[0], rows[-1]
-    growth = {mode: round(last[mode]["peak_mb"] - first[mode]["peak_mb"], 1) for mode in MODES}
+    growth = peak_growth(rows, MODES)
     pixels = round(last["pixels_8bit_mb"] - first["pixels_8bit_mb"], 1)
     print(f"peak growth from {first['images']} to {last['images']} reference images and "
           f"samples: 8-bit {growth['8-bit']:+.0f} MB, floats {growth['floats']:+.0f} MB; the "

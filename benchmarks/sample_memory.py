@@ -24,7 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from encode_memory import child_json, folder_parser, folder_settings, write_results
+from encode_memory import (
+    child_json,
+    folder_parser,
+    folder_settings,
+    keep_least_peak,
+    peak_growth,
+    write_results,
+)
 from evaluate_memory import tiny_model
 
 MODES = ("streamed", "whole")
@@ -98,9 +105,7 @@ def main() -> None:
                 for mode in MODES:
                     out = Path(tmp) / mode
                     out.mkdir(exist_ok=True)
-                    run = child_json(__file__, mode, model, count, out)
-                    if mode not in row or run["peak_mb"] < row[mode]["peak_mb"]:
-                        row[mode] = run
+                    keep_least_peak(row, mode, child_json(__file__, mode, model, count, out))
             # in a child too: the files read here would stay in this process's memory, and a
             # child forked from it starts its peak (ru_maxrss) at this process's size
             row["same_samples"] = child_json(__file__, "compare", model, count, tmp)
@@ -115,7 +120,7 @@ def main() -> None:
               f"{streamed / whole:.2f} | {row['streamed']['file_mb']} | "
               f"{'yes' if row['same_samples'] else 'NO'} |")
     first, last = rows[0], rows[-1]
-    growth = {mode: round(last[mode]["peak_mb"] - first[mode]["peak_mb"], 1) for mode in MODES}
+    growth = peak_growth(rows, MODES)
     print(f"peak growth from {first['samples']} to {last['samples']} samples: all held "
           f"{growth['whole']:+.0f} MB, streamed {growth['streamed']:+.0f} MB (their floats "
           f"{last['floats_mb'] - first['floats_mb']:+.0f} MB)")
