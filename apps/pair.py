@@ -359,7 +359,7 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
         raise ValueError("no ONNX export is loaded; start the demo with --onnx")
     labels = [int(label)] * int(count)
 
-    def side(name: str, model: DiffusionTransformer) -> SideResult:
+    def side(name: str, model: DiffusionTransformer, first: bool) -> SideResult:
         start = time.perf_counter()
         counter = StoppableCounter(stop) if stop is not None else CallCounter()
         decoder = pair.decoder
@@ -374,17 +374,15 @@ def generate_pair(pair: ModelPair, label: int, seed: int, count: int, sampler: s
             decoder = runtime.decoder or decoder
         if decoder is not None:  # part of each side's latency: what a user waits for
             images = decoder.decode(images)
-        return SideResult(images, time.perf_counter() - start, counter.calls,
-                          sampled_first=name == order[0])
+        return SideResult(images, time.perf_counter() - start, counter.calls, first)
 
-    # the side that samples first alternates from one comparison to the next, so a bias of
-    # going first (or second) on a busy machine falls on each side in half the clicks
-    order = ("original", "pruned")[::-1 if pair.comparisons % 2 else 1]
-    pair.comparisons += 1
-
-    def both() -> tuple[SideResult, SideResult]:
+    def both() -> tuple[SideResult, SideResult]:  # on the model thread: one at a time
         warm_up_sides(pair, len(labels), cfg_scale, sampler, backend)
-        made = {name: side(name, getattr(pair, name)) for name in order}
+        # the side that samples first alternates from one comparison to the next, so a bias
+        # of going first (or second) on a busy machine falls on each side in half the clicks
+        order = ("original", "pruned")[::-1 if pair.comparisons % 2 else 1]
+        pair.comparisons += 1
+        made = {name: side(name, getattr(pair, name), name == order[0]) for name in order}
         return made["original"], made["pruned"]
 
     return ModelThread.run(both)
