@@ -14,8 +14,11 @@ cfg 2):
   higher is a more accurate solve; none for the SDE samplers, which solve another equation;
 - FD-domain, class accuracy, precision and recall of ``--samples`` samples against the real
   data (``entpruner_sdk.evaluation.evaluate``);
-- the model calls per sampling batch, the sampling time, and FD-domain and time as ratios to
-  the teachers' sampler (DDIM x 50 for DiT, Heun x 25 for SiT) measured in the same run.
+- the model calls per sampling batch and the evaluation's sampling time;
+- FD-domain as a ratio to the teachers' sampler (DDIM x 50 for DiT, Heun x 25 for SiT) in the
+  same run, and time as a ratio to it timed side by side: every setting samples the
+  ``--ode-samples`` batch once a round, in alternation, for ``--rounds`` rounds, and the ratio
+  is the median of the rounds' own ratios.
 Prints a table and writes benchmarks/results/sampler_steps.json (``_quick.json`` with --quick).
 """
 
@@ -24,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import torch
@@ -35,7 +40,7 @@ from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import DEFAULT_TEACHERS, SAMPLING, TEACHERS, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import machine
+from entpruner_sdk.utils.timing import interleaved_times, machine
 
 RESULTS = Path(__file__).parent / "results"
 # each family's samplers and the sampler of its ODE reference
@@ -70,33 +75,56 @@ def settings_of(family: str, steps_list) -> list[tuple[str, int | None]]:
     return sorted(rows, key=lambda row: (FAMILIES[family]["samplers"].index(row[0]), row[1] or 0))
 
 
+def time_ratios(candidates: dict[Hashable, Callable[[], object]], baseline: Hashable,
+                rounds: int = 3) -> dict[Hashable, dict]:
+    """Each candidate's time as a ratio to ``baseline``'s, timed side by side: one call of
+    every candidate a round, in alternation, so a round's calls ran under much the same load;
+    the ratio is the median of the rounds' own ratios (the machines here are noisy)."""
+    times = interleaved_times(candidates, repeats=rounds, warmup=0)
+    return {key: dict(ratio=statistics.median(t / b for t, b in zip(spent, times[baseline])),
+                      round_s=spent) for key, spent in times.items()}
+
+
 def bench_model(spec: str, data: str, steps_list, samples: int, device, ode_steps: int = 1000,
-                ode_samples: int = 64) -> list[dict]:
+                ode_samples: int = 64, rounds: int = 3) -> list[dict]:
     model = resolve_model(spec, device=device).eval()
     family = model.config.family
     labels = torch.arange(ode_samples) % model.config.num_classes
     ode = sample(model, labels, sampler=FAMILIES[family]["ode"], steps=ode_steps, cfg_scale=CFG,
                  seed=0, device=device)
+    settings = settings_of(family, steps_list)
+    # the ODE-PSNR batch, sampled by every setting a round in alternation: its time ratios
+    # come side by side, and its images (the same every round, for seed 0) give the PSNR
+    made: dict[tuple, torch.Tensor] = {}
+
+    def sampling(sampler: str, steps: int | None) -> Callable[[], None]:
+        def run() -> None:
+            made[sampler, steps] = sample(model, labels, sampler=sampler,
+                                          steps=steps or ADAPTIVE_CAP, cfg_scale=CFG, seed=0,
+                                          device=device)
+        return run
+
+    timing = time_ratios({s: sampling(*s) for s in settings}, teachers_setting(family), rounds)
     batches = math.ceil(samples / EVAL_BATCH)
     rows = []
-    for sampler, steps in settings_of(family, steps_list):
-        cap = steps or ADAPTIVE_CAP
-        ode_psnr = None if sampler in OBJECTIVES[family].sde_samplers else psnr(
-            sample(model, labels, sampler=sampler, steps=cap, cfg_scale=CFG, seed=0,
-                   device=device), ode)
+    for sampler, steps in settings:
+        ode_psnr = (None if sampler in OBJECTIVES[family].sde_samplers
+                    else psnr(made[sampler, steps], ode))
         started = time.perf_counter()
-        report = evaluate(model, data, samples=samples, sampler=sampler, steps=cap,
-                          cfg_scale=CFG, seed=0, features=("domain",),
-                          batch_size=EVAL_BATCH, device=device, progress=False)
+        report = evaluate(model, data, samples=samples, sampler=sampler,
+                          steps=steps or ADAPTIVE_CAP, cfg_scale=CFG, seed=0,
+                          features=("domain",), batch_size=EVAL_BATCH, device=device,
+                          progress=False)
         rows.append(dict(model=spec, data=data, family=family, sampler=sampler, steps=steps,
                          cfg_scale=CFG, samples=samples, ode_psnr_db=ode_psnr,
                          model_calls=report.settings["model_calls"] / batches,
                          sampling_s=report.settings["sampling_seconds"],
-                         evaluate_s=time.perf_counter() - started, **report.metrics))
+                         evaluate_s=time.perf_counter() - started, **report.metrics,
+                         time_vs_default=timing[sampler, steps]["ratio"],
+                         timed_rounds_s=timing[sampler, steps]["round_s"]))
     baseline = next(r for r in rows if (r["sampler"], r["steps"]) == teachers_setting(family))
     for r in rows:
         r["fd_domain_vs_default"] = r["fd_domain"] / baseline["fd_domain"]
-        r["time_vs_default"] = r["sampling_s"] / baseline["sampling_s"]
     return rows
 
 
@@ -109,7 +137,10 @@ def main(argv=None) -> int:
     parser.add_argument("--ode-steps", type=int, default=1000,
                         help="DDIM (DiT) or Heun (SiT) steps of the ODE reference")
     parser.add_argument("--ode-samples", type=int, default=64,
-                        help="samples compared with the ODE reference")
+                        help="samples compared with the ODE reference, and timed")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of side-by-side timing (one batch of --ode-samples per "
+                             "setting a round)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--quick", action="store_true",
                         help="dit-digits and sit-digits, 200 samples, 5, 10 and 50 steps "
@@ -126,11 +157,12 @@ def main(argv=None) -> int:
     rows = []
     for spec, data in pairs:
         rows += bench_model(spec, data, steps_list, args.samples, device, args.ode_steps,
-                            args.ode_samples)
+                            args.ode_samples, args.rounds)
     print_table(rows, device)
     out = args.out or RESULTS / ("sampler_steps_quick.json" if args.quick else
                                  "sampler_steps.json")
-    document = {**machine(device), "cfg_scale": CFG,
+    document = {**machine(device), "cfg_scale": CFG, "timed_samples": args.ode_samples,
+                "timed_rounds": args.rounds,
                 "ode_reference": {family: f"{spec['ode']} x {args.ode_steps}"
                                   for family, spec in FAMILIES.items()},
                 "defaults": SAMPLING, "rows": rows}
@@ -169,7 +201,7 @@ def print_table(rows, device) -> None:
     from rich.table import Table
 
     table = Table(title=f"Samplers at few steps, cfg {CFG} ({device}); ratios to the teachers' "
-                        "sampler (DiT: ddim x 50, SiT: heun x 25)")
+                        "sampler (DiT: ddim x 50, SiT: heun x 25), time's timed side by side")
     for column in ("model", "sampler", "steps", "model calls", "ODE PSNR", "FD-domain",
                    "vs default", "class acc", "precision", "recall", "sampling s",
                    "time vs default"):

@@ -8,8 +8,10 @@ its default last step, and each ``--last-step`` with its default form.
 Every row samples the same labels from seed 0 with cfg 2 (the reference's ``sample.py SDE
 --sampling-method Euler`` by default, ``--sampler heun-sde`` for its Heun) and is scored by
 ``entpruner_sdk.evaluation.evaluate``: FD-domain, class accuracy, precision and recall of
-``--samples`` samples against the real data; FD-domain and sampling time also as ratios to the
-teachers' sampler, Heun x 25, measured in the same run. The SDE is stochastic, so one seed
+``--samples`` samples against the real data; FD-domain as a ratio to the teachers' sampler,
+Heun x 25, in the same run, and sampling time as a ratio to it timed side by side (a batch of
+``--timed-samples`` by every row and by Heun x 25 once a round, in alternation, for
+``--rounds`` rounds; the median of the rounds' ratios). The SDE is stochastic, so one seed
 does not separate rows a few percent apart. Prints a table and writes
 benchmarks/results/sde_forms.json (``_quick.json`` with --quick).
 """
@@ -20,10 +22,13 @@ import argparse
 import json
 from pathlib import Path
 
-from sampler_steps import CFG, EVAL_BATCH, add_model_options, models_and_data
+import torch
+from sampler_steps import CFG, EVAL_BATCH, add_model_options, models_and_data, time_ratios
 
 from entpruner_sdk.evaluation.evaluate import evaluate
+from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
+from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
@@ -43,8 +48,8 @@ def choices() -> list[dict[str, str]]:
     return forms + steps
 
 
-def bench_model(spec: str, data: str, sampler: str, steps: int, samples: int, device
-                ) -> list[dict]:
+def bench_model(spec: str, data: str, sampler: str, steps: int, samples: int, device,
+                timed_samples: int = 64, rounds: int = 3) -> list[dict]:
     model = resolve_model(spec, device=device).eval()
     if model.config.family != "sit":
         raise SystemExit(f"{spec} is a {model.config.family.upper()} model; the SDE forms are "
@@ -52,9 +57,16 @@ def bench_model(spec: str, data: str, sampler: str, steps: int, samples: int, de
     run = dict(samples=samples, cfg_scale=CFG, seed=0, features=("domain",),
                batch_size=EVAL_BATCH, device=device, progress=False)
     teachers = SAMPLING["sit"]
+    rows_settings = choices()
+    timing = time_ratios(
+        {"baseline": timed(model, teachers["sampler"], teachers["steps"], {}, timed_samples,
+                           device),
+         **{i: timed(model, sampler, steps, settings, timed_samples, device)
+            for i, settings in enumerate(rows_settings)}},
+        "baseline", rounds)
     baseline = evaluate(model, data, sampler=teachers["sampler"], steps=teachers["steps"], **run)
     rows = []
-    for settings in choices():
+    for i, settings in enumerate(rows_settings):
         report = evaluate(model, data, sampler=sampler, steps=steps, sampler_settings=settings,
                           **run)
         rows.append(dict(model=spec, data=data, sampler=sampler, steps=steps, cfg_scale=CFG,
@@ -62,9 +74,16 @@ def bench_model(spec: str, data: str, sampler: str, steps: int, samples: int, de
                          sampling_s=report.settings["sampling_seconds"], **report.metrics,
                          fd_domain_vs_default=report.metrics["fd_domain"]
                          / baseline.metrics["fd_domain"],
-                         time_vs_default=report.settings["sampling_seconds"]
-                         / baseline.settings["sampling_seconds"]))
+                         time_vs_default=timing[i]["ratio"], timed_rounds_s=timing[i]["round_s"]))
     return rows
+
+
+def timed(model, sampler: str, steps: int, settings: dict, samples: int, device):
+    """One batch of ``samples`` labels sampled with ``sampler`` and ``settings``: a call to time."""
+    objective = objective_for(model).with_sampler_settings(sampler, **settings)
+    labels = torch.arange(samples) % model.config.num_classes
+    return lambda: sample(model, labels, sampler=sampler, steps=steps, cfg_scale=CFG, seed=0,
+                          objective=objective, device=device)
 
 
 def main(argv=None) -> int:
@@ -75,6 +94,9 @@ def main(argv=None) -> int:
                         choices=FlowMatching.sde_samplers, help="the SDE sampler")
     parser.add_argument("--steps", type=int, default=50, help="SDE steps, the last included")
     parser.add_argument("--samples", type=int, default=1000, help="samples scored per row")
+    parser.add_argument("--timed-samples", type=int, default=64,
+                        help="the batch every row samples once a timing round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of side-by-side timing")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--quick", action="store_true",
                         help="sit-digits only, 200 samples (about 3 minutes)")
@@ -88,10 +110,12 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     rows = []
     for spec, data in pairs:
-        rows += bench_model(spec, data, args.sampler, args.steps, args.samples, device)
+        rows += bench_model(spec, data, args.sampler, args.steps, args.samples, device,
+                            args.timed_samples, args.rounds)
     print_table(rows, device)
     out = args.out or RESULTS / ("sde_forms_quick.json" if args.quick else "sde_forms.json")
     document = {**machine(device), "cfg_scale": CFG, "seed": 0,
+                "timed_samples": args.timed_samples, "timed_rounds": args.rounds,
                 "baseline": f"{SAMPLING['sit']['sampler']} x {SAMPLING['sit']['steps']}",
                 "rows": rows}
     atomic_write_text(out, json.dumps(document, indent=2) + "\n")
@@ -104,7 +128,7 @@ def print_table(rows, device) -> None:
     from rich.table import Table
 
     table = Table(title=f"The SiT reference's SDE forms and last steps, cfg {CFG} ({device}); "
-                        "ratios to Heun x 25 in the same run")
+                        "ratios to Heun x 25 in the same run, time's timed side by side")
     for column in ("model", "sampler", "steps", "diffusion form", "last step", "FD-domain",
                    "vs heun x 25", "class acc", "precision", "recall", "time vs heun x 25"):
         table.add_column(column)

@@ -5,6 +5,7 @@ import ast
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from entpruner_sdk.data import load_data
 from entpruner_sdk.importance import CalibrationSet, make_importance
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.objectives import FlowMatching, objective_for
+from entpruner_sdk.teachers import resolve_model
 from tests.conftest import randomized, tiny_config
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
@@ -413,7 +415,8 @@ def test_sde_forms_runs_every_reference_form_and_last_step(tmp_path):
     cache_a_quick_classifier(load_data("digits"))
     out = tmp_path / "forms.json"
     load("sde_forms").main(["--model", "sit-digits", "--data", "digits", "--samples", "20",
-                            "--steps", "8", "--out", str(out)])
+                            "--steps", "8", "--timed-samples", "8", "--rounds", "2",
+                            "--out", str(out)])
     document = json.loads(out.read_text())
     assert document["baseline"] == "heun x 25"
     rows = {(r["diffusion_form"], r["last_step"]): r for r in document["rows"]}
@@ -423,6 +426,7 @@ def test_sde_forms_runs_every_reference_form_and_last_step(tmp_path):
     for r in rows.values():
         assert r["samples"] == 20 and r["steps"] == 8 and r["sampler"] == "euler-maruyama"
         assert r["fd_domain"] > 0 and r["fd_domain_vs_default"] > 0
+        assert r["time_vs_default"] > 0 and len(r["timed_rounds_s"]) == 2
         # the settings that governed the sampler: no last step, no last step size
         assert r.get("last_step_size") == (None if r["last_step"] == "None" else 0.04)
     # on the linear path sigma_t = 1 - t, so the forms sigma and linear are one diffusion, and
@@ -463,7 +467,7 @@ def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
     load("sampler_steps").main(["--model", "dit-digits", "--data", "digits",
                                 "--model", "sit-digits", "--data", "digits", "--samples", "20",
                                 "--steps", "8,50", "--ode-steps", "250", "--ode-samples", "16",
-                                "--out", str(out)])
+                                "--rounds", "2", "--out", str(out)])
     rows = {(r["model"], r["sampler"], r["steps"]): r
             for r in json.loads(out.read_text())["rows"]}
     dit = {(s, n): rows["dit-digits", s, n] for s in ("ddim", "dpm-solver++") for n in (8, 50)}
@@ -476,6 +480,11 @@ def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
         assert baseline["fd_domain_vs_default"] == 1.0 and baseline["time_vs_default"] == 1.0
     for r in rows.values():
         assert r["samples"] == 20 and r["fd_domain"] > 0 and 0 <= r["class_accuracy"] <= 1
+        # timed side by side: the median of the rounds' ratios to the teachers' sampler
+        base = (dit["ddim", 50] if r["family"] == "dit" else sit["heun", 25])["timed_rounds_s"]
+        assert len(r["timed_rounds_s"]) == 2
+        assert r["time_vs_default"] == pytest.approx(statistics.median(
+            t / b for t, b in zip(r["timed_rounds_s"], base)))
     # model calls per batch: one a step, Heun two, dopri5 what its tolerances needed
     assert dit["dpm-solver++", 8]["model_calls"] == 8 and sit["heun", 25]["model_calls"] == 50
     assert sit["dopri5", None]["model_calls"] > 8
@@ -490,6 +499,28 @@ def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
     for table, sampler in ((dit, "ddim"), (dit, "dpm-solver++"), (sit, "euler"), (sit, "heun")):
         assert table[sampler, 50]["ode_psnr_db"] > table[sampler, 8]["ode_psnr_db"] + 5
     assert sit["dopri5", None]["ode_psnr_db"] > sit["heun", 8]["ode_psnr_db"]
+
+
+def test_time_ratios_take_every_candidate_once_a_round_in_alternation():
+    calls = []
+    ratios = load("sampler_steps").time_ratios(
+        {name: (lambda name=name: calls.append(name)) for name in ("base", "other")}, "base",
+        rounds=3)
+    assert calls == ["base", "other"] * 3  # no warm-up call, and no candidate run alone
+    assert ratios["base"]["ratio"] == 1.0 and len(ratios["other"]["round_s"]) == 3
+    assert ratios["other"]["ratio"] == statistics.median(
+        t / b for t, b in zip(ratios["other"]["round_s"], ratios["base"]["round_s"]))
+
+
+def test_sde_forms_times_each_row_with_its_own_sampler_settings():
+    bench = load("sde_forms")
+    model = resolve_model("sit-digits", device="cpu")
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    for settings in ({}, {"last_step": "None"}):
+        bench.timed(model, "euler-maruyama", 4, settings, 6, "cpu")()
+    # 6 labels, guided in one call; 3 SDE steps, then the last step unless it is None
+    assert calls == [12] * 4 + [12] * 3
 
 
 def test_sampling_speed_times_every_sampler_with_its_model_calls(tmp_path):
