@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +93,17 @@ def cache_a_quick_classifier(data) -> None:
 
     folder = cache_root() / "classifiers" / f"{data.name}-{data.fingerprint()}"
     save_classifier(train_classifier(data, steps=20), data, folder)
+
+
+def holding(folder: Path, request: pytest.FixtureRequest) -> subprocess.Popen:
+    """Another process that claims the batch folder ``folder`` and holds it until killed (at
+    the test's end at the latest)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from entpruner_sdk.evaluation.batches import SampleBatches\n"
+         "held = SampleBatches(sys.argv[1])\nassert held.claim()\n"
+         "print('held', flush=True)\ntime.sleep(600)", str(folder)],
+        stdout=subprocess.PIPE, text=True)
+    request.addfinalizer(holder.kill)
+    assert holder.stdout.readline().strip() == "held"
+    return holder

@@ -10,9 +10,10 @@ import torch
 
 import entpruner_sdk as ep
 from entpruner_sdk.cli import COMMANDS, build_parser, main
+from entpruner_sdk.cli.common import note_unfinished_runs
 from entpruner_sdk.data import load_data
 from entpruner_sdk.models import DiffusionTransformer
-from tests.conftest import randomized, tiny_config
+from tests.conftest import holding, randomized, tiny_config
 
 
 def saved_pixels(images: torch.Tensor):
@@ -281,7 +282,7 @@ def test_sample_makes_many_images_a_batch_at_a_time(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_an_interrupted_sample_npz_continues_from_its_finished_batches(tmp_path, capsys,
-                                                                       monkeypatch):
+                                                                       monkeypatch, request):
     import numpy as np
 
     from entpruner_sdk import sampling
@@ -309,10 +310,23 @@ def test_an_interrupted_sample_npz_continues_from_its_finished_batches(tmp_path,
         f"entpruner sample: interrupted; {kept} holds 2 finished sample batches: run the same "
         "command to continue from them")
     assert not (tmp_path / "resumed.npz").exists()
-    # other settings never take them: another seed makes every batch, and leaves them alone
+    # the same command started twice: the second is refused while the first holds the folder
+    (folder,) = kept.glob("resumed-npz-*")
+    holder = holding(folder, request)
     made.clear()
     crash_at.clear()
+    assert main(command("resumed.npz")) == 2 and made == []
+    assert capsys.readouterr().err.strip() == (
+        f"entpruner sample: error: {folder} is in use: another process is making these same "
+        "samples right now (the same command, started twice?). Let it finish, or stop it and "
+        "run this again, which continues from the batches it finished")
+    # other settings never take them: another seed makes every batch, and leaves them alone;
+    # a folder another process is filling is its work in progress, not left behind
     assert main(command("other.npz", "--seed", "1")) == 0 and made == [0, 1, 2]
+    assert "note:" not in capsys.readouterr().err
+    holder.kill()  # as a crash would: the OS frees its claim, and nothing stale is left
+    holder.wait()
+    note_unfinished_runs(kept, "sample --npz run")
     assert re.fullmatch(
         rf"note: {re.escape(str(kept))} still holds the sample batches of 1 sample --npz run\(s\) "
         r"that did not finish, with other models or settings \([\d.]+ k?B\): the command that "

@@ -10,6 +10,7 @@ import torch
 
 from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
 from entpruner_sdk.data.datasets import balanced_indices, eight_bit, unit_range
+from entpruner_sdk.evaluation.batches import BatchesInUse
 from entpruner_sdk.evaluation.classifier import (
     BUNDLED_CLASSIFIERS,
     domain_classifier,
@@ -28,7 +29,7 @@ from entpruner_sdk.evaluation.reference import load_reference
 from entpruner_sdk.evaluation.report import EvaluationReport
 from entpruner_sdk.models import DiffusionTransformer
 from entpruner_sdk.utils.digest import network_fingerprint
-from tests.conftest import cache_a_quick_classifier, randomized, tiny_config
+from tests.conftest import cache_a_quick_classifier, holding, randomized, tiny_config
 
 
 def gaussian(n, dim=8, shift=0.0, scale=1.0, seed=0):
@@ -539,7 +540,8 @@ def test_the_speedup_is_the_median_batch_so_a_burst_of_load_moves_it_little():
     assert "no sampling speedup" in _speedup({0: 1.0}, {1: 1.0}, 2, timing)[0] and not timing
 
 
-def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path, monkeypatch):
+def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path, monkeypatch,
+                                                                      request):
     from entpruner_sdk.evaluation import generation
 
     model = randomized(DiffusionTransformer(tiny_config("dit")))
@@ -562,8 +564,18 @@ def test_an_interrupted_evaluation_continues_from_its_finished_batches(tmp_path,
         evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
     # the two models sample batch by batch in turn (batch b seeded b), so their times compare
     assert calls == [0, 0, 1, 1, 2]
-    made = {p.name.split("-")[0]: len(list(p.iterdir())) for p in checkpoints.iterdir()}
+    made = {p.name.split("-")[0]: len(list(p.glob("batch_*"))) for p in checkpoints.iterdir()}
     assert made == {"model": 2, "original": 2}
+    # the same evaluation started twice: refused before any batch while the first runs
+    (folder,) = checkpoints.glob("model-*")
+    holder = holding(folder, request)
+    calls.clear()
+    with pytest.raises(BatchesInUse, match=re.escape(f"{folder} is in use: another process is "
+                                                     "making these same samples right now")):
+        evaluate(pruned, small, checkpoint_dir=checkpoints, **settings)
+    assert calls == []
+    holder.kill()  # as a crash would: the OS frees its claim
+    holder.wait()
     # a damaged batch file (a disk fault) is made again rather than trusted
     (damaged,) = checkpoints.glob("model-*/batch_00001.safetensors")
     damaged.write_bytes(b"not a safetensors file")

@@ -273,16 +273,20 @@ def note_unfinished_runs(folder: Path, run: str) -> None:
     """Say on stderr what runs of another model or settings that did not finish (of a
     ``run``: "evaluation", "sample --npz") left in ``folder``, the finished run's own batches
     being gone: kept for a rerun of those, and taking room until then, which a
-    50,000-sample FID run makes gigabytes."""
+    50,000-sample FID run makes gigabytes. Folders a running process holds are its work in
+    progress, not left behind."""
+    from entpruner_sdk.evaluation.batches import SampleBatches
     from entpruner_sdk.utils.files import tree_bytes
 
-    unfinished = ([p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-                  if folder.is_dir() else [])
+    others = ([p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+              if folder.is_dir() else [])
+    unfinished = [p for p in others if not SampleBatches.in_use(p)]
     if unfinished:
+        size = human_size(sum(tree_bytes(p) for p in unfinished))
         print(f"note: {folder} still holds the sample batches of {len(unfinished)} {run}(s) "
-              f"that did not finish, with other models or settings "
-              f"({human_size(tree_bytes(folder))}): the command that started one continues "
-              "from them; delete the folder if none will run again", file=sys.stderr)
+              f"that did not finish, with other models or settings ({size}): the command "
+              "that started one continues from them; delete the folder if none will run "
+              "again", file=sys.stderr)
 
 
 def human_size(count: int) -> str:

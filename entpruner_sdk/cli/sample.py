@@ -117,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
     ``--npz``); 0 on success. Under torchrun each process makes its share of the batches
     (batch b on rank b % world) and the first writes the files."""
     from entpruner_sdk.data.latents import decoder_for, trained_vae
-    from entpruner_sdk.evaluation.batches import EvaluationBatches
     from entpruner_sdk.sampling import image_format, objective_of
     from entpruner_sdk.utils import distributed
 
@@ -148,18 +147,32 @@ def run(args: argparse.Namespace) -> int:
                          sampler, device) if args.npz else None
     made = _BatchMaker(model, labels, args.batch_size, settings, decoder, kept,
                        progress=not args.quiet and distributed.is_main())
+    try:  # the kept folder is this run's until it ends, however it ends
+        _make_and_write(args, made, labels, per_row)
+    finally:
+        if kept is not None:
+            kept.release()
+    return 0
+
+
+def _make_and_write(args: argparse.Namespace, made: _BatchMaker, labels: list[int],
+                    per_row: int | None) -> None:
+    """Every batch, then the files; under torchrun each process makes its share into the
+    kept folder, and rank 0 then writes the files from it."""
+    from entpruner_sdk.evaluation.batches import EvaluationBatches
+    from entpruner_sdk.utils import distributed
+
     resumed = None
-    if distributed.is_distributed():  # this process's share into the folder, then rank 0
-        made.finish(distributed.rank(), distributed.world_size())  # writes them all
-        resumed = EvaluationBatches.loaded_by_all(kept)  # every process is done past here
+    if distributed.is_distributed():
+        made.finish(distributed.rank(), distributed.world_size())
+        resumed = EvaluationBatches.loaded_by_all(made.kept)  # every process is done past here
         if not distributed.is_main():
-            return 0
+            return
     _write(args, made, labels, per_row)
-    resumed = kept.loaded if resumed is None and kept is not None else resumed
+    resumed = made.kept.loaded if resumed is None and made.kept is not None else resumed
     if resumed:
         print(f"{resumed} of the {made.count} batches were those an interrupted run had "
               "finished")
-    return 0
 
 
 def _check_counts(args: argparse.Namespace) -> None:

@@ -5,7 +5,8 @@ hours. ``evaluate`` samples in batches whose noise depends only on the seed and 
 index, so a batch made before a crash is the batch a rerun would make: each one is written
 as it finishes, and a rerun with the same model and settings loads it instead of sampling it
 again. The folder is named by a hash of everything that decides the samples, so a rerun with
-other settings never picks up the wrong ones.
+other settings never picks up the wrong ones. A run claims its folder while it works, so the
+same command started twice is refused rather than making every batch twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import Timeout, UnixFileLock, WindowsFileLock
 from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.data.latents import LatentSpace
@@ -33,6 +35,20 @@ from entpruner_sdk.utils.files import atomic_writer
 # the folder, under a command's output directory, where finished batches wait (evaluate's
 # OUT/sampling-in-progress, and compress's for its report's figures)
 IN_PROGRESS = "sampling-in-progress"
+# the lock a running process holds inside its batch folder; the OS frees it when the process
+# ends however it ends, so a crash or a kill leaves no stale claim behind
+CLAIM = ".in-use"
+_Lock = WindowsFileLock if os.name == "nt" else UnixFileLock
+
+
+class BatchesInUse(RuntimeError):
+    """Another process is making the same samples into the same folder right now."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(
+            f"{directory} is in use: another process is making these same samples right now "
+            "(the same command, started twice?). Let it finish, or stop it and run this "
+            "again, which continues from the batches it finished")
 
 
 class SampleBatches:
@@ -41,6 +57,7 @@ class SampleBatches:
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
         self.loaded = 0  # batches this process took from disk instead of making them
+        self._claim: _Lock | None = None
 
     @classmethod
     def for_generation(cls, root: str | os.PathLike, name: str, **identity: Any
@@ -52,6 +69,47 @@ class SampleBatches:
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
         safe = safe.strip("-")[-40:] or "model"  # a path's last part: what tells runs apart
         return cls(Path(root) / f"{safe}-{key}")
+
+    def claim(self) -> bool:
+        """Hold the folder for this process until :meth:`release`; False when another
+        process holds it. True, holding nothing, where the file system has no locks."""
+        if self._claim is not None:
+            return True
+        for _ in range(3):  # a run that made nothing removes its folder as it lets it go
+            self.directory.mkdir(parents=True, exist_ok=True)
+            lock = _Lock(self.directory / CLAIM, timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                return False
+            except FileNotFoundError:
+                continue
+            except (NotImplementedError, OSError):  # no locks here (some network file systems)
+                return True
+            self._claim = lock
+            return True
+        return True
+
+    def release(self) -> None:
+        """Let other processes have the folder (the end of the run that claimed it). A
+        folder with no finished batch is removed, so a run stopped before its first batch
+        leaves nothing behind."""
+        if self._claim is None:
+            return
+        if not any(self.directory.glob("batch_*")):
+            self.clear()  # removed while still held: no other run starts in it meanwhile
+            return
+        self._claim.release()
+        self._claim = None
+
+    @staticmethod
+    def in_use(directory: str | os.PathLike) -> bool:
+        """Whether a running process holds the batch folder ``directory``."""
+        probe = SampleBatches(directory)
+        if not probe.claim():
+            return True
+        probe.release()
+        return False
 
     def _path(self, index: int) -> Path:
         return self.directory / f"batch_{index:05d}.safetensors"
@@ -79,6 +137,9 @@ class SampleBatches:
         shutil.rmtree(self.directory, ignore_errors=True)
         with contextlib.suppress(OSError):  # other generations' batches are still there
             self.directory.parent.rmdir()
+        if self._claim is not None:  # after: no other run starts on batches being removed
+            self._claim.release()
+            self._claim = None
 
 
 class EvaluationBatches:
@@ -109,8 +170,27 @@ class EvaluationBatches:
             weights=model.fingerprint if exported else network_fingerprint(model),
             config=model.config.to_dict(), objective=None if exported else model.objective,
             **({} if exported else {"arithmetic": self.arithmetic}), **self.settings)
+        same = next((b for b in self.made if b.directory == batches.directory), None)
+        if same is not None:  # asked for again (two roles of one name and network)
+            return same
+        # rank 0 claims the folder for the whole run, and every rank hears whether it could
+        refused = torch.tensor([int(distributed.is_main() and not batches.claim())])
+        distributed.all_reduce_sum_([refused])
+        if refused.item():
+            raise BatchesInUse(batches.directory)
         self.made.append(batches)
         return batches
+
+    def release(self) -> None:
+        """Let other processes have this evaluation's folders: the run is over (or failed)."""
+        for batches in self.made:
+            batches.release()
+
+    def __enter__(self) -> EvaluationBatches:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
     @staticmethod
     def loaded_by_all(batches: SampleBatches | None) -> int:

@@ -212,41 +212,43 @@ def evaluate(
     sampling = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=device,
                     as_eight_bit=data.is_eight_bit,
                     **({"sampler_settings": governing} if governing else {}))
-    kept = EvaluationBatches(checkpoint_dir, labels, seed, batch_size, sampling, decoder)
     run = dict(seed=seed, batch_size=batch_size, progress=progress, decoder=decoder,
                compile=compile, **sampling)
     # the original sampled with the model, batch by batch in turn, so their times compare
     sampled = {"model": model, **({"original": original}
                                   if original is not None and original_images is None else {})}
-    images, resumed, timing, notes = _timed_samples(sampled, model_name, kept, labels, on_batch,
-                                                    run)
-    report = EvaluationReport(images=images["model"], labels=labels, classes=classes, settings=dict(
-        model=model_name, samples=samples, sampler=sampler_used, steps=steps,
-        **({"sampler_settings": governing} if governing else {}), cfg_scale=cfg_scale,
-        seed=seed, reference=data.name, reference_size=len(data),
-        device=str(device), processes=distributed.world_size(), features=list(features),
-        **timing, samples_held="uint8" if data.is_eight_bit else "float32",
-        **({"compile": compile} if compile else {}),
-        **({"vae": decoder.fingerprint} if decoder is not None else {}),
-        **_arithmetic(model, original, device), **_runtimes(model, original)))
-    _note_scope(report, model, data, available, resumed["model"], batch_size)
-    report.notes += notes
-    classifier = distributed.main_first(
-        lambda: domain_classifier(data, progress=progress, device=device))
-    extractors = feature_extractors(features, classifier, device, report.notes)
-    generated = _model_figures(report, data, classifier, extractors, progress)
-    if original is not None:
-        _original_figures(report, images.get("original", original_images), generated, data,
-                          classifier, extractors, progress)
-    if likelihood:
-        report.likelihood = paired_likelihood(model, original, data, likelihood,
-                                              steps=likelihood_steps, seed=seed, device=device,
-                                              progress=progress)
-    if keep_batches:
-        report.kept_batches = [batches.directory for batches in kept.made]
-    else:
-        kept.clear()
-    return report
+    # the batch folders are this run's until it ends, however it ends
+    with EvaluationBatches(checkpoint_dir, labels, seed, batch_size, sampling, decoder) as kept:
+        images, resumed, timing, notes = _timed_samples(sampled, model_name, kept, labels,
+                                                        on_batch, run)
+        report = EvaluationReport(
+            images=images["model"], labels=labels, classes=classes, settings=dict(
+                model=model_name, samples=samples, sampler=sampler_used, steps=steps,
+                **({"sampler_settings": governing} if governing else {}), cfg_scale=cfg_scale,
+                seed=seed, reference=data.name, reference_size=len(data),
+                device=str(device), processes=distributed.world_size(), features=list(features),
+                **timing, samples_held="uint8" if data.is_eight_bit else "float32",
+                **({"compile": compile} if compile else {}),
+                **({"vae": decoder.fingerprint} if decoder is not None else {}),
+                **_arithmetic(model, original, device), **_runtimes(model, original)))
+        _note_scope(report, model, data, available, resumed["model"], batch_size)
+        report.notes += notes
+        classifier = distributed.main_first(
+            lambda: domain_classifier(data, progress=progress, device=device))
+        extractors = feature_extractors(features, classifier, device, report.notes)
+        generated = _model_figures(report, data, classifier, extractors, progress)
+        if original is not None:
+            _original_figures(report, images.get("original", original_images), generated, data,
+                              classifier, extractors, progress)
+        if likelihood:
+            report.likelihood = paired_likelihood(model, original, data, likelihood,
+                                                  steps=likelihood_steps, seed=seed, device=device,
+                                                  progress=progress)
+        if keep_batches:
+            report.kept_batches = [batches.directory for batches in kept.made]
+        else:
+            kept.clear()
+        return report
 
 
 def _timed_samples(models: dict[str, DiffusionTransformer | RuntimeDenoiser],
