@@ -27,9 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,7 +39,7 @@ from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import DEFAULT_TEACHERS, SAMPLING, TEACHERS, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import interleaved_times, machine
+from entpruner_sdk.utils.timing import interleaved_ratios, machine
 
 RESULTS = Path(__file__).parent / "results"
 # each family's samplers and the sampler of its ODE reference
@@ -75,16 +74,6 @@ def settings_of(family: str, steps_list) -> list[tuple[str, int | None]]:
     return sorted(rows, key=lambda row: (FAMILIES[family]["samplers"].index(row[0]), row[1] or 0))
 
 
-def time_ratios(candidates: dict[Hashable, Callable[[], object]], baseline: Hashable,
-                rounds: int = 3) -> dict[Hashable, dict]:
-    """Each candidate's time as a ratio to ``baseline``'s, timed side by side: one call of
-    every candidate a round, in alternation, so a round's calls ran under much the same load;
-    the ratio is the median of the rounds' own ratios (the machines here are noisy)."""
-    times = interleaved_times(candidates, repeats=rounds, warmup=0)
-    return {key: dict(ratio=statistics.median(t / b for t, b in zip(spent, times[baseline])),
-                      round_s=spent) for key, spent in times.items()}
-
-
 def bench_model(spec: str, data: str, steps_list, samples: int, device, ode_steps: int = 1000,
                 ode_samples: int = 64, rounds: int = 3) -> list[dict]:
     model = resolve_model(spec, device=device).eval()
@@ -104,7 +93,8 @@ def bench_model(spec: str, data: str, steps_list, samples: int, device, ode_step
                                           device=device)
         return run
 
-    timing = time_ratios({s: sampling(*s) for s in settings}, teachers_setting(family), rounds)
+    timing = interleaved_ratios({s: sampling(*s) for s in settings},
+                                teachers_setting(family), rounds)
     batches = math.ceil(samples / EVAL_BATCH)
     rows = []
     for sampler, steps in settings:

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import torch
-from sampler_steps import CFG, EVAL_BATCH, add_model_options, models_and_data, time_ratios
+from sampler_steps import CFG, EVAL_BATCH, add_model_options, models_and_data
 
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.objectives import objective_for
@@ -32,7 +32,7 @@ from entpruner_sdk.sampling import sample
 from entpruner_sdk.teachers import SAMPLING, resolve_model
 from entpruner_sdk.utils.device import resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import machine
+from entpruner_sdk.utils.timing import interleaved_ratios, machine
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULTS = FlowMatching(1).sampler_settings  # the reference's: sigma, Mean
@@ -58,7 +58,7 @@ def bench_model(spec: str, data: str, sampler: str, steps: int, samples: int, de
                batch_size=EVAL_BATCH, device=device, progress=False)
     teachers = SAMPLING["sit"]
     rows_settings = choices()
-    timing = time_ratios(
+    timing = interleaved_ratios(
         {"baseline": timed(model, teachers["sampler"], teachers["steps"], {}, timed_samples,
                            device),
          **{i: timed(model, sampler, steps, settings, timed_samples, device)

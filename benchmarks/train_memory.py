@@ -15,8 +15,10 @@ told to map every allocation over 128 kB on its own (MALLOC_MMAP_THRESHOLD_), so
 leaves the resident memory at once (without it, freed heap pages linger and blur the figure).
 "peak" adds what was held before the step: the teacher's and student's weights and Adam's
 moments.
-Time per step is the mean of --steps steps.
-Prints a table (ratios to the plain step, side by side in one run) and writes
+Time per step is the mean of --steps steps in the setting's own process; its ratio to the plain
+step is timed side by side: one student takes a step with each setting in turn, for --rounds
+rounds, and the ratio is the median of the rounds' ratios.
+Prints a table (ratios to the plain step) and writes
 benchmarks/results/train_memory.json (train_memory_quick.json with --quick, or --out).
 """
 
@@ -24,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,7 +44,7 @@ from entpruner_sdk.objectives import objective_for
 from entpruner_sdk.training import accumulate_gradients
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_write_text
-from entpruner_sdk.utils.timing import machine
+from entpruner_sdk.utils.timing import interleaved_ratios, machine
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {  # name: (gradient_accumulation, gradient_checkpointing)
@@ -57,16 +61,15 @@ def resident_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def measure(setting: str, arch: str, latent: int, batch: int, steps: int, device: str) -> dict:
-    """One setting, in this process: the step's memory above the resident state, and its time."""
-    accumulation, checkpointing = SETTINGS[setting]
-    device = resolve_device(device)
+def training_step(arch: str, latent: int, batch: int, device: torch.device
+                  ) -> tuple[Callable[[str], None], torch.optim.Optimizer]:
+    """One compress step of a random ``arch`` student distilled from its frozen copy, run
+    with the memory setting named, and the student's optimizer."""
     torch.manual_seed(0)
     config = config_from_name(arch, input_size=latent, in_channels=4, num_classes=1000)
     teacher = DiffusionTransformer(config).to(device).eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     student.pos_embed.requires_grad_(False)
-    student.gradient_checkpointing = checkpointing
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
     objective = objective_for(teacher)
     generator = torch.Generator().manual_seed(0)
@@ -76,7 +79,8 @@ def measure(setting: str, arch: str, latent: int, batch: int, steps: int, device
         with autocast(device):
             return distillation_loss(student, teacher, objective, part, distill, 0.0)[0]
 
-    def step() -> None:
+    def step(setting: str) -> None:
+        accumulation, student.gradient_checkpointing = SETTINGS[setting]
         images = torch.randn(batch, 4, latent, latent, generator=generator).to(device)
         labels = torch.randint(0, 1000, (batch,), generator=generator).to(device)
         optimizer.zero_grad(set_to_none=True)
@@ -84,7 +88,15 @@ def measure(setting: str, arch: str, latent: int, batch: int, steps: int, device
                              accumulation, student)
         optimizer.step()
 
-    step()  # warm-up: Adam's moments now exist, as in every later step
+    return step, optimizer
+
+
+def measure(setting: str, arch: str, latent: int, batch: int, steps: int, device: str) -> dict:
+    """One setting, in this process: the step's memory above the resident state, and its time."""
+    accumulation, checkpointing = SETTINGS[setting]
+    device = resolve_device(device)
+    step, optimizer = training_step(arch, latent, batch, device)
+    step(setting)  # warm-up: Adam's moments now exist, as in every later step
     # a step starts by freeing the last step's gradients (zero_grad(set_to_none=True)), so
     # they count in the step's memory, as in compress and train
     optimizer.zero_grad(set_to_none=True)
@@ -96,7 +108,7 @@ def measure(setting: str, arch: str, latent: int, batch: int, steps: int, device
         before = resident_mb()
     started = time.perf_counter()
     for _ in range(steps):
-        step()
+        step(setting)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / steps
@@ -110,6 +122,17 @@ def measure(setting: str, arch: str, latent: int, batch: int, steps: int, device
             "gradient_checkpointing": checkpointing, "micro_batch": batch // accumulation,
             "step_mb": round(step_mb, 1), "held_mb": round(held_mb, 1),
             "seconds_per_step": round(seconds, 3)}
+
+
+def side_by_side(arch: str, latent: int, batch: int, rounds: int, device: torch.device
+                 ) -> dict[str, dict]:
+    """Each setting's step time as a ratio to the plain step's, timed in alternation on one
+    student (a setting is how the step runs, so switching it between steps is free): one
+    step of each a round, after a step that makes Adam's moments."""
+    step, _ = training_step(arch, latent, batch, device)
+    step("plain")
+    return interleaved_ratios({setting: functools.partial(step, setting)
+                               for setting in SETTINGS}, "plain", rounds)
 
 
 def child(setting: str, args: argparse.Namespace) -> dict:
@@ -131,6 +154,8 @@ def main() -> None:
                         help="latent side (32 = 256x256 images; quick: 16)")
     parser.add_argument("--batch", type=int, default=None, help="images per step (16; quick: 8)")
     parser.add_argument("--steps", type=int, default=2, help="steps timed after the warm-up")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of side-by-side timing, a step of each setting a round")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--out", type=Path, default=None, help="results JSON path")
     parser.add_argument("--child", choices=list(SETTINGS), help=argparse.SUPPRESS)
@@ -145,29 +170,33 @@ def main() -> None:
                                  args.steps, args.device)))
         return
     rows = [child(setting, args) for setting in SETTINGS]
+    device = resolve_device(args.device)
+    timing = side_by_side(args.arch, args.latent_size, args.batch, args.rounds, device)
+    for row in rows:
+        row["time_vs_plain"] = timing[row["setting"]]["ratio"]
+        row["timed_rounds_s"] = timing[row["setting"]]["round_s"]
     plain = rows[0]
     config = config_from_name(args.arch, input_size=args.latent_size, in_channels=4,
                               num_classes=1000)
     parameters = count_parameters(DiffusionTransformer(config))
-    device = resolve_device(args.device)
     print(f"{args.arch} ({parameters / 1e6:.0f}M parameters), 4x{args.latent_size}x"
           f"{args.latent_size} latents, batch {args.batch}, on {device}; weights and Adam's "
           f"moments held: {plain['held_mb']:.0f} MB")
     print("| setting | micro-batch | step memory (MB) | vs plain | peak (MB) | vs plain | "
-          "s / step | vs plain |")
+          "s / step | time vs plain, side by side |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         peak = row["held_mb"] + row["step_mb"]
         print(f"| {row['setting']} | {row['micro_batch']} | {row['step_mb']:.0f} | "
               f"{row['step_mb'] / plain['step_mb']:.2f}x | {peak:.0f} | "
               f"{peak / (plain['held_mb'] + plain['step_mb']):.2f}x | "
-              f"{row['seconds_per_step']:.2f} | "
-              f"{row['seconds_per_step'] / plain['seconds_per_step']:.2f}x |")
+              f"{row['seconds_per_step']:.2f} | {row['time_vs_plain']:.2f}x |")
     path = args.out or RESULTS / f"train_memory{'_quick' if args.quick else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(
         {"machine": machine(device), "arch": args.arch, "latent_size": args.latent_size,
-         "batch": args.batch, "parameters": parameters, "rows": rows}, indent=2))
+         "batch": args.batch, "parameters": parameters, "timed_rounds": args.rounds,
+         "rows": rows}, indent=2))
     print(f"written to {path}")
 
 

@@ -232,6 +232,9 @@ def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     assert [(r["micro_batch"], r["gradient_checkpointing"]) for r in memory] == [
         (4, False), (4, True), (1, False), (1, True)]
     assert all(r["step_mb"] > 0 and r["seconds_per_step"] > 0 for r in memory)
+    # the settings' times side by side, one student stepping with each in turn
+    assert memory[0]["time_vs_plain"] == 1.0 and all(
+        r["time_vs_plain"] > 0 and len(r["timed_rounds_s"]) == 3 for r in memory)
     precision = json.loads((out / "mixed_precision.json").read_text())["rows"]
     assert [r["arithmetic"] for r in precision] == ["fp32", "bf16 autocast", "fp16 autocast"]
     serving = json.loads((out / "serve_load.json").read_text())
@@ -501,11 +504,13 @@ def test_sampler_steps_compares_samplers_from_the_same_noise(tmp_path):
     assert sit["dopri5", None]["ode_psnr_db"] > sit["heun", 8]["ode_psnr_db"]
 
 
-def test_time_ratios_take_every_candidate_once_a_round_in_alternation():
+def test_interleaved_ratios_take_every_candidate_once_a_round_in_alternation():
+    from entpruner_sdk.utils.timing import interleaved_ratios
+
     calls = []
-    ratios = load("sampler_steps").time_ratios(
+    ratios = interleaved_ratios(
         {name: (lambda name=name: calls.append(name)) for name in ("base", "other")}, "base",
-        rounds=3)
+        repeats=3)
     assert calls == ["base", "other"] * 3  # no warm-up call, and no candidate run alone
     assert ratios["base"]["ratio"] == 1.0 and len(ratios["other"]["round_s"]) == 3
     assert ratios["other"]["ratio"] == statistics.median(

@@ -16,6 +16,7 @@ import torch
 from entpruner_sdk.utils.device import arithmetic
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 def _synchronize() -> None:
@@ -38,14 +39,14 @@ def time_once(fn: Callable[[], object]) -> float:
     return timed(fn)[1]
 
 
-def interleaved_times(candidates: dict[str, Callable[[], object]], repeats: int = 5,
-                      warmup: int = 1) -> dict[str, list[float]]:
+def interleaved_times(candidates: dict[K, Callable[[], object]], repeats: int = 5,
+                      warmup: int = 1) -> dict[K, list[float]]:
     """Seconds of each call of each candidate, timed in alternation: round i of every
     candidate ran under much the same load, so their ratios can be taken round by round."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    samples: dict[K, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
             samples[name].append(time_once(fn))
@@ -57,6 +58,16 @@ def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: in
     """Median seconds per call of each candidate, timed in alternation."""
     times = interleaved_times(candidates, repeats, warmup)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def interleaved_ratios(candidates: dict[K, Callable[[], object]], baseline: K, repeats: int = 3,
+                       warmup: int = 0) -> dict[K, dict[str, float | list[float]]]:
+    """Each candidate's time as a ratio to ``baseline``'s, timed in alternation: ``ratio``,
+    the median of the rounds' own ratios (a burst of load that hits one round moves it
+    little), and ``round_s``, the seconds of its call in each round."""
+    times = interleaved_times(candidates, repeats, warmup)
+    return {name: {"ratio": statistics.median(t / b for t, b in zip(spent, times[baseline])),
+                   "round_s": spent} for name, spent in times.items()}
 
 
 class CallCounter:
