@@ -2,7 +2,7 @@
 ODE. DiT: DDIM vs DPM-Solver++(2M); SiT: Euler vs Heun vs the reference's adaptive dopri5 and
 its two SDE samplers, Euler-Maruyama and Heun.
 
-    python benchmarks/sampler_steps.py               # the four teachers, about 40 min on 2 cores
+    python benchmarks/sampler_steps.py               # the four teachers, about 30 min on 2 cores
     python benchmarks/sampler_steps.py --quick       # dit-digits and sit-digits, 200 samples
     python benchmarks/sampler_steps.py --model runs/quickstart/dit-digits-pruned --data digits
 

@@ -1,7 +1,7 @@
 """The SiT reference's SDE choices on the bundled SiT teachers: each ``--diffusion-form`` with
 its default last step, and each ``--last-step`` with its default form.
 
-    python benchmarks/sde_forms.py             # sit-digits and sit-photos, about 30 min on 2 cores
+    python benchmarks/sde_forms.py             # sit-digits and sit-photos, about 15 min on 2 cores
     python benchmarks/sde_forms.py --quick     # sit-digits, 200 samples (about 3 minutes)
     python benchmarks/sde_forms.py --model runs/sit/model --data my_images/ --steps 250
 

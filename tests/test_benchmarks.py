@@ -234,7 +234,7 @@ def test_gpu_script_dry_run_runs_every_step_within_its_deadline(tmp_path):
     assert all(r["step_mb"] > 0 and r["seconds_per_step"] > 0 for r in memory)
     # the settings' times side by side, one student stepping with each in turn
     assert memory[0]["time_vs_plain"] == 1.0 and all(
-        r["time_vs_plain"] > 0 and len(r["timed_rounds_s"]) == 3 for r in memory)
+        r["time_vs_plain"] > 0 and len(r["timed_rounds_s"]) == 4 for r in memory)
     precision = json.loads((out / "mixed_precision.json").read_text())["rows"]
     assert [r["arithmetic"] for r in precision] == ["fp32", "bf16 autocast", "fp16 autocast"]
     serving = json.loads((out / "serve_load.json").read_text())
@@ -512,6 +512,10 @@ def test_interleaved_ratios_take_every_candidate_once_a_round_in_alternation():
         {name: (lambda name=name: calls.append(name)) for name in ("base", "other")}, "base",
         repeats=3)
     assert calls == ["base", "other"] * 3  # no warm-up call, and no candidate run alone
+    calls.clear()  # rotated: each round starts one candidate later
+    interleaved_ratios({name: (lambda name=name: calls.append(name)) for name in "abc"}, "a",
+                       repeats=4, rotate=True)
+    assert "".join(calls) == "abc" + "bca" + "cab" + "abc"
     assert ratios["base"]["ratio"] == 1.0 and len(ratios["other"]["round_s"]) == 3
     assert ratios["other"]["ratio"] == statistics.median(
         t / b for t, b in zip(ratios["other"]["round_s"], ratios["base"]["round_s"]))

@@ -40,16 +40,20 @@ def time_once(fn: Callable[[], object]) -> float:
 
 
 def interleaved_times(candidates: dict[K, Callable[[], object]], repeats: int = 5,
-                      warmup: int = 1) -> dict[K, list[float]]:
+                      warmup: int = 1, rotate: bool = False) -> dict[K, list[float]]:
     """Seconds of each call of each candidate, timed in alternation: round i of every
-    candidate ran under much the same load, so their ratios can be taken round by round."""
+    candidate ran under much the same load, so their ratios can be taken round by round.
+    ``rotate``: round i starts i candidates later, so that none always follows the same one
+    (a call can pay for the state the last left, such as memory to map again)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
+    names = list(candidates)
     samples: dict[K, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            samples[name].append(time_once(fn))
+    for i in range(repeats):
+        shift = i % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(time_once(candidates[name]))
     return samples
 
 
@@ -61,11 +65,13 @@ def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: in
 
 
 def interleaved_ratios(candidates: dict[K, Callable[[], object]], baseline: K, repeats: int = 3,
-                       warmup: int = 0) -> dict[K, dict[str, float | list[float]]]:
+                       warmup: int = 0, rotate: bool = False
+                       ) -> dict[K, dict[str, float | list[float]]]:
     """Each candidate's time as a ratio to ``baseline``'s, timed in alternation: ``ratio``,
     the median of the rounds' own ratios (a burst of load that hits one round moves it
-    little), and ``round_s``, the seconds of its call in each round."""
-    times = interleaved_times(candidates, repeats, warmup)
+    little), and ``round_s``, the seconds of its call in each round (``rotate``: see
+    :func:`interleaved_times`)."""
+    times = interleaved_times(candidates, repeats, warmup, rotate)
     return {name: {"ratio": statistics.median(t / b for t, b in zip(spent, times[baseline])),
                    "round_s": spent} for name, spent in times.items()}
 
