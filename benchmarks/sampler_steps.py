@@ -191,7 +191,7 @@ def print_table(rows, device) -> None:
     from rich.table import Table
 
     table = Table(title=f"Samplers at few steps, cfg {CFG} ({device}); ratios to the teachers' "
-                        "sampler (DiT: ddim x 50, SiT: heun x 25), time's timed side by side")
+                        "sampler (DiT: ddim x 50, SiT: heun x 25); time ratios timed side by side")
     for column in ("model", "sampler", "steps", "model calls", "ODE PSNR", "FD-domain",
                    "vs default", "class acc", "precision", "recall", "sampling s",
                    "time vs default"):

@@ -128,7 +128,7 @@ def print_table(rows, device) -> None:
     from rich.table import Table
 
     table = Table(title=f"The SiT reference's SDE forms and last steps, cfg {CFG} ({device}); "
-                        "ratios to Heun x 25 in the same run, time's timed side by side")
+                        "ratios to Heun x 25 in the same run; time ratios timed side by side")
     for column in ("model", "sampler", "steps", "diffusion form", "last step", "FD-domain",
                    "vs heun x 25", "class acc", "precision", "recall", "time vs heun x 25"):
         table.add_column(column)

@@ -104,10 +104,15 @@ class SampleBatches:
 
     @staticmethod
     def in_use(directory: str | os.PathLike) -> bool:
-        """Whether a running process holds the batch folder ``directory``."""
-        probe = SampleBatches(directory)
-        if not probe.claim():
+        """Whether a running process holds the batch folder ``directory`` (asked without
+        touching its batches)."""
+        probe = _Lock(Path(directory) / CLAIM, timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
             return True
+        except (NotImplementedError, OSError):  # no locks here, or the folder just went
+            return False
         probe.release()
         return False
 
