@@ -253,6 +253,42 @@ def test_the_others_stop_with_rank_0s_reason_when_it_fails(tmp_path):
     assert "FileNotFoundError: no such folder: /data/mine" in rank1
 
 
+def _kept_batches(root: str):
+    """The batch folders of one small evaluation's settings, under ``root``."""
+    from entpruner_sdk.evaluation.batches import EvaluationBatches
+
+    return EvaluationBatches(root, torch.arange(4), 0, 2, dict(sampler="ddim", steps=2,
+                                                               device="cpu"), None)
+
+
+def _claiming_worker(rank: int, world: int, port: int, out: str) -> None:
+    from entpruner_sdk.evaluation.batches import BatchesInUse
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        try:
+            _kept_batches(out).of(teacher(), "model")
+            outcome = "claimed"
+        except BatchesInUse as error:  # what each rank saw is the assertion
+            outcome = str(error)
+        with open(os.path.join(out, f"rank{rank}"), "w") as file:
+            file.write(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_folder_another_run_holds_stops_every_rank(tmp_path):
+    with _kept_batches(str(tmp_path)) as mine:  # this process runs the same evaluation
+        held = mine.of(teacher(), "model")
+        mp.spawn(_claiming_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    # rank 0 was refused the claim, and rank 1, which claims nothing, heard it: neither goes
+    # on to sample into the folder, nor waits at the next collective for the other
+    for rank in range(2):
+        assert (tmp_path / f"rank{rank}").read_text().startswith(
+            f"{held.directory} is in use: another process is making these same samples")
+
+
 def _likelihood_images():
     from entpruner_sdk.data import load_data
     from entpruner_sdk.evaluation.likelihood import likelihood_images

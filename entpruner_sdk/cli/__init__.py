@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from entpruner_sdk.evaluation.inception import FeatureNetworkMissing
     from entpruner_sdk.export import ParityError
     from entpruner_sdk.models.io import CheckpointError
+    from entpruner_sdk.utils import distributed
     from entpruner_sdk.utils.device import autocast_mode
 
     args = build_parser().parse_args(argv)
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         with _policy(getattr(args, "mixed_precision", None)), \
                 _warnings_as_lines(args.command):
             autocast_mode()  # a mistyped $ENTPRUNER_AUTOCAST stops here, not after the loading
-            return COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
+            distributed.leave()  # under torchrun: the group the command joined, left cleanly
+            return status
     except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,
             FileExistsError, FeatureNetworkMissing, ParityError, ImportError,
             RuntimeError, FloatingPointError) as error:

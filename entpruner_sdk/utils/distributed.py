@@ -112,6 +112,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def leave() -> None:
+    """Take this process out of its process group, at the end of a command that succeeded
+    (nothing in a single process). A process that exits with its gloo group still up can
+    abort in the interpreter's teardown ("terminate called without an active exception"),
+    its group's threads still holding tensors; and a launcher then reports the whole run as
+    failed. Not after an error: the others may still be in a collective, where this would
+    wait for them."""
+    if is_distributed():
+        _patient_groups.clear()
+        dist.destroy_process_group()
+
+
 # how long the other processes wait while rank 0 makes something for all (main_first)
 PATIENCE = timedelta(days=2)
 _patient_groups: dict[Any, Any] = {}
