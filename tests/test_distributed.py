@@ -190,6 +190,76 @@ def test_entpruner_sample_under_torchrun_shares_the_batches_and_writes_once(tmp_
     assert "under torchrun, sample writes its samples with --npz F" in refused.stderr
 
 
+def _on_two_machines(tmp_path, *command: str) -> list[tuple[str, str]]:
+    """``entpruner COMMAND`` as torchrun starts its two ranks on two machines that share no
+    disk: each in a working folder of its own (``machine0``, ``machine1``), so the same
+    relative paths are two folders; every rank must succeed. Each rank's stdout and stderr."""
+    import subprocess
+    import sys
+
+    port, ranks = free_port(), []
+    for rank in range(2):
+        machine = tmp_path / f"machine{rank}"
+        machine.mkdir()
+        ranks.append(subprocess.Popen(
+            [sys.executable, "-m", "entpruner_sdk", *command], cwd=machine, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
+                 "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}))
+    outputs = [process.communicate(timeout=300) for process in ranks]
+    for process, (_, stderr) in zip(ranks, outputs, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+    return outputs
+
+
+@pytest.mark.slow
+def test_entpruner_sample_on_machines_that_share_no_folder_sends_rank_0_the_batches(
+        tmp_path, capsys):
+    """Rank 1 keeps its batch where rank 0 cannot read it, so it must send it, and each
+    machine's kept folder must go at the end."""
+    import numpy as np
+
+    from entpruner_sdk.cli import main
+
+    command = ["sample", "--model", "sit-digits", "--labels", "1,2,3,4,5", "--steps", "3",
+               "--sampler", "euler-maruyama", "--batch-size", "2", "--quiet", "--device", "cpu"]
+    assert main([*command, "--npz", str(tmp_path / "one.npz"),
+                 "--out", str(tmp_path / "one.png")]) == 0
+    capsys.readouterr()
+    outputs = _on_two_machines(tmp_path, *command, "--npz", "samples.npz", "--out", "grid.png")
+    # batches 0 and 2 are rank 0's; batch 1, rank 1's, reached rank 0 over the process group
+    assert "the other processes sent 1 of the 3 batches, which" in outputs[0][0]
+    assert "5 samples ->" in outputs[0][0] and outputs[1][0] == ""
+    machines = [tmp_path / "machine0", tmp_path / "machine1"]
+    with np.load(tmp_path / "one.npz") as one, np.load(machines[0] / "samples.npz") as two:
+        difference = np.abs(one["arr_0"].astype(int) - two["arr_0"])
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+        assert two["arr_1"].tolist() == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in machines[0].iterdir()) == ["grid.png", "samples.npz"]
+    assert list(machines[1].iterdir()) == []  # rank 1's kept batch removed on its machine
+
+
+@pytest.mark.slow
+def test_entpruner_evaluate_on_machines_that_share_no_folder_removes_each_ones_batches(
+        tmp_path):
+    """The samples travel in the process group; the batches each rank kept on its own disk
+    must not stay behind on the machines other than rank 0's."""
+    from entpruner_sdk.models.io import save
+
+    save(teacher(), tmp_path / "model")
+    outputs = _on_two_machines(
+        tmp_path, "evaluate", "--model", str(tmp_path / "model"), "--samples", "12",
+        "--steps", "2", "--batch-size", "4", "--features", "domain", "--quiet",
+        "--device", "cpu", "--out", "evaluation")
+    assert outputs[0][0].count("| class_accuracy |") == 1
+    report = json.loads((tmp_path / "machine0" / "evaluation" / "evaluation.json").read_text())
+    assert report["settings"]["processes"] == 2 and report["settings"]["samples"] == 12
+    assert sorted(p.name for p in (tmp_path / "machine0" / "evaluation").iterdir()) == [
+        "evaluation.json", "evaluation.md"]
+    assert not any(p.is_file() for p in (tmp_path / "machine1").rglob("*"))
+
+
 def _slow_rank0_worker(rank: int, world: int, port: int, out: str) -> None:
     import time
 

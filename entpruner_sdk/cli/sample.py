@@ -162,17 +162,45 @@ def _make_and_write(args: argparse.Namespace, made: _BatchMaker, labels: list[in
     from entpruner_sdk.evaluation.batches import EvaluationBatches
     from entpruner_sdk.utils import distributed
 
-    resumed = None
-    if distributed.is_distributed():
-        made.finish(distributed.rank(), distributed.world_size())
-        resumed = EvaluationBatches.loaded_by_all(made.kept)  # every process is done past here
-        if not distributed.is_main():
-            return
-    _write(args, made, labels, per_row)
-    resumed = made.kept.loaded if resumed is None and made.kept is not None else resumed
+    if not distributed.is_distributed():
+        _write(args, made, labels, per_row)
+        _say_resumed(made.kept.loaded if made.kept is not None else 0, made.count)
+        return
+    made.finish(distributed.rank(), distributed.world_size())
+    resumed = EvaluationBatches.loaded_by_all(made.kept)  # every process is done past here
+    _send_to_main(made.kept, made.count)
+    # rank 0 writes the files, then every other rank removes its own folder: rank 0's, gone
+    # already, where the machines share one; its alone where they do not
+    distributed.main_first(lambda: _write(args, made, labels, per_row)
+                           if distributed.is_main() else made.kept.clear())
+    if distributed.is_main():
+        _say_resumed(resumed, made.count)
+
+
+def _send_to_main(kept: SampleBatches, count: int) -> None:
+    """The batches the other processes made that rank 0 cannot read from its kept folder
+    (torchrun over machines that share no folder), sent to it to keep: rank 0 would else
+    make them all again. Nothing moves where they share one."""
+    from entpruner_sdk.utils import distributed
+
+    world = distributed.world_size()
+    lacking = distributed.broadcast([b for b in range(count) if b % world and not kept.has(b)]
+                                    if distributed.is_main() else None)
+    for b in lacking:
+        if distributed.is_main():
+            batch = distributed.receive_from(b % world)
+            if batch is not None:  # None: its maker could not read it back, so rank 0 makes it
+                kept.save(b, batch)
+        elif b % world == distributed.rank():
+            distributed.send_to_main(kept.load(b))
+    if lacking and distributed.is_main():
+        print(f"the other processes sent {len(lacking)} of the {count} batches, which "
+              f"{kept.directory} did not hold (their machines share no folder with this one)")
+
+
+def _say_resumed(resumed: int, count: int) -> None:
     if resumed:
-        print(f"{resumed} of the {made.count} batches were those an interrupted run had "
-              "finished")
+        print(f"{resumed} of the {count} batches were those an interrupted run had finished")
 
 
 def _check_counts(args: argparse.Namespace) -> None:

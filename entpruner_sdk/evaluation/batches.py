@@ -205,8 +205,9 @@ class EvaluationBatches:
         return int(loaded)
 
     def clear(self) -> None:
-        """Remove every folder this evaluation made, once every rank has its samples."""
+        """Remove every folder this evaluation made, once every rank has its samples: each
+        rank its own, which is one folder, removed twice, where the machines share it, and
+        each machine's own where they do not (else those would stay behind)."""
         distributed.barrier()
-        if distributed.is_main():
-            for batches in self.made:
-                batches.clear()
+        for batches in self.made:
+            batches.clear()

@@ -106,6 +106,19 @@ def gather_objects(value: Any) -> list[Any]:
     return out
 
 
+def send_to_main(value: Any) -> None:
+    """Send a Python object to rank 0, which takes it with :func:`receive_from`; only the
+    two of them take part (a batch of samples need not pass through every rank)."""
+    dist.send_object_list([value], dst=0)
+
+
+def receive_from(source: int) -> Any:
+    """On rank 0: the object rank ``source`` sends with :func:`send_to_main`."""
+    box: list[Any] = [None]
+    dist.recv_object_list(box, src=source)
+    return box[0]
+
+
 def barrier() -> None:
     """Wait for every process (nothing in a single process)."""
     if is_distributed():
