@@ -197,17 +197,25 @@ def _on_two_machines(tmp_path, *command: str) -> list[tuple[str, str]]:
     import subprocess
     import sys
 
-    port, ranks = free_port(), []
-    for rank in range(2):
-        machine = tmp_path / f"machine{rank}"
-        machine.mkdir()
-        ranks.append(subprocess.Popen(
-            [sys.executable, "-m", "entpruner_sdk", *command], cwd=machine, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
-                 "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}))
-    outputs = [process.communicate(timeout=300) for process in ranks]
+    port, ranks, logs = free_port(), [], [tmp_path / f"rank{rank}.log" for rank in range(2)]
+    try:
+        for rank, log in enumerate(logs):
+            machine = tmp_path / f"machine{rank}"
+            machine.mkdir()
+            with open(log.with_suffix(".out"), "w") as out, open(log, "w") as err:
+                # files, not pipes: a rank blocked on a full pipe would hold the other one too
+                ranks.append(subprocess.Popen(
+                    [sys.executable, "-m", "entpruner_sdk", *command], cwd=machine,
+                    stdout=out, stderr=err,
+                    env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+                         "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
+                         "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}))
+        for process in ranks:
+            process.wait(timeout=300)
+    finally:
+        for process in ranks:
+            process.kill()  # none left running if a rank failed and the other waits for it
+    outputs = [(log.with_suffix(".out").read_text(), log.read_text()) for log in logs]
     for process, (_, stderr) in zip(ranks, outputs, strict=True):
         assert process.returncode == 0, stderr[-3000:]
     return outputs
