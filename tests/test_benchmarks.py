@@ -5,6 +5,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -618,3 +619,20 @@ def test_mixed_precision_measures_bf16_and_fp16_beside_fp32_from_the_same_noise(
         capsys.readouterr().out)
     assert document["met"] == all(r["meets_goal"] for r in document["rows"])
     assert "arithmetic" not in document  # the rows say it, each its own
+
+
+def _github_anchor(title: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as
+    hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def test_benchmarks_doc_contents_lists_every_section_in_order():
+    text = (BENCHMARKS.parent / "docs" / "benchmarks.md").read_text()
+    outside_code = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    headings = re.findall(r"^(##+) (.+)$", outside_code, flags=re.M)
+    expected = [f"{'  ' * (len(hashes) - 2)}- [{title}](#{_github_anchor(title)})"
+                for hashes, title in headings]
+    contents = re.search(r"^Contents:\n\n((?:\s*- .+\n)+)", text, flags=re.M)
+    assert contents is not None, "docs/benchmarks.md lost its contents list"
+    assert contents.group(1).splitlines() == expected
