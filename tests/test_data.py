@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -268,6 +271,37 @@ def test_a_whole_read_through_reader_processes_is_the_same(tmp_path):
     (tmp_path / "f" / "b" / "3.png").write_bytes(b"not a png")  # read by a reader process
     with pytest.raises(DataError, match=r"cannot read image .*3.png: .*delete or replace it"):
         folder.load(workers=2)
+
+
+READ_UNDER = """
+import multiprocessing, sys
+import torch
+from entpruner_sdk.data import ImageFolder
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])
+    folder = ImageFolder(sys.argv[2], image_size=8)
+    shared = folder.load(workers=2)
+    alone = folder.load(workers=0)
+    assert torch.equal(alone.images, shared.images), "the readers' images differ"
+    assert torch.equal(alone.labels, shared.labels), "the readers' labels differ"
+    batches = torch.cat(list(folder.batches(4, workers=2)))
+    assert torch.equal(batches, alone.images), "the readers' batches differ"
+    print("read", len(shared))
+"""
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_reader_processes_start_as_python_3_14_and_other_systems_start_them(tmp_path, method):
+    # Linux forks the readers up to Python 3.13; 3.14 starts them from a fork server, and
+    # macOS and Windows spawn them: the folder and its reading must pickle to reach them
+    write_folder(tmp_path / "f", sizes=((8, 8), (16, 12)), per_class=5)
+    script = tmp_path / "read.py"
+    script.write_text(READ_UNDER)
+    done = subprocess.run([sys.executable, str(script), method, str(tmp_path / "f")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["read", "10"]
 
 
 def test_large_jpegs_are_decoded_at_a_reduced_scale_before_the_crop(tmp_path, monkeypatch):
