@@ -2,7 +2,11 @@
 imports inside functions included. Read from the source, so nothing is imported."""
 
 import ast
+import re
+import shutil
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -108,3 +112,41 @@ def test_every_package_is_in_the_distribution():
     assert found - set(settings["packages"]) == set()
     assert {package: str(folder.relative_to(ROOT)) for package, folder in PACKAGES.items()} \
         == settings["package-dir"]
+
+
+def _source_files(package: str, folder: Path) -> set[str]:
+    """Every file under a package's folder, named as a wheel names it."""
+    return {"/".join([*package.split("."), *path.relative_to(folder).parts])
+            for path in folder.rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_every_file_of_the_four_folders_and_builds_without_warnings(tmp_path):
+    """What a user installs from a wheel, not an editable checkout: the bundled teachers and
+    classifiers (data, not modules) among the files, and no setuptools deprecation, which
+    becomes a build that fails."""
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"setuptools {setuptools.__version__}; the build needs 77 or later")
+    source = tmp_path / "source"  # a copy: building in the checkout would write build/ there
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in PACKAGES.values():
+        shutil.copytree(folder, source / folder.name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
+         "--no-cache-dir", str(source), "-w", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    # Python's warnings read "SetuptoolsDeprecationWarning: ...", "_Warning: ..."
+    assert re.findall(r"^.*[A-Za-z_]Warning: .*$", built.stdout + built.stderr, re.M) == []
+    (wheel,) = (tmp_path / "dist").glob("entpruner_sdk-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = set().union(*(_source_files(package, folder)
+                             for package, folder in PACKAGES.items()))
+    assert expected - names == set()
+    assert any(name.endswith("classifier.safetensors") for name in names)
+    assert any(name.startswith("entpruner_sdk/teachers/dit-digits/") for name in names)
