@@ -1,5 +1,6 @@
 """Data flows one way (docs/architecture.md): no module imports a layer above its own, lazy
-imports inside functions included. Read from the source, so nothing is imported."""
+imports inside functions included. Read from the source, so nothing is imported. And the
+distribution holds what the four folders hold: every package, and every file in a wheel."""
 
 import ast
 import re
