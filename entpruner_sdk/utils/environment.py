@@ -29,8 +29,8 @@ EXTRA_FEATURES = {
     "tensorrt": "TensorRT engines (tensorrt, torch-tensorrt formats; NVIDIA GPU)",
     "app": "entpruner demo (Gradio) and its browser tests (Playwright)",
     "serve": "entpruner serve (FastAPI, uvicorn, Prometheus metrics)",
-    "ray": "entpruner serve --backend ray (Ray Serve)",
-    "fid": "FID on Inception features (evaluate --features inception)",
+    "ray": "entpruner serve --ray (Ray Serve replicas)",
+    "fid": "FID on Inception features (entpruner evaluate --features inception)",
     "latent": "latent models: the VAE that encodes data and decodes samples (diffusers)",
     "dev": "the test suite and ruff",
 }
