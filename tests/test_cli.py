@@ -821,28 +821,6 @@ def test_env_says_what_this_machine_offers(capsys, monkeypatch):
     assert re.search(r"^  tensorrt  (installed|missing  )  TensorRT engines", text, re.MULTILINE)
 
 
-def test_the_commands_env_names_for_each_extra_exist():
-    """``entpruner env`` says what each extra is for by the command that uses it: each such
-    command, option and value must be one the parser takes (it once named a --backend ray)."""
-    from entpruner_sdk.cli import build_parser
-    from entpruner_sdk.utils.environment import EXTRA_FEATURES
-
-    commands = next(a.choices for a in build_parser()._actions
-                    if a.choices and "serve" in a.choices)
-    named = [(extra, match) for extra, text in EXTRA_FEATURES.items()
-             for match in re.findall(r"entpruner (\w+)((?: --[\w-]+(?: [a-z]\w*)?)*)", text)]
-    assert {extra for extra, _ in named} >= {"app", "serve", "ray", "fid"}
-    for extra, (command, options) in named:
-        assert command in commands, f"{extra}: entpruner {command} is no command"
-        actions = {flag: action for action in commands[command]._actions
-                   for flag in action.option_strings}
-        for flag, value in re.findall(r"(--[\w-]+)(?: ([a-z]\w*))?", options):
-            assert flag in actions, f"{extra}: entpruner {command} has no {flag}"
-            choices = actions[flag].choices
-            assert not value or choices is None or value in choices, \
-                f"{extra}: entpruner {command} {flag} takes {sorted(choices)}, not {value}"
-
-
 def test_env_names_a_missing_or_too_old_package_and_a_source_tree(monkeypatch):
     from packaging.requirements import Requirement
 

@@ -1,4 +1,5 @@
-"""The README's code runs as written, and the public API is documented."""
+"""The README's code runs as written, the commands the project names exist, and the public
+API is documented."""
 
 import ast
 import re
@@ -30,6 +31,52 @@ def test_the_readme_layers_run(capsys):
         set(range(12)) - set(names["drop"]))
     assert torch.isfinite(names["loss"]) and set(names["parts"]) == {"kd", "gt"}
     assert all(p.grad is not None for p in student.blocks.parameters())
+
+
+def _texts():
+    """(where, line) for every line of the README and docs, and of every string in the
+    package's and the benchmarks' code (help, errors, hints)."""
+    for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            yield f"{path.name}:{number}", line
+    for folder in (*PACKAGES, "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    text = node.value
+                elif isinstance(node, ast.JoinedStr):  # an f-string: its fields as {}
+                    text = "".join(part.value if isinstance(part, ast.Constant) else "{}"
+                                   for part in node.values)
+                else:
+                    continue
+                for offset, line in enumerate(text.splitlines()):
+                    yield f"{path.relative_to(ROOT)}:{node.lineno + offset}", line
+
+
+def test_every_command_line_the_project_names_parses():
+    """``entpruner CMD --option value`` wherever the project says it (the README, docs, a
+    hint in an error, ``entpruner env``'s lines): CMD is a command, each option one it takes,
+    and a value one of its choices. ``env`` once pointed to a ``serve --backend ray``."""
+    from entpruner_sdk.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a.choices for a in parser._actions if a.choices and "serve" in a.choices)
+    wrong, checked = [], 0
+    for where, line in _texts():
+        for command, rest in re.findall(r"entpruner (\w+)([^`\n;|)#]*)", line):
+            if command not in commands:
+                continue  # prose: "entpruner sdk", "entpruner and ..."
+            options = {flag: action for action in commands[command]._actions
+                       for flag in action.option_strings}
+            for flag, value in re.findall(r"(--[\w-]+)(?:[ =]([a-z][\w-]*))?", rest):
+                checked += 1
+                if flag not in options:
+                    wrong.append(f"{where}: entpruner {command} has no {flag}")
+                elif value and options[flag].choices and value not in options[flag].choices:
+                    wrong.append(f"{where}: entpruner {command} {flag} takes "
+                                 f"{sorted(options[flag].choices)}, not {value}")
+    assert checked > 300  # the pattern still finds the command lines
+    assert wrong == []
 
 
 def test_every_public_function_and_class_has_a_docstring():
