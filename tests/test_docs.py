@@ -2,6 +2,7 @@
 API is documented."""
 
 import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -77,6 +78,38 @@ def test_every_command_line_the_project_names_parses():
                                  f"{sorted(options[flag].choices)}, not {value}")
     assert checked > 300  # the pattern still finds the command lines
     assert wrong == []
+
+
+def _resolve(dotted: str) -> object:
+    """``entpruner_sdk.export.export`` -> the function: the longest module prefix, then its
+    attributes."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            found = getattr(found, attribute)
+        return found
+    raise ImportError(dotted)
+
+
+def test_every_api_name_the_docs_give_exists():
+    """``ep.CompressResult.load``, ``entpruner_sdk.sampling.save_grid``: each dotted name the
+    README and docs give a reader resolves (``ep`` is ``entpruner_sdk``)."""
+    names = {"entpruner_sdk" + match
+             for path in [README, *(ROOT / "docs").glob("*.md")]
+             for match in re.findall(r"\b(?:ep|entpruner_sdk)((?:\.[A-Za-z_]\w*)+)",
+                                     path.read_text())}
+    assert len(names) >= 25  # the pattern still finds them
+    missing = []
+    for name in sorted(names):
+        try:
+            _resolve(name)
+        except (ImportError, AttributeError) as error:
+            missing.append(f"{name}: {error}")
+    assert missing == []
 
 
 def test_every_public_function_and_class_has_a_docstring():
