@@ -3,8 +3,10 @@ it its weights without ``torch.jit``."""
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
+import random
 import warnings
 import zipfile
 
@@ -26,14 +28,16 @@ def scripted(module: nn.Module, path) -> None:
 
 
 class Holder(nn.Module):
-    """Tensors of several dtypes and shapes, one a strided view with an offset."""
+    """Tensors of several dtypes and shapes, two of them views of one storage."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
         self.low = nn.Parameter(torch.randn(2, 5, dtype=torch.bfloat16))
         self.register_buffer("steps", torch.arange(7, dtype=torch.int64))
-        self.register_buffer("column", torch.randn(6, 4)[1:, 2])  # offset 6, stride 4
+        grid = torch.randn(6, 4)
+        self.register_buffer("column", grid[1:, 2])  # offset 6, stride 4
+        self.register_buffer("row", grid[3])  # the same storage as ``column``
         self.register_buffer("flag", torch.tensor(True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +53,8 @@ def test_archive_tensors_equal_the_state_dict_they_were_saved_from(tmp_path):
     assert set(tensors) == set(expected)
     for name, tensor in expected.items():
         assert tensors[name].dtype == tensor.dtype and torch.equal(tensors[name], tensor), name
+    shared = {tensors[name].untyped_storage().data_ptr() for name in ("row", "column")}
+    assert len(shared) == 1  # one storage read once, as saved
 
 
 def archive_with_pickle(path, payload: bytes) -> None:
@@ -88,6 +94,52 @@ def test_archive_reader_refuses_damaged_foreign_and_unsafe_files(tmp_path, monke
     archive_with_pickle(tmp_path / "list.pt", pickle.dumps([1, 2], protocol=2))
     with pytest.raises(ArchiveError, match="does not hold a TorchScript module"):
         read_torchscript_tensors(tmp_path / "list.pt")
+
+
+def rewritten(source, target, change) -> None:
+    """``source`` zipped again into ``target`` with ``change(name, data)`` applied to each
+    member, and valid checksums: damage the zip's own checks would not catch."""
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:
+        for name in archive.namelist():
+            out.writestr(name, change(name, archive.read(name)))
+
+
+def damaged_pickle(rng: random.Random):
+    """A change for ``rewritten``: 1 to 3 bytes of data.pkl replaced, or runs deleted."""
+    def change(name: str, data: bytes) -> bytes:
+        if not name.endswith("data.pkl"):
+            return data
+        data = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(data))
+            if rng.random() < 0.7:
+                data[i] = rng.randrange(256)
+            else:
+                del data[i:i + rng.randint(1, 8)]
+        return bytes(data)
+    return change
+
+
+# a damaged pickle may index a tensor with a list, which torch warns of before it fails
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")
+def test_any_damage_to_the_pickle_or_a_storage_is_an_archive_error(tmp_path):
+    scripted(Holder(), tmp_path / "holder.pt")
+    rng = random.Random(0)
+    outcomes = collections.Counter()
+    for _ in range(300):
+        rewritten(tmp_path / "holder.pt", tmp_path / "damaged.pt", damaged_pickle(rng))
+        try:
+            tensors = read_torchscript_tensors(tmp_path / "damaged.pt")
+            assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+            outcomes["read"] += 1  # a change the pickle still parses (a number, a name)
+        except ArchiveError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 200, outcomes  # and nothing but ArchiveError was raised
+
+    rewritten(tmp_path / "holder.pt", tmp_path / "short.pt",
+              lambda name, data: data[:-4] if "/data/" in name and len(data) > 16 else data)
+    with pytest.raises(ArchiveError, match="storage .* holds .* values, not"):
+        read_torchscript_tensors(tmp_path / "short.pt")
 
 
 def test_a_different_network_is_refused_by_name(tmp_path):

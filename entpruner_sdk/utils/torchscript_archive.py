@@ -33,7 +33,11 @@ class ArchiveError(ValueError):
 class ScriptedModule:
     """One pickled TorchScript module: its attributes (children included) as a dict."""
 
+    attributes: dict[str, Any] | None = None  # until the pickle gives them
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise ArchiveError(f"a module's state is a {type(state).__name__}, not a dict")
         self.attributes = state
 
 
@@ -50,6 +54,7 @@ class ArchiveUnpickler(pickle.Unpickler):
     def __init__(self, archive: zipfile.ZipFile, root: str, file: Any) -> None:
         super().__init__(file)
         self.archive, self.root = archive, root
+        self.storages: dict[str, torch.Tensor] = {}  # tensors that share a storage share it
 
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("__torch__."):
@@ -68,15 +73,22 @@ class ArchiveUnpickler(pickle.Unpickler):
 
     def persistent_load(self, key: Any) -> torch.Tensor:
         _, dtype, name, _location, numel = key  # ('storage', dtype, key, location, numel)
-        raw = bytearray(self.archive.read(f"{self.root}/data/{name}"))
-        storage = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        if name in self.storages:
+            return self.storages[name]
+        raw = self.archive.read(f"{self.root}/data/{name}")
+        # a copy the tensor owns, so no Python buffer must outlive it
+        storage = torch.frombuffer(bytearray(raw), dtype=dtype).clone() if raw else (
+            torch.empty(0, dtype=dtype))
         if storage.numel() != numel:
             raise ArchiveError(f"storage {name} holds {storage.numel()} values, not {numel}")
+        self.storages[name] = storage
         return storage
 
 
 def flatten(module: ScriptedModule, prefix: str = "") -> dict[str, torch.Tensor]:
     """The tensors of a module tree by dotted path, as ``state_dict`` names them."""
+    if module.attributes is None:
+        raise ArchiveError(f"the module at '{prefix}' has no attributes in the archive")
     tensors = {}
     for name, value in module.attributes.items():
         if isinstance(value, torch.Tensor):
@@ -89,17 +101,26 @@ def flatten(module: ScriptedModule, prefix: str = "") -> dict[str, torch.Tensor]
 def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor a TorchScript archive's modules hold (parameters, buffers and tensor
     attributes), keyed by dotted path. Raises ``ArchiveError`` for a damaged or foreign file."""
+    with open(path, "rb") as file:  # a path that cannot be read raises its own OSError
+        return flatten(read_top_module(file, path))
+
+
+def read_top_module(file: Any, path: str | Path) -> ScriptedModule:
+    """The archive's top module, its tree of attributes unpickled."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(file) as archive:
             pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
             if len(pickles) != 1:
                 raise ArchiveError(f"{path} is a zip but not a TorchScript archive "
                                    "(it holds no single <name>/data.pkl)")
             root = pickles[0].rsplit("/", 1)[0]
-            with archive.open(pickles[0]) as file:
-                top = ArchiveUnpickler(archive, root, file).load()
-    except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, KeyError) as error:
-        raise ArchiveError(f"{path} is damaged or not a TorchScript archive ({error})") from error
+            with archive.open(pickles[0]) as pickled:
+                top = ArchiveUnpickler(archive, root, pickled).load()
+    except ArchiveError:
+        raise
+    except Exception as error:  # a damaged zip or pickle fails in many ways: all are this one
+        raise ArchiveError(f"{path} is damaged or not a TorchScript archive "
+                           f"({type(error).__name__}: {error})") from error
     if not isinstance(top, ScriptedModule):
         raise ArchiveError(f"{path} does not hold a TorchScript module")
-    return flatten(top)
+    return top
