@@ -16,6 +16,7 @@ table and writes benchmarks/results/inception_speed.json (quick: inception_speed
 from __future__ import annotations
 
 import argparse
+import statistics
 import warnings
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def main() -> None:
                                 baseline="TorchScript original", repeats=repeats, warmup=1)
     rows = {}
     for name, timing in ratios.items():
-        seconds = sorted(timing["round_s"])[len(timing["round_s"]) // 2]
+        seconds = statistics.median(timing["round_s"])
         rows[name] = {"images_per_s": round(batch_size / seconds, 2),
                       "speedup": round(1 / timing["ratio"], 3),
                       "max_feature_difference": difference[name]}

@@ -175,7 +175,7 @@ class FIDInceptionV3(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images
-        for layer in self.children():
+        for layer in self.children():  # in the order made above, the graph's order
             x = layer(x)
         return x.reshape(-1, FEATURES)
 
