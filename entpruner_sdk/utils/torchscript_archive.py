@@ -76,8 +76,8 @@ class ArchiveUnpickler(pickle.Unpickler):
         if name in self.storages:
             return self.storages[name]
         raw = self.archive.read(f"{self.root}/data/{name}")
-        # a copy the tensor owns, so no Python buffer must outlive it
-        storage = torch.frombuffer(bytearray(raw), dtype=dtype).clone() if raw else (
+        # a writable buffer, which the tensor keeps alive: the bytes are copied once
+        storage = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else (
             torch.empty(0, dtype=dtype))
         if storage.numel() != numel:
             raise ArchiveError(f"storage {name} holds {storage.numel()} values, not {numel}")
