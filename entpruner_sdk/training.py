@@ -338,7 +338,7 @@ def train(
         losses.append(loss)
         if (step + 1) % config.log_every == 0:
             recent = losses[-config.log_every:]
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
         if on_step is not None:
             on_step(step + 1, loss)
         done = step + 1 == config.steps

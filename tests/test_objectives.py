@@ -18,6 +18,7 @@ from entpruner_sdk.objectives import (
 )
 from entpruner_sdk.objectives.diffusion import space_timesteps, trailing_timesteps
 from entpruner_sdk.sampling import sample
+from entpruner_sdk.utils import progress
 from entpruner_sdk.utils.timing import CallCounter
 
 MU, S = 0.5, 0.3
@@ -237,6 +238,7 @@ def test_dopri5_solves_a_known_flow_to_its_tolerance_in_few_calls():
 
 def test_dopri5_progress_follows_t_to_1_and_counts_the_model_calls(monkeypatch, capsys):
     monkeypatch.delenv("ENTPRUNER_QUIET")
+    monkeypatch.setattr(progress, "LOG_REDRAW_S", 0.0)  # every call drawn, the last one too
     noise = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     counted = []
 

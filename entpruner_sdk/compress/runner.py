@@ -379,7 +379,8 @@ def _fine_tune(run: _Run, pruner: _Pruner, teacher: DiffusionTransformer, data,
         loss = _train_step(run, teacher, pruner.objective, data, step, device)
         run.losses.append(loss)
         run.step = step + 1
-        bar.set_postfix(depth=run.student.depth, loss=f"{loss:.4f}")
+        # shown at the bar's next redraw: one a step would flood a log
+        bar.set_postfix(depth=run.student.depth, loss=f"{loss:.4f}", refresh=False)
         if run.step % config.checkpoint_every == 0:
             checkpoint()
     pruner.step(run, run.step, final=True)

@@ -19,7 +19,7 @@ from entpruner_sdk.objectives.base import (
     normal,
     randn_like,
 )
-from entpruner_sdk.utils.progress import progress_bar
+from entpruner_sdk.utils.progress import progress_bar, show_postfix
 
 PATHS = ("linear", "gvp")
 # The SiT reference's SDE choices (``sample.py SDE --diffusion-form / --last-step``), spelled as
@@ -310,7 +310,7 @@ class FlowMatching(Objective):
                 # the furthest t asked for: a rejected step's stages may reach past the next
                 # accepted one's, and the last step past 1 (torchdiffeq interpolates back)
                 bar.n = min(max(bar.n, float(t)), 1.0)
-                bar.set_postfix_str(f"{calls} model calls")
+                show_postfix(bar, f"{calls} model calls")
                 return velocity(x, float(t))
 
             ends = torch.tensor([0.0, 1.0], device=x.device)
