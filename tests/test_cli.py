@@ -640,6 +640,13 @@ def test_compress_command(tmp_path, capsys):
     assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "9",
                  "--out", str(tmp_path / "d"), "--quiet"]) == 2
     assert "keep between 2 and 3" in capsys.readouterr().err
+    # text that is no budget is refused as the arguments are read, before the model is
+    for budget, reason in (("half", "cannot read budget 'half'"),
+                           ("1x", "a speedup budget must be above 1 (e.g. 2x), got 1x")):
+        with pytest.raises(SystemExit):
+            main(["compress", "--model", str(tmp_path / "missing"), "--budget", budget,
+                  "--out", str(tmp_path / "d")])
+        assert f"argument --budget: {reason}" in capsys.readouterr().err
     # --protect: block indices, or none
     plan = ["compress", "--model", str(tmp_path / "t" / "model"), "--budget", "2",
             "--calibration-per-class", "2", "--calibration-times", "2", "--dry-run", "--quiet",

@@ -197,6 +197,9 @@ def test_budget_text_forms_and_unreadable_text():
     for text in ("abc", "x", "half", "6 blocks", "%"):
         with pytest.raises(BudgetError, match=r"cannot read budget .*\(e\.g\. 2x\)"):
             Budget.parse(text)
+    for text in ("1x", "0.5x", "0x", "-2x"):  # no model needed to refuse these
+        with pytest.raises(BudgetError, match=r"speedup budget must be above 1 \(e\.g\. 2x\)"):
+            Budget.parse(text)
 
 
 def test_impossible_budget_fails_before_any_work(tmp_path):

@@ -59,8 +59,19 @@ def _model_and_data(g: common.Options) -> None:
     common.workers_option(g)
 
 
+def _budget(text: str):
+    """``--budget`` read when the arguments are, so unreadable text is refused before the
+    model and data are."""
+    from entpruner_sdk.compress.budget import Budget, BudgetError
+
+    try:
+        return Budget.parse(text)
+    except BudgetError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _budget_and_schedule(g: common.Options) -> None:
-    g.add_argument("--budget", required=True,
+    g.add_argument("--budget", required=True, type=_budget,
                    help="blocks to keep (6), FLOPs share to keep (0.5 or 50%%) or speedup (2x)")
     g.add_argument("--schedule", default="adaptive", choices=SCHEDULES,
                    help="adaptive: remove progressively at decision points chosen by the "

@@ -36,6 +36,9 @@ class Budget:
         if sum(given) != 1:
             raise BudgetError("give exactly one of Budget(depth=..), Budget(flops=..) or "
                               "Budget(speedup=..)")
+        if self.speedup is not None and not self.speedup > 1:  # no model needed to say so
+            raise BudgetError(f"a speedup budget must be above 1 (e.g. 2x), got "
+                              f"{self.speedup:g}x")
 
     @classmethod
     def parse(cls, value: Budget | int | float | str) -> Budget:
@@ -58,12 +61,14 @@ class Budget:
         text = value.strip().lower()
         try:
             if text.endswith("x"):
-                return cls(speedup=float(text[:-1]))
-            if text.endswith("%"):
-                return cls(flops=float(text[:-1]) / 100)
-            return cls(flops=float(text)) if "." in text else cls(depth=int(text))
+                form = {"speedup": float(text[:-1])}
+            elif text.endswith("%"):
+                form = {"flops": float(text[:-1]) / 100}
+            else:
+                form = {"flops": float(text)} if "." in text else {"depth": int(text)}
         except ValueError:
             raise BudgetError(_unreadable(value)) from None
+        return cls(**form)  # read, but perhaps impossible: a 1x speedup says so
 
     def describe(self) -> str:
         """The budget in words, as reports print it (``keep 6 blocks``)."""
@@ -105,8 +110,6 @@ def resolve_depth(budget: Budget, model: DiffusionTransformer, protected_count: 
         return max(fitting)
     if latency is None:
         raise BudgetError("a speedup budget needs a latency measurement on the target device")
-    if budget.speedup is None or budget.speedup <= 1:
-        raise BudgetError(f"speedup must be above 1, got {budget.speedup}")
     fitting = [d for d in range(floor, depth) if latency.speedup(depth, d) >= budget.speedup]
     if not fitting:
         best = latency.speedup(depth, floor)
