@@ -25,7 +25,7 @@ from entpruner_sdk.apps.pair import (
     load_pair,
     structure_facts,
 )
-from entpruner_sdk.compress.report import spread
+from entpruner_sdk.compress.report import recorded_data, spread
 from entpruner_sdk.objectives import OBJECTIVES, objective_for
 from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
 from entpruner_sdk.sampling import to_picture
@@ -473,18 +473,21 @@ def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress:
             "small classifier trained on the data (not comparable with standard FID).")
 
 
+def _recorded_data(pair: ModelPair) -> tuple[str, dict] | None:
+    return recorded_data(pair.report["summary"] if pair.report is not None else None)
+
+
 def _data_options(pair: ModelPair) -> dict:
     """The ``load_data`` keywords the compress run loaded its data with (split, image size)."""
-    if pair.report is None or not pair.report["summary"].get("data_source"):
-        return {}
-    return dict(pair.report["summary"].get("data_options", {}))
+    recorded = _recorded_data(pair)
+    return recorded[1] if recorded is not None else {}
 
 
 def _data_name(pair: ModelPair) -> str:
+    recorded = _recorded_data(pair)
+    if recorded is not None:  # the bundled name or path the compress run loaded
+        return recorded[0]
     if pair.report is not None:
-        source = pair.report["summary"].get("data_source")
-        if source:  # the bundled name or path the compress run loaded
-            return str(source)
         name = str(pair.report["summary"].get("data", ""))
         base, _, split = name.rpartition("-")
         if split in ("train", "test") and base:

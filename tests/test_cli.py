@@ -598,6 +598,37 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, capsys):
     assert "unknown feature spaces" in capsys.readouterr().err
 
 
+def test_evaluate_compares_a_compressed_model_with_the_data_it_was_compressed_on(tmp_path,
+                                                                                  capsys):
+    from tests.test_data import write_folder
+
+    write_folder(tmp_path / "shop", sizes=((12, 12), (20, 14)), per_class=4)
+    run = ["--quiet", "--device", "cpu"]
+    assert main(["train", "--family", "dit", "--depth", "3", "--hidden", "32", "--heads", "2",
+                 "--data", str(tmp_path / "shop"), "--image-size", "8", "--steps", "1",
+                 "--batch-size", "4", "--out", str(tmp_path / "t"), *run]) == 0
+    assert main(["compress", "--model", str(tmp_path / "t" / "model"), "--data",
+                 str(tmp_path / "shop"), "--image-size", "8", "--budget", "2", "--steps", "2",
+                 "--batch-size", "4", "--calibration-per-class", "2", "--calibration-times",
+                 "2", "--report-samples", "0", "--out", str(tmp_path / "c"), *run]) == 0
+    capsys.readouterr()
+    # no --data: the folder it was fine-tuned on, read at the size it was read at then (the
+    # default, digits, is 1x8x8 and 10 classes: this model could not be compared with it)
+    evaluate = ["evaluate", "--model", str(tmp_path / "c"), "--samples", "4", "--steps", "2",
+                "--features", "domain", "--out", str(tmp_path / "e"), *run]
+    assert main(evaluate) == 0
+    assert (f"comparing with {(tmp_path / 'shop').resolve()}, image_size 8: the data "
+            f"{tmp_path / 'c'} was compressed on") in capsys.readouterr().out
+    report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    assert report["settings"]["reference"] == "shop" and report["class_names"] == ["a", "b"]
+    (tmp_path / "shop").rename(tmp_path / "moved")
+    assert main(evaluate) == 2
+    assert (f"was compressed on {(tmp_path / 'shop').resolve()}, image_size 8, which is not "
+            "there any more: pass --data") in capsys.readouterr().err
+    assert main([*evaluate, "--data", str(tmp_path / "moved"), "--image-size", "8"]) == 0
+    assert "comparing with" not in capsys.readouterr().out  # the data asked for, as it is
+
+
 def test_compress_command(tmp_path, capsys):
     main(["train", "--family", "dit", "--depth", "4", "--hidden", "32", "--heads", "2",
           "--steps", "2", "--batch-size", "4", "--gradient-accumulation", "2",

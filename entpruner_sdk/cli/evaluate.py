@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from entpruner_sdk.cli import common
 from entpruner_sdk.evaluation.batches import IN_PROGRESS
@@ -71,7 +72,9 @@ def _sampling(g: common.Options) -> None:
 
 
 def _reference(g: common.Options) -> None:
-    g.add_argument("--data", default="digits", help="real data to compare with")
+    g.add_argument("--data", help="real data to compare with (default: the data a compressed "
+                   "--model was fine-tuned on, read as it was then, as its report records it; "
+                   "a bundled teacher's own dataset; else digits)")
     common.folder_options(g)
     g.add_argument("--features", default="domain,inception",
                    help="comma-separated feature spaces: domain, inception or both")
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_samples and is_latent(model.config) and not vae:
         raise SystemExit("--save-samples writes images, and this model samples VAE latents: "
                          "pass --vae DIR to decode them")
-    data = common.read_data(args, stream=True)  # a folder: only the reference images are read
+    data = _compared_data(args, model)
     report = evaluate(model, data, reference_size=args.reference_size or None,
                       samples=args.samples, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, original=original,
@@ -146,6 +149,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"samples written to {report.save_samples(Path(args.out) / 'samples.npz')}")
     common.note_unfinished_runs(Path(args.out) / IN_PROGRESS, "evaluation")
     return 0
+
+
+def _compared_data(args: argparse.Namespace, model) -> Any:
+    """``--data``, else what ``model`` (a model or an export) was compressed on, read with the
+    options it was read with then (``--image-size`` and ``--class-index`` still win); a
+    bundled teacher's own dataset; else digits. A class folder is opened, not read: only its
+    reference images are read, when they are not cached."""
+    from entpruner_sdk.compress.report import recorded_data
+    from entpruner_sdk.data.bundled import BUNDLED
+    from entpruner_sdk.data.folder import open_data
+    from entpruner_sdk.teachers import TEACHERS
+    from entpruner_sdk.utils import distributed
+
+    recorded = None if args.data else recorded_data(model.metadata.get("compression"))
+    if recorded is None:
+        if not args.data and args.model in TEACHERS:  # dit-photos: photos
+            args.data = args.model.split("-", 1)[1]
+        args.data = args.data or "digits"
+        return common.read_data(args, stream=True)
+    source, options = recorded
+    options.update({key: value for key in ("image_size", "class_index")
+                    if (value := getattr(args, key)) is not None})
+    read_as = "".join(f", {key} {value}" for key, value in options.items())
+    if source not in BUNDLED and not Path(source).exists():
+        raise FileNotFoundError(f"{args.model} was compressed on {source}{read_as}, which is "
+                                "not there any more: pass --data")
+    if distributed.is_main():
+        print(f"comparing with {source}{read_as}: the data {args.model} was compressed on "
+              "(--data compares with other data)")
+    return open_data(source, **options)
 
 
 def interrupted(args: argparse.Namespace) -> str:
