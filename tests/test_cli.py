@@ -627,6 +627,12 @@ def test_evaluate_compares_a_compressed_model_with_the_data_it_was_compressed_on
             "there any more: pass --data") in capsys.readouterr().err
     assert main([*evaluate, "--data", str(tmp_path / "moved"), "--image-size", "8"]) == 0
     assert "comparing with" not in capsys.readouterr().out  # the data asked for, as it is
+    # a bundled teacher, with the dataset it is named for (not digits)
+    assert main(["evaluate", "--model", "dit-photos", "--samples", "8", "--steps", "2",
+                 "--features", "domain", "--reference-size", "16", "--out",
+                 str(tmp_path / "teacher"), *run]) == 0
+    report = json.loads((tmp_path / "teacher" / "evaluation.json").read_text())
+    assert report["settings"]["reference"] == "photos16-train"
 
 
 def test_compress_command(tmp_path, capsys):

@@ -153,31 +153,32 @@ def run(args: argparse.Namespace) -> int:
 
 def _compared_data(args: argparse.Namespace, model) -> Any:
     """``--data``, else what ``model`` (a model or an export) was compressed on, read with the
-    options it was read with then (``--image-size`` and ``--class-index`` still win); a
-    bundled teacher's own dataset; else digits. A class folder is opened, not read: only its
-    reference images are read, when they are not cached."""
+    options it was read with then; else a bundled teacher's own dataset, or digits.
+    ``--image-size`` and ``--class-index`` win over what was recorded. A class folder is
+    opened, not read: only its reference images are read, when they are not cached."""
     from entpruner_sdk.compress.report import recorded_data
     from entpruner_sdk.data.bundled import BUNDLED
     from entpruner_sdk.data.folder import open_data
     from entpruner_sdk.teachers import TEACHERS
     from entpruner_sdk.utils import distributed
 
-    recorded = None if args.data else recorded_data(model.metadata.get("compression"))
-    if recorded is None:
-        if not args.data and args.model in TEACHERS:  # dit-photos: photos
-            args.data = args.model.split("-", 1)[1]
-        args.data = args.data or "digits"
-        return common.read_data(args, stream=True)
-    source, options = recorded
+    compression = getattr(model, "metadata", {}).get("compression")
+    recorded = None if args.data else recorded_data(compression)
+    if recorded is None:  # a bundled teacher is named for its data: dit-photos, photos
+        own = args.model.split("-", 1)[1] if args.model in TEACHERS else "digits"
+        source, options = args.data or own, {}
+    else:
+        source, options = recorded
     options.update({key: value for key in ("image_size", "class_index")
                     if (value := getattr(args, key)) is not None})
-    read_as = "".join(f", {key} {value}" for key, value in options.items())
-    if source not in BUNDLED and not Path(source).exists():
-        raise FileNotFoundError(f"{args.model} was compressed on {source}{read_as}, which is "
-                                "not there any more: pass --data")
-    if distributed.is_main():
-        print(f"comparing with {source}{read_as}: the data {args.model} was compressed on "
-              "(--data compares with other data)")
+    if recorded is not None:
+        read_as = "".join(f", {key} {value}" for key, value in options.items())
+        if source not in BUNDLED and not Path(source).exists():
+            raise FileNotFoundError(f"{args.model} was compressed on {source}{read_as}, which "
+                                    "is not there any more: pass --data")
+        if distributed.is_main():
+            print(f"comparing with {source}{read_as}: the data {args.model} was compressed on "
+                  "(--data compares with other data)")
     return open_data(source, **options)
 
 
