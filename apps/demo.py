@@ -25,7 +25,8 @@ from entpruner_sdk.apps.pair import (
     load_pair,
     structure_facts,
 )
-from entpruner_sdk.compress.report import recorded_data, spread
+from entpruner_sdk.compress.report import spread
+from entpruner_sdk.data.datasets import recorded_data
 from entpruner_sdk.objectives import OBJECTIVES, objective_for
 from entpruner_sdk.objectives.flow import DIFFUSION_FORMS, LAST_STEPS, FlowMatching
 from entpruner_sdk.sampling import to_picture

@@ -25,6 +25,7 @@ from entpruner_sdk.data.datasets import (
     check_fits,
     fit_channels,
     load_data,
+    origin_fields,
     unit_range,
 )
 from entpruner_sdk.models.io import save
@@ -350,7 +351,7 @@ def train(
         # where and how it trained: bf16 autocast on a GPU by default ($ENTPRUNER_AUTOCAST)
         save(ema.model, Path(out_dir) / "model", training={
             **dataclasses.asdict(config), "device": str(device),
-            "arithmetic": arithmetic(device),
+            "arithmetic": arithmetic(device), **origin_fields(data),  # for evaluate
             **({"skipped_steps": skipped} if scaler.is_enabled() else {})}, losses=losses)
         if not keep_checkpoint:
             discard_checkpoint(ckpt_dir)

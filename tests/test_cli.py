@@ -598,8 +598,8 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, capsys):
     assert "unknown feature spaces" in capsys.readouterr().err
 
 
-def test_evaluate_compares_a_compressed_model_with_the_data_it_was_compressed_on(tmp_path,
-                                                                                  capsys):
+def test_evaluate_compares_a_model_with_the_data_it_was_compressed_or_trained_on(tmp_path,
+                                                                                 capsys):
     from tests.test_data import write_folder
 
     write_folder(tmp_path / "shop", sizes=((12, 12), (20, 14)), per_class=4)
@@ -621,6 +621,10 @@ def test_evaluate_compares_a_compressed_model_with_the_data_it_was_compressed_on
             f"{tmp_path / 'c'} was compressed on") in capsys.readouterr().out
     report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
     assert report["settings"]["reference"] == "shop" and report["class_names"] == ["a", "b"]
+    # the model it was compressed from, with the data it was trained on
+    assert main([*evaluate[:2], str(tmp_path / "t" / "model"), *evaluate[3:]]) == 0
+    assert (f"comparing with {(tmp_path / 'shop').resolve()}, image_size 8: the data "
+            f"{tmp_path / 't' / 'model'} was trained on") in capsys.readouterr().out
     (tmp_path / "shop").rename(tmp_path / "moved")
     assert main(evaluate) == 2
     assert (f"was compressed on {(tmp_path / 'shop').resolve()}, image_size 8, which is not "

@@ -72,9 +72,9 @@ def _sampling(g: common.Options) -> None:
 
 
 def _reference(g: common.Options) -> None:
-    g.add_argument("--data", help="real data to compare with (default: the data a compressed "
-                   "--model was fine-tuned on, read as it was then, as its report records it; "
-                   "a bundled teacher's own dataset; else digits)")
+    g.add_argument("--data", help="real data to compare with (default: the data --model was "
+                   "compressed or trained on, read as it was then, as the model records it; a "
+                   "bundled teacher's own dataset; else digits)")
     common.folder_options(g)
     g.add_argument("--features", default="domain,inception",
                    help="comma-separated feature spaces: domain, inception or both")
@@ -152,32 +152,35 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compared_data(args: argparse.Namespace, model) -> Any:
-    """``--data``, else what ``model`` (a model or an export) was compressed on, read with the
-    options it was read with then; else a bundled teacher's own dataset, or digits.
-    ``--image-size`` and ``--class-index`` win over what was recorded. A class folder is
-    opened, not read: only its reference images are read, when they are not cached."""
-    from entpruner_sdk.compress.report import recorded_data
+    """``--data``, else what ``model`` (a model or an export) was compressed or trained on,
+    read with the options it was read with then; else a bundled teacher's own dataset, or
+    digits. ``--image-size`` and ``--class-index`` win over what was recorded. A class folder
+    is opened, not read: only its reference images are read, when they are not cached."""
     from entpruner_sdk.data.bundled import BUNDLED
+    from entpruner_sdk.data.datasets import recorded_data
     from entpruner_sdk.data.folder import open_data
     from entpruner_sdk.teachers import TEACHERS
     from entpruner_sdk.utils import distributed
 
-    compression = getattr(model, "metadata", {}).get("compression")
-    recorded = None if args.data else recorded_data(compression)
-    if recorded is None:  # a bundled teacher is named for its data: dit-photos, photos
+    metadata = getattr(model, "metadata", {})
+    # the latest step first: a compressed model's teacher may have been trained elsewhere
+    made = None if args.data else next(
+        ((how, found) for how, key in (("compressed", "compression"), ("trained", "training"))
+         if (found := recorded_data(metadata.get(key))) is not None), None)
+    if made is None:  # a bundled teacher is named for its data: dit-photos, photos
         own = args.model.split("-", 1)[1] if args.model in TEACHERS else "digits"
         source, options = args.data or own, {}
     else:
-        source, options = recorded
+        how, (source, options) = made
     options.update({key: value for key in ("image_size", "class_index")
                     if (value := getattr(args, key)) is not None})
-    if recorded is not None:
+    if made is not None:
         read_as = "".join(f", {key} {value}" for key, value in options.items())
         if source not in BUNDLED and not Path(source).exists():
-            raise FileNotFoundError(f"{args.model} was compressed on {source}{read_as}, which "
-                                    "is not there any more: pass --data")
+            raise FileNotFoundError(f"{args.model} was {how} on {source}{read_as}, which is "
+                                    "not there any more: pass --data")
         if distributed.is_main():
-            print(f"comparing with {source}{read_as}: the data {args.model} was compressed on "
+            print(f"comparing with {source}{read_as}: the data {args.model} was {how} on "
                   "(--data compares with other data)")
     return open_data(source, **options)
 

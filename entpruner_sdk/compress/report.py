@@ -115,17 +115,6 @@ def read_report(directory: str | Path) -> dict[str, Any]:
                          "writes it again while the run's checkpoint/ is there") from error
 
 
-def recorded_data(summary: dict[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
-    """The data a compress run fine-tuned on, as its report's ``summary`` records it: the
-    bundled name or path it was loaded from and the ``load_data`` keywords it was read with
-    (image size, class index, ...); None when the summary records none (data held only in
-    memory) or there is no summary. A compressed model and its exports carry the summary as
-    ``metadata["compression"]``."""
-    if not summary or not summary.get("data_source"):
-        return None
-    return str(summary["data_source"]), dict(summary.get("data_options", {}))
-
-
 def spread(latency: dict[str, Any]) -> str:
     """The lowest and highest ratio of one round, as " (1.70-1.86 over 5 rounds)"; empty for
     a report written before they were recorded."""

@@ -34,6 +34,7 @@ from entpruner_sdk.compress.setup import (
     target_depth,
 )
 from entpruner_sdk.data import ImageDataset
+from entpruner_sdk.data.datasets import origin_fields
 from entpruner_sdk.importance import BlockScores, CalibrationSet, Importance
 from entpruner_sdk.models.io import load, save
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -399,11 +400,8 @@ def _report(run: _Run, teacher: DiffusionTransformer, pruned: DiffusionTransform
     report["summary"]["processes"] = distributed.world_size()
     if run.scaler.is_enabled():
         report["summary"]["skipped_steps"] = run.skipped
-    if data.origin is not None:  # where a demo or a later evaluation finds the same data
-        report["summary"]["data_source"] = data.origin["data"]
-        options = {k: v for k, v in data.origin.items() if k != "data"}
-        if options:  # load_data keywords: split, image_size, num_classes
-            report["summary"]["data_options"] = options
+    # where a demo or a later evaluation finds the same data
+    report["summary"].update(origin_fields(data))
     report["calibration_times"] = calibration.times.tolist()  # the per-timestep columns
     return report
 

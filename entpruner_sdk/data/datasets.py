@@ -524,3 +524,23 @@ def _in_memory(data: Any, num_classes: int | None, image_size: int | None) -> Im
 def _remember(dataset: ImageDataset, data: str, **options: Any) -> ImageDataset:
     dataset.origin = {"data": data, **{k: v for k, v in options.items() if v is not None}}
     return dataset
+
+
+def origin_fields(data: ImageDataset) -> dict[str, Any]:
+    """Where ``data`` was read from, as a compress report's summary and a trained model's
+    metadata keep it, so that evaluate and the demo can read it again: ``data_source`` (a
+    bundled name or a path) and ``data_options`` (the ``load_data`` keywords it was read
+    with: image size, class index, ...); nothing for data held only in memory."""
+    if data.origin is None:
+        return {}
+    options = {key: value for key, value in data.origin.items() if key != "data"}
+    return {"data_source": data.origin["data"], **({"data_options": options} if options else {})}
+
+
+def recorded_data(fields: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
+    """The data ``origin_fields`` recorded in ``fields`` (a compress summary, a model's
+    ``metadata["compression"]`` or ``metadata["training"]``), as its source and the
+    ``load_data`` keywords to read it with; None when nothing was recorded."""
+    if not fields or not fields.get("data_source"):
+        return None
+    return str(fields["data_source"]), dict(fields.get("data_options", {}))
