@@ -57,7 +57,7 @@ class RuntimeDenoiser(Protocol):
         """What runs it: the format, the precision and the backend (reports state it)."""
 
     def sample(self, labels: Sequence[int | str] | torch.Tensor, *, sampler: str | None = None,
-               steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
+               steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
                clip_denoised: bool = False, noise: torch.Tensor | None = None,
                progress: bool = False, objective: Objective | None = None,
                counter: CallCounter | None = None) -> torch.Tensor:
@@ -102,8 +102,8 @@ def sample(
     labels: Sequence[int | str] | torch.Tensor,
     *,
     sampler: str | None = None,
-    steps: int = 50,
-    cfg_scale: float = 1.0,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
     seed: int = 0,
     objective: Objective | None = None,
     device: str | torch.device | None = None,
@@ -117,7 +117,9 @@ def sample(
 ) -> torch.Tensor:
     """Generate one image per label from ``model`` (a model, or a bundled teacher's name or
     a saved model's path); returns [N, C, H, W] on the CPU. A label is a class id or, when
-    the model knows its classes' names, a name.
+    the model knows its classes' names, a name. ``sampler``, ``steps`` and ``cfg_scale``
+    left out are the family's defaults (``Objective.sampling_defaults``: DDIM x 50 for DiT,
+    Heun x 25 for SiT, both guided at 2), those of every verb that samples.
 
     The initial noise and every per-step noise come from a CPU generator seeded with ``seed``,
     so a seed gives the same images on any device (up to the device's arithmetic). The model
@@ -246,8 +248,8 @@ def sample_with(
     labels: Sequence[int] | torch.Tensor,
     *,
     sampler: str | None = None,
-    steps: int = 50,
-    cfg_scale: float = 1.0,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
     seed: int | SplitGenerator = 0,
     device: str | torch.device = "cpu",
     clip_denoised: bool = False,
@@ -274,6 +276,8 @@ def sample_with(
     device = torch.device(device)
     y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     check_labels(y, config.num_classes)
+    settled = objective.settle_sampling(sampler, steps, cfg_scale)
+    sampler, steps, cfg_scale = settled["sampler"], settled["steps"], settled["cfg_scale"]
     check_cfg_scale(cfg_scale)
     generator = (seed if isinstance(seed, SplitGenerator)
                  else torch.Generator().manual_seed(seed))

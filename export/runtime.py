@@ -100,7 +100,7 @@ class ExportedDenoiser(ABC):
         return False
 
     def sample(self, labels: Sequence[int | str] | torch.Tensor, *, sampler: str | None = None,
-               steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
+               steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
                clip_denoised: bool = False, noise: torch.Tensor | None = None,
                progress: bool = False, objective: Objective | None = None,
                counter: CallCounter | None = None) -> torch.Tensor:

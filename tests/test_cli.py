@@ -169,7 +169,8 @@ def test_train_info_and_sample_round_trip(tmp_path, capsys):
                  "--out", str(tmp_path / "g.jpg"), "--quiet", "--device", "cpu"]) == 0
     with Image.open(tmp_path / "g.jpg") as grid:
         assert grid.format == "JPEG"
-    assert capsys.readouterr().out.strip() == f"1 sample -> {tmp_path / 'g.jpg'}"
+    # the settings it sampled with: the family's guidance, not given here
+    assert capsys.readouterr().out.strip() == f"1 sample (heun x 2, cfg 2) -> {tmp_path / 'g.jpg'}"
     assert main(["sample", "--model", str(out / "model"), "--out", str(tmp_path / "g.xyz")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"entpruner sample: error: cannot write an image grid to {tmp_path / 'g.xyz'}: Pillow "
@@ -452,6 +453,12 @@ def test_info_prints_json(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["family"] == "dit" and info["config"]["depth"] == 2
     assert info["provenance"]["kept_blocks"] == [0, 1]
+    # what it samples with, as the server lists it, the family's defaults named
+    assert info["samplers"] == ["ddpm", "ddim", "dpm-solver++"]
+    assert info["defaults"] == {"sampler": "ddim", "steps": 50, "cfg_scale": 2.0}
+    assert main(["info", "--model", str(tmp_path / "model")]) == 0
+    assert ("\nsamplers ddim (default: 50 steps, cfg 2), ddpm, dpm-solver++\n"
+            in capsys.readouterr().out)
 
 
 def test_info_says_how_a_compressed_model_was_made(tmp_path, capsys):
@@ -665,6 +672,14 @@ def test_compress_command(tmp_path, capsys):
     quality = next(line for line in out.splitlines() if line.startswith("quality of"))
     assert main(["info", "--model", str(tmp_path / "c")]) == 0  # kept with the model
     assert quality in capsys.readouterr().out
+    # evaluate, told nothing of sampling or data, measures as the report did: its figures
+    assert main(["evaluate", "--model", str(tmp_path / "c"), "--samples", "8", "--features",
+                 "domain", "--out", str(tmp_path / "e"), "--quiet", "--device", "cpu"]) == 0
+    evaluated = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    assert {k: evaluated["settings"][k] for k in ("sampler", "steps", "cfg_scale")} == {
+        "sampler": "ddim", "steps": 50, "cfg_scale": 2.0}
+    for name in ("class_accuracy", "fd_domain"):
+        assert evaluated["metrics"][name] == pytest.approx(after[name], rel=1e-6)
     likelihood = summary["likelihood"]
     assert (f"bits per dimension of 2 real images: "
             f"{likelihood['original_bits_per_dim']['mean']:.4f} -> "

@@ -175,7 +175,8 @@ def test_entpruner_sample_under_torchrun_shares_the_batches_and_writes_once(tmp_
 
     done = torchrun("--npz", str(tmp_path / "two.npz"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("5 samples ->") == 1  # one process wrote the files
+    # one process wrote the files
+    assert done.stdout.count("5 samples (euler-maruyama x 3, cfg 2) ->") == 1
     with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "two.npz") as two:
         # batches 0 and 2 made by rank 0, batch 1 by rank 1, each seeded as in one process
         # (noisy steps: another seed would differ everywhere); up to a pixel level of float
@@ -238,7 +239,7 @@ def test_entpruner_sample_on_machines_that_share_no_folder_sends_rank_0_the_batc
     outputs = _on_two_machines(tmp_path, *command, "--npz", "samples.npz", "--out", "grid.png")
     # batches 0 and 2 are rank 0's; batch 1, rank 1's, reached rank 0 over the process group
     assert "the other processes sent 1 of the 3 batches, which" in outputs[0][0]
-    assert "5 samples ->" in outputs[0][0] and outputs[1][0] == ""
+    assert "5 samples (euler-maruyama x 3, cfg 2) ->" in outputs[0][0] and outputs[1][0] == ""
     machines = [tmp_path / "machine0", tmp_path / "machine1"]
     with np.load(tmp_path / "one.npz") as one, np.load(machines[0] / "samples.npz") as two:
         difference = np.abs(one["arr_0"].astype(int) - two["arr_0"])

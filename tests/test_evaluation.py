@@ -242,7 +242,7 @@ def test_evaluate_reports_every_figure_and_checks_inputs(tmp_path):
     assert read_back == report and read_back.images is None
     m = report.metrics
     assert repr(report) == (
-        f"EvaluationReport(pruned, 20 samples, heun x 2, cfg 1.0: class_accuracy "
+        f"EvaluationReport(pruned, 20 samples, heun x 2, cfg 2.0: class_accuracy "
         f"{m['class_accuracy']:.4f}, fd_domain {m['fd_domain']:.4f}, precision_domain "
         f"{m['precision_domain']:.4f}, recall_domain {m['recall_domain']:.4f})")
     assert EvaluationReport.load(tmp_path / "evaluation.json") == report

@@ -15,6 +15,7 @@ from entpruner_sdk.objectives import (
     StepLimitExceeded,
     guided,
     noise_levels,
+    objective_for,
 )
 from entpruner_sdk.objectives.diffusion import space_timesteps, trailing_timesteps
 from entpruner_sdk.sampling import sample
@@ -546,6 +547,31 @@ def test_seeded_sampling_is_reproducible(family, sampler, tiny_dit, tiny_sit):
     b = sample(model, [1, 2, 3], seed=11, **kwargs)
     c = sample(model, [1, 2, 3], seed=12, **kwargs)
     assert a.shape == (3, 1, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("family", ["dit", "sit"])
+def test_sampling_defaults_are_the_familys_evaluation_settings(family, tiny_dit, tiny_sit):
+    from entpruner_sdk.objectives import OBJECTIVES
+    from entpruner_sdk.teachers import SAMPLING
+
+    model = tiny_dit if family == "dit" else tiny_sit
+    defaults = OBJECTIVES[family].sampling_defaults()
+    # one set of defaults: what the teachers are evaluated with, and the server's and demo's
+    assert defaults == SAMPLING[family] == {
+        "dit": {"sampler": "ddim", "steps": 50, "cfg_scale": 2.0},
+        "sit": {"sampler": "heun", "steps": 25, "cfg_scale": 2.0}}[family]
+    counter = CallCounter()
+    left_out = sample(model, [1, 2], seed=3, device="cpu", counter=counter)
+    assert torch.equal(left_out, sample(model, [1, 2], seed=3, device="cpu", **defaults))
+    assert not torch.equal(left_out, sample(model, [1, 2], seed=3, device="cpu", cfg_scale=1.0))
+    assert counter.calls == 50  # DDIM x 50, or Heun x 25 at 2 calls a step
+    # what is given is kept, the rest filled in
+    objective = objective_for(model)
+    assert objective.settle_sampling(steps=7) == {**defaults, "steps": 7}
+    assert objective.settle_sampling(cfg_scale=0.0)["cfg_scale"] == 0.0
+    other = "heun" if family == "dit" else "ddim"  # the other family's
+    with pytest.raises(ValueError, match=f"unknown sampler '{other}' for {family.upper()}"):
+        objective.settle_sampling(other)
 
 
 def test_sampling_in_batches_seeds_batch_b_with_seed_plus_b(tiny_sit):

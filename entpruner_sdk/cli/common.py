@@ -101,7 +101,8 @@ def memory_options(p: Options) -> None:
 
 
 def sampler_options(p: Options) -> None:
-    """--sampler and --steps, the same for every command that samples."""
+    """--sampler, --steps and --cfg, the same for every command that samples; left out, the
+    family's defaults, as the server, the demo and the compress report sample."""
     p.add_argument("--sampler",
                    help="ddpm, ddim or dpm-solver++ for DiT (default ddim; dpm-solver++, "
                         "second order, matches ddim's accuracy in about half the steps); "
@@ -109,8 +110,12 @@ def sampler_options(p: Options) -> None:
                         "heun; euler-maruyama and heun-sde are the SiT reference's SDE "
                         "samplers, at least 2 steps; dopri5, its adaptive ODE solver, picks "
                         "its own steps)")
-    p.add_argument("--steps", type=int, default=50,
-                   help="sampling steps (dopri5: the most it may take)")
+    p.add_argument("--steps", type=int,
+                   help="sampling steps (default 50 for DiT, 25 for SiT; dopri5: the most it "
+                        "may take)")
+    p.add_argument("--cfg", type=float,
+                   help="classifier-free guidance scale, >= 0 (default 2; 1 = unguided, 0 = "
+                        "the unconditional model)")
     # the SiT reference's sample.py flags, under its names and defaults
     p.add_argument("--atol", type=float, help="dopri5's absolute tolerance (default 1e-6)")
     p.add_argument("--rtol", type=float, help="dopri5's relative tolerance (default 1e-3)")

@@ -57,8 +57,6 @@ def _models(g: common.Options) -> None:
 def _sampling(g: common.Options) -> None:
     g.add_argument("--samples", type=int, default=1000, help="generated images to score")
     common.sampler_options(g)
-    g.add_argument("--cfg", type=float, default=1.0,
-                   help="classifier-free guidance scale, >= 0 (1 = unguided, 0 = unconditional)")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds the noise (the labels are class-balanced)")
     g.add_argument("--batch-size", type=int, default=250,

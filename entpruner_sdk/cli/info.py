@@ -39,12 +39,16 @@ def model_summary(model: DiffusionTransformer) -> dict:
     """A model's family, config, size and provenance as plain data (``info --json``)."""
     from entpruner_sdk.data.latents import is_latent
     from entpruner_sdk.models import count_parameters, forward_flops
+    from entpruner_sdk.objectives import OBJECTIVES
 
+    objective = OBJECTIVES[model.family]
     return {"family": model.family, "config": model.config.to_dict(),
             "latent": is_latent(model.config),
             "parameters": count_parameters(model),
             "gflops_per_image": forward_flops(model.config) / 1e9,
             "provenance": model.provenance, "objective": model.objective,
+            # what it samples with, as the server's /v1/models lists it
+            "samplers": list(objective.samplers), "defaults": objective.sampling_defaults(),
             # a compress output's model keeps its report's summary: data, steps, figures
             **({"compression": model.metadata["compression"]}
                if "compression" in model.metadata else {})}
@@ -123,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
               "demo decode them with --vae DIR"
               + (f" (it was trained with {vae})" if vae else ""))
+    print(_samplers_line(summary["samplers"], summary["defaults"]))
     if "export" in summary:
         _print_export(summary["export"])
         if summary["export"]["damaged"]:  # said last, where it is seen, and as a failure
@@ -131,6 +136,15 @@ def run(args: argparse.Namespace) -> int:
                   "or export again", file=sys.stderr)
             return 2
     return 0
+
+
+def _samplers_line(samplers: list[str], defaults: dict) -> str:
+    """``samplers ddim (default: 50 steps, cfg 2), ddpm, dpm-solver++``: what sample,
+    evaluate and serve take, the default first with the steps and guidance they use."""
+    default = defaults["sampler"]
+    others = [name for name in samplers if name != default]
+    return (f"samplers {default} (default: {defaults['steps']} steps, cfg "
+            f"{defaults['cfg_scale']:g}), " + ", ".join(others))
 
 
 def _training_line(args: dict) -> str:

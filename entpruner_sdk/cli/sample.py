@@ -82,8 +82,6 @@ def _classes(g: common.Options) -> None:
 
 def _sampling(g: common.Options) -> None:
     common.sampler_options(g)
-    g.add_argument("--cfg", type=float, default=1.0,
-                   help="classifier-free guidance scale, >= 0 (1 = unguided, 0 = unconditional)")
     g.add_argument("--reference-cfg", action="store_true",
                    help="guide only the first 3 channels, like the reference code")
     g.add_argument("--seed", type=int, default=0, help="seeds the initial noise")
@@ -140,11 +138,12 @@ def run(args: argparse.Namespace) -> int:
     objective = objective_of(model)
     sampler = objective.check_sampler(args.sampler)
     objective = objective.with_sampler_settings(sampler, **common.sampler_settings(args))
-    settings = dict(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
-                    seed=args.seed, device=device, reference_cfg=args.reference_cfg,
+    # the family's steps and guidance where they are not given, as the server's and the demo's
+    settled = objective.settle_sampling(sampler, args.steps, args.cfg)
+    settings = dict(**settled, seed=args.seed, device=device, reference_cfg=args.reference_cfg,
                     clip_denoised=True, objective=objective, compile=args.compile or False)
     kept = _kept_batches(args, model, labels, decoder, objective.settings_for(sampler),
-                         sampler, device) if args.npz else None
+                         settled, device) if args.npz else None
     made = _BatchMaker(model, labels, args.batch_size, settings, decoder, kept,
                        progress=not args.quiet and distributed.is_main())
     try:  # the kept folder is this run's until it ends, however it ends
@@ -260,11 +259,13 @@ def _write(args: argparse.Namespace, made: _BatchMaker, labels: list[int],
     cut = "" if shown == len(labels) else (
         f" (the grid shows the first {shown}; " + (f"all are in {args.npz})" if args.npz else
                                                    "--npz F keeps them all)"))
-    print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} -> {args.out}{cut}")
+    used = made.settings
+    print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} ({used['sampler']} x "
+          f"{used['steps']}, cfg {used['cfg_scale']:g}) -> {args.out}{cut}")
 
 
 def _kept_batches(args: argparse.Namespace, model: Any, labels: list[int], decoder: Any,
-                  governing: dict[str, Any], sampler: str,
+                  governing: dict[str, Any], settled: dict[str, Any],
                   device: str | torch.device) -> SampleBatches:
     """Where ``--npz``'s finished batches wait, as 8-bit pixels, until the file is written:
     beside it, named by everything that decides the samples (evaluate's rule), so the same
@@ -272,8 +273,7 @@ def _kept_batches(args: argparse.Namespace, model: Any, labels: list[int], decod
     from entpruner_sdk.evaluation.batches import EvaluationBatches
     from entpruner_sdk.utils.device import resolve_device
 
-    sampling = dict(sampler=sampler, steps=args.steps, cfg_scale=args.cfg,
-                    device=resolve_device(device), as_eight_bit=True,
+    sampling = dict(**settled, device=resolve_device(device), as_eight_bit=True,
                     reference_cfg=args.reference_cfg,
                     **({"sampler_settings": governing} if governing else {}))
     return EvaluationBatches(_in_progress(args), torch.tensor(labels), args.seed,

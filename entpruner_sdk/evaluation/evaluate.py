@@ -103,8 +103,8 @@ def evaluate(
     *,
     samples: int = 1000,
     sampler: str | None = None,
-    steps: int = 50,
-    cfg_scale: float = 1.0,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
     seed: int = 0,
     original: DiffusionTransformer | RuntimeDenoiser | str | os.PathLike | None = None,
     features: tuple[str, ...] = FEATURES,
@@ -129,6 +129,9 @@ def evaluate(
     model is, from the same noise, so ``evaluate(export, data, original=model)`` says what the
     export's precision and runtime cost in quality (the report's ``settings["runtime"]``
     names them).
+
+    ``sampler``, ``steps`` and ``cfg_scale`` left out are the family's defaults
+    (``Objective.sampling_defaults``), as :func:`entpruner_sdk.sample` takes them.
 
     ``features`` picks the feature spaces: ``"domain"`` (fast) and/or ``"inception"`` (standard
     FID; needs the ``fid`` extra). ``original``: also sample that model from the same noise
@@ -186,7 +189,9 @@ def evaluate(
     _check_compile(compile, model, original)
     # refused before any work when they do not apply; stated in the report and the batch key
     objective = objective_of(model)
-    sampler_used = objective.check_sampler(sampler)  # the family's default named, for reports
+    # the family's defaults for what is not given, named in the report
+    settled = objective.settle_sampling(sampler, steps, cfg_scale)
+    sampler_used, steps, cfg_scale = settled["sampler"], settled["steps"], settled["cfg_scale"]
     objective.check_steps(sampler_used, steps)
     check_cfg_scale(cfg_scale)
     if checkpoint_dir is not None:
@@ -209,7 +214,7 @@ def evaluate(
     # the samples are held as the real images are: 8-bit when those are (image files, decoded
     # latents), so both sides are measured after the same rounding to saved pixels, as the
     # standard FID protocol does, and 10,000 samples at 256 x 256 take 1.9 GB, not 7.5
-    sampling = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=device,
+    sampling = dict(sampler=sampler_used, steps=steps, cfg_scale=cfg_scale, device=device,
                     as_eight_bit=data.is_eight_bit,
                     **({"sampler_settings": governing} if governing else {}))
     run = dict(seed=seed, batch_size=batch_size, progress=progress, decoder=decoder,

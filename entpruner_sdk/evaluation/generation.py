@@ -142,7 +142,8 @@ def _make_batch(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Ten
 def warm_up_for_batches(model: DiffusionTransformer | RuntimeDenoiser, labels: torch.Tensor,
                         *, batch_size: int, compile: str | None = None,
                         finished: SampleBatches | None = None, sampler: str | None = None,
-                        cfg_scale: float = 1.0, sampler_settings: dict[str, float] | None = None,
+                        cfg_scale: float | None = None,
+                        sampler_settings: dict[str, float] | None = None,
                         device: torch.device | str | None = None, **_: Any) -> float:
     """Sample every batch size :func:`generate` will make of ``labels`` (those not in
     ``finished``) once, so the sampling timed after it runs at its steady speed: a compiled

@@ -8,6 +8,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -73,7 +74,12 @@ class Objective(ABC):
     # Samplers of a stochastic differential equation: they do not solve the probability-flow
     # ODE, so they do not approach its solution as their steps grow.
     sde_samplers: tuple[str, ...] = ()
+    # What a family samples with when the caller names nothing: the settings the bundled
+    # teachers are evaluated with, and those of every verb that samples (sample, evaluate,
+    # the compress report, the server, the demo), so their figures and images agree.
     default_sampler: str
+    default_steps: int
+    default_cfg_scale: float = 2.0
     # The sampler settings this family's objective takes as keyword arguments, each with the
     # samplers it governs: plain numbers or names, so a CLI flag, a report or a cache key
     # carries them.
@@ -116,12 +122,13 @@ class Objective(ABC):
         y: torch.Tensor,
         *,
         sampler: str | None = None,
-        steps: int = 50,
+        steps: int | None = None,
         generator: torch.Generator | None = None,
         clip_denoised: bool = False,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Integrate from ``noise`` to data. ``generator`` drives any per-step noise."""
+        """Integrate from ``noise`` to data in ``steps`` (None: the family's default).
+        ``generator`` drives any per-step noise."""
 
     @abstractmethod
     def bits_per_dim(self, model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, *,
@@ -204,6 +211,20 @@ class Objective(ABC):
 
     def _why_min_steps(self, sampler: str) -> str:
         return ""  # a family whose samplers need more than one step says why
+
+    @classmethod
+    def sampling_defaults(cls) -> dict[str, Any]:
+        """The family's sampler, steps and guidance scale, as plain data."""
+        return {"sampler": cls.default_sampler, "steps": cls.default_steps,
+                "cfg_scale": cls.default_cfg_scale}
+
+    def settle_sampling(self, sampler: str | None = None, steps: int | None = None,
+                        cfg_scale: float | None = None) -> dict[str, Any]:
+        """``sampler``, ``steps`` and ``cfg_scale``, each one not given (None) the family's
+        default (:meth:`sampling_defaults`), the sampler checked: what a call samples with."""
+        return {"sampler": self.check_sampler(sampler),
+                "steps": self.default_steps if steps is None else steps,
+                "cfg_scale": self.default_cfg_scale if cfg_scale is None else cfg_scale}
 
     def check_sampler(self, sampler: str | None) -> str:
         """``sampler`` (None: the family's default) if this family has it, else a

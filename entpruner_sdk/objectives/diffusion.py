@@ -72,6 +72,7 @@ class GaussianDiffusion(Objective):
     family = "dit"
     samplers = ("ddpm", "ddim", "dpm-solver++")
     default_sampler = "ddim"
+    default_steps = 50
 
     def __init__(
         self,
@@ -232,7 +233,7 @@ class GaussianDiffusion(Objective):
         y: torch.Tensor,
         *,
         sampler: str | None = None,
-        steps: int = 50,
+        steps: int | None = None,
         generator: torch.Generator | None = None,
         clip_denoised: bool = False,
         progress: bool = False,
@@ -242,6 +243,7 @@ class GaussianDiffusion(Objective):
         ``steps`` respaced timesteps, or DPM-Solver++(2M) (deterministic, second order) over
         ``steps`` trailing timesteps."""
         sampler = self.check_sampler(sampler)
+        steps = self.default_steps if steps is None else steps
         self.check_steps(sampler, steps)
         if sampler == "dpm-solver++":
             return self._sample_dpm_solver(model_fn, noise, y, steps, clip_denoised, progress)

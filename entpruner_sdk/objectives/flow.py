@@ -73,6 +73,7 @@ class FlowMatching(Objective):
     adaptive_samplers = ("dopri5",)
     sde_samplers = ("euler-maruyama", "heun-sde")
     default_sampler = "heun"
+    default_steps = 25  # 50 model calls (2 a step), as many as DDIM x 50 makes
     sampler_setting_samplers = {
         "atol": adaptive_samplers, "rtol": adaptive_samplers,
         "diffusion_form": sde_samplers, "diffusion_norm": sde_samplers,
@@ -242,7 +243,7 @@ class FlowMatching(Objective):
         y: torch.Tensor,
         *,
         sampler: str | None = None,
-        steps: int = 50,
+        steps: int | None = None,
         generator: torch.Generator | None = None,
         clip_denoised: bool = False,
         progress: bool = False,
@@ -260,6 +261,7 @@ class FlowMatching(Objective):
         drawn with.
         """
         sampler = self.check_sampler(sampler)
+        steps = self.default_steps if steps is None else steps
         self.check_steps(sampler, steps)
 
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:

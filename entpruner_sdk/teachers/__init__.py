@@ -16,13 +16,12 @@ import torch
 from entpruner_sdk.models.io import CheckpointError, check_flow_path, load
 from entpruner_sdk.models.reference import from_reference_module, is_reference_module
 from entpruner_sdk.models.transformer import DiffusionTransformer
+from entpruner_sdk.objectives import OBJECTIVES
 
 TEACHERS = ("dit-digits", "sit-digits", "dit-photos", "sit-photos")
 DEFAULT_TEACHERS = ("dit-digits", "sit-digits")  # the ones on the default dataset
-SAMPLING = {
-    "dit": {"sampler": "ddim", "steps": 50, "cfg_scale": 2.0},
-    "sit": {"sampler": "heun", "steps": 25, "cfg_scale": 2.0},
-}
+# each family's default sampling (its objective's): what the teachers are evaluated with
+SAMPLING = {family: objective.sampling_defaults() for family, objective in OBJECTIVES.items()}
 ROOT = Path(__file__).parent
 
 
