@@ -225,7 +225,9 @@ def test_sample_takes_the_sit_reference_sampler_flags(tmp_path, capsys):
         tuned = objective_for(model).with_sampler_settings(**settings)
         assert np.array_equal(got, saved_pixels(sample(model, [1, 2], objective=tuned, **run)))
         assert not np.array_equal(got, saved_pixels(sample(model, [1, 2], **run)))
-    capsys.readouterr()
+    said = capsys.readouterr().out  # the settings used: dopri5's steps are a cap
+    assert "2 samples (dopri5 up to 250 steps, cfg 2) -> " in said
+    assert "2 samples (heun-sde x 5, cfg 2) -> " in said
     # a setting the sampler does not use is refused, not ignored
     assert main([*common, "--atol", "1e-3"]) == 2
     assert "atol sets only dopri5, not heun: drop it or change the sampler" in (

@@ -649,6 +649,12 @@ def test_an_evaluation_states_and_keys_its_sampler_settings(tmp_path):
     unnamed = evaluate(model, small, **{**settings, "sampler": None, "checkpoint_dir": None})
     assert unnamed.settings["sampler"] == "heun" and "sampler heun x 4 steps" in \
         unnamed.to_markdown()
+    # dopri5 picks its own steps: the report gives its cap as a cap
+    adaptive = evaluate(model, small, **{**settings, "sampler": "dopri5", "steps": 40,
+                                         "checkpoint_dir": None})
+    assert "sampler dopri5 (atol 1e-06, rtol 0.001) up to 40 steps, cfg 2.0" in \
+        adaptive.to_markdown()
+    assert "8 samples, dopri5 up to 40 steps, cfg 2.0: " in repr(adaptive)
 
 
 def test_too_few_steps_and_a_negative_guidance_scale_are_refused_before_the_data_is_read(

@@ -239,6 +239,7 @@ def _write(args: argparse.Namespace, made: _BatchMaker, labels: list[int],
     written as it comes (many samples need not fit in memory); then the grid of the first."""
     import numpy as np
 
+    from entpruner_sdk.objectives import is_adaptive
     from entpruner_sdk.sampling import save_grid
     from entpruner_sdk.utils.npz import Chunks, save_npz_streamed
 
@@ -260,8 +261,10 @@ def _write(args: argparse.Namespace, made: _BatchMaker, labels: list[int],
         f" (the grid shows the first {shown}; " + (f"all are in {args.npz})" if args.npz else
                                                    "--npz F keeps them all)"))
     used = made.settings
-    print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} ({used['sampler']} x "
-          f"{used['steps']}, cfg {used['cfg_scale']:g}) -> {args.out}{cut}")
+    steps = (f" up to {used['steps']} steps" if is_adaptive(used["sampler"])  # a cap
+             else f" x {used['steps']}")
+    print(f"{len(labels)} sample{'s' if len(labels) != 1 else ''} ({used['sampler']}{steps}, "
+          f"cfg {used['cfg_scale']:g}) -> {args.out}{cut}")
 
 
 def _kept_batches(args: argparse.Namespace, model: Any, labels: list[int], decoder: Any,

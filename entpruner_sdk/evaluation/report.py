@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from entpruner_sdk.data.datasets import DataError, eight_bit
+from entpruner_sdk.objectives import is_adaptive
 from entpruner_sdk.utils.files import atomic_write_text
 from entpruner_sdk.utils.npz import Chunks, save_npz_streamed
 
@@ -49,8 +50,8 @@ class EvaluationReport:
     def __repr__(self) -> str:  # the figures, not every per-class list
         s = self.settings
         figures = ", ".join(f"{key} {value:.4f}" for key, value in self.metrics.items())
-        return (f"EvaluationReport({s['model']}, {s['samples']} samples, {s['sampler']} x "
-                f"{s['steps']}, cfg {s['cfg_scale']}: {figures})")
+        return (f"EvaluationReport({s['model']}, {s['samples']} samples, {s['sampler']} "
+                f"{_steps(s)}, cfg {s['cfg_scale']}: {figures})")
 
     def to_dict(self) -> dict[str, Any]:
         """Every figure and setting as plain JSON data (the samples are left out)."""
@@ -62,8 +63,8 @@ class EvaluationReport:
         there is one), fidelity, likelihood and the figures per class."""
         s = self.settings
         lines = [f"# Evaluation of {s['model']}", "",
-                 f"{s['samples']} samples, sampler {s['sampler']}{_settings(s)} x "
-                 f"{s['steps']} steps, "
+                 f"{s['samples']} samples, sampler {s['sampler']}{_settings(s)} "
+                 f"{_steps(s)}{'' if is_adaptive(s['sampler']) else ' steps'}, "
                  f"cfg {s['cfg_scale']}, seed {s['seed']}, reference {s['reference']} "
                  f"({s['reference_size']} images), device {s['device']}"
                  f"{' in ' + s['arithmetic'] if s.get('arithmetic') else ''}"
@@ -167,6 +168,12 @@ def likelihood_lines(likelihood: dict[str, Any], model_name: str = "this model"
             sign = "+" if key == "difference" else ""
             lines.append(f"| {name} | {figure['mean']:{sign}.4f} +- {figure['sem']:.4f} |")
     return lines
+
+
+def _steps(settings: dict[str, Any]) -> str:
+    """"x 50", or "up to 250 steps" for a sampler that picks its own (dopri5)."""
+    steps = settings["steps"]
+    return f"up to {steps} steps" if is_adaptive(settings["sampler"]) else f"x {steps}"
 
 
 def _settings(settings: dict[str, Any]) -> str:

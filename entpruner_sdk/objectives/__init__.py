@@ -15,6 +15,12 @@ from entpruner_sdk.objectives.guidance import combine_guidance, guided
 OBJECTIVES: dict[str, type[Objective]] = {"dit": GaussianDiffusion, "sit": FlowMatching}
 
 
+def is_adaptive(sampler: str) -> bool:
+    """Whether ``sampler`` picks its own steps, ``steps`` only capping them (dopri5), so
+    reports say "up to N steps" rather than "x N"."""
+    return any(sampler in objective.adaptive_samplers for objective in OBJECTIVES.values())
+
+
 def objective_for(model: DiffusionTransformer) -> Objective:
     """The objective a model implies: diffusion for DiT, flow matching for SiT (with the flow
     path recorded in ``model.objective``, linear by default)."""
@@ -41,6 +47,7 @@ __all__ = [
     "TimeGrid",
     "combine_guidance",
     "guided",
+    "is_adaptive",
     "objective_for",
     "objective_from",
     "noise_levels",
