@@ -495,6 +495,38 @@ def test_torch_dataset_and_dataloader(tmp_path):
     assert load_data(TensorDataset(torch.zeros(2, 1, 8, 8), labels[:2])).num_classes == 2
 
 
+def test_a_torch_dataset_of_pil_images_is_taken_as_their_8_bit_pixels():
+    from PIL import Image
+
+    class Pictures(torch.utils.data.Dataset):  # torchvision's MNIST or CIFAR, no transform
+        def __init__(self, arrays):
+            self.arrays = arrays  # uint8 [H, W] or [H, W, 3], uint16 (I;16), float32 (F)
+
+        def __len__(self):
+            return len(self.arrays)
+
+        def __getitem__(self, i):
+            return Image.fromarray(self.arrays[i]), i % 2
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (4, 8, 8), dtype=np.uint8)
+    data = load_data(Pictures(gray))
+    assert data.pixels and data.images.dtype == torch.uint8 and data.num_classes == 2
+    assert torch.equal(data.images, torch.from_numpy(gray)[:, None])  # one channel, as read
+    colour = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    data = load_data(Pictures(colour))
+    assert torch.equal(data.images, torch.from_numpy(colour).permute(0, 3, 1, 2))
+    # grey and colour mixed: the grey ones as RGB, as a class folder takes them
+    mixed = load_data(torch.utils.data.ConcatDataset([Pictures(gray[:2]), Pictures(colour)]))
+    assert mixed.images.shape == (4, 3, 8, 8)
+    assert torch.equal(mixed.images[1], torch.from_numpy(gray[1])[None].expand(3, 8, 8))
+    # 16-bit grey keeps its tones (PIL's own conversion would clip it at 255)
+    deep = load_data(Pictures(gray.astype(np.uint16) * 257))
+    assert torch.equal(deep.images, torch.from_numpy(gray)[:, None])
+    with pytest.raises(DataError, match="32-bit float pixels, whose range is unknown"):
+        load_data(Pictures(gray.astype(np.float32)))
+
+
 def test_8_bit_images_are_held_as_they_are_and_used_in_unit_range():
     from entpruner_sdk.importance.calibration import CalibrationSet
     from entpruner_sdk.objectives import FlowMatching

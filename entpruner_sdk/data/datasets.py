@@ -195,6 +195,32 @@ def _check_values(images: torch.Tensor, source: str, pixels: bool) -> None:
         )
 
 
+def pil_pixels(image: Any) -> np.ndarray:
+    """A PIL image's 8-bit pixels [H, W, C]: grey (``1``, ``L``, ``LA``) as one channel,
+    16-bit grey (PNG, TIFF) scaled to 8 bits (PIL's own conversion clips it at 255, which
+    would turn most of the picture white), anything else as RGB. 32-bit float pixels, whose
+    range is unknown, are refused."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        eight_bit = np.round(np.asarray(image, dtype=np.float64) / 257.0)
+        return np.clip(eight_bit, 0, 255).astype(np.uint8)[..., None]
+    if image.mode == "F":
+        raise DataError("an image holds 32-bit float pixels, whose range is unknown; save it "
+                        "as an 8- or 16-bit image, or give pixels in [-1, 1] as a tensor")
+    gray = image.mode in ("1", "L", "LA")
+    pixels = np.asarray(image.convert("L" if gray else "RGB"))
+    return pixels[..., None] if gray else pixels
+
+
+def _image_tensor(image: Any) -> torch.Tensor:
+    """A dataset item's image as a tensor: a PIL image's 8-bit pixels channels first, as
+    ``PILToTensor`` gives them; anything else as ``torch.as_tensor`` takes it."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(pil_pixels(image).copy()).permute(2, 0, 1)
+    return torch.as_tensor(image)
+
+
 def refuse_unit_interval(images: torch.Tensor, source: str) -> None:
     """Float pixels that all lie in [0, 1] (and are not all 0) are almost surely torchvision's
     ``ToTensor`` output or PIL's pixels / 255, not [-1, 1]: taken as they are, every image
@@ -414,18 +440,23 @@ def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> Im
 
     Images with 1 or 3 channels are pixels: uint8 (0..255, ``PILToTensor``'s), held as they
     are, or floats in [-1, 1]; any other channel count is taken as VAE latents (4 for DiT and
-    SiT on ImageNet), which have no fixed range.
+    SiT on ImageNet), which have no fixed range. PIL images (a torchvision or Hugging Face
+    dataset without a transform) are taken as their 8-bit pixels (``pil_pixels``); where
+    grey and colour images mix, the grey ones are taken as RGB.
     """
     images, labels = [], []
     for item in data:
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise DataError("a torch Dataset / DataLoader must yield (image, label) pairs")
-        image, label = torch.as_tensor(item[0]), torch.as_tensor(item[1])
+        image, label = _image_tensor(item[0]), torch.as_tensor(item[1])
         batched = isinstance(data, DataLoader)
         images.append(image if batched else image.unsqueeze(0))
         labels.append(label.reshape(-1))
     if not images:
         raise DataError("the torch dataset is empty")
+    if {image.shape[-3] for image in images if image.dim() >= 3} == {1, 3}:
+        images = [image.expand(*image.shape[:-3], 3, *image.shape[-2:])
+                  if image.shape[-3] == 1 else image for image in images]
     try:
         stacked = torch.cat(images)
         if stacked.dtype != torch.uint8:  # 8-bit pixels stay so; anything else as float32

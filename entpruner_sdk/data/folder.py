@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from entpruner_sdk.data.classes import default_names
-from entpruner_sdk.data.datasets import DataError, ImageDataset, unit_range
+from entpruner_sdk.data.datasets import DataError, ImageDataset, pil_pixels, unit_range
 
 if TYPE_CHECKING:  # Pillow is imported where images are read
     import PIL.Image
@@ -107,12 +107,12 @@ def to_rgb(image: PIL.Image.Image, file: Path) -> PIL.Image.Image:
     own conversion clips it at 255, which would turn most of the picture white."""
     from PIL import Image
 
-    if image.mode.startswith("I;16") or image.mode == "I":
-        eight_bit = np.round(np.asarray(image, dtype=np.float64) / 257.0)
-        image = Image.fromarray(np.clip(eight_bit, 0, 255).astype(np.uint8))
-    elif image.mode == "F":
-        raise DataError(f"{file} holds 32-bit float pixels, whose range is unknown; save it as "
-                        "an 8- or 16-bit image")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):  # scaled, or refused
+        try:
+            image = Image.fromarray(pil_pixels(image)[..., 0])
+        except DataError:
+            raise DataError(f"{file} holds 32-bit float pixels, whose range is unknown; save "
+                            "it as an 8- or 16-bit image") from None
     return image.convert("RGB")
 
 
