@@ -648,6 +648,37 @@ def test_evaluate_compares_a_model_with_the_data_it_was_compressed_or_trained_on
     assert report["settings"]["reference"] == "photos16-train"
 
 
+def test_a_hugging_face_dataset_saved_to_disk_is_data_for_every_command(tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=["ant", "bee"])})
+    table = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+                   for _ in range(8)], "label": [0, 1] * 4}, features=features)
+    datasets.DatasetDict({"train": table, "test": table.select(range(4))}).save_to_disk(
+        str(tmp_path / "insects"))
+    run = ["--quiet", "--device", "cpu"]
+    assert main(["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads", "2",
+                 "--data", str(tmp_path / "insects"), "--split", "test", "--image-size", "8",
+                 "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "t"), *run]) == 0
+    model = ep.load(tmp_path / "t" / "model")
+    assert model.provenance["class_names"] == ["ant", "bee"]  # the ClassLabel's names
+    capsys.readouterr()
+    # evaluate, told no data, compares with the split it was trained on, read as then
+    assert main(["evaluate", "--model", str(tmp_path / "t" / "model"), "--samples", "4",
+                 "--steps", "2", "--features", "domain", "--out", str(tmp_path / "e"),
+                 *run]) == 0
+    assert (f"comparing with {(tmp_path / 'insects').resolve()}, split test, image_size 8: "
+            f"the data {tmp_path / 't' / 'model'} was trained on") in capsys.readouterr().out
+    report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    assert report["settings"]["reference"] == "insects-test"
+    assert report["settings"]["reference_size"] == 4
+
+
 def test_compress_command(tmp_path, capsys):
     main(["train", "--family", "dit", "--depth", "4", "--hidden", "32", "--heads", "2",
           "--steps", "2", "--batch-size", "4", "--gradient-accumulation", "2",

@@ -576,3 +576,51 @@ def test_dataset_helpers():
     assert data.fingerprint() != calib.fingerprint()
     with pytest.raises(DataError, match="square"):
         ImageDataset(torch.zeros(1, 1, 8, 4), torch.zeros(1).long(), 1)
+
+
+def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (10, 10, 3), dtype=np.uint8) for _ in range(4)]
+    features = datasets.Features({"img": datasets.Image(), "extra": datasets.Value("int32"),
+                                  "label": datasets.ClassLabel(names=["cat", "dog", "owl"])})
+    table = datasets.Dataset.from_dict({"img": [Image.fromarray(p) for p in pixels],
+                                        "extra": [1, 2, 3, 4], "label": [0, 1, 2, 1]},
+                                       features=features)
+    # the Image and ClassLabel columns found by type, the class names taken from the labels
+    data = load_data(table)
+    assert data.class_names == ["cat", "dog", "owl"] and data.num_classes == 3
+    assert data.images.dtype == torch.uint8 and data.labels.tolist() == [0, 1, 2, 1]
+    assert torch.equal(data.images, torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
+    # a streamed one alike; image_size scales and centre-crops each image as a folder's
+    cropped = load_data(table.to_iterable_dataset(), image_size=8)
+    assert cropped.images.shape == (4, 3, 8, 8)
+    from entpruner_sdk.data.folder import center_crop
+
+    expected = np.array(center_crop(Image.fromarray(pixels[2]), 8))
+    assert torch.equal(cropped.images[2], torch.from_numpy(expected).permute(2, 0, 1))
+    # a dict of splits: split picks one; one it lacks is refused, naming those it has
+    splits = datasets.DatasetDict({"train": table, "test": table.select([1, 3])})
+    assert load_data(splits, split="test").labels.tolist() == [1, 1]
+    with pytest.raises(DataError, match="holds the splits train, test, not 'validation'"):
+        load_data(splits, split="validation")
+    # saved with save_to_disk: read as a dataset (its split folders are not classes), and
+    # remembered by its path and split, so a later process can read it again
+    splits.save_to_disk(str(tmp_path / "pets"), max_shard_size="1MB")
+    saved = load_data(tmp_path / "pets", split="test")
+    assert saved.name == "pets-test" and saved.labels.tolist() == [1, 1]
+    assert saved.origin == {"data": str((tmp_path / "pets").resolve()), "split": "test"}
+    with pytest.raises(DataError, match="class_index .* labels class folders: drop it"):
+        load_data(tmp_path / "pets", class_index=tmp_path / "index.txt")
+    # what it cannot read is named, with the fix
+    with pytest.raises(DataError, match="columns are img, extra.*rename it to 'label'"):
+        load_data(table.remove_columns("label"))
+    unlabelled = table.cast_column("label", datasets.Value("int64")).map(
+        lambda row, i: {"label": -1 if i == 2 else row["label"]}, with_indices=True)
+    with pytest.raises(DataError, match="row 2 has no class label"):
+        load_data(unlabelled)
+    # data without splits is not read whole when a split is asked for
+    with pytest.raises(DataError, match="split='test' .* has none: drop it"):
+        load_data(TensorDataset(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])), split="test")

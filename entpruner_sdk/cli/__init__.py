@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "httpx": "serve",
           "gradio": "app", "gradio_client": "app", "playwright": "app", "ray": "ray",
           "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "tensorrt": "tensorrt",
-          "torch_tensorrt": "tensorrt", "diffusers": "latent"}
+          "torch_tensorrt": "tensorrt", "diffusers": "latent", "datasets": "hf"}
 
 
 def _error_message(error: Exception) -> str:

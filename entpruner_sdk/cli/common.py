@@ -200,7 +200,7 @@ def workers_option(p: Options, note: str = "") -> None:
 
 
 def folder_options(p: Options, note: str = "") -> None:
-    """--image-size and --class-index: how a class folder is read."""
+    """--image-size, --class-index and --split: how a class folder or a dataset is read."""
     p.add_argument("--image-size", type=int, metavar="N",
                    help="scale class-folder images so the short side is N and cut the "
                         "centred N x N square, as DiT's and SiT's training code does" + note
@@ -209,6 +209,9 @@ def folder_options(p: Options, note: str = "") -> None:
                    help="the model's classes in order, when the class folders are some of them "
                         "(ImageNet's LOC_synset_mapping.txt, 'n01440764 tench, ...' per line, "
                         "or imagenet_class_index.json): each folder is labelled by its line")
+    p.add_argument("--split", metavar="NAME",
+                   help="the split of a bundled dataset (train or test) or of a Hugging Face "
+                        "dataset saved with save_to_disk (default train)")
 
 
 def hflip_option(p: Options) -> None:
@@ -239,7 +242,8 @@ def read_data(args: argparse.Namespace, stream: bool = False) -> ImageDataset | 
     from entpruner_sdk.data.folder import open_data
 
     return (open_data if stream else load_data)(args.data, image_size=args.image_size,
-                                                class_index=args.class_index)
+                                                class_index=args.class_index,
+                                                split=args.split or "train")
 
 
 def training_data(args: argparse.Namespace, latent: bool,

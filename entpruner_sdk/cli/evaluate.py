@@ -152,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
 def _compared_data(args: argparse.Namespace, model) -> Any:
     """``--data``, else what ``model`` (a model or an export) was compressed or trained on,
     read with the options it was read with then; else a bundled teacher's own dataset, or
-    digits. ``--image-size`` and ``--class-index`` win over what was recorded. A class folder
-    is opened, not read: only its reference images are read, when they are not cached."""
+    digits. ``--image-size``, ``--class-index`` and ``--split`` win over what was recorded. A
+    class folder is opened, not read: only its reference images are read, when they are not
+    cached."""
     from entpruner_sdk.data.bundled import BUNDLED
     from entpruner_sdk.data.datasets import recorded_data
     from entpruner_sdk.data.folder import open_data
@@ -170,7 +171,7 @@ def _compared_data(args: argparse.Namespace, model) -> Any:
         source, options = args.data or own, {}
     else:
         how, (source, options) = made
-    options.update({key: value for key in ("image_size", "class_index")
+    options.update({key: value for key in ("image_size", "class_index", "split")
                     if (value := getattr(args, key)) is not None})
     if made is not None:
         read_as = "".join(f", {key} {value}" for key, value in options.items())

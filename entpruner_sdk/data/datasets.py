@@ -211,6 +211,25 @@ def pil_pixels(image: Any) -> np.ndarray:
     return pixels[..., None] if gray else pixels
 
 
+def stack_pixels(images: list[torch.Tensor], source: str) -> torch.Tensor:
+    """Batches of images [B, C, H, W] as one: uint8 kept, anything else float32; where grey
+    and colour images mix, the grey ones as RGB. Images of several sizes are refused."""
+    if {image.shape[-3] for image in images if image.dim() >= 3} == {1, 3}:
+        images = [image.expand(*image.shape[:-3], 3, *image.shape[-2:])
+                  if image.shape[-3] == 1 else image for image in images]
+    sizes = {tuple(image.shape[-2:]) for image in images}
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:4])
+        raise DataError(f"{source} mixes image sizes ({shown}{', ...' if len(sizes) > 4 else ''})"
+                        "; resize them to one size (image_size=N, --image-size N, scales and "
+                        "centre-crops a folder's or a Hugging Face dataset's images)")
+    try:
+        stacked = torch.cat(images)
+    except RuntimeError as error:  # another shape mismatch (channels, dimensions)
+        raise DataError(f"{source} mixes image shapes: {error}") from error
+    return stacked if stacked.dtype == torch.uint8 else stacked.float()
+
+
 def _image_tensor(image: Any) -> torch.Tensor:
     """A dataset item's image as a tensor: a PIL image's 8-bit pixels channels first, as
     ``PILToTensor`` gives them; anything else as ``torch.as_tensor`` takes it."""
@@ -454,16 +473,7 @@ def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> Im
         labels.append(label.reshape(-1))
     if not images:
         raise DataError("the torch dataset is empty")
-    if {image.shape[-3] for image in images if image.dim() >= 3} == {1, 3}:
-        images = [image.expand(*image.shape[:-3], 3, *image.shape[-2:])
-                  if image.shape[-3] == 1 else image for image in images]
-    try:
-        stacked = torch.cat(images)
-        if stacked.dtype != torch.uint8:  # 8-bit pixels stay so; anything else as float32
-            stacked = stacked.float()
-    except RuntimeError as error:
-        raise DataError(f"the torch dataset mixes image sizes: {error}; resize them to one "
-                        "size") from error
+    stacked = stack_pixels(images, "the torch dataset")
     label_tensor = torch.cat(labels)
     if not label_tensor.dtype.is_floating_point:
         label_tensor = label_tensor.long()
@@ -482,14 +492,17 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
     per class (or an ``ImageFolder``), an ``.npz`` file, ``(images, labels)`` arrays or a dict
     of arrays under the ``.npz`` keys (``from_arrays``), a torch ``Dataset`` / ``DataLoader``
-    of (image, label), or an ``ImageDataset``. ``split`` applies to bundled datasets,
-    ``num_classes`` to ``.npz`` files and torch datasets, ``image_size`` to bundled datasets
-    and folders (scaled and centre-cropped), ``class_index`` to folders (the model's classes
+    of (image, label), a Hugging Face dataset (``hugging_face``: in memory, or a folder
+    ``save_to_disk`` wrote), or an ``ImageDataset``. ``split`` applies to bundled and Hugging
+    Face datasets, ``num_classes`` to ``.npz`` files, torch and Hugging Face datasets,
+    ``image_size`` to bundled datasets, folders and Hugging Face datasets (scaled and
+    centre-cropped), ``class_index`` to folders (the model's classes
     in order, when the folders are some of them: ``folder.read_class_index``). What was read
     from disk remembers how (``origin``), so a later process can load the same data again.
     8-bit images (files, uint8 arrays and tensors) are held as uint8 (``unit_range`` gives
     [-1, 1]).
     """
+    from entpruner_sdk.data import hugging_face
     from entpruner_sdk.data.bundled import BUNDLED, load_bundled
     from entpruner_sdk.data.folder import ImageFolder
 
@@ -501,6 +514,18 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
                                         and Path(data).is_dir()):
         raise DataError(f"class_index (--class-index) labels class folders; {data!r} is not a "
                         "folder: drop it, or label an .npz with the model's ids")
+    if hugging_face.is_hugging_face(data):
+        return hugging_face.from_hugging_face(data, split=split, num_classes=num_classes,
+                                              image_size=image_size)
+    if isinstance(data, str) and data in BUNDLED:
+        dataset = load_bundled(data, split=split, image_size=image_size)
+        return _remember(dataset, data, split=split if split != "train" else None,
+                         image_size=image_size)
+    if isinstance(data, (str, os.PathLike)) and hugging_face.is_saved(data):
+        return _saved_hugging_face(Path(data), split, num_classes, image_size, class_index)
+    if split != "train":  # not silently the whole of data that has no splits
+        raise DataError(f"split={split!r} (--split) picks a split of a bundled or Hugging Face "
+                        f"dataset, and {data!r} has none: drop it")
     if isinstance(data, ImageFolder):
         fingerprint = data.fingerprint()  # before reading: a file changed meanwhile then shows
         dataset = data.load()
@@ -508,16 +533,20 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         return dataset
     if isinstance(data, (Dataset, DataLoader)):
         return from_torch(data, num_classes)
-    if isinstance(data, str) and data in BUNDLED:
-        dataset = load_bundled(data, split=split, image_size=image_size)
-        return _remember(dataset, data, split=split if split != "train" else None,
-                         image_size=image_size)
     if not isinstance(data, (str, os.PathLike)):
         return _in_memory(data, num_classes, image_size)
-    path = Path(data)
+    return _from_path(Path(data), num_classes, image_size, class_index)
+
+
+def _from_path(path: Path, num_classes: int | None, image_size: int | None,
+               class_index: str | os.PathLike | None) -> ImageDataset:
+    """A class folder or an ``.npz`` file."""
+    from entpruner_sdk.data.bundled import BUNDLED
+    from entpruner_sdk.data.folder import ImageFolder
+
     if not path.exists():
-        close = difflib.get_close_matches(str(data), BUNDLED, n=1)
-        raise DataError(f"data {str(data)!r} is neither a bundled dataset "
+        close = difflib.get_close_matches(str(path), BUNDLED, n=1)
+        raise DataError(f"data {str(path)!r} is neither a bundled dataset "
                         f"({', '.join(BUNDLED)}) nor an existing file or folder"
                         + (f"; did you mean {close[0]}?" if close else ""))
     if path.is_dir():
@@ -530,6 +559,21 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         return _remember(load_npz(path, num_classes), str(path.resolve()),
                          num_classes=num_classes)
     raise DataError(f"unsupported data file {path}; use an .npz or a folder of class folders")
+
+
+def _saved_hugging_face(path: Path, split: str, num_classes: int | None,
+                        image_size: int | None, class_index: Any) -> ImageDataset:
+    """A Hugging Face dataset ``save_to_disk`` wrote, remembered by its path (not a class
+    folder: its subfolders are splits)."""
+    from entpruner_sdk.data import hugging_face
+
+    if class_index is not None:
+        raise DataError(f"{path} is a Hugging Face dataset, whose class labels are its own; "
+                        "class_index (--class-index) labels class folders: drop it")
+    dataset = hugging_face.load_saved(path, split=split, num_classes=num_classes,
+                                      image_size=image_size)
+    return _remember(dataset, str(path.resolve()), split=split if split != "train" else None,
+                     num_classes=num_classes, image_size=image_size)
 
 
 def _in_memory(data: Any, num_classes: int | None, image_size: int | None) -> ImageDataset:

@@ -541,7 +541,8 @@ def open_data(data: Any, **options: Any) -> ImageDataset | ImageFolder:
     opened as an ``ImageFolder``, which reads its images when they are used: ``evaluate``
     then reads only its reference images, and ``encode`` one batch at a time."""
     from entpruner_sdk.data.datasets import load_data
+    from entpruner_sdk.data.hugging_face import is_saved
 
-    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir() and not is_saved(data):
         return ImageFolder(data, options.get("image_size"), options.get("class_index"))
     return load_data(data, **options)

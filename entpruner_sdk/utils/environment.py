@@ -32,6 +32,7 @@ EXTRA_FEATURES = {
     "ray": "entpruner serve --ray (Ray Serve replicas)",
     "fid": "FID on Inception features (entpruner evaluate --features inception)",
     "latent": "latent models: the VAE that encodes data and decodes samples (diffusers)",
+    "hf": "Hugging Face datasets as data, from the Hub or saved with save_to_disk",
     "dev": "the test suite and ruff",
 }
 # a distribution that stands in for another: onnxruntime-gpu is imported as onnxruntime
