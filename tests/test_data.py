@@ -621,6 +621,12 @@ def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path):
         lambda row, i: {"label": -1 if i == 2 else row["label"]}, with_indices=True)
     with pytest.raises(DataError, match="row 2 has no class label"):
         load_data(unlabelled)
+    floats = datasets.Dataset.from_dict(
+        {"img": [Image.fromarray(p[..., 0].astype(np.float32)) for p in pixels],
+         "label": [0, 1, 2, 1]}, features=datasets.Features(
+            {"img": datasets.Image(), "label": features["label"]}))
+    with pytest.raises(DataError, match="row 0's 'img': an image holds 32-bit float pixels"):
+        load_data(floats)
     # data without splits is not read whole when a split is asked for
     with pytest.raises(DataError, match="split='test' .* has none: drop it"):
         load_data(TensorDataset(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])), split="test")

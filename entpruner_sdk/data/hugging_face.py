@@ -108,7 +108,10 @@ def _read(rows: Iterable[dict], image_column: str, label_column: str,
         if label is None or int(label) < 0:  # ClassLabel's -1: no label
             raise DataError(f"row {index} has no class label ({label!r}); drop the unlabelled "
                             "rows (dataset.filter) first")
-        pixels = pil_pixels(image)  # 8-bit first: a 16-bit grey scan is scaled, not clipped
+        try:  # 8-bit first: a 16-bit grey scan is scaled, not clipped
+            pixels = pil_pixels(image)
+        except DataError as error:
+            raise DataError(f"row {index}'s {image_column!r}: {error}") from None
         if image_size is not None:
             cropped = center_crop(Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1
                                                   else pixels), image_size)
