@@ -659,24 +659,35 @@ def test_a_hugging_face_dataset_saved_to_disk_is_data_for_every_command(tmp_path
     table = datasets.Dataset.from_dict(
         {"image": [Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
                    for _ in range(8)], "label": [0, 1] * 4}, features=features)
-    datasets.DatasetDict({"train": table, "test": table.select(range(4))}).save_to_disk(
-        str(tmp_path / "insects"))
+    # as load_dataset finds it by name (hf:NAME; here a folder of its files, as on the Hub)
+    (tmp_path / "insects").mkdir()
+    table.to_parquet(str(tmp_path / "insects" / "train.parquet"))
+    table.select(range(4)).to_parquet(str(tmp_path / "insects" / "test.parquet"))
     run = ["--quiet", "--device", "cpu"]
+    spec = f"hf:{tmp_path / 'insects'}"
     assert main(["train", "--family", "dit", "--depth", "2", "--hidden", "32", "--heads", "2",
-                 "--data", str(tmp_path / "insects"), "--split", "test", "--image-size", "8",
-                 "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "t"), *run]) == 0
+                 "--data", spec, "--split", "test", "--image-size", "8", "--steps", "1",
+                 "--batch-size", "4", "--out", str(tmp_path / "t"), *run]) == 0
     model = ep.load(tmp_path / "t" / "model")
     assert model.provenance["class_names"] == ["ant", "bee"]  # the ClassLabel's names
     capsys.readouterr()
     # evaluate, told no data, compares with the split it was trained on, read as then
-    assert main(["evaluate", "--model", str(tmp_path / "t" / "model"), "--samples", "4",
-                 "--steps", "2", "--features", "domain", "--out", str(tmp_path / "e"),
-                 *run]) == 0
-    assert (f"comparing with {(tmp_path / 'insects').resolve()}, split test, image_size 8: "
-            f"the data {tmp_path / 't' / 'model'} was trained on") in capsys.readouterr().out
+    evaluate = ["evaluate", "--model", str(tmp_path / "t" / "model"), "--samples", "4",
+                "--steps", "2", "--features", "domain", "--out", str(tmp_path / "e"), *run]
+    assert main(evaluate) == 0
+    assert (f"comparing with {spec}, split test, image_size 8: the data "
+            f"{tmp_path / 't' / 'model'} was trained on") in capsys.readouterr().out
     report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
     assert report["settings"]["reference"] == "insects-test"
     assert report["settings"]["reference_size"] == 4
+    # saved with save_to_disk: a folder --data takes as a dataset, not as class folders
+    datasets.DatasetDict({"train": table, "test": table.select(range(6))}).save_to_disk(
+        str(tmp_path / "saved"))
+    assert main([*evaluate, "--data", str(tmp_path / "saved"), "--split", "test",
+                 "--image-size", "8"]) == 0
+    report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    assert report["settings"]["reference"] == "saved-test"
+    assert report["settings"]["reference_size"] == 6
 
 
 def test_compress_command(tmp_path, capsys):

@@ -614,6 +614,16 @@ def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path):
     assert saved.origin == {"data": str((tmp_path / "pets").resolve()), "split": "test"}
     with pytest.raises(DataError, match="class_index .* labels class folders: drop it"):
         load_data(tmp_path / "pets", class_index=tmp_path / "index.txt")
+    # by name for load_dataset (hf:NAME): here a folder of its data files, as on the Hub
+    (tmp_path / "files").mkdir()
+    table.to_parquet(str(tmp_path / "files" / "train.parquet"))
+    table.select([0, 2]).to_parquet(str(tmp_path / "files" / "test.parquet"))
+    spec = f"hf:{tmp_path / 'files'}"
+    named = load_data(spec, split="test")
+    assert named.labels.tolist() == [0, 2] and named.class_names == ["cat", "dog", "owl"]
+    assert named.name == "files-test" and named.origin == {"data": spec, "split": "test"}
+    with pytest.raises(DataError, match=r"Unknown split \"validation\""):
+        load_data(spec, split="validation")
     # what it cannot read is named, with the fix
     with pytest.raises(DataError, match="columns are img, extra.*rename it to 'label'"):
         load_data(table.remove_columns("label"))

@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data ./my_images \\
             --image-size 256 --vae ./sd-vae-ft-ema --budget 14 --num-classes 10 \\
             --out runs/xl-d14        # images: encoded first (cached), report on images
+        entpruner compress --model DiT-XL-2-256x256.pt --family dit --data hf:ethz/food101 \\
+            --image-size 256 --vae ./sd-vae-ft-ema --budget 14 --num-classes 101 \\
+            --out runs/food-d14      # a Hugging Face dataset (the hf extra; --split NAME)
         entpruner compress ... --out runs/dit-d6 --resume     # continue after an interruption
         entpruner compress ... --batch-size 64 --gradient-accumulation 4 \\
             --gradient-checkpointing      # the same run in less GPU memory
@@ -50,7 +53,8 @@ def _model_and_data(g: common.Options) -> None:
     g.add_argument("--model", required=True, help="bundled teacher name or model path")
     common.released_options(g)
     g.add_argument("--data", default="digits",
-                   help="downstream data: bundled name, class folders or .npz")
+                   help="downstream data: bundled name, class folders, .npz, a Hugging Face "
+                        "dataset saved with save_to_disk, or hf:NAME[:CONFIG] (load_dataset)")
     common.folder_options(g)
     common.classes_options(g)
     common.vae_option(g, "encodes image data for a latent model first (cached: a second run or "

@@ -158,6 +158,7 @@ def _compared_data(args: argparse.Namespace, model) -> Any:
     from entpruner_sdk.data.bundled import BUNDLED
     from entpruner_sdk.data.datasets import recorded_data
     from entpruner_sdk.data.folder import open_data
+    from entpruner_sdk.data.hugging_face import is_hub_name
     from entpruner_sdk.teachers import TEACHERS
     from entpruner_sdk.utils import distributed
 
@@ -175,7 +176,7 @@ def _compared_data(args: argparse.Namespace, model) -> Any:
                     if (value := getattr(args, key)) is not None})
     if made is not None:
         read_as = "".join(f", {key} {value}" for key, value in options.items())
-        if source not in BUNDLED and not Path(source).exists():
+        if source not in BUNDLED and not is_hub_name(source) and not Path(source).exists():
             raise FileNotFoundError(f"{args.model} was {how} on {source}{read_as}, which is "
                                     "not there any more: pass --data")
         if distributed.is_main():

@@ -56,7 +56,8 @@ def _model(g: common.Options) -> None:
 
 def _data(g: common.Options) -> None:
     g.add_argument("--data", default="digits",
-                   help="bundled name (digits, photos), class folders, or .npz")
+                   help="bundled name (digits, photos), class folders, .npz, or a Hugging Face "
+                        "dataset (saved with save_to_disk, or hf:NAME[:CONFIG])")
     common.folder_options(g)
     common.classes_options(g, "a new model takes the data's count")
     common.vae_option(g, "encodes image data first, for a latent model (cached: a second run or "

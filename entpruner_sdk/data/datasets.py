@@ -492,8 +492,9 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
     per class (or an ``ImageFolder``), an ``.npz`` file, ``(images, labels)`` arrays or a dict
     of arrays under the ``.npz`` keys (``from_arrays``), a torch ``Dataset`` / ``DataLoader``
-    of (image, label), a Hugging Face dataset (``hugging_face``: in memory, or a folder
-    ``save_to_disk`` wrote), or an ``ImageDataset``. ``split`` applies to bundled and Hugging
+    of (image, label), a Hugging Face dataset (``hugging_face``: in memory, a folder
+    ``save_to_disk`` wrote, or ``"hf:NAME[:CONFIG]"`` for ``load_dataset``), or an
+    ``ImageDataset``. ``split`` applies to bundled and Hugging
     Face datasets, ``num_classes`` to ``.npz`` files, torch and Hugging Face datasets,
     ``image_size`` to bundled datasets, folders and Hugging Face datasets (scaled and
     centre-cropped), ``class_index`` to folders (the model's classes
@@ -521,6 +522,11 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
         dataset = load_bundled(data, split=split, image_size=image_size)
         return _remember(dataset, data, split=split if split != "train" else None,
                          image_size=image_size)
+    if hugging_face.is_hub_name(data):
+        dataset = hugging_face.load_hub(data, split=split, num_classes=num_classes,
+                                        image_size=image_size)
+        return _remember(dataset, data, split=split if split != "train" else None,
+                         num_classes=num_classes, image_size=image_size)
     if isinstance(data, (str, os.PathLike)) and hugging_face.is_saved(data):
         return _saved_hugging_face(Path(data), split, num_classes, image_size, class_index)
     if split != "train":  # not silently the whole of data that has no splits

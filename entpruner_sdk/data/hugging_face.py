@@ -1,7 +1,9 @@
 """Hugging Face ``datasets``: a dataset of images and class labels read as an ``ImageDataset``.
 
-A dataset in memory (``load_dataset(...)``, ``Dataset.from_dict``), streamed or not, or one
-saved with ``save_to_disk`` (a folder, which the command line's ``--data`` takes). The images
+A dataset in memory (``load_dataset(...)``, ``Dataset.from_dict``), streamed or not, one
+saved with ``save_to_disk`` (a folder), or one ``load_dataset`` finds by name (``hf:NAME``, or
+``hf:NAME:CONFIG``: a dataset on the Hub, or a folder of its data files); the command line's
+``--data`` takes the last two. The images
 come from its ``Image`` column, decoded by PIL and held as 8-bit pixels, and the labels from
 its ``ClassLabel`` column, whose names become the class names. Needs the ``hf`` extra.
 """
@@ -21,6 +23,12 @@ from entpruner_sdk.data.datasets import DataError, ImageDataset, pil_pixels, sta
 IMAGE_COLUMNS = ("image", "img", "picture")  # by name, where no column has the Image type
 LABEL_COLUMNS = ("label", "labels", "fine_label", "class")
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes
+HUB_PREFIX = "hf:"  # --data hf:uoft-cs/cifar10
+
+
+def is_hub_name(data: Any) -> bool:
+    """Whether ``data`` names a dataset for ``load_dataset``: ``hf:NAME[:CONFIG]``."""
+    return isinstance(data, str) and data.startswith(HUB_PREFIX)
 
 
 def is_hugging_face(data: Any) -> bool:
@@ -38,14 +46,31 @@ def is_saved(path: str | os.PathLike) -> bool:
 def load_saved(path: str | os.PathLike, *, split: str = "train", num_classes: int | None = None,
                image_size: int | None = None) -> ImageDataset:
     """A folder ``save_to_disk`` wrote, read whole (``split`` picks one of a dict's)."""
-    try:
-        from datasets import load_from_disk
-    except ImportError as error:
-        raise DataError(f"{path} is a Hugging Face dataset saved with save_to_disk; reading it "
-                        "needs the hf extra: pip install 'entpruner-sdk[hf]'") from error
+    load_from_disk = _datasets(f"{path}, a Hugging Face dataset saved with save_to_disk,"
+                               ).load_from_disk
     dataset = from_hugging_face(load_from_disk(str(path)), split=split,
                                 num_classes=num_classes, image_size=image_size)
     dataset.name = Path(path).name + ("" if split == "train" else f"-{split}")
+    return dataset
+
+
+def load_hub(spec: str, *, split: str = "train", num_classes: int | None = None,
+             image_size: int | None = None) -> ImageDataset:
+    """``hf:NAME[:CONFIG]`` through ``load_dataset``: downloaded from the Hub once, then read
+    from its cache (``HF_HUB_OFFLINE=1`` reads the cache without asking the Hub); NAME may
+    also be a local folder of the dataset's data files (Parquet, CSV + images, ...)."""
+    name, _, config = spec[len(HUB_PREFIX):].partition(":")
+    load_dataset = _datasets(spec).load_dataset
+    try:
+        table = load_dataset(name, config or None, split=split)
+    except ValueError as error:  # an unknown split or config, in datasets' words
+        raise DataError(f"{spec}: {error}") from None
+    except (ConnectionError, FileNotFoundError) as error:
+        raise DataError(f"cannot load the Hugging Face dataset {name!r}: {error}. Check the "
+                        "name; without the Hub, load it once where it is reachable and save "
+                        "it with save_to_disk, then pass that folder") from None
+    dataset = from_hugging_face(table, num_classes=num_classes, image_size=image_size)
+    dataset.name = name.rstrip("/").rsplit("/", 1)[-1] + ("" if split == "train" else f"-{split}")
     return dataset
 
 
@@ -70,6 +95,16 @@ def from_hugging_face(data: Any, *, split: str = "train", num_classes: int | Non
         "" if split == "train" else f"-{split}")
     return ImageDataset(stack_pixels(images, f"the Hugging Face dataset {name}"), labels,
                         num_classes, class_names=names or None, name=name)
+
+
+def _datasets(what: str) -> Any:
+    """The ``datasets`` package, or a ``DataError`` that names the extra to install."""
+    try:
+        import datasets
+    except ImportError as error:
+        raise DataError(f"reading {what} needs the hf extra: pip install "
+                        "'entpruner-sdk[hf]'") from error
+    return datasets
 
 
 def _column(data: Any, kind: str, names: Sequence[str], what: str) -> str:
