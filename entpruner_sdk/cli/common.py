@@ -211,7 +211,7 @@ def folder_options(p: Options, note: str = "") -> None:
                         "or imagenet_class_index.json): each folder is labelled by its line")
     p.add_argument("--split", metavar="NAME",
                    help="the split of a bundled dataset (train or test) or of a Hugging Face "
-                        "dataset saved with save_to_disk (default train)")
+                        "dataset (default train)")
 
 
 def hflip_option(p: Options) -> None:

@@ -195,16 +195,16 @@ def _check_values(images: torch.Tensor, source: str, pixels: bool) -> None:
         )
 
 
-def pil_pixels(image: Any) -> np.ndarray:
+def pil_pixels(image: Any, source: str = "an image") -> np.ndarray:
     """A PIL image's 8-bit pixels [H, W, C]: grey (``1``, ``L``, ``LA``) as one channel,
     16-bit grey (PNG, TIFF) scaled to 8 bits (PIL's own conversion clips it at 255, which
     would turn most of the picture white), anything else as RGB. 32-bit float pixels, whose
-    range is unknown, are refused."""
+    range is unknown, are refused, naming ``source``."""
     if image.mode.startswith("I;16") or image.mode == "I":
         eight_bit = np.round(np.asarray(image, dtype=np.float64) / 257.0)
         return np.clip(eight_bit, 0, 255).astype(np.uint8)[..., None]
     if image.mode == "F":
-        raise DataError("an image holds 32-bit float pixels, whose range is unknown; save it "
+        raise DataError(f"{source} holds 32-bit float pixels, whose range is unknown; save it "
                         "as an 8- or 16-bit image, or give pixels in [-1, 1] as a tensor")
     gray = image.mode in ("1", "L", "LA")
     pixels = np.asarray(image.convert("L" if gray else "RGB"))
@@ -494,11 +494,11 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     of arrays under the ``.npz`` keys (``from_arrays``), a torch ``Dataset`` / ``DataLoader``
     of (image, label), a Hugging Face dataset (``hugging_face``: in memory, a folder
     ``save_to_disk`` wrote, or ``"hf:NAME[:CONFIG]"`` for ``load_dataset``), or an
-    ``ImageDataset``. ``split`` applies to bundled and Hugging
-    Face datasets, ``num_classes`` to ``.npz`` files, torch and Hugging Face datasets,
-    ``image_size`` to bundled datasets, folders and Hugging Face datasets (scaled and
-    centre-cropped), ``class_index`` to folders (the model's classes
-    in order, when the folders are some of them: ``folder.read_class_index``). What was read
+    ``ImageDataset``. ``split`` applies to bundled and Hugging Face datasets, ``num_classes``
+    to ``.npz`` files, torch and Hugging Face datasets, ``image_size`` to bundled datasets,
+    folders and Hugging Face datasets (scaled and centre-cropped), ``class_index`` to folders
+    (the model's classes in order, when the folders are some of them:
+    ``folder.read_class_index``). What was read
     from disk remembers how (``origin``), so a later process can load the same data again.
     8-bit images (files, uint8 arrays and tensors) are held as uint8 (``unit_range`` gives
     [-1, 1]).
@@ -520,13 +520,12 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
                                               image_size=image_size)
     if isinstance(data, str) and data in BUNDLED:
         dataset = load_bundled(data, split=split, image_size=image_size)
-        return _remember(dataset, data, split=split if split != "train" else None,
-                         image_size=image_size)
+        return _remember(dataset, data, split=split, image_size=image_size)
     if hugging_face.is_hub_name(data):
         dataset = hugging_face.load_hub(data, split=split, num_classes=num_classes,
                                         image_size=image_size)
-        return _remember(dataset, data, split=split if split != "train" else None,
-                         num_classes=num_classes, image_size=image_size)
+        return _remember(dataset, data, split=split, num_classes=num_classes,
+                         image_size=image_size)
     if isinstance(data, (str, os.PathLike)) and hugging_face.is_saved(data):
         return _saved_hugging_face(Path(data), split, num_classes, image_size, class_index)
     if split != "train":  # not silently the whole of data that has no splits
@@ -578,8 +577,8 @@ def _saved_hugging_face(path: Path, split: str, num_classes: int | None,
                         "class_index (--class-index) labels class folders: drop it")
     dataset = hugging_face.load_saved(path, split=split, num_classes=num_classes,
                                       image_size=image_size)
-    return _remember(dataset, str(path.resolve()), split=split if split != "train" else None,
-                     num_classes=num_classes, image_size=image_size)
+    return _remember(dataset, str(path.resolve()), split=split, num_classes=num_classes,
+                     image_size=image_size)
 
 
 def _in_memory(data: Any, num_classes: int | None, image_size: int | None) -> ImageDataset:
@@ -603,7 +602,11 @@ def _in_memory(data: Any, num_classes: int | None, image_size: int | None) -> Im
 
 
 def _remember(dataset: ImageDataset, data: str, **options: Any) -> ImageDataset:
-    dataset.origin = {"data": data, **{k: v for k, v in options.items() if v is not None}}
+    """``dataset`` remembering where it came from, with the ``load_data`` keywords that
+    differ from the defaults (no split recorded for ``train``)."""
+    read_as = {k: v for k, v in options.items() if v is not None
+               and not (k == "split" and v == "train")}
+    dataset.origin = {"data": data, **read_as}
     return dataset
 
 

@@ -108,11 +108,7 @@ def to_rgb(image: PIL.Image.Image, file: Path) -> PIL.Image.Image:
     from PIL import Image
 
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):  # scaled, or refused
-        try:
-            image = Image.fromarray(pil_pixels(image)[..., 0])
-        except DataError:
-            raise DataError(f"{file} holds 32-bit float pixels, whose range is unknown; save "
-                            "it as an 8- or 16-bit image") from None
+        image = Image.fromarray(pil_pixels(image, str(file))[..., 0])
     return image.convert("RGB")
 
 

@@ -3,9 +3,9 @@
 A dataset in memory (``load_dataset(...)``, ``Dataset.from_dict``), streamed or not, one
 saved with ``save_to_disk`` (a folder), or one ``load_dataset`` finds by name (``hf:NAME``, or
 ``hf:NAME:CONFIG``: a dataset on the Hub, or a folder of its data files); the command line's
-``--data`` takes the last two. The images
-come from its ``Image`` column, decoded by PIL and held as 8-bit pixels, and the labels from
-its ``ClassLabel`` column, whose names become the class names. Needs the ``hf`` extra.
+``--data`` takes the last two. The images come from its ``Image`` column, decoded by PIL and
+held as 8-bit pixels, and the labels from its ``ClassLabel`` column, whose names become the
+class names. Needs the ``hf`` extra.
 """
 
 from __future__ import annotations
@@ -48,10 +48,8 @@ def load_saved(path: str | os.PathLike, *, split: str = "train", num_classes: in
     """A folder ``save_to_disk`` wrote, read whole (``split`` picks one of a dict's)."""
     load_from_disk = _datasets(f"{path}, a Hugging Face dataset saved with save_to_disk,"
                                ).load_from_disk
-    dataset = from_hugging_face(load_from_disk(str(path)), split=split,
-                                num_classes=num_classes, image_size=image_size)
-    dataset.name = Path(path).name + ("" if split == "train" else f"-{split}")
-    return dataset
+    return from_hugging_face(load_from_disk(str(path)), split=split, num_classes=num_classes,
+                             image_size=image_size, name=Path(path).name)
 
 
 def load_hub(spec: str, *, split: str = "train", num_classes: int | None = None,
@@ -69,16 +67,17 @@ def load_hub(spec: str, *, split: str = "train", num_classes: int | None = None,
         raise DataError(f"cannot load the Hugging Face dataset {name!r}: {error}. Check the "
                         "name; without the Hub, load it once where it is reachable and save "
                         "it with save_to_disk, then pass that folder") from None
-    dataset = from_hugging_face(table, num_classes=num_classes, image_size=image_size)
-    dataset.name = name.rstrip("/").rsplit("/", 1)[-1] + ("" if split == "train" else f"-{split}")
-    return dataset
+    return from_hugging_face(table, split=split, num_classes=num_classes, image_size=image_size,
+                             name=name.rstrip("/").rsplit("/", 1)[-1])
 
 
 def from_hugging_face(data: Any, *, split: str = "train", num_classes: int | None = None,
-                      image_size: int | None = None) -> ImageDataset:
+                      image_size: int | None = None, name: str | None = None) -> ImageDataset:
     """Materialise a Hugging Face dataset of images and class labels. ``split``: the one
-    taken from a ``DatasetDict``; ``image_size``: each image scaled on its short side and
-    centre-cropped to that size, as a class folder's are (needed when sizes differ)."""
+    taken from a ``DatasetDict`` (and named beside ``name``, when not ``train``);
+    ``image_size``: each image scaled on its short side and centre-cropped to that size, as a
+    class folder's are (needed when sizes differ). ``name``: what reports call it (default:
+    the dataset's own name)."""
     if hasattr(data, "keys") and not hasattr(data, "features"):  # a DatasetDict
         if split not in data:
             raise DataError(f"this Hugging Face dataset holds the splits {', '.join(data)}, "
@@ -91,7 +90,7 @@ def from_hugging_face(data: Any, *, split: str = "train", num_classes: int | Non
     names = _class_names(data, label_column)
     if num_classes is None:
         num_classes = len(names) if names else int(labels.max()) + 1
-    name = (getattr(data.info, "dataset_name", None) or "hugging-face") + (
+    name = (name or getattr(data.info, "dataset_name", None) or "hugging-face") + (
         "" if split == "train" else f"-{split}")
     return ImageDataset(stack_pixels(images, f"the Hugging Face dataset {name}"), labels,
                         num_classes, class_names=names or None, name=name)
@@ -143,10 +142,8 @@ def _read(rows: Iterable[dict], image_column: str, label_column: str,
         if label is None or int(label) < 0:  # ClassLabel's -1: no label
             raise DataError(f"row {index} has no class label ({label!r}); drop the unlabelled "
                             "rows (dataset.filter) first")
-        try:  # 8-bit first: a 16-bit grey scan is scaled, not clipped
-            pixels = pil_pixels(image)
-        except DataError as error:
-            raise DataError(f"row {index}'s {image_column!r}: {error}") from None
+        # 8-bit first: a 16-bit grey scan is scaled, not clipped
+        pixels = pil_pixels(image, f"row {index}'s {image_column!r}")
         if image_size is not None:
             cropped = center_crop(Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1
                                                   else pixels), image_size)
