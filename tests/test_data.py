@@ -578,7 +578,7 @@ def test_dataset_helpers():
         ImageDataset(torch.zeros(1, 1, 8, 4), torch.zeros(1).long(), 1)
 
 
-def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path):
+def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path, capsys, monkeypatch):
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
@@ -619,7 +619,11 @@ def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path):
     table.to_parquet(str(tmp_path / "files" / "train.parquet"))
     table.select([0, 2]).to_parquet(str(tmp_path / "files" / "test.parquet"))
     spec = f"hf:{tmp_path / 'files'}"
+    capsys.readouterr()
+    monkeypatch.setenv("ENTPRUNER_QUIET", "0")  # the suite silences bars; this one is shown
     named = load_data(spec, split="test")
+    assert "reading files-test" in capsys.readouterr().err  # a bar while it decodes
+    monkeypatch.setenv("ENTPRUNER_QUIET", "1")
     assert named.labels.tolist() == [0, 2] and named.class_names == ["cat", "dog", "owl"]
     assert named.name == "files-test" and named.origin == {"data": spec, "split": "test"}
     with pytest.raises(DataError, match=r"Unknown split \"validation\""):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from entpruner_sdk.data.datasets import DataError, ImageDataset, pil_pixels, stack_pixels
+from entpruner_sdk.utils.progress import progress_bar, quiet
 
 IMAGE_COLUMNS = ("image", "img", "picture")  # by name, where no column has the Image type
 LABEL_COLUMNS = ("label", "labels", "fine_label", "class")
@@ -83,26 +84,29 @@ def from_hugging_face(data: Any, *, split: str = "train", num_classes: int | Non
             raise DataError(f"this Hugging Face dataset holds the splits {', '.join(data)}, "
                             f"not {split!r}: pick one (split=, --split)")
         data = data[split]
+    name = (name or getattr(data.info, "dataset_name", None) or "hugging-face") + (
+        "" if split == "train" else f"-{split}")
     image_column = _column(data, "Image", IMAGE_COLUMNS, "images")
     label_column = _column(data, "ClassLabel", LABEL_COLUMNS, "class labels")
     rows = data.select_columns([image_column, label_column])  # no other column is decoded
-    images, labels = _read(_python_rows(rows), image_column, label_column, image_size)
+    images, labels = _read(_python_rows(rows), image_column, label_column, image_size, name)
     names = _class_names(data, label_column)
     if num_classes is None:
         num_classes = len(names) if names else int(labels.max()) + 1
-    name = (name or getattr(data.info, "dataset_name", None) or "hugging-face") + (
-        "" if split == "train" else f"-{split}")
     return ImageDataset(stack_pixels(images, f"the Hugging Face dataset {name}"), labels,
                         num_classes, class_names=names or None, name=name)
 
 
 def _datasets(what: str) -> Any:
-    """The ``datasets`` package, or a ``DataError`` that names the extra to install."""
+    """The ``datasets`` package, or a ``DataError`` that names the extra to install. Its own
+    bars (downloads, "Generating train split") follow ``--quiet`` as ours do."""
     try:
         import datasets
     except ImportError as error:
         raise DataError(f"reading {what} needs the hf extra: pip install "
                         "'entpruner-sdk[hf]'") from error
+    if quiet():
+        datasets.disable_progress_bars()
     return datasets
 
 
@@ -127,14 +131,17 @@ def _python_rows(data: Any) -> Iterable[dict]:
 
 
 def _read(rows: Iterable[dict], image_column: str, label_column: str,
-          image_size: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each row's image as 8-bit pixels [1, C, H, W], and the labels."""
+          image_size: int | None, name: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each row's image as 8-bit pixels [1, C, H, W], and the labels; a bar while a large
+    dataset decodes (silenced by ``--quiet``)."""
     from PIL import Image
 
     from entpruner_sdk.data.folder import center_crop
 
     images, labels = [], []
-    for index, row in enumerate(rows):
+    count = len(rows) if hasattr(rows, "__len__") else None  # a streamed one has no length
+    for index, row in enumerate(progress_bar(rows, total=count, desc=f"reading {name}",
+                                             leave=False)):
         image, label = row[image_column], row[label_column]
         if not isinstance(image, Image.Image):
             raise DataError(f"row {index}'s {image_column!r} is a {type(image).__name__}, not "
