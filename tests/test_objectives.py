@@ -550,7 +550,8 @@ def test_seeded_sampling_is_reproducible(family, sampler, tiny_dit, tiny_sit):
 
 
 @pytest.mark.parametrize("family", ["dit", "sit"])
-def test_sampling_defaults_are_the_familys_evaluation_settings(family, tiny_dit, tiny_sit):
+def test_sampling_defaults_are_the_familys_evaluation_settings(family, tiny_dit, tiny_sit,
+                                                               capsys):
     from entpruner_sdk.objectives import OBJECTIVES
     from entpruner_sdk.teachers import SAMPLING
 
@@ -569,6 +570,16 @@ def test_sampling_defaults_are_the_familys_evaluation_settings(family, tiny_dit,
     objective = objective_for(model)
     assert objective.settle_sampling(steps=7) == {**defaults, "steps": 7}
     assert objective.settle_sampling(cfg_scale=0.0)["cfg_scale"] == 0.0
+    # the command line's help, written out so --help imports no torch, says the same
+    from entpruner_sdk.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert (f"{defaults['steps']} for {dict(dit='DiT', sit='SiT')[family]}" in said
+            and f"(default {defaults['cfg_scale']:g};" in said
+            and f"(default {defaults['sampler']};" in said)
     other = "heun" if family == "dit" else "ddim"  # the other family's
     with pytest.raises(ValueError, match=f"unknown sampler '{other}' for {family.upper()}"):
         objective.settle_sampling(other)
