@@ -139,9 +139,8 @@ def _read(rows: Iterable[dict], image_column: str, label_column: str,
     from entpruner_sdk.data.folder import center_crop
 
     images, labels = [], []
-    count = len(rows) if hasattr(rows, "__len__") else None  # a streamed one has no length
-    for index, row in enumerate(progress_bar(rows, total=count, desc=f"reading {name}",
-                                             leave=False)):
+    # tqdm takes the total from len(), which a streamed dataset lacks
+    for index, row in enumerate(progress_bar(rows, desc=f"reading {name}", leave=False)):
         image, label = row[image_column], row[label_column]
         if not isinstance(image, Image.Image):
             raise DataError(f"row {index}'s {image_column!r} is a {type(image).__name__}, not "
