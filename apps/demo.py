@@ -426,7 +426,7 @@ def _plot(pair: ModelPair, name: str) -> str | None:
 
 def _quick_evaluation(pair: ModelPair, samples: int, data: str | None, progress: Any,
                       stop: threading.Event | None = None) -> str:
-    from entpruner_sdk.data.folder import open_data
+    from entpruner_sdk.data.datasets import open_data
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.evaluation.reference import REFERENCE_SIZE, load_reference
 

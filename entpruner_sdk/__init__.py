@@ -14,7 +14,7 @@ from entpruner_sdk.compress import (
     compress,
     plan,
 )
-from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data
+from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data, open_data
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.evaluation.report import EvaluationReport
@@ -56,6 +56,7 @@ __all__ = [
     "load",
     "load_data",
     "load_teacher",
+    "open_data",
     "plan",
     "sample",
     "save",

@@ -103,7 +103,7 @@ def test_gray_images_are_shown_as_rgb_to_a_model_that_takes_rgb():
 
 
 def test_open_data_opens_a_folder_and_loads_the_rest(tmp_path):
-    from entpruner_sdk.data.folder import open_data
+    from entpruner_sdk.data.datasets import open_data
 
     write_folder(tmp_path / "f", sizes=((12, 12),))
     opened = open_data(tmp_path / "f", image_size=8)
@@ -276,11 +276,11 @@ def test_a_whole_read_through_reader_processes_is_the_same(tmp_path):
 READ_UNDER = """
 import multiprocessing, sys
 import torch
-from entpruner_sdk.data import ImageFolder
+from entpruner_sdk.data import open_data
 
 if __name__ == "__main__":
     multiprocessing.set_start_method(sys.argv[1])
-    folder = ImageFolder(sys.argv[2], image_size=8)
+    folder = open_data(sys.argv[2], image_size=8)  # a class folder or a saved Hugging Face one
     shared = folder.load(workers=2)
     alone = folder.load(workers=0)
     assert torch.equal(alone.images, shared.images), "the readers' images differ"
@@ -291,14 +291,27 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.parametrize("kind", ["folder", "hugging-face"])
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])
-def test_reader_processes_start_as_python_3_14_and_other_systems_start_them(tmp_path, method):
+def test_reader_processes_start_as_python_3_14_and_other_systems_start_them(tmp_path, method,
+                                                                            kind):
     # Linux forks the readers up to Python 3.13; 3.14 starts them from a fork server, and
-    # macOS and Windows spawn them: the folder and its reading must pickle to reach them
+    # macOS and Windows spawn them: the images and their reading must pickle to reach them
     write_folder(tmp_path / "f", sizes=((8, 8), (16, 12)), per_class=5)
+    data = tmp_path / "f"
+    if kind == "hugging-face":  # the same images, saved as a Hugging Face dataset
+        datasets = pytest.importorskip("datasets")
+        files = sorted(data.glob("*/*.png"))
+        datasets.Dataset.from_dict(
+            {"image": [str(file) for file in files],
+             "label": [int(file.parent.name == "b") for file in files]},
+            features=datasets.Features({"image": datasets.Image(),
+                                        "label": datasets.ClassLabel(names=["a", "b"])}),
+        ).save_to_disk(str(tmp_path / "saved"))
+        data = tmp_path / "saved"
     script = tmp_path / "read.py"
     script.write_text(READ_UNDER)
-    done = subprocess.run([sys.executable, str(script), method, str(tmp_path / "f")],
+    done = subprocess.run([sys.executable, str(script), method, str(data)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["read", "10"]
@@ -644,3 +657,89 @@ def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path, capsys, mon
     # data without splits is not read whole when a split is asked for
     with pytest.raises(DataError, match="split='test' .* has none: drop it"):
         load_data(TensorDataset(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])), split="test")
+
+
+def test_a_hugging_face_dataset_on_disk_is_opened_and_read_row_by_row(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from entpruner_sdk.data.datasets import open_data
+    from entpruner_sdk.data.hugging_face import HuggingFaceImages
+    from entpruner_sdk.data.streamed import StreamedSubset
+    from entpruner_sdk.evaluation.reference import images_behind, load_reference
+
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (12, 12, 3), dtype=np.uint8) for _ in range(10)]
+    pixels[4] = np.repeat(pixels[4][..., :1], 3, axis=2)  # a gray photo among colour ones
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=["ant", "bee"])})
+    table = datasets.Dataset.from_dict({"image": [Image.fromarray(p) for p in pixels],
+                                        "label": [0, 1] * 5}, features=features)
+    table.save_to_disk(str(tmp_path / "insects"))
+    # opened: the labels and classes at once, the images only when used
+    opened = open_data(tmp_path / "insects")
+    assert isinstance(opened, HuggingFaceImages) and len(opened) == 10
+    assert opened.labels.tolist() == [0, 1] * 5 and opened.class_names == ["ant", "bee"]
+    assert opened.image_size == 12 and opened.channels == 3
+    assert repr(opened) == ("HuggingFaceImages('the Hugging Face dataset insects': 10 images of "
+                            "12x12, 2 classes)")
+    image, label = opened[3]
+    expected = unit_range(torch.from_numpy(pixels[3])).permute(2, 0, 1)
+    assert label == 1 and torch.equal(image, expected)
+    # read whole, it is what load_data reads, and remembers the dataset it came from
+    whole = load_data(tmp_path / "insects")
+    assert torch.equal(opened.load().images, whole.images)
+    assert torch.equal(opened.load(workers=2).images, whole.images)  # reader processes
+    assert whole.origin == opened.origin == {"data": str((tmp_path / "insects").resolve())}
+    assert whole.source_fingerprint == opened.fingerprint()
+    # the fingerprint keys caches without reading an image: the same for the same rows read
+    # the same way, another for another crop or other rows
+    assert open_data(tmp_path / "insects").fingerprint() == opened.fingerprint()
+    cropped = open_data(tmp_path / "insects", image_size=8)
+    assert cropped.fingerprint() != opened.fingerprint() and cropped.read(0).shape == (8, 8, 3)
+    keys = opened.item_keys()
+    assert len(set(keys.tolist())) == 10 and 0 not in keys.tolist()
+    # a Dataset in memory opens alike (remembered nowhere); a streamed one can only be read
+    in_memory = open_data(table)
+    assert isinstance(in_memory, HuggingFaceImages) and in_memory.origin is None
+    assert torch.equal(in_memory.load().images, whole.images)
+    assert isinstance(open_data(table.to_iterable_dataset()), ImageDataset)
+    # evaluate's reference: a balanced subset, read on first use
+    reference, available = load_reference(opened, 4)
+    assert isinstance(reference, StreamedSubset) and available == 10
+    assert "images" not in reference.__dict__ and reference.labels.tolist() == [0, 1, 0, 1]
+    assert torch.equal(reference.images, whole.images[reference.indices])
+    # a model's data read from it: compared through the dataset itself, keyed as evaluate's
+    behind = images_behind(whole, decoded=False)
+    assert isinstance(behind, HuggingFaceImages) and behind.fingerprint() == opened.fingerprint()
+    table.select(range(8)).save_to_disk(str(tmp_path / "insects"))  # changed since: the held
+    assert images_behind(whole, decoded=False) is whole
+
+    # what cannot be read is named by its row, every one in one error, with the fix
+    broken = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b"not an image", "path": None} if i in (2, 7) else
+                   None if i == 5 else Image.fromarray(p)
+                   for i, p in enumerate(pixels)], "label": [0, 1] * 5}, features=features)
+    broken.save_to_disk(str(tmp_path / "broken"))
+    rows = open_data(tmp_path / "broken")
+    with pytest.raises(DataError, match=r"cannot read image row 2 of broken: .*; drop the row"):
+        rows.read(2)
+    with pytest.raises(DataError, match=r"(?s)3 of the 10 images read from the Hugging Face "
+                       r"dataset broken cannot be read:\n  row 2 of broken: .*\n  row 5 of "
+                       r"broken: it has no image\n.*\ndrop those rows \(dataset.filter\)"):
+        rows.load(workers=0)
+    # sizes: mixed ones need image_size, as a folder's do; so does a first image not square
+    mixed = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p[:10, :10] if i == 6 else p) for i, p in enumerate(pixels)],
+         "label": [0, 1] * 5}, features=features)
+    mixed.save_to_disk(str(tmp_path / "mixed"))
+    with pytest.raises(DataError, match="insects mixes image sizes: row 0 is 12x12, row 6 is "
+                       "10x10; pass image_size="):
+        load_data(HuggingFaceImages(mixed, name="insects"))
+    assert load_data(tmp_path / "mixed", image_size=10).images.shape == (10, 3, 10, 10)
+    wide = datasets.Dataset.from_dict({"image": [Image.fromarray(pixels[0][:, :8])],
+                                       "label": [0]}, features=features)
+    with pytest.raises(DataError, match="row 0 is 8x12; DiT and SiT take square images"):
+        HuggingFaceImages(wide)
+    with pytest.raises(DataError, match="a streamed Hugging Face dataset has no random access"):
+        HuggingFaceImages(table.to_iterable_dataset())
+    with pytest.raises(DataError, match="split='test' .* and the class folder .* has none"):
+        open_data(tmp_path, split="test")  # a folder, not a saved dataset

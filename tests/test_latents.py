@@ -340,6 +340,57 @@ def test_an_interrupted_encode_continues_where_it_stopped(tiny_vae_dir, tmp_path
     assert torch.equal(load_data(out).images, whole.images)  # as if never interrupted
 
 
+def test_a_hugging_face_dataset_on_disk_encodes_row_by_row_and_continues(
+        tiny_vae_dir, tmp_path, capsys, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from entpruner_sdk.data.datasets import open_data
+    from entpruner_sdk.data.hugging_face import HuggingFaceImages
+    from entpruner_sdk.data.latents import to_latents
+    from entpruner_sdk.evaluation.reference import images_behind
+
+    data = photos16(12)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=data.class_names)})
+    datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(eight_bit(image).permute(1, 2, 0).numpy())
+                   for image in data.images], "label": data.labels.tolist()},
+        features=features).save_to_disk(str(tmp_path / "photos"))
+    reads, read, interrupt = [], HuggingFaceImages.read, [True]
+
+    def interrupted_at_row_7(self, index):  # Ctrl-C while the 3rd batch of 3 is read, once
+        reads.append(index)
+        if index == 7 and interrupt:
+            interrupt.clear()
+            raise KeyboardInterrupt
+        return read(self, index)
+
+    monkeypatch.setattr(HuggingFaceImages, "read", interrupted_at_row_7)
+    monkeypatch.setattr(latents_module, "CHECKPOINT_SECONDS", 0.0)
+    out = tmp_path / "latents.npz"
+    command = ["encode", "--vae", str(tiny_vae_dir), "--data", str(tmp_path / "photos"),
+               "--out", str(out), "--workers", "0", "--batch-size", "3", "--quiet"]
+    assert main(command) == 130 and not out.exists()
+    assert "holds 6 images' latents: run the same command" in capsys.readouterr().err
+    reads.clear()
+    assert main(command) == 0
+    assert sorted(set(reads)) == list(range(6, len(data)))  # the first 6 were not read again
+    monkeypatch.undo()
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    whole = space.encode_dataset(load_data(tmp_path / "photos"), batch_size=3, progress=False)
+    encoded = load_data(out)
+    assert torch.allclose(encoded.images, whole.images, atol=1e-6)  # as if read whole
+    assert encoded.class_names == data.class_names and torch.equal(encoded.labels, data.labels)
+    # in Python alike, through reader processes; the latents remember the dataset, so a
+    # report compares the samples with its images
+    opened = open_data(tmp_path / "photos")
+    latents = to_latents(opened, space, tmp_path / "cache", workers=2, progress=False)
+    assert torch.allclose(latents.images, whole.images, atol=1e-6)
+    assert latents.origin == {"data": str((tmp_path / "photos").resolve())}
+    assert latents.source_fingerprint == opened.fingerprint()
+    assert isinstance(images_behind(latents, decoded=True), HuggingFaceImages)
+    assert images_behind(latents, decoded=False) is latents  # latents compared as latents
+
+
 def test_an_encode_names_every_bad_image_and_then_encodes_only_what_changed(
         tiny_vae_dir, tmp_path, monkeypatch):
     folder, cache = tmp_path / "images", tmp_path / "cache"

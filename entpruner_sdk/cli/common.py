@@ -19,7 +19,7 @@ Options = argparse._ActionsContainer
 
 if TYPE_CHECKING:  # the command modules import the layers lazily
     from entpruner_sdk.data import ImageDataset
-    from entpruner_sdk.data.folder import ImageFolder
+    from entpruner_sdk.data.streamed import StreamedImages
     from entpruner_sdk.models import DiffusionTransformer, TransformerConfig
     from entpruner_sdk.sampling import RuntimeDenoiser
 
@@ -193,9 +193,9 @@ def vae_option(p: Options, does: str = "decodes a latent model's samples to imag
 
 
 def workers_option(p: Options, note: str = "") -> None:
-    """--workers: the reader processes that read and crop a folder's images."""
+    """--workers: the reader processes that read and crop the images."""
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="processes that read and crop a folder's images while the VAE encodes "
+                   help="processes that read and crop the images while the VAE encodes "
                         "(default: %(default)s; 0 reads them in this process)" + note)
 
 
@@ -235,11 +235,12 @@ def classes_options(p: Options, note: str = "") -> None:
                             "embedder; sampling and evaluation use the classes the data holds")
 
 
-def read_data(args: argparse.Namespace, stream: bool = False) -> ImageDataset | ImageFolder:
-    """The --data of a command, read with --image-size and --class-index; ``stream``: a folder
-    as an ``ImageFolder``, which reads its images when they are used."""
-    from entpruner_sdk.data import load_data
-    from entpruner_sdk.data.folder import open_data
+def read_data(args: argparse.Namespace, stream: bool = False
+              ) -> ImageDataset | StreamedImages:
+    """The --data of a command, read with --image-size, --class-index and --split;
+    ``stream``: a folder or a Hugging Face dataset on disk opened (``open_data``), its
+    images read when they are used."""
+    from entpruner_sdk.data.datasets import load_data, open_data
 
     return (open_data if stream else load_data)(args.data, image_size=args.image_size,
                                                 class_index=args.class_index,

@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True,
                    help=".npz to write: latents, labels and class names")
     p.add_argument("--batch-size", type=int, default=32, help="images per VAE call")
-    common.workers_option(p, ". A folder is read one batch at a time, so it need not fit in memory")
+    common.workers_option(p, ". Class folders and a Hugging Face dataset (saved, or hf:) are "
+                          "read one batch at a time, so they need not fit in memory")
     common.run_options(p)
 
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_path(args.out, folder=False)  # not after an hour of encoding
     space = LatentSpace.from_pretrained(args.vae, device=args.device)
-    data = common.read_data(args, stream=True)  # a folder may be larger than memory
+    data = common.read_data(args, stream=True)  # it may be larger than memory
     work = _encode_work_dir(args.out)  # holds the latents done so far until the .npz is out
     latents = space.encode_dataset(data, cache_dir=work, batch_size=args.batch_size,
                                    progress=not args.quiet, workers=args.workers)

@@ -153,11 +153,10 @@ def _compared_data(args: argparse.Namespace, model) -> Any:
     """``--data``, else what ``model`` (a model or an export) was compressed or trained on,
     read with the options it was read with then; else a bundled teacher's own dataset, or
     digits. ``--image-size``, ``--class-index`` and ``--split`` win over what was recorded. A
-    class folder is opened, not read: only its reference images are read, when they are not
-    cached."""
+    class folder or a Hugging Face dataset on disk is opened, not read: only its reference
+    images are read, when they are not cached."""
     from entpruner_sdk.data.bundled import BUNDLED
-    from entpruner_sdk.data.datasets import recorded_data
-    from entpruner_sdk.data.folder import open_data
+    from entpruner_sdk.data.datasets import open_data, recorded_data
     from entpruner_sdk.data.hugging_face import is_hub_name
     from entpruner_sdk.teachers import TEACHERS
     from entpruner_sdk.utils import distributed

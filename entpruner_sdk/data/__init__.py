@@ -8,10 +8,13 @@ from entpruner_sdk.data.datasets import (
     eight_bit,
     from_arrays,
     load_data,
+    open_data,
     save_npz,
     unit_range,
 )
 from entpruner_sdk.data.folder import ImageFolder
+from entpruner_sdk.data.streamed import StreamedImages
 
-__all__ = ["BUNDLED", "DataError", "ImageDataset", "ImageFolder", "describe_classes", "eight_bit",
-           "from_arrays", "load_bundled", "load_data", "resolve_labels", "save_npz", "unit_range"]
+__all__ = ["BUNDLED", "DataError", "ImageDataset", "ImageFolder", "StreamedImages",
+           "describe_classes", "eight_bit", "from_arrays", "load_bundled", "load_data",
+           "open_data", "resolve_labels", "save_npz", "unit_range"]

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from entpruner_sdk.data.classes import default_names
 from entpruner_sdk.utils.files import atomic_writer
+
+if TYPE_CHECKING:  # it builds on this module
+    from entpruner_sdk.data.streamed import StreamedImages
 
 
 class DataError(ValueError):
@@ -44,9 +47,10 @@ class ImageDataset(Dataset):
     # how to load the same data again (``load_data`` keywords, ``data`` the bundled name or an
     # absolute path), set by ``load_data``; None for data made in memory, subsets included
     origin: dict[str, Any] | None = field(default=None, compare=False)
-    # ``ImageFolder.fingerprint`` of the class folder in ``origin``, taken as it was read: a
-    # later reader of that folder can tell whether it still holds the same files
-    folder_fingerprint: str | None = field(default=None, compare=False)
+    # the ``fingerprint`` of the class folder or Hugging Face dataset in ``origin``
+    # (``StreamedImages``), taken as it was read: a later reader of it can tell whether it
+    # still holds the same images, without reading them
+    source_fingerprint: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -309,15 +313,18 @@ def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,
 
 
 def _shape_fix(config: Any, data: ImageDataset) -> str:
-    """What to do about data of another shape than the model takes: crop a class folder's
-    images to the model's size, or encode images for a latent model."""
+    """What to do about data of another shape than the model takes: crop a class folder's or
+    a Hugging Face dataset's images to the model's size, or encode images for a latent
+    model."""
+    from entpruner_sdk.data.hugging_face import is_hub_name
+
     size = config.input_size
     if data.pixels and config.in_channels in (1, 3) and data.channels in (1, 3):
         source = (data.origin or {}).get("data")
-        folder = source is not None and Path(source).is_dir()
+        croppable = source is not None and (is_hub_name(source) or Path(source).is_dir())
         if data.channels == config.in_channels or data.channels == 1:
             return (f"scale and centre-crop the images to {size}x{size}: --image-size {size} "
-                    f"(image_size={size}) for a class folder" if folder else
+                    f"(image_size={size})" if croppable else
                     f"resize the images to {size}x{size}")
         return "the model takes gray images: convert them to one channel"
     if not data.pixels and config.in_channels in (1, 3):
@@ -490,22 +497,22 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     """Turn any supported source into an ``ImageDataset``.
 
     ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
-    per class (or an ``ImageFolder``), an ``.npz`` file, ``(images, labels)`` arrays or a dict
-    of arrays under the ``.npz`` keys (``from_arrays``), a torch ``Dataset`` / ``DataLoader``
-    of (image, label), a Hugging Face dataset (``hugging_face``: in memory, a folder
-    ``save_to_disk`` wrote, or ``"hf:NAME[:CONFIG]"`` for ``load_dataset``), or an
-    ``ImageDataset``. ``split`` applies to bundled and Hugging Face datasets, ``num_classes``
-    to ``.npz`` files, torch and Hugging Face datasets, ``image_size`` to bundled datasets,
-    folders and Hugging Face datasets (scaled and centre-cropped), ``class_index`` to folders
-    (the model's classes in order, when the folders are some of them:
-    ``folder.read_class_index``). What was read
-    from disk remembers how (``origin``), so a later process can load the same data again.
+    per class, an ``.npz`` file, ``(images, labels)`` arrays or a dict of arrays under the
+    ``.npz`` keys (``from_arrays``), a torch ``Dataset`` / ``DataLoader`` of (image, label), a
+    Hugging Face dataset (``hugging_face``: in memory, a folder ``save_to_disk`` wrote, or
+    ``"hf:NAME[:CONFIG]"`` for ``load_dataset``), what ``open_data`` opened (an
+    ``ImageFolder``, ``HuggingFaceImages``), or an ``ImageDataset``. ``split`` applies to
+    bundled and Hugging Face datasets, ``num_classes`` to ``.npz`` files, torch and Hugging
+    Face datasets, ``image_size`` to bundled datasets, folders and Hugging Face datasets
+    (scaled and centre-cropped), ``class_index`` to folders (the model's classes in order,
+    when the folders are some of them: ``folder.read_class_index``). What was read from disk
+    remembers how (``origin``), so a later process can load the same data again.
     8-bit images (files, uint8 arrays and tensors) are held as uint8 (``unit_range`` gives
     [-1, 1]).
     """
     from entpruner_sdk.data import hugging_face
     from entpruner_sdk.data.bundled import BUNDLED, load_bundled
-    from entpruner_sdk.data.folder import ImageFolder
+    from entpruner_sdk.data.streamed import StreamedImages
 
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size={image_size}: must be a positive number of pixels")
@@ -521,41 +528,73 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     if isinstance(data, str) and data in BUNDLED:
         dataset = load_bundled(data, split=split, image_size=image_size)
         return _remember(dataset, data, split=split, image_size=image_size)
-    if hugging_face.is_hub_name(data):
-        dataset = hugging_face.load_hub(data, split=split, num_classes=num_classes,
-                                        image_size=image_size)
-        return _remember(dataset, data, split=split, num_classes=num_classes,
-                         image_size=image_size)
-    if isinstance(data, (str, os.PathLike)) and hugging_face.is_saved(data):
-        return _saved_hugging_face(Path(data), split, num_classes, image_size, class_index)
+    if _opens(data):
+        data = open_data(data, split=split, num_classes=num_classes, image_size=image_size,
+                         class_index=class_index)
+    if isinstance(data, StreamedImages):
+        fingerprint = data.fingerprint()  # before reading: a file changed meanwhile then shows
+        dataset = data.load()
+        dataset.origin, dataset.source_fingerprint = data.origin, fingerprint
+        return dataset
     if split != "train":  # not silently the whole of data that has no splits
         raise DataError(f"split={split!r} (--split) picks a split of a bundled or Hugging Face "
                         f"dataset, and {data!r} has none: drop it")
-    if isinstance(data, ImageFolder):
-        fingerprint = data.fingerprint()  # before reading: a file changed meanwhile then shows
-        dataset = data.load()
-        dataset.origin, dataset.folder_fingerprint = data.origin, fingerprint
-        return dataset
     if isinstance(data, (Dataset, DataLoader)):
         return from_torch(data, num_classes)
     if not isinstance(data, (str, os.PathLike)):
         return _in_memory(data, num_classes, image_size)
-    return _from_path(Path(data), num_classes, image_size, class_index)
+    return _from_file(Path(data), num_classes, image_size)
 
 
-def _from_path(path: Path, num_classes: int | None, image_size: int | None,
-               class_index: str | os.PathLike | None) -> ImageDataset:
-    """A class folder or an ``.npz`` file."""
-    from entpruner_sdk.data.bundled import BUNDLED
+def open_data(data: Any, *, split: str = "train", num_classes: int | None = None,
+              image_size: int | None = None, class_index: str | os.PathLike | None = None
+              ) -> ImageDataset | StreamedImages:
+    """``data`` as ``load_data`` reads it (same keywords), except that a class folder, a
+    Hugging Face dataset (a folder ``save_to_disk`` wrote, ``hf:NAME``, or a ``Dataset`` in
+    memory; not a streamed one) are opened (``ImageFolder``, ``HuggingFaceImages``), not read:
+    their images are read when they are used, so ``evaluate`` reads only its reference
+    images, and ``encode`` one batch at a time."""
+    from entpruner_sdk.data import hugging_face
     from entpruner_sdk.data.folder import ImageFolder
+
+    if hugging_face.is_hugging_face(data) and not hugging_face.is_streamed(data, split):
+        return hugging_face.HuggingFaceImages(data, split=split, num_classes=num_classes,
+                                              image_size=image_size)
+    if not _opens(data):
+        return load_data(data, split=split, num_classes=num_classes, image_size=image_size,
+                         class_index=class_index)
+    if image_size is not None and image_size < 1:
+        raise DataError(f"image_size={image_size}: must be a positive number of pixels")
+    if hugging_face.is_hub_name(data) or hugging_face.is_saved(data):
+        if class_index is not None:
+            raise DataError(f"{data} is a Hugging Face dataset, whose class labels are its "
+                            "own; class_index (--class-index) labels class folders: drop it")
+        opened = hugging_face.open_hub if hugging_face.is_hub_name(data) else \
+            hugging_face.open_saved
+        return opened(data, split=split, num_classes=num_classes, image_size=image_size)
+    if split != "train":
+        raise DataError(f"split={split!r} (--split) picks a split of a bundled or Hugging Face "
+                        f"dataset, and the class folder {data} has none: drop it")
+    return ImageFolder(data, image_size, class_index)
+
+
+def _opens(data: Any) -> bool:
+    """Whether ``open_data`` opens ``data`` rather than reads it: a folder or ``hf:NAME``."""
+    from entpruner_sdk.data import hugging_face
+
+    return hugging_face.is_hub_name(data) or (isinstance(data, (str, os.PathLike))
+                                               and Path(data).is_dir())
+
+
+def _from_file(path: Path, num_classes: int | None, image_size: int | None) -> ImageDataset:
+    """An ``.npz`` file."""
+    from entpruner_sdk.data.bundled import BUNDLED
 
     if not path.exists():
         close = difflib.get_close_matches(str(path), BUNDLED, n=1)
         raise DataError(f"data {str(path)!r} is neither a bundled dataset "
                         f"({', '.join(BUNDLED)}) nor an existing file or folder"
                         + (f"; did you mean {close[0]}?" if close else ""))
-    if path.is_dir():
-        return load_data(ImageFolder(path, image_size, class_index))
     if path.suffix == ".npz":
         if image_size is not None:
             raise DataError(f"{path} is loaded as stored; image_size (--image-size) resizes "
@@ -564,21 +603,6 @@ def _from_path(path: Path, num_classes: int | None, image_size: int | None,
         return _remember(load_npz(path, num_classes), str(path.resolve()),
                          num_classes=num_classes)
     raise DataError(f"unsupported data file {path}; use an .npz or a folder of class folders")
-
-
-def _saved_hugging_face(path: Path, split: str, num_classes: int | None,
-                        image_size: int | None, class_index: Any) -> ImageDataset:
-    """A Hugging Face dataset ``save_to_disk`` wrote, remembered by its path (not a class
-    folder: its subfolders are splits)."""
-    from entpruner_sdk.data import hugging_face
-
-    if class_index is not None:
-        raise DataError(f"{path} is a Hugging Face dataset, whose class labels are its own; "
-                        "class_index (--class-index) labels class folders: drop it")
-    dataset = hugging_face.load_saved(path, split=split, num_classes=num_classes,
-                                      image_size=image_size)
-    return _remember(dataset, str(path.resolve()), split=split, num_classes=num_classes,
-                     image_size=image_size)
 
 
 def _in_memory(data: Any, num_classes: int | None, image_size: int | None) -> ImageDataset:

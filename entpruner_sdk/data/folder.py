@@ -1,9 +1,9 @@
 """A folder with one subfolder of images per class, read lazily or all at once.
 
-``ImageFolder`` lists the files and reads one image per item, so a large folder streams
-through a ``DataLoader`` (``LatentSpace.encode_dataset`` encodes it batch by batch in the
-memory of one batch); ``ImageFolder.load`` (``load_data`` of a folder) reads it whole into an
-``ImageDataset``.
+``ImageFolder`` lists the files and reads one image per item (``StreamedImages``), so a large
+folder streams through a ``DataLoader`` (``LatentSpace.encode_dataset`` encodes it batch by
+batch in the memory of one batch); ``ImageFolder.load`` (``load_data`` of a folder) reads it
+whole into an ``ImageDataset``.
 """
 
 from __future__ import annotations
@@ -11,41 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from functools import cached_property, partial
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from entpruner_sdk.data.classes import default_names
-from entpruner_sdk.data.datasets import DataError, ImageDataset, pil_pixels, unit_range
+from entpruner_sdk.data.datasets import DataError, pil_pixels
+from entpruner_sdk.data.streamed import StreamedImages, UnreadableImage, hashed_keys
 
 if TYPE_CHECKING:  # Pillow is imported where images are read
     import PIL.Image
 
 
-class UnreadableImage(DataError):
-    """An image file that cannot be decoded (empty, truncated, not an image at all)."""
-
-    def __init__(self, file: Path, reason: str) -> None:
-        super().__init__(f"cannot read image {file}: {reason}; delete or replace it")
-        self.file, self.reason = file, reason
-
-    def __reduce__(self) -> tuple:  # it crosses from a reader process to the caller
-        return type(self), (self.file, self.reason)
-
-
-# a whole read lists at most this many unreadable files in its error (all are counted)
-LISTED_UNREADABLE = 20
-
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-# whole reads of at least this many images use reader processes by default: below it, starting
-# them costs more than they save
-PARALLEL_FROM = 256
 
 
 def center_crop(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
@@ -143,7 +123,7 @@ def read_class_index(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     return keys, names
 
 
-class ImageFolder(Dataset):
+class ImageFolder(StreamedImages):
     """The images of a class folder (``root/<class name>/*.png``), read one per item as RGB
     in [-1, 1] with its label; subfolder names, sorted, are the class names.
 
@@ -199,8 +179,7 @@ class ImageFolder(Dataset):
         self.labels = torch.tensor(labels)
         self.num_classes = len(keys)
         self.class_index = class_index
-        self.name = self.root.name
-        self.pixels = True
+        self.name, self.where = self.root.name, str(self.root)
         self.crop_size = image_size
         self._first_size = None if image_size else self._shown_size(self.files[0])
         if self._first_size and self._first_size[0] != self._first_size[1]:
@@ -208,21 +187,9 @@ class ImageFolder(Dataset):
                             "DiT and SiT take square images: pass image_size= (--image-size "
                             "N) to scale and centre-crop them all to N x N")
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __repr__(self) -> str:
-        return (f"ImageFolder({str(self.root)!r}: {len(self)} images of {self.image_size}x"
-                f"{self.image_size}, {self.num_classes} classes)")
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = torch.from_numpy(self.read(index).transpose(2, 0, 1).copy())
-        return unit_range(pixels), self.labels[index]
-
-    @property
-    def channels(self) -> int:
-        """Always 3: every image is read as RGB."""
-        return 3
+    def describe(self, index: int) -> str:
+        """Image ``index``'s file."""
+        return str(self.files[index])
 
     @property
     def origin(self) -> dict:
@@ -232,11 +199,6 @@ class ImageFolder(Dataset):
                    "class_index": self.class_index and str(Path(self.class_index).resolve())}
         return {"data": str(self.root.resolve()),
                 **{key: value for key, value in options.items() if value is not None}}
-
-    @property
-    def image_size(self) -> int:
-        """The crop size, or the first image's side when the folder is not cropped."""
-        return self.crop_size or self._first_size[0]
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` as uint8 RGB [H, W, 3], cropped when ``image_size`` was given."""
@@ -253,71 +215,9 @@ class ImageFolder(Dataset):
                 raise UnreadableImage(file, str(error)) from error
             if self.crop_size is not None:
                 image = center_crop(image, self.crop_size)
-            elif image.size != self._first_size:
-                (w, h), (w0, h0) = image.size, self._first_size
-                raise DataError(f"{self.root} mixes image sizes: {self.files[0]} is {w0}x{h0}, "
-                                f"{file} is {w}x{h}; pass image_size= (--image-size N) to "
-                                "scale and centre-crop them all to N x N")
+            else:
+                self.check_size(index, image.size)
             return np.asarray(image)
-
-    def load(self, indices: Sequence[int] | None = None, workers: int | None = None
-             ) -> ImageDataset:
-        """The images at ``indices`` (all by default) read into an ``ImageDataset``, holding
-        one copy of their 8-bit pixels; images whose three channels are all equal stay one
-        grayscale channel. ``workers`` processes read them (None: up to 4 when there are
-        enough images to repay starting them, ``PARALLEL_FROM``; 0: this process)."""
-        indices = list(range(len(self)) if indices is None else indices)
-        images = torch.from_numpy(self.read_pixels(indices, workers))
-        return ImageDataset(images, self.labels[indices], self.num_classes,
-                            name=self.name, class_names=list(self.class_names))
-
-    def read_pixels(self, indices: Sequence[int], workers: int | None = None) -> np.ndarray:
-        """The 8-bit pixels of the images at ``indices``, uint8 [N, C, H, W], C = 1 when every
-        image is gray; read as ``load`` reads them."""
-        indices = list(indices)
-        if workers is None:
-            workers = min(4, os.cpu_count() or 1) if len(indices) >= PARALLEL_FROM else 0
-        pixels, row, unreadable = None, 0, []
-        # small batches: a reader process takes whole batches, so this shares out few images
-        for batch in _read_batches(_Pixels(self, indices), 8, workers, np.stack,
-                                   every_unreadable=True):
-            if isinstance(batch, Unreadable):
-                unreadable += batch.errors
-            elif not unreadable:  # after the first bad file the rest are only checked
-                if pixels is None:  # filled in place, channels first: the one copy held
-                    pixels = np.empty((len(indices), 3, *batch.shape[1:3]), dtype=np.uint8)
-                pixels[row:row + len(batch)] = batch.transpose(0, 3, 1, 2)
-            row += len(batch)
-        if unreadable:
-            raise all_unreadable(unreadable, len(indices), self.root)
-        if (pixels[:, 0] == pixels[:, 1]).all() and (pixels[:, 0] == pixels[:, 2]).all():
-            pixels = np.ascontiguousarray(pixels[:, :1])  # a third of the copy
-        return pixels
-
-    def batches(self, batch_size: int, workers: int = 0, start: int = 0,
-                indices: Sequence[int] | None = None) -> Iterator[torch.Tensor | Unreadable]:
-        """The images from ``start`` on (or at ``indices``) as 8-bit pixels (uint8
-        [B, 3, H, W]; ``unit_range`` gives [-1, 1]), ``batch_size`` at a time, read by
-        ``workers`` processes (``_read_batches``): a quarter of the bytes of floats to pass on
-        and to copy to a device. A batch with unreadable images comes back as ``Unreadable``
-        (``readable`` sorts it out) and the reading goes on, so one pass finds them all."""
-        items = _Pixels(self, range(start, len(self)) if indices is None else indices)
-        return _read_batches(items, batch_size, workers, _stack_channels_first,
-                             every_unreadable=True)
-
-    def readable(self, indices: Sequence[int]
-                 ) -> tuple[torch.Tensor | None, list[int], list[UnreadableImage]]:
-        """The images at ``indices`` that can be read, as ``batches`` gives them, with their
-        indices, and the errors of the others: a batch that came back ``Unreadable``, read
-        again image by image in this process (rare: only batches with a bad file)."""
-        images, kept, errors = [], [], []
-        for index in indices:
-            try:
-                images.append(self.read(index))
-                kept.append(index)
-            except UnreadableImage as error:
-                errors.append(error)
-        return (_stack_channels_first(images) if images else None), kept, errors
 
     def fingerprint(self) -> str:
         """A hash of the file list, sizes and modification times and the crop size: keys the
@@ -327,13 +227,11 @@ class ImageFolder(Dataset):
             digest.update(f"{entry}\n".encode())
         return digest.hexdigest()[:16]
 
-    def file_keys(self) -> torch.Tensor:
+    def item_keys(self) -> torch.Tensor:
         """One int64 per image, a hash of its path, label, size, modification time and the
-        crop size (never 0): what an encode's latents are kept under, file by file, so a
-        changed folder reuses those of the files it still holds unchanged."""
-        keys = [int.from_bytes(hashlib.sha256(f"{self.crop_size}|{entry}".encode()).digest()[:8],
-                               "little", signed=True) or 1 for entry in self._entries()]
-        return torch.tensor(keys, dtype=torch.int64)
+        crop size: what an encode's latents are kept under, file by file, so a changed folder
+        reuses those of the files it still holds unchanged."""
+        return hashed_keys(f"{self.crop_size}|{entry}" for entry in self._entries())
 
     def _entries(self) -> Iterator[str]:
         for file, label in zip(self.files, self.labels.tolist()):
@@ -361,85 +259,6 @@ class ImageFolder(Dataset):
             raise UnreadableImage(file, f"{error} (scale it down first)") from error
 
 
-class FolderSubset:
-    """Some images of an ``ImageFolder`` (all by default) that are read only when ``images``
-    is first used, as ``channels`` channels (gray shown as RGB, as ``fit_channels`` does).
-
-    It answers what an ``ImageDataset`` does without reading a pixel: the labels, classes,
-    size and a ``fingerprint`` of the files' stats. ``evaluate`` takes a folder's reference
-    so: its domain classifier and reference statistics are cached by that fingerprint, so a
-    repeated evaluation against the same folder reads no image and holds none. Once read,
-    ``images`` holds the 8-bit pixels as the files store them (uint8, a quarter of the memory
-    of floats: 1.9 GB for 10,000 images at 256 x 256); ``unit_range`` turns a batch into
-    [-1, 1], as the classifier and the feature networks do.
-    """
-
-    pixels = True
-    is_eight_bit = True  # image files: what is read is held as uint8
-
-    def __init__(self, folder: ImageFolder, indices: Sequence[int] | None = None,
-                 channels: int = 3) -> None:
-        self.folder, self.channels = folder, channels
-        self.indices = list(range(len(folder)) if indices is None else indices)
-        self.labels = folder.labels[self.indices]
-        self.num_classes, self.class_names = folder.num_classes, list(folder.class_names)
-        self.name, self.image_size, self.origin = folder.name, folder.image_size, folder.origin
-        self._fingerprint: str | None = None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __repr__(self) -> str:
-        return (f"FolderSubset({str(self.folder.root)!r}: {len(self)} images of "
-                f"{self.channels}x{self.image_size}x{self.image_size}, {self.num_classes} "
-                f"classes{', read' if 'images' in self.__dict__ else ''})")
-
-    @property
-    def named(self) -> bool:
-        """Whether the classes have names of their own, as ``ImageDataset.named``."""
-        return self.class_names != default_names(self.num_classes)
-
-    @property
-    def classes_present(self) -> list[int]:
-        """The class ids that have at least one image, ascending."""
-        return torch.unique(self.labels).tolist()
-
-    def subset(self, indices: Sequence[int]) -> FolderSubset:
-        """The images at these positions of this subset, still unread."""
-        return FolderSubset(self.folder, [self.indices[i] for i in indices], self.channels)
-
-    def with_channels(self, channels: int) -> FolderSubset:
-        """The same images as ``channels`` channels: 3 shows gray ones as RGB; 1 takes gray
-        ones as they are, and reads them at once, so that colour ones fail here, before any
-        sampling, rather than when they are first used."""
-        if channels == self.channels or channels not in (1, 3):
-            return self
-        subset = FolderSubset(self.folder, self.indices, channels)
-        if channels == 1:
-            subset.images  # noqa: B018 (read now: only gray images can be one channel)
-        return subset
-
-    def fingerprint(self) -> str:
-        """Keys caches by the folder's files (``ImageFolder.fingerprint``), the images chosen
-        and the channels, without reading any pixels; worked out once (it stats every file)."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256(f"{self.folder.fingerprint()}|{self.channels}|".encode())
-            digest.update(np.asarray(self.indices, dtype=np.int64).tobytes())
-            self._fingerprint = digest.hexdigest()[:16]
-        return self._fingerprint
-
-    @cached_property
-    def images(self) -> torch.Tensor:
-        """The pixels, uint8 [N, channels, H, W] (gray shown as RGB is a view)."""
-        pixels = torch.from_numpy(self.folder.read_pixels(self.indices))
-        if pixels.shape[1] == self.channels:
-            return pixels
-        if self.channels == 3:
-            return pixels.expand(-1, 3, -1, -1)
-        raise DataError(f"{self.folder.root} holds colour images but {self.channels}-channel "
-                        "ones are needed; compare a gray model with gray images")
-
-
 def _draft(image, short_side: int) -> None:
     """Let a JPEG decode at 1/2, 1/4 or 1/8 scale when its short side stays at least
     ``short_side``: the decoder skips the detail ``center_crop`` would average away anyway
@@ -450,95 +269,3 @@ def _draft(image, short_side: int) -> None:
     scale = short_side / min(image.size)
     if scale < 0.5:
         image.draft(image.mode, (round(image.width * scale), round(image.height * scale)))
-
-
-class _Pixels(Dataset):
-    """The uint8 pixels of some images of a folder, one per item (see ``ImageFolder.load``)."""
-
-    def __init__(self, folder: ImageFolder, indices: Sequence[int]) -> None:
-        self.folder, self.indices = folder, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int) -> np.ndarray:
-        return self.folder.read(self.indices[item])
-
-
-def all_unreadable(errors: list[UnreadableImage], count: int, root: Path) -> DataError:
-    """One error for every unreadable image a whole read met: a folder of thousands of
-    downloaded images is mended in one go, not one failed run per bad file."""
-    if len(errors) == 1:
-        return errors[0]
-    listed = [f"  {error.file}: {error.reason}" for error in errors[:LISTED_UNREADABLE]]
-    if len(errors) > LISTED_UNREADABLE:
-        listed.append(f"  ... and {len(errors) - LISTED_UNREADABLE} more")
-    return DataError(f"{len(errors)} of the {count} images read from {root} cannot be read:\n"
-                     + "\n".join(listed) + "\ndelete or replace them")
-
-
-class _ErrorsAsItems(Dataset):
-    """A dataset whose unreadable items come back as their ``DataError`` (see ``_collate``)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.dataset[index]
-        except DataError as error:
-            return error
-
-
-def _stack_channels_first(items: list) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.stack(items).transpose(0, 3, 1, 2)))
-
-
-@dataclass
-class Unreadable:
-    """A batch whose items include images that cannot be used: their errors, in order."""
-
-    errors: list[DataError]
-    size: int  # the batch's items, readable or not
-
-    def __len__(self) -> int:
-        return self.size
-
-
-def _collate(stack: Callable[[list], Any], items: list) -> Any:
-    """A batch of items made by ``stack``, or its errors, which reach the caller intact."""
-    errors = [item for item in items if isinstance(item, DataError)]
-    return Unreadable(errors, len(items)) if errors else stack(items)
-
-
-def _read_batches(items: Dataset, batch_size: int, workers: int,
-                  stack: Callable[[list], Any], every_unreadable: bool = False
-                  ) -> Iterator[Any]:
-    """``items`` in order, ``batch_size`` at a time, read by ``workers`` processes. An
-    unusable image raises its ``DataError`` here, in the caller's process, rather than as a
-    reader process's traceback; with ``every_unreadable``, a batch with unreadable images
-    (``UnreadableImage``) comes back as ``Unreadable`` and the reading goes on, so the caller
-    can name them all."""
-    loader = DataLoader(_ErrorsAsItems(items), batch_size, num_workers=workers,
-                        collate_fn=partial(_collate, stack))
-    for batch in loader:
-        if isinstance(batch, Unreadable):
-            other = [e for e in batch.errors if not isinstance(e, UnreadableImage)]
-            if other or not every_unreadable:
-                raise (other or batch.errors)[0]
-        yield batch
-
-
-def open_data(data: Any, **options: Any) -> ImageDataset | ImageFolder:
-    """``data`` as ``load_data`` reads it (same keywords), except that a class folder is
-    opened as an ``ImageFolder``, which reads its images when they are used: ``evaluate``
-    then reads only its reference images, and ``encode`` one batch at a time."""
-    from entpruner_sdk.data.datasets import load_data
-    from entpruner_sdk.data.hugging_face import is_saved
-
-    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir() and not is_saved(data):
-        return ImageFolder(data, options.get("image_size"), options.get("class_index"))
-    return load_data(data, **options)

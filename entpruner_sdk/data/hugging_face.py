@@ -1,15 +1,19 @@
-"""Hugging Face ``datasets``: a dataset of images and class labels read as an ``ImageDataset``.
+"""Hugging Face ``datasets``: a dataset of images and class labels, opened as
+``HuggingFaceImages`` (read one row per item, as a class folder is) or read whole as an
+``ImageDataset``.
 
 A dataset in memory (``load_dataset(...)``, ``Dataset.from_dict``), streamed or not, one
 saved with ``save_to_disk`` (a folder), or one ``load_dataset`` finds by name (``hf:NAME``, or
 ``hf:NAME:CONFIG``: a dataset on the Hub, or a folder of its data files); the command line's
-``--data`` takes the last two. The images come from its ``Image`` column, decoded by PIL and
-held as 8-bit pixels, and the labels from its ``ClassLabel`` column, whose names become the
-class names. Needs the ``hf`` extra.
+``--data`` takes the last two, which are memory-mapped: ``encode`` streams them and
+``evaluate`` reads only its reference rows, so they need not fit in memory. The images come
+from its ``Image`` column, decoded by PIL and held as 8-bit pixels, and the labels from its
+``ClassLabel`` column, whose names become the class names. Needs the ``hf`` extra.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from entpruner_sdk.data.classes import default_names
 from entpruner_sdk.data.datasets import DataError, ImageDataset, pil_pixels, stack_pixels
+from entpruner_sdk.data.streamed import StreamedImages, UnreadableImage, hashed_keys
 from entpruner_sdk.utils.progress import progress_bar, quiet
 
 IMAGE_COLUMNS = ("image", "img", "picture")  # by name, where no column has the Image type
@@ -44,20 +50,21 @@ def is_saved(path: str | os.PathLike) -> bool:
                                        for marker in SAVED_MARKERS)
 
 
-def load_saved(path: str | os.PathLike, *, split: str = "train", num_classes: int | None = None,
-               image_size: int | None = None) -> ImageDataset:
-    """A folder ``save_to_disk`` wrote, read whole (``split`` picks one of a dict's)."""
+def open_saved(path: str | os.PathLike, *, split: str = "train", num_classes: int | None = None,
+               image_size: int | None = None) -> HuggingFaceImages:
+    """A folder ``save_to_disk`` wrote, opened (``split`` picks one of a dict's)."""
     load_from_disk = _datasets(f"{path}, a Hugging Face dataset saved with save_to_disk,"
                                ).load_from_disk
-    return from_hugging_face(load_from_disk(str(path)), split=split, num_classes=num_classes,
-                             image_size=image_size, name=Path(path).name)
+    source = str(Path(path).resolve())
+    return HuggingFaceImages(load_from_disk(source), split=split, num_classes=num_classes,
+                             image_size=image_size, name=Path(path).name, source=source)
 
 
-def load_hub(spec: str, *, split: str = "train", num_classes: int | None = None,
-             image_size: int | None = None) -> ImageDataset:
-    """``hf:NAME[:CONFIG]`` through ``load_dataset``: downloaded from the Hub once, then read
-    from its cache (``HF_HUB_OFFLINE=1`` reads the cache without asking the Hub); NAME may
-    also be a local folder of the dataset's data files (Parquet, CSV + images, ...)."""
+def open_hub(spec: str, *, split: str = "train", num_classes: int | None = None,
+             image_size: int | None = None) -> HuggingFaceImages:
+    """``hf:NAME[:CONFIG]`` through ``load_dataset``, opened: downloaded from the Hub once,
+    then read from its cache (``HF_HUB_OFFLINE=1`` reads the cache without asking the Hub);
+    NAME may also be a local folder of the dataset's data files (Parquet, CSV + images, ...)."""
     name, _, config = spec[len(HUB_PREFIX):].partition(":")
     load_dataset = _datasets(spec).load_dataset
     try:
@@ -68,33 +75,158 @@ def load_hub(spec: str, *, split: str = "train", num_classes: int | None = None,
         raise DataError(f"cannot load the Hugging Face dataset {name!r}: {error}. Check the "
                         "name; without the Hub, load it once where it is reachable and save "
                         "it with save_to_disk, then pass that folder") from None
-    return from_hugging_face(table, split=split, num_classes=num_classes, image_size=image_size,
-                             name=name.rstrip("/").rsplit("/", 1)[-1])
+    return HuggingFaceImages(table, split=split, num_classes=num_classes, image_size=image_size,
+                             name=name.rstrip("/").rsplit("/", 1)[-1], source=spec)
 
 
 def from_hugging_face(data: Any, *, split: str = "train", num_classes: int | None = None,
                       image_size: int | None = None, name: str | None = None) -> ImageDataset:
-    """Materialise a Hugging Face dataset of images and class labels. ``split``: the one
-    taken from a ``DatasetDict`` (and named beside ``name``, when not ``train``);
-    ``image_size``: each image scaled on its short side and centre-cropped to that size, as a
-    class folder's are (needed when sizes differ). ``name``: what reports call it (default:
-    the dataset's own name)."""
-    if hasattr(data, "keys") and not hasattr(data, "features"):  # a DatasetDict
-        if split not in data:
-            raise DataError(f"this Hugging Face dataset holds the splits {', '.join(data)}, "
-                            f"not {split!r}: pick one (split=, --split)")
-        data = data[split]
-    name = (name or getattr(data.info, "dataset_name", None) or "hugging-face") + (
-        "" if split == "train" else f"-{split}")
+    """Materialise a Hugging Face dataset of images and class labels (``HuggingFaceImages``
+    takes the same keywords); a streamed one (``IterableDataset``) is read row by row."""
+    data = _split(data, split)
+    if not _streamed(data):
+        return HuggingFaceImages(data, split=split, num_classes=num_classes,
+                                 image_size=image_size, name=name).load()
+    name = _name(data, name, split)
     image_column = _column(data, "Image", IMAGE_COLUMNS, "images")
     label_column = _column(data, "ClassLabel", LABEL_COLUMNS, "class labels")
     rows = data.select_columns([image_column, label_column])  # no other column is decoded
-    images, labels = _read(_python_rows(rows), image_column, label_column, image_size, name)
+    images, labels = [], []
+    for index, row in enumerate(progress_bar(_python_rows(rows), desc=f"reading {name}",
+                                             unit="image", leave=False)):
+        pixels = row_pixels(row[image_column], f"row {index}'s {image_column!r}", image_size)
+        images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None])
+        labels.append(_label(row[label_column], index))
+    if not images:
+        raise DataError(f"the Hugging Face dataset {name} is empty")
     names = _class_names(data, label_column)
     if num_classes is None:
-        num_classes = len(names) if names else int(labels.max()) + 1
-    return ImageDataset(stack_pixels(images, f"the Hugging Face dataset {name}"), labels,
-                        num_classes, class_names=names or None, name=name)
+        num_classes = len(names) if names else max(labels) + 1
+    return ImageDataset(stack_pixels(images, f"the Hugging Face dataset {name}"),
+                        torch.tensor(labels), num_classes, class_names=names or None, name=name)
+
+
+class HuggingFaceImages(StreamedImages):
+    """A Hugging Face dataset of images and class labels, read one row per item (a map-style
+    ``Dataset``: in memory, or memory-mapped from the Arrow files ``load_dataset`` and
+    ``save_to_disk`` write, so one larger than memory streams as a class folder does).
+
+    ``split``: the one taken from a ``DatasetDict`` (and named beside ``name``, when not
+    ``train``); ``image_size``: each image scaled on its short side and centre-cropped to
+    that size, as a class folder's are (needed when sizes differ); ``num_classes``: the
+    model's, when it has more classes than the dataset's labels; ``name``: what reports call
+    it (default: the dataset's own name); ``source``: how to open it again (a saved folder, or
+    ``hf:NAME``), which ``origin`` records. The labels and the ``ClassLabel``'s names are read
+    at once, the images only when used.
+    """
+
+    unreadable_fix = "drop those rows (dataset.filter) or replace their images"
+
+    def __init__(self, data: Any, *, split: str = "train", num_classes: int | None = None,
+                 image_size: int | None = None, name: str | None = None,
+                 source: str | None = None) -> None:
+        data = _split(data, split)
+        if _streamed(data):
+            raise DataError("a streamed Hugging Face dataset has no random access; read it "
+                            "whole with load_data, or pass the Dataset itself")
+        self.split, self.source, self.crop_size = split, source, image_size
+        self._given_classes = num_classes
+        self.name = _name(data, name, split)
+        self.where = f"the Hugging Face dataset {self.name}"
+        self.image_column = _column(data, "Image", IMAGE_COLUMNS, "images")
+        label_column = _column(data, "ClassLabel", LABEL_COLUMNS, "class labels")
+        if len(data) == 0:
+            raise DataError(f"{self.where} is empty")
+        column = data.select_columns([label_column]).with_format(None)[label_column]
+        self.labels = torch.tensor([_label(label, index) for index, label in enumerate(column)])
+        names = _class_names(data, label_column)
+        self.num_classes = num_classes if num_classes is not None else (
+            len(names) if names else int(self.labels.max()) + 1)
+        self.class_names = names or default_names(self.num_classes)
+        self._images = _python_rows(data.select_columns([self.image_column]))
+        # what ``datasets`` keys its own caches by (the content and every transform), and
+        # the Arrow files behind it (as a folder's file stats: rewritten files show)
+        self._content = (data._fingerprint, [file["filename"] for file in data.cache_files])
+        self._first_size = None
+        if image_size is None:
+            width, height = self._image(0).size
+            if height != width:
+                raise DataError(f"{self.where}: row 0 is {width}x{height}; DiT and SiT take "
+                                "square images: pass image_size= (--image-size N) to scale "
+                                "and centre-crop them all to N x N")
+            self._first_size = (width, height)
+
+    def describe(self, index: int) -> str:
+        """Row ``index``."""
+        return f"row {index}"
+
+    @property
+    def origin(self) -> dict[str, Any] | None:
+        """How to open the same rows again (``load_data`` keywords): the saved folder or
+        ``hf:NAME``, the split, class count and crop size; None for a dataset made in memory."""
+        if self.source is None:
+            return None
+        options = {"split": None if self.split == "train" else self.split,
+                   "num_classes": self._given_classes,
+                   "image_size": self.crop_size}
+        return {"data": self.source,
+                **{key: value for key, value in options.items() if value is not None}}
+
+    def read(self, index: int) -> np.ndarray:
+        """Row ``index``'s image as uint8 RGB [H, W, 3], cropped when ``image_size`` was
+        given; one ``datasets`` cannot decode is an ``UnreadableImage``."""
+        pixels = row_pixels(self._image(index), f"row {index}'s {self.image_column!r}",
+                            self.crop_size)
+        if self._first_size is not None:
+            self.check_size(index, (pixels.shape[1], pixels.shape[0]))
+        return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+
+    def _image(self, index: int) -> Any:
+        """Row ``index``'s image as ``datasets`` decodes it (a PIL image)."""
+        try:
+            image = self._images[index][self.image_column]
+        except OSError as error:  # PIL's, for bytes that are no image
+            raise UnreadableImage(f"row {index} of {self.name}", str(error),
+                                  "drop the row (dataset.filter) or replace its image") from error
+        if image is None:
+            raise UnreadableImage(f"row {index} of {self.name}", "it has no image",
+                                  "drop the row (dataset.filter) or give it one")
+        return image
+
+    def fingerprint(self) -> str:
+        """A hash of the dataset's own fingerprint, its Arrow files' sizes and modification
+        times, the labels and the crop size: keys caches without reading an image."""
+        fingerprint, files = self._content
+        digest = hashlib.sha256(f"{self.crop_size}|{self.image_column}|{fingerprint}".encode())
+        for file in files:
+            stat = os.stat(file)
+            digest.update(f"|{file}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(self.labels.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def item_keys(self) -> torch.Tensor:
+        """One int64 per row, a hash of the dataset's ``fingerprint`` and the row: an
+        interrupted encode of the same dataset reuses the latents it made."""
+        fingerprint = self.fingerprint()
+        return hashed_keys(f"{fingerprint}|{index}" for index in range(len(self)))
+
+
+def row_pixels(image: Any, source: str, image_size: int | None) -> np.ndarray:
+    """A row's decoded image (PIL) as 8-bit pixels [H, W, C] (``pil_pixels``: grey stays one
+    channel), scaled and centre-cropped to ``image_size`` as a folder's images are."""
+    from PIL import Image
+
+    from entpruner_sdk.data.folder import center_crop
+
+    if not isinstance(image, Image.Image):
+        raise DataError(f"{source} is a {type(image).__name__}, not an image: cast the column "
+                        "to datasets.Image()")
+    pixels = pil_pixels(image, source)  # 8-bit first: a 16-bit grey scan is scaled, not clipped
+    if image_size is None:
+        return pixels
+    cropped = center_crop(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels),
+                          image_size)
+    return np.asarray(cropped).reshape(image_size, image_size, -1)
 
 
 def _datasets(what: str) -> Any:
@@ -125,40 +257,44 @@ def _column(data: Any, kind: str, names: Sequence[str], what: str) -> str:
                     f"{names[0]!r} (dataset.rename_column) or cast it to {kind}")
 
 
+def _split(data: Any, split: str) -> Any:
+    """``split`` of a ``DatasetDict``; a single dataset as it is."""
+    if hasattr(data, "keys") and not hasattr(data, "features"):  # a DatasetDict
+        if split not in data:
+            raise DataError(f"this Hugging Face dataset holds the splits {', '.join(data)}, "
+                            f"not {split!r}: pick one (split=, --split)")
+        return data[split]
+    return data
+
+
+def is_streamed(data: Any, split: str = "train") -> bool:
+    """Whether ``data`` (``split`` of it, for a ``DatasetDict``) is an ``IterableDataset``,
+    read in order only; a missing split is left for ``_split`` to name."""
+    if hasattr(data, "keys") and not hasattr(data, "features"):
+        data = data.get(split, data)
+    return _streamed(data)
+
+
+def _streamed(data: Any) -> bool:
+    return not hasattr(data, "cache_files")
+
+
+def _name(data: Any, name: str | None, split: str) -> str:
+    """What reports call the dataset: ``name`` or its own, with the split when not train."""
+    name = name or getattr(data.info, "dataset_name", None) or "hugging-face"
+    return name if split == "train" else f"{name}-{split}"
+
+
+def _label(label: Any, index: int) -> int:
+    if label is None or int(label) < 0:  # ClassLabel's -1: no label
+        raise DataError(f"row {index} has no class label ({label!r}); drop the unlabelled "
+                        "rows (dataset.filter) first")
+    return int(label)
+
+
 def _python_rows(data: Any) -> Iterable[dict]:
     """The rows as Python objects (PIL images, ints), whatever format was set on them."""
     return data.with_format(None) if hasattr(data, "with_format") else data
-
-
-def _read(rows: Iterable[dict], image_column: str, label_column: str,
-          image_size: int | None, name: str) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each row's image as 8-bit pixels [1, C, H, W], and the labels; a bar while a large
-    dataset decodes (silenced by ``--quiet``)."""
-    from PIL import Image
-
-    from entpruner_sdk.data.folder import center_crop
-
-    images, labels = [], []
-    # tqdm takes the total from len(), which a streamed dataset lacks
-    for index, row in enumerate(progress_bar(rows, desc=f"reading {name}", leave=False)):
-        image, label = row[image_column], row[label_column]
-        if not isinstance(image, Image.Image):
-            raise DataError(f"row {index}'s {image_column!r} is a {type(image).__name__}, not "
-                            "an image: cast the column to datasets.Image()")
-        if label is None or int(label) < 0:  # ClassLabel's -1: no label
-            raise DataError(f"row {index} has no class label ({label!r}); drop the unlabelled "
-                            "rows (dataset.filter) first")
-        # 8-bit first: a 16-bit grey scan is scaled, not clipped
-        pixels = pil_pixels(image, f"row {index}'s {image_column!r}")
-        if image_size is not None:
-            cropped = center_crop(Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1
-                                                  else pixels), image_size)
-            pixels = np.asarray(cropped).reshape(image_size, image_size, -1)
-        images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None])
-        labels.append(int(label))
-    if not images:
-        raise DataError("the Hugging Face dataset is empty")
-    return images, torch.tensor(labels)
 
 
 def _class_names(data: Any, label_column: str) -> list[str]:

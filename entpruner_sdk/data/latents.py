@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from entpruner_sdk.data.datasets import DataError, ImageDataset, eight_bit, unit_range
-from entpruner_sdk.data.folder import ImageFolder, Unreadable, all_unreadable
+from entpruner_sdk.data.streamed import StreamedImages, Unreadable, all_unreadable
 from entpruner_sdk.utils.cache import read_kept
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_writer
@@ -112,7 +112,7 @@ class LatentSpace:
         return (self.vae.config.out_channels, config.input_size * factor,
                 config.input_size * factor)
 
-    def _cache_file(self, cache_dir: str | os.PathLike, data: ImageDataset | ImageFolder,
+    def _cache_file(self, cache_dir: str | os.PathLike, data: ImageDataset | StreamedImages,
                     fingerprint: str) -> Path:
         """One file per dataset content (``data.fingerprint()``) and VAE weights."""
         return Path(cache_dir) / f"{data.name}-{fingerprint}-{self.fingerprint}.safetensors"
@@ -144,36 +144,38 @@ class LatentSpace:
                 save_file({"pixels": pixels}, str(tmp))
         return _image_dataset(pixels, data)
 
-    def encode_dataset(self, data: ImageDataset | ImageFolder,
+    def encode_dataset(self, data: ImageDataset | StreamedImages,
                        cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
                        progress: bool = True, workers: int = 0,
                        checkpoint_seconds: float | None = None) -> ImageDataset:
         """The dataset in latent space, read from / written to the cache when given.
 
-        ``data``: images in memory, or an ``ImageFolder``, which streams: ``workers``
-        processes read and crop its files while the VAE encodes, and only one batch of pixels
-        is held at a time, so a folder larger than memory encodes. With a cache, the latents
-        done so far are saved every ``checkpoint_seconds`` (``CHECKPOINT_SECONDS``), and an
-        interrupted encode (Ctrl-C, a crash) continues from there when run again on the same
-        data. A folder's latents are kept file by file (``ImageFolder.file_keys``): its
-        unreadable images are all named at the end, with the rest encoded, and once they are
-        mended, or when images are added, the encode reuses every latent it has for a file
-        it still holds unchanged, and encodes only the others."""
+        ``data``: images in memory, or ``StreamedImages`` (a class folder, a Hugging Face
+        dataset on disk), which stream: ``workers`` processes read and crop its images while
+        the VAE encodes, and only one batch of pixels is held at a time, so data larger than
+        memory encodes. With a cache, the latents done so far are saved every
+        ``checkpoint_seconds`` (``CHECKPOINT_SECONDS``), and an interrupted encode (Ctrl-C, a
+        crash) continues from there when run again on the same data. Streamed images'
+        latents are kept image by image (``item_keys``): unreadable images are all named at
+        the end, with the rest encoded, and once they are mended, or when images are added
+        to a folder, the encode reuses every latent it has for a file it still holds
+        unchanged, and encodes only the others."""
         if checkpoint_seconds is None:
             checkpoint_seconds = CHECKPOINT_SECONDS
-        # a folder's files as they are before any is read: the cache's key, and what the
-        # latents record of where they came from (``folder_fingerprint``)
-        folder = data.fingerprint() if isinstance(data, ImageFolder) else data.folder_fingerprint
+        # streamed images as they are before any is read: the cache's key, and what the
+        # latents record of where they came from (``source_fingerprint``)
+        source = (data.fingerprint() if isinstance(data, StreamedImages)
+                  else data.source_fingerprint)
         if cache_dir is None:
             return _latent_dataset(self._encode_images(data, batch_size, workers, progress),
-                                   data, folder)
-        cache = self._cache_file(cache_dir, data, folder if isinstance(data, ImageFolder)
+                                   data, source)
+        cache = self._cache_file(cache_dir, data, source if isinstance(data, StreamedImages)
                                  else data.fingerprint())
         kept = read_kept(cache, lambda path: load_file(str(path))["latents"])
         if kept is not None:
-            return _latent_dataset(kept, data, folder)
-        if isinstance(data, ImageFolder):
-            latents, keys, spent = self._encode_folder(data, cache, batch_size, workers,
+            return _latent_dataset(kept, data, source)
+        if isinstance(data, StreamedImages):
+            latents, keys, spent = self._encode_streamed(data, cache, batch_size, workers,
                                                        progress, checkpoint_seconds)
             with atomic_writer(cache) as tmp:
                 save_file({"latents": latents, "keys": keys}, str(tmp))
@@ -185,9 +187,9 @@ class LatentSpace:
             with atomic_writer(cache) as tmp:
                 save_file({"latents": latents}, str(tmp))
             partial_file(cache).unlink(missing_ok=True)
-        return _latent_dataset(latents, data, folder)
+        return _latent_dataset(latents, data, source)
 
-    def _encode_images(self, data: ImageDataset | ImageFolder, batch_size: int, workers: int,
+    def _encode_images(self, data: ImageDataset | StreamedImages, batch_size: int, workers: int,
                        progress: bool, partial: Path | None = None,
                        checkpoint_seconds: float = CHECKPOINT_SECONDS) -> torch.Tensor:
         """Every image in order, continuing the latents ``partial`` holds (the first ones)."""
@@ -216,27 +218,27 @@ class LatentSpace:
                 saved = time.monotonic()
         return latents
 
-    def _encode_folder(self, folder: ImageFolder, cache: Path, batch_size: int, workers: int,
-                       progress: bool, checkpoint_seconds: float
-                       ) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
-        """A folder's latents and file keys, and the unfinished encodes they used: latents
-        kept for its files (by this run before an interruption, or by an encode of an earlier
-        state of the folder) reused, the others encoded. Unreadable images are skipped, and
+    def _encode_streamed(self, source: StreamedImages, cache: Path, batch_size: int,
+                         workers: int, progress: bool, checkpoint_seconds: float
+                         ) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
+        """Streamed images' latents and keys, and the unfinished encodes they used: latents
+        kept for its images (by this run before an interruption, or by an encode of an earlier
+        state of a folder) reused, the others encoded. Unreadable images are skipped, and
         named together at the end, after the others' latents are kept (in
         ``partial_file(cache)``) for the next run."""
-        keys = folder.file_keys()
-        latents, done, used = _kept_latents(cache, folder.name, self.fingerprint, keys)
+        keys = source.item_keys()
+        latents, done, used = _kept_latents(cache, source.name, self.fingerprint, keys)
         todo = torch.nonzero(~done).flatten().tolist()
         partial, saved, unreadable, position = partial_file(cache), time.monotonic(), [], 0
         bar = progress_bar(total=len(keys), initial=int(done.sum()), enabled=progress,
                            desc="encoding", unit="image")
         try:
-            for images in folder.batches(batch_size, workers, indices=todo):
+            for images in source.batches(batch_size, workers, indices=todo):
                 rows = todo[position:position + len(images)]
                 position += len(rows)
                 bar.update(len(rows))
                 if isinstance(images, Unreadable):
-                    images, rows, errors = folder.readable(rows)
+                    images, rows, errors = source.readable(rows)
                     unreadable += errors
                     if not rows:
                         continue
@@ -255,7 +257,7 @@ class LatentSpace:
         if unreadable:
             if latents is not None:
                 _keep_partial(partial, latents, keys, done)
-            raise all_unreadable(unreadable, len(keys), folder.root)
+            raise all_unreadable(unreadable, len(keys), source)
         return latents, keys, [partial, *used]
 
 
@@ -374,12 +376,12 @@ def decoder_for(config: ModelInputs, vae: LatentSpace | str | os.PathLike | Any 
     return space
 
 
-def to_latents(data: ImageDataset | ImageFolder, vae: LatentSpace | str | os.PathLike,
+def to_latents(data: ImageDataset | StreamedImages, vae: LatentSpace | str | os.PathLike,
                cache_dir: str | os.PathLike | None = None, *,
                config: ModelInputs | None = None,
                device: str | torch.device | None = "cpu", workers: int = 0,
                progress: bool = True) -> ImageDataset:
-    """Images (in memory, or an ``ImageFolder``, streamed by ``workers`` reader processes)
+    """Images (in memory, or ``StreamedImages``, streamed by ``workers`` reader processes)
     encoded with ``vae`` (a ``LatentSpace`` or its folder) for a latent model to train on, the
     latents cached under ``cache_dir`` and, after an interruption, resumed from there
     (``encode_dataset``); latents are returned as they are. ``config``: the model's, checked
@@ -416,11 +418,11 @@ def _image_dataset(images: torch.Tensor, data: ImageDataset) -> ImageDataset:
                         list(data.class_names))
 
 
-def _latent_dataset(latents: torch.Tensor, data: ImageDataset | ImageFolder,
-                    folder_fingerprint: str | None) -> ImageDataset:
-    """The latents of ``data``, keeping its ``origin`` and the fingerprint of the folder it
+def _latent_dataset(latents: torch.Tensor, data: ImageDataset | StreamedImages,
+                    source_fingerprint: str | None) -> ImageDataset:
+    """The latents of ``data``, keeping its ``origin`` and the fingerprint of the images it
     was read from: a compress report then names the images, where the demo's evaluation
     finds them."""
     return ImageDataset(latents, data.labels.clone(), data.num_classes, f"{data.name}-latent",
                         list(data.class_names), pixels=False, origin=data.origin,
-                        folder_fingerprint=folder_fingerprint)
+                        source_fingerprint=source_fingerprint)

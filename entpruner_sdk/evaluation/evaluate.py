@@ -147,8 +147,8 @@ def evaluate(
     cached). Without it a latent model is measured in latent space, with ``("domain",)`` only.
 
     ``reference_size``: at most that many real images, balanced over the classes, make the
-    reference (None: all of them); an ``ImageFolder`` reads only those, and none when the
-    domain classifier and reference statistics made from them are cached.
+    reference (None: all of them); ``StreamedImages`` (``open_data``) read only those, and
+    none when the domain classifier and reference statistics made from them are cached.
 
     The samples (``report.images``) are held as the reference is: 8-bit pixels (uint8) against
     8-bit real images (a folder, a uint8 ``.npz``, decoded latents), each rounded as a saved

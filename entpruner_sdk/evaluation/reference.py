@@ -17,9 +17,11 @@ from entpruner_sdk.data.datasets import (
     check_fits,
     fit_channels,
     load_data,
+    open_data,
 )
-from entpruner_sdk.data.folder import FolderSubset, ImageFolder, open_data
+from entpruner_sdk.data.hugging_face import is_hub_name
 from entpruner_sdk.data.latents import LatentSpace
+from entpruner_sdk.data.streamed import StreamedImages, StreamedSubset
 from entpruner_sdk.evaluation.features import FeatureExtractor
 from entpruner_sdk.evaluation.metrics import FeatureStats
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -31,47 +33,50 @@ from entpruner_sdk.utils.files import atomic_writer
 REFERENCE_SIZE = 10_000
 
 
-def load_reference(data: Any, size: int | None) -> tuple[ImageDataset | FolderSubset, int]:
+def load_reference(data: Any, size: int | None) -> tuple[ImageDataset | StreamedSubset, int]:
     """The real data to compare with, at most ``size`` images balanced over the classes, and
-    how many there were. Of a folder (``ImageFolder``) it is a ``FolderSubset``: only those
-    images, read when first needed, so the reference is bounded in memory however large the
-    folder, and not read at all when everything made from it is cached."""
+    how many there were. Of ``StreamedImages`` (a class folder, a Hugging Face dataset on
+    disk) it is a ``StreamedSubset``: only those images, read when first needed, so the
+    reference is bounded in memory however large the data, and not read at all when
+    everything made from it is cached."""
     if size is not None and size < 2:
         raise ValueError(f"reference_size={size}: at least 2 real images are needed (None, or "
                          "--reference-size 0, for all of them)")
-    if isinstance(data, ImageFolder):
-        data = FolderSubset(data)
-    elif not isinstance(data, FolderSubset):
+    if isinstance(data, StreamedImages):
+        data = StreamedSubset(data)
+    elif not isinstance(data, StreamedSubset):
         data = load_data(data)
     if size is None or len(data) <= size:
         return data, len(data)
     return data.subset(balanced_indices(data.labels, size)), len(data)
 
 
-def images_behind(data: ImageDataset, decoded: bool) -> ImageDataset | ImageFolder:
-    """The class folder ``data`` was read from, opened again (its ``origin``), to compare a
-    model trained on ``data`` with; ``data`` itself when it came from elsewhere.
+def images_behind(data: ImageDataset, decoded: bool) -> ImageDataset | StreamedImages:
+    """The class folder or Hugging Face dataset ``data`` was read from, opened again (its
+    ``origin``), to compare a model trained on ``data`` with; ``data`` itself when it came
+    from elsewhere.
 
-    ``evaluate`` takes the folder as ``entpruner evaluate --data FOLDER`` and the demo do, so
-    all three share the domain classifier and reference statistics cached for it (keyed by
-    the files, with no pixel read once they are cached), rather than train a second
-    classifier keyed by the pixels held. Latents encoded from the folder are compared through
+    ``evaluate`` takes it as ``entpruner evaluate --data FOLDER`` and the demo do, so all
+    three share the domain classifier and reference statistics cached for it (keyed by the
+    source's fingerprint, with no pixel read once they are cached), rather than train a
+    second classifier keyed by the pixels held. Latents encoded from it are compared through
     it too when the samples are ``decoded`` to images: with the real images, as the standard
     protocol does, not with the latents' VAE reconstructions, which would first have to be
-    decoded. A folder moved, emptied or changed since it was read (any file added, removed,
-    renamed or rewritten: its ``folder_fingerprint`` differs) leaves ``data``: the images the
+    decoded. A source moved, emptied or changed since it was read (any file added, removed,
+    renamed or rewritten: its ``source_fingerprint`` differs) leaves ``data``: the images the
     model was trained on are still held.
     """
     source = (data.origin or {}).get("data")
-    if (source is None or data.folder_fingerprint is None or not Path(source).is_dir()
+    if (source is None or data.source_fingerprint is None
+            or not (is_hub_name(source) or Path(source).is_dir())
             or not (data.pixels or decoded)):
         return data
     options = {key: value for key, value in data.origin.items() if key != "data"}
     try:
-        folder = open_data(source, **options)
+        opened = open_data(source, **options)
     except DataError:
         return data
-    return folder if folder.fingerprint() == data.folder_fingerprint else data
+    return opened if opened.fingerprint() == data.source_fingerprint else data
 
 
 def reference_data(model: DiffusionTransformer, data: ImageDataset,
