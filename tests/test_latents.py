@@ -305,6 +305,22 @@ def test_train_and_compress_encode_images_for_a_latent_model_given_its_vae(
     assert load(tmp_path / "run" / "model").depth == 2
 
 
+def interrupt_the_read_of(image: int, images: type, monkeypatch) -> list[int]:
+    """Ctrl-C once, when ``images`` (a ``StreamedImages`` class) reads image ``image`` (in a
+    batch of 3, the 3rd batch for image 7); returns the list of the images read."""
+    reads, read, interrupt = [], images.read, [True]
+
+    def interrupted(self, index):
+        reads.append(index)
+        if index == image and interrupt:
+            interrupt.clear()
+            raise KeyboardInterrupt
+        return read(self, index)
+
+    monkeypatch.setattr(images, "read", interrupted)
+    return reads
+
+
 @pytest.mark.parametrize("save_every", [0.0, 3600.0])  # after every batch; only at Ctrl-C
 def test_an_interrupted_encode_continues_where_it_stopped(tiny_vae_dir, tmp_path, capsys,
                                                            monkeypatch, save_every):
@@ -313,16 +329,7 @@ def test_an_interrupted_encode_continues_where_it_stopped(tiny_vae_dir, tmp_path
         (folder / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         pixels = np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"c{i % 2}" / f"{i}.png")
-    reads, read, interrupt = [], ImageFolder.read, [True]
-
-    def interrupted_at_image_7(self, index):  # Ctrl-C while the 3rd batch of 3 is read, once
-        reads.append(index)
-        if index == 7 and interrupt:
-            interrupt.clear()
-            raise KeyboardInterrupt
-        return read(self, index)
-
-    monkeypatch.setattr(ImageFolder, "read", interrupted_at_image_7)
+    reads = interrupt_the_read_of(7, ImageFolder, monkeypatch)
     out = tmp_path / "latents.npz"
     command = ["encode", "--vae", str(tiny_vae_dir), "--data", str(folder), "--out", str(out),
                "--workers", "0", "--batch-size", "3", "--quiet"]
@@ -355,16 +362,7 @@ def test_a_hugging_face_dataset_on_disk_encodes_row_by_row_and_continues(
         {"image": [Image.fromarray(eight_bit(image).permute(1, 2, 0).numpy())
                    for image in data.images], "label": data.labels.tolist()},
         features=features).save_to_disk(str(tmp_path / "photos"))
-    reads, read, interrupt = [], HuggingFaceImages.read, [True]
-
-    def interrupted_at_row_7(self, index):  # Ctrl-C while the 3rd batch of 3 is read, once
-        reads.append(index)
-        if index == 7 and interrupt:
-            interrupt.clear()
-            raise KeyboardInterrupt
-        return read(self, index)
-
-    monkeypatch.setattr(HuggingFaceImages, "read", interrupted_at_row_7)
+    reads = interrupt_the_read_of(7, HuggingFaceImages, monkeypatch)
     monkeypatch.setattr(latents_module, "CHECKPOINT_SECONDS", 0.0)
     out = tmp_path / "latents.npz"
     command = ["encode", "--vae", str(tiny_vae_dir), "--data", str(tmp_path / "photos"),
