@@ -702,6 +702,10 @@ def test_a_hugging_face_dataset_on_disk_is_opened_and_read_row_by_row(tmp_path):
     assert isinstance(in_memory, HuggingFaceImages) and in_memory.origin is None
     assert torch.equal(in_memory.load().images, whole.images)
     assert isinstance(open_data(table.to_iterable_dataset()), ImageDataset)
+    # images cast to bytes (decode=False) are decoded all the same, streamed or not
+    undecoded = table.cast_column("image", datasets.Image(decode=False))
+    assert torch.equal(load_data(undecoded).images, whole.images)
+    assert torch.equal(load_data(undecoded.to_iterable_dataset()).images, whole.images)
     # evaluate's reference: a balanced subset, read on first use
     reference, available = load_reference(opened, 4)
     assert isinstance(reference, StreamedSubset) and available == 10

@@ -90,7 +90,7 @@ def from_hugging_face(data: Any, *, split: str = "train", num_classes: int | Non
     name = _name(data, name, split)
     image_column = _column(data, "Image", IMAGE_COLUMNS, "images")
     label_column = _column(data, "ClassLabel", LABEL_COLUMNS, "class labels")
-    rows = data.select_columns([image_column, label_column])  # no other column is decoded
+    rows = _decoded(data.select_columns([image_column, label_column]), image_column)
     images, labels = [], []
     for index, row in enumerate(progress_bar(_python_rows(rows), desc=f"reading {name}",
                                              unit="image", leave=False)):
@@ -143,7 +143,8 @@ class HuggingFaceImages(StreamedImages):
         self.num_classes = num_classes if num_classes is not None else (
             len(names) if names else int(self.labels.max()) + 1)
         self.class_names = names or default_names(self.num_classes)
-        self._images = _python_rows(data.select_columns([self.image_column]))
+        self._images = _python_rows(_decoded(data.select_columns([self.image_column]),
+                                             self.image_column))
         # what ``datasets`` keys its own caches by (the content and every transform), and
         # the Arrow files behind it (as a folder's file stats: rewritten files show)
         self._content = (data._fingerprint, [file["filename"] for file in data.cache_files])
@@ -290,6 +291,15 @@ def _label(label: Any, index: int) -> int:
         raise DataError(f"row {index} has no class label ({label!r}); drop the unlabelled "
                         "rows (dataset.filter) first")
     return int(label)
+
+
+def _decoded(data: Any, image_column: str) -> Any:
+    """``data`` with its ``Image`` column decoded to PIL images where it was cast with
+    ``decode=False`` (bytes and paths): the features change, no row is rewritten."""
+    feature = (data.features or {}).get(image_column)
+    if getattr(feature, "decode", True):
+        return data
+    return data.cast_column(image_column, type(feature)(decode=True))
 
 
 def _python_rows(data: Any) -> Iterable[dict]:
