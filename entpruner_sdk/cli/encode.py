@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         entpruner encode --vae ./sd-vae-ft-ema --data ./imagenet_subset --image-size 256 \\
             --class-index LOC_synset_mapping.txt --device cuda --batch-size 64 --workers 8 \\
             --out subset.npz       # n02099601/... folders under ImageNet's ids, streamed
+        entpruner encode --vae ./sd-vae-ft-ema --data hf:ethz/food101 --image-size 256 \\
+            --device cuda --out food101.npz   # a Hugging Face dataset, read row by row
         entpruner compress --model DiT-XL-2-256x256.pt --family dit --data my_latents.npz \\
             --budget 14 --out runs/xl-d14
         """)
