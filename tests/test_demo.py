@@ -268,6 +268,31 @@ def test_the_quick_evaluation_loads_the_data_as_the_run_did(tmp_path):
                      r"\([\d.]+x as fast\) \|", table)
 
 
+def test_the_quick_evaluation_reads_a_hugging_face_dataset_the_run_used(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from entpruner_sdk.apps.demo import _data_name, _data_options, _quick_evaluation
+    from entpruner_sdk.data import eight_bit, load_data
+
+    digits = load_data("digits").subset(range(120))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(
+        names=digits.class_names)})
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(eight_bit(image)[0].numpy()) for image in digits.images],
+         "label": digits.labels.tolist()}, features=features)}).save_to_disk(
+        str(tmp_path / "hf-digits"))
+    teacher = randomized(DiffusionTransformer(tiny_config("dit", depth=4)))
+    save(teacher, tmp_path / "teacher")
+    data = load_data(tmp_path / "hf-digits", split="test")
+    compress(teacher, data, 2, **FAST).save(tmp_path / "pruned")
+    pair = load_pair(str(tmp_path / "teacher"), str(tmp_path / "pruned"))
+    # the demo opens the dataset the run used, by its path and split, and reads its rows
+    assert _data_name(pair) == str((tmp_path / "hf-digits").resolve())
+    assert _data_options(pair) == {"split": "test"}
+    table = _quick_evaluation(pair, 4, None, lambda *args, **kwargs: None)
+    assert f"Quick evaluation on `{tmp_path / 'hf-digits'}`" in table
+    assert "| fd_domain |" in table
+
+
 def test_missing_and_incompatible_models_become_messages(models, tmp_path):
     missing = load_pair(models[0], str(tmp_path / "nowhere"))
     assert not missing.ready and "quickstart" in missing.errors[0]
