@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -641,6 +642,13 @@ def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path, capsys, mon
     assert named.name == "files-test" and named.origin == {"data": spec, "split": "test"}
     with pytest.raises(DataError, match=r"Unknown split \"validation\""):
         load_data(spec, split="validation")
+    # a name the Hub is not asked about (offline): said so, with the ways to work without it
+    offline = subprocess.run(
+        [sys.executable, "-c", "from entpruner_sdk.data import load_data; "
+         "load_data('hf:no-such-user/no-such-dataset')"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert ("DataError: cannot load the Hugging Face dataset 'no-such-user/no-such-dataset': "
+            in offline.stderr) and "read from the cache with HF_HUB_OFFLINE=1" in offline.stderr
     # what it cannot read is named, with the fix
     with pytest.raises(DataError, match="columns are img, extra.*rename it to 'label'"):
         load_data(table.remove_columns("label"))

@@ -73,8 +73,10 @@ def open_hub(spec: str, *, split: str = "train", num_classes: int | None = None,
         raise DataError(f"{spec}: {error}") from None
     except (ConnectionError, FileNotFoundError) as error:
         raise DataError(f"cannot load the Hugging Face dataset {name!r}: {error}. Check the "
-                        "name; without the Hub, load it once where it is reachable and save "
-                        "it with save_to_disk, then pass that folder") from None
+                        "name. Without the Hub, one downloaded before is read from the cache "
+                        "with HF_HUB_OFFLINE=1 set (which also spares the tries to reach the "
+                        "Hub); else load it once where the Hub is reachable, save it with "
+                        "save_to_disk and pass that folder") from None
     return HuggingFaceImages(table, split=split, num_classes=num_classes, image_size=image_size,
                              name=name.rstrip("/").rsplit("/", 1)[-1], source=spec)
 
