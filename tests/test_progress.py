@@ -56,3 +56,15 @@ def test_tqdms_own_setting_and_a_notebooks_widget_keep_their_pace(shown, monkeyp
 
     monkeypatch.setattr(progress, "tqdm", tqdm_notebook)  # what tqdm.auto gives a notebook
     assert not progress._goes_to_a_log(io.StringIO())
+
+
+def test_a_passing_bar_is_erased_from_a_terminal_and_kept_finished_in_a_log(shown):
+    for stream in (Terminal(), io.StringIO()):
+        with progress_bar(total=3, desc="sampling", leave=False, file=stream) as bar:
+            bar.update(3)
+        last = stream.getvalue().rsplit("\r", 1)[-1]
+        if isinstance(stream, Terminal):  # erased: the next output starts on a clean line
+            assert last.strip() == ""
+        else:  # a log cannot erase; its last draw says what was done
+            assert last.startswith("sampling: 100%") and "3/3" in last
+            assert last.endswith("\n")

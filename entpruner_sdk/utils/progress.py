@@ -27,11 +27,15 @@ def quiet() -> bool:
 def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, **kwargs: Any
                  ) -> tqdm:
     """A tqdm bar, disabled when ``enabled`` is false or the environment asks for quiet;
-    redrawn every ``LOG_REDRAW_S`` seconds where it goes to a log rather than a terminal."""
-    if "TQDM_MININTERVAL" not in os.environ and _goes_to_a_log(kwargs.get("file")):
+    where it goes to a log rather than a terminal, redrawn every ``LOG_REDRAW_S`` seconds, and
+    kept when it closes, even one asked not to be (``leave=False``)."""
+    in_a_log = _goes_to_a_log(kwargs.get("file"))
+    if "TQDM_MININTERVAL" not in os.environ and in_a_log:
         kwargs.setdefault("mininterval", LOG_REDRAW_S)
         # else tqdm's monitor thread redraws a fast bar every maxinterval (10 s)
         kwargs.setdefault("maxinterval", kwargs["mininterval"])
+    if in_a_log:  # a log cannot erase: a closed bar would leave its first draw and a blank,
+        kwargs["leave"] = True  # where its last says what was done and how long it took
     return tqdm(iterable, disable=not enabled or quiet(), dynamic_ncols=True, **kwargs)
 
 
