@@ -316,12 +316,9 @@ def _shape_fix(config: Any, data: ImageDataset) -> str:
     """What to do about data of another shape than the model takes: crop a class folder's or
     a Hugging Face dataset's images to the model's size, or encode images for a latent
     model."""
-    from entpruner_sdk.data.hugging_face import is_hub_name
-
     size = config.input_size
     if data.pixels and config.in_channels in (1, 3) and data.channels in (1, 3):
-        source = (data.origin or {}).get("data")
-        croppable = source is not None and (is_hub_name(source) or Path(source).is_dir())
+        croppable = is_streamed_source((data.origin or {}).get("data"))
         if data.channels == config.in_channels or data.channels == 1:
             return (f"scale and centre-crop the images to {size}x{size}: --image-size {size} "
                     f"(image_size={size})" if croppable else
@@ -528,7 +525,7 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     if isinstance(data, str) and data in BUNDLED:
         dataset = load_bundled(data, split=split, image_size=image_size)
         return _remember(dataset, data, split=split, image_size=image_size)
-    if _opens(data):
+    if is_streamed_source(data):
         data = open_data(data, split=split, num_classes=num_classes, image_size=image_size,
                          class_index=class_index)
     if isinstance(data, StreamedImages):
@@ -560,7 +557,7 @@ def open_data(data: Any, *, split: str = "train", num_classes: int | None = None
     if hugging_face.is_hugging_face(data) and not hugging_face.is_streamed(data, split):
         return hugging_face.HuggingFaceImages(data, split=split, num_classes=num_classes,
                                               image_size=image_size)
-    if not _opens(data):
+    if not is_streamed_source(data):
         return load_data(data, split=split, num_classes=num_classes, image_size=image_size,
                          class_index=class_index)
     if image_size is not None and image_size < 1:
@@ -578,8 +575,9 @@ def open_data(data: Any, *, split: str = "train", num_classes: int | None = None
     return ImageFolder(data, image_size, class_index)
 
 
-def _opens(data: Any) -> bool:
-    """Whether ``open_data`` opens ``data`` rather than reads it: a folder or ``hf:NAME``."""
+def is_streamed_source(data: Any) -> bool:
+    """Whether ``open_data`` opens ``data`` rather than reads it: a folder (of classes, or
+    saved by ``save_to_disk``) or ``hf:NAME``, whose images can also be cropped on reading."""
     from entpruner_sdk.data import hugging_face
 
     return hugging_face.is_hub_name(data) or (isinstance(data, (str, os.PathLike))

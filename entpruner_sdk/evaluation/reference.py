@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,10 +15,10 @@ from entpruner_sdk.data.datasets import (
     balanced_indices,
     check_fits,
     fit_channels,
+    is_streamed_source,
     load_data,
     open_data,
 )
-from entpruner_sdk.data.hugging_face import is_hub_name
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.data.streamed import StreamedImages, StreamedSubset
 from entpruner_sdk.evaluation.features import FeatureExtractor
@@ -67,8 +66,7 @@ def images_behind(data: ImageDataset, decoded: bool) -> ImageDataset | StreamedI
     model was trained on are still held.
     """
     source = (data.origin or {}).get("data")
-    if (source is None or data.source_fingerprint is None
-            or not (is_hub_name(source) or Path(source).is_dir())
+    if (data.source_fingerprint is None or not is_streamed_source(source)
             or not (data.pixels or decoded)):
         return data
     options = {key: value for key, value in data.origin.items() if key != "data"}
