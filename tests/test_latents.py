@@ -3,6 +3,7 @@ for the grid, the evaluation, the server and the demo (a tiny random VAE and mod
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -387,6 +388,62 @@ def test_a_hugging_face_dataset_on_disk_encodes_row_by_row_and_continues(
     assert latents.source_fingerprint == opened.fingerprint()
     assert isinstance(images_behind(latents, decoded=True), HuggingFaceImages)
     assert images_behind(latents, decoded=False) is latents  # latents compared as latents
+
+
+def test_a_new_version_of_a_hugging_face_dataset_encodes_only_its_new_images(
+        tiny_vae_dir, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from entpruner_sdk.data.datasets import open_data
+    from entpruner_sdk.data.hugging_face import HuggingFaceImages
+
+    data, cache = photos16(12), tmp_path / "cache"
+    pictures = [Image.fromarray(eight_bit(image).permute(1, 2, 0).numpy())
+                for image in data.images]
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=data.class_names)})
+
+    def saved(version: str, rows: list[int]) -> Path:  # a save_to_disk of those rows
+        folder = tmp_path / version / "photos"
+        datasets.Dataset.from_dict({"image": [pictures[row] for row in rows],
+                                    "label": [int(data.labels[row]) for row in rows]},
+                                   features=features).save_to_disk(str(folder))
+        return folder
+
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    space.encode_dataset(open_data(saved("v1", list(range(8)))), cache, batch_size=3,
+                         progress=False)
+    reads, read = [], HuggingFaceImages.read
+
+    def counted(self, index):
+        reads.append(index)
+        return read(self, index)
+
+    monkeypatch.setattr(HuggingFaceImages, "read", counted)
+    # v2 drops rows 0 and 1, reorders the rest and adds four new images
+    v2 = open_data(saved("v2", [7, 6, 5, 4, 3, 2, 8, 9, 10, 11]))
+    encoded = space.encode_dataset(v2, cache, batch_size=3, progress=False)
+    assert sorted(reads) == [6, 7, 8, 9]  # the new images' rows, and no other
+    whole = space.encode_dataset(v2, batch_size=3, progress=False)
+    torch.testing.assert_close(encoded.images, whole.images)  # as if encoded anew
+
+    # rows that keep only a path to their image file are keyed by the file's stats: a file
+    # rewritten is encoded again, alone
+    files = []
+    for row in range(4):
+        files.append(tmp_path / "files" / f"{row}.png")
+        files[-1].parent.mkdir(exist_ok=True)
+        pictures[row].save(files[-1])
+    linked = datasets.Dataset.from_dict({"image": [str(file) for file in files],
+                                         "label": data.labels[:4].tolist()}, features=features)
+    assert linked.data.column("image")[0]["bytes"].as_py() is None  # a path, no bytes
+    space.encode_dataset(HuggingFaceImages(linked, name="linked"), cache, progress=False)
+    pictures[11].save(files[2])
+    reads.clear()
+    changed = space.encode_dataset(HuggingFaceImages(linked, name="linked"), cache,
+                                   progress=False)
+    assert reads == [2]
+    torch.testing.assert_close(changed.images[2], space.encode_dataset(
+        HuggingFaceImages(linked, name="linked"), progress=False).images[2])
 
 
 def test_an_encode_names_every_bad_image_and_then_encodes_only_what_changed(

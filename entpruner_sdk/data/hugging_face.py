@@ -147,6 +147,8 @@ class HuggingFaceImages(StreamedImages):
         self.class_names = names or default_names(self.num_classes)
         self._images = _python_rows(_decoded(data.select_columns([self.image_column]),
                                              self.image_column))
+        self._stored = data.select_columns([self.image_column]).with_format("arrow")
+        self._links_files = _links_files(self._stored, self.image_column)
         # what ``datasets`` keys its own caches by (the content and every transform), and
         # the Arrow files behind it (as a folder's file stats: rewritten files show)
         self._content = (data._fingerprint, [file["filename"] for file in data.cache_files])
@@ -205,13 +207,24 @@ class HuggingFaceImages(StreamedImages):
             stat = os.stat(file)
             digest.update(f"|{file}|{stat.st_size}|{stat.st_mtime_ns}".encode())
         digest.update(self.labels.numpy().tobytes())
+        if self._links_files:  # image files it names, as a folder's: rewritten ones show
+            for linked in _stored_images(self._stored, self.image_column, digest_bytes=False):
+                digest.update(f"|{linked}".encode() if linked else b"|")
         return digest.hexdigest()[:16]
 
     def item_keys(self) -> torch.Tensor:
-        """One int64 per row, a hash of the dataset's ``fingerprint`` and the row: an
-        interrupted encode of the same dataset reuses the latents it made."""
-        fingerprint = self.fingerprint()
-        return hashed_keys(f"{fingerprint}|{index}" for index in range(len(self)))
+        """One int64 per row, a hash of its image as stored (the encoded file's bytes, or the
+        file it names and that file's stats) and the crop size, read without decoding an
+        image: an interrupted encode of the same dataset reuses the latents it made, and one
+        of an edited dataset (rows added, removed, reordered or mended) those of every image
+        it still holds. A column that stores no image files is keyed by row instead."""
+        stored = self._stored.features[self.image_column]
+        if type(stored).__name__ != "Image":  # pixels by name, say: hashed by position
+            fingerprint = self.fingerprint()
+            return hashed_keys(f"{fingerprint}|{index}" for index in range(len(self)))
+        return hashed_keys(f"{self.crop_size}|{digest}" for digest in progress_bar(
+            _stored_images(self._stored, self.image_column), total=len(self),
+            desc=f"keying {self.name}", unit="image", leave=False))
 
 
 def row_pixels(image: Any, source: str, image_size: int | None) -> np.ndarray:
@@ -230,6 +243,42 @@ def row_pixels(image: Any, source: str, image_size: int | None) -> np.ndarray:
     cropped = center_crop(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels),
                           image_size)
     return np.asarray(cropped).reshape(image_size, image_size, -1)
+
+
+def _stored_images(stored: Any, column: str, *, digest_bytes: bool = True,
+                   rows_at_once: int = 1024) -> Iterable[str | None]:
+    """Each row's image as ``datasets`` stores it (Arrow ``{bytes, path}``), in a string that
+    changes with it: the SHA-256 of its bytes (None unless ``digest_bytes``), or, where it
+    keeps only a path, the path and that file's size and modification time (as a class
+    folder's files are keyed)."""
+    for start in range(0, len(stored), rows_at_once):
+        images = stored[start:start + rows_at_once].column(column).combine_chunks()
+        stored_bytes = images.field("bytes")
+        for index, (image, has_bytes, path) in enumerate(zip(
+                images.is_valid().to_pylist(), stored_bytes.is_valid().to_pylist(),
+                images.field("path").to_pylist())):
+            if not image:  # a row of None: unreadable, named when read
+                yield "none"
+            elif has_bytes:
+                yield (hashlib.sha256(stored_bytes[index].as_buffer()).hexdigest()
+                       if digest_bytes else None)
+            elif path is not None and os.path.exists(path):
+                stat = os.stat(path)
+                yield f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+            else:
+                yield f"{path}|missing"
+
+
+def _links_files(stored: Any, column: str) -> bool:
+    """Whether some row keeps only the path of its image file (``imagefolder``, or a
+    ``Dataset`` made from paths), not the file's bytes."""
+    if type(stored.features[column]).__name__ != "Image":
+        return False
+    import pyarrow.compute as pc
+
+    images = stored.data.column(column)  # every row stored, also any a selection hides
+    return bool(pc.any(pc.and_(images.is_valid(),
+                               pc.is_null(pc.struct_field(images, "bytes")))).as_py())
 
 
 def _datasets(what: str) -> Any:

@@ -158,8 +158,8 @@ class LatentSpace:
         crash) continues from there when run again on the same data. Streamed images'
         latents are kept image by image (``item_keys``): unreadable images are all named at
         the end, with the rest encoded, and once they are mended, or when images are added
-        to a folder, the encode reuses every latent it has for a file it still holds
-        unchanged, and encodes only the others."""
+        to a folder or a dataset, the encode reuses every latent it has for an image it still
+        holds unchanged, and encodes only the others."""
         if checkpoint_seconds is None:
             checkpoint_seconds = CHECKPOINT_SECONDS
         # streamed images as they are before any is read: the cache's key, and what the
