@@ -188,7 +188,10 @@ def test_entpruner_sample_under_torchrun_shares_the_batches_and_writes_once(tmp_
         "one.npz", "one.png", "two.npz", "two.png"]  # the kept batches removed
     refused = torchrun()  # a grid alone is one process's work
     assert refused.returncode != 0
-    assert "under torchrun, sample writes its samples with --npz F" in refused.stderr
+    # each process says it is refused, and which process it is
+    for rank in range(2):
+        assert (f"entpruner sample [rank {rank} of 2]: error: under torchrun, sample writes "
+                "its samples with --npz F") in refused.stderr
 
 
 def _on_two_machines(tmp_path, *command: str) -> list[tuple[str, str]]:

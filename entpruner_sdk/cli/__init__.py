@@ -88,10 +88,20 @@ def _error_message(error: Exception) -> str:
     return f"{error}; install it with: pip install 'entpruner-sdk[{extra}]'"
 
 
+def _speaker(command: str) -> str:
+    """Who a message is from: ``entpruner CMD``, and under torchrun the process's rank too,
+    as each process prints its own errors and warnings (two lines alike would read as one
+    message printed twice, and one process's own failure would not say whose it is)."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world > 1:
+        return f"entpruner {command} [rank {os.environ.get('RANK', '?')} of {world}]"
+    return f"entpruner {command}"
+
+
 def _interrupted_message(args: argparse.Namespace) -> str:
     """What an interrupted command kept, when its module says (train and compress: the
     checkpoint to resume; encode: the latents made; evaluate: the sample batches made)."""
-    message = f"entpruner {args.command}: interrupted"
+    message = f"{_speaker(args.command)}: interrupted"
     kept = getattr(_MODULES[args.command], "interrupted", None)
     return message + (f"; {kept(args)}" if kept is not None else "")
 
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError, ValueError, TypeError, FileNotFoundError,
             FileExistsError, FeatureNetworkMissing, ParityError, ImportError,
             RuntimeError, FloatingPointError) as error:
-        print(f"entpruner {args.command}: error: {_error_message(error)}", file=sys.stderr)
+        print(f"{_speaker(args.command)}: error: {_error_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: say where the work is, not where Python was
         print(_interrupted_message(args), file=sys.stderr)
@@ -130,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as error:  # a full disk, a lost mount: the system's words, and what was kept
         kept = getattr(_MODULES[args.command], "interrupted", None)
-        print(f"entpruner {args.command}: error: {error}"
+        print(f"{_speaker(args.command)}: error: {error}"
               + (f"; {kept(args)}" if kept is not None else ""), file=sys.stderr)
         return 2
 
@@ -168,7 +178,7 @@ def _warnings_as_lines(command: str) -> Iterator[None]:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if str(filename).startswith(ours):
-            print(f"entpruner {command}: warning: {message}", file=file or sys.stderr)
+            print(f"{_speaker(command)}: warning: {message}", file=file or sys.stderr)
         else:
             python_form(message, category, filename, lineno, file, line)
 
