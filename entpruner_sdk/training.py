@@ -24,6 +24,7 @@ from entpruner_sdk.data.datasets import (
     ImageDataset,
     check_fits,
     fit_channels,
+    fit_class_names,
     load_data,
     origin_fields,
     unit_range,
@@ -297,7 +298,8 @@ def train(
     device = resolve_device(device)
     ckpt_dir = checkpoint_folder(out_dir, resume)
     model = as_model(model)
-    data = fit_channels(model.config, load_data(data))
+    data = fit_class_names(fit_channels(model.config, load_data(data)),
+                           model.provenance.get("class_names"))
     # equal class counts unless told otherwise: data with fewer classes is more likely new
     # classes that would silently take over the embeddings of the model's first ones
     check_fits(model.config, data, exact_classes=not keep_classes, resizable=True)

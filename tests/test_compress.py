@@ -715,3 +715,29 @@ def test_an_installed_package_adds_its_criterion_to_the_command_line(tmp_path):
     from entpruner_sdk.importance import registry
 
     registry._registered.pop("weight-norm")
+
+
+def test_compress_and_train_match_the_datas_classes_to_the_models_by_name():
+    from entpruner_sdk.compress.config import CompressConfig
+    from entpruner_sdk.training import TrainConfig, train
+
+    digits, names = load_data("digits"), [f"digit {c}" for c in range(10)]
+    model = teacher()
+    model.provenance["class_names"] = names
+    # the same classes, numbered the other way round: class c of the data is the model's 9 - c
+    reversed_ids = ImageDataset(digits.images, 9 - digits.labels, 10, "digits-reversed",
+                                names[::-1])
+    config = CompressConfig.from_options(**{k: v for k, v in PLAN.items() if k != "device"})
+    setup = compress_setup.prepare(model, reversed_ids, 3, config, torch.device("cpu"))
+    assert torch.equal(setup.data.labels, digits.labels) and setup.data.class_names == names
+    # three of its classes, by name: under the model's ids, as keep_classes takes them
+    three = digits.labels < 3
+    named_three = ImageDataset(digits.images[three], 2 - digits.labels[three], 3, "digits-0-2",
+                               names[2::-1])
+    setup = compress_setup.prepare(model, named_three, 3, config, torch.device("cpu"))
+    assert torch.equal(setup.data.labels, digits.labels[three])
+    assert setup.data.num_classes == 10
+    # fine-tuning keeps the model's order of its classes
+    tuned = train(model, reversed_ids, TrainConfig(steps=1, batch_size=4), progress=False,
+                  device="cpu")
+    assert tuned.ema.provenance["class_names"] == names

@@ -755,3 +755,41 @@ def test_a_hugging_face_dataset_on_disk_is_opened_and_read_row_by_row(tmp_path):
         HuggingFaceImages(table.to_iterable_dataset())
     with pytest.raises(DataError, match="split='test' .* and the class folder .* has none"):
         open_data(tmp_path, split="test")  # a folder, not a saved dataset
+
+
+def test_data_naming_the_models_classes_in_another_order_takes_the_models_ids(tmp_path):
+    from entpruner_sdk.data.classes import ids_by_name
+    from entpruner_sdk.data.datasets import fit_class_names
+    from entpruner_sdk.data.streamed import StreamedSubset
+
+    model = ["zebra", "apple", "mango"]  # the order the model was trained with
+    assert ids_by_name(["zebra", "apple", "mango"], [0, 1, 2], model) is None  # its own ids
+    assert ids_by_name(["apple", "mango", "zebra"], [0, 1, 2], model) == [1, 2, 0]
+    assert ids_by_name(["apple", "zebra"], [0, 1], model) == [1, 0]  # some of its classes
+    assert ids_by_name(["zebra", "apple"], [0, 1], model) == [0, 1]  # its first two of three
+    assert ids_by_name(["0", "1", "2"], [0, 1, 2], model) is None  # data without names
+    assert ids_by_name(["apple", "zebra"], [0, 1], None) is None  # a model without names
+    assert ids_by_name(["apple", "zebra"], [0, 1], ["0", "1"]) is None
+    assert ids_by_name(["kiwi", "apple"], [0, 1], model) is None  # a new class: ids as given
+    with pytest.warns(UserWarning, match="the data's class 'apple' is the model's class 1 "
+                                         "but is labelled 0, while 'kiwi' is not one of"):
+        assert ids_by_name(["apple", "kiwi"], [0, 1], model) is None
+    # a name the model gives two classes (ImageNet's two cranes) matches neither
+    with pytest.warns(UserWarning, match="while 'crane' names several of the model's classes"):
+        assert ids_by_name(["crane", "apple"], [0, 1], ["apple", "crane", "crane"]) is None
+
+    for i, name in enumerate(["zebra", "apple", "mango"] * 2):  # folders are numbered A to Z
+        (tmp_path / name).mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / name / f"{i}.png")
+    folder = ImageFolder(tmp_path)
+    assert folder.class_names == ["apple", "mango", "zebra"]
+    fitted = fit_class_names(folder, model)
+    assert fitted.class_names == model and fitted.num_classes == 3
+    assert [model[label] for label in fitted.labels] == [f.parent.name for f in fitted.files]
+    assert folder.class_names == ["apple", "mango", "zebra"]  # the folder itself as it was
+    assert fitted.fingerprint() != folder.fingerprint()  # caches keyed by the labels too
+    subset = fit_class_names(StreamedSubset(folder), model)  # evaluate's reference, unread
+    assert torch.equal(subset.labels, fitted.labels) and "images" not in subset.__dict__
+    held = fit_class_names(load_data(tmp_path), model)  # in memory alike
+    assert torch.equal(held.labels, fitted.labels) and held.class_names == model
+    assert fit_class_names(held, model) is held  # already the model's

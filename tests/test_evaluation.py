@@ -480,6 +480,33 @@ def test_a_folder_reference_is_held_as_8_bit_pixels_and_so_are_the_samples(tmp_p
     assert evaluate(model, held, **options).metrics == on_folder.metrics
 
 
+def test_evaluate_matches_the_datas_classes_to_the_models_by_name(tmp_path):
+    from PIL import Image
+
+    from entpruner_sdk.data.datasets import fit_class_names
+
+    # the model learned zebra as class 0 and apple as 1; folders are numbered A to Z
+    for i in range(8):
+        name = ("zebra", "apple")[i % 2]
+        (tmp_path / name).mkdir(exist_ok=True)
+        pixels = np.full((8, 8, 3), (30, 40, 50) if name == "zebra" else (220, 200, 90),
+                         np.uint8)
+        Image.fromarray(pixels + np.uint8(i)).save(tmp_path / name / f"{i}.png")
+    model = randomized(DiffusionTransformer(tiny_config("sit", learn_sigma=False,
+                                                        in_channels=3, num_classes=2)))
+    model.provenance["class_names"] = ["zebra", "apple"]
+    held = load_data(tmp_path)
+    by_hand = ImageDataset(held.images, 1 - held.labels, 2, held.name, ["zebra", "apple"])
+    reference, _ = load_reference(ImageFolder(tmp_path), None)
+    for data in (fit_class_names(reference, model.provenance["class_names"]), by_hand):
+        cache_a_quick_classifier(data)
+    options = dict(samples=4, steps=2, features=("domain",), progress=False)
+    report = evaluate(model, ImageFolder(tmp_path), **options)
+    assert report.class_names == ["zebra", "apple"]
+    # as if the folder had been labelled with the model's ids
+    assert evaluate(model, by_hand, **options).metrics == report.metrics
+
+
 def test_fidelity_is_measured_a_chunk_at_a_time_on_8_bit_or_float_samples():
     from entpruner_sdk.evaluation.evaluate import _fidelity
 

@@ -15,7 +15,12 @@ from entpruner_sdk.compress.checks import check_data, protected_blocks
 from entpruner_sdk.compress.config import CompressConfig, recovery_lr
 from entpruner_sdk.compress.decide import ProxyBatches
 from entpruner_sdk.compress.teacher import make_teacher
-from entpruner_sdk.data.datasets import ImageDataset, fit_channels, load_data
+from entpruner_sdk.data.datasets import (
+    ImageDataset,
+    fit_channels,
+    fit_class_names,
+    load_data,
+)
 from entpruner_sdk.importance import (
     BlockScores,
     CalibrationSet,
@@ -52,6 +57,8 @@ def prepare(model: DiffusionTransformer, data: Any, budget: Budget | int | float
     if config.lr is None:
         config = dataclasses.replace(config, lr=recovery_lr(model.config.hidden_size))
     data = fit_channels(model.config, load_data(data))
+    if config.num_classes in (None, model.config.num_classes):  # else new classes: by id
+        data = fit_class_names(data, model.provenance.get("class_names"))
     check_data(model, data, config.num_classes, config.keep_classes)
     teacher = make_teacher(model, config.num_classes, device)
     objective = objective_for(teacher)

@@ -3,6 +3,7 @@ folders or ``class_names`` it was trained on) takes ``"cat"`` wherever it takes 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 
@@ -52,3 +53,36 @@ def describe_classes(num_classes: int, class_names: Sequence[str] = (), limit: i
         shown = ", ".join(f"{i} {name}" for i, name in enumerate(class_names[:limit]))
         text += f" ({shown}{', ...' if len(class_names) > limit else ''})"
     return text
+
+
+def ids_by_name(data_names: Sequence[str], present: Sequence[int],
+                model_names: Sequence[str] | None) -> list[int] | None:
+    """The model's class id for each of a dataset's classes (indexed by the data's ids), when
+    both name their classes and each class the data holds (``present``) is a class the model
+    names once, but under another id or with a model of more classes: class folders are
+    numbered in alphabetical order, a model keeps the order it was trained with. None when the
+    labels stand as they are: the same ids, either side unnamed, or a class the model does not
+    name (new classes, which a resized label embedder learns); in that last case a warning
+    names a class the model has under another id, whose images would train or be compared
+    as another class."""
+    if not model_names or list(model_names) == default_names(len(model_names)) or (
+            list(data_names) == default_names(len(data_names))):
+        return None
+    index: dict[str, list[int]] = {}
+    for i, name in enumerate(model_names):
+        index.setdefault(name, []).append(i)
+    ids = [found[0] if len(found := index.get(name, [])) == 1 else -1 for name in data_names]
+    if all(ids[c] >= 0 for c in present):
+        same = len(data_names) == len(model_names) and all(ids[c] == c for c in present)
+        return None if same else ids
+    moved = [c for c in present if ids[c] >= 0 and ids[c] != c]
+    if moved:
+        unmatched = next(data_names[c] for c in present if ids[c] < 0)
+        why = ("names several of the model's classes" if unmatched in index
+               else "is not one of the model's class names")
+        warnings.warn(f"the data's class {data_names[moved[0]]!r} is the model's class "
+                      f"{ids[moved[0]]} but is labelled {moved[0]}, while {unmatched!r} {why}, "
+                      "so the labels are taken as the model's class ids as they are; name "
+                      "each class as the model names one of its own to have them matched by "
+                      "name", stacklevel=3)
+    return None

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from entpruner_sdk.data.classes import default_names
+from entpruner_sdk.data.classes import default_names, ids_by_name
 from entpruner_sdk.utils.files import atomic_writer
 
 if TYPE_CHECKING:  # it builds on this module
@@ -113,6 +113,12 @@ class ImageDataset(Dataset):
         if not (self.pixels and self.channels == 1 and channels == 3):
             return self
         return replace(self, images=self.images.expand(-1, 3, -1, -1))
+
+    def relabeled(self, ids: torch.Tensor, class_names: list[str]) -> ImageDataset:
+        """The same images, class ``c`` as class ``ids[c]`` of ``class_names``
+        (``fit_class_names``)."""
+        return replace(self, labels=ids[self.labels], num_classes=len(class_names),
+                       class_names=list(class_names))
 
     def subset(self, indices: Iterable[int]) -> ImageDataset:
         """The images at ``indices`` (a copy), with the same classes and name."""
@@ -268,6 +274,19 @@ def fit_channels(config: Any, data: ImageDataset) -> ImageDataset:
     if data.image_size != config.input_size:
         return data
     return data.with_channels(config.in_channels)
+
+
+def fit_class_names(data: Any, class_names: list[str] | None) -> Any:
+    """``data`` (an ``ImageDataset``, ``StreamedImages`` or a ``StreamedSubset``) labelled with
+    a model's class ids, when it names its classes as the model does (``class_names``, those
+    in the model's provenance) but numbers them otherwise: a class folder's are in
+    alphabetical order, a model's in the order it was trained with. It then has the model's
+    class count and names, the images of a subset of its classes under their ids, as
+    ``keep_classes`` takes them. Else ``data`` as it is (``ids_by_name``)."""
+    ids = ids_by_name(data.class_names, data.classes_present, class_names)
+    if ids is None:
+        return data
+    return data.relabeled(torch.tensor(ids), list(class_names))
 
 
 def check_fits(config: Any, data: ImageDataset, exact_classes: bool = False,

@@ -12,6 +12,7 @@ without reading pixels (``fingerprint``, ``item_keys``), and how to open it agai
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -104,6 +105,19 @@ class StreamedImages(Dataset):
         """One int64 per image (never 0), what an encode keeps its latent under: the latents
         of an interrupted or earlier encode are reused for the images whose key is the same."""
         raise NotImplementedError
+
+    @property
+    def classes_present(self) -> list[int]:
+        """The class ids that have at least one image, ascending."""
+        return torch.unique(self.labels).tolist()
+
+    def relabeled(self, ids: torch.Tensor, class_names: list[str]) -> StreamedImages:
+        """The same images, class ``c`` as class ``ids[c]`` of ``class_names``
+        (``fit_class_names``); its fingerprint, which holds the labels, changes with them."""
+        relabeled = copy.copy(self)
+        relabeled.labels = ids[self.labels]
+        relabeled.num_classes, relabeled.class_names = len(class_names), list(class_names)
+        return relabeled
 
     def describe(self, index: int) -> str:
         """How messages name image ``index``: its file, its row."""
@@ -225,6 +239,11 @@ class StreamedSubset:
     def classes_present(self) -> list[int]:
         """The class ids that have at least one image, ascending."""
         return torch.unique(self.labels).tolist()
+
+    def relabeled(self, ids: torch.Tensor, class_names: list[str]) -> StreamedSubset:
+        """The same images, class ``c`` as class ``ids[c]`` of ``class_names``, still unread."""
+        return StreamedSubset(self.source.relabeled(ids, class_names), self.indices,
+                              self.channels)
 
     def subset(self, indices: Sequence[int]) -> StreamedSubset:
         """The images at these positions of this subset, still unread."""

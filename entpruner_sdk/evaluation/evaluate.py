@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from entpruner_sdk.data.datasets import DataError
+from entpruner_sdk.data.datasets import DataError, fit_class_names
 from entpruner_sdk.data.latents import LatentSpace, decoder_for, is_latent
 from entpruner_sdk.evaluation.batches import EvaluationBatches
 from entpruner_sdk.evaluation.classifier import domain_classifier, predict
@@ -203,6 +203,8 @@ def evaluate(
                  .settings_for(sampler))
     device = resolve_device(device)
     data, available = load_reference(data, reference_size)
+    # the model's ids for the data's classes, matched by name (folders are numbered A to Z)
+    data = fit_class_names(data, model.provenance.get("class_names"))
     decoder = decoder_for(model.config, vae, device) if vae is not None else None
     # under torchrun rank 0 makes (and caches) what the data lacks, a trained classifier or
     # decoded latents, and the other processes then read it
