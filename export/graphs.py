@@ -61,14 +61,14 @@ class LatentDecoder(nn.Module):
     so an export ships the whole pipeline and its runtime needs neither diffusers nor torch's
     VAE."""
 
-    def __init__(self, vae: nn.Module, scale: float) -> None:
+    def __init__(self, vae: nn.Module, scale: float, shift: float = 0.0) -> None:
         super().__init__()
         # on the CPU, as Denoiser: a VAE opened on a GPU would not trace against CPU latents
         self.vae = copy.deepcopy(vae).to(device="cpu", dtype=torch.float32).eval()
-        self.scale = scale
+        self.scale, self.shift = scale, shift
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.scale).sample.clamp(-1, 1)
+        return self.vae.decode(latents / self.scale + self.shift).sample.clamp(-1, 1)
 
 
 def example_latents(channels: int, size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:

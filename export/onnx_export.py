@@ -117,11 +117,12 @@ def export_onnx(
 def export_vae_decoder(space: LatentSpace, config: TransformerConfig, path: str | os.PathLike, *,
                        opset: int = OPSET, exporter: str | None = None) -> Path:
     """Export the VAE decoder of a latent model (``config``): scaled latents [N, C, h, w] ->
-    images [N, 3, H, W] in [-1, 1], fp32, dynamic batch, with its metadata (scale, shapes and
-    the VAE's fingerprint) in the file."""
+    images [N, 3, H, W] in [-1, 1], fp32, dynamic batch, with its metadata (scale and shift,
+    shapes and the VAE's fingerprint) in the file."""
     exporter = resolve_exporter(exporter)
-    module = LatentDecoder(space.vae, space.scale)
-    metadata = {"graph": "vae_decoder", "scale": space.scale, "vae": space.fingerprint,
+    module = LatentDecoder(space.vae, space.scale, space.shift)
+    metadata = {"graph": "vae_decoder", "scale": space.scale, "shift": space.shift,
+                "vae": space.fingerprint,
                 "latent_shape": [config.in_channels, config.input_size, config.input_size],
                 "image_shape": list(space.image_shape(config)), "precision": "float32",
                 "opset": opset, "exporter": exporter}

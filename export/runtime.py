@@ -209,6 +209,7 @@ class OnnxLatentDecoder:
         ort = _require_onnxruntime()
         self.metadata = read_metadata(path)
         self.scale = float(self.metadata["scale"])
+        self.shift = float(self.metadata.get("shift", 0.0))  # exports before it had none
         self.fingerprint = str(self.metadata["vae"])
         self.latent_channels = int(self.metadata["latent_shape"][0])
         options = ort.SessionOptions()

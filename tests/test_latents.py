@@ -537,6 +537,40 @@ def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_pat
     assert "measured on images decoded by the VAE" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_a_vae_with_its_own_scaling_and_shift_factors_encodes_and_decodes_with_them(
+        tiny_vae_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from entpruner_sdk.export import export, load_exported
+
+    # SD3's and FLUX's VAEs declare a scale and a shift; diffusers' pipelines use them so
+    config = json.loads((tiny_vae_dir / "config.json").read_text())
+    other = tmp_path / "vae-shifted"
+    other.mkdir()
+    for file in tiny_vae_dir.iterdir():
+        (other / file.name).write_bytes(file.read_bytes())
+    (other / "config.json").write_text(json.dumps(
+        {**config, "scaling_factor": 0.5, "shift_factor": 0.25}))
+    sd, shifted = LatentSpace.from_pretrained(tiny_vae_dir), LatentSpace.from_pretrained(other)
+    assert (sd.scale, sd.shift) == (SD_VAE_SCALE, 0.0)
+    assert (shifted.scale, shifted.shift) == (0.5, 0.25)
+    images = photos16(4).images
+    z = shifted.vae.encode(unit_range(images)).latent_dist.mean
+    latents = shifted.encode(images)
+    torch.testing.assert_close(latents, (z - 0.25) * 0.5)
+    torch.testing.assert_close(shifted.decode(latents), sd.decode(z * SD_VAE_SCALE))
+    # the same weights under other factors make other latents: cached apart
+    assert shifted.fingerprint != sd.fingerprint
+    assert LatentSpace.from_pretrained(other, scale=SD_VAE_SCALE, shift=0.0).fingerprint == (
+        sd.fingerprint)  # given as SD's, as SD's
+    # an export's decoder undoes both, as the VAE does
+    model = latent_model()
+    export(model, tmp_path / "onnx", "onnx", vae=other, exporter="torchscript")
+    decoder = load_exported(tmp_path / "onnx").decoder
+    assert (decoder.scale, decoder.shift) == (0.5, 0.25)
+    torch.testing.assert_close(decoder.decode(latents), shifted.decode(latents), atol=1e-4,
+                               rtol=0)
+
+
 def test_an_export_carries_the_vae_decoder_and_samples_images_alone(tiny_vae_dir, tmp_path,
                                                                     capsys):
     pytest.importorskip("onnxruntime")

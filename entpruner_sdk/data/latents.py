@@ -1,8 +1,9 @@
 """Optional latent space: a diffusers ``AutoencoderKL`` loaded from a local folder.
 
-DiT and SiT on ImageNet work on Stable Diffusion VAE latents scaled by 0.18215. Encoding a
-dataset is the slow part, so encoded datasets are cached (safetensors) by the data's content
-hash and the VAE's weight hash.
+DiT and SiT on ImageNet work on Stable Diffusion VAE latents scaled by 0.18215 (other VAEs
+declare their own scale and shift, which are used). Encoding a dataset is the slow part, so
+encoded datasets are cached (safetensors) by the data's content hash and the VAE's weight
+hash.
 """
 
 from __future__ import annotations
@@ -37,19 +38,30 @@ CHECKPOINT_SECONDS = 60.0  # how often a cached encode saves the latents done so
 
 
 class LatentSpace:
-    """Encode images to scaled latents and decode them back (bf16 autocast on CUDA)."""
+    """Encode images to scaled latents and decode them back (bf16 autocast on CUDA): a
+    latent is ``(z - shift) * scale`` of the VAE's posterior ``z``, as diffusers' pipelines
+    take it (DiT and SiT: SD's VAE, scale 0.18215, no shift)."""
 
     def __init__(self, vae: torch.nn.Module, scale: float = SD_VAE_SCALE,
-                 device: str | torch.device | None = "cpu", fingerprint: str = "") -> None:
+                 device: str | torch.device | None = "cpu", fingerprint: str = "",
+                 shift: float = 0.0) -> None:
         self.device = resolve_device(device)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
-        self.scale = scale
+        self.scale, self.shift = scale, shift
         self.fingerprint = fingerprint
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, scale: float = SD_VAE_SCALE,
-                        device: str | torch.device | None = "cpu") -> LatentSpace:
-        """Load ``AutoencoderKL`` from a local diffusers folder (e.g. sd-vae-ft-ema)."""
+    def from_pretrained(cls, path: str | os.PathLike, scale: float | None = None,
+                        device: str | torch.device | None = "cpu",
+                        shift: float | None = None) -> LatentSpace:
+        """Load ``AutoencoderKL`` from a local diffusers folder (e.g. sd-vae-ft-ema).
+
+        ``scale`` and ``shift`` default to the folder's ``config.json`` (``scaling_factor``:
+        0.18215 for SD's VAE, which DiT and SiT were trained with, 0.13025 for SDXL's;
+        ``shift_factor``: SD3's and FLUX's 16-channel VAEs have one): give them to match
+        latents a model was trained on with other factors. The ``fingerprint``, which keys
+        cached latents and exported decoders, is the weights' hash, and the factors' too
+        where they are not SD's."""
         try:
             from diffusers import AutoencoderKL
         except ImportError as error:
@@ -73,7 +85,13 @@ class LatentSpace:
         for name, tensor in sorted(vae.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().numpy().tobytes()[:4096])
-        return cls(vae, scale, device, digest.hexdigest()[:16])
+        if scale is None:
+            scale = float(getattr(vae.config, "scaling_factor", None) or SD_VAE_SCALE)
+        if shift is None:
+            shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        if (scale, shift) != (SD_VAE_SCALE, 0.0):  # SD's keep the hash caches were made under
+            digest.update(f"|scale {scale!r}|shift {shift!r}".encode())
+        return cls(vae, scale, device, digest.hexdigest()[:16], shift)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, sample: bool = False,
@@ -86,7 +104,7 @@ class LatentSpace:
         with autocast(self.device):
             dist = self.vae.encode(images).latent_dist
             latents = dist.sample(generator) if sample else dist.mean
-        return (latents.float() * self.scale).cpu()
+        return ((latents.float() - self.shift) * self.scale).cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch_size: int = 32,
@@ -97,7 +115,8 @@ class LatentSpace:
         for i in progress_bar(range(0, len(latents), batch_size), enabled=progress,
                               desc="decoding", leave=False):
             with autocast(self.device):
-                images = self.vae.decode(latents[i:i + batch_size].to(self.device) / self.scale)
+                images = self.vae.decode(latents[i:i + batch_size].to(self.device) / self.scale
+                                         + self.shift)
             chunks.append(images.sample.float().clamp(-1, 1).cpu())
         return torch.cat(chunks)
 
