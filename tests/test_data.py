@@ -656,6 +656,22 @@ def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path, capsys, mon
         lambda row, i: {"label": -1 if i == 2 else row["label"]}, with_indices=True)
     with pytest.raises(DataError, match="row 2 has no class label"):
         load_data(unlabelled)
+    # labels given as names (a CSV's column of strings) name the classes, in sorted order,
+    # as Dataset.class_encode_column numbers them; in memory and streamed alike
+    named_rows = table.cast_column("label", datasets.Value("int64")).map(
+        lambda row: {"label": ["owl", "cat", "dog"][row["label"]]},
+        features=datasets.Features({**features, "label": datasets.Value("string")}))
+    for rows in (named_rows, named_rows.to_iterable_dataset()):
+        by_name = load_data(rows)
+        assert by_name.class_names == ["cat", "dog", "owl"]
+        assert by_name.labels.tolist() == [2, 0, 1, 0]
+    several = table.cast_column("label", datasets.Value("int64")).map(
+        lambda row: {"label": [row["label"]]},
+        features=datasets.Features({**features, "label": datasets.Sequence(
+            datasets.Value("int64"))}))
+    with pytest.raises(DataError, match=r"row 0's class label \[0\] is neither a class id "
+                                        "nor a class name: give each row one class"):
+        load_data(several)
     floats = datasets.Dataset.from_dict(
         {"img": [Image.fromarray(p[..., 0].astype(np.float32)) for p in pixels],
          "label": [0, 1, 2, 1]}, features=datasets.Features(

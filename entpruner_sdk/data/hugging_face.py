@@ -98,14 +98,14 @@ def from_hugging_face(data: Any, *, split: str = "train", num_classes: int | Non
                                              unit="image", leave=False)):
         pixels = row_pixels(row[image_column], f"row {index}'s {image_column!r}", image_size)
         images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None])
-        labels.append(_label(row[label_column], index))
+        labels.append(row[label_column])
     if not images:
         raise DataError(f"the Hugging Face dataset {name} is empty")
-    names = _class_names(data, label_column)
+    ids, names = _class_ids(labels, _class_names(data, label_column))
     if num_classes is None:
-        num_classes = len(names) if names else max(labels) + 1
+        num_classes = len(names) if names else int(ids.max()) + 1
     return ImageDataset(stack_pixels(images, f"the Hugging Face dataset {name}"),
-                        torch.tensor(labels), num_classes, class_names=names or None, name=name)
+                        ids, num_classes, class_names=names or None, name=name)
 
 
 class HuggingFaceImages(StreamedImages):
@@ -140,8 +140,7 @@ class HuggingFaceImages(StreamedImages):
         if len(data) == 0:
             raise DataError(f"{self.where} is empty")
         column = data.select_columns([label_column]).with_format(None)[label_column]
-        self.labels = torch.tensor([_label(label, index) for index, label in enumerate(column)])
-        names = _class_names(data, label_column)
+        self.labels, names = _class_ids(list(column), _class_names(data, label_column))
         self.num_classes = num_classes if num_classes is not None else (
             len(names) if names else int(self.labels.max()) + 1)
         self.class_names = names or default_names(self.num_classes)
@@ -337,10 +336,32 @@ def _name(data: Any, name: str | None, split: str) -> str:
     return name if split == "train" else f"{name}-{split}"
 
 
+def _class_ids(labels: list[Any], names: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """The label column's values as class ids, with the class names: the ``ClassLabel``'s
+    (``names``), or, for a column of names (strings, as a CSV of labels gives them), the
+    names it holds in sorted order, numbered so, as ``Dataset.class_encode_column`` numbers
+    them (a model that names its classes then matches them by name)."""
+    if not names and any(isinstance(label, str) for label in labels):
+        for index, label in enumerate(labels):
+            if not isinstance(label, str) or not label.strip():
+                raise DataError(f"row {index} has no class name ({label!r}); drop the "
+                                "unlabelled rows (dataset.filter) first")
+        names = sorted(set(labels))
+        number = {name: i for i, name in enumerate(names)}
+        return torch.tensor([number[label] for label in labels]), names
+    return torch.tensor([_label(label, index) for index, label in enumerate(labels)]), names
+
+
 def _label(label: Any, index: int) -> int:
-    if label is None or int(label) < 0:  # ClassLabel's -1: no label
+    """Row ``index``'s label as a class id: refused, with the fix, when it has none (``None``,
+    ``ClassLabel``'s -1) or is no whole number (a list of labels, a score)."""
+    if label is None or (isinstance(label, (int, float)) and label < 0):
         raise DataError(f"row {index} has no class label ({label!r}); drop the unlabelled "
                         "rows (dataset.filter) first")
+    if isinstance(label, bool) or not isinstance(label, (int, float)) or label != int(label):
+        raise DataError(f"row {index}'s class label {label!r} is neither a class id nor a "
+                        "class name: give each row one class, as a ClassLabel (dataset."
+                        "cast_column) or its name")
     return int(label)
 
 
