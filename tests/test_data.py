@@ -809,3 +809,32 @@ def test_data_naming_the_models_classes_in_another_order_takes_the_models_ids(tm
     held = fit_class_names(load_data(tmp_path), model)  # in memory alike
     assert torch.equal(held.labels, fitted.labels) and held.class_names == model
     assert fit_class_names(held, model) is held  # already the model's
+
+
+def test_labels_given_as_class_names_are_numbered_and_name_the_classes(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    names = ["owl", "cat", "owl", "dog"]
+
+    class Pets(torch.utils.data.Dataset):  # a dataset whose labels are names
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.from_numpy(images[i]).permute(2, 0, 1), names[i]
+
+    # in sorted order, as datasets' class_encode_column numbers them
+    for source in ((images, names), (images, np.array(names)), Pets(), DataLoader(Pets(), 3)):
+        data = load_data(source)
+        assert data.class_names == ["cat", "dog", "owl"] and data.labels.tolist() == [2, 0, 2, 1]
+    # an .npz's class_names give the order; a name they lack is refused
+    np.savez(tmp_path / "pets.npz", images=images, labels=np.array(names),
+             class_names=np.array(["dog", "owl", "cat"]))
+    data = load_data(tmp_path / "pets.npz")
+    assert data.class_names == ["dog", "owl", "cat"] and data.labels.tolist() == [1, 2, 1, 0]
+    np.savez(tmp_path / "short.npz", images=images, labels=np.array(names),
+             class_names=np.array(["dog", "owl"]))
+    with pytest.raises(DataError, match=r"the labels name classes that class_names lacks "
+                                        r"\('cat'\)"):
+        load_data(tmp_path / "short.npz")
+    with pytest.raises(DataError, match="label 2 is '', not a class name"):
+        load_data((images, ["owl", "cat", "", "dog"]))

@@ -5,11 +5,37 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def default_names(count: int) -> list[str]:
     """The names of a dataset that has none: its ids as strings."""
     return [str(i) for i in range(count)]
+
+
+def ids_of_names(labels: Sequence[Any], class_names: Sequence[str] = (),
+                 source: str = "the data") -> tuple[list[int], list[str]] | None:
+    """Labels given as class names (strings: a CSV's column, a list of ``"cat"``s) as class
+    ids, with the class names: those of ``class_names`` in its order, else the names the
+    labels hold in sorted order (as ``datasets``' ``class_encode_column`` numbers them). None
+    when the labels are not names; ``DataError`` for a label that is empty, or not one of
+    ``class_names``."""
+    from entpruner_sdk.data.datasets import DataError
+
+    if not any(isinstance(label, str) for label in labels):
+        return None
+    for index, label in enumerate(labels):
+        if not isinstance(label, str) or not label.strip():
+            raise DataError(f"{source}: label {index} is {label!r}, not a class name; give "
+                            "every image a class name, or every image a class id")
+    names = list(class_names) or sorted(set(labels))
+    number = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(labels) - set(number))
+    if unknown:
+        raise DataError(f"{source}: the labels name classes that class_names lacks "
+                        f"({', '.join(map(repr, unknown[:5]))}); add them to class_names, or "
+                        "drop class_names to number the classes in sorted order")
+    return [number[label] for label in labels], names
 
 
 def offered_classes(provenance: dict, num_classes: int) -> list[int]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from entpruner_sdk.data.classes import default_names, ids_by_name
+from entpruner_sdk.data.classes import default_names, ids_by_name, ids_of_names
 from entpruner_sdk.utils.files import atomic_writer
 
 if TYPE_CHECKING:  # it builds on this module
@@ -440,10 +440,18 @@ def from_arrays(arrays: Mapping[str, Any], num_classes: int | None = None, *,
     else:
         tensor = pixel_tensor(to_nchw(images, source), source)
         refuse_unit_interval(tensor, source)
-    labels_t = torch.from_numpy(np.asarray(labels)).reshape(-1)
+    names = [str(name) for name in arrays.get("class_names", [])]
+    labels = np.asarray(labels).reshape(-1)
+    if labels.dtype.kind in "USO":  # names ("cat"), not ids
+        values = [v.decode() if isinstance(v, bytes) else v for v in labels.tolist()]
+        named = ids_of_names(values, names, source)
+        if named is None:
+            raise DataError(f"{source}: labels of type {labels.dtype} are neither class ids "
+                            "nor class names")
+        labels, names = np.asarray(named[0]), named[1]
+    labels_t = torch.from_numpy(labels)
     if not labels_t.dtype.is_floating_point:
         labels_t = labels_t.long()
-    names = [str(name) for name in arrays.get("class_names", [])]
     count = num_classes if num_classes is not None else max(int(labels_t.max()) + 1, len(names))
     present = torch.unique(labels_t).tolist()
     if names and len(names) == len(present) < count:
@@ -490,21 +498,33 @@ def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> Im
     for item in data:
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise DataError("a torch Dataset / DataLoader must yield (image, label) pairs")
-        image, label = _image_tensor(item[0]), torch.as_tensor(item[1])
+        image = _image_tensor(item[0])
         batched = isinstance(data, DataLoader)
         images.append(image if batched else image.unsqueeze(0))
-        labels.append(label.reshape(-1))
+        labels += _label_values(item[1])
     if not images:
         raise DataError("the torch dataset is empty")
     stacked = stack_pixels(images, "the torch dataset")
-    label_tensor = torch.cat(labels)
+    named = ids_of_names(labels, source="the torch dataset")  # labels given as class names
+    label_tensor = torch.tensor(named[0]) if named else torch.as_tensor(labels)
     if not label_tensor.dtype.is_floating_point:
         label_tensor = label_tensor.long()
-    count = num_classes if num_classes is not None else int(label_tensor.max()) + 1
+    count = num_classes if num_classes is not None else (
+        len(named[1]) if named else int(label_tensor.max()) + 1)
     pixels = stacked.dim() != 4 or stacked.shape[1] in (1, 3)
     if pixels:
         refuse_unit_interval(stacked, type(data).__name__)
-    return ImageDataset(stacked, label_tensor, count, name=type(data).__name__, pixels=pixels)
+    return ImageDataset(stacked, label_tensor, count, name=type(data).__name__, pixels=pixels,
+                        class_names=named[1] if named else [])
+
+
+def _label_values(label: Any) -> list[Any]:
+    """An item's label (or a batch's labels) as Python values: ids, or class names."""
+    if isinstance(label, str):
+        return [label]
+    if isinstance(label, (list, tuple)) and label and all(isinstance(x, str) for x in label):
+        return list(label)  # a DataLoader's batch of names
+    return torch.as_tensor(label).reshape(-1).tolist()
 
 
 def load_data(data: Any, *, split: str = "train", num_classes: int | None = None,

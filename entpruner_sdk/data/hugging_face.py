@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from entpruner_sdk.data.classes import default_names
+from entpruner_sdk.data.classes import default_names, ids_of_names
 from entpruner_sdk.data.datasets import DataError, ImageDataset, pil_pixels, stack_pixels
 from entpruner_sdk.data.streamed import StreamedImages, UnreadableImage, hashed_keys
 from entpruner_sdk.utils.progress import progress_bar, quiet
@@ -341,14 +341,9 @@ def _class_ids(labels: list[Any], names: list[str]) -> tuple[torch.Tensor, list[
     (``names``), or, for a column of names (strings, as a CSV of labels gives them), the
     names it holds in sorted order, numbered so, as ``Dataset.class_encode_column`` numbers
     them (a model that names its classes then matches them by name)."""
-    if not names and any(isinstance(label, str) for label in labels):
-        for index, label in enumerate(labels):
-            if not isinstance(label, str) or not label.strip():
-                raise DataError(f"row {index} has no class name ({label!r}); drop the "
-                                "unlabelled rows (dataset.filter) first")
-        names = sorted(set(labels))
-        number = {name: i for i, name in enumerate(names)}
-        return torch.tensor([number[label] for label in labels]), names
+    named = None if names else ids_of_names(labels, source="the label column (row by row)")
+    if named is not None:
+        return torch.tensor(named[0]), named[1]
     return torch.tensor([_label(label, index) for index, label in enumerate(labels)]), names
 
 
