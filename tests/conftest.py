@@ -107,3 +107,11 @@ def holding(folder: Path, request: pytest.FixtureRequest) -> subprocess.Popen:
     request.addfinalizer(holder.kill)
     assert holder.stdout.readline().strip() == "held"
     return holder
+
+
+def mapped_files() -> str:
+    """The files this process has mapped (Linux's /proc/self/maps; the test skips elsewhere)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs Linux's /proc/self/maps")
+    return maps.read_text()

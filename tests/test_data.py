@@ -17,6 +17,7 @@ from entpruner_sdk.data import (
     unit_range,
 )
 from entpruner_sdk.data.folder import class_images
+from tests.conftest import mapped_files
 
 
 def test_digits_bundled_splits_are_disjoint_and_cover_all():
@@ -838,3 +839,42 @@ def test_labels_given_as_class_names_are_numbered_and_name_the_classes(tmp_path)
         load_data(tmp_path / "short.npz")
     with pytest.raises(DataError, match="label 2 is '', not a class name"):
         load_data((images, ["owl", "cat", "", "dog"]))
+
+
+def test_large_arrays_are_mapped_from_their_files_and_never_written_back(tmp_path,
+                                                                          monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from entpruner_sdk.data import mapped
+
+    latents = np.random.default_rng(0).standard_normal((6, 4, 4, 4), dtype=np.float32)
+    np.savez(tmp_path / "latents.npz", latents=latents, labels=np.arange(6) % 3)
+    monkeypatch.setattr(mapped, "MAP_FROM", 0)  # every array is large
+    data = load_data(tmp_path / "latents.npz")
+    assert str(tmp_path / "latents.npz") in mapped_files()
+    assert torch.equal(data.images, torch.from_numpy(latents)) and not data.pixels
+    data.images[0] = 7.0  # copy-on-write: the process's page, not the file
+    assert np.array_equal(np.load(tmp_path / "latents.npz")["latents"], latents)
+    # what cannot be mapped is read: compressed members, Fortran order, another byte order
+    np.savez_compressed(tmp_path / "small.npz", latents=latents, labels=np.arange(6) % 3)
+    np.savez(tmp_path / "odd.npz", fortran=np.asfortranarray(latents),
+             swapped=latents.astype(">f4"))
+    assert mapped.npz_member(tmp_path / "small.npz", "latents") is None
+    assert mapped.npz_member(tmp_path / "odd.npz", "fortran") is None
+    assert mapped.npz_member(tmp_path / "odd.npz", "swapped") is None
+    assert mapped.npz_member(tmp_path / "odd.npz", "missing") is None
+    assert torch.equal(load_data(tmp_path / "small.npz").images, torch.from_numpy(latents))
+    # a safetensors file alike; bf16, which numpy lacks, is read; a file cut short is refused
+    tensors = {"latents": torch.from_numpy(latents), "keys": torch.arange(6),
+               "half": torch.ones(3, dtype=torch.bfloat16)}
+    save_file(tensors, str(tmp_path / "cache.safetensors"))
+    for key, tensor in tensors.items():
+        assert torch.equal(mapped.read_tensor(tmp_path / "cache.safetensors", key), tensor)
+    assert mapped.safetensors_tensor(tmp_path / "cache.safetensors", "half") is None
+    mapped.read_tensor(tmp_path / "cache.safetensors", "latents")[0] = 7.0
+    assert torch.equal(load_file(str(tmp_path / "cache.safetensors"))["latents"],
+                       tensors["latents"])
+    whole = (tmp_path / "cache.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match="is cut short"):
+        mapped.read_tensor(tmp_path / "cut.safetensors", "latents")

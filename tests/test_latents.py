@@ -537,6 +537,22 @@ def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_pat
     assert "measured on images decoded by the VAE" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_large_cached_latents_are_mapped_from_the_cache_file(tiny_vae_dir, tmp_path,
+                                                             monkeypatch):
+    from entpruner_sdk.data import mapped
+    from tests.conftest import mapped_files
+
+    monkeypatch.setattr(mapped, "MAP_FROM", 0)  # every cache file is large
+    space, data = LatentSpace.from_pretrained(tiny_vae_dir), photos16(8)
+    encoded = space.encode_dataset(data, cache_dir=tmp_path / "cache", progress=False)
+    (cache,) = (tmp_path / "cache").iterdir()
+    assert str(cache) in mapped_files()  # the encoded copy swapped for the file's pages
+    again = space.encode_dataset(data, cache_dir=tmp_path / "cache", progress=False)
+    whole = space.encode_dataset(data, progress=False)  # no cache: held in memory
+    assert torch.equal(again.images, encoded.images)
+    torch.testing.assert_close(encoded.images, whole.images)
+
+
 def test_a_vae_with_its_own_scaling_and_shift_factors_encodes_and_decodes_with_them(
         tiny_vae_dir, tmp_path):
     pytest.importorskip("onnxruntime")

@@ -412,10 +412,11 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> ImageDa
     guided-diffusion and ADM's labelled reference batches (``arr_0`` images, ``arr_1``
     labels; what ``EvaluationReport.save_samples`` writes) are read too.
     """
+    from entpruner_sdk.data.mapped import read_npz
+
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+    try:  # large arrays (latents) mapped from the file: processes that train share them
+        arrays = read_npz(path)
     except Exception as error:
         raise DataError(f"cannot read {path}: {error}; is it a valid .npz archive?") from error
     return from_arrays(arrays, num_classes, name=path.stem, source=str(path))

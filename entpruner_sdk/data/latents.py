@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import load_file, save_file
 
+from entpruner_sdk.data import mapped
 from entpruner_sdk.data.datasets import DataError, ImageDataset, eight_bit, unit_range
 from entpruner_sdk.data.streamed import StreamedImages, Unreadable, all_unreadable
 from entpruner_sdk.utils.cache import read_kept
@@ -190,7 +191,7 @@ class LatentSpace:
                                    data, source)
         cache = self._cache_file(cache_dir, data, source if isinstance(data, StreamedImages)
                                  else data.fingerprint())
-        kept = read_kept(cache, lambda path: load_file(str(path))["latents"])
+        kept = read_kept(cache, lambda path: mapped.read_tensor(path, "latents"))
         if kept is not None:
             return _latent_dataset(kept, data, source)
         if isinstance(data, StreamedImages):
@@ -206,6 +207,8 @@ class LatentSpace:
             with atomic_writer(cache) as tmp:
                 save_file({"latents": latents}, str(tmp))
             partial_file(cache).unlink(missing_ok=True)
+        if cache.stat().st_size >= mapped.MAP_FROM:  # mapped from the file, the encoded copy
+            latents = mapped.read_tensor(cache, "latents")  # freed: processes share the file
         return _latent_dataset(latents, data, source)
 
     def _encode_images(self, data: ImageDataset | StreamedImages, batch_size: int, workers: int,
