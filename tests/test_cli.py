@@ -399,6 +399,22 @@ def test_a_folder_of_mixed_sizes_trains_at_image_size(tmp_path, capsys):
     assert "input 3x8x8  classes 2" in capsys.readouterr().out
 
 
+def test_train_sizes_a_registry_model_as_told_and_a_trained_one_refuses_a_size(tmp_path):
+    import entpruner_sdk as ep
+
+    assert main(["train", "--model", "DiT-S/2", "--depth", "2", "--hidden", "32", "--heads",
+                 "2", "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "small"),
+                 "--quiet", "--device", "cpu"]) == 0
+    config = ep.load(tmp_path / "small" / "model").config  # DiT-S/2 at that size
+    assert (config.depth, config.hidden_size, config.num_heads, config.patch_size) == (
+        2, 32, 2, 2)
+    with pytest.raises(SystemExit, match="--depth sizes a new model, and dit-digits is a "
+                                         "trained one, fine-tuned at its own size"):
+        main(["train", "--model", "dit-digits", "--depth", "2", "--steps", "1", "--out",
+              str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+
+
 def test_train_fine_tunes_on_another_class_count_with_the_option(tmp_path, capsys):
     import numpy as np
 

@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = common.command(
         sub, "train", "Train or fine-tune a DiT / SiT on class-conditional data.", """\
         entpruner train --model DiT-S/2 --data digits --steps 2000 --out runs/dit
+        entpruner train --model DiT-S/2 --depth 6 --data digits --out runs/dit-6  # 6 blocks
         entpruner train --family sit --depth 12 --hidden 96 --heads 4 --patch 2 \\
             --data digits --steps 6000 --out runs/sit
         entpruner train --model runs/dit/model --data ./my_folder --steps 500 --out runs/ft
@@ -41,8 +42,10 @@ def _model(g: common.Options) -> None:
                    "or a checkpoint / model directory to fine-tune")
     g.add_argument("--family", choices=["dit", "sit"],
                    help="model family (needed for custom sizes and released files)")
-    g.add_argument("--depth", type=int, help="custom size: number of blocks")
-    g.add_argument("--hidden", type=int, help="custom size: hidden width")
+    g.add_argument("--depth", type=int, help="custom size: number of blocks (with a registry "
+                   "name, that model at this depth)")
+    g.add_argument("--hidden", type=int, help="custom size: hidden width (with a registry name, "
+                   "that model at this width)")
     g.add_argument("--heads", "--num-heads", type=int, dest="heads",
                    help="custom size: attention heads (also for a released checkpoint of a "
                         "width that is not a published size, as --num-heads elsewhere)")
@@ -108,6 +111,13 @@ def run(args: argparse.Namespace) -> int:
                            gradient_checkpointing=args.gradient_checkpointing)
     registry_name = bool(args.model) and "/" in args.model and args.model.split("-")[
         0].lower() in ("dit", "sit") and not Path(args.model).exists()
+    sized = {flag: value for flag, value in (("--depth", args.depth), ("--hidden", args.hidden))
+             if value is not None}
+    if sized and args.model and not registry_name:
+        raise SystemExit(f"{' and '.join(sized)} size{'' if len(sized) > 1 else 's'} a new "
+                         f"model, and {args.model} is a "
+                         "trained one, fine-tuned at its own size: drop them (compress removes "
+                         "blocks from a trained model)")
     # a model to fine-tune is opened first, so --vae images are checked against it before the
     # encode; a new model takes its shape from the data (with --vae: from its latents)
     given = (resolve_model(args.model, args.family, num_heads=args.heads,
@@ -120,8 +130,11 @@ def run(args: argparse.Namespace) -> int:
     objective = {"path": args.flow_path or "linear"} if args.family == "sit" or (
         args.model or "").lower().startswith("sit-") else {}
     torch.manual_seed(args.seed)  # a new model's initial weights: same seed, same model
-    if registry_name:
-        config = config_from_name(args.model, **shape, learn_sigma=not args.no_learn_sigma)
+    if registry_name:  # --depth, --hidden and --heads resize the named one
+        custom = {field: value for field, value in (("depth", args.depth), (
+            "hidden_size", args.hidden), ("num_heads", args.heads)) if value is not None}
+        config = config_from_name(args.model, **shape, **custom,
+                                  learn_sigma=not args.no_learn_sigma)
         model = DiffusionTransformer(config, objective=objective)
     elif given is not None:
         model = given
