@@ -217,8 +217,7 @@ class HuggingFaceImages(StreamedImages):
         image: an interrupted encode of the same dataset reuses the latents it made, and one
         of an edited dataset (rows added, removed, reordered or mended) those of every image
         it still holds. A column that stores no image files is keyed by row instead."""
-        stored = self._stored.features[self.image_column]
-        if type(stored).__name__ != "Image":  # pixels by name, say: hashed by position
+        if not _is_image(self._stored, self.image_column):  # found by name: by position
             fingerprint = self.fingerprint()
             return hashed_keys(f"{fingerprint}|{index}" for index in range(len(self)))
         return hashed_keys(f"{self.crop_size}|{digest}" for digest in progress_bar(
@@ -268,10 +267,15 @@ def _stored_images(stored: Any, column: str, *, digest_bytes: bool = True,
                 yield f"{path}|missing"
 
 
+def _is_image(data: Any, column: str) -> bool:
+    """Whether ``column`` is an ``Image`` feature (stored as ``{bytes, path}``)."""
+    return type((data.features or {}).get(column)).__name__ == "Image"
+
+
 def _links_files(stored: Any, column: str) -> bool:
     """Whether some row keeps only the path of its image file (``imagefolder``, or a
     ``Dataset`` made from paths), not the file's bytes."""
-    if type(stored.features[column]).__name__ != "Image":
+    if not _is_image(stored, column):
         return False
     import pyarrow.compute as pc
 

@@ -63,8 +63,8 @@ def npz_member(path: str | os.PathLike, key: str) -> np.ndarray | None:
 
 def safetensors_tensor(path: str | os.PathLike, key: str) -> torch.Tensor | None:
     """Tensor ``key`` of a safetensors file mapped from the file; None when its dtype has no
-    numpy type (bf16) or the file does not hold it. A file cut short raises ``ValueError``,
-    as reading it would fail."""
+    numpy type (bf16), on a big-endian machine, or when the file does not hold it. A file cut
+    short raises ``ValueError``, as reading it would fail."""
     with open(path, "rb") as file:
         (length,) = struct.unpack("<Q", file.read(8))
         header = json.loads(file.read(length))
@@ -72,7 +72,11 @@ def safetensors_tensor(path: str | os.PathLike, key: str) -> torch.Tensor | None
     if entry is None or entry["dtype"] not in _SAFETENSORS_DTYPES:
         return None
     start, end = entry["data_offsets"]
-    dtype, shape = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]), tuple(entry["shape"])
+    # safetensors stores little-endian: on another machine the bytes would need swapping
+    dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]).newbyteorder("<")
+    if not dtype.isnative:
+        return None
+    shape = tuple(entry["shape"])
     if end - start != dtype.itemsize * int(np.prod(shape)):
         raise ValueError(f"{path}: {key} holds {end - start} bytes, not {shape} {dtype}")
     if Path(path).stat().st_size < 8 + length + end:
