@@ -626,8 +626,13 @@ def test_an_export_carries_the_vae_decoder_and_samples_images_alone(tiny_vae_dir
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     assert info["export"]["files"]["decoder"] == "vae_decoder.onnx"
-    with pytest.raises(DataError, match="VAE has 4 latent channels but the model takes 1"):
-        export(latent_model(in_channels=1), tmp_path / "pixels", "onnx", vae=tiny_vae_dir)
+    with pytest.raises(DataError, match="VAE has 4 latent channels but the model takes 8"):
+        export(latent_model(in_channels=8), tmp_path / "other", "onnx", vae=tiny_vae_dir)
+    # a model of images has no use for a VAE: refused before the VAE's folder is opened
+    with pytest.raises(DataError, match="this model samples 1x8x8 images, not VAE latents: "
+                                        "drop the VAE"):
+        export(latent_model(in_channels=1), tmp_path / "pixels", "onnx",
+               vae=tmp_path / "no-such-vae")
 
 
 def test_a_vae_decoder_is_exported_and_checked_once(tiny_vae_dir, tmp_path, monkeypatch):

@@ -389,6 +389,10 @@ def decoder_for(config: ModelInputs, vae: LatentSpace | str | os.PathLike | Any 
                 "data (vae= in Python, --vae DIR on the command line: a local diffusers "
                 f"AutoencoderKL folder, {which})")
         return None
+    if not is_latent(config):  # before the VAE is opened: its folder may not even exist
+        raise DataError(f"this model samples {config.in_channels}x{config.input_size}x"
+                        f"{config.input_size} images, not VAE latents: drop the VAE (--vae, "
+                        "vae=)")
     opened = isinstance(vae, (str, os.PathLike))
     space = LatentSpace.from_pretrained(vae, device=device) if opened else vae
     channels = space.latent_channels
