@@ -855,6 +855,13 @@ def test_large_arrays_are_mapped_from_their_files_and_never_written_back(tmp_pat
     assert torch.equal(data.images, torch.from_numpy(latents)) and not data.pixels
     data.images[0] = 7.0  # copy-on-write: the process's page, not the file
     assert np.array_equal(np.load(tmp_path / "latents.npz")["latents"], latents)
+    # an .npz written a part at a time (sample --npz; zip64 headers) maps alike
+    from entpruner_sdk.utils.npz import Chunks, save_npz_streamed
+
+    save_npz_streamed(tmp_path / "parts.npz", {"latents": Chunks(6, [latents[:4], latents[4:]]),
+                                               "labels": np.arange(6) % 3})
+    parts = mapped.npz_member(tmp_path / "parts.npz", "latents")
+    assert isinstance(parts, np.memmap) and np.array_equal(parts, latents)
     # what cannot be mapped is read: compressed members, Fortran order, another byte order
     np.savez_compressed(tmp_path / "small.npz", latents=latents, labels=np.arange(6) % 3)
     np.savez(tmp_path / "odd.npz", fortran=np.asfortranarray(latents),
