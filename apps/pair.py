@@ -22,7 +22,7 @@ import torch
 from entpruner_sdk.compress import as_compressed
 from entpruner_sdk.compress.report import read_report
 from entpruner_sdk.data.classes import offered_classes
-from entpruner_sdk.data.latents import LatentSpace, decoder_for, trained_vae
+from entpruner_sdk.data.latents import LatentSpace, decoder_for, recorded_vae, trained_vae
 from entpruner_sdk.evaluation.evaluate import differences_but_depth
 from entpruner_sdk.evaluation.generation import warm_up_for_batches
 from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
@@ -244,6 +244,8 @@ def _load_pair(original: str | None, pruned: str, onnx: bool,
             pair.pruned = None
     if pair.ready:
         try:
+            if vae is None:  # the VAE the pruned model's data was encoded with, if known
+                vae = recorded_vae(pair.pruned.metadata) or recorded_vae(pair.original.metadata)
             pair.decoder = decoder_for(pair.original.config, vae, pair.device,
                                        trained_with=trained_vae(pair.original.provenance))
         except Exception as error:

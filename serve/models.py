@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from entpruner_sdk.data.latents import LatentSpace, decoder_for, trained_vae
+from entpruner_sdk.data.latents import LatentSpace, decoder_for, recorded_vae, trained_vae
 from entpruner_sdk.models import DiffusionTransformer, count_parameters
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives import ModelFn, Objective, objective_for
@@ -55,6 +55,7 @@ class ServedModel:
     # a PyTorch model's: "bf16 autocast" on a GPU by default, else "fp32" ($ENTPRUNER_AUTOCAST)
     arithmetic: str | None = None
     trained_vae: str | None = None  # the VAE its train.py run encoded with, when recorded
+    recorded_vae: str | None = None  # the VAE folder its data was encoded with, when still there
     compile: str | None = None  # the torch.compile mode of a compiled PyTorch model
 
     def __post_init__(self) -> None:
@@ -170,9 +171,11 @@ def load_served_model(name: str, source: str, backend: str = "torch",
     served = _load_served_model(name, source, backend, device, provider,
                                 dict(family=family, num_heads=num_heads, flow_path=flow_path),
                                 compile)
-    # --vae, else the decoder an export of a latent model carries
-    served.decoder = decoder_for(served.config, vae if vae is not None else served.decoder,
-                                 device, trained_with=served.trained_vae)
+    # --vae, else the decoder an export of a latent model carries, else the VAE its data was
+    # encoded with
+    if vae is None:
+        vae = served.decoder if served.decoder is not None else served.recorded_vae
+    served.decoder = decoder_for(served.config, vae, device, trained_with=served.trained_vae)
     return served
 
 
@@ -231,6 +234,7 @@ def _from_torch(name: str, model: DiffusionTransformer, device: torch.device,
                        device=device, kept_blocks=model.kept_blocks, source=source,
                        arithmetic=arithmetic(device),
                        compression=model.metadata.get("compression"),
+                       recorded_vae=recorded_vae(model.metadata),
                        **_from_provenance(model.provenance))
 
 
@@ -240,4 +244,5 @@ def _from_runtime(name: str, runtime, source: str) -> ServedModel:
                        kept_blocks=list(runtime.metadata.get("kept_blocks", [])),
                        source=str(source), decoder=runtime.decoder,
                        compression=runtime.metadata.get("compression"),
+                       recorded_vae=recorded_vae(runtime.metadata),
                        export=runtime.runtime, **_from_provenance(runtime.provenance))

@@ -537,6 +537,42 @@ def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_pat
     assert "measured on images decoded by the VAE" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_a_latent_model_decodes_with_the_vae_its_data_was_encoded_with(tiny_vae_dir,
+                                                                       tmp_path, capsys):
+    import entpruner_sdk as ep
+    from entpruner_sdk.data.latents import recorded_vae
+    from entpruner_sdk.serve.models import load_served_model
+
+    # encode to an .npz, which keeps the VAE; a model trained on it records it
+    assert main(["encode", "--vae", str(tiny_vae_dir), "--data", "photos", "--image-size",
+                 "16", "--out", str(tmp_path / "l.npz"), "--quiet"]) == 0
+    space = LatentSpace.from_pretrained(tiny_vae_dir)
+    assert load_data(tmp_path / "l.npz").encoded_with == space.encoded_with
+    ep.save(latent_model(), tmp_path / "new")
+    assert main(["train", "--model", str(tmp_path / "new"), "--data", str(tmp_path / "l.npz"),
+                 "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 0
+    trained = ep.load(tmp_path / "run" / "model")
+    assert trained.metadata["training"]["vae"]["path"] == str(tiny_vae_dir.resolve())
+    assert recorded_vae(trained.metadata) == str(tiny_vae_dir.resolve())
+    # sample, evaluate and the server decode with it when no --vae is given, and say so
+    capsys.readouterr()
+    assert main(["sample", "--model", str(tmp_path / "run" / "model"), "--labels", "1",
+                 "--steps", "2", "--out", str(tmp_path / "g.png"), "--quiet"]) == 0
+    assert (f"decoding with {tiny_vae_dir.resolve()}, the VAE its data was encoded with"
+            in capsys.readouterr().out)
+    with Image.open(tmp_path / "g.png") as grid:
+        assert grid.mode == "RGB"  # decoded images, not latents
+    served = load_served_model("x", str(tmp_path / "run" / "model"), "torch")
+    assert isinstance(served.decoder, LatentSpace)
+    # once the VAE's folder is gone, the model asks for one again
+    tiny_vae_dir.rename(tmp_path / "moved")
+    assert recorded_vae(trained.metadata) is None
+    assert main(["sample", "--model", str(tmp_path / "run" / "model"), "--labels", "1",
+                 "--steps", "2", "--out", str(tmp_path / "h.png"), "--quiet"]) == 2
+    assert "pass the VAE that encoded its data" in capsys.readouterr().err
+
+
 def test_large_cached_latents_are_mapped_from_the_cache_file(tiny_vae_dir, tmp_path,
                                                              monkeypatch):
     from entpruner_sdk.data import mapped

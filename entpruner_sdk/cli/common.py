@@ -8,7 +8,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -190,6 +190,19 @@ def vae_option(p: Options, does: str = "decodes a latent model's samples to imag
     p.add_argument("--vae", metavar="DIR", required=required,
                    help="local diffusers AutoencoderKL folder (sd-vae-ft-ema for DiT-XL/2 and "
                         f"SiT-XL/2): it {does}")
+
+
+def recorded_vae_of(model: Any) -> str | None:
+    """The VAE folder ``model``'s data was encoded with, as its training or compression
+    recorded it (``latents.recorded_vae``), said when it is used; None for a model of images,
+    or when nothing (or no folder still there) was recorded."""
+    from entpruner_sdk.data.latents import is_latent, recorded_vae
+    from entpruner_sdk.utils import distributed
+
+    vae = recorded_vae(getattr(model, "metadata", None)) if is_latent(model.config) else None
+    if vae is not None and distributed.is_main():
+        print(f"decoding with {vae}, the VAE its data was encoded with (--vae: another)")
+    return vae
 
 
 def workers_option(p: Options, note: str = "") -> None:

@@ -130,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
                          "fixed when it was exported: drop --compile, or sample the model the "
                          "export was made from")
     model = exported or common.released_model(args)
-    # an export of a latent model may carry its VAE decoder; --vae takes precedence
-    vae = args.vae or (exported.decoder if exported is not None else None)
+    # --vae, else the VAE decoder an export of a latent model may carry, else the VAE its
+    # data was encoded with
+    vae = (args.vae or (exported.decoder if exported is not None else None)
+           or common.recorded_vae_of(model))
     decoder = decoder_for(model.config, vae, device,
                           trained_with=trained_vae(model.provenance))
     labels, per_row = _labels(args, model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -51,6 +52,9 @@ class ImageDataset(Dataset):
     # (``StreamedImages``), taken as it was read: a later reader of it can tell whether it
     # still holds the same images, without reading them
     source_fingerprint: str | None = field(default=None, compare=False)
+    # latents only: the VAE they were encoded with (``LatentSpace.encoded_with``: its folder,
+    # fingerprint, scale and shift), which a model trained on them records to decode with
+    encoded_with: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -462,8 +466,10 @@ def from_arrays(arrays: Mapping[str, Any], num_classes: int | None = None, *,
         raise DataError(f"{source}: {len(names)} class_names for {count} classes; give one "
                         f"name per class, or one per class held ({len(present)}, in label "
                         "order), or drop class_names")
+    encoded = arrays.get("encoded_with")  # the VAE, as save_npz writes it
     return ImageDataset(tensor, labels_t, count, name=name, class_names=names,
-                        pixels=latents is None)
+                        pixels=latents is None,
+                        encoded_with=json.loads(str(encoded)) if encoded is not None else None)
 
 
 def _numpy(value: Any) -> Any:
@@ -480,9 +486,10 @@ def save_npz(data: ImageDataset, path: str | os.PathLike) -> Path:
     """Write ``data`` as an ``.npz`` that ``load_npz`` reads back (atomically)."""
     path = Path(path)
     key = "images" if data.pixels else "latents"
+    encoded = {"encoded_with": np.array(json.dumps(data.encoded_with))} if data.encoded_with else {}
     with atomic_writer(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **{key: data.images.numpy(), "labels": data.labels.numpy(),
-                            "class_names": np.array(data.class_names)})
+                            "class_names": np.array(data.class_names), **encoded})
     return path
 
 
@@ -676,11 +683,15 @@ def origin_fields(data: ImageDataset) -> dict[str, Any]:
     """Where ``data`` was read from, as a compress report's summary and a trained model's
     metadata keep it, so that evaluate and the demo can read it again: ``data_source`` (a
     bundled name or a path) and ``data_options`` (the ``load_data`` keywords it was read
-    with: image size, class index, ...); nothing for data held only in memory."""
+    with: image size, class index, ...); nothing for data held only in memory. Latents add
+    ``vae``, the VAE they were encoded with (``encoded_with``), which ``sample``, ``evaluate``,
+    the server and the demo then decode with by default (``latents.recorded_vae``)."""
+    encoded = {"vae": data.encoded_with} if data.encoded_with else {}
     if data.origin is None:
-        return {}
+        return encoded
     options = {key: value for key, value in data.origin.items() if key != "data"}
-    return {"data_source": data.origin["data"], **({"data_options": options} if options else {})}
+    return {"data_source": data.origin["data"], **({"data_options": options} if options else {}),
+            **encoded}
 
 
 def recorded_data(fields: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]] | None:

@@ -50,6 +50,13 @@ class LatentSpace:
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.scale, self.shift = scale, shift
         self.fingerprint = fingerprint
+        self.folder: str | None = None  # where from_pretrained read it
+
+    @property
+    def encoded_with(self) -> dict[str, Any]:
+        """What latents record of this VAE (``ImageDataset.encoded_with``), as plain data."""
+        return {"path": self.folder, "fingerprint": self.fingerprint, "scale": self.scale,
+                "shift": self.shift}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, scale: float | None = None,
@@ -92,7 +99,9 @@ class LatentSpace:
             shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
         if (scale, shift) != (SD_VAE_SCALE, 0.0):  # SD's keep the hash caches were made under
             digest.update(f"|scale {scale!r}|shift {shift!r}".encode())
-        return cls(vae, scale, device, digest.hexdigest()[:16], shift)
+        space = cls(vae, scale, device, digest.hexdigest()[:16], shift)
+        space.folder = str(path.resolve())
+        return space
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, sample: bool = False,
@@ -188,12 +197,12 @@ class LatentSpace:
                   else data.source_fingerprint)
         if cache_dir is None:
             return _latent_dataset(self._encode_images(data, batch_size, workers, progress),
-                                   data, source)
+                                   data, source, self)
         cache = self._cache_file(cache_dir, data, source if isinstance(data, StreamedImages)
                                  else data.fingerprint())
         kept = read_kept(cache, lambda path: mapped.read_tensor(path, "latents"))
         if kept is not None:
-            return _latent_dataset(kept, data, source)
+            return _latent_dataset(kept, data, source, self)
         if isinstance(data, StreamedImages):
             latents, keys, spent = self._encode_streamed(data, cache, batch_size, workers,
                                                        progress, checkpoint_seconds)
@@ -209,7 +218,7 @@ class LatentSpace:
             partial_file(cache).unlink(missing_ok=True)
         if cache.stat().st_size >= mapped.MAP_FROM:  # mapped from the file, the encoded copy
             latents = mapped.read_tensor(cache, "latents")  # freed: processes share the file
-        return _latent_dataset(latents, data, source)
+        return _latent_dataset(latents, data, source, self)
 
     def _encode_images(self, data: ImageDataset | StreamedImages, batch_size: int, workers: int,
                        progress: bool, partial: Path | None = None,
@@ -363,6 +372,17 @@ def is_latent(config: ModelInputs) -> bool:
     return config.in_channels not in (1, 3)
 
 
+def recorded_vae(metadata: dict[str, Any] | None) -> str | None:
+    """The VAE folder a latent model's data was encoded with, as its compression or training
+    recorded it (``origin_fields``: the latest first), when that folder is still there; the
+    default VAE of ``sample``, ``evaluate``, the server and the demo."""
+    for step in ("compression", "training"):
+        path = (((metadata or {}).get(step) or {}).get("vae") or {}).get("path")
+        if path and (Path(path) / "config.json").exists():
+            return path
+    return None
+
+
 def trained_vae(provenance: dict[str, Any]) -> str | None:
     """The VAE the reference ``train.py`` run of a model encoded its data with, as the
     checkpoint's args record it (``--vae ema`` or ``mse``: ``sd-vae-ft-ema`` or
@@ -445,10 +465,11 @@ def _image_dataset(images: torch.Tensor, data: ImageDataset) -> ImageDataset:
 
 
 def _latent_dataset(latents: torch.Tensor, data: ImageDataset | StreamedImages,
-                    source_fingerprint: str | None) -> ImageDataset:
+                    source_fingerprint: str | None, space: LatentSpace) -> ImageDataset:
     """The latents of ``data``, keeping its ``origin`` and the fingerprint of the images it
-    was read from: a compress report then names the images, where the demo's evaluation
-    finds them."""
+    was read from (a compress report then names the images, where the demo's evaluation
+    finds them), and what they were encoded with (``space``)."""
     return ImageDataset(latents, data.labels.clone(), data.num_classes, f"{data.name}-latent",
                         list(data.class_names), pixels=False, origin=data.origin,
-                        source_fingerprint=source_fingerprint)
+                        source_fingerprint=source_fingerprint,
+                        encoded_with=space.encoded_with)
