@@ -565,6 +565,9 @@ def test_a_latent_model_decodes_with_the_vae_its_data_was_encoded_with(tiny_vae_
         assert grid.mode == "RGB"  # decoded images, not latents
     served = load_served_model("x", str(tmp_path / "run" / "model"), "torch")
     assert isinstance(served.decoder, LatentSpace)
+    assert main(["info", "--model", str(tmp_path / "run" / "model")]) == 0
+    assert (f"decode them with {tiny_vae_dir.resolve()}, which its data was encoded with"
+            in capsys.readouterr().out)
     # once the VAE's folder is gone, the model asks for one again
     tiny_vae_dir.rename(tmp_path / "moved")
     assert recorded_vae(trained.metadata) is None

@@ -37,13 +37,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def model_summary(model: DiffusionTransformer) -> dict:
     """A model's family, config, size and provenance as plain data (``info --json``)."""
-    from entpruner_sdk.data.latents import is_latent
+    from entpruner_sdk.data.latents import is_latent, recorded_vae
     from entpruner_sdk.models import count_parameters, forward_flops
     from entpruner_sdk.objectives import OBJECTIVES
 
     objective = OBJECTIVES[model.family]
     return {"family": model.family, "config": model.config.to_dict(),
             "latent": is_latent(model.config),
+            # the VAE folder its data was encoded with, the one sample and evaluate decode with
+            "vae": recorded_vae(model.metadata) if is_latent(model.config) else None,
             "parameters": count_parameters(model),
             "gflops_per_image": forward_flops(model.config) / 1e9,
             "provenance": model.provenance, "objective": model.objective,
@@ -122,7 +124,11 @@ def run(args: argparse.Namespace) -> int:
         print("classes " + listed(list(range(len(names)))))
     if tuned:
         print("fine-tuned on classes " + listed(tuned))
-    if summary["latent"]:
+    if summary["latent"] and summary["vae"]:
+        print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
+              f"demo decode them with {summary['vae']}, which its data was encoded with "
+              "(--vae DIR: another)")
+    elif summary["latent"]:
         vae = trained_vae(summary["provenance"])
         print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
               "demo decode them with --vae DIR"
