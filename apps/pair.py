@@ -22,7 +22,13 @@ import torch
 from entpruner_sdk.compress import as_compressed
 from entpruner_sdk.compress.report import read_report
 from entpruner_sdk.data.classes import offered_classes
-from entpruner_sdk.data.latents import LatentSpace, decoder_for, recorded_vae, trained_vae
+from entpruner_sdk.data.latents import (
+    LatentSpace,
+    decoder_for,
+    open_recorded_vae,
+    recorded_vae,
+    trained_vae,
+)
 from entpruner_sdk.evaluation.evaluate import differences_but_depth
 from entpruner_sdk.evaluation.generation import warm_up_for_batches
 from entpruner_sdk.models import DiffusionTransformer, count_parameters, forward_flops
@@ -244,8 +250,10 @@ def _load_pair(original: str | None, pruned: str, onnx: bool,
             pair.pruned = None
     if pair.ready:
         try:
-            if vae is None:  # the VAE the pruned model's data was encoded with, if known
-                vae = recorded_vae(pair.pruned.metadata) or recorded_vae(pair.original.metadata)
+            record = recorded_vae(pair.pruned.metadata) or recorded_vae(
+                pair.original.metadata)  # the VAE the pruned model's data was encoded with
+            if vae is None and record is not None:
+                vae = open_recorded_vae(record, pair.device)
             pair.decoder = decoder_for(pair.original.config, vae, pair.device,
                                        trained_with=trained_vae(pair.original.provenance))
         except Exception as error:

@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from entpruner_sdk.data.latents import LatentSpace, decoder_for, recorded_vae, trained_vae
+from entpruner_sdk.data.latents import (
+    LatentSpace,
+    decoder_for,
+    open_recorded_vae,
+    recorded_vae,
+    trained_vae,
+)
 from entpruner_sdk.models import DiffusionTransformer, count_parameters
 from entpruner_sdk.models.config import TransformerConfig
 from entpruner_sdk.objectives import ModelFn, Objective, objective_for
@@ -55,7 +61,7 @@ class ServedModel:
     # a PyTorch model's: "bf16 autocast" on a GPU by default, else "fp32" ($ENTPRUNER_AUTOCAST)
     arithmetic: str | None = None
     trained_vae: str | None = None  # the VAE its train.py run encoded with, when recorded
-    recorded_vae: str | None = None  # the VAE folder its data was encoded with, when still there
+    recorded_vae: dict | None = None  # what its data was encoded with, when still there
     compile: str | None = None  # the torch.compile mode of a compiled PyTorch model
 
     def __post_init__(self) -> None:
@@ -173,8 +179,10 @@ def load_served_model(name: str, source: str, backend: str = "torch",
                                 compile)
     # --vae, else the decoder an export of a latent model carries, else the VAE its data was
     # encoded with
-    if vae is None:
-        vae = served.decoder if served.decoder is not None else served.recorded_vae
+    if vae is None and served.decoder is None and served.recorded_vae is not None:
+        vae = open_recorded_vae(served.recorded_vae, device)
+    elif vae is None:
+        vae = served.decoder
     served.decoder = decoder_for(served.config, vae, device, trained_with=served.trained_vae)
     return served
 

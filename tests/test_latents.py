@@ -554,7 +554,7 @@ def test_a_latent_model_decodes_with_the_vae_its_data_was_encoded_with(tiny_vae_
                  "--quiet"]) == 0
     trained = ep.load(tmp_path / "run" / "model")
     assert trained.metadata["training"]["vae"]["path"] == str(tiny_vae_dir.resolve())
-    assert recorded_vae(trained.metadata) == str(tiny_vae_dir.resolve())
+    assert recorded_vae(trained.metadata) == space.encoded_with
     # sample, evaluate and the server decode with it when no --vae is given, and say so
     capsys.readouterr()
     assert main(["sample", "--model", str(tmp_path / "run" / "model"), "--labels", "1",
@@ -568,6 +568,15 @@ def test_a_latent_model_decodes_with_the_vae_its_data_was_encoded_with(tiny_vae_
     assert main(["info", "--model", str(tmp_path / "run" / "model")]) == 0
     assert (f"decode them with {tiny_vae_dir.resolve()}, which its data was encoded with"
             in capsys.readouterr().out)
+    # a VAE replaced in that folder is used, with a warning
+    replaced = space.vae
+    with torch.no_grad():
+        replaced.decoder.conv_out.bias.add_(0.5)
+    replaced.save_pretrained(tiny_vae_dir)
+    assert main(["sample", "--model", str(tmp_path / "run" / "model"), "--labels", "1",
+                 "--steps", "2", "--out", str(tmp_path / "g.png"), "--quiet"]) == 0
+    assert "is not the one the data was encoded with (its weights changed since)" in (
+        capsys.readouterr().err)
     # once the VAE's folder is gone, the model asks for one again
     tiny_vae_dir.rename(tmp_path / "moved")
     assert recorded_vae(trained.metadata) is None

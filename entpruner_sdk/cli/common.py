@@ -192,17 +192,20 @@ def vae_option(p: Options, does: str = "decodes a latent model's samples to imag
                         f"SiT-XL/2): it {does}")
 
 
-def recorded_vae_of(model: Any) -> str | None:
-    """The VAE folder ``model``'s data was encoded with, as its training or compression
-    recorded it (``latents.recorded_vae``), said when it is used; None for a model of images,
-    or when nothing (or no folder still there) was recorded."""
-    from entpruner_sdk.data.latents import is_latent, recorded_vae
+def recorded_vae_of(model: Any, device: str | torch.device | None) -> Any:
+    """The VAE ``model``'s data was encoded with, as its training or compression recorded it
+    (``latents.recorded_vae``), opened on ``device`` and said when it is used; None for a
+    model of images, or when nothing (or no folder still there) was recorded."""
+    from entpruner_sdk.data.latents import is_latent, open_recorded_vae, recorded_vae
     from entpruner_sdk.utils import distributed
 
-    vae = recorded_vae(getattr(model, "metadata", None)) if is_latent(model.config) else None
-    if vae is not None and distributed.is_main():
-        print(f"decoding with {vae}, the VAE its data was encoded with (--vae: another)")
-    return vae
+    record = recorded_vae(getattr(model, "metadata", None)) if is_latent(model.config) else None
+    if record is None:
+        return None
+    if distributed.is_main():
+        print(f"decoding with {record['path']}, the VAE its data was encoded with (--vae: "
+              "another)")
+    return open_recorded_vae(record, device)
 
 
 def workers_option(p: Options, note: str = "") -> None:

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
         original = as_compressed(original, model)
     # an export of a latent model may carry its VAE decoder; --vae takes precedence
-    vae = args.vae or getattr(model, "decoder", None) or common.recorded_vae_of(model)
+    vae = args.vae or getattr(model, "decoder", None) or common.recorded_vae_of(model, device)
     if args.save_samples and is_latent(model.config) and not vae:
         raise SystemExit("--save-samples writes images, and this model samples VAE latents: "
                          "pass --vae DIR to decode them")

@@ -45,7 +45,8 @@ def model_summary(model: DiffusionTransformer) -> dict:
     return {"family": model.family, "config": model.config.to_dict(),
             "latent": is_latent(model.config),
             # the VAE folder its data was encoded with, the one sample and evaluate decode with
-            "vae": recorded_vae(model.metadata) if is_latent(model.config) else None,
+            "vae": (recorded_vae(model.metadata) or {}).get("path") if is_latent(
+                model.config) else None,
             "parameters": count_parameters(model),
             "gflops_per_image": forward_flops(model.config) / 1e9,
             "provenance": model.provenance, "objective": model.objective,

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     # --vae, else the VAE decoder an export of a latent model may carry, else the VAE its
     # data was encoded with
     vae = (args.vae or (exported.decoder if exported is not None else None)
-           or common.recorded_vae_of(model))
+           or common.recorded_vae_of(model, device))
     decoder = decoder_for(model.config, vae, device,
                           trained_with=trained_vae(model.provenance))
     labels, per_row = _labels(args, model)

@@ -12,6 +12,7 @@ import glob
 import hashlib
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -372,15 +373,29 @@ def is_latent(config: ModelInputs) -> bool:
     return config.in_channels not in (1, 3)
 
 
-def recorded_vae(metadata: dict[str, Any] | None) -> str | None:
-    """The VAE folder a latent model's data was encoded with, as its compression or training
-    recorded it (``origin_fields``: the latest first), when that folder is still there; the
-    default VAE of ``sample``, ``evaluate``, the server and the demo."""
+def recorded_vae(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a latent model's data was encoded with (``LatentSpace.encoded_with``: the VAE's
+    folder, fingerprint and factors), as its compression or training recorded it
+    (``origin_fields``; the latest first), when that folder is still there: the default VAE of
+    ``sample``, ``evaluate``, the server and the demo (``open_recorded_vae``)."""
     for step in ("compression", "training"):
-        path = (((metadata or {}).get(step) or {}).get("vae") or {}).get("path")
-        if path and (Path(path) / "config.json").exists():
-            return path
+        record = ((metadata or {}).get(step) or {}).get("vae") or {}
+        if record.get("path") and (Path(record["path"]) / "config.json").exists():
+            return record
     return None
+
+
+def open_recorded_vae(record: dict[str, Any], device: str | torch.device | None = "cpu"
+                      ) -> LatentSpace:
+    """The VAE ``recorded_vae`` found, opened with the factors the latents were made with; a
+    warning when its weights are no longer those (the folder was replaced since)."""
+    space = LatentSpace.from_pretrained(record["path"], scale=record.get("scale"),
+                                        shift=record.get("shift"), device=device)
+    if record.get("fingerprint") not in (None, space.fingerprint):
+        warnings.warn(f"the VAE in {record['path']} is not the one the data was encoded with "
+                      "(its weights changed since): pass that VAE (--vae DIR, vae=)",
+                      stacklevel=2)
+    return space
 
 
 def trained_vae(provenance: dict[str, Any]) -> str | None:
