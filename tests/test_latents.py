@@ -568,6 +568,19 @@ def test_a_latent_model_decodes_with_the_vae_its_data_was_encoded_with(tiny_vae_
     assert main(["info", "--model", str(tmp_path / "run" / "model")]) == 0
     assert (f"decode them with {tiny_vae_dir.resolve()}, which its data was encoded with"
             in capsys.readouterr().out)
+    # a compress of the .npz reports on images that VAE decodes, as evaluate would measure
+    from entpruner_sdk.utils.cache import cache_root
+
+    decoded = space.decode_dataset(load_data(tmp_path / "l.npz"),
+                                   cache_dir=cache_root() / "decoded", progress=False)
+    cache_a_quick_classifier(decoded)  # the classifier of that reference, briefly trained
+    assert main(["compress", "--model", str(tmp_path / "new"), "--data", str(tmp_path / "l.npz"),
+                 "--budget", "2", "--steps", "2", "--interval", "1", "--batch-size", "4",
+                 "--calibration-per-class", "2", "--calibration-times", "2",
+                 "--report-samples", "4", "--out", str(tmp_path / "pruned"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "pruned" / "report.json").read_text())["summary"]
+    assert summary["quality_settings"]["vae"] == space.fingerprint
+    assert summary["vae"] == space.encoded_with
     # a VAE replaced in that folder is used, with a warning
     replaced = space.vae
     with torch.no_grad():

@@ -415,11 +415,12 @@ def quality_figures(teacher: DiffusionTransformer, pruned: DiffusionTransformer,
     (``images_behind``).
 
     It samples each model once, after the fine-tuning bar has finished, so it shows its own
-    bars. ``vae``: the opened ``config.report_vae`` (opened here when not given).
+    bars. ``vae``: the opened ``config.report_vae`` (opened here when not given; without one,
+    the VAE the latents were encoded with, when its folder is still there).
     ``out_dir``: the run's; finished sample batches wait in its ``sampling-in-progress``
     until the figures are made, so a resumed run does not sample them again. (Not under the
     checkpoint folder: every checkpoint replaces that folder whole.)"""
-    from entpruner_sdk.data.latents import decoder_for
+    from entpruner_sdk.data.latents import decoder_for, open_recorded_vae, usable_vae
     from entpruner_sdk.evaluation.batches import IN_PROGRESS
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.evaluation.reference import images_behind
@@ -427,6 +428,8 @@ def quality_figures(teacher: DiffusionTransformer, pruned: DiffusionTransformer,
 
     if vae is None and config.report_vae:
         vae = decoder_for(teacher.config, config.report_vae, device)
+    elif vae is None and (record := usable_vae(data.encoded_with)) is not None:
+        vae = open_recorded_vae(record, device)  # as evaluate decodes the model's samples
     data = images_behind(data, decoded=vae is not None)  # a class folder: as evaluate takes it
     batches = Path(out_dir) / IN_PROGRESS if out_dir is not None else None
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,

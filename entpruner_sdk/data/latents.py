@@ -379,9 +379,16 @@ def recorded_vae(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
     (``origin_fields``; the latest first), when that folder is still there: the default VAE of
     ``sample``, ``evaluate``, the server and the demo (``open_recorded_vae``)."""
     for step in ("compression", "training"):
-        record = ((metadata or {}).get(step) or {}).get("vae") or {}
-        if record.get("path") and (Path(record["path"]) / "config.json").exists():
+        record = usable_vae(((metadata or {}).get(step) or {}).get("vae"))
+        if record is not None:
             return record
+    return None
+
+
+def usable_vae(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``record`` (``LatentSpace.encoded_with``) when the VAE folder it names is still there."""
+    if record and record.get("path") and (Path(record["path"]) / "config.json").exists():
+        return record
     return None
 
 
