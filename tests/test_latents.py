@@ -520,10 +520,19 @@ def test_compress_a_latent_model_reports_on_decoded_images(tiny_vae_dir, tmp_pat
         inception_path()
     except FeatureNetworkMissing:
         pass  # without the fid extra the config refuses "inception" first, elsewhere tested
-    else:
+    else:  # latents that do not say which VAE made them (made elsewhere)
+        from dataclasses import replace
+
         with pytest.raises(DataError, match="standard FID in the report needs images"):
-            compress(latent_model(), latents, 2, report_features=("domain", "inception"),
-                     **fast)
+            compress(latent_model(), replace(latents, encoded_with=None), 2,
+                     report_features=("domain", "inception"), **fast)
+        # latents that name theirs are decoded by it, for the report's images
+        from entpruner_sdk.compress.checks import check_report_decoder
+        from entpruner_sdk.compress.config import CompressConfig
+
+        config = CompressConfig.from_options(report_features=("domain", "inception"))
+        decoder = check_report_decoder(latent_model(), config, data=latents)
+        assert decoder.fingerprint == space.fingerprint
     opened = []  # the real loader, counted: the check before training opens the VAE once
     real_open = LatentSpace.from_pretrained.__func__
     monkeypatch.setattr(LatentSpace, "from_pretrained", classmethod(

@@ -26,14 +26,23 @@ def protected_blocks(model: DiffusionTransformer, protect: tuple[int, ...] | Non
 
 
 def check_report_decoder(model: DiffusionTransformer, config: CompressConfig,
-                         device: torch.device | None = None) -> Any:
+                         device: torch.device | None = None, data: Any = None) -> Any:
     """Fail before any training when the report's figures need a VAE the run lacks, or was
     given one that does not fit the model; return the VAE opened (None without one), which
-    the report then uses."""
-    from entpruner_sdk.data.latents import decoder_for, is_latent
+    the report then uses: ``report_vae``, else the one ``data``'s latents were encoded with
+    when its folder is still there (as ``evaluate`` of the result decodes with it)."""
+    from entpruner_sdk.data.latents import (
+        decoder_for,
+        is_latent,
+        open_recorded_vae,
+        usable_vae,
+    )
 
     if config.report_vae is not None:
         return decoder_for(model.config, config.report_vae, device)
+    record = usable_vae(getattr(data, "encoded_with", None)) if is_latent(model.config) else None
+    if record is not None:
+        return open_recorded_vae(record, device)
     if is_latent(model.config) and "inception" in config.report_features:
         raise DataError("standard FID in the report needs images but this model samples VAE "
                         "latents: pass report_vae= (--vae DIR) to decode them, or leave "

@@ -240,10 +240,12 @@ def compress(
     check_micro_batches(config.batch_size, config.gradient_accumulation,
                         distributed.world_size())
     checkpoint_dir = checkpoint_folder(out_dir, resume)
-    report_vae = check_report_decoder(model, config, device) if config.report_samples else None
     check_report_likelihood(model, config)
     setup = prepare(model, data, budget, config, device)
     config, budget, protected, data = setup.config, setup.budget, setup.protected, setup.data
+    # before any training: a report that needs a VAE the run lacks stops here
+    report_vae = (check_report_decoder(model, config, device, data) if config.report_samples
+                  else None)
     teacher, calibration = setup.teacher, setup.calibration
     # the teacher's identity goes into the pruned model's provenance; the data is hashed only
     # for a checkpoint, which a resume must match
@@ -415,21 +417,18 @@ def quality_figures(teacher: DiffusionTransformer, pruned: DiffusionTransformer,
     (``images_behind``).
 
     It samples each model once, after the fine-tuning bar has finished, so it shows its own
-    bars. ``vae``: the opened ``config.report_vae`` (opened here when not given; without one,
-    the VAE the latents were encoded with, when its folder is still there).
+    bars. ``vae``: the report's VAE, opened (``check_report_decoder`` opens it when not
+    given).
     ``out_dir``: the run's; finished sample batches wait in its ``sampling-in-progress``
     until the figures are made, so a resumed run does not sample them again. (Not under the
     checkpoint folder: every checkpoint replaces that folder whole.)"""
-    from entpruner_sdk.data.latents import decoder_for, open_recorded_vae, usable_vae
     from entpruner_sdk.evaluation.batches import IN_PROGRESS
     from entpruner_sdk.evaluation.evaluate import evaluate
     from entpruner_sdk.evaluation.reference import images_behind
     from entpruner_sdk.teachers import SAMPLING
 
-    if vae is None and config.report_vae:
-        vae = decoder_for(teacher.config, config.report_vae, device)
-    elif vae is None and (record := usable_vae(data.encoded_with)) is not None:
-        vae = open_recorded_vae(record, device)  # as evaluate decodes the model's samples
+    if vae is None and config.report_samples:
+        vae = check_report_decoder(teacher, config, device, data)
     data = images_behind(data, decoded=vae is not None)  # a class folder: as evaluate takes it
     batches = Path(out_dir) / IN_PROGRESS if out_dir is not None else None
     sampling = dict(SAMPLING[teacher.family], features=config.report_features,
