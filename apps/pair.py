@@ -250,10 +250,10 @@ def _load_pair(original: str | None, pruned: str, onnx: bool,
             pair.pruned = None
     if pair.ready:
         try:
-            record = recorded_vae(pair.pruned.metadata) or recorded_vae(
-                pair.original.metadata)  # the VAE the pruned model's data was encoded with
-            if vae is None and record is not None:
-                vae = open_recorded_vae(record, pair.device)
+            if vae is None:  # the VAE the pruned model's data was encoded with, if recorded
+                record = recorded_vae(pair.pruned.metadata) or recorded_vae(
+                    pair.original.metadata)
+                vae = open_recorded_vae(record, pair.device) if record is not None else None
             pair.decoder = decoder_for(pair.original.config, vae, pair.device,
                                        trained_with=trained_vae(pair.original.provenance))
         except Exception as error:
