@@ -841,6 +841,41 @@ def test_labels_given_as_class_names_are_numbered_and_name_the_classes(tmp_path)
         load_data((images, ["owl", "cat", "", "dog"]))
 
 
+def test_a_torch_dataset_names_its_classes_as_torchvision_declares_them():
+    from entpruner_sdk.data.datasets import fit_class_names
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+
+    class Pets(torch.utils.data.Dataset):  # torchvision's ImageFolder, CIFAR10 and kin
+        classes = ["cat", "dog", "owl"]
+        class_to_idx = {"cat": 0, "dog": 1, "owl": 2}
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.from_numpy(images[i]), [2, 0, 2, 1][i]
+
+    for source in (Pets(), DataLoader(Pets(), 3), torch.utils.data.Subset(Pets(), [0, 1, 2, 3])):
+        data = load_data(source)
+        assert data.class_names == ["cat", "dog", "owl"] and data.labels.tolist() == [2, 0, 2, 1]
+    # the model was trained with its classes in another order: its ids are taken
+    fitted = fit_class_names(load_data(Pets()), ["owl", "dog", "cat"])
+    assert fitted.labels.tolist() == [0, 2, 0, 1]
+    Pets.classes = [("owl", "Strigiformes"), ("cat",), ("dog",)]  # ImageNet's synonyms
+    assert load_data(Pets()).class_names == ["owl", "cat", "dog"]
+    del Pets.classes  # class_to_idx alone
+    Pets.class_to_idx = {"dog": 1, "owl": 2, "cat": 0}
+    assert load_data(Pets()).class_names == ["cat", "dog", "owl"]
+    assert load_data(Pets(), num_classes=5).class_names == ["cat", "dog", "owl", "3", "4"]
+    Pets.class_to_idx = {"dog": 0, "cat": 0}  # no order of names: the ids stand alone
+    assert load_data(Pets()).class_names == ["0", "1", "2"]
+    Pets.classes = ["cat", "dog"]  # a label beyond the classes declared
+    with pytest.raises(DataError, match=r"declares 2 classes \(Pets.classes\) but holds "
+                                        "label 2; mend its classes"):
+        load_data(Pets())
+
+
 def test_large_arrays_are_mapped_from_their_files_and_never_written_back(tmp_path,
                                                                           monkeypatch):
     from safetensors.torch import load_file, save_file

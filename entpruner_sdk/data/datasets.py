@@ -500,8 +500,11 @@ def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> Im
     are, or floats in [-1, 1]; any other channel count is taken as VAE latents (4 for DiT and
     SiT on ImageNet), which have no fixed range. PIL images (a torchvision or Hugging Face
     dataset without a transform) are taken as their 8-bit pixels (``pil_pixels``); where
-    grey and colour images mix, the grey ones are taken as RGB.
+    grey and colour images mix, the grey ones are taken as RGB. Class names come from the
+    dataset as torchvision's declare them (``classes``, else ``class_to_idx``; through a
+    ``Subset`` or a DataLoader too), so a model that names its classes can match them.
     """
+    declared = declared_class_names(data)
     images, labels = [], []
     for item in data:
         if not isinstance(item, (tuple, list)) or len(item) < 2:
@@ -513,17 +516,53 @@ def from_torch(data: Dataset | DataLoader, num_classes: int | None = None) -> Im
     if not images:
         raise DataError("the torch dataset is empty")
     stacked = stack_pixels(images, "the torch dataset")
-    named = ids_of_names(labels, source="the torch dataset")  # labels given as class names
+    named = ids_of_names(labels, declared, source="the torch dataset")  # labels as names
     label_tensor = torch.tensor(named[0]) if named else torch.as_tensor(labels)
     if not label_tensor.dtype.is_floating_point:
         label_tensor = label_tensor.long()
-    count = num_classes if num_classes is not None else (
-        len(named[1]) if named else int(label_tensor.max()) + 1)
+    names = named[1] if named else declared
+    count = num_classes if num_classes is not None else max(
+        int(label_tensor.max()) + 1, len(names))
+    if names and int(label_tensor.max()) >= len(names):
+        raise DataError(f"the torch dataset declares {len(names)} classes ({type(data).__name__}"
+                        f".classes) but holds label {int(label_tensor.max())}; mend its "
+                        "classes, or drop them so the labels stand as ids alone")
+    if names and count > len(names):  # a larger model's ids: the rest keep their numbers
+        names = names + [str(c) for c in range(len(names), count)]
     pixels = stacked.dim() != 4 or stacked.shape[1] in (1, 3)
     if pixels:
         refuse_unit_interval(stacked, type(data).__name__)
     return ImageDataset(stacked, label_tensor, count, name=type(data).__name__, pixels=pixels,
-                        class_names=named[1] if named else [])
+                        class_names=names[:count])
+
+
+def declared_class_names(data: Any) -> list[str]:
+    """The class names a torch dataset declares, by class id, as torchvision's do: ``classes``
+    (a name per id; ImageNet's tuples of synonyms give their first), else ``class_to_idx``
+    when it numbers its names 0..n-1 once each. A ``DataLoader``'s or ``Subset``'s dataset is
+    looked through. Empty when none is declared."""
+    for _ in range(8):  # wrappers nest; a dataset that holds itself must not loop
+        if data is None:
+            break
+        names = _names_by_id(data)
+        if names:
+            return names
+        data = getattr(data, "dataset", None)
+    return []
+
+
+def _names_by_id(data: Any) -> list[str]:
+    classes = getattr(data, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes:
+        first = [c[0] if isinstance(c, tuple) and c else c for c in classes]
+        if all(isinstance(name, str) and name for name in first) and len(set(first)) == len(first):
+            return list(first)
+    mapping = getattr(data, "class_to_idx", None)
+    if isinstance(mapping, Mapping) and mapping:
+        ids = sorted(mapping.values()) if all(isinstance(i, int) for i in mapping.values()) else []
+        if ids == list(range(len(mapping))) and all(isinstance(n, str) for n in mapping):
+            return sorted(mapping, key=mapping.__getitem__)
+    return []
 
 
 def _label_values(label: Any) -> list[Any]:
