@@ -14,7 +14,14 @@ from entpruner_sdk.compress import (
     compress,
     plan,
 )
-from entpruner_sdk.data import DataError, ImageDataset, ImageFolder, load_data, open_data
+from entpruner_sdk.data import (
+    DataError,
+    ImageDataset,
+    ImageFolder,
+    ImageTable,
+    load_data,
+    open_data,
+)
 from entpruner_sdk.data.latents import LatentSpace
 from entpruner_sdk.evaluation.evaluate import evaluate
 from entpruner_sdk.evaluation.report import EvaluationReport
@@ -45,6 +52,7 @@ __all__ = [
     "EvaluationReport",
     "ImageDataset",
     "ImageFolder",
+    "ImageTable",
     "LatentSpace",
     "TrainConfig",
     "TransformerConfig",

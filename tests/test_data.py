@@ -13,6 +13,7 @@ from entpruner_sdk.data import (
     ImageDataset,
     ImageFolder,
     load_data,
+    open_data,
     save_npz,
     unit_range,
 )
@@ -381,6 +382,81 @@ def test_loaded_data_remembers_how_it_was_loaded(tmp_path):
     assert load_data(path).origin == {"data": str(path.resolve())}
     with pytest.raises(DataError, match="loaded as stored; image_size"):
         load_data(path, image_size=8)
+
+
+def test_a_table_of_image_files_and_classes_reads_as_their_class_folder_would(tmp_path):
+    from entpruner_sdk.data import ImageTable
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, name in enumerate(["owl", "cat", "dog", "cat", "owl", "dog"]):  # a CSV's order
+        (tmp_path / "folder" / name).mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8))
+        image.save(tmp_path / "folder" / name / f"{i}.png")
+        rows.append((f"folder/{name}/{i}.png", name))
+    (tmp_path / "train.csv").write_text(  # a byte-order mark, any header case, other columns
+        "\ufeffid,File_Name,Class\n" + "".join(f"{i},{f},{c}\n" for i, (f, c) in enumerate(rows)))
+    table = load_data(tmp_path / "train.csv", image_size=8)
+    folder = load_data(tmp_path / "folder", image_size=8)
+    assert table.class_names == folder.class_names == ["cat", "dog", "owl"]
+    order = [str(file) for file in ImageFolder(tmp_path / "folder", 8).files]
+    at = [order.index(str(tmp_path / f)) for f, _ in rows]
+    assert torch.equal(table.images, folder.images[at]) and torch.equal(table.labels,
+                                                                         folder.labels[at])
+    assert table.origin == {"data": str((tmp_path / "train.csv").resolve()), "image_size": 8,
+                            "num_classes": 3}
+    assert torch.equal(load_data(**table.origin).images, table.images)
+    assert isinstance(open_data(tmp_path / "train.csv", image_size=8), ImageTable)
+
+    # a .tsv of class ids and absolute paths; ids stand as written
+    (tmp_path / "ids.tsv").write_text("path\tlabel\n" + "".join(
+        f"{tmp_path / f}\t{4 if c == 'owl' else 0}\n" for f, c in rows))
+    ids = ImageTable(tmp_path / "ids.tsv", image_size=8)
+    assert ids.labels.tolist() == [4, 0, 0, 0, 4, 0] and ids.num_classes == 5
+    assert ImageTable(tmp_path / "ids.tsv", 8, num_classes=10).num_classes == 10
+    with pytest.raises(DataError, match="holds label 4, beyond num_classes=3; raise"):
+        ImageTable(tmp_path / "ids.tsv", 8, num_classes=3)
+    # classes given as a model's keys: the index numbers and names them
+    (tmp_path / "index.txt").write_text("n1 dog, hound\nn2 owl\nn3 fox\nn4 cat\n")
+    (tmp_path / "keys.csv").write_text("image,label\n" + "".join(
+        f"{f},{dict(cat='n4', dog='n1', owl='n2')[c]}\n" for f, c in rows))
+    keyed = ImageTable(tmp_path / "keys.csv", 8, class_index=tmp_path / "index.txt")
+    assert keyed.class_names == ["dog", "owl", "fox", "cat"]
+    assert keyed.labels.tolist() == [1, 3, 0, 3, 1, 0]
+    # a row relabelled changes its own key alone, and the fingerprint
+    (tmp_path / "moved.csv").write_text("file,label\n" + "".join(
+        f"{f},{'owl' if i == 1 else c}\n" for i, (f, c) in enumerate(rows)))
+    moved = ImageTable(tmp_path / "moved.csv", 8)
+    same = ImageTable(tmp_path / "train.csv", 8)
+    changed = (moved.item_keys() != same.item_keys()).nonzero().flatten().tolist()
+    assert changed == [1] and moved.fingerprint() != same.fingerprint()
+
+
+def test_a_table_that_cannot_be_read_says_which_row_and_how_to_mend_it(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    cases = {
+        "file,label\n": "has no rows under its header",
+        "picture,label\na.png,0\n": "has no column of files: its header is picture, label; "
+                                      "name that column file_name, filename, file",
+        "file,kind\na.png,0\n": "has no column of classes",
+        "file,label\na.png,0\nb.png,1\nc.png,1\n": r"lists 2 files that do not exist \(e.g. "
+                                                    r".*b.png, .*c.png\); a file is relative",
+        "file,label\na.png,0\n,1\n": "names no file on line 3",
+        "file,label\na.png,0\na.png\n": "rows with fewer cells than its header \\(line 3",
+        "file,label\na.png,cat\na.png,\n": "label 1 is '', not a class name",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        (tmp_path / f"{i}.csv").write_text(text)
+        with pytest.raises(DataError, match=message):
+            load_data(tmp_path / f"{i}.csv")
+    with pytest.raises(DataError, match="cannot read the table .*missing.csv"):
+        load_data(tmp_path / "missing.csv")
+    (tmp_path / "ok.csv").write_text("file,label\na.png,0\n")
+    with pytest.raises(DataError, match="and .*ok.csv has none: drop it"):
+        load_data(tmp_path / "ok.csv", split="test")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(DataError, match=r"use an .npz, a folder of class folders, or a .csv"):
+        load_data(tmp_path / "x.json")
 
 
 def test_npz_layouts_and_errors(tmp_path):

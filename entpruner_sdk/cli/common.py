@@ -218,13 +218,15 @@ def workers_option(p: Options, note: str = "") -> None:
 def folder_options(p: Options, note: str = "") -> None:
     """--image-size, --class-index and --split: how a class folder or a dataset is read."""
     p.add_argument("--image-size", type=int, metavar="N",
-                   help="scale class-folder images so the short side is N and cut the "
-                        "centred N x N square, as DiT's and SiT's training code does" + note
+                   help="scale the images of class folders and tables so the short side "
+                        "is N and cut the centred N x N square, as DiT's and SiT's training "
+                        "code does" + note
                         + "; the size of the bundled photos")
     p.add_argument("--class-index", metavar="FILE",
-                   help="the model's classes in order, when the class folders are some of them "
-                        "(ImageNet's LOC_synset_mapping.txt, 'n01440764 tench, ...' per line, "
-                        "or imagenet_class_index.json): each folder is labelled by its line")
+                   help="the model's classes in order, when the class folders (or a table's "
+                        "classes) are some of them (ImageNet's LOC_synset_mapping.txt, "
+                        "'n01440764 tench, ...' per line, or imagenet_class_index.json): each "
+                        "folder is labelled by its line")
     p.add_argument("--split", metavar="NAME",
                    help="the split of a bundled dataset (train or test) or of a Hugging Face "
                         "dataset (default train)")

@@ -53,8 +53,9 @@ def _model_and_data(g: common.Options) -> None:
     g.add_argument("--model", required=True, help="bundled teacher name or model path")
     common.released_options(g)
     g.add_argument("--data", default="digits",
-                   help="downstream data: bundled name, class folders, .npz, a Hugging Face "
-                        "dataset saved with save_to_disk, or hf:NAME[:CONFIG] (load_dataset)")
+                   help="downstream data: bundled name, class folders, a .csv of image files and "
+                        "classes (file_name,label), .npz, a Hugging Face dataset saved with "
+                        "save_to_disk, or hf:NAME[:CONFIG] (load_dataset)")
     common.folder_options(g)
     common.classes_options(g)
     common.vae_option(g, "encodes image data for a latent model first (cached: a second run or "

@@ -27,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         """)
     common.vae_option(p, "encodes the images", required=True)
     p.add_argument("--data", required=True,
-                   help="bundled name, class folders, an .npz of images, or a Hugging Face "
-                        "dataset (saved with save_to_disk, or hf:NAME[:CONFIG])")
+                   help="bundled name, class folders, a .csv of image files and classes "
+                        "(file_name,label), an .npz of images, or a Hugging Face dataset "
+                        "(saved with save_to_disk, or hf:NAME[:CONFIG])")
     common.folder_options(p, " (256 for DiT-XL/2 and SiT-XL/2 at 256x256)")
     p.add_argument("--out", required=True,
                    help=".npz to write: latents, labels and class names")

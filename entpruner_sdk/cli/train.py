@@ -59,8 +59,9 @@ def _model(g: common.Options) -> None:
 
 def _data(g: common.Options) -> None:
     g.add_argument("--data", default="digits",
-                   help="bundled name (digits, photos), class folders, .npz, or a Hugging Face "
-                        "dataset (saved with save_to_disk, or hf:NAME[:CONFIG])")
+                   help="bundled name (digits, photos), class folders, a .csv of image files "
+                        "and classes (file_name,label), .npz, or a Hugging Face dataset "
+                        "(saved with save_to_disk, or hf:NAME[:CONFIG])")
     common.folder_options(g)
     common.classes_options(g, "a new model takes the data's count")
     common.vae_option(g, "encodes image data first, for a latent model (cached: a second run or "

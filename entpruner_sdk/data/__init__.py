@@ -14,7 +14,8 @@ from entpruner_sdk.data.datasets import (
 )
 from entpruner_sdk.data.folder import ImageFolder
 from entpruner_sdk.data.streamed import StreamedImages
+from entpruner_sdk.data.table import ImageTable
 
-__all__ = ["BUNDLED", "DataError", "ImageDataset", "ImageFolder", "StreamedImages",
+__all__ = ["BUNDLED", "DataError", "ImageDataset", "ImageFolder", "ImageTable", "StreamedImages",
            "describe_classes", "eight_bit", "from_arrays", "load_bundled", "load_data",
            "open_data", "resolve_labels", "save_npz", "unit_range"]

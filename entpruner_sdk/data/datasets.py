@@ -580,15 +580,16 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     """Turn any supported source into an ``ImageDataset``.
 
     ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
-    per class, an ``.npz`` file, ``(images, labels)`` arrays or a dict of arrays under the
+    per class, a ``.csv`` or ``.tsv`` of image files and classes (``ImageTable``), an ``.npz``
+    file, ``(images, labels)`` arrays or a dict of arrays under the
     ``.npz`` keys (``from_arrays``), a torch ``Dataset`` / ``DataLoader`` of (image, label), a
     Hugging Face dataset (``hugging_face``: in memory, a folder ``save_to_disk`` wrote, or
     ``"hf:NAME[:CONFIG]"`` for ``load_dataset``), what ``open_data`` opened (an
     ``ImageFolder``, ``HuggingFaceImages``), or an ``ImageDataset``. ``split`` applies to
-    bundled and Hugging Face datasets, ``num_classes`` to ``.npz`` files, torch and Hugging
-    Face datasets, ``image_size`` to bundled datasets, folders and Hugging Face datasets
-    (scaled and centre-cropped), ``class_index`` to folders (the model's classes in order,
-    when the folders are some of them: ``folder.read_class_index``). What was read from disk
+    bundled and Hugging Face datasets, ``num_classes`` to ``.npz`` files, tables, torch and
+    Hugging Face datasets, ``image_size`` to bundled datasets, folders, tables and Hugging
+    Face datasets (scaled and centre-cropped), ``class_index`` to folders and tables (the
+    model's classes in order, when the data holds some of them: ``folder.read_class_index``). What was read from disk
     remembers how (``origin``), so a later process can load the same data again.
     8-bit images (files, uint8 arrays and tensors) are held as uint8 (``unit_range`` gives
     [-1, 1]).
@@ -602,9 +603,9 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     if isinstance(data, ImageDataset):
         return data
     if class_index is not None and not (isinstance(data, (str, os.PathLike))
-                                        and Path(data).is_dir()):
-        raise DataError(f"class_index (--class-index) labels class folders; {data!r} is not a "
-                        "folder: drop it, or label an .npz with the model's ids")
+                                        and (Path(data).is_dir() or is_table(data))):
+        raise DataError(f"class_index (--class-index) labels class folders and tables; {data!r} "
+                        "is neither: drop it, or label an .npz with the model's ids")
     if hugging_face.is_hugging_face(data):
         return hugging_face.from_hugging_face(data, split=split, num_classes=num_classes,
                                               image_size=image_size)
@@ -639,6 +640,7 @@ def open_data(data: Any, *, split: str = "train", num_classes: int | None = None
     images, and ``encode`` one batch at a time."""
     from entpruner_sdk.data import hugging_face
     from entpruner_sdk.data.folder import ImageFolder
+    from entpruner_sdk.data.table import ImageTable
 
     if hugging_face.is_hugging_face(data) and not hugging_face.is_streamed(data, split):
         return hugging_face.HuggingFaceImages(data, split=split, num_classes=num_classes,
@@ -657,7 +659,10 @@ def open_data(data: Any, *, split: str = "train", num_classes: int | None = None
         return opened(data, split=split, num_classes=num_classes, image_size=image_size)
     if split != "train":
         raise DataError(f"split={split!r} (--split) picks a split of a bundled or Hugging Face "
-                        f"dataset, and the class folder {data} has none: drop it")
+                        f"dataset, and the {'table' if is_table(data) else 'class folder'} "
+                        f"{data} has none: drop it")
+    if is_table(data):
+        return ImageTable(data, image_size, class_index, num_classes)
     return ImageFolder(data, image_size, class_index)
 
 
@@ -666,8 +671,15 @@ def is_streamed_source(data: Any) -> bool:
     saved by ``save_to_disk``) or ``hf:NAME``, whose images can also be cropped on reading."""
     from entpruner_sdk.data import hugging_face
 
-    return hugging_face.is_hub_name(data) or (isinstance(data, (str, os.PathLike))
-                                               and Path(data).is_dir())
+    return hugging_face.is_hub_name(data) or is_table(data) or (
+        isinstance(data, (str, os.PathLike)) and Path(data).is_dir())
+
+
+def is_table(data: Any) -> bool:
+    """Whether ``data`` names a table of image files and labels (``.csv``, ``.tsv``)."""
+    from entpruner_sdk.data.table import TABLE_SUFFIXES
+
+    return isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() in TABLE_SUFFIXES
 
 
 def _from_file(path: Path, num_classes: int | None, image_size: int | None) -> ImageDataset:
@@ -686,7 +698,8 @@ def _from_file(path: Path, num_classes: int | None, image_size: int | None) -> I
                             ".npz at the size you need")
         return _remember(load_npz(path, num_classes), str(path.resolve()),
                          num_classes=num_classes)
-    raise DataError(f"unsupported data file {path}; use an .npz or a folder of class folders")
+    raise DataError(f"unsupported data file {path}; use an .npz, a folder of class folders, "
+                    "or a .csv of image files and their classes (file_name,label)")
 
 
 def _in_memory(data: Any, num_classes: int | None, image_size: int | None) -> ImageDataset:

@@ -1,6 +1,7 @@
 """A folder with one subfolder of images per class, read lazily or all at once.
 
-``ImageFolder`` lists the files and reads one image per item (``StreamedImages``), so a large
+``ImageFolder`` lists the files and reads one image per item (``ImageFiles``, which a table of
+files, ``table.ImageTable``, shares: a ``StreamedImages``), so a large
 folder streams through a ``DataLoader`` (``LatentSpace.encode_dataset`` encodes it batch by
 batch in the memory of one batch); ``ImageFolder.load`` (``load_data`` of a folder) reads it
 whole into an ``ImageDataset``.
@@ -123,82 +124,31 @@ def read_class_index(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     return keys, names
 
 
-class ImageFolder(StreamedImages):
-    """The images of a class folder (``root/<class name>/*.png``), read one per item as RGB
-    in [-1, 1] with its label; subfolder names, sorted, are the class names.
+class ImageFiles(StreamedImages):
+    """Labelled image files, read one per item as RGB: what a class folder (``ImageFolder``)
+    and a table of files (``ImageTable``) share once they have listed their files.
 
-    ``image_size``: scale and centre-crop every image to that square size (``center_crop``);
-    without it every image must have the size of the first, and the first that does not
-    stops the read with the fix.
-
-    ``class_index``: the model's classes in order (``read_class_index``), when the folders are
-    some of its classes (ImageNet's ``n02099601`` folders for DiT-XL/2): a folder's label is
-    its line in the index, and the data has the index's class count and names.
+    A subclass lists them and calls ``_hold``; it defines ``origin``.
     """
 
-    def __init__(self, path: str | os.PathLike, image_size: int | None = None,
-                 class_index: str | os.PathLike | None = None) -> None:
-        self.root = Path(path)
-        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and _visible(p))
-        if not folders:
-            loose = sum(p.suffix.lower() in IMAGE_SUFFIXES and _visible(p)
-                        for p in self.root.iterdir())
-            # images without classes (faces, say) are one class: a subfolder of their own
-            unlabelled = (f"; it holds {loose} images directly: images without classes go "
-                          "in one subfolder (e.g. data/all/*.png), which makes one class "
-                          "(--num-classes 1 fits a class-conditional model to it)"
-                          if loose else "")
-            raise DataError(f"{self.root} has no class subfolders; put the images of each "
-                            "class in its own subfolder (e.g. data/cat/*.png, data/dog/*.png)"
-                            + unlabelled)
-        if class_index is None:
-            keys = self.class_names = [folder.name for folder in folders]
-        else:
-            keys, self.class_names = read_class_index(class_index)
-        position = {key: label for label, key in enumerate(keys)}
-        unknown = [folder.name for folder in folders if folder.name not in position]
-        if unknown:
-            raise DataError(f"{self.root}: the folders {', '.join(unknown[:4])} are not classes "
-                            f"of the index {class_index} ({len(keys)} classes, from {keys[0]}); "
-                            "name the folders as the index does, or use the model's index")
-        self.files: list[Path] = []
-        labels: list[int] = []
-        empty = []
-        for folder in folders:
-            files = class_images(folder)
-            self.files += files
-            labels += [position[folder.name]] * len(files)
-            empty += [] if files else [folder.name]
-        if not self.files:
-            raise DataError(f"{self.root} contains no images "
-                            f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-        if empty:  # a class with no images would be trained and sampled as noise
-            raise DataError(f"{self.root}: the class folders {', '.join(empty[:8])} hold no "
-                            f"images ({', '.join(sorted(IMAGE_SUFFIXES))}); add their images, "
-                            "or move the empty folders out of it")
+    def _hold(self, root: Path, files: list[Path], labels: list[int], class_names: list[str],
+              image_size: int | None, class_index: str | os.PathLike | None) -> None:
+        """Keep the listed files, their labels and the classes; check the first image's shape
+        when the images are not cropped (the rest are checked as they are read)."""
+        self.root, self.files = root, files
         self.labels = torch.tensor(labels)
-        self.num_classes = len(keys)
+        self.num_classes, self.class_names = len(class_names), class_names
         self.class_index = class_index
-        self.name, self.where = self.root.name, str(self.root)
         self.crop_size = image_size
-        self._first_size = None if image_size else self._shown_size(self.files[0])
+        self._first_size = None if image_size else self._shown_size(files[0])
         if self._first_size and self._first_size[0] != self._first_size[1]:
-            raise DataError(f"{self.files[0]} is {self._first_size[0]}x{self._first_size[1]}; "
+            raise DataError(f"{files[0]} is {self._first_size[0]}x{self._first_size[1]}; "
                             "DiT and SiT take square images: pass image_size= (--image-size "
                             "N) to scale and centre-crop them all to N x N")
 
     def describe(self, index: int) -> str:
         """Image ``index``'s file."""
         return str(self.files[index])
-
-    @property
-    def origin(self) -> dict:
-        """How to load the same images again (``load_data`` keywords, as an ``ImageDataset``
-        remembers them): the absolute folder, the crop size and the class index."""
-        options = {"image_size": self.crop_size,
-                   "class_index": self.class_index and str(Path(self.class_index).resolve())}
-        return {"data": str(self.root.resolve()),
-                **{key: value for key, value in options.items() if value is not None}}
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` as uint8 RGB [H, W, 3], cropped when ``image_size`` was given."""
@@ -220,8 +170,8 @@ class ImageFolder(StreamedImages):
             return np.asarray(image)
 
     def fingerprint(self) -> str:
-        """A hash of the file list, sizes and modification times and the crop size: keys the
-        caches of encoded latents without reading any pixels."""
+        """A hash of the file list, labels, sizes and modification times and the crop size:
+        keys the caches of encoded latents without reading any pixels."""
         digest = hashlib.sha256(f"{self.crop_size}".encode())
         for entry in self._entries():
             digest.update(f"{entry}\n".encode())
@@ -236,7 +186,7 @@ class ImageFolder(StreamedImages):
     def _entries(self) -> Iterator[str]:
         for file, label in zip(self.files, self.labels.tolist()):
             stat = file.stat()
-            yield f"{file.relative_to(self.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}"
+            yield f"{os.path.relpath(file, self.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}"
 
     @classmethod
     def _shown_size(cls, file: Path) -> tuple[int, int]:
@@ -257,6 +207,72 @@ class ImageFolder(StreamedImages):
             raise UnreadableImage(file, str(error)) from error
         except Image.DecompressionBombError as error:  # Pillow's guard against huge images
             raise UnreadableImage(file, f"{error} (scale it down first)") from error
+
+
+class ImageFolder(ImageFiles):
+    """The images of a class folder (``root/<class name>/*.png``), read one per item as RGB
+    in [-1, 1] with its label; subfolder names, sorted, are the class names.
+
+    ``image_size``: scale and centre-crop every image to that square size (``center_crop``);
+    without it every image must have the size of the first, and the first that does not
+    stops the read with the fix.
+
+    ``class_index``: the model's classes in order (``read_class_index``), when the folders are
+    some of its classes (ImageNet's ``n02099601`` folders for DiT-XL/2): a folder's label is
+    its line in the index, and the data has the index's class count and names.
+    """
+
+    def __init__(self, path: str | os.PathLike, image_size: int | None = None,
+                 class_index: str | os.PathLike | None = None) -> None:
+        root = Path(path)
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+        if not folders:
+            loose = sum(p.suffix.lower() in IMAGE_SUFFIXES and _visible(p)
+                        for p in root.iterdir())
+            # images without classes (faces, say) are one class: a subfolder of their own
+            unlabelled = (f"; it holds {loose} images directly: images without classes go "
+                          "in one subfolder (e.g. data/all/*.png), which makes one class "
+                          "(--num-classes 1 fits a class-conditional model to it)"
+                          if loose else "")
+            raise DataError(f"{root} has no class subfolders; put the images of each "
+                            "class in its own subfolder (e.g. data/cat/*.png, data/dog/*.png)"
+                            + unlabelled)
+        if class_index is None:
+            keys = class_names = [folder.name for folder in folders]
+        else:
+            keys, class_names = read_class_index(class_index)
+        position = {key: label for label, key in enumerate(keys)}
+        unknown = [folder.name for folder in folders if folder.name not in position]
+        if unknown:
+            raise DataError(f"{root}: the folders {', '.join(unknown[:4])} are not classes "
+                            f"of the index {class_index} ({len(keys)} classes, from {keys[0]}); "
+                            "name the folders as the index does, or use the model's index")
+        files: list[Path] = []
+        labels: list[int] = []
+        empty = []
+        for folder in folders:
+            found = class_images(folder)
+            files += found
+            labels += [position[folder.name]] * len(found)
+            empty += [] if found else [folder.name]
+        if not files:
+            raise DataError(f"{root} contains no images "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+        if empty:  # a class with no images would be trained and sampled as noise
+            raise DataError(f"{root}: the class folders {', '.join(empty[:8])} hold no "
+                            f"images ({', '.join(sorted(IMAGE_SUFFIXES))}); add their images, "
+                            "or move the empty folders out of it")
+        self.name, self.where = root.name, str(root)
+        self._hold(root, files, labels, class_names, image_size, class_index)
+
+    @property
+    def origin(self) -> dict:
+        """How to load the same images again (``load_data`` keywords, as an ``ImageDataset``
+        remembers them): the absolute folder, the crop size and the class index."""
+        options = {"image_size": self.crop_size,
+                   "class_index": self.class_index and str(Path(self.class_index).resolve())}
+        return {"data": str(self.root.resolve()),
+                **{key: value for key, value in options.items() if value is not None}}
 
 
 def _draft(image, short_side: int) -> None:
