@@ -29,6 +29,7 @@ from entpruner_sdk.data.datasets import (
     origin_fields,
     unit_range,
 )
+from entpruner_sdk.data.latents import recorded_vae
 from entpruner_sdk.models.io import save
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import NoisedBatch, Objective, objective_for
@@ -351,9 +352,12 @@ def train(
     model.gradient_checkpointing = checkpointing
     if out_dir is not None:
         # where and how it trained: bf16 autocast on a GPU by default ($ENTPRUNER_AUTOCAST)
+        fields = origin_fields(data)  # for evaluate
+        if "vae" not in fields and (vae := recorded_vae(model.metadata)):
+            fields["vae"] = vae  # latents made elsewhere: the VAE it was loaded with decodes
         save(ema.model, Path(out_dir) / "model", training={
             **dataclasses.asdict(config), "device": str(device),
-            "arithmetic": arithmetic(device), **origin_fields(data),  # for evaluate
+            "arithmetic": arithmetic(device), **fields,
             **({"skipped_steps": skipped} if scaler.is_enabled() else {})}, losses=losses)
         if not keep_checkpoint:
             discard_checkpoint(ckpt_dir)

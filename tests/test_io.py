@@ -282,10 +282,15 @@ def test_diffusers_directory_loads_with_converted_keys(tmp_path):
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in back)
     again = diffusers_to_reference(back, 32, 16)
     assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
-    # the module itself is not taken by the verbs: they say the two steps above
-    with pytest.raises(TypeError, match=r"model is a DiTTransformer2DModel, .*"
-                                        r"save_pretrained\(folder\) .* family='dit'"):
-        ep.sample(hf, [1])
+    # the verbs take the module itself as a DiT, as DiTPipeline samples it
+    from entpruner_sdk.teachers import as_model
+
+    held = as_model(hf)
+    assert held.config == model.config and held.provenance["source"].endswith("(in memory)")
+    assert all(torch.equal(held.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(TypeError, match=r"model is a Linear, .* diffusers' "
+                                        r"DiTTransformer2DModel and DiTPipeline"):
+        ep.sample(torch.nn.Linear(2, 2), [1])
 
 
 def test_a_diffusers_dit_computes_the_reference_function(tmp_path):

@@ -607,6 +607,76 @@ def test_a_latent_model_decodes_with_the_vae_its_data_was_encoded_with(tiny_vae_
     assert "pass the VAE that encoded its data" in capsys.readouterr().err
 
 
+def test_a_diffusers_dit_pipeline_folder_is_a_dit_that_decodes_with_its_own_vae(tiny_vae_dir,
+                                                                              tmp_path, capsys):
+    """The DiT release on the Hub is a DiTPipeline folder: model_index.json, transformer/, vae/,
+    scheduler/. It loads as a DiT with its classes named, and its VAE encodes and decodes."""
+    import entpruner_sdk as ep
+    from entpruner_sdk.data.latents import recorded_vae
+    from entpruner_sdk.models.io import CheckpointError
+    from entpruner_sdk.teachers import as_model
+
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    transformer = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+        num_layers=4, sample_size=8, patch_size=2, num_embeds_ada_norm=8)
+    pipeline = diffusers.DiTPipeline(transformer, diffusers.AutoencoderKL.from_pretrained(
+        tiny_vae_dir), diffusers.DDIMScheduler())
+    folder = tmp_path / "pipeline"
+    pipeline.save_pretrained(folder)
+    names = ["flower", "china", "coffee", "chelsea", "rocket", "hubble_deep_field",
+             "immunohistochemistry", "astronaut"]  # not the photos' order
+    index = json.loads((folder / "model_index.json").read_text())
+    index["id2label"] = {str(i): f"{name}, another name" for i, name in enumerate(names)}
+    (folder / "model_index.json").write_text(json.dumps(index))  # as the Hub's release has it
+
+    model = ep.load(folder)
+    assert model.config.family == "dit" and model.provenance["class_names"] == names
+    state = ep.load(folder / "transformer", family="dit").state_dict()
+    for same in (model, as_model(pipeline), as_model(transformer)):  # in memory too
+        assert all(torch.equal(same.state_dict()[k], v) for k, v in state.items())
+    assert recorded_vae(model.metadata)["path"] == str((folder / "vae").resolve())
+    with pytest.raises(CheckpointError, match="is a DiTPipeline, which samples its "
+                                              "transformer as a DiT .*not family='sit'"):
+        ep.load(folder, family="sit")
+
+    # sample decodes with the pipeline's VAE, by class name
+    assert main(["sample", "--model", str(folder), "--labels", "coffee", "--steps", "2",
+                 "--out", str(tmp_path / "g.png"), "--quiet"]) == 0
+    assert (f"decoding with {(folder / 'vae').resolve()}, its diffusers pipeline's VAE"
+            in capsys.readouterr().out)
+    with Image.open(tmp_path / "g.png") as grid:
+        assert grid.mode == "RGB"
+    # compress on images: encoded with the pipeline's VAE, their names matched to its classes
+    assert main(["compress", "--model", str(folder), "--data", "photos", "--image-size", "16",
+                 "--budget", "2", "--steps", "2", "--interval", "1", "--batch-size", "4",
+                 "--calibration-per-class", "2", "--calibration-times", "2",
+                 "--report-samples", "0", "--out", str(tmp_path / "pruned"), "--quiet"]) == 0
+    assert (f"encoding with {(folder / 'vae').resolve()}, the VAE the model decodes with"
+            in capsys.readouterr().out)
+    pruned = ep.load(tmp_path / "pruned")
+    assert recorded_vae(pruned.metadata)["path"] == str((folder / "vae").resolve())
+    assert pruned.provenance["class_names"] == names
+    # latents made elsewhere (no record of their VAE): the teacher's is the student's
+    from dataclasses import replace
+
+    from entpruner_sdk.compress import compress
+
+    latents = LatentSpace.from_pretrained(folder / "vae").encode_dataset(photos16(16),
+                                                                        progress=False)
+    result = compress(model, replace(latents, encoded_with=None), 2, steps=2, batch_size=4,
+                      interval=1, calibration_per_class=2, calibration_times=2,
+                      report_samples=0, progress=False)
+    assert result.report["summary"]["vae"]["path"] == str((folder / "vae").resolve())
+    # a pipeline on another noise schedule is said to differ from DiT's
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    config["beta_schedule"] = "squaredcos_cap_v2"
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="trains on 1000 steps of squaredcos_cap_v2 betas"):
+        ep.load(folder)
+
+
 def test_large_cached_latents_are_mapped_from_the_cache_file(tiny_vae_dir, tmp_path,
                                                              monkeypatch):
     from entpruner_sdk.data import mapped

@@ -203,8 +203,9 @@ def recorded_vae_of(model: Any, device: str | torch.device | None) -> Any:
     if record is None:
         return None
     if distributed.is_main():
-        print(f"decoding with {record['path']}, the VAE its data was encoded with (--vae: "
-              "another)")
+        whose = ("its diffusers pipeline's VAE" if record is model.metadata.get(
+            "pipeline", {}).get("vae") else "the VAE its data was encoded with")
+        print(f"decoding with {record['path']}, {whose} (--vae: another)")
     return open_recorded_vae(record, device)
 
 
@@ -267,22 +268,38 @@ def read_data(args: argparse.Namespace, stream: bool = False
 
 def training_data(args: argparse.Namespace, latent: bool,
                   config: TransformerConfig | None = None,
-                  device: str | torch.device | None = None) -> ImageDataset:
+                  device: str | torch.device | None = None,
+                  model: Any = None) -> ImageDataset:
     """The --data of train or compress; with --vae, images for a latent model are encoded
     first, a folder streamed, into the entpruner cache (by content and VAE: a second run or
     --resume reads the latents back, and an interrupted encode continues). ``config``: the
-    model's, when it is known already, checked against the VAE and the images first."""
-    if not (args.vae and latent):
+    model's, when it is known already, checked against the VAE and the images first.
+    ``model``: the latent model to train, whose recorded VAE (its data's, or its diffusers
+    pipeline's: ``latents.recorded_vae``) encodes images when no --vae is given."""
+    from entpruner_sdk.data.latents import is_latent, open_recorded_vae, recorded_vae
+
+    record = (recorded_vae(model.metadata) if model is not None and args.vae is None
+              and is_latent(model.config) else None)
+    if not ((args.vae or record) and latent):
         return read_data(args)
     from entpruner_sdk.data.latents import to_latents
     from entpruner_sdk.utils import distributed
     from entpruner_sdk.utils.cache import cache_root
 
+    def encoded() -> ImageDataset:
+        data = read_data(args, stream=True)
+        vae = args.vae
+        if record is not None and data.pixels:  # only images need it opened
+            if distributed.is_main():
+                print(f"encoding with {record['path']}, the VAE the model decodes with "
+                      "(--vae: another)")
+            vae = open_recorded_vae(record, device or args.device)
+        return to_latents(data, vae, cache_root() / "latents", config=config,
+                          device=device or args.device, workers=args.workers,
+                          progress=not args.quiet and distributed.is_main())
+
     # under torchrun rank 0 encodes while the others wait, then they read its cache
-    return distributed.main_first(lambda: to_latents(
-        read_data(args, stream=True), args.vae, cache_root() / "latents", config=config,
-        device=device or args.device, workers=args.workers,
-        progress=not args.quiet and distributed.is_main()))
+    return distributed.main_first(encoded)
 
 
 def resume_hint(args: argparse.Namespace) -> str:

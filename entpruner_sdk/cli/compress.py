@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out, folder=True)  # before the data is read or encoded
     device = common.join_processes(args)
     model = common.released_model(args)
-    data = common.training_data(args, is_latent(model.config), model.config, device)
+    data = common.training_data(args, is_latent(model.config), model.config, device, model)
     options = dict(
         importance=args.importance, schedule=args.schedule, steps=args.steps,
         batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,

@@ -47,6 +47,8 @@ def model_summary(model: DiffusionTransformer) -> dict:
             # the VAE folder its data was encoded with, the one sample and evaluate decode with
             "vae": (recorded_vae(model.metadata) or {}).get("path") if is_latent(
                 model.config) else None,
+            # the diffusers pipeline folder it was loaded from, whose vae/ that is
+            "pipeline": (model.metadata.get("pipeline") or {}).get("path"),
             "parameters": count_parameters(model),
             "gflops_per_image": forward_flops(model.config) / 1e9,
             "provenance": model.provenance, "objective": model.objective,
@@ -127,8 +129,9 @@ def run(args: argparse.Namespace) -> int:
         print("fine-tuned on classes " + listed(tuned))
     if summary["latent"] and summary["vae"]:
         print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
-              f"demo decode them with {summary['vae']}, which its data was encoded with "
-              "(--vae DIR: another)")
+              f"demo decode them with {summary['vae']}, "
+              + ("its diffusers pipeline's VAE" if summary.get("pipeline") else
+                 "which its data was encoded with") + " (--vae DIR: another)")
     elif summary["latent"]:
         vae = trained_vae(summary["provenance"])
         print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "

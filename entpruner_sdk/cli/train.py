@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                            flow_path=args.flow_path)
              if args.model and not registry_name else None)
     data = common.training_data(args, latent=True,
-                          config=given.config if given is not None else None)
+                                config=given.config if given is not None else None, model=given)
     shape = dict(input_size=data.image_size, in_channels=data.channels,
                  num_classes=data.num_classes)
     objective = {"path": args.flow_path or "linear"} if args.family == "sit" or (

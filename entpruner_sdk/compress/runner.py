@@ -35,6 +35,7 @@ from entpruner_sdk.compress.setup import (
 )
 from entpruner_sdk.data import ImageDataset
 from entpruner_sdk.data.datasets import origin_fields
+from entpruner_sdk.data.latents import recorded_vae
 from entpruner_sdk.importance import BlockScores, CalibrationSet, Importance
 from entpruner_sdk.models.io import load, save
 from entpruner_sdk.models.transformer import DiffusionTransformer
@@ -404,6 +405,8 @@ def _report(run: _Run, teacher: DiffusionTransformer, pruned: DiffusionTransform
         report["summary"]["skipped_steps"] = run.skipped
     # where a demo or a later evaluation finds the same data
     report["summary"].update(origin_fields(data))
+    if "vae" not in report["summary"] and (vae := recorded_vae(teacher.metadata)):
+        report["summary"]["vae"] = vae  # latents made elsewhere: the teacher's VAE decodes both
     report["calibration_times"] = calibration.times.tolist()  # the per-timestep columns
     return report
 

@@ -589,8 +589,9 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     bundled and Hugging Face datasets, ``num_classes`` to ``.npz`` files, tables, torch and
     Hugging Face datasets, ``image_size`` to bundled datasets, folders, tables and Hugging
     Face datasets (scaled and centre-cropped), ``class_index`` to folders and tables (the
-    model's classes in order, when the data holds some of them: ``folder.read_class_index``). What was read from disk
-    remembers how (``origin``), so a later process can load the same data again.
+    model's classes in order, when the data holds some of them: ``folder.read_class_index``).
+    What was read from disk remembers how (``origin``), so a later process can load the same
+    data again.
     8-bit images (files, uint8 arrays and tensors) are held as uint8 (``unit_range`` gives
     [-1, 1]).
     """

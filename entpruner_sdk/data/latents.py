@@ -376,9 +376,11 @@ def is_latent(config: ModelInputs) -> bool:
 def recorded_vae(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a latent model's data was encoded with (``LatentSpace.encoded_with``: the VAE's
     folder, fingerprint and factors), as its compression or training recorded it
-    (``origin_fields``; the latest first), when that folder is still there: the default VAE of
-    ``sample``, ``evaluate``, the server and the demo (``open_recorded_vae``)."""
-    for step in ("compression", "training"):
+    (``origin_fields``; the latest first), or as the diffusers pipeline it was loaded from
+    holds it, when that folder is still there: the default VAE of ``sample``, ``evaluate``,
+    the server and the demo (``open_recorded_vae``), and of the images train and compress
+    encode for it."""
+    for step in ("compression", "training", "pipeline"):  # a DiTPipeline folder's vae/
         record = usable_vae(((metadata or {}).get(step) or {}).get("vae"))
         if record is not None:
             return record

@@ -8,11 +8,17 @@ The loaded model computes the reference DiT, whose weights diffusers' released D
 hold. diffusers' own forward differs in one place: its timestep embedding spaces the
 frequencies over ``half - 1`` (``downscale_freq_shift=1``) where the reference uses ``half``,
 so its outputs differ from the reference's at every t > 0.
+
+A ``DiTPipeline`` folder (``model_index.json`` beside ``transformer/``, ``vae/`` and
+``scheduler/``: the DiT release on the Hub, ``facebook/DiT-XL-2-256``) loads its transformer as
+a DiT, named classes and all; its ``vae/`` is recorded as the VAE the model decodes with.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +102,24 @@ def load_diffusers_dit(path: Path, document: dict[str, Any], family: str) -> Dif
     if not weights.exists():
         raise CheckpointError(f"{path} has no diffusion_pytorch_model.safetensors or .bin")
     state = read_state_dict(weights)  # safely, and a corrupt file is named with the fix
+    return from_diffusers(document, state, family, {
+        "source": f"diffusers:{path.name}", "source_sha256": file_sha256(weights)})
+
+
+def from_diffusers_module(module: torch.nn.Module, family: str = "dit") -> DiffusionTransformer:
+    """A ``DiTTransformer2DModel`` held in memory (``DiTPipeline``'s ``transformer``) as a
+    reference-layout model, its weights copied. ``family``: DiT, as ``DiTPipeline`` samples
+    it; ``"sit"`` for a SiT kept in that class."""
+    state = {key: value.detach().clone() for key, value in module.state_dict().items()}
+    return from_diffusers(dict(module.config), state, family,
+                          {"source": f"diffusers:{type(module).__name__} (in memory)"})
+
+
+def from_diffusers(document: dict[str, Any], state: dict[str, torch.Tensor], family: str,
+                   provenance: dict[str, Any]) -> DiffusionTransformer:
+    """A model from a ``DiTTransformer2DModel``'s config (its ``config.json``) and weights."""
+    from entpruner_sdk.models.io import CheckpointError
+
     heads, head_dim = document["num_attention_heads"], document["attention_head_dim"]
     hidden, patch = heads * head_dim, document["patch_size"]
     in_channels = document["in_channels"]
@@ -112,12 +136,79 @@ def load_diffusers_dit(path: Path, document: dict[str, Any], family: str) -> Dif
         learn_sigma=out_channels == 2 * in_channels,
     )
     reference = diffusers_to_reference(state, hidden, config.num_patches)
-    model = DiffusionTransformer(
-        config, {"source": f"diffusers:{path.name}", "source_sha256": file_sha256(weights)}
-    )
+    model = DiffusionTransformer(config, provenance)
     try:
         model.load_state_dict(reference, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"diffusers weights in {path} do not fit {config}: {error}"
-                              ) from error
+        raise CheckpointError(f"diffusers weights ({provenance['source']}) do not fit "
+                              f"{config}: {error}") from error
     return model
+
+
+def load_diffusers_pipeline(path: Path, family: str | None) -> DiffusionTransformer:
+    """The transformer of a diffusers pipeline folder (``DiTPipeline``'s), as a model: a DiT
+    (the pipeline samples it so) unless ``family`` says otherwise for another pipeline. Its
+    classes are named as the pipeline's ``id2label`` names them (the first name of each), and
+    its ``vae/`` folder is recorded (``metadata["pipeline"]``) as the VAE to decode with."""
+    from entpruner_sdk.models.io import CheckpointError, load
+
+    index = _read_json(path / "model_index.json")
+    kind, transformer = index.get("_class_name"), index.get("transformer")
+    if not (isinstance(transformer, list) and transformer[-1] == "DiTTransformer2DModel"):
+        raise CheckpointError(f"{path} is a diffusers {kind} folder whose transformer is "
+                              f"{transformer}, not a DiTTransformer2DModel: entpruner prunes "
+                              "DiT and SiT")
+    if kind == "DiTPipeline":
+        if family not in (None, "dit"):
+            raise CheckpointError(f"{path} is a DiTPipeline, which samples its transformer as "
+                                  f"a DiT (epsilon prediction), not family={family!r}: drop it")
+        family = "dit"
+        _check_scheduler(path / "scheduler")
+    model = load(path / "transformer", family)
+    names = _class_names(index.get("id2label"), model.config.num_classes)
+    if names:
+        model.provenance["class_names"] = names
+    vae = path / "vae"
+    if (vae / "config.json").is_file():
+        factors = _read_json(vae / "config.json")
+        model.metadata["pipeline"] = {"path": str(path.resolve()), "vae": {
+            "path": str(vae.resolve()), "fingerprint": None,
+            "scale": float(factors.get("scaling_factor") or 0.18215),
+            "shift": float(factors.get("shift_factor") or 0.0)}}
+    return model
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    from entpruner_sdk.models.io import CheckpointError
+
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {file}: {error}") from error
+
+
+def _class_names(id2label: Any, num_classes: int) -> list[str]:
+    """The pipeline's class names by id (``"tench, Tinca tinca"`` gives ``tench``), when it
+    names every class once; else none."""
+    if not isinstance(id2label, dict) or len(id2label) != num_classes:
+        return []
+    try:
+        names = [str(id2label[str(i)] if str(i) in id2label else id2label[i]).split(",")[0]
+                 .strip() for i in range(num_classes)]
+    except KeyError:
+        return []
+    return names if all(names) else []
+
+
+def _check_scheduler(folder: Path) -> None:
+    """Warn when the pipeline's noise schedule is not DiT's (linear betas 1e-4 to 0.02 over 1000
+    steps), which is the one entpruner trains and samples with."""
+    if not (folder / "scheduler_config.json").is_file():
+        return
+    config = _read_json(folder / "scheduler_config.json")
+    found = (config.get("num_train_timesteps", 1000), config.get("beta_schedule", "linear"),
+             config.get("beta_start", 1e-4), config.get("beta_end", 0.02))
+    if found[:2] != (1000, "linear") or abs(found[2] - 1e-4) > 1e-9 or abs(found[3] - 0.02) > 1e-9:
+        warnings.warn(f"{folder} trains on {found[0]} steps of {found[1]} betas from {found[2]} "
+                      f"to {found[3]}; entpruner samples and fine-tunes a DiT on DiT's own "
+                      "schedule (1000 linear betas from 0.0001 to 0.02)", stacklevel=3)

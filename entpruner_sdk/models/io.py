@@ -3,7 +3,8 @@
 ``load`` accepts, and tells apart:
 - our own saved directory (``config.json`` with ``"format": "entpruner"`` + safetensors), or
   a compress output holding one as ``model/``;
-- a diffusers ``DiTTransformer2DModel`` directory (keys converted to the reference layout);
+- a diffusers ``DiTTransformer2DModel`` directory (keys converted to the reference layout), or
+  a ``DiTPipeline`` folder holding one (``transformer/``; its ``vae/`` recorded to decode with);
 - a released plain state dict (``.pt`` / ``.pth`` / ``.safetensors``);
 - a training checkpoint ``{"model", "ema", "opt", "args"}`` of the DiT or SiT repository's
   ``train.py`` (the EMA weights are used; ``models.reference`` reads its args).
@@ -358,6 +359,10 @@ def _load_directory(path: Path, family: str | None, num_heads: int | None) -> Di
     if not (path / CONFIG_FILE).exists() and (path / "model" / CONFIG_FILE).exists():
         path = path / "model"  # a compress output: the model beside its report
     config_path = path / CONFIG_FILE
+    if not config_path.exists() and (path / "model_index.json").is_file():
+        from entpruner_sdk.models.diffusers_convert import load_diffusers_pipeline
+
+        return load_diffusers_pipeline(path, family)  # DiTPipeline's: transformer/, vae/
     if not config_path.exists():
         if (path / "export.json").is_file():  # below export: named by its file alone
             raise CheckpointError(

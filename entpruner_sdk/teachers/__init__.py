@@ -69,7 +69,8 @@ def resolve_model(spec: str | os.PathLike, family: str | None = None,
 def as_model(model: DiffusionTransformer | str | os.PathLike, role: str = "model"
              ) -> DiffusionTransformer:
     """What every verb takes as a model: a ``DiffusionTransformer`` as it is, a ``DiT`` or
-    ``SiT`` module of the reference ``models.py`` (converted, weights copied), or a name or
+    ``SiT`` module of the reference ``models.py`` or diffusers' ``DiTTransformer2DModel`` (or
+    the ``DiTPipeline`` holding one; taken as a DiT) (converted, weights copied), or a name or
     path ``resolve_model`` reads (a bundled teacher, a saved model, a compress output, one of
     our checkpoints). Anything else is refused with the way to convert it; ``role`` names the
     argument in that message."""
@@ -80,16 +81,18 @@ def as_model(model: DiffusionTransformer | str | os.PathLike, role: str = "model
     if is_reference_module(model):
         return from_reference_module(model)
     kind = type(model).__name__
+    if kind == "DiTPipeline":  # diffusers' pipeline: its transformer is the model
+        model, kind = model.transformer, type(model.transformer).__name__
+    if kind == "DiTTransformer2DModel":  # diffusers' DiT, held in memory
+        from entpruner_sdk.models.diffusers_convert import from_diffusers_module
+
+        return from_diffusers_module(model, "dit")
     if isinstance(model, torch.nn.Module):
-        if kind == "DiTTransformer2DModel":  # diffusers': its folder is what load reads
-            fix = ("save it with module.save_pretrained(folder) and load the folder with "
-                   "entpruner_sdk.load(folder, family='dit')")
-        else:
-            fix = ("the DiT and SiT classes of the reference models.py are taken as they "
-                   "are; another module in their layout converts with "
-                   "entpruner_sdk.models.io.from_state_dict(module.state_dict(), 'dit' or "
-                   "'sit', num_heads=its head count), and a saved file loads with "
-                   "entpruner_sdk.load(path, family=...)")
+        fix = ("the DiT and SiT classes of the reference models.py are taken as they are, and "
+               "diffusers' DiTTransformer2DModel and DiTPipeline; another module in their "
+               "layout converts with entpruner_sdk.models.io.from_state_dict("
+               "module.state_dict(), 'dit' or 'sit', num_heads=its head count), and a saved "
+               "file loads with entpruner_sdk.load(path, family=...)")
         raise TypeError(f"{role} is a {kind}, not an entpruner DiffusionTransformer; {fix}")
     raise TypeError(f"{role} must be a DiffusionTransformer, a bundled teacher name or a "
                     f"path to a model; got a value of type {kind}")
