@@ -62,10 +62,12 @@ def export_metadata(model: DiffusionTransformer) -> dict[str, Any]:
         },
         "outputs": {"out": f"float32 [N, {out_channels}, {config.input_size}, "
                            f"{config.input_size}]"},
-        # a compressed model's report summary (data, steps, speedup, quality) travels with it,
-        # so an export says how it was made without the compress output beside it
-        **({"compression": _json_safe(model.metadata["compression"])}
-           if "compression" in model.metadata else {}),
+        # a compressed model's report summary (data, steps, speedup, quality), a trained one's
+        # settings and the diffusers pipeline it came from travel with it, so an export says
+        # how it was made, and which VAE decodes it (``latents.recorded_vae``), on its own
+        **{step: _json_safe(model.metadata[step]) for step in ("compression", "training",
+                                                              "pipeline")
+           if step in model.metadata},
     }
 
 

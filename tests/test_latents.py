@@ -658,6 +658,12 @@ def test_a_diffusers_dit_pipeline_folder_is_a_dit_that_decodes_with_its_own_vae(
     pruned = ep.load(tmp_path / "pruned")
     assert recorded_vae(pruned.metadata)["path"] == str((folder / "vae").resolve())
     assert pruned.provenance["class_names"] == names
+    # an export keeps the record: sampling it decodes with that VAE too
+    from entpruner_sdk.export import export, load_exported
+
+    export(model, tmp_path / "onnx", guided=False, batch=(1, 2, 2))
+    assert recorded_vae(load_exported(tmp_path / "onnx").metadata)["path"] == str(
+        (folder / "vae").resolve())
     # latents made elsewhere (no record of their VAE): the teacher's is the student's
     from dataclasses import replace
 
