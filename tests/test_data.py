@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -416,6 +417,15 @@ def test_a_table_of_image_files_and_classes_reads_as_their_class_folder_would(tm
     assert ImageTable(tmp_path / "ids.tsv", 8, num_classes=10).num_classes == 10
     with pytest.raises(DataError, match="holds label 4, beyond num_classes=3; raise"):
         ImageTable(tmp_path / "ids.tsv", 8, num_classes=3)
+    # Hugging Face's metadata.jsonl: an object per line, ids as numbers, blank lines skipped
+    (tmp_path / "metadata.jsonl").write_text("\n".join(
+        json.dumps({"file_name": f, "label": 4 if c == "owl" else 0, "extra": [1]})
+        for f, c in rows) + "\n\n")
+    assert ImageTable(tmp_path / "metadata.jsonl", 8).labels.tolist() == [4, 0, 0, 0, 4, 0]
+    (tmp_path / "gap.jsonl").write_text(f'{{"file_name": "{rows[0][0]}", "label": 1}}\n\n'
+                                        '{"label": 2}\n')
+    with pytest.raises(DataError, match="names no file on line 3"):  # lines as an editor counts
+        ImageTable(tmp_path / "gap.jsonl", 8)
     # classes given as a model's keys: the index numbers and names them
     (tmp_path / "index.txt").write_text("n1 dog, hound\nn2 owl\nn3 fox\nn4 cat\n")
     (tmp_path / "keys.csv").write_text("image,label\n" + "".join(
@@ -441,7 +451,7 @@ def test_a_table_that_cannot_be_read_says_which_row_and_how_to_mend_it(tmp_path)
         "file,kind\na.png,0\n": "has no column of classes",
         "file,label\na.png,0\nb.png,1\nc.png,1\n": r"lists 2 files that do not exist \(e.g. "
                                                     r".*b.png, .*c.png\); a file is relative",
-        "file,label\na.png,0\n,1\n": "names no file on line 3",
+        "file,label\n\na.png,0\n,1\n": "names no file on line 4",  # a blank line counts
         "file,label\na.png,0\na.png\n": "rows with fewer cells than its header \\(line 3",
         "file,label\na.png,cat\na.png,\n": "label 1 is '', not a class name",
     }
@@ -449,6 +459,10 @@ def test_a_table_that_cannot_be_read_says_which_row_and_how_to_mend_it(tmp_path)
         (tmp_path / f"{i}.csv").write_text(text)
         with pytest.raises(DataError, match=message):
             load_data(tmp_path / f"{i}.csv")
+    with pytest.raises(DataError, match=r"has no class subfolders; .* it holds 1 images directly"
+                                        r".*; or, if 0.csv labels them, pass that table as the "
+                                        r"data \(--data .*0.csv\)"):
+        load_data(tmp_path)
     with pytest.raises(DataError, match="cannot read the table .*missing.csv"):
         load_data(tmp_path / "missing.csv")
     (tmp_path / "ok.csv").write_text("file,label\na.png,0\n")

@@ -580,9 +580,9 @@ def load_data(data: Any, *, split: str = "train", num_classes: int | None = None
     """Turn any supported source into an ``ImageDataset``.
 
     ``data``: a bundled dataset name (``"digits"``, ``"photos"``), a folder with one subfolder
-    per class, a ``.csv`` or ``.tsv`` of image files and classes (``ImageTable``), an ``.npz``
-    file, ``(images, labels)`` arrays or a dict of arrays under the
-    ``.npz`` keys (``from_arrays``), a torch ``Dataset`` / ``DataLoader`` of (image, label), a
+    per class, a ``.csv``, ``.tsv`` or ``.jsonl`` of image files and classes (``ImageTable``),
+    an ``.npz`` file, ``(images, labels)`` arrays or a dict of arrays under the ``.npz`` keys
+    (``from_arrays``), a torch ``Dataset`` / ``DataLoader`` of (image, label), a
     Hugging Face dataset (``hugging_face``: in memory, a folder ``save_to_disk`` wrote, or
     ``"hf:NAME[:CONFIG]"`` for ``load_dataset``), what ``open_data`` opened (an
     ``ImageFolder``, ``HuggingFaceImages``), or an ``ImageDataset``. ``split`` applies to
@@ -677,7 +677,7 @@ def is_streamed_source(data: Any) -> bool:
 
 
 def is_table(data: Any) -> bool:
-    """Whether ``data`` names a table of image files and labels (``.csv``, ``.tsv``)."""
+    """Whether ``data`` names a table of image files and labels (``.csv``, ``.tsv``, ``.jsonl``)."""
     from entpruner_sdk.data.table import TABLE_SUFFIXES
 
     return isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() in TABLE_SUFFIXES

@@ -234,6 +234,11 @@ class ImageFolder(ImageFiles):
                           "in one subfolder (e.g. data/all/*.png), which makes one class "
                           "(--num-classes 1 fits a class-conditional model to it)"
                           if loose else "")
+            tables = sorted(p.name for p in root.iterdir()
+                            if p.suffix.lower() in (".csv", ".tsv", ".jsonl"))
+            if tables:  # Hugging Face's imagefolder layout: metadata.csv labels the images
+                unlabelled += (f"; or, if {tables[0]} labels them, pass that table as the data "
+                               f"(--data {root / tables[0]})")
             raise DataError(f"{root} has no class subfolders; put the images of each "
                             "class in its own subfolder (e.g. data/cat/*.png, data/dog/*.png)"
                             + unlabelled)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from entpruner_sdk.data.classes import ids_of_names
 from entpruner_sdk.data.datasets import DataError
 from entpruner_sdk.data.folder import ImageFiles, read_class_index
 
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 # the headers a column of files and a column of classes go by, most usual first (any case);
 # ``file_name`` is what Hugging Face's imagefolder reads in its metadata.csv
 FILE_COLUMNS = ("file_name", "filename", "file", "path", "filepath", "file_path", "image",
@@ -28,7 +29,8 @@ LABEL_COLUMNS = ("label", "labels", "class", "class_name", "category", "target",
 class ImageTable(ImageFiles):
     """The images a table lists, read one per item as RGB in [-1, 1] with their labels.
 
-    The table has a header naming a column of files (``file_name``, ``path``, ``image``, ...:
+    The table (``.csv``, ``.tsv``, or a ``.jsonl`` of one object per line) has a header
+    naming a column of files (``file_name``, ``path``, ``image``, ...:
     ``FILE_COLUMNS``) and a column of classes (``label``, ``class``, ...: ``LABEL_COLUMNS``);
     other columns are ignored. A file is relative to the table's folder, or absolute.
     Labels are class ids (``0``, ``1``, ...), or class names numbered in sorted order, or,
@@ -41,9 +43,9 @@ class ImageTable(ImageFiles):
                  class_index: str | os.PathLike | None = None,
                  num_classes: int | None = None) -> None:
         self.table = Path(path)
-        files, values = _read_columns(self.table)
+        lines, files, values = _read_columns(self.table)
         labels, class_names = _labels(values, self.table, class_index, num_classes)
-        blank = [line for line, file in enumerate(files, 2) if not file]
+        blank = [line for line, file in zip(lines, files) if not file]
         if blank:
             raise DataError(f"the table {self.table} names no file on line {blank[0]} (and "
                             f"{len(blank) - 1} more); give every row a file, or drop the row")
@@ -73,33 +75,55 @@ class ImageTable(ImageFiles):
         return hashlib.sha256(super().fingerprint().encode() + names).hexdigest()[:16]
 
 
-def _read_columns(table: Path) -> tuple[list[str], list[str]]:
-    """The table's file and label columns, row by row."""
-    delimiter = TABLE_SUFFIXES[table.suffix.lower()]
-    try:
-        with open(table, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark
-            rows = list(csv.reader(handle, delimiter=delimiter))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"cannot read the table {table}: {error}; give a UTF-8 "
-                        f"{table.suffix} with a header row") from error
-    rows = [row for row in rows if any(cell.strip() for cell in row)]  # blank lines
-    if len(rows) < 2:
+def _read_columns(table: Path) -> tuple[list[int], list[str], list[str]]:
+    """The table's line numbers, file column and label column, row by row."""
+    lines = _read_rows(table)
+    if len(lines) < 2:
         raise DataError(f"the table {table} has no rows under its header; list one image "
                         "file and its class per row")
-    header = [cell.strip().lower() for cell in rows[0]]
+    header = [cell.strip().lower() for cell in lines[0][1]]
     file_at, label_at = _column(header, FILE_COLUMNS), _column(header, LABEL_COLUMNS)
     if file_at is None or label_at is None:
         lacking = "column of files" if file_at is None else "column of classes"
         names = FILE_COLUMNS if file_at is None else LABEL_COLUMNS
         raise DataError(f"the table {table} has no {lacking}: its header is "
-                        f"{', '.join(rows[0])}; name that column {', '.join(names[:3])} "
+                        f"{', '.join(lines[0][1])}; name that column {', '.join(names[:3])} "
                         f"(or {', '.join(names[3:])}), in any case")
-    short = [n for n, row in enumerate(rows[1:], 2) if len(row) <= max(file_at, label_at)]
+    rows = lines[1:]
+    short = [line for line, row in rows if len(row) <= max(file_at, label_at)]
     if short:
         raise DataError(f"the table {table} has rows with fewer cells than its header (line "
                         f"{short[0]}, and {len(short) - 1} more); give every row a file and a "
                         "class")
-    return [row[file_at].strip() for row in rows[1:]], [row[label_at].strip() for row in rows[1:]]
+    return ([line for line, _ in rows], [row[file_at].strip() for _, row in rows],
+            [row[label_at].strip() for _, row in rows])
+
+
+def _read_rows(table: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of each line that is not blank, the header first: a ``.jsonl``'s
+    objects (Hugging Face's ``metadata.jsonl``) as rows under the first one's keys."""
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark
+            if table.suffix.lower() != ".jsonl":
+                reader = csv.reader(handle, delimiter=TABLE_SUFFIXES[table.suffix.lower()])
+                return [(reader.line_num, row) for row in reader
+                        if any(cell.strip() for cell in row)]
+            objects = [(n, json.loads(text)) for n, text in enumerate(handle, 1) if text.strip()]
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
+        raise DataError(f"cannot read the table {table}: {error}; give a UTF-8 "
+                        f"{table.suffix} with a header row (a .jsonl: an object per line)"
+                        ) from error
+    if not objects:
+        return []
+    keys = list(objects[0][1])
+    if not all(isinstance(row, dict) for _, row in objects):
+        raise DataError(f"the table {table} holds a line that is not a JSON object; give one "
+                        '{"file_name": ..., "label": ...} per line')
+    return [(1, keys)] + [(n, [_cell(row.get(key)) for key in keys]) for n, row in objects]
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _column(header: list[str], names: tuple[str, ...]) -> int | None:
