@@ -102,7 +102,9 @@ def reference_stats(data: ImageDataset, extractor: FeatureExtractor, name: str,
                     progress: bool) -> tuple[FeatureStats, torch.Tensor]:
     """Features of the real data, cached per dataset content and feature network."""
     folder = cache_root() / "reference"
-    key = f"{data.name}-{data.fingerprint()}-{name}-{extractor.fingerprint}"
+    # "fp32": features computed in true fp32 on every device; entries made before that on a
+    # GPU may hold TF32 ones, which nothing else marks, so they are not read
+    key = f"{data.name}-{data.fingerprint()}-{name}-{extractor.fingerprint}-fp32"
     # one plain name: ``with_suffix`` would cut a dotted one short (a data folder named
     # "my.set", or a fingerprint with a decimal point), and two networks would share a file
     path = folder / re.sub(r"[^A-Za-z0-9_-]", "_", key)
