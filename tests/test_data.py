@@ -417,6 +417,10 @@ def test_a_table_of_image_files_and_classes_reads_as_their_class_folder_would(tm
     assert ImageTable(tmp_path / "ids.tsv", 8, num_classes=10).num_classes == 10
     with pytest.raises(DataError, match="holds label 4, beyond num_classes=3; raise"):
         ImageTable(tmp_path / "ids.tsv", 8, num_classes=3)
+    # a table written on Windows
+    (tmp_path / "windows.csv").write_text("file,label\r\n" + "".join(
+        f"{f.replace('/', chr(92))},{c}\r\n" for f, c in rows))
+    assert torch.equal(load_data(tmp_path / "windows.csv", image_size=8).images, table.images)
     # Hugging Face's metadata.jsonl: an object per line, ids as numbers, blank lines skipped
     (tmp_path / "metadata.jsonl").write_text("\n".join(
         json.dumps({"file_name": f, "label": 4 if c == "owl" else 0, "extra": [1]})

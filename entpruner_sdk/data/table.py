@@ -50,7 +50,7 @@ class ImageTable(ImageFiles):
             raise DataError(f"the table {self.table} names no file on line {blank[0]} (and "
                             f"{len(blank) - 1} more); give every row a file, or drop the row")
         root = self.table.parent
-        files = [root / file for file in files]  # an absolute file stays itself
+        files = [_found(root, file) for file in files]
         missing = [str(file) for file in files if not file.is_file()]
         if missing:
             raise DataError(f"{self.table} lists {len(missing)} files that do not exist "
@@ -73,6 +73,15 @@ class ImageTable(ImageFiles):
         """The files' fingerprint (``ImageFiles``) and the class names the table gives."""
         names = "\n".join(self.class_names).encode()
         return hashlib.sha256(super().fingerprint().encode() + names).hexdigest()[:16]
+
+
+def _found(root: Path, file: str) -> Path:
+    """``file`` under the table's folder (an absolute one stays itself); a path written on
+    Windows (``images\\cat.png``) is read with its separators when no file has that name."""
+    path = root / file
+    if "\\" in file and not path.exists():
+        return root / file.replace("\\", "/")
+    return path
 
 
 def _read_columns(table: Path) -> tuple[list[int], list[str], list[str]]:
