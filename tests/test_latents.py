@@ -637,6 +637,9 @@ def test_a_diffusers_dit_pipeline_folder_is_a_dit_that_decodes_with_its_own_vae(
     for same in (model, as_model(pipeline), as_model(transformer)):  # in memory too
         assert all(torch.equal(same.state_dict()[k], v) for k, v in state.items())
     assert recorded_vae(model.metadata)["path"] == str((folder / "vae").resolve())
+    loaded = as_model(diffusers.DiTPipeline.from_pretrained(folder))  # from that folder
+    assert loaded.provenance["class_names"] == names
+    assert recorded_vae(loaded.metadata) == recorded_vae(model.metadata)
     with pytest.raises(CheckpointError, match="is a DiTPipeline, which samples its "
                                               "transformer as a DiT .*not family='sit'"):
         ep.load(folder, family="sit")

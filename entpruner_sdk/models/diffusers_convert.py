@@ -164,14 +164,34 @@ def load_diffusers_pipeline(path: Path, family: str | None) -> DiffusionTransfor
                                   f"a DiT (epsilon prediction), not family={family!r}: drop it")
         family = "dit"
         _check_scheduler(path / "scheduler")
-    model = load(path / "transformer", family)
-    names = _class_names(index.get("id2label"), model.config.num_classes)
+    return _with_pipeline(load(path / "transformer", family), path, index.get("id2label"),
+                          path / "vae")
+
+
+def from_diffusers_pipeline(pipeline: Any) -> DiffusionTransformer:
+    """A ``DiTPipeline`` held in memory: its transformer's weights as a DiT, and, when it was
+    loaded from a folder (``DiTPipeline.from_pretrained``), that folder's class names and VAE
+    folder, as ``load_diffusers_pipeline`` takes them."""
+    model = from_diffusers_module(pipeline.transformer, "dit")
+    folder = Path(str(pipeline.config.get("_name_or_path") or ""))
+    vae = Path(str(getattr(getattr(pipeline, "vae", None), "config", {}).get("_name_or_path")
+                   or ""))
+    id2label = (_read_json(folder / "model_index.json").get("id2label")
+                if folder.parts and (folder / "model_index.json").is_file() else None)
+    return _with_pipeline(model, folder, id2label, vae if vae.parts else None)
+
+
+def _with_pipeline(model: DiffusionTransformer, folder: Path, id2label: Any,
+                   vae: Path | None) -> DiffusionTransformer:
+    """``model`` with the pipeline's class names and its VAE folder recorded, when it has
+    them (``metadata["pipeline"]``, which ``latents.recorded_vae`` reads)."""
+    names = _class_names(id2label, model.config.num_classes)
     if names:
         model.provenance["class_names"] = names
-    vae = path / "vae"
-    if (vae / "config.json").is_file():
+    if vae is not None and (vae / "config.json").is_file():
         factors = _read_json(vae / "config.json")
-        model.metadata["pipeline"] = {"path": str(path.resolve()), "vae": {
+        model.metadata["pipeline"] = {"path": str(folder.resolve()) if folder.parts else None,
+                                      "vae": {
             "path": str(vae.resolve()), "fingerprint": None,
             "scale": float(factors.get("scaling_factor") or 0.18215),
             "shift": float(factors.get("shift_factor") or 0.0)}}

@@ -81,12 +81,11 @@ def as_model(model: DiffusionTransformer | str | os.PathLike, role: str = "model
     if is_reference_module(model):
         return from_reference_module(model)
     kind = type(model).__name__
-    if kind == "DiTPipeline":  # diffusers' pipeline: its transformer is the model
-        model, kind = model.transformer, type(model.transformer).__name__
-    if kind == "DiTTransformer2DModel":  # diffusers' DiT, held in memory
-        from entpruner_sdk.models.diffusers_convert import from_diffusers_module
+    if kind in ("DiTPipeline", "DiTTransformer2DModel"):  # diffusers' DiT, held in memory
+        from entpruner_sdk.models import diffusers_convert
 
-        return from_diffusers_module(model, "dit")
+        return (diffusers_convert.from_diffusers_pipeline(model) if kind == "DiTPipeline"
+                else diffusers_convert.from_diffusers_module(model, "dit"))
     if isinstance(model, torch.nn.Module):
         fix = ("the DiT and SiT classes of the reference models.py are taken as they are, and "
                "diffusers' DiTTransformer2DModel and DiTPipeline; another module in their "
