@@ -20,7 +20,7 @@ from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.teachers import as_model
 from entpruner_sdk.utils.files import atomic_directory, atomic_write_text, check_output_path
 
-FORMATS = ("onnx", "onnx-fp16", "aoti", "tensorrt", "torch-tensorrt", "reference")
+FORMATS = ("onnx", "onnx-fp16", "aoti", "tensorrt", "torch-tensorrt", "reference", "diffusers")
 
 
 @dataclass
@@ -61,7 +61,9 @@ def export(
     to ``out_dir`` in ``format``: ``onnx`` / ``onnx-fp16`` (denoiser + guidance graph),
     ``aoti`` (AOTInductor .pt2), ``tensorrt`` (engine from the ONNX), ``torch-tensorrt``,
     ``reference`` (a state dict and constructor arguments for the DiT / SiT repository's own
-    ``models.py``, run here in PyTorch).
+    ``models.py``, run here in PyTorch), ``diffusers`` (a DiT as a ``DiTTransformer2DModel``
+    folder, inside a whole ``DiTPipeline`` folder when it has a VAE: ``vae``, else the one
+    the model records).
 
     With ``verify`` (the default) the export is run on random inputs at batch sizes 1, 3 and
     ``batch``'s opt value and compared with PyTorch; a mismatch raises ``ParityError`` and
@@ -86,9 +88,9 @@ def export(
                               "(overwrite=True) to replace it or choose another --out")
     precision = precision or {"onnx-fp16": "fp16", "tensorrt": "fp16",
                               "torch-tensorrt": "fp16"}.get(format, "fp32")
-    if format == "reference" and precision != "fp32":
-        raise ValueError(f"a reference export holds fp32 weights, as the released checkpoints "
-                         f"do, not {precision}; the reference code casts them when it loads")
+    if format in ("reference", "diffusers") and precision != "fp32":
+        raise ValueError(f"a {format} export holds fp32 weights, as the released checkpoints "
+                         f"do, not {precision}; the code that loads it casts them")
     if format == "tensorrt":
         from entpruner_sdk.export.tensorrt import PRECISIONS
 
@@ -97,6 +99,9 @@ def export(
                              f"(strongly typed from the ONNX), not {precision}; use "
                              "--format torch-tensorrt for bf16")
     space = decoder_for(model.config, vae) if vae is not None else None
+    pipeline_vae = None
+    if format == "diffusers":  # the VAE goes into the pipeline, not into an ONNX decoder
+        pipeline_vae, space = _pipeline_vae(model, space), None
     if format in ("onnx", "onnx-fp16", "tensorrt") or space is not None:  # writes ONNX
         from entpruner_sdk.export.onnx_export import resolve_exporter
 
@@ -108,7 +113,7 @@ def export(
     with atomic_directory(out_dir) as staging:
         files, extra = _write(model, staging, format, metadata, guided=guided, opset=opset,
                               exporter=exporter, precision=precision, batch=batch,
-                              device=device)
+                              device=device, vae=pipeline_vae)
         decoder_checks = []
         if space is not None:
             from entpruner_sdk.export.onnx_export import OPSET
@@ -121,7 +126,8 @@ def export(
             "format": format, "precision": precision, "files": files,
             # every file a deployment must carry, with its size: the roles above name the
             # graphs, and a model over 1 GB keeps its weights in a .data file beside them
-            "contents": {item.name: item.stat().st_size for item in sorted(staging.iterdir())},
+            "contents": {item.relative_to(staging).as_posix(): item.stat().st_size
+                         for item in sorted(staging.rglob("*")) if item.is_file()},
             "batch": list(batch), "metadata": {**metadata, **extra}, "torch": torch.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(), "parity": [],
         }
@@ -138,8 +144,8 @@ def export(
 
 
 def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
-           opset: int | None, exporter: str | None, precision: str, batch, device
-           ) -> tuple[dict[str, str], dict[str, Any]]:
+           opset: int | None, exporter: str | None, precision: str, batch, device,
+           vae: LatentSpace | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the format's files; returns {role: file name} and extra manifest metadata."""
     if format in ("onnx", "onnx-fp16", "tensorrt"):
         from entpruner_sdk.export.onnx_export import OPSET, export_onnx, share_external_data
@@ -170,6 +176,11 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
         from entpruner_sdk.export.reference import write_reference
 
         return write_reference(model, directory), {}
+    if format == "diffusers":
+        from entpruner_sdk.export.diffusers_export import write_diffusers
+
+        return write_diffusers(model, directory, vae), (
+            {"vae": vae.fingerprint} if vae is not None else {})
     if format == "aoti":
         from entpruner_sdk.export.aoti import build_target, export_aoti
 
@@ -185,6 +196,19 @@ def _write(model, directory: Path, format: str, metadata: dict, *, guided: bool,
 
     compile_torch_tensorrt(model, directory / "model.ep", batch=batch, precision=precision)
     return {"denoiser": "model.ep"}, {}
+
+
+def _pipeline_vae(model: DiffusionTransformer, given: Any) -> LatentSpace | None:
+    """The VAE a diffusers export's ``DiTPipeline`` holds: the one given, else the one the
+    model records (``recorded_vae``); None for the transformer alone. Checked before any file
+    is written."""
+    from entpruner_sdk.data.latents import is_latent, open_recorded_vae, recorded_vae
+    from entpruner_sdk.export.diffusers_export import check_exportable
+
+    record = recorded_vae(model.metadata) if given is None and is_latent(model.config) else None
+    vae = open_recorded_vae(record) if record is not None else given
+    check_exportable(model, vae)
+    return vae
 
 
 def _has_null_class(model: DiffusionTransformer) -> bool:

@@ -351,6 +351,11 @@ def _open_denoiser(directory: Path, manifest: dict[str, Any], provider: str,
 
         return ReferenceDenoiser(directory, manifest["metadata"],
                                  "cuda" if provider in ("cuda", "tensorrt") else "cpu")
+    if fmt == "diffusers":
+        from entpruner_sdk.export.diffusers_export import DiffusersDenoiser
+
+        return DiffusersDenoiser(directory, manifest["metadata"],
+                                 "cuda" if provider in ("cuda", "tensorrt") else "cpu")
     if fmt == "tensorrt":
         from entpruner_sdk.export.tensorrt import TensorRTDenoiser
 

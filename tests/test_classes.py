@@ -311,7 +311,8 @@ def test_imagenet_style_folders_take_their_labels_from_the_class_index(tmp_path,
     (tmp_path / "subset" / "n99999999").mkdir()
     with pytest.raises(DataError, match="the folders n99999999 are not classes of the index"):
         load_data(tmp_path / "subset", class_index=index)
-    with pytest.raises(DataError, match="labels class folders; 'digits' is not a folder"):
+    with pytest.raises(DataError, match="labels class folders and tables; 'digits' is "
+                                        "neither: drop it"):
         load_data("digits", class_index=index)
     index.write_text("n00 a\nn00 b\n")
     with pytest.raises(DataError, match=r"lists \['n00'\] more than once"):

@@ -478,6 +478,53 @@ def test_a_reference_export_is_what_the_reference_code_loads(tmp_path, family):
         export(model, tmp_path / "half", "reference", precision="fp16")
 
 
+def test_a_dit_exports_to_diffusers_and_loads_back_as_the_release_does(tmp_path):
+    import entpruner_sdk as ep
+    from entpruner_sdk.data.latents import LatentSpace, recorded_vae
+    from tests.conftest import latent_model, tiny_vae
+
+    diffusers = pytest.importorskip("diffusers")
+    vae = tiny_vae(tmp_path / "vae")
+    model = latent_model()  # a DiT on the tiny VAE's 4x8x8 latents, its weights random
+    model.provenance["class_names"] = names = ["cat", "dog", "owl", "fox", "elk", "yak",
+                                               "emu", "gnu"]
+    # the transformer alone: a DiTTransformer2DModel folder, checked against the model
+    result = export(model, tmp_path / "alone", "diffusers", batch=(1, 2, 2))
+    assert result.files["denoiser"] == "transformer/diffusion_pytorch_model.safetensors"
+    assert all(check.passed for check in result.parity) and len(result.parity) == 3
+    assert not (tmp_path / "alone" / "model_index.json").exists()
+    hf = diffusers.DiTTransformer2DModel.from_pretrained(tmp_path / "alone" / "transformer")
+    assert hf.config.num_layers == model.depth == 4
+    assert "transformer/config.json" in result.manifest["contents"]  # each file, by its path
+    # with the VAE: a whole DiTPipeline, which diffusers samples by class name
+    export(model, tmp_path / "pipe", "diffusers", vae=vae, batch=(1, 2, 2))
+    pipe = diffusers.DiTPipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.get_label_ids(["owl"]) == [2]
+    # guided: DiTPipeline's null class is label 1000, ImageNet's count, so the label
+    # embedder is padded to 1000 classes with the null row (and read back unpadded)
+    assert pipe.transformer.config.num_embeds_ada_norm == 1000
+    images = pipe(class_labels=[1], num_inference_steps=2, guidance_scale=4.0,
+                  output_type="np").images
+    assert images.shape == (1, 16, 16, 3)
+    # entpruner reads it back as it reads the release: the same weights, names and a VAE
+    back = ep.load(tmp_path / "pipe")
+    assert back.config == model.config
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert back.provenance["class_names"] == names
+    assert recorded_vae(back.metadata)["path"] == str((tmp_path / "pipe" / "vae").resolve())
+    runtime = load_exported(tmp_path / "pipe")  # samples, and decodes with its own VAE
+    assert isinstance(runtime.decoder, LatentSpace)
+    assert torch.allclose(runtime.sample([1, 2], steps=3, cfg_scale=2.0, seed=4),
+                          sample(model, [1, 2], steps=3, cfg_scale=2.0, seed=4, device="cpu"),
+                          rtol=1e-4, atol=1e-3)  # random weights: outputs in the hundreds
+    # what diffusers cannot hold is refused before anything is written
+    with pytest.raises(ValueError, match="diffusers has no SiT class"):
+        export(latent_model("sit"), tmp_path / "sit", "diffusers")
+    with pytest.raises(ValueError, match="a diffusers export holds fp32 weights"):
+        export(model, tmp_path / "half", "diffusers", precision="fp16")
+    assert not (tmp_path / "sit").exists() and not (tmp_path / "half").exists()
+
+
 def test_an_export_of_a_newer_format_is_refused_with_the_upgrade(tmp_path):
     export(pruned("sit"), tmp_path / "ref", "reference")
     manifest = json.loads((tmp_path / "ref" / "export.json").read_text())

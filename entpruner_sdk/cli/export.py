@@ -1,4 +1,5 @@
-"""``entpruner export``: a model as ONNX, AOTInductor or TensorRT, checked against PyTorch."""
+"""``entpruner export``: a model as ONNX, AOTInductor, TensorRT, the reference code's files or
+a diffusers pipeline, checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from entpruner_sdk.cli import common
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``export`` subcommand: the model, the format, the batch profile and the checks."""
     p = common.command(
-        sub, "export", "Export a model for deployment (ONNX, AOTInductor, TensorRT).",
+        sub, "export", "Export a model for deployment (ONNX, AOTInductor, TensorRT, "
+        "diffusers).",
         """\
         entpruner export --model runs/quickstart/dit-digits-pruned --out exports/dit-onnx
         entpruner export --model dit-digits --format onnx-fp16 --out exports/fp16 --verify
         entpruner export --model runs/sit --format aoti --out exports/sit-aoti
         entpruner export --model runs/dit --format tensorrt --batch 1,8,32 --out exports/trt
         entpruner export --model runs/sit --format reference --out exports/sit-ref  # SiT repo
+        entpruner export --model runs/xl-d14 --format diffusers --out exports/xl-d14-pipeline
         entpruner sample --model exports/dit-onnx --cfg 2 --out onnx.png   # run an export
         """)
     from entpruner_sdk.export import FORMATS
@@ -39,8 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "torch-tensorrt)")
     p.add_argument("--no-guided", action="store_true",
                    help="ONNX: skip the classifier-free-guidance graph")
-    common.vae_option(p, "is exported too (vae_decoder.onnx), so the export samples images on its "
-                   "own")
+    common.vae_option(p, "is exported too (vae_decoder.onnx; with --format diffusers, the "
+                      "pipeline's vae/), so the export samples images on its own")
     common.run_options(p, precision=False)  # traced from, and checked against, fp32
 
 

@@ -164,21 +164,39 @@ def load_diffusers_pipeline(path: Path, family: str | None) -> DiffusionTransfor
                                   f"a DiT (epsilon prediction), not family={family!r}: drop it")
         family = "dit"
         _check_scheduler(path / "scheduler")
-    return _with_pipeline(load(path / "transformer", family), path, index.get("id2label"),
-                          path / "vae")
+    model = _unpadded(load(path / "transformer", family), index.get("id2label"))
+    return _with_pipeline(model, path, index.get("id2label"), path / "vae")
 
 
 def from_diffusers_pipeline(pipeline: Any) -> DiffusionTransformer:
     """A ``DiTPipeline`` held in memory: its transformer's weights as a DiT, and, when it was
     loaded from a folder (``DiTPipeline.from_pretrained``), that folder's class names and VAE
     folder, as ``load_diffusers_pipeline`` takes them."""
-    model = from_diffusers_module(pipeline.transformer, "dit")
     folder = Path(str(pipeline.config.get("_name_or_path") or ""))
     vae = Path(str(getattr(getattr(pipeline, "vae", None), "config", {}).get("_name_or_path")
                    or ""))
     id2label = (_read_json(folder / "model_index.json").get("id2label")
                 if folder.parts and (folder / "model_index.json").is_file() else None)
+    model = _unpadded(from_diffusers_module(pipeline.transformer, "dit"), id2label)
     return _with_pipeline(model, folder, id2label, vae if vae.parts else None)
+
+
+def _unpadded(model: DiffusionTransformer, id2label: Any) -> DiffusionTransformer:
+    """``model`` with its own class count again when a pipeline's label embedder was padded
+    to 1000 classes for ``DiTPipeline``'s guidance (whose null class is label 1000): the
+    pipeline names fewer classes (``id2label``) and every row past them is the null row, as
+    entpruner's diffusers export writes them. Anything else is left as it is."""
+    from entpruner_sdk.models.transformer import resize_classes
+
+    count = len(id2label) if isinstance(id2label, dict) else 0
+    table = model.y_embedder.embedding_table.weight
+    if not 0 < count < model.config.num_classes or len(table) != model.config.num_classes + 1:
+        return model
+    if not torch.equal(table[count:], table[-1:].expand(len(table) - count, -1)):
+        return model
+    resized = resize_classes(model, count)
+    resized.provenance.pop("resized_classes")
+    return resized
 
 
 def _with_pipeline(model: DiffusionTransformer, folder: Path, id2label: Any,
@@ -186,7 +204,7 @@ def _with_pipeline(model: DiffusionTransformer, folder: Path, id2label: Any,
     """``model`` with the pipeline's class names and its VAE folder recorded, when it has
     them (``metadata["pipeline"]``, which ``latents.recorded_vae`` reads)."""
     names = _class_names(id2label, model.config.num_classes)
-    if names:
+    if names and names != [str(c) for c in range(len(names))]:  # numbers name nothing
         model.provenance["class_names"] = names
     if vae is not None and (vae / "config.json").is_file():
         factors = _read_json(vae / "config.json")
