@@ -173,7 +173,8 @@ class DiffusersDenoiser(ExportedDenoiser):
                  device: str | torch.device = "cpu") -> None:
         directory = Path(directory)
         super().__init__(metadata, (directory / WEIGHTS, directory / TRANSFORMER / "config.json"))
-        model = _diffusers().DiTTransformer2DModel.from_pretrained(directory / TRANSFORMER)
+        model = _diffusers().DiTTransformer2DModel.from_pretrained(
+            directory / TRANSFORMER, low_cpu_mem_usage=False)  # no nag about accelerate
         for block in model.transformer_blocks:  # the reference DiT's spacing (see above)
             block.norm1.emb.time_proj.downscale_freq_shift = 0
         self.device = torch.device(device)

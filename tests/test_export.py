@@ -478,7 +478,7 @@ def test_a_reference_export_is_what_the_reference_code_loads(tmp_path, family):
         export(model, tmp_path / "half", "reference", precision="fp16")
 
 
-def test_a_dit_exports_to_diffusers_and_loads_back_as_the_release_does(tmp_path):
+def test_a_dit_exports_to_diffusers_and_loads_back_as_the_release_does(tmp_path, capsys):
     import entpruner_sdk as ep
     from entpruner_sdk.data.latents import LatentSpace, recorded_vae
     from tests.conftest import latent_model, tiny_vae
@@ -514,6 +514,10 @@ def test_a_dit_exports_to_diffusers_and_loads_back_as_the_release_does(tmp_path)
     assert recorded_vae(back.metadata)["path"] == str((tmp_path / "pipe" / "vae").resolve())
     runtime = load_exported(tmp_path / "pipe")  # samples, and decodes with its own VAE
     assert isinstance(runtime.decoder, LatentSpace)
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "pipe")]) == 0
+    text = capsys.readouterr().out
+    assert "the export carries the VAE decoder" in text and "vae/config.json (" in text
     assert torch.allclose(runtime.sample([1, 2], steps=3, cfg_scale=2.0, seed=4),
                           sample(model, [1, 2], steps=3, cfg_scale=2.0, seed=4, device="cpu"),
                           rtol=1e-4, atol=1e-3)  # random weights: outputs in the hundreds

@@ -72,8 +72,9 @@ def export_summary(directory: str | Path) -> dict:
     with torch.device("meta"):  # shapes only, for the parameter count
         model = DiffusionTransformer(config, metadata.get("provenance"),
                                      metadata.get("objective_settings"))
-    if "compression" in metadata:  # a compressed model's report summary travels with it
-        model.metadata["compression"] = metadata["compression"]
+    for step in ("compression", "training", "pipeline"):  # how it was made travels with it
+        if step in metadata:
+            model.metadata[step] = metadata[step]
     summary = model_summary(model)
     summary["export"] = {key: manifest.get(key) for key in
                          ("format", "precision", "files", "contents", "batch", "created",
@@ -127,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
         print("classes " + listed(list(range(len(names)))))
     if tuned:
         print("fine-tuned on classes " + listed(tuned))
-    if summary["latent"] and summary["vae"]:
+    carried = {"decoder", "pipeline"} & set(summary.get("export", {}).get("files") or {})
+    if summary["latent"] and carried:  # an ONNX decoder, or a DiTPipeline's vae/
+        print(f"works on {cfg['in_channels']}-channel VAE latents: the export carries the "
+              "VAE decoder, so sample and serve need no --vae")
+    elif summary["latent"] and summary["vae"]:
         print(f"works on {cfg['in_channels']}-channel VAE latents: sample, evaluate, serve and "
               f"demo decode them with {summary['vae']}, "
               + ("its diffusers pipeline's VAE" if summary.get("pipeline") else
@@ -218,8 +223,6 @@ def _print_export(export: dict) -> None:
           f"{export.get('torch')} at {export.get('created')}")
     if export["format"] == "aoti":
         print(_aoti_target_line(export.get("target", {})))
-    if "decoder" in export["files"]:
-        print("carries the VAE decoder: sample and serve need no --vae")
     checks = export.get("parity") or []
     if checks:
         passed = sum(check["passed"] for check in checks)
