@@ -644,6 +644,32 @@ def test_a_diffusers_dit_pipeline_folder_is_a_dit_that_decodes_with_its_own_vae(
                                               "transformer as a DiT .*not family='sit'"):
         ep.load(folder, family="sit")
 
+    # a Hub name the local Hugging Face cache holds reads from there, the VAE inside it too;
+    # one it does not hold is refused with the command that downloads it (nothing is fetched)
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--facebook--DiT-tiny" / "snapshots" / "0123abc"
+    shutil.copytree(folder, snapshot)
+    (cache / "models--facebook--DiT-tiny" / "refs").mkdir()
+    (cache / "models--facebook--DiT-tiny" / "refs" / "main").write_text("0123abc")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        hub = ep.load("facebook/DiT-tiny")
+        assert hub.provenance["class_names"] == names
+        assert recorded_vae(hub.metadata)["path"] == str((snapshot / "vae").resolve())
+        assert LatentSpace.from_pretrained("facebook/DiT-tiny/vae").folder == str(
+            (snapshot / "vae").resolve())
+        with pytest.raises(CheckpointError, match="if it names a Hugging Face Hub repository, "
+                                                  "the local cache does not hold it: "
+                                                  "download it once "
+                                                  r"\(hf download facebook/DiT-XL-2-256 "):
+            ep.load("facebook/DiT-XL-2-256")
+        with pytest.raises(DataError, match=r"hf download stabilityai/sd-vae-ft-ema "):
+            LatentSpace.from_pretrained("stabilityai/sd-vae-ft-ema")
     # sample decodes with the pipeline's VAE, by class name
     assert main(["sample", "--model", str(folder), "--labels", "coffee", "--steps", "2",
                  "--out", str(tmp_path / "g.png"), "--quiet"]) == 0

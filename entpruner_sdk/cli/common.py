@@ -189,7 +189,8 @@ def vae_option(p: Options, does: str = "decodes a latent model's samples to imag
     """--vae DIR: the diffusers VAE folder of a latent model; the help says what it ``does``."""
     p.add_argument("--vae", metavar="DIR", required=required,
                    help="local diffusers AutoencoderKL folder (sd-vae-ft-ema for DiT-XL/2 and "
-                        f"SiT-XL/2): it {does}")
+                        "SiT-XL/2), or its Hub name when the Hugging Face cache holds it "
+                        f"(stabilityai/sd-vae-ft-ema): it {does}")
 
 
 def recorded_vae_of(model: Any, device: str | torch.device | None) -> Any:

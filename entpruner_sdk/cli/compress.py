@@ -50,7 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_and_data(g: common.Options) -> None:
-    g.add_argument("--model", required=True, help="bundled teacher name or model path")
+    g.add_argument("--model", required=True,
+                   help="bundled teacher name, model path, or the Hub name of a DiTPipeline "
+                        "the Hugging Face cache holds (facebook/DiT-XL-2-256)")
     common.released_options(g)
     g.add_argument("--data", default="digits",
                    help="downstream data: bundled name, class folders, a .csv of image files and "

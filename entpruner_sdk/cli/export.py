@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         """)
     from entpruner_sdk.export import FORMATS
 
-    p.add_argument("--model", required=True, help="bundled teacher name or model path")
+    p.add_argument("--model", required=True,
+                   help="bundled teacher name, model path, or the Hub name of a DiTPipeline "
+                        "the Hugging Face cache holds (facebook/DiT-XL-2-256)")
     common.released_options(p)
     p.add_argument("--format", default="onnx", choices=FORMATS, help="what to export to")
     p.add_argument("--out", required=True, help="output directory (new or empty)")

@@ -25,6 +25,7 @@ from entpruner_sdk.data.streamed import StreamedImages, Unreadable, all_unreadab
 from entpruner_sdk.utils.cache import read_kept
 from entpruner_sdk.utils.device import autocast, resolve_device
 from entpruner_sdk.utils.files import atomic_writer
+from entpruner_sdk.utils.hub import cached_snapshot, download_hint, looks_like_repo_id
 from entpruner_sdk.utils.progress import progress_bar
 
 
@@ -85,9 +86,14 @@ class LatentSpace:
                 "made for this torch (diffusers 0.35 runs on torch 2.4), or upgrade torch"
             ) from error
         path = Path(path)
+        if not (path / "config.json").exists() and looks_like_repo_id(str(path)):
+            path = cached_snapshot(str(path)) or path  # a Hub name the HF cache holds
         if not (path / "config.json").exists():
+            fix = (f"if it names a Hugging Face Hub repository, the local cache does not hold it: "
+                   f"{download_hint(str(path))}" if looks_like_repo_id(str(path)) else
+                   "download the VAE once and pass its local folder")
             raise DataError(f"{path} is not a diffusers AutoencoderKL folder (no config.json); "
-                            "download the VAE once and pass its local folder")
+                            + fix)
         vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True,
                                             low_cpu_mem_usage=False)  # no accelerate nag
         digest = hashlib.sha256()

@@ -17,6 +17,7 @@ from entpruner_sdk.models.io import CheckpointError, check_flow_path, load
 from entpruner_sdk.models.reference import from_reference_module, is_reference_module
 from entpruner_sdk.models.transformer import DiffusionTransformer
 from entpruner_sdk.objectives import OBJECTIVES
+from entpruner_sdk.utils.hub import cached_snapshot, download_hint, looks_like_repo_id
 
 TEACHERS = ("dit-digits", "sit-digits", "dit-photos", "sit-photos")
 DEFAULT_TEACHERS = ("dit-digits", "sit-digits")  # the ones on the default dataset
@@ -58,10 +59,16 @@ def resolve_model(spec: str | os.PathLike, family: str | None = None,
         check_flow_path(teacher, flow_path, spec)
         return teacher
     if not Path(spec).exists():
+        cached = cached_snapshot(spec)  # a Hub name the Hugging Face cache holds
+        if cached is not None:
+            return load(cached, family, device=device, num_heads=num_heads, flow_path=flow_path)
         close = difflib.get_close_matches(spec, TEACHERS, n=1)
         raise CheckpointError(
             f"{spec} is neither a bundled teacher ({', '.join(TEACHERS)}) nor an existing file "
             "or folder" + (f"; did you mean {close[0]}?" if close else
+                           "; if it names a Hugging Face Hub repository, the local cache "
+                           f"does not hold it: {download_hint(spec)}"
+                           if looks_like_repo_id(spec) else
                            "; pass a checkpoint file or a model directory"))
     return load(spec, family, device=device, num_heads=num_heads, flow_path=flow_path)
 
