@@ -404,8 +404,7 @@ def test_a_table_of_image_files_and_classes_reads_as_their_class_folder_would(tm
     at = [order.index(str(tmp_path / f)) for f, _ in rows]
     assert torch.equal(table.images, folder.images[at]) and torch.equal(table.labels,
                                                                          folder.labels[at])
-    assert table.origin == {"data": str((tmp_path / "train.csv").resolve()), "image_size": 8,
-                            "num_classes": 3}
+    assert table.origin == {"data": str((tmp_path / "train.csv").resolve()), "image_size": 8}
     assert torch.equal(load_data(**table.origin).images, table.images)
     assert isinstance(open_data(tmp_path / "train.csv", image_size=8), ImageTable)
 

@@ -57,6 +57,7 @@ class ImageTable(ImageFiles):
                             f"(e.g. {', '.join(missing[:3])}); a file is relative to the "
                             "table's folder, or absolute: mend those rows, or drop them")
         self.name, self.where = self.table.stem, str(self.table)
+        self.asked_classes = num_classes  # what origin asks again (fit_class_names may resize)
         self._hold(root, files, labels, class_names, image_size, class_index)
 
     @property
@@ -65,7 +66,7 @@ class ImageTable(ImageFiles):
         crop size, the class index and the class count."""
         options = {"image_size": self.crop_size,
                    "class_index": self.class_index and str(Path(self.class_index).resolve()),
-                   "num_classes": self.num_classes}
+                   "num_classes": self.asked_classes}
         return {"data": str(self.table.resolve()),
                 **{key: value for key, value in options.items() if value is not None}}
 

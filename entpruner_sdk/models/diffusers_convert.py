@@ -208,11 +208,11 @@ def _with_pipeline(model: DiffusionTransformer, folder: Path, id2label: Any,
         model.provenance["class_names"] = names
     if vae is not None and (vae / "config.json").is_file():
         factors = _read_json(vae / "config.json")
+        record = {"path": str(vae.resolve()), "fingerprint": None,  # as latents record theirs
+                  "scale": float(factors.get("scaling_factor") or 0.18215),
+                  "shift": float(factors.get("shift_factor") or 0.0)}
         model.metadata["pipeline"] = {"path": str(folder.resolve()) if folder.parts else None,
-                                      "vae": {
-            "path": str(vae.resolve()), "fingerprint": None,
-            "scale": float(factors.get("scaling_factor") or 0.18215),
-            "shift": float(factors.get("shift_factor") or 0.0)}}
+                                      "vae": record}
     return model
 
 
