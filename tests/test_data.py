@@ -777,6 +777,31 @@ def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path, capsys, mon
         load_data(TensorDataset(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])), split="test")
 
 
+def test_webdataset_shards_are_read_through_hugging_face(tmp_path, monkeypatch):
+    """A folder of WebDataset shards (key.png + key.cls in .tar files), the layout large image
+    sets are kept in, is what load_dataset reads as the webdataset format: hf:DIR."""
+    import io
+    import tarfile
+
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(6)]
+    (tmp_path / "shards").mkdir()
+    for shard in range(2):
+        with tarfile.open(tmp_path / "shards" / f"train-{shard:04d}.tar", "w") as tar:
+            for i in range(shard * 3, shard * 3 + 3):
+                png = io.BytesIO()
+                Image.fromarray(pixels[i]).save(png, format="PNG")
+                for suffix, payload in (("png", png.getvalue()), ("cls", str(i % 2).encode())):
+                    member = tarfile.TarInfo(f"{i:06d}.{suffix}")
+                    member.size = len(payload)
+                    tar.addfile(member, io.BytesIO(payload))
+    data = load_data(f"hf:{tmp_path / 'shards'}")
+    assert data.labels.tolist() == [0, 1, 0, 1, 0, 1] and data.num_classes == 2
+    assert torch.equal(data.images, torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
+
+
 def test_a_hugging_face_dataset_on_disk_is_opened_and_read_row_by_row(tmp_path):
     datasets = pytest.importorskip("datasets")
     from entpruner_sdk.data.datasets import open_data

@@ -28,7 +28,7 @@ from entpruner_sdk.data.streamed import StreamedImages, UnreadableImage, hashed_
 from entpruner_sdk.utils.progress import progress_bar, quiet
 
 IMAGE_COLUMNS = ("image", "img", "picture")  # by name, where no column has the Image type
-LABEL_COLUMNS = ("label", "labels", "fine_label", "class")
+LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "cls")  # cls: WebDataset shards
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes
 HUB_PREFIX = "hf:"  # --data hf:uoft-cs/cifar10
 
