@@ -407,6 +407,7 @@ def test_a_table_of_image_files_and_classes_reads_as_their_class_folder_would(tm
     assert table.origin == {"data": str((tmp_path / "train.csv").resolve()), "image_size": 8}
     assert torch.equal(load_data(**table.origin).images, table.images)
     assert isinstance(open_data(tmp_path / "train.csv", image_size=8), ImageTable)
+    assert table.name == f"{tmp_path.name}-train"  # its folder's name, then its own
 
     # a .tsv of class ids and absolute paths; ids stand as written
     (tmp_path / "ids.tsv").write_text("path\tlabel\n" + "".join(

@@ -56,7 +56,10 @@ class ImageTable(ImageFiles):
             raise DataError(f"{self.table} lists {len(missing)} files that do not exist "
                             f"(e.g. {', '.join(missing[:3])}); a file is relative to the "
                             "table's folder, or absolute: mend those rows, or drop them")
-        self.name, self.where = self.table.stem, str(self.table)
+        # "train" or "metadata" alone would not say which data: its folder's name leads
+        self.name = "-".join(part for part in (self.table.resolve().parent.name,
+                                               self.table.stem) if part)
+        self.where = str(self.table)
         self.asked_classes = num_classes  # what origin asks again (fit_class_names may resize)
         self._hold(root, files, labels, class_names, image_size, class_index)
 
