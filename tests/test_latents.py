@@ -670,6 +670,11 @@ def test_a_diffusers_dit_pipeline_folder_is_a_dit_that_decodes_with_its_own_vae(
             ep.load("facebook/DiT-XL-2-256")
         with pytest.raises(DataError, match=r"hf download stabilityai/sd-vae-ft-ema "):
             LatentSpace.from_pretrained("stabilityai/sd-vae-ft-ema")
+        # runs/typo, where runs/ is here, is a path, however it reads
+        (tmp_path / "runs").mkdir()
+        patch.chdir(tmp_path)
+        with pytest.raises(CheckpointError, match="pass a checkpoint file or a model directory"):
+            ep.load("runs/typo")
     # sample decodes with the pipeline's VAE, by class name
     assert main(["sample", "--model", str(folder), "--labels", "coffee", "--steps", "2",
                  "--out", str(tmp_path / "g.png"), "--quiet"]) == 0

@@ -18,7 +18,8 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z_.-][\w.-]*(/[\w.-]+)*
 def looks_like_repo_id(name: str) -> bool:
     """Whether ``name`` reads as a Hub repository (``owner/name``, or a folder in one:
     ``owner/name/vae``) rather than a path or a registry name."""
-    return bool(_REPO_ID.match(name)) and not Path(name).exists()
+    # runs/pruned, where runs/ is here, is a path that does not exist yet, not a Hub name
+    return bool(_REPO_ID.match(name)) and not Path(name.split("/")[0]).exists()
 
 
 def cached_snapshot(name: str) -> Path | None:
