@@ -907,6 +907,11 @@ def test_data_naming_the_models_classes_in_another_order_takes_the_models_ids(tm
     assert ids_by_name(["apple", "zebra"], [0, 1], None) is None  # a model without names
     assert ids_by_name(["apple", "zebra"], [0, 1], ["0", "1"]) is None
     assert ids_by_name(["kiwi", "apple"], [0, 1], model) is None  # a new class: ids as given
+    # written otherwise: case, and spaces, _ or - between words, do not count
+    imagenet = ["tench", "golden retriever", "German shepherd"]
+    assert ids_by_name(["German_Shepherd", "golden-retriever"], [0, 1], imagenet) == [2, 1]
+    assert ids_by_name(["APPLE", "apple"], [0, 1], ["apple", "APPLE"]) == [1, 0]  # as written
+    assert ids_by_name(["Apple"], [0], ["apple", "APPLE"]) is None  # two plain matches
     with pytest.warns(UserWarning, match="the data's class 'apple' is the model's class 1 "
                                          "but is labelled 0, while 'kiwi' is not one of"):
         assert ids_by_name(["apple", "kiwi"], [0, 1], model) is None

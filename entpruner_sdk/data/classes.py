@@ -3,6 +3,7 @@ folders or ``class_names`` it was trained on) takes ``"cat"`` wherever it takes 
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -81,23 +82,33 @@ def describe_classes(num_classes: int, class_names: Sequence[str] = (), limit: i
     return text
 
 
+def plain_name(name: str) -> str:
+    """``name`` as class names are compared when they differ as written: case, and spaces,
+    ``_`` and ``-`` between words, do not count (``Golden_Retriever`` is ``golden
+    retriever``)."""
+    return " ".join(re.split(r"[\s_-]+", name.casefold().strip()))
+
+
 def ids_by_name(data_names: Sequence[str], present: Sequence[int],
                 model_names: Sequence[str] | None) -> list[int] | None:
     """The model's class id for each of a dataset's classes (indexed by the data's ids), when
     both name their classes and each class the data holds (``present``) is a class the model
-    names once, but under another id or with a model of more classes: class folders are
-    numbered in alphabetical order, a model keeps the order it was trained with. None when the
-    labels stand as they are: the same ids, either side unnamed, or a class the model does not
-    name (new classes, which a resized label embedder learns); in that last case a warning
-    names a class the model has under another id, whose images would train or be compared
-    as another class."""
+    names once (as written, else as ``plain_name`` writes both), but under another id or
+    with a model of more classes: class folders are numbered in alphabetical order, a model
+    keeps the order it was trained with. None when the labels stand as they are: the same
+    ids, either side unnamed, or a class the model does not name (new classes, which a
+    resized label embedder learns); in that last case a warning names a class the model has
+    under another id, whose images would train or be compared as another class."""
     if not model_names or list(model_names) == default_names(len(model_names)) or (
             list(data_names) == default_names(len(data_names))):
         return None
     index: dict[str, list[int]] = {}
+    plain: dict[str, list[int]] = {}  # folders avoid spaces: golden_retriever
     for i, name in enumerate(model_names):
         index.setdefault(name, []).append(i)
-    ids = [found[0] if len(found := index.get(name, [])) == 1 else -1 for name in data_names]
+        plain.setdefault(plain_name(name), []).append(i)
+    ids = [found[0] if len(found := index.get(name) or plain.get(plain_name(name), [])) == 1
+           else -1 for name in data_names]
     if all(ids[c] >= 0 for c in present):
         same = len(data_names) == len(model_names) and all(ids[c] == c for c in present)
         return None if same else ids
