@@ -138,6 +138,9 @@ def test_labels_resolve_from_ids_and_names():
     names = ["cat", "dog", "7"]
     assert resolve_labels([0, "1", "dog", " cat"], 3, names) == [0, 1, 1, 0]
     assert resolve_labels(["2"], 3, names) == [2]  # a number is always an id
+    # a name written otherwise: case, and spaces, _ or - between words, do not count
+    assert resolve_labels(["Golden_Retriever", "german-shepherd"], 3,
+                          ["tench", "golden retriever", "German shepherd"]) == [1, 2]
     with pytest.raises(ValueError, match=r"unknown class label 'cow': the classes are 0..2 "
                                          r"\(0 cat, 1 dog, 2 7\)"):
         resolve_labels(["cow"], 3, names)

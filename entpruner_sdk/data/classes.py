@@ -50,19 +50,22 @@ def resolve_labels(labels: Iterable[int | str], num_classes: int,
                    class_names: Sequence[str] = ()) -> list[int]:
     """Class ids for ``labels``, each an id (``3`` or ``"3"``) or a class name (``"cat"``).
 
-    A number is always an id, so a class named "7" is reached by its id. Raises
+    A number is always an id, so a class named "7" is reached by its id. A name matches as
+    written, else as ``plain_name`` writes both (``Golden_Retriever``). Raises
     ``ValueError`` naming the unknown label and the classes there are."""
     index: dict[str, list[int]] = {}
+    plain: dict[str, list[int]] = {}
     for i, name in enumerate(class_names):
         index.setdefault(name, []).append(i)
+        plain.setdefault(plain_name(name), []).append(i)
     ids = []
     for label in labels:
         text = str(label).strip()
         number = text[1:] if text.startswith("-") else text
         if number.isdigit():
             found = [int(text)] if 0 <= int(text) < num_classes else []
-        else:
-            found = index.get(text, [])
+        else:  # as written, else as ids_by_name matches names (golden_retriever)
+            found = index.get(text) or plain.get(plain_name(text), [])
         if not found:
             raise ValueError(f"unknown class label {label!r}: "
                              f"{describe_classes(num_classes, class_names)}")
