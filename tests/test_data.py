@@ -385,6 +385,22 @@ def test_loaded_data_remembers_how_it_was_loaded(tmp_path):
         load_data(path, image_size=8)
 
 
+def test_a_folder_of_splits_reads_the_split_asked_for(tmp_path):
+    """data/train/cat/*.png and data/val/cat/*.png: the splits' folders are not classes."""
+    for split, per_class in (("train", 3), ("Val", 2)):
+        write_folder(tmp_path / "data" / split, classes=("cat", "dog"), per_class=per_class)
+    train = load_data(tmp_path / "data")  # train, by default
+    assert train.class_names == ["cat", "dog"] and len(train) == 6
+    assert train.origin == {"data": str((tmp_path / "data" / "train").resolve())}
+    for name in ("val", "validation"):
+        assert len(load_data(tmp_path / "data", split=name)) == 4
+    with pytest.raises(DataError, match=r"holds the splits train, Val, not 'test': pick one"):
+        load_data(tmp_path / "data", split="test")
+    # classes that happen to be named so, holding their images, stay classes
+    write_folder(tmp_path / "trains", classes=("train", "test"))
+    assert load_data(tmp_path / "trains").class_names == ["test", "train"]
+
+
 def test_a_table_of_image_files_and_classes_reads_as_their_class_folder_would(tmp_path):
     from entpruner_sdk.data import ImageTable
 

@@ -230,8 +230,9 @@ def folder_options(p: Options, note: str = "") -> None:
                         "'n01440764 tench, ...' per line, or imagenet_class_index.json): each "
                         "folder is labelled by its line")
     p.add_argument("--split", metavar="NAME",
-                   help="the split of a bundled dataset (train or test) or of a Hugging Face "
-                        "dataset (default train)")
+                   help="the split of a bundled dataset (train or test), of a folder of "
+                        "splits (train/, val/, test/, each of class folders) or of a Hugging "
+                        "Face dataset (default train)")
 
 
 def hflip_option(p: Options) -> None:

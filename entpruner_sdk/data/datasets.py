@@ -640,7 +640,7 @@ def open_data(data: Any, *, split: str = "train", num_classes: int | None = None
     their images are read when they are used, so ``evaluate`` reads only its reference
     images, and ``encode`` one batch at a time."""
     from entpruner_sdk.data import hugging_face
-    from entpruner_sdk.data.folder import ImageFolder
+    from entpruner_sdk.data.folder import ImageFolder, split_folder
     from entpruner_sdk.data.table import ImageTable
 
     if hugging_face.is_hugging_face(data) and not hugging_face.is_streamed(data, split):
@@ -658,13 +658,13 @@ def open_data(data: Any, *, split: str = "train", num_classes: int | None = None
         opened = hugging_face.open_hub if hugging_face.is_hub_name(data) else \
             hugging_face.open_saved
         return opened(data, split=split, num_classes=num_classes, image_size=image_size)
-    if split != "train":
-        raise DataError(f"split={split!r} (--split) picks a split of a bundled or Hugging Face "
-                        f"dataset, and the {'table' if is_table(data) else 'class folder'} "
-                        f"{data} has none: drop it")
     if is_table(data):
+        if split != "train":
+            raise DataError(f"split={split!r} (--split) picks a split of a bundled or Hugging "
+                            f"Face dataset or of a folder of splits, and the table {data} has "
+                            "none: drop it")
         return ImageTable(data, image_size, class_index, num_classes)
-    return ImageFolder(data, image_size, class_index)
+    return ImageFolder(split_folder(Path(data), split), image_size, class_index)
 
 
 def is_streamed_source(data: Any) -> bool:

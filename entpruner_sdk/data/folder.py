@@ -93,6 +93,39 @@ def to_rgb(image: PIL.Image.Image, file: Path) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
+# the names a folder of splits gives its splits (train/cat/*.png, val/cat/*.png), any case;
+# each split's other spellings
+SPLITS = {"train": ("train", "training"), "validation": ("validation", "val", "valid"),
+          "test": ("test", "testing")}
+
+
+def split_folder(root: Path, split: str) -> Path:
+    """The folder of ``split`` when ``root`` holds splits of class folders (``train/``,
+    ``val/``, ``test/``, each of class subfolders and no loose images, as Hugging Face's
+    imagefolder and many archives lay them out), else ``root`` itself, whose subfolders are
+    the classes (and which has no split but ``train``, the default)."""
+    folders = {p.name.casefold(): p for p in root.iterdir() if p.is_dir() and _visible(p)}
+    spellings = {name for names in SPLITS.values() for name in names}
+    splits = bool(folders) and set(folders) <= spellings and all(
+        any(q.is_dir() and _visible(q) for q in folder.iterdir())
+        and not any(q.suffix.lower() in IMAGE_SUFFIXES for q in folder.iterdir())
+        for folder in folders.values())
+    if not splits:
+        if split != "train":
+            raise DataError(f"split={split!r} (--split) picks a split of a bundled or Hugging "
+                            f"Face dataset or of a folder of splits, and the class folder "
+                            f"{root} has none: drop it")
+        return root
+    wanted = next((names for names in SPLITS.values() if split.casefold() in names),
+                  (split.casefold(),))
+    chosen = next((folders[name] for name in wanted if name in folders), None)
+    if chosen is None:
+        held = ", ".join(sorted((p.name for p in folders.values()), key=str.casefold))
+        raise DataError(f"{root} holds the splits {held}, not {split!r}: pick one (--split, "
+                        "split=)")
+    return chosen
+
+
 def read_class_index(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """The classes of a model, in its order, as (folder names, class names).
 
