@@ -390,7 +390,7 @@ def test_a_folder_of_splits_reads_the_split_asked_for(tmp_path):
     for split, per_class in (("train", 3), ("Val", 2)):
         write_folder(tmp_path / "data" / split, classes=("cat", "dog"), per_class=per_class)
     train = load_data(tmp_path / "data")  # train, by default
-    assert train.class_names == ["cat", "dog"] and len(train) == 6
+    assert train.class_names == ["cat", "dog"] and len(train) == 6 and train.name == "data-train"
     assert train.origin == {"data": str((tmp_path / "data" / "train").resolve())}
     for name in ("val", "validation"):
         assert len(load_data(tmp_path / "data", split=name)) == 4

@@ -664,7 +664,11 @@ def open_data(data: Any, *, split: str = "train", num_classes: int | None = None
                             f"Face dataset or of a folder of splits, and the table {data} has "
                             "none: drop it")
         return ImageTable(data, image_size, class_index, num_classes)
-    return ImageFolder(split_folder(Path(data), split), image_size, class_index)
+    chosen = split_folder(Path(data), split)
+    folder = ImageFolder(chosen, image_size, class_index)
+    if chosen != Path(data):  # "train" alone would not say which data
+        folder.name = f"{Path(data).resolve().name}-{chosen.name}"
+    return folder
 
 
 def is_streamed_source(data: Any) -> bool:
