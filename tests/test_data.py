@@ -391,7 +391,8 @@ def test_a_folder_of_splits_reads_the_split_asked_for(tmp_path):
         write_folder(tmp_path / "data" / split, classes=("cat", "dog"), per_class=per_class)
     train = load_data(tmp_path / "data")  # train, by default
     assert train.class_names == ["cat", "dog"] and len(train) == 6 and train.name == "data-train"
-    assert train.origin == {"data": str((tmp_path / "data" / "train").resolve())}
+    assert train.origin == {"data": str((tmp_path / "data").resolve()), "split": "train"}
+    assert load_data(**train.origin).name == "data-train"  # opened again as it was
     for name in ("val", "validation"):
         assert len(load_data(tmp_path / "data", split=name)) == 4
     with pytest.raises(DataError, match=r"holds the splits train, Val, not 'test': pick one"):

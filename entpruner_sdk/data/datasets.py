@@ -668,6 +668,7 @@ def open_data(data: Any, *, split: str = "train", num_classes: int | None = None
     folder = ImageFolder(chosen, image_size, class_index)
     if chosen != Path(data):  # "train" alone would not say which data
         folder.name = f"{Path(data).resolve().name}-{chosen.name}"
+        folder.split_of = (Path(data), split)  # opened again as it was opened
     return folder
 
 

@@ -303,13 +303,18 @@ class ImageFolder(ImageFiles):
         self.name, self.where = root.name, str(root)
         self._hold(root, files, labels, class_names, image_size, class_index)
 
+    # (folder of splits, split) when this is one split of such a folder (``split_folder``)
+    split_of: tuple[Path, str] | None = None
+
     @property
     def origin(self) -> dict:
         """How to load the same images again (``load_data`` keywords, as an ``ImageDataset``
-        remembers them): the absolute folder, the crop size and the class index."""
-        options = {"image_size": self.crop_size,
+        remembers them): the absolute folder (or folder of splits, and the split), the crop
+        size and the class index."""
+        folder, split = self.split_of or (self.root, None)
+        options = {"split": split, "image_size": self.crop_size,
                    "class_index": self.class_index and str(Path(self.class_index).resolve())}
-        return {"data": str(self.root.resolve()),
+        return {"data": str(folder.resolve()),
                 **{key: value for key, value in options.items() if value is not None}}
 
 
