@@ -434,6 +434,17 @@ def test_a_table_of_image_files_and_classes_reads_as_their_class_folder_would(tm
     assert ImageTable(tmp_path / "ids.tsv", 8, num_classes=10).num_classes == 10
     with pytest.raises(DataError, match="holds label 4, beyond num_classes=3; raise"):
         ImageTable(tmp_path / "ids.tsv", 8, num_classes=3)
+    # a split column: --split picks its rows; every split numbers the classes alike
+    (tmp_path / "splits.csv").write_text("file,label,Split\n" + "".join(
+        f"{f},{c},{'val' if i >= 4 else 'train'}\n" for i, (f, c) in enumerate(rows)))
+    first = load_data(tmp_path / "splits.csv", image_size=8)
+    held_out = load_data(tmp_path / "splits.csv", image_size=8, split="validation")
+    assert torch.equal(first.images, table.images[:4]) and len(held_out) == 2
+    assert held_out.class_names == first.class_names == ["cat", "dog", "owl"]
+    assert held_out.labels.tolist() == table.labels[4:].tolist()
+    assert held_out.origin["split"] == "validation"
+    with pytest.raises(DataError, match="holds the splits train, val, not 'test': pick one"):
+        load_data(tmp_path / "splits.csv", split="test")
     # a table written on Windows
     (tmp_path / "windows.csv").write_text("file,label\r\n" + "".join(
         f"{f.replace('/', chr(92))},{c}\r\n" for f, c in rows))
@@ -487,7 +498,7 @@ def test_a_table_that_cannot_be_read_says_which_row_and_how_to_mend_it(tmp_path)
     with pytest.raises(DataError, match="cannot read the table .*missing.csv"):
         load_data(tmp_path / "missing.csv")
     (tmp_path / "ok.csv").write_text("file,label\na.png,0\n")
-    with pytest.raises(DataError, match="and .*ok.csv has none: drop it"):
+    with pytest.raises(DataError, match="split column, and the table .*ok.csv has none: drop"):
         load_data(tmp_path / "ok.csv", split="test")
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(DataError, match=r"use an .npz, a folder of class folders, or a .csv"):

@@ -659,11 +659,7 @@ def open_data(data: Any, *, split: str = "train", num_classes: int | None = None
             hugging_face.open_saved
         return opened(data, split=split, num_classes=num_classes, image_size=image_size)
     if is_table(data):
-        if split != "train":
-            raise DataError(f"split={split!r} (--split) picks a split of a bundled or Hugging "
-                            f"Face dataset or of a folder of splits, and the table {data} has "
-                            "none: drop it")
-        return ImageTable(data, image_size, class_index, num_classes)
+        return ImageTable(data, image_size, class_index, num_classes, split)
     chosen = split_folder(Path(data), split)
     folder = ImageFolder(chosen, image_size, class_index)
     if chosen != Path(data):  # "train" alone would not say which data

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from entpruner_sdk.data.classes import ids_of_names
 from entpruner_sdk.data.datasets import DataError
-from entpruner_sdk.data.folder import ImageFiles, read_class_index
+from entpruner_sdk.data.folder import SPLITS, ImageFiles, read_class_index
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 # the headers a column of files and a column of classes go by, most usual first (any case);
@@ -41,10 +41,18 @@ class ImageTable(ImageFiles):
 
     def __init__(self, path: str | os.PathLike, image_size: int | None = None,
                  class_index: str | os.PathLike | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, split: str = "train") -> None:
         self.table = Path(path)
-        lines, files, values = _read_columns(self.table)
+        lines, files, values, splits = _read_columns(self.table)
+        # every row's label: each split numbers the classes alike, though one lack a class
         labels, class_names = _labels(values, self.table, class_index, num_classes)
+        if splits is None and split != "train":
+            raise DataError(f"split={split!r} (--split) picks the rows of a table's split "
+                            f"column, and the table {self.table} has none: drop it")
+        if splits is not None:  # the rows of one split only
+            keep = _split_rows(split, splits, self.table)
+            lines, files, labels = ([column[i] for i in keep] for column in (lines, files,
+                                                                            labels))
         blank = [line for line, file in zip(lines, files) if not file]
         if blank:
             raise DataError(f"the table {self.table} names no file on line {blank[0]} (and "
@@ -61,13 +69,14 @@ class ImageTable(ImageFiles):
                                                self.table.stem) if part)
         self.where = str(self.table)
         self.asked_classes = num_classes  # what origin asks again (fit_class_names may resize)
+        self.split = split if splits is not None else None
         self._hold(root, files, labels, class_names, image_size, class_index)
 
     @property
     def origin(self) -> dict:
         """How to load the same images again (``load_data`` keywords): the absolute table, the
         crop size, the class index and the class count."""
-        options = {"image_size": self.crop_size,
+        options = {"split": self.split, "image_size": self.crop_size,
                    "class_index": self.class_index and str(Path(self.class_index).resolve()),
                    "num_classes": self.asked_classes}
         return {"data": str(self.table.resolve()),
@@ -88,8 +97,9 @@ def _found(root: Path, file: str) -> Path:
     return path
 
 
-def _read_columns(table: Path) -> tuple[list[int], list[str], list[str]]:
-    """The table's line numbers, file column and label column, row by row."""
+def _read_columns(table: Path) -> tuple[list[int], list[str], list[str], list[str] | None]:
+    """The table's line numbers, file column, label column and split column (None without
+    one), row by row."""
     lines = _read_rows(table)
     if len(lines) < 2:
         raise DataError(f"the table {table} has no rows under its header; list one image "
@@ -108,8 +118,23 @@ def _read_columns(table: Path) -> tuple[list[int], list[str], list[str]]:
         raise DataError(f"the table {table} has rows with fewer cells than its header (line "
                         f"{short[0]}, and {len(short) - 1} more); give every row a file and a "
                         "class")
+    split_at = _column(header, ("split",))
+    splits = (None if split_at is None else
+              [row[split_at].strip() if len(row) > split_at else "" for _, row in rows])
     return ([line for line, _ in rows], [row[file_at].strip() for _, row in rows],
-            [row[label_at].strip() for _, row in rows])
+            [row[label_at].strip() for _, row in rows], splits)
+
+
+def _split_rows(split: str, splits: list[str], table: Path) -> list[int]:
+    """The rows whose split column holds ``split``, in any of its spellings (``SPLITS``)."""
+    wanted = next((names for names in SPLITS.values() if split.casefold() in names),
+                  (split.casefold(),))
+    keep = [i for i, name in enumerate(splits) if name.casefold() in wanted]
+    if not keep:
+        held = ", ".join(sorted(set(splits), key=str.casefold))
+        raise DataError(f"the table {table} holds the splits {held}, not {split!r}: pick one "
+                        "(--split, split=)")
+    return keep
 
 
 def _read_rows(table: Path) -> list[tuple[int, list[str]]]:
