@@ -743,6 +743,7 @@ def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path, capsys, mon
     assert load_data(splits, split="test").labels.tolist() == [1, 1]
     with pytest.raises(DataError, match="holds the splits train, test, not 'validation'"):
         load_data(splits, split="validation")
+    assert len(load_data(splits, split="testing")) == 2  # another spelling of test
     # saved with save_to_disk: read as a dataset (its split folders are not classes), and
     # remembered by its path and split, so a later process can read it again
     splits.save_to_disk(str(tmp_path / "pets"), max_shard_size="1MB")
@@ -763,8 +764,9 @@ def test_a_hugging_face_dataset_in_memory_or_saved_to_disk(tmp_path, capsys, mon
     monkeypatch.setenv("ENTPRUNER_QUIET", "1")
     assert named.labels.tolist() == [0, 2] and named.class_names == ["cat", "dog", "owl"]
     assert named.name == "files-test" and named.origin == {"data": spec, "split": "test"}
-    with pytest.raises(DataError, match=r"Unknown split \"validation\""):
+    with pytest.raises(DataError, match=r"Unknown split \"validation\""):  # its words
         load_data(spec, split="validation")
+    assert load_data(spec, split="testing").labels.tolist() == [0, 2]  # test, otherwise spelt
     # a name the Hub is not asked about (offline): said so, with the ways to work without it
     offline = subprocess.run(
         [sys.executable, "-c", "from entpruner_sdk.data import load_data; "

@@ -67,16 +67,23 @@ def open_hub(spec: str, *, split: str = "train", num_classes: int | None = None,
     NAME may also be a local folder of the dataset's data files (Parquet, CSV + images, ...)."""
     name, _, config = spec[len(HUB_PREFIX):].partition(":")
     load_dataset = _datasets(spec).load_dataset
-    try:
-        table = load_dataset(name, config or None, split=split)
-    except ValueError as error:  # an unknown split or config, in datasets' words
-        raise DataError(f"{spec}: {error}") from None
-    except (ConnectionError, FileNotFoundError) as error:
-        raise DataError(f"cannot load the Hugging Face dataset {name!r}: {error}. Check the "
-                        "name. Without the Hub, one downloaded before is read from the cache "
-                        "with HF_HUB_OFFLINE=1 set (which also spares the tries to reach the "
-                        "Hub); else load it once where the Hub is reachable, save it with "
-                        "save_to_disk and pass that folder") from None
+    table, refused = None, None
+    for spelling in split_spellings(split):  # val, when the dataset says validation
+        try:
+            table = load_dataset(name, config or None, split=spelling)
+            break
+        except ValueError as error:  # an unknown split or config, in datasets' words
+            refused = refused or error  # the words for the split asked
+            if "split" not in str(error).lower():
+                break  # a config: no other spelling helps
+        except (ConnectionError, FileNotFoundError) as error:
+            raise DataError(f"cannot load the Hugging Face dataset {name!r}: {error}. Check "
+                            "the name. Without the Hub, one downloaded before is read from the "
+                            "cache with HF_HUB_OFFLINE=1 set (which also spares the tries to "
+                            "reach the Hub); else load it once where the Hub is reachable, "
+                            "save it with save_to_disk and pass that folder") from None
+    if table is None:
+        raise DataError(f"{spec}: {refused}") from None
     return HuggingFaceImages(table, split=split, num_classes=num_classes, image_size=image_size,
                              name=name.rstrip("/").rsplit("/", 1)[-1], source=spec)
 
@@ -315,11 +322,20 @@ def _column(data: Any, kind: str, names: Sequence[str], what: str) -> str:
 def _split(data: Any, split: str) -> Any:
     """``split`` of a ``DatasetDict``; a single dataset as it is."""
     if hasattr(data, "keys") and not hasattr(data, "features"):  # a DatasetDict
-        if split not in data:
+        found = next((name for name in split_spellings(split) if name in data), None)
+        if found is None:
             raise DataError(f"this Hugging Face dataset holds the splits {', '.join(data)}, "
                             f"not {split!r}: pick one (split=, --split)")
-        return data[split]
+        return data[found]
     return data
+
+
+def split_spellings(split: str) -> tuple[str, ...]:
+    """``split`` as given, then its other usual spellings (``val``: ``validation``, ...)."""
+    from entpruner_sdk.data.folder import SPLITS
+
+    others = next((names for names in SPLITS.values() if split.casefold() in names), ())
+    return (split, *(name for name in others if name != split))
 
 
 def is_streamed(data: Any, split: str = "train") -> bool:
