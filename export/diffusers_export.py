@@ -120,8 +120,9 @@ def _transformer(diffusers: Any, model: DiffusionTransformer, classes: int | Non
 def _scheduler(diffusers: Any, model: DiffusionTransformer) -> Any:
     """The pipeline's own scheduler when the model was loaded from one, else DDIM on DiT's
     noise schedule (1000 linear betas from 0.0001 to 0.02), the sampler entpruner uses."""
-    folder = Path(((model.metadata.get("pipeline") or {}).get("path")) or "") / "scheduler"
-    if folder.parts and (folder / "scheduler_config.json").is_file():
+    source = (model.metadata.get("pipeline") or {}).get("path")
+    folder = Path(source or "") / "scheduler"
+    if source and (folder / "scheduler_config.json").is_file():
         kind = json.loads((folder / "scheduler_config.json").read_text()).get("_class_name")
         if hasattr(diffusers, str(kind)):
             return getattr(diffusers, kind).from_pretrained(folder)
