@@ -30,13 +30,19 @@ def ids_of_names(labels: Sequence[Any], class_names: Sequence[str] = (),
             raise DataError(f"{source}: label {index} is {label!r}, not a class name; give "
                             "every image a class name, or every image a class id")
     names = list(class_names) or sorted(set(labels))
-    number = {name: i for i, name in enumerate(names)}
-    unknown = sorted(set(labels) - set(number))
+    ids, unknown = positions(labels, names)
     if unknown:
         raise DataError(f"{source}: the labels name classes that class_names lacks "
                         f"({', '.join(map(repr, unknown[:5]))}); add them to class_names, or "
                         "drop class_names to number the classes in sorted order")
-    return [number[label] for label in labels], names
+    return ids, names
+
+
+def positions(labels: Sequence[str], order: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Each label's position in ``order`` (-1 where it lacks the label), and the labels it
+    lacks, sorted: class names numbered by a given list of classes."""
+    number = {name: i for i, name in enumerate(order)}
+    return [number.get(label, -1) for label in labels], sorted(set(labels) - set(number))
 
 
 def offered_classes(provenance: dict, num_classes: int) -> list[int]:

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from entpruner_sdk.data.classes import ids_of_names
+from entpruner_sdk.data.classes import ids_of_names, positions
 from entpruner_sdk.data.datasets import DataError
 from entpruner_sdk.data.folder import SPLITS, ImageFiles, read_class_index
 
@@ -178,13 +178,12 @@ def _labels(values: list[str], table: Path, class_index: str | os.PathLike | Non
     source = f"the table {table}"
     if class_index is not None:
         keys, names = read_class_index(class_index)
-        position = {key: label for label, key in enumerate(keys)}
-        unknown = sorted(set(values) - set(position))
+        ids, unknown = positions(values, keys)
         if unknown:
             raise DataError(f"{source}: the classes {', '.join(unknown[:4])} are not keys of "
                             f"the index {class_index} ({len(keys)} classes, from {keys[0]}); "
                             "label the rows as the index does, or use the model's index")
-        return [position[value] for value in values], names
+        return ids, names
     if all(re.fullmatch(r"\d+", value) for value in values):  # class ids
         labels = [int(value) for value in values]
         count = num_classes if num_classes is not None else max(labels) + 1
